@@ -1,0 +1,147 @@
+//! The XDP data path of the `lb` direct-routing load balancer.
+//!
+//! Per packet: parse ([`parse`]), look up the service, find or create the
+//! flow ([`conntrack`], choosing a backend by weighted least-connection on a
+//! miss), rewrite the Ethernet addresses ([`forward`]) and count everything
+//! ([`stats`]). Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only 64-bit atomic add bpfel-unknown-none offers"
+)]
+
+mod conntrack;
+mod forward;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::{
+    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, Counters, DEFAULT_MAX_FLOWS, Flow, FlowKey,
+    Iface, MAX_IFACES, MAX_SERVICES, NUM_REASONS, REASON_FORWARDED, REASON_INTERNAL,
+    REASON_NO_SERVICE, Service, ServiceKey,
+};
+
+/// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
+#[btf_map]
+static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Backends of each service, indexed by service id. Written by the control plane.
+#[btf_map]
+static BACKENDS: Array<BackendSet, { MAX_SERVICES as usize }> = Array::new();
+
+/// Active/inactive flow counts per backend, indexed by service id. Adjusted
+/// atomically here; reset from the connection table by the control plane's sweeper.
+#[btf_map]
+static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Array::new();
+
+/// The connection table: client 5-tuple -> backend slot, TCP state, last seen.
+/// The control plane may resize it before loading and expires idle flows.
+#[btf_map]
+static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Director NICs: ifindex -> the MAC used as source of forwarded frames.
+#[btf_map]
+static IFACES: HashMap<u32, Iface, { MAX_IFACES as usize }> = HashMap::new();
+
+/// Per-CPU packet/byte counters per verdict reason (`REASON_*`).
+#[btf_map]
+static VERDICT_STATS: PerCpuArray<Counters, { NUM_REASONS as usize }> = PerCpuArray::new();
+
+/// Per-CPU counters per service id.
+#[btf_map]
+static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Per-CPU counters per backend (`lb_common::backend_index`).
+#[btf_map]
+static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize }> =
+    PerCpuArray::new();
+
+/// What to do with a packet, and why.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    /// Rewritten for a backend; send it back out of the ingress NIC.
+    Tx,
+    /// Not ours: hand it to the director's network stack.
+    Pass(u32),
+    /// Ours, but it cannot be forwarded.
+    Drop(u32),
+}
+
+/// The load balancer: every frame arriving on a director NIC goes through here.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    // DR rewrites MAC addresses only, so the length is the same before and after.
+    let l3_len = parse::l3_len(&ctx);
+    let (action, reason) = match balance(&ctx, l3_len) {
+        Verdict::Tx => (xdp_action::XDP_TX, REASON_FORWARDED),
+        Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
+        Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
+    };
+    stats::count_verdict(reason, l3_len);
+    action
+}
+
+/// Decides the fate of one frame and, for a VIP flow, rewrites it.
+/// `l3_len` is the frame's length without its Ethernet header.
+#[inline(always)]
+fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        Err(verdict) => return verdict,
+    };
+    let service_key = ServiceKey {
+        addr: packet.flow.dst_addr,
+        port: packet.flow.dst_port,
+        proto: packet.flow.proto,
+        family: packet.flow.family,
+    };
+    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
+    let Some(service_id) = (unsafe { SERVICES.get(&service_key) }).map(|s| s.id) else {
+        return Verdict::Pass(REASON_NO_SERVICE);
+    };
+    let (Some(backends), Some(conns)) = (
+        BACKENDS.get(service_id),
+        BACKEND_CONNS.get_ptr_mut(service_id),
+    ) else {
+        return Verdict::Drop(REASON_INTERNAL);
+    };
+    let binding = match conntrack::track(&packet, service_id, backends, conns) {
+        Ok(binding) => binding,
+        Err(verdict) => return verdict,
+    };
+    let Some(iface) = (unsafe { IFACES.get(ctx.ingress_ifindex() as u32) }) else {
+        return Verdict::Drop(REASON_INTERNAL);
+    };
+    let backend = &backends.backends[binding.slot as usize];
+    if forward::rewrite_macs(ctx, &backend.mac, &iface.mac).is_err() {
+        return Verdict::Drop(REASON_INTERNAL);
+    }
+    stats::count_forwarded(service_id, binding, l3_len);
+    Verdict::Tx
+}
+
+/// Frames that reach the trivial program are handed to the network stack.
+/// The test bed attaches it to veth peers: a veth delivers `XDP_TX` frames
+/// only when its peer has an XDP program.
+#[xdp]
+pub fn lb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,175 @@
+//! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
+//! header walk), then the TCP or UDP ports. Every read goes through [`ptr_at`].
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED,
+    REASON_NOT_IP, REASON_NOT_L4,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::Verdict;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// IPv6 extension headers: hop-by-hop options, routing, fragment,
+/// authentication, destination options.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Most IPv6 extension headers walked before giving the packet to the stack.
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+/// IPv4 "more fragments" flag and fragment-offset mask, in the host-order `frags` field.
+const IPV4_MF: u16 = 0x2000;
+const IPV4_OFFSET_MASK: u16 = 0x1FFF;
+
+/// Byte offset of the flags in a TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+
+/// A TCP or UDP packet, reduced to what the load balancer needs.
+pub struct Packet {
+    /// The client-to-VIP 5-tuple (also the connection-table key).
+    pub flow: FlowKey,
+    /// TCP flags (zero for UDP).
+    pub tcp_flags: u8,
+}
+
+/// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Mutable variant of [`ptr_at`].
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
+}
+
+/// Length of the frame without its Ethernet header (IPVS counts IP-layer bytes).
+#[inline(always)]
+pub fn l3_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()).saturating_sub(EthHdr::LEN) as u64
+}
+
+/// Parses a frame into a [`Packet`], or says why it is not one:
+/// `Pass` for traffic that is not TCP/UDP over IP (or is a fragment),
+/// `Drop(REASON_MALFORMED)` for truncated or inconsistent headers.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+    const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
+    let mut flow = FlowKey::default();
+    // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
+    let (l4_offset, proto) = match u16::from_be(unsafe { (*eth).ether_type }) {
+        ETH_P_IP => {
+            let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let (vihl, tot_len, frags, proto, src, dst) = unsafe {
+                (
+                    (*ip).vihl,
+                    u16::from_be_bytes((*ip).tot_len),
+                    u16::from_be_bytes((*ip).frags),
+                    (*ip).proto,
+                    (*ip).src_addr,
+                    (*ip).dst_addr,
+                )
+            };
+            let header_len = ((vihl & 0x0F) as usize) * 4;
+            if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || (tot_len as usize) < header_len {
+                return Err(MALFORMED);
+            }
+            if frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
+                return Err(Verdict::Pass(REASON_FRAGMENT));
+            }
+            flow.family = FAMILY_IPV4;
+            flow.src_addr[..4].copy_from_slice(&src);
+            flow.dst_addr[..4].copy_from_slice(&dst);
+            (EthHdr::LEN + header_len, proto)
+        }
+        ETH_P_IPV6 => {
+            let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let (version, next, src, dst) = unsafe {
+                (
+                    (*ip).vcf[0] >> 4,
+                    (*ip).next_hdr,
+                    (*ip).src_addr,
+                    (*ip).dst_addr,
+                )
+            };
+            if version != 6 {
+                return Err(MALFORMED);
+            }
+            flow.family = FAMILY_IPV6;
+            flow.src_addr = src;
+            flow.dst_addr = dst;
+            skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?
+        }
+        _ => return Err(Verdict::Pass(REASON_NOT_IP)),
+    };
+    flow.proto = proto;
+    let tcp_flags = match proto {
+        PROTO_TCP => {
+            let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
+            // SAFETY: the whole 20-byte TCP header is inside the frame.
+            unsafe {
+                flow.src_port = u16::from_be_bytes((*tcp).source);
+                flow.dst_port = u16::from_be_bytes((*tcp).dest);
+                *(tcp as *const u8).add(TCP_FLAGS_OFFSET)
+            }
+        }
+        PROTO_UDP => {
+            let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
+            // SAFETY: the whole 8-byte UDP header is inside the frame.
+            unsafe {
+                flow.src_port = u16::from_be_bytes((*udp).src);
+                flow.dst_port = u16::from_be_bytes((*udp).dst);
+            }
+            0
+        }
+        _ => return Err(Verdict::Pass(REASON_NOT_L4)),
+    };
+    Ok(Packet { flow, tcp_flags })
+}
+
+/// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers starting at
+/// `offset` with next-header `next`; returns the offset and number of the
+/// upper-layer header.
+#[inline(always)]
+fn skip_ipv6_extensions(
+    ctx: &XdpContext,
+    mut offset: usize,
+    mut next: u8,
+) -> Result<(usize, u8), Verdict> {
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let unit = match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => 8,
+            IPV6_AUTH => 4,
+            IPV6_FRAGMENT => return Err(Verdict::Pass(REASON_FRAGMENT)),
+            _ => return Ok((offset, next)),
+        };
+        let header = ptr_at::<[u8; 2]>(ctx, offset).ok_or(Verdict::Drop(REASON_MALFORMED))?;
+        // SAFETY: both bytes are inside the frame.
+        let [next_header, len] = unsafe { *header };
+        // Hdr Ext Len counts 8-octet units past the first (4-octet units past
+        // the first two for AH).
+        offset += (len as usize + if unit == 8 { 1 } else { 2 }) * unit;
+        next = next_header;
+    }
+    match next {
+        PROTO_TCP | PROTO_UDP => Ok((offset, next)),
+        _ => Err(Verdict::Pass(REASON_NOT_L4)),
+    }
+}

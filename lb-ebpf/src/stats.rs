@@ -1,0 +1,39 @@
+//! Per-CPU counters: per verdict reason, per service and per backend.
+//! Per-CPU values need no atomics; the control plane sums the CPUs.
+
+use lb_common::{Counters, backend_index};
+
+use crate::{BACKEND_STATS, SERVICE_STATS, VERDICT_STATS, conntrack::Binding};
+
+#[inline(always)]
+fn add(counters: Option<*mut Counters>, bytes: u64, new_flow: bool) {
+    if let Some(c) = counters {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).new_conns += new_flow as u64;
+        }
+    }
+}
+
+/// Counts one frame of `l3_len` bytes under its verdict `reason`.
+#[inline(always)]
+pub fn count_verdict(reason: u32, l3_len: u64) {
+    add(VERDICT_STATS.get_ptr_mut(reason), l3_len, false);
+}
+
+/// Counts one forwarded frame for its service and backend.
+#[inline(always)]
+pub fn count_forwarded(service_id: u32, binding: Binding, l3_len: u64) {
+    add(
+        SERVICE_STATS.get_ptr_mut(service_id),
+        l3_len,
+        binding.new_flow,
+    );
+    add(
+        BACKEND_STATS.get_ptr_mut(backend_index(service_id, binding.slot)),
+        l3_len,
+        binding.new_flow,
+    );
+}
