@@ -1,0 +1,1391 @@
+//! The `lb` configuration file: TOML parsing and validation.
+//!
+//! [`Config::load`] reads a file such as `examples/lb.toml` and checks all of
+//! it before anything touches the system, the way `lb check` and `lb run` need
+//! it. Every error names the file, the line, the section and the field, and
+//! says what would be valid, e.g.
+//!
+//! ```text
+//! lb.toml:14: service "gridftp", backend 2: weight 70000 is out of range (valid: 0..=65535)
+//! ```
+//!
+//! Parsing has three steps. The text is first parsed as a plain TOML table,
+//! so that syntax errors are reported as such. It is then deserialized into
+//! private `Raw*` structs that reject unknown fields and keep every value as a
+//! [`toml::Spanned`] [`toml::Value`], so that serde itself only ever fails on
+//! an unknown field or a misplaced table. Finally the values are type- and
+//! range-checked one by one; that step reports every problem it finds, not
+//! only the first.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::conn_state::Timeouts;
+use serde::{Deserialize, de::IgnoredAny};
+use toml::{Spanned, Value};
+
+/// A validated configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The `[director]` table: where and how the data path runs.
+    pub director: Director,
+    /// The `[[service]]` tables, in file order (at most
+    /// [`lb_common::MAX_SERVICES`]).
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The `[director]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Director {
+    /// Network interfaces the XDP program attaches to (at least one, each a
+    /// valid Linux interface name, no duplicates).
+    pub interfaces: Vec<String>,
+    /// How the XDP program is attached.
+    pub xdp_mode: XdpMode,
+    /// bpffs directory the maps and program are pinned under (below
+    /// `/sys/fs/bpf/`).
+    pub pin_path: PathBuf,
+    /// Size of the connection table.
+    pub max_flows: u32,
+    /// How often the control plane sweeps the connection table.
+    pub sweep_interval: Duration,
+    /// Idle timeouts per connection state, in seconds.
+    pub timeouts: Timeouts,
+}
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native XDP in the NIC driver (the default; the driver must support it).
+    Driver,
+    /// Generic XDP on the socket buffer: works with any driver, but slower.
+    Skb,
+}
+
+/// One `[[service]]`: a virtual server (VIP, port, protocol) and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name, 1 to 32 characters from `A-Z a-z 0-9 _ . -`.
+    pub name: String,
+    /// The virtual IP clients connect to.
+    pub vip: IpAddr,
+    /// The port clients connect to (1 to 65535).
+    pub port: u16,
+    /// Transport protocol of the service.
+    pub protocol: Protocol,
+    /// How new connections are spread over the backends.
+    pub scheduler: Scheduler,
+    /// Health check of the backends.
+    pub health: HealthConfig,
+    /// The real servers (`[[service.backend]]`), 1 to
+    /// [`lb_common::MAX_BACKENDS`], of the VIP's address family, each listed
+    /// once.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number the data path matches on.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// How a service picks the backend of a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Weighted least-connection, exactly as IPVS.
+    Wlc,
+}
+
+/// The `[service.health]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What kind of check to run.
+    pub kind: HealthKind,
+    /// Time between two checks of a backend (keepalived `delay_loop`).
+    pub interval: Duration,
+    /// How long one check may take (`connect_timeout`), at most `interval`.
+    pub timeout: Duration,
+    /// Port the check connects to (`connect_port`).
+    pub port: u16,
+    /// Consecutive failures before a backend is marked down.
+    pub fall: u32,
+    /// Consecutive successes before a down backend is marked up.
+    pub rise: u32,
+}
+
+/// Kind of health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// TCP connect to the backend.
+    Tcp,
+    /// No check: the backend is always up.
+    None,
+}
+
+/// One `[[service.backend]]`: a real server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Address of the real server.
+    pub address: IpAddr,
+    /// Relative capacity (0 to [`lb_common::MAX_WEIGHT`]); 0 quiesces it.
+    pub weight: u32,
+    /// Static MAC address, overriding the neighbour table.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Why a configuration file was rejected: one or more problems, each with
+/// the file name and (where there is one) the line.
+///
+/// Displayed as one `file:line: message` line per problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: String,
+    problems: Vec<Problem>,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Problem {
+    /// 1-based line, if the problem has one.
+    line: Option<usize>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match problem.line {
+                Some(line) => write!(f, "{}:{line}: {}", self.origin, problem.message)?,
+                None => write!(f, "{}: {}", self.origin, problem.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(origin: &str, line: Option<usize>, message: String) -> Self {
+        ConfigError {
+            origin: origin.to_owned(),
+            problems: vec![Problem { line, message }],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Touches nothing else on the system.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(&origin, None, format!("cannot read config file: {e}"))
+        })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Parses and validates config text; `origin` is the file name used in
+    /// messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let message = e.message().lines().collect::<Vec<_>>().join(": ");
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(ConfigError::new(
+                origin,
+                line,
+                format!("TOML syntax error: {message}"),
+            ));
+        }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError::new(origin, line, shape_error(text, &e))
+        })?;
+        let mut checker = Checker {
+            text,
+            problems: Vec::new(),
+        };
+        let config = checker.config(&raw);
+        match config {
+            Some(config) if checker.problems.is_empty() => Ok(config),
+            _ => {
+                debug_assert!(!checker.problems.is_empty(), "rejected without a reason");
+                checker.problems.sort_by_key(|p| p.line);
+                Err(ConfigError {
+                    origin: origin.to_owned(),
+                    problems: checker.problems,
+                })
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Keywords
+
+/// A closed set of string values of a config field.
+trait Keyword: Copy + 'static {
+    /// Every value, in the order messages list them.
+    const ALL: &'static [Self];
+    /// The value as written in the config file.
+    fn keyword(self) -> &'static str;
+}
+
+impl Keyword for XdpMode {
+    const ALL: &'static [Self] = &[XdpMode::Driver, XdpMode::Skb];
+    fn keyword(self) -> &'static str {
+        match self {
+            XdpMode::Driver => "driver",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+impl Keyword for Protocol {
+    const ALL: &'static [Self] = &[Protocol::Tcp, Protocol::Udp];
+    fn keyword(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl Keyword for Scheduler {
+    const ALL: &'static [Self] = &[Scheduler::Wlc];
+    fn keyword(self) -> &'static str {
+        match self {
+            Scheduler::Wlc => "wlc",
+        }
+    }
+}
+
+impl Keyword for HealthKind {
+    const ALL: &'static [Self] = &[HealthKind::Tcp, HealthKind::None];
+    fn keyword(self) -> &'static str {
+        match self {
+            HealthKind::Tcp => "tcp",
+            HealthKind::None => "none",
+        }
+    }
+}
+
+/// `tcp, udp`: the valid values of a keyword field, for messages.
+fn keywords<T: Keyword>() -> String {
+    T::ALL
+        .iter()
+        .map(|k| k.keyword())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl fmt::Display for HealthKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written
+
+/// A leaf value with its position; its type is checked by [`Checker`].
+type Field = Option<Spanned<Value>>;
+
+/// The whole file. Tables that may be implicit in TOML (`[director]` when
+/// only `[director.timeouts]` is written, dotted keys) carry no span: toml
+/// cannot give them one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    director: Option<RawDirector>,
+    service: Option<Vec<Spanned<RawService>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirector {
+    interfaces: Field,
+    xdp_mode: Field,
+    pin_path: Field,
+    max_flows: Field,
+    sweep_interval: Field,
+    timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    established: Field,
+    syn_recv: Field,
+    fin_wait: Field,
+    close: Field,
+    udp: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Field,
+    vip: Field,
+    port: Field,
+    protocol: Field,
+    scheduler: Field,
+    health: Option<RawHealth>,
+    backend: Option<Vec<Spanned<RawBackend>>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Field,
+    interval: Field,
+    timeout: Field,
+    port: Field,
+    fall: Field,
+    rise: Field,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Field,
+    weight: Field,
+    mac: Field,
+}
+
+/// Where the services and backends are, to name the section of an error
+/// that serde reports (unknown field) when [`RawConfig`] cannot be built.
+#[derive(Deserialize)]
+struct Skeleton {
+    #[serde(default)]
+    service: Vec<Spanned<SkeletonService>>,
+}
+
+#[derive(Deserialize)]
+struct SkeletonService {
+    name: Option<Value>,
+    #[serde(default)]
+    backend: Vec<Spanned<IgnoredAny>>,
+}
+
+/// How messages name a service: `service "gridftp"`, or `service 2` (its
+/// position in the file) when it has no usable name.
+fn service_label(index: usize, name: Option<&Value>) -> String {
+    match name {
+        Some(Value::String(name)) => format!("service {name:?}"),
+        _ => format!("service {}", index + 1),
+    }
+}
+
+fn health_label(service: &str) -> String {
+    format!("{service}, health check")
+}
+
+fn backend_label(service: &str, index: usize) -> String {
+    format!("{service}, backend {}", index + 1)
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Rewrites a serde error from building [`RawConfig`] for people.
+fn shape_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message();
+    if message.starts_with("unknown field `") {
+        // serde: "unknown field `x`, expected one of `a`, `b`" (or "expected
+        // `a` or `b`", "expected `a`", "there are no fields").
+        let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+        if let Some((field, valid)) = quoted.split_first() {
+            let place = err
+                .span()
+                .map_or_else(String::new, |s| section_at(text, s.start, valid.first()));
+            return format!(
+                "unknown field {field:?} {place} (valid: {})",
+                valid.join(", ")
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let what = match expected {
+                "struct RawDirector" => "director must be a table ([director])",
+                "struct RawTimeouts" => "timeouts must be a table ([director.timeouts])",
+                "struct RawHealth" => "health must be a table ([service.health])",
+                "struct RawService" => "each service must be a table ([[service]])",
+                "struct RawBackend" => "each backend must be a table ([[service.backend]])",
+                "a sequence" => {
+                    "service and backend must be arrays of tables: write [[service]] and \
+                     [[service.backend]] with double brackets"
+                }
+                _ => return message.to_owned(),
+            };
+            return format!("{what} (found {found})");
+        }
+    }
+    message.to_owned()
+}
+
+/// `in [director]`, `in service "gridftp", backend 2`...: the section an
+/// unknown field at `offset` is in, told by the first field serde lists as
+/// valid there (each section has a different one).
+fn section_at(text: &str, offset: usize, first_valid: Option<&&str>) -> String {
+    let skeleton = toml::from_str::<Skeleton>(text).ok();
+    // The last service (and backend) starting before the field holds it.
+    let service = skeleton.as_ref().and_then(|sk| {
+        let index = sk.service.iter().rposition(|s| s.span().start <= offset)?;
+        let service = &sk.service[index];
+        let label = service_label(index, service.get_ref().name.as_ref());
+        let backend = service
+            .get_ref()
+            .backend
+            .iter()
+            .rposition(|b| b.span().start <= offset);
+        Some((label, backend))
+    });
+    match (first_valid.copied(), service) {
+        (Some("director"), _) => "at the top level".to_owned(),
+        (Some("interfaces"), _) => "in [director]".to_owned(),
+        (Some("established"), _) => "in [director.timeouts]".to_owned(),
+        (Some("name"), Some((label, _))) => format!("in {label}"),
+        (Some("kind"), Some((label, _))) => format!("in {}", health_label(&label)),
+        (Some("address"), Some((label, Some(b)))) => format!("in {}", backend_label(&label, b)),
+        (Some("name"), _) => "in [[service]]".to_owned(),
+        (Some("kind"), _) => "in [service.health]".to_owned(),
+        (Some("address"), _) => "in [[service.backend]]".to_owned(),
+        _ => "here".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checking
+
+/// Valid ranges.
+const MAX_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+const SWEEP_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
+const TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(7 * 86_400);
+const HEALTH_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+const PORT: RangeInclusive<u16> = 1..=u16::MAX;
+const FALL_RISE: RangeInclusive<u32> = 1..=100;
+const NAME_MAX: usize = 32;
+/// Linux IFNAMSIZ - 1.
+const IFNAME_MAX: usize = 15;
+
+/// Defaults.
+const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_FALL: u32 = 3;
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_WEIGHT: u32 = 1;
+
+const DURATION_EXAMPLES: &str = "\"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\"";
+
+/// Turns the raw file into a [`Config`], collecting every problem.
+///
+/// Each check returns `None` after recording why, so a section is built only
+/// when all of its fields are valid, and one bad field does not hide others.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report_line(&mut self, line: Option<usize>, context: &str, message: impl fmt::Display) {
+        self.problems.push(Problem {
+            line,
+            message: format!("{context}: {message}"),
+        });
+    }
+
+    fn report(&mut self, offset: usize, context: &str, message: impl fmt::Display) {
+        let line = Some(line_of(self.text, offset));
+        self.report_line(line, context, message);
+    }
+
+    fn report_at(&mut self, value: &Spanned<Value>, context: &str, message: impl fmt::Display) {
+        self.report(value.span().start, context, message);
+    }
+
+    /// Line of a `[header]` written out in the file, for the sections that
+    /// toml gives no position (see [`RawConfig`]).
+    fn header_line(&self, header: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| l.trim_start().starts_with(header))
+            .map(|i| i + 1)
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Option<Config> {
+        let director = match &raw.director {
+            Some(director) => self.director(director),
+            None => {
+                self.problems.push(Problem {
+                    line: None,
+                    message: "missing [director] table; it needs at least \
+                              interfaces = [\"eth0\"] (the NICs to attach to)"
+                        .to_owned(),
+                });
+                None
+            }
+        };
+        let services = self.services(raw.service.as_deref().unwrap_or_default());
+        Some(Config {
+            director: director?,
+            services: services?,
+        })
+    }
+
+    fn director(&mut self, raw: &RawDirector) -> Option<Director> {
+        const CTX: &str = "[director]";
+        let interfaces = match &raw.interfaces {
+            Some(v) => self.interfaces(v),
+            None => {
+                let line = self.header_line(CTX);
+                self.report_line(
+                    line,
+                    CTX,
+                    "missing required field \"interfaces\" (e.g. interfaces = [\"eth0\"])",
+                );
+                None
+            }
+        };
+        let xdp_mode = self.keyword_or(CTX, "xdp_mode", &raw.xdp_mode, XdpMode::Driver);
+        let pin_path = match &raw.pin_path {
+            Some(v) => self.pin_path(v),
+            None => Some(PathBuf::from(DEFAULT_PIN_PATH)),
+        };
+        let max_flows = match &raw.max_flows {
+            Some(v) => self.integer(CTX, "max_flows", v, MAX_FLOWS),
+            None => Some(lb_common::DEFAULT_MAX_FLOWS),
+        };
+        let sweep_interval = match &raw.sweep_interval {
+            Some(v) => self.duration(CTX, "sweep_interval", v, SWEEP_INTERVAL),
+            None => Some(DEFAULT_SWEEP_INTERVAL),
+        };
+        let timeouts = match &raw.timeouts {
+            Some(t) => self.timeouts(t),
+            None => Some(Timeouts::IPVS),
+        };
+        Some(Director {
+            interfaces: interfaces?,
+            xdp_mode: xdp_mode?,
+            pin_path: pin_path?,
+            max_flows: max_flows?,
+            sweep_interval: sweep_interval?,
+            timeouts: timeouts?,
+        })
+    }
+
+    fn interfaces(&mut self, v: &Spanned<Value>) -> Option<Vec<String>> {
+        const CTX: &str = "[director]";
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "interfaces must be an array of interface names, e.g. \
+                     interfaces = [\"eth0\"] (found {})",
+                    describe(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        let before = self.problems.len();
+        if items.is_empty() {
+            self.report_at(
+                v,
+                CTX,
+                "interfaces is empty; list at least one network interface, e.g. \
+                 interfaces = [\"eth0\"]",
+            );
+        }
+        if items.len() > lb_common::MAX_IFACES as usize {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "interfaces lists {} interfaces (valid: at most {})",
+                    items.len(),
+                    lb_common::MAX_IFACES
+                ),
+            );
+        }
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::String(name) = item else {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!(
+                        "interfaces must hold interface names as strings, e.g. \
+                         interfaces = [\"eth0\"] (found {})",
+                        describe(item)
+                    ),
+                );
+                continue;
+            };
+            if let Err(why) = check_ifname(name) {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!("interface {name:?} is not a valid interface name: {why}"),
+                );
+            } else if names.contains(name) {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!("interface {name:?} is listed twice in interfaces"),
+                );
+            } else {
+                names.push(name.clone());
+            }
+        }
+        (self.problems.len() == before).then_some(names)
+    }
+
+    fn pin_path(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
+        let path = Path::new(self.string("[director]", "pin_path", v)?);
+        let mut components = path.components();
+        let under_bpffs = path.is_absolute()
+            && path.starts_with("/sys/fs/bpf")
+            && components.clone().count() > 4
+            && !components.any(|c| matches!(c, Component::ParentDir));
+        if !under_bpffs {
+            self.report_at(
+                v,
+                "[director]",
+                format_args!(
+                    "pin_path {:?} is not under /sys/fs/bpf/ (valid: an absolute path \
+                     below the BPF filesystem without \"..\", e.g. {DEFAULT_PIN_PATH:?})",
+                    path.display().to_string()
+                ),
+            );
+            return None;
+        }
+        Some(path.to_path_buf())
+    }
+
+    fn timeouts(&mut self, raw: &RawTimeouts) -> Option<Timeouts> {
+        let d = Timeouts::IPVS;
+        let established = self.seconds("established", &raw.established, d.established);
+        let syn_recv = self.seconds("syn_recv", &raw.syn_recv, d.syn_recv);
+        let fin_wait = self.seconds("fin_wait", &raw.fin_wait, d.fin_wait);
+        let close = self.seconds("close", &raw.close, d.close);
+        let udp = self.seconds("udp", &raw.udp, d.udp);
+        Some(Timeouts {
+            established: established?,
+            syn_recv: syn_recv?,
+            fin_wait: fin_wait?,
+            close: close?,
+            udp: udp?,
+        })
+    }
+
+    /// A `[director.timeouts]` entry: a duration of whole seconds.
+    fn seconds(&mut self, key: &str, field: &Field, default: u64) -> Option<u64> {
+        const CTX: &str = "[director.timeouts]";
+        let Some(v) = field else {
+            return Some(default);
+        };
+        let duration = self.duration(CTX, key, v, TIMEOUT)?;
+        if duration.subsec_nanos() != 0 {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "{key} {} is not a whole number of seconds",
+                    fmt_duration(duration)
+                ),
+            );
+            return None;
+        }
+        Some(duration.as_secs())
+    }
+
+    fn services(&mut self, raw: &[Spanned<RawService>]) -> Option<Vec<ServiceConfig>> {
+        let before = self.problems.len();
+        let max = lb_common::MAX_SERVICES as usize;
+        if let Some(extra) = raw.get(max) {
+            let label = service_label(max, extra.get_ref().name.as_ref().map(|v| v.get_ref()));
+            self.report(
+                extra.span().start,
+                &label,
+                format_args!(
+                    "too many services: {} (valid: at most {max})",
+                    raw.len()
+                ),
+            );
+        }
+        // Every VIP in the file, to reject a backend that is one.
+        let mut vips: HashMap<IpAddr, String> = HashMap::new();
+        for (index, service) in raw.iter().enumerate() {
+            let service = service.get_ref();
+            if let Some(Value::String(vip)) = service.vip.as_ref().map(|v| v.get_ref()) {
+                if let Ok(vip) = vip.parse() {
+                    vips.entry(vip).or_insert_with(|| {
+                        service_label(index, service.name.as_ref().map(|v| v.get_ref()))
+                    });
+                }
+            }
+        }
+        let mut seen = Seen {
+            vips,
+            names: HashMap::new(),
+            keys: HashMap::new(),
+        };
+        let services: Vec<ServiceConfig> = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(index, service)| self.service(index, service, &mut seen))
+            .collect();
+        (self.problems.len() == before).then_some(services)
+    }
+
+    fn service(
+        &mut self,
+        index: usize,
+        spanned: &Spanned<RawService>,
+        seen: &mut Seen,
+    ) -> Option<ServiceConfig> {
+        let at = spanned.span().start;
+        let raw = spanned.get_ref();
+        let ctx = service_label(index, raw.name.as_ref().map(|v| v.get_ref()));
+
+        let name = self
+            .required(at, &ctx, "name", &raw.name, "name = \"gridftp\"")
+            .and_then(|v| Some((v, self.service_name(&ctx, v)?)));
+        let name = name.and_then(|(v, name)| {
+            let line = line_of(self.text, v.span().start);
+            match seen.names.get(&name) {
+                Some(first) => {
+                    self.report_at(
+                        v,
+                        &ctx,
+                        format_args!(
+                            "name {name:?} is already used by the service at line {first} \
+                             (service names must be unique)"
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    seen.names.insert(name.clone(), line);
+                    Some(name)
+                }
+            }
+        });
+        let vip = self
+            .required(at, &ctx, "vip", &raw.vip, "vip = \"192.0.2.200\"")
+            .and_then(|v| self.address(&ctx, "vip", v));
+        let port_field = self.required(at, &ctx, "port", &raw.port, "port = 2811");
+        let port = port_field.and_then(|v| self.integer(&ctx, "port", v, PORT));
+        let protocol = self.keyword_or(&ctx, "protocol", &raw.protocol, Protocol::Tcp);
+        let scheduler = self.keyword_or(&ctx, "scheduler", &raw.scheduler, Scheduler::Wlc);
+
+        if let (Some(vip), Some(port), Some(protocol), Some(port_field)) =
+            (vip, port, protocol, port_field)
+        {
+            let line = line_of(self.text, port_field.span().start);
+            match seen.keys.get(&(vip, port, protocol)) {
+                Some((other, first)) => self.report_at(
+                    port_field,
+                    &ctx,
+                    format_args!(
+                        "{} {protocol} is already used by {other} at line {first} \
+                         (vip, port and protocol must be unique)",
+                        SocketAddr::new(vip, port)
+                    ),
+                ),
+                None => {
+                    seen.keys.insert((vip, port, protocol), (ctx.clone(), line));
+                }
+            }
+        }
+
+        let health = self.health(&ctx, raw.health.as_ref(), protocol, port);
+        let backends = match raw.backend.as_deref() {
+            Some(list) if !list.is_empty() => self.backends(&ctx, list, vip, &seen.vips),
+            _ => {
+                self.report(
+                    at,
+                    &ctx,
+                    "no backends; add at least one [[service.backend]] with an address",
+                );
+                None
+            }
+        };
+
+        Some(ServiceConfig {
+            name: name?,
+            vip: vip?,
+            port: port?,
+            protocol: protocol?,
+            scheduler: scheduler?,
+            health: health?,
+            backends: backends?,
+        })
+    }
+
+    fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let name = self.string(ctx, "name", v)?;
+        let valid = (1..=NAME_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "name {name:?} is not valid (valid: 1 to {NAME_MAX} characters from \
+                     A-Z a-z 0-9 _ . -)"
+                ),
+            );
+            return None;
+        }
+        Some(name.to_owned())
+    }
+
+    fn health(
+        &mut self,
+        service: &str,
+        raw: Option<&RawHealth>,
+        protocol: Option<Protocol>,
+        service_port: Option<u16>,
+    ) -> Option<HealthConfig> {
+        let ctx = health_label(service);
+        let ctx = ctx.as_str();
+        let empty = RawHealth::default();
+        let raw = raw.unwrap_or(&empty);
+
+        let kind = match &raw.kind {
+            Some(v) if matches!(v.get_ref(), Value::String(s) if s.eq_ignore_ascii_case("http")) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "kind \"http\" is not supported yet (valid: {})",
+                        keywords::<HealthKind>()
+                    ),
+                );
+                None
+            }
+            Some(v) => self.keyword(ctx, "kind", v),
+            // Without a check of their own protocol, UDP backends stay up.
+            None => protocol.map(|p| match p {
+                Protocol::Tcp => HealthKind::Tcp,
+                Protocol::Udp => HealthKind::None,
+            }),
+        };
+        let interval = match &raw.interval {
+            Some(v) => self.duration(ctx, "interval", v, HEALTH_INTERVAL),
+            None => Some(DEFAULT_HEALTH_INTERVAL),
+        };
+        let timeout = match &raw.timeout {
+            Some(v) => match (self.duration(ctx, "timeout", v, HEALTH_INTERVAL), interval) {
+                (Some(timeout), Some(interval)) if timeout > interval => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "timeout {} is longer than interval {} (valid: at most the interval)",
+                            fmt_duration(timeout),
+                            fmt_duration(interval)
+                        ),
+                    );
+                    None
+                }
+                (timeout, _) => timeout,
+            },
+            None => interval.map(|i| i.min(DEFAULT_HEALTH_TIMEOUT)),
+        };
+        let port = match &raw.port {
+            Some(v) => self.integer(ctx, "port", v, PORT),
+            None => service_port,
+        };
+        let fall = match &raw.fall {
+            Some(v) => self.integer(ctx, "fall", v, FALL_RISE),
+            None => Some(DEFAULT_FALL),
+        };
+        let rise = match &raw.rise {
+            Some(v) => self.integer(ctx, "rise", v, FALL_RISE),
+            None => Some(DEFAULT_RISE),
+        };
+        Some(HealthConfig {
+            kind: kind?,
+            interval: interval?,
+            timeout: timeout?,
+            port: port?,
+            fall: fall?,
+            rise: rise?,
+        })
+    }
+
+    fn backends(
+        &mut self,
+        service: &str,
+        raw: &[Spanned<RawBackend>],
+        vip: Option<IpAddr>,
+        vips: &HashMap<IpAddr, String>,
+    ) -> Option<Vec<BackendConfig>> {
+        let before = self.problems.len();
+        if let Some(extra) = raw.get(lb_common::MAX_BACKENDS) {
+            self.report(
+                extra.span().start,
+                &backend_label(service, lb_common::MAX_BACKENDS),
+                format_args!(
+                    "too many backends: {} (valid: at most {} per service)",
+                    raw.len(),
+                    lb_common::MAX_BACKENDS
+                ),
+            );
+        }
+        // Address -> 1-based number of the backend that has it.
+        let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.len());
+        for (index, spanned) in raw.iter().enumerate() {
+            let ctx = backend_label(service, index);
+            let ctx = ctx.as_str();
+            let b = spanned.get_ref();
+            let address = self
+                .required(
+                    spanned.span().start,
+                    ctx,
+                    "address",
+                    &b.address,
+                    "address = \"198.51.100.24\"",
+                )
+                .and_then(|v| Some((v, self.address(ctx, "address", v)?)));
+            if let Some((v, address)) = address {
+                if let Some(first) = addresses.get(&address) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is already backend {first} of this service \
+                             (valid: each address once per service)"
+                        ),
+                    );
+                } else {
+                    addresses.insert(address, index + 1);
+                }
+                if let Some(owner) = vips.get(&address) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is the vip of {owner}; a backend must be a \
+                             real server, not a VIP"
+                        ),
+                    );
+                }
+                if let Some(vip) = vip.filter(|vip| vip.is_ipv4() != address.is_ipv4()) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is {} but the service's vip {vip} is {} \
+                             (valid: the VIP's address family; use a separate service \
+                             for the other family)",
+                            family(address),
+                            family(vip)
+                        ),
+                    );
+                }
+            }
+            let weight = match &b.weight {
+                Some(v) => self.integer(ctx, "weight", v, 0..=lb_common::MAX_WEIGHT),
+                None => Some(DEFAULT_WEIGHT),
+            };
+            let mac = match &b.mac {
+                Some(v) => self.mac(ctx, v).map(Some),
+                None => Some(None),
+            };
+            if let (Some((_, address)), Some(weight), Some(mac)) = (address, weight, mac) {
+                backends.push(BackendConfig {
+                    address,
+                    weight,
+                    mac,
+                });
+            }
+        }
+        (self.problems.len() == before).then_some(backends)
+    }
+
+    fn mac(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 6]> {
+        let text = self.string(ctx, "mac", v)?;
+        let Some(mac) = parse_mac(text) else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "mac {text:?} is not a MAC address (valid: six two-digit hex bytes \
+                     separated by colons, e.g. \"02:00:c6:33:64:18\")"
+                ),
+            );
+            return None;
+        };
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            self.report_at(
+                v,
+                ctx,
+                format_args!("mac {text:?} is not a unicast MAC address (valid: a real server's NIC address)"),
+            );
+            return None;
+        }
+        Some(mac)
+    }
+
+    // -- Field checks. Each reports its own problem and returns None.
+
+    fn required<'v>(
+        &mut self,
+        table_start: usize,
+        ctx: &str,
+        key: &str,
+        field: &'v Field,
+        example: &str,
+    ) -> Option<&'v Spanned<Value>> {
+        if field.is_none() {
+            self.report(
+                table_start,
+                ctx,
+                format_args!("missing required field {key:?} (e.g. {example})"),
+            );
+        }
+        field.as_ref()
+    }
+
+    fn string<'v>(&mut self, ctx: &str, key: &str, v: &'v Spanned<Value>) -> Option<&'v str> {
+        match v.get_ref() {
+            Value::String(s) => Some(s),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!("{key} must be a string (found {})", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer<T>(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        valid: RangeInclusive<T>,
+    ) -> Option<T>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display,
+    {
+        let Value::Integer(n) = v.get_ref() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!("{key} must be an integer (found {})", describe(v.get_ref())),
+            );
+            return None;
+        };
+        match T::try_from(*n) {
+            Ok(x) if valid.contains(&x) => Some(x),
+            _ => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {n} is out of range (valid: {}..={})",
+                        valid.start(),
+                        valid.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        valid: RangeInclusive<Duration>,
+    ) -> Option<Duration> {
+        let text = match v.get_ref() {
+            Value::String(text) => text,
+            Value::Integer(n) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} = {n} has no unit; write a duration string such as \
+                         {key} = \"{n}s\" (valid examples: {DURATION_EXAMPLES})"
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} must be a duration string (found {}; valid examples: \
+                         {DURATION_EXAMPLES})",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        match parse_duration(text) {
+            Ok(d) if valid.contains(&d) => Some(d),
+            Ok(_) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {text:?} is out of range (valid: {}..={})",
+                        fmt_duration(*valid.start()),
+                        fmt_duration(*valid.end())
+                    ),
+                );
+                None
+            }
+            Err(why) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {text:?} is not a duration: {why} (valid examples: \
+                         {DURATION_EXAMPLES})"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<IpAddr> {
+        let text = self.string(ctx, key, v)?;
+        let Ok(address) = text.trim().parse::<IpAddr>() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} {text:?} is not an IP address (valid: IPv4 or IPv6, e.g. \
+                     \"192.0.2.200\" or \"2001:db8::200\")"
+                ),
+            );
+            return None;
+        };
+        if let Some(why) = unusable(address) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!("{key} {address} is {why} (valid: a unicast address)"),
+            );
+            return None;
+        }
+        Some(address)
+    }
+
+    fn keyword<T: Keyword>(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<T> {
+        let text = self.string(ctx, key, v)?;
+        let found = T::ALL
+            .iter()
+            .copied()
+            .find(|k| k.keyword().eq_ignore_ascii_case(text));
+        if found.is_none() {
+            self.report_at(
+                v,
+                ctx,
+                format_args!("{key} {text:?} is not supported (valid: {})", keywords::<T>()),
+            );
+        }
+        found
+    }
+
+    fn keyword_or<T: Keyword>(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        field: &Field,
+        default: T,
+    ) -> Option<T> {
+        match field {
+            Some(v) => self.keyword(ctx, key, v),
+            None => Some(default),
+        }
+    }
+}
+
+/// What has been seen so far across services, for uniqueness checks.
+struct Seen {
+    /// VIP -> label of the first service that has it.
+    vips: HashMap<IpAddr, String>,
+    /// Service name -> line it was first defined on.
+    names: HashMap<String, usize>,
+    /// (VIP, port, protocol) -> label and line of the service that has it.
+    keys: HashMap<(IpAddr, u16, Protocol), (String, usize)>,
+}
+
+// ---------------------------------------------------------------------------
+// Value syntax
+
+/// How messages show a TOML value of the wrong type.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("string {s:?}"),
+        Value::Integer(n) => format!("integer {n}"),
+        Value::Float(x) => format!("float {x}"),
+        Value::Boolean(b) => format!("boolean {b}"),
+        Value::Datetime(d) => format!("date-time {d}"),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// Why a Linux interface name is invalid (as the kernel's `dev_valid_name`).
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("it is empty".to_owned())
+    } else if name.len() > IFNAME_MAX {
+        Err(format!("it is longer than {IFNAME_MAX} bytes"))
+    } else if name == "." || name == ".." {
+        Err("\".\" and \"..\" are reserved".to_owned())
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        Err("it contains '/', ':' or whitespace".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// Why an address cannot be a VIP or a real server, if it cannot.
+fn unusable(address: IpAddr) -> Option<&'static str> {
+    if address.is_unspecified() {
+        Some("the unspecified address")
+    } else if address.is_loopback() {
+        Some("a loopback address")
+    } else if address.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(address, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+fn family(address: IpAddr) -> &'static str {
+    if address.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// `aa:bb:cc:dd:ee:ff` (either case).
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A duration such as `500ms`, `10s`, `2m`, `1h`, `7d` or `1m30s`: one or
+/// more whole numbers, each followed by a unit.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    let mut rest = text;
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let (number, after) = rest.split_at(digits);
+        let letters = after.len() - after.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let (unit, after) = after.split_at(letters);
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("{number} has no unit (ms, s, m, h or d)")),
+            other => return Err(format!("unknown unit {other:?} (valid: ms, s, m, h, d)")),
+        };
+        total_ms = number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit_ms))
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(|| "it is too long".to_owned())?;
+        rest = after;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// The shortest way to write a duration in the config's syntax.
+fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 || ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}

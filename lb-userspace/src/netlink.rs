@@ -1,0 +1,195 @@
+//! What the control plane asks the kernel over route netlink: a NIC's index
+//! and MAC, which NIC a real server is on-link through, and the real
+//! server's MAC from the neighbour table (asking the kernel to resolve it
+//! when it is missing).
+//!
+//! Uses the `rtnetlink` crate (rust-netlink) rather than parsing `ip`
+//! output or hand-rolling netlink messages.
+
+use std::{collections::HashMap as StdHashMap, net::IpAddr};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle,
+    packet_route::{
+        address::AddressAttribute,
+        link::LinkAttribute,
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+    },
+};
+
+/// A director NIC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+}
+
+/// A route-netlink session (needs a running tokio runtime).
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current network namespace.
+    pub fn open() -> anyhow::Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("opening a route netlink socket")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Looks up a NIC by name; the error lists the NICs that exist.
+    pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(link) = links.try_next().await.context("listing network interfaces")? {
+            let mut link_name = None;
+            let mut mac = None;
+            for attr in &link.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => link_name = Some(n.clone()),
+                    LinkAttribute::Address(a) if a.len() == 6 => {
+                        mac = Some(<[u8; 6]>::try_from(a.as_slice()).expect("length checked"))
+                    }
+                    _ => {}
+                }
+            }
+            let Some(link_name) = link_name else { continue };
+            if link_name == name {
+                let mac = mac.ok_or_else(|| {
+                    anyhow!("network interface {name} has no Ethernet address (XDP DR needs an Ethernet NIC)")
+                })?;
+                return Ok(Nic {
+                    name: link_name,
+                    index: link.header.index,
+                    mac,
+                });
+            }
+            names.push(link_name);
+        }
+        bail!(
+            "no network interface named {name:?} in this network namespace (existing: {})",
+            names.join(", ")
+        )
+    }
+
+    /// The first of `nics` with an address prefix containing `addr`: the NIC
+    /// through which a real server is on-link, as direct routing requires.
+    pub async fn on_link_nic<'a>(&self, nics: &'a [Nic], addr: IpAddr) -> anyhow::Result<Option<&'a Nic>> {
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
+            let Some(nic) = nics.iter().find(|n| n.index == msg.header.index) else {
+                continue;
+            };
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(prefix) = attr
+                    && same_prefix(*prefix, addr, msg.header.prefix_len)
+                {
+                    return Ok(Some(nic));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The kernel's resolved neighbour entries: (NIC index, address) -> MAC.
+    /// Entries still being resolved or that failed are left out.
+    pub async fn neighbours(&self) -> anyhow::Result<StdHashMap<(u32, IpAddr), [u8; 6]>> {
+        let mut table = StdHashMap::new();
+        let mut neighbours = self.handle.neighbours().get().execute();
+        while let Some(msg) = neighbours.try_next().await.context("listing neighbours")? {
+            if matches!(
+                msg.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            ) {
+                continue;
+            }
+            let mut dest = None;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dest = Some(IpAddr::V4(*a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dest = Some(IpAddr::V6(*a))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(dest), Some(mac)) = (dest, mac) {
+                table.insert((msg.header.ifindex, dest), mac);
+            }
+        }
+        Ok(table)
+    }
+
+    /// Asks the kernel to resolve `addr` on NIC `index` (ARP or neighbour
+    /// solicitation), as `ip neigh replace ADDR dev NIC use` does: the
+    /// `NTF_USE` flag sends a probe without changing an existing entry.
+    pub async fn solicit(&self, index: u32, addr: IpAddr) -> anyhow::Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, addr)
+            .flags(NeighbourFlags::Use)
+            .state(NeighbourState::Incomplete)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("asking the kernel to resolve {addr}"))
+    }
+}
+
+/// Whether `a` and `b` share their first `prefix_len` bits (same family only).
+fn same_prefix(a: IpAddr, b: IpAddr, prefix_len: u8) -> bool {
+    let (a, b, bits) = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return false,
+    };
+    let prefix_len = u32::from(prefix_len).min(bits);
+    if prefix_len == 0 {
+        return true;
+    }
+    let shift = bits - prefix_len;
+    (a >> shift) == (b >> shift)
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_prefix(ip("192.0.2.1"), ip("192.0.2.200"), 24));
+        assert!(!same_prefix(ip("192.0.2.1"), ip("192.0.3.1"), 24));
+        assert!(same_prefix(ip("192.0.2.1"), ip("192.0.2.1"), 32));
+        assert!(same_prefix(ip("2001:db8::1"), ip("2001:db8::ffff"), 64));
+        assert!(!same_prefix(ip("2001:db8::1"), ip("2001:db9::1"), 64));
+        assert!(!same_prefix(ip("192.0.2.1"), ip("2001:db8::1"), 0));
+    }
+
+    #[test]
+    fn mac_format() {
+        assert_eq!(format_mac(&[2, 0, 0, 0xab, 0xcd, 0xef]), "02:00:00:ab:cd:ef");
+    }
+}

@@ -1,0 +1,140 @@
+//! The connection-table sweeper: expires idle flows by IPVS-style per-state
+//! timeouts and rewrites every backend's active/inactive counters from what
+//! the table really holds, so flows that expired or were evicted by the LRU
+//! never leave counts that drift.
+
+use std::collections::HashMap as StdHashMap;
+
+use anyhow::Context as _;
+use lb_common::{BackendConnSet, Flow, MAX_BACKENDS, conn_state::{Timeouts, is_active}};
+
+use crate::datapath::Maps;
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Flows removed because they were idle past their state's timeout.
+    pub expired: usize,
+    /// Flows left in the table.
+    pub live: usize,
+}
+
+/// The clock `bpf_ktime_get_ns()` reads (CLOCK_MONOTONIC), in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether a flow last seen at `flow.last_seen_ns` has idled out at `now_ns`.
+pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
+    let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
+    idle_ns > timeouts.for_state(flow.state).saturating_mul(1_000_000_000)
+}
+
+/// Tallies live flows per service id and backend slot.
+#[derive(Default)]
+struct Tally {
+    per_service: StdHashMap<u32, BackendConnSet>,
+}
+
+impl Tally {
+    fn add(&mut self, flow: &Flow) {
+        let slot = flow.backend_slot as usize;
+        if slot >= MAX_BACKENDS {
+            return;
+        }
+        let conns = &mut self.per_service.entry(flow.service_id).or_default().conns[slot];
+        if is_active(flow.state) {
+            conns.active += 1;
+        } else {
+            conns.inactive += 1;
+        }
+    }
+}
+
+/// Expires idle flows and rewrites the counters of `service_ids` (every
+/// service in use) from the flows that remain.
+pub fn sweep(maps: &mut Maps, service_ids: &[u32], timeouts: &Timeouts) -> anyhow::Result<SweepReport> {
+    let now_ns = monotonic_ns();
+    let mut expired = Vec::new();
+    let mut tally = Tally::default();
+    let mut live = 0;
+    for entry in maps.conntrack.iter() {
+        // An entry can vanish (LRU eviction) between listing and reading it.
+        let Ok((key, flow)) = entry else { continue };
+        if is_expired(&flow, now_ns, timeouts) {
+            expired.push(key);
+        } else {
+            tally.add(&flow);
+            live += 1;
+        }
+    }
+    for key in &expired {
+        // Already gone (evicted or re-created by the data path) is fine.
+        let _ = maps.conntrack.remove(key);
+    }
+    for &id in service_ids {
+        let conns = tally.per_service.remove(&id).unwrap_or_default();
+        maps.backend_conns
+            .set(id, conns, 0)
+            .with_context(|| format!("writing connection counts of service {id}"))?;
+    }
+    Ok(SweepReport {
+        expired: expired.len(),
+        live,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::conn_state::{STATE_CLOSE, STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn flow(state: u32, last_seen_s: u64) -> Flow {
+        Flow {
+            last_seen_ns: last_seen_s * S,
+            state,
+            ..Flow::default()
+        }
+    }
+
+    #[test]
+    fn flows_expire_by_their_state_timeout() {
+        let t = Timeouts::IPVS;
+        let now = 10_000 * S;
+        assert!(!is_expired(&flow(STATE_ESTABLISHED, 10_000 - 900), now, &t));
+        assert!(is_expired(&flow(STATE_ESTABLISHED, 10_000 - 901), now, &t));
+        assert!(!is_expired(&flow(STATE_SYN_RECV, 10_000 - 60), now, &t));
+        assert!(is_expired(&flow(STATE_SYN_RECV, 10_000 - 61), now, &t));
+        assert!(is_expired(&flow(STATE_CLOSE, 10_000 - 11), now, &t));
+        assert!(!is_expired(&flow(STATE_UDP, 10_000 - 299), now, &t));
+        // A flow seen "after" now (clock read races the data path) is live.
+        assert!(!is_expired(&flow(STATE_CLOSE, 10_001), now, &t));
+    }
+
+    #[test]
+    fn tally_counts_active_and_inactive_per_slot() {
+        let mut tally = Tally::default();
+        let mut f = flow(STATE_ESTABLISHED, 0);
+        f.service_id = 3;
+        f.backend_slot = 2;
+        tally.add(&f);
+        tally.add(&f);
+        f.state = STATE_SYN_RECV;
+        tally.add(&f);
+        f.backend_slot = MAX_BACKENDS as u32; // corrupt slot: ignored
+        tally.add(&f);
+        let set = &tally.per_service[&3];
+        assert_eq!(set.conns[2].active, 2);
+        assert_eq!(set.conns[2].inactive, 1);
+        assert_eq!(set.conns.iter().map(|c| c.active + c.inactive).sum::<u64>(), 3);
+    }
+}
