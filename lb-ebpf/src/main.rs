@@ -113,12 +113,13 @@ fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
     ) else {
         return Verdict::Drop(REASON_INTERNAL);
     };
+    // Before tracking: a frame that cannot be forwarded records no flow.
+    let Some(iface) = (unsafe { IFACES.get(ctx.ingress_ifindex() as u32) }) else {
+        return Verdict::Drop(REASON_INTERNAL);
+    };
     let binding = match conntrack::track(&packet, service_id, backends, conns) {
         Ok(binding) => binding,
         Err(verdict) => return verdict,
-    };
-    let Some(iface) = (unsafe { IFACES.get(ctx.ingress_ifindex() as u32) }) else {
-        return Verdict::Drop(REASON_INTERNAL);
     };
     let backend = &backends.backends[binding.slot as usize];
     if forward::rewrite_macs(ctx, &backend.mac, &iface.mac).is_err() {

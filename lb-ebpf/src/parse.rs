@@ -67,14 +67,17 @@ pub fn l3_len(ctx: &XdpContext) -> u64 {
 
 /// Parses a frame into a [`Packet`], or says why it is not one:
 /// `Pass` for traffic that is not TCP/UDP over IP (or is a fragment),
-/// `Drop(REASON_MALFORMED)` for truncated or inconsistent headers.
+/// `Drop(REASON_MALFORMED)` for truncated or inconsistent headers, including
+/// a transport header that the IP length field does not cover.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
     let mut flow = FlowKey::default();
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
-    let (l4_offset, proto) = match u16::from_be(unsafe { (*eth).ether_type }) {
+    // `ip_end`: where the IP datagram ends by its own length field. The
+    // transport header must lie inside it, not in Ethernet padding after it.
+    let (l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
         ETH_P_IP => {
             let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
             let (vihl, tot_len, frags, proto, src, dst) = unsafe {
@@ -97,13 +100,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             flow.family = FAMILY_IPV4;
             flow.src_addr[..4].copy_from_slice(&src);
             flow.dst_addr[..4].copy_from_slice(&dst);
-            (EthHdr::LEN + header_len, proto)
+            (EthHdr::LEN + header_len, proto, EthHdr::LEN + tot_len as usize)
         }
         ETH_P_IPV6 => {
             let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
-            let (version, next, src, dst) = unsafe {
+            let (version, payload_len, next, src, dst) = unsafe {
                 (
                     (*ip).vcf[0] >> 4,
+                    u16::from_be_bytes((*ip).payload_len),
                     (*ip).next_hdr,
                     (*ip).src_addr,
                     (*ip).dst_addr,
@@ -115,13 +119,18 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             flow.family = FAMILY_IPV6;
             flow.src_addr = src;
             flow.dst_addr = dst;
-            skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?
+            let (offset, proto) = skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?;
+            let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
+            (offset, proto, ip_end)
         }
         _ => return Err(Verdict::Pass(REASON_NOT_IP)),
     };
     flow.proto = proto;
     let tcp_flags = match proto {
         PROTO_TCP => {
+            if l4_offset + TcpHdr::LEN > ip_end {
+                return Err(MALFORMED);
+            }
             let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 20-byte TCP header is inside the frame.
             unsafe {
@@ -131,6 +140,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
         }
         PROTO_UDP => {
+            if l4_offset + UdpHdr::LEN > ip_end {
+                return Err(MALFORMED);
+            }
             let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 8-byte UDP header is inside the frame.
             unsafe {
