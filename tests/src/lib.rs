@@ -1,1 +1,93 @@
-//! test bed
+//! Network-namespace test bed for `lb`, shared by the end-to-end tests and
+//! `cargo xtask demo`.
+//!
+//! A [`TestBed`] builds one L2 segment out of network namespaces: a "switch"
+//! namespace holding a bridge, a client, the director and N real servers that
+//! hold the VIPs on `lo` with the LVS-DR ARP sysctls. [`RealServer`] runs
+//! in-process TCP/UDP servers inside a real server's namespace, the
+//! [`client`] helpers open real connections from the client's namespace, and
+//! [`LbDaemon`] runs the real `lb` binary on the director.
+//!
+//! Every resource (namespace, bpffs pin directory, config directory, process,
+//! thread) is owned by a guard that removes exactly that resource on drop, and
+//! every name is unique per process and per test ([`unique_tag`]), so tests
+//! can run in parallel threads.
+
+pub mod bed;
+pub mod client;
+pub mod cmd;
+pub mod daemon;
+pub mod netns;
+pub mod server;
+pub mod stats;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use bed::{DIRECTOR_IFACE, Host, TestBed, VIP4, VIP6};
+pub use daemon::{
+    Health, LbConfig, LbDaemon, PinDir, Protocol, ServiceConfig, lb_binary, pin_path_for,
+};
+pub use netns::NetNs;
+pub use server::RealServer;
+pub use stats::Stats;
+
+/// A tag unique to this process and call: `<pid>-<n>`.
+///
+/// Namespace names, pin directories and config directories are built from it,
+/// so parallel tests (threads) and parallel test binaries (processes) never
+/// share a resource.
+pub fn unique_tag() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether the process runs as root (the test bed needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Decides whether a root-only test must be skipped.
+///
+/// Returns `true` (after printing a loud `SKIPPED` line to stderr) when not
+/// root and the `CI` environment variable is unset; panics when not root in
+/// CI, where a skipped end-to-end test would hide a broken setup.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: end-to-end tests need root, and CI is set: refusing to skip");
+    }
+    eprintln!("!!!!!!!! {test}: SKIPPED (needs root) !!!!!!!!");
+    true
+}
+
+/// FNV-1a (64 bit) hash: the checksum of uploads, computed on both ends.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    /// Feeds `bytes` into the hash.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// The hash of everything fed so far.
+    pub fn value(&self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,202 @@
+//! Client-side traffic: real TCP connections and UDP flows opened from the
+//! client's namespace, reporting what the client actually received (see
+//! [`crate::server`] for the protocol).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{Fnv64, NetNs};
+
+/// Timeout for connecting and for each read or write.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open TCP connection to a service, and the real server that answered it.
+pub struct HeldConn {
+    reader: BufReader<TcpStream>,
+    server: String,
+}
+
+impl HeldConn {
+    /// Connects to `target` and reads the greeting (the server's name).
+    ///
+    /// Call it from a thread inside the client namespace (see [`open_tcp`]).
+    fn connect(target: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)
+            .with_context(|| format!("connecting to {target}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut conn = Self {
+            reader: BufReader::new(stream),
+            server: String::new(),
+        };
+        conn.server = conn
+            .read_line()
+            .with_context(|| format!("reading the greeting from {target}"))?;
+        Ok(conn)
+    }
+
+    /// The real server that answered the connection.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Local (client) address of the connection.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
+    /// Sends `ping` and returns the name in the answer: the same server as
+    /// [`HeldConn::server`] while the flow still goes to it.
+    pub fn ping(&mut self) -> anyhow::Result<String> {
+        self.reader.get_mut().write_all(b"ping\n")?;
+        self.read_line()
+    }
+
+    /// Uploads `len` pseudo-random bytes and checks what the server reports.
+    pub fn upload(&mut self, len: u64) -> anyhow::Result<Upload> {
+        let mut hash = Fnv64::default();
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut buf = vec![0u8; 64 * 1024];
+        let stream = self.reader.get_mut();
+        writeln!(stream, "upload {len}")?;
+        let mut left = len;
+        while left > 0 {
+            let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            rng.fill(&mut buf[..k]);
+            hash.update(&buf[..k]);
+            stream
+                .write_all(&buf[..k])
+                .with_context(|| format!("uploading, {} of {len} bytes sent", len - left))?;
+            left -= k as u64;
+        }
+        let answer = self.read_line().context("reading the upload report")?;
+        let (got, server_hash) = answer
+            .split_once(' ')
+            .with_context(|| format!("bad upload report {answer:?}"))?;
+        Ok(Upload {
+            sent: len,
+            sent_hash: hash.value(),
+            received: got
+                .parse()
+                .with_context(|| format!("bad report {answer:?}"))?,
+            received_hash: u64::from_str_radix(server_hash, 16)
+                .with_context(|| format!("bad report {answer:?}"))?,
+        })
+    }
+
+    fn read_line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("connection closed by the peer");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+/// What the client sent in an upload and what the server reported receiving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// Bytes the client sent.
+    pub sent: u64,
+    /// [`Fnv64`] of the bytes the client sent.
+    pub sent_hash: u64,
+    /// Bytes the server received.
+    pub received: u64,
+    /// [`Fnv64`] of the bytes the server received.
+    pub received_hash: u64,
+}
+
+/// Opens `n` TCP connections to `target` from namespace `ns`, one after the
+/// other, each having read its greeting before the next starts. They stay
+/// open until the returned values are dropped.
+pub fn open_tcp(ns: &NetNs, target: SocketAddr, n: usize) -> anyhow::Result<Vec<HeldConn>> {
+    ns.run(move || {
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            conns.push(HeldConn::connect(target).with_context(|| {
+                format!("connection {} of {n} to {target} ({i} succeeded)", i + 1)
+            })?);
+        }
+        Ok(conns)
+    })
+}
+
+/// Sends one datagram to `target` from each of `n` distinct UDP sockets in
+/// namespace `ns` (kept open until all are done, so every flow has its own
+/// source port) and returns the name each got back, in order.
+pub fn udp_flows(ns: &NetNs, target: SocketAddr, n: usize) -> anyhow::Result<Vec<String>> {
+    ns.run(move || {
+        let any: SocketAddr = match target {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let mut sockets = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        for i in 0..n {
+            let socket = UdpSocket::bind(any)?;
+            socket.connect(target)?;
+            socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let name = udp_exchange(&socket)
+                .with_context(|| format!("UDP flow {} of {n} to {target} ({i} answered)", i + 1))?;
+            names.push(name);
+            sockets.push(socket);
+        }
+        Ok(names)
+    })
+}
+
+/// Sends `ping` on a connected UDP socket until an answer comes (4 tries).
+fn udp_exchange(socket: &UdpSocket) -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    let mut last = None;
+    for _ in 0..4 {
+        socket.send(b"ping\n")?;
+        match socket.recv(&mut buf) {
+            Ok(k) => return Ok(String::from_utf8_lossy(&buf[..k]).trim_end().to_owned()),
+            Err(e) => last = Some(e),
+        }
+    }
+    bail!(
+        "no answer after 4 tries: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    )
+}
+
+/// Opens a connection to `target` from namespace `ns` and uploads `len`
+/// bytes; returns the server that took it and the upload report.
+pub fn upload(ns: &NetNs, target: SocketAddr, len: u64) -> anyhow::Result<(String, Upload)> {
+    ns.run(move || {
+        let mut conn = HeldConn::connect(target)?;
+        let report = conn.upload(len)?;
+        Ok((conn.server, report))
+    })
+}
+
+/// How many of `names` each server name got.
+pub fn count_by_server<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for name in names {
+        *counts.entry(name.to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A small deterministic generator for upload payloads.
+struct XorShift(u64);
+
+impl XorShift {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The real `lb` binary: finding it, writing its config, running `lb run` on
+//! the director as a guarded process, and the bpffs pin directory it owns.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Read},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::{NetNs, Stats, cmd};
+
+/// The line `lb run` prints on stderr once attached and provisioned.
+pub const READY_LINE: &str = "lb: ready";
+
+/// How long `lb run` may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `lb run` may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the `lb` binary: `$LB_BIN`, else `<workspace>/target/release/lb`.
+pub fn lb_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("LB_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| anyhow!("lb-tests has no parent directory"))?
+            .join("target/release/lb"),
+    };
+    if !path.is_file() {
+        bail!(
+            "the lb binary is missing at {}: build it with `cargo build --release -p lb-userspace` \
+             or run `cargo xtask test`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A directory removed (recursively, that exact path) on drop: config files,
+/// logs.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates `<tmp>/lbt-<tag>`.
+    pub fn create(tag: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("lbt-{tag}"));
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("test bed: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// The bpffs pin directory for a test tagged `tag`: `/sys/fs/bpf/lbt-<tag>`.
+pub fn pin_path_for(tag: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/lbt-{tag}"))
+}
+
+/// A bpffs pin directory that `lb run` creates and should remove; on drop,
+/// whatever is left there is removed (that exact path).
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    /// Guards (but does not create) the pin directory `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            eprintln!(
+                "test bed: removing pin directory {} left behind by lb",
+                self.path.display()
+            );
+            if let Err(e) = fs::remove_dir_all(&self.path) {
+                eprintln!("test bed: could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// The transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A service's health check.
+#[derive(Clone, Copy, Debug)]
+pub enum Health {
+    /// No check: backends are always up.
+    None,
+    /// TCP connect check, like keepalived's TCP_CHECK.
+    Tcp {
+        /// Time between checks.
+        interval: Duration,
+        /// Connect timeout.
+        timeout: Duration,
+        /// Port to connect to.
+        port: u16,
+        /// Consecutive failures before a backend goes down.
+        fall: u32,
+        /// Consecutive successes before it comes back up.
+        rise: u32,
+    },
+}
+
+/// One `[[service]]` of an `lb` config.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Virtual IP.
+    pub vip: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Health check.
+    pub health: Health,
+    /// Real servers: (address, weight).
+    pub backends: Vec<(IpAddr, u32)>,
+}
+
+/// An `lb` config file.
+#[derive(Clone, Debug)]
+pub struct LbConfig {
+    /// Director NICs to attach to.
+    pub interfaces: Vec<String>,
+    /// bpffs directory for the pins.
+    pub pin_path: PathBuf,
+    /// Connection table size.
+    pub max_flows: u32,
+    /// Services (all scheduled with `wlc`).
+    pub services: Vec<ServiceConfig>,
+}
+
+impl LbConfig {
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        let ifaces: Vec<String> = self.interfaces.iter().map(|i| format!("{i:?}")).collect();
+        let _ = writeln!(s, "[director]");
+        let _ = writeln!(s, "interfaces = [{}]", ifaces.join(", "));
+        let _ = writeln!(s, "pin_path = {:?}", self.pin_path.display().to_string());
+        let _ = writeln!(s, "max_flows = {}", self.max_flows);
+        for svc in &self.services {
+            let _ = writeln!(s, "\n[[service]]");
+            let _ = writeln!(s, "name = {:?}", svc.name);
+            let _ = writeln!(s, "vip = \"{}\"", svc.vip);
+            let _ = writeln!(s, "port = {}", svc.port);
+            let protocol = match svc.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            let _ = writeln!(s, "protocol = \"{protocol}\"");
+            let _ = writeln!(s, "scheduler = \"wlc\"");
+            let _ = writeln!(s, "\n[service.health]");
+            match svc.health {
+                Health::None => {
+                    let _ = writeln!(s, "kind = \"none\"");
+                }
+                Health::Tcp {
+                    interval,
+                    timeout,
+                    port,
+                    fall,
+                    rise,
+                } => {
+                    let _ = writeln!(s, "kind = \"tcp\"");
+                    let _ = writeln!(s, "interval = \"{}ms\"", interval.as_millis());
+                    let _ = writeln!(s, "timeout = \"{}ms\"", timeout.as_millis());
+                    let _ = writeln!(s, "port = {port}");
+                    let _ = writeln!(s, "fall = {fall}");
+                    let _ = writeln!(s, "rise = {rise}");
+                }
+            }
+            for (address, weight) in &svc.backends {
+                let _ = writeln!(s, "\n[[service.backend]]");
+                let _ = writeln!(s, "address = \"{address}\"");
+                let _ = writeln!(s, "weight = {weight}");
+            }
+        }
+        s
+    }
+
+    /// Writes the config to `dir/lb.toml` and returns that path.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("lb.toml");
+        fs::write(&path, self.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Collected stdout+stderr of a process.
+type Log = Arc<Mutex<String>>;
+
+/// `lb run` running in the director's namespace. Dropping it sends SIGTERM
+/// (SIGKILL after 10 s) and removes what it left in bpffs.
+pub struct LbDaemon {
+    child: Child,
+    lb: PathBuf,
+    log: Log,
+    readers: Vec<JoinHandle<()>>,
+    // Dropped after the process has been stopped (field order).
+    pins: PinDir,
+    _scratch: ScratchDir,
+}
+
+impl LbDaemon {
+    /// Writes `config` to a scratch directory, starts `lb run --config FILE
+    /// EXTRA...` in `director` through `nsenter --net` (bpffs stays visible)
+    /// and waits for its ready line ([`READY_TIMEOUT`]).
+    pub fn start(
+        lb: &Path,
+        director: &NetNs,
+        config: &LbConfig,
+        tag: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let scratch = ScratchDir::create(tag)?;
+        let config_path = config.write(scratch.path())?;
+        let pins = PinDir::new(config.pin_path.clone());
+        let mut command = director.command(lb);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = cmd::describe(&command);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting `{shown}`"))?;
+        let log = Log::default();
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|stream| {
+            let log = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        })
+        .collect();
+        let daemon = Self {
+            child,
+            lb: lb.to_owned(),
+            log,
+            readers,
+            pins,
+            _scratch: scratch,
+        };
+        daemon.wait_ready(&shown)
+    }
+
+    fn wait_ready(mut self, shown: &str) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.log().contains(READY_LINE) {
+                return Ok(self);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                self.join_readers();
+                bail!(
+                    "`{shown}` exited ({status}) before printing {READY_LINE:?}; its output:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "`{shown}` did not print {READY_LINE:?} within {READY_TIMEOUT:?}; its output:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Its bpffs pin directory.
+    pub fn pin_path(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// `lb stats --json` for this daemon.
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        Stats::query(&self.lb, self.pin_path())
+    }
+
+    /// `lb stats` (the table) for this daemon.
+    pub fn stats_table(&self) -> anyhow::Result<String> {
+        cmd::run(
+            Command::new(&self.lb)
+                .arg("stats")
+                .arg("--pin-path")
+                .arg(self.pin_path()),
+        )
+    }
+
+    /// Polls `lb stats --json` until `ready` accepts it or `timeout` passes;
+    /// returns the last stats either way, and whether `ready` accepted them.
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&Stats) -> bool,
+    ) -> anyhow::Result<(Stats, bool)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats()?;
+            if ready(&stats) {
+                return Ok((stats, true));
+            }
+            if Instant::now() > deadline {
+                return Ok((stats, false));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit (SIGKILL after 10 s); returns the
+    /// exit status and everything the daemon printed.
+    pub fn stop(mut self) -> anyhow::Result<(ExitStatus, String)> {
+        let status = self.terminate()?;
+        Ok((status, self.log()))
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            self.join_readers();
+            return Ok(status);
+        }
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: `pid` is our own child, not yet reaped (try_wait said it runs).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "test bed: lb (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:?}: killing it"
+                );
+                self.child.kill()?;
+                break self.child.wait()?;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        self.join_readers();
+        Ok(status)
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for LbDaemon {
+    fn drop(&mut self) {
+        if let Err(e) = self.terminate() {
+            eprintln!("test bed: stopping lb: {e:#}");
+        }
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+pub fn output_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<cmd::Finished> {
+    let command = cmd::describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{command}`"))?;
+    let mut out = child.stdout.take().context("no stdout pipe")?;
+    let mut err = child.stderr.take().context("no stderr pipe")?;
+    let out_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (status, false);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            break (child.wait()?, true);
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    if timed_out {
+        bail!("`{command}` still ran after {timeout:?} and was killed; stderr:\n{stderr}");
+    }
+    Ok(cmd::Finished {
+        command,
+        success: status.success(),
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}

@@ -1,0 +1,102 @@
+//! The output of `lb stats --json`, typed.
+
+use std::{net::IpAddr, path::Path, process::Command};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::cmd;
+
+/// Everything `lb stats --json` reports.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Stats {
+    /// One entry per configured service.
+    pub services: Vec<ServiceStats>,
+    /// Packet counts per verdict reason.
+    pub verdicts: Vec<VerdictStats>,
+}
+
+/// Counters of one service.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServiceStats {
+    /// Service id (index in the data path's maps).
+    pub id: u32,
+    /// The virtual IP.
+    pub vip: IpAddr,
+    /// The service port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// New connections (flows) scheduled.
+    pub conns: u64,
+    /// Packets forwarded.
+    pub in_pkts: u64,
+    /// Bytes forwarded.
+    pub in_bytes: u64,
+    /// Its real servers.
+    pub backends: Vec<BackendStats>,
+}
+
+/// Counters and state of one real server of a service.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BackendStats {
+    /// Slot in the service's backend set.
+    pub slot: u32,
+    /// Real server address.
+    pub address: IpAddr,
+    /// MAC the data path sends to.
+    pub mac: String,
+    /// Scheduling weight.
+    pub weight: u32,
+    /// `up` or `down` (health check).
+    pub state: String,
+    /// Connections in ESTABLISHED.
+    pub active_conns: u64,
+    /// Connections in other states.
+    pub inactive_conns: u64,
+    /// New connections scheduled to it.
+    pub conns: u64,
+    /// Packets forwarded to it.
+    pub in_pkts: u64,
+    /// Bytes forwarded to it.
+    pub in_bytes: u64,
+}
+
+/// Packet count of one verdict reason.
+#[derive(Clone, Debug, Deserialize)]
+pub struct VerdictStats {
+    /// Reason name, e.g. `forwarded` or `no_service`.
+    pub reason: String,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Runs `LB stats --pin-path PIN --json` and parses it.
+    pub fn query(lb: &Path, pin_path: &Path) -> anyhow::Result<Self> {
+        let out = cmd::run(
+            Command::new(lb)
+                .arg("stats")
+                .arg("--pin-path")
+                .arg(pin_path)
+                .arg("--json"),
+        )?;
+        serde_json::from_str(&out).with_context(|| format!("parsing `lb stats --json`: {out}"))
+    }
+
+    /// The service on `vip`:`port`, if any.
+    pub fn service(&self, vip: IpAddr, port: u16) -> Option<&ServiceStats> {
+        self.services
+            .iter()
+            .find(|s| s.vip == vip && s.port == port)
+    }
+}
+
+impl ServiceStats {
+    /// The backend with address `address`, if any.
+    pub fn backend(&self, address: IpAddr) -> Option<&BackendStats> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+}

@@ -1,0 +1,2210 @@
+//! Packet fixtures for the XDP data path, in the style of katran's
+//! `lib/testing/fixtures`.
+//!
+//! Every case loads a fresh [`Datapath`] (connection table of
+//! [`MAX_FLOWS`] entries), provisions its maps through the same
+//! `lb::datapath` functions the daemon uses, runs hand-built frames through
+//! the real program with `BPF_PROG_TEST_RUN` and compares the verdict, the
+//! output frame (built independently from the input: for `XDP_TX` the input
+//! with its two MAC addresses replaced, for every other verdict the input
+//! itself), the per-reason verdict counters (one packet, frame length minus
+//! 14 bytes, under exactly one reason) and, where the case is about them, the
+//! connection table, the per-backend connection counts and the per-service
+//! and per-backend statistics. A mismatch panics with the case name and the
+//! input, expected and actual frames in hex.
+//!
+//! Without `ctx_in`, the kernel runs the program as if the frame had arrived
+//! on the loopback device (ifindex [`LO_IFINDEX`]), so the director NIC's MAC
+//! is provisioned under that ifindex.
+//!
+//! The program needs root (or CAP_BPF + CAP_NET_ADMIN). Without it every test
+//! prints `SKIPPED (needs root)` to stderr and returns, unless `CI` is set, in
+//! which case it fails.
+
+use std::{
+    io::{self, ErrorKind, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::{
+    maps::MapError,
+    programs::{ProgramError, TestRun, TestRunOptions},
+};
+use lb::datapath::{Datapath, Maps, array_get, backend_entry, service_key};
+use lb_common::{
+    BACKEND_CONNS_MAP, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP,
+    BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendConns, BackendSet, CONNTRACK_MAP,
+    Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, IFACES_MAP, NUM_REASONS, PROTO_TCP,
+    PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
+    REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICE_STATS_MAP,
+    SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
+    conn_state::{
+        STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN, state_name,
+    },
+    reason_name, wlc,
+};
+
+// ---------------------------------------------------------------------------
+// Addresses and constants of the fixtures
+// ---------------------------------------------------------------------------
+
+/// Connection-table size of every fixture's data path.
+const MAX_FLOWS: u32 = 1024;
+/// Ifindex the kernel reports for `BPF_PROG_TEST_RUN` frames (loopback).
+const LO_IFINDEX: u32 = 1;
+/// Service id of the service under test: not 0, so that an id mix-up shows.
+const SERVICE_ID: u32 = 3;
+/// Service id of a decoy service sharing the VIP and port (other protocol).
+const DECOY_ID: u32 = 7;
+/// The virtual service's port (GridFTP).
+const PORT: u16 = 2811;
+/// Length of an Ethernet header.
+const ETH_LEN: usize = 14;
+/// TCP PSH flag (only carried along; the state machine ignores it).
+const TCP_PSH: u8 = 0x08;
+
+/// IPv4 VIP.
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// IPv4 client.
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// IPv6 VIP.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
+/// IPv6 client.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+
+/// Destination MAC of frames arriving for a VIP: a VRRP virtual MAC
+/// (keepalived `use_vmac`), deliberately different from [`NIC_MAC`] so that a
+/// program copying the old destination into the source would be caught.
+const VIP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+/// The director NIC's own MAC: the source MAC of forwarded frames.
+const NIC_MAC: [u8; 6] = [0x02, 0xd1, 0x00, 0x00, 0x00, 0x01];
+/// The client-side router's MAC: the source MAC of arriving frames.
+const ROUTER_MAC: [u8; 6] = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
+
+/// `XDP_ABORTED` (the constants below are the kernel's `enum xdp_action`).
+const XDP_ABORTED: u32 = 0;
+/// `XDP_DROP`.
+const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
+const XDP_PASS: u32 = 2;
+/// `XDP_TX`.
+const XDP_TX: u32 = 3;
+
+/// Name of an XDP verdict, for failure messages.
+fn action_name(action: u32) -> &'static str {
+    match action {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        _ => "XDP_<other>",
+    }
+}
+
+/// MAC of backend `slot` of service `service_id`: both are encoded in it, so
+/// an output frame names the service and slot it was sent to.
+const fn backend_mac(service_id: u32, slot: u32) -> [u8; 6] {
+    [0x02, 0xbe, 0x00, 0x00, service_id as u8, slot as u8]
+}
+
+/// Address of backend `slot`, in the VIP's family.
+fn backend_addr(vip: IpAddr, slot: u32) -> IpAddr {
+    match vip {
+        IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, 10 + slot as u8).into(),
+        IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10 + slot as u16).into(),
+    }
+}
+
+/// A backend as the fixtures describe it: weight and `BACKEND_STATE_*`.
+#[derive(Clone, Copy)]
+struct Real {
+    weight: u32,
+    state: u32,
+}
+
+/// An up backend of weight `weight`.
+const fn up(weight: u32) -> Real {
+    Real {
+        weight,
+        state: BACKEND_STATE_UP,
+    }
+}
+
+/// The backend set of service `service_id` behind `vip`, one slot per entry
+/// of `reals`, built with [`backend_entry`] like the daemon does.
+fn backend_set(service_id: u32, vip: IpAddr, reals: &[Real]) -> BackendSet {
+    let mut set = BackendSet::default();
+    for (slot, real) in (0u32..).zip(reals) {
+        set.backends[slot as usize] = backend_entry(
+            slot,
+            backend_addr(vip, slot),
+            backend_mac(service_id, slot),
+            LO_IFINDEX,
+            real.weight,
+            real.state,
+        );
+    }
+    set.len = reals.len() as u32;
+    set
+}
+
+// ---------------------------------------------------------------------------
+// Frame builder
+// ---------------------------------------------------------------------------
+
+/// Internet checksum (RFC 1071) of `data`, continuing from the partial sum `sum`.
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv6 extension header of a fixture frame.
+#[derive(Clone, Copy)]
+enum Ext {
+    /// Hop-by-hop options of the given total length (a multiple of 8), PadN-filled.
+    HopByHop(usize),
+    /// Routing header of the given total length, unknown type, no segments left.
+    Routing(usize),
+    /// Destination options of the given total length, PadN-filled.
+    DestOpts(usize),
+    /// Authentication header of the given total length (a multiple of 8, at least 16).
+    Auth(usize),
+    /// Fragment header: offset in 8-octet units and the M flag.
+    Fragment { offset: u16, more: bool },
+}
+
+impl Ext {
+    /// The next-header number that announces this header.
+    const fn number(self) -> u8 {
+        match self {
+            Self::HopByHop(_) => 0,
+            Self::Routing(_) => 43,
+            Self::DestOpts(_) => 60,
+            Self::Auth(_) => 51,
+            Self::Fragment { .. } => 44,
+        }
+    }
+
+    /// The header's bytes, announcing `next` as the following header.
+    fn bytes(self, next: u8) -> Vec<u8> {
+        let eight_octet = |len: usize| {
+            assert!(
+                len >= 8 && len.is_multiple_of(8),
+                "bad extension header length {len}"
+            );
+            (len / 8 - 1) as u8
+        };
+        match self {
+            Self::HopByHop(len) | Self::DestOpts(len) => {
+                // One PadN option filling the rest of the header.
+                let mut b = vec![next, eight_octet(len), 1, (len - 4) as u8];
+                b.resize(len, 0);
+                b
+            }
+            Self::Routing(len) => {
+                // Routing type 253 (RFC 4727 experiment), segments left 0.
+                let mut b = vec![next, eight_octet(len), 253, 0];
+                b.resize(len, 0);
+                b
+            }
+            Self::Auth(len) => {
+                assert!(len >= 16 && len.is_multiple_of(8), "bad AH length {len}");
+                // Payload Len counts 4-octet units minus 2; SPI 0x100, sequence 1.
+                let mut b = vec![next, (len / 4 - 2) as u8, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+                b.resize(len, 0);
+                b
+            }
+            Self::Fragment { offset, more } => {
+                let field = (offset << 3) | u16::from(more);
+                let mut b = vec![next, 0];
+                b.extend(field.to_be_bytes());
+                b.extend(0x0bad_cafe_u32.to_be_bytes());
+                b
+            }
+        }
+    }
+}
+
+/// Network layer of a fixture frame.
+#[derive(Clone)]
+enum Ip {
+    /// IPv4.
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        /// Options (a multiple of 4 bytes, at most 40).
+        options: Vec<u8>,
+        /// Flags and fragment offset as on the wire (0x4000 = DF).
+        frag: u16,
+        /// Overrides the version/IHL byte (malformed headers).
+        vihl: Option<u8>,
+        /// Overrides the total length (malformed headers).
+        tot_len: Option<u16>,
+    },
+    /// IPv6.
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        /// Extension headers between the fixed header and the transport header.
+        ext: Vec<Ext>,
+        /// Overrides the first byte (version and traffic class; malformed headers).
+        first_byte: Option<u8>,
+        /// Overrides the payload length (malformed headers).
+        payload_len: Option<u16>,
+    },
+}
+
+/// Transport layer of a fixture frame.
+#[derive(Clone, Copy)]
+enum L4 {
+    /// TCP with the given ports and flags (20-byte header).
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    /// UDP with the given ports.
+    Udp { sport: u16, dport: u16 },
+    /// ICMP (IPv4) or ICMPv6 echo request.
+    Echo,
+}
+
+/// A fixture frame: Ethernet, IP, transport header and payload.
+#[derive(Clone)]
+struct Pkt {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ip: Ip,
+    l4: L4,
+    payload: Vec<u8>,
+    /// Minimum frame length: shorter frames get Ethernet padding (zeros).
+    pad_to: usize,
+}
+
+/// Byte offsets where the headers of a built [`Pkt`] end.
+struct Layout {
+    /// End of the fixed IP header (34 for IPv4, 54 for IPv6).
+    ip_fixed_end: usize,
+    /// End of IPv4 options or IPv6 extension headers.
+    ip_end: usize,
+    /// End of the TCP or UDP header.
+    l4_end: usize,
+}
+
+impl Pkt {
+    /// A frame from the router to the director, addressed to [`VIP_MAC`].
+    fn new(ip: Ip, l4: L4) -> Self {
+        Self {
+            dst_mac: VIP_MAC,
+            src_mac: ROUTER_MAC,
+            ip,
+            l4,
+            payload: Vec::new(),
+            pad_to: 0,
+        }
+    }
+
+    /// Plain IPv4 from `src` to `dst`, DF set.
+    fn v4(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+        Self::new(
+            Ip::V4 {
+                src,
+                dst,
+                options: Vec::new(),
+                frag: 0x4000,
+                vihl: None,
+                tot_len: None,
+            },
+            l4,
+        )
+    }
+
+    /// Plain IPv6 from `src` to `dst`.
+    fn v6(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Self {
+        Self::new(
+            Ip::V6 {
+                src,
+                dst,
+                ext: Vec::new(),
+                first_byte: None,
+                payload_len: None,
+            },
+            l4,
+        )
+    }
+
+    /// TCP from the IPv4 client port `sport` to VIP4:PORT.
+    fn tcp4(sport: u16, flags: u8) -> Self {
+        Self::v4(
+            CLIENT4,
+            VIP4,
+            L4::Tcp {
+                sport,
+                dport: PORT,
+                flags,
+            },
+        )
+    }
+
+    /// TCP from the IPv6 client port `sport` to \[VIP6\]:PORT.
+    fn tcp6(sport: u16, flags: u8) -> Self {
+        Self::v6(
+            CLIENT6,
+            VIP6,
+            L4::Tcp {
+                sport,
+                dport: PORT,
+                flags,
+            },
+        )
+    }
+
+    /// UDP from the IPv4 client port `sport` to VIP4:PORT.
+    fn udp4(sport: u16) -> Self {
+        Self::v4(CLIENT4, VIP4, L4::Udp { sport, dport: PORT })
+    }
+
+    /// UDP from the IPv6 client port `sport` to \[VIP6\]:PORT.
+    fn udp6(sport: u16) -> Self {
+        Self::v6(CLIENT6, VIP6, L4::Udp { sport, dport: PORT })
+    }
+
+    /// The same frame with `payload` after the transport header.
+    fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// The same frame with IPv4 options (panics for IPv6).
+    fn with_options(mut self, opts: &[u8]) -> Self {
+        let Ip::V4 { options, .. } = &mut self.ip else {
+            panic!("IPv4 options on an IPv6 frame")
+        };
+        *options = opts.to_vec();
+        self
+    }
+
+    /// The same frame with IPv4 flags/fragment offset `value` (panics for IPv6).
+    fn with_frag(mut self, value: u16) -> Self {
+        let Ip::V4 { frag, .. } = &mut self.ip else {
+            panic!("IPv4 fragment field on an IPv6 frame")
+        };
+        *frag = value;
+        self
+    }
+
+    /// The same frame with IPv6 extension headers (panics for IPv4).
+    fn with_ext(mut self, headers: &[Ext]) -> Self {
+        let Ip::V6 { ext, .. } = &mut self.ip else {
+            panic!("IPv6 extension headers on an IPv4 frame")
+        };
+        *ext = headers.to_vec();
+        self
+    }
+
+    /// The same frame with Ethernet padding up to `len` bytes.
+    fn padded_to(mut self, len: usize) -> Self {
+        self.pad_to = len;
+        self
+    }
+
+    /// The frame a backend in slot `slot` of service `service_id` receives:
+    /// destination MAC the backend's, source MAC the director NIC's, every
+    /// other byte as built.
+    fn forwarded(&self, service_id: u32, slot: u32) -> Vec<u8> {
+        let mut out = self.clone();
+        out.dst_mac = backend_mac(service_id, slot);
+        out.src_mac = NIC_MAC;
+        out.build()
+    }
+
+    /// IP protocol number of the transport layer.
+    const fn proto(&self) -> u8 {
+        match (self.l4, &self.ip) {
+            (L4::Tcp { .. }, _) => PROTO_TCP,
+            (L4::Udp { .. }, _) => PROTO_UDP,
+            (L4::Echo, Ip::V4 { .. }) => 1,
+            (L4::Echo, Ip::V6 { .. }) => 58,
+        }
+    }
+
+    /// Transport header and payload, checksummed over `pseudo` (the
+    /// pseudo-header's partial sum; ICMPv4 has none).
+    fn l4_bytes(&self, pseudo: impl Fn(usize) -> u32) -> Vec<u8> {
+        let (mut b, sum_at) = match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut b = Vec::with_capacity(20);
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(0x1000_0000_u32.to_be_bytes()); // sequence number
+                let ack = if flags & TCP_ACK != 0 {
+                    0x2000_0000_u32
+                } else {
+                    0
+                };
+                b.extend(ack.to_be_bytes());
+                b.extend([5 << 4, flags]);
+                b.extend(64240u16.to_be_bytes()); // window
+                b.extend([0, 0, 0, 0]); // checksum, urgent pointer
+                (b, 16)
+            }
+            L4::Udp { sport, dport } => {
+                let mut b = Vec::with_capacity(8);
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                b.extend([0, 0]);
+                (b, 6)
+            }
+            L4::Echo => {
+                let kind = if self.proto() == 1 { 8 } else { 128 };
+                (vec![kind, 0, 0, 0, 0x12, 0x34, 0, 1], 2)
+            }
+        };
+        b.extend(&self.payload);
+        let mut sum = checksum(&b, pseudo(b.len()));
+        if sum == 0 && matches!(self.l4, L4::Udp { .. }) {
+            sum = 0xffff;
+        }
+        b[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
+        b
+    }
+
+    /// The frame's bytes.
+    fn build(&self) -> Vec<u8> {
+        let proto = self.proto();
+        let mut f = Vec::with_capacity(128);
+        f.extend(self.dst_mac);
+        f.extend(self.src_mac);
+        match &self.ip {
+            Ip::V4 {
+                src,
+                dst,
+                options,
+                frag,
+                vihl,
+                tot_len,
+            } => {
+                assert!(options.len().is_multiple_of(4) && options.len() <= 40);
+                let pseudo = |len: usize| {
+                    let mut p = Vec::with_capacity(12);
+                    p.extend(src.octets());
+                    p.extend(dst.octets());
+                    p.extend([0, proto]);
+                    p.extend((len as u16).to_be_bytes());
+                    u32::from(!checksum(&p, 0))
+                };
+                let l4 = self.l4_bytes(|len| if proto == 1 { 0 } else { pseudo(len) });
+                let header_len = 20 + options.len();
+                let mut h = Vec::with_capacity(header_len);
+                h.push(vihl.unwrap_or(0x40 | (header_len / 4) as u8));
+                h.push(0);
+                h.extend(
+                    tot_len
+                        .unwrap_or((header_len + l4.len()) as u16)
+                        .to_be_bytes(),
+                );
+                h.extend(0x1234u16.to_be_bytes()); // identification
+                h.extend(frag.to_be_bytes());
+                h.extend([64, proto, 0, 0]);
+                h.extend(src.octets());
+                h.extend(dst.octets());
+                h.extend(options);
+                let sum = checksum(&h, 0);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                f.extend(0x0800u16.to_be_bytes());
+                f.extend(h);
+                f.extend(l4);
+            }
+            Ip::V6 {
+                src,
+                dst,
+                ext,
+                first_byte,
+                payload_len,
+            } => {
+                let l4 = self.l4_bytes(|len| {
+                    let mut p = Vec::with_capacity(40);
+                    p.extend(src.octets());
+                    p.extend(dst.octets());
+                    p.extend((len as u32).to_be_bytes());
+                    p.extend([0, 0, 0, proto]);
+                    u32::from(!checksum(&p, 0))
+                });
+                let mut chain = Vec::new();
+                for (i, header) in ext.iter().enumerate() {
+                    let next = ext.get(i + 1).map_or(proto, |h| h.number());
+                    chain.extend(header.bytes(next));
+                }
+                let first_next = ext.first().map_or(proto, |h| h.number());
+                f.extend(0x86ddu16.to_be_bytes());
+                f.extend([first_byte.unwrap_or(0x60), 0, 0, 0]);
+                f.extend(
+                    payload_len
+                        .unwrap_or((chain.len() + l4.len()) as u16)
+                        .to_be_bytes(),
+                );
+                f.extend([first_next, 64]);
+                f.extend(src.octets());
+                f.extend(dst.octets());
+                f.extend(chain);
+                f.extend(l4);
+            }
+        }
+        if f.len() < self.pad_to {
+            f.resize(self.pad_to, 0);
+        }
+        f
+    }
+
+    /// Where the headers of the built frame end.
+    fn layout(&self) -> Layout {
+        let (ip_fixed_end, ip_end) = match &self.ip {
+            Ip::V4 { options, .. } => (ETH_LEN + 20, ETH_LEN + 20 + options.len()),
+            Ip::V6 { ext, .. } => {
+                let chain: usize = ext.iter().map(|h| h.bytes(0).len()).sum();
+                (ETH_LEN + 40, ETH_LEN + 40 + chain)
+            }
+        };
+        let l4_len = match self.l4 {
+            L4::Tcp { .. } => 20,
+            L4::Udp { .. } | L4::Echo => 8,
+        };
+        Layout {
+            ip_fixed_end,
+            ip_end,
+            l4_end: ip_end + l4_len,
+        }
+    }
+
+    /// The frame's connection-table key (TCP/UDP only).
+    fn flow_key(&self) -> FlowKey {
+        let (sport, dport) = match self.l4 {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
+            L4::Echo => panic!("an echo request has no flow key"),
+        };
+        let (src, dst, family) = match &self.ip {
+            Ip::V4 { src, dst, .. } => {
+                let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+                s[..4].copy_from_slice(&src.octets());
+                d[..4].copy_from_slice(&dst.octets());
+                (s, d, FAMILY_IPV4)
+            }
+            Ip::V6 { src, dst, .. } => (src.octets(), dst.octets(), FAMILY_IPV6),
+        };
+        FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: sport,
+            dst_port: dport,
+            proto: self.proto(),
+            family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// An ARP request for VIP4 from the client (padded to 60 bytes).
+fn arp_request() -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend([0xff; 6]);
+    f.extend(ROUTER_MAC);
+    f.extend(0x0806u16.to_be_bytes());
+    f.extend([0, 1, 0x08, 0x00, 6, 4, 0, 1]); // Ethernet/IPv4, request
+    f.extend(ROUTER_MAC);
+    f.extend(CLIENT4.octets());
+    f.extend([0; 6]);
+    f.extend(VIP4.octets());
+    f.resize(60, 0);
+    f
+}
+
+/// An LLDP frame (chassis id, port id, TTL, end), padded to 60 bytes.
+fn lldp_frame() -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e]);
+    f.extend(ROUTER_MAC);
+    f.extend(0x88ccu16.to_be_bytes());
+    f.extend([0x02, 0x07, 0x04]); // chassis id: MAC
+    f.extend(ROUTER_MAC);
+    f.extend([0x04, 0x03, 0x07, b'p', b'1']); // port id: local "p1"
+    f.extend([0x06, 0x02, 0x00, 0x78]); // TTL 120
+    f.extend([0x00, 0x00]);
+    f.resize(60, 0);
+    f
+}
+
+/// `bytes` as a hex dump, 16 bytes a line.
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let words: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        s += &format!("    {:04x}: {}\n", i * 16, words.join(" "));
+    }
+    if bytes.is_empty() {
+        s += "    (empty)\n";
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Whether this process may load BPF programs; prints a loud skip notice
+/// (or panics when `CI` is set) when it may not.
+fn privileged(case: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{case}: packet fixtures need root (CI is set, so this is a failure, not a skip)"
+    );
+    loud(&format!("SKIPPED (needs root): packet fixture `{case}`"));
+    false
+}
+
+/// Writes `notice` straight to the process's stderr, past libtest's output
+/// capture (which would hide an `eprintln!` of a passing test).
+fn loud(notice: &str) {
+    let _ = writeln!(io::stderr(), "\n!!!!! {notice} !!!!!\n");
+}
+
+/// What a fixture expects of one frame.
+enum Expect {
+    /// `XDP_TX` with exactly these output bytes, counted as forwarded.
+    Tx(Vec<u8>),
+    /// `XDP_PASS` with the input unchanged, counted under the reason.
+    Pass(u32),
+    /// `XDP_DROP` with the input unchanged, counted under the reason.
+    Drop(u32),
+}
+
+/// One fixture case: a freshly loaded data path and the case's name.
+struct Case {
+    name: String,
+    dp: Datapath,
+}
+
+impl Case {
+    /// Loads a fresh data path with the director NIC's MAC under the
+    /// loopback ifindex; `None` (after a loud notice) without privileges.
+    fn new(name: impl Into<String>) -> Option<Self> {
+        let mut case = Self::bare(name)?;
+        case.dp
+            .maps
+            .set_iface(LO_IFINDEX, NIC_MAC)
+            .unwrap_or_else(|e| panic!("{}: set_iface: {e:#}", case.name));
+        Some(case)
+    }
+
+    /// Loads a fresh data path with no NIC provisioned.
+    fn bare(name: impl Into<String>) -> Option<Self> {
+        let name = name.into();
+        if !privileged(&name) {
+            return None;
+        }
+        let dp = Datapath::load(MAX_FLOWS, None)
+            .unwrap_or_else(|e| panic!("{name}: loading the data path: {e:#}"));
+        Some(Self { name, dp })
+    }
+
+    /// Installs service `id` on (`vip`, PORT, `proto`) with one backend per
+    /// entry of `reals`.
+    fn service(&mut self, id: u32, vip: IpAddr, proto: u8, reals: &[Real]) {
+        self.dp
+            .maps
+            .set_service(
+                service_key(vip, PORT, proto),
+                id,
+                &backend_set(id, vip, reals),
+            )
+            .unwrap_or_else(|e| panic!("{}: set_service: {e:#}", self.name));
+    }
+
+    /// Replaces the backends of service `id` (as a re-weight, health change
+    /// or removal on a running director does).
+    fn backends(&mut self, id: u32, vip: IpAddr, reals: &[Real]) {
+        self.dp
+            .maps
+            .set_backends(id, &backend_set(id, vip, reals))
+            .unwrap_or_else(|e| panic!("{}: set_backends: {e:#}", self.name));
+    }
+
+    /// The verdict counters of every reason, summed over CPUs.
+    fn verdicts(&self) -> Vec<Counters> {
+        (0..NUM_REASONS)
+            .map(|r| self.counters(&self.dp.maps.verdict_stats, r))
+            .collect()
+    }
+
+    /// One entry of a per-CPU stats map, summed over CPUs.
+    fn counters(
+        &self,
+        map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
+        index: u32,
+    ) -> Counters {
+        Maps::counters(map, index)
+            .unwrap_or_else(|e| panic!("{}: reading counters {index}: {e:#}", self.name))
+    }
+
+    /// Statistics of service `id`.
+    fn service_stats(&self, id: u32) -> Counters {
+        self.counters(&self.dp.maps.service_stats, id)
+    }
+
+    /// Statistics of backend `slot` of service `id`.
+    fn backend_stats(&self, id: u32, slot: u32) -> Counters {
+        self.counters(&self.dp.maps.backend_stats, backend_index(id, slot))
+    }
+
+    /// The backend set of service `id` as the data path sees it.
+    fn backend_set(&self, id: u32) -> BackendSet {
+        array_get(&self.dp.maps.backends, id)
+            .unwrap_or_else(|e| panic!("{}: reading backends: {e:#}", self.name))
+    }
+
+    /// Active/inactive counts of backend `slot` of service `id`.
+    fn conns(&self, id: u32, slot: u32) -> BackendConns {
+        self.conn_set(id).conns[slot as usize]
+    }
+
+    /// Active/inactive counts of every slot of service `id`.
+    fn conn_set(&self, id: u32) -> BackendConnSet {
+        array_get(&self.dp.maps.backend_conns, id)
+            .unwrap_or_else(|e| panic!("{}: reading backend conns: {e:#}", self.name))
+    }
+
+    /// The connection-table entry of `pkt`'s flow, if any.
+    fn flow(&self, pkt: &Pkt) -> Option<Flow> {
+        match self.dp.maps.conntrack.get(&pkt.flow_key(), 0) {
+            Ok(flow) => Some(flow),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => panic!("{}: reading the connection table: {e}", self.name),
+        }
+    }
+
+    /// Number of flows in the connection table.
+    fn flow_count(&self) -> usize {
+        self.dp.maps.conntrack.keys().count()
+    }
+
+    /// Asserts that `pkt`'s flow is bound to `slot` of service `id` in
+    /// `state`, and returns its last-seen time.
+    fn expect_flow(&self, label: &str, pkt: &Pkt, id: u32, slot: u32, state: u32) -> u64 {
+        let flow = self
+            .flow(pkt)
+            .unwrap_or_else(|| panic!("{}/{label}: flow missing from {CONNTRACK_MAP}", self.name));
+        assert_eq!(
+            (flow.service_id, flow.backend_slot, state_name(flow.state)),
+            (id, slot, state_name(state)),
+            "{}/{label}: flow (service, slot, state)",
+            self.name
+        );
+        assert!(
+            flow.last_seen_ns > 0,
+            "{}/{label}: last_seen_ns unset",
+            self.name
+        );
+        flow.last_seen_ns
+    }
+
+    /// Asserts the active/inactive counts of backend `slot` of service `id`.
+    fn expect_conns(&self, label: &str, id: u32, slot: u32, active: u64, inactive: u64) {
+        let c = self.conns(id, slot);
+        assert_eq!(
+            (c.active, c.inactive),
+            (active, inactive),
+            "{}/{label}: (active, inactive) of slot {slot}",
+            self.name
+        );
+    }
+
+    /// Runs `input` through the program and returns the verdict and output,
+    /// or the error `BPF_PROG_TEST_RUN` returned.
+    fn run(&self, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        let mut out = vec![0u8; input.len() + 256];
+        let result = self.dp.program().test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// Runs `input` and checks the verdict, the output bytes and that the
+    /// verdict counters moved by exactly one packet of `input.len() - 14`
+    /// bytes under the expected reason. Returns the output.
+    fn send(&self, label: &str, input: &[u8], expect: Expect) -> Vec<u8> {
+        let before = self.verdicts();
+        let (action, reason, expected) = match expect {
+            Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
+            Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
+            Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
+        };
+        let (got, out) = self.run(input).unwrap_or_else(|e| {
+            panic!(
+                "{}/{label}: BPF_PROG_TEST_RUN failed: {e:#}\ninput:\n{}",
+                self.name,
+                hex(input)
+            )
+        });
+        if got != action || out != expected {
+            let first_diff = out
+                .iter()
+                .zip(&expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(out.len().min(expected.len()));
+            panic!(
+                "{}/{label}: expected {} ({}), got {}; output differs from byte {first_diff} \
+                 (lengths {} expected, {} actual)\ninput ({} bytes):\n{}expected:\n{}actual:\n{}",
+                self.name,
+                action_name(action),
+                reason_name(reason),
+                action_name(got),
+                expected.len(),
+                out.len(),
+                input.len(),
+                hex(input),
+                hex(&expected),
+                hex(&out),
+            );
+        }
+        let after = self.verdicts();
+        for r in 0..NUM_REASONS {
+            let (b, a) = (before[r as usize], after[r as usize]);
+            let delta = (
+                a.packets - b.packets,
+                a.bytes - b.bytes,
+                a.new_conns - b.new_conns,
+            );
+            let want = if r == reason {
+                (1, (input.len() - ETH_LEN) as u64, 0)
+            } else {
+                (0, 0, 0)
+            };
+            assert_eq!(
+                delta,
+                want,
+                "{}/{label}: {VERDICT_STATS_MAP}[{}] moved by (packets, bytes, new_conns)",
+                self.name,
+                reason_name(r)
+            );
+        }
+        out
+    }
+}
+
+/// A [`Counters`] value, for comparisons.
+const fn counted(packets: u64, bytes: u64, new_conns: u64) -> Counters {
+    Counters {
+        packets,
+        bytes,
+        new_conns,
+    }
+}
+
+/// Layer-3 length of a frame (what the byte counters add).
+const fn l3(frame: &[u8]) -> u64 {
+    (frame.len() - ETH_LEN) as u64
+}
+
+// ---------------------------------------------------------------------------
+// New flows
+// ---------------------------------------------------------------------------
+
+/// A SYN to the VIP of `family` opens a flow: XDP_TX with the MACs rewritten,
+/// the flow in SYN_RECV on slot 0, one inactive connection and one new
+/// connection in the service and backend statistics. A decoy UDP service on
+/// the same VIP and port must not be used.
+fn syn_opens_a_flow(name: &str, vip: IpAddr, syn: &Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    case.service(DECOY_ID, vip, PROTO_UDP, &[up(100)]);
+    let frame = syn.build();
+    case.send("SYN", &frame, Expect::Tx(syn.forwarded(SERVICE_ID, 0)));
+    case.expect_flow("SYN", syn, SERVICE_ID, 0, STATE_SYN_RECV);
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+    case.expect_conns("SYN", SERVICE_ID, 0, 0, 1);
+    case.expect_conns("SYN", SERVICE_ID, 1, 0, 0);
+    let one = counted(1, l3(&frame), 1);
+    assert_eq!(case.service_stats(SERVICE_ID), one, "{name}: service stats");
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0),
+        one,
+        "{name}: backend 0 stats"
+    );
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 1),
+        Counters::default(),
+        "{name}: backend 1 stats"
+    );
+    assert_eq!(
+        case.service_stats(DECOY_ID),
+        Counters::default(),
+        "{name}: decoy stats"
+    );
+    assert_eq!(
+        case.conns(DECOY_ID, 0),
+        BackendConns::default(),
+        "{name}: decoy conns"
+    );
+}
+
+/// IPv4 TCP SYN to a VIP.
+#[test]
+fn ipv4_tcp_syn_is_forwarded() {
+    syn_opens_a_flow("ipv4_tcp_syn", VIP4.into(), &Pkt::tcp4(40000, TCP_SYN));
+}
+
+/// IPv6 TCP SYN to a VIP.
+#[test]
+fn ipv6_tcp_syn_is_forwarded() {
+    syn_opens_a_flow("ipv6_tcp_syn", VIP6.into(), &Pkt::tcp6(40000, TCP_SYN));
+}
+
+/// One step of a TCP flow: flags sent, state and (active, inactive) of the
+/// flow's backend afterwards.
+struct Step {
+    flags: u8,
+    state: u32,
+    active: u64,
+    inactive: u64,
+}
+
+/// Sends `steps` of one TCP flow from client port 40000, starting with a
+/// SYN, and checks that every packet goes to slot 0 (the SYN's choice) while
+/// the flow's state and slot 0's counts follow the IPVS input-only table. A
+/// second flow opened after the SYN goes to slot 1 (slot 0 is busier), which
+/// shows that the first flow's packets follow the table, not the scheduler.
+fn tcp_flow_follows_states(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8) -> Pkt, steps: &[Step]) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let syn = pkt(40000, TCP_SYN);
+    let mut bytes = 0;
+    let frame = syn.build();
+    bytes += l3(&frame);
+    case.send("SYN", &frame, Expect::Tx(syn.forwarded(SERVICE_ID, 0)));
+    let mut last_seen = case.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
+    case.expect_conns("SYN", SERVICE_ID, 0, 0, 1);
+
+    let other = pkt(40001, TCP_SYN);
+    let other_frame = other.build();
+    case.send(
+        "other SYN",
+        &other_frame,
+        Expect::Tx(other.forwarded(SERVICE_ID, 1)),
+    );
+    case.expect_conns("other SYN", SERVICE_ID, 1, 0, 1);
+
+    for (i, step) in steps.iter().enumerate() {
+        let label = format!("step {i} flags {:#04x}", step.flags);
+        let p = pkt(40000, step.flags).with_payload(if step.flags & TCP_PSH != 0 {
+            b"data"
+        } else {
+            b""
+        });
+        let frame = p.build();
+        bytes += l3(&frame);
+        case.send(&label, &frame, Expect::Tx(p.forwarded(SERVICE_ID, 0)));
+        let seen = case.expect_flow(&label, &p, SERVICE_ID, 0, step.state);
+        assert!(
+            seen >= last_seen,
+            "{name}/{label}: last_seen_ns went backwards"
+        );
+        last_seen = seen;
+        case.expect_conns(&label, SERVICE_ID, 0, step.active, step.inactive);
+        case.expect_conns(&label, SERVICE_ID, 1, 0, 1);
+    }
+    let packets = 1 + steps.len() as u64;
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0),
+        counted(packets, bytes, 1),
+        "{name}: backend 0 stats"
+    );
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 1),
+        counted(1, l3(&other_frame), 1),
+        "{name}: backend 1 stats"
+    );
+    assert_eq!(
+        case.service_stats(SERVICE_ID),
+        counted(packets + 1, bytes + l3(&other_frame), 2),
+        "{name}: service stats"
+    );
+    assert_eq!(case.flow_count(), 2, "{name}: flows");
+}
+
+/// The full life of a flow: handshake, data, FIN, a late ACK, RST.
+const FULL_LIFE: [Step; 5] = [
+    Step {
+        flags: TCP_ACK,
+        state: STATE_ESTABLISHED,
+        active: 1,
+        inactive: 0,
+    },
+    Step {
+        flags: TCP_ACK | TCP_PSH,
+        state: STATE_ESTABLISHED,
+        active: 1,
+        inactive: 0,
+    },
+    Step {
+        flags: TCP_FIN | TCP_ACK,
+        state: STATE_FIN_WAIT,
+        active: 0,
+        inactive: 1,
+    },
+    Step {
+        flags: TCP_ACK,
+        state: STATE_FIN_WAIT,
+        active: 0,
+        inactive: 1,
+    },
+    Step {
+        flags: TCP_RST,
+        state: STATE_CLOSE,
+        active: 0,
+        inactive: 1,
+    },
+];
+
+/// An established flow reset by the client, and a SYN retransmitted after
+/// the ACK (which does not reopen the handshake).
+const RESET_LIFE: [Step; 3] = [
+    Step {
+        flags: TCP_ACK,
+        state: STATE_ESTABLISHED,
+        active: 1,
+        inactive: 0,
+    },
+    Step {
+        flags: TCP_SYN,
+        state: STATE_ESTABLISHED,
+        active: 1,
+        inactive: 0,
+    },
+    Step {
+        flags: TCP_RST | TCP_ACK,
+        state: STATE_CLOSE,
+        active: 0,
+        inactive: 1,
+    },
+];
+
+/// IPv4: SYN, ACK, data, FIN, ACK, RST on one flow.
+#[test]
+fn ipv4_tcp_flow_life() {
+    tcp_flow_follows_states("ipv4_tcp_flow_life", VIP4.into(), Pkt::tcp4, &FULL_LIFE);
+}
+
+/// IPv6: SYN, ACK, data, FIN, ACK, RST on one flow.
+#[test]
+fn ipv6_tcp_flow_life() {
+    tcp_flow_follows_states("ipv6_tcp_flow_life", VIP6.into(), Pkt::tcp6, &FULL_LIFE);
+}
+
+/// IPv4: SYN, ACK, SYN again, RST from ESTABLISHED.
+#[test]
+fn ipv4_tcp_flow_reset() {
+    tcp_flow_follows_states("ipv4_tcp_flow_reset", VIP4.into(), Pkt::tcp4, &RESET_LIFE);
+}
+
+/// UDP flows are forwarded, recorded in STATE_UDP and counted inactive; the
+/// second datagram of a flow follows the first.
+fn udp_flow(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, PROTO_UDP, &[up(1), up(1)]);
+    case.service(DECOY_ID, vip, PROTO_TCP, &[up(1)]);
+    let first = pkt(5353).with_payload(b"query");
+    let first_frame = first.build();
+    case.send(
+        "first datagram",
+        &first_frame,
+        Expect::Tx(first.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("first datagram", &first, SERVICE_ID, 0, STATE_UDP);
+    case.expect_conns("first datagram", SERVICE_ID, 0, 0, 1);
+    // Slot 0 now has one inactive flow, so a new flow goes to slot 1 ...
+    let other = pkt(5354);
+    case.send(
+        "other flow",
+        &other.build(),
+        Expect::Tx(other.forwarded(SERVICE_ID, 1)),
+    );
+    // ... and slot 0 is the less loaded one again after that, but the first
+    // flow stays on slot 0 either way.
+    let second = pkt(5353).with_payload(b"a longer second datagram");
+    let second_frame = second.build();
+    case.send(
+        "second datagram",
+        &second_frame,
+        Expect::Tx(second.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("second datagram", &second, SERVICE_ID, 0, STATE_UDP);
+    case.expect_conns("second datagram", SERVICE_ID, 0, 0, 1);
+    case.expect_conns("second datagram", SERVICE_ID, 1, 0, 1);
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0),
+        counted(2, l3(&first_frame) + l3(&second_frame), 1),
+        "{name}: backend 0 stats"
+    );
+    assert_eq!(
+        case.service_stats(SERVICE_ID).new_conns,
+        2,
+        "{name}: service new_conns"
+    );
+    assert_eq!(
+        case.service_stats(DECOY_ID),
+        Counters::default(),
+        "{name}: decoy stats"
+    );
+}
+
+/// IPv4 UDP flow.
+#[test]
+fn ipv4_udp_flow() {
+    udp_flow("ipv4_udp_flow", VIP4.into(), Pkt::udp4);
+}
+
+/// IPv6 UDP flow.
+#[test]
+fn ipv6_udp_flow() {
+    udp_flow("ipv6_udp_flow", VIP6.into(), Pkt::udp6);
+}
+
+// ---------------------------------------------------------------------------
+// Traffic that is not for a service
+// ---------------------------------------------------------------------------
+
+/// Frames that are IP but not for a service (or not TCP/UDP) pass to the
+/// director's stack byte for byte, counted under their reason, and create no
+/// flow and no service statistics.
+#[test]
+fn non_vip_traffic_passes_untouched() {
+    let other_vip4 = Ipv4Addr::new(192, 0, 2, 201);
+    let other_vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x201);
+    // The IPv4 VIP's bytes at the start of an IPv6 address: the key's family
+    // must keep it from matching the IPv4 service.
+    let v4_bytes_in_v6 = Ipv6Addr::from([192, 0, 2, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let tcp = |sport, dport| L4::Tcp {
+        sport,
+        dport,
+        flags: TCP_SYN,
+    };
+    let cases: Vec<(&str, Pkt, u32)> = vec![
+        (
+            "other IPv4 address",
+            Pkt::v4(CLIENT4, other_vip4, tcp(40000, PORT)),
+            REASON_NO_SERVICE,
+        ),
+        (
+            "other TCP port",
+            Pkt::v4(CLIENT4, VIP4, tcp(40000, 22)),
+            REASON_NO_SERVICE,
+        ),
+        (
+            "VIP port as source port",
+            Pkt::v4(CLIENT4, VIP4, tcp(PORT, 443)),
+            REASON_NO_SERVICE,
+        ),
+        ("UDP to a TCP service", Pkt::udp4(40000), REASON_NO_SERVICE),
+        (
+            "ICMP echo to the VIP",
+            Pkt::v4(CLIENT4, VIP4, L4::Echo),
+            REASON_NOT_L4,
+        ),
+        (
+            "other IPv6 address",
+            Pkt::v6(CLIENT6, other_vip6, tcp(40000, PORT)),
+            REASON_NO_SERVICE,
+        ),
+        (
+            "IPv6 UDP to a TCP service",
+            Pkt::udp6(40000),
+            REASON_NO_SERVICE,
+        ),
+        (
+            "IPv4 VIP bytes in IPv6",
+            Pkt::v6(CLIENT6, v4_bytes_in_v6, tcp(40000, PORT)),
+            REASON_NO_SERVICE,
+        ),
+        (
+            "ICMPv6 echo to the VIP",
+            Pkt::v6(CLIENT6, VIP6, L4::Echo),
+            REASON_NOT_L4,
+        ),
+        (
+            "ICMPv6 after extension headers",
+            Pkt::v6(CLIENT6, VIP6, L4::Echo).with_ext(&[Ext::HopByHop(8), Ext::DestOpts(8)]),
+            REASON_NOT_L4,
+        ),
+    ];
+    for (label, pkt, reason) in cases {
+        let name = format!("non_vip_traffic: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        case.send(label, &pkt.build(), Expect::Pass(reason));
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+        for id in [SERVICE_ID, DECOY_ID] {
+            assert_eq!(
+                case.service_stats(id),
+                Counters::default(),
+                "{name}: stats of service {id}"
+            );
+            assert_eq!(
+                case.conns(id, 0),
+                BackendConns::default(),
+                "{name}: conns of service {id}"
+            );
+        }
+    }
+}
+
+/// ARP and LLDP pass as not IP.
+#[test]
+fn non_ip_frames_pass() {
+    for (label, frame) in [
+        ("ARP request for the VIP", arp_request()),
+        ("LLDP", lldp_frame()),
+    ] {
+        let name = format!("non_ip: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.send(label, &frame, Expect::Pass(REASON_NOT_IP));
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Header variants
+// ---------------------------------------------------------------------------
+
+/// IPv4 options of `len` bytes: a Router Alert, then NOPs, then an End of
+/// Options List (for lengths above 4).
+fn ipv4_options(len: usize) -> Vec<u8> {
+    let mut options = vec![0x94, 0x04, 0x00, 0x00];
+    options.resize(len, 0x01);
+    if len > 4 {
+        options[len - 1] = 0x00;
+    }
+    options
+}
+
+/// IPv4 headers with options (IHL 6 to 15) are parsed at the right offset:
+/// the flow is forwarded and recorded with the real ports.
+#[test]
+fn ipv4_options_are_skipped() {
+    for ihl in 6u16..=15 {
+        let name = format!("ipv4_options: ihl {ihl}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        let syn =
+            Pkt::tcp4(40000 + ihl, TCP_SYN).with_options(&ipv4_options(usize::from(ihl - 5) * 4));
+        let frame = syn.build();
+        assert_eq!(frame[ETH_LEN] & 0x0f, ihl as u8, "{name}: builder IHL");
+        case.send("SYN", &frame, Expect::Tx(syn.forwarded(SERVICE_ID, 0)));
+        case.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
+        assert_eq!(case.flow_count(), 1, "{name}: flows");
+    }
+}
+
+/// IPv6 extension header chains the parser walks (at most four headers) are
+/// skipped; a fifth header, or a fragment header anywhere, hands the packet
+/// to the stack.
+#[test]
+fn ipv6_extension_headers() {
+    use Ext::*;
+    let forwarded: Vec<(&str, Pkt)> = vec![
+        (
+            "hop-by-hop + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), DestOpts(16)]),
+        ),
+        (
+            "destination options (UDP)",
+            Pkt::udp6(40000).with_ext(&[DestOpts(24)]),
+        ),
+        (
+            "hop-by-hop + routing + AH + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), Routing(24), Auth(24), DestOpts(8)]),
+        ),
+        (
+            "AH of 16 bytes",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[Auth(16)]),
+        ),
+    ];
+    for (label, pkt) in forwarded {
+        let name = format!("ipv6_ext: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP6.into(), pkt.proto(), &[up(1)]);
+        case.send(
+            label,
+            &pkt.build(),
+            Expect::Tx(pkt.forwarded(SERVICE_ID, 0)),
+        );
+        let state = if pkt.proto() == PROTO_TCP {
+            STATE_SYN_RECV
+        } else {
+            STATE_UDP
+        };
+        case.expect_flow(label, &pkt, SERVICE_ID, 0, state);
+    }
+    let too_long = Pkt::tcp6(40000, TCP_SYN).with_ext(&[
+        HopByHop(8),
+        DestOpts(8),
+        Routing(8),
+        DestOpts(8),
+        Auth(16),
+    ]);
+    let Some(mut case) = Case::new("ipv6_ext: five headers") else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+    case.send(
+        "five headers",
+        &too_long.build(),
+        Expect::Pass(REASON_NOT_L4),
+    );
+    assert_eq!(case.flow_count(), 0, "ipv6_ext: five headers: flows");
+}
+
+/// Fragments (even a first fragment carrying the whole TCP header) pass to
+/// the stack; DF alone is not a fragment.
+#[test]
+fn fragments_pass_to_the_stack() {
+    let syn4 = || Pkt::tcp4(40000, TCP_SYN);
+    let syn6 = || Pkt::tcp6(40000, TCP_SYN);
+    let cases: Vec<(&str, Pkt, Expect)> = vec![
+        (
+            "IPv4 first fragment (MF)",
+            syn4().with_frag(0x2000),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 middle fragment (MF, offset 185)",
+            syn4().with_frag(0x2000 | 185),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 last fragment (offset 1)",
+            syn4().with_frag(1),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv6 first fragment",
+            syn6().with_ext(&[Ext::Fragment {
+                offset: 0,
+                more: true,
+            }]),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv6 last fragment after hop-by-hop",
+            syn6().with_ext(&[
+                Ext::HopByHop(8),
+                Ext::Fragment {
+                    offset: 100,
+                    more: false,
+                },
+            ]),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 DF, no fragment",
+            syn4().with_frag(0x4000),
+            Expect::Tx(syn4().forwarded(SERVICE_ID, 0)),
+        ),
+        (
+            "IPv4 no flags",
+            syn4().with_frag(0),
+            Expect::Tx(syn4().with_frag(0).forwarded(SERVICE_ID, 0)),
+        ),
+    ];
+    for (label, pkt, expect) in cases {
+        let name = format!("fragments: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        let forwards = matches!(expect, Expect::Tx(_));
+        case.send(label, &pkt.build(), expect);
+        assert_eq!(case.flow_count(), usize::from(forwards), "{name}: flows");
+    }
+}
+
+/// Inconsistent IP headers are dropped as malformed.
+#[test]
+fn bad_ip_headers_are_dropped() {
+    let with_vihl = |vihl| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { vihl: v, .. } = &mut p.ip {
+            *v = Some(vihl);
+        }
+        p
+    };
+    let with_tot_len = |len| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let with_v6_first_byte = |byte| {
+        let mut p = Pkt::tcp6(40000, TCP_SYN);
+        if let Ip::V6 { first_byte, .. } = &mut p.ip {
+            *first_byte = Some(byte);
+        }
+        p
+    };
+    let mut cases: Vec<(String, Pkt)> = vec![
+        ("IPv4 version 6".into(), with_vihl(0x65)),
+        ("IPv4 version 0".into(), with_vihl(0x05)),
+        ("IPv4 version 15".into(), with_vihl(0xf5)),
+        ("IPv4 total length 19 < IHL*4".into(), with_tot_len(19)),
+        ("IPv4 total length 0".into(), with_tot_len(0)),
+        ("IPv6 version 4".into(), with_v6_first_byte(0x40)),
+        ("IPv6 version 0".into(), with_v6_first_byte(0x00)),
+    ];
+    for ihl in 0..5u8 {
+        cases.push((format!("IPv4 IHL {ihl}"), with_vihl(0x40 | ihl)));
+    }
+    for (label, pkt) in cases {
+        let name = format!("bad_ip: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        case.send(&label, &pkt.build(), Expect::Drop(REASON_MALFORMED));
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+    }
+}
+
+/// KNOWN BUG in lb-ebpf (`parse.rs`): the IPv4 total length and the IPv6
+/// payload length are not checked against the transport header, so a
+/// datagram too short to hold its TCP/UDP header is parsed from the bytes
+/// that follow it in the frame (Ethernet padding, or anything a sender puts
+/// there), scheduled and forwarded. Linux (and so IPVS) trims the packet to
+/// its IP length and drops it; the data path should drop it as malformed
+/// ("inconsistent headers", like a total length below IHL * 4). This test
+/// states the correct behaviour and fails until `parse.rs` compares
+/// `tot_len` with `header_len + transport header` (IPv6: `payload_len` with
+/// the extension headers + transport header).
+#[test]
+fn bug_l4_header_beyond_ip_length_is_malformed() {
+    let v4_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let v6_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V6 { payload_len, .. } = &mut p.ip {
+            *payload_len = Some(len);
+        }
+        p
+    };
+    let cases: Vec<(&str, Pkt)> = vec![
+        (
+            "IPv4 total length 20, TCP header after it",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 20),
+        ),
+        (
+            "IPv4 total length 30, half a TCP header",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 30),
+        ),
+        (
+            "IPv4 total length 24, half a UDP header",
+            v4_len(Pkt::udp4(40000), 24),
+        ),
+        (
+            "IPv6 payload length 8, TCP header",
+            v6_len(Pkt::tcp6(40000, TCP_SYN), 8),
+        ),
+        (
+            "IPv6 payload length 8, extension header + TCP",
+            v6_len(Pkt::tcp6(40000, TCP_SYN).with_ext(&[Ext::DestOpts(8)]), 8),
+        ),
+    ];
+    // Every case runs before the test fails, so the report shows them all.
+    let mut wrong = Vec::new();
+    for (label, pkt) in cases {
+        let name = format!("bug_short_ip_length: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        let vip = match pkt.ip {
+            Ip::V4 { .. } => IpAddr::from(VIP4),
+            Ip::V6 { .. } => IpAddr::from(VIP6),
+        };
+        case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
+        let frame = pkt.build();
+        let (action, _) = case
+            .run(&frame)
+            .unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN failed: {e:#}"));
+        if action != XDP_DROP || case.flow_count() != 0 {
+            wrong.push(format!(
+                "  {label}: {} and {} flow(s) recorded\n{}",
+                action_name(action),
+                case.flow_count(),
+                hex(&frame)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "bug_short_ip_length: expected XDP_DROP (drop_malformed) and no flow for every case; \
+         got:\n{}",
+        wrong.join("")
+    );
+}
+
+/// A valid frame cut at every length: cuts inside a header are dropped as
+/// malformed, cuts inside the payload (headers complete) are forwarded as
+/// they are, and cuts shorter than an Ethernet header are refused by the
+/// kernel (`BPF_PROG_TEST_RUN` needs at least 14 bytes), so the program never
+/// sees them.
+fn truncations(name: &str, vip: IpAddr, pkt: &Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
+    let frame = pkt.build();
+    let expected_tx = pkt.forwarded(SERVICE_ID, 0);
+    let layout = pkt.layout();
+    let v4 = matches!(pkt.ip, Ip::V4 { .. });
+    let l4_name = if pkt.proto() == PROTO_TCP {
+        "TCP header"
+    } else {
+        "UDP header"
+    };
+    assert!(
+        layout.l4_end < frame.len(),
+        "{name}: the fixture needs a payload"
+    );
+    for cut in 0..frame.len() {
+        let input = &frame[..cut];
+        let region = match cut {
+            c if c < ETH_LEN => "Ethernet header",
+            c if c < layout.ip_fixed_end => {
+                if v4 {
+                    "IPv4 fixed header"
+                } else {
+                    "IPv6 header"
+                }
+            }
+            c if c < layout.ip_end => {
+                if v4 {
+                    "IPv4 options"
+                } else {
+                    "IPv6 extension headers"
+                }
+            }
+            c if c < layout.l4_end => l4_name,
+            _ => "payload",
+        };
+        let label = format!("cut at {cut} (inside the {region})");
+        if cut < ETH_LEN {
+            match case.run(input) {
+                Err(ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EINVAL) => {}
+                other => {
+                    panic!("{name}/{label}: expected EINVAL from BPF_PROG_TEST_RUN, got {other:?}")
+                }
+            }
+        } else if cut < layout.l4_end {
+            case.send(&label, input, Expect::Drop(REASON_MALFORMED));
+        } else {
+            case.send(&label, input, Expect::Tx(expected_tx[..cut].to_vec()));
+        }
+    }
+    // Only the payload cuts reached the connection table, all as one flow.
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+    let payload_cuts = (frame.len() - layout.l4_end) as u64;
+    assert_eq!(
+        case.service_stats(SERVICE_ID).packets,
+        payload_cuts,
+        "{name}: forwarded packets"
+    );
+}
+
+/// A data segment over IPv4 with 8 bytes of options.
+#[test]
+fn truncated_ipv4_tcp() {
+    let pkt = Pkt::tcp4(40000, TCP_ACK | TCP_PSH)
+        .with_options(&ipv4_options(8))
+        .with_payload(b"payload");
+    truncations("truncated_ipv4_tcp", VIP4.into(), &pkt);
+}
+
+/// A datagram over IPv4.
+#[test]
+fn truncated_ipv4_udp() {
+    truncations(
+        "truncated_ipv4_udp",
+        VIP4.into(),
+        &Pkt::udp4(40000).with_payload(b"payload"),
+    );
+}
+
+/// A data segment over IPv6 behind hop-by-hop and destination options.
+#[test]
+fn truncated_ipv6_tcp() {
+    let pkt = Pkt::tcp6(40000, TCP_ACK | TCP_PSH)
+        .with_ext(&[Ext::HopByHop(8), Ext::DestOpts(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_tcp", VIP6.into(), &pkt);
+}
+
+/// A datagram over IPv6 behind an authentication header.
+#[test]
+fn truncated_ipv6_udp() {
+    let pkt = Pkt::udp6(40000)
+        .with_ext(&[Ext::Auth(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_udp", VIP6.into(), &pkt);
+}
+
+// ---------------------------------------------------------------------------
+// Backend selection
+// ---------------------------------------------------------------------------
+
+/// A backend that stops taking new flows (`stopped`: weight 0, or down) gets
+/// none, while the flow it already has continues through ESTABLISHED and FIN.
+fn stopped_backend_keeps_its_flow(name: &str, stopped: Real) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let vip = IpAddr::from(VIP4);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let syn = Pkt::tcp4(40000, TCP_SYN);
+    case.send(
+        "SYN before",
+        &syn.build(),
+        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
+    );
+    case.backends(SERVICE_ID, vip, &[stopped, up(100)]);
+    // With slot 0 usable, the second and fourth new flows would tie with it
+    // (one inactive flow each side) and go to slot 0.
+    for sport in 40001..40005 {
+        let other = Pkt::tcp4(sport, TCP_SYN);
+        case.send(
+            &format!("new flow {sport}"),
+            &other.build(),
+            Expect::Tx(other.forwarded(SERVICE_ID, 1)),
+        );
+    }
+    case.expect_conns("new flows", SERVICE_ID, 1, 0, 4);
+    let ack = Pkt::tcp4(40000, TCP_ACK);
+    case.send(
+        "ACK after",
+        &ack.build(),
+        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("ACK after", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+    case.expect_conns("ACK after", SERVICE_ID, 0, 1, 0);
+    let fin = Pkt::tcp4(40000, TCP_FIN | TCP_ACK);
+    case.send(
+        "FIN after",
+        &fin.build(),
+        Expect::Tx(fin.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("FIN after", &fin, SERVICE_ID, 0, STATE_FIN_WAIT);
+    case.expect_conns("FIN after", SERVICE_ID, 0, 0, 1);
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0).new_conns,
+        1,
+        "{name}: slot 0 new_conns"
+    );
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0).packets,
+        3,
+        "{name}: slot 0 packets"
+    );
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 1).new_conns,
+        4,
+        "{name}: slot 1 new_conns"
+    );
+}
+
+/// Weight 0 quiesces a backend.
+#[test]
+fn quiesced_backend_keeps_existing_flows() {
+    stopped_backend_keeps_its_flow("quiesced_backend", up(0));
+}
+
+/// A backend down by health check takes no new flows.
+#[test]
+fn down_backend_keeps_existing_flows() {
+    stopped_backend_keeps_its_flow(
+        "down_backend",
+        Real {
+            weight: 100,
+            state: BACKEND_STATE_DOWN,
+        },
+    );
+}
+
+/// A service without a usable backend drops new flows (counted as
+/// no-backend) and records nothing.
+#[test]
+fn service_without_usable_backend_drops() {
+    let down = Real {
+        weight: 100,
+        state: BACKEND_STATE_DOWN,
+    };
+    let empty = Real {
+        weight: 100,
+        state: BACKEND_STATE_EMPTY,
+    };
+    let cases: [(&str, &[Real]); 5] = [
+        ("all weight 0", &[up(0), up(0)]),
+        ("all down", &[down, down]),
+        ("down and weight 0", &[down, up(0)]),
+        ("no backends", &[]),
+        ("all slots empty", &[empty, empty]),
+    ];
+    for (label, reals) in cases {
+        let name = format!("no_backend: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, reals);
+        case.service(SERVICE_ID + 1, VIP4.into(), PROTO_UDP, reals);
+        for (what, pkt) in [
+            ("SYN", Pkt::tcp4(40000, TCP_SYN)),
+            ("mid-flow ACK", Pkt::tcp4(40001, TCP_ACK)),
+            ("UDP", Pkt::udp4(40002)),
+        ] {
+            case.send(what, &pkt.build(), Expect::Drop(REASON_NO_BACKEND));
+        }
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+        for id in [SERVICE_ID, SERVICE_ID + 1] {
+            assert_eq!(
+                case.service_stats(id),
+                Counters::default(),
+                "{name}: service {id} stats"
+            );
+            let conns = case.conn_set(id);
+            assert!(
+                conns.conns.iter().all(|c| *c == BackendConns::default()),
+                "{name}: service {id} connection counts moved"
+            );
+        }
+    }
+}
+
+/// With weights 1000/500/800, every new flow goes where
+/// `lb_common::wlc::select` says given the BACKEND_CONNS contents just
+/// before it; most flows complete their handshake (active), every fourth
+/// stays half open (inactive), so both terms of the overhead matter. The
+/// connection counts are checked against a model after every packet.
+#[test]
+fn wlc_follows_the_reference_model() {
+    let name = "wlc_reference";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let weights = [1000, 500, 800];
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &weights.map(up));
+    let set = case.backend_set(SERVICE_ID);
+    let mut model = [BackendConns::default(); 3];
+    let mut chosen = [0u64; 3];
+    for i in 0..60u16 {
+        let sport = 41000 + i;
+        let before = case.conn_set(SERVICE_ID);
+        let want = wlc::select(&set, &before).expect("a usable backend");
+        let syn = Pkt::tcp4(sport, TCP_SYN);
+        let label = format!("flow {i} SYN");
+        case.send(
+            &label,
+            &syn.build(),
+            Expect::Tx(syn.forwarded(SERVICE_ID, want)),
+        );
+        case.expect_flow(&label, &syn, SERVICE_ID, want, STATE_SYN_RECV);
+        let slot = want as usize;
+        chosen[slot] += 1;
+        model[slot].inactive += 1;
+        if i % 4 != 3 {
+            let ack = Pkt::tcp4(sport, TCP_ACK);
+            let label = format!("flow {i} ACK");
+            case.send(
+                &label,
+                &ack.build(),
+                Expect::Tx(ack.forwarded(SERVICE_ID, want)),
+            );
+            model[slot].inactive -= 1;
+            model[slot].active += 1;
+        }
+        assert_eq!(
+            &case.conn_set(SERVICE_ID).conns[..3],
+            &model,
+            "{name}: counts after flow {i}"
+        );
+    }
+    for slot in 0..3u32 {
+        assert_eq!(
+            case.backend_stats(SERVICE_ID, slot).new_conns,
+            chosen[slot as usize],
+            "{name}: new_conns of slot {slot}"
+        );
+    }
+    assert!(
+        chosen.iter().all(|&n| n > 0),
+        "{name}: every backend got flows: {chosen:?}"
+    );
+    // Established flows split in the order of the weights (1000 > 800 > 500).
+    assert!(
+        model[0].active > model[2].active && model[2].active > model[1].active,
+        "{name}: the established flows follow the weights: {model:?}"
+    );
+}
+
+/// A flow whose backend was removed (slot emptied) is scheduled again on its
+/// next packet: to another backend, as a new connection, in the state that
+/// packet gives a new flow.
+#[test]
+fn flow_on_emptied_slot_is_rescheduled() {
+    let name = "emptied_slot";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let vip = IpAddr::from(VIP4);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let syn = Pkt::tcp4(40000, TCP_SYN);
+    case.send(
+        "SYN",
+        &syn.build(),
+        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
+    );
+    let ack = Pkt::tcp4(40000, TCP_ACK);
+    case.send(
+        "ACK",
+        &ack.build(),
+        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+    let removed = Real {
+        weight: 0,
+        state: BACKEND_STATE_EMPTY,
+    };
+    case.backends(SERVICE_ID, vip, &[removed, up(100)]);
+    let data = Pkt::tcp4(40000, TCP_ACK | TCP_PSH).with_payload(b"more data");
+    case.send(
+        "data after removal",
+        &data.build(),
+        Expect::Tx(data.forwarded(SERVICE_ID, 1)),
+    );
+    case.expect_flow(
+        "data after removal",
+        &data,
+        SERVICE_ID,
+        1,
+        STATE_ESTABLISHED,
+    );
+    case.expect_conns("data after removal", SERVICE_ID, 1, 1, 0);
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 1).new_conns,
+        1,
+        "{name}: slot 1 new_conns"
+    );
+    assert_eq!(
+        case.service_stats(SERVICE_ID).new_conns,
+        2,
+        "{name}: service new_conns"
+    );
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+    // Slot 0's stale count (active 1) is left for the control plane's sweeper.
+}
+
+/// A backend removed by shrinking the set (its slot past `len`, zeroed) loses
+/// its flows the same way: they are scheduled again.
+#[test]
+fn flow_of_removed_last_backend_is_rescheduled() {
+    let name = "shrunk_set";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let vip = IpAddr::from(VIP4);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let first = Pkt::tcp4(40000, TCP_SYN);
+    case.send(
+        "SYN 1",
+        &first.build(),
+        Expect::Tx(first.forwarded(SERVICE_ID, 0)),
+    );
+    let second = Pkt::tcp4(40001, TCP_SYN);
+    case.send(
+        "SYN 2",
+        &second.build(),
+        Expect::Tx(second.forwarded(SERVICE_ID, 1)),
+    );
+    case.backends(SERVICE_ID, vip, &[up(100)]);
+    let ack = Pkt::tcp4(40001, TCP_ACK);
+    case.send(
+        "ACK 2",
+        &ack.build(),
+        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
+    );
+    case.expect_flow("ACK 2", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+    case.expect_conns("ACK 2", SERVICE_ID, 0, 1, 1);
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0).new_conns,
+        2,
+        "{name}: slot 0 new_conns"
+    );
+}
+
+/// A flow recorded under another service id than the one its VIP now maps
+/// to (the service was replaced) is scheduled in the new service.
+#[test]
+fn flow_of_replaced_service_is_rescheduled() {
+    let name = "replaced_service";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let vip = IpAddr::from(VIP6);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let syn = Pkt::tcp6(40000, TCP_SYN);
+    case.send(
+        "SYN",
+        &syn.build(),
+        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
+    );
+    let ack = Pkt::tcp6(40000, TCP_ACK);
+    case.send(
+        "ACK",
+        &ack.build(),
+        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
+    );
+    case.service(DECOY_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let data = Pkt::tcp6(40000, TCP_ACK | TCP_PSH).with_payload(b"data");
+    case.send(
+        "data",
+        &data.build(),
+        Expect::Tx(data.forwarded(DECOY_ID, 0)),
+    );
+    case.expect_flow("data", &data, DECOY_ID, 0, STATE_ESTABLISHED);
+    case.expect_conns("data", DECOY_ID, 0, 1, 0);
+    assert_eq!(
+        case.service_stats(DECOY_ID).new_conns,
+        1,
+        "{name}: new service new_conns"
+    );
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+}
+
+// ---------------------------------------------------------------------------
+// Counters and maps
+// ---------------------------------------------------------------------------
+
+/// Verdict, service and backend byte counters add the frame length minus the
+/// Ethernet header, Ethernet padding and jumbo-ish frames included.
+#[test]
+fn byte_counters_exclude_the_ethernet_header() {
+    let name = "byte_counters";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    // A 54-byte ACK padded to the 60-byte Ethernet minimum: the padding is
+    // part of the frame, forwarded as it is and counted.
+    let padded = Pkt::tcp4(40000, TCP_ACK).padded_to(60);
+    let padded_frame = padded.build();
+    assert_eq!(padded_frame.len(), 60);
+    case.send(
+        "padded ACK",
+        &padded_frame,
+        Expect::Tx(padded.forwarded(SERVICE_ID, 0)),
+    );
+    let big = Pkt::tcp4(40000, TCP_ACK | TCP_PSH).with_payload(&[0xa5; 1460]);
+    let big_frame = big.build();
+    assert_eq!(big_frame.len(), 1514);
+    case.send(
+        "full-size segment",
+        &big_frame,
+        Expect::Tx(big.forwarded(SERVICE_ID, 0)),
+    );
+    let passed = Pkt::v4(CLIENT4, VIP4, L4::Echo).with_payload(&[0x5a; 100]);
+    case.send("ICMP", &passed.build(), Expect::Pass(REASON_NOT_L4));
+    let total = counted(2, 46 + 1500, 1);
+    assert_eq!(
+        case.service_stats(SERVICE_ID),
+        total,
+        "{name}: service stats"
+    );
+    assert_eq!(
+        case.backend_stats(SERVICE_ID, 0),
+        total,
+        "{name}: backend stats"
+    );
+    let verdicts = case.verdicts();
+    assert_eq!(
+        verdicts[REASON_FORWARDED as usize],
+        counted(2, 46 + 1500, 0),
+        "{name}: forwarded"
+    );
+    assert_eq!(
+        verdicts[REASON_NOT_L4 as usize],
+        counted(1, 20 + 8 + 100, 0),
+        "{name}: not L4"
+    );
+}
+
+/// Without an entry for the ingress NIC in IFACES the program cannot
+/// address the frame and drops it as an internal error.
+#[test]
+fn unknown_ingress_nic_is_an_internal_drop() {
+    let Some(mut case) = Case::bare("unknown_ingress_nic") else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    let syn = Pkt::tcp4(40000, TCP_SYN);
+    case.send("SYN", &syn.build(), Expect::Drop(REASON_INTERNAL));
+    assert_eq!(
+        case.service_stats(SERVICE_ID),
+        Counters::default(),
+        "unknown_ingress_nic: service stats"
+    );
+}
+
+/// Removes a pin directory (through [`Datapath::unpin`]) even when the test
+/// fails half way.
+struct Pinned(Datapath);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.unpin() {
+            eprintln!("unpinning the fixture's maps: {e:#}");
+        }
+    }
+}
+
+/// `Datapath::load` with a pin directory pins every map, the pins reopen as
+/// the same maps, and `bpftool map dump pinned DIR/SERVICES` prints the
+/// key and value fields by name (BTF).
+#[test]
+fn pinned_maps_dump_with_field_names() {
+    let name = "pinned_maps";
+    if !privileged(name) {
+        return;
+    }
+    let dir = PathBuf::from(format!("/sys/fs/bpf/lbfix-{}", std::process::id()));
+    let dp =
+        Datapath::load(MAX_FLOWS, Some(&dir)).unwrap_or_else(|e| panic!("{name}: load: {e:#}"));
+    let mut pinned = Pinned(dp);
+    for map in [
+        SERVICES_MAP,
+        BACKENDS_MAP,
+        BACKEND_CONNS_MAP,
+        CONNTRACK_MAP,
+        IFACES_MAP,
+        VERDICT_STATS_MAP,
+        SERVICE_STATS_MAP,
+        BACKEND_STATS_MAP,
+    ] {
+        assert!(
+            dir.join(map).exists(),
+            "{name}: {map} not pinned in {}",
+            dir.display()
+        );
+    }
+    let key = service_key(VIP4.into(), PORT, PROTO_TCP);
+    pinned
+        .0
+        .maps
+        .set_service(
+            key,
+            SERVICE_ID,
+            &backend_set(SERVICE_ID, VIP4.into(), &[up(1)]),
+        )
+        .unwrap_or_else(|e| panic!("{name}: set_service: {e:#}"));
+    let reopened = Maps::from_pins(&dir).unwrap_or_else(|e| panic!("{name}: from_pins: {e:#}"));
+    assert_eq!(
+        reopened.services.get(&key, 0).ok(),
+        Some(Service {
+            id: SERVICE_ID,
+            flags: 0
+        }),
+        "{name}: the pinned SERVICES map is the loaded one"
+    );
+    drop(reopened);
+    dump_shows_field_names(name, &dir.join(SERVICES_MAP));
+    pinned
+        .0
+        .unpin()
+        .unwrap_or_else(|e| panic!("{name}: unpin: {e:#}"));
+    assert!(!dir.exists(), "{name}: {} left behind", dir.display());
+}
+
+/// Checks that `bpftool map dump pinned PATH` names the fields of the service
+/// key and value (skipped loudly without bpftool, unless `CI` is set).
+fn dump_shows_field_names(name: &str, path: &Path) {
+    let output = match Command::new("bpftool")
+        .arg("map")
+        .arg("dump")
+        .arg("pinned")
+        .arg(path)
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            loud(&format!(
+                "SKIPPED (needs bpftool): `{name}` bpftool dump check"
+            ));
+            return;
+        }
+        Err(e) => panic!("{name}: running bpftool: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{name}: bpftool failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for field in [
+        "\"addr\"".to_owned(),
+        format!("\"port\": {PORT}"),
+        format!("\"proto\": {PROTO_TCP}"),
+        format!("\"family\": {FAMILY_IPV4}"),
+        format!("\"id\": {SERVICE_ID}"),
+        "\"flags\": 0".to_owned(),
+    ] {
+        assert!(
+            stdout.contains(&field),
+            "{name}: bpftool output lacks {field}:\n{stdout}"
+        );
+    }
+}
