@@ -100,7 +100,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             flow.family = FAMILY_IPV4;
             flow.src_addr[..4].copy_from_slice(&src);
             flow.dst_addr[..4].copy_from_slice(&dst);
-            (EthHdr::LEN + header_len, proto, EthHdr::LEN + tot_len as usize)
+            (
+                EthHdr::LEN + header_len,
+                proto,
+                EthHdr::LEN + tot_len as usize,
+            )
         }
         ETH_P_IPV6 => {
             let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;

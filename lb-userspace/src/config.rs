@@ -427,7 +427,11 @@ fn backend_label(service: &str, index: usize) -> String {
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Rewrites a serde error from building [`RawConfig`] for people.
@@ -755,10 +759,7 @@ impl Checker<'_> {
             self.report(
                 extra.span().start,
                 &label,
-                format_args!(
-                    "too many services: {} (valid: at most {max})",
-                    raw.len()
-                ),
+                format_args!("too many services: {} (valid: at most {max})", raw.len()),
             );
         }
         // Every VIP in the file, to reject a backend that is one.
@@ -1074,7 +1075,9 @@ impl Checker<'_> {
             self.report_at(
                 v,
                 ctx,
-                format_args!("mac {text:?} is not a unicast MAC address (valid: a real server's NIC address)"),
+                format_args!(
+                    "mac {text:?} is not a unicast MAC address (valid: a real server's NIC address)"
+                ),
             );
             return None;
         }
@@ -1245,7 +1248,10 @@ impl Checker<'_> {
             self.report_at(
                 v,
                 ctx,
-                format_args!("{key} {text:?} is not supported (valid: {})", keywords::<T>()),
+                format_args!(
+                    "{key} {text:?} is not supported (valid: {})",
+                    keywords::<T>()
+                ),
             );
         }
         found
@@ -1299,7 +1305,10 @@ fn check_ifname(name: &str) -> Result<(), String> {
         Err(format!("it is longer than {IFNAME_MAX} bytes"))
     } else if name == "." || name == ".." {
         Err("\".\" and \"..\" are reserved".to_owned())
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         Err("it contains '/', ':' or whitespace".to_owned())
     } else {
         Ok(())
@@ -1353,7 +1362,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
             return Err(format!("expected a number at {rest:?}"));
         }
         let (number, after) = rest.split_at(digits);
-        let letters = after.len() - after.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let letters = after.len()
+            - after
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
         let (unit, after) = after.split_at(letters);
         let unit_ms: u64 = match unit {
             "ms" => 1,
@@ -1388,4 +1400,930 @@ fn fmt_duration(d: Duration) -> String {
         }
     }
     format!("{secs}s")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/lb.toml");
+
+    /// A valid file to start from: `[director]` on line 1, the service on
+    /// line 4, its backends on lines 9 and 12.
+    const BASE: &str = r#"[director]
+interfaces = ["eth0"]
+
+[[service]]
+name = "gridftp"
+vip = "192.0.2.200"
+port = 2811
+
+[[service.backend]]
+address = "198.51.100.24"
+
+[[service.backend]]
+address = "198.51.100.25"
+"#;
+
+    fn parse(text: &str) -> Config {
+        match Config::parse(text, "lb.toml") {
+            Ok(config) => config,
+            Err(e) => panic!("unexpected error:\n{e}\nin:\n{text}"),
+        }
+    }
+
+    fn error(text: &str) -> String {
+        match Config::parse(text, "lb.toml") {
+            Ok(config) => panic!("accepted {config:?}\nfrom:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// 1-based line of the first line of `text` containing `needle`.
+    fn line(text: &str, needle: &str) -> usize {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{needle:?} not in text"))
+    }
+
+    /// BASE with `from` replaced by `to`; panics if `from` is not there.
+    fn base_with(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "{from:?} not in BASE");
+        BASE.replacen(from, to, 1)
+    }
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn example_parses() {
+        let config = parse(EXAMPLE);
+        assert_eq!(
+            config.director,
+            Director {
+                interfaces: vec!["eth0".to_owned()],
+                xdp_mode: XdpMode::Driver,
+                pin_path: PathBuf::from("/sys/fs/bpf/lb"),
+                max_flows: lb_common::DEFAULT_MAX_FLOWS,
+                sweep_interval: Duration::from_secs(2),
+                timeouts: Timeouts::IPVS,
+            }
+        );
+        let backend = |address, weight| BackendConfig {
+            address,
+            weight,
+            mac: None,
+        };
+        assert_eq!(
+            config.services,
+            vec![ServiceConfig {
+                name: "gridftp".to_owned(),
+                vip: v4(192, 0, 2, 200),
+                port: 2811,
+                protocol: Protocol::Tcp,
+                scheduler: Scheduler::Wlc,
+                health: HealthConfig {
+                    kind: HealthKind::Tcp,
+                    interval: Duration::from_secs(10),
+                    timeout: Duration::from_secs(3),
+                    port: 2811,
+                    fall: 3,
+                    rise: 2,
+                },
+                backends: vec![
+                    backend(v4(198, 51, 100, 24), 1000),
+                    backend(v4(198, 51, 100, 25), 500),
+                    backend(v4(198, 51, 100, 26), 800),
+                ],
+            }]
+        );
+    }
+
+    /// The commented-out parts of the example (`#key = ...` lines, as
+    /// opposed to `# prose`) are valid too once uncommented.
+    #[test]
+    fn example_commented_parts_parse() {
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.is_empty() || !rest.starts_with([' ', '#']) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&uncommented);
+        assert_eq!(
+            config.services[0].backends[0].mac,
+            Some([0x02, 0x00, 0xc6, 0x33, 0x64, 0x18])
+        );
+        let v6 = &config.services[1];
+        assert_eq!(v6.name, "gridftp-v6");
+        assert_eq!(
+            v6.vip,
+            IpAddr::V6("2001:db8::200".parse::<Ipv6Addr>().unwrap())
+        );
+        assert_eq!(
+            v6.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            [1000, 500, 800]
+        );
+        assert!(v6.backends.iter().all(|b| b.address.is_ipv6()));
+        assert_eq!(v6.health, config.services[0].health);
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(BASE);
+        assert_eq!(config.director.xdp_mode, XdpMode::Driver);
+        assert_eq!(config.director.pin_path, Path::new("/sys/fs/bpf/lb"));
+        assert_eq!(config.director.max_flows, lb_common::DEFAULT_MAX_FLOWS);
+        assert_eq!(config.director.sweep_interval, Duration::from_secs(2));
+        assert_eq!(config.director.timeouts, Timeouts::IPVS);
+        let service = &config.services[0];
+        assert_eq!(service.protocol, Protocol::Tcp);
+        assert_eq!(service.scheduler, Scheduler::Wlc);
+        assert_eq!(
+            service.health,
+            HealthConfig {
+                kind: HealthKind::Tcp,
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(3),
+                port: 2811,
+                fall: 3,
+                rise: 2,
+            }
+        );
+        assert_eq!(service.backends[0].weight, 1);
+        assert_eq!(service.backends[0].mac, None);
+    }
+
+    #[test]
+    fn udp_service_defaults_to_no_health_check() {
+        let config = parse(&base_with("port = 2811", "port = 53\nprotocol = \"udp\""));
+        let service = &config.services[0];
+        assert_eq!(service.protocol, Protocol::Udp);
+        assert_eq!(service.protocol.number(), lb_common::PROTO_UDP);
+        assert_eq!(service.health.kind, HealthKind::None);
+        assert_eq!(service.health.port, 53);
+    }
+
+    #[test]
+    fn default_health_timeout_fits_a_short_interval() {
+        let text = base_with(
+            "port = 2811\n",
+            "port = 2811\n[service.health]\ninterval = \"1s\"\n",
+        );
+        let health = &parse(&text).services[0].health;
+        assert_eq!(health.interval, Duration::from_secs(1));
+        assert_eq!(health.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn explicit_values() {
+        let text = r#"
+[director]
+interfaces = ["eth0", "eth1"]
+xdp_mode = "skb"
+pin_path = "/sys/fs/bpf/lb-test"
+max_flows = 4096
+sweep_interval = "500ms"
+[director.timeouts]
+established = "1h30m"
+udp = "30s"
+
+[[service]]
+name = "dns"
+vip = "2001:db8::53"
+port = 53
+protocol = "UDP"
+health = { kind = "tcp", interval = "2s", timeout = "2s", port = 5353, fall = 1, rise = 100 }
+backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
+"#;
+        let config = parse(text);
+        let d = &config.director;
+        assert_eq!(d.interfaces, ["eth0", "eth1"]);
+        assert_eq!(d.xdp_mode, XdpMode::Skb);
+        assert_eq!(d.pin_path, Path::new("/sys/fs/bpf/lb-test"));
+        assert_eq!(d.max_flows, 4096);
+        assert_eq!(d.sweep_interval, Duration::from_millis(500));
+        assert_eq!(
+            d.timeouts,
+            Timeouts {
+                established: 5400,
+                udp: 30,
+                ..Timeouts::IPVS
+            }
+        );
+        let s = &config.services[0];
+        assert_eq!(s.protocol, Protocol::Udp);
+        assert_eq!(
+            s.health,
+            HealthConfig {
+                kind: HealthKind::Tcp,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(2),
+                port: 5353,
+                fall: 1,
+                rise: 100,
+            }
+        );
+        assert_eq!(
+            s.backends,
+            [BackendConfig {
+                address: "2001:db8::1".parse().unwrap(),
+                weight: 0,
+                mac: Some([0x02, 0xab, 0xcd, 0, 0, 1]),
+            }]
+        );
+    }
+
+    /// Tables that toml builds implicitly (dotted keys, a sub-table without
+    /// its parent's header) have no position; they must still work.
+    #[test]
+    fn implicit_tables() {
+        let text = "director.interfaces = [\"eth0\"]\n\
+                    director.timeouts.udp = \"1m\"\n"
+            .to_owned()
+            + BASE.trim_start_matches("[director]\ninterfaces = [\"eth0\"]\n");
+        assert_eq!(parse(&text).director.timeouts.udp, 60);
+
+        let text = "[director.timeouts]\nudp = \"1m\"\n";
+        assert_eq!(
+            error(text),
+            "lb.toml: [director]: missing required field \"interfaces\" (e.g. interfaces = [\"eth0\"])"
+        );
+    }
+
+    #[test]
+    fn no_services_is_valid() {
+        assert!(
+            parse("[director]\ninterfaces = [\"eth0\"]\n")
+                .services
+                .is_empty()
+        );
+    }
+
+    // -- Errors from toml and serde
+
+    #[test]
+    fn syntax_error() {
+        let text = base_with("port = 2811", "port = 2811 2812");
+        let e = error(&text);
+        assert!(
+            e.starts_with(&format!(
+                "lb.toml:{}: TOML syntax error: ",
+                line(&text, "port")
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_in_director() {
+        let text = base_with("interfaces", "interfacs");
+        assert_eq!(
+            error(&text),
+            "lb.toml:2: unknown field \"interfacs\" in [director] (valid: interfaces, xdp_mode, \
+             pin_path, max_flows, sweep_interval, timeouts)"
+        );
+    }
+
+    #[test]
+    fn unknown_field_everywhere_names_its_section() {
+        // (replace, by, unknown field, where)
+        let cases = [
+            (
+                "[director]",
+                "services = 1\n[director]",
+                "services",
+                "at the top level",
+            ),
+            (
+                "[[service]]",
+                "[director.timeouts]\nestablised = \"1h\"\n\n[[service]]",
+                "establised",
+                "in [director.timeouts]",
+            ),
+            (
+                "port = 2811",
+                "port = 2811\nvips = 1",
+                "vips",
+                "in service \"gridftp\"",
+            ),
+            (
+                "port = 2811",
+                "port = 2811\n[service.health]\ninterval = \"5s\"\nintervall = \"5s\"",
+                "intervall",
+                "in service \"gridftp\", health check",
+            ),
+            (
+                "address = \"198.51.100.25\"",
+                "address = \"198.51.100.25\"\nwieght = 2",
+                "wieght",
+                "in service \"gridftp\", backend 2",
+            ),
+            (
+                "port = 2811",
+                "port = 2811\n[[service.backends]]",
+                "backends",
+                "in service \"gridftp\"",
+            ),
+        ];
+        for (from, to, bad, place) in cases {
+            let text = base_with(from, to);
+            let e = error(&text);
+            let expected = format!(
+                "lb.toml:{}: unknown field \"{bad}\" {place} (valid: ",
+                line(&text, bad)
+            );
+            assert!(e.starts_with(&expected), "{e}\nexpected {expected}");
+        }
+        // In a second, unnamed service: the right one is named.
+        for (in_service, at_end, bad, place) in [
+            (
+                "sheduler = 1\n",
+                "",
+                "sheduler",
+                "in service 2 (valid: name, vip,",
+            ),
+            (
+                "health.knd = 1\n",
+                "",
+                "knd",
+                "in service 2, health check (valid: kind,",
+            ),
+            (
+                "",
+                "[[service.backend]]\naddres = 1\n",
+                "addres",
+                "in service 2, backend 2 (valid: address,",
+            ),
+        ] {
+            let text = format!(
+                "{BASE}\n[[service]]\nvip = \"192.0.2.201\"\nport = 80\n{in_service}\
+                 [[service.backend]]\naddress = \"198.51.100.30\"\n{at_end}"
+            );
+            let e = error(&text);
+            let expected = format!(
+                "lb.toml:{}: unknown field \"{bad}\" {place}",
+                line(&text, bad)
+            );
+            assert!(e.starts_with(&expected), "{e}\nexpected {expected}");
+        }
+    }
+
+    #[test]
+    fn single_bracket_service() {
+        let e = error("[director]\ninterfaces = [\"eth0\"]\n[service]\nname = \"x\"\n");
+        assert!(
+            e.starts_with(
+                "lb.toml:3: service and backend must be arrays of tables: write [[service]]"
+            ),
+            "{e}"
+        );
+    }
+
+    // -- Errors from validation
+
+    #[test]
+    fn weight_out_of_range() {
+        let text = base_with(
+            "address = \"198.51.100.25\"",
+            "address = \"198.51.100.25\"\nweight = 70000",
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:14: service \"gridftp\", backend 2: weight 70000 is out of range (valid: 0..=65535)"
+        );
+    }
+
+    #[test]
+    fn duplicate_service() {
+        let second = "\n[[service]]\nname = \"gridftp2\"\nvip = \"192.0.2.200\"\nport = 2811\n\
+                      [[service.backend]]\naddress = \"198.51.100.30\"\n";
+        let text = format!("{BASE}{second}");
+        assert_eq!(
+            error(&text),
+            "lb.toml:18: service \"gridftp2\": 192.0.2.200:2811 tcp is already used by \
+             service \"gridftp\" at line 7 (vip, port and protocol must be unique)"
+        );
+        // Another protocol on the same VIP and port is another service.
+        parse(&format!(
+            "{BASE}{}",
+            second.replace("port = 2811", "port = 2811\nprotocol = \"udp\"")
+        ));
+    }
+
+    #[test]
+    fn duplicate_name() {
+        let text = format!(
+            "{BASE}\n[[service]]\nname = \"gridftp\"\nvip = \"192.0.2.201\"\nport = 2811\n\
+             [[service.backend]]\naddress = \"198.51.100.30\"\n"
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:16: service \"gridftp\": name \"gridftp\" is already used by the service \
+             at line 5 (service names must be unique)"
+        );
+    }
+
+    #[test]
+    fn backend_is_a_vip() {
+        // The VIP of a service further down the file counts too.
+        let text = format!(
+            "{}\n[[service]]\nname = \"other\"\nvip = \"198.51.100.25\"\nport = 80\n\
+             [[service.backend]]\naddress = \"198.51.100.30\"\n",
+            BASE
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:13: service \"gridftp\", backend 2: address 198.51.100.25 is the vip of \
+             service \"other\"; a backend must be a real server, not a VIP"
+        );
+    }
+
+    #[test]
+    fn mixed_address_families() {
+        let text = base_with("\"198.51.100.25\"", "\"2001:db8::25\"");
+        assert_eq!(
+            error(&text),
+            "lb.toml:13: service \"gridftp\", backend 2: address 2001:db8::25 is IPv6 but the \
+             service's vip 192.0.2.200 is IPv4 (valid: the VIP's address family; use a \
+             separate service for the other family)"
+        );
+        let text = base_with("\"192.0.2.200\"", "\"2001:db8::200\"");
+        let e = error(&text);
+        assert!(
+            e.starts_with(
+                "lb.toml:10: service \"gridftp\", backend 1: address 198.51.100.24 is IPv4 but \
+                 the service's vip 2001:db8::200 is IPv6"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 2, "{e}");
+    }
+
+    #[test]
+    fn duplicate_backend() {
+        let text = base_with("\"198.51.100.25\"", "\"198.51.100.24\"");
+        assert_eq!(
+            error(&text),
+            "lb.toml:13: service \"gridftp\", backend 2: address 198.51.100.24 is already \
+             backend 1 of this service (valid: each address once per service)"
+        );
+    }
+
+    #[test]
+    fn no_backends() {
+        let text = "[director]\ninterfaces = [\"eth0\"]\n\n[[service]]\nname = \"gridftp\"\n\
+                    vip = \"192.0.2.200\"\nport = 2811\n";
+        assert_eq!(
+            error(text),
+            "lb.toml:4: service \"gridftp\": no backends; add at least one [[service.backend]] \
+             with an address"
+        );
+        let e = error(&format!("{text}backend = []\n"));
+        assert!(
+            e.starts_with("lb.toml:4: service \"gridftp\": no backends"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_services() {
+        let mut text = "[director]\ninterfaces = [\"eth0\"]\n".to_owned();
+        for i in 0..=lb_common::MAX_SERVICES {
+            text += &format!(
+                "[[service]]\nname = \"s{i}\"\nvip = \"192.0.2.1\"\nport = {}\n\
+                 [[service.backend]]\naddress = \"198.51.100.1\"\n",
+                i + 1
+            );
+        }
+        let max = lb_common::MAX_SERVICES;
+        assert_eq!(
+            error(&text),
+            format!(
+                "lb.toml:{}: service \"s{max}\": too many services: {} (valid: at most {max})",
+                line(&text, &format!("name = \"s{max}\"")) - 1,
+                max + 1
+            )
+        );
+    }
+
+    #[test]
+    fn too_many_backends() {
+        let mut text = base_with("address = \"198.51.100.25\"\n", "");
+        text.truncate(text.trim_end().rfind('\n').unwrap());
+        for i in 0..=lb_common::MAX_BACKENDS {
+            text += &format!(
+                "\n[[service.backend]]\naddress = \"10.0.{}.{}\"",
+                i / 200,
+                i % 200 + 1
+            );
+        }
+        let e = error(&text);
+        assert!(
+            e.ends_with(&format!(
+                "service \"gridftp\", backend 257: too many backends: 258 (valid: at most 256 per service)"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn interfaces() {
+        let cases = [
+            (
+                "[]",
+                "interfaces is empty; list at least one network interface",
+            ),
+            (
+                "[\"eth0\", \"eth0\"]",
+                "interface \"eth0\" is listed twice in interfaces",
+            ),
+            (
+                "[\"a-very-long-interface\"]",
+                "interface \"a-very-long-interface\" is not a valid interface name: it is longer than 15 bytes",
+            ),
+            (
+                "[\"eth0:1\"]",
+                "interface \"eth0:1\" is not a valid interface name: it contains",
+            ),
+            (
+                "[\"\"]",
+                "interface \"\" is not a valid interface name: it is empty",
+            ),
+            ("[1]", "interfaces must hold interface names as strings"),
+            ("\"eth0\"", "interfaces must be an array of interface names"),
+        ];
+        for (value, message) in cases {
+            let e = error(&base_with("[\"eth0\"]", value));
+            assert!(
+                e.starts_with(&format!("lb.toml:2: [director]: {message}")),
+                "{e}"
+            );
+        }
+        let e = error("[director]\nxdp_mode = \"skb\"\n");
+        assert_eq!(
+            e,
+            "lb.toml:1: [director]: missing required field \"interfaces\" (e.g. interfaces = [\"eth0\"])"
+        );
+    }
+
+    #[test]
+    fn missing_director() {
+        let text = BASE.replacen("[director]\ninterfaces = [\"eth0\"]\n", "", 1);
+        assert!(error(&text).starts_with("lb.toml: missing [director] table"));
+    }
+
+    #[test]
+    fn bad_mac() {
+        for (mac, message) in [
+            (
+                "02:00:00:00:00",
+                "is not a MAC address (valid: six two-digit hex bytes",
+            ),
+            ("02:00:00:00:00:0g", "is not a MAC address"),
+            ("0200.0000.0001", "is not a MAC address"),
+            ("01:00:5e:00:00:01", "is not a unicast MAC address"),
+            ("00:00:00:00:00:00", "is not a unicast MAC address"),
+        ] {
+            let text = base_with(
+                "address = \"198.51.100.24\"",
+                &format!("address = \"198.51.100.24\"\nmac = \"{mac}\""),
+            );
+            let e = error(&text);
+            let expected =
+                format!("lb.toml:11: service \"gridftp\", backend 1: mac \"{mac}\" {message}");
+            assert!(e.starts_with(&expected), "{e}\nexpected {expected}");
+        }
+    }
+
+    #[test]
+    fn bad_durations() {
+        let cases = [
+            (
+                "10",
+                "sweep_interval = 10 has no unit; write a duration string such as sweep_interval = \"10s\" (valid examples: \"500ms\"",
+            ),
+            (
+                "\"10\"",
+                "sweep_interval \"10\" is not a duration: 10 has no unit",
+            ),
+            (
+                "\"10 s\"",
+                "sweep_interval \"10 s\" is not a duration: 10 has no unit",
+            ),
+            (
+                "\"10sec\"",
+                "sweep_interval \"10sec\" is not a duration: unknown unit \"sec\" (valid: ms, s, m, h, d)",
+            ),
+            ("\"\"", "sweep_interval \"\" is not a duration: it is empty"),
+            ("\"1.5s\"", "sweep_interval \"1.5s\" is not a duration"),
+            (
+                "\"99999999999999999999s\"",
+                "sweep_interval \"99999999999999999999s\" is not a duration: it is too long",
+            ),
+            (
+                "\"2m\"",
+                "sweep_interval \"2m\" is out of range (valid: 100ms..=1m)",
+            ),
+            (
+                "\"50ms\"",
+                "sweep_interval \"50ms\" is out of range (valid: 100ms..=1m)",
+            ),
+            (
+                "true",
+                "sweep_interval must be a duration string (found boolean true; valid examples",
+            ),
+        ];
+        for (value, message) in cases {
+            let text = base_with(
+                "[\"eth0\"]",
+                &format!("[\"eth0\"]\nsweep_interval = {value}"),
+            );
+            let e = error(&text);
+            assert!(
+                e.starts_with(&format!("lb.toml:3: [director]: {message}")),
+                "{e}\nexpected {message}"
+            );
+        }
+        let text = base_with(
+            "[\"eth0\"]",
+            "[\"eth0\"]\n[director.timeouts]\nclose = \"1500ms\"",
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:4: [director.timeouts]: close 1500ms is not a whole number of seconds"
+        );
+        let text = base_with(
+            "[\"eth0\"]",
+            "[\"eth0\"]\n[director.timeouts]\nestablished = \"8d\"",
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:4: [director.timeouts]: established \"8d\" is out of range (valid: 1s..=7d)"
+        );
+    }
+
+    #[test]
+    fn timeout_longer_than_interval() {
+        let text = base_with(
+            "port = 2811\n",
+            "port = 2811\n[service.health]\ninterval = \"2s\"\ntimeout = \"5s\"\n",
+        );
+        assert_eq!(
+            error(&text),
+            "lb.toml:10: service \"gridftp\", health check: timeout 5s is longer than interval 2s \
+             (valid: at most the interval)"
+        );
+    }
+
+    #[test]
+    fn unknown_keywords() {
+        let cases = [
+            (
+                "protocol",
+                "\"sctp\"",
+                "protocol \"sctp\" is not supported (valid: tcp, udp)",
+            ),
+            (
+                "scheduler",
+                "\"rr\"",
+                "scheduler \"rr\" is not supported (valid: wlc)",
+            ),
+            (
+                "protocol",
+                "6",
+                "protocol must be a string (found integer 6)",
+            ),
+        ];
+        for (key, value, message) in cases {
+            let text = base_with("port = 2811", &format!("port = 2811\n{key} = {value}"));
+            assert_eq!(
+                error(&text),
+                format!("lb.toml:8: service \"gridftp\": {message}")
+            );
+        }
+        for (value, message) in [
+            (
+                "http",
+                "kind \"http\" is not supported yet (valid: tcp, none)",
+            ),
+            ("udp", "kind \"udp\" is not supported (valid: tcp, none)"),
+        ] {
+            let text = base_with(
+                "port = 2811",
+                &format!("port = 2811\nhealth.kind = \"{value}\""),
+            );
+            assert_eq!(
+                error(&text),
+                format!("lb.toml:8: service \"gridftp\", health check: {message}")
+            );
+        }
+        let text = base_with("[\"eth0\"]", "[\"eth0\"]\nxdp_mode = \"native\"");
+        assert_eq!(
+            error(&text),
+            "lb.toml:3: [director]: xdp_mode \"native\" is not supported (valid: driver, skb)"
+        );
+    }
+
+    #[test]
+    fn ports() {
+        let cases = [
+            (
+                "port = 2811",
+                "port = 0",
+                7,
+                "service \"gridftp\": port 0 is out of range (valid: 1..=65535)",
+            ),
+            (
+                "port = 2811",
+                "port = 65536",
+                7,
+                "service \"gridftp\": port 65536 is out of range (valid: 1..=65535)",
+            ),
+            (
+                "port = 2811",
+                "port = \"2811\"",
+                7,
+                "service \"gridftp\": port must be an integer (found string \"2811\")",
+            ),
+            (
+                "port = 2811",
+                "port = 2811\n[service.health]\nport = -1",
+                9,
+                "service \"gridftp\", health check: port -1 is out of range (valid: 1..=65535)",
+            ),
+        ];
+        for (from, to, line, message) in cases {
+            assert_eq!(
+                error(&base_with(from, to)),
+                format!("lb.toml:{line}: {message}")
+            );
+        }
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let cases = [
+            (
+                "name = \"gridftp\"\n",
+                4,
+                "service 1: missing required field \"name\" (e.g. name = \"gridftp\")",
+            ),
+            (
+                "vip = \"192.0.2.200\"\n",
+                4,
+                "service \"gridftp\": missing required field \"vip\" (e.g. vip = \"192.0.2.200\")",
+            ),
+            (
+                "port = 2811\n",
+                4,
+                "service \"gridftp\": missing required field \"port\" (e.g. port = 2811)",
+            ),
+            (
+                "address = \"198.51.100.25\"\n",
+                12,
+                "service \"gridftp\", backend 2: missing required field \"address\" (e.g. address = \"198.51.100.24\")",
+            ),
+        ];
+        for (field, line, message) in cases {
+            assert_eq!(
+                error(&base_with(field, "")),
+                format!("lb.toml:{line}: {message}")
+            );
+        }
+    }
+
+    #[test]
+    fn other_field_checks() {
+        let cases = [
+            (
+                "name = \"gridftp\"",
+                "name = \"grid ftp\"",
+                "lb.toml:5: service \"grid ftp\": name \"grid ftp\" is not valid (valid: 1 to 32 characters from A-Z a-z 0-9 _ . -)",
+            ),
+            (
+                "\"192.0.2.200\"",
+                "\"192.0.2\"",
+                "lb.toml:6: service \"gridftp\": vip \"192.0.2\" is not an IP address (valid: IPv4 or IPv6, e.g. \"192.0.2.200\" or \"2001:db8::200\")",
+            ),
+            (
+                "\"192.0.2.200\"",
+                "\"0.0.0.0\"",
+                "lb.toml:6: service \"gridftp\": vip 0.0.0.0 is the unspecified address (valid: a unicast address)",
+            ),
+            (
+                "\"198.51.100.24\"",
+                "\"224.0.0.1\"",
+                "lb.toml:10: service \"gridftp\", backend 1: address 224.0.0.1 is a multicast address (valid: a unicast address)",
+            ),
+            (
+                "[\"eth0\"]",
+                "[\"eth0\"]\nmax_flows = 100",
+                "lb.toml:3: [director]: max_flows 100 is out of range (valid: 1024..=16777216)",
+            ),
+            (
+                "[\"eth0\"]",
+                "[\"eth0\"]\npin_path = \"/tmp/lb\"",
+                "lb.toml:3: [director]: pin_path \"/tmp/lb\" is not under /sys/fs/bpf/ (valid: an absolute path below the BPF filesystem without \"..\", e.g. \"/sys/fs/bpf/lb\")",
+            ),
+            (
+                "port = 2811",
+                "port = 2811\nhealth = { fall = 0 }",
+                "lb.toml:8: service \"gridftp\", health check: fall 0 is out of range (valid: 1..=100)",
+            ),
+        ];
+        for (from, to, message) in cases {
+            assert_eq!(error(&base_with(from, to)), message);
+        }
+        for path in [
+            "/sys/fs/bpf",
+            "/sys/fs/bpf/",
+            "/sys/fs/bpf/../lb",
+            "sys/fs/bpf/lb",
+        ] {
+            let e = error(&base_with(
+                "[\"eth0\"]",
+                &format!("[\"eth0\"]\npin_path = \"{path}\""),
+            ));
+            assert!(e.contains("is not under /sys/fs/bpf/"), "{path}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = base_with("\"198.51.100.24\"", "\"198.51.100.25\"\nweight = -1")
+            .replacen("port = 2811", "port = 0", 1)
+            .replacen("[\"eth0\"]", "[]", 1);
+        let e = error(&text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(
+            lines[0].starts_with("lb.toml:2: [director]: interfaces is empty"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("lb.toml:7: service \"gridftp\": port 0"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("lb.toml:11: service \"gridftp\", backend 1: weight -1"),
+            "{e}"
+        );
+        assert!(lines[3].starts_with("lb.toml:14: service \"gridftp\", backend 2: address 198.51.100.25 is already backend 1"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/lb.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/lb.toml: cannot read config file: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn error_converts_into_anyhow() {
+        fn is_anyhow_compatible<E: std::error::Error + Send + Sync + 'static>() {}
+        is_anyhow_compatible::<ConfigError>();
+    }
+
+    /// `--xdp-mode` (clap) and `xdp_mode` (the file) take the same words.
+    #[test]
+    fn xdp_mode_keywords_match_clap() {
+        use clap::ValueEnum;
+        for mode in XdpMode::ALL {
+            assert_eq!(XdpMode::from_str(mode.keyword(), false), Ok(*mode));
+        }
+        assert_eq!(XdpMode::value_variants().len(), XdpMode::ALL.len());
+    }
+
+    #[test]
+    fn protocol_numbers_and_names() {
+        assert_eq!(Protocol::Tcp.number(), lb_common::PROTO_TCP);
+        assert_eq!(Protocol::Udp.number(), lb_common::PROTO_UDP);
+        assert_eq!(Protocol::Tcp.to_string(), "tcp");
+        assert_eq!(Protocol::Udp.to_string(), "udp");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(fmt_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(fmt_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(fmt_duration(Duration::from_secs(86_400)), "1d");
+    }
 }

@@ -138,7 +138,10 @@ pub async fn run(config: Config, mode: XdpMode) -> anyhow::Result<()> {
     result?;
     detached?;
     unpinned?;
-    info!("detached from {}; pins removed", director.interfaces.join(", "));
+    info!(
+        "detached from {}; pins removed",
+        director.interfaces.join(", ")
+    );
     Ok(())
 }
 

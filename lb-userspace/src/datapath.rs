@@ -228,7 +228,9 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK_MAP, max_flows)
             .load(EBPF_OBJECT)
-            .context("loading the XDP object into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN)")?;
+            .context(
+                "loading the XDP object into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN)",
+            )?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the object"))?
@@ -330,7 +332,10 @@ fn create_pin_dir(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         ),
         Err(e) => Err(e).with_context(|| {
-            format!("creating pin directory {} (is bpffs mounted at /sys/fs/bpf?)", dir.display())
+            format!(
+                "creating pin directory {} (is bpffs mounted at /sys/fs/bpf?)",
+                dir.display()
+            )
         }),
     }
 }

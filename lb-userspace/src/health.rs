@@ -91,7 +91,11 @@ impl TcpCheck {
         loop {
             ticks.tick().await;
             let ok = self.probe().await;
-            if results.send(CheckResult { service, slot, ok }).await.is_err() {
+            if results
+                .send(CheckResult { service, slot, ok })
+                .await
+                .is_err()
+            {
                 return;
             }
         }

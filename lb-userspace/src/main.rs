@@ -14,7 +14,11 @@ use lb::{
 const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "XDP direct-routing layer-4 load balancer")]
+#[command(
+    name = "lb",
+    version,
+    about = "XDP direct-routing layer-4 load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

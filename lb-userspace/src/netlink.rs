@@ -49,7 +49,11 @@ impl Netlink {
     pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
         let mut links = self.handle.link().get().execute();
         let mut names = Vec::new();
-        while let Some(link) = links.try_next().await.context("listing network interfaces")? {
+        while let Some(link) = links
+            .try_next()
+            .await
+            .context("listing network interfaces")?
+        {
             let mut link_name = None;
             let mut mac = None;
             for attr in &link.attributes {
@@ -82,7 +86,11 @@ impl Netlink {
 
     /// The first of `nics` with an address prefix containing `addr`: the NIC
     /// through which a real server is on-link, as direct routing requires.
-    pub async fn on_link_nic<'a>(&self, nics: &'a [Nic], addr: IpAddr) -> anyhow::Result<Option<&'a Nic>> {
+    pub async fn on_link_nic<'a>(
+        &self,
+        nics: &'a [Nic],
+        addr: IpAddr,
+    ) -> anyhow::Result<Option<&'a Nic>> {
         let mut addresses = self.handle.address().get().execute();
         while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
             let Some(nic) = nics.iter().find(|n| n.index == msg.header.index) else {
@@ -190,6 +198,9 @@ mod tests {
 
     #[test]
     fn mac_format() {
-        assert_eq!(format_mac(&[2, 0, 0, 0xab, 0xcd, 0xef]), "02:00:00:ab:cd:ef");
+        assert_eq!(
+            format_mac(&[2, 0, 0, 0xab, 0xcd, 0xef]),
+            "02:00:00:ab:cd:ef"
+        );
     }
 }

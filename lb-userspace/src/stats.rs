@@ -94,7 +94,8 @@ impl Snapshot {
                 if b.state == BACKEND_STATE_EMPTY {
                     continue;
                 }
-                let c = Maps::counters(&maps.backend_stats, backend_index(service.id, slot as u32))?;
+                let c =
+                    Maps::counters(&maps.backend_stats, backend_index(service.id, slot as u32))?;
                 backends.push(BackendStats {
                     slot: slot as u32,
                     address: addr_from_key(b.addr, key.family),
@@ -148,8 +149,15 @@ impl Snapshot {
         let _ = writeln!(
             out,
             "{:<4} {:<40} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>14}",
-            "Prot", "LocalAddress:Port / -> RemoteAddress", "Weight", "Health", "ActiveConn",
-            "InActConn", "Conns", "InPkts", "InBytes"
+            "Prot",
+            "LocalAddress:Port / -> RemoteAddress",
+            "Weight",
+            "Health",
+            "ActiveConn",
+            "InActConn",
+            "Conns",
+            "InPkts",
+            "InBytes"
         );
         for s in &self.services {
             let _ = writeln!(
@@ -183,7 +191,11 @@ impl Snapshot {
         }
         let _ = writeln!(out, "\nVerdicts (all NICs):");
         for v in &self.verdicts {
-            let _ = writeln!(out, "  {:<18} {:>12} pkts {:>14} bytes", v.reason, v.packets, v.bytes);
+            let _ = writeln!(
+                out,
+                "  {:<18} {:>12} pkts {:>14} bytes",
+                v.reason, v.packets, v.bytes
+            );
         }
         out
     }

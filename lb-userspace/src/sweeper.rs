@@ -6,7 +6,10 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::Context as _;
-use lb_common::{BackendConnSet, Flow, MAX_BACKENDS, conn_state::{Timeouts, is_active}};
+use lb_common::{
+    BackendConnSet, Flow, MAX_BACKENDS,
+    conn_state::{Timeouts, is_active},
+};
 
 use crate::datapath::Maps;
 
@@ -59,7 +62,11 @@ impl Tally {
 
 /// Expires idle flows and rewrites the counters of `service_ids` (every
 /// service in use) from the flows that remain.
-pub fn sweep(maps: &mut Maps, service_ids: &[u32], timeouts: &Timeouts) -> anyhow::Result<SweepReport> {
+pub fn sweep(
+    maps: &mut Maps,
+    service_ids: &[u32],
+    timeouts: &Timeouts,
+) -> anyhow::Result<SweepReport> {
     let now_ns = monotonic_ns();
     let mut expired = Vec::new();
     let mut tally = Tally::default();
@@ -135,6 +142,9 @@ mod tests {
         let set = &tally.per_service[&3];
         assert_eq!(set.conns[2].active, 2);
         assert_eq!(set.conns[2].inactive, 1);
-        assert_eq!(set.conns.iter().map(|c| c.active + c.inactive).sum::<u64>(), 3);
+        assert_eq!(
+            set.conns.iter().map(|c| c.active + c.inactive).sum::<u64>(),
+            3
+        );
     }
 }

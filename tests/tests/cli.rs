@@ -83,14 +83,21 @@ fn check_names_file_line_and_field_of_a_bad_weight() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("lb.toml:13:"), "no file:line in {err:?}");
-    assert!(err.contains("weight") && err.contains("65535"), "no field/valid range in {err:?}");
+    assert!(
+        err.contains("weight") && err.contains("65535"),
+        "no field/valid range in {err:?}"
+    );
 }
 
 #[test]
 fn check_reports_a_missing_file() {
     let out = lb(&["check", "--config", "/nonexistent/lb.toml"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/lb.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/lb.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -111,7 +118,10 @@ fn run_refuses_an_unknown_nic_and_changes_nothing() {
     let out = lb(&["run", "--config", file.path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("nosuchnic0") && err.contains("existing"), "{err:?}");
+    assert!(
+        err.contains("nosuchnic0") && err.contains("existing"),
+        "{err:?}"
+    );
     assert!(!pins.exists(), "a failed start left {}", pins.display());
 }
 
@@ -123,10 +133,18 @@ fn run_refuses_without_privilege_and_changes_nothing() {
     let pins = pin_path();
     let file = ConfigFile::new(&config("lo", &pins));
     // Let the unprivileged user read the config.
-    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(&file.dir).status();
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&file.dir)
+        .status();
     let lb = lb_binary().expect("lb binary");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&lb)
         .args(["run", "--config", file.path.to_str().unwrap()])
         .output()
@@ -145,5 +163,9 @@ fn stats_without_a_running_director_says_so() {
     let pins = pin_path();
     let out = lb(&["stats", "--pin-path", pins.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no lb data path is pinned"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no lb data path is pinned"),
+        "{}",
+        stderr(&out)
+    );
 }
