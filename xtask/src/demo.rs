@@ -19,11 +19,23 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     let root = workspace_root();
-    run_command(cargo().current_dir(root).args(["build", "--release", "-p", "lb-userspace"]))?;
+    run_command(
+        cargo()
+            .current_dir(root)
+            .args(["build", "--release", "-p", "lb-userspace"]),
+    )?;
     run_command(
         cargo()
             .current_dir(root)
             .env("LB_BIN", root.join("target/release/lb"))
-            .args(["run", "--quiet", "--release", "-p", "lb-tests", "--bin", "lb-demo"]),
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-demo",
+            ]),
     )
 }
