@@ -451,22 +451,24 @@ fn shape_error(text: &str, err: &toml::de::Error) -> String {
             );
         }
     }
-    if let Some(rest) = message.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
-            let what = match expected {
-                "struct RawDirector" => "director must be a table ([director])",
-                "struct RawTimeouts" => "timeouts must be a table ([director.timeouts])",
-                "struct RawHealth" => "health must be a table ([service.health])",
-                "struct RawService" => "each service must be a table ([[service]])",
-                "struct RawBackend" => "each backend must be a table ([[service.backend]])",
-                "a sequence" => {
-                    "service and backend must be arrays of tables: write [[service]] and \
+    if let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        let what = match expected {
+            "struct RawDirector" => "director must be a table ([director])",
+            "struct RawTimeouts" => "timeouts must be a table ([director.timeouts])",
+            "struct RawHealth" => "health must be a table ([service.health])",
+            "struct RawService" => "each service must be a table ([[service]])",
+            "struct RawBackend" => "each backend must be a table ([[service.backend]])",
+            "a sequence" => {
+                "service and backend must be arrays of tables: write [[service]] and \
                      [[service.backend]] with double brackets"
-                }
-                _ => return message.to_owned(),
-            };
-            return format!("{what} (found {found})");
-        }
+            }
+            _ => return message.to_owned(),
+        };
+        let found = if found == "map" { "a table" } else { found };
+        return format!("{what} (found {found})");
     }
     message.to_owned()
 }
@@ -505,7 +507,7 @@ fn section_at(text: &str, offset: usize, first_valid: Option<&&str>) -> String {
 // ---------------------------------------------------------------------------
 // Checking
 
-/// Valid ranges.
+// Valid ranges.
 const MAX_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
 const SWEEP_INTERVAL: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(60);
@@ -518,7 +520,7 @@ const NAME_MAX: usize = 32;
 /// Linux IFNAMSIZ - 1.
 const IFNAME_MAX: usize = 15;
 
-/// Defaults.
+// Defaults.
 const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
@@ -694,11 +696,11 @@ impl Checker<'_> {
 
     fn pin_path(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
         let path = Path::new(self.string("[director]", "pin_path", v)?);
-        let mut components = path.components();
+        // "/", "sys", "fs", "bpf" and at least one more, none of them "..".
         let under_bpffs = path.is_absolute()
             && path.starts_with("/sys/fs/bpf")
-            && components.clone().count() > 4
-            && !components.any(|c| matches!(c, Component::ParentDir));
+            && path.components().count() > 4
+            && !path.components().any(|c| c == Component::ParentDir);
         if !under_bpffs {
             self.report_at(
                 v,
@@ -766,12 +768,12 @@ impl Checker<'_> {
         let mut vips: HashMap<IpAddr, String> = HashMap::new();
         for (index, service) in raw.iter().enumerate() {
             let service = service.get_ref();
-            if let Some(Value::String(vip)) = service.vip.as_ref().map(|v| v.get_ref()) {
-                if let Ok(vip) = vip.parse() {
-                    vips.entry(vip).or_insert_with(|| {
-                        service_label(index, service.name.as_ref().map(|v| v.get_ref()))
-                    });
-                }
+            if let Some(Value::String(vip)) = service.vip.as_ref().map(|v| v.get_ref())
+                && let Ok(vip) = vip.parse()
+            {
+                vips.entry(vip).or_insert_with(|| {
+                    service_label(index, service.name.as_ref().map(|v| v.get_ref()))
+                });
             }
         }
         let mut seen = Seen {
@@ -1390,12 +1392,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The shortest way to write a duration in the config's syntax.
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms == 0 || ms % 1000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = ms / 1000;
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs % size == 0 {
+        if secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -1447,6 +1449,19 @@ address = "198.51.100.25"
             .position(|l| l.contains(needle))
             .map(|i| i + 1)
             .unwrap_or_else(|| panic!("{needle:?} not in text"))
+    }
+
+    /// 1-based line where `key` is set (`key = ...`, `table.key = ...`) or
+    /// names a table (`[[table.key]]`).
+    fn key_line(text: &str, key: &str) -> usize {
+        let set = format!("{key} =");
+        let header = format!(".{key}]");
+        text.lines()
+            .position(|l| {
+                l.starts_with(&set) || l.contains(&format!(".{set}")) || l.contains(&header)
+            })
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{key:?} not set in text"))
     }
 
     /// BASE with `from` replaced by `to`; panics if `from` is not there.
@@ -1737,7 +1752,7 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
             let e = error(&text);
             let expected = format!(
                 "lb.toml:{}: unknown field \"{bad}\" {place} (valid: ",
-                line(&text, bad)
+                key_line(&text, bad)
             );
             assert!(e.starts_with(&expected), "{e}\nexpected {expected}");
         }
@@ -1769,7 +1784,7 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
             let e = error(&text);
             let expected = format!(
                 "lb.toml:{}: unknown field \"{bad}\" {place}",
-                line(&text, bad)
+                key_line(&text, bad)
             );
             assert!(e.starts_with(&expected), "{e}\nexpected {expected}");
         }
@@ -1926,9 +1941,9 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         }
         let e = error(&text);
         assert!(
-            e.ends_with(&format!(
+            e.ends_with(
                 "service \"gridftp\", backend 257: too many backends: 258 (valid: at most 256 per service)"
-            )),
+            ),
             "{e}"
         );
     }
