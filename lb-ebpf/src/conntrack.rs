@@ -54,7 +54,7 @@ pub fn track(
     conns: *mut BackendConnSet,
 ) -> Result<Binding, Verdict> {
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = CONNTRACK.get_ptr_mut(&packet.flow) {
+    if let Some(flow) = CONNTRACK.get_ptr_mut(packet.flow) {
         // SAFETY: a valid entry of the connection table; this CPU is the only
         // writer of a given flow while its packets arrive on one RX queue.
         let flow = unsafe { &mut *flow };
@@ -94,7 +94,7 @@ pub fn track(
     // A full table evicts its least recently used flow, so this only fails on
     // memory pressure; the packet is still forwarded and the next packet of
     // the flow schedules again.
-    if CONNTRACK.insert(&packet.flow, &flow, BPF_ANY).is_ok() {
+    if CONNTRACK.insert(packet.flow, flow, BPF_ANY).is_ok() {
         add_count(conns, slot, is_active(state), 1);
     }
     Ok(Binding {

@@ -104,7 +104,7 @@ fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
         family: packet.flow.family,
     };
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some(service_id) = (unsafe { SERVICES.get(&service_key) }).map(|s| s.id) else {
+    let Some(service_id) = (unsafe { SERVICES.get(service_key) }).map(|s| s.id) else {
         return Verdict::Pass(REASON_NO_SERVICE);
     };
     let (Some(backends), Some(conns)) = (

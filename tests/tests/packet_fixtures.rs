@@ -32,7 +32,10 @@ use aya::{
     maps::MapError,
     programs::{ProgramError, TestRun, TestRunOptions},
 };
-use lb::datapath::{Datapath, Maps, array_get, backend_entry, service_key};
+use lb::{
+    datapath::{Datapath, Maps, array_get, backend_entry, service_key},
+    sweeper,
+};
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP,
     BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendConns, BackendSet, CONNTRACK_MAP,
@@ -42,7 +45,7 @@ use lb_common::{
     SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
-        TCP_FIN, TCP_RST, TCP_SYN, state_name,
+        TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
     },
     reason_name, wlc,
 };
@@ -2207,4 +2210,68 @@ fn dump_shows_field_names(name: &str, path: &Path) {
             "{name}: bpftool output lacks {field}:\n{stdout}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The control plane's sweeper against the data path's own counting
+// ---------------------------------------------------------------------------
+
+/// Flows the LRU table evicted, or the sweeper expired, leave no counts
+/// behind: the sweeper rewrites every backend's counters from the table.
+#[test]
+fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
+    let Some(mut case) = Case::new("sweeper") else {
+        return;
+    };
+    let vip = IpAddr::V4(VIP4);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(1), up(1)]);
+    let slots = |case: &Case| [case.conns(SERVICE_ID, 0), case.conns(SERVICE_ID, 1)];
+    let inactive = |case: &Case| slots(case).iter().map(|c| c.inactive).sum::<u64>();
+
+    // Three times the table's size of new flows: the LRU evicts, but the data
+    // path counted every flow it opened.
+    let opened = 3 * MAX_FLOWS as u16;
+    for i in 0..opened {
+        let (action, _) = case
+            .run(&Pkt::tcp4(10_000 + i, TCP_SYN).build())
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, XDP_TX, "SYN {i}");
+    }
+    assert_eq!(inactive(&case), u64::from(opened));
+    let live = case.flow_count();
+    assert!(
+        live < usize::from(opened),
+        "no LRU eviction happened ({live} flows)"
+    );
+
+    let report = sweeper::sweep(&mut case.dp.maps, &[SERVICE_ID], &Timeouts::IPVS)
+        .expect("sweeping the connection table");
+    assert_eq!(report.expired, 0);
+    assert_eq!(report.live, live);
+    let mut per_slot = [0u64; 2];
+    for entry in case.dp.maps.conntrack.iter() {
+        let (_, flow) = entry.expect("reading a flow");
+        per_slot[flow.backend_slot as usize] += 1;
+    }
+    let counts = slots(&case);
+    assert_eq!(
+        [counts[0].inactive, counts[1].inactive],
+        per_slot,
+        "counters after the sweep differ from the table"
+    );
+    assert_eq!(counts[0].active + counts[1].active, 0);
+
+    // A SYN_RECV timeout of zero: every half-open flow has idled out.
+    let report = sweeper::sweep(
+        &mut case.dp.maps,
+        &[SERVICE_ID],
+        &Timeouts {
+            syn_recv: 0,
+            ..Timeouts::IPVS
+        },
+    )
+    .expect("sweeping the connection table");
+    assert_eq!((report.expired, report.live), (live, 0));
+    assert_eq!(case.flow_count(), 0);
+    assert_eq!(inactive(&case), 0);
 }

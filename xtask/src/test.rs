@@ -48,7 +48,12 @@ pub fn run(options: &Options) -> Result<()> {
     println!("==> running the tests");
     let (cargo_args, harness_args) = split_extra(&options.extra);
     let mut test = cargo();
-    test.args(["test", "--workspace", "--exclude", BPF_CRATE, "--release"])
+    test.arg("test");
+    // `--workspace` would override a `-p` given by the user.
+    if !selects_packages(cargo_args) {
+        test.args(["--workspace", "--exclude", BPF_CRATE]);
+    }
+    test.arg("--release")
         .args(cargo_args)
         .env("LB_BIN", &lb_bin)
         .current_dir(root);
@@ -65,30 +70,41 @@ pub fn run(options: &Options) -> Result<()> {
 }
 
 /// Runs `cargo fmt --check` and clippy with warnings denied, on the host crates
-/// and, for its own target with the nightly toolchain, on the XDP crate.
+/// and, for its own target with the nightly toolchain, on the XDP crate. Runs
+/// every check, then fails if any failed.
 pub fn lint() -> Result<()> {
     let root = workspace_root();
-    run_cmd(cargo().args(["fmt", "--all", "--check"]).current_dir(root))?;
-    run_cmd(
-        cargo()
-            .args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                BPF_CRATE,
-                "--all-targets",
-            ])
-            .args(["--", "-D", "warnings"])
-            .current_dir(root),
-    )?;
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    let mut host = cargo();
+    host.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        BPF_CRATE,
+        "--all-targets",
+    ])
+    .args(["--", "-D", "warnings"]);
     // `+nightly` needs rustup's `cargo` proxy, not the toolchain binary in $CARGO.
-    run_cmd(
-        Command::new("cargo")
-            .args(["+nightly", "clippy", "-p", BPF_CRATE, "--release"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .args(["--", "-D", "warnings"])
-            .current_dir(root),
-    )?;
+    let mut bpf = Command::new("cargo");
+    bpf.args(["+nightly", "clippy", "-p", BPF_CRATE, "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]);
+
+    let mut failed = Vec::new();
+    for (name, mut cmd) in [
+        ("rustfmt", fmt),
+        ("clippy (host)", host),
+        ("clippy (XDP)", bpf),
+    ] {
+        if let Err(err) = run_cmd(cmd.current_dir(root)) {
+            eprintln!("error: {err:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
     println!("==> lints passed");
     Ok(())
 }
@@ -107,8 +123,9 @@ fn report_root_tests() -> Result<()> {
         .unwrap_or_default();
     files.sort();
     println!(
-        "==> tests that need root (network namespaces, XDP programs, bpffs): \
-         the lb-tests tests in tests/tests/: {}",
+        "==> the tests that need root (network namespaces, XDP programs, bpffs) are in \
+         tests/tests/ (crate lb-tests): {}; without root each prints \
+         `SKIPPED (needs root)` and passes",
         if files.is_empty() {
             "(none yet)".to_owned()
         } else {
@@ -142,6 +159,14 @@ fn split_extra(extra: &[OsString]) -> (&[OsString], &[OsString]) {
         Some(at) => (&extra[..at], &extra[at + 1..]),
         None => (extra, &[]),
     }
+}
+
+/// Whether `cargo test` arguments choose packages (`-p`, `--package`).
+fn selects_packages(cargo_args: &[OsString]) -> bool {
+    cargo_args.iter().any(|arg| {
+        let arg = arg.to_string_lossy();
+        arg == "--package" || arg.starts_with("--package=") || arg.starts_with("-p")
+    })
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and `build.target-dir`).
