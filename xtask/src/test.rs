@@ -21,9 +21,10 @@ pub struct Options {
     extra: Vec<OsString>,
 }
 
-/// The workspace member that only builds for `bpfel-unknown-none`; host
-/// builds, tests and clippy leave it out (it is built by lb-userspace's build.rs).
-const BPF_CRATE: &str = "lb-ebpf";
+/// The workspace members that only build for `bpfel-unknown-none` (built by
+/// the build.rs of lb-userspace and lb-bench); the workspace's
+/// `default-members` leave them out of host builds, tests and clippy.
+const BPF_CRATES: [&str; 2] = ["lb-ebpf", "bench-ebpf"];
 
 /// Builds the `lb` binary and runs `cargo test` on the workspace with
 /// `LB_BIN` pointing at it.
@@ -48,12 +49,10 @@ pub fn run(options: &Options) -> Result<()> {
     println!("==> running the tests");
     let (cargo_args, harness_args) = split_extra(&options.extra);
     let mut test = cargo();
-    test.arg("test");
-    // `--workspace` would override a `-p` given by the user.
-    if !selects_packages(cargo_args) {
-        test.args(["--workspace", "--exclude", BPF_CRATE]);
-    }
-    test.arg("--release")
+    // Without `-p`, cargo tests the workspace's default members: every host
+    // crate, none of the XDP crates (they only build for the BPF target).
+    test.arg("test")
+        .arg("--release")
         .args(cargo_args)
         .env("LB_BIN", &lb_bin)
         .current_dir(root);
@@ -77,17 +76,11 @@ pub fn lint() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     let mut host = cargo();
-    host.args([
-        "clippy",
-        "--workspace",
-        "--exclude",
-        BPF_CRATE,
-        "--all-targets",
-    ])
-    .args(["--", "-D", "warnings"]);
+    host.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
     // `+nightly` needs rustup's `cargo` proxy, not the toolchain binary in $CARGO.
     let mut bpf = Command::new("cargo");
-    bpf.args(["+nightly", "clippy", "-p", BPF_CRATE, "--release"])
+    bpf.args(["+nightly", "clippy", "--release"])
+        .args(BPF_CRATES.iter().flat_map(|c| ["-p", c]))
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"]);
 
@@ -159,14 +152,6 @@ fn split_extra(extra: &[OsString]) -> (&[OsString], &[OsString]) {
         Some(at) => (&extra[..at], &extra[at + 1..]),
         None => (extra, &[]),
     }
-}
-
-/// Whether `cargo test` arguments choose packages (`-p`, `--package`).
-fn selects_packages(cargo_args: &[OsString]) -> bool {
-    cargo_args.iter().any(|arg| {
-        let arg = arg.to_string_lossy();
-        arg == "--package" || arg.starts_with("--package=") || arg.starts_with("-p")
-    })
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and `build.target-dir`).

@@ -1,0 +1,8 @@
+//! Makes cargo rebuild the object when bpf-linker changes (aya-template convention).
+use which::which;
+
+fn main() {
+    let bpf_linker =
+        which("bpf-linker").expect("bpf-linker not found on PATH: run `cargo xtask setup`");
+    println!("cargo:rerun-if-changed={}", bpf_linker.to_str().unwrap());
+}
