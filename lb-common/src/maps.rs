@@ -183,7 +183,7 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet seen.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) of the last packet seen.
     pub last_seen_ns: u64,
     /// Service the flow belongs to.
     pub service_id: u32,

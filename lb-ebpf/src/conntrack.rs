@@ -5,7 +5,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, Flow, MAX_BACKENDS, PROTO_TCP,
     REASON_NO_BACKEND,
@@ -53,7 +53,10 @@ pub fn track(
     backends: &BackendSet,
     conns: *mut BackendConnSet,
 ) -> Result<Binding, Verdict> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse monotonic clock: a few ms of resolution is plenty for idle
+    // timeouts counted in seconds, and it is much cheaper than the precise one.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(flow) = CONNTRACK.get_ptr_mut(packet.flow) {
         // SAFETY: a valid entry of the connection table; this CPU is the only
         // writer of a given flow while its packets arrive on one RX queue.

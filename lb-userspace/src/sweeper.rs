@@ -22,7 +22,8 @@ pub struct SweepReport {
     pub live: usize,
 }
 
-/// The clock `bpf_ktime_get_ns()` reads (CLOCK_MONOTONIC), in nanoseconds.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's flow
+/// timestamps (`bpf_ktime_get_coarse_ns()`, the same clock at tick resolution).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
