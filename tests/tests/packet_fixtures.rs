@@ -33,16 +33,15 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use lb::{
-    datapath::{Datapath, Maps, array_get, backend_entry, service_key},
+    datapath::{Datapath, MAP_NAMES, Maps, array_get, backend_entry, service_key},
     sweeper,
 };
 use lb_common::{
-    BACKEND_CONNS_MAP, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP,
-    BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendConns, BackendSet, CONNTRACK_MAP,
-    Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, IFACES_MAP, NUM_REASONS, PROTO_TCP,
-    PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
-    REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICE_STATS_MAP,
-    SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
+    BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, NUM_REASONS,
+    PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
+    REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service,
+    VERDICT_STATS_MAP, backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
@@ -2128,16 +2127,7 @@ fn pinned_maps_dump_with_field_names() {
     let dp =
         Datapath::load(MAX_FLOWS, Some(&dir)).unwrap_or_else(|e| panic!("{name}: load: {e:#}"));
     let mut pinned = Pinned(dp);
-    for map in [
-        SERVICES_MAP,
-        BACKENDS_MAP,
-        BACKEND_CONNS_MAP,
-        CONNTRACK_MAP,
-        IFACES_MAP,
-        VERDICT_STATS_MAP,
-        SERVICE_STATS_MAP,
-        BACKEND_STATS_MAP,
-    ] {
+    for map in MAP_NAMES {
         assert!(
             dir.join(map).exists(),
             "{name}: {map} not pinned in {}",
