@@ -1,9 +1,12 @@
-//! Reference XDP programs the benchmarks measure `lb_xdp` against.
+//! Reference XDP programs the benchmarks measure `lb_xdp` against, and the
+//! live benchmark's traffic generator and sink (`live`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use network_types::eth::EthHdr;
+
+mod live;
 
 /// The empty program: the cost of the BPF_PROG_TEST_RUN harness itself.
 #[xdp]

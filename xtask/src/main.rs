@@ -4,10 +4,12 @@
 //!   nightly toolchain with `rust-src`, a `bpf-linker` matching nightly's LLVM);
 //! - `test`: build `lb` and run every test of the workspace;
 //! - `lint`: `cargo fmt --check` and clippy on the host crates and the XDP crate;
-//! - `demo`: the end-to-end demonstration in network namespaces.
+//! - `demo`: the end-to-end demonstration in network namespaces;
+//! - `bench`: the data-path benchmarks (`lb-bench`), as a table, JSON and SVG.
 //!
 //! None of this is needed for a plain `cargo build` once the toolchain is set up.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -26,7 +28,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     bin_name = "cargo xtask",
-    about = "Developer tasks for lb: setup, tests, lints and the demo"
+    about = "Developer tasks for lb: setup, tests, lints, the demo and the benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +47,8 @@ enum Task {
     Lint,
     /// Run the end-to-end demo in network namespaces.
     Demo,
+    /// Benchmark the XDP data path (root): table on stdout, JSON and SVG in target/bench.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Task::Test(options) => test::run(&options),
         Task::Lint => test::lint(),
         Task::Demo => demo::run(),
+        Task::Bench(options) => bench::run(&options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

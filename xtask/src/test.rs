@@ -155,7 +155,7 @@ fn split_extra(extra: &[OsString]) -> (&[OsString], &[OsString]) {
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and `build.target-dir`).
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let metadata = output(
         cargo()
             .args(["metadata", "--format-version", "1", "--no-deps"])

@@ -1,0 +1,802 @@
+//! Live forwarding between network namespaces: lb's XDP program against the
+//! trivial MAC-swap `XDP_TX` program, on real frames through a veth pair.
+//!
+//! ```text
+//!  lbbench-PID-gen                         lbbench-PID-dir
+//!  bench_gen (BPF_PROG_TEST_RUN,           lb_xdp or bench_mac_swap
+//!   live frames) --XDP_TX--> g0 ========== d0 --XDP_TX--+
+//!  bench_sink (XDP on g0) <-- g0 ========== d0 <--------+
+//! ```
+//!
+//! The generator program runs through `BPF_PROG_TEST_RUN` in live-frames mode
+//! with g0 as its ingress device: each frame gets a source port (and source
+//! address octet) from a counter and leaves g0 with `XDP_TX`, so it arrives on
+//! the director's d0. The program under test forwards it back out of d0 with
+//! `XDP_TX`; the sink on g0 counts it per destination MAC and drops it. The
+//! sink also makes the veth pair deliver `XDP_TX` frames at all (a veth does
+//! so only when its peer has an XDP program). No bridge, no network stack.
+//!
+//! Both programs are measured in the same run, alternately, on the same
+//! traffic; the forwarded rate is what the sink counted per second of
+//! generation. Each pattern runs twice: with the director's NAPI inline in
+//! the generator's softirq (one CPU does everything) and, given two CPUs,
+//! with it in a NAPI thread on a CPU of its own. lb is attached exactly as `lb run` does it (driver mode, maps
+//! filled through `lb::datapath`), with three backends weighted 1000/500/800
+//! that have static MACs, so the sink also shows the weighted split.
+
+use std::{
+    fmt::Write as _,
+    fs::{self, File},
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use lb::datapath::{Datapath, backend_entry, service_key};
+use lb_common::{BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, PROTO_TCP};
+
+use crate::BENCH_OBJECT;
+
+/// The virtual service: 192.0.2.200:8080/TCP.
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// The service's port.
+const VIP_PORT: u16 = 8080;
+/// The clients' network (the generator varies the last octet).
+const CLIENT_NET: [u8; 3] = [198, 51, 100];
+/// MAC of g0; the trivial program sends frames back to it.
+const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+/// MAC of d0.
+const DIR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+/// The real servers: address, MAC (its last byte indexes the sink's
+/// counters), weight.
+const BACKENDS: [(Ipv4Addr, [u8; 6], u32); 3] = [
+    (Ipv4Addr::new(192, 0, 2, 11), [0x02, 0, 0, 0, 0, 0x01], 1000),
+    (Ipv4Addr::new(192, 0, 2, 12), [0x02, 0, 0, 0, 0, 0x02], 500),
+    (Ipv4Addr::new(192, 0, 2, 13), [0x02, 0, 0, 0, 0, 0x03], 800),
+];
+/// Allowed deviation of a backend's share from its weight's share.
+const SPLIT_TOLERANCE: f64 = 0.10;
+/// Frames per batch of the live test run (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+/// Ethernet (14) + IPv4 (20) + TCP (20), padded to the 60-byte minimum
+/// frame (64 bytes on the wire with the FCS).
+const FRAME_LEN: usize = 60;
+/// TCP flags of the frames.
+const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+const TCP_ACK: u8 = 0x10;
+/// The CPU the generator runs on (when there are two or more).
+const GEN_CPU: usize = 0;
+/// The CPU the director's NAPI thread runs on: the program under test, and
+/// the sink in the same softirq (when there are two CPUs or more).
+const FWD_CPU: usize = 1;
+/// How long to wait after a test run for frames still in the veth rings.
+const DRAIN: Duration = Duration::from_millis(50);
+
+/// One traffic pattern of the live benchmark.
+struct Case {
+    /// Name in the table.
+    name: &'static str,
+    /// Distinct flows the generator rotates over; 0 = a new flow per frame.
+    flows: u64,
+    /// TCP flags: ACKs for established flows, SYNs for new ones.
+    tcp_flags: u8,
+}
+
+/// The traffic patterns, in the order they run.
+const CASES: [Case; 3] = [
+    Case {
+        name: "1 flow",
+        flows: 1,
+        tcp_flags: TCP_ACK,
+    },
+    Case {
+        name: "10k established flows",
+        flows: 10_000,
+        tcp_flags: TCP_ACK,
+    },
+    Case {
+        name: "new flow every packet",
+        flows: 0,
+        tcp_flags: TCP_SYN,
+    },
+];
+
+/// One backend's part of what lb forwarded, as the sink saw it.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendShare {
+    /// The real server's address.
+    pub backend: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Frames the sink received with this backend's MAC.
+    pub packets: u64,
+    /// `packets` over all frames lb forwarded.
+    pub share: f64,
+    /// The weight's share of the total weight.
+    pub expected_share: f64,
+}
+
+/// The result of one traffic pattern.
+#[derive(Debug, serde::Serialize)]
+pub struct LiveRow {
+    /// The traffic pattern.
+    pub case: String,
+    /// Frames per second (millions) forwarded by lb, as counted by the sink
+    /// (median over the rounds).
+    pub lb_mpps: f64,
+    /// The same with the trivial MAC-swap `XDP_TX` program.
+    pub trivial_mpps: f64,
+    /// `lb_mpps / trivial_mpps`.
+    pub ratio: f64,
+    /// Frames per second (millions) the generator sent during lb's rounds.
+    pub lb_generated_mpps: f64,
+    /// The same during the trivial program's rounds.
+    pub trivial_generated_mpps: f64,
+    /// Frames sent during lb's measured rounds.
+    pub lb_sent: u64,
+    /// Frames the sink received during lb's measured rounds.
+    pub lb_received: u64,
+    /// Frames sent during the trivial program's measured rounds.
+    pub trivial_sent: u64,
+    /// Frames the sink received during the trivial program's measured rounds.
+    pub trivial_received: u64,
+    /// Per-backend split of lb's forwarded frames.
+    pub split: Vec<BackendShare>,
+    /// What the split was checked against: `"weights"` (each backend within
+    /// 10 % of its weight's share) or `"one backend"` (one flow: every frame
+    /// to the same backend).
+    pub split_check: &'static str,
+    /// Whether the split passed that check.
+    pub split_ok: bool,
+    /// Where the generator and the forwarder ran: `"1 CPU"` (the director's
+    /// NAPI runs inline in the generator's softirq: generator, forwarder and
+    /// sink share one CPU) or `"2 CPUs"` (generator on one CPU, the
+    /// director's threaded NAPI with the program under test and the sink on
+    /// the other).
+    pub cpus: &'static str,
+}
+
+/// Where the director's NAPI (the program under test, then the sink) runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// In the softirq of the generator's CPU: the whole pipeline on one CPU.
+    Inline,
+    /// In a NAPI kernel thread pinned to [`FWD_CPU`], the generator on
+    /// [`GEN_CPU`].
+    Split,
+}
+
+impl Placement {
+    /// The placement's name in the rows.
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Inline => "1 CPU",
+            Placement::Split => "2 CPUs",
+        }
+    }
+}
+
+/// Runs the live benchmark (root). `quick` = short runs for a smoke test.
+pub fn run(quick: bool) -> anyhow::Result<Vec<LiveRow>> {
+    // (rounds, frames per measured run)
+    let (rounds, frames) = if quick { (2, 200_000) } else { (5, 2_000_000) };
+    let bed = Bed::create()?;
+    let mut bench = Bench::load(&bed)?;
+    let mut placements = vec![Placement::Inline];
+    if thread::available_parallelism().map_or(1, usize::from) > FWD_CPU {
+        placements.push(Placement::Split);
+    }
+    let mut rows = Vec::new();
+    for placement in placements {
+        bed.place(placement)?;
+        for case in &CASES {
+            rows.push(
+                bench
+                    .case(&bed, case, placement, rounds, frames)
+                    .with_context(|| {
+                        format!("live benchmark, {:?} on {}", case.name, placement.name())
+                    })?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Aligned text table of the rows.
+pub fn table(rows: &[LiveRow]) -> String {
+    let mut out = format!(
+        "{:<22} {:<6} {:>8} {:>9} {:>6} {:>8} {:>9} {:>6}  {}\n",
+        "live, 64 B frames",
+        "CPUs",
+        "lb Mpps",
+        "triv Mpps",
+        "ratio",
+        "gen(lb)",
+        "gen(triv)",
+        "lost",
+        "split seen by the sink: share (expected)"
+    );
+    for row in rows {
+        let split: Vec<String> = row
+            .split
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {:.1}% ({:.1}%)",
+                    b.backend,
+                    100.0 * b.share,
+                    100.0 * b.expected_share
+                )
+            })
+            .collect();
+        let verdict = if row.split_ok { "ok" } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "{:<22} {:<6} {:>8.3} {:>9.3} {:>6.2} {:>8.3} {:>9.3} {:>5.1}%  {} [{verdict}: {}]",
+            row.case,
+            row.cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU"),
+            row.lb_mpps,
+            row.trivial_mpps,
+            row.ratio,
+            row.lb_generated_mpps,
+            row.trivial_generated_mpps,
+            lost_percent(row.lb_sent, row.lb_received),
+            split.join(", "),
+            row.split_check,
+        );
+    }
+    out.push_str(
+        "Mpps: frames the sink counted per second of generation, median of alternating \
+         rounds. gen: frames generated per second (gen > Mpps: the forwarder was the \
+         bottleneck). lost: lb's frames generated but not forwarded (veth ring full).\n\
+         CPUs 1: generator, forwarder (the director veth's NAPI, run inline in the \
+         generator's softirq) and sink all on one CPU: Mpps is the rate of the whole \
+         pipeline. CPUs 2: generator on CPU 0; the director's NAPI thread (program under \
+         test, then the sink) on CPU 1, where frames and their pages arrive from the other \
+         CPU. Neither is a dedicated forwarding core with a NIC: compare lb with the trivial \
+         program in the same row, not with published single-core figures.\n",
+    );
+    out
+}
+
+/// Percentage of `sent` frames that were not `received`.
+fn lost_percent(sent: u64, received: u64) -> f64 {
+    100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64
+}
+
+/// The two namespaces and the veth pair between them, removed on drop.
+struct Bed {
+    /// Name of the generator namespace.
+    gen_ns: String,
+    /// Name of the director namespace.
+    dir_ns: String,
+    /// The generator's veth (client side), in the generator namespace.
+    gen_if: String,
+    /// The director's veth, in the director namespace; named after the pid
+    /// so that its NAPI thread can be told apart from other veths'.
+    dir_if: String,
+    /// The generator namespace, open for `setns`.
+    gen_fd: File,
+    /// The director namespace, open for `setns`.
+    dir_fd: File,
+}
+
+impl Bed {
+    /// Creates `lbbench-PID-gen` and `lbbench-PID-dir` joined by a veth pair
+    /// (g0 = `lbgPID`, d0 = `lbdPID`), with IPv6 off (no stray router
+    /// solicitations or MLD reports reach the sink) and GRO on d0, so that
+    /// [`Bed::place`] can switch its NAPI to a thread of its own.
+    fn create() -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        // Drop removes whatever part of this exists.
+        let mut bed = Self {
+            gen_ns: format!("lbbench-{pid}-gen"),
+            dir_ns: format!("lbbench-{pid}-dir"),
+            gen_if: format!("lbg{pid}"),
+            dir_if: format!("lbd{pid}"),
+            gen_fd: File::open("/dev/null")?,
+            dir_fd: File::open("/dev/null")?,
+        };
+        ip(&["netns", "add", &bed.gen_ns])?;
+        ip(&["netns", "add", &bed.dir_ns])?;
+        bed.gen_fd = netns_file(&bed.gen_ns)?;
+        bed.dir_fd = netns_file(&bed.dir_ns)?;
+        for fd in [&bed.gen_fd, &bed.dir_fd] {
+            in_netns(fd, || {
+                for conf in ["all", "default"] {
+                    let key = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                    fs::write(&key, "1").with_context(|| format!("writing 1 to {key}"))?;
+                }
+                Ok(())
+            })?;
+        }
+        let (g, d) = (&bed.gen_ns, &bed.dir_ns);
+        ip(&[
+            "-n",
+            g,
+            "link",
+            "add",
+            &bed.gen_if,
+            "address",
+            &mac_str(GEN_MAC),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &bed.dir_if,
+            "address",
+            &mac_str(DIR_MAC),
+            "netns",
+            d,
+        ])?;
+        for (ns, iface) in [(g, &bed.gen_if), (d, &bed.dir_if)] {
+            ip(&["-n", ns, "link", "set", iface, "up"])?;
+        }
+        // A veth has a NAPI instance once GRO is on (or XDP attached); only
+        // then can it be made threaded (see `place`).
+        bed.exec_dir(&format!("ethtool -K {} gro on", bed.dir_if))?;
+        Ok(bed)
+    }
+
+    /// Runs the director veth's NAPI inline (softirq of the CPU that
+    /// queued the frames: the generator's) or in a kernel thread pinned to
+    /// [`FWD_CPU`].
+    fn place(&self, placement: Placement) -> anyhow::Result<()> {
+        let threaded = u8::from(placement == Placement::Split);
+        self.exec_dir(&format!(
+            "echo {threaded} > /sys/class/net/{}/threaded",
+            self.dir_if
+        ))?;
+        if placement == Placement::Split {
+            set_affinity(self.napi_thread()?, FWD_CPU)
+                .context("pinning the director's NAPI thread")?;
+        }
+        Ok(())
+    }
+
+    /// Runs the shell command `script` in the director namespace with its
+    /// own /sys (`ip netns exec`, for sysfs and ethtool; no BPF there).
+    fn exec_dir(&self, script: &str) -> anyhow::Result<()> {
+        run_command(Command::new("ip").args(["netns", "exec", &self.dir_ns, "sh", "-c", script]))
+    }
+
+    /// The pid of the director veth's NAPI kernel thread (`napi/IFNAME-ID`,
+    /// truncated to 15 characters).
+    fn napi_thread(&self) -> anyhow::Result<libc::pid_t> {
+        let prefix = format!("napi/{}", self.dir_if);
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            let Ok(comm) = fs::read_to_string(entry.path().join("comm")) else {
+                continue;
+            };
+            let comm = comm.trim_end();
+            if comm
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+            {
+                return Ok(pid);
+            }
+        }
+        bail!("no NAPI thread {prefix}-* found (threaded NAPI on the veth did not take)")
+    }
+}
+
+/// Pins thread `tid` (0 = the calling thread) to `cpu`.
+fn set_affinity(tid: libc::pid_t, cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read and write that set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for ns in [&self.gen_ns, &self.dir_ns] {
+            if !Path::new("/var/run/netns").join(ns).exists() {
+                continue;
+            }
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("live benchmark: could not delete network namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Opens `/var/run/netns/NAME`.
+fn netns_file(name: &str) -> anyhow::Result<File> {
+    let path = format!("/var/run/netns/{name}");
+    File::open(&path).with_context(|| format!("opening {path}"))
+}
+
+/// Runs `ip args...`.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run_command(Command::new("ip").args(args))
+}
+
+/// Runs `command` and fails with its stderr when it fails.
+fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `02:00:00:00:00:10`.
+fn mac_str(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`, and
+/// waits for it. The mount namespace (and so bpffs) stays this process's.
+fn in_netns<R: Send>(ns: &File, f: impl FnOnce() -> anyhow::Result<R> + Send) -> anyhow::Result<R> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: `ns` is an open namespace file; setns only moves this thread.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("a thread inside a benchmark namespace panicked"))?
+    })
+}
+
+/// The ifindex of `iface` in the calling thread's network namespace.
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: `name` is a valid C string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
+        index => Ok(index),
+    }
+}
+
+/// Which program forwards on d0 during a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Forwarder {
+    /// lb's `lb_xdp`.
+    Lb,
+    /// The trivial `bench_mac_swap`.
+    Trivial,
+}
+
+/// Frames sent and received, and the time the generation took.
+struct Sample {
+    /// Frames generated.
+    sent: u64,
+    /// Frames the sink counted, per last byte of the destination MAC.
+    received: [u64; 256],
+    /// Wall time of the generating test run.
+    elapsed: Duration,
+}
+
+impl Sample {
+    /// All frames the sink counted.
+    fn total(&self) -> u64 {
+        self.received.iter().sum()
+    }
+}
+
+/// The reference programs (generator, sink, MAC swap) and the g0 facts.
+struct Bench {
+    /// `bench-ebpf`, with bench_gen, bench_sink and bench_mac_swap loaded.
+    ebpf: Ebpf,
+    /// The sink's counters.
+    sink: PerCpuArray<MapData, u64>,
+    /// g0's ifindex (the generator's ingress device).
+    gen_ifindex: u32,
+    /// d0's ifindex.
+    dir_ifindex: u32,
+}
+
+impl Bench {
+    /// Loads the reference programs and attaches the sink to g0.
+    fn load(bed: &Bed) -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark XDP object")?;
+        for name in ["bench_gen", "bench_sink", "bench_mac_swap"] {
+            xdp_mut(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel rejected {name}"))?;
+        }
+        let sink = PerCpuArray::try_from(
+            ebpf.take_map("SINK_COUNTS")
+                .ok_or_else(|| anyhow!("map SINK_COUNTS missing"))?,
+        )?;
+        let gen_ifindex = in_netns(&bed.gen_fd, || {
+            xdp_mut(&mut ebpf, "bench_sink")?
+                .attach(&bed.gen_if, XdpMode::Driver)
+                .context("attaching the sink to g0")?;
+            ifindex(&bed.gen_if)
+        })?;
+        let dir_ifindex = in_netns(&bed.dir_fd, || ifindex(&bed.dir_if))?;
+        Ok(Self {
+            ebpf,
+            sink,
+            gen_ifindex,
+            dir_ifindex,
+        })
+    }
+
+    /// Measures one traffic pattern: `rounds` alternating runs of lb and the
+    /// trivial program, `frames` frames each.
+    fn case(
+        &mut self,
+        bed: &Bed,
+        case: &Case,
+        placement: Placement,
+        rounds: usize,
+        frames: u32,
+    ) -> anyhow::Result<LiveRow> {
+        let mut flows = Array::<_, u64>::try_from(
+            self.ebpf
+                .map_mut("GEN_FLOWS")
+                .ok_or_else(|| anyhow!("map GEN_FLOWS missing"))?,
+        )?;
+        flows.set(0, case.flows, 0)?;
+        let mut counter = Array::<_, u64>::try_from(
+            self.ebpf
+                .map_mut("GEN_COUNTER")
+                .ok_or_else(|| anyhow!("map GEN_COUNTER missing"))?,
+        )?;
+        counter.set(0, 0, 0)?;
+        let frame = frame(case.tcp_flags);
+
+        // A fresh lb per case: an empty connection table, zero connection counts.
+        let mut dp = self.load_lb()?;
+        let mut lb_samples = Vec::new();
+        let mut trivial_samples = Vec::new();
+        // Warm-up with each program: lb learns the established flows.
+        let warm_up = (2 * case.flows).clamp(50_000, u64::from(frames)) as u32;
+        for forwarder in [Forwarder::Lb, Forwarder::Trivial] {
+            self.measure(bed, &mut dp, forwarder, &frame, warm_up)?;
+        }
+        for round in 0..rounds {
+            let order = if round % 2 == 0 {
+                [Forwarder::Lb, Forwarder::Trivial]
+            } else {
+                [Forwarder::Trivial, Forwarder::Lb]
+            };
+            for forwarder in order {
+                let sample = self.measure(bed, &mut dp, forwarder, &frame, frames)?;
+                match forwarder {
+                    Forwarder::Lb => lb_samples.push(sample),
+                    Forwarder::Trivial => trivial_samples.push(sample),
+                }
+            }
+        }
+        Ok(row(case, placement, &lb_samples, &trivial_samples))
+    }
+
+    /// Loads lb's data path and provisions the service (not attached yet).
+    fn load_lb(&self) -> anyhow::Result<Datapath> {
+        let mut dp = Datapath::load(DEFAULT_MAX_FLOWS, None)?;
+        dp.maps.set_iface(self.dir_ifindex, DIR_MAC)?;
+        let mut set = BackendSet {
+            len: BACKENDS.len() as u32,
+            ..BackendSet::default()
+        };
+        for (slot, (addr, mac, weight)) in BACKENDS.iter().enumerate() {
+            set.backends[slot] = backend_entry(
+                slot as u32,
+                IpAddr::V4(*addr),
+                *mac,
+                self.dir_ifindex,
+                *weight,
+                BACKEND_STATE_UP,
+            );
+        }
+        dp.maps
+            .set_service(service_key(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP), 0, &set)?;
+        Ok(dp)
+    }
+
+    /// Attaches `forwarder` to d0, sends `frames` frames, detaches it, and
+    /// returns what the sink counted meanwhile.
+    fn measure(
+        &mut self,
+        bed: &Bed,
+        dp: &mut Datapath,
+        forwarder: Forwarder,
+        frame: &[u8; FRAME_LEN],
+        frames: u32,
+    ) -> anyhow::Result<Sample> {
+        let swap_link = in_netns(&bed.dir_fd, || match forwarder {
+            Forwarder::Lb => dp.attach(&bed.dir_if, XdpMode::Driver).map(|()| None),
+            Forwarder::Trivial => xdp_mut(&mut self.ebpf, "bench_mac_swap")?
+                .attach(&bed.dir_if, XdpMode::Driver)
+                .map(Some)
+                .context("attaching bench_mac_swap to d0"),
+        })?;
+        let before = self.sink_counts()?;
+        let ctx = xdp_md(FRAME_LEN as u32, self.gen_ifindex);
+        let generator = xdp(&self.ebpf, "bench_gen")?;
+        let elapsed = in_netns(&bed.gen_fd, || {
+            set_affinity(0, GEN_CPU).context("pinning the generator")?;
+            let start = Instant::now();
+            generator
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: frames,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::default()
+                })
+                .context("BPF_PROG_TEST_RUN (live frames) of bench_gen")?;
+            Ok(start.elapsed())
+        })?;
+        thread::sleep(DRAIN);
+        let after = self.sink_counts()?;
+        in_netns(&bed.dir_fd, || match swap_link {
+            None => dp.detach_all(),
+            Some(link) => Ok(xdp_mut(&mut self.ebpf, "bench_mac_swap")?.detach(link)?),
+        })?;
+        let mut received = [0u64; 256];
+        for (r, (a, b)) in received.iter_mut().zip(after.iter().zip(before.iter())) {
+            *r = a - b;
+        }
+        Ok(Sample {
+            sent: u64::from(frames),
+            received,
+            elapsed,
+        })
+    }
+
+    /// The sink's counters, summed over CPUs.
+    fn sink_counts(&self) -> anyhow::Result<[u64; 256]> {
+        let mut counts = [0u64; 256];
+        for (index, count) in counts.iter_mut().enumerate() {
+            *count = self.sink.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(counts)
+    }
+}
+
+/// The XDP program `name` of the benchmark object.
+fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a Xdp> {
+    ebpf.program(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the benchmark object"))?
+        .try_into()
+        .map_err(Into::into)
+}
+
+/// The XDP program `name` of the benchmark object, mutably.
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the benchmark object"))?
+        .try_into()
+        .map_err(Into::into)
+}
+
+/// A `struct xdp_md` for a live test run: data at 0, `len` bytes, no
+/// metadata, received on `ifindex` queue 0.
+fn xdp_md(len: u32, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// A client's TCP segment to the VIP, addressed to d0 (the generator fills
+/// in the source port and the last octet of the source address).
+fn frame(tcp_flags: u8) -> [u8; FRAME_LEN] {
+    let mut f = [0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&DIR_MAC);
+    f[6..12].copy_from_slice(&GEN_MAC);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = PROTO_TCP;
+    ip[12..15].copy_from_slice(&CLIENT_NET);
+    ip[16..20].copy_from_slice(&VIP.octets());
+    let tcp = &mut f[34..54];
+    tcp[2..4].copy_from_slice(&VIP_PORT.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    if tcp_flags & TCP_ACK != 0 {
+        tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    }
+    tcp[12] = 5 << 4;
+    tcp[13] = tcp_flags;
+    tcp[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    f
+}
+
+/// Millions of frames per second the sink counted in `s`.
+fn mpps(packets: u64, elapsed: Duration) -> f64 {
+    packets as f64 / elapsed.as_secs_f64() / 1e6
+}
+
+/// The median of `values` (not empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Summarises the samples of one case into its row.
+fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> LiveRow {
+    let rate =
+        |samples: &[Sample]| median(samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect());
+    let generated =
+        |samples: &[Sample]| median(samples.iter().map(|s| mpps(s.sent, s.elapsed)).collect());
+    let (lb_mpps, trivial_mpps) = (rate(lb), rate(trivial));
+    let lb_received: u64 = lb.iter().map(Sample::total).sum();
+    let total_weight: u32 = BACKENDS.iter().map(|b| b.2).sum();
+    let split: Vec<BackendShare> = BACKENDS
+        .iter()
+        .map(|(addr, mac, weight)| {
+            let packets: u64 = lb.iter().map(|s| s.received[usize::from(mac[5])]).sum();
+            BackendShare {
+                backend: addr.to_string(),
+                weight: *weight,
+                packets,
+                share: packets as f64 / lb_received.max(1) as f64,
+                expected_share: f64::from(*weight) / f64::from(total_weight),
+            }
+        })
+        .collect();
+    let to_backends: u64 = split.iter().map(|b| b.packets).sum();
+    let (split_check, split_ok) = if case.flows == 1 {
+        (
+            "one backend",
+            to_backends == lb_received && split.iter().any(|b| b.packets == lb_received),
+        )
+    } else {
+        (
+            "weights",
+            to_backends == lb_received
+                && split.iter().all(|b| {
+                    (b.share - b.expected_share).abs() <= SPLIT_TOLERANCE * b.expected_share
+                }),
+        )
+    };
+    LiveRow {
+        case: case.name.to_owned(),
+        lb_mpps,
+        trivial_mpps,
+        ratio: lb_mpps / trivial_mpps,
+        lb_generated_mpps: generated(lb),
+        trivial_generated_mpps: generated(trivial),
+        lb_sent: lb.iter().map(|s| s.sent).sum(),
+        lb_received,
+        trivial_sent: trivial.iter().map(|s| s.sent).sum(),
+        trivial_received: trivial.iter().map(Sample::total).sum(),
+        split,
+        split_check,
+        split_ok,
+        cpus: placement.name(),
+    }
+}

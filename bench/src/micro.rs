@@ -1,0 +1,921 @@
+//! Per-packet cost of lb's XDP program through `BPF_PROG_TEST_RUN`, beside
+//! the reference programs of `bench-ebpf` (the trivial MAC-swap `XDP_TX`
+//! forwarder and the empty program, i.e. the harness floor).
+//!
+//! Two ways of timing, each with the kernel's own clock (the `duration` the
+//! syscall reports):
+//!
+//! - [`Method::Repeat`]: one syscall repeats the program `packets` times on
+//!   the same buffer and reports the mean. Only valid for a frame that the
+//!   program treats the same way on its own output: lb rewrites MACs only, so
+//!   an established flow stays established, and the MAC swap swaps back.
+//! - [`Method::PerCall`]: a new 5-tuple per packet (a new flow every time, or
+//!   a different established flow every time) needs `repeat = 1` in a loop.
+//!   The kernel clock ticks in steps of about 10 ns here, so a figure is the
+//!   trimmed mean over `calls` calls, never a per-call median; the reference
+//!   programs are timed the same way, so the per-call floor (about 90 ns,
+//!   mostly the two clock reads) is comparable.
+//!
+//! Every round times every case and every program once, in turn; a figure is
+//! the median over the rounds.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use aya::{
+    Ebpf,
+    maps::MapInfo,
+    programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
+};
+use lb::datapath::{Datapath, array_get, backend_entry, service_key};
+use lb_common::{
+    BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
+};
+use serde::Serialize;
+
+use crate::BENCH_OBJECT;
+
+/// `XDP_PASS` (the kernel's `enum xdp_action`).
+const XDP_PASS: u32 = 2;
+/// `XDP_TX`.
+const XDP_TX: u32 = 3;
+/// TCP PSH flag: the timed established-flow frames are data segments.
+const TCP_PSH: u8 = 0x08;
+
+/// Length of every frame handed to the programs, where the headers allow it
+/// (IPv6 + TCP needs 74 bytes); the IP payload fills it, so lengths agree.
+const FRAME_LEN: usize = 64;
+/// Without `ctx_in`, `BPF_PROG_TEST_RUN` runs XDP as if on loopback.
+const LO_IFINDEX: u32 = 1;
+/// The virtual services' port.
+const PORT: u16 = 2811;
+/// IPv4 VIP.
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// IPv6 VIP.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
+/// The director's own address: the destination of traffic for no service.
+const DIRECTOR4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// Destination MAC of arriving frames.
+const VIP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+/// Source MAC of arriving frames (the client-side router).
+const ROUTER_MAC: [u8; 6] = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
+/// The director NIC's MAC: the source MAC of forwarded frames.
+const NIC_MAC: [u8; 6] = [0x02, 0xd1, 0x00, 0x00, 0x00, 0x01];
+/// Client ports used per client address (1024..=65535).
+const PORTS_PER_ADDR: u32 = 64_512;
+/// Flows in the connection table for the established-path scaling cases.
+pub const SCALING_FLOWS: [u32; 3] = [1_000, 100_000, 1_000_000];
+/// Connection-table capacity of every scaling data path: the same for all,
+/// so that only the fill changes, and above the largest fill, so that the
+/// LRU never evicts the measured flow.
+const SCALING_CAPACITY: u32 = 1_310_720;
+/// Backends of the service for the new-flow cases.
+pub const NEW_FLOW_BACKENDS: [u32; 4] = [1, 16, 64, 256];
+/// Backends of the services for the established cases (as in the demo).
+const ESTABLISHED_WEIGHTS: [u32; 3] = [1000, 500, 800];
+/// Stride of the walk over prefilled flows (a prime above every fill, so
+/// coprime with it: every flow is visited, in an order unrelated to the
+/// order the flows were inserted in).
+const ROTATION_STRIDE: u64 = 1_000_003;
+
+/// How much to measure.
+#[derive(Clone, Copy, Serialize)]
+pub struct Params {
+    /// Interleaved rounds; a figure is the median over them.
+    pub rounds: usize,
+    /// Repetitions per [`Method::Repeat`] figure.
+    pub packets: u32,
+    /// Calls per [`Method::PerCall`] figure (one packet each).
+    pub calls: u32,
+    /// Fraction of the per-call durations dropped at each end before the mean.
+    pub trim: f64,
+    /// The CPU everything runs on.
+    pub cpu: usize,
+}
+
+/// How a figure was timed (see the module documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// `repeat = packets` on one buffer; the kernel's mean.
+    Repeat,
+    /// `repeat = 1` per packet, a new 5-tuple per call; trimmed mean.
+    PerCall,
+}
+
+/// What a case measures (the report picks targets and scaling curves by it).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An established TCP flow over IPv4.
+    EstablishedTcp4,
+    /// An established TCP flow over IPv6.
+    EstablishedTcp6,
+    /// A UDP flow already in the table.
+    EstablishedUdp4,
+    /// TCP for no service: `XDP_PASS`.
+    NoService,
+    /// A TCP SYN of a new flow: table miss, wlc selection, insert.
+    NewFlow,
+    /// The same established flow, with `flows_in_table` flows in the table.
+    ScalingSameFlow,
+    /// A different established flow per packet, out of `flows_in_table`.
+    ScalingEveryFlow,
+}
+
+/// A figure: the median over rounds of the per-round ns/packet.
+#[derive(Clone, Serialize)]
+pub struct Figure {
+    /// Median of `rounds_ns`.
+    pub median_ns: f64,
+    /// ns/packet of each round, in order.
+    pub rounds_ns: Vec<f64>,
+}
+
+impl Figure {
+    /// The figure of the given per-round values.
+    fn of(rounds_ns: Vec<f64>) -> Self {
+        let mut sorted = rounds_ns.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median_ns = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Self {
+            median_ns,
+            rounds_ns,
+        }
+    }
+}
+
+/// One case: lb's program and both reference programs, timed the same way.
+#[derive(Clone, Serialize)]
+pub struct CaseResult {
+    /// What is measured, for people.
+    pub name: String,
+    /// What is measured, for the report.
+    pub kind: Kind,
+    /// How it was timed.
+    pub method: Method,
+    /// Bytes of each frame.
+    pub frame_len: usize,
+    /// Packets per figure per round.
+    pub packets: u32,
+    /// Flows in the connection table (scaling cases).
+    pub flows_in_table: Option<u32>,
+    /// Backends in the service (new-flow cases).
+    pub backends: Option<u32>,
+    /// lb's program.
+    pub ours: Figure,
+    /// The MAC-swap `XDP_TX` program.
+    pub trivial: Figure,
+    /// The empty program: the harness floor.
+    pub empty: Figure,
+}
+
+/// A loaded program's size.
+#[derive(Clone, Serialize)]
+pub struct ProgramSize {
+    /// Program name.
+    pub name: String,
+    /// Instructions after the verifier's rewrites (`bpftool prog dump xlated`).
+    pub xlated_insns: u32,
+    /// Bytes of JIT-compiled code.
+    pub jited_bytes: u32,
+    /// Instructions the verifier processed to accept it (its complexity).
+    pub verifier_processed_insns: Option<u32>,
+}
+
+/// One map's memory, as the kernel accounts it.
+#[derive(Clone, Serialize)]
+pub struct MapMemory {
+    /// Map name.
+    pub name: String,
+    /// Configured capacity.
+    pub max_entries: u32,
+    /// Key bytes.
+    pub key_size: u32,
+    /// Value bytes (per CPU for per-CPU maps).
+    pub value_size: u32,
+    /// `memlock` from `/proc/self/fdinfo/FD` (the kernel's `map_mem_usage`,
+    /// what `bpftool map show` prints as `bytes_memlock`).
+    pub memlock_bytes: u64,
+}
+
+/// Memory of the map set of a data path loaded at the configured limits.
+#[derive(Clone, Serialize)]
+pub struct Memory {
+    /// Connection-table capacity (lb's default `max_flows`).
+    pub max_flows: u32,
+    /// Every map of the program.
+    pub maps: Vec<MapMemory>,
+    /// Sum over the maps.
+    pub total_bytes: u64,
+    /// The connection table's memory divided by its capacity.
+    pub conntrack_bytes_per_flow: f64,
+    /// Per-CPU maps hold one value per possible CPU; this many here.
+    pub possible_cpus: usize,
+}
+
+/// Everything the micro-benchmarks measured.
+#[derive(Clone, Serialize)]
+pub struct Results {
+    /// Every case, in the order measured.
+    pub cases: Vec<CaseResult>,
+    /// Sizes of lb's program and the reference programs.
+    pub programs: Vec<ProgramSize>,
+    /// Memory of lb's maps at the configured limits.
+    pub memory: Memory,
+}
+
+// ---------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------
+
+/// A packet's 5-tuple, as the client sends it.
+#[derive(Clone, Copy)]
+struct Tuple {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+impl Tuple {
+    /// The `i`-th distinct client of a service on `vip`:`PORT` (port first,
+    /// then the address), from 203.0.113.0/24 or 2001:db8:1::/64.
+    fn client(i: u32, vip: IpAddr, proto: u8) -> Self {
+        let host = i / PORTS_PER_ADDR;
+        let src = match vip {
+            IpAddr::V4(_) => {
+                assert!(host < 256, "out of client addresses");
+                Ipv4Addr::new(203, 0, 113, host as u8).into()
+            }
+            IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, host as u16).into(),
+        };
+        Self {
+            src,
+            dst: vip,
+            sport: (1024 + i % PORTS_PER_ADDR) as u16,
+            dport: PORT,
+            proto,
+        }
+    }
+
+    /// The connection-table key lb derives from this packet.
+    fn key(&self) -> FlowKey {
+        let (src_addr, family) = lb::datapath::addr_key(self.src);
+        FlowKey {
+            src_addr,
+            dst_addr: lb::datapath::addr_key(self.dst).0,
+            src_port: self.sport,
+            dst_port: self.dport,
+            proto: self.proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// A well-formed frame of this tuple (TCP with `tcp_flags`), checksums
+    /// included, padded with IP payload to [`FRAME_LEN`].
+    fn frame(&self, tcp_flags: u8) -> Vec<u8> {
+        let v4 = self.src.is_ipv4();
+        let (ip_len, l4_len) = (
+            if v4 { 20 } else { 40 },
+            if self.proto == PROTO_TCP { 20 } else { 8 },
+        );
+        let payload = FRAME_LEN.saturating_sub(14 + ip_len + l4_len);
+        let seg_len = l4_len + payload;
+        let mut l4 = Vec::with_capacity(seg_len);
+        l4.extend(self.sport.to_be_bytes());
+        l4.extend(self.dport.to_be_bytes());
+        if self.proto == PROTO_TCP {
+            l4.extend(0x1000_0000_u32.to_be_bytes()); // sequence
+            let ack: u32 = if tcp_flags & TCP_ACK != 0 {
+                0x2000_0000
+            } else {
+                0
+            };
+            l4.extend(ack.to_be_bytes());
+            l4.extend([5 << 4, tcp_flags]);
+            l4.extend(64240u16.to_be_bytes()); // window
+            l4.extend([0; 4]); // checksum, urgent pointer
+        } else {
+            l4.extend((seg_len as u16).to_be_bytes());
+            l4.extend([0; 2]);
+        }
+        l4.resize(seg_len, 0xab);
+        let (src, dst) = (addr_bytes(self.src), addr_bytes(self.dst));
+        let mut pseudo = Vec::with_capacity(40);
+        pseudo.extend(&src);
+        pseudo.extend(&dst);
+        pseudo.extend((seg_len as u32).to_be_bytes());
+        pseudo.extend([0, 0, 0, self.proto]);
+        let sum = checksum(&l4, sum16(&pseudo));
+        let at = if self.proto == PROTO_TCP { 16 } else { 6 };
+        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+
+        let mut f = Vec::with_capacity(FRAME_LEN.max(14 + ip_len + seg_len));
+        f.extend(VIP_MAC);
+        f.extend(ROUTER_MAC);
+        if v4 {
+            f.extend(0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0];
+            ip.extend(((ip_len + seg_len) as u16).to_be_bytes());
+            ip.extend([0, 0, 0x40, 0, 64, self.proto, 0, 0]); // id, DF, TTL
+            ip.extend(&src);
+            ip.extend(&dst);
+            let sum = checksum(&ip, 0);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend(ip);
+        } else {
+            f.extend(0x86ddu16.to_be_bytes());
+            f.extend([0x60, 0, 0, 0]);
+            f.extend((seg_len as u16).to_be_bytes());
+            f.extend([self.proto, 64]);
+            f.extend(&src);
+            f.extend(&dst);
+        }
+        f.extend(l4);
+        f
+    }
+}
+
+/// An address's bytes in network order (4 or 16).
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Sum of the big-endian 16-bit words of `data` (RFC 1071, unfolded).
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+/// Internet checksum of `data` continuing from the unfolded sum `sum`.
+fn checksum(data: &[u8], sum: u32) -> u16 {
+    let mut sum = sum + sum16(data);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+// ---------------------------------------------------------------------------
+// Programs and data paths
+// ---------------------------------------------------------------------------
+
+/// MAC of backend `slot`.
+const fn backend_mac(slot: u32) -> [u8; 6] {
+    [0x02, 0xbe, 0x00, 0x00, (slot >> 8) as u8, slot as u8]
+}
+
+/// A service's backend set: one up backend per weight.
+fn backends(vip: IpAddr, weights: &[u32]) -> BackendSet {
+    let mut set = BackendSet::default();
+    for (slot, &weight) in (0u32..).zip(weights) {
+        let addr: IpAddr = match vip {
+            IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, slot as u8).into(),
+            IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, slot as u16).into(),
+        };
+        set.backends[slot as usize] = backend_entry(
+            slot,
+            addr,
+            backend_mac(slot),
+            LO_IFINDEX,
+            weight,
+            BACKEND_STATE_UP,
+        );
+    }
+    set.len = weights.len() as u32;
+    set
+}
+
+/// Loads lb's data path with a table of `max_flows` and the NIC's MAC.
+fn datapath(max_flows: u32) -> anyhow::Result<Datapath> {
+    let mut dp = Datapath::load(max_flows, None)?;
+    dp.maps.set_iface(LO_IFINDEX, NIC_MAC)?;
+    Ok(dp)
+}
+
+/// The reference programs, loaded.
+struct Reference {
+    ebpf: Ebpf,
+}
+
+impl Reference {
+    /// Names of the MAC-swap and empty programs in [`BENCH_OBJECT`].
+    const TRIVIAL: &str = "bench_mac_swap";
+    const EMPTY: &str = "bench_empty";
+
+    /// Loads both programs from [`BENCH_OBJECT`].
+    fn load() -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the reference programs")?;
+        for name in [Self::TRIVIAL, Self::EMPTY] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the reference object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("loading {name}"))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// The loaded program `name`.
+    fn program(&self, name: &str) -> &Xdp {
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded as XDP in Reference::load")
+    }
+
+    /// The MAC-swap `XDP_TX` program.
+    fn trivial(&self) -> &Xdp {
+        self.program(Self::TRIVIAL)
+    }
+
+    /// The empty program (`XDP_PASS`).
+    fn empty(&self) -> &Xdp {
+        self.program(Self::EMPTY)
+    }
+}
+
+/// Runs `frame` once through `program`; returns the verdict and the output.
+fn run_once(program: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
+/// The kernel's mean ns/packet over `repeat` runs on one buffer; fails
+/// unless the verdict is `verdict`.
+fn time_repeat(program: &Xdp, frame: &[u8], repeat: u32, verdict: u32) -> anyhow::Result<f64> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    ensure!(
+        result.return_value == verdict,
+        "verdict {} instead of {verdict}",
+        result.return_value
+    );
+    Ok(result.duration.as_nanos() as f64)
+}
+
+/// Trimmed mean ns/packet of one call per frame (`frame(i)` for `i` in
+/// `0..calls`); fails unless every verdict is `verdict`.
+fn time_per_call(
+    program: &Xdp,
+    calls: u32,
+    trim: f64,
+    verdict: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+) -> anyhow::Result<f64> {
+    let mut durations = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let frame = frame(i);
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..TestRunOptions::new()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        ensure!(
+            result.return_value == verdict,
+            "call {i}: verdict {} instead of {verdict}",
+            result.return_value
+        );
+        durations.push(result.duration.as_nanos() as u64);
+    }
+    durations.sort_unstable();
+    let cut = (durations.len() as f64 * trim) as usize;
+    let kept = &durations[cut..durations.len() - cut];
+    Ok(kept.iter().sum::<u64>() as f64 / kept.len() as f64)
+}
+
+/// The state of `key`'s flow in `dp`'s table.
+fn flow_of(dp: &Datapath, key: &FlowKey) -> anyhow::Result<Flow> {
+    dp.maps
+        .conntrack
+        .get(key, 0)
+        .context("the measured flow is not in the connection table")
+}
+
+/// Fails unless `key`'s flow is in `state`.
+fn expect_state(dp: &Datapath, key: &FlowKey, state: u32) -> anyhow::Result<()> {
+    let flow = flow_of(dp, key)?;
+    ensure!(
+        flow.state == state,
+        "flow in {} instead of {}",
+        state_name(flow.state),
+        state_name(state)
+    );
+    Ok(())
+}
+
+/// Sends `frame` through lb once and checks it is forwarded: `XDP_TX`, MACs
+/// rewritten to its flow's backend and the NIC, every other byte unchanged.
+fn expect_forwarded(dp: &Datapath, frame: &[u8], key: &FlowKey) -> anyhow::Result<()> {
+    let (verdict, out) = run_once(dp.program(), frame)?;
+    ensure!(verdict == XDP_TX, "verdict {verdict} instead of XDP_TX");
+    let mut expected = frame.to_vec();
+    expected[..6].copy_from_slice(&backend_mac(flow_of(dp, key)?.backend_slot));
+    expected[6..12].copy_from_slice(&NIC_MAC);
+    ensure!(
+        out == expected,
+        "forwarded frame differs from the input with its MACs replaced"
+    );
+    Ok(())
+}
+
+/// A case timed with [`Method::Repeat`] on lb's data path number `dp`.
+struct RepeatCase {
+    name: String,
+    kind: Kind,
+    flows_in_table: Option<u32>,
+    dp: usize,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// The flow the frame belongs to and the state it must keep.
+    flow: Option<(FlowKey, u32)>,
+}
+
+/// Opens the TCP flow of `tuple` through lb (SYN, then ACK) and returns the
+/// data segment (ACK|PSH) the benchmark repeats; checks it is forwarded.
+fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
+    for flags in [TCP_SYN, TCP_ACK] {
+        let (verdict, _) = run_once(dp.program(), &tuple.frame(flags))?;
+        ensure!(verdict == XDP_TX, "handshake packet: verdict {verdict}");
+    }
+    expect_state(dp, &tuple.key(), STATE_ESTABLISHED)?;
+    let frame = tuple.frame(TCP_ACK | TCP_PSH);
+    expect_forwarded(dp, &frame, &tuple.key())?;
+    Ok(frame)
+}
+
+/// Inserts established flows for clients `1..flows` from userspace (client
+/// 0 is the measured flow, opened through the program).
+fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u32) -> anyhow::Result<()> {
+    for i in 1..flows {
+        let flow = Flow {
+            last_seen_ns: 0,
+            service_id: 0,
+            backend_slot: i % backends,
+            state: STATE_ESTABLISHED,
+            _pad: 0,
+        };
+        dp.maps
+            .conntrack
+            .insert(Tuple::client(i, vip, PROTO_TCP).key(), flow, 0)
+            .with_context(|| format!("prefilling flow {i} of {flows}"))?;
+    }
+    Ok(())
+}
+
+/// Sizes of a loaded program.
+fn program_size(name: &str, info: &ProgramInfo) -> ProgramSize {
+    ProgramSize {
+        name: name.to_owned(),
+        xlated_insns: info.size_translated().unwrap_or(0) / 8,
+        jited_bytes: info.size_jitted(),
+        verifier_processed_insns: info.verified_instruction_count(),
+    }
+}
+
+/// The `memlock:` line of a BPF object's fdinfo.
+fn fdinfo_memlock(fd: i32) -> anyhow::Result<u64> {
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no memlock in {path}"))
+}
+
+/// Memory of every map of `dp`'s program (loaded with `max_flows`).
+fn memory(dp: &Datapath, max_flows: u32) -> anyhow::Result<Memory> {
+    let ids = dp
+        .program()
+        .info()?
+        .map_ids()?
+        .ok_or_else(|| anyhow!("the kernel does not list the program's maps"))?;
+    let mut maps = Vec::new();
+    for id in ids {
+        let info = MapInfo::from_id(id)?;
+        let fd = info.fd()?;
+        maps.push(MapMemory {
+            name: info.name_as_str().unwrap_or("?").to_owned(),
+            max_entries: info.max_entries(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            memlock_bytes: fdinfo_memlock(fd.as_fd().as_raw_fd())?,
+        });
+    }
+    maps.sort_by_key(|m| std::cmp::Reverse(m.memlock_bytes));
+    let conntrack = maps
+        .iter()
+        .find(|m| m.name == lb_common::CONNTRACK_MAP)
+        .ok_or_else(|| anyhow!("no {} map", lb_common::CONNTRACK_MAP))?;
+    Ok(Memory {
+        max_flows,
+        conntrack_bytes_per_flow: conntrack.memlock_bytes as f64 / f64::from(max_flows),
+        total_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),
+        maps,
+        possible_cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------
+
+/// Per-round values of the three programs of one case.
+#[derive(Default)]
+struct Samples {
+    ours: Vec<f64>,
+    trivial: Vec<f64>,
+    empty: Vec<f64>,
+}
+
+impl Samples {
+    /// The medians of lb, the MAC swap and the empty program.
+    fn figures(&self) -> (Figure, Figure, Figure) {
+        (
+            Figure::of(self.ours.clone()),
+            Figure::of(self.trivial.clone()),
+            Figure::of(self.empty.clone()),
+        )
+    }
+}
+
+/// Runs every case for `params.rounds` interleaved rounds, printing progress
+/// to stderr.
+pub fn run(params: &Params) -> anyhow::Result<Results> {
+    let reference = Reference::load()?;
+    let vip4 = IpAddr::V4(VIP4);
+    let vip6 = IpAddr::V6(VIP6);
+
+    // The data path at lb's default limits: the established and no-service
+    // cases, and the memory figures.
+    let mut main = datapath(DEFAULT_MAX_FLOWS)?;
+    let three4 = backends(vip4, &ESTABLISHED_WEIGHTS);
+    let three6 = backends(vip6, &ESTABLISHED_WEIGHTS);
+    main.maps
+        .set_service(service_key(vip4, PORT, PROTO_TCP), 0, &three4)?;
+    main.maps
+        .set_service(service_key(vip6, PORT, PROTO_TCP), 1, &three6)?;
+    main.maps
+        .set_service(service_key(vip4, PORT, PROTO_UDP), 2, &three4)?;
+    let memory = memory(&main, DEFAULT_MAX_FLOWS)?;
+
+    let tcp4 = Tuple::client(0, vip4, PROTO_TCP);
+    let tcp6 = Tuple::client(0, vip6, PROTO_TCP);
+    let udp4 = Tuple::client(0, vip4, PROTO_UDP);
+    let udp_frame = udp4.frame(0);
+    let (verdict, _) = run_once(main.program(), &udp_frame)?;
+    ensure!(verdict == XDP_TX, "first UDP datagram: verdict {verdict}");
+    expect_forwarded(&main, &udp_frame, &udp4.key())?;
+    let no_service = Tuple {
+        dst: DIRECTOR4.into(),
+        dport: 22,
+        ..tcp4
+    }
+    .frame(TCP_ACK | TCP_PSH);
+    let (verdict, out) = run_once(main.program(), &no_service)?;
+    ensure!(
+        verdict == XDP_PASS && out == no_service,
+        "traffic for no service: verdict {verdict} (frame changed: {})",
+        out != no_service
+    );
+
+    let mut cases = vec![
+        RepeatCase {
+            name: "established TCP/IPv4".into(),
+            kind: Kind::EstablishedTcp4,
+            flows_in_table: None,
+            dp: 0,
+            frame: establish(&main, &tcp4)?,
+            verdict: XDP_TX,
+            flow: Some((tcp4.key(), STATE_ESTABLISHED)),
+        },
+        RepeatCase {
+            name: "established TCP/IPv6".into(),
+            kind: Kind::EstablishedTcp6,
+            flows_in_table: None,
+            dp: 0,
+            frame: establish(&main, &tcp6)?,
+            verdict: XDP_TX,
+            flow: Some((tcp6.key(), STATE_ESTABLISHED)),
+        },
+        RepeatCase {
+            name: "UDP/IPv4 flow".into(),
+            kind: Kind::EstablishedUdp4,
+            flows_in_table: None,
+            dp: 0,
+            frame: udp_frame,
+            verdict: XDP_TX,
+            flow: Some((udp4.key(), STATE_UDP)),
+        },
+        RepeatCase {
+            name: "no service (XDP_PASS)".into(),
+            kind: Kind::NoService,
+            flows_in_table: None,
+            dp: 0,
+            frame: no_service,
+            verdict: XDP_PASS,
+            flow: None,
+        },
+    ];
+
+    // One data path per table fill, all of the same capacity.
+    let mut dps = vec![main];
+    for flows in SCALING_FLOWS {
+        eprintln!("lb-bench: prefilling a connection table with {flows} flows");
+        let mut dp = datapath(SCALING_CAPACITY)?;
+        dp.maps
+            .set_service(service_key(vip4, PORT, PROTO_TCP), 0, &three4)?;
+        prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u32)?;
+        cases.push(RepeatCase {
+            name: format!("est. TCP/IPv4, same flow, {flows} in table"),
+            kind: Kind::ScalingSameFlow,
+            flows_in_table: Some(flows),
+            dp: dps.len(),
+            frame: establish(&dp, &tcp4)?,
+            verdict: XDP_TX,
+            flow: Some((tcp4.key(), STATE_ESTABLISHED)),
+        });
+        dps.push(dp);
+    }
+
+    let mut repeat_samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
+    let mut new_flow_samples: Vec<Vec<f64>> = NEW_FLOW_BACKENDS.iter().map(|_| vec![]).collect();
+    let mut every_flow_samples: Vec<Vec<f64>> = SCALING_FLOWS.iter().map(|_| vec![]).collect();
+    // The reference programs timed per call (one figure for every per-call case).
+    let mut per_call_reference = Samples::default();
+    let syn = |i: u32| Tuple::client(i, vip4, PROTO_TCP).frame(TCP_SYN);
+
+    for round in 0..params.rounds {
+        eprintln!("lb-bench: round {} of {}", round + 1, params.rounds);
+        for (case, samples) in cases.iter().zip(&mut repeat_samples) {
+            let dp = &dps[case.dp];
+            let context = || format!("{} (round {})", case.name, round + 1);
+            samples.ours.push(
+                time_repeat(dp.program(), &case.frame, params.packets, case.verdict)
+                    .with_context(context)?,
+            );
+            if let Some((key, state)) = &case.flow {
+                expect_state(dp, key, *state).with_context(context)?;
+            }
+            samples.trivial.push(
+                time_repeat(reference.trivial(), &case.frame, params.packets, XDP_TX)
+                    .with_context(context)?,
+            );
+            samples.empty.push(
+                time_repeat(reference.empty(), &case.frame, params.packets, XDP_PASS)
+                    .with_context(context)?,
+            );
+        }
+
+        per_call_reference.trivial.push(
+            time_per_call(reference.trivial(), params.calls, params.trim, XDP_TX, syn)
+                .context("per-call MAC swap")?,
+        );
+        per_call_reference.empty.push(
+            time_per_call(reference.empty(), params.calls, params.trim, XDP_PASS, syn)
+                .context("per-call empty program")?,
+        );
+
+        for (&n, samples) in NEW_FLOW_BACKENDS.iter().zip(&mut new_flow_samples) {
+            samples.push(
+                new_flow_round(params, n)
+                    .with_context(|| format!("new flow, {n} backends (round {})", round + 1))?,
+            );
+        }
+
+        for ((&flows, samples), dp) in SCALING_FLOWS
+            .iter()
+            .zip(&mut every_flow_samples)
+            .zip(&dps[1..])
+        {
+            let every = |i: u32| {
+                let client = (u64::from(i) * ROTATION_STRIDE % u64::from(flows)) as u32;
+                Tuple::client(client, vip4, PROTO_TCP).frame(TCP_ACK | TCP_PSH)
+            };
+            samples.push(
+                time_per_call(dp.program(), params.calls, params.trim, XDP_TX, every)
+                    .with_context(|| format!("every flow of {flows} (round {})", round + 1))?,
+            );
+        }
+    }
+
+    let mut results = Vec::new();
+    for (case, samples) in cases.iter().zip(&repeat_samples) {
+        let (ours, trivial, empty) = samples.figures();
+        results.push(CaseResult {
+            name: case.name.clone(),
+            kind: case.kind,
+            method: Method::Repeat,
+            frame_len: case.frame.len(),
+            packets: params.packets,
+            flows_in_table: case.flows_in_table,
+            backends: None,
+            ours,
+            trivial,
+            empty,
+        });
+    }
+    let (trivial, empty) = (
+        Figure::of(per_call_reference.trivial),
+        Figure::of(per_call_reference.empty),
+    );
+    let per_call = |name: String, kind, flows_in_table, backends, ours: &Vec<f64>| CaseResult {
+        name,
+        kind,
+        method: Method::PerCall,
+        frame_len: syn(0).len(),
+        packets: params.calls,
+        flows_in_table,
+        backends,
+        ours: Figure::of(ours.clone()),
+        trivial: trivial.clone(),
+        empty: empty.clone(),
+    };
+    for (&n, samples) in NEW_FLOW_BACKENDS.iter().zip(&new_flow_samples) {
+        results.push(per_call(
+            format!("new TCP flow, {n} backends"),
+            Kind::NewFlow,
+            None,
+            Some(n),
+            samples,
+        ));
+    }
+    for (&flows, samples) in SCALING_FLOWS.iter().zip(&every_flow_samples) {
+        results.push(per_call(
+            format!("est. TCP/IPv4, any of {flows} flows per pkt"),
+            Kind::ScalingEveryFlow,
+            Some(flows),
+            None,
+            samples,
+        ));
+    }
+
+    let programs = vec![
+        program_size(lb_common::XDP_PROGRAM, &dps[0].program().info()?),
+        program_size(Reference::TRIVIAL, &reference.trivial().info()?),
+        program_size(Reference::EMPTY, &reference.empty().info()?),
+    ];
+    Ok(Results {
+        cases: results,
+        programs,
+        memory,
+    })
+}
+
+/// One round of the new-flow case with `n` backends: a fresh data path (an
+/// empty table, large enough never to evict), `params.calls` SYNs of
+/// distinct clients. Checks that every SYN was a table miss that inserted a
+/// flow (the backends' inactive counts add up to the calls).
+fn new_flow_round(params: &Params, n: u32) -> anyhow::Result<f64> {
+    let vip4 = IpAddr::V4(VIP4);
+    let capacity = (2 * params.calls).next_power_of_two();
+    let mut dp = datapath(capacity)?;
+    dp.maps.set_service(
+        service_key(vip4, PORT, PROTO_TCP),
+        0,
+        &backends(vip4, &vec![1; n as usize]),
+    )?;
+    let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {
+        Tuple::client(i, vip4, PROTO_TCP).frame(TCP_SYN)
+    })?;
+    let conns = array_get(&dp.maps.backend_conns, 0)?;
+    let inserted: u64 = conns.conns.iter().map(|c| c.active + c.inactive).sum();
+    if inserted != u64::from(params.calls) {
+        bail!(
+            "{inserted} flows inserted for {} SYNs: not every SYN was a new flow",
+            params.calls
+        );
+    }
+    Ok(ns)
+}
