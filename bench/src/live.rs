@@ -41,7 +41,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb::datapath::{Datapath, backend_entry, service_key};
+use lb::datapath::{Attachment, Datapath, backend_entry, service_key};
 use lb_common::{BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, PROTO_TCP};
 
 use crate::BENCH_OBJECT;
@@ -597,17 +597,20 @@ impl Bench {
     /// Loads lb's data path and provisions the service (not attached yet).
     fn load_lb(&self) -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(DEFAULT_MAX_FLOWS, None)?;
-        dp.maps.set_iface(self.dir_ifindex, DIR_MAC)?;
         let mut set = BackendSet {
             len: BACKENDS.len() as u32,
             ..BackendSet::default()
         };
         for (slot, (addr, mac, weight)) in BACKENDS.iter().enumerate() {
+            let attachment = Attachment {
+                mac: *mac,
+                nic_mac: DIR_MAC,
+                ifindex: self.dir_ifindex,
+            };
             set.backends[slot] = backend_entry(
                 slot as u32,
                 IpAddr::V4(*addr),
-                *mac,
-                self.dir_ifindex,
+                attachment,
                 *weight,
                 BACKEND_STATE_UP,
             );

@@ -31,7 +31,7 @@ use aya::{
     maps::MapInfo,
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
-use lb::datapath::{Datapath, array_get, backend_entry, service_key};
+use lb::datapath::{Attachment, Datapath, array_get, backend_entry, service_key};
 use lb_common::{
     BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
@@ -390,24 +390,21 @@ fn backends(vip: IpAddr, weights: &[u32]) -> BackendSet {
             IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, slot as u8).into(),
             IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, slot as u16).into(),
         };
-        set.backends[slot as usize] = backend_entry(
-            slot,
-            addr,
-            backend_mac(slot),
-            LO_IFINDEX,
-            weight,
-            BACKEND_STATE_UP,
-        );
+        let attachment = Attachment {
+            mac: backend_mac(slot),
+            nic_mac: NIC_MAC,
+            ifindex: LO_IFINDEX,
+        };
+        set.backends[slot as usize] =
+            backend_entry(slot, addr, attachment, weight, BACKEND_STATE_UP);
     }
     set.len = weights.len() as u32;
     set
 }
 
-/// Loads lb's data path with a table of `max_flows` and the NIC's MAC.
+/// Loads lb's data path with a table of `max_flows`.
 fn datapath(max_flows: u32) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load(max_flows, None)?;
-    dp.maps.set_iface(LO_IFINDEX, NIC_MAC)?;
-    Ok(dp)
+    Datapath::load(max_flows, None)
 }
 
 /// The reference programs, loaded.

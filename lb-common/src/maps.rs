@@ -6,7 +6,7 @@
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
 //! | [`CONNTRACK_MAP`] | LRU hash | [`FlowKey`] -> [`Flow`] |
-//! | [`IFACES_MAP`] | hash | ifindex -> [`Iface`] |
+//! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
@@ -22,9 +22,10 @@ pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
 /// Name of the connection table (LRU hash: [`FlowKey`] -> [`Flow`]), written by XDP,
 /// expired by the control plane.
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
-/// Name of the interface map (hash: ifindex -> [`Iface`]): the MAC each director NIC
-/// puts in the source address of frames it forwards.
-pub const IFACES_MAP: &str = "IFACES";
+/// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
+/// protocols some service uses on that port), written by the control plane.
+/// Traffic to a port no service uses is passed before any hash lookup.
+pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
 pub const VERDICT_STATS_MAP: &str = "VERDICT_STATS";
 /// Name of the per-CPU service counters (array: service id -> [`Counters`]).
@@ -40,7 +41,7 @@ pub const MAX_SERVICES: u32 = 128;
 pub const MAX_BACKENDS: usize = 256;
 /// Default capacity of the connection table; the control plane may size it differently.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
-/// Most director NICs with an entry in [`IFACES_MAP`].
+/// Most director NICs one `lb` attaches to.
 pub const MAX_IFACES: u32 = 64;
 /// Largest backend weight (as IPVS: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65_535;
@@ -96,8 +97,9 @@ pub struct Backend {
     pub addr: [u8; 16],
     /// Real server MAC: the destination MAC of forwarded frames.
     pub mac: [u8; 6],
-    /// Explicit padding.
-    pub _pad: [u8; 2],
+    /// MAC of the director NIC the real server is reached through: the
+    /// source MAC of forwarded frames.
+    pub nic_mac: [u8; 6],
     /// Director NIC through which the real server is reached.
     pub ifindex: u32,
     /// WLC weight, `0..=MAX_WEIGHT`; 0 quiesces the backend (no new flows).
@@ -195,14 +197,21 @@ pub struct Flow {
     pub _pad: u32,
 }
 
-/// Value of [`IFACES_MAP`]: a director NIC.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Iface {
-    /// The NIC's MAC: the source MAC of frames forwarded out of it.
-    pub mac: [u8; 6],
-    /// Explicit padding.
-    pub _pad: [u8; 2],
+/// [`SERVICE_PORTS_MAP`] bit: some TCP service uses this port.
+pub const PORT_TCP: u32 = 1;
+/// [`SERVICE_PORTS_MAP`] bit: some UDP service uses this port.
+pub const PORT_UDP: u32 = 2;
+/// Size of [`SERVICE_PORTS_MAP`]: one entry per port.
+pub const SERVICE_PORTS_ENTRIES: u32 = 1 << 16;
+
+/// The [`SERVICE_PORTS_MAP`] bit of an IP protocol (0 for any other protocol).
+#[inline(always)]
+pub const fn port_bit(proto: u8) -> u32 {
+    match proto {
+        PROTO_TCP => PORT_TCP,
+        PROTO_UDP => PORT_UDP,
+        _ => 0,
+    }
 }
 
 /// Packet, byte and new-connection counters (per CPU in the stats maps).
@@ -231,8 +240,8 @@ pub const REASON_NO_SERVICE: u32 = 4;
 pub const REASON_MALFORMED: u32 = 5;
 /// Verdict reason: a new flow for a service with no healthy backend of weight > 0: `XDP_DROP`.
 pub const REASON_NO_BACKEND: u32 = 6;
-/// Verdict reason: the maps disagree (service without backend set, unknown
-/// ingress NIC): `XDP_DROP`. Never expected; counted to make it visible.
+/// Verdict reason: the maps disagree (a service id past the backend map):
+/// `XDP_DROP`. Never expected; counted to make it visible.
 pub const REASON_INTERNAL: u32 = 7;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 pub const NUM_REASONS: u32 = 8;
@@ -263,13 +272,12 @@ pub const BACKEND_STATS_ENTRIES: u32 = MAX_SERVICES * MAX_BACKENDS as u32;
 const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<Service>() == 8);
-    assert!(size_of::<Backend>() == 40);
-    assert!(size_of::<BackendSet>() == 8 + 40 * MAX_BACKENDS);
+    assert!(size_of::<Backend>() == 44);
+    assert!(size_of::<BackendSet>() == 8 + 44 * MAX_BACKENDS);
     assert!(size_of::<BackendConns>() == 16);
     assert!(size_of::<BackendConnSet>() == 16 * MAX_BACKENDS);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<Flow>() == 24);
-    assert!(size_of::<Iface>() == 8);
     assert!(size_of::<Counters>() == 24);
     assert!(MAX_BACKENDS.is_power_of_two());
 };
@@ -287,7 +295,6 @@ mod pod {
     unsafe impl aya::Pod for BackendConnSet {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for Iface {}
     unsafe impl aya::Pod for Counters {}
 }
 
@@ -315,11 +322,11 @@ mod tests {
     fn backend_layout() {
         assert_eq!(offset_of!(Backend, addr), 0);
         assert_eq!(offset_of!(Backend, mac), 16);
-        assert_eq!(offset_of!(Backend, _pad), 22);
-        assert_eq!(offset_of!(Backend, ifindex), 24);
-        assert_eq!(offset_of!(Backend, weight), 28);
-        assert_eq!(offset_of!(Backend, state), 32);
-        assert_eq!(offset_of!(Backend, slot), 36);
+        assert_eq!(offset_of!(Backend, nic_mac), 22);
+        assert_eq!(offset_of!(Backend, ifindex), 28);
+        assert_eq!(offset_of!(Backend, weight), 32);
+        assert_eq!(offset_of!(Backend, state), 36);
+        assert_eq!(offset_of!(Backend, slot), 40);
         assert_eq!(offset_of!(BackendSet, len), 0);
         assert_eq!(offset_of!(BackendSet, backends), 8);
     }
@@ -348,8 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn iface_and_counters_layout() {
-        assert_eq!(offset_of!(Iface, mac), 0);
+    fn counters_layout() {
         assert_eq!(offset_of!(Counters, packets), 0);
         assert_eq!(offset_of!(Counters, bytes), 8);
         assert_eq!(offset_of!(Counters, new_conns), 16);
@@ -361,6 +367,14 @@ mod tests {
             assert_ne!(reason_name(reason), "unknown", "reason {reason}");
         }
         assert_eq!(reason_name(NUM_REASONS), "unknown");
+    }
+
+    #[test]
+    fn port_bits() {
+        assert_eq!(port_bit(PROTO_TCP), PORT_TCP);
+        assert_eq!(port_bit(PROTO_UDP), PORT_UDP);
+        assert_eq!(port_bit(1), 0);
+        assert_eq!(PORT_TCP & PORT_UDP, 0);
     }
 
     #[test]

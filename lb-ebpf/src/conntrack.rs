@@ -13,7 +13,7 @@ use lb_common::{
     wlc,
 };
 
-use crate::{CONNTRACK, Verdict, parse::Packet};
+use crate::{BACKEND_CONNS, BACKENDS, CONNTRACK, Verdict, parse::Packet};
 
 /// Insert whether or not the key exists (`BPF_ANY`).
 const BPF_ANY: u64 = 0;
@@ -43,44 +43,63 @@ fn next_state(packet: &Packet, state: u32) -> u32 {
     }
 }
 
-/// Finds or creates the flow of `packet` in service `service_id` and returns
-/// the backend it is bound to; `Drop(REASON_NO_BACKEND)` when a new flow has
-/// no backend to go to.
+/// The now of flow timestamps: the coarse monotonic clock. A few ms of
+/// resolution is plenty for idle timeouts counted in seconds, and it is much
+/// cheaper than the precise clock.
 #[inline(always)]
-pub fn track(
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A packet of a flow already in the connection table: advances its state
+/// and returns its service id, the service's backends and its backend.
+///
+/// The flow keeps its backend while the backend exists, even when it is
+/// quiesced or down. `None` for a flow that is not in the table, or whose
+/// backend slot was emptied (its backend or service was removed: the control
+/// plane empties a service's backend set before it removes or renumbers the
+/// service), so that it is scheduled again.
+#[inline(always)]
+pub fn known(packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
+    let flow = CONNTRACK.get_ptr_mut(packet.flow)?;
+    // SAFETY: a valid entry of the connection table; this CPU is the only
+    // writer of a given flow while its packets arrive on one RX queue.
+    let flow = unsafe { &mut *flow };
+    let service_id = flow.service_id;
+    let backends = BACKENDS.get(service_id)?;
+    let slot = bounded(flow.backend_slot);
+    if backends.backends[slot as usize].state == BACKEND_STATE_EMPTY {
+        return None;
+    }
+    let state = next_state(packet, flow.state);
+    if state != flow.state {
+        if let Some(conns) = BACKEND_CONNS.get_ptr_mut(service_id) {
+            move_count(conns, slot, is_active(flow.state), is_active(state));
+        }
+        flow.state = state;
+    }
+    flow.last_seen_ns = now();
+    Some((
+        service_id,
+        backends,
+        Binding {
+            slot,
+            new_flow: false,
+        },
+    ))
+}
+
+/// Opens a flow for `packet` in service `service_id`: picks its backend by
+/// weighted least-connection and records it; `Drop(REASON_NO_BACKEND)` when
+/// no backend can take it.
+#[inline(always)]
+pub fn open(
     packet: &Packet,
     service_id: u32,
     backends: &BackendSet,
     conns: *mut BackendConnSet,
 ) -> Result<Binding, Verdict> {
-    // The coarse monotonic clock: a few ms of resolution is plenty for idle
-    // timeouts counted in seconds, and it is much cheaper than the precise one.
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(flow) = CONNTRACK.get_ptr_mut(packet.flow) {
-        // SAFETY: a valid entry of the connection table; this CPU is the only
-        // writer of a given flow while its packets arrive on one RX queue.
-        let flow = unsafe { &mut *flow };
-        let slot = bounded(flow.backend_slot);
-        // A flow keeps its backend while the backend exists, even when it is
-        // quiesced or down. A flow whose service or backend was removed (its
-        // slot emptied) is scheduled again.
-        if flow.service_id == service_id
-            && backends.backends[slot as usize].state != BACKEND_STATE_EMPTY
-        {
-            let state = next_state(packet, flow.state);
-            if state != flow.state {
-                move_count(conns, slot, is_active(flow.state), is_active(state));
-                flow.state = state;
-            }
-            flow.last_seen_ns = now;
-            return Ok(Binding {
-                slot,
-                new_flow: false,
-            });
-        }
-    }
-
     // SAFETY: `conns` points at this service's counters in BACKEND_CONNS.
     let slot = match wlc::select(backends, unsafe { &*conns }) {
         Some(slot) => bounded(slot),
@@ -88,7 +107,7 @@ pub fn track(
     };
     let state = next_state(packet, STATE_NONE);
     let flow = Flow {
-        last_seen_ns: now,
+        last_seen_ns: now(),
         service_id,
         backend_slot: slot,
         state,

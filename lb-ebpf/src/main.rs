@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, Counters, DEFAULT_MAX_FLOWS, Flow, FlowKey,
-    Iface, MAX_IFACES, MAX_SERVICES, NUM_REASONS, REASON_FORWARDED, REASON_INTERNAL,
-    REASON_NO_SERVICE, Service, ServiceKey,
+    MAX_SERVICES, NUM_REASONS, REASON_FORWARDED, REASON_INTERNAL, REASON_NO_SERVICE,
+    SERVICE_PORTS_ENTRIES, Service, ServiceKey, port_bit,
 };
 
 /// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
@@ -47,9 +47,10 @@ static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Array::
 #[btf_map]
 static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = LruHashMap::new();
 
-/// Director NICs: ifindex -> the MAC used as source of forwarded frames.
+/// Port prefilter: destination port -> `PORT_*` bits of the protocols some
+/// service uses on it. Written by the control plane.
 #[btf_map]
-static IFACES: HashMap<u32, Iface, { MAX_IFACES as usize }> = HashMap::new();
+static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
 
 /// Per-CPU packet/byte counters per verdict reason (`REASON_*`).
 #[btf_map]
@@ -91,38 +92,52 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 /// Decides the fate of one frame and, for a VIP flow, rewrites it.
 /// `l3_len` is the frame's length without its Ethernet header.
+///
+/// Cheapest first: traffic to a port no service uses is passed after one
+/// array lookup; a known flow is forwarded from the connection table alone
+/// (its service and backend slot are in the flow); only a new flow pays for
+/// the service lookup and backend selection.
 #[inline(always)]
 fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-    let service_key = ServiceKey {
-        addr: packet.flow.dst_addr,
-        port: packet.flow.dst_port,
-        proto: packet.flow.proto,
-        family: packet.flow.family,
-    };
-    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some(service_id) = (unsafe { SERVICES.get(service_key) }).map(|s| s.id) else {
+    let flow = &packet.flow;
+    let ports = SERVICE_PORTS
+        .get(u32::from(flow.dst_port))
+        .copied()
+        .unwrap_or(0);
+    if ports & port_bit(flow.proto) == 0 {
         return Verdict::Pass(REASON_NO_SERVICE);
-    };
-    let (Some(backends), Some(conns)) = (
-        BACKENDS.get(service_id),
-        BACKEND_CONNS.get_ptr_mut(service_id),
-    ) else {
-        return Verdict::Drop(REASON_INTERNAL);
-    };
-    // Before tracking: a frame that cannot be forwarded records no flow.
-    let Some(iface) = (unsafe { IFACES.get(ctx.ingress_ifindex() as u32) }) else {
-        return Verdict::Drop(REASON_INTERNAL);
-    };
-    let binding = match conntrack::track(&packet, service_id, backends, conns) {
-        Ok(binding) => binding,
-        Err(verdict) => return verdict,
+    }
+    let (service_id, backends, binding) = match conntrack::known(&packet) {
+        Some(known) => known,
+        None => {
+            let key = ServiceKey {
+                addr: flow.dst_addr,
+                port: flow.dst_port,
+                proto: flow.proto,
+                family: flow.family,
+            };
+            // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
+            let Some(service_id) = (unsafe { SERVICES.get(key) }).map(|s| s.id) else {
+                return Verdict::Pass(REASON_NO_SERVICE);
+            };
+            let (Some(backends), Some(conns)) = (
+                BACKENDS.get(service_id),
+                BACKEND_CONNS.get_ptr_mut(service_id),
+            ) else {
+                return Verdict::Drop(REASON_INTERNAL);
+            };
+            match conntrack::open(&packet, service_id, backends, conns) {
+                Ok(binding) => (service_id, backends, binding),
+                Err(verdict) => return verdict,
+            }
+        }
     };
     let backend = &backends.backends[binding.slot as usize];
-    if forward::rewrite_macs(ctx, &backend.mac, &iface.mac).is_err() {
+    if forward::rewrite_macs(ctx, &backend.mac, &backend.nic_mac).is_err() {
         return Verdict::Drop(REASON_INTERNAL);
     }
     stats::count_forwarded(service_id, binding, l3_len);

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     config::{Config, HealthKind, ServiceConfig, XdpMode},
-    datapath::{Datapath, backend_entry, service_key},
+    datapath::{Attachment, Datapath, backend_entry, service_key},
     health::{CheckResult, Hysteresis, TcpCheck},
     netlink::{Netlink, Nic, format_mac},
     sweeper,
@@ -71,14 +71,12 @@ impl ServiceState {
             } else {
                 BACKEND_STATE_DOWN
             };
-            set.backends[slot] = backend_entry(
-                slot as u32,
-                b.address,
-                b.mac.unwrap_or_default(),
-                b.nic.index,
-                b.weight,
-                state,
-            );
+            let attachment = Attachment {
+                mac: b.mac.unwrap_or_default(),
+                nic_mac: b.nic.mac,
+                ifindex: b.nic.index,
+            };
+            set.backends[slot] = backend_entry(slot as u32, b.address, attachment, b.weight, state);
         }
         set
     }
@@ -251,9 +249,6 @@ async fn serve(
     mode: XdpMode,
     services: &mut [ServiceState],
 ) -> anyhow::Result<()> {
-    for nic in nics {
-        datapath.maps.set_iface(nic.index, nic.mac)?;
-    }
     for s in services.iter() {
         let key = service_key(s.config.vip, s.config.port, s.config.protocol.number());
         datapath.maps.set_service(key, s.id, &s.backend_set())?;

@@ -19,8 +19,8 @@ use aya::{
 };
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
-    CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, IFACES_MAP, Iface,
-    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, XDP_PROGRAM,
+    CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, XDP_PROGRAM, port_bit,
 };
 
 /// The XDP object built from `lb-ebpf` by build.rs.
@@ -35,7 +35,7 @@ pub const MAP_NAMES: [&str; 8] = [
     BACKENDS_MAP,
     BACKEND_CONNS_MAP,
     CONNTRACK_MAP,
-    IFACES_MAP,
+    SERVICE_PORTS_MAP,
     VERDICT_STATS_MAP,
     SERVICE_STATS_MAP,
     BACKEND_STATS_MAP,
@@ -51,8 +51,8 @@ pub struct Maps {
     pub backend_conns: Array<MapData, BackendConnSet>,
     /// The connection table (an LRU hash).
     pub conntrack: HashMap<MapData, FlowKey, Flow>,
-    /// Ifindex -> NIC MAC.
-    pub ifaces: HashMap<MapData, u32, Iface>,
+    /// Destination port -> `PORT_*` bits of the protocols services use on it.
+    pub service_ports: Array<MapData, u32>,
     /// Per-CPU counters per verdict reason.
     pub verdict_stats: PerCpuArray<MapData, Counters>,
     /// Per-CPU counters per service.
@@ -75,7 +75,7 @@ impl Maps {
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
             conntrack: typed(&mut take, CONNTRACK_MAP)?,
-            ifaces: typed(&mut take, IFACES_MAP)?,
+            service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
             verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
             service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
             backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
@@ -115,12 +115,18 @@ impl Maps {
 }
 
 impl Maps {
-    /// Installs (or replaces) service `id` under `key` with `backends`.
+    /// Installs (or replaces) service `id` under `key` with `backends`, and
+    /// opens the service's port in the port prefilter.
     ///
     /// Backends are written before the service becomes visible, so the data
     /// path never finds a service without its backend set. The connection
     /// counters are left alone: flows already bound to the service keep
     /// counting (the sweeper reconciles them).
+    ///
+    /// The data path forwards a known flow by the service id and slot stored
+    /// in the flow, without looking the service up: removing or renumbering
+    /// a service must first empty its old backend set (an empty slot makes
+    /// the flow's next packet look the service up again).
     pub fn set_service(
         &mut self,
         key: ServiceKey,
@@ -128,6 +134,11 @@ impl Maps {
         backends: &BackendSet,
     ) -> anyhow::Result<()> {
         self.set_backends(id, backends)?;
+        let port = u32::from(key.port);
+        let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
+        self.service_ports
+            .set(port, bits, 0)
+            .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
         self.services
             .insert(key, Service { id, flags: 0 }, 0)
             .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
@@ -138,13 +149,6 @@ impl Maps {
         self.backends
             .set(id, backends, 0)
             .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))
-    }
-
-    /// Records the MAC of director NIC `ifindex` (the source MAC of frames it forwards).
-    pub fn set_iface(&mut self, ifindex: u32, mac: [u8; 6]) -> anyhow::Result<()> {
-        self.ifaces
-            .insert(ifindex, Iface { mac, _pad: [0; 2] }, 0)
-            .with_context(|| format!("writing NIC {ifindex} to {IFACES_MAP}"))
     }
 }
 
@@ -181,19 +185,35 @@ pub fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
     }
 }
 
+/// Where a backend is on the network: its MAC, and the director NIC (index
+/// and MAC) it is on-link through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The real server's MAC (destination MAC of forwarded frames).
+    pub mac: [u8; 6],
+    /// The director NIC's MAC (source MAC of forwarded frames).
+    pub nic_mac: [u8; 6],
+    /// The director NIC's index.
+    pub ifindex: u32,
+}
+
 /// A backend slot as the data path stores it.
 pub fn backend_entry(
     slot: u32,
     addr: IpAddr,
-    mac: [u8; 6],
-    ifindex: u32,
+    attachment: Attachment,
     weight: u32,
     state: u32,
 ) -> Backend {
+    let Attachment {
+        mac,
+        nic_mac,
+        ifindex,
+    } = attachment;
     Backend {
         addr: addr_key(addr).0,
         mac,
-        _pad: [0; 2],
+        nic_mac,
         ifindex,
         weight,
         state,

@@ -14,8 +14,8 @@
 //! input, expected and actual frames in hex.
 //!
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
-//! on the loopback device (ifindex [`LO_IFINDEX`]), so the director NIC's MAC
-//! is provisioned under that ifindex.
+//! on the loopback device (ifindex [`LO_IFINDEX`]); backends are provisioned
+//! as reached through that NIC, with the director NIC's MAC [`NIC_MAC`].
 //!
 //! The program needs root (or CAP_BPF + CAP_NET_ADMIN). Without it every test
 //! prints `SKIPPED (needs root)` to stderr and returns, unless `CI` is set, in
@@ -33,15 +33,15 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use lb::{
-    datapath::{Datapath, MAP_NAMES, Maps, array_get, backend_entry, service_key},
+    datapath::{Attachment, Datapath, MAP_NAMES, Maps, array_get, backend_entry, service_key},
     sweeper,
 };
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
-    BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, NUM_REASONS,
-    PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
-    REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service,
-    VERDICT_STATS_MAP, backend_index,
+    BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, MAX_SERVICES,
+    NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL,
+    REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4,
+    SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
@@ -140,11 +140,15 @@ const fn up(weight: u32) -> Real {
 fn backend_set(service_id: u32, vip: IpAddr, reals: &[Real]) -> BackendSet {
     let mut set = BackendSet::default();
     for (slot, real) in (0u32..).zip(reals) {
+        let attachment = Attachment {
+            mac: backend_mac(service_id, slot),
+            nic_mac: NIC_MAC,
+            ifindex: LO_IFINDEX,
+        };
         set.backends[slot as usize] = backend_entry(
             slot,
             backend_addr(vip, slot),
-            backend_mac(service_id, slot),
-            LO_IFINDEX,
+            attachment,
             real.weight,
             real.state,
         );
@@ -700,19 +704,8 @@ struct Case {
 }
 
 impl Case {
-    /// Loads a fresh data path with the director NIC's MAC under the
-    /// loopback ifindex; `None` (after a loud notice) without privileges.
+    /// Loads a fresh data path; `None` (after a loud notice) without privileges.
     fn new(name: impl Into<String>) -> Option<Self> {
-        let mut case = Self::bare(name)?;
-        case.dp
-            .maps
-            .set_iface(LO_IFINDEX, NIC_MAC)
-            .unwrap_or_else(|e| panic!("{}: set_iface: {e:#}", case.name));
-        Some(case)
-    }
-
-    /// Loads a fresh data path with no NIC provisioned.
-    fn bare(name: impl Into<String>) -> Option<Self> {
         let name = name.into();
         if !privileged(&name) {
             return None;
@@ -1989,8 +1982,8 @@ fn flow_of_removed_last_backend_is_rescheduled() {
     );
 }
 
-/// A flow recorded under another service id than the one its VIP now maps
-/// to (the service was replaced) is scheduled in the new service.
+/// A flow recorded under a service id that was retired (its backend set
+/// emptied, its VIP renumbered) is scheduled in the new service.
 #[test]
 fn flow_of_replaced_service_is_rescheduled() {
     let name = "replaced_service";
@@ -2011,6 +2004,9 @@ fn flow_of_replaced_service_is_rescheduled() {
         &ack.build(),
         Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
     );
+    // Renumbering, as the control plane must do it (`Maps::set_service`):
+    // empty the old backend set, then install the service under its new id.
+    case.backends(SERVICE_ID, vip, &[]);
     case.service(DECOY_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let data = Pkt::tcp6(40000, TCP_ACK | TCP_PSH).with_payload(b"data");
     case.send(
@@ -2085,20 +2081,34 @@ fn byte_counters_exclude_the_ethernet_header() {
     );
 }
 
-/// Without an entry for the ingress NIC in IFACES the program cannot
-/// address the frame and drops it as an internal error.
+/// A service whose id lies past the backend map (the maps disagree) is an
+/// internal drop: counted, never forwarded, no flow recorded.
 #[test]
-fn unknown_ingress_nic_is_an_internal_drop() {
-    let Some(mut case) = Case::bare("unknown_ingress_nic") else {
+fn service_id_past_the_backend_map_is_an_internal_drop() {
+    let name = "service_id_out_of_range";
+    let Some(mut case) = Case::new(name) else {
         return;
     };
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    case.dp
+        .maps
+        .services
+        .insert(
+            service_key(VIP4.into(), PORT, PROTO_TCP),
+            Service {
+                id: MAX_SERVICES,
+                flags: 0,
+            },
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{name}: rewriting the service: {e}"));
     let syn = Pkt::tcp4(40000, TCP_SYN);
     case.send("SYN", &syn.build(), Expect::Drop(REASON_INTERNAL));
+    assert_eq!(case.flow_count(), 0, "{name}: no flow may be recorded");
     assert_eq!(
         case.service_stats(SERVICE_ID),
         Counters::default(),
-        "unknown_ingress_nic: service stats"
+        "{name}: service stats"
     );
 }
 
