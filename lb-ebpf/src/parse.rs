@@ -59,6 +59,36 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, offset).map(|p| p.cast_mut())
 }
 
+/// Reads a big-endian 16-bit header field with one 16-bit load (the
+/// network-types fields are byte arrays, which the compiler would read a
+/// byte at a time).
+///
+/// # Safety
+/// `field` must lie inside the frame. Every field read this way sits at an
+/// even offset from the frame start (Ethernet 14, IPv4 header a multiple of
+/// 4, IPv6 extension headers of 4 or 8), and frames start at an even address,
+/// so the load is aligned.
+#[inline(always)]
+unsafe fn be16(field: *const [u8; 2]) -> u16 {
+    u16::from_be(unsafe { field.cast::<u16>().read() })
+}
+
+/// Copies an IPv4 (`N` = 4) or IPv6 (`N` = 16) address from the packet into a
+/// map key, 16 bits at a time; the key's remaining bytes are left as they are.
+///
+/// # Safety
+/// As for [`be16`]: `src` lies inside the frame at an even offset.
+#[inline(always)]
+unsafe fn copy_addr<const N: usize>(dst: &mut [u8; 16], src: *const [u8; N]) {
+    let src = src.cast::<u16>();
+    // The map keys are 2-byte aligned (they hold u16 fields) and keep their
+    // addresses at offsets 0 and 16.
+    let dst = dst.as_mut_ptr().cast::<u16>();
+    for i in 0..N / 2 {
+        unsafe { dst.add(i).write(src.add(i).read()) };
+    }
+}
+
 /// Length of the frame without its Ethernet header (IPVS counts IP-layer bytes).
 #[inline(always)]
 pub fn l3_len(ctx: &XdpContext) -> u64 {
@@ -80,14 +110,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let (l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
         ETH_P_IP => {
             let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
-            let (vihl, tot_len, frags, proto, src, dst) = unsafe {
+            let (vihl, tot_len, frags, proto) = unsafe {
                 (
                     (*ip).vihl,
-                    u16::from_be_bytes((*ip).tot_len),
-                    u16::from_be_bytes((*ip).frags),
+                    be16(&raw const (*ip).tot_len),
+                    be16(&raw const (*ip).frags),
                     (*ip).proto,
-                    (*ip).src_addr,
-                    (*ip).dst_addr,
                 )
             };
             let header_len = ((vihl & 0x0F) as usize) * 4;
@@ -98,8 +126,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
                 return Err(Verdict::Pass(REASON_FRAGMENT));
             }
             flow.family = FAMILY_IPV4;
-            flow.src_addr[..4].copy_from_slice(&src);
-            flow.dst_addr[..4].copy_from_slice(&dst);
+            // SAFETY: both addresses are inside the IPv4 header checked above.
+            unsafe {
+                copy_addr(&mut flow.src_addr, &raw const (*ip).src_addr);
+                copy_addr(&mut flow.dst_addr, &raw const (*ip).dst_addr);
+            }
             (
                 EthHdr::LEN + header_len,
                 proto,
@@ -108,21 +139,22 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         }
         ETH_P_IPV6 => {
             let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
-            let (version, payload_len, next, src, dst) = unsafe {
+            let (version, payload_len, next) = unsafe {
                 (
                     (*ip).vcf[0] >> 4,
-                    u16::from_be_bytes((*ip).payload_len),
+                    be16(&raw const (*ip).payload_len),
                     (*ip).next_hdr,
-                    (*ip).src_addr,
-                    (*ip).dst_addr,
                 )
             };
             if version != 6 {
                 return Err(MALFORMED);
             }
             flow.family = FAMILY_IPV6;
-            flow.src_addr = src;
-            flow.dst_addr = dst;
+            // SAFETY: both addresses are inside the IPv6 header checked above.
+            unsafe {
+                copy_addr(&mut flow.src_addr, &raw const (*ip).src_addr);
+                copy_addr(&mut flow.dst_addr, &raw const (*ip).dst_addr);
+            }
             let (offset, proto) = skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?;
             let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
             (offset, proto, ip_end)
@@ -138,8 +170,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 20-byte TCP header is inside the frame.
             unsafe {
-                flow.src_port = u16::from_be_bytes((*tcp).source);
-                flow.dst_port = u16::from_be_bytes((*tcp).dest);
+                flow.src_port = be16(&raw const (*tcp).source);
+                flow.dst_port = be16(&raw const (*tcp).dest);
                 *(tcp as *const u8).add(TCP_FLAGS_OFFSET)
             }
         }
@@ -150,8 +182,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 8-byte UDP header is inside the frame.
             unsafe {
-                flow.src_port = u16::from_be_bytes((*udp).src);
-                flow.dst_port = u16::from_be_bytes((*udp).dst);
+                flow.src_port = be16(&raw const (*udp).src);
+                flow.dst_port = be16(&raw const (*udp).dst);
             }
             0
         }
