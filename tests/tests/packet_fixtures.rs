@@ -840,6 +840,12 @@ impl Case {
         Ok((result.return_value, out))
     }
 
+    /// Runs `pkt` and checks it is forwarded to `slot` of service `id` (see
+    /// [`Case::send`]). Returns the output.
+    fn forward(&self, label: &str, pkt: &Pkt, id: u32, slot: u32) -> Vec<u8> {
+        self.send(label, &pkt.build(), Expect::Tx(pkt.forwarded(id, slot)))
+    }
+
     /// Runs `input` and checks the verdict, the output bytes and that the
     /// verdict counters moved by exactly one packet of `input.len() - 14`
     /// bytes under the expected reason. Returns the output.
@@ -1141,11 +1147,7 @@ fn udp_flow(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> Pkt) {
     case.expect_conns("first datagram", SERVICE_ID, 0, 0, 1);
     // Slot 0 now has one inactive flow, so a new flow goes to slot 1 ...
     let other = pkt(5354);
-    case.send(
-        "other flow",
-        &other.build(),
-        Expect::Tx(other.forwarded(SERVICE_ID, 1)),
-    );
+    case.forward("other flow", &other, SERVICE_ID, 1);
     // ... and slot 0 is the less loaded one again after that, but the first
     // flow stays on slot 0 either way.
     let second = pkt(5353).with_payload(b"a longer second datagram");
@@ -1360,11 +1362,7 @@ fn ipv6_extension_headers() {
             return;
         };
         case.service(SERVICE_ID, VIP6.into(), pkt.proto(), &[up(1)]);
-        case.send(
-            label,
-            &pkt.build(),
-            Expect::Tx(pkt.forwarded(SERVICE_ID, 0)),
-        );
+        case.forward(label, &pkt, SERVICE_ID, 0);
         let state = if pkt.proto() == PROTO_TCP {
             STATE_SYN_RECV
         } else {
@@ -1704,37 +1702,21 @@ fn stopped_backend_keeps_its_flow(name: &str, stopped: Real) {
     let vip = IpAddr::from(VIP4);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let syn = Pkt::tcp4(40000, TCP_SYN);
-    case.send(
-        "SYN before",
-        &syn.build(),
-        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("SYN before", &syn, SERVICE_ID, 0);
     case.backends(SERVICE_ID, vip, &[stopped, up(100)]);
     // With slot 0 usable, the second and fourth new flows would tie with it
     // (one inactive flow each side) and go to slot 0.
     for sport in 40001..40005 {
         let other = Pkt::tcp4(sport, TCP_SYN);
-        case.send(
-            &format!("new flow {sport}"),
-            &other.build(),
-            Expect::Tx(other.forwarded(SERVICE_ID, 1)),
-        );
+        case.forward(&format!("new flow {sport}"), &other, SERVICE_ID, 1);
     }
     case.expect_conns("new flows", SERVICE_ID, 1, 0, 4);
     let ack = Pkt::tcp4(40000, TCP_ACK);
-    case.send(
-        "ACK after",
-        &ack.build(),
-        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("ACK after", &ack, SERVICE_ID, 0);
     case.expect_flow("ACK after", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
     case.expect_conns("ACK after", SERVICE_ID, 0, 1, 0);
     let fin = Pkt::tcp4(40000, TCP_FIN | TCP_ACK);
-    case.send(
-        "FIN after",
-        &fin.build(),
-        Expect::Tx(fin.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("FIN after", &fin, SERVICE_ID, 0);
     case.expect_flow("FIN after", &fin, SERVICE_ID, 0, STATE_FIN_WAIT);
     case.expect_conns("FIN after", SERVICE_ID, 0, 0, 1);
     assert_eq!(
@@ -1843,11 +1825,7 @@ fn wlc_follows_the_reference_model() {
         let want = wlc::select(&set, &before).expect("a usable backend");
         let syn = Pkt::tcp4(sport, TCP_SYN);
         let label = format!("flow {i} SYN");
-        case.send(
-            &label,
-            &syn.build(),
-            Expect::Tx(syn.forwarded(SERVICE_ID, want)),
-        );
+        case.forward(&label, &syn, SERVICE_ID, want);
         case.expect_flow(&label, &syn, SERVICE_ID, want, STATE_SYN_RECV);
         let slot = want as usize;
         chosen[slot] += 1;
@@ -1855,11 +1833,7 @@ fn wlc_follows_the_reference_model() {
         if i % 4 != 3 {
             let ack = Pkt::tcp4(sport, TCP_ACK);
             let label = format!("flow {i} ACK");
-            case.send(
-                &label,
-                &ack.build(),
-                Expect::Tx(ack.forwarded(SERVICE_ID, want)),
-            );
+            case.forward(&label, &ack, SERVICE_ID, want);
             model[slot].inactive -= 1;
             model[slot].active += 1;
         }
@@ -1899,17 +1873,9 @@ fn flow_on_emptied_slot_is_rescheduled() {
     let vip = IpAddr::from(VIP4);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let syn = Pkt::tcp4(40000, TCP_SYN);
-    case.send(
-        "SYN",
-        &syn.build(),
-        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("SYN", &syn, SERVICE_ID, 0);
     let ack = Pkt::tcp4(40000, TCP_ACK);
-    case.send(
-        "ACK",
-        &ack.build(),
-        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("ACK", &ack, SERVICE_ID, 0);
     case.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
     let removed = Real {
         weight: 0,
@@ -1917,11 +1883,7 @@ fn flow_on_emptied_slot_is_rescheduled() {
     };
     case.backends(SERVICE_ID, vip, &[removed, up(100)]);
     let data = Pkt::tcp4(40000, TCP_ACK | TCP_PSH).with_payload(b"more data");
-    case.send(
-        "data after removal",
-        &data.build(),
-        Expect::Tx(data.forwarded(SERVICE_ID, 1)),
-    );
+    case.forward("data after removal", &data, SERVICE_ID, 1);
     case.expect_flow(
         "data after removal",
         &data,
@@ -1955,24 +1917,12 @@ fn flow_of_removed_last_backend_is_rescheduled() {
     let vip = IpAddr::from(VIP4);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let first = Pkt::tcp4(40000, TCP_SYN);
-    case.send(
-        "SYN 1",
-        &first.build(),
-        Expect::Tx(first.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("SYN 1", &first, SERVICE_ID, 0);
     let second = Pkt::tcp4(40001, TCP_SYN);
-    case.send(
-        "SYN 2",
-        &second.build(),
-        Expect::Tx(second.forwarded(SERVICE_ID, 1)),
-    );
+    case.forward("SYN 2", &second, SERVICE_ID, 1);
     case.backends(SERVICE_ID, vip, &[up(100)]);
     let ack = Pkt::tcp4(40001, TCP_ACK);
-    case.send(
-        "ACK 2",
-        &ack.build(),
-        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("ACK 2", &ack, SERVICE_ID, 0);
     case.expect_flow("ACK 2", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
     case.expect_conns("ACK 2", SERVICE_ID, 0, 1, 1);
     assert_eq!(
@@ -1993,27 +1943,15 @@ fn flow_of_replaced_service_is_rescheduled() {
     let vip = IpAddr::from(VIP6);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let syn = Pkt::tcp6(40000, TCP_SYN);
-    case.send(
-        "SYN",
-        &syn.build(),
-        Expect::Tx(syn.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("SYN", &syn, SERVICE_ID, 0);
     let ack = Pkt::tcp6(40000, TCP_ACK);
-    case.send(
-        "ACK",
-        &ack.build(),
-        Expect::Tx(ack.forwarded(SERVICE_ID, 0)),
-    );
+    case.forward("ACK", &ack, SERVICE_ID, 0);
     // Renumbering, as the control plane must do it (`Maps::set_service`):
     // empty the old backend set, then install the service under its new id.
     case.backends(SERVICE_ID, vip, &[]);
     case.service(DECOY_ID, vip, PROTO_TCP, &[up(100), up(100)]);
     let data = Pkt::tcp6(40000, TCP_ACK | TCP_PSH).with_payload(b"data");
-    case.send(
-        "data",
-        &data.build(),
-        Expect::Tx(data.forwarded(DECOY_ID, 0)),
-    );
+    case.forward("data", &data, DECOY_ID, 0);
     case.expect_flow("data", &data, DECOY_ID, 0, STATE_ESTABLISHED);
     case.expect_conns("data", DECOY_ID, 0, 1, 0);
     assert_eq!(
