@@ -88,6 +88,9 @@ pub const BACKEND_STATE_EMPTY: u32 = 0;
 pub const BACKEND_STATE_UP: u32 = 1;
 /// Backend failed its health check: no new flows; existing flows continue.
 pub const BACKEND_STATE_DOWN: u32 = 2;
+/// Backend was removed from the service while flows still use it: no new
+/// flows; existing flows finish on it, then the control plane empties the slot.
+pub const BACKEND_STATE_REMOVED: u32 = 3;
 
 /// One real server of a service.
 #[repr(C)]

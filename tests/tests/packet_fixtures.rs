@@ -37,11 +37,11 @@ use lb::{
     sweeper,
 };
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
-    BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, MAX_SERVICES,
-    NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL,
-    REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4,
-    SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
+    BackendConnSet, BackendConns, BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6,
+    Flow, FlowKey, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
+    REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
+    REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
@@ -1750,6 +1750,19 @@ fn down_backend_keeps_existing_flows() {
         Real {
             weight: 100,
             state: BACKEND_STATE_DOWN,
+        },
+    );
+}
+
+/// A backend removed while flows use it (`lb backend remove`, or gone
+/// from the config on reload) takes no new flows; its flows finish on it.
+#[test]
+fn removed_backend_finishes_its_flows() {
+    stopped_backend_keeps_its_flow(
+        "removed_backend",
+        Real {
+            weight: 0,
+            state: BACKEND_STATE_REMOVED,
         },
     );
 }
