@@ -57,6 +57,15 @@ pub struct Director {
     pub sweep_interval: Duration,
     /// Idle timeouts per connection state, in seconds.
     pub timeouts: Timeouts,
+    /// Unix socket of the control interface (`lb` commands talk to the
+    /// running daemon through it); an absolute path.
+    pub control_socket: PathBuf,
+    /// Where the Prometheus metrics endpoint listens; `None`: no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// What happens to the flows of a backend that was removed: `false`
+    /// (the default) lets them finish on it, `true` reschedules each on its
+    /// next packet (IPVS's `expire_nodest_conn` sysctl).
+    pub expire_nodest_conn: bool,
 }
 
 /// How the XDP program is attached to an interface.
@@ -118,27 +127,66 @@ pub enum Scheduler {
 /// The `[service.health]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
-    /// What kind of check to run.
+    /// What kind of check to run, with the fields of that kind.
     pub kind: HealthKind,
     /// Time between two checks of a backend (keepalived `delay_loop`).
     pub interval: Duration,
     /// How long one check may take (`connect_timeout`), at most `interval`.
     pub timeout: Duration,
-    /// Port the check connects to (`connect_port`).
+    /// Port the check connects to (`connect_port`); an `exec` check only
+    /// passes it to its command.
     pub port: u16,
     /// Consecutive failures before a backend is marked down.
     pub fall: u32,
     /// Consecutive successes before a down backend is marked up.
     pub rise: u32,
+    /// Delay before the next check after a failed one (keepalived
+    /// `delay_before_retry`); default `interval`.
+    pub retry_delay: Duration,
+    /// The first check of each backend waits a uniformly random delay in
+    /// `[0, warmup]`, so that backends are not probed in lockstep; default
+    /// `interval`.
+    pub warmup: Duration,
+    /// On failure, set the backend's weight to 0 instead of marking it down
+    /// (keepalived `inhibit_on_failure`).
+    pub inhibit_on_failure: bool,
+    /// Command (argv) run with SERVICE BACKEND STATE appended when a backend
+    /// changes state; empty: none.
+    pub notify: Vec<String>,
 }
 
-/// Kind of health check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Kind of health check, with the fields that only that kind has.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthKind {
-    /// TCP connect to the backend.
+    /// TCP connect to the backend (keepalived `TCP_CHECK`).
     Tcp,
+    /// HTTP GET of a path (keepalived `HTTP_GET`).
+    Http(HttpCheck),
+    /// A command whose exit status decides (keepalived `MISC_CHECK`).
+    Exec(ExecCheck),
     /// No check: the backend is always up.
     None,
+}
+
+/// The fields of an `http` check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Path (and query) to GET; starts with `/`, no whitespace. Default `/`.
+    pub path: String,
+    /// Status codes that count as up, each 100 to 599. Default `[200]`.
+    pub status: Vec<u16>,
+    /// MD5 the response body must have (keepalived's `digest`), if any.
+    pub digest: Option<[u8; 16]>,
+    /// `Host` header; default the backend address (and the port if not 80).
+    pub host: Option<String>,
+}
+
+/// The fields of an `exec` check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecCheck {
+    /// The command and its arguments (run without a shell); exit status 0
+    /// means up.
+    pub command: Vec<String>,
 }
 
 /// One `[[service.backend]]`: a real server.
@@ -281,12 +329,40 @@ impl Keyword for Scheduler {
     }
 }
 
-impl Keyword for HealthKind {
-    const ALL: &'static [Self] = &[HealthKind::Tcp, HealthKind::None];
+/// The `kind` of a health check as written; [`HealthKind`] holds the
+/// fields of the kind too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KindWord {
+    Tcp,
+    Http,
+    Exec,
+    None,
+}
+
+impl Keyword for KindWord {
+    const ALL: &'static [Self] = &[
+        KindWord::Tcp,
+        KindWord::Http,
+        KindWord::Exec,
+        KindWord::None,
+    ];
     fn keyword(self) -> &'static str {
         match self {
-            HealthKind::Tcp => "tcp",
-            HealthKind::None => "none",
+            KindWord::Tcp => "tcp",
+            KindWord::Http => "http",
+            KindWord::Exec => "exec",
+            KindWord::None => "none",
+        }
+    }
+}
+
+impl HealthKind {
+    fn word(&self) -> KindWord {
+        match self {
+            HealthKind::Tcp => KindWord::Tcp,
+            HealthKind::Http(_) => KindWord::Http,
+            HealthKind::Exec(_) => KindWord::Exec,
+            HealthKind::None => KindWord::None,
         }
     }
 }
@@ -318,9 +394,10 @@ impl fmt::Display for Scheduler {
     }
 }
 
+/// The kind's name as written in the config: `tcp`, `http`, `exec`, `none`.
 impl fmt::Display for HealthKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.keyword())
+        f.write_str(self.word().keyword())
     }
 }
 
@@ -348,6 +425,9 @@ struct RawDirector {
     pin_path: Field,
     max_flows: Field,
     sweep_interval: Field,
+    control_socket: Field,
+    metrics_listen: Field,
+    expire_nodest_conn: Field,
     timeouts: Option<RawTimeouts>,
 }
 
@@ -382,6 +462,17 @@ struct RawHealth {
     port: Field,
     fall: Field,
     rise: Field,
+    retry_delay: Field,
+    warmup: Field,
+    inhibit_on_failure: Field,
+    notify: Field,
+    // kind "http"
+    path: Field,
+    status: Field,
+    digest: Field,
+    host: Field,
+    // kind "exec"
+    command: Field,
 }
 
 #[derive(Deserialize)]
@@ -517,11 +608,19 @@ const HEALTH_INTERVAL: RangeInclusive<Duration> =
 const PORT: RangeInclusive<u16> = 1..=u16::MAX;
 const FALL_RISE: RangeInclusive<u32> = 1..=100;
 const NAME_MAX: usize = 32;
+const WARMUP: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+const HTTP_STATUS: RangeInclusive<u16> = 100..=599;
+/// `sun_path` of a Unix socket address holds 108 bytes with the final NUL.
+const UNIX_PATH_MAX: usize = 107;
 /// Linux IFNAMSIZ - 1.
 const IFNAME_MAX: usize = 15;
 
 // Defaults.
-const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+/// Default `[director] pin_path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/lb/lb.sock";
+const DEFAULT_HTTP_PATH: &str = "/";
+const DEFAULT_HTTP_STATUS: u16 = 200;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -617,6 +716,18 @@ impl Checker<'_> {
             Some(t) => self.timeouts(t),
             None => Some(Timeouts::IPVS),
         };
+        let control_socket = match &raw.control_socket {
+            Some(v) => self.control_socket(v),
+            None => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+        };
+        let metrics_listen = match &raw.metrics_listen {
+            Some(v) => self.metrics_listen(v).map(Some),
+            None => Some(None),
+        };
+        let expire_nodest_conn = match &raw.expire_nodest_conn {
+            Some(v) => self.boolean(CTX, "expire_nodest_conn", v),
+            None => Some(false),
+        };
         Some(Director {
             interfaces: interfaces?,
             xdp_mode: xdp_mode?,
@@ -624,7 +735,93 @@ impl Checker<'_> {
             max_flows: max_flows?,
             sweep_interval: sweep_interval?,
             timeouts: timeouts?,
+            control_socket: control_socket?,
+            metrics_listen: metrics_listen?,
+            expire_nodest_conn: expire_nodest_conn?,
         })
+    }
+
+    fn control_socket(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
+        const CTX: &str = "[director]";
+        let text = self.string(CTX, "control_socket", v)?;
+        let path = Path::new(text);
+        let why = if !path.is_absolute() {
+            Some("is not an absolute path")
+        } else if path.components().any(|c| c == Component::ParentDir) {
+            Some("contains \"..\"")
+        } else if text.ends_with('/') || path.file_name().is_none() {
+            Some("names a directory, not a socket file")
+        } else if text.len() > UNIX_PATH_MAX {
+            Some("is too long for a Unix socket")
+        } else if text.contains('\0') {
+            Some("contains a NUL byte")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "control_socket {text:?} {why} (valid: an absolute file path of at most \
+                     {UNIX_PATH_MAX} bytes without \"..\", e.g. {DEFAULT_CONTROL_SOCKET:?})"
+                ),
+            );
+            return None;
+        }
+        Some(path.to_path_buf())
+    }
+
+    /// `"ADDR:PORT"`, or a port (number or string) on 127.0.0.1.
+    fn metrics_listen(&mut self, v: &Spanned<Value>) -> Option<SocketAddr> {
+        const CTX: &str = "[director]";
+        const VALID: &str = "valid: \"ADDR:PORT\" such as \"127.0.0.1:9100\" or \"[::1]:9100\", \
+                             or a port such as 9100 for 127.0.0.1:9100";
+        let localhost =
+            |port: u16| SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port);
+        match v.get_ref() {
+            Value::Integer(_) => self.integer(CTX, "metrics_listen", v, PORT).map(localhost),
+            Value::String(text) => {
+                let text = text.trim();
+                let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
+                    text.parse::<u16>().ok().map(localhost)
+                } else {
+                    text.parse::<SocketAddr>().ok()
+                };
+                match parsed {
+                    Some(address) if address.port() != 0 => Some(address),
+                    Some(_) => {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!("metrics_listen {text:?} has port 0 ({VALID})"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!(
+                                "metrics_listen {text:?} is not an address and port ({VALID})"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!(
+                        "metrics_listen must be a string or a port number (found {}; {VALID})",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn interfaces(&mut self, v: &Spanned<Value>) -> Option<Vec<String>> {
@@ -907,24 +1104,14 @@ impl Checker<'_> {
         let raw = raw.unwrap_or(&empty);
 
         let kind = match &raw.kind {
-            Some(v) if matches!(v.get_ref(), Value::String(s) if s.eq_ignore_ascii_case("http")) => {
-                self.report_at(
-                    v,
-                    ctx,
-                    format_args!(
-                        "kind \"http\" is not supported yet (valid: {})",
-                        keywords::<HealthKind>()
-                    ),
-                );
-                None
-            }
             Some(v) => self.keyword(ctx, "kind", v),
             // Without a check of their own protocol, UDP backends stay up.
             None => protocol.map(|p| match p {
-                Protocol::Tcp => HealthKind::Tcp,
-                Protocol::Udp => HealthKind::None,
+                Protocol::Tcp => KindWord::Tcp,
+                Protocol::Udp => KindWord::None,
             }),
         };
+        let kind = self.kind_fields(ctx, raw, kind);
         let interval = match &raw.interval {
             Some(v) => self.duration(ctx, "interval", v, HEALTH_INTERVAL),
             None => Some(DEFAULT_HEALTH_INTERVAL),
@@ -959,6 +1146,27 @@ impl Checker<'_> {
             Some(v) => self.integer(ctx, "rise", v, FALL_RISE),
             None => Some(DEFAULT_RISE),
         };
+        let retry_delay = match &raw.retry_delay {
+            Some(v) => self.duration(ctx, "retry_delay", v, HEALTH_INTERVAL),
+            None => interval,
+        };
+        let warmup = match &raw.warmup {
+            Some(v) => self.duration(ctx, "warmup", v, WARMUP),
+            None => interval,
+        };
+        let inhibit_on_failure = match &raw.inhibit_on_failure {
+            Some(v) => self.boolean(ctx, "inhibit_on_failure", v),
+            None => Some(false),
+        };
+        let notify = match &raw.notify {
+            Some(v) => self.argv(
+                ctx,
+                "notify",
+                v,
+                "[\"/usr/local/bin/lb-notify\", \"--syslog\"]",
+            ),
+            None => Some(Vec::new()),
+        };
         Some(HealthConfig {
             kind: kind?,
             interval: interval?,
@@ -966,7 +1174,275 @@ impl Checker<'_> {
             port: port?,
             fall: fall?,
             rise: rise?,
+            retry_delay: retry_delay?,
+            warmup: warmup?,
+            inhibit_on_failure: inhibit_on_failure?,
+            notify: notify?,
         })
+    }
+
+    /// The fields that belong to one kind of check (`path`, `command`...):
+    /// each is checked wherever it is, and is an error with another kind.
+    fn kind_fields(
+        &mut self,
+        ctx: &str,
+        raw: &RawHealth,
+        kind: Option<KindWord>,
+    ) -> Option<HealthKind> {
+        let before = self.problems.len();
+        let path = raw.path.as_ref().and_then(|v| self.http_path(ctx, v));
+        let status = raw.status.as_ref().and_then(|v| self.http_status(ctx, v));
+        let digest = raw.digest.as_ref().and_then(|v| self.digest(ctx, v));
+        let host = raw.host.as_ref().and_then(|v| self.http_host(ctx, v));
+        let command = raw.command.as_ref().and_then(|v| {
+            let example = "[\"/usr/local/bin/check-gridftp\", \"--quiet\"]";
+            let argv = self.argv(ctx, "command", v, example)?;
+            if argv.is_empty() {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "command is empty (valid: the program and its arguments, e.g. \
+                         command = {example})"
+                    ),
+                );
+                return None;
+            }
+            Some(argv)
+        });
+        let kind = kind?;
+        let owned = [
+            ("path", &raw.path, KindWord::Http),
+            ("status", &raw.status, KindWord::Http),
+            ("digest", &raw.digest, KindWord::Http),
+            ("host", &raw.host, KindWord::Http),
+            ("command", &raw.command, KindWord::Exec),
+        ];
+        for (key, field, owner) in owned {
+            if let Some(v) = field
+                && owner != kind
+            {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} belongs to kind \"{}\" checks, but this check is kind \"{}\" \
+                         (valid: set kind = \"{}\", or remove {key})",
+                        owner.keyword(),
+                        kind.keyword(),
+                        owner.keyword()
+                    ),
+                );
+            }
+        }
+        if kind == KindWord::Exec && raw.command.is_none() {
+            let line = raw
+                .kind
+                .as_ref()
+                .map(|v| line_of(self.text, v.span().start));
+            self.report_line(
+                line,
+                ctx,
+                "missing required field \"command\" for kind \"exec\" (e.g. command = \
+                 [\"/usr/local/bin/check-gridftp\", \"--quiet\"])",
+            );
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(match kind {
+            KindWord::Tcp => HealthKind::Tcp,
+            KindWord::Http => HealthKind::Http(HttpCheck {
+                path: path.unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
+                status: status.unwrap_or_else(|| vec![DEFAULT_HTTP_STATUS]),
+                digest,
+                host,
+            }),
+            KindWord::Exec => HealthKind::Exec(ExecCheck { command: command? }),
+            KindWord::None => HealthKind::None,
+        })
+    }
+
+    /// `path` of an http check: what goes on the request line.
+    fn http_path(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let path = self.string(ctx, "path", v)?;
+        let why = if !path.starts_with('/') {
+            Some("does not start with '/'")
+        } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("contains whitespace or a control character")
+        } else if !path.is_ascii() {
+            Some("contains a non-ASCII character (percent-encode it)")
+        } else if path.parse::<hyper::http::uri::PathAndQuery>().is_err() || path.contains('#') {
+            Some("is not a valid URI path")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "path {path:?} {why} (valid: an absolute path with an optional query, \
+                     e.g. \"/\" or \"/health?full=1\")"
+                ),
+            );
+            return None;
+        }
+        Some(path.to_owned())
+    }
+
+    /// `status` of an http check: an array of status codes, or one.
+    fn http_status(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<Vec<u16>> {
+        let items = match v.get_ref() {
+            Value::Array(items) => items.as_slice(),
+            Value::Integer(_) => std::slice::from_ref(v.get_ref()),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "status must be an array of HTTP status codes, e.g. status = [200, 204] \
+                         (found {})",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.report_at(
+                v,
+                ctx,
+                "status is empty (valid: at least one HTTP status code, e.g. status = [200])",
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        let mut codes = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(n) => match u16::try_from(*n) {
+                    Ok(code) if HTTP_STATUS.contains(&code) => codes.push(code),
+                    _ => self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "status {n} is out of range (valid: {}..={})",
+                            HTTP_STATUS.start(),
+                            HTTP_STATUS.end()
+                        ),
+                    ),
+                },
+                other => self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "status must hold HTTP status codes as integers, e.g. status = [200, 204] \
+                         (found {})",
+                        describe(other)
+                    ),
+                ),
+            }
+        }
+        (self.problems.len() == before).then_some(codes)
+    }
+
+    /// `digest` of an http check: an MD5 as 32 hex digits.
+    fn digest(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 16]> {
+        let text = self.string(ctx, "digest", v)?;
+        let Some(digest) = parse_md5(text) else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "digest {text:?} is not an MD5 digest (valid: 32 hex digits as printed by \
+                     md5sum or genhash, e.g. \"d41d8cd98f00b204e9800998ecf8427e\")"
+                ),
+            );
+            return None;
+        };
+        Some(digest)
+    }
+
+    /// `host` of an http check: a `Host` header value.
+    fn http_host(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let host = self.string(ctx, "host", v)?;
+        let valid = !host.is_empty()
+            && !host.contains('@')
+            && host.parse::<hyper::http::uri::Authority>().is_ok()
+            && host_port_is_valid(host);
+        if !valid {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "host {host:?} is not a valid Host header (valid: a host name or address, \
+                     optionally with :port, e.g. \"www.example.org\" or \"[2001:db8::1]:8080\")"
+                ),
+            );
+            return None;
+        }
+        Some(host.to_owned())
+    }
+
+    /// A command and its arguments: an array of strings whose first one
+    /// is not empty. May be empty.
+    fn argv(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        example: &str,
+    ) -> Option<Vec<String>> {
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} must be an array of strings, the program and its arguments, e.g. \
+                     {key} = {example} (found {})",
+                    describe(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        let mut argv = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(arg) if arg.contains('\0') => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!("{key} argument {arg:?} contains a NUL character"),
+                    );
+                    return None;
+                }
+                Value::String(arg) => argv.push(arg.clone()),
+                other => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "{key} must hold strings, e.g. {key} = {example} (found {})",
+                            describe(other)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if argv.first().is_some_and(|program| program.is_empty()) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} starts with an empty program name (valid: the program to run, then \
+                     its arguments, e.g. {key} = {example})"
+                ),
+            );
+            return None;
+        }
+        Some(argv)
     }
 
     fn backends(
@@ -1240,6 +1716,20 @@ impl Checker<'_> {
         Some(address)
     }
 
+    fn boolean(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<bool> {
+        match v.get_ref() {
+            Value::Boolean(b) => Some(*b),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!("{key} must be true or false (found {})", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
     fn keyword<T: Keyword>(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<T> {
         let text = self.string(ctx, key, v)?;
         let found = T::ALL
@@ -1348,6 +1838,38 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
+}
+
+/// Whether the `:port` of a `host[:port]` (host possibly `[IPv6]`), if
+/// there is one, is a port number.
+fn host_port_is_valid(host: &str) -> bool {
+    let port = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((_, "")) => return true,
+            Some((_, after)) => match after.strip_prefix(':') {
+                Some(port) => port,
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((_, port)) => port,
+            None => return true,
+        },
+    };
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+}
+
+/// 32 hex digits (either case).
+fn parse_md5(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut digest = [0u8; 16];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// A duration such as `500ms`, `10s`, `2m`, `1h`, `7d` or `1m30s`: one or
@@ -1474,6 +1996,58 @@ address = "198.51.100.25"
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
     }
 
+    /// The health check a tcp service on `port` gets without a
+    /// `[service.health]` table.
+    fn default_health(port: u16) -> HealthConfig {
+        HealthConfig {
+            kind: HealthKind::Tcp,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(3),
+            port,
+            fall: 3,
+            rise: 2,
+            retry_delay: Duration::from_secs(10),
+            warmup: Duration::from_secs(10),
+            inhibit_on_failure: false,
+            notify: Vec::new(),
+        }
+    }
+
+    /// BASE with `lines` added to `[director]` (from line 3 on).
+    fn director_with(lines: &str) -> String {
+        base_with("[\"eth0\"]\n", &format!("[\"eth0\"]\n{lines}\n"))
+    }
+
+    /// BASE with a `[service.health]` table (header on line 8, `lines` from
+    /// line 9 on).
+    fn health_with(lines: &str) -> String {
+        base_with(
+            "port = 2811\n",
+            &format!("port = 2811\n[service.health]\n{lines}\n"),
+        )
+    }
+
+    fn health(lines: &str) -> HealthConfig {
+        parse(&health_with(lines)).services.remove(0).health
+    }
+
+    /// Asserts that `[service.health]` holding `lines` is rejected with
+    /// exactly `expected` (one `line: message` per problem, `\n`-separated;
+    /// the `lb.toml:` prefix and the context are added).
+    fn assert_health_error(lines: &str, expected: &[(usize, &str)]) {
+        let expected: Vec<String> = expected
+            .iter()
+            .map(|(line, message)| {
+                format!("lb.toml:{line}: service \"gridftp\", health check: {message}")
+            })
+            .collect();
+        assert_eq!(
+            error(&health_with(lines)),
+            expected.join("\n"),
+            "for:\n{lines}"
+        );
+    }
+
     #[test]
     fn example_parses() {
         let config = parse(EXAMPLE);
@@ -1486,6 +2060,9 @@ address = "198.51.100.25"
                 max_flows: lb_common::DEFAULT_MAX_FLOWS,
                 sweep_interval: Duration::from_secs(2),
                 timeouts: Timeouts::IPVS,
+                control_socket: PathBuf::from("/run/lb/lb.sock"),
+                metrics_listen: None,
+                expire_nodest_conn: false,
             }
         );
         let backend = |address, weight| BackendConfig {
@@ -1508,6 +2085,10 @@ address = "198.51.100.25"
                     port: 2811,
                     fall: 3,
                     rise: 2,
+                    retry_delay: Duration::from_secs(3),
+                    warmup: Duration::from_secs(10),
+                    inhibit_on_failure: false,
+                    notify: Vec::new(),
                 },
                 backends: vec![
                     backend(v4(198, 51, 100, 24), 1000),
@@ -1546,7 +2127,15 @@ address = "198.51.100.25"
             [1000, 500, 800]
         );
         assert!(v6.backends.iter().all(|b| b.address.is_ipv6()));
-        assert_eq!(v6.health, config.services[0].health);
+        assert_eq!(v6.health, default_health(2811));
+        assert_eq!(
+            config.director.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
+        assert_eq!(
+            config.services[0].health.notify,
+            ["/usr/local/bin/lb-notify", "--syslog"]
+        );
     }
 
     #[test]
@@ -1557,20 +2146,13 @@ address = "198.51.100.25"
         assert_eq!(config.director.max_flows, lb_common::DEFAULT_MAX_FLOWS);
         assert_eq!(config.director.sweep_interval, Duration::from_secs(2));
         assert_eq!(config.director.timeouts, Timeouts::IPVS);
+        assert_eq!(config.director.control_socket, Path::new("/run/lb/lb.sock"));
+        assert_eq!(config.director.metrics_listen, None);
+        assert!(!config.director.expire_nodest_conn);
         let service = &config.services[0];
         assert_eq!(service.protocol, Protocol::Tcp);
         assert_eq!(service.scheduler, Scheduler::Wlc);
-        assert_eq!(
-            service.health,
-            HealthConfig {
-                kind: HealthKind::Tcp,
-                interval: Duration::from_secs(10),
-                timeout: Duration::from_secs(3),
-                port: 2811,
-                fall: 3,
-                rise: 2,
-            }
-        );
+        assert_eq!(service.health, default_health(2811));
         assert_eq!(service.backends[0].weight, 1);
         assert_eq!(service.backends[0].mac, None);
     }
@@ -1605,6 +2187,9 @@ xdp_mode = "skb"
 pin_path = "/sys/fs/bpf/lb-test"
 max_flows = 4096
 sweep_interval = "500ms"
+control_socket = "/var/run/lb-test/control.sock"
+metrics_listen = "[2001:db8::1]:9100"
+expire_nodest_conn = true
 [director.timeouts]
 established = "1h30m"
 udp = "30s"
@@ -1614,7 +2199,7 @@ name = "dns"
 vip = "2001:db8::53"
 port = 53
 protocol = "UDP"
-health = { kind = "tcp", interval = "2s", timeout = "2s", port = 5353, fall = 1, rise = 100 }
+health = { kind = "tcp", interval = "2s", timeout = "2s", port = 5353, fall = 1, rise = 100, retry_delay = "500ms", warmup = "0s", inhibit_on_failure = true, notify = ["/bin/notify"] }
 backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
 "#;
         let config = parse(text);
@@ -1624,6 +2209,12 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         assert_eq!(d.pin_path, Path::new("/sys/fs/bpf/lb-test"));
         assert_eq!(d.max_flows, 4096);
         assert_eq!(d.sweep_interval, Duration::from_millis(500));
+        assert_eq!(d.control_socket, Path::new("/var/run/lb-test/control.sock"));
+        assert_eq!(
+            d.metrics_listen,
+            Some("[2001:db8::1]:9100".parse().unwrap())
+        );
+        assert!(d.expire_nodest_conn);
         assert_eq!(
             d.timeouts,
             Timeouts {
@@ -1643,6 +2234,10 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
                 port: 5353,
                 fall: 1,
                 rise: 100,
+                retry_delay: Duration::from_millis(500),
+                warmup: Duration::ZERO,
+                inhibit_on_failure: true,
+                notify: vec!["/bin/notify".to_owned()],
             }
         );
         assert_eq!(
@@ -1702,7 +2297,8 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         assert_eq!(
             error(&text),
             "lb.toml:2: unknown field \"interfacs\" in [director] (valid: interfaces, xdp_mode, \
-             pin_path, max_flows, sweep_interval, timeouts)"
+             pin_path, max_flows, sweep_interval, control_socket, metrics_listen, \
+             expire_nodest_conn, timeouts)"
         );
     }
 
@@ -2125,10 +2721,13 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         }
         for (value, message) in [
             (
-                "http",
-                "kind \"http\" is not supported yet (valid: tcp, none)",
+                "HTTP_GET",
+                "kind \"HTTP_GET\" is not supported (valid: tcp, http, exec, none)",
             ),
-            ("udp", "kind \"udp\" is not supported (valid: tcp, none)"),
+            (
+                "udp",
+                "kind \"udp\" is not supported (valid: tcp, http, exec, none)",
+            ),
         ] {
             let text = base_with(
                 "port = 2811",
@@ -2340,5 +2939,588 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         assert_eq!(fmt_duration(Duration::from_secs(120)), "2m");
         assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
         assert_eq!(fmt_duration(Duration::from_secs(86_400)), "1d");
+    }
+
+    // -- [director]: control socket, metrics, expire_nodest_conn
+
+    #[test]
+    fn control_socket() {
+        let config = parse(&director_with("control_socket = \"/run/lb2/ctl.sock\""));
+        assert_eq!(
+            config.director.control_socket,
+            Path::new("/run/lb2/ctl.sock")
+        );
+        let long = format!("/run/{}", "x".repeat(103));
+        for (value, message) in [
+            (
+                "\"lb.sock\"",
+                "control_socket \"lb.sock\" is not an absolute path",
+            ),
+            (
+                "\"/run/../lb.sock\"",
+                "control_socket \"/run/../lb.sock\" contains \"..\"",
+            ),
+            (
+                "\"/run/lb/\"",
+                "control_socket \"/run/lb/\" names a directory, not a socket file",
+            ),
+            (
+                "\"/\"",
+                "control_socket \"/\" names a directory, not a socket file",
+            ),
+        ] {
+            assert_eq!(
+                error(&director_with(&format!("control_socket = {value}"))),
+                format!(
+                    "lb.toml:3: [director]: {message} (valid: an absolute file path of at most \
+                     107 bytes without \"..\", e.g. \"/run/lb/lb.sock\")"
+                )
+            );
+        }
+        let e = error(&director_with(&format!("control_socket = \"{long}\"")));
+        assert!(
+            e.starts_with(&format!(
+                "lb.toml:3: [director]: control_socket \"{long}\" is too long for a Unix socket"
+            )),
+            "{e}"
+        );
+        // 107 bytes is the most a sun_path holds.
+        let longest = format!("/run/{}", "x".repeat(102));
+        parse(&director_with(&format!("control_socket = \"{longest}\"")));
+        assert_eq!(
+            error(&director_with("control_socket = 1")),
+            "lb.toml:3: [director]: control_socket must be a string (found integer 1)"
+        );
+    }
+
+    #[test]
+    fn metrics_listen() {
+        let cases = [
+            ("9100", "127.0.0.1:9100"),
+            ("\"9100\"", "127.0.0.1:9100"),
+            ("\"0.0.0.0:9100\"", "0.0.0.0:9100"),
+            ("\"192.0.2.1:80\"", "192.0.2.1:80"),
+            ("\"[::1]:9100\"", "[::1]:9100"),
+        ];
+        for (value, expected) in cases {
+            let config = parse(&director_with(&format!("metrics_listen = {value}")));
+            assert_eq!(
+                config.director.metrics_listen,
+                Some(expected.parse().unwrap()),
+                "{value}"
+            );
+        }
+        const VALID: &str = "valid: \"ADDR:PORT\" such as \"127.0.0.1:9100\" or \
+                             \"[::1]:9100\", or a port such as 9100 for 127.0.0.1:9100";
+        let cases = [
+            (
+                "0",
+                "metrics_listen 0 is out of range (valid: 1..=65535)".to_owned(),
+            ),
+            (
+                "70000",
+                "metrics_listen 70000 is out of range (valid: 1..=65535)".to_owned(),
+            ),
+            (
+                "\"70000\"",
+                format!("metrics_listen \"70000\" is not an address and port ({VALID})"),
+            ),
+            (
+                "\"localhost:9100\"",
+                format!("metrics_listen \"localhost:9100\" is not an address and port ({VALID})"),
+            ),
+            (
+                "\"::1:9100\"",
+                format!("metrics_listen \"::1:9100\" is not an address and port ({VALID})"),
+            ),
+            (
+                "\"\"",
+                format!("metrics_listen \"\" is not an address and port ({VALID})"),
+            ),
+            (
+                "\"127.0.0.1:0\"",
+                format!("metrics_listen \"127.0.0.1:0\" has port 0 ({VALID})"),
+            ),
+            (
+                "\"0\"",
+                format!("metrics_listen \"0\" has port 0 ({VALID})"),
+            ),
+            (
+                "true",
+                format!(
+                    "metrics_listen must be a string or a port number (found boolean true; {VALID})"
+                ),
+            ),
+        ];
+        for (value, message) in cases {
+            assert_eq!(
+                error(&director_with(&format!("metrics_listen = {value}"))),
+                format!("lb.toml:3: [director]: {message}")
+            );
+        }
+    }
+
+    #[test]
+    fn expire_nodest_conn() {
+        let config = parse(&director_with("expire_nodest_conn = true"));
+        assert!(config.director.expire_nodest_conn);
+        let config = parse(&director_with("expire_nodest_conn = false"));
+        assert!(!config.director.expire_nodest_conn);
+        assert_eq!(
+            error(&director_with("expire_nodest_conn = \"yes\"")),
+            "lb.toml:3: [director]: expire_nodest_conn must be true or false (found string \"yes\")"
+        );
+        assert_eq!(
+            error(&director_with("expire_nodest_conn = 1")),
+            "lb.toml:3: [director]: expire_nodest_conn must be true or false (found integer 1)"
+        );
+    }
+
+    // -- [service.health]: common fields
+
+    #[test]
+    fn retry_delay_and_warmup() {
+        // Both default to the interval.
+        let h = health("interval = \"5s\"");
+        assert_eq!(h.retry_delay, Duration::from_secs(5));
+        assert_eq!(h.warmup, Duration::from_secs(5));
+        let h = health("retry_delay = \"1s\"\nwarmup = \"0s\"");
+        assert_eq!(h.interval, Duration::from_secs(10));
+        assert_eq!(h.retry_delay, Duration::from_secs(1));
+        assert_eq!(h.warmup, Duration::ZERO);
+        let h = health("retry_delay = \"1h\"\nwarmup = \"1h\"");
+        assert_eq!(h.retry_delay, Duration::from_secs(3600));
+        assert_eq!(h.warmup, Duration::from_secs(3600));
+        for (lines, message) in [
+            (
+                "retry_delay = \"0s\"",
+                "retry_delay \"0s\" is out of range (valid: 100ms..=1h)",
+            ),
+            (
+                "retry_delay = \"50ms\"",
+                "retry_delay \"50ms\" is out of range (valid: 100ms..=1h)",
+            ),
+            (
+                "retry_delay = 3",
+                "retry_delay = 3 has no unit; write a duration string such as retry_delay = \
+                 \"3s\" (valid examples: \"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\")",
+            ),
+            (
+                "warmup = \"2h\"",
+                "warmup \"2h\" is out of range (valid: 0ms..=1h)",
+            ),
+            (
+                "warmup = \"soon\"",
+                "warmup \"soon\" is not a duration: expected a number at \"soon\" (valid \
+                 examples: \"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\")",
+            ),
+        ] {
+            assert_health_error(lines, &[(9, message)]);
+        }
+    }
+
+    #[test]
+    fn inhibit_on_failure() {
+        assert!(!health("").inhibit_on_failure);
+        assert!(health("inhibit_on_failure = true").inhibit_on_failure);
+        assert_health_error(
+            "inhibit_on_failure = \"true\"",
+            &[(
+                9,
+                "inhibit_on_failure must be true or false (found string \"true\")",
+            )],
+        );
+    }
+
+    #[test]
+    fn notify() {
+        assert!(health("").notify.is_empty());
+        assert!(health("notify = []").notify.is_empty());
+        assert_eq!(
+            health("notify = [\"/usr/local/bin/lb-notify\", \"\", \"x y\"]").notify,
+            ["/usr/local/bin/lb-notify", "", "x y"]
+        );
+        assert_eq!(health("notify = [\"lb-notify\"]").notify, ["lb-notify"]);
+        const EXAMPLE: &str = "notify = [\"/usr/local/bin/lb-notify\", \"--syslog\"]";
+        for (value, message) in [
+            (
+                "\"/usr/local/bin/lb-notify\"",
+                format!(
+                    "notify must be an array of strings, the program and its arguments, e.g. \
+                     {EXAMPLE} (found string \"/usr/local/bin/lb-notify\")"
+                ),
+            ),
+            (
+                "[\"\", \"up\"]",
+                format!(
+                    "notify starts with an empty program name (valid: the program to run, then \
+                     its arguments, e.g. {EXAMPLE})"
+                ),
+            ),
+            (
+                "[\"/bin/notify\", 1]",
+                format!("notify must hold strings, e.g. {EXAMPLE} (found integer 1)"),
+            ),
+            (
+                "[\"/bin/notify\\u0000\"]",
+                "notify argument \"/bin/notify\\0\" contains a NUL character".to_owned(),
+            ),
+        ] {
+            assert_health_error(&format!("notify = {value}"), &[(9, &message)]);
+        }
+    }
+
+    // -- [service.health]: kinds
+
+    #[test]
+    fn http_check_defaults() {
+        let h = health("kind = \"http\"");
+        assert_eq!(
+            h.kind,
+            HealthKind::Http(HttpCheck {
+                path: "/".to_owned(),
+                status: vec![200],
+                digest: None,
+                host: None,
+            })
+        );
+        assert_eq!(h.kind.to_string(), "http");
+        assert_eq!(h.port, 2811);
+    }
+
+    #[test]
+    fn http_check_fields() {
+        let h = health(
+            "kind = \"HTTP\"\npath = \"/health?full=1&x=%20\"\nstatus = [200, 204, 301]\n\
+             digest = \"D41D8CD98F00B204E9800998ECF8427E\"\nhost = \"www.example.org\"\nport = 8080",
+        );
+        assert_eq!(
+            h.kind,
+            HealthKind::Http(HttpCheck {
+                path: "/health?full=1&x=%20".to_owned(),
+                status: vec![200, 204, 301],
+                digest: Some([
+                    0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec,
+                    0xf8, 0x42, 0x7e
+                ]),
+                host: Some("www.example.org".to_owned()),
+            })
+        );
+        assert_eq!(h.port, 8080);
+        // One status code alone is accepted too.
+        let h = health("kind = \"http\"\nstatus = 204");
+        assert!(matches!(h.kind, HealthKind::Http(HttpCheck { status, .. }) if status == [204]));
+        for host in [
+            "[2001:db8::1]:8080",
+            "192.0.2.1",
+            "gridftp.example.org:2811",
+        ] {
+            let h = health(&format!("kind = \"http\"\nhost = \"{host}\""));
+            assert!(
+                matches!(&h.kind, HealthKind::Http(HttpCheck { host: Some(h), .. }) if h == host),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_path_errors() {
+        const VALID: &str = "(valid: an absolute path with an optional query, e.g. \"/\" or \
+                             \"/health?full=1\")";
+        for (path, why) in [
+            ("health", "does not start with '/'"),
+            ("", "does not start with '/'"),
+            ("http://host/", "does not start with '/'"),
+            ("/a b", "contains whitespace or a control character"),
+            ("/a\\tb", "contains whitespace or a control character"),
+            ("/a#frag", "is not a valid URI path"),
+            (
+                "/caf\u{e9}",
+                "contains a non-ASCII character (percent-encode it)",
+            ),
+        ] {
+            let shown = format!("{:?}", path.replace("\\t", "\t"));
+            assert_health_error(
+                &format!("kind = \"http\"\npath = \"{path}\""),
+                &[(10, &format!("path {shown} {why} {VALID}"))],
+            );
+        }
+        assert_health_error(
+            "kind = \"http\"\npath = [\"/\"]",
+            &[(10, "path must be a string (found an array)")],
+        );
+    }
+
+    #[test]
+    fn http_status_errors() {
+        for (value, message) in [
+            (
+                "[]",
+                "status is empty (valid: at least one HTTP status code, e.g. status = [200])",
+            ),
+            ("[99]", "status 99 is out of range (valid: 100..=599)"),
+            ("600", "status 600 is out of range (valid: 100..=599)"),
+            ("[200, -1]", "status -1 is out of range (valid: 100..=599)"),
+            (
+                "\"200\"",
+                "status must be an array of HTTP status codes, e.g. status = [200, 204] \
+                 (found string \"200\")",
+            ),
+            (
+                "[200, \"204\"]",
+                "status must hold HTTP status codes as integers, e.g. status = [200, 204] \
+                 (found string \"204\")",
+            ),
+        ] {
+            assert_health_error(
+                &format!("kind = \"http\"\nstatus = {value}"),
+                &[(10, message)],
+            );
+        }
+        // Every bad code is named.
+        assert_health_error(
+            "kind = \"http\"\nstatus = [1, 200, 1000]",
+            &[
+                (10, "status 1 is out of range (valid: 100..=599)"),
+                (10, "status 1000 is out of range (valid: 100..=599)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn http_digest_errors() {
+        for digest in [
+            "d41d8cd98f00b204e9800998ecf8427",
+            "d41d8cd98f00b204e9800998ecf8427e0",
+            "d41d8cd98f00b204e9800998ecf8427g",
+            "+41d8cd98f00b204e9800998ecf8427e",
+            "d41d8cd9-8f00b204e9800998ecf842",
+            "",
+        ] {
+            assert_health_error(
+                &format!("kind = \"http\"\ndigest = \"{digest}\""),
+                &[(
+                    10,
+                    &format!(
+                        "digest \"{digest}\" is not an MD5 digest (valid: 32 hex digits as \
+                         printed by md5sum or genhash, e.g. \"d41d8cd98f00b204e9800998ecf8427e\")"
+                    ),
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn http_host_errors() {
+        for host in [
+            "",
+            "www example.org",
+            "user@www.example.org",
+            "a/b",
+            "host:port",
+            "host:",
+            "host:70000",
+            "2001:db8::1",
+            "[2001:db8::1]x",
+            "[2001:db8::1]:",
+        ] {
+            assert_health_error(
+                &format!("kind = \"http\"\nhost = \"{host}\""),
+                &[(
+                    10,
+                    &format!(
+                        "host \"{host}\" is not a valid Host header (valid: a host name or \
+                         address, optionally with :port, e.g. \"www.example.org\" or \
+                         \"[2001:db8::1]:8080\")"
+                    ),
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn exec_check() {
+        let h = health("kind = \"exec\"\ncommand = [\"/usr/local/bin/check\", \"-q\", \"\"]");
+        assert_eq!(
+            h.kind,
+            HealthKind::Exec(ExecCheck {
+                command: vec![
+                    "/usr/local/bin/check".to_owned(),
+                    "-q".to_owned(),
+                    String::new()
+                ],
+            })
+        );
+        assert_eq!(h.kind.to_string(), "exec");
+        // The port is only passed to the command; it still defaults.
+        assert_eq!(h.port, 2811);
+    }
+
+    #[test]
+    fn exec_check_errors() {
+        const EXAMPLE: &str = "[\"/usr/local/bin/check-gridftp\", \"--quiet\"]";
+        assert_health_error(
+            "kind = \"exec\"",
+            &[(
+                9,
+                &format!(
+                    "missing required field \"command\" for kind \"exec\" (e.g. command = {EXAMPLE})"
+                ),
+            )],
+        );
+        for (value, message) in [
+            (
+                "[]",
+                format!(
+                    "command is empty (valid: the program and its arguments, e.g. command = \
+                     {EXAMPLE})"
+                ),
+            ),
+            (
+                "\"/usr/local/bin/check -q\"",
+                format!(
+                    "command must be an array of strings, the program and its arguments, e.g. \
+                     command = {EXAMPLE} (found string \"/usr/local/bin/check -q\")"
+                ),
+            ),
+            (
+                "[\"\"]",
+                format!(
+                    "command starts with an empty program name (valid: the program to run, \
+                     then its arguments, e.g. command = {EXAMPLE})"
+                ),
+            ),
+            (
+                "[\"/bin/check\", false]",
+                format!(
+                    "command must hold strings, e.g. command = {EXAMPLE} (found boolean false)"
+                ),
+            ),
+        ] {
+            assert_health_error(
+                &format!("kind = \"exec\"\ncommand = {value}"),
+                &[(10, &message)],
+            );
+        }
+    }
+
+    #[test]
+    fn fields_of_another_kind() {
+        let wrong = |key: &str, owner: &str, kind: &str| {
+            format!(
+                "{key} belongs to kind \"{owner}\" checks, but this check is kind \"{kind}\" \
+                 (valid: set kind = \"{owner}\", or remove {key})"
+            )
+        };
+        // kind "tcp" by default.
+        assert_health_error("path = \"/\"", &[(9, &wrong("path", "http", "tcp"))]);
+        assert_health_error(
+            "kind = \"tcp\"\nhost = \"www.example.org\"\ncommand = [\"/bin/true\"]",
+            &[
+                (10, &wrong("host", "http", "tcp")),
+                (11, &wrong("command", "exec", "tcp")),
+            ],
+        );
+        assert_health_error(
+            "kind = \"http\"\ncommand = [\"/bin/true\"]",
+            &[(10, &wrong("command", "exec", "http"))],
+        );
+        assert_health_error(
+            "kind = \"exec\"\ncommand = [\"/bin/true\"]\nstatus = [200]\ndigest = \
+             \"d41d8cd98f00b204e9800998ecf8427e\"",
+            &[
+                (11, &wrong("status", "http", "exec")),
+                (12, &wrong("digest", "http", "exec")),
+            ],
+        );
+        assert_health_error(
+            "kind = \"none\"\npath = \"/\"",
+            &[(10, &wrong("path", "http", "none"))],
+        );
+        // A udp service's check is "none" by default.
+        let text = base_with(
+            "port = 2811\n",
+            "port = 53\nprotocol = \"udp\"\n[service.health]\nstatus = [200]\n",
+        );
+        assert_eq!(
+            error(&text),
+            format!(
+                "lb.toml:10: service \"gridftp\", health check: {}",
+                wrong("status", "http", "none")
+            )
+        );
+        // A bad value of a misplaced field is reported as well.
+        assert_health_error(
+            "kind = \"tcp\"\nstatus = [0]",
+            &[
+                (10, "status 0 is out of range (valid: 100..=599)"),
+                (10, &wrong("status", "http", "tcp")),
+            ],
+        );
+        // With an unknown kind, only the kind is wrong.
+        assert_health_error(
+            "kind = \"smtp\"\npath = \"/\"",
+            &[(
+                9,
+                "kind \"smtp\" is not supported (valid: tcp, http, exec, none)",
+            )],
+        );
+    }
+
+    #[test]
+    fn every_health_problem_is_reported() {
+        assert_health_error(
+            "kind = \"http\"\npath = \"x\"\nstatus = []\nretry_delay = \"0s\"\nnotify = \"x\"\n\
+             inhibit_on_failure = 1",
+            &[
+                (
+                    10,
+                    "path \"x\" does not start with '/' (valid: an absolute path with an \
+                     optional query, e.g. \"/\" or \"/health?full=1\")",
+                ),
+                (
+                    11,
+                    "status is empty (valid: at least one HTTP status code, e.g. status = [200])",
+                ),
+                (12, "retry_delay \"0s\" is out of range (valid: 100ms..=1h)"),
+                (
+                    13,
+                    "notify must be an array of strings, the program and its arguments, e.g. \
+                     notify = [\"/usr/local/bin/lb-notify\", \"--syslog\"] (found string \"x\")",
+                ),
+                (
+                    14,
+                    "inhibit_on_failure must be true or false (found integer 1)",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn health_kind_names() {
+        assert_eq!(HealthKind::Tcp.to_string(), "tcp");
+        assert_eq!(HealthKind::None.to_string(), "none");
+    }
+
+    /// Every ```toml block of docs/health-checks.md is a valid
+    /// `[service.health]` table of the BASE service.
+    #[test]
+    fn health_docs_examples_parse() {
+        const DOCS: &str = include_str!("../../docs/health-checks.md");
+        let mut blocks = 0;
+        let mut rest = DOCS;
+        while let Some(start) = rest.find("```toml\n") {
+            let after = &rest[start + "```toml\n".len()..];
+            let end = after.find("```").expect("an unclosed ```toml block");
+            let block = &after[..end];
+            assert!(block.starts_with("[service.health]\n"), "{block}");
+            let text = base_with("port = 2811\n", &format!("port = 2811\n{block}"));
+            if let Err(e) = Config::parse(&text, "docs/health-checks.md") {
+                panic!("{e}\nin:\n{block}");
+            }
+            blocks += 1;
+            rest = &after[end + 3..];
+        }
+        assert!(blocks >= 3, "only {blocks} ```toml blocks");
     }
 }
