@@ -256,7 +256,10 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(ControlSocket::bind(&path).is_err(), "a second daemon is refused");
+        assert!(
+            ControlSocket::bind(&path).is_err(),
+            "a second daemon is refused"
+        );
         let (tx, mut rx) = mpsc::channel(1);
         tokio::spawn(socket.serve(tx));
         tokio::spawn(async move {
@@ -273,7 +276,10 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(reply, Reply::ok("reloaded"));
         } else {
-            assert!(!reply.ok && reply.message.contains("only root"), "{reply:?}");
+            assert!(
+                !reply.ok && reply.message.contains("only root"),
+                "{reply:?}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
         let err = send(&path, &Request::Reload).unwrap_err().to_string();

@@ -1,27 +1,35 @@
-//! `lb run`: bring the data path up on the director's NICs, keep its maps in
-//! step with health checks and the neighbour table, sweep the connection
-//! table, and take it all down again on SIGINT/SIGTERM.
+//! `lb run`: bring the data path up on the director's NICs (or adopt the one
+//! a previous `lb` left pinned), keep its maps in step with the config,
+//! health checks, live changes and the neighbour table, sweep the connection
+//! table, and answer the control socket until told to stop.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use lb_common::{BACKEND_STATE_DOWN, BACKEND_STATE_UP, BackendSet};
-use log::{error, info, warn};
 use tokio::{
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    task::JoinSet,
+    task::AbortHandle,
     time,
 };
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{Config, HealthKind, ServiceConfig, XdpMode},
-    datapath::{Attachment, Datapath, backend_entry, service_key},
-    health::{CheckResult, Hysteresis, TcpCheck},
+    config::{Config, HealthConfig, XdpMode},
+    control::{ControlSocket, Incoming, Reply, Request},
+    datapath::{Datapath, Maps},
+    director::{Change, Director, ServiceRuntime},
+    health::{CheckResult, Checker, notify},
+    metrics,
     netlink::{Netlink, Nic, format_mac},
+    stats::{ServiceNames, Snapshot},
     sweeper,
 };
 
@@ -30,68 +38,15 @@ const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(1);
 /// How long start-up waits for the kernel to resolve backend MACs.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
-/// A backend and what the daemon knows about it.
-struct BackendState {
-    address: IpAddr,
-    weight: u32,
-    /// MAC given in the config; never replaced by the neighbour table.
-    static_mac: bool,
-    /// Current MAC, if known.
-    mac: Option<[u8; 6]>,
-    /// The director NIC the backend is on-link through.
-    nic: Nic,
-    health: Hysteresis,
-}
-
-impl BackendState {
-    /// Whether new flows may go to this backend (weight aside).
-    fn usable(&self) -> bool {
-        self.health.is_up() && self.mac.is_some()
-    }
-}
-
-/// A service and its backends as installed in the maps.
-struct ServiceState {
-    id: u32,
-    config: ServiceConfig,
-    backends: Vec<BackendState>,
-}
-
-impl ServiceState {
-    /// The service's backend set as the data path stores it. A backend that
-    /// is down, or whose MAC is not known yet, gets no new flows.
-    fn backend_set(&self) -> BackendSet {
-        let mut set = BackendSet {
-            len: self.backends.len() as u32,
-            ..BackendSet::default()
-        };
-        for (slot, b) in self.backends.iter().enumerate() {
-            let state = if b.usable() {
-                BACKEND_STATE_UP
-            } else {
-                BACKEND_STATE_DOWN
-            };
-            let attachment = Attachment {
-                mac: b.mac.unwrap_or_default(),
-                nic_mac: b.nic.mac,
-                ifindex: b.nic.index,
-            };
-            set.backends[slot] = backend_entry(slot as u32, b.address, attachment, b.weight, state);
-        }
-        set
-    }
-
-    /// Logs loudly when no backend can take new flows.
-    fn warn_if_unusable(&self) {
-        if !self.backends.iter().any(|b| b.usable() && b.weight > 0) {
-            error!(
-                "service {}: no backend is up with weight > 0; new connections to {} are dropped \
-                 until one recovers (established flows continue)",
-                self.config.name,
-                SocketAddr::new(self.config.vip, self.config.port)
-            );
-        }
-    }
+/// What `lb run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The config file (re-read on reload).
+    pub config_path: PathBuf,
+    /// `--xdp-mode`, overriding `[director] xdp_mode`.
+    pub xdp_mode: Option<XdpMode>,
+    /// `--metrics-listen`, overriding `[director] metrics_listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Fails unless the process may load XDP programs: root, or CAP_NET_ADMIN
@@ -117,84 +72,631 @@ pub fn ensure_privileged(what: &str) -> anyhow::Result<()> {
     bail!("{what} needs root (or the capabilities CAP_BPF and CAP_NET_ADMIN); run it with sudo")
 }
 
-/// Runs the director until SIGINT or SIGTERM.
-pub async fn run(config: Config, mode: XdpMode) -> anyhow::Result<()> {
+/// Runs the director until SIGINT, SIGTERM or `lb stop`.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     ensure_privileged("lb run")?;
+    let config = Config::load(&options.config_path)?;
+    let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;
+    let nics = director_nics(&netlink, &config).await?;
+    let backend_nics = backend_nics(&netlink, &config, &nics).await?;
+    let control = ControlSocket::bind(&config.director.control_socket)?;
+    let metrics_listen = options.metrics_listen.or(config.director.metrics_listen);
+    let metrics = match metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("listening for metrics on {addr} (is the port in use? valid: ADDR:PORT)")
+        })?),
+        None => None,
+    };
+
+    let pin_path = config.director.pin_path.clone();
+    let adopted = Datapath::is_pinned(&pin_path);
+    let mut datapath = if adopted {
+        Datapath::adopt(&pin_path)?
+    } else {
+        Datapath::load(config.director.max_flows, Some(&pin_path))?
+    };
+    let names = Arc::new(RwLock::new(ServiceNames::from_config(Some(&config))));
+    let mut daemon = Daemon {
+        config_path: options.config_path,
+        config,
+        netlink,
+        nics,
+        mode,
+        director: Director::new(),
+        names,
+        checks: HashMap::new(),
+        next_generation: 0,
+        results: mpsc::channel(1024),
+    };
+    let started = daemon
+        .start(&mut datapath, adopted, &backend_nics)
+        .await
+        .map(|()| control);
+    let outcome = match started {
+        Ok(control) => daemon.serve(&mut datapath, control, metrics).await,
+        Err(e) if adopted => {
+            // The adopted data path keeps forwarding as it was.
+            return Err(e.context(format!(
+                "left the adopted data path at {} running as it was",
+                pin_path.display()
+            )));
+        }
+        Err(e) => Err(e),
+    };
+    daemon.checks.clear();
+    match outcome {
+        Ok(Stop::KeepDatapath) => {
+            info!(
+                "stopped; the data path stays attached to {} with its maps pinned at {}: \
+                 `lb run` adopts it, `lb detach` removes it",
+                datapath.attached().collect::<Vec<_>>().join(", "),
+                pin_path.display()
+            );
+            Ok(())
+        }
+        Ok(Stop::Detach) => {
+            let ifaces = datapath.attached().collect::<Vec<_>>().join(", ");
+            datapath.detach_all()?;
+            datapath.unpin()?;
+            info!("detached from {ifaces}; pins removed");
+            Ok(())
+        }
+        Err(e) => {
+            let _ = datapath.detach_all();
+            let _ = datapath.unpin();
+            Err(e)
+        }
+    }
+}
+
+/// Looks up the configured director NICs.
+async fn director_nics(netlink: &Netlink, config: &Config) -> anyhow::Result<Vec<Nic>> {
     let mut nics = Vec::new();
     for name in &config.director.interfaces {
         nics.push(netlink.nic(name).await?);
     }
-    let mut services = plan_services(&netlink, &config, &nics).await?;
-    resolve_macs(&netlink, &mut services).await?;
-
-    let director = &config.director;
-    let mut datapath = Datapath::load(director.max_flows, Some(&director.pin_path))?;
-    let result = serve(&mut datapath, &netlink, &config, &nics, mode, &mut services).await;
-    let detached = datapath.detach_all();
-    let unpinned = datapath.unpin();
-    result?;
-    detached?;
-    unpinned?;
-    info!(
-        "detached from {}; pins removed",
-        director.interfaces.join(", ")
-    );
-    Ok(())
+    Ok(nics)
 }
 
-/// Builds the services' runtime state, checking that every backend is
-/// on-link through one of the director's NICs (direct routing rewrites only
-/// MAC addresses, so a real server must share an L2 segment with the director).
-async fn plan_services(
+/// Finds the director NIC of every backend, checking that each is on-link
+/// (direct routing rewrites only MAC addresses, so a real server must share
+/// an L2 segment with the director).
+async fn backend_nics(
     netlink: &Netlink,
     config: &Config,
     nics: &[Nic],
-) -> anyhow::Result<Vec<ServiceState>> {
-    let mut services = Vec::new();
-    for (id, service) in config.services.iter().enumerate() {
-        let mut backends = Vec::new();
+) -> anyhow::Result<HashMap<IpAddr, Nic>> {
+    let mut found = HashMap::new();
+    for service in &config.services {
         for backend in &service.backends {
-            let Some(nic) = netlink.on_link_nic(nics, backend.address).await? else {
-                bail!(
-                    "service {}: backend {} is not on-link through any director interface ({}): \
-                     direct routing needs the real servers on the director's own L2 network \
-                     (give the NIC an address in the backend's subnet)",
-                    service.name,
+            found.insert(
+                backend.address,
+                on_link_nic(
+                    netlink,
+                    nics,
+                    &config.director.interfaces,
+                    &service.name,
                     backend.address,
-                    config.director.interfaces.join(", ")
-                );
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+async fn on_link_nic(
+    netlink: &Netlink,
+    nics: &[Nic],
+    interfaces: &[String],
+    service: &str,
+    address: IpAddr,
+) -> anyhow::Result<Nic> {
+    match netlink.on_link_nic(nics, address).await? {
+        Some(nic) => Ok(nic.clone()),
+        None => bail!(
+            "service {service}: backend {address} is not on-link through any director interface \
+             ({}): direct routing needs the real servers on the director's own L2 network \
+             (give the NIC an address in the backend's subnet)",
+            interfaces.join(", ")
+        ),
+    }
+}
+
+/// How the daemon was stopped.
+enum Stop {
+    /// SIGINT, SIGTERM or `lb stop`: detach and remove the pins.
+    Detach,
+    /// `lb stop --keep-datapath`: leave the data path running.
+    KeepDatapath,
+}
+
+/// Key of a health-check result: service id, slot and the generation of
+/// the checker (results of a replaced checker are ignored).
+type CheckKey = (u32, u32, u64);
+
+/// A running health checker; aborted when dropped.
+struct RunningCheck {
+    address: IpAddr,
+    health: HealthConfig,
+    generation: u64,
+    task: AbortHandle,
+}
+
+impl Drop for RunningCheck {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The daemon's state.
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    netlink: Netlink,
+    nics: Vec<Nic>,
+    mode: XdpMode,
+    director: Director,
+    /// Service names of the running config, for the metrics endpoint.
+    names: Arc<RwLock<ServiceNames>>,
+    /// Health checkers by (service id, slot).
+    checks: HashMap<(u32, u32), RunningCheck>,
+    next_generation: u64,
+    results: (
+        mpsc::Sender<CheckResult<CheckKey>>,
+        mpsc::Receiver<CheckResult<CheckKey>>,
+    ),
+}
+
+impl Daemon {
+    /// Brings the maps in line with the config (after adopting what a
+    /// previous `lb` left, if anything), resolves MACs and attaches.
+    async fn start(
+        &mut self,
+        datapath: &mut Datapath,
+        adopted: bool,
+        backend_nics: &HashMap<IpAddr, Nic>,
+    ) -> anyhow::Result<()> {
+        if adopted {
+            let by_index = self.nics.iter().map(|n| (n.index, n.clone())).collect();
+            let found = datapath.maps.installed_services()?;
+            let (director, changes) = Director::adopt(found, &self.config, &by_index);
+            self.director = director;
+            write_changes(&mut datapath.maps, &self.director, &changes)?;
+            let flows = datapath.maps.conntrack.keys().count();
+            info!(
+                "adopted the data path pinned at {} ({flows} flow(s), attached to {})",
+                self.config.director.pin_path.display(),
+                datapath.attached().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let (changes, summary) = self.director.apply(&self.config, backend_nics)?;
+        if adopted {
+            info!("config applied to the adopted data path: {summary}");
+        }
+        resolve_macs(&self.netlink, &mut self.director).await?;
+        write_changes(&mut datapath.maps, &self.director, &changes)?;
+        self.attach(datapath)?;
+        self.reconcile_checks();
+        Ok(())
+    }
+
+    /// Attaches to the configured NICs and detaches from any other.
+    fn attach(&self, datapath: &mut Datapath) -> anyhow::Result<()> {
+        let stale: Vec<String> = datapath
+            .attached()
+            .filter(|i| !self.config.director.interfaces.iter().any(|c| c == i))
+            .map(str::to_owned)
+            .collect();
+        for iface in stale {
+            datapath.detach(&iface)?;
+            info!("detached from {iface} (no longer in the config)");
+        }
+        let mode = match self.mode {
+            XdpMode::Driver => aya::programs::XdpMode::Driver,
+            XdpMode::Skb => aya::programs::XdpMode::Skb,
+        };
+        for nic in &self.nics {
+            datapath.attach(&nic.name, mode).with_context(|| {
+                if self.mode == XdpMode::Driver {
+                    format!(
+                        "{} may not support native XDP: try `--xdp-mode skb` (generic XDP, slower)",
+                        nic.name
+                    )
+                } else {
+                    format!("attaching to {}", nic.name)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts, restarts or stops health checkers so that every live backend
+    /// has exactly one, matching its service's health config.
+    fn reconcile_checks(&mut self) {
+        let mut wanted = HashMap::new();
+        for s in &self.director.services {
+            for (slot, b) in s.backends().filter(|(_, b)| !b.removed) {
+                wanted.insert((s.id, slot), (b.address, &s.config));
+            }
+        }
+        self.checks.retain(|key, check| {
+            wanted
+                .get(key)
+                .is_some_and(|(address, s)| *address == check.address && s.health == check.health)
+        });
+        for ((id, slot), (address, service)) in wanted {
+            if self.checks.contains_key(&(id, slot)) {
+                continue;
+            }
+            let Some(checker) = Checker::new(service, address) else {
+                continue;
             };
-            backends.push(BackendState {
-                address: backend.address,
-                weight: backend.weight,
-                static_mac: backend.mac.is_some(),
-                mac: backend.mac,
-                nic: nic.clone(),
-                health: Hysteresis::new(service.health.rise, service.health.fall),
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let task = tokio::spawn(checker.run((id, slot, generation), self.results.0.clone()));
+            self.checks.insert(
+                (id, slot),
+                RunningCheck {
+                    address,
+                    health: service.health.clone(),
+                    generation,
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// The event loop.
+    async fn serve(
+        &mut self,
+        datapath: &mut Datapath,
+        control: ControlSocket,
+        metrics_listener: Option<TcpListener>,
+    ) -> anyhow::Result<Stop> {
+        let (requests_tx, mut requests) = mpsc::channel::<Incoming>(16);
+        let control_path = self.config.director.control_socket.clone();
+        let control_task = tokio::spawn(control.serve(requests_tx));
+        let metrics_task = metrics_listener.map(|listener| {
+            let pin_path = self.config.director.pin_path.clone();
+            let names = self.names.clone();
+            let source: Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync> =
+                Arc::new(move || {
+                    let names = names.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    Snapshot::read_named(&Maps::from_pins(&pin_path)?, &names)
+                });
+            let addr = listener.local_addr();
+            if let Ok(addr) = addr {
+                info!("metrics at http://{addr}/metrics");
+            }
+            tokio::spawn(metrics::serve(listener, source))
+        });
+        info!(
+            "lb: ready: {} service(s) on {} ({:?} mode), maps pinned at {}, control socket {}",
+            self.director.services.len(),
+            self.config.director.interfaces.join(", "),
+            self.mode,
+            self.config.director.pin_path.display(),
+            control_path.display()
+        );
+        for s in &self.director.services {
+            warn_if_unusable(s);
+        }
+
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut sweep = time::interval(self.config.director.sweep_interval);
+        let mut neighbours = time::interval(NEIGHBOUR_REFRESH);
+        let stop = loop {
+            tokio::select! {
+                Some(result) = self.results.1.recv() => self.on_check(&mut datapath.maps, result)?,
+                _ = neighbours.tick() => {
+                    match refresh_macs(&self.netlink, &mut self.director).await {
+                        Ok(changed) => {
+                            let changes: Vec<Change> = changed.into_iter().map(Change::SetService).collect();
+                            write_changes(&mut datapath.maps, &self.director, &changes)?;
+                        }
+                        Err(e) => warn!("reading the neighbour table: {e:#}"),
+                    }
+                }
+                _ = sweep.tick() => {
+                    let ids: Vec<u32> = self.director.services.iter().map(|s| s.id).collect();
+                    let report = sweeper::sweep(&mut datapath.maps, &ids, &self.config.director.timeouts)?;
+                    if report.expired > 0 {
+                        debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
+                    }
+                    let changes = self.director.free_finished(&report.conns);
+                    write_changes(&mut datapath.maps, &self.director, &changes)?;
+                }
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading {}", self.config_path.display());
+                    match self.reload(datapath).await {
+                        Ok(summary) => info!("reload: {summary}"),
+                        Err(e) => error!("reload refused, the running state is unchanged: {e:#}"),
+                    }
+                }
+                Some((request, reply)) = requests.recv() => {
+                    let (answer, stop) = self.on_request(datapath, request).await;
+                    let _ = reply.send(answer);
+                    if let Some(stop) = stop {
+                        break stop;
+                    }
+                }
+                _ = sigint.recv() => break Stop::Detach,
+                _ = sigterm.recv() => break Stop::Detach,
+            }
+        };
+        control_task.abort();
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        info!("stopping");
+        Ok(stop)
+    }
+
+    /// A health-check result: moves the backend up or down when the
+    /// rise/fall thresholds say so.
+    fn on_check(&mut self, maps: &mut Maps, result: CheckResult<CheckKey>) -> anyhow::Result<()> {
+        let (id, slot, generation) = result.key;
+        if self
+            .checks
+            .get(&(id, slot))
+            .is_none_or(|c| c.generation != generation)
+        {
+            return Ok(());
+        }
+        let Some(service) = self.director.by_id(id) else {
+            return Ok(());
+        };
+        let health = service.config.health.clone();
+        let name = service.config.name.clone();
+        let Some(Some(backend)) = service.slots.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if !result.ok {
+            debug!(
+                "service {name}: backend {}: check failed: {}",
+                backend.address, result.detail
+            );
+        }
+        let Some(up) = backend.health.observe(result.ok) else {
+            return Ok(());
+        };
+        let address = backend.address;
+        let state = if up { "up" } else { "down" };
+        let count = if up { health.rise } else { health.fall };
+        let action = match (up, health.inhibit_on_failure) {
+            (false, true) => "; weight set to 0 (inhibit_on_failure)",
+            (false, false) => "; no new connections go to it",
+            (true, _) => "",
+        };
+        warn!(
+            "service {name}: backend {address} is {} after {count} {} check(s){action}: {}",
+            state.to_uppercase(),
+            if up { "successful" } else { "failed" },
+            result.detail
+        );
+        write_changes(maps, &self.director, &[Change::SetService(id)])?;
+        if !health.notify.is_empty() {
+            tokio::spawn(async move {
+                notify(&health.notify, &name, address, state).await;
             });
         }
-        services.push(ServiceState {
-            id: id as u32,
-            config: service.clone(),
-            backends,
-        });
+        Ok(())
     }
-    Ok(services)
+
+    /// Re-reads the config file and applies the difference. On any error the
+    /// running state is untouched.
+    async fn reload(&mut self, datapath: &mut Datapath) -> anyhow::Result<String> {
+        let config = Config::load(&self.config_path)?;
+        let old = &self.config.director;
+        let new = &config.director;
+        for (field, changed) in [
+            ("pin_path", old.pin_path != new.pin_path),
+            ("control_socket", old.control_socket != new.control_socket),
+        ] {
+            if changed {
+                bail!("[director] {field} cannot change while lb runs: restart lb to apply it");
+            }
+        }
+        let mut needs_restart = Vec::new();
+        for (field, changed) in [
+            ("max_flows", old.max_flows != new.max_flows),
+            ("xdp_mode", old.xdp_mode != new.xdp_mode),
+            ("metrics_listen", old.metrics_listen != new.metrics_listen),
+        ] {
+            if changed {
+                needs_restart.push(field);
+            }
+        }
+        let nics = director_nics(&self.netlink, &config).await?;
+        let backend_nics = backend_nics(&self.netlink, &config, &nics).await?;
+        let (changes, summary) = self.director.apply(&config, &backend_nics)?;
+        // Solicit MACs of new backends at once rather than on the next tick.
+        let _ = refresh_macs(&self.netlink, &mut self.director).await;
+        write_changes(&mut datapath.maps, &self.director, &changes)?;
+        let attached_before: Vec<String> = datapath.attached().map(str::to_owned).collect();
+        self.nics = nics;
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) =
+            ServiceNames::from_config(Some(&config));
+        self.config = config;
+        self.attach(datapath)?;
+        self.reconcile_checks();
+        let mut message = summary.to_string();
+        let attached_now: Vec<String> = datapath.attached().map(str::to_owned).collect();
+        if attached_now != attached_before {
+            message += &format!("; attached to {}", attached_now.join(", "));
+        }
+        if !needs_restart.is_empty() {
+            message += &format!(
+                "; [director] {} changed: takes effect at the next fresh start",
+                needs_restart.join(", ")
+            );
+        }
+        Ok(message)
+    }
+
+    /// Carries out a control-socket request.
+    async fn on_request(
+        &mut self,
+        datapath: &mut Datapath,
+        request: Request,
+    ) -> (Reply, Option<Stop>) {
+        let result = match request {
+            Request::Reload => {
+                info!("lb reload: reloading {}", self.config_path.display());
+                let result = self.reload(datapath).await;
+                match &result {
+                    Ok(summary) => info!("reload: {summary}"),
+                    Err(e) => error!("reload refused, the running state is unchanged: {e:#}"),
+                }
+                result
+            }
+            Request::Stop { keep_datapath } => {
+                let (stop, message) = if keep_datapath {
+                    (Stop::KeepDatapath, "stopping; the data path stays attached")
+                } else {
+                    (Stop::Detach, "stopping; detaching the data path")
+                };
+                return (Reply::ok(message), Some(stop));
+            }
+            Request::BackendAdd {
+                service,
+                address,
+                weight,
+                mac,
+            } => self.backend_add(datapath, &service, address, weight, mac).await,
+            Request::BackendRemove {
+                service,
+                address,
+                reschedule,
+            } => {
+                let reschedule = reschedule.unwrap_or(self.config.director.expire_nodest_conn);
+                self.live_change(datapath, |d| d.remove_backend(&service, address, reschedule))
+                    .map(|()| {
+                        if reschedule {
+                            format!("removed {address} from {service}; its flows move to other backends on their next packet")
+                        } else {
+                            format!("removed {address} from {service}; its flows finish on it")
+                        }
+                    })
+            }
+            Request::BackendSetWeight {
+                service,
+                address,
+                weight,
+            } => self
+                .live_change(datapath, |d| d.set_weight(&service, address, weight))
+                .map(|()| {
+                    if weight == 0 {
+                        format!("{service}/{address}: weight 0 (draining: no new connections, existing ones continue)")
+                    } else {
+                        format!("{service}/{address}: weight {weight}")
+                    }
+                }),
+        };
+        let reply = match result {
+            Ok(message) => {
+                info!("control: {message}");
+                Reply::ok(message)
+            }
+            Err(e) => Reply::error(format!("{e:#}")),
+        };
+        (reply, None)
+    }
+
+    async fn backend_add(
+        &mut self,
+        datapath: &mut Datapath,
+        service: &str,
+        address: IpAddr,
+        weight: u32,
+        mac: Option<[u8; 6]>,
+    ) -> anyhow::Result<String> {
+        let nic = on_link_nic(
+            &self.netlink,
+            &self.nics,
+            &self.config.director.interfaces,
+            service,
+            address,
+        )
+        .await?;
+        self.live_change(datapath, |d| {
+            d.add_backend(service, address, weight, mac, nic)
+        })?;
+        let _ = refresh_macs(&self.netlink, &mut self.director).await;
+        Ok(format!("added {address} to {service} with weight {weight}"))
+    }
+
+    /// Applies a live change to the director and writes it to the maps.
+    fn live_change(
+        &mut self,
+        datapath: &mut Datapath,
+        change: impl FnOnce(&mut Director) -> anyhow::Result<Vec<Change>>,
+    ) -> anyhow::Result<()> {
+        let changes = change(&mut self.director)?;
+        write_changes(&mut datapath.maps, &self.director, &changes)?;
+        self.reconcile_checks();
+        Ok(())
+    }
+}
+
+/// Writes `changes` to the maps.
+fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> anyhow::Result<()> {
+    for change in changes {
+        match *change {
+            Change::RemoveService { id, key } => {
+                maps.remove_service(key, id, director.services.iter().map(ServiceRuntime::key))?;
+                let flows = sweeper::forget_service(maps, id);
+                info!("service id {id} removed with {flows} flow(s)");
+            }
+            Change::ResetBackendStats { id, slot } => maps.reset_backend_stats(id, slot)?,
+            Change::SetService(id) => {
+                let Some(s) = director.services.iter().find(|s| s.id == id) else {
+                    continue;
+                };
+                maps.set_service(s.key(), id, &s.backend_set())?;
+            }
+        }
+    }
+    for id in changes.iter().filter_map(|c| match c {
+        Change::SetService(id) => Some(*id),
+        _ => None,
+    }) {
+        if let Some(s) = director.services.iter().find(|s| s.id == id) {
+            warn_if_unusable(s);
+        }
+    }
+    Ok(())
+}
+
+/// Logs loudly when no backend of a service can take new flows.
+fn warn_if_unusable(service: &ServiceRuntime) {
+    if !service.has_usable_backend() {
+        error!(
+            "service {}: no backend is up with weight > 0; new connections to {} are dropped \
+             (counted as drop_no_backend) until one recovers; established flows continue",
+            service.config.name,
+            SocketAddr::new(service.config.vip, service.config.port)
+        );
+    }
 }
 
 /// Fills in backend MACs from the neighbour table; asks the kernel to
-/// resolve the missing ones. Returns whether any MAC changed.
-async fn refresh_macs(netlink: &Netlink, services: &mut [ServiceState]) -> anyhow::Result<bool> {
+/// resolve the missing ones. Returns the ids of services whose MACs changed.
+async fn refresh_macs(netlink: &Netlink, director: &mut Director) -> anyhow::Result<Vec<u32>> {
     let table = netlink.neighbours().await?;
-    let mut changed = false;
-    for service in services.iter_mut() {
-        for b in service.backends.iter_mut().filter(|b| !b.static_mac) {
+    let mut changed = Vec::new();
+    for service in &mut director.services {
+        let name = &service.config.name;
+        let mut any = false;
+        for b in service.slots.iter_mut().flatten().filter(|b| !b.static_mac) {
             match table.get(&(b.nic.index, b.address)) {
                 Some(mac) if b.mac != Some(*mac) => {
                     info!(
-                        "service {}: backend {} is at {} on {}{}",
-                        service.config.name,
+                        "service {name}: backend {} is at {} on {}{}",
                         b.address,
                         format_mac(mac),
                         b.nic.name,
@@ -203,7 +705,7 @@ async fn refresh_macs(netlink: &Netlink, services: &mut [ServiceState]) -> anyho
                             .unwrap_or_default()
                     );
                     b.mac = Some(*mac);
-                    changed = true;
+                    any = true;
                 }
                 Some(_) => {}
                 // Keep a MAC we already know: the entry may just have been
@@ -211,20 +713,24 @@ async fn refresh_macs(netlink: &Netlink, services: &mut [ServiceState]) -> anyho
                 None => netlink.solicit(b.nic.index, b.address).await?,
             }
         }
+        if any {
+            changed.push(service.id);
+        }
     }
     Ok(changed)
 }
 
 /// Start-up resolution: waits up to [`RESOLVE_WAIT`] for every MAC.
-async fn resolve_macs(netlink: &Netlink, services: &mut [ServiceState]) -> anyhow::Result<()> {
+async fn resolve_macs(netlink: &Netlink, director: &mut Director) -> anyhow::Result<()> {
     let deadline = time::Instant::now() + RESOLVE_WAIT;
     loop {
-        refresh_macs(netlink, services).await?;
-        let missing: Vec<_> = services
+        refresh_macs(netlink, director).await?;
+        let missing: Vec<_> = director
+            .services
             .iter()
-            .flat_map(|s| s.backends.iter())
-            .filter(|b| b.mac.is_none())
-            .map(|b| b.address.to_string())
+            .flat_map(|s| s.backends())
+            .filter(|(_, b)| b.mac.is_none())
+            .map(|(_, b)| b.address.to_string())
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -238,115 +744,4 @@ async fn resolve_macs(netlink: &Netlink, services: &mut [ServiceState]) -> anyho
         }
         time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Fills the maps, attaches, and runs the event loop until a stop signal.
-async fn serve(
-    datapath: &mut Datapath,
-    netlink: &Netlink,
-    config: &Config,
-    nics: &[Nic],
-    mode: XdpMode,
-    services: &mut [ServiceState],
-) -> anyhow::Result<()> {
-    for s in services.iter() {
-        let key = service_key(s.config.vip, s.config.port, s.config.protocol.number());
-        datapath.maps.set_service(key, s.id, &s.backend_set())?;
-        s.warn_if_unusable();
-    }
-    let aya_mode = match mode {
-        XdpMode::Driver => aya::programs::XdpMode::Driver,
-        XdpMode::Skb => aya::programs::XdpMode::Skb,
-    };
-    for nic in nics {
-        datapath.attach(&nic.name, aya_mode).with_context(|| {
-            if mode == XdpMode::Driver {
-                format!(
-                    "{} may not support native XDP: try `--xdp-mode skb` (generic XDP, slower)",
-                    nic.name
-                )
-            } else {
-                format!("attaching to {}", nic.name)
-            }
-        })?;
-    }
-    let service_ids: Vec<u32> = services.iter().map(|s| s.id).collect();
-    info!(
-        "lb: ready: {} service(s) on {} ({mode:?} mode), maps pinned at {}",
-        services.len(),
-        config.director.interfaces.join(", "),
-        config.director.pin_path.display()
-    );
-
-    let (results_tx, mut results) = mpsc::channel::<CheckResult>(256);
-    let mut checks = JoinSet::new();
-    for (si, s) in services.iter().enumerate() {
-        if s.config.health.kind != HealthKind::Tcp {
-            continue;
-        }
-        for (slot, b) in s.backends.iter().enumerate() {
-            let check = TcpCheck {
-                target: SocketAddr::new(b.address, s.config.health.port),
-                interval: s.config.health.interval,
-                timeout: s.config.health.timeout,
-            };
-            checks.spawn(check.run(si, slot, results_tx.clone()));
-        }
-    }
-    drop(results_tx);
-
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sweep = time::interval(config.director.sweep_interval);
-    let mut neighbours = time::interval(NEIGHBOUR_REFRESH);
-    loop {
-        tokio::select! {
-            Some(result) = results.recv() => {
-                let s = &mut services[result.service];
-                let b = &mut s.backends[result.slot];
-                if let Some(up) = b.health.observe(result.ok) {
-                    let (state, count) = if up {
-                        ("UP", s.config.health.rise)
-                    } else {
-                        ("DOWN", s.config.health.fall)
-                    };
-                    warn!(
-                        "service {}: backend {} is {state} after {count} {} check(s) of port {}",
-                        s.config.name,
-                        b.address,
-                        if up { "successful" } else { "failed" },
-                        s.config.health.port
-                    );
-                    datapath.maps.set_backends(s.id, &s.backend_set())?;
-                    s.warn_if_unusable();
-                }
-            }
-            _ = neighbours.tick() => {
-                match refresh_macs(netlink, services).await {
-                    Ok(true) => {
-                        for s in services.iter() {
-                            datapath.maps.set_backends(s.id, &s.backend_set())?;
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => warn!("reading the neighbour table: {e:#}"),
-                }
-            }
-            _ = sweep.tick() => {
-                let report = sweeper::sweep(&mut datapath.maps, &service_ids, &config.director.timeouts)?;
-                if report.expired > 0 {
-                    log::debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
-                }
-            }
-            _ = sighup.recv() => {
-                warn!("SIGHUP: configuration reload is not implemented yet; restart lb to apply config changes (ignored)");
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    checks.abort_all();
-    info!("stopping");
-    Ok(())
 }

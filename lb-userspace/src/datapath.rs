@@ -14,13 +14,20 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::MapInfo,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLinkId,
+    },
 };
+use aya_obj::programs::XdpAttachType;
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
-    CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, XDP_PROGRAM, port_bit,
+    CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, MAX_BACKENDS,
+    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP,
+    XDP_PROGRAM, backend_index, port_bit,
 };
 
 /// The XDP object built from `lb-ebpf` by build.rs.
@@ -144,12 +151,65 @@ impl Maps {
             .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
     }
 
+    /// Removes service `key` (id `id`): empties its backend set first (so
+    /// its known flows stop being forwarded), deletes its key, closes its
+    /// port in the prefilter unless one of `others` (the services that
+    /// remain) still uses it, and zeroes its counters. The caller deletes
+    /// its flows (`sweeper::forget_service`) before giving the id out again.
+    pub fn remove_service(
+        &mut self,
+        key: ServiceKey,
+        id: u32,
+        others: impl Iterator<Item = ServiceKey>,
+    ) -> anyhow::Result<()> {
+        self.set_backends(id, &BackendSet::default())?;
+        match self.services.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
+        }
+        let port = u32::from(key.port);
+        let bits = others
+            .filter(|k| k.port == key.port)
+            .fold(0, |bits, k| bits | port_bit(k.proto));
+        self.service_ports.set(port, bits, 0)?;
+        self.backend_conns.set(id, BackendConnSet::default(), 0)?;
+        zero_counters(&mut self.service_stats, id)?;
+        for slot in 0..MAX_BACKENDS as u32 {
+            zero_counters(&mut self.backend_stats, backend_index(id, slot))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the counters of backend `slot` of service `id` (a new backend
+    /// takes the slot).
+    pub fn reset_backend_stats(&mut self, id: u32, slot: u32) -> anyhow::Result<()> {
+        zero_counters(&mut self.backend_stats, backend_index(id, slot))
+    }
+
+    /// Reads every service and its backend set (to adopt a running data path).
+    pub fn installed_services(&self) -> anyhow::Result<Vec<(ServiceKey, u32, BackendSet)>> {
+        let mut found = Vec::new();
+        for entry in self.services.iter() {
+            let (key, service) = entry?;
+            found.push((key, service.id, array_get(&self.backends, service.id)?));
+        }
+        Ok(found)
+    }
+
     /// Replaces the backend set of service `id` (weights, health, MACs).
     pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
         self.backends
             .set(id, backends, 0)
             .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))
     }
+}
+
+/// Sets every CPU's counters at `index` to zero.
+fn zero_counters(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+    map.set(index, zeros, 0)
+        .with_context(|| format!("zeroing counters {index}"))
 }
 
 /// An IP address as the maps store it: 16 bytes in network order (IPv4 in
@@ -227,23 +287,58 @@ pub fn array_get<V: Pod>(map: &Array<MapData, V>, index: u32) -> anyhow::Result<
         .with_context(|| format!("reading entry {index}"))
 }
 
+/// File name of the pinned XDP program in a pin directory.
+const PROGRAM_PIN: &str = "prog_lb_xdp";
+/// Prefix of the pinned XDP links in a pin directory (`link_<interface>`).
+const LINK_PIN_PREFIX: &str = "link_";
+
+/// Key and value sizes of every map, to recognise a pinned data path made by
+/// a build with another map layout before adopting it.
+const MAP_LAYOUT: [(&str, usize, usize); 8] = [
+    (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
+    (BACKENDS_MAP, 4, size_of::<BackendSet>()),
+    (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
+    (CONNTRACK_MAP, size_of::<FlowKey>(), size_of::<Flow>()),
+    (SERVICE_PORTS_MAP, 4, 4),
+    (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
+    (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
+    (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
+];
+
+/// An attachment of the program to one NIC.
+enum Link {
+    /// Owned by this process: detached when dropped (no pin directory).
+    Owned(XdpLinkId),
+    /// Pinned in bpffs: stays attached when this process dies, until the
+    /// pin is removed.
+    Pinned(PinnedLink),
+}
+
 /// The loaded data path: the XDP program, its maps, and where it is attached
-/// and pinned. Dropping it detaches the program; [`Datapath::unpin`] removes
-/// the pins.
+/// and pinned.
+///
+/// With a pin directory, the maps, the program and one link per NIC are
+/// pinned there, so the data path keeps forwarding when `lb` exits or is
+/// killed, and [`Datapath::adopt`] takes it over again. [`Datapath::unpin`]
+/// removes the pins (detaching the program); dropping a `Datapath` without
+/// unpinning leaves it running.
 pub struct Datapath {
-    ebpf: Ebpf,
+    /// The object the program was loaded from; `None` when adopted.
+    ebpf: Option<Ebpf>,
+    /// The program when adopted from its pin.
+    adopted_program: Option<Xdp>,
     /// Typed handles on every map.
     pub maps: Maps,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, Link)>,
     pinned: Option<PathBuf>,
 }
 
 impl Datapath {
     /// Loads the program and creates its maps, with a connection table of
-    /// `max_flows` entries, and pins every map under `pin_dir` when given (the
-    /// directory is created and must not exist yet) so that
-    /// `bpftool map dump pinned DIR/NAME` and `lb stats` can read them.
-    /// Nothing is attached yet.
+    /// `max_flows` entries, and pins the maps and the program under `pin_dir`
+    /// when given (the directory is created and must not exist yet: see
+    /// [`Datapath::adopt`]) so that `bpftool map dump pinned DIR/NAME` and
+    /// `lb stats` can read them. Nothing is attached yet.
     pub fn load(max_flows: u32, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK_MAP, max_flows)
@@ -260,6 +355,10 @@ impl Datapath {
             .with_context(|| format!("the kernel rejected the XDP program {XDP_PROGRAM}"))?;
         if let Some(dir) = pin_dir {
             create_pin_dir(dir)?;
+            if let Err(e) = program.pin(dir.join(PROGRAM_PIN)) {
+                remove_pins(dir);
+                return Err(e).context(format!("pinning the program in {}", dir.display()));
+            }
         }
         let maps = Maps::from_source(|name| {
             let map = ebpf
@@ -271,75 +370,197 @@ impl Datapath {
             }
             Ok(map)
         });
-        let mut datapath = Self {
-            ebpf,
-            maps: match maps {
-                Ok(maps) => maps,
-                Err(e) => {
-                    if let Some(dir) = pin_dir {
-                        remove_pins(dir);
-                    }
-                    return Err(e);
+        let maps = match maps {
+            Ok(maps) => maps,
+            Err(e) => {
+                if let Some(dir) = pin_dir {
+                    remove_pins(dir);
                 }
-            },
-            links: Vec::new(),
-            pinned: None,
+                return Err(e);
+            }
         };
-        datapath.pinned = pin_dir.map(Path::to_owned);
-        Ok(datapath)
+        Ok(Self {
+            ebpf: Some(ebpf),
+            adopted_program: None,
+            maps,
+            links: Vec::new(),
+            pinned: pin_dir.map(Path::to_owned),
+        })
+    }
+
+    /// Whether `dir` holds a pinned data path (left by an `lb` that exited
+    /// with `--keep-datapath` or was killed).
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(PROGRAM_PIN).exists()
+    }
+
+    /// Takes over the data path pinned under `dir`: its maps (flows and
+    /// counters included), its program and its links, which stay attached.
+    /// Fails, touching nothing, when the pins are incomplete or were made by
+    /// a build with another map layout.
+    pub fn adopt(dir: &Path) -> anyhow::Result<Self> {
+        let restart_hint = format!(
+            "`lb detach --pin-path {}` removes it (its flows are lost), then `lb run` starts afresh",
+            dir.display()
+        );
+        for (name, key_size, value_size) in MAP_LAYOUT {
+            let path = dir.join(name);
+            let info = MapInfo::from_pin(&path).with_context(|| {
+                format!(
+                    "the pinned data path lacks map {}; {restart_hint}",
+                    path.display()
+                )
+            })?;
+            if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
+                bail!(
+                    "the pinned map {} has key/value sizes {}/{} where this lb expects \
+                     {key_size}/{value_size}: it was made by another lb version; {restart_hint}",
+                    path.display(),
+                    info.key_size(),
+                    info.value_size()
+                );
+            }
+        }
+        let maps = Maps::from_pins(dir)?;
+        let program = Xdp::from_pin(dir.join(PROGRAM_PIN), XdpAttachType::Interface)
+            .with_context(|| format!("opening the pinned program in {}", dir.display()))?;
+        let mut links = Vec::new();
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(iface) = name.strip_prefix(LINK_PIN_PREFIX) else {
+                continue;
+            };
+            let link = PinnedLink::from_pin(entry.path())
+                .with_context(|| format!("opening the pinned link {}", entry.path().display()))?;
+            links.push((iface.to_owned(), Link::Pinned(link)));
+        }
+        links.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            ebpf: None,
+            adopted_program: Some(program),
+            maps,
+            links,
+            pinned: Some(dir.to_owned()),
+        })
     }
 
     /// The XDP program (for `BPF_PROG_TEST_RUN`).
     pub fn program(&self) -> &Xdp {
-        self.ebpf
-            .program(XDP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the program was loaded as XDP in Datapath::load")
+        match (&self.ebpf, &self.adopted_program) {
+            (Some(ebpf), _) => ebpf
+                .program(XDP_PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .expect("the program was loaded as XDP in Datapath::load"),
+            (None, Some(program)) => program,
+            (None, None) => unreachable!("a Datapath always has its program"),
+        }
     }
 
-    /// Attaches the program to `iface` in `mode`.
+    fn program_mut(&mut self) -> &mut Xdp {
+        match (&mut self.ebpf, &mut self.adopted_program) {
+            (Some(ebpf), _) => ebpf
+                .program_mut(XDP_PROGRAM)
+                .and_then(|p| p.try_into().ok())
+                .expect("the program was loaded as XDP in Datapath::load"),
+            (None, Some(program)) => program,
+            (None, None) => unreachable!("a Datapath always has its program"),
+        }
+    }
+
+    /// The NICs the program is attached to.
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.links.iter().map(|(iface, _)| iface.as_str())
+    }
+
+    /// Attaches the program to `iface` in `mode` (pinning the link when the
+    /// data path is pinned). Attaching to a NIC it is already on does nothing.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> anyhow::Result<()> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_PROGRAM)
-            .expect("loaded in Datapath::load")
-            .try_into()?;
-        let link = program
+        if self.attached().any(|i| i == iface) {
+            return Ok(());
+        }
+        let pin = self
+            .pinned
+            .as_ref()
+            .map(|dir| dir.join(format!("{LINK_PIN_PREFIX}{iface}")));
+        let program = self.program_mut();
+        let id = program
             .attach(iface, mode)
             .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))?;
+        let link = match pin {
+            None => Link::Owned(id),
+            Some(path) => {
+                let link = FdLink::try_from(program.take_link(id)?).with_context(|| {
+                    format!(
+                        "{iface}: the kernel attached XDP without a bpf_link (needs Linux 5.9+)"
+                    )
+                })?;
+                Link::Pinned(
+                    link.pin(&path)
+                        .with_context(|| format!("pinning the link at {}", path.display()))?,
+                )
+            }
+        };
         self.links.push((iface.to_owned(), link));
         Ok(())
     }
 
-    /// Detaches the program from every NIC it was attached to.
+    /// Detaches the program from `iface` (and removes its link pin).
+    pub fn detach(&mut self, iface: &str) -> anyhow::Result<()> {
+        let Some(at) = self.links.iter().position(|(i, _)| i == iface) else {
+            return Ok(());
+        };
+        let (iface, link) = self.links.remove(at);
+        match link {
+            Link::Owned(id) => self
+                .program_mut()
+                .detach(id)
+                .with_context(|| format!("detaching XDP from {iface}")),
+            // Dropping the last reference to the link detaches it.
+            Link::Pinned(link) => link
+                .unpin()
+                .map(drop)
+                .with_context(|| format!("unpinning the XDP link of {iface}")),
+        }
+    }
+
+    /// Detaches the program from every NIC it is attached to.
     pub fn detach_all(&mut self) -> anyhow::Result<()> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(XDP_PROGRAM)
-            .expect("loaded in Datapath::load")
-            .try_into()?;
-        for (iface, link) in self.links.drain(..) {
-            program
-                .detach(link)
-                .with_context(|| format!("detaching XDP from {iface}"))?;
+        let ifaces: Vec<String> = self.attached().map(str::to_owned).collect();
+        for iface in ifaces {
+            self.detach(&iface)?;
         }
         Ok(())
     }
 
-    /// Removes the pins created by [`Datapath::load`].
+    /// Removes the pins of the maps and the program (detach first).
     pub fn unpin(&mut self) -> anyhow::Result<()> {
-        let Some(dir) = self.pinned.take() else {
-            return Ok(());
-        };
-        for name in MAP_NAMES {
-            match fs::remove_file(dir.join(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("unpinning {name}")),
-            }
+        match self.pinned.take() {
+            Some(dir) => remove_pin_dir(&dir),
+            None => Ok(()),
         }
-        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))
     }
+}
+
+/// Removes a pinned data path: its links (which detaches the program from
+/// every NIC), its program and maps, and the directory.
+pub fn remove_pin_dir(dir: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PIN_PREFIX) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("unpinning {}", entry.path().display()))?;
+        }
+    }
+    for name in MAP_NAMES.iter().chain([&PROGRAM_PIN]) {
+        match fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpinning {name}")),
+        }
+    }
+    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Creates the pin directory, refusing one that already exists.
@@ -347,8 +568,9 @@ fn create_pin_dir(dir: &Path) -> anyhow::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => bail!(
-            "{} already exists: another lb is running with this pin_path, or one was \
-             killed and left its pins (remove the directory to start afresh)",
+            "{} already exists but holds no complete lb data path (remove the directory, \
+             or run `lb detach --pin-path {}`, to start afresh)",
+            dir.display(),
             dir.display()
         ),
         Err(e) => Err(e).with_context(|| {
@@ -362,10 +584,9 @@ fn create_pin_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Best-effort removal of a half-made pin directory after a failed load.
 fn remove_pins(dir: &Path) {
-    for name in MAP_NAMES {
-        let _ = fs::remove_file(dir.join(name));
+    if let Err(e) = remove_pin_dir(dir) {
+        tracing::warn!("cleaning up {}: {e:#}", dir.display());
     }
-    let _ = fs::remove_dir(dir);
 }
 
 /// A trivial `XDP_PASS` program attached to one NIC until dropped. A veth

@@ -13,8 +13,8 @@ use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, BackendConnSet,
-    BackendSet, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT, ServiceKey,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
+    BackendConnSet, BackendSet, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT, ServiceKey,
 };
 
 use crate::{
@@ -111,7 +111,10 @@ impl ServiceRuntime {
     /// The backend at `address`, or an error naming the service's backends.
     fn backend_mut(&mut self, address: IpAddr) -> anyhow::Result<&mut BackendRuntime> {
         let Some(slot) = self.slot_of(address) else {
-            let known: Vec<String> = self.backends().map(|(_, b)| b.address.to_string()).collect();
+            let known: Vec<String> = self
+                .backends()
+                .map(|(_, b)| b.address.to_string())
+                .collect();
             bail!(
                 "service {} has no backend {address} (its backends: {})",
                 self.config.name,
@@ -287,7 +290,11 @@ impl Director {
 
     /// The service named `name`.
     pub fn service_mut(&mut self, name: &str) -> anyhow::Result<&mut ServiceRuntime> {
-        let names: Vec<String> = self.services.iter().map(|s| s.config.name.clone()).collect();
+        let names: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| s.config.name.clone())
+            .collect();
         self.services
             .iter_mut()
             .find(|s| s.config.name == name)
@@ -374,7 +381,8 @@ impl Director {
             };
             let id = runtime.id;
             let health = &service.health;
-            if runtime.config.health.rise != health.rise || runtime.config.health.fall != health.fall
+            if runtime.config.health.rise != health.rise
+                || runtime.config.health.fall != health.fall
             {
                 for b in runtime.slots.iter_mut().flatten() {
                     b.health = hysteresis(health.rise, health.fall, b.health.is_up());
@@ -747,8 +755,14 @@ mod tests {
         assert!(err.contains("no backend 198.51.100.9"), "{err}");
         assert!(err.contains("198.51.100.1"), "{err}");
         let err = d.set_weight("nope", addr(1), 5).unwrap_err().to_string();
-        assert!(err.contains("no service named \"nope\" (services: web)"), "{err}");
-        let err = d.set_weight("web", addr(1), 70_000).unwrap_err().to_string();
+        assert!(
+            err.contains("no service named \"nope\" (services: web)"),
+            "{err}"
+        );
+        let err = d
+            .set_weight("web", addr(1), 70_000)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("valid: 0..=65535"), "{err}");
         let err = d
             .add_backend("web", "2001:db8::1".parse().unwrap(), 1, None, NIC)
@@ -761,7 +775,10 @@ mod tests {
         d.services[0].slots[0].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 1]);
         d.set_weight("web", addr(1), 0).unwrap();
         let set = d.services[0].backend_set();
-        assert_eq!((set.backends[0].state, set.backends[0].weight), (BACKEND_STATE_UP, 0));
+        assert_eq!(
+            (set.backends[0].state, set.backends[0].weight),
+            (BACKEND_STATE_UP, 0)
+        );
         // Rescheduling remove empties the slot at once.
         d.remove_backend("web", addr(1), true).unwrap();
         assert!(slots(&d).is_empty());
@@ -794,11 +811,16 @@ mod tests {
         apply(&mut first, &config(&[(1, 100), (2, 50), (3, 80)], false));
         first.services[0].slots[0].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 1]);
         first.services[0].slots[2].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 3]);
+        first.services[0].slots[2].as_mut().unwrap().health = hysteresis(1, 1, false);
         first.remove_backend("web", addr(2), false).unwrap();
         let s = &first.services[0];
         let found = vec![
             (s.key(), s.id, s.backend_set()),
-            (service_key(IpAddr::from([192, 0, 2, 9]), 53, 17), 5, BackendSet::default()),
+            (
+                service_key(IpAddr::from([192, 0, 2, 9]), 53, 17),
+                5,
+                BackendSet::default(),
+            ),
         ];
         let c = config(&[(1, 100), (3, 80)], false);
         let (mut d, changes) = Director::adopt(found, &c, &HashMap::from([(7, NIC)]));
@@ -809,8 +831,9 @@ mod tests {
         );
         let b = d.services[0].slots[2].as_ref().unwrap();
         assert_eq!(b.mac, Some([2, 0, 0, 0, 0, 3]));
-        // Slot 1 had no MAC yet, so it was down in the map: it stays down.
-        assert!(!d.services[0].slots[1].as_ref().unwrap().health.is_up());
+        // Down in the map: it stays down until its checks pass `rise` times.
+        assert!(!b.health.is_up());
+        assert!(d.services[0].slots[0].as_ref().unwrap().health.is_up());
         let (_, summary) = apply(&mut d, &c);
         assert_eq!(summary, ReloadSummary::default());
         assert_eq!(d.allocate_id().unwrap(), 6);

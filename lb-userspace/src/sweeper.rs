@@ -14,12 +14,15 @@ use lb_common::{
 use crate::datapath::Maps;
 
 /// What one sweep did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     /// Flows removed because they were idle past their state's timeout.
     pub expired: usize,
     /// Flows left in the table.
     pub live: usize,
+    /// Live flows per service id and backend slot (what the counters were
+    /// set to).
+    pub conns: StdHashMap<u32, BackendConnSet>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's flow
@@ -38,6 +41,23 @@ pub fn monotonic_ns() -> u64 {
 pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
     let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
     idle_ns > timeouts.for_state(flow.state).saturating_mul(1_000_000_000)
+}
+
+/// Deletes every flow of service `id` from the connection table (the
+/// service was removed, and its id may be given to another service);
+/// returns how many there were.
+pub fn forget_service(maps: &mut Maps, id: u32) -> usize {
+    let doomed: Vec<_> = maps
+        .conntrack
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, flow)| flow.service_id == id)
+        .map(|(key, _)| key)
+        .collect();
+    for key in &doomed {
+        let _ = maps.conntrack.remove(key);
+    }
+    doomed.len()
 }
 
 /// Tallies live flows per service id and backend slot.
@@ -87,14 +107,15 @@ pub fn sweep(
         let _ = maps.conntrack.remove(key);
     }
     for &id in service_ids {
-        let conns = tally.per_service.remove(&id).unwrap_or_default();
+        let conns = tally.per_service.entry(id).or_default();
         maps.backend_conns
-            .set(id, conns, 0)
+            .set(id, *conns, 0)
             .with_context(|| format!("writing connection counts of service {id}"))?;
     }
     Ok(SweepReport {
         expired: expired.len(),
         live,
+        conns: tally.per_service,
     })
 }
 

@@ -28,12 +28,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Path of the `lb` binary: `$LB_BIN`, else `<workspace>/target/release/lb`.
 pub fn lb_binary() -> anyhow::Result<PathBuf> {
+    // Relative paths are taken from the workspace root (cargo runs tests
+    // from the crate directory).
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow!("lb-tests has no parent directory"))?;
     let path = match std::env::var_os("LB_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or_else(|| anyhow!("lb-tests has no parent directory"))?
-            .join("target/release/lb"),
+        Some(p) => workspace.join(p),
+        None => workspace.join("target/release/lb"),
     };
     if !path.is_file() {
         bail!(
@@ -84,23 +86,38 @@ pub fn pin_path_for(tag: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct PinDir {
     path: PathBuf,
+    armed: bool,
 }
 
 impl PinDir {
     /// Guards (but does not create) the pin directory `path`.
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self { path, armed: true }
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Leaves the directory in place on drop (another guard takes it over).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Moves the guard duty to the returned value; this one is disarmed.
+    pub fn take(&mut self) -> PinDir {
+        let armed = std::mem::replace(&mut self.armed, false);
+        PinDir {
+            path: self.path.clone(),
+            armed,
+        }
+    }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if self.path.exists() {
+        if self.armed && self.path.exists() {
             eprintln!(
                 "test bed: removing pin directory {} left behind by lb",
                 self.path.display()
@@ -122,7 +139,7 @@ pub enum Protocol {
 }
 
 /// A service's health check.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Health {
     /// No check: backends are always up.
     None,
@@ -139,6 +156,8 @@ pub enum Health {
         /// Consecutive successes before it comes back up.
         rise: u32,
     },
+    /// Any `[service.health]` table, as TOML lines (http, exec, notify, ...).
+    Toml(String),
 }
 
 /// One `[[service]]` of an `lb` config.
@@ -180,6 +199,11 @@ impl LbConfig {
         let _ = writeln!(s, "interfaces = [{}]", ifaces.join(", "));
         let _ = writeln!(s, "pin_path = {:?}", self.pin_path.display().to_string());
         let _ = writeln!(s, "max_flows = {}", self.max_flows);
+        let _ = writeln!(
+            s,
+            "control_socket = {:?}",
+            self.control_socket().display().to_string()
+        );
         for svc in &self.services {
             let _ = writeln!(s, "\n[[service]]");
             let _ = writeln!(s, "name = {:?}", svc.name);
@@ -192,7 +216,10 @@ impl LbConfig {
             let _ = writeln!(s, "protocol = \"{protocol}\"");
             let _ = writeln!(s, "scheduler = \"wlc\"");
             let _ = writeln!(s, "\n[service.health]");
-            match svc.health {
+            match &svc.health {
+                Health::Toml(lines) => {
+                    let _ = writeln!(s, "{lines}");
+                }
                 Health::None => {
                     let _ = writeln!(s, "kind = \"none\"");
                 }
@@ -220,6 +247,17 @@ impl LbConfig {
         s
     }
 
+    /// The daemon's control socket: `<tmp>/<pin directory name>.sock`, unique
+    /// per test like the pin directory.
+    pub fn control_socket(&self) -> PathBuf {
+        let name = self
+            .pin_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lbt".to_owned());
+        std::env::temp_dir().join(format!("{name}.sock"))
+    }
+
     /// Writes the config to `dir/lb.toml` and returns that path.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join("lb.toml");
@@ -236,6 +274,8 @@ type Log = Arc<Mutex<String>>;
 pub struct LbDaemon {
     child: Child,
     lb: PathBuf,
+    config_path: PathBuf,
+    control_socket: PathBuf,
     log: Log,
     readers: Vec<JoinHandle<()>>,
     // Dropped after the process has been stopped (field order).
@@ -302,6 +342,8 @@ impl LbDaemon {
         let daemon = Self {
             child,
             lb: lb.to_owned(),
+            config_path,
+            control_socket: config.control_socket(),
             log,
             readers,
             pins,
@@ -375,6 +417,77 @@ impl LbDaemon {
                 return Ok((stats, false));
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: `pid` is our own child, which has not been waited for.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The config file it runs with (rewrite it, then [`LbDaemon::ctl`] `reload`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Runs `lb ARGS... --socket SOCKET` against this daemon's control socket.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<cmd::Finished> {
+        cmd::output(
+            Command::new(&self.lb)
+                .args(args)
+                .arg("--socket")
+                .arg(&self.control_socket),
+        )
+    }
+
+    /// Waits until the daemon's output contains `text`, at most `timeout`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                bail!(
+                    "lb did not log {text:?} within {timeout:?}; its output:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL, leaving its pinned data path behind
+    /// (a later [`LbDaemon::start`] with the same pin path adopts it, and
+    /// its guard removes the pins); returns everything it printed.
+    pub fn kill(mut self) -> anyhow::Result<String> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.join_readers();
+        self.pins.disarm();
+        Ok(self.log())
+    }
+
+    /// Waits (at most 10 s) for the daemon to exit by itself, e.g. after
+    /// `lb stop`; returns its exit status, its output and the guard of its
+    /// pin directory (which `lb stop --keep-datapath` leaves in place).
+    pub fn wait_exit(mut self) -> anyhow::Result<(ExitStatus, String, PinDir)> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.join_readers();
+                return Ok((status, self.log(), self.pins.take()));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "lb did not exit within {STOP_TIMEOUT:?}; its output:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -220,12 +220,21 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     setup.config.services = vec![service(&setup.bed, &new_weights)];
     setup
         .config
-        .write(setup.lb.config_path().parent().expect("config has a directory"))
+        .write(
+            setup
+                .lb
+                .config_path()
+                .parent()
+                .expect("config has a directory"),
+        )
         .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
     let out = setup.ctl(&["reload"]);
     for expected in ["weights changed", "backends added"] {
         if !out.stdout.contains(expected) {
-            setup.fail(&format!("`lb reload` said {:?}, expected {expected:?}", out.stdout));
+            setup.fail(&format!(
+                "`lb reload` said {:?}, expected {expected:?}",
+                out.stdout
+            ));
         }
     }
     setup.wait_backends_up(4);
@@ -260,7 +269,11 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     let good = fs::read_to_string(&path).unwrap();
     fs::write(&path, good.replace("weight = 1000", "weight = 70000")).unwrap();
     let out = setup.lb.ctl(&["reload"]).unwrap();
-    assert!(!out.success, "{TEST}: an invalid reload succeeded: {}", out.stdout);
+    assert!(
+        !out.success,
+        "{TEST}: an invalid reload succeeded: {}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("weight 70000 is out of range"),
         "{TEST}: the refusal does not say why: {}",
@@ -273,8 +286,23 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
         "{TEST}: a refused reload changed the weights: {after:#?}"
     );
     setup.ping_all(&mut held, "after the refused reload");
-    // SIGHUP reloads the same way (and is refused the same way).
-    fs::write(&path, &good).unwrap();
+    // SIGHUP reloads the same way.
+    fs::write(&path, good.replace("weight = 1000", "weight = 900")).unwrap();
+    setup
+        .lb
+        .signal(libc::SIGHUP)
+        .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
+    setup
+        .lb
+        .wait_log("reload: weights changed", Duration::from_secs(5))
+        .unwrap_or_else(|e| setup.fail(&format!("SIGHUP: {e:#}")));
+    let after = setup.stats();
+    assert_eq!(
+        setup.backend(&after, setup.address("rs4")).weight,
+        900,
+        "{TEST}: SIGHUP did not apply the new weight: {after:#?}"
+    );
+    setup.ping_all(&mut held, "after SIGHUP");
     drop(fresh);
     drop(held);
 }
@@ -325,7 +353,8 @@ fn sigkill_during_a_transfer_then_restart_adopts_the_data_path() {
     for conn in conns.iter_mut().chain(during.iter_mut()) {
         let server = conn.server().to_owned();
         assert_eq!(
-            conn.ping().unwrap_or_else(|e| panic!("{test}: a held connection broke: {e:#}")),
+            conn.ping()
+                .unwrap_or_else(|e| panic!("{test}: a held connection broke: {e:#}")),
             server
         );
     }
@@ -370,7 +399,11 @@ fn drain_remove_and_add_backends_live() {
     assert!(out.stdout.contains("draining"), "{TEST}: {}", out.stdout);
     let stats = setup.stats();
     let b = setup.backend(&stats, setup.address("rs2"));
-    assert_eq!((b.weight, b.state.as_str()), (0, "up"), "{TEST}: {stats:#?}");
+    assert_eq!(
+        (b.weight, b.state.as_str()),
+        (0, "up"),
+        "{TEST}: {stats:#?}"
+    );
     let fresh = setup.open(60);
     assert_eq!(
         count(&fresh).get("rs2"),
@@ -380,7 +413,16 @@ fn drain_remove_and_add_backends_live() {
     setup.ping_all(&mut held, "after draining rs2");
 
     // Weight back: rs2 takes new connections again.
-    setup.ctl(&["backend", "set-weight", "--service", SERVICE, "--address", &rs2, "--weight", "500"]);
+    setup.ctl(&[
+        "backend",
+        "set-weight",
+        "--service",
+        SERVICE,
+        "--address",
+        &rs2,
+        "--weight",
+        "500",
+    ]);
     let again = setup.open(60);
     assert!(
         count(&again).get("rs2").copied().unwrap_or(0) > 0,
@@ -397,30 +439,78 @@ fn drain_remove_and_add_backends_live() {
         "{TEST}: {stats:#?}"
     );
     let more = setup.open(30);
-    assert_eq!(count(&more).get("rs3"), None, "{TEST}: a removed backend got new connections");
+    assert_eq!(
+        count(&more).get("rs3"),
+        None,
+        "{TEST}: a removed backend got new connections"
+    );
     setup.ping_all(&mut held, "after removing rs3");
 
     // Add it back: same slot, its flows never stopped.
-    setup.ctl(&["backend", "add", "--service", SERVICE, "--address", &rs3, "--weight", "800"]);
+    setup.ctl(&[
+        "backend",
+        "add",
+        "--service",
+        SERVICE,
+        "--address",
+        &rs3,
+        "--weight",
+        "800",
+    ]);
     setup.wait_backends_up(3);
     // Bad requests are refused with the reason.
     let out = setup
         .lb
-        .ctl(&["backend", "set-weight", "--service", "nope", "--address", &rs3, "--weight", "1"])
+        .ctl(&[
+            "backend",
+            "set-weight",
+            "--service",
+            "nope",
+            "--address",
+            &rs3,
+            "--weight",
+            "1",
+        ])
         .unwrap();
-    assert!(!out.success && out.stderr.contains("no service named \"nope\""), "{TEST}: {out:?}");
+    assert!(
+        !out.success && out.stderr.contains("no service named \"nope\""),
+        "{TEST}: {out:?}"
+    );
     let out = setup
         .lb
-        .ctl(&["backend", "add", "--service", SERVICE, "--address", "203.0.113.9", "--weight", "1"])
+        .ctl(&[
+            "backend",
+            "add",
+            "--service",
+            SERVICE,
+            "--address",
+            "203.0.113.9",
+            "--weight",
+            "1",
+        ])
         .unwrap();
-    assert!(!out.success && out.stderr.contains("not on-link"), "{TEST}: {out:?}");
+    assert!(
+        !out.success && out.stderr.contains("not on-link"),
+        "{TEST}: {out:?}"
+    );
 
     // Remove with --reschedule: rs1's flows move on their next packet.
     let rs1 = setup.address("rs1").to_string();
-    setup.ctl(&["backend", "remove", "--service", SERVICE, "--address", &rs1, "--reschedule"]);
+    setup.ctl(&[
+        "backend",
+        "remove",
+        "--service",
+        SERVICE,
+        "--address",
+        &rs1,
+        "--reschedule",
+    ]);
     let stats = setup.stats();
     assert!(
-        stats.services[0].backends.iter().all(|b| b.address.to_string() != rs1),
+        stats.services[0]
+            .backends
+            .iter()
+            .all(|b| b.address.to_string() != rs1),
         "{TEST}: rs1 still listed after a rescheduling remove: {stats:#?}"
     );
     drop((fresh, again, more, held));
@@ -447,7 +537,10 @@ fn stop_keep_datapath_then_detach() {
     assert!(out.success, "{test}: {out:?}");
     let (status, log, _pins) = lb.wait_exit().unwrap();
     assert!(status.success(), "{test}: {log}");
-    assert!(config.pin_path.exists(), "{test}: --keep-datapath removed the pins:\n{log}");
+    assert!(
+        config.pin_path.exists(),
+        "{test}: --keep-datapath removed the pins:\n{log}"
+    );
     // Still forwarding without lb: held and new connections work.
     for conn in &mut held {
         let server = conn.server().to_owned();
@@ -471,7 +564,10 @@ fn stop_keep_datapath_then_detach() {
         .ns
         .ip(&["-d", "link", "show", DIRECTOR_IFACE])
         .unwrap();
-    assert!(!link.contains("prog/xdp"), "{test}: still attached after lb detach:\n{link}");
+    assert!(
+        !link.contains("prog/xdp"),
+        "{test}: still attached after lb detach:\n{link}"
+    );
     drop((held, fresh));
     drop(servers);
     drop(bed);
