@@ -1,6 +1,6 @@
-//! The output of `lb stats --json`, typed.
+//! The output of `lb stats --json` (and `--rate`), typed.
 
-use std::{net::IpAddr, path::Path, process::Command};
+use std::{ffi::OsStr, net::IpAddr, path::Path, process::Command};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -21,6 +21,8 @@ pub struct Stats {
 pub struct ServiceStats {
     /// Service id (index in the data path's maps).
     pub id: u32,
+    /// Name from the config (`--config`), else `VIP:PORT/proto`.
+    pub name: String,
     /// The virtual IP.
     pub vip: IpAddr,
     /// The service port.
@@ -33,6 +35,13 @@ pub struct ServiceStats {
     pub in_pkts: u64,
     /// Bytes forwarded.
     pub in_bytes: u64,
+    /// Connections in ESTABLISHED over all its real servers.
+    pub active_conns: u64,
+    /// Connections in other states over all its real servers.
+    pub inactive_conns: u64,
+    /// Rates, with `--rate`.
+    #[serde(default)]
+    pub rate: Option<Rate>,
     /// Its real servers.
     pub backends: Vec<BackendStats>,
 }
@@ -48,7 +57,7 @@ pub struct BackendStats {
     pub mac: String,
     /// Scheduling weight.
     pub weight: u32,
-    /// `up` or `down` (health check).
+    /// `up`, `down` (health check) or `removed`.
     pub state: String,
     /// Connections in ESTABLISHED.
     pub active_conns: u64,
@@ -60,6 +69,20 @@ pub struct BackendStats {
     pub in_pkts: u64,
     /// Bytes forwarded to it.
     pub in_bytes: u64,
+    /// Rates, with `--rate`.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+/// Per-second rates between two readings (`lb stats --rate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Rate {
+    /// New connections per second (CPS).
+    pub cps: u64,
+    /// Packets forwarded per second (InPPS).
+    pub in_pps: u64,
+    /// Bytes forwarded per second (InBPS).
+    pub in_bps: u64,
 }
 
 /// Packet count of one verdict reason.
@@ -83,6 +106,12 @@ impl Stats {
                 .arg(pin_path)
                 .arg("--json"),
         )?;
+        serde_json::from_str(&out).with_context(|| format!("parsing `lb stats --json`: {out}"))
+    }
+
+    /// Runs `LB stats ARGS... --json` (e.g. `--config FILE --rate`) and parses it.
+    pub fn query_args<S: AsRef<OsStr>>(lb: &Path, args: &[S]) -> anyhow::Result<Self> {
+        let out = cmd::run(Command::new(lb).arg("stats").args(args).arg("--json"))?;
         serde_json::from_str(&out).with_context(|| format!("parsing `lb stats --json`: {out}"))
     }
 

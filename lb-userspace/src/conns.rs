@@ -1,0 +1,515 @@
+//! `lb conns`: the connection table of a running director, like
+//! `ipvsadm -L -c -n`: protocol, time to expiry, state, client, VIP, real
+//! server and service of every flow.
+//!
+//! The table is read by walking the pinned LRU hash (`CONNTRACK`) once, two
+//! syscalls per entry (next key, lookup); a lookup from user space does not
+//! refresh an entry's LRU position. Services and their backend slots are
+//! read once beforehand, so each flow is resolved in constant time and the
+//! whole read is linear in the table size (plus the sort).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    net::{IpAddr, SocketAddr},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::IterableMap as _;
+use lb_common::{
+    BACKEND_STATE_EMPTY, Flow, FlowKey,
+    conn_state::{Timeouts, state_name},
+};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::{
+    datapath::{Maps, addr_from_key, array_get},
+    stats::{Align, Columns, ServiceNames, endpoint, protocol_name},
+    sweeper::monotonic_ns,
+};
+
+/// A service as `lb conns` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Service id (index in the maps).
+    pub id: u32,
+    /// Name from the config, else `VIP:PORT/proto`.
+    pub name: String,
+    /// Backend addresses by slot (`None`: an empty slot).
+    pub backends: Vec<Option<IpAddr>>,
+}
+
+impl ServiceInfo {
+    /// Every service in the maps, with its backend slots, named by `names`.
+    pub fn read_all(maps: &Maps, names: &ServiceNames) -> anyhow::Result<Vec<Self>> {
+        let mut services = Vec::new();
+        for entry in maps.services.iter() {
+            let (key, service) = entry.context("reading the service map")?;
+            let set = array_get(&maps.backends, service.id)?;
+            let backends = set
+                .backends
+                .iter()
+                .take(set.len as usize)
+                .map(|b| {
+                    (b.state != BACKEND_STATE_EMPTY).then(|| addr_from_key(b.addr, key.family))
+                })
+                .collect();
+            services.push(Self {
+                id: service.id,
+                name: names.name(addr_from_key(key.addr, key.family), key.port, key.proto),
+                backends,
+            });
+        }
+        services.sort_by_key(|s| s.id);
+        Ok(services)
+    }
+}
+
+/// One flow of the connection table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    /// IP protocol number (`PROTO_TCP` or `PROTO_UDP`).
+    pub proto: u8,
+    /// One of the `conn_state::STATE_*` constants.
+    pub state: u32,
+    /// Seconds until the flow idles out (0: due for the next sweep).
+    pub expires_s: u64,
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// VIP and port.
+    pub vip: SocketAddr,
+    /// Service id the flow is bound to.
+    pub service_id: u32,
+    /// Backend slot the flow is bound to.
+    pub backend_slot: u32,
+}
+
+impl Conn {
+    /// The flow of a connection-table entry, `now_ns` on the flows' clock.
+    pub fn new(key: &FlowKey, flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> Self {
+        let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
+        let timeout_ns = timeouts.for_state(flow.state).saturating_mul(1_000_000_000);
+        Self {
+            proto: key.proto,
+            state: flow.state,
+            expires_s: timeout_ns.saturating_sub(idle_ns) / 1_000_000_000,
+            client: SocketAddr::new(addr_from_key(key.src_addr, key.family), key.src_port),
+            vip: SocketAddr::new(addr_from_key(key.dst_addr, key.family), key.dst_port),
+            service_id: flow.service_id,
+            backend_slot: flow.backend_slot,
+        }
+    }
+
+    /// Sort key: VIP, protocol, client.
+    fn order(&self) -> (SocketAddr, u8, SocketAddr) {
+        (self.vip, self.proto, self.client)
+    }
+}
+
+/// The connection table as `lb conns` shows it: flows sorted by VIP,
+/// protocol and client.
+#[derive(Clone, Debug)]
+pub struct ConnTable {
+    services: HashMap<u32, ServiceInfo>,
+    /// The flows, sorted.
+    pub conns: Vec<Conn>,
+}
+
+/// One flow as JSON.
+#[derive(Serialize)]
+struct ConnJson<'a> {
+    protocol: &'static str,
+    state: &'static str,
+    expires_s: u64,
+    client: IpAddr,
+    client_port: u16,
+    vip: IpAddr,
+    port: u16,
+    real_server: Option<IpAddr>,
+    real_server_port: u16,
+    service: Option<&'a str>,
+    service_id: u32,
+    backend_slot: u32,
+}
+
+impl ConnTable {
+    /// Reads the connection table, resolving services with `names`, expiry
+    /// with `timeouts`; with `service`, only that service's flows (an
+    /// unknown name is an error listing the valid ones).
+    pub fn read(
+        maps: &Maps,
+        names: &ServiceNames,
+        timeouts: &Timeouts,
+        service: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let services = ServiceInfo::read_all(maps, names)?;
+        let only = service_filter(&services, service)?;
+        // An entry deleted while we stand on it makes the kernel restart the
+        // walk at the first bucket: duplicates are removed below, and the
+        // walk gives up after twice the table's capacity.
+        let capacity = maps
+            .conntrack
+            .map()
+            .info()
+            .context("reading the connection table's size")?
+            .max_entries() as usize;
+        let limit = 2 * capacity + 1024;
+        let now_ns = monotonic_ns();
+        let mut conns = Vec::new();
+        for (walked, entry) in maps.conntrack.iter().enumerate() {
+            if walked >= limit {
+                warn!(
+                    "the connection table changed faster than it could be read; \
+                     stopped after {walked} entries"
+                );
+                break;
+            }
+            let (key, flow) = entry.context("reading the connection table")?;
+            if only.is_some_and(|id| id != flow.service_id) {
+                continue;
+            }
+            conns.push(Conn::new(&key, &flow, now_ns, timeouts));
+        }
+        Ok(Self::new(services, conns))
+    }
+
+    /// A table of `conns` (in any order, duplicates allowed) over `services`.
+    pub fn new(services: Vec<ServiceInfo>, mut conns: Vec<Conn>) -> Self {
+        conns.sort_unstable_by_key(Conn::order);
+        conns.dedup_by_key(|c| c.order());
+        Self {
+            services: services.into_iter().map(|s| (s.id, s)).collect(),
+            conns,
+        }
+    }
+
+    /// The name of the service `conn` belongs to (`None`: the service is no
+    /// longer in the maps).
+    pub fn service_name(&self, conn: &Conn) -> Option<&str> {
+        self.services.get(&conn.service_id).map(|s| s.name.as_str())
+    }
+
+    /// The real server `conn` goes to: its backend's address and the VIP's
+    /// port (direct routing keeps the port). `None` when the slot is empty.
+    pub fn real_server(&self, conn: &Conn) -> Option<SocketAddr> {
+        self.services
+            .get(&conn.service_id)?
+            .backends
+            .get(conn.backend_slot as usize)
+            .copied()
+            .flatten()
+            .map(|addr| SocketAddr::new(addr, conn.vip.port()))
+    }
+
+    /// Writes the table, columns sized to their content.
+    pub fn write_table(&self, out: &mut impl io::Write) -> io::Result<()> {
+        use Align::{Left, Right};
+        let mut columns = Columns::new(&[
+            ("Pro", Left),
+            ("Expire", Right),
+            ("State", Left),
+            ("Source", Left),
+            ("Virtual", Left),
+            ("Destination", Left),
+            ("Service", Left),
+        ]);
+        for conn in &self.conns {
+            columns.measure(&self.cells(conn));
+        }
+        columns.write_row(
+            out,
+            &[
+                "Pro",
+                "Expire",
+                "State",
+                "Source",
+                "Virtual",
+                "Destination",
+                "Service",
+            ],
+        )?;
+        for conn in &self.conns {
+            columns.write_row(out, &self.cells(conn))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `{"connections": [...]}`, one flow per line.
+    pub fn write_json(&self, out: &mut impl io::Write) -> io::Result<()> {
+        out.write_all(b"{\"connections\": [")?;
+        for (i, conn) in self.conns.iter().enumerate() {
+            out.write_all(if i == 0 { b"\n  " } else { b",\n  " })?;
+            let real_server = self.real_server(conn);
+            serde_json::to_writer(
+                &mut *out,
+                &ConnJson {
+                    protocol: protocol_name(conn.proto),
+                    state: state_name(conn.state),
+                    expires_s: conn.expires_s,
+                    client: conn.client.ip(),
+                    client_port: conn.client.port(),
+                    vip: conn.vip.ip(),
+                    port: conn.vip.port(),
+                    real_server: real_server.map(|r| r.ip()),
+                    real_server_port: conn.vip.port(),
+                    service: self.service_name(conn),
+                    service_id: conn.service_id,
+                    backend_slot: conn.backend_slot,
+                },
+            )?;
+        }
+        out.write_all(b"\n]}\n")
+    }
+
+    /// The table cells of one flow.
+    fn cells(&self, conn: &Conn) -> [String; 7] {
+        [
+            protocol_name(conn.proto).to_uppercase(),
+            mm_ss(conn.expires_s),
+            state_name(conn.state).to_owned(),
+            endpoint(conn.client.ip(), conn.client.port()),
+            endpoint(conn.vip.ip(), conn.vip.port()),
+            self.real_server(conn)
+                .map_or_else(|| "-".to_owned(), |r| endpoint(r.ip(), r.port())),
+            self.service_name(conn).unwrap_or("-").to_owned(),
+        ]
+    }
+}
+
+/// The service id `name` selects (`None`: no filter), or an error naming
+/// the valid names.
+fn service_filter(services: &[ServiceInfo], name: Option<&str>) -> anyhow::Result<Option<u32>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match services.iter().find(|s| s.name == name) {
+        Some(s) => Ok(Some(s.id)),
+        None => {
+            let valid: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            if valid.is_empty() {
+                bail!("no service named {name:?}: the data path has no services");
+            }
+            bail!(
+                "no service named {name:?} (valid: {})",
+                valid.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+}
+
+/// Seconds as `mm:ss` (minutes not wrapped into hours, as ipvsadm).
+fn mm_ss(seconds: u64) -> String {
+    format!("{:02}:{:02}", seconds / 60, seconds % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{
+        FAMILY_IPV6, PROTO_TCP, PROTO_UDP,
+        conn_state::{STATE_CLOSE, STATE_ESTABLISHED, STATE_UDP},
+    };
+
+    use super::*;
+    use crate::datapath::addr_key;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(client: &str, client_port: u16, vip: &str, port: u16, proto: u8) -> FlowKey {
+        let (src_addr, family) = addr_key(client.parse().unwrap());
+        let (dst_addr, _) = addr_key(vip.parse().unwrap());
+        FlowKey {
+            src_addr,
+            dst_addr,
+            src_port: client_port,
+            dst_port: port,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    fn flow(state: u32, last_seen_s: u64, service_id: u32, backend_slot: u32) -> Flow {
+        Flow {
+            last_seen_ns: last_seen_s * S,
+            service_id,
+            backend_slot,
+            state,
+            _pad: 0,
+        }
+    }
+
+    fn services() -> Vec<ServiceInfo> {
+        vec![
+            ServiceInfo {
+                id: 0,
+                name: "web".to_owned(),
+                backends: vec![
+                    Some("192.0.2.11".parse().unwrap()),
+                    None,
+                    Some("192.0.2.13".parse().unwrap()),
+                ],
+            },
+            ServiceInfo {
+                id: 1,
+                name: "[2001:db8::200]:53/udp".to_owned(),
+                backends: vec![Some("2001:db8::11".parse().unwrap())],
+            },
+        ]
+    }
+
+    #[test]
+    fn expiry_follows_state_and_idle_time() {
+        let t = Timeouts::IPVS;
+        let k = key("192.0.2.10", 40000, "192.0.2.200", 80, PROTO_TCP);
+        let c = Conn::new(&k, &flow(STATE_ESTABLISHED, 1000, 0, 0), 1100 * S, &t);
+        assert_eq!(c.expires_s, 800);
+        // Half a second idle: 899.5 s left, shown as 899 (rounded down).
+        let c = Conn::new(
+            &k,
+            &flow(STATE_ESTABLISHED, 1000, 0, 0),
+            1000 * S + S / 2,
+            &t,
+        );
+        assert_eq!(c.expires_s, 899);
+        let c = Conn::new(&k, &flow(STATE_CLOSE, 1000, 0, 0), 1100 * S, &t);
+        assert_eq!(c.expires_s, 0, "past its timeout, not swept yet");
+        // Stamped "after" now (coarse clock): the full timeout.
+        let c = Conn::new(&k, &flow(STATE_UDP, 1001, 0, 0), 1000 * S, &t);
+        assert_eq!(c.expires_s, 300);
+        assert_eq!(c.client, "192.0.2.10:40000".parse().unwrap());
+        assert_eq!(c.vip, "192.0.2.200:80".parse().unwrap());
+        let custom = Timeouts {
+            established: 60,
+            ..Timeouts::IPVS
+        };
+        let c = Conn::new(&k, &flow(STATE_ESTABLISHED, 1000, 0, 0), 1010 * S, &custom);
+        assert_eq!(c.expires_s, 50);
+    }
+
+    #[test]
+    fn ipv6_keys_decode() {
+        let k = key("2001:db8::10", 5353, "2001:db8::200", 53, PROTO_UDP);
+        assert_eq!(k.family, FAMILY_IPV6);
+        let c = Conn::new(&k, &flow(STATE_UDP, 0, 1, 0), 0, &Timeouts::IPVS);
+        assert_eq!(c.client, "[2001:db8::10]:5353".parse().unwrap());
+        assert_eq!(c.vip, "[2001:db8::200]:53".parse().unwrap());
+    }
+
+    fn sample_table() -> ConnTable {
+        let t = Timeouts::IPVS;
+        let now = 10_000 * S;
+        let mk = |client: &str, port: u16, state, slot| {
+            Conn::new(
+                &key(client, port, "192.0.2.200", 80, PROTO_TCP),
+                &flow(state, 10_000 - 1, 0, slot),
+                now,
+                &t,
+            )
+        };
+        let a = mk("192.0.2.10", 40002, STATE_ESTABLISHED, 2);
+        let b = mk("192.0.2.10", 40001, STATE_CLOSE, 0);
+        let gone = mk("192.0.2.9", 1, STATE_ESTABLISHED, 1);
+        let udp = Conn::new(
+            &key("2001:db8::10", 5353, "2001:db8::200", 53, PROTO_UDP),
+            &flow(STATE_UDP, 10_000, 1, 0),
+            now,
+            &t,
+        );
+        let mut orphan = a;
+        orphan.client = "192.0.2.99:9".parse().unwrap();
+        orphan.service_id = 7;
+        // A duplicate from a restarted walk is dropped.
+        ConnTable::new(services(), vec![udp, a, b, a, gone, orphan])
+    }
+
+    #[test]
+    fn table_is_sorted_deduplicated_and_resolved() {
+        let table = sample_table();
+        let clients: Vec<String> = table.conns.iter().map(|c| c.client.to_string()).collect();
+        assert_eq!(
+            clients,
+            [
+                "192.0.2.9:1",
+                "192.0.2.10:40001",
+                "192.0.2.10:40002",
+                "192.0.2.99:9",
+                "[2001:db8::10]:5353"
+            ]
+        );
+        let c = &table.conns[2];
+        assert_eq!(table.real_server(c), Some("192.0.2.13:80".parse().unwrap()));
+        assert_eq!(table.service_name(c), Some("web"));
+        assert_eq!(table.real_server(&table.conns[0]), None, "empty slot");
+        assert_eq!(table.service_name(&table.conns[3]), None, "unknown service");
+    }
+
+    #[test]
+    fn table_and_json_output() {
+        let table = sample_table();
+        let mut out = Vec::new();
+        table.write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "Pro  Expire  State        Source               Virtual             Destination        Service",
+                "TCP   14:59  ESTABLISHED  192.0.2.9:1          192.0.2.200:80      -                  web",
+                "TCP   00:09  CLOSE        192.0.2.10:40001     192.0.2.200:80      192.0.2.11:80      web",
+                "TCP   14:59  ESTABLISHED  192.0.2.10:40002     192.0.2.200:80      192.0.2.13:80      web",
+                "TCP   14:59  ESTABLISHED  192.0.2.99:9         192.0.2.200:80      -                  -",
+                "UDP   05:00  UDP          [2001:db8::10]:5353  [2001:db8::200]:53  [2001:db8::11]:53  [2001:db8::200]:53/udp",
+            ]
+        );
+
+        let mut out = Vec::new();
+        table.write_json(&mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let conns = json["connections"].as_array().unwrap();
+        assert_eq!(conns.len(), 5);
+        assert_eq!(
+            conns[2],
+            serde_json::json!({
+                "protocol": "tcp", "state": "ESTABLISHED", "expires_s": 899,
+                "client": "192.0.2.10", "client_port": 40002,
+                "vip": "192.0.2.200", "port": 80,
+                "real_server": "192.0.2.13", "real_server_port": 80,
+                "service": "web", "service_id": 0, "backend_slot": 2,
+            })
+        );
+        assert_eq!(conns[3]["service"], serde_json::Value::Null);
+
+        let empty = ConnTable::new(services(), Vec::new());
+        let mut out = Vec::new();
+        empty.write_json(&mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["connections"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn service_filter_names_the_valid_services() {
+        let s = services();
+        assert_eq!(service_filter(&s, None).unwrap(), None);
+        assert_eq!(service_filter(&s, Some("web")).unwrap(), Some(0));
+        assert_eq!(
+            service_filter(&s, Some("[2001:db8::200]:53/udp")).unwrap(),
+            Some(1)
+        );
+        let e = service_filter(&s, Some("nope")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no service named \"nope\" (valid: [2001:db8::200]:53/udp, web)"
+        );
+        let e = service_filter(&[], Some("web")).unwrap_err().to_string();
+        assert!(e.contains("no services"), "{e}");
+    }
+
+    #[test]
+    fn minutes_and_seconds() {
+        assert_eq!(mm_ss(0), "00:00");
+        assert_eq!(mm_ss(59), "00:59");
+        assert_eq!(mm_ss(900), "15:00");
+        assert_eq!(mm_ss(7 * 86_400), "10080:00");
+    }
+}

@@ -1,0 +1,571 @@
+//! Prometheus metrics: [`render`] turns a [`Snapshot`] into the OpenMetrics
+//! text format (with the Prometheus project's `prometheus-client` crate) and
+//! [`serve`] answers `GET /metrics` with it over HTTP/1 (hyper).
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `lb_service_connections_total` | counter | service, vip, port, protocol |
+//! | `lb_service_incoming_packets_total` | counter | service, vip, port, protocol |
+//! | `lb_service_incoming_bytes_total` | counter | service, vip, port, protocol |
+//! | `lb_service_connections_active` | gauge | service, vip, port, protocol |
+//! | `lb_service_connections_inactive` | gauge | service, vip, port, protocol |
+//! | `lb_backend_connections_total` | counter | service, vip, port, protocol, backend |
+//! | `lb_backend_incoming_packets_total` | counter | service, vip, port, protocol, backend |
+//! | `lb_backend_incoming_bytes_total` | counter | service, vip, port, protocol, backend |
+//! | `lb_backend_connections_active` | gauge | service, vip, port, protocol, backend |
+//! | `lb_backend_connections_inactive` | gauge | service, vip, port, protocol, backend |
+//! | `lb_backend_weight` | gauge | service, vip, port, protocol, backend |
+//! | `lb_backend_up` | gauge | service, vip, port, protocol, backend |
+//! | `lb_verdict_packets_total` | counter | reason |
+//! | `lb_verdict_bytes_total` | counter | reason |
+//!
+//! The names follow node_exporter's IPVS collector (`node_ipvs_*`).
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::stats::{BackendStats, ServiceStats, Snapshot, VerdictStats};
+
+/// Content type of the OpenMetrics text format that [`render`] produces.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The path metrics are served on.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Where a snapshot for one scrape comes from (e.g. `Snapshot::read_named`
+/// on the daemon's maps).
+pub type SnapshotSource = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
+
+/// Labels of a service's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+    vip: String,
+    port: u16,
+    protocol: String,
+}
+
+impl ServiceLabels {
+    fn of(s: &ServiceStats) -> Self {
+        Self {
+            service: s.name.clone(),
+            vip: s.vip.to_string(),
+            port: s.port,
+            protocol: s.protocol.to_owned(),
+        }
+    }
+}
+
+/// Labels of a backend's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    service: String,
+    vip: String,
+    port: u16,
+    protocol: String,
+    backend: String,
+}
+
+impl BackendLabels {
+    fn of(s: &ServiceStats, b: &BackendStats) -> Self {
+        Self {
+            service: s.name.clone(),
+            vip: s.vip.to_string(),
+            port: s.port,
+            protocol: s.protocol.to_owned(),
+            backend: b.address.to_string(),
+        }
+    }
+}
+
+/// Labels of the verdict counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    reason: String,
+}
+
+/// Whether a metric is a counter or a gauge.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Only goes up; exposed with a `_total` suffix.
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
+/// One metric family: name (after the `lb_` prefix; a byte count gets the
+/// `_bytes` unit suffix), help text, kind, and how to read its value.
+struct Def<T> {
+    name: &'static str,
+    help: &'static str,
+    bytes: bool,
+    kind: Kind,
+    value: fn(&T) -> u64,
+}
+
+/// The per-service families.
+const SERVICE_METRICS: [Def<ServiceStats>; 5] = [
+    Def {
+        name: "service_connections",
+        help: "Connections scheduled to the service (IPVS Conns).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.conns,
+    },
+    Def {
+        name: "service_incoming_packets",
+        help: "Packets forwarded for the service (IPVS InPkts).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.in_pkts,
+    },
+    Def {
+        name: "service_incoming",
+        help: "IP-layer bytes forwarded for the service (IPVS InBytes).",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |s| s.in_bytes,
+    },
+    Def {
+        name: "service_connections_active",
+        help: "Flows in ESTABLISHED over all backends (IPVS ActiveConn).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |s| s.active_conns,
+    },
+    Def {
+        name: "service_connections_inactive",
+        help: "Flows in other states over all backends (IPVS InActConn).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |s| s.inactive_conns,
+    },
+];
+
+/// The per-backend families.
+const BACKEND_METRICS: [Def<BackendStats>; 7] = [
+    Def {
+        name: "backend_connections",
+        help: "Connections scheduled to the real server (IPVS Conns).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |b| b.conns,
+    },
+    Def {
+        name: "backend_incoming_packets",
+        help: "Packets forwarded to the real server (IPVS InPkts).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |b| b.in_pkts,
+    },
+    Def {
+        name: "backend_incoming",
+        help: "IP-layer bytes forwarded to the real server (IPVS InBytes).",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |b| b.in_bytes,
+    },
+    Def {
+        name: "backend_connections_active",
+        help: "Flows to the real server in ESTABLISHED (IPVS ActiveConn).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |b| b.active_conns,
+    },
+    Def {
+        name: "backend_connections_inactive",
+        help: "Flows to the real server in other states (IPVS InActConn).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |b| b.inactive_conns,
+    },
+    Def {
+        name: "backend_weight",
+        help: "WLC weight of the real server.",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |b| u64::from(b.weight),
+    },
+    Def {
+        name: "backend_up",
+        help: "1 if the real server is up (may take new flows), 0 if down or removed.",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |b| u64::from(b.state == "up"),
+    },
+];
+
+/// The per-verdict families.
+const VERDICT_METRICS: [Def<VerdictStats>; 2] = [
+    Def {
+        name: "verdict_packets",
+        help: "Frames the XDP program saw, by verdict reason.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |v| v.packets,
+    },
+    Def {
+        name: "verdict",
+        help: "IP-layer bytes of the frames the XDP program saw, by verdict reason.",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |v| v.bytes,
+    },
+];
+
+/// Encodes a snapshot on each scrape, in the snapshot's order (services by
+/// id, backends by slot), so that the output is stable.
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+impl SnapshotCollector {
+    /// Encodes one family with a sample per `(labels, item)`.
+    fn family<'a, T: 'a, L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder,
+        def: &Def<T>,
+        samples: impl Iterator<Item = (L, &'a T)>,
+    ) -> Result<(), std::fmt::Error> {
+        let bytes = Unit::Bytes;
+        let metric_type = match def.kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
+        let unit = def.bytes.then_some(&bytes);
+        let mut metric = encoder.encode_descriptor(def.name, def.help, unit, metric_type)?;
+        for (labels, item) in samples {
+            let value = (def.value)(item);
+            let sample = metric.encode_family(&labels)?;
+            match def.kind {
+                Kind::Counter => ConstCounter::new(value).encode(sample)?,
+                Kind::Gauge => ConstGauge::new(value).encode(sample)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let services = &self.0.services;
+        for def in &SERVICE_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                services.iter().map(|s| (ServiceLabels::of(s), s)),
+            )?;
+        }
+        for def in &BACKEND_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(move |b| (BackendLabels::of(s, b), b))),
+            )?;
+        }
+        for def in &VERDICT_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                self.0.verdicts.iter().map(|v| {
+                    (
+                        VerdictLabels {
+                            reason: v.reason.to_owned(),
+                        },
+                        v,
+                    )
+                }),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The snapshot as an OpenMetrics text exposition (ends with `# EOF`).
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("lb");
+    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped: each
+/// scrape calls `source` (on a blocking thread: it reads the maps) and
+/// answers 200 with [`render`], or 500 with the error; other paths get 404.
+pub async fn serve(listener: TcpListener, source: SnapshotSource) -> anyhow::Result<()> {
+    let local = listener
+        .local_addr()
+        .context("the metrics listener has no address")?;
+    debug!(%local, "serving metrics");
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving.
+                warn!(%local, error = %e, "accepting a metrics connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, source.clone()));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "metrics connection");
+            }
+        });
+    }
+}
+
+/// Answers one request.
+async fn respond(
+    request: Request<Incoming>,
+    source: SnapshotSource,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() != METRICS_PATH {
+        return Ok(plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        ));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, "GET, HEAD".parse().expect("a valid header"));
+        return Ok(response);
+    }
+    let snapshot = tokio::task::spawn_blocking(move || source())
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("reading the counters: {e}")));
+    Ok(match snapshot {
+        Ok(snapshot) => {
+            let mut response = Response::new(Full::new(Bytes::from(render(&snapshot))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                CONTENT_TYPE_OPENMETRICS.parse().expect("a valid header"),
+            );
+            response
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "metrics scrape failed");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}\n"))
+        }
+    })
+}
+
+/// A `text/plain` response.
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("a valid header"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let backend = |slot: u32, address: &str, weight, state: &str, conns| BackendStats {
+            slot,
+            address: address.parse().unwrap(),
+            mac: "02:00:00:00:00:11".to_owned(),
+            weight,
+            state: state.to_owned(),
+            active_conns: conns,
+            inactive_conns: 1,
+            conns: conns + 1,
+            in_pkts: 10 * conns,
+            in_bytes: 600 * conns,
+            rate: None,
+        };
+        Snapshot {
+            services: vec![
+                ServiceStats {
+                    id: 0,
+                    name: "web".to_owned(),
+                    vip: "192.0.2.200".parse().unwrap(),
+                    port: 8080,
+                    protocol: "tcp",
+                    conns: 32,
+                    in_pkts: 300,
+                    in_bytes: 18_000,
+                    active_conns: 30,
+                    inactive_conns: 2,
+                    rate: None,
+                    backends: vec![
+                        backend(0, "192.0.2.11", 1000, "up", 20),
+                        backend(1, "192.0.2.12", 500, "down", 10),
+                    ],
+                },
+                ServiceStats {
+                    id: 1,
+                    name: "[2001:db8::200]:53/udp".to_owned(),
+                    vip: "2001:db8::200".parse().unwrap(),
+                    port: 53,
+                    protocol: "udp",
+                    conns: 0,
+                    in_pkts: 0,
+                    in_bytes: 0,
+                    active_conns: 0,
+                    inactive_conns: 0,
+                    rate: None,
+                    backends: vec![backend(0, "2001:db8::11", 1, "removed", 0)],
+                },
+            ],
+            verdicts: vec![
+                VerdictStats {
+                    reason: "forwarded",
+                    packets: 300,
+                    bytes: 18_000,
+                },
+                VerdictStats {
+                    reason: "pass_no_service",
+                    packets: 7,
+                    bytes: 420,
+                },
+            ],
+            read_at_ns: 0,
+        }
+    }
+
+    #[test]
+    fn render_has_every_metric_line() {
+        let text = render(&snapshot());
+        let web = r#"service="web",vip="192.0.2.200",port="8080",protocol="tcp""#;
+        let rs1 = format!(r#"{web},backend="192.0.2.11""#);
+        let rs2 = format!(r#"{web},backend="192.0.2.12""#);
+        let dns = r#"service="[2001:db8::200]:53/udp",vip="2001:db8::200",port="53",protocol="udp",backend="2001:db8::11""#;
+        for line in [
+            "# TYPE lb_service_connections counter".to_owned(),
+            "# HELP lb_service_connections Connections scheduled to the service (IPVS Conns)."
+                .to_owned(),
+            format!("lb_service_connections_total{{{web}}} 32"),
+            format!("lb_service_incoming_packets_total{{{web}}} 300"),
+            "# UNIT lb_service_incoming_bytes bytes".to_owned(),
+            format!("lb_service_incoming_bytes_total{{{web}}} 18000"),
+            "# TYPE lb_service_connections_active gauge".to_owned(),
+            format!("lb_service_connections_active{{{web}}} 30"),
+            format!("lb_service_connections_inactive{{{web}}} 2"),
+            format!("lb_backend_connections_total{{{rs1}}} 21"),
+            format!("lb_backend_incoming_packets_total{{{rs1}}} 200"),
+            format!("lb_backend_incoming_bytes_total{{{rs1}}} 12000"),
+            format!("lb_backend_connections_active{{{rs1}}} 20"),
+            format!("lb_backend_connections_inactive{{{rs1}}} 1"),
+            format!("lb_backend_weight{{{rs1}}} 1000"),
+            format!("lb_backend_up{{{rs1}}} 1"),
+            format!("lb_backend_up{{{rs2}}} 0"),
+            format!("lb_backend_weight{{{rs2}}} 500"),
+            format!("lb_backend_up{{{dns}}} 0"),
+            format!("lb_backend_connections_total{{{dns}}} 1"),
+            r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),
+            r#"lb_verdict_bytes_total{reason="pass_no_service"} 420"#.to_owned(),
+            "# EOF".to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// Sends `request` to `addr` and returns the whole response.
+    async fn fetch(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn serve_answers_200_404_405_and_500() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ok: SnapshotSource = Arc::new(|| Ok(snapshot()));
+        let server = tokio::spawn(serve(listener, ok));
+
+        let response = fetch(addr, &get("/metrics")).await;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-type: {CONTENT_TYPE_OPENMETRICS}")),
+            "{head}"
+        );
+        assert_eq!(body, render(&snapshot()));
+
+        let response = fetch(addr, &get("/")).await;
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+        let response = fetch(addr, &get("/metrics/x")).await;
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+        let post =
+            "POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let response = fetch(addr, post).await;
+        assert!(
+            response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{response}"
+        );
+        server.abort();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing: SnapshotSource = Arc::new(|| {
+            Err(anyhow::anyhow!(
+                "no lb data path is pinned at /sys/fs/bpf/x"
+            ))
+        });
+        let server = tokio::spawn(serve(listener, failing));
+        let response = fetch(addr, &get("/metrics")).await;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{head}"
+        );
+        assert_eq!(body, "no lb data path is pinned at /sys/fs/bpf/x\n");
+        server.abort();
+    }
+}
