@@ -16,7 +16,9 @@
 pub mod bed;
 pub mod client;
 pub mod cmd;
+pub mod conns;
 pub mod daemon;
+pub mod http;
 pub mod netns;
 pub mod server;
 pub mod stats;
