@@ -390,13 +390,13 @@ impl LbDaemon {
         Stats::query(&self.lb, self.pin_path())
     }
 
-    /// `lb stats` (the table) for this daemon.
+    /// `lb stats --config FILE` (the table, with service names) for this daemon.
     pub fn stats_table(&self) -> anyhow::Result<String> {
         cmd::run(
             Command::new(&self.lb)
                 .arg("stats")
-                .arg("--pin-path")
-                .arg(self.pin_path()),
+                .arg("--config")
+                .arg(&self.config_path),
         )
     }
 

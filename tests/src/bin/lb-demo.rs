@@ -120,7 +120,7 @@ fn demo() -> anyhow::Result<()> {
         );
     }
 
-    println!("\n== lb stats --pin-path {}", daemon.pin_path().display());
+    println!("\n== lb stats --config {}", daemon.config_path().display());
     print!("{}", daemon.stats_table()?);
 
     println!("\n== cleaning up");
