@@ -169,3 +169,97 @@ fn stats_without_a_running_director_says_so() {
         stderr(&out)
     );
 }
+
+/// Commands for a running director, with none running, say so and how to
+/// start one.
+#[test]
+fn control_commands_without_a_running_director_say_so() {
+    let socket = std::env::temp_dir().join(format!("lb-cli-{}.sock", unique_tag()));
+    let socket = socket.to_str().expect("UTF-8 temp dir");
+    for args in [
+        &["reload", "--socket", socket][..],
+        &["stop", "--keep-datapath", "--socket", socket],
+        &[
+            "backend",
+            "drain",
+            "--service",
+            "web",
+            "--address",
+            "192.0.2.11",
+            "--socket",
+            socket,
+        ],
+    ] {
+        let out = lb(args);
+        assert!(!out.status.success(), "lb {args:?} succeeded");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no lb is running with this control socket")
+                && err.contains("start it with `lb run`"),
+            "lb {args:?}: {err}"
+        );
+    }
+}
+
+/// Malformed values of the operations commands name the value and what is valid.
+#[test]
+fn bad_operation_arguments_name_what_is_valid() {
+    for (args, expected) in [
+        (
+            &[
+                "backend",
+                "add",
+                "--service",
+                "web",
+                "--address",
+                "192.0.2.11",
+                "--weight",
+                "1",
+                "--mac",
+                "zz",
+            ][..],
+            "\"zz\" is not a MAC address (valid: aa:bb:cc:dd:ee:ff)",
+        ),
+        (
+            &["backend", "drain", "--service", "web", "--address", "1.2.3"],
+            "invalid value '1.2.3' for '--address <ADDRESS>'",
+        ),
+        (
+            &[
+                "run",
+                "--config",
+                "lb.toml",
+                "--metrics-listen",
+                "somewhere",
+            ],
+            "\"somewhere\" is not a listen address (valid: 127.0.0.1:9469, [::1]:9469 or 9469)",
+        ),
+        (
+            &["run", "--config", "lb.toml", "--log-format", "xml"],
+            "[possible values: text, json]",
+        ),
+    ] {
+        let out = lb(args);
+        assert_eq!(out.status.code(), Some(2), "lb {args:?}");
+        let err = stderr(&out);
+        assert!(err.contains(expected), "lb {args:?}: {err}");
+    }
+}
+
+/// `lb detach` with nothing pinned says so and touches nothing.
+#[test]
+fn detach_with_nothing_pinned_says_so() {
+    const TEST: &str = "detach_with_nothing_pinned_says_so";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let pins = pin_path();
+    let out = lb(&["detach", "--pin-path", pins.to_str().expect("UTF-8 path")]);
+    assert!(!out.status.success(), "{TEST}: lb detach succeeded");
+    assert!(
+        stderr(&out).contains(&format!("nothing is pinned at {}", pins.display())),
+        "{TEST}: {}",
+        stderr(&out)
+    );
+    assert!(!pins.exists(), "{TEST}: {} appeared", pins.display());
+}
