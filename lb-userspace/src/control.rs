@@ -98,8 +98,10 @@ impl Reply {
     }
 }
 
-/// A request received by the daemon, with the way back to its client.
-pub type Incoming = (Request, oneshot::Sender<Reply>);
+/// A request received by the daemon: the request, where to send the reply,
+/// and a signal that fires once the reply has been written to the client
+/// (a daemon that exits on the request waits for it).
+pub type Incoming = (Request, oneshot::Sender<Reply>, oneshot::Receiver<()>);
 
 /// Sends `request` to the daemon listening on `socket` and returns its reply.
 pub fn send(socket: &Path, request: &Request) -> anyhow::Result<Reply> {
@@ -202,6 +204,7 @@ impl Drop for ControlSocket {
 async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> anyhow::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    let mut written = None;
     let reply = if uid != 0 {
         Reply::error(format!(
             "only root may control lb (your uid is {uid}); use sudo"
@@ -213,7 +216,9 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> anyhow:
             Err(e) => Reply::error(format!("malformed request {line:?}: {e}")),
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
-                if requests.send((request, tx)).await.is_err() {
+                let (written_tx, written_rx) = oneshot::channel();
+                written = Some(written_tx);
+                if requests.send((request, tx, written_rx)).await.is_err() {
                     Reply::error("lb is shutting down")
                 } else {
                     rx.await
@@ -225,6 +230,10 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> anyhow:
     let mut line = serde_json::to_string(&reply)?;
     line.push('\n');
     write.write_all(line.as_bytes()).await?;
+    write.flush().await?;
+    if let Some(written) = written {
+        let _ = written.send(());
+    }
     Ok(())
 }
 
@@ -263,9 +272,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         tokio::spawn(socket.serve(tx));
         tokio::spawn(async move {
-            let (request, reply) = rx.recv().await.unwrap();
+            let (request, reply, written) = rx.recv().await.unwrap();
             assert_eq!(request, Request::Reload);
             reply.send(Reply::ok("reloaded")).unwrap();
+            written.await.unwrap();
         });
         let client_path = path.clone();
         let reply = tokio::task::spawn_blocking(move || send(&client_path, &Request::Reload))

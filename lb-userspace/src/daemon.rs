@@ -417,10 +417,12 @@ impl Daemon {
                         Err(e) => error!("reload refused, the running state is unchanged: {e:#}"),
                     }
                 }
-                Some((request, reply)) = requests.recv() => {
+                Some((request, reply, written)) = requests.recv() => {
                     let (answer, stop) = self.on_request(datapath, request).await;
                     let _ = reply.send(answer);
                     if let Some(stop) = stop {
+                        // Let the client read the reply before the runtime goes.
+                        let _ = time::timeout(Duration::from_secs(1), written).await;
                         break stop;
                     }
                 }

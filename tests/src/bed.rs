@@ -23,7 +23,7 @@
 //! - DAD is off and addresses are `nodad`, so IPv6 works at once.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::mpsc,
     thread::JoinHandle,
 };
@@ -32,8 +32,8 @@ use anyhow::{Context as _, anyhow};
 use lb::datapath::PassProgram;
 
 use crate::{
-    NetNs,
-    daemon::{Health, Protocol, ServiceConfig},
+    NetNs, RealServer,
+    daemon::{Health, LbConfig, Protocol, ServiceConfig, pin_path_for},
 };
 
 /// The IPv4 VIP.
@@ -205,6 +205,29 @@ impl TestBed {
                 .map(|(rs, &w)| (rs.addr_like(vip), w))
                 .collect(),
         }
+    }
+
+    /// An `lb` config for this bed's director: its NIC, a pin directory
+    /// named after the bed's tag, 65 536 flows and `services`.
+    pub fn lb_config(&self, services: Vec<ServiceConfig>) -> LbConfig {
+        LbConfig {
+            interfaces: vec![DIRECTOR_IFACE.to_owned()],
+            pin_path: pin_path_for(&self.tag),
+            max_flows: 65_536,
+            services,
+        }
+    }
+
+    /// Starts a [`RealServer`] on every real server, named after its role:
+    /// TCP on `port`, UDP on each of `udp`.
+    pub fn start_servers(&self, port: u16, udp: &[SocketAddr]) -> anyhow::Result<Vec<RealServer>> {
+        self.real_servers
+            .iter()
+            .map(|h| {
+                RealServer::start(&h.ns, &h.role, port, udp)
+                    .with_context(|| format!("starting {}", h.role))
+            })
+            .collect()
     }
 }
 

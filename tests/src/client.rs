@@ -187,6 +187,26 @@ pub fn count_by_server<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap
     counts
 }
 
+/// Pings every connection of `conns`: each must still be answered by the
+/// server it was opened to; the error names the first that is not.
+pub fn ping_all<'a>(conns: impl IntoIterator<Item = &'a mut HeldConn>) -> anyhow::Result<()> {
+    for (i, conn) in conns.into_iter().enumerate() {
+        let expected = conn.server().to_owned();
+        let answer = conn
+            .ping()
+            .with_context(|| format!("connection {i} to {expected} broke"))?;
+        if answer != expected {
+            bail!("connection {i} to {expected} was answered by {answer}");
+        }
+    }
+    Ok(())
+}
+
+/// How many of `conns` each real server answered.
+pub fn count_conns(conns: &[HeldConn]) -> BTreeMap<String, usize> {
+    count_by_server(conns.iter().map(HeldConn::server))
+}
+
 /// A small deterministic generator for upload payloads.
 struct XorShift(u64);
 

@@ -160,6 +160,27 @@ pub enum Health {
     Toml(String),
 }
 
+impl Health {
+    /// Interval of [`Health::tcp`].
+    pub const TCP_INTERVAL: Duration = Duration::from_secs(1);
+    /// Failures before [`Health::tcp`] takes a backend down.
+    pub const TCP_FALL: u32 = 2;
+    /// Successes before [`Health::tcp`] brings a backend back up.
+    pub const TCP_RISE: u32 = 2;
+
+    /// A TCP connect check on `port`: every [`Health::TCP_INTERVAL`] with a
+    /// 500 ms timeout, [`Health::TCP_FALL`] and [`Health::TCP_RISE`].
+    pub fn tcp(port: u16) -> Self {
+        Self::Tcp {
+            interval: Self::TCP_INTERVAL,
+            timeout: Duration::from_millis(500),
+            port,
+            fall: Self::TCP_FALL,
+            rise: Self::TCP_RISE,
+        }
+    }
+}
+
 /// One `[[service]]` of an `lb` config.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -380,6 +401,11 @@ impl LbDaemon {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The `lb` binary it runs.
+    pub fn binary(&self) -> &Path {
+        &self.lb
+    }
+
     /// Its bpffs pin directory.
     pub fn pin_path(&self) -> &Path {
         self.pins.path()
@@ -418,6 +444,20 @@ impl LbDaemon {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until every backend of every service is up, at most `timeout`;
+    /// returns those stats, or fails with the last ones.
+    pub fn wait_all_up(&self, timeout: Duration) -> anyhow::Result<Stats> {
+        let (stats, all_up) = self.wait_stats(timeout, |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
+        })?;
+        if !all_up {
+            bail!("backends not all up {timeout:?} after lb was ready: {stats:#?}");
+        }
+        Ok(stats)
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.

@@ -6,7 +6,8 @@
 //! hold the VIPs on `lo` with the LVS-DR ARP sysctls. [`RealServer`] runs
 //! in-process TCP/UDP servers inside a real server's namespace, the
 //! [`client`] helpers open real connections from the client's namespace, and
-//! [`LbDaemon`] runs the real `lb` binary on the director.
+//! [`LbDaemon`] runs the real `lb` binary on the director. A [`Director`]
+//! puts them together for a test: a bed, its real servers and a running `lb`.
 //!
 //! Every resource (namespace, bpffs pin directory, config directory, process,
 //! thread) is owned by a guard that removes exactly that resource on drop, and
@@ -18,6 +19,7 @@ pub mod client;
 pub mod cmd;
 pub mod conns;
 pub mod daemon;
+pub mod director;
 pub mod http;
 pub mod netns;
 pub mod server;
@@ -29,6 +31,7 @@ pub use bed::{DIRECTOR_IFACE, Host, TestBed, VIP4, VIP6};
 pub use daemon::{
     Health, LbConfig, LbDaemon, PinDir, Protocol, ServiceConfig, lb_binary, pin_path_for,
 };
+pub use director::{Director, Spec};
 pub use netns::NetNs;
 pub use server::RealServer;
 pub use stats::Stats;

@@ -15,10 +15,8 @@ use std::{
 };
 
 use lb_tests::{
-    DIRECTOR_IFACE, Health, LbConfig, LbDaemon, NetNs, PinDir, Protocol, RealServer, ServiceConfig,
-    Stats, TestBed, VIP4, VIP6,
-    client::{self, HeldConn},
-    cmd,
+    Director, Health, LbConfig, NetNs, PinDir, Protocol, ServiceConfig, Spec, TestBed, VIP4, VIP6,
+    client, cmd,
     daemon::{ScratchDir, output_timeout},
     lb_binary, pin_path_for, skip_unless_root, unique_tag,
 };
@@ -29,135 +27,28 @@ const PORT: u16 = 8080;
 const WEIGHTS: [u32; 3] = [1000, 500, 800];
 /// Allowed deviation from a server's weighted share.
 const TOLERANCE: f64 = 0.10;
-const INTERVAL: Duration = Duration::from_secs(1);
-const FALL: u32 = 2;
-const RISE: u32 = 2;
+const INTERVAL: Duration = Health::TCP_INTERVAL;
+const FALL: u32 = Health::TCP_FALL;
+const RISE: u32 = Health::TCP_RISE;
 
-fn tcp_health() -> Health {
-    Health::Tcp {
-        interval: INTERVAL,
-        timeout: Duration::from_millis(500),
+/// A bed with three running real servers (UDP on both VIPs) and `lb run` on
+/// the director with one service `name` on `vip` over rs1..rs3 (TCP check on
+/// [`PORT`]), every backend up.
+fn start(test: &'static str, name: &str, vip: IpAddr, protocol: Protocol) -> Director {
+    let udp: [SocketAddr; 2] = [(VIP4, PORT).into(), (VIP6, PORT).into()];
+    let spec = Spec {
+        real_servers: WEIGHTS.len(),
         port: PORT,
-        fall: FALL,
-        rise: RISE,
-    }
-}
-
-/// A bed with three running real servers and `lb run` on the director.
-/// Field order is drop order: lb stops first, the namespaces go last.
-struct Setup {
-    test: &'static str,
-    lb: LbDaemon,
-    servers: Vec<RealServer>,
-    bed: TestBed,
-}
-
-impl Setup {
-    /// Builds the bed, starts the servers and `lb` with the services `services`
-    /// returns, and waits until every backend is up.
-    fn new(test: &'static str, services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>) -> Self {
-        let tag = unique_tag();
-        let bed = TestBed::build(&tag, WEIGHTS.len())
-            .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
-        let udp: [SocketAddr; 2] = [(VIP4, PORT).into(), (VIP6, PORT).into()];
-        let servers = bed
-            .real_servers()
-            .iter()
-            .map(|h| {
-                RealServer::start(&h.ns, &h.role, PORT, &udp)
-                    .unwrap_or_else(|e| panic!("{test}: starting {}: {e:#}", h.role))
-            })
-            .collect();
-        let config = LbConfig {
-            interfaces: vec![DIRECTOR_IFACE.to_owned()],
-            pin_path: pin_path_for(&tag),
-            max_flows: 65_536,
-            services: services(&bed),
-        };
-        let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        let lb = LbDaemon::start(&lb_bin, &bed.director().ns, &config, &tag, &[])
-            .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
-        let setup = Self {
-            test,
-            lb,
-            servers,
-            bed,
-        };
-        let (stats, all_up) = setup
-            .lb
-            .wait_stats(Duration::from_secs(15), |s| {
-                s.services
-                    .iter()
-                    .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
-            })
-            .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
-        if !all_up {
-            setup.fail(&format!(
-                "backends not all up 15 s after lb was ready: {stats:#?}"
-            ));
-        }
-        setup
-    }
-
-    /// Panics with `msg` and everything lb printed.
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{}: {msg}\n----- lb output -----\n{}",
-            self.test,
-            self.lb.log()
-        )
-    }
-
-    fn stats(&self) -> Stats {
-        self.lb
-            .stats()
-            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")))
-    }
-
-    /// Opens `n` connections from the client, failing the test if any fails.
-    fn open(&self, vip: IpAddr, n: usize) -> Vec<HeldConn> {
-        client::open_tcp(&self.bed.client().ns, SocketAddr::new(vip, PORT), n)
-            .unwrap_or_else(|e| self.fail(&format!("opening {n} TCP connections: {e:#}")))
-    }
-
-    /// Real server name -> its address in `vip`'s family.
-    fn address_of(&self, role: &str, vip: IpAddr) -> IpAddr {
-        self.bed
-            .real_servers()
-            .iter()
-            .find(|h| h.role == role)
-            .unwrap_or_else(|| self.fail(&format!("no real server {role}")))
-            .addr_like(vip)
-    }
-
-    /// Stops lb with SIGTERM; asserts it exits 0 and removes its pins.
-    fn finish(self) {
-        let Self {
-            test,
-            lb,
-            servers,
-            bed,
-        } = self;
-        let pins = lb.pin_path().to_owned();
-        let (status, log) = lb
-            .stop()
-            .unwrap_or_else(|e| panic!("{test}: stopping lb: {e:#}"));
-        assert!(
-            status.success(),
-            "{test}: lb exited with {status} after SIGTERM; its output:\n{log}"
-        );
-        assert!(
-            !pins.exists(),
-            "{test}: lb left its pin directory {} behind; its output:\n{log}",
-            pins.display()
-        );
-        drop(servers);
-        drop(bed);
-    }
+        udp: &udp,
+        lb_args: &[],
+    };
+    Director::start(test, spec, |bed| {
+        vec![bed.service(name, vip, PORT, protocol, Health::tcp(PORT), &WEIGHTS)]
+    })
 }
 
 /// Asserts each of rs1..rs3 got its weighted share of `total` within [`TOLERANCE`].
-fn assert_weighted(setup: &Setup, what: &str, counts: &BTreeMap<String, usize>, total: usize) {
+fn assert_weighted(setup: &Director, what: &str, counts: &BTreeMap<String, usize>, total: usize) {
     let sum: u32 = WEIGHTS.iter().sum();
     let got: usize = counts.values().sum();
     if got != total {
@@ -181,19 +72,14 @@ fn assert_weighted(setup: &Setup, what: &str, counts: &BTreeMap<String, usize>, 
 /// 300 held TCP connections to a wlc service over rs1..rs3 (1000/500/800).
 fn tcp_wlc_split(test: &'static str, vip: IpAddr) {
     const N: usize = 300;
-    let setup = Setup::new(test, |bed| {
-        vec![bed.service("web", vip, PORT, Protocol::Tcp, tcp_health(), &WEIGHTS)]
-    });
+    let setup = start(test, "web", vip, Protocol::Tcp);
     let mut conns = setup.open(vip, N);
-    let counts = client::count_by_server(conns.iter().map(HeldConn::server));
+    let counts = client::count_conns(&conns);
     eprintln!("{test}: the client saw {counts:?}");
     assert_weighted(&setup, "TCP connections", &counts, N);
 
     // lb's own view must match what the client saw.
-    let expected: BTreeMap<IpAddr, u64> = counts
-        .iter()
-        .map(|(role, &n)| (setup.address_of(role, vip), n as u64))
-        .collect();
+    let expected = setup.by_address(&counts, vip);
     let (stats, agrees) = setup
         .lb
         .wait_stats(Duration::from_secs(3), |s| {
@@ -215,16 +101,7 @@ fn tcp_wlc_split(test: &'static str, vip: IpAddr) {
     }
 
     // Every held flow still reaches the server that answered it.
-    for (i, conn) in conns.iter_mut().enumerate() {
-        let server = conn.server().to_owned();
-        match conn.ping() {
-            Ok(name) if name == server => {}
-            Ok(name) => setup.fail(&format!(
-                "connection {i} was answered by {server} but its ping by {name}"
-            )),
-            Err(e) => setup.fail(&format!("connection {i} to {server} broke: {e:#}")),
-        }
-    }
+    setup.ping_all(&mut conns, "after the split");
     drop(conns);
     setup.finish();
 }
@@ -257,19 +134,14 @@ fn udp_flows_split_by_weight() {
     let vip = IpAddr::from(VIP4);
     // The TCP check on the same port as the UDP service, like keepalived's
     // TCP_CHECK in front of UDP services.
-    let setup = Setup::new(TEST, |bed| {
-        vec![bed.service("dns", vip, PORT, Protocol::Udp, tcp_health(), &WEIGHTS)]
-    });
+    let setup = start(TEST, "dns", vip, Protocol::Udp);
     let names = client::udp_flows(&setup.bed.client().ns, SocketAddr::new(vip, PORT), N)
         .unwrap_or_else(|e| setup.fail(&format!("UDP flows: {e:#}")));
     let counts = client::count_by_server(names.iter().map(String::as_str));
     eprintln!("{TEST}: the client saw {counts:?}");
     assert_weighted(&setup, "UDP flows", &counts, N);
 
-    let expected: BTreeMap<IpAddr, u64> = counts
-        .iter()
-        .map(|(role, &n)| (setup.address_of(role, vip), n as u64))
-        .collect();
+    let expected = setup.by_address(&counts, vip);
     let stats = setup.stats();
     let svc = stats
         .service(vip, PORT)
@@ -292,9 +164,7 @@ fn upload_64_mib_arrives_intact() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let setup = Setup::new(TEST, |bed| {
-        vec![bed.service("gridftp", vip, PORT, Protocol::Tcp, tcp_health(), &WEIGHTS)]
-    });
+    let setup = start(TEST, "gridftp", vip, Protocol::Tcp);
     let (server, report) = client::upload(&setup.bed.client().ns, SocketAddr::new(vip, PORT), LEN)
         .unwrap_or_else(|e| setup.fail(&format!("uploading {LEN} bytes: {e:#}")));
     eprintln!("{TEST}: {server} reported {report:?}");
@@ -326,12 +196,10 @@ fn health_check_takes_a_server_out_and_back() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let mut setup = Setup::new(TEST, |bed| {
-        vec![bed.service("web", vip, PORT, Protocol::Tcp, tcp_health(), &WEIGHTS)]
-    });
+    let mut setup = start(TEST, "web", vip, Protocol::Tcp);
     let victim = setup.servers[1].name().to_owned();
     let victim_addr = setup.address_of(&victim, vip);
-    let backend_state = |setup: &Setup| {
+    let backend_state = |setup: &Director| {
         let stats = setup.stats();
         stats
             .service(vip, PORT)
@@ -341,10 +209,7 @@ fn health_check_takes_a_server_out_and_back() {
     };
 
     let mut held = setup.open(vip, N);
-    eprintln!(
-        "{TEST}: before: {:?}",
-        client::count_by_server(held.iter().map(HeldConn::server))
-    );
+    eprintln!("{TEST}: before: {:?}", client::count_conns(&held));
 
     setup.servers[1].stop_listener();
     thread::sleep(INTERVAL * FALL + Duration::from_secs(1));
@@ -355,7 +220,7 @@ fn health_check_takes_a_server_out_and_back() {
         ));
     }
     let during = setup.open(vip, N);
-    let counts = client::count_by_server(during.iter().map(HeldConn::server));
+    let counts = client::count_conns(&during);
     eprintln!("{TEST}: while {victim} is down: {counts:?}");
     if counts.contains_key(&victim) {
         setup.fail(&format!(
@@ -375,7 +240,7 @@ fn health_check_takes_a_server_out_and_back() {
         ));
     }
     let after = setup.open(vip, N);
-    let counts = client::count_by_server(after.iter().map(HeldConn::server));
+    let counts = client::count_conns(&after);
     eprintln!("{TEST}: after {victim} is back: {counts:?}");
     if !counts.contains_key(&victim) {
         setup.fail(&format!(
@@ -385,14 +250,10 @@ fn health_check_takes_a_server_out_and_back() {
     held.extend(after);
 
     // Connections to the other servers never broke.
-    for conn in held.iter_mut().filter(|c| c.server() != victim) {
-        let server = conn.server().to_owned();
-        match conn.ping() {
-            Ok(name) if name == server => {}
-            Ok(name) => setup.fail(&format!("a connection to {server} now reaches {name}")),
-            Err(e) => setup.fail(&format!("a connection to {server} broke: {e:#}")),
-        }
-    }
+    setup.ping_all(
+        held.iter_mut().filter(|c| c.server() != victim),
+        &format!("after {victim} went down and came back"),
+    );
     drop(held);
     setup.finish();
 }
@@ -404,9 +265,7 @@ fn bpftool_shows_map_field_names() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let setup = Setup::new(TEST, |bed| {
-        vec![bed.service("web", vip, PORT, Protocol::Tcp, tcp_health(), &WEIGHTS)]
-    });
+    let setup = start(TEST, "web", vip, Protocol::Tcp);
     for (map, fields) in [
         (
             lb_common::SERVICES_MAP,
@@ -534,14 +393,9 @@ fn test_bed_reaches_real_servers_directly() {
     }
     let tag = unique_tag();
     let bed = TestBed::build(&tag, 2).unwrap_or_else(|e| panic!("{TEST}: building the bed: {e:#}"));
-    let servers: Vec<RealServer> = bed
-        .real_servers()
-        .iter()
-        .map(|h| {
-            RealServer::start(&h.ns, &h.role, PORT, &[])
-                .unwrap_or_else(|e| panic!("{TEST}: starting {}: {e:#}", h.role))
-        })
-        .collect();
+    let servers = bed
+        .start_servers(PORT, &[])
+        .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
     for host in bed.real_servers() {
         for addr in [IpAddr::from(host.ipv4), IpAddr::from(host.ipv6)] {
             let mut conns = client::open_tcp(&bed.client().ns, SocketAddr::new(addr, PORT), 2)

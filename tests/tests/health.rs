@@ -10,20 +10,19 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    DIRECTOR_IFACE, Health, LbConfig, LbDaemon, Protocol, RealServer, Stats, TestBed, VIP4,
+    Director, Health, Protocol, Spec, Stats, VIP4,
     client::{self, HeldConn},
     daemon::ScratchDir,
     http::HttpResponder,
-    lb_binary, pin_path_for, skip_unless_root,
+    skip_unless_root,
     stats::BackendStats,
-    unique_tag,
 };
 
 /// The service name, as lb passes it to notify commands.
@@ -91,37 +90,31 @@ fn exec_health(scratch: &Path, extra: &str) -> Health {
     ))
 }
 
-/// A bed with three real servers (each with an [`HttpResponder`] on
-/// [`HTTP_PORT`] when asked), a scratch directory of the test's own, and
-/// `lb run` on the director with one TCP service on VIP4:[`PORT`].
-/// Field order is drop order: lb stops first, the namespaces go last.
-struct Setup {
-    test: &'static str,
-    lb: LbDaemon,
+/// What the health tests start besides the real servers: an
+/// [`HttpResponder`] on [`HTTP_PORT`] per real server (when asked) and a
+/// scratch directory of the test's own.
+struct Extra {
     responders: Vec<HttpResponder>,
-    servers: Vec<RealServer>,
     scratch: ScratchDir,
-    bed: TestBed,
 }
 
-impl Setup {
-    /// Builds everything; `health` gets the scratch directory and returns
-    /// the service's health check.
-    fn new(test: &'static str, with_http: bool, health: impl FnOnce(&Path) -> Health) -> Self {
-        let tag = unique_tag();
-        let bed = TestBed::build(&tag, WEIGHTS.len())
-            .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
+/// Three real servers, their [`Extra`] and `lb run` on the director with
+/// one TCP service on VIP4:[`PORT`].
+type Setup = Director<Extra>;
+
+/// Builds everything; `health` gets the scratch directory and returns the
+/// service's health check.
+fn start(test: &'static str, with_http: bool, health: impl FnOnce(&Path) -> Health) -> Setup {
+    let spec = Spec {
+        real_servers: WEIGHTS.len(),
+        port: PORT,
+        udp: &[],
+        lb_args: &[],
+    };
+    Director::start_with(test, spec, |bed| {
         // Not `lbt-<tag>`: LbDaemon makes (and removes) that one.
-        let scratch = ScratchDir::create(&format!("{tag}-health"))
+        let scratch = ScratchDir::create(&format!("{}-health", bed.tag()))
             .unwrap_or_else(|e| panic!("{test}: creating a scratch directory: {e:#}"));
-        let servers = bed
-            .real_servers()
-            .iter()
-            .map(|h| {
-                RealServer::start(&h.ns, &h.role, PORT, &[])
-                    .unwrap_or_else(|e| panic!("{test}: starting {}: {e:#}", h.role))
-            })
-            .collect();
         let responders = if with_http {
             bed.real_servers()
                 .iter()
@@ -134,151 +127,87 @@ impl Setup {
         } else {
             Vec::new()
         };
-        let vip = IpAddr::from(VIP4);
-        let config = LbConfig {
-            interfaces: vec![DIRECTOR_IFACE.to_owned()],
-            pin_path: pin_path_for(&tag),
-            max_flows: 65_536,
-            services: vec![bed.service(
-                SERVICE,
-                vip,
-                PORT,
-                Protocol::Tcp,
-                health(scratch.path()),
-                &WEIGHTS,
-            )],
-        };
-        let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        let lb = LbDaemon::start(&lb_bin, &bed.director().ns, &config, &tag, &[])
-            .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
-        let setup = Self {
-            test,
-            lb,
-            responders,
-            servers,
-            scratch,
-            bed,
-        };
-        let (stats, all_up) = setup
-            .lb
-            .wait_stats(Duration::from_secs(15), |s| {
-                s.services
-                    .iter()
-                    .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
-            })
-            .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
-        if !all_up {
+        let service = bed.service(
+            SERVICE,
+            VIP4.into(),
+            PORT,
+            Protocol::Tcp,
+            health(scratch.path()),
+            &WEIGHTS,
+        );
+        (
+            Extra {
+                responders,
+                scratch,
+            },
+            vec![service],
+        )
+    })
+}
+
+/// The victim's name (`rs2`) and address.
+fn victim(setup: &Setup) -> (String, IpAddr) {
+    let host = &setup.bed.real_servers()[VICTIM];
+    (host.role.clone(), host.addr_like(VIP4.into()))
+}
+
+/// Polls `lb stats --json` until the backend at `address` satisfies `want`
+/// (described as `what`), at most `within`; returns it and how long it took,
+/// or fails the test with the last stats.
+fn wait_backend(
+    setup: &Setup,
+    address: IpAddr,
+    what: &str,
+    within: Duration,
+    want: impl Fn(&BackendStats) -> bool,
+) -> (BackendStats, Duration) {
+    let start = Instant::now();
+    let backend = |s: &Stats| {
+        s.service(VIP4.into(), PORT)
+            .and_then(|svc| svc.backend(address))
+            .cloned()
+    };
+    let (stats, ok) = setup
+        .lb
+        .wait_stats(within, |s| backend(s).is_some_and(|b| want(&b)))
+        .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
+    let took = start.elapsed();
+    match backend(&stats) {
+        Some(b) if ok => (b, took),
+        Some(b) => setup.fail(&format!(
+            "backend {address} is not {what} after {took:?} (bound {within:?}): {b:#?}"
+        )),
+        None => setup.fail(&format!(
+            "backend {address} missing from lb stats: {stats:#?}"
+        )),
+    }
+}
+
+/// Opens [`N`] connections to the service from the client and returns them
+/// with how many each real server answered.
+fn open(setup: &Setup) -> (Vec<HeldConn>, BTreeMap<String, usize>) {
+    let conns = setup.open(VIP4.into(), N);
+    let counts = client::count_conns(&conns);
+    (conns, counts)
+}
+
+/// Waits until `file` holds the line `line` (notify commands run
+/// asynchronously), at most [`NOTIFY_WAIT`].
+fn wait_notify(setup: &Setup, file: &Path, line: &str) {
+    let deadline = Instant::now() + NOTIFY_WAIT;
+    loop {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        if Instant::now() > deadline {
             setup.fail(&format!(
-                "backends not all up 15 s after lb was ready: {stats:#?}"
+                "the notify command did not write {line:?} to {} within {NOTIFY_WAIT:?}; \
+                 the file holds:\n{text}",
+                file.display()
             ));
         }
-        setup
-    }
-
-    /// Panics with `msg` and everything lb printed.
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{}: {msg}\n----- lb output -----\n{}",
-            self.test,
-            self.lb.log()
-        )
-    }
-
-    /// The victim's name (`rs2`) and address.
-    fn victim(&self) -> (String, IpAddr) {
-        let host = &self.bed.real_servers()[VICTIM];
-        (host.role.clone(), host.addr_like(VIP4.into()))
-    }
-
-    /// Polls `lb stats --json` until the backend at `address` satisfies
-    /// `want` (described as `what`), at most `within`; returns it and how
-    /// long it took, or fails the test with the last stats.
-    fn wait_backend(
-        &self,
-        address: IpAddr,
-        what: &str,
-        within: Duration,
-        want: impl Fn(&BackendStats) -> bool,
-    ) -> (BackendStats, Duration) {
-        let start = Instant::now();
-        let backend = |s: &Stats| {
-            s.service(VIP4.into(), PORT)
-                .and_then(|svc| svc.backend(address))
-                .cloned()
-        };
-        let (stats, ok) = self
-            .lb
-            .wait_stats(within, |s| backend(s).is_some_and(|b| want(&b)))
-            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")));
-        let took = start.elapsed();
-        match backend(&stats) {
-            Some(b) if ok => (b, took),
-            Some(b) => self.fail(&format!(
-                "backend {address} is not {what} after {took:?} (bound {within:?}): {b:#?}"
-            )),
-            None => self.fail(&format!(
-                "backend {address} missing from lb stats: {stats:#?}"
-            )),
-        }
-    }
-
-    /// Opens [`N`] connections to the service from the client and returns
-    /// them with how many each real server answered.
-    fn open(&self) -> (Vec<HeldConn>, BTreeMap<String, usize>) {
-        let conns = client::open_tcp(&self.bed.client().ns, SocketAddr::new(VIP4.into(), PORT), N)
-            .unwrap_or_else(|e| self.fail(&format!("opening {N} TCP connections: {e:#}")));
-        let counts = client::count_by_server(conns.iter().map(HeldConn::server));
-        (conns, counts)
-    }
-
-    /// Waits until `file` holds the line `line` (notify commands run
-    /// asynchronously), at most [`NOTIFY_WAIT`].
-    fn wait_notify(&self, file: &Path, line: &str) {
-        let deadline = Instant::now() + NOTIFY_WAIT;
-        loop {
-            let text = fs::read_to_string(file).unwrap_or_default();
-            if text.lines().any(|l| l == line) {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!(
-                    "the notify command did not write {line:?} to {} within {NOTIFY_WAIT:?}; \
-                     the file holds:\n{text}",
-                    file.display()
-                ));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops lb with SIGTERM; asserts it exits 0 and removes its pins; then
-    /// removes everything else.
-    fn finish(self) {
-        let Self {
-            test,
-            lb,
-            responders,
-            servers,
-            scratch,
-            bed,
-        } = self;
-        let pins = lb.pin_path().to_owned();
-        let (status, log) = lb
-            .stop()
-            .unwrap_or_else(|e| panic!("{test}: stopping lb: {e:#}"));
-        assert!(
-            status.success(),
-            "{test}: lb exited with {status} after SIGTERM; its output:\n{log}"
-        );
-        assert!(
-            !pins.exists(),
-            "{test}: lb left its pin directory {} behind; its output:\n{log}",
-            pins.display()
-        );
-        drop(responders);
-        drop(servers);
-        drop(scratch);
-        drop(bed);
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -292,17 +221,17 @@ fn down_and_up(
     take_down: impl FnOnce(),
     bring_back: impl FnOnce(),
 ) -> Vec<HeldConn> {
-    let test = setup.test;
-    let (victim, address) = setup.victim();
+    let test = setup.test();
+    let (victim, address) = victim(setup);
 
-    let (mut held, counts) = setup.open();
+    let (mut held, counts) = open(setup);
     eprintln!("{test}: before: {counts:?}");
 
     take_down();
     let bound = state_change_bound(FALL);
-    let (_, took) = setup.wait_backend(address, "down", bound, |b| b.state == "down");
+    let (_, took) = wait_backend(setup, address, "down", bound, |b| b.state == "down");
     eprintln!("{test}: {victim} went down after {took:?} (bound {bound:?})");
-    let (during, counts) = setup.open();
+    let (during, counts) = open(setup);
     eprintln!("{test}: while {victim} is down: {counts:?}");
     if counts.contains_key(&victim) {
         setup.fail(&format!(
@@ -311,15 +240,15 @@ fn down_and_up(
     }
     held.extend(during);
     if let Some(file) = notify_file {
-        setup.wait_notify(file, &format!("{SERVICE} {address} down"));
+        wait_notify(setup, file, &format!("{SERVICE} {address} down"));
     }
 
     bring_back();
     let bound = state_change_bound(RISE);
-    let (_, took) = setup.wait_backend(address, "up", bound, |b| b.state == "up");
+    let (_, took) = wait_backend(setup, address, "up", bound, |b| b.state == "up");
     eprintln!("{test}: {victim} came back up after {took:?} (bound {bound:?})");
     // The connections held to rs1 and rs3 make the idle victim wlc's choice.
-    let (after, counts) = setup.open();
+    let (after, counts) = open(setup);
     eprintln!("{test}: after {victim} is back: {counts:?}");
     if !counts.contains_key(&victim) {
         setup.fail(&format!(
@@ -328,14 +257,24 @@ fn down_and_up(
     }
     held.extend(after);
     if let Some(file) = notify_file {
-        setup.wait_notify(file, &format!("{SERVICE} {address} up"));
+        wait_notify(setup, file, &format!("{SERVICE} {address} up"));
     }
     held
 }
 
-/// Creates the file that fails `address`'s exec check.
+/// The file whose existence fails `address`'s exec check.
 fn down_file(scratch: &Path, address: IpAddr) -> PathBuf {
     scratch.join(format!("down-{address}"))
+}
+
+/// Creates (`down`) or removes the exec check's `flag` file.
+fn set_down(setup: &Setup, flag: &Path, down: bool) {
+    let (done, doing) = if down {
+        (fs::write(flag, b""), "creating")
+    } else {
+        (fs::remove_file(flag), "removing")
+    };
+    done.unwrap_or_else(|e| setup.fail(&format!("{doing} {}: {e}", flag.display())));
 }
 
 #[test]
@@ -344,7 +283,7 @@ fn http_check_takes_a_backend_down_and_up() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, true, |scratch| {
+    let setup = start(TEST, true, |scratch| {
         Health::Toml(format!(
             "kind = \"http\"\nport = {HTTP_PORT}\npath = \"/health\"\nstatus = [200]\n\
              host = {}\n{}{}",
@@ -353,13 +292,14 @@ fn http_check_takes_a_backend_down_and_up() {
             notify_line(&scratch.join("notify"))
         ))
     });
-    let notify_file = setup.scratch.path().join("notify");
+    let notify_file = setup.extra.scratch.path().join("notify");
 
     // Every responder is being probed before anything changes.
     let deadline = Instant::now() + state_change_bound(1);
-    while setup.responders.iter().any(|r| r.requests() == 0) {
+    while setup.extra.responders.iter().any(|r| r.requests() == 0) {
         if Instant::now() > deadline {
             let seen: Vec<(&str, u64)> = setup
+                .extra
                 .responders
                 .iter()
                 .map(|r| (r.name(), r.requests()))
@@ -371,7 +311,7 @@ fn http_check_takes_a_backend_down_and_up() {
         thread::sleep(Duration::from_millis(50));
     }
 
-    let responder = &setup.responders[VICTIM];
+    let responder = &setup.extra.responders[VICTIM];
     let held = down_and_up(
         &setup,
         Some(&notify_file),
@@ -379,7 +319,7 @@ fn http_check_takes_a_backend_down_and_up() {
         || responder.set_status(200),
     );
 
-    for r in &setup.responders {
+    for r in &setup.extra.responders {
         let host = r.last_host();
         if host.as_deref() != Some(HTTP_HOST) {
             setup.fail(&format!(
@@ -400,20 +340,14 @@ fn exec_check_takes_a_backend_down_and_up() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, false, |scratch| exec_health(scratch, ""));
-    let (_, address) = setup.victim();
-    let flag = down_file(setup.scratch.path(), address);
+    let setup = start(TEST, false, |scratch| exec_health(scratch, ""));
+    let (_, address) = victim(&setup);
+    let flag = down_file(setup.extra.scratch.path(), address);
     let held = down_and_up(
         &setup,
         None,
-        || {
-            fs::write(&flag, b"")
-                .unwrap_or_else(|e| setup.fail(&format!("creating {}: {e}", flag.display())))
-        },
-        || {
-            fs::remove_file(&flag)
-                .unwrap_or_else(|e| setup.fail(&format!("removing {}: {e}", flag.display())))
-        },
+        || set_down(&setup, &flag, true),
+        || set_down(&setup, &flag, false),
     );
     drop(held);
     setup.finish();
@@ -425,14 +359,14 @@ fn inhibit_on_failure_sets_weight_zero() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, false, |scratch| {
+    let setup = start(TEST, false, |scratch| {
         exec_health(scratch, "inhibit_on_failure = true\n")
     });
-    let (victim, address) = setup.victim();
+    let (victim, address) = victim(&setup);
     let weight = WEIGHTS[VICTIM];
-    let flag = down_file(setup.scratch.path(), address);
+    let flag = down_file(setup.extra.scratch.path(), address);
 
-    let (before, _) = setup.wait_backend(address, "up", Duration::ZERO, |b| b.state == "up");
+    let (before, _) = wait_backend(&setup, address, "up", Duration::ZERO, |b| b.state == "up");
     if before.weight != weight {
         setup.fail(&format!(
             "{victim} starts with weight {} in lb stats, configured {weight}: {before:#?}",
@@ -440,10 +374,9 @@ fn inhibit_on_failure_sets_weight_zero() {
         ));
     }
 
-    fs::write(&flag, b"")
-        .unwrap_or_else(|e| setup.fail(&format!("creating {}: {e}", flag.display())));
+    set_down(&setup, &flag, true);
     let bound = state_change_bound(FALL);
-    let (down, took) = setup.wait_backend(address, "down", bound, |b| b.state == "down");
+    let (down, took) = wait_backend(&setup, address, "down", bound, |b| b.state == "down");
     eprintln!("{TEST}: {victim} went down after {took:?}: {down:?}");
     if down.weight != 0 {
         setup.fail(&format!(
@@ -451,7 +384,7 @@ fn inhibit_on_failure_sets_weight_zero() {
             down.weight
         ));
     }
-    let (during, counts) = setup.open();
+    let (during, counts) = open(&setup);
     eprintln!("{TEST}: while {victim} is inhibited: {counts:?}");
     if counts.contains_key(&victim) {
         setup.fail(&format!(
@@ -459,10 +392,9 @@ fn inhibit_on_failure_sets_weight_zero() {
         ));
     }
 
-    fs::remove_file(&flag)
-        .unwrap_or_else(|e| setup.fail(&format!("removing {}: {e}", flag.display())));
+    set_down(&setup, &flag, false);
     let bound = state_change_bound(RISE);
-    let (up, took) = setup.wait_backend(address, "up", bound, |b| b.state == "up");
+    let (up, took) = wait_backend(&setup, address, "up", bound, |b| b.state == "up");
     eprintln!("{TEST}: {victim} came back up after {took:?}: {up:?}");
     if up.weight != weight {
         setup.fail(&format!(
@@ -471,7 +403,7 @@ fn inhibit_on_failure_sets_weight_zero() {
             up.weight
         ));
     }
-    let (after, counts) = setup.open();
+    let (after, counts) = open(&setup);
     eprintln!("{TEST}: after {victim} is back: {counts:?}");
     if !counts.contains_key(&victim) {
         setup.fail(&format!(

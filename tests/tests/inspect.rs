@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -21,12 +20,10 @@ use std::{
 };
 
 use lb_tests::{
-    DIRECTOR_IFACE, Health, LbConfig, LbDaemon, Protocol, RealServer, ServiceConfig, Stats,
-    TestBed, VIP4,
-    client::{self, HeldConn},
-    cmd,
+    Director, Health, Protocol, Spec, Stats, VIP4, client,
+    cmd::{self, Finished},
     conns::Conns,
-    lb_binary, pin_path_for, skip_unless_root, unique_tag,
+    skip_unless_root,
 };
 
 /// The port of both services (TCP "web", UDP "dns") and of the health check.
@@ -36,139 +33,64 @@ const WEIGHTS: [u32; 3] = [1000, 500, 800];
 /// Where `lb run --metrics-listen` serves, inside the director's namespace.
 const METRICS: &str = "127.0.0.1:9469";
 
-fn tcp_health() -> Health {
-    Health::Tcp {
-        interval: Duration::from_secs(1),
-        timeout: Duration::from_millis(500),
+/// A bed with three real servers (TCP on PORT, UDP on VIP4:PORT) and `lb run
+/// EXTRA_ARGS...` on the director with services "web" (TCP) and "dns" (UDP).
+fn start(test: &'static str, extra_args: &[&str]) -> Director {
+    let udp = [SocketAddr::from((VIP4, PORT))];
+    let spec = Spec {
+        real_servers: WEIGHTS.len(),
         port: PORT,
-        fall: 2,
-        rise: 2,
-    }
-}
-
-/// A bed with three real servers (TCP on PORT, UDP on VIP4:PORT) and `lb
-/// run` on the director with services "web" (TCP) and "dns" (UDP).
-/// Field order is drop order: lb stops first, the namespaces go last.
-struct Setup {
-    test: &'static str,
-    lb_bin: PathBuf,
-    lb: LbDaemon,
-    _servers: Vec<RealServer>,
-    bed: TestBed,
-}
-
-impl Setup {
-    fn new(test: &'static str, extra_args: &[&str]) -> Self {
-        let tag = unique_tag();
-        let bed = TestBed::build(&tag, WEIGHTS.len())
-            .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
-        let udp = [SocketAddr::from((VIP4, PORT))];
-        let servers = bed
-            .real_servers()
-            .iter()
-            .map(|h| {
-                RealServer::start(&h.ns, &h.role, PORT, &udp)
-                    .unwrap_or_else(|e| panic!("{test}: starting {}: {e:#}", h.role))
-            })
-            .collect();
+        udp: &udp,
+        lb_args: extra_args,
+    };
+    Director::start(test, spec, |bed| {
         let vip = IpAddr::from(VIP4);
-        let services: Vec<ServiceConfig> = vec![
-            bed.service("web", vip, PORT, Protocol::Tcp, tcp_health(), &WEIGHTS),
-            bed.service("dns", vip, PORT, Protocol::Udp, tcp_health(), &WEIGHTS),
-        ];
-        let config = LbConfig {
-            interfaces: vec![DIRECTOR_IFACE.to_owned()],
-            pin_path: pin_path_for(&tag),
-            max_flows: 65_536,
-            services,
-        };
-        let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        let lb = LbDaemon::start(&lb_bin, &bed.director().ns, &config, &tag, extra_args)
-            .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
-        let setup = Self {
-            test,
-            lb_bin,
-            lb,
-            _servers: servers,
-            bed,
-        };
-        let (stats, all_up) = setup
-            .lb
-            .wait_stats(Duration::from_secs(15), |s| {
-                s.services
-                    .iter()
-                    .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
-            })
-            .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
-        if !all_up {
-            setup.fail(&format!(
-                "backends not all up 15 s after lb was ready: {stats:#?}"
-            ));
-        }
-        setup
-    }
-
-    /// Panics with `msg` and everything lb printed.
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{}: {msg}\n----- lb output -----\n{}",
-            self.test,
-            self.lb.log()
-        )
-    }
-
-    /// `--config FILE` (names, pin path and timeouts of the running lb).
-    fn config_args(&self) -> Vec<String> {
         vec![
-            "--config".to_owned(),
-            self.lb.config_path().display().to_string(),
+            bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS),
+            bed.service("dns", vip, PORT, Protocol::Udp, Health::tcp(PORT), &WEIGHTS),
         ]
-    }
+    })
+}
 
-    /// `lb stats --config FILE ARGS... --json`.
-    fn stats(&self, args: &[&str]) -> Stats {
-        let mut all = self.config_args();
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        Stats::query_args(&self.lb_bin, &all)
-            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")))
-    }
+/// `--config FILE ARGS...` (names, pin path and timeouts of the running lb).
+fn config_args(setup: &Director, args: &[&str]) -> Vec<String> {
+    let config = setup.lb.config_path().display().to_string();
+    ["--config", &config]
+        .iter()
+        .chain(args)
+        .map(|a| (*a).to_owned())
+        .collect()
+}
 
-    /// `lb conns --config FILE ARGS... --json`.
-    fn conns(&self, args: &[&str]) -> Conns {
-        let mut all = self.config_args();
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        Conns::query(&self.lb_bin, &all).unwrap_or_else(|e| self.fail(&format!("lb conns: {e:#}")))
-    }
+/// `lb stats --config FILE ARGS... --json`.
+fn lb_stats(setup: &Director, args: &[&str]) -> Stats {
+    Stats::query_args(setup.lb.binary(), &config_args(setup, args))
+        .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")))
+}
 
-    /// `lb SUBCOMMAND --config FILE ARGS...` (a table), which must succeed.
-    fn table(&self, subcommand: &str, args: &[&str]) -> String {
-        cmd::run(
-            Command::new(&self.lb_bin)
-                .arg(subcommand)
-                .args(self.config_args())
-                .args(args),
-        )
-        .unwrap_or_else(|e| self.fail(&format!("lb {subcommand}: {e:#}")))
-    }
+/// `lb conns --config FILE ARGS... --json`.
+fn lb_conns(setup: &Director, args: &[&str]) -> Conns {
+    Conns::query(setup.lb.binary(), &config_args(setup, args))
+        .unwrap_or_else(|e| setup.fail(&format!("lb conns: {e:#}")))
+}
 
-    /// Real server name -> its IPv4 address.
-    fn address_of(&self, role: &str) -> IpAddr {
-        self.bed
-            .real_servers()
-            .iter()
-            .find(|h| h.role == role)
-            .unwrap_or_else(|| self.fail(&format!("no real server {role}")))
-            .ipv4
-            .into()
-    }
+/// The command `lb SUBCOMMAND --config FILE ARGS...`.
+fn lb_command(setup: &Director, subcommand: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(setup.lb.binary());
+    command.arg(subcommand).args(config_args(setup, args));
+    command
+}
 
-    /// Client counts per server name -> per real server address.
-    fn by_address(&self, counts: &BTreeMap<String, usize>) -> BTreeMap<IpAddr, u64> {
-        counts
-            .iter()
-            .map(|(role, &n)| (self.address_of(role), n as u64))
-            .collect()
-    }
+/// `lb SUBCOMMAND --config FILE ARGS...`, whatever its exit status.
+fn lb_output(setup: &Director, subcommand: &str, args: &[&str]) -> Finished {
+    cmd::output(&mut lb_command(setup, subcommand, args))
+        .unwrap_or_else(|e| setup.fail(&format!("{e:#}")))
+}
+
+/// `lb SUBCOMMAND --config FILE ARGS...` (a table), which must succeed.
+fn lb_table(setup: &Director, subcommand: &str, args: &[&str]) -> String {
+    cmd::run(&mut lb_command(setup, subcommand, args))
+        .unwrap_or_else(|e| setup.fail(&format!("lb {subcommand}: {e:#}")))
 }
 
 /// 60 held TCP connections (each pinged once) and 40 UDP flows: `lb stats`
@@ -181,31 +103,29 @@ fn stats_and_conns_match_what_the_client_sent() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &[]);
+    let setup = start(TEST, &[]);
     let vip = IpAddr::from(VIP4);
     let target = SocketAddr::new(vip, PORT);
     let client_ns = &setup.bed.client().ns;
 
-    let mut held = client::open_tcp(client_ns, target, TCP)
-        .unwrap_or_else(|e| setup.fail(&format!("opening {TCP} TCP connections: {e:#}")));
-    let mut tcp_clients: BTreeMap<SocketAddr, IpAddr> = BTreeMap::new();
-    for conn in &mut held {
-        let server = conn.server().to_owned();
-        match conn.ping() {
-            Ok(name) if name == server => {}
-            other => setup.fail(&format!("ping on a connection to {server}: {other:?}")),
-        }
-        let local = conn
-            .local_addr()
-            .unwrap_or_else(|e| setup.fail(&format!("local address: {e:#}")));
-        tcp_clients.insert(local, setup.address_of(&server));
-    }
-    let tcp_counts = setup.by_address(&client::count_by_server(held.iter().map(HeldConn::server)));
+    let mut held = setup.open(vip, TCP);
+    setup.ping_all(&mut held, "pinging once");
+    let tcp_clients: BTreeMap<SocketAddr, IpAddr> = held
+        .iter()
+        .map(|conn| {
+            let local = conn
+                .local_addr()
+                .unwrap_or_else(|e| setup.fail(&format!("local address: {e:#}")));
+            (local, setup.address_of(conn.server(), vip))
+        })
+        .collect();
+    let tcp_counts = setup.by_address(&client::count_conns(&held), vip);
     let udp_names = client::udp_flows(client_ns, target, UDP)
         .unwrap_or_else(|e| setup.fail(&format!("UDP flows: {e:#}")));
-    let udp_counts = setup.by_address(&client::count_by_server(
-        udp_names.iter().map(String::as_str),
-    ));
+    let udp_counts = setup.by_address(
+        &client::count_by_server(udp_names.iter().map(String::as_str)),
+        vip,
+    );
     eprintln!("{TEST}: TCP per real server {tcp_counts:?}, UDP {udp_counts:?}");
 
     // Delayed ACKs of the pings' answers go out within a few hundred ms; the
@@ -238,7 +158,7 @@ fn stats_and_conns_match_what_the_client_sent() {
     thread::sleep(Duration::from_millis(500));
 
     // With --config, services carry their names.
-    let stats = setup.stats(&[]);
+    let stats = lb_stats(&setup, &[]);
     let service = |name: &str| {
         stats
             .services
@@ -325,7 +245,7 @@ fn stats_and_conns_match_what_the_client_sent() {
     }
 
     // The connection table lists exactly the test's flows.
-    let conns = setup.conns(&[]);
+    let conns = lb_conns(&setup, &[]);
     let client_addr = IpAddr::from(setup.bed.client().ipv4);
     let tcp: BTreeMap<SocketAddr, IpAddr> = conns
         .of_service("web")
@@ -376,18 +296,12 @@ fn stats_and_conns_match_what_the_client_sent() {
     );
 
     // --service filters, and an unknown name lists the valid ones.
-    let only_web = setup.conns(&["--service", "web"]);
+    let only_web = lb_conns(&setup, &["--service", "web"]);
     assert_eq!(only_web.connections.len(), TCP, "{TEST}: --service web");
     assert!(only_web.connections.iter().all(|c| c.protocol == "tcp"));
-    let only_dns = setup.conns(&["--service", "dns"]);
+    let only_dns = lb_conns(&setup, &["--service", "dns"]);
     assert_eq!(only_dns.connections.len(), UDP, "{TEST}: --service dns");
-    let out = cmd::output(
-        Command::new(&setup.lb_bin)
-            .arg("conns")
-            .args(setup.config_args())
-            .args(["--service", "nosuch"]),
-    )
-    .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
+    let out = lb_output(&setup, "conns", &["--service", "nosuch"]);
     assert!(
         !out.success && out.stderr.contains("nosuch") && out.stderr.contains("dns, web"),
         "{TEST}: lb conns --service nosuch: exit {:?}, stderr {}",
@@ -396,7 +310,7 @@ fn stats_and_conns_match_what_the_client_sent() {
     );
 
     // The tables.
-    let table = setup.table("stats", &[]);
+    let table = lb_table(&setup, "stats", &[]);
     eprintln!("{TEST}: lb stats:\n{table}");
     let has_row = |text: &str, parts: &[&str]| {
         text.lines()
@@ -421,7 +335,7 @@ fn stats_and_conns_match_what_the_client_sent() {
             setup.fail(&format!("no row {row:?} in lb stats:\n{table}"));
         }
     }
-    let table = setup.table("conns", &[]);
+    let table = lb_table(&setup, "conns", &[]);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].split_whitespace().eq([
@@ -461,7 +375,7 @@ fn stats_rate_follows_traffic() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &[]);
+    let setup = start(TEST, &[]);
     let target = SocketAddr::new(VIP4.into(), PORT);
 
     // A new flow (a fresh socket, one "ping\n") every 10 ms until stopped.
@@ -487,9 +401,9 @@ fn stats_rate_follows_traffic() {
     thread::sleep(Duration::from_millis(300));
 
     let started = Instant::now();
-    let busy = setup.stats(&["--rate", "--interval", "1s"]);
+    let busy = lb_stats(&setup, &["--rate", "--interval", "1s"]);
     let took = started.elapsed();
-    let table = setup.table("stats", &["--rate", "--interval", "500ms"]);
+    let table = lb_table(&setup, "stats", &["--rate", "--interval", "500ms"]);
     stop.store(true, Ordering::Relaxed);
     let sent = sender
         .join()
@@ -534,7 +448,7 @@ fn stats_rate_follows_traffic() {
     );
 
     thread::sleep(Duration::from_millis(200));
-    let quiet = setup.stats(&["--rate", "--interval", "500ms"]);
+    let quiet = lb_stats(&setup, &["--rate", "--interval", "500ms"]);
     for svc in &quiet.services {
         let zero = Some(Default::default());
         if svc.rate != zero || svc.backends.iter().any(|b| b.rate != zero) {
@@ -542,13 +456,7 @@ fn stats_rate_follows_traffic() {
         }
     }
 
-    let out = cmd::output(
-        Command::new(&setup.lb_bin)
-            .arg("stats")
-            .args(setup.config_args())
-            .args(["--interval", "1s"]),
-    )
-    .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
+    let out = lb_output(&setup, "stats", &["--interval", "1s"]);
     assert!(
         !out.success && out.stderr.contains("--rate"),
         "{TEST}: --interval without --rate: exit {:?}, {}",
@@ -566,11 +474,10 @@ fn metrics_endpoint_serves_the_services() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &["--metrics-listen", METRICS]);
+    let setup = start(TEST, &["--metrics-listen", METRICS]);
     let vip = IpAddr::from(VIP4);
-    let held = client::open_tcp(&setup.bed.client().ns, SocketAddr::new(vip, PORT), N)
-        .unwrap_or_else(|e| setup.fail(&format!("opening {N} TCP connections: {e:#}")));
-    let counts = setup.by_address(&client::count_by_server(held.iter().map(HeldConn::server)));
+    let held = setup.open(vip, N);
+    let counts = setup.by_address(&client::count_conns(&held), vip);
     let (stats, settled) = setup
         .lb
         .wait_stats(Duration::from_secs(5), |s| {
@@ -649,7 +556,7 @@ fn metrics_endpoint_serves_the_services() {
 
 /// GET `path` from [`METRICS`] inside the director's namespace (retrying the
 /// connect for a few seconds while the listener comes up).
-fn http_get(setup: &Setup, path: &str) -> String {
+fn http_get(setup: &Director, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {METRICS}\r\nConnection: close\r\n\r\n");
     setup
         .bed

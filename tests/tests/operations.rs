@@ -8,7 +8,6 @@
 //! unless `CI` is set, where they fail.
 
 use std::{
-    collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
     thread,
@@ -16,10 +15,12 @@ use std::{
 };
 
 use lb_tests::{
-    DIRECTOR_IFACE, Health, LbConfig, LbDaemon, RealServer, Stats, TestBed, VIP4,
+    DIRECTOR_IFACE, Director, Health, LbConfig, LbDaemon, Protocol, ServiceConfig, Spec, Stats,
+    TestBed, VIP4,
     client::{self, HeldConn},
     cmd::Finished,
-    lb_binary, pin_path_for, skip_unless_root, unique_tag,
+    lb_binary, skip_unless_root,
+    stats::BackendStats,
 };
 
 /// The service port.
@@ -29,140 +30,76 @@ const SERVICE: &str = "web";
 
 /// A bed with four running real servers (rs1..rs4) and `lb run` on the
 /// director balancing `weights` over the first `weights.len()` of them.
-/// Field order is drop order: lb stops first, the namespaces go last.
-struct Setup {
-    test: &'static str,
-    lb: LbDaemon,
-    config: LbConfig,
-    tag: String,
-    servers: Vec<RealServer>,
-    bed: TestBed,
+fn start(test: &'static str, weights: &[u32]) -> Director {
+    let spec = Spec {
+        real_servers: 4,
+        port: PORT,
+        udp: &[],
+        lb_args: &[],
+    };
+    let setup = Director::start(test, spec, |bed| vec![service(bed, weights)]);
+    wait_backends_up(&setup, weights.len());
+    setup
 }
 
-impl Setup {
-    fn new(test: &'static str, weights: &[u32]) -> Self {
-        let tag = unique_tag();
-        let bed = TestBed::build(&tag, 4)
-            .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
-        let servers = bed
-            .real_servers()
-            .iter()
-            .map(|h| {
-                RealServer::start(&h.ns, &h.role, PORT, &[])
-                    .unwrap_or_else(|e| panic!("{test}: starting {}: {e:#}", h.role))
-            })
-            .collect();
-        let config = LbConfig {
-            interfaces: vec![DIRECTOR_IFACE.to_owned()],
-            pin_path: pin_path_for(&tag),
-            max_flows: 65_536,
-            services: vec![service(&bed, weights)],
-        };
-        let lb = start_lb(test, &bed, &config, &tag);
-        let setup = Self {
-            test,
-            lb,
-            config,
-            tag,
-            servers,
-            bed,
-        };
-        setup.wait_backends_up(weights.len());
-        setup
+/// Waits until the service has `n` backends, all up.
+fn wait_backends_up(setup: &Director, n: usize) {
+    let (stats, ok) = setup
+        .lb
+        .wait_stats(Duration::from_secs(15), |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.len() == n && svc.backends.iter().all(|b| b.state == "up"))
+        })
+        .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
+    if !ok {
+        setup.fail(&format!("expected {n} backends up within 15 s: {stats:#?}"));
     }
+}
 
-    /// Panics with `msg` and everything lb printed.
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "{}: {msg}\n----- lb output -----\n{}",
-            self.test,
-            self.lb.log()
-        )
-    }
+/// The address of real server `rsN` (IPv4).
+fn address(setup: &Director, role: &str) -> IpAddr {
+    setup.address_of(role, VIP4.into())
+}
 
-    fn stats(&self) -> Stats {
-        self.lb
-            .stats()
-            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")))
+/// `lb ARGS --socket ...`, which must succeed.
+fn ctl(setup: &Director, args: &[&str]) -> Finished {
+    let out = setup
+        .lb
+        .ctl(args)
+        .unwrap_or_else(|e| setup.fail(&format!("lb {}: {e:#}", args.join(" "))));
+    if !out.success {
+        setup.fail(&format!("`{}` failed:\n{}", out.command, out.stderr));
     }
+    out
+}
 
-    /// Waits until the service has `n` backends, all up.
-    fn wait_backends_up(&self, n: usize) {
-        let (stats, ok) = self
-            .lb
-            .wait_stats(Duration::from_secs(15), |s| {
-                s.services.iter().all(|svc| {
-                    svc.backends.len() == n && svc.backends.iter().all(|b| b.state == "up")
-                })
-            })
-            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")));
-        if !ok {
-            self.fail(&format!("expected {n} backends up within 15 s: {stats:#?}"));
-        }
-    }
+/// `lb backend OP --service SERVICE --address ADDRESS MORE...`.
+fn backend_args<'a>(
+    op: &'a str,
+    service: &'a str,
+    address: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["backend", op, "--service", service, "--address", address];
+    args.extend(more);
+    args
+}
 
-    /// Opens `n` connections from the client, failing the test if any fails.
-    fn open(&self, n: usize) -> Vec<HeldConn> {
-        client::open_tcp(&self.bed.client().ns, SocketAddr::new(VIP4.into(), PORT), n)
-            .unwrap_or_else(|e| self.fail(&format!("opening {n} TCP connections: {e:#}")))
-    }
-
-    /// Pings every held connection: each must answer with the server it
-    /// was opened to.
-    fn ping_all(&self, conns: &mut [HeldConn], when: &str) {
-        for (i, conn) in conns.iter_mut().enumerate() {
-            let expected = conn.server().to_owned();
-            match conn.ping() {
-                Ok(answer) if answer == expected => {}
-                Ok(answer) => self.fail(&format!(
-                    "{when}: connection {i} to {expected} was answered by {answer}"
-                )),
-                Err(e) => self.fail(&format!(
-                    "{when}: connection {i} to {expected} broke: {e:#}"
-                )),
-            }
-        }
-    }
-
-    /// The address of real server `rsN` (IPv4).
-    fn address(&self, role: &str) -> IpAddr {
-        self.bed
-            .real_servers()
-            .iter()
-            .find(|h| h.role == role)
-            .unwrap_or_else(|| self.fail(&format!("no real server {role}")))
-            .addr_like(VIP4.into())
-    }
-
-    /// `lb ARGS --socket ...`, which must succeed.
-    fn ctl(&self, args: &[&str]) -> Finished {
-        let out = self
-            .lb
-            .ctl(args)
-            .unwrap_or_else(|e| self.fail(&format!("lb {}: {e:#}", args.join(" "))));
-        if !out.success {
-            self.fail(&format!("`{}` failed:\n{}", out.command, out.stderr));
-        }
-        out
-    }
-
-    /// Backend `address` of the service in `stats`.
-    fn backend<'a>(&self, stats: &'a Stats, address: IpAddr) -> &'a lb_tests::stats::BackendStats {
-        stats.services[0]
-            .backends
-            .iter()
-            .find(|b| b.address == address)
-            .unwrap_or_else(|| self.fail(&format!("no backend {address} in {stats:#?}")))
-    }
+/// Backend `address` of the service in `stats`.
+fn backend<'a>(setup: &Director, stats: &'a Stats, address: IpAddr) -> &'a BackendStats {
+    stats.services[0]
+        .backend(address)
+        .unwrap_or_else(|| setup.fail(&format!("no backend {address} in {stats:#?}")))
 }
 
 /// The `web` service over the first `weights.len()` real servers.
-fn service(bed: &TestBed, weights: &[u32]) -> lb_tests::ServiceConfig {
+fn service(bed: &TestBed, weights: &[u32]) -> ServiceConfig {
     bed.service(
         SERVICE,
         VIP4.into(),
         PORT,
-        lb_tests::Protocol::Tcp,
+        Protocol::Tcp,
         Health::Toml(format!(
             "kind = \"tcp\"\nport = {PORT}\ninterval = \"500ms\"\ntimeout = \"300ms\"\nwarmup = \"0s\""
         )),
@@ -170,9 +107,16 @@ fn service(bed: &TestBed, weights: &[u32]) -> lb_tests::ServiceConfig {
     )
 }
 
-fn start_lb(test: &str, bed: &TestBed, config: &LbConfig, tag: &str) -> LbDaemon {
+/// Opens `n` connections from the client while no lb runs (`when`).
+fn open_without_lb(test: &str, bed: &TestBed, n: usize, when: &str) -> Vec<HeldConn> {
+    client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), n)
+        .unwrap_or_else(|e| panic!("{test}: connecting {when}: {e:#}"))
+}
+
+/// Starts `lb run` with `config` on the bed's director.
+fn start_lb(test: &str, bed: &TestBed, config: &LbConfig) -> LbDaemon {
     let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-    LbDaemon::start(&lb_bin, &bed.director().ns, config, tag, &[])
+    LbDaemon::start(&lb_bin, &bed.director().ns, config, bed.tag(), &[])
         .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"))
 }
 
@@ -197,19 +141,15 @@ fn wlc_expected(mut load: Vec<u64>, weights: &[u64], n: usize) -> Vec<u64> {
     load
 }
 
-fn count(conns: &[HeldConn]) -> BTreeMap<String, usize> {
-    client::count_by_server(conns.iter().map(HeldConn::server))
-}
-
 #[test]
 fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     const TEST: &str = "reload_reweights_and_adds_a_backend_without_breaking_held_connections";
     if skip_unless_root(TEST) {
         return;
     }
-    let mut setup = Setup::new(TEST, &[1000, 500, 800]);
-    let mut held = setup.open(200);
-    let before = count(&held);
+    let mut setup = start(TEST, &[1000, 500, 800]);
+    let mut held = setup.open(VIP4.into(), 200);
+    let before = client::count_conns(&held);
     let load: Vec<u64> = ["rs1", "rs2", "rs3", "rs4"]
         .iter()
         .map(|rs| before.get(*rs).copied().unwrap_or(0) as u64)
@@ -228,7 +168,7 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
                 .expect("config has a directory"),
         )
         .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
-    let out = setup.ctl(&["reload"]);
+    let out = ctl(&setup, &["reload"]);
     for expected in ["weights changed", "backends added"] {
         if !out.stdout.contains(expected) {
             setup.fail(&format!(
@@ -237,12 +177,12 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
             ));
         }
     }
-    setup.wait_backends_up(4);
+    wait_backends_up(&setup, 4);
     setup.ping_all(&mut held, "after the reload");
 
     // New connections follow the new weights, given the load already there.
-    let fresh = setup.open(300);
-    let got = count(&fresh);
+    let fresh = setup.open(VIP4.into(), 300);
+    let got = client::count_conns(&fresh);
     let expected = wlc_expected(load.clone(), &[200, 500, 800, 1000], 300);
     for (i, rs) in ["rs1", "rs2", "rs3", "rs4"].iter().enumerate() {
         let n = got.get(*rs).copied().unwrap_or(0) as u64;
@@ -256,10 +196,10 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     }
     setup.ping_all(&mut held, "after 300 more connections");
     let stats = setup.stats();
-    let rs4 = setup.backend(&stats, setup.address("rs4"));
+    let rs4 = backend(&setup, &stats, address(&setup, "rs4"));
     assert_eq!(rs4.weight, 1000, "{TEST}: {stats:#?}");
     assert_eq!(
-        setup.backend(&stats, setup.address("rs1")).weight,
+        backend(&setup, &stats, address(&setup, "rs1")).weight,
         200,
         "{TEST}: {stats:#?}"
     );
@@ -281,7 +221,7 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     );
     let after = setup.stats();
     assert_eq!(
-        setup.backend(&after, setup.address("rs4")).weight,
+        backend(&setup, &after, address(&setup, "rs4")).weight,
         1000,
         "{TEST}: a refused reload changed the weights: {after:#?}"
     );
@@ -298,7 +238,7 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
         .unwrap_or_else(|e| setup.fail(&format!("SIGHUP: {e:#}")));
     let after = setup.stats();
     assert_eq!(
-        setup.backend(&after, setup.address("rs4")).weight,
+        backend(&setup, &after, address(&setup, "rs4")).weight,
         900,
         "{TEST}: SIGHUP did not apply the new weight: {after:#?}"
     );
@@ -313,17 +253,16 @@ fn sigkill_during_a_transfer_then_restart_adopts_the_data_path() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &[1000, 500, 800]);
-    let Setup {
-        test,
+    let setup = start(TEST, &[1000, 500, 800]);
+    let mut conns = setup.open(VIP4.into(), 30);
+    let test = setup.test();
+    let Director {
         lb,
         config,
-        tag,
         servers,
         bed,
+        ..
     } = setup;
-    let mut conns = client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), 30)
-        .unwrap_or_else(|e| panic!("{test}: opening connections: {e:#}"));
     let before = lb.stats().unwrap();
     let mut upload_conn = conns.pop().unwrap();
     let uploader = thread::spawn(move || {
@@ -337,9 +276,8 @@ fn sigkill_during_a_transfer_then_restart_adopts_the_data_path() {
         "{test}: the pins vanished with the killed lb:\n{killed_log}"
     );
     // The data path keeps forwarding with no lb running.
-    let mut during = client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), 5)
-        .unwrap_or_else(|e| panic!("{test}: connecting while lb is dead: {e:#}"));
-    let lb = start_lb(test, &bed, &config, &tag);
+    let mut during = open_without_lb(test, &bed, 5, "while lb is dead");
+    let lb = start_lb(test, &bed, &config);
     lb.wait_log("adopted the data path", Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{test}: {e:#}"));
     let (mut upload_conn, upload) = uploader.join().unwrap();
@@ -350,14 +288,8 @@ fn sigkill_during_a_transfer_then_restart_adopts_the_data_path() {
         "{test}: the 64 MiB upload arrived damaged"
     );
     assert_eq!(upload_conn.ping().unwrap(), upload_conn.server());
-    for conn in conns.iter_mut().chain(during.iter_mut()) {
-        let server = conn.server().to_owned();
-        assert_eq!(
-            conn.ping()
-                .unwrap_or_else(|e| panic!("{test}: a held connection broke: {e:#}")),
-            server
-        );
-    }
+    client::ping_all(conns.iter_mut().chain(during.iter_mut()))
+        .unwrap_or_else(|e| panic!("{test}: after the restart: {e:#}"));
     // Counters continue from where they were: the 35 connections and the
     // upload's ~46 k packets are all there.
     let after = lb.stats().unwrap();
@@ -387,90 +319,74 @@ fn drain_remove_and_add_backends_live() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &[1000, 500, 800]);
-    let rs2 = setup.address("rs2").to_string();
-    let rs3 = setup.address("rs3").to_string();
-    let mut held = setup.open(60);
-    let on_rs2 = count(&held).get("rs2").copied().unwrap_or(0);
+    let setup = start(TEST, &[1000, 500, 800]);
+    let rs2 = address(&setup, "rs2").to_string();
+    let rs3 = address(&setup, "rs3").to_string();
+    let mut held = setup.open(VIP4.into(), 60);
+    let on_rs2 = client::count_conns(&held).get("rs2").copied().unwrap_or(0);
     assert!(on_rs2 > 0, "{TEST}: no connection went to rs2");
 
     // Drain rs2: no new connections, its open ones keep working.
-    let out = setup.ctl(&["backend", "drain", "--service", SERVICE, "--address", &rs2]);
+    let out = ctl(&setup, &backend_args("drain", SERVICE, &rs2, &[]));
     assert!(out.stdout.contains("draining"), "{TEST}: {}", out.stdout);
     let stats = setup.stats();
-    let b = setup.backend(&stats, setup.address("rs2"));
+    let b = backend(&setup, &stats, address(&setup, "rs2"));
     assert_eq!(
         (b.weight, b.state.as_str()),
         (0, "up"),
         "{TEST}: {stats:#?}"
     );
-    let fresh = setup.open(60);
+    let fresh = setup.open(VIP4.into(), 60);
     assert_eq!(
-        count(&fresh).get("rs2"),
+        client::count_conns(&fresh).get("rs2"),
         None,
         "{TEST}: a drained backend got new connections"
     );
     setup.ping_all(&mut held, "after draining rs2");
 
     // Weight back: rs2 takes new connections again.
-    setup.ctl(&[
-        "backend",
-        "set-weight",
-        "--service",
-        SERVICE,
-        "--address",
-        &rs2,
-        "--weight",
-        "500",
-    ]);
-    let again = setup.open(60);
+    ctl(
+        &setup,
+        &backend_args("set-weight", SERVICE, &rs2, &["--weight", "500"]),
+    );
+    let again = setup.open(VIP4.into(), 60);
     assert!(
-        count(&again).get("rs2").copied().unwrap_or(0) > 0,
+        client::count_conns(&again).get("rs2").copied().unwrap_or(0) > 0,
         "{TEST}: rs2 got nothing after set-weight 500: {:?}",
-        count(&again)
+        client::count_conns(&again)
     );
 
     // Remove rs3 (default: its flows finish on it).
-    setup.ctl(&["backend", "remove", "--service", SERVICE, "--address", &rs3]);
+    ctl(&setup, &backend_args("remove", SERVICE, &rs3, &[]));
     let stats = setup.stats();
     assert_eq!(
-        setup.backend(&stats, setup.address("rs3")).state,
+        backend(&setup, &stats, address(&setup, "rs3")).state,
         "removed",
         "{TEST}: {stats:#?}"
     );
-    let more = setup.open(30);
+    let more = setup.open(VIP4.into(), 30);
     assert_eq!(
-        count(&more).get("rs3"),
+        client::count_conns(&more).get("rs3"),
         None,
         "{TEST}: a removed backend got new connections"
     );
     setup.ping_all(&mut held, "after removing rs3");
 
     // Add it back: same slot, its flows never stopped.
-    setup.ctl(&[
-        "backend",
-        "add",
-        "--service",
-        SERVICE,
-        "--address",
-        &rs3,
-        "--weight",
-        "800",
-    ]);
-    setup.wait_backends_up(3);
+    ctl(
+        &setup,
+        &backend_args("add", SERVICE, &rs3, &["--weight", "800"]),
+    );
+    wait_backends_up(&setup, 3);
     // Bad requests are refused with the reason.
     let out = setup
         .lb
-        .ctl(&[
-            "backend",
+        .ctl(&backend_args(
             "set-weight",
-            "--service",
             "nope",
-            "--address",
             &rs3,
-            "--weight",
-            "1",
-        ])
+            &["--weight", "1"],
+        ))
         .unwrap();
     assert!(
         !out.success && out.stderr.contains("no service named \"nope\""),
@@ -478,16 +394,12 @@ fn drain_remove_and_add_backends_live() {
     );
     let out = setup
         .lb
-        .ctl(&[
-            "backend",
+        .ctl(&backend_args(
             "add",
-            "--service",
             SERVICE,
-            "--address",
             "203.0.113.9",
-            "--weight",
-            "1",
-        ])
+            &["--weight", "1"],
+        ))
         .unwrap();
     assert!(
         !out.success && out.stderr.contains("not on-link"),
@@ -495,16 +407,11 @@ fn drain_remove_and_add_backends_live() {
     );
 
     // Remove with --reschedule: rs1's flows move on their next packet.
-    let rs1 = setup.address("rs1").to_string();
-    setup.ctl(&[
-        "backend",
-        "remove",
-        "--service",
-        SERVICE,
-        "--address",
-        &rs1,
-        "--reschedule",
-    ]);
+    let rs1 = address(&setup, "rs1").to_string();
+    ctl(
+        &setup,
+        &backend_args("remove", SERVICE, &rs1, &["--reschedule"]),
+    );
     let stats = setup.stats();
     assert!(
         stats.services[0]
@@ -522,17 +429,16 @@ fn stop_keep_datapath_then_detach() {
     if skip_unless_root(TEST) {
         return;
     }
-    let setup = Setup::new(TEST, &[1000, 500, 800]);
-    let Setup {
-        test,
+    let setup = start(TEST, &[1000, 500, 800]);
+    let mut held = setup.open(VIP4.into(), 10);
+    let test = setup.test();
+    let Director {
         lb,
         config,
-        tag: _,
         servers,
         bed,
+        ..
     } = setup;
-    let mut held = client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), 10)
-        .unwrap_or_else(|e| panic!("{test}: {e:#}"));
     let out = lb.ctl(&["stop", "--keep-datapath"]).unwrap();
     assert!(out.success, "{test}: {out:?}");
     let (status, log, _pins) = lb.wait_exit().unwrap();
@@ -542,12 +448,9 @@ fn stop_keep_datapath_then_detach() {
         "{test}: --keep-datapath removed the pins:\n{log}"
     );
     // Still forwarding without lb: held and new connections work.
-    for conn in &mut held {
-        let server = conn.server().to_owned();
-        assert_eq!(conn.ping().unwrap(), server);
-    }
-    let fresh = client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), 10)
-        .unwrap_or_else(|e| panic!("{test}: connecting after stop --keep-datapath: {e:#}"));
+    client::ping_all(&mut held)
+        .unwrap_or_else(|e| panic!("{test}: after stop --keep-datapath: {e:#}"));
+    let fresh = open_without_lb(test, &bed, 10, "after stop --keep-datapath");
     let lb_bin = lb_binary().unwrap();
     let detach = lb_tests::cmd::output(
         std::process::Command::new(&lb_bin)

@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use lb_tests::{
-    DIRECTOR_IFACE, Health, LbConfig, LbDaemon, Protocol, RealServer, TestBed, VIP4, client,
-    is_root, lb_binary, pin_path_for, unique_tag,
+    DIRECTOR_IFACE, Health, LbDaemon, Protocol, TestBed, VIP4, client, is_root, lb_binary,
+    unique_tag,
 };
 
 /// The service port.
@@ -66,50 +66,29 @@ fn demo() -> anyhow::Result<()> {
     println!("   real servers: arp_ignore=1, arp_announce=2 (LVS-DR)");
 
     let servers = bed
-        .real_servers()
-        .iter()
-        .map(|h| RealServer::start(&h.ns, &h.role, PORT, &[]))
-        .collect::<anyhow::Result<Vec<_>>>()
+        .start_servers(PORT, &[])
         .context("starting the real servers")?;
 
     let vip = IpAddr::from(VIP4);
-    let config = LbConfig {
-        interfaces: vec![DIRECTOR_IFACE.to_owned()],
-        pin_path: pin_path_for(&tag),
-        max_flows: 65_536,
-        services: vec![bed.service(
-            "web",
-            vip,
-            PORT,
-            Protocol::Tcp,
-            Health::Tcp {
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_millis(500),
-                port: PORT,
-                fall: 2,
-                rise: 2,
-            },
-            &WEIGHTS,
-        )],
-    };
+    let config = bed.lb_config(vec![bed.service(
+        "web",
+        vip,
+        PORT,
+        Protocol::Tcp,
+        Health::tcp(PORT),
+        &WEIGHTS,
+    )]);
     println!("\n== lb.toml\n{}", config.to_toml());
     println!("== lb run (in {})", bed.director().ns.name());
     let daemon = LbDaemon::start(&lb, &bed.director().ns, &config, &tag, &[])?;
-    let (_, all_up) = daemon.wait_stats(Duration::from_secs(15), |s| {
-        s.services
-            .iter()
-            .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
-    })?;
-    ensure!(
-        all_up,
-        "the backends were not all up 15 s after lb was ready; lb's output:\n{}",
-        daemon.log()
-    );
+    daemon
+        .wait_all_up(Duration::from_secs(15))
+        .with_context(|| format!("lb's output:\n{}", daemon.log()))?;
 
     println!("\n== client: {CONNECTIONS} TCP connections to {vip}:{PORT}, held open");
     let conns = client::open_tcp(&bed.client().ns, SocketAddr::new(vip, PORT), CONNECTIONS)
         .with_context(|| format!("lb's output:\n{}", daemon.log()))?;
-    let counts = client::count_by_server(conns.iter().map(client::HeldConn::server));
+    let counts = client::count_conns(&conns);
     let total_weight: u32 = WEIGHTS.iter().sum();
     for (server, weight) in servers.iter().zip(WEIGHTS) {
         let share = CONNECTIONS as f64 * f64::from(weight) / f64::from(total_weight);

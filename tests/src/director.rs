@@ -1,0 +1,185 @@
+//! A running director for the end-to-end tests: a [`TestBed`], its real
+//! servers and `lb run`, with every backend up, and the checks most tests
+//! share. Every failure panics with the test's name, what failed and
+//! everything `lb` printed.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use crate::{
+    LbConfig, LbDaemon, RealServer, ServiceConfig, Stats, TestBed,
+    client::{self, HeldConn},
+    lb_binary, unique_tag,
+};
+
+/// How long the backends may take to come up after `lb run` is ready.
+const ALL_UP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What [`Director::start`] builds.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec<'a> {
+    /// Number of real servers (`rs1`..).
+    pub real_servers: usize,
+    /// The port of every real server's TCP server, and of [`Director::open`].
+    pub port: u16,
+    /// The addresses every real server answers UDP on.
+    pub udp: &'a [SocketAddr],
+    /// Extra arguments of `lb run`.
+    pub lb_args: &'a [&'a str],
+}
+
+/// A bed with running real servers and `lb run` on the director.
+///
+/// Field order is drop order: lb stops first, then what the test added
+/// (`extra`), then the real servers; the namespaces go last.
+pub struct Director<X = ()> {
+    test: &'static str,
+    port: u16,
+    /// The config `lb run` was started with.
+    pub config: LbConfig,
+    /// `lb run` on the director.
+    pub lb: LbDaemon,
+    /// What the test started before lb (see [`Director::start_with`]).
+    pub extra: X,
+    /// The real servers, `rs1` first.
+    pub servers: Vec<RealServer>,
+    /// The test bed.
+    pub bed: TestBed,
+}
+
+impl Director {
+    /// Builds the bed, starts the real servers and `lb` with the services
+    /// `services` returns, and waits until every backend is up.
+    pub fn start(
+        test: &'static str,
+        spec: Spec<'_>,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        Self::start_with(test, spec, |bed| ((), services(bed)))
+    }
+}
+
+impl<X> Director<X> {
+    /// Like [`Director::start`], but `prepare` also starts what the test
+    /// needs besides the real servers before lb starts (kept as `extra`).
+    pub fn start_with(
+        test: &'static str,
+        spec: Spec<'_>,
+        prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
+    ) -> Self {
+        let tag = unique_tag();
+        let bed = TestBed::build(&tag, spec.real_servers)
+            .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
+        let servers = bed
+            .start_servers(spec.port, spec.udp)
+            .unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        let (extra, services) = prepare(&bed);
+        let config = bed.lb_config(services);
+        let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        let lb = LbDaemon::start(&lb_bin, &bed.director().ns, &config, &tag, spec.lb_args)
+            .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
+        let director = Self {
+            test,
+            port: spec.port,
+            config,
+            lb,
+            extra,
+            servers,
+            bed,
+        };
+        director
+            .lb
+            .wait_all_up(ALL_UP_TIMEOUT)
+            .unwrap_or_else(|e| director.fail(&format!("{e:#}")));
+        director
+    }
+
+    /// The test's name.
+    pub fn test(&self) -> &'static str {
+        self.test
+    }
+
+    /// Panics with `msg` and everything lb printed.
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "{}: {msg}\n----- lb output -----\n{}",
+            self.test,
+            self.lb.log()
+        )
+    }
+
+    /// `lb stats --json`, failing the test if it fails.
+    pub fn stats(&self) -> Stats {
+        self.lb
+            .stats()
+            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")))
+    }
+
+    /// Opens `n` TCP connections from the client to `vip` on the spec's
+    /// port, failing the test if any fails.
+    pub fn open(&self, vip: IpAddr, n: usize) -> Vec<HeldConn> {
+        client::open_tcp(&self.bed.client().ns, SocketAddr::new(vip, self.port), n)
+            .unwrap_or_else(|e| self.fail(&format!("opening {n} TCP connections: {e:#}")))
+    }
+
+    /// Pings every held connection: each must still be answered by the
+    /// server it was opened to. `when` says when, for the failure.
+    pub fn ping_all<'a>(&self, conns: impl IntoIterator<Item = &'a mut HeldConn>, when: &str) {
+        client::ping_all(conns).unwrap_or_else(|e| self.fail(&format!("{when}: {e:#}")));
+    }
+
+    /// The address of real server `role` in `like`'s family.
+    pub fn address_of(&self, role: &str, like: IpAddr) -> IpAddr {
+        self.bed
+            .real_servers()
+            .iter()
+            .find(|h| h.role == role)
+            .unwrap_or_else(|| self.fail(&format!("no real server {role}")))
+            .addr_like(like)
+    }
+
+    /// Counts per real server name -> per real server address in `like`'s
+    /// family.
+    pub fn by_address(
+        &self,
+        counts: &BTreeMap<String, usize>,
+        like: IpAddr,
+    ) -> BTreeMap<IpAddr, u64> {
+        counts
+            .iter()
+            .map(|(role, &n)| (self.address_of(role, like), n as u64))
+            .collect()
+    }
+
+    /// Stops lb with SIGTERM and asserts it exits 0 and removes its pins;
+    /// then removes everything else.
+    pub fn finish(self) {
+        let Self {
+            test,
+            lb,
+            extra,
+            servers,
+            bed,
+            ..
+        } = self;
+        let pins = lb.pin_path().to_owned();
+        let (status, log) = lb
+            .stop()
+            .unwrap_or_else(|e| panic!("{test}: stopping lb: {e:#}"));
+        assert!(
+            status.success(),
+            "{test}: lb exited with {status} after SIGTERM; its output:\n{log}"
+        );
+        assert!(
+            !pins.exists(),
+            "{test}: lb left its pin directory {} behind; its output:\n{log}",
+            pins.display()
+        );
+        drop(extra);
+        drop(servers);
+        drop(bed);
+    }
+}
