@@ -777,18 +777,13 @@ impl Checker<'_> {
         const CTX: &str = "[director]";
         const VALID: &str = "valid: \"ADDR:PORT\" such as \"127.0.0.1:9100\" or \"[::1]:9100\", \
                              or a port such as 9100 for 127.0.0.1:9100";
-        let localhost =
-            |port: u16| SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port);
         match v.get_ref() {
-            Value::Integer(_) => self.integer(CTX, "metrics_listen", v, PORT).map(localhost),
+            Value::Integer(_) => self
+                .integer(CTX, "metrics_listen", v, PORT)
+                .map(|port| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
             Value::String(text) => {
                 let text = text.trim();
-                let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
-                    text.parse::<u16>().ok().map(localhost)
-                } else {
-                    text.parse::<SocketAddr>().ok()
-                };
-                match parsed {
+                match parse_listen(text) {
                     Some(address) if address.port() != 0 => Some(address),
                     Some(_) => {
                         self.report_at(
@@ -1826,8 +1821,20 @@ fn family(address: IpAddr) -> &'static str {
     if address.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
+/// A listen address: `ADDR:PORT`, or a bare `PORT` meaning 127.0.0.1:PORT
+/// (port 0 parses; callers refuse it).
+pub fn parse_listen(text: &str) -> Option<SocketAddr> {
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)))
+    } else {
+        text.parse().ok()
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff` (either case).
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {

@@ -29,6 +29,7 @@ use crate::{
     health::{CheckResult, Checker, notify},
     metrics,
     netlink::{Netlink, Nic, format_mac},
+    privilege,
     stats::{ServiceNames, Snapshot},
     sweeper,
 };
@@ -49,32 +50,9 @@ pub struct RunOptions {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Fails unless the process may load XDP programs: root, or CAP_NET_ADMIN
-/// with CAP_BPF (or CAP_SYS_ADMIN).
-pub fn ensure_privileged(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |bit: u32| caps & (1 << bit) != 0;
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
-    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
-        return Ok(());
-    }
-    bail!("{what} needs root (or the capabilities CAP_BPF and CAP_NET_ADMIN); run it with sudo")
-}
-
 /// Runs the director until SIGINT, SIGTERM or `lb stop`.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    ensure_privileged("lb run")?;
+    privilege::ensure_bpf("lb run")?;
     let config = Config::load(&options.config_path)?;
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;

@@ -275,7 +275,11 @@ impl Director {
                     static_mac: false,
                     mac: Some(b.mac),
                     nic,
-                    health: hysteresis(health.rise, health.fall, b.state != BACKEND_STATE_DOWN),
+                    health: Hysteresis::starting(
+                        b.state != BACKEND_STATE_DOWN,
+                        health.rise,
+                        health.fall,
+                    ),
                     removed: b.state == BACKEND_STATE_REMOVED,
                 }));
             }
@@ -385,7 +389,7 @@ impl Director {
                 || runtime.config.health.fall != health.fall
             {
                 for b in runtime.slots.iter_mut().flatten() {
-                    b.health = hysteresis(health.rise, health.fall, b.health.is_up());
+                    b.health = Hysteresis::starting(b.health.is_up(), health.rise, health.fall);
                 }
             }
             runtime.config = service.clone();
@@ -585,17 +589,6 @@ impl Director {
         }
         changes
     }
-}
-
-/// A rise/fall state machine that starts up or down.
-pub fn hysteresis(rise: u32, fall: u32, up: bool) -> Hysteresis {
-    let mut h = Hysteresis::new(rise, fall);
-    if !up {
-        for _ in 0..fall {
-            h.observe(false);
-        }
-    }
-    h
 }
 
 fn check_weight(weight: u32) -> anyhow::Result<()> {
@@ -811,7 +804,7 @@ mod tests {
         apply(&mut first, &config(&[(1, 100), (2, 50), (3, 80)], false));
         first.services[0].slots[0].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 1]);
         first.services[0].slots[2].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 3]);
-        first.services[0].slots[2].as_mut().unwrap().health = hysteresis(1, 1, false);
+        first.services[0].slots[2].as_mut().unwrap().health = Hysteresis::starting(false, 1, 1);
         first.remove_backend("web", addr(2), false).unwrap();
         let s = &first.services[0];
         let found = vec![

@@ -43,8 +43,14 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// A backend that is up, with the given thresholds (each at least 1).
     pub fn new(rise: u32, fall: u32) -> Self {
+        Self::starting(true, rise, fall)
+    }
+
+    /// A backend that starts up or down (adopted from the maps, or keeping
+    /// its state across a change of thresholds).
+    pub fn starting(up: bool, rise: u32, fall: u32) -> Self {
         Self {
-            up: true,
+            up,
             streak: 0,
             rise: rise.max(1),
             fall: fall.max(1),

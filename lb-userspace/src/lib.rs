@@ -12,6 +12,7 @@ pub mod health;
 pub mod keepalived;
 pub mod metrics;
 pub mod netlink;
+pub mod privilege;
 pub mod realserver;
 pub mod stats;
 pub mod sweeper;

@@ -69,82 +69,134 @@ impl SocketArgs {
     }
 }
 
+/// The backend a live change acts on, and the daemon to ask.
+#[derive(clap::Args)]
+struct BackendTarget {
+    /// Service name.
+    #[arg(long)]
+    service: String,
+    /// Real server address.
+    #[arg(long)]
+    address: IpAddr,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
 /// Live changes to the backends of a running director.
 #[derive(Subcommand)]
 enum BackendCommand {
     /// Add a backend to a service (or bring back one being removed, with its flows).
     Add {
-        /// Service name.
-        #[arg(long)]
-        service: String,
-        /// Real server address.
-        #[arg(long)]
-        address: IpAddr,
+        #[command(flatten)]
+        target: BackendTarget,
         /// WLC weight (0..=65535).
         #[arg(long)]
         weight: u32,
         /// Static MAC (aa:bb:cc:dd:ee:ff); by default the neighbour table is used.
         #[arg(long, value_parser = parse_mac)]
         mac: Option<[u8; 6]>,
-        #[command(flatten)]
-        socket: SocketArgs,
     },
     /// Remove a backend: no new connections; its connections finish on it.
     Remove {
-        /// Service name.
-        #[arg(long)]
-        service: String,
-        /// Real server address.
-        #[arg(long)]
-        address: IpAddr,
+        #[command(flatten)]
+        target: BackendTarget,
         /// Move its connections to other backends on their next packet
         /// (IPVS expire_nodest_conn) instead of letting them finish.
         #[arg(long)]
         reschedule: bool,
-        #[command(flatten)]
-        socket: SocketArgs,
     },
     /// Set a backend's weight (0 drains it).
     SetWeight {
-        /// Service name.
-        #[arg(long)]
-        service: String,
-        /// Real server address.
-        #[arg(long)]
-        address: IpAddr,
+        #[command(flatten)]
+        target: BackendTarget,
         /// WLC weight (0..=65535).
         #[arg(long)]
         weight: u32,
-        #[command(flatten)]
-        socket: SocketArgs,
     },
     /// Drain a backend: weight 0, no new connections, existing ones continue.
     Drain {
-        /// Service name.
-        #[arg(long)]
-        service: String,
-        /// Real server address.
-        #[arg(long)]
-        address: IpAddr,
         #[command(flatten)]
-        socket: SocketArgs,
+        target: BackendTarget,
     },
+}
+
+impl BackendCommand {
+    /// The request for the daemon, and where to send it.
+    fn into_request(self) -> (Request, SocketArgs) {
+        match self {
+            Self::Add {
+                target:
+                    BackendTarget {
+                        service,
+                        address,
+                        socket,
+                    },
+                weight,
+                mac,
+            } => (
+                Request::BackendAdd {
+                    service,
+                    address,
+                    weight,
+                    mac,
+                },
+                socket,
+            ),
+            Self::Remove {
+                target:
+                    BackendTarget {
+                        service,
+                        address,
+                        socket,
+                    },
+                reschedule,
+            } => (
+                Request::BackendRemove {
+                    service,
+                    address,
+                    reschedule: reschedule.then_some(true),
+                },
+                socket,
+            ),
+            Self::SetWeight {
+                target:
+                    BackendTarget {
+                        service,
+                        address,
+                        socket,
+                    },
+                weight,
+            } => (
+                Request::BackendSetWeight {
+                    service,
+                    address,
+                    weight,
+                },
+                socket,
+            ),
+            Self::Drain {
+                target:
+                    BackendTarget {
+                        service,
+                        address,
+                        socket,
+                    },
+            } => (
+                Request::BackendSetWeight {
+                    service,
+                    address,
+                    weight: 0,
+                },
+                socket,
+            ),
+        }
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!(
-            "{text:?} is not a MAC address (valid: aa:bb:cc:dd:ee:ff)"
-        ));
-    }
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16)
-            .map_err(|_| format!("{text:?} is not a MAC address (valid: aa:bb:cc:dd:ee:ff)"))?;
-    }
-    Ok(mac)
+    lb::config::parse_mac(text)
+        .ok_or_else(|| format!("{text:?} is not a MAC address (valid: aa:bb:cc:dd:ee:ff)"))
 }
 
 #[derive(Subcommand)]
@@ -255,12 +307,11 @@ enum Command {
 
 /// Parses `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse().map_err(|_| {
-        format!("{text:?} is not a listen address (valid: 127.0.0.1:9469, [::1]:9469 or 9469)")
-    })
+    lb::config::parse_listen(text)
+        .filter(|addr| addr.port() != 0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a listen address (valid: 127.0.0.1:9469, [::1]:9469 or 9469)")
+        })
 }
 
 fn main() -> ExitCode {
@@ -312,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let socket = config
                 .map(|c| c.director.control_socket)
                 .unwrap_or_else(|| PathBuf::from(lb::control::DEFAULT_SOCKET));
-            daemon::ensure_privileged("lb detach")?;
+            lb::privilege::ensure_bpf("lb detach")?;
             if lb::control::is_live(&socket) {
                 anyhow::bail!(
                     "an lb is running (control socket {}): use `lb stop` instead",
@@ -329,49 +380,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Backend(command) => match command {
-            BackendCommand::Add {
-                service,
-                address,
-                weight,
-                mac,
-                socket,
-            } => socket.send(Request::BackendAdd {
-                service,
-                address,
-                weight,
-                mac,
-            }),
-            BackendCommand::Remove {
-                service,
-                address,
-                reschedule,
-                socket,
-            } => socket.send(Request::BackendRemove {
-                service,
-                address,
-                reschedule: reschedule.then_some(true),
-            }),
-            BackendCommand::SetWeight {
-                service,
-                address,
-                weight,
-                socket,
-            } => socket.send(Request::BackendSetWeight {
-                service,
-                address,
-                weight,
-            }),
-            BackendCommand::Drain {
-                service,
-                address,
-                socket,
-            } => socket.send(Request::BackendSetWeight {
-                service,
-                address,
-                weight: 0,
-            }),
-        },
+        Command::Backend(command) => {
+            let (request, socket) = command.into_request();
+            socket.send(request)
+        }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
             let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
@@ -391,7 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
         } => {
             let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
-            daemon::ensure_privileged("lb stats")?;
+            lb::privilege::ensure_bpf("lb stats")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let names = inspect.names();
             let mut snapshot = Snapshot::read_named(&maps, &names)?;
@@ -415,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
-            daemon::ensure_privileged("lb conns")?;
+            lb::privilege::ensure_bpf("lb conns")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let timeouts = inspect
                 .config

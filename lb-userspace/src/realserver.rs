@@ -32,6 +32,8 @@ use rtnetlink::{
 };
 use tracing::debug;
 
+use crate::privilege;
+
 /// `lb realserver` subcommands (run them on a real server, not on the director).
 #[derive(Debug, Subcommand)]
 pub enum RealserverCommand {
@@ -129,18 +131,7 @@ fn dedup(vips: Vec<IpAddr>) -> Vec<IpAddr> {
 /// Fails with a message naming `what` unless the process is root or has
 /// CAP_NET_ADMIN (addresses on lo and net sysctls need it).
 fn ensure_net_admin(what: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    const CAP_NET_ADMIN: u32 = 12;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    if caps & (1 << CAP_NET_ADMIN) != 0 {
+    if privilege::has(privilege::CAP_NET_ADMIN) {
         return Ok(());
     }
     bail!(
