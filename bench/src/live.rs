@@ -41,8 +41,8 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb::datapath::{Attachment, Datapath, backend_entry, service_key};
-use lb_common::{BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, PROTO_TCP};
+use lb::datapath::{Attachment, Datapath, FlowCapacity, backend_entry, service_key};
+use lb_common::{BACKEND_STATE_UP, BackendSet, PROTO_TCP};
 
 use crate::BENCH_OBJECT;
 
@@ -596,7 +596,7 @@ impl Bench {
 
     /// Loads lb's data path and provisions the service (not attached yet).
     fn load_lb(&self) -> anyhow::Result<Datapath> {
-        let mut dp = Datapath::load(DEFAULT_MAX_FLOWS, None)?;
+        let mut dp = Datapath::load(FlowCapacity::default(), None)?;
         let mut set = BackendSet {
             len: BACKENDS.len() as u32,
             ..BackendSet::default()
@@ -607,13 +607,8 @@ impl Bench {
                 nic_mac: DIR_MAC,
                 ifindex: self.dir_ifindex,
             };
-            set.backends[slot] = backend_entry(
-                slot as u32,
-                IpAddr::V4(*addr),
-                attachment,
-                *weight,
-                BACKEND_STATE_UP,
-            );
+            set.backends[slot] =
+                backend_entry(IpAddr::V4(*addr), attachment, *weight, BACKEND_STATE_UP);
         }
         dp.maps
             .set_service(service_key(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP), 0, &set)?;

@@ -31,9 +31,10 @@ use aya::{
     maps::MapInfo,
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
-use lb::datapath::{Attachment, Datapath, array_get, backend_entry, service_key};
+use lb::datapath::{Attachment, Datapath, FlowCapacity, array_get, backend_entry, service_key};
 use lb_common::{
-    BACKEND_STATE_UP, BackendSet, DEFAULT_MAX_FLOWS, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PROTO_TCP,
+    PROTO_UDP,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
 };
 use serde::Serialize;
@@ -70,10 +71,13 @@ const NIC_MAC: [u8; 6] = [0x02, 0xd1, 0x00, 0x00, 0x00, 0x01];
 const PORTS_PER_ADDR: u32 = 64_512;
 /// Flows in the connection table for the established-path scaling cases.
 pub const SCALING_FLOWS: [u32; 3] = [1_000, 100_000, 1_000_000];
-/// Connection-table capacity of every scaling data path: the same for all,
-/// so that only the fill changes, and above the largest fill, so that the
-/// LRU never evicts the measured flow.
+/// IPv4 connection-table capacity of every scaling data path: the same for
+/// all, so that only the fill changes, and above the largest fill, so that
+/// the LRU never evicts the measured flow.
 const SCALING_CAPACITY: u32 = 1_310_720;
+/// IPv6 connection-table capacity of the data paths whose cases are all
+/// IPv4 (scaling, new flow): the smallest lb accepts, as the table stays empty.
+const IDLE_IPV6_CAPACITY: u32 = 1024;
 /// Backends of the service for the new-flow cases.
 pub const NEW_FLOW_BACKENDS: [u32; 4] = [1, 16, 64, 256];
 /// Backends of the services for the established cases (as in the demo).
@@ -209,17 +213,21 @@ pub struct MapMemory {
     pub memlock_bytes: u64,
 }
 
-/// Memory of the map set of a data path loaded at the configured limits.
+/// Memory of the map set of a data path loaded at lb's default limits.
 #[derive(Clone, Serialize)]
 pub struct Memory {
-    /// Connection-table capacity (lb's default `max_flows`).
-    pub max_flows: u32,
+    /// IPv4 connection-table capacity (lb's default `max_flows`).
+    pub conntrack4_max_flows: u32,
+    /// IPv6 connection-table capacity (lb's default `max_flows_v6`).
+    pub conntrack6_max_flows: u32,
     /// Every map of the program.
     pub maps: Vec<MapMemory>,
     /// Sum over the maps.
     pub total_bytes: u64,
-    /// The connection table's memory divided by its capacity.
-    pub conntrack_bytes_per_flow: f64,
+    /// The IPv4 connection table's memory divided by its capacity.
+    pub conntrack4_bytes_per_flow: f64,
+    /// The IPv6 connection table's memory divided by its capacity.
+    pub conntrack6_bytes_per_flow: f64,
     /// Per-CPU maps hold one value per possible CPU; this many here.
     pub possible_cpus: usize,
 }
@@ -231,7 +239,7 @@ pub struct Results {
     pub cases: Vec<CaseResult>,
     /// Sizes of lb's program and the reference programs.
     pub programs: Vec<ProgramSize>,
-    /// Memory of lb's maps at the configured limits.
+    /// Memory of lb's maps at lb's default limits.
     pub memory: Memory,
 }
 
@@ -272,16 +280,8 @@ impl Tuple {
 
     /// The connection-table key lb derives from this packet.
     fn key(&self) -> FlowKey {
-        let (src_addr, family) = lb::datapath::addr_key(self.src);
-        FlowKey {
-            src_addr,
-            dst_addr: lb::datapath::addr_key(self.dst).0,
-            src_port: self.sport,
-            dst_port: self.dport,
-            proto: self.proto,
-            family,
-            _pad: [0; 2],
-        }
+        FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto)
+            .expect("a client and a VIP of one address family")
     }
 
     /// A well-formed frame of this tuple (TCP with `tcp_flags`), checksums
@@ -395,16 +395,22 @@ fn backends(vip: IpAddr, weights: &[u32]) -> BackendSet {
             nic_mac: NIC_MAC,
             ifindex: LO_IFINDEX,
         };
-        set.backends[slot as usize] =
-            backend_entry(slot, addr, attachment, weight, BACKEND_STATE_UP);
+        set.backends[slot as usize] = backend_entry(addr, attachment, weight, BACKEND_STATE_UP);
     }
     set.len = weights.len() as u32;
     set
 }
 
-/// Loads lb's data path with a table of `max_flows`.
-fn datapath(max_flows: u32) -> anyhow::Result<Datapath> {
-    Datapath::load(max_flows, None)
+/// Loads lb's data path for IPv4-only cases: an IPv4 connection table of
+/// `ipv4_flows`, and an IPv6 table of [`IDLE_IPV6_CAPACITY`].
+fn ipv4_datapath(ipv4_flows: u32) -> anyhow::Result<Datapath> {
+    Datapath::load(
+        FlowCapacity {
+            ipv4: ipv4_flows,
+            ipv6: IDLE_IPV6_CAPACITY,
+        },
+        None,
+    )
 }
 
 /// The reference programs, loaded.
@@ -512,21 +518,20 @@ fn time_per_call(
     Ok(kept.iter().sum::<u64>() as f64 / kept.len() as f64)
 }
 
-/// The state of `key`'s flow in `dp`'s table.
+/// The state of `key`'s flow in `dp`'s tables.
 fn flow_of(dp: &Datapath, key: &FlowKey) -> anyhow::Result<Flow> {
     dp.maps
-        .conntrack
-        .get(key, 0)
-        .context("the measured flow is not in the connection table")
+        .flow(key)?
+        .ok_or_else(|| anyhow!("the measured flow is not in the connection table"))
 }
 
 /// Fails unless `key`'s flow is in `state`.
 fn expect_state(dp: &Datapath, key: &FlowKey, state: u32) -> anyhow::Result<()> {
-    let flow = flow_of(dp, key)?;
+    let flow_state = u32::from(flow_of(dp, key)?.state);
     ensure!(
-        flow.state == state,
+        flow_state == state,
         "flow in {} instead of {}",
-        state_name(flow.state),
+        state_name(flow_state),
         state_name(state)
     );
     Ok(())
@@ -538,7 +543,7 @@ fn expect_forwarded(dp: &Datapath, frame: &[u8], key: &FlowKey) -> anyhow::Resul
     let (verdict, out) = run_once(dp.program(), frame)?;
     ensure!(verdict == XDP_TX, "verdict {verdict} instead of XDP_TX");
     let mut expected = frame.to_vec();
-    expected[..6].copy_from_slice(&backend_mac(flow_of(dp, key)?.backend_slot));
+    expected[..6].copy_from_slice(&backend_mac(u32::from(flow_of(dp, key)?.backend_slot)));
     expected[6..12].copy_from_slice(&NIC_MAC);
     ensure!(
         out == expected,
@@ -572,20 +577,19 @@ fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
     Ok(frame)
 }
 
-/// Inserts established flows for clients `1..flows` from userspace (client
-/// 0 is the measured flow, opened through the program).
-fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u32) -> anyhow::Result<()> {
+/// Inserts established flows of service 0 for clients `1..flows` from
+/// userspace (client 0 is the measured flow, opened through the program).
+fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u16) -> anyhow::Result<()> {
     for i in 1..flows {
         let flow = Flow {
             last_seen_ns: 0,
             service_id: 0,
-            backend_slot: i % backends,
-            state: STATE_ESTABLISHED,
+            backend_slot: (i % u32::from(backends)) as u16,
+            state: STATE_ESTABLISHED as u16,
             _pad: 0,
         };
         dp.maps
-            .conntrack
-            .insert(Tuple::client(i, vip, PROTO_TCP).key(), flow, 0)
+            .insert_flow(&Tuple::client(i, vip, PROTO_TCP).key(), &flow)
             .with_context(|| format!("prefilling flow {i} of {flows}"))?;
     }
     Ok(())
@@ -611,8 +615,8 @@ fn fdinfo_memlock(fd: i32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no memlock in {path}"))
 }
 
-/// Memory of every map of `dp`'s program (loaded with `max_flows`).
-fn memory(dp: &Datapath, max_flows: u32) -> anyhow::Result<Memory> {
+/// Memory of every map of `dp`'s program (loaded with `capacity`).
+fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
     let ids = dp
         .program()
         .info()?
@@ -631,13 +635,23 @@ fn memory(dp: &Datapath, max_flows: u32) -> anyhow::Result<Memory> {
         });
     }
     maps.sort_by_key(|m| std::cmp::Reverse(m.memlock_bytes));
-    let conntrack = maps
-        .iter()
-        .find(|m| m.name == lb_common::CONNTRACK_MAP)
-        .ok_or_else(|| anyhow!("no {} map", lb_common::CONNTRACK_MAP))?;
+    let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
+        let table = maps
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| anyhow!("no {name} map"))?;
+        ensure!(
+            table.max_entries == capacity,
+            "{name} holds {} entries where {capacity} were asked for",
+            table.max_entries
+        );
+        Ok(table.memlock_bytes as f64 / f64::from(capacity))
+    };
     Ok(Memory {
-        max_flows,
-        conntrack_bytes_per_flow: conntrack.memlock_bytes as f64 / f64::from(max_flows),
+        conntrack4_max_flows: capacity.ipv4,
+        conntrack6_max_flows: capacity.ipv6,
+        conntrack4_bytes_per_flow: bytes_per_flow(CONNTRACK4_MAP, capacity.ipv4)?,
+        conntrack6_bytes_per_flow: bytes_per_flow(CONNTRACK6_MAP, capacity.ipv6)?,
         total_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),
         maps,
         possible_cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
@@ -676,7 +690,8 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 
     // The data path at lb's default limits: the established and no-service
     // cases, and the memory figures.
-    let mut main = datapath(DEFAULT_MAX_FLOWS)?;
+    let defaults = FlowCapacity::default();
+    let mut main = Datapath::load(defaults, None)?;
     let three4 = backends(vip4, &ESTABLISHED_WEIGHTS);
     let three6 = backends(vip6, &ESTABLISHED_WEIGHTS);
     main.maps
@@ -685,7 +700,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
         .set_service(service_key(vip6, PORT, PROTO_TCP), 1, &three6)?;
     main.maps
         .set_service(service_key(vip4, PORT, PROTO_UDP), 2, &three4)?;
-    let memory = memory(&main, DEFAULT_MAX_FLOWS)?;
+    let memory = memory(&main, defaults)?;
 
     let tcp4 = Tuple::client(0, vip4, PROTO_TCP);
     let tcp6 = Tuple::client(0, vip6, PROTO_TCP);
@@ -750,10 +765,10 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut dps = vec![main];
     for flows in SCALING_FLOWS {
         eprintln!("lb-bench: prefilling a connection table with {flows} flows");
-        let mut dp = datapath(SCALING_CAPACITY)?;
+        let mut dp = ipv4_datapath(SCALING_CAPACITY)?;
         dp.maps
             .set_service(service_key(vip4, PORT, PROTO_TCP), 0, &three4)?;
-        prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u32)?;
+        prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u16)?;
         cases.push(RepeatCase {
             name: format!("est. TCP/IPv4, same flow, {flows} in table"),
             kind: Kind::ScalingSameFlow,
@@ -897,7 +912,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 fn new_flow_round(params: &Params, n: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
     let capacity = (2 * params.calls).next_power_of_two();
-    let mut dp = datapath(capacity)?;
+    let mut dp = ipv4_datapath(capacity)?;
     dp.maps.set_service(
         service_key(vip4, PORT, PROTO_TCP),
         0,

@@ -5,6 +5,7 @@
 use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
+use lb_common::{CONNTRACK4_MAP, CONNTRACK6_MAP};
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -98,7 +99,7 @@ pub struct Report<L: Serialize> {
     pub cases: Vec<Row>,
     /// Program sizes.
     pub programs: Vec<ProgramSize>,
-    /// Map memory at the configured limits.
+    /// Map memory at lb's default limits.
     pub memory: Memory,
     /// The issue's targets.
     pub targets: Vec<Target>,
@@ -245,8 +246,9 @@ impl<L: Serialize> Report<L> {
         let mem = &self.memory;
         let _ = writeln!(
             s,
-            "\nmemory at the configured limits (max_flows {}, {} possible CPUs; kernel memlock per map)",
-            mem.max_flows, mem.possible_cpus
+            "\nmemory at lb's default limits ({CONNTRACK4_MAP} {} flows, {CONNTRACK6_MAP} {} flows, \
+             {} possible CPUs; kernel memlock per map)",
+            mem.conntrack4_max_flows, mem.conntrack6_max_flows, mem.possible_cpus
         );
         for map in &mem.maps {
             let _ = writeln!(
@@ -257,11 +259,15 @@ impl<L: Serialize> Report<L> {
         }
         let _ = writeln!(
             s,
-            "  {:<14} {:>49} B ({:.1} MiB); connection table {:.1} B per flow",
+            "  {:<14} {:>49} B ({:.1} MiB)",
             "total",
             mem.total_bytes,
-            mem.total_bytes as f64 / f64::from(1 << 20),
-            mem.conntrack_bytes_per_flow
+            mem.total_bytes as f64 / f64::from(1 << 20)
+        );
+        let _ = writeln!(
+            s,
+            "  per flow: {:.1} B per IPv4 flow ({CONNTRACK4_MAP}), {:.1} B per IPv6 flow ({CONNTRACK6_MAP})",
+            mem.conntrack4_bytes_per_flow, mem.conntrack6_bytes_per_flow
         );
 
         let _ = writeln!(s, "\ntargets (issue 4)");

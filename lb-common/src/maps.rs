@@ -5,11 +5,16 @@
 //! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
-//! | [`CONNTRACK_MAP`] | LRU hash | [`FlowKey`] -> [`Flow`] |
+//! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
+//! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
+//! | [`FLOW_CACHE4_MAP`] | per-CPU array | hash slot -> [`CachedFlow4`] |
+//! | [`FLOW_CACHE6_MAP`] | per-CPU array | hash slot -> [`CachedFlow6`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 pub const SERVICES_MAP: &str = "SERVICES";
@@ -19,13 +24,20 @@ pub const BACKENDS_MAP: &str = "BACKENDS";
 /// The XDP program adjusts them atomically; the control plane's sweeper overwrites
 /// them with the counts it finds in the connection table.
 pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
-/// Name of the connection table (LRU hash: [`FlowKey`] -> [`Flow`]), written by XDP,
-/// expired by the control plane.
-pub const CONNTRACK_MAP: &str = "CONNTRACK";
+/// Name of the IPv4 connection table (LRU hash: [`FlowKey4`] -> [`Flow`]),
+/// written by XDP, expired by the control plane.
+pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
+/// Name of the IPv6 connection table (LRU hash: [`FlowKey6`] -> [`Flow`]),
+/// written by XDP, expired by the control plane.
+pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
 /// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.
 pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
+/// Name of the per-CPU IPv4 flow cache (per-CPU array: hash slot -> [`CachedFlow4`]).
+pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
+/// Name of the per-CPU IPv6 flow cache (per-CPU array: hash slot -> [`CachedFlow6`]).
+pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
 pub const VERDICT_STATS_MAP: &str = "VERDICT_STATS";
 /// Name of the per-CPU service counters (array: service id -> [`Counters`]).
@@ -39,8 +51,12 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 pub const MAX_SERVICES: u32 = 128;
 /// Most backends (real servers) one service can hold (slots are `0..MAX_BACKENDS`).
 pub const MAX_BACKENDS: usize = 256;
-/// Default capacity of the connection table; the control plane may size it differently.
+/// Default capacity of the IPv4 connection table; the control plane may size
+/// it differently.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default capacity of the IPv6 connection table; the control plane may size
+/// it differently.
+pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
 /// Most director NICs one `lb` attaches to.
 pub const MAX_IFACES: u32 = 64;
 /// Largest backend weight (as IPVS: 0..=65535).
@@ -109,20 +125,34 @@ pub struct Backend {
     pub weight: u32,
     /// One of the `BACKEND_STATE_*` constants.
     pub state: u32,
-    /// This backend's own slot number. The selection loop records the winner
-    /// by this loaded value rather than by the loop index, which keeps the
-    /// verifier's state count small (see `wlc`).
+}
+
+/// One backend that may take new flows, in [`BackendSet::schedule`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Candidate {
+    /// The backend's WLC weight (above zero).
+    pub weight: u32,
+    /// The backend's slot.
     pub slot: u32,
 }
 
 /// Value of [`BACKENDS_MAP`]: all backends of one service.
+///
+/// Besides the backends by slot it holds the scheduler's view: the backends
+/// that are up with a weight above zero, densely packed in slot order, so
+/// that choosing a backend for a new flow reads 8 bytes per candidate rather
+/// than every slot's 40. [`BackendSet::refresh_schedule`] rebuilds it; the
+/// control plane calls it before every write.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSet {
     /// Number of slots in use: backends live in `backends[..len]`.
     pub len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Number of entries in use in `schedule`.
+    pub schedule_len: u32,
+    /// The backends that may take new flows (up, weight > 0), in slot order.
+    pub schedule: [Candidate; MAX_BACKENDS],
     /// Backend slots; a slot keeps its index for the life of the backend, so
     /// flows in the connection table stay bound to it.
     pub backends: [Backend; MAX_BACKENDS],
@@ -132,9 +162,29 @@ impl Default for BackendSet {
     fn default() -> Self {
         Self {
             len: 0,
-            _pad: 0,
+            schedule_len: 0,
+            schedule: [Candidate::default(); MAX_BACKENDS],
             backends: [Backend::default(); MAX_BACKENDS],
         }
+    }
+}
+
+impl BackendSet {
+    /// Rebuilds `schedule` from `backends[..len]`: every backend that is up
+    /// with a weight above zero, in slot order.
+    pub fn refresh_schedule(&mut self) {
+        let mut n = 0;
+        for (slot, backend) in self.backends.iter().enumerate().take(self.len as usize) {
+            if backend.state == BACKEND_STATE_UP && backend.weight > 0 {
+                self.schedule[n] = Candidate {
+                    weight: backend.weight,
+                    slot: slot as u32,
+                };
+                n += 1;
+            }
+        }
+        self.schedule[n..].fill(Candidate::default());
+        self.schedule_len = n as u32;
     }
 }
 
@@ -164,13 +214,81 @@ impl Default for BackendConnSet {
     }
 }
 
-/// Key of [`CONNTRACK_MAP`]: the client-to-VIP 5-tuple.
-#[repr(C)]
+/// Key of [`CONNTRACK4_MAP`]: an IPv4 client-to-VIP 5-tuple.
+///
+/// Sixteen bytes, so the kernel hashes and compares less than half of what
+/// an IPv6 key costs on every packet.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Client address (network byte order, IPv4 in the first 4 bytes).
+pub struct FlowKey4 {
+    /// Client address (network byte order).
+    pub src_addr: [u8; 4],
+    /// VIP (network byte order).
+    pub dst_addr: [u8; 4],
+    /// Client port, host byte order.
+    pub src_port: u16,
+    /// VIP port, host byte order.
+    pub dst_port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey4 {
+    /// The key of a flow from its parts, assembled in two 64-bit words (the
+    /// XDP program keeps them in registers: no narrow stores followed by a
+    /// wide load). `src_addr` and `dst_addr` are the address bytes as
+    /// they are in the packet, read as a native-endian `u32`.
+    #[inline(always)]
+    pub fn from_parts(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self::from_words([
+            u64::from(src_addr) | u64::from(dst_addr) << 32,
+            u64::from(src_port) | u64::from(dst_port) << 16 | u64::from(proto) << 32,
+        ])
+    }
+
+    /// The key as 64-bit words, for the flow cache's hash and comparison.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes without implicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute(*self) }
+    }
+
+    /// The key whose [`words`](Self::words) are `words`.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: every bit pattern is a valid key.
+        unsafe { core::mem::transmute(words) }
+    }
+
+    /// The service this flow is addressed to.
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&self.dst_addr);
+        ServiceKey {
+            addr,
+            port: self.dst_port,
+            proto: self.proto,
+            family: FAMILY_IPV4,
+        }
+    }
+}
+
+/// Key of [`CONNTRACK6_MAP`]: an IPv6 client-to-VIP 5-tuple.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    /// Client address (network byte order).
     pub src_addr: [u8; 16],
-    /// VIP (network byte order, IPv4 in the first 4 bytes).
+    /// VIP (network byte order).
     pub dst_addr: [u8; 16],
     /// Client port, host byte order.
     pub src_port: u16,
@@ -178,27 +296,213 @@ pub struct FlowKey {
     pub dst_port: u16,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
-    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
-    pub family: u8,
     /// Explicit padding.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
-/// Value of [`CONNTRACK_MAP`]: where a flow goes and what state it is in.
+impl FlowKey6 {
+    /// The key of a flow from its parts, assembled in five 64-bit words, as
+    /// [`FlowKey4::from_parts`]; each address is two native-endian `u64`s
+    /// of its bytes.
+    #[inline(always)]
+    pub fn from_parts(
+        src_addr: [u64; 2],
+        dst_addr: [u64; 2],
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self::from_words([
+            src_addr[0],
+            src_addr[1],
+            dst_addr[0],
+            dst_addr[1],
+            u64::from(src_port) | u64::from(dst_port) << 16 | u64::from(proto) << 32,
+        ])
+    }
+
+    /// The key as 64-bit words, for the flow cache's hash and comparison.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes without implicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute(*self) }
+    }
+
+    /// The key whose [`words`](Self::words) are `words`.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 5]) -> Self {
+        // SAFETY: every bit pattern is a valid key.
+        unsafe { core::mem::transmute(words) }
+    }
+
+    /// The service this flow is addressed to.
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            addr: self.dst_addr,
+            port: self.dst_port,
+            proto: self.proto,
+            family: FAMILY_IPV6,
+        }
+    }
+}
+
+/// A flow of either family, as the control plane handles it: the key of
+/// the connection table that holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlowKey {
+    /// A flow in [`CONNTRACK4_MAP`].
+    V4(FlowKey4),
+    /// A flow in [`CONNTRACK6_MAP`].
+    V6(FlowKey6),
+}
+
+impl FlowKey {
+    /// The key of the flow from `client`:`client_port` to `vip`:`port` over
+    /// `proto`. `None` when the two addresses are of different families.
+    pub fn new(
+        client: IpAddr,
+        client_port: u16,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+    ) -> Option<Self> {
+        match (client, vip) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(Self::V4(FlowKey4 {
+                src_addr: src.octets(),
+                dst_addr: dst.octets(),
+                src_port: client_port,
+                dst_port: port,
+                proto,
+                _pad: [0; 3],
+            })),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => Some(Self::V6(FlowKey6 {
+                src_addr: src.octets(),
+                dst_addr: dst.octets(),
+                src_port: client_port,
+                dst_port: port,
+                proto,
+                _pad: [0; 3],
+            })),
+            _ => None,
+        }
+    }
+
+    /// Client address.
+    pub fn client(&self) -> IpAddr {
+        match self {
+            Self::V4(k) => IpAddr::V4(Ipv4Addr::from(k.src_addr)),
+            Self::V6(k) => IpAddr::V6(Ipv6Addr::from(k.src_addr)),
+        }
+    }
+
+    /// VIP.
+    pub fn vip(&self) -> IpAddr {
+        match self {
+            Self::V4(k) => IpAddr::V4(Ipv4Addr::from(k.dst_addr)),
+            Self::V6(k) => IpAddr::V6(Ipv6Addr::from(k.dst_addr)),
+        }
+    }
+
+    /// Client port.
+    pub fn client_port(&self) -> u16 {
+        match self {
+            Self::V4(k) => k.src_port,
+            Self::V6(k) => k.src_port,
+        }
+    }
+
+    /// VIP port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(k) => k.dst_port,
+            Self::V6(k) => k.dst_port,
+        }
+    }
+
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+}
+
+/// Value of both connection tables: where a flow goes and what state it is in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) of the last packet seen.
     pub last_seen_ns: u64,
-    /// Service the flow belongs to.
-    pub service_id: u32,
-    /// Backend slot within the service.
-    pub backend_slot: u32,
+    /// Service the flow belongs to (below [`MAX_SERVICES`]).
+    pub service_id: u16,
+    /// Backend slot within the service (below [`MAX_BACKENDS`]).
+    pub backend_slot: u16,
     /// One of the `conn_state::STATE_*` constants.
-    pub state: u32,
+    pub state: u16,
     /// Explicit padding.
-    pub _pad: u32,
+    pub _pad: u16,
 }
+
+/// Entries of each per-CPU flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]).
+pub const FLOW_CACHE_ENTRIES: u32 = 1 << 14;
+
+/// An entry of the per-CPU IPv4 flow cache: a copy of a connection-table
+/// entry, taken at `stamp`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow4 {
+    /// The flow (all zero: an empty entry).
+    pub key: FlowKey4,
+    /// Service of the flow.
+    pub service_id: u16,
+    /// Backend slot of the flow.
+    pub backend_slot: u16,
+    /// The flow's state when it was cached.
+    pub state: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Cache period (`jiffies >> FLOW_CACHE_PERIOD_SHIFT`) in which the
+    /// connection table was last read and refreshed for this flow.
+    pub stamp: u64,
+}
+
+/// An entry of the per-CPU IPv6 flow cache, as [`CachedFlow4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow6 {
+    /// The flow (all zero: an empty entry).
+    pub key: FlowKey6,
+    /// Service of the flow.
+    pub service_id: u16,
+    /// Backend slot of the flow.
+    pub backend_slot: u16,
+    /// The flow's state when it was cached.
+    pub state: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// As [`CachedFlow4::stamp`].
+    pub stamp: u64,
+}
+
+/// The flow-cache entry (per-CPU array index) of a flow key, given as its
+/// 64-bit words (`FlowKey4::words`, `FlowKey6::words`): the top bits of a
+/// multiplicative hash.
+#[inline(always)]
+pub fn flow_cache_index<const N: usize>(words: &[u64; N]) -> u32 {
+    let mut hash = 0u64;
+    for word in words {
+        hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    (hash >> (64 - FLOW_CACHE_ENTRIES.trailing_zeros())) as u32
+}
+
+/// The flow cache's period is `2^FLOW_CACHE_PERIOD_SHIFT` jiffies (64 ms at
+/// HZ=1000, 256 ms at HZ=250, 640 ms at HZ=100): a cached flow goes back to
+/// its connection table, refreshing its last-seen time there, at least once
+/// per period.
+pub const FLOW_CACHE_PERIOD_SHIFT: u32 = 6;
 
 /// [`SERVICE_PORTS_MAP`] bit: some TCP service uses this port.
 pub const PORT_TCP: u32 = 1;
@@ -273,14 +577,23 @@ pub const fn backend_index(service_id: u32, slot: u32) -> u32 {
 pub const BACKEND_STATS_ENTRIES: u32 = MAX_SERVICES * MAX_BACKENDS as u32;
 
 const _: () = {
+    // `FlowKey4::from_parts` and `FlowKey6::from_parts` place fields by bit
+    // position; both the BPF target (bpfel) and the hosts lb runs on are
+    // little-endian.
+    assert!(cfg!(target_endian = "little"));
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<Service>() == 8);
-    assert!(size_of::<Backend>() == 44);
-    assert!(size_of::<BackendSet>() == 8 + 44 * MAX_BACKENDS);
+    assert!(size_of::<Backend>() == 40);
+    assert!(size_of::<Candidate>() == 8);
+    assert!(size_of::<BackendSet>() == 8 + (8 + 40) * MAX_BACKENDS);
     assert!(size_of::<BackendConns>() == 16);
     assert!(size_of::<BackendConnSet>() == 16 * MAX_BACKENDS);
-    assert!(size_of::<FlowKey>() == 40);
-    assert!(size_of::<Flow>() == 24);
+    assert!(size_of::<FlowKey4>() == 16);
+    assert!(size_of::<FlowKey6>() == 40);
+    assert!(size_of::<Flow>() == 16);
+    assert!(size_of::<CachedFlow4>() == 32);
+    assert!(size_of::<CachedFlow6>() == 56);
+    assert!(FLOW_CACHE_ENTRIES.is_power_of_two());
     assert!(size_of::<Counters>() == 24);
     assert!(MAX_BACKENDS.is_power_of_two());
 };
@@ -296,7 +609,10 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for BackendSet {}
     unsafe impl aya::Pod for BackendConnSet {}
-    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey4 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for CachedFlow4 {}
+    unsafe impl aya::Pod for CachedFlow6 {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counters {}
 }
@@ -329,9 +645,12 @@ mod tests {
         assert_eq!(offset_of!(Backend, ifindex), 28);
         assert_eq!(offset_of!(Backend, weight), 32);
         assert_eq!(offset_of!(Backend, state), 36);
-        assert_eq!(offset_of!(Backend, slot), 40);
         assert_eq!(offset_of!(BackendSet, len), 0);
-        assert_eq!(offset_of!(BackendSet, backends), 8);
+        assert_eq!(offset_of!(BackendSet, schedule_len), 4);
+        assert_eq!(offset_of!(BackendSet, schedule), 8);
+        assert_eq!(offset_of!(BackendSet, backends), 8 + 8 * MAX_BACKENDS);
+        assert_eq!(offset_of!(Candidate, weight), 0);
+        assert_eq!(offset_of!(Candidate, slot), 4);
     }
 
     #[test]
@@ -343,18 +662,23 @@ mod tests {
 
     #[test]
     fn flow_layout() {
-        assert_eq!(offset_of!(FlowKey, src_addr), 0);
-        assert_eq!(offset_of!(FlowKey, dst_addr), 16);
-        assert_eq!(offset_of!(FlowKey, src_port), 32);
-        assert_eq!(offset_of!(FlowKey, dst_port), 34);
-        assert_eq!(offset_of!(FlowKey, proto), 36);
-        assert_eq!(offset_of!(FlowKey, family), 37);
-        assert_eq!(offset_of!(FlowKey, _pad), 38);
+        assert_eq!(offset_of!(FlowKey4, src_addr), 0);
+        assert_eq!(offset_of!(FlowKey4, dst_addr), 4);
+        assert_eq!(offset_of!(FlowKey4, src_port), 8);
+        assert_eq!(offset_of!(FlowKey4, dst_port), 10);
+        assert_eq!(offset_of!(FlowKey4, proto), 12);
+        assert_eq!(offset_of!(FlowKey4, _pad), 13);
+        assert_eq!(offset_of!(FlowKey6, src_addr), 0);
+        assert_eq!(offset_of!(FlowKey6, dst_addr), 16);
+        assert_eq!(offset_of!(FlowKey6, src_port), 32);
+        assert_eq!(offset_of!(FlowKey6, dst_port), 34);
+        assert_eq!(offset_of!(FlowKey6, proto), 36);
+        assert_eq!(offset_of!(FlowKey6, _pad), 37);
         assert_eq!(offset_of!(Flow, last_seen_ns), 0);
         assert_eq!(offset_of!(Flow, service_id), 8);
-        assert_eq!(offset_of!(Flow, backend_slot), 12);
-        assert_eq!(offset_of!(Flow, state), 16);
-        assert_eq!(offset_of!(Flow, _pad), 20);
+        assert_eq!(offset_of!(Flow, backend_slot), 10);
+        assert_eq!(offset_of!(Flow, state), 12);
+        assert_eq!(offset_of!(Flow, _pad), 14);
     }
 
     #[test]
@@ -388,5 +712,193 @@ mod tests {
             backend_index(MAX_SERVICES - 1, MAX_BACKENDS as u32 - 1),
             BACKEND_STATS_ENTRIES - 1
         );
+    }
+
+    #[test]
+    fn flow_keys_by_family() {
+        let v4 = FlowKey::new(
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+            40000,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            80,
+            PROTO_TCP,
+        )
+        .expect("one family");
+        let FlowKey::V4(k) = v4 else {
+            panic!("an IPv4 key: {v4:?}")
+        };
+        assert_eq!(k.src_addr, [198, 51, 100, 7]);
+        assert_eq!(k.dst_addr, [192, 0, 2, 1]);
+        assert_eq!((k.src_port, k.dst_port, k.proto), (40000, 80, PROTO_TCP));
+        assert_eq!(v4.client(), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(v4.vip(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(
+            (v4.client_port(), v4.port(), v4.proto()),
+            (40000, 80, PROTO_TCP)
+        );
+        let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        let vip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        let v6 = FlowKey::new(client6, 40001, vip6, 53, PROTO_UDP).expect("one family");
+        assert!(matches!(v6, FlowKey::V6(_)));
+        assert_eq!(v6.client(), client6);
+        assert_eq!(v6.vip(), vip6);
+        assert_eq!(
+            (v6.client_port(), v6.port(), v6.proto()),
+            (40001, 53, PROTO_UDP)
+        );
+        assert_eq!(
+            FlowKey::new(
+                client6,
+                1,
+                IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+                80,
+                PROTO_TCP
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn schedule_lists_backends_that_may_take_flows() {
+        let mut set = BackendSet::default();
+        let states = [
+            (BACKEND_STATE_UP, 100),
+            (BACKEND_STATE_DOWN, 100),
+            (BACKEND_STATE_UP, 0),
+            (BACKEND_STATE_REMOVED, 100),
+            (BACKEND_STATE_EMPTY, 100),
+            (BACKEND_STATE_UP, 7),
+        ];
+        for (slot, &(state, weight)) in states.iter().enumerate() {
+            set.backends[slot] = Backend {
+                state,
+                weight,
+                ..Backend::default()
+            };
+        }
+        set.len = states.len() as u32;
+        // A stale entry past the new end must be cleared.
+        set.schedule[3] = Candidate { weight: 9, slot: 9 };
+        set.refresh_schedule();
+        assert_eq!(set.schedule_len, 2);
+        assert_eq!(
+            set.schedule[0],
+            Candidate {
+                weight: 100,
+                slot: 0
+            }
+        );
+        assert_eq!(set.schedule[1], Candidate { weight: 7, slot: 5 });
+        assert!(set.schedule[2..].iter().all(|c| *c == Candidate::default()));
+        // Slots past `len` are not scheduled even if they hold a backend.
+        set.len = 1;
+        set.refresh_schedule();
+        assert_eq!(set.schedule_len, 1);
+    }
+
+    #[test]
+    fn keys_assembled_from_parts_match_their_fields() {
+        let v4 = FlowKey4::from_parts(
+            u32::from_ne_bytes([198, 51, 100, 7]),
+            u32::from_ne_bytes([192, 0, 2, 1]),
+            40000,
+            80,
+            PROTO_TCP,
+        );
+        assert_eq!(
+            v4,
+            FlowKey4 {
+                src_addr: [198, 51, 100, 7],
+                dst_addr: [192, 0, 2, 1],
+                src_port: 40000,
+                dst_port: 80,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
+        assert_eq!(FlowKey4::from_words(v4.words()), v4);
+        let src: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let dst: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let halves = |a: [u8; 16]| {
+            [
+                u64::from_ne_bytes(a[..8].try_into().unwrap()),
+                u64::from_ne_bytes(a[8..].try_into().unwrap()),
+            ]
+        };
+        let v6 = FlowKey6::from_parts(halves(src), halves(dst), 40001, 53, PROTO_UDP);
+        assert_eq!(
+            v6,
+            FlowKey6 {
+                src_addr: src,
+                dst_addr: dst,
+                src_port: 40001,
+                dst_port: 53,
+                proto: PROTO_UDP,
+                _pad: [0; 3],
+            }
+        );
+        assert_eq!(FlowKey6::from_words(v6.words()), v6);
+    }
+
+    #[test]
+    fn service_keys_of_flows() {
+        let v4 = FlowKey4 {
+            dst_addr: [192, 0, 2, 1],
+            dst_port: 80,
+            proto: PROTO_TCP,
+            ..FlowKey4::default()
+        };
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        assert_eq!(
+            v4.service_key(),
+            ServiceKey {
+                addr,
+                port: 80,
+                proto: PROTO_TCP,
+                family: FAMILY_IPV4,
+            }
+        );
+        let v6 = FlowKey6 {
+            dst_addr: [0x20; 16],
+            dst_port: 53,
+            proto: PROTO_UDP,
+            ..FlowKey6::default()
+        };
+        assert_eq!(
+            v6.service_key(),
+            ServiceKey {
+                addr: [0x20; 16],
+                port: 53,
+                proto: PROTO_UDP,
+                family: FAMILY_IPV6,
+            }
+        );
+    }
+
+    #[test]
+    fn flow_cache_index_spreads_keys_over_the_cache() {
+        let mut used = [false; FLOW_CACHE_ENTRIES as usize];
+        for port in 0..4096u16 {
+            let key = FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP);
+            let index = flow_cache_index(&key.words());
+            assert!(index < FLOW_CACHE_ENTRIES);
+            used[index as usize] = true;
+        }
+        // 4096 keys into 16384 entries: a uniform hash leaves ~3,600 distinct.
+        let distinct = used.iter().filter(|u| **u).count();
+        assert!(distinct > 3400, "{distinct} distinct entries for 4096 keys");
+    }
+
+    #[test]
+    fn flow_cache_layout() {
+        assert_eq!(offset_of!(CachedFlow4, key), 0);
+        assert_eq!(offset_of!(CachedFlow4, service_id), 16);
+        assert_eq!(offset_of!(CachedFlow4, backend_slot), 18);
+        assert_eq!(offset_of!(CachedFlow4, state), 20);
+        assert_eq!(offset_of!(CachedFlow4, stamp), 24);
+        assert_eq!(offset_of!(CachedFlow6, key), 0);
+        assert_eq!(offset_of!(CachedFlow6, service_id), 40);
+        assert_eq!(offset_of!(CachedFlow6, stamp), 48);
     }
 }

@@ -5,13 +5,15 @@
 //! `overhead / weight`, compared without division
 //! (`overhead_a * weight_b < overhead_b * weight_a`); ties go to the lower slot.
 //!
-//! This is the code the XDP program runs for every new flow. It is written for
-//! the verifier: one bounded loop over a fixed-size array, and the winner is
-//! recorded by the slot number *loaded from the map value*
-//! ([`Backend::slot`]) rather than the loop index, which keeps the verifier's
-//! explored states (and so its instruction budget) small for 256 backends.
+//! This is the code the XDP program runs for every new flow. It walks the
+//! service's [`BackendSet::schedule`] (the backends that are up with a weight
+//! above zero, packed 8 bytes each) rather than every slot, and is written
+//! for the verifier: one bounded loop over a fixed-size array, and the winner
+//! is recorded by the slot number *loaded from the map value* rather than by
+//! the loop index, which keeps the verifier's explored states (and so its
+//! instruction budget) small for 256 backends.
 
-use crate::{BACKEND_STATE_UP, BackendConnSet, BackendSet, MAX_BACKENDS};
+use crate::{BackendConnSet, BackendSet, MAX_BACKENDS};
 
 /// The largest connection count the scheduler distinguishes. Real counts are
 /// bounded by the connection table's size (far below 2^32), and this bound
@@ -48,22 +50,20 @@ pub fn select(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
     let mut best_overhead = 0u64;
     // 0 = no candidate yet (a candidate always has weight > 0).
     let mut best_weight = 0u64;
-    // One condition per slot and no `continue`: with a skip branch LLVM
+    // One condition per candidate and no `continue`: with a skip branch LLVM
     // splits the loop in two, and the inner loop's base index becomes a
     // per-path constant that defeats the verifier's state pruning.
     for i in 0..MAX_BACKENDS {
-        if i as u32 >= set.len {
+        if i as u32 >= set.schedule_len {
             break;
         }
-        let backend = &set.backends[i];
-        let c = &conns.conns[i];
-        let weight = backend.weight as u64;
+        let candidate = &set.schedule[i];
+        let slot = candidate.slot & (MAX_BACKENDS as u32 - 1);
+        let c = &conns.conns[slot as usize];
+        let weight = candidate.weight as u64;
         let load = overhead(c.active, c.inactive);
-        if backend.state == BACKEND_STATE_UP
-            && weight != 0
-            && (best_weight == 0 || load * best_weight < best_overhead * weight)
-        {
-            best_slot = backend.slot;
+        if best_weight == 0 || load * best_weight < best_overhead * weight {
+            best_slot = slot;
             best_overhead = load;
             best_weight = weight;
         }
@@ -78,7 +78,7 @@ pub fn select(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BACKEND_STATE_DOWN, Backend, BackendConns, MAX_WEIGHT};
+    use crate::{BACKEND_STATE_DOWN, BACKEND_STATE_UP, Backend, BackendConns, MAX_WEIGHT};
 
     fn service(weights: &[u32]) -> (BackendSet, BackendConnSet) {
         let mut set = BackendSet::default();
@@ -86,11 +86,11 @@ mod tests {
             set.backends[slot] = Backend {
                 weight,
                 state: BACKEND_STATE_UP,
-                slot: slot as u32,
                 ..Backend::default()
             };
         }
         set.len = weights.len() as u32;
+        set.refresh_schedule();
         (set, BackendConnSet::default())
     }
 
@@ -156,6 +156,7 @@ mod tests {
         assert_eq!(got[0], 0);
         set.backends[1].weight = 0;
         set.backends[2].weight = 0;
+        set.refresh_schedule();
         assert_eq!(select(&set, &conns), None);
     }
 
@@ -164,9 +165,11 @@ mod tests {
         let (mut set, mut conns) = service(&[10, 10, 10]);
         set.backends[1].state = BACKEND_STATE_DOWN;
         set.backends[2].state = crate::BACKEND_STATE_EMPTY;
+        set.refresh_schedule();
         let got = schedule(&set, &mut conns, 50);
         assert_eq!(&got[..3], &[50, 0, 0]);
         set.backends[0].state = BACKEND_STATE_DOWN;
+        set.refresh_schedule();
         assert_eq!(select(&set, &conns), None);
     }
 
@@ -175,6 +178,7 @@ mod tests {
         let (mut set, conns) = service(&[10, 10]);
         set.len = 1;
         set.backends[0].state = BACKEND_STATE_DOWN;
+        set.refresh_schedule();
         assert_eq!(select(&set, &conns), None);
     }
 

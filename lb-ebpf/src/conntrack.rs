@@ -1,30 +1,209 @@
-//! The connection table: an existing flow keeps its backend and advances its
-//! TCP state; a new flow gets a backend by weighted least-connection.
+//! The connection tables (one per address family): an existing flow keeps
+//! its backend and advances its TCP state; a new flow gets a backend by
+//! weighted least-connection.
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once.
+//!
+//! In front of the tables sits a per-CPU flow cache: a direct-mapped copy of
+//! the flows this CPU forwarded recently, indexed by a multiplicative hash of
+//! the key. A packet whose flow is cached from the current cache period and
+//! whose state does not change is forwarded from the cache alone, without
+//! the kernel's hash lookup or a clock read. Everything else (a state change,
+//! a new period, a miss) goes to the table, which stays the one source of
+//! truth: its state, its last-seen time (refreshed at least once per period
+//! for every active flow) and the connection counters. A cached flow whose
+//! backend slot was emptied is not used, exactly as for the table.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, Flow, MAX_BACKENDS, PROTO_TCP,
-    REASON_NO_BACKEND,
+    BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4, CachedFlow6,
+    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    ServiceKey,
     conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    wlc,
+    flow_cache_index, wlc,
 };
 
-use crate::{BACKEND_CONNS, BACKENDS, CONNTRACK, Verdict, parse::Packet};
+use crate::{
+    BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, Verdict,
+    parse::Packet,
+};
 
 /// Insert whether or not the key exists (`BPF_ANY`).
 const BPF_ANY: u64 = 0;
+
+/// A connection-table key, tied to the table of its address family.
+pub trait TableKey {
+    /// The flow's entry in its table, if it has one.
+    fn lookup(&self) -> Option<*mut Flow>;
+    /// Records `flow` under this key.
+    fn insert(&self, flow: &Flow) -> Result<(), i32>;
+    /// The service the flow is addressed to.
+    fn service_key(&self) -> ServiceKey;
+    /// This CPU's cached copy of the flow, if it was cached in `period`.
+    fn cached(&self, period: u64) -> Option<Cached>;
+    /// Caches the flow for this CPU in `period`.
+    fn cache(&self, flow: Cached, period: u64);
+}
+
+/// A flow as the flow cache holds it.
+#[derive(Clone, Copy)]
+pub struct Cached {
+    /// Service of the flow.
+    pub service_id: u32,
+    /// Backend slot (bounded when used).
+    pub slot: u32,
+    /// State after the packet that cached it.
+    pub state: u32,
+}
+
+/// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
+#[inline(always)]
+pub fn cache_period() -> u64 {
+    // SAFETY: a helper without arguments (inlined by the verifier on 64-bit JITs).
+    (unsafe { bpf_jiffies64() }) >> FLOW_CACHE_PERIOD_SHIFT
+}
+
+impl TableKey for FlowKey4 {
+    #[inline(always)]
+    fn lookup(&self) -> Option<*mut Flow> {
+        CONNTRACK4.get_ptr_mut(self)
+    }
+
+    #[inline(always)]
+    fn insert(&self, flow: &Flow) -> Result<(), i32> {
+        CONNTRACK4.insert(self, flow, BPF_ANY)
+    }
+
+    #[inline(always)]
+    fn service_key(&self) -> ServiceKey {
+        FlowKey4::service_key(self)
+    }
+
+    #[inline(always)]
+    fn cached(&self, period: u64) -> Option<Cached> {
+        let words = self.words();
+        // SAFETY: this CPU's own entry; nothing else writes it while we run.
+        let entry = unsafe { &*FLOW_CACHE4.get_ptr_mut(flow_cache_index(&words))? };
+        let key = entry.key.words();
+        (entry.stamp == period && key[0] == words[0] && key[1] == words[1]).then_some(Cached {
+            service_id: u32::from(entry.service_id),
+            slot: u32::from(entry.backend_slot),
+            state: u32::from(entry.state),
+        })
+    }
+
+    #[inline(always)]
+    fn cache(&self, flow: Cached, period: u64) {
+        if let Some(entry) = FLOW_CACHE4.get_ptr_mut(flow_cache_index(&self.words())) {
+            // SAFETY: this CPU's own entry.
+            unsafe {
+                *entry = CachedFlow4 {
+                    key: *self,
+                    service_id: flow.service_id as u16,
+                    backend_slot: flow.slot as u16,
+                    state: flow.state as u16,
+                    _pad: 0,
+                    stamp: period,
+                };
+            }
+        }
+    }
+}
+
+impl TableKey for FlowKey6 {
+    #[inline(always)]
+    fn lookup(&self) -> Option<*mut Flow> {
+        CONNTRACK6.get_ptr_mut(self)
+    }
+
+    #[inline(always)]
+    fn insert(&self, flow: &Flow) -> Result<(), i32> {
+        CONNTRACK6.insert(self, flow, BPF_ANY)
+    }
+
+    #[inline(always)]
+    fn service_key(&self) -> ServiceKey {
+        FlowKey6::service_key(self)
+    }
+
+    #[inline(always)]
+    fn cached(&self, period: u64) -> Option<Cached> {
+        let words = self.words();
+        // SAFETY: this CPU's own entry; nothing else writes it while we run.
+        let entry = unsafe { &*FLOW_CACHE6.get_ptr_mut(flow_cache_index(&words))? };
+        let key = entry.key.words();
+        let same = (key[0] ^ words[0])
+            | (key[1] ^ words[1])
+            | (key[2] ^ words[2])
+            | (key[3] ^ words[3])
+            | (key[4] ^ words[4])
+            == 0;
+        (entry.stamp == period && same).then_some(Cached {
+            service_id: u32::from(entry.service_id),
+            slot: u32::from(entry.backend_slot),
+            state: u32::from(entry.state),
+        })
+    }
+
+    #[inline(always)]
+    fn cache(&self, flow: Cached, period: u64) {
+        if let Some(entry) = FLOW_CACHE6.get_ptr_mut(flow_cache_index(&self.words())) {
+            // SAFETY: this CPU's own entry.
+            unsafe {
+                *entry = CachedFlow6 {
+                    key: *self,
+                    service_id: flow.service_id as u16,
+                    backend_slot: flow.slot as u16,
+                    state: flow.state as u16,
+                    _pad: 0,
+                    stamp: period,
+                };
+            }
+        }
+    }
+}
 
 /// The backend a packet goes to.
 #[derive(Clone, Copy)]
 pub struct Binding {
     /// Backend slot, always below [`MAX_BACKENDS`].
     pub slot: u32,
+    /// The flow's state after this packet.
+    pub state: u32,
     /// Whether this packet opened the flow (counted as a new connection).
     pub new_flow: bool,
+}
+
+/// A packet of flow `key` that this CPU's flow cache can forward on its own:
+/// cached in `period`, its state unchanged by the packet, its backend slot
+/// not emptied. Returns the service id, the service's backends and the
+/// backend, like [`known`].
+#[inline(always)]
+pub fn cached(
+    key: &impl TableKey,
+    packet: &Packet,
+    period: u64,
+) -> Option<(u32, &'static BackendSet, Binding)> {
+    let flow = key.cached(period)?;
+    if next_state(packet, flow.state) != flow.state {
+        return None;
+    }
+    let backends = BACKENDS.get(flow.service_id)?;
+    let slot = bounded(flow.slot);
+    if backends.backends[slot as usize].state == BACKEND_STATE_EMPTY {
+        return None;
+    }
+    Some((
+        flow.service_id,
+        backends,
+        Binding {
+            slot,
+            state: flow.state,
+            new_flow: false,
+        },
+    ))
 }
 
 /// Keeps a slot index provably inside the backend arrays for the verifier.
@@ -36,7 +215,7 @@ const fn bounded(slot: u32) -> u32 {
 /// The state of a flow after `packet`, starting from `state`.
 #[inline(always)]
 fn next_state(packet: &Packet, state: u32) -> u32 {
-    if packet.flow.proto == PROTO_TCP {
+    if packet.proto == PROTO_TCP {
         tcp_next_state(state, packet.tcp_flags)
     } else {
         STATE_UDP
@@ -52,7 +231,7 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// A packet of a flow already in the connection table: advances its state
+/// A packet of flow `key`, if the flow is in its table: advances its state
 /// and returns its service id, the service's backends and its backend.
 ///
 /// The flow keeps its backend while the backend exists, even when it is
@@ -61,23 +240,24 @@ fn now() -> u64 {
 /// plane empties a service's backend set before it removes or renumbers the
 /// service), so that it is scheduled again.
 #[inline(always)]
-pub fn known(packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
-    let flow = CONNTRACK.get_ptr_mut(packet.flow)?;
+pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
+    let flow = key.lookup()?;
     // SAFETY: a valid entry of the connection table; this CPU is the only
     // writer of a given flow while its packets arrive on one RX queue.
     let flow = unsafe { &mut *flow };
-    let service_id = flow.service_id;
+    let service_id = u32::from(flow.service_id);
     let backends = BACKENDS.get(service_id)?;
-    let slot = bounded(flow.backend_slot);
+    let slot = bounded(u32::from(flow.backend_slot));
     if backends.backends[slot as usize].state == BACKEND_STATE_EMPTY {
         return None;
     }
-    let state = next_state(packet, flow.state);
-    if state != flow.state {
+    let old_state = u32::from(flow.state);
+    let state = next_state(packet, old_state);
+    if state != old_state {
         if let Some(conns) = BACKEND_CONNS.get_ptr_mut(service_id) {
-            move_count(conns, slot, is_active(flow.state), is_active(state));
+            move_count(conns, slot, is_active(old_state), is_active(state));
         }
-        flow.state = state;
+        flow.state = state as u16;
     }
     flow.last_seen_ns = now();
     Some((
@@ -85,16 +265,18 @@ pub fn known(packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
         backends,
         Binding {
             slot,
+            state,
             new_flow: false,
         },
     ))
 }
 
-/// Opens a flow for `packet` in service `service_id`: picks its backend by
+/// Opens flow `key` for `packet` in service `service_id`: picks its backend by
 /// weighted least-connection and records it; `Drop(REASON_NO_BACKEND)` when
 /// no backend can take it.
 #[inline(always)]
 pub fn open(
+    key: &impl TableKey,
     packet: &Packet,
     service_id: u32,
     backends: &BackendSet,
@@ -106,21 +288,23 @@ pub fn open(
         None => return Err(Verdict::Drop(REASON_NO_BACKEND)),
     };
     let state = next_state(packet, STATE_NONE);
+    // Service ids are below MAX_SERVICES and slots below MAX_BACKENDS: both fit.
     let flow = Flow {
         last_seen_ns: now(),
-        service_id,
-        backend_slot: slot,
-        state,
+        service_id: service_id as u16,
+        backend_slot: slot as u16,
+        state: state as u16,
         _pad: 0,
     };
     // A full table evicts its least recently used flow, so this only fails on
     // memory pressure; the packet is still forwarded and the next packet of
     // the flow schedules again.
-    if CONNTRACK.insert(packet.flow, flow, BPF_ANY).is_ok() {
+    if key.insert(&flow).is_ok() {
         add_count(conns, slot, is_active(state), 1);
     }
     Ok(Binding {
         slot,
+        state,
         new_flow: true,
     })
 }

@@ -23,11 +23,14 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use conntrack::{Cached, TableKey};
 use lb_common::{
-    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, Counters, DEFAULT_MAX_FLOWS, Flow, FlowKey,
+    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
     MAX_SERVICES, NUM_REASONS, REASON_FORWARDED, REASON_INTERNAL, REASON_NO_SERVICE,
     SERVICE_PORTS_ENTRIES, Service, ServiceKey, port_bit,
 };
+use parse::{IpHeader, Packet};
 
 /// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
 #[btf_map]
@@ -42,15 +45,30 @@ static BACKENDS: Array<BackendSet, { MAX_SERVICES as usize }> = Array::new();
 #[btf_map]
 static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Array::new();
 
-/// The connection table: client 5-tuple -> backend slot, TCP state, last seen.
-/// The control plane may resize it before loading and expires idle flows.
+/// The IPv4 connection table: client 5-tuple -> service, backend slot, TCP
+/// state, last seen. The control plane may resize it before loading and
+/// expires idle flows.
 #[btf_map]
-static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_MAX_FLOWS as usize }> = LruHashMap::new();
+static CONNTRACK4: LruHashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// The IPv6 connection table, as [`CONNTRACK4`] with 16-byte addresses.
+#[btf_map]
+static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> =
+    LruHashMap::new();
 
 /// Port prefilter: destination port -> `PORT_*` bits of the protocols some
 /// service uses on it. Written by the control plane.
 #[btf_map]
 static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
+
+/// Per-CPU IPv4 flow cache: hash of the key -> a recent copy of its
+/// connection-table entry (see `conntrack`). Written only by the data path.
+#[btf_map]
+static FLOW_CACHE4: PerCpuArray<CachedFlow4, { FLOW_CACHE_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Per-CPU IPv6 flow cache, as [`FLOW_CACHE4`].
+#[btf_map]
+static FLOW_CACHE6: PerCpuArray<CachedFlow6, { FLOW_CACHE_ENTRIES as usize }> = PerCpuArray::new();
 
 /// Per-CPU packet/byte counters per verdict reason (`REASON_*`).
 #[btf_map]
@@ -94,46 +112,64 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// `l3_len` is the frame's length without its Ethernet header.
 ///
 /// Cheapest first: traffic to a port no service uses is passed after one
-/// array lookup; a known flow is forwarded from the connection table alone
-/// (its service and backend slot are in the flow); only a new flow pays for
-/// the service lookup and backend selection.
+/// array lookup, before its addresses are even read; a known flow is
+/// forwarded from the connection table alone (its service and backend slot
+/// are in the flow); only a new flow pays for the service lookup and backend
+/// selection.
 #[inline(always)]
 fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-    let flow = &packet.flow;
     let ports = SERVICE_PORTS
-        .get(u32::from(flow.dst_port))
+        .get(u32::from(packet.dst_port))
         .copied()
         .unwrap_or(0);
-    if ports & port_bit(flow.proto) == 0 {
+    if ports & port_bit(packet.proto) == 0 {
         return Verdict::Pass(REASON_NO_SERVICE);
     }
-    let (service_id, backends, binding) = match conntrack::known(&packet) {
-        Some(known) => known,
+    match packet.ip {
+        IpHeader::V4(ip) => balance_flow(ctx, &packet, &packet.key4(ip), l3_len),
+        IpHeader::V6(ip) => balance_flow(ctx, &packet, &packet.key6(ip), l3_len),
+    }
+}
+
+/// Forwards `packet` of flow `key` to its backend, scheduling the flow first
+/// if it is new.
+#[inline(always)]
+fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: u64) -> Verdict {
+    let period = conntrack::cache_period();
+    // A connection's first SYN is almost never cached, and probing for it
+    // would cost a cache miss on every new connection.
+    let hit = if packet.opens_connection() {
+        None
+    } else {
+        conntrack::cached(key, packet, period)
+    };
+    let (service_id, backends, binding) = match hit {
+        Some(hit) => hit,
         None => {
-            let key = ServiceKey {
-                addr: flow.dst_addr,
-                port: flow.dst_port,
-                proto: flow.proto,
-                family: flow.family,
+            let (service_id, backends, binding) = match conntrack::known(key, packet) {
+                Some(known) => known,
+                // A new flow is not cached: its next packet changes its
+                // state (TCP) or finds it in the table (UDP), and caches it then.
+                None => match open(packet, key) {
+                    Ok(opened) => opened,
+                    Err(verdict) => return verdict,
+                },
             };
-            // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-            let Some(service_id) = (unsafe { SERVICES.get(key) }).map(|s| s.id) else {
-                return Verdict::Pass(REASON_NO_SERVICE);
-            };
-            let (Some(backends), Some(conns)) = (
-                BACKENDS.get(service_id),
-                BACKEND_CONNS.get_ptr_mut(service_id),
-            ) else {
-                return Verdict::Drop(REASON_INTERNAL);
-            };
-            match conntrack::open(&packet, service_id, backends, conns) {
-                Ok(binding) => (service_id, backends, binding),
-                Err(verdict) => return verdict,
+            if !binding.new_flow {
+                key.cache(
+                    Cached {
+                        service_id,
+                        slot: binding.slot,
+                        state: binding.state,
+                    },
+                    period,
+                );
             }
+            (service_id, backends, binding)
         }
     };
     let backend = &backends.backends[binding.slot as usize];
@@ -142,6 +178,27 @@ fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
     }
     stats::count_forwarded(service_id, binding, l3_len);
     Verdict::Tx
+}
+
+/// Schedules the new flow `key` of `packet`: finds its service and picks a
+/// backend.
+#[inline(always)]
+fn open(
+    packet: &Packet,
+    key: &impl TableKey,
+) -> Result<(u32, &'static BackendSet, conntrack::Binding), Verdict> {
+    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
+    let Some(service_id) = (unsafe { SERVICES.get(key.service_key()) }).map(|s| s.id) else {
+        return Err(Verdict::Pass(REASON_NO_SERVICE));
+    };
+    let (Some(backends), Some(conns)) = (
+        BACKENDS.get(service_id),
+        BACKEND_CONNS.get_ptr_mut(service_id),
+    ) else {
+        return Err(Verdict::Drop(REASON_INTERNAL));
+    };
+    let binding = conntrack::open(key, packet, service_id, backends, conns)?;
+    Ok((service_id, backends, binding))
 }
 
 /// Frames that reach the trivial program are handed to the network stack.

@@ -1,10 +1,15 @@
 //! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
 //! header walk), then the TCP or UDP ports. Every read goes through [`ptr_at`].
+//!
+//! The addresses are not copied while parsing: most traffic that is not for
+//! a service is recognised by its port alone, so the connection-table key is
+//! built ([`Packet::key4`], [`Packet::key6`]) only once the port matched.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED,
-    REASON_NOT_IP, REASON_NOT_L4,
+    FlowKey4, FlowKey6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NOT_IP,
+    REASON_NOT_L4,
+    conn_state::{TCP_ACK, TCP_SYN},
 };
 use network_types::{
     eth::EthHdr,
@@ -35,12 +40,61 @@ const IPV4_OFFSET_MASK: u16 = 0x1FFF;
 /// Byte offset of the flags in a TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 
+/// The IP header of a parsed packet, checked to lie inside the frame.
+#[derive(Clone, Copy)]
+pub enum IpHeader {
+    /// An IPv4 header (options, if any, follow it).
+    V4(*const Ipv4Hdr),
+    /// An IPv6 header.
+    V6(*const Ipv6Hdr),
+}
+
 /// A TCP or UDP packet, reduced to what the load balancer needs.
 pub struct Packet {
-    /// The client-to-VIP 5-tuple (also the connection-table key).
-    pub flow: FlowKey,
+    /// Where its addresses are.
+    pub ip: IpHeader,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Client port, host byte order.
+    pub src_port: u16,
+    /// Destination (VIP) port, host byte order.
+    pub dst_port: u16,
     /// TCP flags (zero for UDP).
     pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// Whether this is a TCP SYN without ACK: the packet that opens a connection.
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// The IPv4 connection-table key of this packet, whose header is `ip`.
+    #[inline(always)]
+    pub fn key4(&self, ip: *const Ipv4Hdr) -> FlowKey4 {
+        // SAFETY: `parse` checked that the IPv4 header is inside the frame.
+        let (src, dst) = unsafe {
+            (
+                load_u32(&raw const (*ip).src_addr),
+                load_u32(&raw const (*ip).dst_addr),
+            )
+        };
+        FlowKey4::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+    }
+
+    /// The IPv6 connection-table key of this packet, whose header is `ip`.
+    #[inline(always)]
+    pub fn key6(&self, ip: *const Ipv6Hdr) -> FlowKey6 {
+        // SAFETY: `parse` checked that the IPv6 header is inside the frame.
+        let (src, dst) = unsafe {
+            (
+                load_addr6(&raw const (*ip).src_addr),
+                load_addr6(&raw const (*ip).dst_addr),
+            )
+        };
+        FlowKey6::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+    }
 }
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
@@ -73,20 +127,33 @@ unsafe fn be16(field: *const [u8; 2]) -> u16 {
     u16::from_be(unsafe { field.cast::<u16>().read() })
 }
 
-/// Copies an IPv4 (`N` = 4) or IPv6 (`N` = 16) address from the packet into a
-/// map key, 16 bits at a time; the key's remaining bytes are left as they are.
+/// Reads 4 packet bytes as a native-endian `u32`, 16 bits at a time (the
+/// fields are only 2-byte aligned, and a byte-wise read would take four loads).
 ///
 /// # Safety
 /// As for [`be16`]: `src` lies inside the frame at an even offset.
 #[inline(always)]
-unsafe fn copy_addr<const N: usize>(dst: &mut [u8; 16], src: *const [u8; N]) {
+unsafe fn load_u32(src: *const [u8; 4]) -> u32 {
     let src = src.cast::<u16>();
-    // The map keys are 2-byte aligned (they hold u16 fields) and keep their
-    // addresses at offsets 0 and 16.
-    let dst = dst.as_mut_ptr().cast::<u16>();
-    for i in 0..N / 2 {
-        unsafe { dst.add(i).write(src.add(i).read()) };
+    unsafe { u32::from(src.read()) | u32::from(src.add(1).read()) << 16 }
+}
+
+/// Reads an IPv6 address as two native-endian `u64`s of its bytes, 16 bits
+/// at a time.
+///
+/// # Safety
+/// As for [`be16`]: `src` lies inside the frame at an even offset.
+#[inline(always)]
+unsafe fn load_addr6(src: *const [u8; 16]) -> [u64; 2] {
+    let src = src.cast::<u16>();
+    let mut words = [0u64; 2];
+    for (w, word) in words.iter_mut().enumerate() {
+        for i in 0..4 {
+            // SAFETY: the 16 bytes are inside the frame.
+            *word |= u64::from(unsafe { src.add(w * 4 + i).read() }) << (16 * i);
+        }
     }
+    words
 }
 
 /// Length of the frame without its Ethernet header (IPVS counts IP-layer bytes).
@@ -103,11 +170,10 @@ pub fn l3_len(ctx: &XdpContext) -> u64 {
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
-    let mut flow = FlowKey::default();
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
     // `ip_end`: where the IP datagram ends by its own length field. The
     // transport header must lie inside it, not in Ethernet padding after it.
-    let (l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
+    let (header, l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
         ETH_P_IP => {
             let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
             let (vihl, tot_len, frags, proto) = unsafe {
@@ -125,13 +191,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             if frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
                 return Err(Verdict::Pass(REASON_FRAGMENT));
             }
-            flow.family = FAMILY_IPV4;
-            // SAFETY: both addresses are inside the IPv4 header checked above.
-            unsafe {
-                copy_addr(&mut flow.src_addr, &raw const (*ip).src_addr);
-                copy_addr(&mut flow.dst_addr, &raw const (*ip).dst_addr);
-            }
             (
+                IpHeader::V4(ip),
                 EthHdr::LEN + header_len,
                 proto,
                 EthHdr::LEN + tot_len as usize,
@@ -149,20 +210,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             if version != 6 {
                 return Err(MALFORMED);
             }
-            flow.family = FAMILY_IPV6;
-            // SAFETY: both addresses are inside the IPv6 header checked above.
-            unsafe {
-                copy_addr(&mut flow.src_addr, &raw const (*ip).src_addr);
-                copy_addr(&mut flow.dst_addr, &raw const (*ip).dst_addr);
-            }
             let (offset, proto) = skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?;
             let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
-            (offset, proto, ip_end)
+            (IpHeader::V6(ip), offset, proto, ip_end)
         }
         _ => return Err(Verdict::Pass(REASON_NOT_IP)),
     };
-    flow.proto = proto;
-    let tcp_flags = match proto {
+    let (src_port, dst_port, tcp_flags) = match proto {
         PROTO_TCP => {
             if l4_offset + TcpHdr::LEN > ip_end {
                 return Err(MALFORMED);
@@ -170,9 +224,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 20-byte TCP header is inside the frame.
             unsafe {
-                flow.src_port = be16(&raw const (*tcp).source);
-                flow.dst_port = be16(&raw const (*tcp).dest);
-                *(tcp as *const u8).add(TCP_FLAGS_OFFSET)
+                (
+                    be16(&raw const (*tcp).source),
+                    be16(&raw const (*tcp).dest),
+                    *(tcp as *const u8).add(TCP_FLAGS_OFFSET),
+                )
             }
         }
         PROTO_UDP => {
@@ -181,15 +237,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
             let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 8-byte UDP header is inside the frame.
-            unsafe {
-                flow.src_port = be16(&raw const (*udp).src);
-                flow.dst_port = be16(&raw const (*udp).dst);
-            }
-            0
+            unsafe { (be16(&raw const (*udp).src), be16(&raw const (*udp).dst), 0) }
         }
         _ => return Err(Verdict::Pass(REASON_NOT_L4)),
     };
-    Ok(Packet { flow, tcp_flags })
+    Ok(Packet {
+        ip: header,
+        proto,
+        src_port,
+        dst_port,
+        tcp_flags,
+    })
 }
 
 /// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers starting at

@@ -12,7 +12,9 @@ fn add(counters: Option<*mut Counters>, bytes: u64, new_flow: bool) {
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
-            (*c).new_conns += new_flow as u64;
+            if new_flow {
+                (*c).new_conns += 1;
+            }
         }
     }
 }

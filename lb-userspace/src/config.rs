@@ -51,8 +51,10 @@ pub struct Director {
     /// bpffs directory the maps and program are pinned under (below
     /// `/sys/fs/bpf/`).
     pub pin_path: PathBuf,
-    /// Size of the connection table.
+    /// Capacity of the IPv4 connection table (flows tracked at once).
     pub max_flows: u32,
+    /// Capacity of the IPv6 connection table (flows tracked at once).
+    pub max_flows_v6: u32,
     /// How often the control plane sweeps the connection table.
     pub sweep_interval: Duration,
     /// Idle timeouts per connection state, in seconds.
@@ -424,6 +426,7 @@ struct RawDirector {
     xdp_mode: Field,
     pin_path: Field,
     max_flows: Field,
+    max_flows_v6: Field,
     sweep_interval: Field,
     control_socket: Field,
     metrics_listen: Field,
@@ -708,6 +711,10 @@ impl Checker<'_> {
             Some(v) => self.integer(CTX, "max_flows", v, MAX_FLOWS),
             None => Some(lb_common::DEFAULT_MAX_FLOWS),
         };
+        let max_flows_v6 = match &raw.max_flows_v6 {
+            Some(v) => self.integer(CTX, "max_flows_v6", v, MAX_FLOWS),
+            None => Some(lb_common::DEFAULT_MAX_FLOWS_V6),
+        };
         let sweep_interval = match &raw.sweep_interval {
             Some(v) => self.duration(CTX, "sweep_interval", v, SWEEP_INTERVAL),
             None => Some(DEFAULT_SWEEP_INTERVAL),
@@ -733,6 +740,7 @@ impl Checker<'_> {
             xdp_mode: xdp_mode?,
             pin_path: pin_path?,
             max_flows: max_flows?,
+            max_flows_v6: max_flows_v6?,
             sweep_interval: sweep_interval?,
             timeouts: timeouts?,
             control_socket: control_socket?,
@@ -2065,6 +2073,7 @@ address = "198.51.100.25"
                 xdp_mode: XdpMode::Driver,
                 pin_path: PathBuf::from("/sys/fs/bpf/lb"),
                 max_flows: lb_common::DEFAULT_MAX_FLOWS,
+                max_flows_v6: lb_common::DEFAULT_MAX_FLOWS_V6,
                 sweep_interval: Duration::from_secs(2),
                 timeouts: Timeouts::IPVS,
                 control_socket: PathBuf::from("/run/lb/lb.sock"),
@@ -2151,6 +2160,10 @@ address = "198.51.100.25"
         assert_eq!(config.director.xdp_mode, XdpMode::Driver);
         assert_eq!(config.director.pin_path, Path::new("/sys/fs/bpf/lb"));
         assert_eq!(config.director.max_flows, lb_common::DEFAULT_MAX_FLOWS);
+        assert_eq!(
+            config.director.max_flows_v6,
+            lb_common::DEFAULT_MAX_FLOWS_V6
+        );
         assert_eq!(config.director.sweep_interval, Duration::from_secs(2));
         assert_eq!(config.director.timeouts, Timeouts::IPVS);
         assert_eq!(config.director.control_socket, Path::new("/run/lb/lb.sock"));
@@ -2193,6 +2206,7 @@ interfaces = ["eth0", "eth1"]
 xdp_mode = "skb"
 pin_path = "/sys/fs/bpf/lb-test"
 max_flows = 4096
+max_flows_v6 = 2048
 sweep_interval = "500ms"
 control_socket = "/var/run/lb-test/control.sock"
 metrics_listen = "[2001:db8::1]:9100"
@@ -2215,6 +2229,7 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         assert_eq!(d.xdp_mode, XdpMode::Skb);
         assert_eq!(d.pin_path, Path::new("/sys/fs/bpf/lb-test"));
         assert_eq!(d.max_flows, 4096);
+        assert_eq!(d.max_flows_v6, 2048);
         assert_eq!(d.sweep_interval, Duration::from_millis(500));
         assert_eq!(d.control_socket, Path::new("/var/run/lb-test/control.sock"));
         assert_eq!(
@@ -2304,7 +2319,7 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
         assert_eq!(
             error(&text),
             "lb.toml:2: unknown field \"interfacs\" in [director] (valid: interfaces, xdp_mode, \
-             pin_path, max_flows, sweep_interval, control_socket, metrics_listen, \
+             pin_path, max_flows, max_flows_v6, sweep_interval, control_socket, metrics_listen, \
              expire_nodest_conn, timeouts)"
         );
     }
@@ -2847,6 +2862,11 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
                 "[\"eth0\"]",
                 "[\"eth0\"]\nmax_flows = 100",
                 "lb.toml:3: [director]: max_flows 100 is out of range (valid: 1024..=16777216)",
+            ),
+            (
+                "[\"eth0\"]",
+                "[\"eth0\"]\nmax_flows_v6 = 16777217",
+                "lb.toml:3: [director]: max_flows_v6 16777217 is out of range (valid: 1024..=16777216)",
             ),
             (
                 "[\"eth0\"]",

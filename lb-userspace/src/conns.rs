@@ -2,8 +2,8 @@
 //! `ipvsadm -L -c -n`: protocol, time to expiry, state, client, VIP, real
 //! server and service of every flow.
 //!
-//! The table is read by walking the pinned LRU hash (`CONNTRACK`) once, two
-//! syscalls per entry (next key, lookup); a lookup from user space does not
+//! The table is read by walking the pinned LRU hashes (`CONNTRACK4`, then
+//! `CONNTRACK6`) once, two syscalls per entry (next key, lookup); a lookup from user space does not
 //! refresh an entry's LRU position. Services and their backend slots are
 //! read once beforehand, so each flow is resolved in constant time and the
 //! whole read is linear in the table size (plus the sort).
@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::IterableMap as _;
 use lb_common::{
     BACKEND_STATE_EMPTY, Flow, FlowKey,
     conn_state::{Timeouts, state_name},
@@ -88,16 +87,17 @@ pub struct Conn {
 impl Conn {
     /// The flow of a connection-table entry, `now_ns` on the flows' clock.
     pub fn new(key: &FlowKey, flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> Self {
+        let state = u32::from(flow.state);
         let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
-        let timeout_ns = timeouts.for_state(flow.state).saturating_mul(1_000_000_000);
+        let timeout_ns = timeouts.for_state(state).saturating_mul(1_000_000_000);
         Self {
-            proto: key.proto,
-            state: flow.state,
+            proto: key.proto(),
+            state,
             expires_s: timeout_ns.saturating_sub(idle_ns) / 1_000_000_000,
-            client: SocketAddr::new(addr_from_key(key.src_addr, key.family), key.src_port),
-            vip: SocketAddr::new(addr_from_key(key.dst_addr, key.family), key.dst_port),
-            service_id: flow.service_id,
-            backend_slot: flow.backend_slot,
+            client: SocketAddr::new(key.client(), key.client_port()),
+            vip: SocketAddr::new(key.vip(), key.port()),
+            service_id: u32::from(flow.service_id),
+            backend_slot: u32::from(flow.backend_slot),
         }
     }
 
@@ -134,7 +134,7 @@ struct ConnJson<'a> {
 }
 
 impl ConnTable {
-    /// Reads the connection table, resolving services with `names`, expiry
+    /// Reads both connection tables, resolving services with `names`, expiry
     /// with `timeouts`; with `service`, only that service's flows (an
     /// unknown name is an error listing the valid ones).
     pub fn read(
@@ -146,27 +146,22 @@ impl ConnTable {
         let services = ServiceInfo::read_all(maps, names)?;
         let only = service_filter(&services, service)?;
         // An entry deleted while we stand on it makes the kernel restart the
-        // walk at the first bucket: duplicates are removed below, and the
-        // walk gives up after twice the table's capacity.
-        let capacity = maps
-            .conntrack
-            .map()
-            .info()
-            .context("reading the connection table's size")?
-            .max_entries() as usize;
-        let limit = 2 * capacity + 1024;
+        // walk of its table at the first bucket: duplicates are removed
+        // below, and the walk gives up after twice the tables' capacity.
+        let capacity = maps.flow_capacity()?;
+        let limit = 2 * (capacity.ipv4 as usize + capacity.ipv6 as usize) + 1024;
         let now_ns = monotonic_ns();
         let mut conns = Vec::new();
-        for (walked, entry) in maps.conntrack.iter().enumerate() {
+        for (walked, entry) in maps.try_flows().enumerate() {
             if walked >= limit {
                 warn!(
-                    "the connection table changed faster than it could be read; \
+                    "the connection tables changed faster than they could be read; \
                      stopped after {walked} entries"
                 );
                 break;
             }
-            let (key, flow) = entry.context("reading the connection table")?;
-            if only.is_some_and(|id| id != flow.service_id) {
+            let (key, flow) = entry.context("reading the connection tables")?;
+            if only.is_some_and(|id| id != u32::from(flow.service_id)) {
                 continue;
             }
             conns.push(Conn::new(&key, &flow, now_ns, timeouts));
@@ -306,35 +301,31 @@ fn mm_ss(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use lb_common::{
-        FAMILY_IPV6, PROTO_TCP, PROTO_UDP,
+        PROTO_TCP, PROTO_UDP,
         conn_state::{STATE_CLOSE, STATE_ESTABLISHED, STATE_UDP},
     };
 
     use super::*;
-    use crate::datapath::addr_key;
 
     const S: u64 = 1_000_000_000;
 
     fn key(client: &str, client_port: u16, vip: &str, port: u16, proto: u8) -> FlowKey {
-        let (src_addr, family) = addr_key(client.parse().unwrap());
-        let (dst_addr, _) = addr_key(vip.parse().unwrap());
-        FlowKey {
-            src_addr,
-            dst_addr,
-            src_port: client_port,
-            dst_port: port,
+        FlowKey::new(
+            client.parse().unwrap(),
+            client_port,
+            vip.parse().unwrap(),
+            port,
             proto,
-            family,
-            _pad: [0; 2],
-        }
+        )
+        .expect("client and VIP of one family")
     }
 
-    fn flow(state: u32, last_seen_s: u64, service_id: u32, backend_slot: u32) -> Flow {
+    fn flow(state: u32, last_seen_s: u64, service_id: u16, backend_slot: u16) -> Flow {
         Flow {
             last_seen_ns: last_seen_s * S,
             service_id,
             backend_slot,
-            state,
+            state: state as u16,
             _pad: 0,
         }
     }
@@ -390,7 +381,7 @@ mod tests {
     #[test]
     fn ipv6_keys_decode() {
         let k = key("2001:db8::10", 5353, "2001:db8::200", 53, PROTO_UDP);
-        assert_eq!(k.family, FAMILY_IPV6);
+        assert!(matches!(k, FlowKey::V6(_)), "{k:?}");
         let c = Conn::new(&k, &flow(STATE_UDP, 0, 1, 0), 0, &Timeouts::IPVS);
         assert_eq!(c.client, "[2001:db8::10]:5353".parse().unwrap());
         assert_eq!(c.vip, "[2001:db8::200]:53".parse().unwrap());

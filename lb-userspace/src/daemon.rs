@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{Config, HealthConfig, XdpMode},
     control::{ControlSocket, Incoming, Reply, Request},
-    datapath::{Datapath, Maps},
+    datapath::{Datapath, FlowCapacity, Maps},
     director::{Change, Director, ServiceRuntime},
     health::{CheckResult, Checker, notify},
     metrics,
@@ -72,7 +72,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut datapath = if adopted {
         Datapath::adopt(&pin_path)?
     } else {
-        Datapath::load(config.director.max_flows, Some(&pin_path))?
+        let capacity = FlowCapacity {
+            ipv4: config.director.max_flows,
+            ipv6: config.director.max_flows_v6,
+        };
+        Datapath::load(capacity, Some(&pin_path))?
     };
     let names = Arc::new(RwLock::new(ServiceNames::from_config(Some(&config))));
     let mut daemon = Daemon {
@@ -242,7 +246,7 @@ impl Daemon {
             let (director, changes) = Director::adopt(found, &self.config, &by_index);
             self.director = director;
             write_changes(&mut datapath.maps, &self.director, &changes)?;
-            let flows = datapath.maps.conntrack.keys().count();
+            let flows = datapath.maps.flow_count();
             info!(
                 "adopted the data path pinned at {} ({flows} flow(s), attached to {})",
                 self.config.director.pin_path.display(),
@@ -484,6 +488,7 @@ impl Daemon {
         let mut needs_restart = Vec::new();
         for (field, changed) in [
             ("max_flows", old.max_flows != new.max_flows),
+            ("max_flows_v6", old.max_flows_v6 != new.max_flows_v6),
             ("xdp_mode", old.xdp_mode != new.xdp_mode),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
         ] {

@@ -7,15 +7,17 @@
 use std::{
     fs,
     io::ErrorKind,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::MapInfo,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, IterableMap as _, Map, MapData, MapError, MapInfo, PerCpuArray,
+        PerCpuValues,
+    },
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -25,10 +27,13 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
-    CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, MAX_BACKENDS,
-    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP,
-    XDP_PROGRAM, backend_index, port_bit,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FAMILY_IPV4,
+    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, MAX_BACKENDS, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, XDP_PROGRAM,
+    backend_index, port_bit,
 };
+
+use crate::stats::protocol_name;
 
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -37,16 +42,43 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const PASS_PROGRAM: &str = "lb_pass";
 
 /// Every map the control plane reads or writes, in pin order.
-pub const MAP_NAMES: [&str; 8] = [
+pub const MAP_NAMES: [&str; 9] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     BACKEND_CONNS_MAP,
-    CONNTRACK_MAP,
+    CONNTRACK4_MAP,
+    CONNTRACK6_MAP,
     SERVICE_PORTS_MAP,
     VERDICT_STATS_MAP,
     SERVICE_STATS_MAP,
     BACKEND_STATS_MAP,
 ];
+
+/// Pins that earlier builds of `lb` made and this one no longer does: the
+/// single connection table of both families (`CONNTRACK`), before it was
+/// split by family. [`remove_pin_dir`] removes them too, so `lb detach`
+/// clears a data path pinned by an older `lb` before an upgrade.
+const RETIRED_MAP_NAMES: [&str; 1] = ["CONNTRACK"];
+
+/// How many flows each connection table holds: the IPv4 and IPv6 tables are
+/// separate LRU hashes, each evicting its least recently used flow when full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCapacity {
+    /// Capacity of the IPv4 connection table (`CONNTRACK4`).
+    pub ipv4: u32,
+    /// Capacity of the IPv6 connection table (`CONNTRACK6`).
+    pub ipv6: u32,
+}
+
+impl Default for FlowCapacity {
+    /// `lb_common::DEFAULT_MAX_FLOWS` IPv4 and `DEFAULT_MAX_FLOWS_V6` IPv6 flows.
+    fn default() -> Self {
+        Self {
+            ipv4: DEFAULT_MAX_FLOWS,
+            ipv6: DEFAULT_MAX_FLOWS_V6,
+        }
+    }
+}
 
 /// Typed handles on the data path's maps (see `lb_common::maps` for the layout).
 pub struct Maps {
@@ -56,8 +88,10 @@ pub struct Maps {
     pub backends: Array<MapData, BackendSet>,
     /// Service id -> active/inactive counts per backend.
     pub backend_conns: Array<MapData, BackendConnSet>,
-    /// The connection table (an LRU hash).
-    pub conntrack: HashMap<MapData, FlowKey, Flow>,
+    /// The IPv4 connection table (an LRU hash).
+    pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
+    /// The IPv6 connection table (an LRU hash).
+    pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
     pub service_ports: Array<MapData, u32>,
     /// Per-CPU counters per verdict reason.
@@ -81,7 +115,8 @@ impl Maps {
             services: typed(&mut take, SERVICES_MAP)?,
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
-            conntrack: typed(&mut take, CONNTRACK_MAP)?,
+            conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
+            conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
             service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
             verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
             service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
@@ -89,7 +124,9 @@ impl Maps {
         })
     }
 
-    /// Opens the maps a running `lb` pinned under `dir`.
+    /// Opens the maps a running `lb` pinned under `dir`. Fails when a map
+    /// is missing or was made by a build with another map layout, saying
+    /// how to clear the pins.
     pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
         if !dir.is_dir() {
             bail!(
@@ -98,6 +135,7 @@ impl Maps {
                 dir.display()
             );
         }
+        check_layout(dir)?;
         Self::from_source(|name| {
             let path = dir.join(name);
             let data = MapData::from_pin(&path)
@@ -197,11 +235,105 @@ impl Maps {
     }
 
     /// Replaces the backend set of service `id` (weights, health, MACs).
+    ///
+    /// The only writer of [`BACKENDS_MAP`]: it writes `backends` with its
+    /// scheduler list rebuilt ([`BackendSet::refresh_schedule`]), since the
+    /// data path chooses a backend for a new flow from that list alone.
     pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
+        let mut scheduled = *backends;
+        scheduled.refresh_schedule();
         self.backends
-            .set(id, backends, 0)
+            .set(id, scheduled, 0)
             .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))
     }
+}
+
+/// The two connection tables, behind one key type.
+impl Maps {
+    /// The flow under `key`, from the table of its family (`None`: no such flow).
+    pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
+        let found = match key {
+            FlowKey::V4(k) => self.conntrack4.get(k, 0),
+            FlowKey::V6(k) => self.conntrack6.get(k, 0),
+        };
+        match found {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up flow {}", describe(key))),
+        }
+    }
+
+    /// Every flow of both tables, IPv4 first, with the errors of the walk:
+    /// for readers that must report a walk that broke off. An entry that
+    /// vanishes (expired or evicted) between listing and reading it is
+    /// skipped, not an error.
+    ///
+    /// The walk does not freeze the tables: the data path keeps adding and
+    /// evicting flows, so a flow may be missed or (when the entry the walk
+    /// stands on is deleted and the kernel restarts it) seen twice.
+    pub fn try_flows(&self) -> impl Iterator<Item = Result<(FlowKey, Flow), MapError>> + '_ {
+        let ipv4 = self
+            .conntrack4
+            .iter()
+            .map(|entry| entry.map(|(key, flow)| (FlowKey::V4(key), flow)));
+        let ipv6 = self
+            .conntrack6
+            .iter()
+            .map(|entry| entry.map(|(key, flow)| (FlowKey::V6(key), flow)));
+        ipv4.chain(ipv6)
+    }
+
+    /// Every flow of both tables, IPv4 first, skipping entries that cannot
+    /// be read (those that vanish mid-walk). See [`Maps::try_flows`] for
+    /// what a walk of live tables sees.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
+        self.try_flows().filter_map(Result::ok)
+    }
+
+    /// Deletes the flow under `key`; whether it was there. Failing to delete
+    /// is treated as absence: the data path may have evicted or re-created
+    /// the flow meanwhile, and the next sweep sees it again.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        let removed = match key {
+            FlowKey::V4(k) => self.conntrack4.remove(k),
+            FlowKey::V6(k) => self.conntrack6.remove(k),
+        };
+        removed.is_ok()
+    }
+
+    /// Writes (adds or replaces) the flow under `key` in the table of its family.
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
+        let inserted = match key {
+            FlowKey::V4(k) => self.conntrack4.insert(k, flow, 0),
+            FlowKey::V6(k) => self.conntrack6.insert(k, flow, 0),
+        };
+        inserted.with_context(|| format!("writing flow {}", describe(key)))
+    }
+
+    /// How many flows both tables hold (a walk of their keys).
+    pub fn flow_count(&self) -> usize {
+        self.conntrack4.keys().count() + self.conntrack6.keys().count()
+    }
+
+    /// Capacity of both connection tables, as the kernel created them.
+    pub fn flow_capacity(&self) -> anyhow::Result<FlowCapacity> {
+        let max_entries = |map: &MapData, name: &str| {
+            map.info()
+                .map(|info| info.max_entries())
+                .with_context(|| format!("reading the size of {name}"))
+        };
+        Ok(FlowCapacity {
+            ipv4: max_entries(self.conntrack4.map(), CONNTRACK4_MAP)?,
+            ipv6: max_entries(self.conntrack6.map(), CONNTRACK6_MAP)?,
+        })
+    }
+}
+
+/// A flow as error messages name it: `tcp 192.0.2.10:40000 -> 192.0.2.200:80`.
+fn describe(key: &FlowKey) -> String {
+    let client = SocketAddr::new(key.client(), key.client_port());
+    let vip = SocketAddr::new(key.vip(), key.port());
+    format!("{} {client} -> {vip}", protocol_name(key.proto()))
 }
 
 /// Sets every CPU's counters at `index` to zero.
@@ -258,13 +390,7 @@ pub struct Attachment {
 }
 
 /// A backend slot as the data path stores it.
-pub fn backend_entry(
-    slot: u32,
-    addr: IpAddr,
-    attachment: Attachment,
-    weight: u32,
-    state: u32,
-) -> Backend {
+pub fn backend_entry(addr: IpAddr, attachment: Attachment, weight: u32, state: u32) -> Backend {
     let Attachment {
         mac,
         nic_mac,
@@ -277,7 +403,6 @@ pub fn backend_entry(
         ifindex,
         weight,
         state,
-        slot,
     }
 }
 
@@ -294,16 +419,48 @@ const LINK_PIN_PREFIX: &str = "link_";
 
 /// Key and value sizes of every map, to recognise a pinned data path made by
 /// a build with another map layout before adopting it.
-const MAP_LAYOUT: [(&str, usize, usize); 8] = [
+const MAP_LAYOUT: [(&str, usize, usize); 9] = [
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
-    (CONNTRACK_MAP, size_of::<FlowKey>(), size_of::<Flow>()),
+    (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
+    (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (SERVICE_PORTS_MAP, 4, 4),
     (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
     (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
     (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
 ];
+
+/// Checks that `dir` holds every map of [`MAP_LAYOUT`] with this build's
+/// key and value sizes (an older `lb` may have left its own layout pinned).
+fn check_layout(dir: &Path) -> anyhow::Result<()> {
+    let restart_hint = format!(
+        "`lb detach --pin-path {}` removes it (its flows are lost), then `lb run` starts afresh",
+        dir.display()
+    );
+    for (name, key_size, value_size) in MAP_LAYOUT {
+        let path = dir.join(name);
+        if !path.exists() {
+            bail!(
+                "the pinned data path lacks map {} (it is incomplete, or was made by another \
+                 lb version); {restart_hint}",
+                path.display()
+            );
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
+            bail!(
+                "the pinned map {} has key/value sizes {}/{} where this lb expects \
+                 {key_size}/{value_size}: it was made by another lb version; {restart_hint}",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
+}
 
 /// An attachment of the program to one NIC.
 enum Link {
@@ -334,14 +491,15 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the program and creates its maps, with a connection table of
-    /// `max_flows` entries, and pins the maps and the program under `pin_dir`
+    /// Loads the program and creates its maps, with connection tables of
+    /// `capacity` flows, and pins the maps and the program under `pin_dir`
     /// when given (the directory is created and must not exist yet: see
     /// [`Datapath::adopt`]) so that `bpftool map dump pinned DIR/NAME` and
     /// `lb stats` can read them. Nothing is attached yet.
-    pub fn load(max_flows: u32, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(CONNTRACK_MAP, max_flows)
+            .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
+            .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
             .load(EBPF_OBJECT)
             .context(
                 "loading the XDP object into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN)",
@@ -399,28 +557,6 @@ impl Datapath {
     /// Fails, touching nothing, when the pins are incomplete or were made by
     /// a build with another map layout.
     pub fn adopt(dir: &Path) -> anyhow::Result<Self> {
-        let restart_hint = format!(
-            "`lb detach --pin-path {}` removes it (its flows are lost), then `lb run` starts afresh",
-            dir.display()
-        );
-        for (name, key_size, value_size) in MAP_LAYOUT {
-            let path = dir.join(name);
-            let info = MapInfo::from_pin(&path).with_context(|| {
-                format!(
-                    "the pinned data path lacks map {}; {restart_hint}",
-                    path.display()
-                )
-            })?;
-            if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
-                bail!(
-                    "the pinned map {} has key/value sizes {}/{} where this lb expects \
-                     {key_size}/{value_size}: it was made by another lb version; {restart_hint}",
-                    path.display(),
-                    info.key_size(),
-                    info.value_size()
-                );
-            }
-        }
         let maps = Maps::from_pins(dir)?;
         let program = Xdp::from_pin(dir.join(PROGRAM_PIN), XdpAttachType::Interface)
             .with_context(|| format!("opening the pinned program in {}", dir.display()))?;
@@ -553,7 +689,11 @@ pub fn remove_pin_dir(dir: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("unpinning {}", entry.path().display()))?;
         }
     }
-    for name in MAP_NAMES.iter().chain([&PROGRAM_PIN]) {
+    for name in MAP_NAMES
+        .iter()
+        .chain(&RETIRED_MAP_NAMES)
+        .chain([&PROGRAM_PIN])
+    {
         match fs::remove_file(dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -600,8 +740,10 @@ impl PassProgram {
     /// Attaches the pass program to `ifname` in the calling thread's network
     /// namespace (driver mode).
     pub fn attach(ifname: &str) -> anyhow::Result<Self> {
+        // The pass program uses no map: the smallest tables will do.
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(CONNTRACK_MAP, 1)
+            .map_max_entries(CONNTRACK4_MAP, 1)
+            .map_max_entries(CONNTRACK6_MAP, 1)
             .load(EBPF_OBJECT)
             .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf

@@ -144,7 +144,7 @@ impl ServiceRuntime {
                 nic_mac: b.nic.mac,
                 ifindex: b.nic.index,
             };
-            set.backends[slot as usize] = backend_entry(slot, b.address, attachment, weight, state);
+            set.backends[slot as usize] = backend_entry(b.address, attachment, weight, state);
         }
         set
     }
@@ -258,7 +258,7 @@ impl Director {
             };
             let health = &service.health;
             let mut slots = Vec::new();
-            for (slot, b) in set.backends.iter().enumerate().take(set.len as usize) {
+            for b in set.backends.iter().take(set.len as usize) {
                 if b.state == BACKEND_STATE_EMPTY {
                     slots.push(None);
                     continue;
@@ -268,7 +268,6 @@ impl Director {
                     index: b.ifindex,
                     mac: b.nic_mac,
                 });
-                debug_assert_eq!(slot as u32, b.slot);
                 slots.push(Some(BackendRuntime {
                     address: addr_from_key(b.addr, key.family),
                     weight: b.weight,

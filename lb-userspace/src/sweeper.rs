@@ -40,22 +40,23 @@ pub fn monotonic_ns() -> u64 {
 /// Whether a flow last seen at `flow.last_seen_ns` has idled out at `now_ns`.
 pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
     let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
-    idle_ns > timeouts.for_state(flow.state).saturating_mul(1_000_000_000)
+    idle_ns
+        > timeouts
+            .for_state(u32::from(flow.state))
+            .saturating_mul(1_000_000_000)
 }
 
-/// Deletes every flow of service `id` from the connection table (the
+/// Deletes every flow of service `id` from both connection tables (the
 /// service was removed, and its id may be given to another service);
 /// returns how many there were.
 pub fn forget_service(maps: &mut Maps, id: u32) -> usize {
     let doomed: Vec<_> = maps
-        .conntrack
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, flow)| flow.service_id == id)
+        .flows()
+        .filter(|(_, flow)| u32::from(flow.service_id) == id)
         .map(|(key, _)| key)
         .collect();
     for key in &doomed {
-        let _ = maps.conntrack.remove(key);
+        maps.remove_flow(key);
     }
     doomed.len()
 }
@@ -72,8 +73,12 @@ impl Tally {
         if slot >= MAX_BACKENDS {
             return;
         }
-        let conns = &mut self.per_service.entry(flow.service_id).or_default().conns[slot];
-        if is_active(flow.state) {
+        let conns = &mut self
+            .per_service
+            .entry(u32::from(flow.service_id))
+            .or_default()
+            .conns[slot];
+        if is_active(u32::from(flow.state)) {
             conns.active += 1;
         } else {
             conns.inactive += 1;
@@ -81,8 +86,8 @@ impl Tally {
     }
 }
 
-/// Expires idle flows and rewrites the counters of `service_ids` (every
-/// service in use) from the flows that remain.
+/// Expires idle flows of both connection tables and rewrites the counters
+/// of `service_ids` (every service in use) from the flows that remain.
 pub fn sweep(
     maps: &mut Maps,
     service_ids: &[u32],
@@ -92,9 +97,8 @@ pub fn sweep(
     let mut expired = Vec::new();
     let mut tally = Tally::default();
     let mut live = 0;
-    for entry in maps.conntrack.iter() {
-        // An entry can vanish (LRU eviction) between listing and reading it.
-        let Ok((key, flow)) = entry else { continue };
+    // An entry that vanishes (LRU eviction) mid-walk is skipped.
+    for (key, flow) in maps.flows() {
         if is_expired(&flow, now_ns, timeouts) {
             expired.push(key);
         } else {
@@ -104,7 +108,7 @@ pub fn sweep(
     }
     for key in &expired {
         // Already gone (evicted or re-created by the data path) is fine.
-        let _ = maps.conntrack.remove(key);
+        maps.remove_flow(key);
     }
     for &id in service_ids {
         let conns = tally.per_service.entry(id).or_default();
@@ -130,7 +134,7 @@ mod tests {
     fn flow(state: u32, last_seen_s: u64) -> Flow {
         Flow {
             last_seen_ns: last_seen_s * S,
-            state,
+            state: state as u16,
             ..Flow::default()
         }
     }
@@ -157,9 +161,9 @@ mod tests {
         f.backend_slot = 2;
         tally.add(&f);
         tally.add(&f);
-        f.state = STATE_SYN_RECV;
+        f.state = STATE_SYN_RECV as u16;
         tally.add(&f);
-        f.backend_slot = MAX_BACKENDS as u32; // corrupt slot: ignored
+        f.backend_slot = MAX_BACKENDS as u16; // corrupt slot: ignored
         tally.add(&f);
         let set = &tally.per_service[&3];
         assert_eq!(set.conns[2].active, 2);

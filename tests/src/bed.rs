@@ -208,12 +208,14 @@ impl TestBed {
     }
 
     /// An `lb` config for this bed's director: its NIC, a pin directory
-    /// named after the bed's tag, 65 536 flows and `services`.
+    /// named after the bed's tag, connection tables of 65 536 IPv4 and
+    /// 16 384 IPv6 flows, and `services`.
     pub fn lb_config(&self, services: Vec<ServiceConfig>) -> LbConfig {
         LbConfig {
             interfaces: vec![DIRECTOR_IFACE.to_owned()],
             pin_path: pin_path_for(&self.tag),
             max_flows: 65_536,
+            max_flows_v6: 16_384,
             services,
         }
     }

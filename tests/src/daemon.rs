@@ -205,8 +205,10 @@ pub struct LbConfig {
     pub interfaces: Vec<String>,
     /// bpffs directory for the pins.
     pub pin_path: PathBuf,
-    /// Connection table size.
+    /// IPv4 connection table size (`[director] max_flows`).
     pub max_flows: u32,
+    /// IPv6 connection table size (`[director] max_flows_v6`).
+    pub max_flows_v6: u32,
     /// Services (all scheduled with `wlc`).
     pub services: Vec<ServiceConfig>,
 }
@@ -220,6 +222,7 @@ impl LbConfig {
         let _ = writeln!(s, "interfaces = [{}]", ifaces.join(", "));
         let _ = writeln!(s, "pin_path = {:?}", self.pin_path.display().to_string());
         let _ = writeln!(s, "max_flows = {}", self.max_flows);
+        let _ = writeln!(s, "max_flows_v6 = {}", self.max_flows_v6);
         let _ = writeln!(
             s,
             "control_socket = {:?}",

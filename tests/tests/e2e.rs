@@ -313,6 +313,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         interfaces: vec!["nosuch0".to_owned()],
         pin_path: pins.clone(),
         max_flows: 1024,
+        max_flows_v6: 1024,
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),

@@ -1,17 +1,17 @@
 //! Packet fixtures for the XDP data path, in the style of katran's
 //! `lib/testing/fixtures`.
 //!
-//! Every case loads a fresh [`Datapath`] (connection table of
-//! [`MAX_FLOWS`] entries), provisions its maps through the same
+//! Every case loads a fresh [`Datapath`] (connection tables of
+//! [`CAPACITY`] entries), provisions its maps through the same
 //! `lb::datapath` functions the daemon uses, runs hand-built frames through
 //! the real program with `BPF_PROG_TEST_RUN` and compares the verdict, the
 //! output frame (built independently from the input: for `XDP_TX` the input
 //! with its two MAC addresses replaced, for every other verdict the input
 //! itself), the per-reason verdict counters (one packet, frame length minus
 //! 14 bytes, under exactly one reason) and, where the case is about them, the
-//! connection table, the per-backend connection counts and the per-service
-//! and per-backend statistics. A mismatch panics with the case name and the
-//! input, expected and actual frames in hex.
+//! connection tables (IPv4 and IPv6), the per-backend connection counts and
+//! the per-service and per-backend statistics. A mismatch panics with the
+//! case name and the input, expected and actual frames in hex.
 //!
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
 //! on the loopback device (ifindex [`LO_IFINDEX`]); backends are provisioned
@@ -29,17 +29,20 @@ use std::{
 };
 
 use aya::{
-    maps::MapError,
+    Pod,
+    maps::{HashMap, Map, MapData, MapInfo},
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use lb::{
-    datapath::{Attachment, Datapath, MAP_NAMES, Maps, array_get, backend_entry, service_key},
+    datapath::{
+        Attachment, Datapath, FlowCapacity, MAP_NAMES, Maps, array_get, backend_entry, service_key,
+    },
     sweeper,
 };
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
-    BackendConnSet, BackendConns, BackendSet, CONNTRACK_MAP, Counters, FAMILY_IPV4, FAMILY_IPV6,
-    Flow, FlowKey, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
+    BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Candidate, Counters,
+    FAMILY_IPV4, Flow, FlowKey, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
     REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
     REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
@@ -53,8 +56,11 @@ use lb_common::{
 // Addresses and constants of the fixtures
 // ---------------------------------------------------------------------------
 
-/// Connection-table size of every fixture's data path.
-const MAX_FLOWS: u32 = 1024;
+/// Connection-table sizes of every fixture's data path (both families).
+const CAPACITY: FlowCapacity = FlowCapacity {
+    ipv4: 1024,
+    ipv6: 1024,
+};
 /// Ifindex the kernel reports for `BPF_PROG_TEST_RUN` frames (loopback).
 const LO_IFINDEX: u32 = 1;
 /// Service id of the service under test: not 0, so that an id mix-up shows.
@@ -145,13 +151,8 @@ fn backend_set(service_id: u32, vip: IpAddr, reals: &[Real]) -> BackendSet {
             nic_mac: NIC_MAC,
             ifindex: LO_IFINDEX,
         };
-        set.backends[slot as usize] = backend_entry(
-            slot,
-            backend_addr(vip, slot),
-            attachment,
-            real.weight,
-            real.state,
-        );
+        set.backends[slot as usize] =
+            backend_entry(backend_addr(vip, slot), attachment, real.weight, real.state);
     }
     set.len = reals.len() as u32;
     set
@@ -598,24 +599,11 @@ impl Pkt {
             L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
             L4::Echo => panic!("an echo request has no flow key"),
         };
-        let (src, dst, family) = match &self.ip {
-            Ip::V4 { src, dst, .. } => {
-                let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
-                s[..4].copy_from_slice(&src.octets());
-                d[..4].copy_from_slice(&dst.octets());
-                (s, d, FAMILY_IPV4)
-            }
-            Ip::V6 { src, dst, .. } => (src.octets(), dst.octets(), FAMILY_IPV6),
+        let (src, dst) = match &self.ip {
+            Ip::V4 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
+            Ip::V6 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
         };
-        FlowKey {
-            src_addr: src,
-            dst_addr: dst,
-            src_port: sport,
-            dst_port: dport,
-            proto: self.proto(),
-            family,
-            _pad: [0; 2],
-        }
+        FlowKey::new(src, sport, dst, dport, self.proto()).expect("one address family")
     }
 }
 
@@ -710,7 +698,7 @@ impl Case {
         if !privileged(&name) {
             return None;
         }
-        let dp = Datapath::load(MAX_FLOWS, None)
+        let dp = Datapath::load(CAPACITY, None)
             .unwrap_or_else(|e| panic!("{name}: loading the data path: {e:#}"));
         Some(Self { name, dp })
     }
@@ -783,26 +771,42 @@ impl Case {
 
     /// The connection-table entry of `pkt`'s flow, if any.
     fn flow(&self, pkt: &Pkt) -> Option<Flow> {
-        match self.dp.maps.conntrack.get(&pkt.flow_key(), 0) {
-            Ok(flow) => Some(flow),
-            Err(MapError::KeyNotFound) => None,
-            Err(e) => panic!("{}: reading the connection table: {e}", self.name),
-        }
+        self.dp
+            .maps
+            .flow(&pkt.flow_key())
+            .unwrap_or_else(|e| panic!("{}: reading the connection table: {e:#}", self.name))
     }
 
-    /// Number of flows in the connection table.
+    /// Number of flows in both connection tables.
     fn flow_count(&self) -> usize {
-        self.dp.maps.conntrack.keys().count()
+        self.dp.maps.flow_count()
+    }
+
+    /// Number of flows in the IPv4 and in the IPv6 connection table, each
+    /// counted by walking its map directly.
+    fn flows_per_table(&self) -> (usize, usize) {
+        (
+            table_len(&self.name, CONNTRACK4_MAP, &self.dp.maps.conntrack4),
+            table_len(&self.name, CONNTRACK6_MAP, &self.dp.maps.conntrack6),
+        )
     }
 
     /// Asserts that `pkt`'s flow is bound to `slot` of service `id` in
     /// `state`, and returns its last-seen time.
     fn expect_flow(&self, label: &str, pkt: &Pkt, id: u32, slot: u32, state: u32) -> u64 {
+        let table = match pkt.ip {
+            Ip::V4 { .. } => CONNTRACK4_MAP,
+            Ip::V6 { .. } => CONNTRACK6_MAP,
+        };
         let flow = self
             .flow(pkt)
-            .unwrap_or_else(|| panic!("{}/{label}: flow missing from {CONNTRACK_MAP}", self.name));
+            .unwrap_or_else(|| panic!("{}/{label}: flow missing from {table}", self.name));
         assert_eq!(
-            (flow.service_id, flow.backend_slot, state_name(flow.state)),
+            (
+                u32::from(flow.service_id),
+                u32::from(flow.backend_slot),
+                state_name(u32::from(flow.state))
+            ),
             (id, slot, state_name(state)),
             "{}/{label}: flow (service, slot, state)",
             self.name
@@ -907,6 +911,13 @@ impl Case {
         }
         out
     }
+}
+
+/// Number of keys in `map` (named `table`), walking it; panics on a read error.
+fn table_len<K: Pod, V: Pod>(case: &str, table: &str, map: &HashMap<MapData, K, V>) -> usize {
+    map.keys()
+        .try_fold(0, |len, key| key.map(|_| len + 1))
+        .unwrap_or_else(|e| panic!("{case}: walking {table}: {e}"))
 }
 
 /// A [`Counters`] value, for comparisons.
@@ -1190,6 +1201,265 @@ fn ipv6_udp_flow() {
 }
 
 // ---------------------------------------------------------------------------
+// One connection table per address family
+// ---------------------------------------------------------------------------
+
+/// Bytes of a connection-table value ([`Flow`]).
+const FLOW_VALUE_LEN: usize = 16;
+/// Bytes of a [`CONNTRACK4_MAP`] key (`lb_common::FlowKey4`).
+const FLOW_KEY4_LEN: usize = 16;
+/// Bytes of a [`CONNTRACK6_MAP`] key (`lb_common::FlowKey6`).
+const FLOW_KEY6_LEN: usize = 40;
+
+/// A connection-table entry as the kernel stores it.
+struct RawFlow {
+    /// The key's bytes.
+    key: Vec<u8>,
+    /// The value's bytes.
+    value: Vec<u8>,
+}
+
+impl Case {
+    /// Every entry of the data path's map `table` as the kernel stores it,
+    /// read through a handle opened by map id, apart from
+    /// `lb::datapath::Maps` and its types. Checks the map's key and value
+    /// sizes first.
+    fn raw_entries<const KEY_LEN: usize>(&self, table: &str) -> Vec<RawFlow> {
+        let name = &self.name;
+        let ids = self
+            .dp
+            .program()
+            .info()
+            .and_then(|info| info.map_ids())
+            .unwrap_or_else(|e| panic!("{name}: listing the program's maps: {e}"))
+            .unwrap_or_else(|| panic!("{name}: the kernel does not list the program's maps"));
+        let (id, info) = ids
+            .into_iter()
+            .map(|id| {
+                let info = MapInfo::from_id(id).unwrap_or_else(|e| panic!("{name}: map {id}: {e}"));
+                (id, info)
+            })
+            .find(|(_, info)| info.name_as_str() == Some(table))
+            .unwrap_or_else(|| panic!("{name}: the program uses no map {table}"));
+        assert_eq!(
+            (info.key_size() as usize, info.value_size() as usize),
+            (KEY_LEN, FLOW_VALUE_LEN),
+            "{name}: {table} key/value sizes"
+        );
+        let map = MapData::from_id(id)
+            .map_err(anyhow::Error::from)
+            .and_then(|data| Ok(Map::from_map_data(data)?))
+            .unwrap_or_else(|e| panic!("{name}: opening {table} by id: {e:#}"));
+        let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)
+            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
+        raw.iter()
+            .map(|entry| {
+                let (key, value) = entry.unwrap_or_else(|e| panic!("{name}: walking {table}: {e}"));
+                RawFlow {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Where the transport ports of a plain (option-less) frame start.
+fn ports_offset(frame: &[u8]) -> usize {
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => ETH_LEN + 20,
+        0x86dd => ETH_LEN + 40,
+        ethertype => panic!("not IP: ethertype {ethertype:#06x}"),
+    }
+}
+
+/// The connection-table key bytes the data path must store for a plain
+/// (option-less) IPv4 or IPv6 frame, taken from the frame's own bytes:
+/// source and destination address as on the wire, then both ports in host
+/// byte order, the protocol number and zero padding.
+fn key_bytes_of_frame(frame: &[u8]) -> Vec<u8> {
+    let l4 = ports_offset(frame);
+    let (addrs, proto) = match l4 - ETH_LEN {
+        20 => (&frame[ETH_LEN + 12..ETH_LEN + 20], frame[ETH_LEN + 9]),
+        _ => (&frame[ETH_LEN + 8..ETH_LEN + 40], frame[ETH_LEN + 6]),
+    };
+    let port_at = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]).to_ne_bytes();
+    let mut key = addrs.to_vec();
+    key.extend(port_at(l4));
+    key.extend(port_at(l4 + 2));
+    key.extend([proto, 0, 0, 0]);
+    key
+}
+
+/// The value bytes of a flow seen at `last_seen_ns`, bound to `slot` of
+/// service `id` in `state`: the time, the three 16-bit fields in host byte
+/// order and zero padding.
+fn flow_bytes(last_seen_ns: u64, id: u16, slot: u16, state: u16) -> Vec<u8> {
+    let mut value = last_seen_ns.to_ne_bytes().to_vec();
+    for field in [id, slot, state, 0] {
+        value.extend(field.to_ne_bytes());
+    }
+    value
+}
+
+/// A new flow is recorded in the table of its address family only, under
+/// the 16-byte (IPv4) or 40-byte (IPv6) key the frame's addresses, ports and
+/// protocol give, with a 16-byte value naming its service, backend slot and
+/// state. A first flow from another client port takes slot 0, so the
+/// measured flow is on slot 1 and every field of its value is nonzero. The
+/// flow is also found through `Maps::flow` and walked by `Maps::flows` as
+/// the key of its family.
+fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let first = pkt(40000);
+    let proto = first.proto();
+    let state = if proto == PROTO_TCP {
+        STATE_SYN_RECV
+    } else {
+        STATE_UDP
+    };
+    case.service(SERVICE_ID, vip, proto, &[up(100), up(100), up(100)]);
+    case.forward("first flow", &first, SERVICE_ID, 0);
+    let measured = pkt(40001);
+    let frame = measured.build();
+    case.forward("measured flow", &measured, SERVICE_ID, 1);
+    let last_seen = case.expect_flow("measured flow", &measured, SERVICE_ID, 1, state);
+
+    let expected_key = key_bytes_of_frame(&frame);
+    let expected_value = flow_bytes(last_seen, SERVICE_ID as u16, 1, state as u16);
+    let (own_table, raw) = match vip {
+        IpAddr::V4(_) => (
+            CONNTRACK4_MAP,
+            case.raw_entries::<FLOW_KEY4_LEN>(CONNTRACK4_MAP),
+        ),
+        IpAddr::V6(_) => (
+            CONNTRACK6_MAP,
+            case.raw_entries::<FLOW_KEY6_LEN>(CONNTRACK6_MAP),
+        ),
+    };
+    assert_eq!(raw.len(), 2, "{name}: entries in {own_table}");
+    let entry = raw
+        .iter()
+        .find(|entry| entry.key == expected_key)
+        .unwrap_or_else(|| {
+            let keys: Vec<String> = raw.iter().map(|entry| hex(&entry.key)).collect();
+            panic!(
+                "{name}: no {own_table} key equals the frame's\nexpected:\n{}found:\n{}",
+                hex(&expected_key),
+                keys.join("")
+            )
+        });
+    assert_eq!(
+        entry.value,
+        expected_value,
+        "{name}: {own_table} value bytes\nexpected:\n{}actual:\n{}",
+        hex(&expected_value),
+        hex(&entry.value)
+    );
+    let expected_counts = match vip {
+        IpAddr::V4(_) => (2, 0),
+        IpAddr::V6(_) => (0, 2),
+    };
+    assert_eq!(
+        case.flows_per_table(),
+        expected_counts,
+        "{name}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})"
+    );
+    let mut walked: Vec<FlowKey> = case.dp.maps.flows().map(|(key, _)| key).collect();
+    walked.sort_by_key(FlowKey::client_port);
+    assert_eq!(
+        walked,
+        [first.flow_key(), measured.flow_key()],
+        "{name}: Maps::flows"
+    );
+}
+
+/// A TCP flow over IPv4 goes to CONNTRACK4.
+#[test]
+fn ipv4_tcp_flow_is_in_conntrack4() {
+    flow_lands_in_its_family_table("conntrack4_tcp", VIP4.into(), |sport| {
+        Pkt::tcp4(sport, TCP_SYN)
+    });
+}
+
+/// A UDP flow over IPv4 goes to CONNTRACK4.
+#[test]
+fn ipv4_udp_flow_is_in_conntrack4() {
+    flow_lands_in_its_family_table("conntrack4_udp", VIP4.into(), Pkt::udp4);
+}
+
+/// A TCP flow over IPv6 goes to CONNTRACK6.
+#[test]
+fn ipv6_tcp_flow_is_in_conntrack6() {
+    flow_lands_in_its_family_table("conntrack6_tcp", VIP6.into(), |sport| {
+        Pkt::tcp6(sport, TCP_SYN)
+    });
+}
+
+/// A UDP flow over IPv6 goes to CONNTRACK6.
+#[test]
+fn ipv6_udp_flow_is_in_conntrack6() {
+    flow_lands_in_its_family_table("conntrack6_udp", VIP6.into(), Pkt::udp6);
+}
+
+/// The two tables are independent: IPv4 and IPv6 flows of the same client
+/// port to services on the same port each get their own entry, deleting one
+/// (`Maps::remove_flow`) leaves the other, and a flow the control plane
+/// writes (`Maps::insert_flow`) lands in its family's table and is
+/// forwarded as recorded.
+#[test]
+fn ipv4_and_ipv6_flows_are_kept_apart() {
+    let name = "tables_apart";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1), up(1)]);
+    let syn4 = Pkt::tcp4(40000, TCP_SYN);
+    let syn6 = Pkt::tcp6(40000, TCP_SYN);
+    case.forward("IPv4 SYN", &syn4, SERVICE_ID, 0);
+    case.forward("IPv6 SYN", &syn6, DECOY_ID, 0);
+    assert_eq!(case.flows_per_table(), (1, 1), "{name}: flows per table");
+    assert_eq!(case.flow_count(), 2, "{name}: Maps::flow_count");
+    assert!(
+        case.dp.maps.remove_flow(&syn6.flow_key()),
+        "{name}: removing the IPv6 flow"
+    );
+    assert_eq!(case.flows_per_table(), (1, 0), "{name}: after the removal");
+    assert!(
+        !case.dp.maps.remove_flow(&syn6.flow_key()),
+        "{name}: removing the IPv6 flow twice"
+    );
+    case.expect_flow("after the removal", &syn4, SERVICE_ID, 0, STATE_SYN_RECV);
+    // The IPv6 flow is new again: scheduled afresh, on the idle slot 1.
+    let ack6 = Pkt::tcp6(40000, TCP_ACK);
+    case.forward("IPv6 ACK", &ack6, DECOY_ID, 1);
+    case.expect_flow("IPv6 ACK", &ack6, DECOY_ID, 1, STATE_ESTABLISHED);
+    // A flow written by the control plane is forwarded as recorded.
+    let planted = Pkt::tcp6(40001, TCP_ACK);
+    let flow = Flow {
+        last_seen_ns: sweeper::monotonic_ns(),
+        service_id: DECOY_ID as u16,
+        backend_slot: 1,
+        state: STATE_ESTABLISHED as u16,
+        _pad: 0,
+    };
+    case.dp
+        .maps
+        .insert_flow(&planted.flow_key(), &flow)
+        .unwrap_or_else(|e| panic!("{name}: insert_flow: {e:#}"));
+    assert_eq!(case.flows_per_table(), (1, 2), "{name}: after insert_flow");
+    case.forward("planted flow", &planted, DECOY_ID, 1);
+    assert_eq!(
+        case.service_stats(DECOY_ID).new_conns,
+        2,
+        "{name}: the planted flow is not a new connection"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Traffic that is not for a service
 // ---------------------------------------------------------------------------
 
@@ -1265,6 +1535,79 @@ fn non_vip_traffic_passes_untouched() {
         case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
         case.send(label, &pkt.build(), Expect::Pass(reason));
         assert_eq!(case.flow_count(), 0, "{name}: flows");
+        for id in [SERVICE_ID, DECOY_ID] {
+            assert_eq!(
+                case.service_stats(id),
+                Counters::default(),
+                "{name}: stats of service {id}"
+            );
+            assert_eq!(
+                case.conns(id, 0),
+                BackendConns::default(),
+                "{name}: conns of service {id}"
+            );
+        }
+    }
+}
+
+/// Traffic to a port no service uses (for its protocol) is passed by the
+/// port prefilter byte for byte, counted as no-service, and leaves both
+/// connection tables empty, for IPv4 and IPv6, TCP and UDP, whatever the
+/// TCP flags.
+#[test]
+fn unused_ports_pass_and_record_no_flow() {
+    let frames: Vec<(String, Pkt)> = [(IpAddr::from(VIP4), "IPv4"), (IpAddr::from(VIP6), "IPv6")]
+        .into_iter()
+        .flat_map(|(vip, family)| {
+            let to = move |l4| match vip {
+                IpAddr::V4(vip) => Pkt::v4(CLIENT4, vip, l4),
+                IpAddr::V6(vip) => Pkt::v6(CLIENT6, vip, l4),
+            };
+            let tcp = move |sport, dport, flags| {
+                to(L4::Tcp {
+                    sport,
+                    dport,
+                    flags,
+                })
+            };
+            [
+                ("TCP SYN to port 22", tcp(40000, 22, TCP_SYN)),
+                ("TCP ACK to port 22", tcp(40000, 22, TCP_ACK)),
+                ("TCP SYN to the next port", tcp(40000, PORT + 1, TCP_SYN)),
+                ("TCP SYN to port 0", tcp(40000, 0, TCP_SYN)),
+                ("TCP SYN to port 65535", tcp(40000, 65535, TCP_SYN)),
+                ("TCP from the service port", tcp(PORT, 443, TCP_SYN)),
+                (
+                    "UDP to port 53",
+                    to(L4::Udp {
+                        sport: 40000,
+                        dport: 53,
+                    }),
+                ),
+                (
+                    "UDP to the service port (TCP only)",
+                    to(L4::Udp {
+                        sport: 40000,
+                        dport: PORT,
+                    }),
+                ),
+            ]
+            .map(|(label, pkt)| (format!("{family} {label}"), pkt.with_payload(b"data")))
+        })
+        .collect();
+    for (label, pkt) in frames {
+        let name = format!("unused_port: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        case.send(&label, &pkt.build(), Expect::Pass(REASON_NO_SERVICE));
+        assert_eq!(
+            case.flows_per_table(),
+            (0, 0),
+            "{name}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})"
+        );
         for id in [SERVICE_ID, DECOY_ID] {
             assert_eq!(
                 case.service_stats(id),
@@ -1767,6 +2110,116 @@ fn removed_backend_finishes_its_flows() {
     );
 }
 
+/// Backends that are in the set but may not take new flows (down, weight 0,
+/// removed, empty) are never chosen, even when the set written through
+/// `Maps::set_service` / `Maps::set_backends` carries a stale schedule that
+/// lists them: the control plane rebuilds the schedule on every write. Every
+/// new flow goes where `lb_common::wlc::select` says on a hand-built copy of
+/// the set (schedule refreshed) given the connection counts just before it,
+/// before and after a health change moves a backend out of the schedule and
+/// another into it.
+#[test]
+fn unusable_backends_are_never_scheduled() {
+    let name = "unusable_backends";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let vip = IpAddr::from(VIP4);
+    let down = |weight| Real {
+        weight,
+        state: BACKEND_STATE_DOWN,
+    };
+    let removed = Real {
+        weight: 0,
+        state: BACKEND_STATE_REMOVED,
+    };
+    let empty = Real {
+        weight: 0,
+        state: BACKEND_STATE_EMPTY,
+    };
+    // Slots 1, 3 and 6 may take flows; 0, 2, 4 and 5 may not.
+    let before = [down(100), up(100), up(0), up(50), removed, empty, up(100)];
+    // Slot 0 comes back up, slot 6 goes down.
+    let after = [up(100), up(100), up(0), up(50), removed, empty, down(100)];
+    // A schedule that names only the unusable slots, heaviest first.
+    let stale = |reals: &[Real]| {
+        let mut set = backend_set(SERVICE_ID, vip, reals);
+        let unusable = [0u32, 2, 4, 5];
+        for (i, &slot) in unusable.iter().enumerate() {
+            set.schedule[i] = Candidate {
+                weight: 65_535,
+                slot,
+            };
+        }
+        set.schedule_len = unusable.len() as u32;
+        set
+    };
+    case.dp
+        .maps
+        .set_service(
+            service_key(vip, PORT, PROTO_TCP),
+            SERVICE_ID,
+            &stale(&before),
+        )
+        .unwrap_or_else(|e| panic!("{name}: set_service: {e:#}"));
+
+    let mut sport = 41000u16;
+    let mut chosen = [0u64; 7];
+    for (phase, reals, usable) in [
+        ("before", &before, [1u32, 3, 6]),
+        ("after", &after, [0, 1, 3]),
+    ] {
+        if phase == "after" {
+            case.dp
+                .maps
+                .set_backends(SERVICE_ID, &stale(reals))
+                .unwrap_or_else(|e| panic!("{name}: set_backends: {e:#}"));
+        }
+        let installed = case.backend_set(SERVICE_ID);
+        let expected_schedule: Vec<u32> = usable.to_vec();
+        let installed_schedule: Vec<u32> = installed.schedule[..installed.schedule_len as usize]
+            .iter()
+            .map(|c| c.slot)
+            .collect();
+        assert_eq!(
+            installed_schedule,
+            expected_schedule,
+            "{name}/{phase}: the schedule in {}",
+            lb_common::BACKENDS_MAP
+        );
+        let mut reference = backend_set(SERVICE_ID, vip, reals);
+        reference.refresh_schedule();
+        for _ in 0..30 {
+            let want = wlc::select(&reference, &case.conn_set(SERVICE_ID))
+                .unwrap_or_else(|| panic!("{name}/{phase}: the model finds no backend"));
+            assert!(
+                usable.contains(&want),
+                "{name}/{phase}: the model chose unusable slot {want}"
+            );
+            let syn = Pkt::tcp4(sport, TCP_SYN);
+            case.forward(&format!("{phase}: SYN {sport}"), &syn, SERVICE_ID, want);
+            chosen[want as usize] += 1;
+            sport += 1;
+        }
+    }
+    for slot in 0..7u32 {
+        assert_eq!(
+            case.backend_stats(SERVICE_ID, slot).new_conns,
+            chosen[slot as usize],
+            "{name}: new_conns of slot {slot}"
+        );
+    }
+    assert_eq!(
+        [chosen[2], chosen[4], chosen[5]],
+        [0, 0, 0],
+        "{name}: never usable slots got flows"
+    );
+    assert!(
+        chosen[0] > 0 && chosen[6] > 0,
+        "{name}: slot 0 (after) and slot 6 (before) took flows: {chosen:?}"
+    );
+}
+
 /// A service without a usable backend drops new flows (counted as
 /// no-backend) and records nothing.
 #[test]
@@ -2085,8 +2538,7 @@ fn pinned_maps_dump_with_field_names() {
         return;
     }
     let dir = PathBuf::from(format!("/sys/fs/bpf/lbfix-{}", std::process::id()));
-    let dp =
-        Datapath::load(MAX_FLOWS, Some(&dir)).unwrap_or_else(|e| panic!("{name}: load: {e:#}"));
+    let dp = Datapath::load(CAPACITY, Some(&dir)).unwrap_or_else(|e| panic!("{name}: load: {e:#}"));
     let mut pinned = Pinned(dp);
     for map in MAP_NAMES {
         assert!(
@@ -2167,62 +2619,74 @@ fn dump_shows_field_names(name: &str, path: &Path) {
 // The control plane's sweeper against the data path's own counting
 // ---------------------------------------------------------------------------
 
-/// Flows the LRU table evicted, or the sweeper expired, leave no counts
-/// behind: the sweeper rewrites every backend's counters from the table.
+/// Flows the LRU tables evicted, or the sweeper expired, leave no counts
+/// behind: the sweeper rewrites every backend's counters from both tables
+/// (an IPv4 service's from CONNTRACK4, an IPv6 service's from CONNTRACK6).
 #[test]
 fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
-    let Some(mut case) = Case::new("sweeper") else {
+    let name = "sweeper";
+    let Some(mut case) = Case::new(name) else {
         return;
     };
-    let vip = IpAddr::V4(VIP4);
-    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(1), up(1)]);
-    let slots = |case: &Case| [case.conns(SERVICE_ID, 0), case.conns(SERVICE_ID, 1)];
-    let inactive = |case: &Case| slots(case).iter().map(|c| c.inactive).sum::<u64>();
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
+    case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1), up(1)]);
+    let services = [SERVICE_ID, DECOY_ID];
+    let slots = |case: &Case, id| [case.conns(id, 0), case.conns(id, 1)];
+    let inactive = |case: &Case, id| slots(case, id).iter().map(|c| c.inactive).sum::<u64>();
 
-    // Three times the table's size of new flows: the LRU evicts, but the data
-    // path counted every flow it opened.
-    let opened = 3 * MAX_FLOWS as u16;
-    for i in 0..opened {
-        let (action, _) = case
-            .run(&Pkt::tcp4(10_000 + i, TCP_SYN).build())
-            .expect("BPF_PROG_TEST_RUN");
-        assert_eq!(action, XDP_TX, "SYN {i}");
+    // Three times each table's size of new flows: the LRU evicts, but the
+    // data path counted every flow it opened.
+    let opened4 = 3 * CAPACITY.ipv4 as u16;
+    let opened6 = 3 * CAPACITY.ipv6 as u16;
+    let syns = (0..opened4)
+        .map(|i| Pkt::tcp4(10_000 + i, TCP_SYN))
+        .chain((0..opened6).map(|i| Pkt::tcp6(10_000 + i, TCP_SYN)));
+    for syn in syns {
+        let (action, _) = case.run(&syn.build()).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, XDP_TX, "{name}: SYN {:?}", syn.flow_key());
     }
-    assert_eq!(inactive(&case), u64::from(opened));
-    let live = case.flow_count();
+    assert_eq!(inactive(&case, SERVICE_ID), u64::from(opened4));
+    assert_eq!(inactive(&case, DECOY_ID), u64::from(opened6));
+    let (live4, live6) = case.flows_per_table();
     assert!(
-        live < usize::from(opened),
-        "no LRU eviction happened ({live} flows)"
+        live4 < usize::from(opened4) && live6 < usize::from(opened6),
+        "{name}: no LRU eviction happened ({live4} IPv4 and {live6} IPv6 flows)"
     );
+    assert!(live4 > 0 && live6 > 0, "{name}: a table is empty");
 
-    let report = sweeper::sweep(&mut case.dp.maps, &[SERVICE_ID], &Timeouts::IPVS)
-        .expect("sweeping the connection table");
-    assert_eq!(report.expired, 0);
-    assert_eq!(report.live, live);
-    let mut per_slot = [0u64; 2];
-    for entry in case.dp.maps.conntrack.iter() {
-        let (_, flow) = entry.expect("reading a flow");
-        per_slot[flow.backend_slot as usize] += 1;
+    let report = sweeper::sweep(&mut case.dp.maps, &services, &Timeouts::IPVS)
+        .expect("sweeping the connection tables");
+    assert_eq!(report.expired, 0, "{name}: expired");
+    assert_eq!(report.live, live4 + live6, "{name}: live");
+    for (id, table) in [(SERVICE_ID, CONNTRACK4_MAP), (DECOY_ID, CONNTRACK6_MAP)] {
+        let mut per_slot = [0u64; 2];
+        for (_, flow) in case.dp.maps.flows() {
+            if u32::from(flow.service_id) == id {
+                per_slot[usize::from(flow.backend_slot)] += 1;
+            }
+        }
+        let counts = slots(&case, id);
+        assert_eq!(
+            [counts[0].inactive, counts[1].inactive],
+            per_slot,
+            "{name}: counters of service {id} after the sweep differ from {table}"
+        );
+        assert_eq!(counts[0].active + counts[1].active, 0);
     }
-    let counts = slots(&case);
-    assert_eq!(
-        [counts[0].inactive, counts[1].inactive],
-        per_slot,
-        "counters after the sweep differ from the table"
-    );
-    assert_eq!(counts[0].active + counts[1].active, 0);
 
     // A SYN_RECV timeout of zero: every half-open flow has idled out.
     let report = sweeper::sweep(
         &mut case.dp.maps,
-        &[SERVICE_ID],
+        &services,
         &Timeouts {
             syn_recv: 0,
             ..Timeouts::IPVS
         },
     )
-    .expect("sweeping the connection table");
-    assert_eq!((report.expired, report.live), (live, 0));
-    assert_eq!(case.flow_count(), 0);
-    assert_eq!(inactive(&case), 0);
+    .expect("sweeping the connection tables");
+    assert_eq!((report.expired, report.live), (live4 + live6, 0));
+    assert_eq!(case.flows_per_table(), (0, 0), "{name}: flows left");
+    for id in services {
+        assert_eq!(inactive(&case, id), 0, "{name}: service {id} inactive");
+    }
 }
