@@ -4,8 +4,10 @@
 //! Prints aligned tables on stdout and writes `results.json` (every figure,
 //! every round, the machine and the parameters) and `results.svg` into
 //! `--out`. The micro-benchmarks ([`micro`]) time the programs with
-//! `BPF_PROG_TEST_RUN` on one pinned CPU; the live benchmark ([`live`])
-//! forwards real frames between network namespaces.
+//! `BPF_PROG_TEST_RUN` on one pinned CPU (known flows from the flow cache
+//! and from the connection table, new flows in a large and in a 1,024-flow
+//! table); the live benchmark ([`live`]) forwards real frames between
+//! network namespaces.
 
 mod live;
 mod micro;
@@ -42,7 +44,8 @@ struct Cli {
     #[arg(long, value_name = "N")]
     packets: Option<u32>,
     /// Calls (one packet each) per figure for the per-call cases (at least
-    /// 1,000,000 for a full run).
+    /// 1,000,000 for a full run; above 1,024 for the 1,024-flow-table cases
+    /// to evict).
     #[arg(long, value_name = "N")]
     calls: Option<u32>,
     /// CPU to run on (default: the last online CPU).
@@ -76,6 +79,14 @@ fn main() -> anyhow::Result<()> {
         eprintln!(
             "lb-bench: warning: fewer than 5 rounds or 1,000,000 packets per figure; \
              these figures are below the published method"
+        );
+    }
+    if params.calls <= micro::SMALL_TABLE_FLOWS {
+        eprintln!(
+            "lb-bench: warning: {} calls per figure fit in the {}-flow table: its new-flow cases \
+             will not evict",
+            params.calls,
+            micro::SMALL_TABLE_FLOWS
         );
     }
     pin_to_cpu(params.cpu)?;

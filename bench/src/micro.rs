@@ -18,6 +18,24 @@
 //!
 //! Every round times every case and every program once, in turn; a figure is
 //! the median over the rounds.
+//!
+//! Which part of the data path a case exercises ([`FlowPath`]) is derived
+//! from its packets: lb keeps a per-CPU, direct-mapped flow cache
+//! ([`FLOW_CACHE_ENTRIES`] entries per CPU and family) in front of its
+//! connection tables. A packet of a known flow whose state does not change is
+//! forwarded from the cache when its entry holds that flow (the table is read
+//! at least once per flow per cache period); a SYN never probes the cache and
+//! a new flow is not cached. [`cache_hit_share`] replays a case's flows
+//! through a model of the cache, with lb's own index function, to tell which
+//! cases run from the cache and which mostly miss it.
+//!
+//! The new-flow cases run in two regimes: a table of twice the calls, which
+//! never evicts (its memory mostly cache-cold), and a table of
+//! [`SMALL_TABLE_FLOWS`], which once full evicts least recently used flows
+//! (one per SYN on average, in the kernel's batches) and stays cache-hot:
+//! the regime of Katran's published
+//! new-flow figure, whose balancer falls back to a 1,000-entry LRU when its
+//! per-CPU LRU maps are not set up, as under `BPF_PROG_TEST_RUN`.
 
 use std::{
     fs,
@@ -33,9 +51,10 @@ use aya::{
 };
 use lb::datapath::{Attachment, Datapath, FlowCapacity, array_get, backend_entry, service_key};
 use lb_common::{
-    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PROTO_TCP,
-    PROTO_UDP,
+    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_ENTRIES,
+    FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
+    flow_cache_index,
 };
 use serde::Serialize;
 
@@ -80,6 +99,18 @@ const SCALING_CAPACITY: u32 = 1_310_720;
 const IDLE_IPV6_CAPACITY: u32 = 1024;
 /// Backends of the service for the new-flow cases.
 pub const NEW_FLOW_BACKENDS: [u32; 4] = [1, 16, 64, 256];
+/// IPv4 connection-table capacity of the small-table new-flow cases: about
+/// the 1,000 entries of Katran's fallback LRU (`DEFAULT_LRU_SIZE` in its
+/// balancer_consts.h, the table its new-flow figure is measured against
+/// under `BPF_PROG_TEST_RUN`), rounded to the smallest capacity lb accepts.
+pub const SMALL_TABLE_FLOWS: u32 = 1024;
+/// Backends of the service for the small-table new-flow cases.
+pub const SMALL_TABLE_BACKENDS: [u32; 2] = [1, 64];
+/// The most flows the kernel's LRU hash evicts at once when a CPU needs a
+/// free entry (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.c; newer
+/// kernels evict fewer from small tables): a table that has started to
+/// evict holds more than its capacity minus this many flows.
+const LRU_EVICTION_BATCH: u32 = 128;
 /// Backends of the services for the established cases (as in the demo).
 const ESTABLISHED_WEIGHTS: [u32; 3] = [1000, 500, 800];
 /// Stride of the walk over prefilled flows (a prime above every fill, so
@@ -124,12 +155,57 @@ pub enum Kind {
     EstablishedUdp4,
     /// TCP for no service: `XDP_PASS`.
     NoService,
-    /// A TCP SYN of a new flow: table miss, wlc selection, insert.
+    /// A TCP SYN of a new flow: table miss, wlc selection, insert, in a
+    /// table of twice the calls (never full).
     NewFlow,
-    /// The same established flow, with `flows_in_table` flows in the table.
+    /// A TCP SYN of a new flow in a table of [`SMALL_TABLE_FLOWS`]: table
+    /// miss, wlc selection, and an insert that, once the table is full,
+    /// evicts least recently used flows (one per SYN on average).
+    NewFlowSmallTable,
+    /// The same established flow, with `flows_in_table` flows in the table
+    /// (served by the flow cache).
     ScalingSameFlow,
-    /// A different established flow per packet, out of `flows_in_table`.
+    /// A different established flow per packet, out of `flows_in_table`
+    /// (from the flow cache while they fit in it, else mostly from the table:
+    /// see [`CaseResult::path`]).
     ScalingEveryFlow,
+}
+
+/// Where lb's program finds the flow of a case's packets (see the module
+/// documentation).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowPath {
+    /// Mostly from this CPU's flow cache (its expected share of hits is at
+    /// least a half).
+    CacheHit,
+    /// Mostly a flow-cache miss that finds the flow in the connection table.
+    Table,
+    /// A SYN: no cache probe, a table miss, backend selection, an insert.
+    NewFlow,
+    /// Passed after the service-port check, before any flow lookup.
+    NoFlow,
+}
+
+impl FlowPath {
+    /// The path of known flows whose packets the cache serves at `share`.
+    fn of_known(share: f64) -> Self {
+        if share >= 0.5 {
+            Self::CacheHit
+        } else {
+            Self::Table
+        }
+    }
+
+    /// The label the tables print.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CacheHit => "cache hit",
+            Self::Table => "table",
+            Self::NewFlow => "new flow",
+            Self::NoFlow => "no flow",
+        }
+    }
 }
 
 /// A figure: the median over rounds of the per-round ns/packet.
@@ -174,8 +250,17 @@ pub struct CaseResult {
     pub packets: u32,
     /// Flows in the connection table (scaling cases).
     pub flows_in_table: Option<u32>,
+    /// Capacity of the connection table the case's flows live in (`None`
+    /// for traffic that no table sees).
+    pub table_capacity: Option<u32>,
     /// Backends in the service (new-flow cases).
     pub backends: Option<u32>,
+    /// Where lb finds the flow of the packets.
+    pub path: FlowPath,
+    /// Share of the timed packets that lb's flow cache is expected to serve
+    /// in one round, within one cache period (a model of the cache replaying
+    /// the case's flows; a new period costs one more miss per flow).
+    pub cache_hit_share: f64,
     /// lb's program.
     pub ours: Figure,
     /// The MAC-swap `XDP_TX` program.
@@ -228,6 +313,12 @@ pub struct Memory {
     pub conntrack4_bytes_per_flow: f64,
     /// The IPv6 connection table's memory divided by its capacity.
     pub conntrack6_bytes_per_flow: f64,
+    /// Entries of each per-CPU flow cache (per CPU).
+    pub flow_cache_entries: u32,
+    /// Memory of both flow caches (IPv4 and IPv6) at the possible CPUs.
+    pub flow_cache_bytes: u64,
+    /// `flow_cache_bytes` divided by the possible CPUs.
+    pub flow_cache_bytes_per_cpu: f64,
     /// Per-CPU maps hold one value per possible CPU; this many here.
     pub possible_cpus: usize,
 }
@@ -557,6 +648,7 @@ struct RepeatCase {
     name: String,
     kind: Kind,
     flows_in_table: Option<u32>,
+    table_capacity: Option<u32>,
     dp: usize,
     frame: Vec<u8>,
     verdict: u32,
@@ -593,6 +685,30 @@ fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u16) -> anyhow:
             .with_context(|| format!("prefilling flow {i} of {flows}"))?;
     }
     Ok(())
+}
+
+/// Share of `packets` packets, of flows `flow(0)`, `flow(1)`, ..., that one
+/// CPU's flow cache serves, starting cold and within one cache period: a
+/// model of the direct-mapped cache with lb's own index function, where a
+/// packet hits when its entry holds its flow and a miss caches its flow.
+/// Only for packets of known flows whose state the packet does not change.
+fn cache_hit_share(packets: u32, flow: impl Fn(u32) -> FlowKey) -> f64 {
+    let mut entries: Vec<Option<FlowKey>> = vec![None; FLOW_CACHE_ENTRIES as usize];
+    let mut hits = 0u64;
+    for i in 0..packets {
+        let key = flow(i);
+        let index = match &key {
+            FlowKey::V4(k) => flow_cache_index(&k.words()),
+            FlowKey::V6(k) => flow_cache_index(&k.words()),
+        };
+        let entry = &mut entries[index as usize];
+        if *entry == Some(key) {
+            hits += 1;
+        } else {
+            *entry = Some(key);
+        }
+    }
+    hits as f64 / f64::from(packets.max(1))
 }
 
 /// Sizes of a loaded program.
@@ -647,14 +763,31 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
         );
         Ok(table.memlock_bytes as f64 / f64::from(capacity))
     };
+    let mut flow_cache_bytes = 0;
+    for name in [FLOW_CACHE4_MAP, FLOW_CACHE6_MAP] {
+        let cache = maps
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| anyhow!("no {name} map"))?;
+        ensure!(
+            cache.max_entries == FLOW_CACHE_ENTRIES,
+            "{name} holds {} entries where lb_common says {FLOW_CACHE_ENTRIES}",
+            cache.max_entries
+        );
+        flow_cache_bytes += cache.memlock_bytes;
+    }
+    let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(Memory {
         conntrack4_max_flows: capacity.ipv4,
         conntrack6_max_flows: capacity.ipv6,
         conntrack4_bytes_per_flow: bytes_per_flow(CONNTRACK4_MAP, capacity.ipv4)?,
         conntrack6_bytes_per_flow: bytes_per_flow(CONNTRACK6_MAP, capacity.ipv6)?,
+        flow_cache_entries: FLOW_CACHE_ENTRIES,
+        flow_cache_bytes,
+        flow_cache_bytes_per_cpu: flow_cache_bytes as f64 / possible_cpus as f64,
         total_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),
         maps,
-        possible_cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
+        possible_cpus,
     })
 }
 
@@ -727,6 +860,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             name: "established TCP/IPv4".into(),
             kind: Kind::EstablishedTcp4,
             flows_in_table: None,
+            table_capacity: Some(defaults.ipv4),
             dp: 0,
             frame: establish(&main, &tcp4)?,
             verdict: XDP_TX,
@@ -736,6 +870,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             name: "established TCP/IPv6".into(),
             kind: Kind::EstablishedTcp6,
             flows_in_table: None,
+            table_capacity: Some(defaults.ipv6),
             dp: 0,
             frame: establish(&main, &tcp6)?,
             verdict: XDP_TX,
@@ -745,6 +880,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             name: "UDP/IPv4 flow".into(),
             kind: Kind::EstablishedUdp4,
             flows_in_table: None,
+            table_capacity: Some(defaults.ipv4),
             dp: 0,
             frame: udp_frame,
             verdict: XDP_TX,
@@ -754,6 +890,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             name: "no service (XDP_PASS)".into(),
             kind: Kind::NoService,
             flows_in_table: None,
+            table_capacity: None,
             dp: 0,
             frame: no_service,
             verdict: XDP_PASS,
@@ -773,6 +910,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             name: format!("est. TCP/IPv4, same flow, {flows} in table"),
             kind: Kind::ScalingSameFlow,
             flows_in_table: Some(flows),
+            table_capacity: Some(SCALING_CAPACITY),
             dp: dps.len(),
             frame: establish(&dp, &tcp4)?,
             verdict: XDP_TX,
@@ -783,6 +921,8 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 
     let mut repeat_samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
     let mut new_flow_samples: Vec<Vec<f64>> = NEW_FLOW_BACKENDS.iter().map(|_| vec![]).collect();
+    let mut small_table_samples: Vec<Vec<f64>> =
+        SMALL_TABLE_BACKENDS.iter().map(|_| vec![]).collect();
     let mut every_flow_samples: Vec<Vec<f64>> = SCALING_FLOWS.iter().map(|_| vec![]).collect();
     // The reference programs timed per call (one figure for every per-call case).
     let mut per_call_reference = Samples::default();
@@ -821,8 +961,18 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 
         for (&n, samples) in NEW_FLOW_BACKENDS.iter().zip(&mut new_flow_samples) {
             samples.push(
-                new_flow_round(params, n)
+                new_flow_round(params, n, new_flow_capacity(params))
                     .with_context(|| format!("new flow, {n} backends (round {})", round + 1))?,
+            );
+        }
+        for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&mut small_table_samples) {
+            samples.push(
+                new_flow_round(params, n, SMALL_TABLE_FLOWS).with_context(|| {
+                    format!(
+                        "new flow, {n} backends, {SMALL_TABLE_FLOWS}-flow table (round {})",
+                        round + 1
+                    )
+                })?,
             );
         }
 
@@ -831,10 +981,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             .zip(&mut every_flow_samples)
             .zip(&dps[1..])
         {
-            let every = |i: u32| {
-                let client = (u64::from(i) * ROTATION_STRIDE % u64::from(flows)) as u32;
-                Tuple::client(client, vip4, PROTO_TCP).frame(TCP_ACK | TCP_PSH)
-            };
+            let every = |i: u32| rotation(flows, i).frame(TCP_ACK | TCP_PSH);
             samples.push(
                 time_per_call(dp.program(), params.calls, params.trim, XDP_TX, every)
                     .with_context(|| format!("every flow of {flows} (round {})", round + 1))?,
@@ -845,6 +992,14 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut results = Vec::new();
     for (case, samples) in cases.iter().zip(&repeat_samples) {
         let (ours, trivial, empty) = samples.figures();
+        // The same frame every packet: one flow whose state stays, or none.
+        let (path, cache_hit_share) = match &case.flow {
+            Some((key, _)) => {
+                let share = cache_hit_share(params.packets, |_| *key);
+                (FlowPath::of_known(share), share)
+            }
+            None => (FlowPath::NoFlow, 0.0),
+        };
         results.push(CaseResult {
             name: case.name.clone(),
             kind: case.kind,
@@ -852,7 +1007,10 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             frame_len: case.frame.len(),
             packets: params.packets,
             flows_in_table: case.flows_in_table,
+            table_capacity: case.table_capacity,
             backends: None,
+            path,
+            cache_hit_share,
             ours,
             trivial,
             empty,
@@ -862,35 +1020,63 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
         Figure::of(per_call_reference.trivial),
         Figure::of(per_call_reference.empty),
     );
-    let per_call = |name: String, kind, flows_in_table, backends, ours: &Vec<f64>| CaseResult {
+    // A per-call case; the caller fills in what is particular to it.
+    let per_call = |name: String, kind, path, ours: &Vec<f64>| CaseResult {
         name,
         kind,
         method: Method::PerCall,
         frame_len: syn(0).len(),
         packets: params.calls,
-        flows_in_table,
-        backends,
+        flows_in_table: None,
+        table_capacity: None,
+        backends: None,
+        path,
+        cache_hit_share: 0.0,
         ours: Figure::of(ours.clone()),
         trivial: trivial.clone(),
         empty: empty.clone(),
     };
+    // SYNs never probe the cache.
     for (&n, samples) in NEW_FLOW_BACKENDS.iter().zip(&new_flow_samples) {
-        results.push(per_call(
-            format!("new TCP flow, {n} backends"),
-            Kind::NewFlow,
-            None,
-            Some(n),
-            samples,
-        ));
+        results.push(CaseResult {
+            table_capacity: Some(new_flow_capacity(params)),
+            backends: Some(n),
+            ..per_call(
+                format!("new TCP flow, {n} backends"),
+                Kind::NewFlow,
+                FlowPath::NewFlow,
+                samples,
+            )
+        });
+    }
+    for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&small_table_samples) {
+        results.push(CaseResult {
+            table_capacity: Some(SMALL_TABLE_FLOWS),
+            backends: Some(n),
+            ..per_call(
+                format!(
+                    "new TCP flow, {n} backends, {}-flow table",
+                    thousands(SMALL_TABLE_FLOWS)
+                ),
+                Kind::NewFlowSmallTable,
+                FlowPath::NewFlow,
+                samples,
+            )
+        });
     }
     for (&flows, samples) in SCALING_FLOWS.iter().zip(&every_flow_samples) {
-        results.push(per_call(
-            format!("est. TCP/IPv4, any of {flows} flows per pkt"),
-            Kind::ScalingEveryFlow,
-            Some(flows),
-            None,
-            samples,
-        ));
+        let share = cache_hit_share(params.calls, |i| rotation(flows, i).key());
+        results.push(CaseResult {
+            flows_in_table: Some(flows),
+            table_capacity: Some(SCALING_CAPACITY),
+            cache_hit_share: share,
+            ..per_call(
+                format!("est. TCP/IPv4, any of {flows} flows per pkt"),
+                Kind::ScalingEveryFlow,
+                FlowPath::of_known(share),
+                samples,
+            )
+        });
     }
 
     let programs = vec![
@@ -905,21 +1091,56 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     })
 }
 
-/// One round of the new-flow case with `n` backends: a fresh data path (an
-/// empty table, large enough never to evict), `params.calls` SYNs of
-/// distinct clients. Checks that every SYN was a table miss that inserted a
-/// flow (the backends' inactive counts add up to the calls).
-fn new_flow_round(params: &Params, n: u32) -> anyhow::Result<f64> {
+/// The client of call `i` of the walk over `flows` prefilled flows (of
+/// service 0 on the IPv4 VIP), [`ROTATION_STRIDE`] apart.
+fn rotation(flows: u32, i: u32) -> Tuple {
+    let client = (u64::from(i) * ROTATION_STRIDE % u64::from(flows)) as u32;
+    Tuple::client(client, IpAddr::V4(VIP4), PROTO_TCP)
+}
+
+/// `n` with a comma between groups of three digits (1,024).
+pub fn thousands(n: u32) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// IPv4 connection-table capacity of the large-table new-flow cases: twice
+/// the calls, so that the table never fills and never evicts.
+fn new_flow_capacity(params: &Params) -> u32 {
+    (2 * params.calls).next_power_of_two()
+}
+
+/// One round of a new-flow case with `n` backends: a fresh data path whose
+/// IPv4 table holds `capacity` flows, then `params.calls` SYNs of distinct
+/// clients, each forwarded (`XDP_TX`, checked per call) after a table miss
+/// and an insert.
+///
+/// Checks that every SYN inserted a flow: the backends' connection counters
+/// add up to the calls (the program counts every successful insert; an
+/// eviction does not decrease them, as no sweeper runs here). When the calls
+/// outnumber `capacity` (the small table), the LRU evicted: checks too that
+/// the table ended full, less at most one eviction batch of the kernel
+/// ([`LRU_EVICTION_BATCH`]), and still holds the newest flow. (Not "exactly
+/// `capacity`": the kernel evicts in batches to refill a CPU's free list,
+/// so the count saws below the capacity.)
+fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
-    let capacity = (2 * params.calls).next_power_of_two();
     let mut dp = ipv4_datapath(capacity)?;
     dp.maps.set_service(
         service_key(vip4, PORT, PROTO_TCP),
         0,
         &backends(vip4, &vec![1; n as usize]),
     )?;
+    let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {
-        Tuple::client(i, vip4, PROTO_TCP).frame(TCP_SYN)
+        client(i).frame(TCP_SYN)
     })?;
     let conns = array_get(&dp.maps.backend_conns, 0)?;
     let inserted: u64 = conns.conns.iter().map(|c| c.active + c.inactive).sum();
@@ -929,5 +1150,50 @@ fn new_flow_round(params: &Params, n: u32) -> anyhow::Result<f64> {
             params.calls
         );
     }
+    if params.calls > capacity {
+        let held = dp.maps.flow_count();
+        let low = capacity.saturating_sub(LRU_EVICTION_BATCH) as usize;
+        ensure!(
+            low < held && held <= capacity as usize,
+            "the {capacity}-flow table holds {held} flows after {} SYNs \
+             (expected {} to {capacity}: full, less at most one LRU eviction batch)",
+            params.calls,
+            low + 1
+        );
+        ensure!(
+            dp.maps.flow(&client(params.calls - 1).key())?.is_some(),
+            "the LRU evicted the newest flow"
+        );
+    }
     Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1024), "1,024");
+        assert_eq!(thousands(262_144), "262,144");
+        assert_eq!(thousands(2_097_152), "2,097,152");
+    }
+
+    #[test]
+    fn cache_model_tells_hits_from_misses() {
+        let key = Tuple::client(0, IpAddr::V4(VIP4), PROTO_TCP).key();
+        // One flow: every packet but the first is a hit.
+        assert_eq!(cache_hit_share(1000, |_| key), 0.999);
+        // Each flow once: all misses, whatever the cache's size.
+        assert_eq!(
+            cache_hit_share(10_000, |i| rotation(1_000_000, i).key()),
+            0.0
+        );
+        // Far more flows than entries, visited in turn: hardly any hits.
+        assert!(cache_hit_share(1_000_000, |i| rotation(100_000, i).key()) < 0.05);
+        // Fewer flows than entries: mostly hits.
+        assert!(cache_hit_share(100_000, |i| rotation(1000, i).key()) > 0.9);
+    }
 }

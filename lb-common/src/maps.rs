@@ -271,14 +271,19 @@ impl FlowKey4 {
     /// The service this flow is addressed to.
     #[inline(always)]
     pub fn service_key(&self) -> ServiceKey {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&self.dst_addr);
-        ServiceKey {
-            addr,
-            port: self.dst_port,
-            proto: self.proto,
-            family: FAMILY_IPV4,
-        }
+        // Assembled in 32-bit words: zeroing the address's last 12 bytes
+        // field by field compiles to a byte-wise memset call in BPF.
+        let words: [u32; 5] = [
+            u32::from_ne_bytes(self.dst_addr),
+            0,
+            0,
+            0,
+            u32::from(self.dst_port) | u32::from(self.proto) << 16 | u32::from(FAMILY_IPV4) << 24,
+        ];
+        // SAFETY: 20 bytes, every bit pattern is a valid ServiceKey; the
+        // fields sit at the offsets the layout test checks (little-endian,
+        // asserted below).
+        unsafe { core::mem::transmute(words) }
     }
 }
 
@@ -848,12 +853,10 @@ mod tests {
             proto: PROTO_TCP,
             ..FlowKey4::default()
         };
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&[192, 0, 2, 1]);
         assert_eq!(
             v4.service_key(),
             ServiceKey {
-                addr,
+                addr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 port: 80,
                 proto: PROTO_TCP,
                 family: FAMILY_IPV4,

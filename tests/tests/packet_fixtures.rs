@@ -9,8 +9,9 @@
 //! with its two MAC addresses replaced, for every other verdict the input
 //! itself), the per-reason verdict counters (one packet, frame length minus
 //! 14 bytes, under exactly one reason) and, where the case is about them, the
-//! connection tables (IPv4 and IPv6), the per-backend connection counts and
-//! the per-service and per-backend statistics. A mismatch panics with the
+//! connection tables (IPv4 and IPv6), the per-CPU flow caches, the
+//! per-backend connection counts and the per-service and per-backend
+//! statistics. A mismatch panics with the
 //! case name and the input, expected and actual frames in hex.
 //!
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
@@ -24,13 +25,15 @@
 use std::{
     io::{self, ErrorKind, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use aya::{
     Pod,
-    maps::{HashMap, Map, MapData, MapInfo},
+    maps::{HashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions},
 };
 use lb::{
@@ -42,14 +45,15 @@ use lb::{
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
     BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Candidate, Counters,
-    FAMILY_IPV4, Flow, FlowKey, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
-    REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
-    REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
+    FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey,
+    MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT,
+    REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP,
+    REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
     },
-    reason_name, wlc,
+    flow_cache_index, reason_name, wlc,
 };
 
 // ---------------------------------------------------------------------------
@@ -685,6 +689,16 @@ enum Expect {
     Drop(u32),
 }
 
+/// A frame run through the program, not yet checked (see [`Case::run_counted`]).
+struct Sent {
+    /// The verdict counters of every reason just before the run.
+    before: Vec<Counters>,
+    /// The verdict.
+    action: u32,
+    /// The output frame.
+    out: Vec<u8>,
+}
+
 /// One fixture case: a freshly loaded data path and the case's name.
 struct Case {
     name: String,
@@ -854,19 +868,41 @@ impl Case {
     /// verdict counters moved by exactly one packet of `input.len() - 14`
     /// bytes under the expected reason. Returns the output.
     fn send(&self, label: &str, input: &[u8], expect: Expect) -> Vec<u8> {
+        let sent = self.run_counted(label, input);
+        self.check(label, input, expect, sent)
+    }
+
+    /// Runs `input` through the program, noting the verdict counters just
+    /// before it, for [`Case::check`] to judge later.
+    fn run_counted(&self, label: &str, input: &[u8]) -> Sent {
         let before = self.verdicts();
-        let (action, reason, expected) = match expect {
-            Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
-            Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
-            Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
-        };
-        let (got, out) = self.run(input).unwrap_or_else(|e| {
+        let (action, out) = self.run(input).unwrap_or_else(|e| {
             panic!(
                 "{}/{label}: BPF_PROG_TEST_RUN failed: {e:#}\ninput:\n{}",
                 self.name,
                 hex(input)
             )
         });
+        Sent {
+            before,
+            action,
+            out,
+        }
+    }
+
+    /// Checks what [`Case::run_counted`] got for `input` as [`Case::send`]
+    /// does. Returns the output.
+    fn check(&self, label: &str, input: &[u8], expect: Expect, sent: Sent) -> Vec<u8> {
+        let Sent {
+            before,
+            action: got,
+            out,
+        } = sent;
+        let (action, reason, expected) = match expect {
+            Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
+            Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
+            Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
+        };
         if got != action || out != expected {
             let first_diff = out
                 .iter()
@@ -1226,6 +1262,25 @@ impl Case {
     /// sizes first.
     fn raw_entries<const KEY_LEN: usize>(&self, table: &str) -> Vec<RawFlow> {
         let name = &self.name;
+        let map = self.map_by_name(table, KEY_LEN, FLOW_VALUE_LEN);
+        let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)
+            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
+        raw.iter()
+            .map(|entry| {
+                let (key, value) = entry.unwrap_or_else(|e| panic!("{name}: walking {table}: {e}"));
+                RawFlow {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                }
+            })
+            .collect()
+    }
+
+    /// The data path's map `table`, opened by map id from the loaded
+    /// program's map ids (apart from `lb::datapath::Maps`, which does not
+    /// hold every map), after checking its key and value sizes.
+    fn map_by_name(&self, table: &str, key_len: usize, value_len: usize) -> Map {
+        let name = &self.name;
         let ids = self
             .dp
             .program()
@@ -1243,24 +1298,13 @@ impl Case {
             .unwrap_or_else(|| panic!("{name}: the program uses no map {table}"));
         assert_eq!(
             (info.key_size() as usize, info.value_size() as usize),
-            (KEY_LEN, FLOW_VALUE_LEN),
+            (key_len, value_len),
             "{name}: {table} key/value sizes"
         );
-        let map = MapData::from_id(id)
+        MapData::from_id(id)
             .map_err(anyhow::Error::from)
             .and_then(|data| Ok(Map::from_map_data(data)?))
-            .unwrap_or_else(|e| panic!("{name}: opening {table} by id: {e:#}"));
-        let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)
-            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
-        raw.iter()
-            .map(|entry| {
-                let (key, value) = entry.unwrap_or_else(|e| panic!("{name}: walking {table}: {e}"));
-                RawFlow {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                }
-            })
-            .collect()
+            .unwrap_or_else(|e| panic!("{name}: opening {table} by id: {e:#}"))
     }
 }
 
@@ -2689,4 +2733,560 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     for id in services {
         assert_eq!(inactive(&case, id), 0, "{name}: service {id} inactive");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The per-CPU flow cache
+// ---------------------------------------------------------------------------
+//
+// `BPF_PROG_TEST_RUN` runs the program on the calling thread's CPU, so each
+// of these fixtures pins its thread to one CPU ([`pin_to_one_cpu`]) and reads
+// that CPU's value of FLOW_CACHE4 / FLOW_CACHE6. The cache maps are not in
+// `lb::datapath::Maps`: they are opened by id and read as raw bytes.
+//
+// A cached flow is only used in the cache period it was cached in
+// (`jiffies >> FLOW_CACHE_PERIOD_SHIFT`). The fixtures read the kernel's
+// jiffies from /proc/timer_list ([`current_period`]) around the packets
+// that matter: a cache entry's stamp must lie between the periods read just
+// before and just after the packet that wrote it, and a fixture that needs a
+// cache hit retries its whole sequence on a fresh data path
+// ([`within_one_period`]) when the period rolled over between caching and
+// the packet that should hit.
+
+/// Bytes of a [`FLOW_CACHE4_MAP`] value (`lb_common::CachedFlow4`).
+const CACHED4_LEN: usize = 32;
+/// Bytes of a [`FLOW_CACHE6_MAP`] value (`lb_common::CachedFlow6`).
+const CACHED6_LEN: usize = 56;
+/// Bytes of a per-CPU array key (the index).
+const ARRAY_KEY_LEN: usize = 4;
+/// How often a fixture that needs one cache period for its sequence tries it
+/// before failing. A period is 64 ms (HZ=1000) to 640 ms (HZ=100) and a
+/// sequence takes about a millisecond, so a second attempt is already rare.
+const PERIOD_ATTEMPTS: u16 = 10;
+
+/// A flow-cache entry as the kernel stores it, decoded from its bytes: the
+/// key (16 or 40 bytes), then service id, backend slot, state and padding
+/// (16 bits each, host byte order) and the period stamp (64 bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RawCached {
+    key: Vec<u8>,
+    service_id: u16,
+    slot: u16,
+    state: u16,
+    pad: u16,
+    stamp: u64,
+}
+
+impl RawCached {
+    /// Decodes the value bytes of a cache entry.
+    fn decode(bytes: &[u8]) -> Self {
+        let at = bytes.len() - 16;
+        let u16_at = |i: usize| u16::from_ne_bytes([bytes[at + i], bytes[at + i + 1]]);
+        let stamp = bytes[at + 8..]
+            .try_into()
+            .map(u64::from_ne_bytes)
+            .expect("an 8-byte stamp");
+        Self {
+            key: bytes[..at].to_vec(),
+            service_id: u16_at(0),
+            slot: u16_at(2),
+            state: u16_at(4),
+            pad: u16_at(6),
+            stamp,
+        }
+    }
+}
+
+/// The flow-cache index of a flow whose connection-table key has the bytes
+/// `key` (16 or 40 bytes): `lb_common::flow_cache_index` of the key's
+/// native-endian 64-bit words.
+fn cache_index(key: &[u8]) -> u32 {
+    let words: Vec<u64> = key
+        .chunks_exact(8)
+        .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+        .collect();
+    match words.len() {
+        2 => flow_cache_index::<2>(&words.try_into().expect("2 words")),
+        5 => flow_cache_index::<5>(&words.try_into().expect("5 words")),
+        n => panic!("a flow key of {n} words"),
+    }
+}
+
+/// The kernel's jiffies counter (what `bpf_jiffies64` returns), from the
+/// `jiffies:` line of /proc/timer_list (root only).
+fn jiffies() -> u64 {
+    let list = std::fs::read_to_string("/proc/timer_list")
+        .unwrap_or_else(|e| panic!("reading /proc/timer_list (for jiffies): {e}"));
+    list.lines()
+        .find_map(|line| line.strip_prefix("jiffies: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `jiffies:` line in /proc/timer_list"))
+}
+
+/// The current flow-cache period, as the data path computes it.
+fn current_period() -> u64 {
+    jiffies() >> FLOW_CACHE_PERIOD_SHIFT
+}
+
+/// Waits (at most 3 s: a period lasts at most 640 ms, at HZ=100) until the
+/// flow-cache period is past `stamp`; returns the new period.
+fn wait_for_period_after(case: &str, stamp: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let period = current_period();
+        if period > stamp {
+            return period;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{case}: the cache period stayed at {period} for 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Pins the calling thread (each test runs on its own) to the CPU it runs
+/// on, so that every `BPF_PROG_TEST_RUN` of the test writes that CPU's flow
+/// cache; returns the CPU.
+fn pin_to_one_cpu(case: &str) -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let cpu = usize::try_from(cpu)
+        .unwrap_or_else(|_| panic!("{case}: sched_getcpu: {}", io::Error::last_os_error()));
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays inside
+    // it for any CPU the kernel runs us on; pid 0 is the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "{case}: pinning the test thread to CPU {cpu}: {}",
+        io::Error::last_os_error()
+    );
+    // SAFETY: as above.
+    let now = unsafe { libc::sched_getcpu() };
+    assert_eq!(
+        usize::try_from(now).ok(),
+        Some(cpu),
+        "{case}: still on CPU {now}"
+    );
+    cpu
+}
+
+/// Runs `attempt` (given the attempt number, from 0) until it returns
+/// `Some`: it returns `None` when the flow-cache period rolled over during
+/// the part of its sequence that must fit in one period. Fails after
+/// [`PERIOD_ATTEMPTS`] attempts.
+fn within_one_period<T>(case: &str, mut attempt: impl FnMut(u16) -> Option<T>) -> T {
+    for n in 0..PERIOD_ATTEMPTS {
+        if let Some(done) = attempt(n) {
+            return done;
+        }
+        eprintln!("{case}: the cache period rolled over during attempt {n}; trying again");
+    }
+    panic!("{case}: the cache period rolled over during each of {PERIOD_ATTEMPTS} attempts")
+}
+
+impl Case {
+    /// The flow-cache entries, one per possible CPU, at the index of the
+    /// flow of the plain IPv4 or IPv6 `frame`.
+    fn cache_entries(&self, frame: &[u8]) -> Vec<RawCached> {
+        let key = key_bytes_of_frame(frame);
+        let index = cache_index(&key);
+        match key.len() {
+            FLOW_KEY4_LEN => self.per_cpu_raw::<CACHED4_LEN>(FLOW_CACHE4_MAP, index),
+            FLOW_KEY6_LEN => self.per_cpu_raw::<CACHED6_LEN>(FLOW_CACHE6_MAP, index),
+            n => panic!("{}: a flow key of {n} bytes", self.name),
+        }
+    }
+
+    /// Entry `index` of the per-CPU array `table` (values of `LEN` bytes) on
+    /// every possible CPU.
+    fn per_cpu_raw<const LEN: usize>(&self, table: &str, index: u32) -> Vec<RawCached> {
+        let name = &self.name;
+        let map = self.map_by_name(table, ARRAY_KEY_LEN, LEN);
+        let array = PerCpuArray::<MapData, [u8; LEN]>::try_from(map)
+            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
+        let values = array
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("{name}: reading {table}[{index}]: {e}"));
+        values
+            .iter()
+            .map(|value| RawCached::decode(value))
+            .collect()
+    }
+
+    /// Asserts that no CPU's flow cache holds `pkt`'s flow.
+    fn expect_not_cached(&self, label: &str, pkt: &Pkt) {
+        let frame = pkt.build();
+        let key = key_bytes_of_frame(&frame);
+        for (cpu, entry) in self.cache_entries(&frame).iter().enumerate() {
+            assert_ne!(
+                entry.key, key,
+                "{}/{label}: the flow is in CPU {cpu}'s flow cache: {entry:?}",
+                self.name
+            );
+        }
+    }
+
+    /// Asserts that CPU `cpu`'s flow cache, and no other CPU's, holds
+    /// `pkt`'s flow (its key bytes as the frame gives them) bound to `slot`
+    /// of service `id` in `state`, stamped with a period of `periods` (read
+    /// just before and just after the packet that cached it). Returns the
+    /// entry.
+    fn expect_cached(
+        &self,
+        label: &str,
+        pkt: &Pkt,
+        cpu: usize,
+        (id, slot, state): (u32, u32, u32),
+        periods: RangeInclusive<u64>,
+    ) -> RawCached {
+        let name = &self.name;
+        let frame = pkt.build();
+        let key = key_bytes_of_frame(&frame);
+        let entries = self.cache_entries(&frame);
+        for (other, entry) in entries.iter().enumerate() {
+            if other != cpu {
+                assert_ne!(
+                    entry.key, key,
+                    "{name}/{label}: the flow is in CPU {other}'s flow cache too, not only CPU {cpu}'s"
+                );
+            }
+        }
+        let entry = entries
+            .get(cpu)
+            .unwrap_or_else(|| panic!("{name}: no flow-cache value for CPU {cpu}"))
+            .clone();
+        assert!(
+            entry.key == key,
+            "{name}/{label}: CPU {cpu}'s flow-cache entry does not hold the flow\n\
+             entry key:\n{}frame key:\n{}",
+            hex(&entry.key),
+            hex(&key)
+        );
+        assert_eq!(
+            (
+                u32::from(entry.service_id),
+                u32::from(entry.slot),
+                state_name(u32::from(entry.state)),
+                entry.pad
+            ),
+            (id, slot, state_name(state), 0),
+            "{name}/{label}: cached (service, slot, state, padding)"
+        );
+        assert!(
+            entry.stamp != 0 && periods.contains(&entry.stamp),
+            "{name}/{label}: cache stamp {} is not the period of the packet ({periods:?})",
+            entry.stamp
+        );
+        entry
+    }
+
+    /// Opens a TCP flow from client port `sport` of service
+    /// [`SERVICE_ID`] (whose slot 0 is the least loaded) and caches it: the
+    /// SYN opens it in the table (SYN_RECV) and leaves it out of the cache;
+    /// the ACK (a state change) goes through the table (ESTABLISHED, slot
+    /// 0 counted active) and caches the flow on `cpu`. Returns the entry.
+    fn open_cached(&self, pkt: impl Fn(u16, u8) -> Pkt, sport: u16, cpu: usize) -> RawCached {
+        let syn = pkt(sport, TCP_SYN);
+        self.forward("SYN", &syn, SERVICE_ID, 0);
+        self.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
+        self.expect_conns("SYN", SERVICE_ID, 0, 0, 1);
+        self.expect_not_cached("SYN", &syn);
+        let ack = pkt(sport, TCP_ACK);
+        let start = current_period();
+        self.forward("ACK", &ack, SERVICE_ID, 0);
+        let end = current_period();
+        self.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+        self.expect_conns("ACK", SERVICE_ID, 0, 1, 0);
+        let flow = (SERVICE_ID, 0, STATE_ESTABLISHED);
+        self.expect_cached("ACK", &ack, cpu, flow, start..=end)
+    }
+}
+
+/// A SYN opens its flow in the table only; the ACK, a state change, goes
+/// through the table and caches the flow on this CPU alone, under the key
+/// bytes of the frame, with its service, slot, new state and the period.
+fn handshake_caches_the_flow(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8) -> Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let cpu = pin_to_one_cpu(name);
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    case.open_cached(pkt, 40000, cpu);
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+}
+
+/// IPv4: SYN not cached, ACK cached.
+#[test]
+fn ipv4_flow_cache_follows_the_handshake() {
+    handshake_caches_the_flow("ipv4_flow_cache_handshake", VIP4.into(), Pkt::tcp4);
+}
+
+/// IPv6: SYN not cached, ACK cached (under the 40-byte key).
+#[test]
+fn ipv6_flow_cache_follows_the_handshake() {
+    handshake_caches_the_flow("ipv6_flow_cache_handshake", VIP6.into(), Pkt::tcp6);
+}
+
+/// A packet of a cached flow that does not change its state is forwarded
+/// from the cache alone: with the flow deleted from the table, data on it
+/// still goes to its backend, and the table stays without it (no lookup
+/// miss that schedules it again, no write); the cache entry and the
+/// connection counts are left as they were; the statistics count it.
+#[test]
+fn flow_cache_hit_bypasses_the_table() {
+    let name = "flow_cache_hit";
+    if !privileged(name) {
+        return;
+    }
+    let cpu = pin_to_one_cpu(name);
+    let vip = IpAddr::from(VIP4);
+    within_one_period(name, |attempt| {
+        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+        let sport = 41000 + attempt;
+        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+        let ack = Pkt::tcp4(sport, TCP_ACK);
+        assert!(
+            case.dp.maps.remove_flow(&ack.flow_key()),
+            "{name}: deleting the flow from the table"
+        );
+        assert_eq!(case.flow(&ack), None, "{name}: flow deleted");
+        let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"from the cache");
+        let frame = data.build();
+        let sent = case.run_counted("data", &frame);
+        if current_period() != cached.stamp {
+            return None;
+        }
+        case.check(
+            "data",
+            &frame,
+            Expect::Tx(data.forwarded(SERVICE_ID, 0)),
+            sent,
+        );
+        assert_eq!(
+            case.flow(&data),
+            None,
+            "{}: flow back in the table",
+            case.name
+        );
+        assert_eq!(case.flow_count(), 0, "{}: flows", case.name);
+        assert_eq!(
+            case.cache_entries(&frame)[cpu],
+            cached,
+            "{}: the cache entry changed",
+            case.name
+        );
+        case.expect_conns("data", SERVICE_ID, 0, 1, 0);
+        case.expect_conns("data", SERVICE_ID, 1, 0, 0);
+        assert_eq!(
+            case.backend_stats(SERVICE_ID, 0).packets,
+            3,
+            "{}: slot 0 packets",
+            case.name
+        );
+        assert_eq!(
+            case.service_stats(SERVICE_ID).new_conns,
+            1,
+            "{}: service new_conns",
+            case.name
+        );
+        Some(())
+    });
+}
+
+/// A SYN (without ACK) never probes the cache, even for a cached flow whose
+/// state it would not change (a SYN on an established flow): with the flow
+/// cached and deleted from the table, a SYN opens it again in the table, on
+/// the least loaded backend.
+#[test]
+fn flow_cache_is_not_probed_by_syns() {
+    let name = "flow_cache_syn";
+    if !privileged(name) {
+        return;
+    }
+    let cpu = pin_to_one_cpu(name);
+    let vip = IpAddr::from(VIP4);
+    within_one_period(name, |attempt| {
+        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+        let sport = 42000 + attempt;
+        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+        let syn = Pkt::tcp4(sport, TCP_SYN);
+        assert!(
+            case.dp.maps.remove_flow(&syn.flow_key()),
+            "{name}: deleting the flow from the table"
+        );
+        let frame = syn.build();
+        let sent = case.run_counted("SYN again", &frame);
+        if current_period() != cached.stamp {
+            return None;
+        }
+        // Slot 0 still counts the deleted flow as active: slot 1 is chosen.
+        case.check(
+            "SYN again",
+            &frame,
+            Expect::Tx(syn.forwarded(SERVICE_ID, 1)),
+            sent,
+        );
+        case.expect_flow("SYN again", &syn, SERVICE_ID, 1, STATE_SYN_RECV);
+        case.expect_conns("SYN again", SERVICE_ID, 1, 0, 1);
+        assert_eq!(
+            case.service_stats(SERVICE_ID).new_conns,
+            2,
+            "{}: service new_conns",
+            case.name
+        );
+        Some(())
+    });
+}
+
+/// A packet that changes the state of a cached flow goes through the table:
+/// FIN moves the table's flow to FIN_WAIT and its backend's count from
+/// active to inactive, RST then to CLOSE; the cache follows each time.
+#[test]
+fn flow_cache_state_changes_go_through_the_table() {
+    let name = "flow_cache_state_change";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let cpu = pin_to_one_cpu(name);
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
+    let cached = case.open_cached(Pkt::tcp4, 40000, cpu);
+    let mut stamp = cached.stamp;
+    for (label, flags, state) in [
+        ("FIN", TCP_FIN | TCP_ACK, STATE_FIN_WAIT),
+        ("RST", TCP_RST, STATE_CLOSE),
+    ] {
+        let pkt = Pkt::tcp4(40000, flags);
+        let start = current_period();
+        case.forward(label, &pkt, SERVICE_ID, 0);
+        let end = current_period();
+        case.expect_flow(label, &pkt, SERVICE_ID, 0, state);
+        case.expect_conns(label, SERVICE_ID, 0, 0, 1);
+        case.expect_conns(label, SERVICE_ID, 1, 0, 0);
+        let entry = case.expect_cached(label, &pkt, cpu, (SERVICE_ID, 0, state), start..=end);
+        assert!(
+            entry.stamp >= stamp,
+            "{name}/{label}: cache stamp went back"
+        );
+        stamp = entry.stamp;
+    }
+}
+
+/// A cached flow whose backend slot was emptied (`lb backend remove
+/// --reschedule`) is not forwarded from the cache: its next packet is
+/// scheduled again, on the remaining backend, and the table follows; the
+/// packet after that caches the new slot.
+#[test]
+fn flow_cache_skips_emptied_slots() {
+    let name = "flow_cache_emptied_slot";
+    if !privileged(name) {
+        return;
+    }
+    let cpu = pin_to_one_cpu(name);
+    let vip = IpAddr::from(VIP4);
+    let removed = Real {
+        weight: 0,
+        state: BACKEND_STATE_EMPTY,
+    };
+    within_one_period(name, |attempt| {
+        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+        let sport = 43000 + attempt;
+        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+        case.backends(SERVICE_ID, vip, &[removed, up(100)]);
+        let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"after removal");
+        let frame = data.build();
+        let sent = case.run_counted("data after removal", &frame);
+        if current_period() != cached.stamp {
+            return None;
+        }
+        let label = "data after removal";
+        case.check(
+            label,
+            &frame,
+            Expect::Tx(data.forwarded(SERVICE_ID, 1)),
+            sent,
+        );
+        case.expect_flow(label, &data, SERVICE_ID, 1, STATE_ESTABLISHED);
+        case.expect_conns(label, SERVICE_ID, 1, 1, 0);
+        assert_eq!(
+            case.backend_stats(SERVICE_ID, 1).new_conns,
+            1,
+            "{}: slot 1 new_conns",
+            case.name
+        );
+        let more = Pkt::tcp4(sport, TCP_ACK);
+        let start = current_period();
+        case.forward("next ACK", &more, SERVICE_ID, 1);
+        let end = current_period();
+        case.expect_flow("next ACK", &more, SERVICE_ID, 1, STATE_ESTABLISHED);
+        let flow = (SERVICE_ID, 1, STATE_ESTABLISHED);
+        case.expect_cached("next ACK", &more, cpu, flow, start..=end);
+        Some(())
+    });
+}
+
+/// UDP: the first datagram opens the flow in the table only; the second
+/// finds it there and caches it (state UDP).
+#[test]
+fn flow_cache_udp() {
+    let name = "flow_cache_udp";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let cpu = pin_to_one_cpu(name);
+    case.service(SERVICE_ID, VIP4.into(), PROTO_UDP, &[up(1), up(1)]);
+    let first = Pkt::udp4(5353).with_payload(b"query");
+    case.forward("first datagram", &first, SERVICE_ID, 0);
+    case.expect_flow("first datagram", &first, SERVICE_ID, 0, STATE_UDP);
+    case.expect_not_cached("first datagram", &first);
+    let second = Pkt::udp4(5353).with_payload(b"second query");
+    let start = current_period();
+    case.forward("second datagram", &second, SERVICE_ID, 0);
+    let end = current_period();
+    case.expect_flow("second datagram", &second, SERVICE_ID, 0, STATE_UDP);
+    case.expect_conns("second datagram", SERVICE_ID, 0, 0, 1);
+    let flow = (SERVICE_ID, 0, STATE_UDP);
+    case.expect_cached("second datagram", &second, cpu, flow, start..=end);
+}
+
+/// A cached flow goes back to its table once per period: after the period
+/// rolled over, its next packet refreshes the table's last-seen time and
+/// caches the flow again with the new period.
+#[test]
+fn flow_cache_period_refreshes_the_table() {
+    let name = "flow_cache_period";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    let cpu = pin_to_one_cpu(name);
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
+    let cached = case.open_cached(Pkt::tcp4, 40000, cpu);
+    let ack = Pkt::tcp4(40000, TCP_ACK);
+    let seen = case.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+    let start = wait_for_period_after(name, cached.stamp);
+    let data = Pkt::tcp4(40000, TCP_ACK | TCP_PSH).with_payload(b"a period later");
+    case.forward("data", &data, SERVICE_ID, 0);
+    let end = current_period();
+    let now_seen = case.expect_flow("data", &data, SERVICE_ID, 0, STATE_ESTABLISHED);
+    assert!(
+        now_seen > seen,
+        "{name}: last_seen_ns not refreshed ({seen} before, {now_seen} after)"
+    );
+    case.expect_conns("data", SERVICE_ID, 0, 1, 0);
+    let flow = (SERVICE_ID, 0, STATE_ESTABLISHED);
+    let entry = case.expect_cached("data", &data, cpu, flow, start..=end);
+    assert!(
+        entry.stamp > cached.stamp,
+        "{name}: cache stamp {} not past {}",
+        entry.stamp,
+        cached.stamp
+    );
 }
