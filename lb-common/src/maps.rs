@@ -39,10 +39,16 @@ pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
 /// Name of the per-CPU IPv6 flow cache (per-CPU array: hash slot -> [`CachedFlow6`]).
 pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
+/// The data path counts every verdict but `forwarded` here; the control
+/// plane keeps the `forwarded` total of removed services in it.
 pub const VERDICT_STATS_MAP: &str = "VERDICT_STATS";
-/// Name of the per-CPU service counters (array: service id -> [`Counters`]).
+/// Name of the per-CPU service counters (array: service id -> [`Counters`]):
+/// what backends that no longer hold a slot of the service had forwarded,
+/// written by the control plane. A service's totals are this plus its
+/// backends' [`BACKEND_STATS_MAP`] counters.
 pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
-/// Name of the per-CPU backend counters (array: [`backend_index`] -> [`Counters`]).
+/// Name of the per-CPU backend counters (array: [`backend_index`] -> [`Counters`]):
+/// the data path counts every forwarded packet here, once.
 pub const BACKEND_STATS_MAP: &str = "BACKEND_STATS";
 /// Name of the XDP load-balancing program in the object file.
 pub const XDP_PROGRAM: &str = "lb_xdp";
@@ -536,6 +542,19 @@ pub struct Counters {
     pub bytes: u64,
     /// New flows scheduled (IPVS Conns); zero in the verdict counters.
     pub new_conns: u64,
+}
+
+impl core::ops::Add for Counters {
+    type Output = Self;
+
+    /// Field by field (wrapping, as the kernel's counters do).
+    fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_conns: self.new_conns.wrapping_add(other.new_conns),
+        }
+    }
 }
 
 /// Verdict reason: forwarded to a backend with `XDP_TX`.

@@ -27,8 +27,8 @@ use conntrack::{Cached, TableKey};
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
-    MAX_SERVICES, NUM_REASONS, REASON_FORWARDED, REASON_INTERNAL, REASON_NO_SERVICE,
-    SERVICE_PORTS_ENTRIES, Service, ServiceKey, port_bit,
+    MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES, Service,
+    ServiceKey, port_bit,
 };
 use parse::{IpHeader, Packet};
 
@@ -70,15 +70,20 @@ static FLOW_CACHE4: PerCpuArray<CachedFlow4, { FLOW_CACHE_ENTRIES as usize }> = 
 #[btf_map]
 static FLOW_CACHE6: PerCpuArray<CachedFlow6, { FLOW_CACHE_ENTRIES as usize }> = PerCpuArray::new();
 
-/// Per-CPU packet/byte counters per verdict reason (`REASON_*`).
+/// Per-CPU packet/byte counters per verdict reason (`REASON_*`), for every
+/// frame that is not forwarded. The control plane keeps the `forwarded`
+/// total of removed services under `REASON_FORWARDED`.
 #[btf_map]
 static VERDICT_STATS: PerCpuArray<Counters, { NUM_REASONS as usize }> = PerCpuArray::new();
 
-/// Per-CPU counters per service id.
+/// Per-CPU counters per service id: what backends that no longer hold a
+/// slot of the service had forwarded. Written by the control plane only
+/// (the data path counts per backend).
 #[btf_map]
 static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
-/// Per-CPU counters per backend (`lb_common::backend_index`).
+/// Per-CPU counters per backend (`lb_common::backend_index`): every
+/// forwarded frame, once.
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize }> =
     PerCpuArray::new();
@@ -100,7 +105,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     // DR rewrites MAC addresses only, so the length is the same before and after.
     let l3_len = parse::l3_len(&ctx);
     let (action, reason) = match balance(&ctx, l3_len) {
-        Verdict::Tx => (xdp_action::XDP_TX, REASON_FORWARDED),
+        // Counted for its backend by `balance_flow`.
+        Verdict::Tx => return xdp_action::XDP_TX,
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
     };

@@ -1,9 +1,12 @@
-//! Per-CPU counters: per verdict reason, per service and per backend.
-//! Per-CPU values need no atomics; the control plane sums the CPUs.
+//! Per-CPU counters: a forwarded frame is counted once, for its backend; any
+//! other frame under its verdict reason. Per-CPU values need no atomics; the
+//! control plane sums the CPUs, and adds a service's backends up into the
+//! service's totals and all services into the `forwarded` verdict (two
+//! counter updates fewer per forwarded frame).
 
 use lb_common::{Counters, backend_index};
 
-use crate::{BACKEND_STATS, SERVICE_STATS, VERDICT_STATS, conntrack::Binding};
+use crate::{BACKEND_STATS, VERDICT_STATS, conntrack::Binding};
 
 #[inline(always)]
 fn add(counters: Option<*mut Counters>, bytes: u64, new_flow: bool) {
@@ -25,14 +28,9 @@ pub fn count_verdict(reason: u32, l3_len: u64) {
     add(VERDICT_STATS.get_ptr_mut(reason), l3_len, false);
 }
 
-/// Counts one forwarded frame for its service and backend.
+/// Counts one forwarded frame for its backend.
 #[inline(always)]
 pub fn count_forwarded(service_id: u32, binding: Binding, l3_len: u64) {
-    add(
-        SERVICE_STATS.get_ptr_mut(service_id),
-        l3_len,
-        binding.new_flow,
-    );
     add(
         BACKEND_STATS.get_ptr_mut(backend_index(service_id, binding.slot)),
         l3_len,

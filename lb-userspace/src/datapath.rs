@@ -28,9 +28,9 @@ use aya_obj::programs::XdpAttachType;
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FAMILY_IPV4,
-    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, MAX_BACKENDS, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, XDP_PROGRAM,
-    backend_index, port_bit,
+    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS,
+    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
+    VERDICT_STATS_MAP, XDP_PROGRAM, backend_index, port_bit,
 };
 
 use crate::stats::protocol_name;
@@ -211,17 +211,88 @@ impl Maps {
             .fold(0, |bits, k| bits | port_bit(k.proto));
         self.service_ports.set(port, bits, 0)?;
         self.backend_conns.set(id, BackendConnSet::default(), 0)?;
+        // What the service forwarded stays in the `forwarded` verdict total.
+        fold_counters(
+            &self.service_stats,
+            id,
+            &mut self.verdict_stats,
+            REASON_FORWARDED,
+        )?;
         zero_counters(&mut self.service_stats, id)?;
         for slot in 0..MAX_BACKENDS as u32 {
-            zero_counters(&mut self.backend_stats, backend_index(id, slot))?;
+            let index = backend_index(id, slot);
+            fold_counters(
+                &self.backend_stats,
+                index,
+                &mut self.verdict_stats,
+                REASON_FORWARDED,
+            )?;
+            zero_counters(&mut self.backend_stats, index)?;
         }
         Ok(())
     }
 
     /// Zeroes the counters of backend `slot` of service `id` (a new backend
-    /// takes the slot).
+    /// takes the slot), keeping what it forwarded in the service's totals.
     pub fn reset_backend_stats(&mut self, id: u32, slot: u32) -> anyhow::Result<()> {
-        zero_counters(&mut self.backend_stats, backend_index(id, slot))
+        let index = backend_index(id, slot);
+        fold_counters(&self.backend_stats, index, &mut self.service_stats, id)?;
+        zero_counters(&mut self.backend_stats, index)
+    }
+
+    /// Counters of service `id` (IPVS Conns, InPkts, InBytes), summed over
+    /// CPUs: what its backends forwarded, including backends whose slots
+    /// were given to others since.
+    ///
+    /// The data path counts each forwarded packet once, per backend
+    /// (`BACKEND_STATS`); `SERVICE_STATS` holds only what earlier backends
+    /// of the service forwarded ([`Maps::reset_backend_stats`] moves it there).
+    pub fn service_counters(&self, id: u32) -> anyhow::Result<Counters> {
+        let mut total = Self::counters(&self.service_stats, id)?;
+        for slot in 0..MAX_BACKENDS as u32 {
+            total = total + Self::counters(&self.backend_stats, backend_index(id, slot))?;
+        }
+        Ok(total)
+    }
+
+    /// The sum of [`Maps::service_counters`] over every installed service.
+    /// A service entry with an id past the maps (never written by `lb`; the
+    /// data path drops its packets as `drop_internal`) forwarded nothing.
+    pub fn forwarded_by_services(&self) -> anyhow::Result<Counters> {
+        let mut total = Counters::default();
+        for entry in self.services.iter() {
+            let (_, service) = entry?;
+            if service.id < MAX_SERVICES {
+                total = total + self.service_counters(service.id)?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Counters per verdict reason (`REASON_*`), summed over CPUs.
+    ///
+    /// The data path does not count forwarded packets under a verdict (they
+    /// are counted per backend); `forwarded` is `forwarded_by_services` (see
+    /// [`Maps::forwarded_by_services`]) plus what removed services had
+    /// forwarded, which [`Maps::remove_service`] keeps in `VERDICT_STATS`.
+    /// Verdict counters count no connections.
+    pub fn verdict_counters(
+        &self,
+        forwarded_by_services: Counters,
+    ) -> anyhow::Result<Vec<Counters>> {
+        (0..NUM_REASONS)
+            .map(|reason| {
+                let counted = Self::counters(&self.verdict_stats, reason)?;
+                Ok(if reason == REASON_FORWARDED {
+                    Counters {
+                        new_conns: 0,
+                        ..counted + forwarded_by_services
+                    }
+                } else {
+                    counted
+                })
+            })
+            .collect()
     }
 
     /// Reads every service and its backend set (to adopt a running data path).
@@ -334,6 +405,26 @@ fn describe(key: &FlowKey) -> String {
     let client = SocketAddr::new(key.client(), key.client_port());
     let vip = SocketAddr::new(key.vip(), key.port());
     format!("{} {client} -> {vip}", protocol_name(key.proto()))
+}
+
+/// Adds every CPU's counters at `from` in `from_map` to the same CPU's
+/// counters at `to` in `to_map`. Only the control plane writes `to`.
+fn fold_counters(
+    from_map: &PerCpuArray<MapData, Counters>,
+    from: u32,
+    to_map: &mut PerCpuArray<MapData, Counters>,
+    to: u32,
+) -> anyhow::Result<()> {
+    let add = from_map
+        .get(&from, 0)
+        .with_context(|| format!("reading counters {from}"))?;
+    let into = to_map
+        .get(&to, 0)
+        .with_context(|| format!("reading counters {to}"))?;
+    let sums: Vec<Counters> = into.iter().zip(add.iter()).map(|(a, b)| *a + *b).collect();
+    to_map
+        .set(to, PerCpuValues::try_from(sums)?, 0)
+        .with_context(|| format!("writing counters {to}"))
 }
 
 /// Sets every CPU's counters at `index` to zero.

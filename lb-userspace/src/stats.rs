@@ -10,7 +10,7 @@ use std::{collections::HashMap, fmt::Write as _, io, net::IpAddr, path::PathBuf,
 
 use anyhow::Context as _;
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, NUM_REASONS,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
     PROTO_TCP, PROTO_UDP, backend_index, reason_name,
 };
 use serde::Serialize;
@@ -200,7 +200,7 @@ impl Snapshot {
         let mut services = Vec::new();
         for entry in maps.services.iter() {
             let (key, service) = entry?;
-            let totals = Maps::counters(&maps.service_stats, service.id)?;
+            let totals = maps.service_counters(service.id)?;
             let set = array_get(&maps.backends, service.id)?;
             let conns = array_get(&maps.backend_conns, service.id)?;
             let mut backends = Vec::new();
@@ -243,15 +243,23 @@ impl Snapshot {
             });
         }
         services.sort_by_key(|s| s.id);
-        let mut verdicts = Vec::new();
-        for reason in 0..NUM_REASONS {
-            let c = Maps::counters(&maps.verdict_stats, reason)?;
-            verdicts.push(VerdictStats {
+        let forwarded = services.iter().fold(Counters::default(), |sum, s| {
+            sum + Counters {
+                packets: s.in_pkts,
+                bytes: s.in_bytes,
+                new_conns: s.conns,
+            }
+        });
+        let verdicts = maps
+            .verdict_counters(forwarded)?
+            .into_iter()
+            .zip(0..)
+            .map(|(c, reason)| VerdictStats {
                 reason: reason_name(reason),
                 packets: c.packets,
                 bytes: c.bytes,
-            });
-        }
+            })
+            .collect();
         Ok(Self {
             services,
             verdicts,
