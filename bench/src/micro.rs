@@ -46,7 +46,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
-    maps::MapInfo,
+    maps::{IterableMap as _, MapInfo},
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
 use lb::datapath::{Attachment, Datapath, FlowCapacity, array_get, backend_entry, service_key};
@@ -738,8 +738,11 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
         .info()?
         .map_ids()?
         .ok_or_else(|| anyhow!("the kernel does not list the program's maps"))?;
+    // SERVICE_STATS is written by the control plane only, so the program
+    // does not reference it.
+    let control_plane_only = dp.maps.service_stats.map().info()?.id();
     let mut maps = Vec::new();
-    for id in ids {
+    for id in ids.into_iter().chain([control_plane_only]) {
         let info = MapInfo::from_id(id)?;
         let fd = info.fd()?;
         maps.push(MapMemory {
