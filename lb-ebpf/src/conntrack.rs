@@ -65,105 +65,69 @@ pub fn cache_period() -> u64 {
     (unsafe { bpf_jiffies64() }) >> FLOW_CACHE_PERIOD_SHIFT
 }
 
-impl TableKey for FlowKey4 {
-    #[inline(always)]
-    fn lookup(&self) -> Option<*mut Flow> {
-        CONNTRACK4.get_ptr_mut(self)
-    }
-
-    #[inline(always)]
-    fn insert(&self, flow: &Flow) -> Result<(), i32> {
-        CONNTRACK4.insert(self, flow, BPF_ANY)
-    }
-
-    #[inline(always)]
-    fn service_key(&self) -> ServiceKey {
-        FlowKey4::service_key(self)
-    }
-
-    #[inline(always)]
-    fn cached(&self, period: u64) -> Option<Cached> {
-        let words = self.words();
-        // SAFETY: this CPU's own entry; nothing else writes it while we run.
-        let entry = unsafe { &*FLOW_CACHE4.get_ptr_mut(flow_cache_index(&words))? };
-        let key = entry.key.words();
-        (entry.stamp == period && key[0] == words[0] && key[1] == words[1]).then_some(Cached {
-            service_id: u32::from(entry.service_id),
-            slot: u32::from(entry.backend_slot),
-            state: u32::from(entry.state),
-        })
-    }
-
-    #[inline(always)]
-    fn cache(&self, flow: Cached, period: u64) {
-        if let Some(entry) = FLOW_CACHE4.get_ptr_mut(flow_cache_index(&self.words())) {
-            // SAFETY: this CPU's own entry.
-            unsafe {
-                *entry = CachedFlow4 {
-                    key: *self,
-                    service_id: flow.service_id as u16,
-                    backend_slot: flow.slot as u16,
-                    state: flow.state as u16,
-                    _pad: 0,
-                    stamp: period,
-                };
-            }
-        }
-    }
+/// Whether two keys, given as their 64-bit words, are equal (one test of
+/// the OR of the XORs rather than a branch per word).
+#[inline(always)]
+fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+    a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-impl TableKey for FlowKey6 {
-    #[inline(always)]
-    fn lookup(&self) -> Option<*mut Flow> {
-        CONNTRACK6.get_ptr_mut(self)
-    }
+/// Implements [`TableKey`] for the key type of one address family, with its
+/// connection table and flow cache (the two families differ only in types).
+macro_rules! table_key {
+    ($key:ty, $table:ident, $cache:ident, $entry:ident) => {
+        impl TableKey for $key {
+            #[inline(always)]
+            fn lookup(&self) -> Option<*mut Flow> {
+                $table.get_ptr_mut(self)
+            }
 
-    #[inline(always)]
-    fn insert(&self, flow: &Flow) -> Result<(), i32> {
-        CONNTRACK6.insert(self, flow, BPF_ANY)
-    }
+            #[inline(always)]
+            fn insert(&self, flow: &Flow) -> Result<(), i32> {
+                $table.insert(self, flow, BPF_ANY)
+            }
 
-    #[inline(always)]
-    fn service_key(&self) -> ServiceKey {
-        FlowKey6::service_key(self)
-    }
+            #[inline(always)]
+            fn service_key(&self) -> ServiceKey {
+                <$key>::service_key(self)
+            }
 
-    #[inline(always)]
-    fn cached(&self, period: u64) -> Option<Cached> {
-        let words = self.words();
-        // SAFETY: this CPU's own entry; nothing else writes it while we run.
-        let entry = unsafe { &*FLOW_CACHE6.get_ptr_mut(flow_cache_index(&words))? };
-        let key = entry.key.words();
-        let same = (key[0] ^ words[0])
-            | (key[1] ^ words[1])
-            | (key[2] ^ words[2])
-            | (key[3] ^ words[3])
-            | (key[4] ^ words[4])
-            == 0;
-        (entry.stamp == period && same).then_some(Cached {
-            service_id: u32::from(entry.service_id),
-            slot: u32::from(entry.backend_slot),
-            state: u32::from(entry.state),
-        })
-    }
+            #[inline(always)]
+            fn cached(&self, period: u64) -> Option<Cached> {
+                let words = self.words();
+                // SAFETY: this CPU's own entry; nothing else writes it while we run.
+                let entry = unsafe { &*$cache.get_ptr_mut(flow_cache_index(&words))? };
+                (entry.stamp == period && same_words(&entry.key.words(), &words)).then_some(
+                    Cached {
+                        service_id: u32::from(entry.service_id),
+                        slot: u32::from(entry.backend_slot),
+                        state: u32::from(entry.state),
+                    },
+                )
+            }
 
-    #[inline(always)]
-    fn cache(&self, flow: Cached, period: u64) {
-        if let Some(entry) = FLOW_CACHE6.get_ptr_mut(flow_cache_index(&self.words())) {
-            // SAFETY: this CPU's own entry.
-            unsafe {
-                *entry = CachedFlow6 {
-                    key: *self,
-                    service_id: flow.service_id as u16,
-                    backend_slot: flow.slot as u16,
-                    state: flow.state as u16,
-                    _pad: 0,
-                    stamp: period,
-                };
+            #[inline(always)]
+            fn cache(&self, flow: Cached, period: u64) {
+                if let Some(entry) = $cache.get_ptr_mut(flow_cache_index(&self.words())) {
+                    // SAFETY: this CPU's own entry.
+                    unsafe {
+                        *entry = $entry {
+                            key: *self,
+                            service_id: flow.service_id as u16,
+                            backend_slot: flow.slot as u16,
+                            state: flow.state as u16,
+                            _pad: 0,
+                            stamp: period,
+                        };
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+table_key!(FlowKey4, CONNTRACK4, FLOW_CACHE4, CachedFlow4);
+table_key!(FlowKey6, CONNTRACK6, FLOW_CACHE6, CachedFlow6);
 
 /// The backend a packet goes to.
 #[derive(Clone, Copy)]
