@@ -9,6 +9,7 @@ use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
 };
 use plotters::{
+    coord::{Shift, combinators::LogCoord, types::RangedCoordf64},
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
@@ -652,22 +653,13 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     );
     let (same, every) = (curve(&same_rows), curve(&every_rows));
     let y_max = same.iter().chain(&every).map(|p| p.1).fold(1.0, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(&left)
-        .caption(
-            "established TCP/IPv4 vs flows in table (ns, minus empty)",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d((500f64..2_000_000f64).log_scale(), 0f64..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("flows in the connection table")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_desc("ns/packet")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()?;
+    let mut chart = log_chart(
+        &left,
+        "established TCP/IPv4 vs flows in table (ns, minus empty)",
+        500f64..2_000_000f64,
+        "flows in the connection table",
+        y_max,
+    )?;
     // Each per-call point with its path (the curve changes paths).
     chart.draw_series(every_rows.iter().filter_map(|r| {
         Some(Text::new(
@@ -682,30 +674,17 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
                 .pos(Pos::new(HPos::Center, VPos::Bottom)),
         ))
     }))?;
-    for (points, name, colour) in [
-        (same, with_path("same flow (repeat)", &same_rows), OURS),
-        (
-            every,
-            "another flow each packet (per call)".to_owned(),
-            TRIVIAL,
-        ),
-    ] {
-        chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], colour.stroke_width(2)));
-        chart.draw_series(
-            points
-                .into_iter()
-                .map(|p| Circle::new(p, 4, colour.filled())),
-        )?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(
+        &mut chart,
+        [
+            (same, with_path("same flow (repeat)", &same_rows), OURS),
+            (
+                every,
+                "another flow each packet (per call)".to_owned(),
+                TRIVIAL,
+            ),
+        ],
+    )?;
 
     // New flow against backends, in each table size.
     let series = |kind| -> (Vec<(f64, f64)>, String) {
@@ -723,30 +702,66 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     let (large, large_name) = series(Kind::NewFlow);
     let (small, small_name) = series(Kind::NewFlowSmallTable);
     let y_max = large.iter().chain(&small).map(|p| p.1).fold(1.0, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(&right)
-        .caption(
-            "new TCP flow vs backends (ns, minus empty, per call)",
-            ("sans-serif", 16),
-        )
+    let mut chart = log_chart(
+        &right,
+        "new TCP flow vs backends (ns, minus empty, per call)",
+        0.8f64..320f64,
+        "backends in the service",
+        y_max,
+    )?;
+    draw_lines(
+        &mut chart,
+        [
+            (large, format!("{large_name} (never full)"), OURS),
+            (
+                small,
+                format!("{small_name} (evicts; Katran's test regime)"),
+                SMALL_TABLE,
+            ),
+        ],
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// A chart of ns/packet (0 to `y_max`) against a log-scaled `x` range, with
+/// its caption and axis descriptions drawn.
+fn log_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    x_desc: &str,
+    y_max: f64,
+) -> anyhow::Result<LogChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(50)
-        .build_cartesian_2d((0.8f64..320f64).log_scale(), 0f64..y_max)?;
+        .build_cartesian_2d(x.log_scale(), 0f64..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("backends in the service")
+        .x_desc(x_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("ns/packet")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    for (points, name, colour) in [
-        (large, format!("{large_name} (never full)"), OURS),
-        (
-            small,
-            format!("{small_name} (evicts; Katran's test regime)"),
-            SMALL_TABLE,
-        ),
-    ] {
+    Ok(chart)
+}
+
+/// A chart made by [`log_chart`].
+type LogChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<f64>, RangedCoordf64>>;
+
+/// One line of a [`LogChart`]: its points, legend name and colour.
+type Line = (Vec<(f64, f64)>, String, RGBColor);
+
+/// Draws each line with dots at its points, and the legend.
+fn draw_lines<'b: 'a, 'a, const N: usize>(
+    chart: &mut LogChart<'a, 'b>,
+    series: [Line; N],
+) -> anyhow::Result<()> {
+    for (points, name, colour) in series {
         chart
             .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
             .label(name)
@@ -763,6 +778,5 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -41,21 +41,12 @@ pub trait TableKey {
     fn insert(&self, flow: &Flow) -> Result<(), i32>;
     /// The service the flow is addressed to.
     fn service_key(&self) -> ServiceKey;
-    /// This CPU's cached copy of the flow, if it was cached in `period`.
-    fn cached(&self, period: u64) -> Option<Cached>;
-    /// Caches the flow for this CPU in `period`.
-    fn cache(&self, flow: Cached, period: u64);
-}
-
-/// A flow as the flow cache holds it.
-#[derive(Clone, Copy)]
-pub struct Cached {
-    /// Service of the flow.
-    pub service_id: u32,
-    /// Backend slot (bounded when used).
-    pub slot: u32,
-    /// State after the packet that cached it.
-    pub state: u32,
+    /// This CPU's cached copy of the flow, if it was cached in `period`: its
+    /// service id and its binding (slot not yet bounded, state as cached).
+    fn cached(&self, period: u64) -> Option<(u32, Binding)>;
+    /// Caches the flow of service `service_id` bound as `binding` for this
+    /// CPU in `period`.
+    fn cache(&self, service_id: u32, binding: &Binding, period: u64);
 }
 
 /// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
@@ -93,29 +84,30 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn cached(&self, period: u64) -> Option<Cached> {
+            fn cached(&self, period: u64) -> Option<(u32, Binding)> {
                 let words = self.words();
                 // SAFETY: this CPU's own entry; nothing else writes it while we run.
                 let entry = unsafe { &*$cache.get_ptr_mut(flow_cache_index(&words))? };
-                (entry.stamp == period && same_words(&entry.key.words(), &words)).then_some(
-                    Cached {
-                        service_id: u32::from(entry.service_id),
+                (entry.stamp == period && same_words(&entry.key.words(), &words)).then_some((
+                    u32::from(entry.service_id),
+                    Binding {
                         slot: u32::from(entry.backend_slot),
                         state: u32::from(entry.state),
+                        new_flow: false,
                     },
-                )
+                ))
             }
 
             #[inline(always)]
-            fn cache(&self, flow: Cached, period: u64) {
+            fn cache(&self, service_id: u32, binding: &Binding, period: u64) {
                 if let Some(entry) = $cache.get_ptr_mut(flow_cache_index(&self.words())) {
                     // SAFETY: this CPU's own entry.
                     unsafe {
                         *entry = $entry {
                             key: *self,
-                            service_id: flow.service_id as u16,
-                            backend_slot: flow.slot as u16,
-                            state: flow.state as u16,
+                            service_id: service_id as u16,
+                            backend_slot: binding.slot as u16,
+                            state: binding.state as u16,
                             _pad: 0,
                             stamp: period,
                         };
@@ -150,24 +142,24 @@ pub fn cached(
     packet: &Packet,
     period: u64,
 ) -> Option<(u32, &'static BackendSet, Binding)> {
-    let flow = key.cached(period)?;
-    if next_state(packet, flow.state) != flow.state {
+    let (service_id, binding) = key.cached(period)?;
+    if next_state(packet, binding.state) != binding.state {
         return None;
     }
-    let backends = BACKENDS.get(flow.service_id)?;
-    let slot = bounded(flow.slot);
-    if backends.backends[slot as usize].state == BACKEND_STATE_EMPTY {
-        return None;
-    }
-    Some((
-        flow.service_id,
-        backends,
-        Binding {
-            slot,
-            state: flow.state,
-            new_flow: false,
-        },
-    ))
+    let (backends, slot) = backend_in_use(service_id, binding.slot)?;
+    Some((service_id, backends, Binding { slot, ..binding }))
+}
+
+/// The backends of service `service_id` and slot `slot`, bounded for the
+/// verifier, if that slot still holds a backend. An emptied slot (its
+/// backend or service was removed: the control plane empties a service's
+/// backend set before it removes or renumbers the service) gives `None`,
+/// so that its flows are scheduled again.
+#[inline(always)]
+fn backend_in_use(service_id: u32, slot: u32) -> Option<(&'static BackendSet, u32)> {
+    let backends = BACKENDS.get(service_id)?;
+    let slot = bounded(slot);
+    (backends.backends[slot as usize].state != BACKEND_STATE_EMPTY).then_some((backends, slot))
 }
 
 /// Keeps a slot index provably inside the backend arrays for the verifier.
@@ -200,9 +192,7 @@ fn now() -> u64 {
 ///
 /// The flow keeps its backend while the backend exists, even when it is
 /// quiesced or down. `None` for a flow that is not in the table, or whose
-/// backend slot was emptied (its backend or service was removed: the control
-/// plane empties a service's backend set before it removes or renumbers the
-/// service), so that it is scheduled again.
+/// backend slot was emptied (see [`backend_in_use`]).
 #[inline(always)]
 pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
     let flow = key.lookup()?;
@@ -210,11 +200,7 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
     // writer of a given flow while its packets arrive on one RX queue.
     let flow = unsafe { &mut *flow };
     let service_id = u32::from(flow.service_id);
-    let backends = BACKENDS.get(service_id)?;
-    let slot = bounded(u32::from(flow.backend_slot));
-    if backends.backends[slot as usize].state == BACKEND_STATE_EMPTY {
-        return None;
-    }
+    let (backends, slot) = backend_in_use(service_id, u32::from(flow.backend_slot))?;
     let old_state = u32::from(flow.state);
     let state = next_state(packet, old_state);
     if state != old_state {

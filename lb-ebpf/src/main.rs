@@ -23,7 +23,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use conntrack::{Cached, TableKey};
+use conntrack::{Binding, TableKey};
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
@@ -118,10 +118,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// `l3_len` is the frame's length without its Ethernet header.
 ///
 /// Cheapest first: traffic to a port no service uses is passed after one
-/// array lookup, before its addresses are even read; a known flow is
-/// forwarded from the connection table alone (its service and backend slot
-/// are in the flow); only a new flow pays for the service lookup and backend
-/// selection.
+/// array lookup, before its addresses are even read; a flow this CPU
+/// forwarded recently is forwarded from the flow cache; any other known flow
+/// from its connection table (its service and backend slot are in the
+/// flow); only a new flow pays for the service lookup and backend selection.
 #[inline(always)]
 fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
     let packet = match parse::parse(ctx) {
@@ -155,28 +155,10 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     };
     let (service_id, backends, binding) = match hit {
         Some(hit) => hit,
-        None => {
-            let (service_id, backends, binding) = match conntrack::known(key, packet) {
-                Some(known) => known,
-                // A new flow is not cached: its next packet changes its
-                // state (TCP) or finds it in the table (UDP), and caches it then.
-                None => match open(packet, key) {
-                    Ok(opened) => opened,
-                    Err(verdict) => return verdict,
-                },
-            };
-            if !binding.new_flow {
-                key.cache(
-                    Cached {
-                        service_id,
-                        slot: binding.slot,
-                        state: binding.state,
-                    },
-                    period,
-                );
-            }
-            (service_id, backends, binding)
-        }
+        None => match from_table(packet, key, period) {
+            Ok(found) => found,
+            Err(verdict) => return verdict,
+        },
     };
     let backend = &backends.backends[binding.slot as usize];
     if forward::rewrite_macs(ctx, &backend.mac, &backend.nic_mac).is_err() {
@@ -186,13 +168,20 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     Verdict::Tx
 }
 
-/// Schedules the new flow `key` of `packet`: finds its service and picks a
-/// backend.
+/// `packet` of flow `key` without the flow cache: the flow from its table,
+/// then cached for this CPU in `period`; or, for a flow the table does not
+/// have, a new flow. A new flow is not cached: its next packet changes its
+/// state (TCP) or finds it in the table (UDP), and caches it then.
 #[inline(always)]
-fn open(
+fn from_table(
     packet: &Packet,
     key: &impl TableKey,
-) -> Result<(u32, &'static BackendSet, conntrack::Binding), Verdict> {
+    period: u64,
+) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
+    if let Some((service_id, backends, binding)) = conntrack::known(key, packet) {
+        key.cache(service_id, &binding, period);
+        return Ok((service_id, backends, binding));
+    }
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
     let Some(service_id) = (unsafe { SERVICES.get(key.service_key()) }).map(|s| s.id) else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));

@@ -41,18 +41,17 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the trivial `XDP_PASS` program in [`EBPF_OBJECT`].
 const PASS_PROGRAM: &str = "lb_pass";
 
-/// Every map the control plane reads or writes, in pin order.
-pub const MAP_NAMES: [&str; 9] = [
-    SERVICES_MAP,
-    BACKENDS_MAP,
-    BACKEND_CONNS_MAP,
-    CONNTRACK4_MAP,
-    CONNTRACK6_MAP,
-    SERVICE_PORTS_MAP,
-    VERDICT_STATS_MAP,
-    SERVICE_STATS_MAP,
-    BACKEND_STATS_MAP,
-];
+/// Every map the control plane reads or writes, in pin order (the names of
+/// [`MAP_LAYOUT`]).
+pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
+    let mut names = [""; MAP_LAYOUT.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = MAP_LAYOUT[i].0;
+        i += 1;
+    }
+    names
+};
 
 /// Pins that earlier builds of `lb` made and this one no longer does: the
 /// single connection table of both families (`CONNTRACK`), before it was
@@ -508,8 +507,9 @@ const PROGRAM_PIN: &str = "prog_lb_xdp";
 /// Prefix of the pinned XDP links in a pin directory (`link_<interface>`).
 const LINK_PIN_PREFIX: &str = "link_";
 
-/// Key and value sizes of every map, to recognise a pinned data path made by
-/// a build with another map layout before adopting it.
+/// Every map the control plane reads or writes with its key and value
+/// sizes, to recognise a pinned data path made by a build with another map
+/// layout before adopting it.
 const MAP_LAYOUT: [(&str, usize, usize); 9] = [
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),

@@ -2895,6 +2895,29 @@ fn within_one_period<T>(case: &str, mut attempt: impl FnMut(u16) -> Option<T>) -
     panic!("{case}: the cache period rolled over during each of {PERIOD_ATTEMPTS} attempts")
 }
 
+/// Runs `body` until it returns `Some` (see [`within_one_period`]), each
+/// attempt on a fresh case: a two-backend TCP service on the IPv4 VIP and an
+/// established flow from client port `sport_base + attempt`, cached on this
+/// CPU on slot 0. `body` gets the case, the cache entry, the client port and
+/// the CPU.
+fn with_cached_flow(
+    name: &str,
+    sport_base: u16,
+    mut body: impl FnMut(&mut Case, RawCached, u16, usize) -> Option<()>,
+) {
+    if !privileged(name) {
+        return;
+    }
+    let cpu = pin_to_one_cpu(name);
+    within_one_period(name, |attempt| {
+        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
+        let sport = sport_base + attempt;
+        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+        body(&mut case, cached, sport, cpu)
+    });
+}
+
 impl Case {
     /// The flow-cache entries, one per possible CPU, at the index of the
     /// flow of the plain IPv4 or IPv6 `frame`.
@@ -2991,6 +3014,13 @@ impl Case {
         entry
     }
 
+    /// Runs `frame` like [`Case::run_counted`] if the flow-cache period is
+    /// still `stamp` afterwards; `None` when it rolled over meanwhile.
+    fn run_in_period(&self, label: &str, frame: &[u8], stamp: u64) -> Option<Sent> {
+        let sent = self.run_counted(label, frame);
+        (current_period() == stamp).then_some(sent)
+    }
+
     /// Opens a TCP flow from client port `sport` of service
     /// [`SERVICE_ID`] (whose slot 0 is the least loaded) and caches it: the
     /// SYN opens it in the table (SYN_RECV) and leaves it out of the cache;
@@ -3046,16 +3076,7 @@ fn ipv6_flow_cache_follows_the_handshake() {
 #[test]
 fn flow_cache_hit_bypasses_the_table() {
     let name = "flow_cache_hit";
-    if !privileged(name) {
-        return;
-    }
-    let cpu = pin_to_one_cpu(name);
-    let vip = IpAddr::from(VIP4);
-    within_one_period(name, |attempt| {
-        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
-        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
-        let sport = 41000 + attempt;
-        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+    with_cached_flow(name, 41000, |case, cached, sport, cpu| {
         let ack = Pkt::tcp4(sport, TCP_ACK);
         assert!(
             case.dp.maps.remove_flow(&ack.flow_key()),
@@ -3064,10 +3085,7 @@ fn flow_cache_hit_bypasses_the_table() {
         assert_eq!(case.flow(&ack), None, "{name}: flow deleted");
         let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"from the cache");
         let frame = data.build();
-        let sent = case.run_counted("data", &frame);
-        if current_period() != cached.stamp {
-            return None;
-        }
+        let sent = case.run_in_period("data", &frame, cached.stamp)?;
         case.check(
             "data",
             &frame,
@@ -3112,26 +3130,14 @@ fn flow_cache_hit_bypasses_the_table() {
 #[test]
 fn flow_cache_is_not_probed_by_syns() {
     let name = "flow_cache_syn";
-    if !privileged(name) {
-        return;
-    }
-    let cpu = pin_to_one_cpu(name);
-    let vip = IpAddr::from(VIP4);
-    within_one_period(name, |attempt| {
-        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
-        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
-        let sport = 42000 + attempt;
-        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+    with_cached_flow(name, 42000, |case, cached, sport, _| {
         let syn = Pkt::tcp4(sport, TCP_SYN);
         assert!(
             case.dp.maps.remove_flow(&syn.flow_key()),
             "{name}: deleting the flow from the table"
         );
         let frame = syn.build();
-        let sent = case.run_counted("SYN again", &frame);
-        if current_period() != cached.stamp {
-            return None;
-        }
+        let sent = case.run_in_period("SYN again", &frame, cached.stamp)?;
         // Slot 0 still counts the deleted flow as active: slot 1 is chosen.
         case.check(
             "SYN again",
@@ -3191,28 +3197,16 @@ fn flow_cache_state_changes_go_through_the_table() {
 #[test]
 fn flow_cache_skips_emptied_slots() {
     let name = "flow_cache_emptied_slot";
-    if !privileged(name) {
-        return;
-    }
-    let cpu = pin_to_one_cpu(name);
-    let vip = IpAddr::from(VIP4);
     let removed = Real {
         weight: 0,
         state: BACKEND_STATE_EMPTY,
     };
-    within_one_period(name, |attempt| {
-        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
-        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
-        let sport = 43000 + attempt;
-        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
-        case.backends(SERVICE_ID, vip, &[removed, up(100)]);
+    with_cached_flow(name, 43000, |case, cached, sport, cpu| {
+        case.backends(SERVICE_ID, VIP4.into(), &[removed, up(100)]);
         let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"after removal");
         let frame = data.build();
-        let sent = case.run_counted("data after removal", &frame);
-        if current_period() != cached.stamp {
-            return None;
-        }
         let label = "data after removal";
+        let sent = case.run_in_period(label, &frame, cached.stamp)?;
         case.check(
             label,
             &frame,
