@@ -5,6 +5,7 @@
 //! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
+//! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
 //! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
 //! | [`FLOW_CACHE4_MAP`] | per-CPU array | hash slot -> [`CachedFlow4`] |
@@ -24,6 +25,11 @@ pub const BACKENDS_MAP: &str = "BACKENDS";
 /// The XDP program adjusts them atomically; the control plane's sweeper overwrites
 /// them with the counts it finds in the connection table.
 pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
+/// Name of the scheduler's tournament trees (array: service id -> [`LoadTree`]):
+/// which backend of each service gets the next new flow. The XDP program
+/// repairs a backend's path whenever its counters change; the control plane
+/// rebuilds a service's tree whenever it writes its backends or counters.
+pub const WLC_TREE_MAP: &str = "WLC_TREE";
 /// Name of the IPv4 connection table (LRU hash: [`FlowKey4`] -> [`Flow`]),
 /// written by XDP, expired by the control plane.
 pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
@@ -98,7 +104,8 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Service {
-    /// Index of this service in [`BACKENDS_MAP`], [`BACKEND_CONNS_MAP`] and the stats maps.
+    /// Index of this service in [`BACKENDS_MAP`], [`BACKEND_CONNS_MAP`],
+    /// [`WLC_TREE_MAP`] and the stats maps.
     pub id: u32,
     /// Reserved for service flags (persistence, port ranges); zero today.
     pub flags: u32,
@@ -133,32 +140,12 @@ pub struct Backend {
     pub state: u32,
 }
 
-/// One backend that may take new flows, in [`BackendSet::schedule`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Candidate {
-    /// The backend's WLC weight (above zero).
-    pub weight: u32,
-    /// The backend's slot.
-    pub slot: u32,
-}
-
 /// Value of [`BACKENDS_MAP`]: all backends of one service.
-///
-/// Besides the backends by slot it holds the scheduler's view: the backends
-/// that are up with a weight above zero, densely packed in slot order, so
-/// that choosing a backend for a new flow reads 8 bytes per candidate rather
-/// than every slot's 40. [`BackendSet::refresh_schedule`] rebuilds it; the
-/// control plane calls it before every write.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSet {
     /// Number of slots in use: backends live in `backends[..len]`.
     pub len: u32,
-    /// Number of entries in use in `schedule`.
-    pub schedule_len: u32,
-    /// The backends that may take new flows (up, weight > 0), in slot order.
-    pub schedule: [Candidate; MAX_BACKENDS],
     /// Backend slots; a slot keeps its index for the life of the backend, so
     /// flows in the connection table stay bound to it.
     pub backends: [Backend; MAX_BACKENDS],
@@ -168,29 +155,26 @@ impl Default for BackendSet {
     fn default() -> Self {
         Self {
             len: 0,
-            schedule_len: 0,
-            schedule: [Candidate::default(); MAX_BACKENDS],
             backends: [Backend::default(); MAX_BACKENDS],
         }
     }
 }
 
 impl BackendSet {
-    /// Rebuilds `schedule` from `backends[..len]`: every backend that is up
-    /// with a weight above zero, in slot order.
-    pub fn refresh_schedule(&mut self) {
-        let mut n = 0;
-        for (slot, backend) in self.backends.iter().enumerate().take(self.len as usize) {
-            if backend.state == BACKEND_STATE_UP && backend.weight > 0 {
-                self.schedule[n] = Candidate {
-                    weight: backend.weight,
-                    slot: slot as u32,
-                };
-                n += 1;
-            }
+    /// The weight with which the backend in `slot` competes for new flows:
+    /// its weight if it is in use (below `len`) and up, otherwise 0 (it takes
+    /// no new flows).
+    #[inline(always)]
+    pub fn scheduling_weight(&self, slot: u32) -> u32 {
+        if slot >= self.len {
+            return 0;
         }
-        self.schedule[n..].fill(Candidate::default());
-        self.schedule_len = n as u32;
+        let backend = &self.backends[slot as usize & (MAX_BACKENDS - 1)];
+        if backend.state == BACKEND_STATE_UP {
+            backend.weight
+        } else {
+            0
+        }
     }
 }
 
@@ -216,6 +200,30 @@ impl Default for BackendConnSet {
     fn default() -> Self {
         Self {
             conns: [BackendConns::default(); MAX_BACKENDS],
+        }
+    }
+}
+
+/// Value of [`WLC_TREE_MAP`]: a tournament tree over the backend slots of
+/// one service, for weighted least-connection in O(log n) (see
+/// [`crate::wlc`]).
+///
+/// A complete binary tree in heap order: node 1 is the root, node `n` has
+/// the children `2n` and `2n + 1`, and the leaves `MAX_BACKENDS + slot` are
+/// the slots themselves (not stored). Each stored node holds the winner of
+/// its subtree, the least-loaded backend that may take new flows, as
+/// `slot + 1`; 0 means none (so a zeroed tree schedules nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadTree {
+    /// Winner of each node (`slot + 1`, or 0); entry 0 is unused.
+    pub winners: [u16; MAX_BACKENDS],
+}
+
+impl Default for LoadTree {
+    fn default() -> Self {
+        Self {
+            winners: [0; MAX_BACKENDS],
         }
     }
 }
@@ -608,8 +616,8 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<Service>() == 8);
     assert!(size_of::<Backend>() == 40);
-    assert!(size_of::<Candidate>() == 8);
-    assert!(size_of::<BackendSet>() == 8 + (8 + 40) * MAX_BACKENDS);
+    assert!(size_of::<BackendSet>() == 4 + 40 * MAX_BACKENDS);
+    assert!(size_of::<LoadTree>() == 2 * MAX_BACKENDS);
     assert!(size_of::<BackendConns>() == 16);
     assert!(size_of::<BackendConnSet>() == 16 * MAX_BACKENDS);
     assert!(size_of::<FlowKey4>() == 16);
@@ -633,6 +641,7 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for BackendSet {}
     unsafe impl aya::Pod for BackendConnSet {}
+    unsafe impl aya::Pod for LoadTree {}
     unsafe impl aya::Pod for FlowKey4 {}
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CachedFlow4 {}
@@ -670,11 +679,7 @@ mod tests {
         assert_eq!(offset_of!(Backend, weight), 32);
         assert_eq!(offset_of!(Backend, state), 36);
         assert_eq!(offset_of!(BackendSet, len), 0);
-        assert_eq!(offset_of!(BackendSet, schedule_len), 4);
-        assert_eq!(offset_of!(BackendSet, schedule), 8);
-        assert_eq!(offset_of!(BackendSet, backends), 8 + 8 * MAX_BACKENDS);
-        assert_eq!(offset_of!(Candidate, weight), 0);
-        assert_eq!(offset_of!(Candidate, slot), 4);
+        assert_eq!(offset_of!(BackendSet, backends), 4);
     }
 
     #[test]
@@ -783,7 +788,7 @@ mod tests {
     }
 
     #[test]
-    fn schedule_lists_backends_that_may_take_flows() {
+    fn only_up_backends_with_weight_compete_for_new_flows() {
         let mut set = BackendSet::default();
         let states = [
             (BACKEND_STATE_UP, 100),
@@ -801,23 +806,12 @@ mod tests {
             };
         }
         set.len = states.len() as u32;
-        // A stale entry past the new end must be cleared.
-        set.schedule[3] = Candidate { weight: 9, slot: 9 };
-        set.refresh_schedule();
-        assert_eq!(set.schedule_len, 2);
-        assert_eq!(
-            set.schedule[0],
-            Candidate {
-                weight: 100,
-                slot: 0
-            }
-        );
-        assert_eq!(set.schedule[1], Candidate { weight: 7, slot: 5 });
-        assert!(set.schedule[2..].iter().all(|c| *c == Candidate::default()));
-        // Slots past `len` are not scheduled even if they hold a backend.
+        let weights: [u32; 7] = core::array::from_fn(|slot| set.scheduling_weight(slot as u32));
+        assert_eq!(weights, [100, 0, 0, 0, 0, 7, 0]);
+        // Slots past `len` take no flows even if they hold a backend.
         set.len = 1;
-        set.refresh_schedule();
-        assert_eq!(set.schedule_len, 1);
+        assert_eq!(set.scheduling_weight(5), 0);
+        assert_eq!(set.scheduling_weight(u32::MAX), 0);
     }
 
     #[test]

@@ -1,19 +1,39 @@
-//! Weighted least-connection selection, exactly as IPVS's `wlc` scheduler.
+//! Weighted least-connection selection, with IPVS's `wlc` rule, in
+//! O(log n) per new flow.
 //!
 //! For every backend that is up and has weight > 0,
 //! `overhead = active * 256 + inactive`; the chosen backend minimises
 //! `overhead / weight`, compared without division
 //! (`overhead_a * weight_b < overhead_b * weight_a`); ties go to the lower slot.
 //!
-//! This is the code the XDP program runs for every new flow. It walks the
-//! service's [`BackendSet::schedule`] (the backends that are up with a weight
-//! above zero, packed 8 bytes each) rather than every slot, and is written
-//! for the verifier: one bounded loop over a fixed-size array, and the winner
-//! is recorded by the slot number *loaded from the map value* rather than by
-//! the loop index, which keeps the verifier's explored states (and so its
-//! instruction budget) small for 256 backends.
+//! IPVS scans every backend for each new connection. Here each service keeps
+//! a tournament tree ([`LoadTree`]) whose root names that backend, so a new
+//! flow reads the root ([`select`]) and, once the chosen backend's counters
+//! change, replays the matches on that backend's path to the root
+//! ([`repair`]): 8 matches for any number of backends. The XDP program
+//! repairs the path of every backend whose counters it changes (a new flow,
+//! a TCP state change); the control plane rebuilds the whole tree
+//! ([`rebuild`]) whenever it writes a service's backends or counters. Every
+//! match reads the live weights and counters, so the root is exactly the
+//! backend a full scan would pick (ties to the lower slot, as the scan).
+//!
+//! Several CPUs may repair overlapping paths at once. A match that read a
+//! child just before another CPU rewrote it leaves a winner that is not the
+//! least loaded in its subtree, until the next repair through that node or
+//! the control plane's next rebuild (every sweep); a backend that no longer
+//! takes flows never wins a match, whatever the tree says.
 
-use crate::{BackendConnSet, BackendSet, MAX_BACKENDS};
+use crate::{BackendConnSet, BackendSet, LoadTree, MAX_BACKENDS};
+
+/// Levels of matches from a leaf to the root: `log2(MAX_BACKENDS)`.
+pub const TREE_LEVELS: u32 = MAX_BACKENDS.trailing_zeros();
+
+/// Keeps a slot or node index provably inside a `MAX_BACKENDS` array for the
+/// verifier.
+#[inline(always)]
+const fn bounded(index: u32) -> usize {
+    index as usize & (MAX_BACKENDS - 1)
+}
 
 /// The largest connection count the scheduler distinguishes. Real counts are
 /// bounded by the connection table's size (far below 2^32), and this bound
@@ -26,11 +46,7 @@ pub const MAX_COUNTED_CONNS: u64 = u32::MAX as u64;
 /// so a decrement racing a reset can leave a transiently wrapped ("negative")
 /// value; it reads as `MAX_COUNTED_CONNS`, so that backend gets no new flows
 /// until the next sweep rewrites its counts from the connection table.
-///
-/// A single mask on purpose: any branch or select here (even a sign test)
-/// leaves a different known constant in a register on some path of every
-/// loop iteration, and the verifier can then no longer prune states over
-/// 256 backends.
+/// A single mask, with no branch, keeps each match short.
 #[inline(always)]
 const fn counted(raw: u64) -> u64 {
     raw & MAX_COUNTED_CONNS
@@ -42,36 +58,81 @@ pub const fn overhead(active: u64, inactive: u64) -> u64 {
     counted(active) * 256 + counted(inactive)
 }
 
+/// A tree entry (`slot + 1`, or 0 for none) with the weight it competes
+/// with: 0 for none and for a backend that may not take new flows.
+#[inline(always)]
+fn entry_weight(set: &BackendSet, entry: u32) -> u64 {
+    u64::from(set.scheduling_weight(entry.wrapping_sub(1)))
+}
+
+/// The overhead of a tree entry's backend (the entry names a slot).
+#[inline(always)]
+fn entry_overhead(conns: &BackendConnSet, entry: u32) -> u64 {
+    let c = &conns.conns[bounded(entry.wrapping_sub(1))];
+    overhead(c.active, c.inactive)
+}
+
+/// One match: the better of two tree entries, `left` holding the lower
+/// slots. A side that may not take flows loses; otherwise `right` wins only
+/// with a strictly lower `overhead / weight`.
+#[inline(always)]
+fn better(set: &BackendSet, conns: &BackendConnSet, left: u32, right: u32) -> u32 {
+    let left_weight = entry_weight(set, left);
+    let right_weight = entry_weight(set, right);
+    if right_weight == 0 {
+        return if left_weight == 0 { 0 } else { left };
+    }
+    if left_weight == 0
+        || entry_overhead(conns, right) * left_weight < entry_overhead(conns, left) * right_weight
+    {
+        right
+    } else {
+        left
+    }
+}
+
+/// The match at `node`, from the winners of its two children (for a node
+/// just above the leaves, the two slots themselves).
+#[inline(always)]
+fn play(tree: &LoadTree, set: &BackendSet, conns: &BackendConnSet, node: u32) -> u16 {
+    let (left, right) = if node >= MAX_BACKENDS as u32 / 2 {
+        // Children are the leaves of slots 2 * node - MAX_BACKENDS and the next.
+        let left = 2 * node - MAX_BACKENDS as u32 + 1;
+        (left, left + 1)
+    } else {
+        (
+            u32::from(tree.winners[bounded(2 * node)]),
+            u32::from(tree.winners[bounded(2 * node + 1)]),
+        )
+    };
+    better(set, conns, left, right) as u16
+}
+
 /// The slot of the backend that gets the next new flow, or `None` when no
 /// backend is up with a weight above zero.
 #[inline(always)]
-pub fn select(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
-    let mut best_slot = 0u32;
-    let mut best_overhead = 0u64;
-    // 0 = no candidate yet (a candidate always has weight > 0).
-    let mut best_weight = 0u64;
-    // One condition per candidate and no `continue`: with a skip branch LLVM
-    // splits the loop in two, and the inner loop's base index becomes a
-    // per-path constant that defeats the verifier's state pruning.
-    for i in 0..MAX_BACKENDS {
-        if i as u32 >= set.schedule_len {
-            break;
-        }
-        let candidate = &set.schedule[i];
-        let slot = candidate.slot & (MAX_BACKENDS as u32 - 1);
-        let c = &conns.conns[slot as usize];
-        let weight = candidate.weight as u64;
-        let load = overhead(c.active, c.inactive);
-        if best_weight == 0 || load * best_weight < best_overhead * weight {
-            best_slot = slot;
-            best_overhead = load;
-            best_weight = weight;
-        }
+pub fn select(tree: &LoadTree, set: &BackendSet) -> Option<u32> {
+    let root = u32::from(tree.winners[1]);
+    (entry_weight(set, root) > 0).then(|| root - 1)
+}
+
+/// Replays the matches on the path from `slot` to the root, after `slot`'s
+/// counters (or its weight or state) changed.
+#[inline(always)]
+pub fn repair(tree: &mut LoadTree, set: &BackendSet, conns: &BackendConnSet, slot: u32) {
+    let mut node = (MAX_BACKENDS as u32 + bounded(slot) as u32) / 2;
+    for _ in 0..TREE_LEVELS {
+        tree.winners[bounded(node)] = play(tree, set, conns, node);
+        node /= 2;
     }
-    if best_weight == 0 {
-        None
-    } else {
-        Some(best_slot)
+}
+
+/// Replays every match, bottom up (the control plane, after writing a
+/// service's backends or counters).
+pub fn rebuild(tree: &mut LoadTree, set: &BackendSet, conns: &BackendConnSet) {
+    tree.winners[0] = 0;
+    for node in (1..MAX_BACKENDS as u32).rev() {
+        tree.winners[bounded(node)] = play(tree, set, conns, node);
     }
 }
 
@@ -80,45 +141,97 @@ mod tests {
     use super::*;
     use crate::{BACKEND_STATE_DOWN, BACKEND_STATE_UP, Backend, BackendConns, MAX_WEIGHT};
 
-    fn service(weights: &[u32]) -> (BackendSet, BackendConnSet) {
-        let mut set = BackendSet::default();
-        for (slot, &weight) in weights.iter().enumerate() {
-            set.backends[slot] = Backend {
-                weight,
-                state: BACKEND_STATE_UP,
-                ..Backend::default()
-            };
-        }
-        set.len = weights.len() as u32;
-        set.refresh_schedule();
-        (set, BackendConnSet::default())
+    /// A service with these weights (all up), no connections, and its tree.
+    struct Service {
+        set: BackendSet,
+        conns: BackendConnSet,
+        tree: LoadTree,
     }
 
-    /// Schedules `n` new flows, each counted as active, and returns how many
-    /// each slot received.
-    fn schedule(set: &BackendSet, conns: &mut BackendConnSet, n: usize) -> [usize; 8] {
-        let mut got = [0; 8];
-        for _ in 0..n {
-            let slot = select(set, conns).expect("a backend") as usize;
-            got[slot] += 1;
-            conns.conns[slot].active += 1;
+    impl Service {
+        fn new(weights: &[u32]) -> Self {
+            let mut set = BackendSet::default();
+            for (slot, &weight) in weights.iter().enumerate() {
+                set.backends[slot] = Backend {
+                    weight,
+                    state: BACKEND_STATE_UP,
+                    ..Backend::default()
+                };
+            }
+            set.len = weights.len() as u32;
+            let mut service = Self {
+                set,
+                conns: BackendConnSet::default(),
+                tree: LoadTree::default(),
+            };
+            service.rebuild();
+            service
         }
-        got
+
+        fn rebuild(&mut self) {
+            rebuild(&mut self.tree, &self.set, &self.conns);
+        }
+
+        fn select(&self) -> Option<u32> {
+            select(&self.tree, &self.set)
+        }
+
+        /// Adds `delta` to a counter of `slot` and repairs its path, as the
+        /// XDP program does.
+        fn count(&mut self, slot: u32, active: bool, delta: u64) {
+            let c = &mut self.conns.conns[slot as usize];
+            let counter = if active { &mut c.active } else { &mut c.inactive };
+            *counter = counter.wrapping_add(delta);
+            repair(&mut self.tree, &self.set, &self.conns, slot);
+        }
+
+        /// Schedules `n` new flows, each counted as active, and returns how
+        /// many each slot received.
+        fn schedule(&mut self, n: usize) -> [usize; 8] {
+            let mut got = [0; 8];
+            for _ in 0..n {
+                let slot = self.select().expect("a backend");
+                got[slot as usize] += 1;
+                self.count(slot, true, 1);
+            }
+            got
+        }
+    }
+
+    /// IPVS's wlc as written: one scan over every slot.
+    fn scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
+        let mut best: Option<(u32, u64, u64)> = None;
+        for slot in 0..MAX_BACKENDS as u32 {
+            let weight = u64::from(set.scheduling_weight(slot));
+            if weight == 0 {
+                continue;
+            }
+            let c = &conns.conns[slot as usize];
+            let load = overhead(c.active, c.inactive);
+            if best.is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight)
+            {
+                best = Some((slot, load, weight));
+            }
+        }
+        best.map(|(slot, _, _)| slot)
+    }
+
+    #[test]
+    fn tree_has_eight_levels() {
+        assert_eq!(1 << TREE_LEVELS, MAX_BACKENDS);
     }
 
     #[test]
     fn empty_service_has_no_backend() {
-        let (set, conns) = service(&[]);
-        assert_eq!(select(&set, &conns), None);
+        assert_eq!(Service::new(&[]).select(), None);
+        assert_eq!(select(&LoadTree::default(), &Service::new(&[1]).set), None);
     }
 
     #[test]
     fn ties_go_to_the_lower_slot() {
-        let (set, conns) = service(&[100, 100, 100]);
-        assert_eq!(select(&set, &conns), Some(0));
-        let (set, conns) = service(&[1, 5, 5]);
+        assert_eq!(Service::new(&[100, 100, 100]).select(), Some(0));
         assert_eq!(
-            select(&set, &conns),
+            Service::new(&[1, 5, 5]).select(),
             Some(0),
             "all idle: overhead 0 everywhere"
         );
@@ -126,87 +239,142 @@ mod tests {
 
     #[test]
     fn split_follows_weights_exactly() {
-        let (set, mut conns) = service(&[1000, 500, 800]);
-        let got = schedule(&set, &mut conns, 2300);
+        let got = Service::new(&[1000, 500, 800]).schedule(2300);
         assert_eq!(&got[..3], &[1000, 500, 800]);
     }
 
     #[test]
     fn overhead_weighs_active_256_times_inactive() {
-        let (set, mut conns) = service(&[1, 1]);
-        conns.conns[0] = BackendConns {
-            active: 1,
-            inactive: 0,
-        };
-        conns.conns[1] = BackendConns {
-            active: 0,
-            inactive: 255,
-        };
-        assert_eq!(select(&set, &conns), Some(1), "255 < 256");
-        conns.conns[1].inactive = 256;
-        assert_eq!(select(&set, &conns), Some(0), "tie goes to slot 0");
-        conns.conns[1].inactive = 257;
-        assert_eq!(select(&set, &conns), Some(0));
+        let mut service = Service::new(&[1, 1]);
+        service.count(0, true, 1);
+        service.count(1, false, 255);
+        assert_eq!(service.select(), Some(1), "255 < 256");
+        service.count(1, false, 1);
+        assert_eq!(service.select(), Some(0), "tie goes to slot 0");
+        service.count(1, false, 1);
+        assert_eq!(service.select(), Some(0));
+    }
+
+    #[test]
+    fn a_closing_flow_is_seen_at_once() {
+        let mut service = Service::new(&[1, 1, 1]);
+        service.schedule(30);
+        // A flow of slot 2 leaves ESTABLISHED: slot 2 is now the least loaded.
+        service.count(2, true, 1u64.wrapping_neg());
+        service.count(2, false, 1);
+        assert_eq!(service.select(), Some(2));
     }
 
     #[test]
     fn weight_zero_is_quiesced() {
-        let (mut set, mut conns) = service(&[0, 10, 10]);
-        let got = schedule(&set, &mut conns, 100);
+        let mut service = Service::new(&[0, 10, 10]);
+        let got = service.schedule(100);
         assert_eq!(got[0], 0);
-        set.backends[1].weight = 0;
-        set.backends[2].weight = 0;
-        set.refresh_schedule();
-        assert_eq!(select(&set, &conns), None);
+        service.set.backends[1].weight = 0;
+        service.set.backends[2].weight = 0;
+        assert_eq!(service.select(), None, "even before the rebuild");
+        service.rebuild();
+        assert_eq!(service.select(), None);
     }
 
     #[test]
     fn down_and_empty_backends_get_nothing() {
-        let (mut set, mut conns) = service(&[10, 10, 10]);
-        set.backends[1].state = BACKEND_STATE_DOWN;
-        set.backends[2].state = crate::BACKEND_STATE_EMPTY;
-        set.refresh_schedule();
-        let got = schedule(&set, &mut conns, 50);
+        let mut service = Service::new(&[10, 10, 10]);
+        service.set.backends[1].state = BACKEND_STATE_DOWN;
+        service.set.backends[2].state = crate::BACKEND_STATE_EMPTY;
+        service.rebuild();
+        let got = service.schedule(50);
         assert_eq!(&got[..3], &[50, 0, 0]);
-        set.backends[0].state = BACKEND_STATE_DOWN;
-        set.refresh_schedule();
-        assert_eq!(select(&set, &conns), None);
+        service.set.backends[0].state = BACKEND_STATE_DOWN;
+        service.rebuild();
+        assert_eq!(service.select(), None);
     }
 
     #[test]
     fn slots_past_len_are_ignored() {
-        let (mut set, conns) = service(&[10, 10]);
-        set.len = 1;
-        set.backends[0].state = BACKEND_STATE_DOWN;
-        set.refresh_schedule();
-        assert_eq!(select(&set, &conns), None);
+        let mut service = Service::new(&[10, 10]);
+        service.set.len = 1;
+        service.set.backends[0].state = BACKEND_STATE_DOWN;
+        service.rebuild();
+        assert_eq!(service.select(), None);
     }
 
     #[test]
     fn full_service_of_max_backends() {
-        let weights = [1u32; MAX_BACKENDS];
-        let (set, mut conns) = service(&weights);
-        for slot in 0..MAX_BACKENDS - 1 {
-            conns.conns[slot].active = 1;
+        let mut service = Service::new(&[1u32; MAX_BACKENDS]);
+        for slot in 0..MAX_BACKENDS as u32 - 1 {
+            service.count(slot, true, 1);
         }
-        assert_eq!(select(&set, &conns), Some(MAX_BACKENDS as u32 - 1));
+        assert_eq!(service.select(), Some(MAX_BACKENDS as u32 - 1));
+    }
+
+    #[test]
+    fn tree_picks_what_a_full_scan_picks() {
+        // A deterministic xorshift stream of new flows, state changes, closes
+        // and weight/state changes over a full service.
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let weights: [u32; MAX_BACKENDS] = core::array::from_fn(|slot| (slot as u32 % 7) * 100);
+        let mut service = Service::new(&weights);
+        for step in 0..20_000 {
+            match next() % 8 {
+                0..=3 => {
+                    if let Some(slot) = service.select() {
+                        service.count(slot, next() % 2 == 0, 1);
+                    }
+                }
+                4 | 5 => {
+                    let slot = (next() % MAX_BACKENDS as u64) as u32;
+                    let c = service.conns.conns[slot as usize];
+                    if c.active > 0 {
+                        service.count(slot, true, 1u64.wrapping_neg());
+                        service.count(slot, false, 1);
+                    } else if c.inactive > 0 {
+                        service.count(slot, false, 1u64.wrapping_neg());
+                    }
+                }
+                6 => {
+                    let slot = (next() % MAX_BACKENDS as u64) as usize;
+                    service.set.backends[slot].weight = (next() % 4) as u32 * 50;
+                    service.rebuild();
+                }
+                _ => {
+                    let slot = (next() % MAX_BACKENDS as u64) as usize;
+                    let backend = &mut service.set.backends[slot];
+                    backend.state = if backend.state == BACKEND_STATE_UP {
+                        BACKEND_STATE_DOWN
+                    } else {
+                        BACKEND_STATE_UP
+                    };
+                    service.rebuild();
+                }
+            }
+            assert_eq!(
+                service.select(),
+                scan(&service.set, &service.conns),
+                "step {step}"
+            );
+        }
     }
 
     #[test]
     fn huge_counters_do_not_overflow() {
-        let (set, mut conns) = service(&[MAX_WEIGHT, 1]);
-        conns.conns[0] = BackendConns {
+        let mut service = Service::new(&[MAX_WEIGHT, 1]);
+        service.conns.conns[0] = BackendConns {
             active: u64::MAX / 2,
             inactive: u64::MAX / 2,
         };
-        conns.conns[1] = BackendConns {
-            active: 0,
-            inactive: 0,
-        };
-        assert_eq!(select(&set, &conns), Some(1));
+        service.rebuild();
+        assert_eq!(service.select(), Some(1));
         // Saturated counters on both sides: the heavier weight wins.
-        conns.conns[1] = conns.conns[0];
-        assert_eq!(select(&set, &conns), Some(0));
+        service.conns.conns[1] = service.conns.conns[0];
+        service.rebuild();
+        assert_eq!(service.select(), Some(0));
         assert_eq!(overhead(u64::MAX / 2, 0), MAX_COUNTED_CONNS * 256);
         assert!(
             overhead(MAX_COUNTED_CONNS, MAX_COUNTED_CONNS)
@@ -217,10 +385,10 @@ mod tests {
 
     #[test]
     fn wrapped_counters_read_as_fully_loaded() {
-        let (set, mut conns) = service(&[1, 1]);
-        conns.conns[0].active = 1000;
-        conns.conns[1].inactive = 0u64.wrapping_sub(1);
+        let mut service = Service::new(&[1, 1]);
+        service.count(0, true, 1000);
+        service.count(1, false, 1u64.wrapping_neg());
         assert_eq!(overhead(0, 0u64.wrapping_sub(1)), MAX_COUNTED_CONNS);
-        assert_eq!(select(&set, &conns), Some(0));
+        assert_eq!(service.select(), Some(0));
     }
 }

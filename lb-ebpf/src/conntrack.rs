@@ -2,7 +2,9 @@
 //! its backend and advances its TCP state; a new flow gets a backend by
 //! weighted least-connection.
 //! The per-backend active/inactive counters follow every state change, with
-//! atomic adds because several CPUs schedule flows of one service at once.
+//! atomic adds because several CPUs schedule flows of one service at once,
+//! and each change replays the backend's matches in the service's scheduler
+//! tree (`lb_common::wlc`).
 //!
 //! In front of the tables sits a per-CPU flow cache: a direct-mapped copy of
 //! the flows this CPU forwarded recently, indexed by a multiplicative hash of
@@ -19,14 +21,14 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4, CachedFlow6,
-    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
     ServiceKey,
     conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, wlc,
 };
 
 use crate::{
-    BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, Verdict,
+    BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, Verdict, WLC_TREE,
     parse::Packet,
 };
 
@@ -204,8 +206,12 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
     let old_state = u32::from(flow.state);
     let state = next_state(packet, old_state);
     if state != old_state {
-        if let Some(conns) = BACKEND_CONNS.get_ptr_mut(service_id) {
+        if let (Some(conns), Some(tree)) = (
+            BACKEND_CONNS.get_ptr_mut(service_id),
+            WLC_TREE.get_ptr_mut(service_id),
+        ) {
             move_count(conns, slot, is_active(old_state), is_active(state));
+            repair(tree, backends, conns, slot);
         }
         flow.state = state as u16;
     }
@@ -222,8 +228,8 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
 }
 
 /// Opens flow `key` for `packet` in service `service_id`: picks its backend by
-/// weighted least-connection and records it; `Drop(REASON_NO_BACKEND)` when
-/// no backend can take it.
+/// weighted least-connection (the root of the service's tree `tree`) and
+/// records it; `Drop(REASON_NO_BACKEND)` when no backend can take it.
 #[inline(always)]
 pub fn open(
     key: &impl TableKey,
@@ -231,9 +237,10 @@ pub fn open(
     service_id: u32,
     backends: &BackendSet,
     conns: *mut BackendConnSet,
+    tree: *mut LoadTree,
 ) -> Result<Binding, Verdict> {
-    // SAFETY: `conns` points at this service's counters in BACKEND_CONNS.
-    let slot = match wlc::select(backends, unsafe { &*conns }) {
+    // SAFETY: `tree` points at this service's entry in WLC_TREE.
+    let slot = match wlc::select(unsafe { &*tree }, backends) {
         Some(slot) => bounded(slot),
         None => return Err(Verdict::Drop(REASON_NO_BACKEND)),
     };
@@ -251,12 +258,22 @@ pub fn open(
     // the flow schedules again.
     if key.insert(&flow).is_ok() {
         add_count(conns, slot, is_active(state), 1);
+        repair(tree, backends, conns, slot);
     }
     Ok(Binding {
         slot,
         state,
         new_flow: true,
     })
+}
+
+/// Replays the matches of backend `slot` in its service's scheduler tree,
+/// after its counters changed.
+#[inline(always)]
+fn repair(tree: *mut LoadTree, backends: &BackendSet, conns: *mut BackendConnSet, slot: u32) {
+    // SAFETY: both point at this service's map values. Other CPUs may repair
+    // the same nodes at once; `lb_common::wlc` explains why that is harmless.
+    unsafe { wlc::repair(&mut *tree, backends, &*conns, slot) }
 }
 
 /// Atomically adds `delta` (two's complement for a decrement) to a backend's

@@ -27,7 +27,7 @@ use conntrack::{Binding, TableKey};
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
-    MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES, Service,
+    LoadTree, MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES, Service,
     ServiceKey, port_bit,
 };
 use parse::{IpHeader, Packet};
@@ -44,6 +44,13 @@ static BACKENDS: Array<BackendSet, { MAX_SERVICES as usize }> = Array::new();
 /// atomically here; reset from the connection table by the control plane's sweeper.
 #[btf_map]
 static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Array::new();
+
+/// Each service's tournament tree of backend loads, indexed by service id:
+/// its root names the backend for the next new flow (see `lb_common::wlc`).
+/// Repaired here on every counter change; rebuilt by the control plane when
+/// it writes the service's backends or counters.
+#[btf_map]
+static WLC_TREE: Array<LoadTree, { MAX_SERVICES as usize }> = Array::new();
 
 /// The IPv4 connection table: client 5-tuple -> service, backend slot, TCP
 /// state, last seen. The control plane may resize it before loading and
@@ -186,13 +193,14 @@ fn from_table(
     let Some(service_id) = (unsafe { SERVICES.get(key.service_key()) }).map(|s| s.id) else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
-    let (Some(backends), Some(conns)) = (
+    let (Some(backends), Some(conns), Some(tree)) = (
         BACKENDS.get(service_id),
         BACKEND_CONNS.get_ptr_mut(service_id),
+        WLC_TREE.get_ptr_mut(service_id),
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = conntrack::open(key, packet, service_id, backends, conns)?;
+    let binding = conntrack::open(key, packet, service_id, backends, conns, tree)?;
     Ok((service_id, backends, binding))
 }
 

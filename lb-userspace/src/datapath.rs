@@ -28,9 +28,9 @@ use aya_obj::programs::XdpAttachType;
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FAMILY_IPV4,
-    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS,
-    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
-    VERDICT_STATS_MAP, XDP_PROGRAM, backend_index, port_bit,
+    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES,
+    NUM_REASONS, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service,
+    ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, XDP_PROGRAM, backend_index, port_bit, wlc,
 };
 
 use crate::stats::protocol_name;
@@ -87,6 +87,8 @@ pub struct Maps {
     pub backends: Array<MapData, BackendSet>,
     /// Service id -> active/inactive counts per backend.
     pub backend_conns: Array<MapData, BackendConnSet>,
+    /// Service id -> the scheduler's tournament tree of its backends.
+    pub wlc_tree: Array<MapData, LoadTree>,
     /// The IPv4 connection table (an LRU hash).
     pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
     /// The IPv6 connection table (an LRU hash).
@@ -114,6 +116,7 @@ impl Maps {
             services: typed(&mut take, SERVICES_MAP)?,
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
+            wlc_tree: typed(&mut take, WLC_TREE_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
             service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
@@ -304,17 +307,38 @@ impl Maps {
         Ok(found)
     }
 
-    /// Replaces the backend set of service `id` (weights, health, MACs).
+    /// Replaces the backend set of service `id` (weights, health, MACs) and
+    /// rebuilds its scheduler tree to match.
     ///
-    /// The only writer of [`BACKENDS_MAP`]: it writes `backends` with its
-    /// scheduler list rebuilt ([`BackendSet::refresh_schedule`]), since the
-    /// data path chooses a backend for a new flow from that list alone.
+    /// The only writer of [`BACKENDS_MAP`]. The data path takes a new flow's
+    /// backend from the tree's root and refuses a root that may not take
+    /// flows in the set it reads, old or new. So the tree is written twice:
+    /// first over the backends that may take flows in both sets, then, once
+    /// the new set is in place, over the new set.
     pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
-        let mut scheduled = *backends;
-        scheduled.refresh_schedule();
+        let old = array_get(&self.backends, id)?;
+        let mut in_both = *backends;
+        for (slot, backend) in in_both.backends.iter_mut().enumerate() {
+            if old.scheduling_weight(slot as u32) == 0 {
+                backend.weight = 0;
+            }
+        }
+        self.rebuild_tree(id, &in_both)?;
         self.backends
-            .set(id, scheduled, 0)
-            .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))
+            .set(id, backends, 0)
+            .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))?;
+        self.rebuild_tree(id, backends)
+    }
+
+    /// Rebuilds the scheduler tree of service `id` for `backends` and the
+    /// service's current connection counters.
+    pub fn rebuild_tree(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
+        let conns = array_get(&self.backend_conns, id)?;
+        let mut tree = LoadTree::default();
+        wlc::rebuild(&mut tree, backends, &conns);
+        self.wlc_tree
+            .set(id, tree, 0)
+            .with_context(|| format!("writing the tree of service {id} to {WLC_TREE_MAP}"))
     }
 }
 
@@ -510,10 +534,11 @@ const LINK_PIN_PREFIX: &str = "link_";
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-const MAP_LAYOUT: [(&str, usize, usize); 9] = [
+const MAP_LAYOUT: [(&str, usize, usize); 10] = [
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
+    (WLC_TREE_MAP, 4, size_of::<LoadTree>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (SERVICE_PORTS_MAP, 4, 4),

@@ -1,7 +1,8 @@
 //! The connection-table sweeper: expires idle flows by IPVS-style per-state
 //! timeouts and rewrites every backend's active/inactive counters from what
 //! the table really holds, so flows that expired or were evicted by the LRU
-//! never leave counts that drift.
+//! never leave counts that drift. Each service's scheduler tree is rebuilt
+//! from the rewritten counters.
 
 use std::collections::HashMap as StdHashMap;
 
@@ -11,7 +12,7 @@ use lb_common::{
     conn_state::{Timeouts, is_active},
 };
 
-use crate::datapath::Maps;
+use crate::datapath::{Maps, array_get};
 
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,8 +87,9 @@ impl Tally {
     }
 }
 
-/// Expires idle flows of both connection tables and rewrites the counters
-/// of `service_ids` (every service in use) from the flows that remain.
+/// Expires idle flows of both connection tables, rewrites the counters of
+/// `service_ids` (every service in use) from the flows that remain, and
+/// rebuilds their scheduler trees.
 pub fn sweep(
     maps: &mut Maps,
     service_ids: &[u32],
@@ -115,6 +117,8 @@ pub fn sweep(
         maps.backend_conns
             .set(id, *conns, 0)
             .with_context(|| format!("writing connection counts of service {id}"))?;
+        let backends = array_get(&maps.backends, id)?;
+        maps.rebuild_tree(id, &backends)?;
     }
     Ok(SweepReport {
         expired: expired.len(),

@@ -44,9 +44,9 @@ use lb::{
 };
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
-    BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Candidate, Counters,
+    BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters,
     FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey,
-    MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT,
+    LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT,
     REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP,
     REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
@@ -2159,14 +2159,37 @@ fn removed_backend_finishes_its_flows() {
     );
 }
 
+/// IPVS's `wlc` as IPVS runs it, the reference the data path's tree must
+/// agree with: one scan over every slot that may take new flows, for the
+/// least `overhead / weight` (`overhead = active * 256 + inactive`), ties to
+/// the lower slot.
+fn wlc_scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
+    let mut best: Option<(u32, u64, u64)> = None;
+    for slot in 0..MAX_BACKENDS as u32 {
+        let weight = u64::from(set.scheduling_weight(slot));
+        if weight == 0 {
+            continue;
+        }
+        let c = conns.conns[slot as usize];
+        let overhead = wlc::overhead(c.active, c.inactive);
+        if best.is_none_or(|(_, best_overhead, best_weight)| {
+            overhead * best_weight < best_overhead * weight
+        }) {
+            best = Some((slot, overhead, weight));
+        }
+    }
+    best.map(|(slot, _, _)| slot)
+}
+
 /// Backends that are in the set but may not take new flows (down, weight 0,
-/// removed, empty) are never chosen, even when the set written through
-/// `Maps::set_service` / `Maps::set_backends` carries a stale schedule that
-/// lists them: the control plane rebuilds the schedule on every write. Every
-/// new flow goes where `lb_common::wlc::select` says on a hand-built copy of
-/// the set (schedule refreshed) given the connection counts just before it,
-/// before and after a health change moves a backend out of the schedule and
-/// another into it.
+/// removed, empty) are never chosen. Every new flow goes where IPVS's wlc
+/// ([`wlc_scan`]) says given the connection counts just before it, before
+/// and after a health change moves a backend out and another in.
+///
+/// A scheduler tree whose root names a backend that may not take flows (a
+/// race with a reload could leave one for a moment) makes the data path drop
+/// the SYN as `drop_no_backend` rather than send it there; the next write of
+/// the backends rebuilds the tree.
 #[test]
 fn unusable_backends_are_never_scheduled() {
     let name = "unusable_backends";
@@ -2190,27 +2213,7 @@ fn unusable_backends_are_never_scheduled() {
     let before = [down(100), up(100), up(0), up(50), removed, empty, up(100)];
     // Slot 0 comes back up, slot 6 goes down.
     let after = [up(100), up(100), up(0), up(50), removed, empty, down(100)];
-    // A schedule that names only the unusable slots, heaviest first.
-    let stale = |reals: &[Real]| {
-        let mut set = backend_set(SERVICE_ID, vip, reals);
-        let unusable = [0u32, 2, 4, 5];
-        for (i, &slot) in unusable.iter().enumerate() {
-            set.schedule[i] = Candidate {
-                weight: 65_535,
-                slot,
-            };
-        }
-        set.schedule_len = unusable.len() as u32;
-        set
-    };
-    case.dp
-        .maps
-        .set_service(
-            service_key(vip, PORT, PROTO_TCP),
-            SERVICE_ID,
-            &stale(&before),
-        )
-        .unwrap_or_else(|e| panic!("{name}: set_service: {e:#}"));
+    case.service(SERVICE_ID, vip, PROTO_TCP, &before);
 
     let mut sport = 41000u16;
     let mut chosen = [0u64; 7];
@@ -2219,27 +2222,10 @@ fn unusable_backends_are_never_scheduled() {
         ("after", &after, [0, 1, 3]),
     ] {
         if phase == "after" {
-            case.dp
-                .maps
-                .set_backends(SERVICE_ID, &stale(reals))
-                .unwrap_or_else(|e| panic!("{name}: set_backends: {e:#}"));
+            case.backends(SERVICE_ID, vip, reals);
         }
-        let installed = case.backend_set(SERVICE_ID);
-        let expected_schedule: Vec<u32> = usable.to_vec();
-        let installed_schedule: Vec<u32> = installed.schedule[..installed.schedule_len as usize]
-            .iter()
-            .map(|c| c.slot)
-            .collect();
-        assert_eq!(
-            installed_schedule,
-            expected_schedule,
-            "{name}/{phase}: the schedule in {}",
-            lb_common::BACKENDS_MAP
-        );
-        let mut reference = backend_set(SERVICE_ID, vip, reals);
-        reference.refresh_schedule();
         for _ in 0..30 {
-            let want = wlc::select(&reference, &case.conn_set(SERVICE_ID))
+            let want = wlc_scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID))
                 .unwrap_or_else(|| panic!("{name}/{phase}: the model finds no backend"));
             assert!(
                 usable.contains(&want),
@@ -2266,6 +2252,32 @@ fn unusable_backends_are_never_scheduled() {
     assert!(
         chosen[0] > 0 && chosen[6] > 0,
         "{name}: slot 0 (after) and slot 6 (before) took flows: {chosen:?}"
+    );
+
+    // A stale tree naming slot 2 (weight 0) in every node.
+    let stale = LoadTree {
+        winners: [3; MAX_BACKENDS],
+    };
+    case.dp
+        .maps
+        .wlc_tree
+        .set(SERVICE_ID, stale, 0)
+        .unwrap_or_else(|e| panic!("{name}: planting a stale tree: {e:#}"));
+    let flows = case.flow_count();
+    let syn = Pkt::tcp4(sport, TCP_SYN);
+    case.send(
+        "SYN with a stale tree",
+        &syn.build(),
+        Expect::Drop(REASON_NO_BACKEND),
+    );
+    assert_eq!(case.flow_count(), flows, "{name}: a flow was recorded");
+    case.backends(SERVICE_ID, vip, &after);
+    let want = wlc_scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID));
+    case.forward(
+        "SYN after the tree was rebuilt",
+        &syn,
+        SERVICE_ID,
+        want.expect("a usable backend"),
     );
 }
 
@@ -2318,9 +2330,8 @@ fn service_without_usable_backend_drops() {
     }
 }
 
-/// With weights 1000/500/800, every new flow goes where
-/// `lb_common::wlc::select` says given the BACKEND_CONNS contents just
-/// before it; most flows complete their handshake (active), every fourth
+/// With weights 1000/500/800, every new flow goes where IPVS's wlc
+/// ([`wlc_scan`]) says given the BACKEND_CONNS contents just before it; most flows complete their handshake (active), every fourth
 /// stays half open (inactive), so both terms of the overhead matter. The
 /// connection counts are checked against a model after every packet.
 #[test]
@@ -2337,7 +2348,7 @@ fn wlc_follows_the_reference_model() {
     for i in 0..60u16 {
         let sport = 41000 + i;
         let before = case.conn_set(SERVICE_ID);
-        let want = wlc::select(&set, &before).expect("a usable backend");
+        let want = wlc_scan(&set, &before).expect("a usable backend");
         let syn = Pkt::tcp4(sport, TCP_SYN);
         let label = format!("flow {i} SYN");
         case.forward(&label, &syn, SERVICE_ID, want);
@@ -2738,6 +2749,39 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     for id in services {
         assert_eq!(inactive(&case, id), 0, "{name}: service {id} inactive");
     }
+}
+
+/// A sweep that frees a backend lets it take the next new flow at once: the
+/// sweeper rebuilds the scheduler tree from the counters it rewrote (the
+/// data path only repairs the tree for the counter changes it makes).
+#[test]
+fn sweeper_rebuilds_the_scheduler_tree() {
+    let name = "sweeper_tree";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
+    // Slot 0: two half-open flows (overhead 2); slot 1: one established
+    // flow (overhead 256). The next flow would go to slot 0.
+    case.forward("SYN 1", &Pkt::tcp4(40001, TCP_SYN), SERVICE_ID, 0);
+    case.forward("SYN 2", &Pkt::tcp4(40002, TCP_SYN), SERVICE_ID, 1);
+    case.forward("ACK 2", &Pkt::tcp4(40002, TCP_ACK), SERVICE_ID, 1);
+    case.forward("SYN 3", &Pkt::tcp4(40003, TCP_SYN), SERVICE_ID, 0);
+    case.expect_conns("before the sweep", SERVICE_ID, 0, 0, 2);
+    case.expect_conns("before the sweep", SERVICE_ID, 1, 1, 0);
+    // An ESTABLISHED timeout of zero expires the flow of slot 1.
+    let report = sweeper::sweep(
+        &mut case.dp.maps,
+        &[SERVICE_ID],
+        &Timeouts {
+            established: 0,
+            ..Timeouts::IPVS
+        },
+    )
+    .expect("sweeping the connection tables");
+    assert_eq!((report.expired, report.live), (1, 2), "{name}: sweep");
+    case.expect_conns("after the sweep", SERVICE_ID, 1, 0, 0);
+    case.forward("SYN 4", &Pkt::tcp4(40004, TCP_SYN), SERVICE_ID, 1);
 }
 
 // ---------------------------------------------------------------------------
