@@ -180,7 +180,11 @@ mod tests {
         /// XDP program does.
         fn count(&mut self, slot: u32, active: bool, delta: u64) {
             let c = &mut self.conns.conns[slot as usize];
-            let counter = if active { &mut c.active } else { &mut c.inactive };
+            let counter = if active {
+                &mut c.active
+            } else {
+                &mut c.inactive
+            };
             *counter = counter.wrapping_add(delta);
             repair(&mut self.tree, &self.set, &self.conns, slot);
         }
@@ -208,7 +212,8 @@ mod tests {
             }
             let c = &conns.conns[slot as usize];
             let load = overhead(c.active, c.inactive);
-            if best.is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight)
+            if best
+                .is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight)
             {
                 best = Some((slot, load, weight));
             }

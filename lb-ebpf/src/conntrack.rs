@@ -21,8 +21,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4, CachedFlow6,
-    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
-    ServiceKey,
+    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP,
+    REASON_NO_BACKEND, ServiceKey,
     conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, wlc,
 };

@@ -27,8 +27,8 @@ use conntrack::{Binding, TableKey};
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
-    LoadTree, MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES, Service,
-    ServiceKey, port_bit,
+    LoadTree, MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES,
+    Service, ServiceKey, port_bit,
 };
 use parse::{IpHeader, Packet};
 
