@@ -208,22 +208,33 @@ impl Default for BackendConnSet {
 /// one service, for weighted least-connection in O(log n) (see
 /// [`crate::wlc`]).
 ///
-/// A complete binary tree in heap order: node 1 is the root, node `n` has
+/// A complete binary tree in heap order: node 1 is the top, node `n` has
 /// the children `2n` and `2n + 1`, and the leaves `MAX_BACKENDS + slot` are
 /// the slots themselves (not stored). Each stored node holds the winner of
 /// its subtree, the least-loaded backend that may take new flows, as
-/// `slot + 1`; 0 means none (so a zeroed tree schedules nothing).
+/// `slot + 1`; 0 means none (so a zeroed tree schedules nothing). A service
+/// plays only the smallest subtree that holds its slots: `root`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadTree {
+    /// The weight each slot competes with for new flows: its weight if the
+    /// backend is up and in use, 0 if it takes no new flows (the control
+    /// plane's view of [`BackendSet`], written with the tree).
+    pub weights: [u32; MAX_BACKENDS],
     /// Winner of each node (`slot + 1`, or 0); entry 0 is unused.
     pub winners: [u16; MAX_BACKENDS],
+    /// The node whose winner gets the next new flow: the top of the smallest
+    /// subtree holding slots `0..len` (see [`crate::wlc::root_for`]); 0 in a
+    /// zeroed tree (no winner).
+    pub root: u32,
 }
 
 impl Default for LoadTree {
     fn default() -> Self {
         Self {
+            weights: [0; MAX_BACKENDS],
             winners: [0; MAX_BACKENDS],
+            root: 0,
         }
     }
 }
@@ -617,7 +628,7 @@ const _: () = {
     assert!(size_of::<Service>() == 8);
     assert!(size_of::<Backend>() == 40);
     assert!(size_of::<BackendSet>() == 4 + 40 * MAX_BACKENDS);
-    assert!(size_of::<LoadTree>() == 2 * MAX_BACKENDS);
+    assert!(size_of::<LoadTree>() == 6 * MAX_BACKENDS + 4);
     assert!(size_of::<BackendConns>() == 16);
     assert!(size_of::<BackendConnSet>() == 16 * MAX_BACKENDS);
     assert!(size_of::<FlowKey4>() == 16);

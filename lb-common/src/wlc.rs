@@ -10,18 +10,19 @@
 //! a tournament tree ([`LoadTree`]) whose root names that backend, so a new
 //! flow reads the root ([`select`]) and, once the chosen backend's counters
 //! change, replays the matches on that backend's path to the root
-//! ([`repair`]): 8 matches for any number of backends. The XDP program
-//! repairs the path of every backend whose counters it changes (a new flow,
-//! a TCP state change); the control plane rebuilds the whole tree
-//! ([`rebuild`]) whenever it writes a service's backends or counters. Every
-//! match reads the live weights and counters, so the root is exactly the
-//! backend a full scan would pick (ties to the lower slot, as the scan).
+//! ([`repair`]): one match per level of the smallest subtree holding the
+//! service's slots, 8 for 256 backends. The XDP program repairs the path of
+//! every backend whose counters it changes (a new flow, a TCP state change);
+//! the control plane rebuilds the whole tree ([`rebuild`]), with the weights
+//! it competes on, whenever it writes a service's backends or counters. Every
+//! match reads the live counters, so the root is exactly the backend a full
+//! scan would pick (ties to the lower slot, as the scan).
 //!
 //! Several CPUs may repair overlapping paths at once. A match that read a
 //! child just before another CPU rewrote it leaves a winner that is not the
 //! least loaded in its subtree, until the next repair through that node or
-//! the control plane's next rebuild (every sweep); a backend that no longer
-//! takes flows never wins a match, whatever the tree says.
+//! the control plane's next rebuild (every sweep); a backend whose weight in
+//! the tree is 0 never wins a match, whatever the winners say.
 
 use crate::{BackendConnSet, BackendSet, LoadTree, MAX_BACKENDS};
 
@@ -58,11 +59,15 @@ pub const fn overhead(active: u64, inactive: u64) -> u64 {
     counted(active) * 256 + counted(inactive)
 }
 
-/// A tree entry (`slot + 1`, or 0 for none) with the weight it competes
-/// with: 0 for none and for a backend that may not take new flows.
+/// The weight a tree entry (`slot + 1`, or 0 for none) competes with: 0 for
+/// none and for a backend that may not take new flows.
 #[inline(always)]
-fn entry_weight(set: &BackendSet, entry: u32) -> u64 {
-    u64::from(set.scheduling_weight(entry.wrapping_sub(1)))
+fn entry_weight(tree: &LoadTree, entry: u32) -> u64 {
+    if entry == 0 {
+        0
+    } else {
+        u64::from(tree.weights[bounded(entry - 1)])
+    }
 }
 
 /// The overhead of a tree entry's backend (the entry names a slot).
@@ -76,63 +81,87 @@ fn entry_overhead(conns: &BackendConnSet, entry: u32) -> u64 {
 /// slots. A side that may not take flows loses; otherwise `right` wins only
 /// with a strictly lower `overhead / weight`.
 #[inline(always)]
-fn better(set: &BackendSet, conns: &BackendConnSet, left: u32, right: u32) -> u32 {
-    let left_weight = entry_weight(set, left);
-    let right_weight = entry_weight(set, right);
-    if right_weight == 0 {
-        return if left_weight == 0 { 0 } else { left };
-    }
-    if left_weight == 0
+fn better(tree: &LoadTree, conns: &BackendConnSet, left: u32, right: u32) -> u16 {
+    let left_weight = entry_weight(tree, left);
+    let right_weight = entry_weight(tree, right);
+    let winner = if right_weight == 0 {
+        if left_weight == 0 { 0 } else { left }
+    } else if left_weight == 0
         || entry_overhead(conns, right) * left_weight < entry_overhead(conns, left) * right_weight
     {
         right
     } else {
         left
-    }
+    };
+    winner as u16
 }
 
-/// The match at `node`, from the winners of its two children (for a node
-/// just above the leaves, the two slots themselves).
+/// The match at `node`, one of the nodes just above the leaves
+/// (`MAX_BACKENDS / 2..MAX_BACKENDS`): between its two slots.
 #[inline(always)]
-fn play(tree: &LoadTree, set: &BackendSet, conns: &BackendConnSet, node: u32) -> u16 {
-    let (left, right) = if node >= MAX_BACKENDS as u32 / 2 {
-        // Children are the leaves of slots 2 * node - MAX_BACKENDS and the next.
-        let left = 2 * node - MAX_BACKENDS as u32 + 1;
-        (left, left + 1)
-    } else {
-        (
-            u32::from(tree.winners[bounded(2 * node)]),
-            u32::from(tree.winners[bounded(2 * node + 1)]),
-        )
-    };
-    better(set, conns, left, right) as u16
+fn play_slots(tree: &LoadTree, conns: &BackendConnSet, node: u32) -> u16 {
+    let left = 2 * node - MAX_BACKENDS as u32 + 1;
+    better(tree, conns, left, left + 1)
+}
+
+/// The match at an inner `node` (`1..MAX_BACKENDS / 2`): between the winners
+/// of its two children.
+#[inline(always)]
+fn play_children(tree: &LoadTree, conns: &BackendConnSet, node: u32) -> u16 {
+    let left = u32::from(tree.winners[bounded(2 * node)]);
+    let right = u32::from(tree.winners[bounded(2 * node + 1)]);
+    better(tree, conns, left, right)
+}
+
+/// The root of a service of `len` slots: the top of the smallest subtree
+/// holding slots `0..len` (node `MAX_BACKENDS / 2^d` holds slots `0..2^d`),
+/// at least two slots.
+pub const fn root_for(len: u32) -> u32 {
+    let mut root = MAX_BACKENDS as u32 / 2;
+    while root > 1 && MAX_BACKENDS as u32 / root < len {
+        root /= 2;
+    }
+    root
 }
 
 /// The slot of the backend that gets the next new flow, or `None` when no
 /// backend is up with a weight above zero.
 #[inline(always)]
-pub fn select(tree: &LoadTree, set: &BackendSet) -> Option<u32> {
-    let root = u32::from(tree.winners[1]);
-    (entry_weight(set, root) > 0).then(|| root - 1)
+pub fn select(tree: &LoadTree) -> Option<u32> {
+    let winner = u32::from(tree.winners[bounded(tree.root)]);
+    (entry_weight(tree, winner) > 0).then(|| winner - 1)
 }
 
-/// Replays the matches on the path from `slot` to the root, after `slot`'s
-/// counters (or its weight or state) changed.
+/// Replays the matches on the path from `slot` up to the service's root,
+/// after `slot`'s counters changed.
 #[inline(always)]
-pub fn repair(tree: &mut LoadTree, set: &BackendSet, conns: &BackendConnSet, slot: u32) {
+pub fn repair(tree: &mut LoadTree, conns: &BackendConnSet, slot: u32) {
+    let root = tree.root;
     let mut node = (MAX_BACKENDS as u32 + bounded(slot) as u32) / 2;
-    for _ in 0..TREE_LEVELS {
-        tree.winners[bounded(node)] = play(tree, set, conns, node);
+    tree.winners[bounded(node)] = play_slots(tree, conns, node);
+    for _ in 1..TREE_LEVELS {
         node /= 2;
+        if node < root {
+            break;
+        }
+        tree.winners[bounded(node)] = play_children(tree, conns, node);
     }
 }
 
-/// Replays every match, bottom up (the control plane, after writing a
-/// service's backends or counters).
+/// Rebuilds the tree of the service whose backends are `set`: the weights
+/// its slots compete with, its root, and every match, bottom up (the
+/// control plane, after writing a service's backends or counters).
 pub fn rebuild(tree: &mut LoadTree, set: &BackendSet, conns: &BackendConnSet) {
+    for (slot, weight) in tree.weights.iter_mut().enumerate() {
+        *weight = set.scheduling_weight(slot as u32);
+    }
+    tree.root = root_for(set.len);
     tree.winners[0] = 0;
-    for node in (1..MAX_BACKENDS as u32).rev() {
-        tree.winners[bounded(node)] = play(tree, set, conns, node);
+    for node in (MAX_BACKENDS as u32 / 2..MAX_BACKENDS as u32).rev() {
+        tree.winners[bounded(node)] = play_slots(tree, conns, node);
+    }
+    for node in (1..MAX_BACKENDS as u32 / 2).rev() {
+        tree.winners[bounded(node)] = play_children(tree, conns, node);
     }
 }
 
@@ -173,7 +202,7 @@ mod tests {
         }
 
         fn select(&self) -> Option<u32> {
-            select(&self.tree, &self.set)
+            select(&self.tree)
         }
 
         /// Adds `delta` to a counter of `slot` and repairs its path, as the
@@ -186,7 +215,7 @@ mod tests {
                 &mut c.inactive
             };
             *counter = counter.wrapping_add(delta);
-            repair(&mut self.tree, &self.set, &self.conns, slot);
+            repair(&mut self.tree, &self.conns, slot);
         }
 
         /// Schedules `n` new flows, each counted as active, and returns how
@@ -227,9 +256,30 @@ mod tests {
     }
 
     #[test]
+    fn root_holds_the_slots_in_use() {
+        let roots = [0, 1, 2, 3, 4, 5, 8, 9, 128, 129, 256].map(|len| (len, root_for(len)));
+        assert_eq!(
+            roots,
+            [
+                (0, 128),
+                (1, 128),
+                (2, 128),
+                (3, 64),
+                (4, 64),
+                (5, 32),
+                (8, 32),
+                (9, 16),
+                (128, 2),
+                (129, 1),
+                (256, 1)
+            ]
+        );
+    }
+
+    #[test]
     fn empty_service_has_no_backend() {
         assert_eq!(Service::new(&[]).select(), None);
-        assert_eq!(select(&LoadTree::default(), &Service::new(&[1]).set), None);
+        assert_eq!(select(&LoadTree::default()), None);
     }
 
     #[test]
@@ -277,7 +327,6 @@ mod tests {
         assert_eq!(got[0], 0);
         service.set.backends[1].weight = 0;
         service.set.backends[2].weight = 0;
-        assert_eq!(service.select(), None, "even before the rebuild");
         service.rebuild();
         assert_eq!(service.select(), None);
     }
@@ -316,7 +365,7 @@ mod tests {
     #[test]
     fn tree_picks_what_a_full_scan_picks() {
         // A deterministic xorshift stream of new flows, state changes, closes
-        // and weight/state changes over a full service.
+        // and weight/state changes, over services of several sizes.
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -324,46 +373,48 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let weights: [u32; MAX_BACKENDS] = core::array::from_fn(|slot| (slot as u32 % 7) * 100);
-        let mut service = Service::new(&weights);
-        for step in 0..20_000 {
-            match next() % 8 {
-                0..=3 => {
-                    if let Some(slot) = service.select() {
-                        service.count(slot, next() % 2 == 0, 1);
+        for len in [2, 37, MAX_BACKENDS] {
+            let weights: [u32; MAX_BACKENDS] = core::array::from_fn(|slot| (slot as u32 % 7) * 100);
+            let mut service = Service::new(&weights[..len]);
+            let mut any_slot = || (next() % len as u64) as u32;
+            for step in 0..20_000 {
+                match any_slot() % 8 {
+                    0..=3 => {
+                        if let Some(slot) = service.select() {
+                            service.count(slot, step % 2 == 0, 1);
+                        }
+                    }
+                    4 | 5 => {
+                        let slot = any_slot();
+                        let c = service.conns.conns[slot as usize];
+                        if c.active > 0 {
+                            service.count(slot, true, 1u64.wrapping_neg());
+                            service.count(slot, false, 1);
+                        } else if c.inactive > 0 {
+                            service.count(slot, false, 1u64.wrapping_neg());
+                        }
+                    }
+                    6 => {
+                        let slot = any_slot() as usize;
+                        service.set.backends[slot].weight = (step % 4) * 50;
+                        service.rebuild();
+                    }
+                    _ => {
+                        let backend = &mut service.set.backends[any_slot() as usize];
+                        backend.state = if backend.state == BACKEND_STATE_UP {
+                            BACKEND_STATE_DOWN
+                        } else {
+                            BACKEND_STATE_UP
+                        };
+                        service.rebuild();
                     }
                 }
-                4 | 5 => {
-                    let slot = (next() % MAX_BACKENDS as u64) as u32;
-                    let c = service.conns.conns[slot as usize];
-                    if c.active > 0 {
-                        service.count(slot, true, 1u64.wrapping_neg());
-                        service.count(slot, false, 1);
-                    } else if c.inactive > 0 {
-                        service.count(slot, false, 1u64.wrapping_neg());
-                    }
-                }
-                6 => {
-                    let slot = (next() % MAX_BACKENDS as u64) as usize;
-                    service.set.backends[slot].weight = (next() % 4) as u32 * 50;
-                    service.rebuild();
-                }
-                _ => {
-                    let slot = (next() % MAX_BACKENDS as u64) as usize;
-                    let backend = &mut service.set.backends[slot];
-                    backend.state = if backend.state == BACKEND_STATE_UP {
-                        BACKEND_STATE_DOWN
-                    } else {
-                        BACKEND_STATE_UP
-                    };
-                    service.rebuild();
-                }
+                assert_eq!(
+                    service.select(),
+                    scan(&service.set, &service.conns),
+                    "{len} slots, step {step}"
+                );
             }
-            assert_eq!(
-                service.select(),
-                scan(&service.set, &service.conns),
-                "step {step}"
-            );
         }
     }
 

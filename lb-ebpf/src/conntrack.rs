@@ -211,7 +211,7 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
             WLC_TREE.get_ptr_mut(service_id),
         ) {
             move_count(conns, slot, is_active(old_state), is_active(state));
-            repair(tree, backends, conns, slot);
+            repair(tree, conns, slot);
         }
         flow.state = state as u16;
     }
@@ -235,12 +235,11 @@ pub fn open(
     key: &impl TableKey,
     packet: &Packet,
     service_id: u32,
-    backends: &BackendSet,
     conns: *mut BackendConnSet,
     tree: *mut LoadTree,
 ) -> Result<Binding, Verdict> {
     // SAFETY: `tree` points at this service's entry in WLC_TREE.
-    let slot = match wlc::select(unsafe { &*tree }, backends) {
+    let slot = match wlc::select(unsafe { &*tree }) {
         Some(slot) => bounded(slot),
         None => return Err(Verdict::Drop(REASON_NO_BACKEND)),
     };
@@ -258,7 +257,7 @@ pub fn open(
     // the flow schedules again.
     if key.insert(&flow).is_ok() {
         add_count(conns, slot, is_active(state), 1);
-        repair(tree, backends, conns, slot);
+        repair(tree, conns, slot);
     }
     Ok(Binding {
         slot,
@@ -270,10 +269,10 @@ pub fn open(
 /// Replays the matches of backend `slot` in its service's scheduler tree,
 /// after its counters changed.
 #[inline(always)]
-fn repair(tree: *mut LoadTree, backends: &BackendSet, conns: *mut BackendConnSet, slot: u32) {
+fn repair(tree: *mut LoadTree, conns: *mut BackendConnSet, slot: u32) {
     // SAFETY: both point at this service's map values. Other CPUs may repair
     // the same nodes at once; `lb_common::wlc` explains why that is harmless.
-    unsafe { wlc::repair(&mut *tree, backends, &*conns, slot) }
+    unsafe { wlc::repair(&mut *tree, &*conns, slot) }
 }
 
 /// Atomically adds `delta` (two's complement for a decrement) to a backend's

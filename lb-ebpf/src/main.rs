@@ -200,7 +200,7 @@ fn from_table(
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = conntrack::open(key, packet, service_id, backends, conns, tree)?;
+    let binding = conntrack::open(key, packet, service_id, conns, tree)?;
     Ok((service_id, backends, binding))
 }
 

@@ -46,7 +46,7 @@ use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
     BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters,
     FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey,
-    LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
+    MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
     REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
     REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
@@ -2255,9 +2255,9 @@ fn unusable_backends_are_never_scheduled() {
     );
 
     // A stale tree naming slot 2 (weight 0) in every node.
-    let stale = LoadTree {
-        winners: [3; MAX_BACKENDS],
-    };
+    let mut stale = array_get(&case.dp.maps.wlc_tree, SERVICE_ID)
+        .unwrap_or_else(|e| panic!("{name}: reading the tree: {e:#}"));
+    stale.winners = [3; MAX_BACKENDS];
     case.dp
         .maps
         .wlc_tree
