@@ -165,6 +165,26 @@ pub fn rebuild(tree: &mut LoadTree, set: &BackendSet, conns: &BackendConnSet) {
     }
 }
 
+/// IPVS's `wlc` as IPVS runs it: one scan over every slot that may take new
+/// flows (weight from `set`), for the least `overhead / weight`, ties to the
+/// lower slot. Not used to schedule: it is the reference that the tree's
+/// [`select`] must agree with, in the unit tests and the packet fixtures.
+pub fn scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
+    let mut best: Option<(u32, u64, u64)> = None;
+    for slot in 0..MAX_BACKENDS as u32 {
+        let weight = u64::from(set.scheduling_weight(slot));
+        if weight == 0 {
+            continue;
+        }
+        let c = &conns.conns[slot as usize];
+        let load = overhead(c.active, c.inactive);
+        if best.is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight) {
+            best = Some((slot, load, weight));
+        }
+    }
+    best.map(|(slot, _, _)| slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,25 +249,6 @@ mod tests {
             }
             got
         }
-    }
-
-    /// IPVS's wlc as written: one scan over every slot.
-    fn scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
-        let mut best: Option<(u32, u64, u64)> = None;
-        for slot in 0..MAX_BACKENDS as u32 {
-            let weight = u64::from(set.scheduling_weight(slot));
-            if weight == 0 {
-                continue;
-            }
-            let c = &conns.conns[slot as usize];
-            let load = overhead(c.active, c.inactive);
-            if best
-                .is_none_or(|(_, best_load, best_weight)| load * best_weight < best_load * weight)
-            {
-                best = Some((slot, load, weight));
-            }
-        }
-        best.map(|(slot, _, _)| slot)
     }
 
     #[test]

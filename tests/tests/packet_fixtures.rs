@@ -2159,31 +2159,9 @@ fn removed_backend_finishes_its_flows() {
     );
 }
 
-/// IPVS's `wlc` as IPVS runs it, the reference the data path's tree must
-/// agree with: one scan over every slot that may take new flows, for the
-/// least `overhead / weight` (`overhead = active * 256 + inactive`), ties to
-/// the lower slot.
-fn wlc_scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
-    let mut best: Option<(u32, u64, u64)> = None;
-    for slot in 0..MAX_BACKENDS as u32 {
-        let weight = u64::from(set.scheduling_weight(slot));
-        if weight == 0 {
-            continue;
-        }
-        let c = conns.conns[slot as usize];
-        let overhead = wlc::overhead(c.active, c.inactive);
-        if best.is_none_or(|(_, best_overhead, best_weight)| {
-            overhead * best_weight < best_overhead * weight
-        }) {
-            best = Some((slot, overhead, weight));
-        }
-    }
-    best.map(|(slot, _, _)| slot)
-}
-
 /// Backends that are in the set but may not take new flows (down, weight 0,
 /// removed, empty) are never chosen. Every new flow goes where IPVS's wlc
-/// ([`wlc_scan`]) says given the connection counts just before it, before
+/// ([`wlc::scan`]) says given the connection counts just before it, before
 /// and after a health change moves a backend out and another in.
 ///
 /// A scheduler tree whose root names a backend that may not take flows (a
@@ -2225,7 +2203,7 @@ fn unusable_backends_are_never_scheduled() {
             case.backends(SERVICE_ID, vip, reals);
         }
         for _ in 0..30 {
-            let want = wlc_scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID))
+            let want = wlc::scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID))
                 .unwrap_or_else(|| panic!("{name}/{phase}: the model finds no backend"));
             assert!(
                 usable.contains(&want),
@@ -2272,7 +2250,7 @@ fn unusable_backends_are_never_scheduled() {
     );
     assert_eq!(case.flow_count(), flows, "{name}: a flow was recorded");
     case.backends(SERVICE_ID, vip, &after);
-    let want = wlc_scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID));
+    let want = wlc::scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID));
     case.forward(
         "SYN after the tree was rebuilt",
         &syn,
@@ -2331,9 +2309,11 @@ fn service_without_usable_backend_drops() {
 }
 
 /// With weights 1000/500/800, every new flow goes where IPVS's wlc
-/// ([`wlc_scan`]) says given the BACKEND_CONNS contents just before it; most flows complete their handshake (active), every fourth
-/// stays half open (inactive), so both terms of the overhead matter. The
-/// connection counts are checked against a model after every packet.
+/// ([`wlc::scan`]) says given the BACKEND_CONNS contents just before it;
+/// most flows complete their handshake (active), every fourth stays half
+/// open (inactive), so both terms of the overhead matter: the data path's
+/// tree must follow each state change. The connection counts are checked
+/// against a model after every packet.
 #[test]
 fn wlc_follows_the_reference_model() {
     let name = "wlc_reference";
@@ -2348,7 +2328,7 @@ fn wlc_follows_the_reference_model() {
     for i in 0..60u16 {
         let sport = 41000 + i;
         let before = case.conn_set(SERVICE_ID);
-        let want = wlc_scan(&set, &before).expect("a usable backend");
+        let want = wlc::scan(&set, &before).expect("a usable backend");
         let syn = Pkt::tcp4(sport, TCP_SYN);
         let label = format!("flow {i} SYN");
         case.forward(&label, &syn, SERVICE_ID, want);
