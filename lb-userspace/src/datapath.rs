@@ -311,10 +311,15 @@ impl Maps {
     /// rebuilds its scheduler tree to match.
     ///
     /// The only writer of [`BACKENDS_MAP`]. The data path takes a new flow's
-    /// backend from the tree's root and refuses a root that may not take
-    /// flows in the set it reads, old or new. So the tree is written twice:
-    /// first over the backends that may take flows in both sets, then, once
-    /// the new set is in place, over the new set.
+    /// backend from the tree's root and its MAC from the set, so the tree
+    /// must never name a backend the set it reads does not hold. The tree is
+    /// written twice: first over the backends that may take flows in both
+    /// the old and the new set (a backend that stops taking flows leaves the
+    /// tree before the set changes), then, once the new set is in place,
+    /// over the new set (a new backend joins only then). A packet that reads
+    /// a tree while it is being rewritten may see a root whose weight is
+    /// already 0; it refuses it (`drop_no_backend`, the client's SYN is
+    /// retransmitted) rather than use it.
     pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
         let old = array_get(&self.backends, id)?;
         let mut in_both = *backends;
