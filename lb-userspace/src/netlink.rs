@@ -46,14 +46,21 @@ impl Netlink {
     }
 
     /// Looks up a NIC by name; the error lists the NICs that exist.
+    ///
+    /// Dumps are read to the end before they are searched (here and below):
+    /// a dump dropped half-read leaves replies the netlink connection can no
+    /// longer deliver, and it logs a warning for each.
     pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
-        let mut links = self.handle.link().get().execute();
-        let mut names = Vec::new();
-        while let Some(link) = links
-            .try_next()
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
             .await
-            .context("listing network interfaces")?
-        {
+            .context("listing network interfaces")?;
+        let mut names = Vec::new();
+        for link in links {
             let mut link_name = None;
             let mut mac = None;
             for attr in &link.attributes {
@@ -91,8 +98,15 @@ impl Netlink {
         nics: &'a [Nic],
         addr: IpAddr,
     ) -> anyhow::Result<Option<&'a Nic>> {
-        let mut addresses = self.handle.address().get().execute();
-        while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
+        let addresses: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        for msg in addresses {
             let Some(nic) = nics.iter().find(|n| n.index == msg.header.index) else {
                 continue;
             };
