@@ -46,7 +46,7 @@ use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
     BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters,
     FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey,
-    MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
+    LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
     REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
     REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
     conn_state::{
@@ -2202,6 +2202,19 @@ fn unusable_backends_are_never_scheduled() {
         if phase == "after" {
             case.backends(SERVICE_ID, vip, reals);
         }
+        // What lb wrote is the tree of the set now installed: its weights
+        // (0 for every slot that may not take flows), root and winners.
+        let installed = case.backend_set(SERVICE_ID);
+        let mut expected = LoadTree::default();
+        wlc::rebuild(&mut expected, &installed, &case.conn_set(SERVICE_ID));
+        let tree = array_get(&case.dp.maps.wlc_tree, SERVICE_ID)
+            .unwrap_or_else(|e| panic!("{name}: reading the tree: {e:#}"));
+        assert_eq!(tree, expected, "{name}/{phase}: the tree in WLC_TREE");
+        let weights: Vec<u32> = tree.weights[..7].to_vec();
+        let usable_weights: Vec<u32> = (0..7u32)
+            .map(|slot| if usable.contains(&slot) { reals[slot as usize].weight } else { 0 })
+            .collect();
+        assert_eq!(weights, usable_weights, "{name}/{phase}: tree weights");
         for _ in 0..30 {
             let want = wlc::scan(&case.backend_set(SERVICE_ID), &case.conn_set(SERVICE_ID))
                 .unwrap_or_else(|| panic!("{name}/{phase}: the model finds no backend"));
