@@ -2212,7 +2212,13 @@ fn unusable_backends_are_never_scheduled() {
         assert_eq!(tree, expected, "{name}/{phase}: the tree in WLC_TREE");
         let weights: Vec<u32> = tree.weights[..7].to_vec();
         let usable_weights: Vec<u32> = (0..7u32)
-            .map(|slot| if usable.contains(&slot) { reals[slot as usize].weight } else { 0 })
+            .map(|slot| {
+                if usable.contains(&slot) {
+                    reals[slot as usize].weight
+                } else {
+                    0
+                }
+            })
             .collect();
         assert_eq!(weights, usable_weights, "{name}/{phase}: tree weights");
         for _ in 0..30 {
