@@ -754,31 +754,24 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
         });
     }
     maps.sort_by_key(|m| std::cmp::Reverse(m.memlock_bytes));
-    let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
-        let table = maps
+    // The memlock of map `name`, once its size is checked to be `entries`.
+    let memlock_of = |name: &str, entries: u32| -> anyhow::Result<u64> {
+        let map = maps
             .iter()
             .find(|m| m.name == name)
             .ok_or_else(|| anyhow!("no {name} map"))?;
         ensure!(
-            table.max_entries == capacity,
-            "{name} holds {} entries where {capacity} were asked for",
-            table.max_entries
+            map.max_entries == entries,
+            "{name} holds {} entries where {entries} were expected",
+            map.max_entries
         );
-        Ok(table.memlock_bytes as f64 / f64::from(capacity))
+        Ok(map.memlock_bytes)
     };
-    let mut flow_cache_bytes = 0;
-    for name in [FLOW_CACHE4_MAP, FLOW_CACHE6_MAP] {
-        let cache = maps
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| anyhow!("no {name} map"))?;
-        ensure!(
-            cache.max_entries == FLOW_CACHE_ENTRIES,
-            "{name} holds {} entries where lb_common says {FLOW_CACHE_ENTRIES}",
-            cache.max_entries
-        );
-        flow_cache_bytes += cache.memlock_bytes;
-    }
+    let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
+        Ok(memlock_of(name, capacity)? as f64 / f64::from(capacity))
+    };
+    let flow_cache_bytes = memlock_of(FLOW_CACHE4_MAP, FLOW_CACHE_ENTRIES)?
+        + memlock_of(FLOW_CACHE6_MAP, FLOW_CACHE_ENTRIES)?;
     let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(Memory {
         conntrack4_max_flows: capacity.ipv4,

@@ -322,25 +322,30 @@ impl Maps {
     /// retransmitted) rather than use it.
     pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
         let old = array_get(&self.backends, id)?;
+        let conns = array_get(&self.backend_conns, id)?;
         let mut in_both = *backends;
         for (slot, backend) in in_both.backends.iter_mut().enumerate() {
             if old.scheduling_weight(slot as u32) == 0 {
                 backend.weight = 0;
             }
         }
-        self.rebuild_tree(id, &in_both)?;
+        self.rebuild_tree(id, &in_both, &conns)?;
         self.backends
             .set(id, backends, 0)
             .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))?;
-        self.rebuild_tree(id, backends)
+        self.rebuild_tree(id, backends, &conns)
     }
 
     /// Rebuilds the scheduler tree of service `id` for `backends` and the
-    /// service's current connection counters.
-    pub fn rebuild_tree(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
-        let conns = array_get(&self.backend_conns, id)?;
+    /// connection counters `conns`.
+    pub fn rebuild_tree(
+        &mut self,
+        id: u32,
+        backends: &BackendSet,
+        conns: &BackendConnSet,
+    ) -> anyhow::Result<()> {
         let mut tree = LoadTree::default();
-        wlc::rebuild(&mut tree, backends, &conns);
+        wlc::rebuild(&mut tree, backends, conns);
         self.wlc_tree
             .set(id, tree, 0)
             .with_context(|| format!("writing the tree of service {id} to {WLC_TREE_MAP}"))

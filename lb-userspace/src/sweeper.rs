@@ -118,7 +118,7 @@ pub fn sweep(
             .set(id, *conns, 0)
             .with_context(|| format!("writing connection counts of service {id}"))?;
         let backends = array_get(&maps.backends, id)?;
-        maps.rebuild_tree(id, &backends)?;
+        maps.rebuild_tree(id, &backends, conns)?;
     }
     Ok(SweepReport {
         expired: expired.len(),
