@@ -5,4 +5,5 @@ fn main() {
     let bpf_linker =
         which("bpf-linker").expect("bpf-linker not found on PATH: run `cargo xtask setup`");
     println!("cargo:rerun-if-changed={}", bpf_linker.to_str().unwrap());
+    println!("cargo:rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
 }

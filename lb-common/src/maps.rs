@@ -295,21 +295,46 @@ impl FlowKey4 {
 
     /// The service this flow is addressed to.
     #[inline(always)]
-    pub fn service_key(&self) -> ServiceKey {
-        // Assembled in 32-bit words: zeroing the address's last 12 bytes
-        // field by field compiles to a byte-wise memset call in BPF.
-        let words: [u32; 5] = [
-            u32::from_ne_bytes(self.dst_addr),
+    pub fn service_key(&self) -> AlignedServiceKey {
+        AlignedServiceKey::from_words([
+            u64::from(u32::from_ne_bytes(self.dst_addr)),
             0,
-            0,
-            0,
-            u32::from(self.dst_port) | u32::from(self.proto) << 16 | u32::from(FAMILY_IPV4) << 24,
-        ];
-        // SAFETY: 20 bytes, every bit pattern is a valid ServiceKey; the
+            service_key_tail(self.dst_port, self.proto, FAMILY_IPV4),
+        ])
+    }
+}
+
+/// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words (its
+/// 20 bytes, then 4 of padding), assembled in registers: the key the XDP
+/// program looks services up with. The verifier refuses misaligned stack
+/// accesses, and LLVM, told that misaligned accesses are fine (see
+/// `lb-ebpf/build.rs`), merges the narrow stores that build a 4-byte
+/// aligned key into 8-byte stores at 4-byte offsets.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct AlignedServiceKey {
+    /// The key.
+    pub key: ServiceKey,
+    /// Padding to the third word's end.
+    _pad: u32,
+}
+
+impl AlignedServiceKey {
+    /// The key whose words are `words`.
+    #[inline(always)]
+    fn from_words(words: [u64; 3]) -> Self {
+        // SAFETY: 24 bytes, 8-byte aligned, every bit pattern is valid; the
         // fields sit at the offsets the layout test checks (little-endian,
         // asserted below).
         unsafe { core::mem::transmute(words) }
     }
+}
+
+/// The last 8 bytes of an [`AlignedServiceKey`]: port, protocol and family
+/// (then padding), as one little-endian word.
+#[inline(always)]
+fn service_key_tail(port: u16, proto: u8, family: u8) -> u64 {
+    u64::from(port) | u64::from(proto) << 16 | u64::from(family) << 24
 }
 
 /// Key of [`CONNTRACK6_MAP`]: an IPv6 client-to-VIP 5-tuple.
@@ -367,13 +392,13 @@ impl FlowKey6 {
 
     /// The service this flow is addressed to.
     #[inline(always)]
-    pub fn service_key(&self) -> ServiceKey {
-        ServiceKey {
-            addr: self.dst_addr,
-            port: self.dst_port,
-            proto: self.proto,
-            family: FAMILY_IPV6,
-        }
+    pub fn service_key(&self) -> AlignedServiceKey {
+        let words = self.words();
+        AlignedServiceKey::from_words([
+            words[2],
+            words[3],
+            service_key_tail(self.dst_port, self.proto, FAMILY_IPV6),
+        ])
     }
 }
 
@@ -625,6 +650,8 @@ const _: () = {
     // little-endian.
     assert!(cfg!(target_endian = "little"));
     assert!(size_of::<ServiceKey>() == 20);
+    assert!(size_of::<AlignedServiceKey>() == 24);
+    assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
     assert!(size_of::<Service>() == 8);
     assert!(size_of::<Backend>() == 40);
     assert!(size_of::<BackendSet>() == 4 + 40 * MAX_BACKENDS);
@@ -878,7 +905,7 @@ mod tests {
             ..FlowKey4::default()
         };
         assert_eq!(
-            v4.service_key(),
+            v4.service_key().key,
             ServiceKey {
                 addr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 port: 80,
@@ -893,7 +920,7 @@ mod tests {
             ..FlowKey6::default()
         };
         assert_eq!(
-            v6.service_key(),
+            v6.service_key().key,
             ServiceKey {
                 addr: [0x20; 16],
                 port: 53,

@@ -20,9 +20,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4, CachedFlow6,
-    FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP,
-    REASON_NO_BACKEND, ServiceKey,
+    AlignedServiceKey, BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4,
+    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS,
+    PROTO_TCP, REASON_NO_BACKEND,
     conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, wlc,
 };
@@ -42,7 +42,7 @@ pub trait TableKey {
     /// Records `flow` under this key.
     fn insert(&self, flow: &Flow) -> Result<(), i32>;
     /// The service the flow is addressed to.
-    fn service_key(&self) -> ServiceKey;
+    fn service_key(&self) -> AlignedServiceKey;
     /// This CPU's cached copy of the flow, if it was cached in `period`: its
     /// service id and its binding (slot not yet bounded, state as cached).
     fn cached(&self, period: u64) -> Option<(u32, Binding)>;
@@ -81,7 +81,7 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn service_key(&self) -> ServiceKey {
+            fn service_key(&self) -> AlignedServiceKey {
                 <$key>::service_key(self)
             }
 

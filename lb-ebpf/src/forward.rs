@@ -1,34 +1,38 @@
 //! Direct-routing forwarding: only the Ethernet addresses change.
 
+use core::mem::offset_of;
+
 use aya_ebpf::programs::XdpContext;
-use network_types::eth::EthHdr;
+use lb_common::Backend;
 
 use crate::parse::ptr_at_mut;
 
+/// The Ethernet header's two addresses: destination, then source.
+type MacPair = [u8; 12];
+
+// `Backend::mac` followed by `Backend::nic_mac` is the new address pair, in
+// frame order: one 12-byte copy rewrites both.
+const _: () = assert!(offset_of!(Backend, nic_mac) == offset_of!(Backend, mac) + 6);
+
 /// Sets the frame's destination MAC to the backend's and its source MAC to
-/// the egress NIC's; every other byte stays as it arrived.
+/// that of the NIC the backend is reached through; every other byte stays
+/// as it arrived.
 #[inline(always)]
-pub fn rewrite_macs(ctx: &XdpContext, backend_mac: &[u8; 6], nic_mac: &[u8; 6]) -> Result<(), ()> {
-    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(())?;
-    // SAFETY: the Ethernet header is inside the frame.
+pub fn rewrite_macs(ctx: &XdpContext, backend: &Backend) -> Result<(), ()> {
+    let addresses = ptr_at_mut::<MacPair>(ctx, 0).ok_or(())?;
+    // SAFETY: the Ethernet header is inside the frame; the pair is read
+    // from the backend's map value (see the assertion above). Misaligned
+    // accesses are allowed (see `lb-ebpf/build.rs`): an 8-byte and a 4-byte
+    // move (a 12-byte array copy would become a call to `memcpy`).
     unsafe {
-        copy_mac(&raw mut (*eth).dst_addr, backend_mac);
-        copy_mac(&raw mut (*eth).src_addr, nic_mac);
+        let (src, dst) = (
+            (&raw const backend.mac).cast::<u8>(),
+            addresses.cast::<u8>(),
+        );
+        let head = src.cast::<u64>().read_unaligned();
+        let tail = src.add(8).cast::<u32>().read_unaligned();
+        dst.cast::<u64>().write_unaligned(head);
+        dst.add(8).cast::<u32>().write_unaligned(tail);
     }
     Ok(())
-}
-
-/// Copies a MAC address 16 bits at a time (a plain array copy is done a byte
-/// at a time: the compiler cannot assume more than byte alignment).
-///
-/// # Safety
-/// `dst` lies inside the frame at an even offset (frames start 2-byte
-/// aligned); `src` is a MAC field of a map value at an even offset.
-#[inline(always)]
-unsafe fn copy_mac(dst: *mut [u8; 6], src: &[u8; 6]) {
-    let dst = dst.cast::<u16>();
-    let src = src.as_ptr().cast::<u16>();
-    for i in 0..3 {
-        unsafe { dst.add(i).write(src.add(i).read()) };
-    }
 }

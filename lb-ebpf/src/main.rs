@@ -168,7 +168,7 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
         },
     };
     let backend = &backends.backends[binding.slot as usize];
-    if forward::rewrite_macs(ctx, &backend.mac, &backend.nic_mac).is_err() {
+    if forward::rewrite_macs(ctx, backend).is_err() {
         return Verdict::Drop(REASON_INTERNAL);
     }
     stats::count_forwarded(service_id, binding, l3_len);
@@ -189,8 +189,9 @@ fn from_table(
         key.cache(service_id, &binding, period);
         return Ok((service_id, backends, binding));
     }
+    let service_key = key.service_key();
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some(service_id) = (unsafe { SERVICES.get(key.service_key()) }).map(|s| s.id) else {
+    let Some(service_id) = (unsafe { SERVICES.get(&service_key.key) }).map(|s| s.id) else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (Some(backends), Some(conns), Some(tree)) = (

@@ -127,33 +127,28 @@ unsafe fn be16(field: *const [u8; 2]) -> u16 {
     u16::from_be(unsafe { field.cast::<u16>().read() })
 }
 
-/// Reads 4 packet bytes as a native-endian `u32`, 16 bits at a time (the
-/// fields are only 2-byte aligned, and a byte-wise read would take four loads).
+/// Reads 4 packet bytes as a native-endian `u32`, with one load.
 ///
 /// # Safety
-/// As for [`be16`]: `src` lies inside the frame at an even offset.
+/// `src` lies inside the frame. The load may be misaligned (IPv4 addresses
+/// sit at offset 26 and 30 of the frame): the program is built with the
+/// BPF backend's `allows-misaligned-mem-access` feature (see
+/// `lb-ebpf/build.rs`), and the verifier permits misaligned packet loads
+/// on architectures with efficient unaligned access.
 #[inline(always)]
 unsafe fn load_u32(src: *const [u8; 4]) -> u32 {
-    let src = src.cast::<u16>();
-    unsafe { u32::from(src.read()) | u32::from(src.add(1).read()) << 16 }
+    unsafe { src.cast::<u32>().read_unaligned() }
 }
 
-/// Reads an IPv6 address as two native-endian `u64`s of its bytes, 16 bits
-/// at a time.
+/// Reads an IPv6 address as two native-endian `u64`s of its bytes, with
+/// two loads.
 ///
 /// # Safety
-/// As for [`be16`]: `src` lies inside the frame at an even offset.
+/// As for [`load_u32`].
 #[inline(always)]
 unsafe fn load_addr6(src: *const [u8; 16]) -> [u64; 2] {
-    let src = src.cast::<u16>();
-    let mut words = [0u64; 2];
-    for (w, word) in words.iter_mut().enumerate() {
-        for i in 0..4 {
-            // SAFETY: the 16 bytes are inside the frame.
-            *word |= u64::from(unsafe { src.add(w * 4 + i).read() }) << (16 * i);
-        }
-    }
-    words
+    let src = src.cast::<u64>();
+    unsafe { [src.read_unaligned(), src.add(1).read_unaligned()] }
 }
 
 /// Length of the frame without its Ethernet header (IPVS counts IP-layer bytes).
