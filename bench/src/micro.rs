@@ -20,14 +20,14 @@
 //! the median over the rounds.
 //!
 //! Which part of the data path a case exercises ([`FlowPath`]) is derived
-//! from its packets: lb keeps a per-CPU, direct-mapped flow cache
-//! ([`FLOW_CACHE_ENTRIES`] entries per CPU and family) in front of its
+//! from its packets: lb keeps a per-CPU, two-way set-associative flow cache
+//! ([`FLOW_CACHE_ENTRIES`] flows per CPU and family) in front of its
 //! connection tables. A packet of a known flow whose state does not change is
-//! forwarded from the cache when its entry holds that flow (the table is read
+//! forwarded from the cache when its set holds that flow (the table is read
 //! at least once per flow per cache period); a SYN never probes the cache and
 //! a new flow is not cached. [`cache_hit_share`] replays a case's flows
-//! through a model of the cache, with lb's own index function, to tell which
-//! cases run from the cache and which mostly miss it.
+//! through a model of the cache, with lb's own hash and set logic, to tell
+//! which cases run from the cache and which mostly miss it.
 //!
 //! The new-flow cases run in two regimes: a table of twice the calls, which
 //! never evicts (its memory mostly cache-cold), and a table of
@@ -51,10 +51,11 @@ use aya::{
 };
 use lb::datapath::{Attachment, Datapath, FlowCapacity, array_get, backend_entry, service_key};
 use lb_common::{
-    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_ENTRIES,
-    FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4,
+    CachedFlow6, CachedFlowSet4, CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS,
+    FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
-    flow_cache_index,
+    flow_cache_set,
 };
 use serde::Serialize;
 
@@ -688,27 +689,60 @@ fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u16) -> anyhow:
 }
 
 /// Share of `packets` packets, of flows `flow(0)`, `flow(1)`, ..., that one
-/// CPU's flow cache serves, starting cold and within one cache period: a
-/// model of the direct-mapped cache with lb's own index function, where a
-/// packet hits when its entry holds its flow and a miss caches its flow.
-/// Only for packets of known flows whose state the packet does not change.
+/// CPU's flow cache serves, starting cold and within one cache period: lb's
+/// own set logic (`FlowCacheSet::hit` and `way_for`) over sets indexed by
+/// lb's own hash, where a packet hits when its set holds its flow and a
+/// miss caches its flow if the set has a way for it. Only for packets of
+/// known flows whose state the packet does not change.
 fn cache_hit_share(packets: u32, flow: impl Fn(u32) -> FlowKey) -> f64 {
-    let mut entries: Vec<Option<FlowKey>> = vec![None; FLOW_CACHE_ENTRIES as usize];
+    let mut sets4 = vec![CachedFlowSet4::default(); FLOW_CACHE_SETS as usize];
+    let mut sets6 = vec![CachedFlowSet6::default(); FLOW_CACHE_SETS as usize];
     let mut hits = 0u64;
     for i in 0..packets {
-        let key = flow(i);
-        let index = match &key {
-            FlowKey::V4(k) => flow_cache_index(&k.words()),
-            FlowKey::V6(k) => flow_cache_index(&k.words()),
+        let hit = match flow(i) {
+            FlowKey::V4(key) => {
+                let set = &mut sets4[flow_cache_set(&key.words()) as usize];
+                model_packet(set, &key.words(), |way| {
+                    *way = CachedFlow4 {
+                        key,
+                        stamp: MODEL_PERIOD,
+                        ..CachedFlow4::default()
+                    }
+                })
+            }
+            FlowKey::V6(key) => {
+                let set = &mut sets6[flow_cache_set(&key.words()) as usize];
+                model_packet(set, &key.words(), |way| {
+                    *way = CachedFlow6 {
+                        key,
+                        stamp: MODEL_PERIOD,
+                        ..CachedFlow6::default()
+                    }
+                })
+            }
         };
-        let entry = &mut entries[index as usize];
-        if *entry == Some(key) {
-            hits += 1;
-        } else {
-            *entry = Some(key);
-        }
+        hits += u64::from(hit);
     }
     hits as f64 / f64::from(packets.max(1))
+}
+
+/// The one cache period [`cache_hit_share`] runs in (empty ways have stamp 0).
+const MODEL_PERIOD: u64 = 1;
+
+/// One packet of flow `words` through `set` in [`MODEL_PERIOD`]: whether it
+/// hit; on a miss, `fill` caches the flow in the way the set gives it.
+fn model_packet<E: CachedFlow<N>, const N: usize>(
+    set: &mut FlowCacheSet<E>,
+    words: &[u64; N],
+    fill: impl FnOnce(&mut E),
+) -> bool {
+    if set.hit(words, MODEL_PERIOD).is_some() {
+        return true;
+    }
+    if let Some(way) = set.way_for(words, MODEL_PERIOD) {
+        fill(&mut set.ways[way]);
+    }
+    false
 }
 
 /// Sizes of a loaded program.
@@ -770,8 +804,8 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
     let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
         Ok(memlock_of(name, capacity)? as f64 / f64::from(capacity))
     };
-    let flow_cache_bytes = memlock_of(FLOW_CACHE4_MAP, FLOW_CACHE_ENTRIES)?
-        + memlock_of(FLOW_CACHE6_MAP, FLOW_CACHE_ENTRIES)?;
+    let flow_cache_bytes = memlock_of(FLOW_CACHE4_MAP, FLOW_CACHE_SETS)?
+        + memlock_of(FLOW_CACHE6_MAP, FLOW_CACHE_SETS)?;
     let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(Memory {
         conntrack4_max_flows: capacity.ipv4,
@@ -1187,8 +1221,13 @@ mod tests {
             cache_hit_share(10_000, |i| rotation(1_000_000, i).key()),
             0.0
         );
-        // Far more flows than entries, visited in turn: hardly any hits.
-        assert!(cache_hit_share(1_000_000, |i| rotation(100_000, i).key()) < 0.05);
+        // Far more flows than entries, visited in turn: only the flows that
+        // took a way first (at most 16,384 of 100,000) hit, for the period.
+        let many = cache_hit_share(1_000_000, |i| rotation(100_000, i).key());
+        assert!((0.05..0.17).contains(&many), "{many}");
+        // 10,000 flows in 8,192 two-way sets: most, not all, hit.
+        let some = cache_hit_share(100_000, |i| rotation(10_000, i).key());
+        assert!((0.75..0.95).contains(&some), "{some}");
         // Fewer flows than entries: mostly hits.
         assert!(cache_hit_share(100_000, |i| rotation(1000, i).key()) > 0.9);
     }

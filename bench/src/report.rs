@@ -313,7 +313,7 @@ impl<L: Serialize> Report<L> {
         );
         let _ = writeln!(
             s,
-            "  flow caches ({FLOW_CACHE4_MAP} + {FLOW_CACHE6_MAP}, {} entries each per CPU, whatever \
+            "  flow caches ({FLOW_CACHE4_MAP} + {FLOW_CACHE6_MAP}, {} flows each per CPU, whatever \
              the tables' size):\n    {:.0} B per CPU ({:.2} MiB; memlock / possible CPUs), {} B at {} \
              possible CPUs",
             thousands(mem.flow_cache_entries),
@@ -347,10 +347,10 @@ impl<L: Serialize> Report<L> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "path: cache hit = forwarded from this CPU's flow cache alone (direct-mapped, {} entries per CPU and\n\
+            "path: cache hit = forwarded from this CPU's flow cache alone (2-way set-associative, {} flows per CPU and\n\
              \x20       family; the flow's table entry is still read and refreshed once per cache period, \
              2^{FLOW_CACHE_PERIOD_SHIFT} jiffies)\n\
-             \x20     table     = mostly a cache miss (the flow's entry holds other flows), then the connection \
+             \x20     table     = mostly a cache miss (the flow's set holds other flows), then the connection \
              table; caches the flow\n\
              \x20     new flow  = a SYN, which never probes the cache: table miss, wlc selection, insert \
              (not cached)\n\

@@ -66,6 +66,18 @@ pub const fn tcp_next_state(state: u32, flags: u8) -> u32 {
     }
 }
 
+/// Whether a packet with `flags` leaves a TCP flow in `state` where it is
+/// (`tcp_next_state(state, flags) == state`): what the flow cache asks of
+/// every packet, answered for the common case (an established flow, no
+/// SYN, FIN or RST) without walking the state machine.
+#[inline(always)]
+pub const fn tcp_keeps_state(state: u32, flags: u8) -> bool {
+    if state == STATE_ESTABLISHED && flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
+        return true;
+    }
+    tcp_next_state(state, flags) == state
+}
+
 /// Whether a flow in `state` counts as active (IPVS ActiveConn) rather than
 /// inactive (InActConn) in weighted least-connection.
 #[inline(always)]
@@ -141,6 +153,20 @@ mod tests {
         STATE_FIN_WAIT,
         STATE_CLOSE,
     ];
+
+    #[test]
+    fn keeps_state_agrees_with_the_state_machine() {
+        for state in ALL {
+            for flags in 0..=u8::MAX {
+                assert_eq!(
+                    tcp_keeps_state(state, flags),
+                    tcp_next_state(state, flags) == state,
+                    "{} with flags {flags:#04x}",
+                    state_name(state)
+                );
+            }
+        }
+    }
 
     #[test]
     fn handshake_data_and_close() {

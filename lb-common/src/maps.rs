@@ -8,8 +8,8 @@
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
 //! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
-//! | [`FLOW_CACHE4_MAP`] | per-CPU array | hash slot -> [`CachedFlow4`] |
-//! | [`FLOW_CACHE6_MAP`] | per-CPU array | hash slot -> [`CachedFlow6`] |
+//! | [`FLOW_CACHE4_MAP`] | per-CPU array | hash set -> [`CachedFlowSet4`] |
+//! | [`FLOW_CACHE6_MAP`] | per-CPU array | hash set -> [`CachedFlowSet6`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
@@ -40,9 +40,9 @@ pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.
 pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
-/// Name of the per-CPU IPv4 flow cache (per-CPU array: hash slot -> [`CachedFlow4`]).
+/// Name of the per-CPU IPv4 flow cache (per-CPU array: hash set -> [`CachedFlowSet4`]).
 pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
-/// Name of the per-CPU IPv6 flow cache (per-CPU array: hash slot -> [`CachedFlow6`]).
+/// Name of the per-CPU IPv6 flow cache (per-CPU array: hash set -> [`CachedFlowSet6`]).
 pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
 /// The data path counts every verdict but `forwarded` here; the control
@@ -500,8 +500,13 @@ pub struct Flow {
     pub _pad: u16,
 }
 
-/// Entries of each per-CPU flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]).
-pub const FLOW_CACHE_ENTRIES: u32 = 1 << 14;
+/// Ways of each flow-cache set: the flows that share a hash and can be
+/// cached side by side.
+pub const FLOW_CACHE_WAYS: usize = 2;
+/// Sets of each per-CPU flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]).
+pub const FLOW_CACHE_SETS: u32 = 1 << 13;
+/// Flows each per-CPU flow cache holds at most.
+pub const FLOW_CACHE_ENTRIES: u32 = FLOW_CACHE_SETS * FLOW_CACHE_WAYS as u32;
 
 /// An entry of the per-CPU IPv4 flow cache: a copy of a connection-table
 /// entry, taken at `stamp`.
@@ -541,16 +546,103 @@ pub struct CachedFlow6 {
     pub stamp: u64,
 }
 
-/// The flow-cache entry (per-CPU array index) of a flow key, given as its
+/// A flow-cache entry of either family, as the set logic sees it.
+pub trait CachedFlow<const N: usize> {
+    /// Whether the entry holds the flow whose key has the words `words`
+    /// (`FlowKey4::words`, `FlowKey6::words`).
+    fn holds(&self, words: &[u64; N]) -> bool;
+    /// The entry's [`CachedFlow4::stamp`].
+    fn stamp(&self) -> u64;
+}
+
+/// Whether two keys, given as their 64-bit words, are equal (one test of
+/// the OR of the XORs rather than a branch per word).
+#[inline(always)]
+pub fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+    a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+impl CachedFlow<2> for CachedFlow4 {
+    #[inline(always)]
+    fn holds(&self, words: &[u64; 2]) -> bool {
+        same_words(&self.key.words(), words)
+    }
+    #[inline(always)]
+    fn stamp(&self) -> u64 {
+        self.stamp
+    }
+}
+
+impl CachedFlow<5> for CachedFlow6 {
+    #[inline(always)]
+    fn holds(&self, words: &[u64; 5]) -> bool {
+        same_words(&self.key.words(), words)
+    }
+    #[inline(always)]
+    fn stamp(&self) -> u64 {
+        self.stamp
+    }
+}
+
+/// A value of a per-CPU flow cache: the [`FLOW_CACHE_WAYS`] entries of one
+/// set (64 bytes for IPv4, 112 for IPv6), for flows whose keys hash to it.
+///
+/// Within a cache period an entry keeps its flow: a flow is cached into the
+/// way that already holds it, or else into a way holding no flow of the
+/// current period; when every way holds another flow of this period, the
+/// flow is not cached and its packets take the table path until the period
+/// ends. So flows that outnumber a set's ways cost one table lookup each
+/// per packet, instead of evicting each other on every packet (a
+/// round-robin over three flows in two ways would never hit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSet<E> {
+    /// The entries; all-zero ways are empty.
+    pub ways: [E; FLOW_CACHE_WAYS],
+}
+
+/// Value of [`FLOW_CACHE4_MAP`].
+pub type CachedFlowSet4 = FlowCacheSet<CachedFlow4>;
+/// Value of [`FLOW_CACHE6_MAP`].
+pub type CachedFlowSet6 = FlowCacheSet<CachedFlow6>;
+
+impl<E> FlowCacheSet<E> {
+    /// The way holding flow `words` cached in `period`, if any.
+    #[inline(always)]
+    pub fn hit<const N: usize>(&self, words: &[u64; N], period: u64) -> Option<usize>
+    where
+        E: CachedFlow<N>,
+    {
+        self.ways
+            .iter()
+            .position(|entry| entry.stamp() == period && entry.holds(words))
+    }
+
+    /// The way to cache flow `words` in during `period`: the one that holds
+    /// it already, else the first one holding no flow of `period`; `None`
+    /// when every way holds another flow of `period` (see the type's doc).
+    #[inline(always)]
+    pub fn way_for<const N: usize>(&self, words: &[u64; N], period: u64) -> Option<usize>
+    where
+        E: CachedFlow<N>,
+    {
+        let ways = &self.ways;
+        ways.iter()
+            .position(|entry| entry.holds(words))
+            .or_else(|| ways.iter().position(|entry| entry.stamp() != period))
+    }
+}
+
+/// The flow-cache set (per-CPU array index) of a flow key, given as its
 /// 64-bit words (`FlowKey4::words`, `FlowKey6::words`): the top bits of a
 /// multiplicative hash.
 #[inline(always)]
-pub fn flow_cache_index<const N: usize>(words: &[u64; N]) -> u32 {
+pub fn flow_cache_set<const N: usize>(words: &[u64; N]) -> u32 {
     let mut hash = 0u64;
     for word in words {
         hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
-    (hash >> (64 - FLOW_CACHE_ENTRIES.trailing_zeros())) as u32
+    (hash >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
 }
 
 /// The flow cache's period is `2^FLOW_CACHE_PERIOD_SHIFT` jiffies (64 ms at
@@ -663,7 +755,9 @@ const _: () = {
     assert!(size_of::<Flow>() == 16);
     assert!(size_of::<CachedFlow4>() == 32);
     assert!(size_of::<CachedFlow6>() == 56);
-    assert!(FLOW_CACHE_ENTRIES.is_power_of_two());
+    assert!(size_of::<CachedFlowSet4>() == 64);
+    assert!(size_of::<CachedFlowSet6>() == 112);
+    assert!(FLOW_CACHE_SETS.is_power_of_two());
     assert!(size_of::<Counters>() == 24);
     assert!(MAX_BACKENDS.is_power_of_two());
 };
@@ -684,6 +778,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CachedFlow4 {}
     unsafe impl aya::Pod for CachedFlow6 {}
+    unsafe impl<E: aya::Pod> aya::Pod for FlowCacheSet<E> {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counters {}
 }
@@ -931,17 +1026,55 @@ mod tests {
     }
 
     #[test]
-    fn flow_cache_index_spreads_keys_over_the_cache() {
-        let mut used = [false; FLOW_CACHE_ENTRIES as usize];
-        for port in 0..4096u16 {
+    fn flow_cache_set_spreads_keys_over_the_cache() {
+        let mut used = [false; FLOW_CACHE_SETS as usize];
+        for port in 0..2048u16 {
             let key = FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP);
-            let index = flow_cache_index(&key.words());
-            assert!(index < FLOW_CACHE_ENTRIES);
-            used[index as usize] = true;
+            let set = flow_cache_set(&key.words());
+            assert!(set < FLOW_CACHE_SETS);
+            used[set as usize] = true;
         }
-        // 4096 keys into 16384 entries: a uniform hash leaves ~3,600 distinct.
+        // 2048 keys into 8192 sets: a uniform hash leaves ~1,800 distinct.
         let distinct = used.iter().filter(|u| **u).count();
-        assert!(distinct > 3400, "{distinct} distinct entries for 4096 keys");
+        assert!(distinct > 1700, "{distinct} distinct sets for 2048 keys");
+    }
+
+    /// A cached IPv4 flow from client port `port`, stamped `stamp`.
+    fn cached4(port: u16, stamp: u64) -> CachedFlow4 {
+        CachedFlow4 {
+            key: FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP),
+            stamp,
+            ..CachedFlow4::default()
+        }
+    }
+
+    #[test]
+    fn flow_cache_set_keeps_the_flows_of_the_period() {
+        let words = |port| cached4(port, 0).key.words();
+        let (a, b, c) = (words(1), words(2), words(3));
+        let mut set = CachedFlowSet4::default();
+        // Empty ways (stamp 0) take flows in order.
+        assert_eq!(set.hit(&a, 7), None);
+        assert_eq!(set.way_for(&a, 7), Some(0));
+        set.ways[0] = cached4(1, 7);
+        assert_eq!(set.hit(&a, 7), Some(0));
+        assert_eq!(set.way_for(&b, 7), Some(1));
+        set.ways[1] = cached4(2, 7);
+        assert_eq!(set.hit(&b, 7), Some(1));
+        // Both ways hold flows of this period: a third flow is not cached,
+        // a cached flow is refreshed in place.
+        assert_eq!(set.hit(&c, 7), None);
+        assert_eq!(set.way_for(&c, 7), None);
+        assert_eq!(set.way_for(&b, 7), Some(1));
+        // A new period: nothing hits, the flow keeps its way, and a way of
+        // an earlier period goes to another flow.
+        assert_eq!(set.hit(&a, 8), None);
+        assert_eq!(set.way_for(&b, 8), Some(1));
+        assert_eq!(set.way_for(&c, 8), Some(0));
+        set.ways[0] = cached4(3, 8);
+        assert_eq!(set.way_for(&a, 8), Some(1));
+        // A stale copy in the second way is reused, not duplicated.
+        assert_eq!(set.way_for(&b, 8), Some(1));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! and each change replays the backend's matches in the service's scheduler
 //! tree (`lb_common::wlc`).
 //!
-//! In front of the tables sits a per-CPU flow cache: a direct-mapped copy of
-//! the flows this CPU forwarded recently, indexed by a multiplicative hash of
-//! the key. A packet whose flow is cached from the current cache period and
-//! whose state does not change is forwarded from the cache alone, without
+//! In front of the tables sits a per-CPU flow cache: a two-way set-associative
+//! copy of the flows this CPU forwarded recently, its sets indexed by a
+//! multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
+//! a flow takes, and why a flow of the current period keeps its way). A
+//! packet whose flow is cached from the current cache period and whose
+//! state does not change is forwarded from the cache alone, without
 //! the kernel's hash lookup or a clock read. Everything else (a state change,
 //! a new period, a miss) goes to the table, which stays the one source of
 //! truth: its state, its last-seen time (refreshed at least once per period
@@ -21,10 +23,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4,
-    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, Flow, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS,
-    PROTO_TCP, REASON_NO_BACKEND,
-    conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, wlc,
+    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow, FlowKey4, FlowKey6, LoadTree,
+    MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_keeps_state, tcp_next_state},
+    flow_cache_set, wlc,
 };
 
 use crate::{
@@ -58,13 +60,6 @@ pub fn cache_period() -> u64 {
     (unsafe { bpf_jiffies64() }) >> FLOW_CACHE_PERIOD_SHIFT
 }
 
-/// Whether two keys, given as their 64-bit words, are equal (one test of
-/// the OR of the XORs rather than a branch per word).
-#[inline(always)]
-fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
-    a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 /// Implements [`TableKey`] for the key type of one address family, with its
 /// connection table and flow cache (the two families differ only in types).
 macro_rules! table_key {
@@ -88,9 +83,10 @@ macro_rules! table_key {
             #[inline(always)]
             fn cached(&self, period: u64) -> Option<(u32, Binding)> {
                 let words = self.words();
-                // SAFETY: this CPU's own entry; nothing else writes it while we run.
-                let entry = unsafe { &*$cache.get_ptr_mut(flow_cache_index(&words))? };
-                (entry.stamp == period && same_words(&entry.key.words(), &words)).then_some((
+                // SAFETY: this CPU's own set; nothing else writes it while we run.
+                let set = unsafe { &*$cache.get_ptr_mut(flow_cache_set(&words))? };
+                let entry = &set.ways[way_index(set.hit(&words, period)?)];
+                Some((
                     u32::from(entry.service_id),
                     Binding {
                         slot: u32::from(entry.backend_slot),
@@ -102,18 +98,21 @@ macro_rules! table_key {
 
             #[inline(always)]
             fn cache(&self, service_id: u32, binding: &Binding, period: u64) {
-                if let Some(entry) = $cache.get_ptr_mut(flow_cache_index(&self.words())) {
-                    // SAFETY: this CPU's own entry.
-                    unsafe {
-                        *entry = $entry {
-                            key: *self,
-                            service_id: service_id as u16,
-                            backend_slot: binding.slot as u16,
-                            state: binding.state as u16,
-                            _pad: 0,
-                            stamp: period,
-                        };
-                    }
+                let words = self.words();
+                let Some(set) = $cache.get_ptr_mut(flow_cache_set(&words)) else {
+                    return;
+                };
+                // SAFETY: this CPU's own set.
+                let set = unsafe { &mut *set };
+                if let Some(way) = set.way_for(&words, period) {
+                    set.ways[way_index(way)] = $entry {
+                        key: *self,
+                        service_id: service_id as u16,
+                        backend_slot: binding.slot as u16,
+                        state: binding.state as u16,
+                        _pad: 0,
+                        stamp: period,
+                    };
                 }
             }
         }
@@ -122,6 +121,12 @@ macro_rules! table_key {
 
 table_key!(FlowKey4, CONNTRACK4, FLOW_CACHE4, CachedFlow4);
 table_key!(FlowKey6, CONNTRACK6, FLOW_CACHE6, CachedFlow6);
+
+/// Keeps a way index provably inside a flow-cache set for the verifier.
+#[inline(always)]
+const fn way_index(way: usize) -> usize {
+    way & (FLOW_CACHE_WAYS - 1)
+}
 
 /// The backend a packet goes to.
 #[derive(Clone, Copy)]
@@ -145,7 +150,7 @@ pub fn cached(
     period: u64,
 ) -> Option<(u32, &'static BackendSet, Binding)> {
     let (service_id, binding) = key.cached(period)?;
-    if next_state(packet, binding.state) != binding.state {
+    if !keeps_state(packet, binding.state) {
         return None;
     }
     let (backends, slot) = backend_in_use(service_id, binding.slot)?;
@@ -177,6 +182,16 @@ fn next_state(packet: &Packet, state: u32) -> u32 {
         tcp_next_state(state, packet.tcp_flags)
     } else {
         STATE_UDP
+    }
+}
+
+/// Whether `packet` leaves a flow in `state` where it is.
+#[inline(always)]
+fn keeps_state(packet: &Packet, state: u32) -> bool {
+    if packet.proto == PROTO_TCP {
+        tcp_keeps_state(state, packet.tcp_flags)
+    } else {
+        state == STATE_UDP
     }
 }
 

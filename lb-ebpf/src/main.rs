@@ -25,10 +25,10 @@ use aya_ebpf::{
 };
 use conntrack::{Binding, TableKey};
 use lb_common::{
-    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlow4, CachedFlow6, Counters,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_ENTRIES, Flow, FlowKey4, FlowKey6,
-    LoadTree, MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES,
-    Service, ServiceKey, port_bit,
+    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow, FlowKey4, FlowKey6, LoadTree,
+    MAX_SERVICES, NUM_REASONS, REASON_INTERNAL, REASON_NO_SERVICE, SERVICE_PORTS_ENTRIES, Service,
+    ServiceKey, port_bit,
 };
 use parse::{IpHeader, Packet};
 
@@ -68,14 +68,15 @@ static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }>
 #[btf_map]
 static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
 
-/// Per-CPU IPv4 flow cache: hash of the key -> a recent copy of its
-/// connection-table entry (see `conntrack`). Written only by the data path.
+/// Per-CPU IPv4 flow cache: hash of the key -> a set of two recent copies
+/// of connection-table entries (see `conntrack`). Written only by the data
+/// path.
 #[btf_map]
-static FLOW_CACHE4: PerCpuArray<CachedFlow4, { FLOW_CACHE_ENTRIES as usize }> = PerCpuArray::new();
+static FLOW_CACHE4: PerCpuArray<CachedFlowSet4, { FLOW_CACHE_SETS as usize }> = PerCpuArray::new();
 
 /// Per-CPU IPv6 flow cache, as [`FLOW_CACHE4`].
 #[btf_map]
-static FLOW_CACHE6: PerCpuArray<CachedFlow6, { FLOW_CACHE_ENTRIES as usize }> = PerCpuArray::new();
+static FLOW_CACHE6: PerCpuArray<CachedFlowSet6, { FLOW_CACHE_SETS as usize }> = PerCpuArray::new();
 
 /// Per-CPU packet/byte counters per verdict reason (`REASON_*`), for every
 /// frame that is not forwarded. The control plane keeps the `forwarded`

@@ -23,6 +23,7 @@
 //! which case it fails.
 
 use std::{
+    collections::BTreeMap,
     io::{self, ErrorKind, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
@@ -45,15 +46,16 @@ use lb::{
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
     BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters,
-    FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey,
-    LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP, REASON_FORWARDED,
-    REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND, REASON_NO_SERVICE,
-    REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP, backend_index,
+    FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
+    FlowKey, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP,
+    REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND,
+    REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP,
+    backend_index,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
     },
-    flow_cache_index, reason_name, wlc,
+    flow_cache_set, reason_name, wlc,
 };
 
 // ---------------------------------------------------------------------------
@@ -2789,8 +2791,9 @@ fn sweeper_rebuilds_the_scheduler_tree() {
 //
 // `BPF_PROG_TEST_RUN` runs the program on the calling thread's CPU, so each
 // of these fixtures pins its thread to one CPU ([`pin_to_one_cpu`]) and reads
-// that CPU's value of FLOW_CACHE4 / FLOW_CACHE6. The cache maps are not in
-// `lb::datapath::Maps`: they are opened by id and read as raw bytes.
+// that CPU's value of FLOW_CACHE4 / FLOW_CACHE6: the set of
+// [`FLOW_CACHE_WAYS`] entries the flow's key hashes to. The cache maps are
+// not in `lb::datapath::Maps`: they are opened by id and read as raw bytes.
 //
 // A cached flow is only used in the cache period it was cached in
 // (`jiffies >> FLOW_CACHE_PERIOD_SHIFT`). The fixtures read the kernel's
@@ -2801,10 +2804,15 @@ fn sweeper_rebuilds_the_scheduler_tree() {
 // ([`within_one_period`]) when the period rolled over between caching and
 // the packet that should hit.
 
-/// Bytes of a [`FLOW_CACHE4_MAP`] value (`lb_common::CachedFlow4`).
+/// Bytes of a flow-cache entry of [`FLOW_CACHE4_MAP`] (`lb_common::CachedFlow4`).
 const CACHED4_LEN: usize = 32;
-/// Bytes of a [`FLOW_CACHE6_MAP`] value (`lb_common::CachedFlow6`).
+/// Bytes of a flow-cache entry of [`FLOW_CACHE6_MAP`] (`lb_common::CachedFlow6`).
 const CACHED6_LEN: usize = 56;
+/// Bytes of a [`FLOW_CACHE4_MAP`] value, a set of [`FLOW_CACHE_WAYS`]
+/// entries (`lb_common::CachedFlowSet4`).
+const CACHED_SET4_LEN: usize = FLOW_CACHE_WAYS * CACHED4_LEN;
+/// Bytes of a [`FLOW_CACHE6_MAP`] value (`lb_common::CachedFlowSet6`).
+const CACHED_SET6_LEN: usize = FLOW_CACHE_WAYS * CACHED6_LEN;
 /// Bytes of a per-CPU array key (the index).
 const ARRAY_KEY_LEN: usize = 4;
 /// How often a fixture that needs one cache period for its sequence tries it
@@ -2826,7 +2834,7 @@ struct RawCached {
 }
 
 impl RawCached {
-    /// Decodes the value bytes of a cache entry.
+    /// Decodes the bytes of one way of a cache set.
     fn decode(bytes: &[u8]) -> Self {
         let at = bytes.len() - 16;
         let u16_at = |i: usize| u16::from_ne_bytes([bytes[at + i], bytes[at + i + 1]]);
@@ -2845,19 +2853,55 @@ impl RawCached {
     }
 }
 
-/// The flow-cache index of a flow whose connection-table key has the bytes
-/// `key` (16 or 40 bytes): `lb_common::flow_cache_index` of the key's
+/// The flow-cache set of a flow whose connection-table key has the bytes
+/// `key` (16 or 40 bytes): `lb_common::flow_cache_set` of the key's
 /// native-endian 64-bit words.
-fn cache_index(key: &[u8]) -> u32 {
+fn cache_set(key: &[u8]) -> u32 {
     let words: Vec<u64> = key
         .chunks_exact(8)
         .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
         .collect();
     match words.len() {
-        2 => flow_cache_index::<2>(&words.try_into().expect("2 words")),
-        5 => flow_cache_index::<5>(&words.try_into().expect("5 words")),
+        2 => flow_cache_set::<2>(&words.try_into().expect("2 words")),
+        5 => flow_cache_set::<5>(&words.try_into().expect("5 words")),
         n => panic!("a flow key of {n} words"),
     }
+}
+
+/// The way of `ways` (one CPU's flow-cache set) that holds the flow whose
+/// key has the bytes `key`, if any. Fails when several ways hold it: a flow
+/// is cached at most once per CPU.
+fn way_holding(case: &str, ways: &[RawCached], key: &[u8]) -> Option<usize> {
+    let holding: Vec<usize> = (0..ways.len()).filter(|&w| ways[w].key == key).collect();
+    assert!(
+        holding.len() <= 1,
+        "{case}: ways {holding:?} of one set hold the same flow: {ways:?}"
+    );
+    holding.first().copied()
+}
+
+/// `count` client ports whose TCP flows (`pkt`, for IPv4 or IPv6) fall in
+/// one flow-cache set: the ports of the `nth` (from 0) set to gather `count`
+/// of them, counting up from port 1024. Different `nth` give different sets,
+/// so no port is shared.
+fn ports_in_one_set(pkt: impl Fn(u16, u8) -> Pkt, count: usize, nth: usize) -> Vec<u16> {
+    let mut by_set = BTreeMap::<u32, Vec<u16>>::new();
+    let mut gathered = 0;
+    for port in 1024..=u16::MAX {
+        let set = cache_set(&key_bytes_of_frame(&pkt(port, TCP_ACK).build()));
+        let ports = by_set.entry(set).or_default();
+        ports.push(port);
+        if ports.len() == count {
+            if gathered == nth {
+                return ports.clone();
+            }
+            gathered += 1;
+        }
+    }
+    panic!(
+        "fewer than {} flow-cache sets hold {count} client ports",
+        nth + 1
+    )
 }
 
 /// The kernel's jiffies counter (what `bpf_jiffies64` returns), from the
@@ -2956,58 +3000,74 @@ fn with_cached_flow(
         let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
         case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
         let sport = sport_base + attempt;
-        let cached = case.open_cached(Pkt::tcp4, sport, cpu);
+        let cached = case.open_cached(Pkt::tcp4, sport, 0, cpu);
         body(&mut case, cached, sport, cpu)
     });
 }
 
 impl Case {
-    /// The flow-cache entries, one per possible CPU, at the index of the
-    /// flow of the plain IPv4 or IPv6 `frame`.
-    fn cache_entries(&self, frame: &[u8]) -> Vec<RawCached> {
+    /// The flow-cache set of the flow of the plain IPv4 or IPv6 `frame` on
+    /// every possible CPU, each as its [`FLOW_CACHE_WAYS`] ways.
+    fn cache_sets(&self, frame: &[u8]) -> Vec<Vec<RawCached>> {
         let key = key_bytes_of_frame(frame);
-        let index = cache_index(&key);
+        let set = cache_set(&key);
         match key.len() {
-            FLOW_KEY4_LEN => self.per_cpu_raw::<CACHED4_LEN>(FLOW_CACHE4_MAP, index),
-            FLOW_KEY6_LEN => self.per_cpu_raw::<CACHED6_LEN>(FLOW_CACHE6_MAP, index),
+            FLOW_KEY4_LEN => self.per_cpu_sets::<CACHED_SET4_LEN>(FLOW_CACHE4_MAP, set),
+            FLOW_KEY6_LEN => self.per_cpu_sets::<CACHED_SET6_LEN>(FLOW_CACHE6_MAP, set),
             n => panic!("{}: a flow key of {n} bytes", self.name),
         }
     }
 
-    /// Entry `index` of the per-CPU array `table` (values of `LEN` bytes) on
-    /// every possible CPU.
-    fn per_cpu_raw<const LEN: usize>(&self, table: &str, index: u32) -> Vec<RawCached> {
+    /// Set `set` of the per-CPU flow cache `table` (values of `LEN` bytes)
+    /// on every possible CPU, each decoded into its [`FLOW_CACHE_WAYS`] ways.
+    fn per_cpu_sets<const LEN: usize>(&self, table: &str, set: u32) -> Vec<Vec<RawCached>> {
         let name = &self.name;
         let map = self.map_by_name(table, ARRAY_KEY_LEN, LEN);
         let array = PerCpuArray::<MapData, [u8; LEN]>::try_from(map)
             .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
         let values = array
-            .get(&index, 0)
-            .unwrap_or_else(|e| panic!("{name}: reading {table}[{index}]: {e}"));
+            .get(&set, 0)
+            .unwrap_or_else(|e| panic!("{name}: reading {table}[{set}]: {e}"));
         values
             .iter()
-            .map(|value| RawCached::decode(value))
+            .map(|value| {
+                value
+                    .chunks_exact(LEN / FLOW_CACHE_WAYS)
+                    .map(RawCached::decode)
+                    .collect()
+            })
             .collect()
     }
 
-    /// Asserts that no CPU's flow cache holds `pkt`'s flow.
+    /// CPU `cpu`'s flow-cache entry of `frame`'s flow, if that CPU caches it.
+    fn cached_entry(&self, frame: &[u8], cpu: usize) -> Option<RawCached> {
+        let key = key_bytes_of_frame(frame);
+        let sets = self.cache_sets(frame);
+        let ways = sets
+            .get(cpu)
+            .unwrap_or_else(|| panic!("{}: no flow-cache value for CPU {cpu}", self.name));
+        way_holding(&self.name, ways, &key).map(|way| ways[way].clone())
+    }
+
+    /// Asserts that no way of any CPU's flow cache holds `pkt`'s flow.
     fn expect_not_cached(&self, label: &str, pkt: &Pkt) {
         let frame = pkt.build();
         let key = key_bytes_of_frame(&frame);
-        for (cpu, entry) in self.cache_entries(&frame).iter().enumerate() {
-            assert_ne!(
-                entry.key, key,
-                "{}/{label}: the flow is in CPU {cpu}'s flow cache: {entry:?}",
-                self.name
-            );
+        for (cpu, ways) in self.cache_sets(&frame).iter().enumerate() {
+            if let Some(way) = way_holding(&self.name, ways, &key) {
+                panic!(
+                    "{}/{label}: the flow is in way {way} of CPU {cpu}'s flow cache: {:?}",
+                    self.name, ways[way]
+                );
+            }
         }
     }
 
-    /// Asserts that CPU `cpu`'s flow cache, and no other CPU's, holds
-    /// `pkt`'s flow (its key bytes as the frame gives them) bound to `slot`
-    /// of service `id` in `state`, stamped with a period of `periods` (read
-    /// just before and just after the packet that cached it). Returns the
-    /// entry.
+    /// Asserts that a way of CPU `cpu`'s flow cache, and of no other CPU's,
+    /// holds `pkt`'s flow (its key bytes as the frame gives them) bound to
+    /// `slot` of service `id` in `state`, stamped with a period of `periods`
+    /// (read just before and just after the packet that cached it). Returns
+    /// the entry.
     fn expect_cached(
         &self,
         label: &str,
@@ -3019,26 +3079,28 @@ impl Case {
         let name = &self.name;
         let frame = pkt.build();
         let key = key_bytes_of_frame(&frame);
-        let entries = self.cache_entries(&frame);
-        for (other, entry) in entries.iter().enumerate() {
+        let sets = self.cache_sets(&frame);
+        for (other, ways) in sets.iter().enumerate() {
             if other != cpu {
-                assert_ne!(
-                    entry.key, key,
+                assert_eq!(
+                    way_holding(name, ways, &key),
+                    None,
                     "{name}/{label}: the flow is in CPU {other}'s flow cache too, not only CPU {cpu}'s"
                 );
             }
         }
-        let entry = entries
+        let ways = sets
             .get(cpu)
-            .unwrap_or_else(|| panic!("{name}: no flow-cache value for CPU {cpu}"))
-            .clone();
-        assert!(
-            entry.key == key,
-            "{name}/{label}: CPU {cpu}'s flow-cache entry does not hold the flow\n\
-             entry key:\n{}frame key:\n{}",
-            hex(&entry.key),
-            hex(&key)
-        );
+            .unwrap_or_else(|| panic!("{name}: no flow-cache value for CPU {cpu}"));
+        let Some(way) = way_holding(name, ways, &key) else {
+            let keys: String = ways.iter().map(|entry| hex(&entry.key)).collect();
+            panic!(
+                "{name}/{label}: no way of CPU {cpu}'s flow-cache set holds the flow\n\
+                 way keys:\n{keys}frame key:\n{}",
+                hex(&key)
+            );
+        };
+        let entry = ways[way].clone();
         assert_eq!(
             (
                 u32::from(entry.service_id),
@@ -3065,24 +3127,62 @@ impl Case {
     }
 
     /// Opens a TCP flow from client port `sport` of service
-    /// [`SERVICE_ID`] (whose slot 0 is the least loaded) and caches it: the
-    /// SYN opens it in the table (SYN_RECV) and leaves it out of the cache;
-    /// the ACK (a state change) goes through the table (ESTABLISHED, slot
-    /// 0 counted active) and caches the flow on `cpu`. Returns the entry.
-    fn open_cached(&self, pkt: impl Fn(u16, u8) -> Pkt, sport: u16, cpu: usize) -> RawCached {
+    /// [`SERVICE_ID`] on its least loaded backend `slot`, which must have no
+    /// flows yet, and caches it: the SYN opens it in the table (SYN_RECV)
+    /// and leaves it out of the cache; the ACK (a state change) goes through
+    /// the table (ESTABLISHED, `slot` counted active) and caches the flow on
+    /// `cpu`. Returns the entry.
+    fn open_cached(
+        &self,
+        pkt: impl Fn(u16, u8) -> Pkt,
+        sport: u16,
+        slot: u32,
+        cpu: usize,
+    ) -> RawCached {
         let syn = pkt(sport, TCP_SYN);
-        self.forward("SYN", &syn, SERVICE_ID, 0);
-        self.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
-        self.expect_conns("SYN", SERVICE_ID, 0, 0, 1);
+        self.forward("SYN", &syn, SERVICE_ID, slot);
+        self.expect_flow("SYN", &syn, SERVICE_ID, slot, STATE_SYN_RECV);
+        self.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
         self.expect_not_cached("SYN", &syn);
         let ack = pkt(sport, TCP_ACK);
         let start = current_period();
-        self.forward("ACK", &ack, SERVICE_ID, 0);
+        self.forward("ACK", &ack, SERVICE_ID, slot);
         let end = current_period();
-        self.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
-        self.expect_conns("ACK", SERVICE_ID, 0, 1, 0);
-        let flow = (SERVICE_ID, 0, STATE_ESTABLISHED);
+        self.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
+        self.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
+        let flow = (SERVICE_ID, slot, STATE_ESTABLISHED);
         self.expect_cached("ACK", &ack, cpu, flow, start..=end)
+    }
+
+    /// Opens a TCP flow from client port `sport` of service [`SERVICE_ID`]
+    /// on its least loaded backend `slot`, which must have no flows yet,
+    /// through the table alone: SYN then ACK, both forwarded to `slot`, the
+    /// flow ESTABLISHED in the table and in no CPU's flow cache. For a flow
+    /// whose cache set is full of flows of period `stamp`; `None` when the
+    /// period was no longer `stamp` after the ACK.
+    fn open_uncached(
+        &self,
+        pkt: impl Fn(u16, u8) -> Pkt,
+        sport: u16,
+        slot: u32,
+        stamp: u64,
+    ) -> Option<()> {
+        let syn = pkt(sport, TCP_SYN);
+        self.forward("SYN", &syn, SERVICE_ID, slot);
+        self.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
+        let ack = pkt(sport, TCP_ACK);
+        let frame = ack.build();
+        let sent = self.run_in_period("ACK", &frame, stamp)?;
+        self.check(
+            "ACK",
+            &frame,
+            Expect::Tx(ack.forwarded(SERVICE_ID, slot)),
+            sent,
+        );
+        self.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
+        self.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
+        self.expect_not_cached("ACK", &ack);
+        Some(())
     }
 }
 
@@ -3095,7 +3195,7 @@ fn handshake_caches_the_flow(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8) -> P
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
-    case.open_cached(pkt, 40000, cpu);
+    case.open_cached(pkt, 40000, 0, cpu);
     assert_eq!(case.flow_count(), 1, "{name}: flows");
 }
 
@@ -3143,8 +3243,8 @@ fn flow_cache_hit_bypasses_the_table() {
         );
         assert_eq!(case.flow_count(), 0, "{}: flows", case.name);
         assert_eq!(
-            case.cache_entries(&frame)[cpu],
-            cached,
+            case.cached_entry(&frame, cpu),
+            Some(cached),
             "{}: the cache entry changed",
             case.name
         );
@@ -3211,7 +3311,7 @@ fn flow_cache_state_changes_go_through_the_table() {
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
-    let cached = case.open_cached(Pkt::tcp4, 40000, cpu);
+    let cached = case.open_cached(Pkt::tcp4, 40000, 0, cpu);
     let mut stamp = cached.stamp;
     for (label, flags, state) in [
         ("FIN", TCP_FIN | TCP_ACK, STATE_FIN_WAIT),
@@ -3310,7 +3410,7 @@ fn flow_cache_period_refreshes_the_table() {
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
-    let cached = case.open_cached(Pkt::tcp4, 40000, cpu);
+    let cached = case.open_cached(Pkt::tcp4, 40000, 0, cpu);
     let ack = Pkt::tcp4(40000, TCP_ACK);
     let seen = case.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
     let start = wait_for_period_after(name, cached.stamp);
@@ -3331,6 +3431,207 @@ fn flow_cache_period_refreshes_the_table() {
         entry.stamp,
         cached.stamp
     );
+}
+
+/// Runs `body` until it returns `Some` (see [`within_one_period`]), each
+/// attempt on a fresh case: a TCP service on `vip` with one backend more
+/// than a flow-cache set has ways, and [`FLOW_CACHE_WAYS`] + 1 client ports
+/// whose flows (`pkt`) fall in one set, a different set each attempt. The
+/// flows of all ports but the last are opened (the `i`th on slot `i`) and
+/// cached on this CPU within one period, which fills their set: one flow
+/// per way. `body` gets the case, the ports, the cache entries of the open
+/// flows (in port order) and the CPU.
+fn with_full_cache_set(
+    name: &str,
+    vip: IpAddr,
+    pkt: impl Fn(u16, u8) -> Pkt,
+    mut body: impl FnMut(&mut Case, &[u16], &[RawCached], usize) -> Option<()>,
+) {
+    if !privileged(name) {
+        return;
+    }
+    let cpu = pin_to_one_cpu(name);
+    within_one_period(name, |attempt| {
+        let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100); FLOW_CACHE_WAYS + 1]);
+        let ports = ports_in_one_set(&pkt, FLOW_CACHE_WAYS + 1, usize::from(attempt));
+        let cached: Vec<RawCached> = (0..)
+            .zip(&ports[..FLOW_CACHE_WAYS])
+            .map(|(slot, &sport)| case.open_cached(&pkt, sport, slot, cpu))
+            .collect();
+        if cached.iter().any(|entry| entry.stamp != cached[0].stamp) {
+            return None;
+        }
+        let ways = &case.cache_sets(&pkt(ports[0], TCP_ACK).build())[cpu];
+        for entry in &cached {
+            assert!(
+                ways.contains(entry),
+                "{}: the flow-cache set lost a flow of its period: {entry:?}\nset: {ways:?}",
+                case.name
+            );
+        }
+        body(&mut case, &ports, &cached, cpu)
+    });
+}
+
+/// Flows whose keys fall in one flow-cache set are cached side by side, one
+/// per way, and each is forwarded from the cache alone: with every one of
+/// them deleted from the table, data on each still goes to its own backend,
+/// the table stays empty, and the set and the connection counts are left as
+/// they were.
+fn cache_set_holds_a_flow_per_way(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8) -> Pkt) {
+    with_full_cache_set(name, vip, &pkt, |case, ports, cached, cpu| {
+        let stamp = cached[0].stamp;
+        let set_frame = pkt(ports[0], TCP_ACK).build();
+        let set = case.cache_sets(&set_frame)[cpu].clone();
+        let open = &ports[..FLOW_CACHE_WAYS];
+        for &sport in open {
+            assert!(
+                case.dp.maps.remove_flow(&pkt(sport, TCP_ACK).flow_key()),
+                "{}: deleting the flow from port {sport} from the table",
+                case.name
+            );
+        }
+        for (slot, &sport) in (0..).zip(open) {
+            let label = format!("data from port {sport}");
+            let data = pkt(sport, TCP_ACK | TCP_PSH).with_payload(b"from the cache");
+            let frame = data.build();
+            let sent = case.run_in_period(&label, &frame, stamp)?;
+            case.check(
+                &label,
+                &frame,
+                Expect::Tx(data.forwarded(SERVICE_ID, slot)),
+                sent,
+            );
+            assert_eq!(
+                case.flow(&data),
+                None,
+                "{}/{label}: flow back in the table",
+                case.name
+            );
+        }
+        assert_eq!(case.flow_count(), 0, "{}: flows", case.name);
+        assert_eq!(
+            case.cache_sets(&set_frame)[cpu],
+            set,
+            "{}: the flow-cache set changed",
+            case.name
+        );
+        for slot in 0..FLOW_CACHE_WAYS as u32 {
+            case.expect_conns("data", SERVICE_ID, slot, 1, 0);
+        }
+        Some(())
+    });
+}
+
+/// IPv4: two flows of one set, both forwarded from the cache.
+#[test]
+fn ipv4_flow_cache_set_holds_a_flow_per_way() {
+    cache_set_holds_a_flow_per_way("ipv4_flow_cache_ways", VIP4.into(), Pkt::tcp4);
+}
+
+/// IPv6: two flows of one set, both forwarded from the cache.
+#[test]
+fn ipv6_flow_cache_set_holds_a_flow_per_way() {
+    cache_set_holds_a_flow_per_way("ipv6_flow_cache_ways", VIP6.into(), Pkt::tcp6);
+}
+
+/// A flow whose set is full of other flows of the current period is not
+/// cached and does not evict them: its handshake and data go through the
+/// table (the data refreshes a table entry marked as last seen at 1 ns),
+/// to its own backend, while no CPU caches it and the set's entries stay
+/// as they were.
+#[test]
+fn flow_cache_full_set_leaves_a_new_flow_in_the_table() {
+    let name = "flow_cache_full_set";
+    with_full_cache_set(name, VIP4.into(), Pkt::tcp4, |case, ports, cached, cpu| {
+        let stamp = cached[0].stamp;
+        let (sport, slot) = (ports[FLOW_CACHE_WAYS], FLOW_CACHE_WAYS as u32);
+        let set_frame = Pkt::tcp4(sport, TCP_ACK).build();
+        let set = case.cache_sets(&set_frame)[cpu].clone();
+        case.open_uncached(Pkt::tcp4, sport, slot, stamp)?;
+        assert_eq!(
+            case.cache_sets(&set_frame)[cpu],
+            set,
+            "{}/handshake: the full flow-cache set changed",
+            case.name
+        );
+        let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"past a full set");
+        let mut flow = case
+            .flow(&data)
+            .unwrap_or_else(|| panic!("{}: flow missing from the table", case.name));
+        flow.last_seen_ns = 1;
+        case.dp
+            .maps
+            .insert_flow(&data.flow_key(), &flow)
+            .unwrap_or_else(|e| panic!("{}: insert_flow: {e:#}", case.name));
+        let frame = data.build();
+        let sent = case.run_in_period("data", &frame, stamp)?;
+        case.check(
+            "data",
+            &frame,
+            Expect::Tx(data.forwarded(SERVICE_ID, slot)),
+            sent,
+        );
+        let seen = case.expect_flow("data", &data, SERVICE_ID, slot, STATE_ESTABLISHED);
+        assert!(
+            seen > 1,
+            "{}/data: last_seen_ns not refreshed: the packet skipped the table",
+            case.name
+        );
+        case.expect_not_cached("data", &data);
+        assert_eq!(
+            case.cache_sets(&set_frame)[cpu],
+            set,
+            "{}/data: the full flow-cache set changed",
+            case.name
+        );
+        Some(())
+    });
+}
+
+/// A new period frees the ways of a full set: the first packet of the flow
+/// left out of it in the old period caches it, in the first way holding a
+/// flow of the old period, with the new stamp; that flow alone is evicted,
+/// the other ways keep their entries.
+#[test]
+fn flow_cache_new_period_frees_a_way_of_a_full_set() {
+    let name = "flow_cache_full_set_next_period";
+    with_full_cache_set(name, VIP4.into(), Pkt::tcp4, |case, ports, cached, cpu| {
+        let stamp = cached[0].stamp;
+        let (sport, slot) = (ports[FLOW_CACHE_WAYS], FLOW_CACHE_WAYS as u32);
+        case.open_uncached(Pkt::tcp4, sport, slot, stamp)?;
+        let set_frame = Pkt::tcp4(sport, TCP_ACK).build();
+        let before = case.cache_sets(&set_frame)[cpu].clone();
+        let start = wait_for_period_after(&case.name, stamp);
+        let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"a period later");
+        case.forward("data", &data, SERVICE_ID, slot);
+        let end = current_period();
+        case.expect_flow("data", &data, SERVICE_ID, slot, STATE_ESTABLISHED);
+        let flow = (SERVICE_ID, slot, STATE_ESTABLISHED);
+        let entry = case.expect_cached("data", &data, cpu, flow, start..=end);
+        let after = case.cache_sets(&set_frame)[cpu].clone();
+        let way = way_holding(&case.name, &after, &entry.key).expect("cached");
+        assert_eq!(
+            Some(way),
+            before.iter().position(|old| old.stamp != entry.stamp),
+            "{}: the flow did not take the first way of an older period\nbefore: {before:?}\nafter: {after:?}",
+            case.name
+        );
+        for (other, (old, new)) in before.iter().zip(&after).enumerate() {
+            if other != way {
+                assert_eq!(new, old, "{}: way {other} changed", case.name);
+            }
+        }
+        let evicted: Vec<&RawCached> = cached.iter().filter(|old| !after.contains(old)).collect();
+        assert_eq!(
+            evicted,
+            [&before[way]],
+            "{}: the flows evicted from the set",
+            case.name
+        );
+        Some(())
+    });
 }
 
 // ---------------------------------------------------------------------------
