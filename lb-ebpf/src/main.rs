@@ -191,6 +191,10 @@ fn from_table(
         return Ok((service_id, backends, binding));
     }
     let service_key = key.service_key();
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
+    )]
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
     let Some(service_id) = (unsafe { SERVICES.get(&service_key.key) }).map(|s| s.id) else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
