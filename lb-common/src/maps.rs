@@ -558,31 +558,29 @@ pub trait CachedFlow<const N: usize> {
 /// Whether two keys, given as their 64-bit words, are equal (one test of
 /// the OR of the XORs rather than a branch per word).
 #[inline(always)]
-pub fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
     a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-impl CachedFlow<2> for CachedFlow4 {
-    #[inline(always)]
-    fn holds(&self, words: &[u64; 2]) -> bool {
-        same_words(&self.key.words(), words)
-    }
-    #[inline(always)]
-    fn stamp(&self) -> u64 {
-        self.stamp
-    }
+/// Implements [`CachedFlow`] for the entry type of one address family,
+/// whose key has `N` words (the two families differ only in types).
+macro_rules! cached_flow {
+    ($entry:ty, $words:literal) => {
+        impl CachedFlow<$words> for $entry {
+            #[inline(always)]
+            fn holds(&self, words: &[u64; $words]) -> bool {
+                same_words(&self.key.words(), words)
+            }
+            #[inline(always)]
+            fn stamp(&self) -> u64 {
+                self.stamp
+            }
+        }
+    };
 }
 
-impl CachedFlow<5> for CachedFlow6 {
-    #[inline(always)]
-    fn holds(&self, words: &[u64; 5]) -> bool {
-        same_words(&self.key.words(), words)
-    }
-    #[inline(always)]
-    fn stamp(&self) -> u64 {
-        self.stamp
-    }
-}
+cached_flow!(CachedFlow4, 2);
+cached_flow!(CachedFlow6, 5);
 
 /// A value of a per-CPU flow cache: the [`FLOW_CACHE_WAYS`] entries of one
 /// set (64 bytes for IPv4, 112 for IPv6), for flows whose keys hash to it.
