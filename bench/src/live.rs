@@ -136,8 +136,14 @@ pub struct LiveRow {
     pub lb_mpps: f64,
     /// The same with the trivial MAC-swap `XDP_TX` program.
     pub trivial_mpps: f64,
-    /// `lb_mpps / trivial_mpps`.
+    /// lb's rate over the trivial program's: the median over the rounds of
+    /// each round's ratio (a round runs the two programs back to back, so
+    /// the VM's slower drifts cancel within it).
     pub ratio: f64,
+    /// lb's rate in each round (Mpps), in order.
+    pub lb_round_mpps: Vec<f64>,
+    /// The trivial program's rate in each round (Mpps), in order.
+    pub trivial_round_mpps: Vec<f64>,
     /// Frames per second (millions) the generator sent during lb's rounds.
     pub lb_generated_mpps: f64,
     /// The same during the trivial program's rounds.
@@ -189,7 +195,7 @@ impl Placement {
 /// Runs the live benchmark (root). `quick` = short runs for a smoke test.
 pub fn run(quick: bool) -> anyhow::Result<Vec<LiveRow>> {
     // (rounds, frames per measured run)
-    let (rounds, frames) = if quick { (2, 200_000) } else { (5, 2_000_000) };
+    let (rounds, frames) = if quick { (2, 200_000) } else { (9, 1_000_000) };
     let bed = Bed::create()?;
     let mut bench = Bench::load(&bed)?;
     let mut placements = vec![Placement::Inline];
@@ -257,7 +263,8 @@ pub fn table(rows: &[LiveRow]) -> String {
     }
     out.push_str(
         "Mpps: frames the sink counted per second of generation, median of alternating \
-         rounds. gen: frames generated per second (gen > Mpps: the forwarder was the \
+         rounds. ratio: median of the rounds' lb / trivial (each round runs both programs \
+         back to back). gen: frames generated per second (gen > Mpps: the forwarder was the \
          bottleneck). lost: lb's frames generated but not forwarded (veth ring full).\n\
          CPUs 1: generator, forwarder (the director veth's NAPI, run inline in the \
          generator's softirq) and sink all on one CPU: Mpps is the rate of the whole \
@@ -746,11 +753,17 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Summarises the samples of one case into its row.
 fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> LiveRow {
-    let rate =
-        |samples: &[Sample]| median(samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect());
+    let rates = |samples: &[Sample]| -> Vec<f64> {
+        samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect()
+    };
     let generated =
         |samples: &[Sample]| median(samples.iter().map(|s| mpps(s.sent, s.elapsed)).collect());
-    let (lb_mpps, trivial_mpps) = (rate(lb), rate(trivial));
+    let (lb_round_mpps, trivial_round_mpps) = (rates(lb), rates(trivial));
+    let round_ratios = lb_round_mpps
+        .iter()
+        .zip(&trivial_round_mpps)
+        .map(|(lb, trivial)| lb / trivial)
+        .collect();
     let lb_received: u64 = lb.iter().map(Sample::total).sum();
     let total_weight: u32 = BACKENDS.iter().map(|b| b.2).sum();
     let split: Vec<BackendShare> = BACKENDS
@@ -783,9 +796,11 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
     };
     LiveRow {
         case: case.name.to_owned(),
-        lb_mpps,
-        trivial_mpps,
-        ratio: lb_mpps / trivial_mpps,
+        lb_mpps: median(lb_round_mpps.clone()),
+        trivial_mpps: median(trivial_round_mpps.clone()),
+        ratio: median(round_ratios),
+        lb_round_mpps,
+        trivial_round_mpps,
         lb_generated_mpps: generated(lb),
         trivial_generated_mpps: generated(trivial),
         lb_sent: lb.iter().map(|s| s.sent).sum(),

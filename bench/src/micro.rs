@@ -20,7 +20,7 @@
 //! the median over the rounds.
 //!
 //! Which part of the data path a case exercises ([`FlowPath`]) is derived
-//! from its packets: lb keeps a per-CPU, two-way set-associative flow cache
+//! from its packets: lb keeps a per-CPU, four-way set-associative flow cache
 //! ([`FLOW_CACHE_ENTRIES`] flows per CPU and family) in front of its
 //! connection tables. A packet of a known flow whose state does not change is
 //! forwarded from the cache when its set holds that flow (the table is read
@@ -1225,9 +1225,9 @@ mod tests {
         // took a way first (at most 16,384 of 100,000) hit, for the period.
         let many = cache_hit_share(1_000_000, |i| rotation(100_000, i).key());
         assert!((0.05..0.17).contains(&many), "{many}");
-        // 10,000 flows in 8,192 two-way sets: most, not all, hit.
+        // 10,000 flows in 4,096 four-way sets: most, not all, hit.
         let some = cache_hit_share(100_000, |i| rotation(10_000, i).key());
-        assert!((0.75..0.95).contains(&some), "{some}");
+        assert!((0.85..0.98).contains(&some), "{some}");
         // Fewer flows than entries: mostly hits.
         assert!(cache_hit_share(100_000, |i| rotation(1000, i).key()) > 0.9);
     }

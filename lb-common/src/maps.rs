@@ -502,9 +502,9 @@ pub struct Flow {
 
 /// Ways of each flow-cache set: the flows that share a hash and can be
 /// cached side by side.
-pub const FLOW_CACHE_WAYS: usize = 2;
+pub const FLOW_CACHE_WAYS: usize = 4;
 /// Sets of each per-CPU flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]).
-pub const FLOW_CACHE_SETS: u32 = 1 << 13;
+pub const FLOW_CACHE_SETS: u32 = 1 << 12;
 /// Flows each per-CPU flow cache holds at most.
 pub const FLOW_CACHE_ENTRIES: u32 = FLOW_CACHE_SETS * FLOW_CACHE_WAYS as u32;
 
@@ -583,7 +583,7 @@ cached_flow!(CachedFlow4, 2);
 cached_flow!(CachedFlow6, 5);
 
 /// A value of a per-CPU flow cache: the [`FLOW_CACHE_WAYS`] entries of one
-/// set (64 bytes for IPv4, 112 for IPv6), for flows whose keys hash to it.
+/// set (128 bytes for IPv4, 224 for IPv6), for flows whose keys hash to it.
 ///
 /// Within a cache period an entry keeps its flow: a flow is cached into the
 /// way that already holds it, or else into a way holding no flow of the
@@ -591,7 +591,7 @@ cached_flow!(CachedFlow6, 5);
 /// flow is not cached and its packets take the table path until the period
 /// ends. So flows that outnumber a set's ways cost one table lookup each
 /// per packet, instead of evicting each other on every packet (a
-/// round-robin over three flows in two ways would never hit).
+/// round-robin over five flows in four ways would never hit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSet<E> {
@@ -753,9 +753,10 @@ const _: () = {
     assert!(size_of::<Flow>() == 16);
     assert!(size_of::<CachedFlow4>() == 32);
     assert!(size_of::<CachedFlow6>() == 56);
-    assert!(size_of::<CachedFlowSet4>() == 64);
-    assert!(size_of::<CachedFlowSet6>() == 112);
+    assert!(size_of::<CachedFlowSet4>() == 128);
+    assert!(size_of::<CachedFlowSet6>() == 224);
     assert!(FLOW_CACHE_SETS.is_power_of_two());
+    assert!(FLOW_CACHE_WAYS.is_power_of_two());
     assert!(size_of::<Counters>() == 24);
     assert!(MAX_BACKENDS.is_power_of_two());
 };
@@ -1032,9 +1033,9 @@ mod tests {
             assert!(set < FLOW_CACHE_SETS);
             used[set as usize] = true;
         }
-        // 2048 keys into 8192 sets: a uniform hash leaves ~1,800 distinct.
+        // 2048 keys into 4096 sets: a uniform hash leaves ~1,610 distinct.
         let distinct = used.iter().filter(|u| **u).count();
-        assert!(distinct > 1700, "{distinct} distinct sets for 2048 keys");
+        assert!(distinct > 1500, "{distinct} distinct sets for 2048 keys");
     }
 
     /// A cached IPv4 flow from client port `port`, stamped `stamp`.
@@ -1049,30 +1050,33 @@ mod tests {
     #[test]
     fn flow_cache_set_keeps_the_flows_of_the_period() {
         let words = |port| cached4(port, 0).key.words();
-        let (a, b, c) = (words(1), words(2), words(3));
+        let ways = FLOW_CACHE_WAYS as u16;
+        // One flow more than the set has ways: client ports 1 to ways + 1.
+        let extra = words(ways + 1);
         let mut set = CachedFlowSet4::default();
         // Empty ways (stamp 0) take flows in order.
-        assert_eq!(set.hit(&a, 7), None);
-        assert_eq!(set.way_for(&a, 7), Some(0));
-        set.ways[0] = cached4(1, 7);
-        assert_eq!(set.hit(&a, 7), Some(0));
-        assert_eq!(set.way_for(&b, 7), Some(1));
-        set.ways[1] = cached4(2, 7);
-        assert_eq!(set.hit(&b, 7), Some(1));
-        // Both ways hold flows of this period: a third flow is not cached,
-        // a cached flow is refreshed in place.
-        assert_eq!(set.hit(&c, 7), None);
-        assert_eq!(set.way_for(&c, 7), None);
-        assert_eq!(set.way_for(&b, 7), Some(1));
-        // A new period: nothing hits, the flow keeps its way, and a way of
-        // an earlier period goes to another flow.
-        assert_eq!(set.hit(&a, 8), None);
-        assert_eq!(set.way_for(&b, 8), Some(1));
-        assert_eq!(set.way_for(&c, 8), Some(0));
-        set.ways[0] = cached4(3, 8);
-        assert_eq!(set.way_for(&a, 8), Some(1));
-        // A stale copy in the second way is reused, not duplicated.
-        assert_eq!(set.way_for(&b, 8), Some(1));
+        for way in 0..FLOW_CACHE_WAYS {
+            let flow = words(way as u16 + 1);
+            assert_eq!(set.hit(&flow, 7), None);
+            assert_eq!(set.way_for(&flow, 7), Some(way));
+            set.ways[way] = cached4(way as u16 + 1, 7);
+            assert_eq!(set.hit(&flow, 7), Some(way));
+        }
+        // Every way holds a flow of this period: one flow more is not
+        // cached, a cached flow is refreshed in place.
+        assert_eq!(set.hit(&extra, 7), None);
+        assert_eq!(set.way_for(&extra, 7), None);
+        let last = FLOW_CACHE_WAYS - 1;
+        assert_eq!(set.way_for(&words(ways), 7), Some(last));
+        // A new period: nothing hits, a flow keeps its way, and a way of an
+        // earlier period goes to another flow.
+        assert_eq!(set.hit(&words(1), 8), None);
+        assert_eq!(set.way_for(&words(ways), 8), Some(last));
+        assert_eq!(set.way_for(&extra, 8), Some(0));
+        set.ways[0] = cached4(ways + 1, 8);
+        assert_eq!(set.way_for(&words(1), 8), Some(1));
+        // A stale copy in the last way is reused, not duplicated.
+        assert_eq!(set.way_for(&words(ways), 8), Some(last));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! and each change replays the backend's matches in the service's scheduler
 //! tree (`lb_common::wlc`).
 //!
-//! In front of the tables sits a per-CPU flow cache: a two-way set-associative
+//! In front of the tables sits a per-CPU flow cache: a four-way set-associative
 //! copy of the flows this CPU forwarded recently, its sets indexed by a
 //! multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
 //! a flow takes, and why a flow of the current period keeps its way). A

@@ -68,7 +68,7 @@ static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }>
 #[btf_map]
 static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
 
-/// Per-CPU IPv4 flow cache: hash of the key -> a set of two recent copies
+/// Per-CPU IPv4 flow cache: hash of the key -> a set of four recent copies
 /// of connection-table entries (see `conntrack`). Written only by the data
 /// path.
 #[btf_map]
