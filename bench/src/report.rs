@@ -6,7 +6,7 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
 };
 use plotters::{
     coord::{Shift, combinators::LogCoord, types::RangedCoordf64},
@@ -347,7 +347,7 @@ impl<L: Serialize> Report<L> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "path: cache hit = forwarded from this CPU's flow cache alone (2-way set-associative, {} flows per CPU and\n\
+            "path: cache hit = forwarded from this CPU's flow cache alone ({FLOW_CACHE_WAYS}-way set-associative, {} flows per CPU and\n\
              \x20       family; the flow's table entry is still read and refreshed once per cache period, \
              2^{FLOW_CACHE_PERIOD_SHIFT} jiffies)\n\
              \x20     table     = mostly a cache miss (the flow's set holds other flows), then the connection \
