@@ -49,7 +49,9 @@ use aya::{
     maps::{IterableMap as _, MapInfo},
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
-use lb::datapath::{Attachment, Datapath, FlowCapacity, array_get, backend_entry, service_key};
+use lb::datapath::{
+    Attachment, Datapath, FlowCapacity, array_get, backend_entry, flow_cache_sets, service_key,
+};
 use lb_common::{
     BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4,
     CachedFlow6, CachedFlowSet4, CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS,
@@ -804,8 +806,9 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
     let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
         Ok(memlock_of(name, capacity)? as f64 / f64::from(capacity))
     };
-    let flow_cache_bytes = memlock_of(FLOW_CACHE4_MAP, FLOW_CACHE_SETS)?
-        + memlock_of(FLOW_CACHE6_MAP, FLOW_CACHE_SETS)?;
+    let cache_sets = flow_cache_sets()?;
+    let flow_cache_bytes =
+        memlock_of(FLOW_CACHE4_MAP, cache_sets)? + memlock_of(FLOW_CACHE6_MAP, cache_sets)?;
     let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     Ok(Memory {
         conntrack4_max_flows: capacity.ipv4,

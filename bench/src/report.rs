@@ -6,7 +6,8 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP,
+    FLOW_CACHE6_MAP,
 };
 use plotters::{
     coord::{Shift, combinators::LogCoord, types::RangedCoordf64},

@@ -8,8 +8,8 @@
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
 //! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
-//! | [`FLOW_CACHE4_MAP`] | per-CPU array | hash set -> [`CachedFlowSet4`] |
-//! | [`FLOW_CACHE6_MAP`] | per-CPU array | hash set -> [`CachedFlowSet6`] |
+//! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
+//! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
@@ -40,9 +40,9 @@ pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.
 pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
-/// Name of the per-CPU IPv4 flow cache (per-CPU array: hash set -> [`CachedFlowSet4`]).
+/// Name of the IPv4 flow cache (array: [`flow_cache_index`] -> [`CachedFlowSet4`]).
 pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
-/// Name of the per-CPU IPv6 flow cache (per-CPU array: hash set -> [`CachedFlowSet6`]).
+/// Name of the IPv6 flow cache (array: [`flow_cache_index`] -> [`CachedFlowSet6`]).
 pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
 /// The data path counts every verdict but `forwarded` here; the control
@@ -503,9 +503,9 @@ pub struct Flow {
 /// Ways of each flow-cache set: the flows that share a hash and can be
 /// cached side by side.
 pub const FLOW_CACHE_WAYS: usize = 4;
-/// Sets of each per-CPU flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]).
+/// Sets of each flow cache ([`FLOW_CACHE4_MAP`], [`FLOW_CACHE6_MAP`]) per CPU.
 pub const FLOW_CACHE_SETS: u32 = 1 << 12;
-/// Flows each per-CPU flow cache holds at most.
+/// Flows each flow cache holds at most per CPU.
 pub const FLOW_CACHE_ENTRIES: u32 = FLOW_CACHE_SETS * FLOW_CACHE_WAYS as u32;
 
 /// An entry of the per-CPU IPv4 flow cache: a copy of a connection-table
@@ -582,8 +582,12 @@ macro_rules! cached_flow {
 cached_flow!(CachedFlow4, 2);
 cached_flow!(CachedFlow6, 5);
 
-/// A value of a per-CPU flow cache: the [`FLOW_CACHE_WAYS`] entries of one
-/// set (128 bytes for IPv4, 224 for IPv6), for flows whose keys hash to it.
+/// A value of a flow cache: the [`FLOW_CACHE_WAYS`] entries of one set, for
+/// flows whose keys hash to it. Sets are 64-byte aligned (128 bytes for
+/// IPv4; 256 for IPv6, the last 32 unused) and the caches are mmapable
+/// arrays, whose values start on a page: a set never shares a cache line
+/// with another, and a hit in one of the first two ways reads one line (a
+/// per-CPU array would place each set at any 8-byte boundary).
 ///
 /// Within a cache period an entry keeps its flow: a flow is cached into the
 /// way that already holds it, or else into a way holding no flow of the
@@ -592,7 +596,7 @@ cached_flow!(CachedFlow6, 5);
 /// ends. So flows that outnumber a set's ways cost one table lookup each
 /// per packet, instead of evicting each other on every packet (a
 /// round-robin over five flows in four ways would never hit).
-#[repr(C)]
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheSet<E> {
     /// The entries; all-zero ways are empty.
@@ -641,6 +645,15 @@ pub fn flow_cache_set<const N: usize>(words: &[u64; N]) -> u32 {
         hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     (hash >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
+}
+
+/// The flow-cache map index of set `set` (see [`flow_cache_set`]) for CPU
+/// `cpu`: each CPU owns [`FLOW_CACHE_SETS`] consecutive sets, so the map has
+/// `FLOW_CACHE_SETS` times the possible CPUs entries (set by the loader) and
+/// a CPU only ever writes its own.
+#[inline(always)]
+pub const fn flow_cache_index(cpu: u32, set: u32) -> u32 {
+    cpu * FLOW_CACHE_SETS + set
 }
 
 /// The flow cache's period is `2^FLOW_CACHE_PERIOD_SHIFT` jiffies (64 ms at
@@ -754,7 +767,8 @@ const _: () = {
     assert!(size_of::<CachedFlow4>() == 32);
     assert!(size_of::<CachedFlow6>() == 56);
     assert!(size_of::<CachedFlowSet4>() == 128);
-    assert!(size_of::<CachedFlowSet6>() == 224);
+    assert!(size_of::<CachedFlowSet6>() == 256);
+    assert!(align_of::<CachedFlowSet4>() == 64);
     assert!(FLOW_CACHE_SETS.is_power_of_two());
     assert!(FLOW_CACHE_WAYS.is_power_of_two());
     assert!(size_of::<Counters>() == 24);
@@ -777,7 +791,6 @@ mod pod {
     unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for CachedFlow4 {}
     unsafe impl aya::Pod for CachedFlow6 {}
-    unsafe impl<E: aya::Pod> aya::Pod for FlowCacheSet<E> {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counters {}
 }

@@ -7,8 +7,8 @@
 //! tree (`lb_common::wlc`).
 //!
 //! In front of the tables sits a per-CPU flow cache: a four-way set-associative
-//! copy of the flows this CPU forwarded recently, its sets indexed by a
-//! multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
+//! copy of the flows this CPU forwarded recently, in the CPU's own block of
+//! sets of `FLOW_CACHE4`/`FLOW_CACHE6`, indexed by a multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
 //! a flow takes, and why a flow of the current period keeps its way). A
 //! packet whose flow is cached from the current cache period and whose
 //! state does not change is forwarded from the cache alone, without
@@ -20,13 +20,13 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4,
     CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow, FlowKey4, FlowKey6, LoadTree,
     MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
     conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_keeps_state, tcp_next_state},
-    flow_cache_set, wlc,
+    flow_cache_index, flow_cache_set, wlc,
 };
 
 use crate::{
@@ -84,7 +84,7 @@ macro_rules! table_key {
             fn cached(&self, period: u64) -> Option<(u32, Binding)> {
                 let words = self.words();
                 // SAFETY: this CPU's own set; nothing else writes it while we run.
-                let set = unsafe { &*$cache.get_ptr_mut(flow_cache_set(&words))? };
+                let set = unsafe { &*$cache.get_ptr_mut(own_set(&words))? };
                 let entry = &set.ways[way_index(set.hit(&words, period)?)];
                 Some((
                     u32::from(entry.service_id),
@@ -99,7 +99,7 @@ macro_rules! table_key {
             #[inline(always)]
             fn cache(&self, service_id: u32, binding: &Binding, period: u64) {
                 let words = self.words();
-                let Some(set) = $cache.get_ptr_mut(flow_cache_set(&words)) else {
+                let Some(set) = $cache.get_ptr_mut(own_set(&words)) else {
                     return;
                 };
                 // SAFETY: this CPU's own set.
@@ -121,6 +121,15 @@ macro_rules! table_key {
 
 table_key!(FlowKey4, CONNTRACK4, FLOW_CACHE4, CachedFlow4);
 table_key!(FlowKey6, CONNTRACK6, FLOW_CACHE6, CachedFlow6);
+
+/// The flow-cache index of this CPU's set for the key with the words `words`.
+/// XDP runs with migration off and does not nest on a CPU, so the set is this
+/// program run's alone, as a per-CPU map value would be.
+#[inline(always)]
+fn own_set<const N: usize>(words: &[u64; N]) -> u32 {
+    // SAFETY: a helper without arguments (inlined by the verifier on x86-64).
+    flow_cache_index(unsafe { bpf_get_smp_processor_id() }, flow_cache_set(words))
+}
 
 /// Keeps a way index provably inside a flow-cache set for the verifier.
 #[inline(always)]

@@ -68,15 +68,20 @@ static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }>
 #[btf_map]
 static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
 
-/// Per-CPU IPv4 flow cache: hash of the key -> a set of four recent copies
-/// of connection-table entries (see `conntrack`). Written only by the data
-/// path.
+/// IPv4 flow cache: (CPU, hash of the key) -> a set of four recent copies of
+/// connection-table entries (see `conntrack`); each CPU reads and writes only
+/// its own sets. Written only by the data path. An mmapable array, so that
+/// its values start on a page and every set on a cache line; the loader sets
+/// its size to `FLOW_CACHE_SETS` per possible CPU (with the size here, one
+/// CPU's, the other CPUs find no set and take the table path).
 #[btf_map]
-static FLOW_CACHE4: PerCpuArray<CachedFlowSet4, { FLOW_CACHE_SETS as usize }> = PerCpuArray::new();
+static FLOW_CACHE4: Array<CachedFlowSet4, { FLOW_CACHE_SETS as usize }, BPF_F_MMAPABLE> =
+    Array::new();
 
-/// Per-CPU IPv6 flow cache, as [`FLOW_CACHE4`].
+/// IPv6 flow cache, as [`FLOW_CACHE4`].
 #[btf_map]
-static FLOW_CACHE6: PerCpuArray<CachedFlowSet6, { FLOW_CACHE_SETS as usize }> = PerCpuArray::new();
+static FLOW_CACHE6: Array<CachedFlowSet6, { FLOW_CACHE_SETS as usize }, BPF_F_MMAPABLE> =
+    Array::new();
 
 /// Per-CPU packet/byte counters per verdict reason (`REASON_*`), for every
 /// frame that is not forwarded. The control plane keeps the `forwarded`
@@ -95,6 +100,10 @@ static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuA
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize }> =
     PerCpuArray::new();
+
+/// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
+/// into user space).
+const BPF_F_MMAPABLE: usize = 1 << 10;
 
 /// What to do with a packet, and why.
 #[derive(Clone, Copy)]

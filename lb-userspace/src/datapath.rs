@@ -28,9 +28,10 @@ use aya_obj::programs::XdpAttachType;
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FAMILY_IPV4,
-    FAMILY_IPV6, Flow, FlowKey, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES,
-    NUM_REASONS, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service,
-    ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, XDP_PROGRAM, backend_index, port_bit, wlc,
+    FAMILY_IPV6, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey, FlowKey4,
+    FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, REASON_FORWARDED,
+    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP,
+    WLC_TREE_MAP, XDP_PROGRAM, backend_index, port_bit, wlc,
 };
 
 use crate::stats::protocol_name;
@@ -460,6 +461,16 @@ fn fold_counters(
         .with_context(|| format!("writing counters {to}"))
 }
 
+/// Entries of each flow cache: `FLOW_CACHE_SETS` for every possible CPU
+/// (see `lb_common::flow_cache_index`).
+pub fn flow_cache_sets() -> anyhow::Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    u32::try_from(cpus)
+        .ok()
+        .and_then(|cpus| cpus.checked_mul(FLOW_CACHE_SETS))
+        .ok_or_else(|| anyhow!("{cpus} possible CPUs: too many for the flow caches"))
+}
+
 /// Sets every CPU's counters at `index` to zero.
 fn zero_counters(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
@@ -623,9 +634,12 @@ impl Datapath {
     /// [`Datapath::adopt`]) so that `bpftool map dump pinned DIR/NAME` and
     /// `lb stats` can read them. Nothing is attached yet.
     pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let cache_sets = flow_cache_sets()?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
+            .map_max_entries(FLOW_CACHE4_MAP, cache_sets)
+            .map_max_entries(FLOW_CACHE6_MAP, cache_sets)
             .load(EBPF_OBJECT)
             .context(
                 "loading the XDP object into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN)",

@@ -34,8 +34,9 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, Map, MapData, MapInfo, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::{ProgramError, TestRun, TestRunOptions},
+    util::nr_cpus,
 };
 use lb::{
     datapath::{
@@ -55,7 +56,7 @@ use lb_common::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
     },
-    flow_cache_set, reason_name, wlc,
+    flow_cache_index, flow_cache_set, reason_name, wlc,
 };
 
 // ---------------------------------------------------------------------------
@@ -2791,9 +2792,10 @@ fn sweeper_rebuilds_the_scheduler_tree() {
 //
 // `BPF_PROG_TEST_RUN` runs the program on the calling thread's CPU, so each
 // of these fixtures pins its thread to one CPU ([`pin_to_one_cpu`]) and reads
-// that CPU's value of FLOW_CACHE4 / FLOW_CACHE6: the set of
-// [`FLOW_CACHE_WAYS`] entries the flow's key hashes to. The cache maps are
-// not in `lb::datapath::Maps`: they are opened by id and read as raw bytes.
+// that CPU's set of FLOW_CACHE4 / FLOW_CACHE6 (`lb_common::flow_cache_index`):
+// the [`FLOW_CACHE_WAYS`] entries the flow's key hashes to. The cache maps
+// are not in `lb::datapath::Maps`: they are opened by id and read as raw
+// bytes.
 //
 // A cached flow is only used in the cache period it was cached in
 // (`jiffies >> FLOW_CACHE_PERIOD_SHIFT`). The fixtures read the kernel's
@@ -2811,9 +2813,10 @@ const CACHED6_LEN: usize = 56;
 /// Bytes of a [`FLOW_CACHE4_MAP`] value, a set of [`FLOW_CACHE_WAYS`]
 /// entries (`lb_common::CachedFlowSet4`).
 const CACHED_SET4_LEN: usize = FLOW_CACHE_WAYS * CACHED4_LEN;
-/// Bytes of a [`FLOW_CACHE6_MAP`] value (`lb_common::CachedFlowSet6`).
-const CACHED_SET6_LEN: usize = FLOW_CACHE_WAYS * CACHED6_LEN;
-/// Bytes of a per-CPU array key (the index).
+/// Bytes of a [`FLOW_CACHE6_MAP`] value (`lb_common::CachedFlowSet6`): its
+/// ways, then padding to the next 64-byte boundary.
+const CACHED_SET6_LEN: usize = (FLOW_CACHE_WAYS * CACHED6_LEN).next_multiple_of(64);
+/// Bytes of an array key (the index).
 const ARRAY_KEY_LEN: usize = 4;
 /// How often a fixture that needs one cache period for its sequence tries it
 /// before failing. A period is 64 ms (HZ=1000) to 640 ms (HZ=100) and a
@@ -2945,6 +2948,33 @@ fn pin_to_one_cpu(case: &str) -> usize {
     let cpu = unsafe { libc::sched_getcpu() };
     let cpu = usize::try_from(cpu)
         .unwrap_or_else(|_| panic!("{case}: sched_getcpu: {}", io::Error::last_os_error()));
+    pin_to_cpu(case, cpu);
+    cpu
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus(case: &str) -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid set for the kernel to fill;
+    // pid 0 is the calling thread.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(
+            rc,
+            0,
+            "{case}: sched_getaffinity: {}",
+            io::Error::last_os_error()
+        );
+        set
+    };
+    // SAFETY: CPU_ISSET reads inside the set for any index below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Pins the calling thread to CPU `cpu` (see [`pin_to_one_cpu`]).
+fn pin_to_cpu(case: &str, cpu: usize) {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays inside
     // it for any CPU the kernel runs us on; pid 0 is the calling thread.
     let rc = unsafe {
@@ -2965,7 +2995,6 @@ fn pin_to_one_cpu(case: &str) -> usize {
         Some(cpu),
         "{case}: still on CPU {now}"
     );
-    cpu
 }
 
 /// Runs `attempt` (given the attempt number, from 0) until it returns
@@ -3012,27 +3041,39 @@ impl Case {
         let key = key_bytes_of_frame(frame);
         let set = cache_set(&key);
         match key.len() {
-            FLOW_KEY4_LEN => self.per_cpu_sets::<CACHED_SET4_LEN>(FLOW_CACHE4_MAP, set),
-            FLOW_KEY6_LEN => self.per_cpu_sets::<CACHED_SET6_LEN>(FLOW_CACHE6_MAP, set),
+            FLOW_KEY4_LEN => {
+                self.every_cpus_set::<CACHED_SET4_LEN>(FLOW_CACHE4_MAP, CACHED4_LEN, set)
+            }
+            FLOW_KEY6_LEN => {
+                self.every_cpus_set::<CACHED_SET6_LEN>(FLOW_CACHE6_MAP, CACHED6_LEN, set)
+            }
             n => panic!("{}: a flow key of {n} bytes", self.name),
         }
     }
 
-    /// Set `set` of the per-CPU flow cache `table` (values of `LEN` bytes)
-    /// on every possible CPU, each decoded into its [`FLOW_CACHE_WAYS`] ways.
-    fn per_cpu_sets<const LEN: usize>(&self, table: &str, set: u32) -> Vec<Vec<RawCached>> {
+    /// Set `set` of the flow cache `table` (values of `LEN` bytes, entries
+    /// of `entry_len`) in the block of every possible CPU, each decoded into
+    /// its [`FLOW_CACHE_WAYS`] ways.
+    fn every_cpus_set<const LEN: usize>(
+        &self,
+        table: &str,
+        entry_len: usize,
+        set: u32,
+    ) -> Vec<Vec<RawCached>> {
         let name = &self.name;
         let map = self.map_by_name(table, ARRAY_KEY_LEN, LEN);
-        let array = PerCpuArray::<MapData, [u8; LEN]>::try_from(map)
+        let array = Array::<MapData, [u8; LEN]>::try_from(map)
             .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
-        let values = array
-            .get(&set, 0)
-            .unwrap_or_else(|e| panic!("{name}: reading {table}[{set}]: {e}"));
-        values
-            .iter()
-            .map(|value| {
+        let cpus = nr_cpus().expect("the number of possible CPUs") as u32;
+        (0..cpus)
+            .map(|cpu| {
+                let index = flow_cache_index(cpu, set);
+                let value = array
+                    .get(&index, 0)
+                    .unwrap_or_else(|e| panic!("{name}: reading {table}[{index}]: {e}"));
                 value
-                    .chunks_exact(LEN / FLOW_CACHE_WAYS)
+                    .chunks_exact(entry_len)
+                    .take(FLOW_CACHE_WAYS)
                     .map(RawCached::decode)
                     .collect()
             })
@@ -3524,16 +3565,39 @@ fn cache_set_holds_a_flow_per_way(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8)
     });
 }
 
-/// IPv4: two flows of one set, both forwarded from the cache.
+/// IPv4: a flow in every way of one set, each forwarded from the cache.
 #[test]
 fn ipv4_flow_cache_set_holds_a_flow_per_way() {
     cache_set_holds_a_flow_per_way("ipv4_flow_cache_ways", VIP4.into(), Pkt::tcp4);
 }
 
-/// IPv6: two flows of one set, both forwarded from the cache.
+/// IPv6: a flow in every way of one set, each forwarded from the cache.
 #[test]
 fn ipv6_flow_cache_set_holds_a_flow_per_way() {
     cache_set_holds_a_flow_per_way("ipv6_flow_cache_ways", VIP6.into(), Pkt::tcp6);
+}
+
+/// Each CPU caches flows in its own block of sets
+/// (`lb_common::flow_cache_index`): run on each CPU this test may use in
+/// turn, an IPv4 and an IPv6 flow opened there are cached in that CPU's
+/// block and in no other CPU's (`open_cached` checks both).
+#[test]
+fn flow_cache_keeps_each_cpus_flows_in_its_own_block() {
+    let name = "flow_cache_cpu_blocks";
+    if !privileged(name) {
+        return;
+    }
+    let cpus = allowed_cpus(name);
+    for (n, &cpu) in (0u16..).zip(&cpus) {
+        pin_to_cpu(name, cpu);
+        let mut case = Case::new(format!("{name} (CPU {cpu})")).expect("privileged");
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100)]);
+        case.open_cached(Pkt::tcp4, 41_000 + n, 0, cpu);
+        let mut case = Case::new(format!("{name} (CPU {cpu}, IPv6)")).expect("privileged");
+        case.service(SERVICE_ID, VIP6.into(), PROTO_TCP, &[up(100)]);
+        case.open_cached(Pkt::tcp6, 41_000 + n, 0, cpu);
+    }
+    eprintln!("{name}: checked on CPUs {cpus:?}");
 }
 
 /// A flow whose set is full of other flows of the current period is not
