@@ -586,8 +586,8 @@ cached_flow!(CachedFlow6, 5);
 /// flows whose keys hash to it. Sets are 64-byte aligned (128 bytes for
 /// IPv4; 256 for IPv6, the last 32 unused) and the caches are mmapable
 /// arrays, whose values start on a page: a set never shares a cache line
-/// with another, and a hit in one of the first two ways reads one line (a
-/// per-CPU array would place each set at any 8-byte boundary).
+/// with another, and an IPv4 hit in one of the first two ways reads one
+/// line (a per-CPU array would place each set at any 8-byte boundary).
 ///
 /// Within a cache period an entry keeps its flow: a flow is cached into the
 /// way that already holds it, or else into a way holding no flow of the

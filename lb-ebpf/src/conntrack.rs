@@ -6,9 +6,10 @@
 //! and each change replays the backend's matches in the service's scheduler
 //! tree (`lb_common::wlc`).
 //!
-//! In front of the tables sits a per-CPU flow cache: a four-way set-associative
-//! copy of the flows this CPU forwarded recently, in the CPU's own block of
-//! sets of `FLOW_CACHE4`/`FLOW_CACHE6`, indexed by a multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
+//! In front of the tables sits a per-CPU flow cache: a four-way
+//! set-associative copy of the flows this CPU forwarded recently, in the
+//! CPU's own block of sets of `FLOW_CACHE4`/`FLOW_CACHE6`, indexed by a
+//! multiplicative hash of the key (`lb_common::FlowCacheSet` says which way
 //! a flow takes, and why a flow of the current period keeps its way). A
 //! packet whose flow is cached from the current cache period and whose
 //! state does not change is forwarded from the cache alone, without
