@@ -702,26 +702,16 @@ fn cache_hit_share(packets: u32, flow: impl Fn(u32) -> FlowKey) -> f64 {
     let mut hits = 0u64;
     for i in 0..packets {
         let hit = match flow(i) {
-            FlowKey::V4(key) => {
-                let set = &mut sets4[flow_cache_set(&key.words()) as usize];
-                model_packet(set, &key.words(), |way| {
-                    *way = CachedFlow4 {
-                        key,
-                        stamp: MODEL_PERIOD,
-                        ..CachedFlow4::default()
-                    }
-                })
-            }
-            FlowKey::V6(key) => {
-                let set = &mut sets6[flow_cache_set(&key.words()) as usize];
-                model_packet(set, &key.words(), |way| {
-                    *way = CachedFlow6 {
-                        key,
-                        stamp: MODEL_PERIOD,
-                        ..CachedFlow6::default()
-                    }
-                })
-            }
+            FlowKey::V4(key) => model_packet(&mut sets4, &key.words(), || CachedFlow4 {
+                key,
+                stamp: MODEL_PERIOD,
+                ..CachedFlow4::default()
+            }),
+            FlowKey::V6(key) => model_packet(&mut sets6, &key.words(), || CachedFlow6 {
+                key,
+                stamp: MODEL_PERIOD,
+                ..CachedFlow6::default()
+            }),
         };
         hits += u64::from(hit);
     }
@@ -731,18 +721,20 @@ fn cache_hit_share(packets: u32, flow: impl Fn(u32) -> FlowKey) -> f64 {
 /// The one cache period [`cache_hit_share`] runs in (empty ways have stamp 0).
 const MODEL_PERIOD: u64 = 1;
 
-/// One packet of flow `words` through `set` in [`MODEL_PERIOD`]: whether it
-/// hit; on a miss, `fill` caches the flow in the way the set gives it.
+/// One packet of flow `words` through its set of `sets` (one CPU's cache)
+/// in [`MODEL_PERIOD`]: whether it hit; on a miss, the entry `entry` makes
+/// goes into the way the set gives the flow, if any.
 fn model_packet<E: CachedFlow<N>, const N: usize>(
-    set: &mut FlowCacheSet<E>,
+    sets: &mut [FlowCacheSet<E>],
     words: &[u64; N],
-    fill: impl FnOnce(&mut E),
+    entry: impl FnOnce() -> E,
 ) -> bool {
+    let set = &mut sets[flow_cache_set(words) as usize];
     if set.hit(words, MODEL_PERIOD).is_some() {
         return true;
     }
     if let Some(way) = set.way_for(words, MODEL_PERIOD) {
-        fill(&mut set.ways[way]);
+        set.ways[way] = entry();
     }
     false
 }

@@ -24,9 +24,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4,
-    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow, FlowKey4, FlowKey6, LoadTree,
-    MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
-    conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_keeps_state, tcp_next_state},
+    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow, FlowCacheSet, FlowKey4, FlowKey6,
+    LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, wlc,
 };
 
@@ -46,12 +46,18 @@ pub trait TableKey {
     fn insert(&self, flow: &Flow) -> Result<(), i32>;
     /// The service the flow is addressed to.
     fn service_key(&self) -> AlignedServiceKey;
-    /// This CPU's cached copy of the flow, if it was cached in `period`: its
-    /// service id and its binding (slot not yet bounded, state as cached).
-    fn cached(&self, period: u64) -> Option<(u32, Binding)>;
-    /// Caches the flow of service `service_id` bound as `binding` for this
-    /// CPU in `period`.
-    fn cache(&self, service_id: u32, binding: &Binding, period: u64);
+    /// A flow-cache set of this key's family.
+    type CacheSet: 'static;
+    /// This CPU's flow-cache set for the flow (see [`own_set`]): found once
+    /// per packet, then probed and refilled through the reference.
+    fn cache_set(&self) -> Option<&'static mut Self::CacheSet>;
+    /// The flow's copy in `set` (its [`TableKey::cache_set`]), if it was
+    /// cached in `period`: its service id and its binding (slot not yet
+    /// bounded, state as cached).
+    fn cached(&self, set: &Self::CacheSet, period: u64) -> Option<(u32, Binding)>;
+    /// Caches the flow of service `service_id` bound as `binding` in `set`
+    /// (its [`TableKey::cache_set`]) in `period`, if the set has a way for it.
+    fn cache(&self, set: &mut Self::CacheSet, service_id: u32, binding: &Binding, period: u64);
 }
 
 /// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
@@ -66,6 +72,8 @@ pub fn cache_period() -> u64 {
 macro_rules! table_key {
     ($key:ty, $table:ident, $cache:ident, $entry:ident) => {
         impl TableKey for $key {
+            type CacheSet = FlowCacheSet<$entry>;
+
             #[inline(always)]
             fn lookup(&self) -> Option<*mut Flow> {
                 $table.get_ptr_mut(self)
@@ -82,11 +90,16 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn cached(&self, period: u64) -> Option<(u32, Binding)> {
-                let words = self.words();
-                // SAFETY: this CPU's own set; nothing else writes it while we run.
-                let set = unsafe { &*$cache.get_ptr_mut(own_set(&words))? };
-                let entry = &set.ways[way_index(set.hit(&words, period)?)];
+            fn cache_set(&self) -> Option<&'static mut Self::CacheSet> {
+                let set = $cache.get_ptr_mut(own_set(&self.words()))?;
+                // SAFETY: this CPU's own set: nothing else reads or writes it
+                // while this program run holds it.
+                Some(unsafe { &mut *set })
+            }
+
+            #[inline(always)]
+            fn cached(&self, set: &Self::CacheSet, period: u64) -> Option<(u32, Binding)> {
+                let entry = &set.ways[way_index(set.hit(&self.words(), period)?)];
                 Some((
                     u32::from(entry.service_id),
                     Binding {
@@ -98,14 +111,14 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn cache(&self, service_id: u32, binding: &Binding, period: u64) {
-                let words = self.words();
-                let Some(set) = $cache.get_ptr_mut(own_set(&words)) else {
-                    return;
-                };
-                // SAFETY: this CPU's own set.
-                let set = unsafe { &mut *set };
-                if let Some(way) = set.way_for(&words, period) {
+            fn cache(
+                &self,
+                set: &mut Self::CacheSet,
+                service_id: u32,
+                binding: &Binding,
+                period: u64,
+            ) {
+                if let Some(way) = set.way_for(&self.words(), period) {
                     set.ways[way_index(way)] = $entry {
                         key: *self,
                         service_id: service_id as u16,
@@ -150,17 +163,18 @@ pub struct Binding {
 }
 
 /// A packet of flow `key` that this CPU's flow cache can forward on its own:
-/// cached in `period`, its state unchanged by the packet, its backend slot
-/// not emptied. Returns the service id, the service's backends and the
-/// backend, like [`known`].
+/// cached in `set` (the key's [`TableKey::cache_set`]) in `period`, its
+/// state unchanged by the packet, its backend slot not emptied. Returns the
+/// service id, the service's backends and the backend, like [`known`].
 #[inline(always)]
-pub fn cached(
-    key: &impl TableKey,
+pub fn cached<K: TableKey>(
+    key: &K,
+    set: &K::CacheSet,
     packet: &Packet,
     period: u64,
 ) -> Option<(u32, &'static BackendSet, Binding)> {
-    let (service_id, binding) = key.cached(period)?;
-    if !keeps_state(packet, binding.state) {
+    let (service_id, binding) = key.cached(set, period)?;
+    if next_state(packet, binding.state) != binding.state {
         return None;
     }
     let (backends, slot) = backend_in_use(service_id, binding.slot)?;
@@ -192,16 +206,6 @@ fn next_state(packet: &Packet, state: u32) -> u32 {
         tcp_next_state(state, packet.tcp_flags)
     } else {
         STATE_UDP
-    }
-}
-
-/// Whether `packet` leaves a flow in `state` where it is.
-#[inline(always)]
-fn keeps_state(packet: &Packet, state: u32) -> bool {
-    if packet.proto == PROTO_TCP {
-        tcp_keeps_state(state, packet.tcp_flags)
-    } else {
-        state == STATE_UDP
     }
 }
 

@@ -163,16 +163,17 @@ fn balance(ctx: &XdpContext, l3_len: u64) -> Verdict {
 #[inline(always)]
 fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: u64) -> Verdict {
     let period = conntrack::cache_period();
+    // Found once: probed here, refilled from the table below.
+    let cache_set = key.cache_set();
     // A connection's first SYN is almost never cached, and probing for it
     // would cost a cache miss on every new connection.
-    let hit = if packet.opens_connection() {
-        None
-    } else {
-        conntrack::cached(key, packet, period)
+    let hit = match cache_set.as_deref() {
+        Some(set) if !packet.opens_connection() => conntrack::cached(key, set, packet, period),
+        _ => None,
     };
     let (service_id, backends, binding) = match hit {
         Some(hit) => hit,
-        None => match from_table(packet, key, period) {
+        None => match from_table(packet, key, cache_set, period) {
             Ok(found) => found,
             Err(verdict) => return verdict,
         },
@@ -186,17 +187,21 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
 }
 
 /// `packet` of flow `key` without the flow cache: the flow from its table,
-/// then cached for this CPU in `period`; or, for a flow the table does not
-/// have, a new flow. A new flow is not cached: its next packet changes its
-/// state (TCP) or finds it in the table (UDP), and caches it then.
+/// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
+/// flow the table does not have, a new flow. A new flow is not cached: its
+/// next packet changes its state (TCP) or finds it in the table (UDP), and
+/// caches it then.
 #[inline(always)]
-fn from_table(
+fn from_table<K: TableKey>(
     packet: &Packet,
-    key: &impl TableKey,
+    key: &K,
+    cache_set: Option<&mut K::CacheSet>,
     period: u64,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
     if let Some((service_id, backends, binding)) = conntrack::known(key, packet) {
-        key.cache(service_id, &binding, period);
+        if let Some(set) = cache_set {
+            key.cache(set, service_id, &binding, period);
+        }
         return Ok((service_id, backends, binding));
     }
     let service_key = key.service_key();
