@@ -44,7 +44,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// The bpf-linker release line known to link against a shared LLVM given by
-/// `LLVM_PREFIX` (see README, "Toolchain").
+/// `LLVM_PREFIX` (see README, "Quick start").
 const BPF_LINKER_VERSION: &str = "^0.13";
 
 /// What a step found or did, for the final summary.
