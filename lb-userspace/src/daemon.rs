@@ -26,7 +26,10 @@ use crate::{
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{Datapath, FlowCapacity, Maps},
     director::{Change, Director, ServiceRuntime},
-    health::{CheckResult, Checker, notify},
+    health::{
+        command::notify,
+        probe::{CheckResult, HealthChecker},
+    },
     metrics,
     netlink::{Netlink, Nic, format_mac},
     privilege,
@@ -312,7 +315,7 @@ impl Daemon {
             if self.checks.contains_key(&(id, slot)) {
                 continue;
             }
-            let Some(checker) = Checker::new(service, address) else {
+            let Some(checker) = HealthChecker::new(service, address) else {
                 continue;
             };
             let generation = self.next_generation;

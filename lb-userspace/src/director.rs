@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     config::{Config, ServiceConfig},
     datapath::{Attachment, addr_from_key, backend_entry, service_key},
-    health::Hysteresis,
+    health::hysteresis::Hysteresis,
     netlink::Nic,
 };
 
