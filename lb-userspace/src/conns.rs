@@ -23,9 +23,11 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::{
-    datapath::{Maps, addr_from_key, array_get},
-    stats::{Align, Columns, ServiceNames, endpoint, protocol_name},
-    sweeper::monotonic_ns,
+    datapath::{
+        keys::{addr_from_key, protocol_name},
+        maps::{Maps, array_get, monotonic_ns},
+    },
+    stats::{Align, Columns, ServiceNames, endpoint},
 };
 
 /// A service as `lb conns` shows it.

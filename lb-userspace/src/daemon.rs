@@ -24,7 +24,10 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{Config, HealthConfig, XdpMode},
     control::{ControlSocket, Incoming, Reply, Request},
-    datapath::{Datapath, FlowCapacity, Maps},
+    datapath::{
+        Datapath,
+        maps::{FlowCapacity, Maps},
+    },
     director::{Change, Director, ServiceRuntime},
     health::{
         command::notify,

@@ -19,7 +19,7 @@ use lb_common::{
 
 use crate::{
     config::{Config, ServiceConfig},
-    datapath::{Attachment, addr_from_key, backend_entry, service_key},
+    datapath::keys::{Attachment, addr_from_key, backend_entry, service_key},
     health::hysteresis::Hysteresis,
     netlink::Nic,
 };

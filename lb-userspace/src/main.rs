@@ -11,7 +11,7 @@ use lb::{
     config::{Config, XdpMode},
     control::Request,
     daemon,
-    datapath::Maps,
+    datapath::maps::Maps,
     stats::Snapshot,
 };
 
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !pin_path.is_dir() {
                 anyhow::bail!("nothing is pinned at {}", pin_path.display());
             }
-            lb::datapath::remove_pin_dir(&pin_path)?;
+            lb::datapath::pins::remove_pin_dir(&pin_path)?;
             println!(
                 "detached and removed the data path pinned at {}",
                 pin_path.display()

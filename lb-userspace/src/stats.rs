@@ -11,15 +11,17 @@ use std::{collections::HashMap, fmt::Write as _, io, net::IpAddr, path::PathBuf,
 use anyhow::Context as _;
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    PROTO_TCP, PROTO_UDP, backend_index, reason_name,
+    backend_index, reason_name,
 };
 use serde::Serialize;
 
 use crate::{
     config::{Config, DEFAULT_PIN_PATH},
-    datapath::{Maps, addr_from_key, array_get},
+    datapath::{
+        keys::{addr_from_key, protocol_name},
+        maps::{Maps, array_get, monotonic_ns},
+    },
     netlink::format_mac,
-    sweeper::monotonic_ns,
 };
 
 /// Config file the read-only commands use when `--config` is not given (and
@@ -515,15 +517,6 @@ fn backend_state_name(state: u32) -> String {
     }
 }
 
-/// "tcp", "udp", or "unknown".
-pub fn protocol_name(proto: u8) -> &'static str {
-    match proto {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        _ => "unknown",
-    }
-}
-
 /// A counter that may transiently read as negative (wrapped) shows as zero.
 fn nonnegative(raw: u64) -> u64 {
     if (raw as i64) < 0 { 0 } else { raw }
@@ -540,6 +533,8 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use lb_common::{PROTO_TCP, PROTO_UDP};
 
     use super::*;
 
