@@ -33,11 +33,9 @@ use crate::{
         command::notify,
         probe::{CheckResult, HealthChecker},
     },
-    metrics,
+    inspect::{ServiceNames, metrics, stats::Snapshot},
     netlink::{Netlink, Nic, format_mac},
-    privilege,
-    stats::{ServiceNames, Snapshot},
-    sweeper,
+    privilege, sweeper,
 };
 
 /// How often the neighbour table is re-read for backend MACs.

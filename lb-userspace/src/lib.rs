@@ -3,16 +3,14 @@
 //! statistics.
 
 pub mod config;
-pub mod conns;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod director;
 pub mod health;
+pub mod inspect;
 pub mod keepalived;
-pub mod metrics;
 pub mod netlink;
 pub mod privilege;
 pub mod realserver;
-pub mod stats;
 pub mod sweeper;

@@ -12,7 +12,7 @@ use lb::{
     control::Request,
     daemon,
     datapath::maps::Maps,
-    stats::Snapshot,
+    inspect::stats::Snapshot,
 };
 
 #[derive(Parser)]
@@ -280,7 +280,7 @@ enum Command {
         #[arg(long)]
         rate: bool,
         /// Time between the two readings of --rate: 1s (default), 500ms, 2.
-        #[arg(long, requires = "rate", value_parser = lb::stats::parse_interval)]
+        #[arg(long, requires = "rate", value_parser = lb::inspect::stats::parse_interval)]
         interval: Option<std::time::Duration>,
     },
     /// Show the connection table of a running director (like `ipvsadm -L -c -n`).
@@ -402,7 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             interval,
         } => {
-            let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
+            let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
             lb::privilege::ensure_bpf("lb stats")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let names = inspect.names();
@@ -426,15 +426,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             json,
         } => {
-            let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
+            let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
             lb::privilege::ensure_bpf("lb conns")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let timeouts = inspect
                 .config
                 .as_ref()
                 .map_or_else(Default::default, |c| c.director.timeouts);
-            let table =
-                lb::conns::ConnTable::read(&maps, &inspect.names(), &timeouts, service.as_deref())?;
+            let table = lb::inspect::conns::ConnTable::read(
+                &maps,
+                &inspect.names(),
+                &timeouts,
+                service.as_deref(),
+            )?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let written = if json {
                 table.write_json(&mut out)
