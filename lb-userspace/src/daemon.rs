@@ -33,9 +33,13 @@ use crate::{
         command::notify,
         probe::{CheckResult, HealthChecker},
     },
+    host::{
+        Nic,
+        netlink::{Netlink, format_mac},
+        privilege,
+    },
     inspect::{ServiceNames, metrics, stats::Snapshot},
-    netlink::{Netlink, Nic, format_mac},
-    privilege, sweeper,
+    sweeper,
 };
 
 /// How often the neighbour table is re-read for backend MACs.

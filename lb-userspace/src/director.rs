@@ -21,7 +21,7 @@ use crate::{
     config::{Config, ServiceConfig},
     datapath::keys::{Attachment, addr_from_key, backend_entry, service_key},
     health::hysteresis::Hysteresis,
-    netlink::Nic,
+    host::Nic,
 };
 
 /// A write the daemon must make to the maps after a change of state.

@@ -302,7 +302,7 @@ enum Command {
     },
     /// Prepare, check or undo a real server behind a director (VIPs on lo, ARP sysctls).
     #[command(subcommand)]
-    Realserver(lb::realserver::RealserverCommand),
+    Realserver(lb::host::realserver::RealserverCommand),
 }
 
 /// Parses `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
@@ -363,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let socket = config
                 .map(|c| c.director.control_socket)
                 .unwrap_or_else(|| PathBuf::from(lb::control::DEFAULT_SOCKET));
-            lb::privilege::ensure_bpf("lb detach")?;
+            lb::host::privilege::ensure_bpf("lb detach")?;
             if lb::control::is_live(&socket) {
                 anyhow::bail!(
                     "an lb is running (control socket {}): use `lb stop` instead",
@@ -403,7 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
         } => {
             let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
-            lb::privilege::ensure_bpf("lb stats")?;
+            lb::host::privilege::ensure_bpf("lb stats")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let names = inspect.names();
             let mut snapshot = Snapshot::read_named(&maps, &names)?;
@@ -427,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
-            lb::privilege::ensure_bpf("lb conns")?;
+            lb::host::privilege::ensure_bpf("lb conns")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let timeouts = inspect
                 .config
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => Ok(other?),
             }
         }
-        Command::Realserver(command) => lb::realserver::run(command),
+        Command::Realserver(command) => lb::host::realserver::run(command),
         Command::ImportKeepalived {
             file,
             interfaces,

@@ -20,7 +20,7 @@ use crate::{
         keys::{addr_from_key, protocol_name},
         maps::{Maps, array_get, monotonic_ns},
     },
-    netlink::format_mac,
+    host::netlink::format_mac,
 };
 
 /// Everything `lb stats` shows.
