@@ -20,7 +20,7 @@ use lb_common::{
 use super::keys::protocol_name;
 
 /// Every map the control plane reads or writes, in pin order (the names of
-/// [`MAP_LAYOUT`]).
+/// `MAP_LAYOUT`).
 pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
     let mut names = [""; MAP_LAYOUT.len()];
     let mut i = 0;

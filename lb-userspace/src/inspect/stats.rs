@@ -1,7 +1,7 @@
 //! `lb stats`: per service and per backend counters read from the pinned
 //! maps of a running director, like `ipvsadm -L -n --stats` (and `--rate`).
 //!
-//! Services are named by [`ServiceNames`](super::ServiceNames).
+//! Services are named by [`ServiceNames`].
 
 use std::{net::IpAddr, time::Duration};
 
