@@ -41,7 +41,11 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb::datapath::{Attachment, Datapath, FlowCapacity, backend_entry, service_key};
+use lb::datapath::{
+    Datapath,
+    keys::{Attachment, backend_entry, service_key},
+    maps::FlowCapacity,
+};
 use lb_common::{BACKEND_STATE_UP, BackendSet, PROTO_TCP};
 
 use crate::BENCH_OBJECT;

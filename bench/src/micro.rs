@@ -50,7 +50,9 @@ use aya::{
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
 use lb::datapath::{
-    Attachment, Datapath, FlowCapacity, array_get, backend_entry, flow_cache_sets, service_key,
+    Datapath,
+    keys::{Attachment, backend_entry, service_key},
+    maps::{FlowCapacity, array_get, flow_cache_sets},
 };
 use lb_common::{
     BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4,

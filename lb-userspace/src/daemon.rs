@@ -24,13 +24,21 @@ use tracing::{debug, error, info, warn};
 use crate::{
     config::{Config, HealthConfig, XdpMode},
     control::{ControlSocket, Incoming, Reply, Request},
-    datapath::{Datapath, FlowCapacity, Maps},
+    datapath::{
+        Datapath,
+        maps::{FlowCapacity, Maps},
+    },
     director::{Change, Director, ServiceRuntime},
-    health::{CheckResult, Checker, notify},
-    metrics,
-    netlink::{Netlink, Nic, format_mac},
-    privilege,
-    stats::{ServiceNames, Snapshot},
+    health::{
+        command::notify,
+        probe::{CheckResult, HealthChecker},
+    },
+    host::{
+        Nic,
+        netlink::{Netlink, format_mac},
+        privilege,
+    },
+    inspect::{ServiceNames, metrics, stats::Snapshot},
     sweeper,
 };
 
@@ -312,7 +320,7 @@ impl Daemon {
             if self.checks.contains_key(&(id, slot)) {
                 continue;
             }
-            let Some(checker) = Checker::new(service, address) else {
+            let Some(checker) = HealthChecker::new(service, address) else {
                 continue;
             };
             let generation = self.next_generation;

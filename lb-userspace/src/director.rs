@@ -19,9 +19,9 @@ use lb_common::{
 
 use crate::{
     config::{Config, ServiceConfig},
-    datapath::{Attachment, addr_from_key, backend_entry, service_key},
-    health::Hysteresis,
-    netlink::Nic,
+    datapath::keys::{Attachment, addr_from_key, backend_entry, service_key},
+    health::hysteresis::Hysteresis,
+    host::Nic,
 };
 
 /// A write the daemon must make to the maps after a change of state.

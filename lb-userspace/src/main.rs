@@ -11,8 +11,8 @@ use lb::{
     config::{Config, XdpMode},
     control::Request,
     daemon,
-    datapath::Maps,
-    stats::Snapshot,
+    datapath::maps::Maps,
+    inspect::stats::Snapshot,
 };
 
 #[derive(Parser)]
@@ -280,7 +280,7 @@ enum Command {
         #[arg(long)]
         rate: bool,
         /// Time between the two readings of --rate: 1s (default), 500ms, 2.
-        #[arg(long, requires = "rate", value_parser = lb::stats::parse_interval)]
+        #[arg(long, requires = "rate", value_parser = lb::inspect::stats::parse_interval)]
         interval: Option<std::time::Duration>,
     },
     /// Show the connection table of a running director (like `ipvsadm -L -c -n`).
@@ -302,7 +302,7 @@ enum Command {
     },
     /// Prepare, check or undo a real server behind a director (VIPs on lo, ARP sysctls).
     #[command(subcommand)]
-    Realserver(lb::realserver::RealserverCommand),
+    Realserver(lb::host::realserver::RealserverCommand),
 }
 
 /// Parses `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
@@ -363,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let socket = config
                 .map(|c| c.director.control_socket)
                 .unwrap_or_else(|| PathBuf::from(lb::control::DEFAULT_SOCKET));
-            lb::privilege::ensure_bpf("lb detach")?;
+            lb::host::privilege::ensure_bpf("lb detach")?;
             if lb::control::is_live(&socket) {
                 anyhow::bail!(
                     "an lb is running (control socket {}): use `lb stop` instead",
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !pin_path.is_dir() {
                 anyhow::bail!("nothing is pinned at {}", pin_path.display());
             }
-            lb::datapath::remove_pin_dir(&pin_path)?;
+            lb::datapath::pins::remove_pin_dir(&pin_path)?;
             println!(
                 "detached and removed the data path pinned at {}",
                 pin_path.display()
@@ -402,8 +402,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             interval,
         } => {
-            let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
-            lb::privilege::ensure_bpf("lb stats")?;
+            let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
+            lb::host::privilege::ensure_bpf("lb stats")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let names = inspect.names();
             let mut snapshot = Snapshot::read_named(&maps, &names)?;
@@ -426,15 +426,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             json,
         } => {
-            let inspect = lb::stats::InspectConfig::resolve(pin_path, config)?;
-            lb::privilege::ensure_bpf("lb conns")?;
+            let inspect = lb::inspect::InspectConfig::resolve(pin_path, config)?;
+            lb::host::privilege::ensure_bpf("lb conns")?;
             let maps = Maps::from_pins(&inspect.pin_path)?;
             let timeouts = inspect
                 .config
                 .as_ref()
                 .map_or_else(Default::default, |c| c.director.timeouts);
-            let table =
-                lb::conns::ConnTable::read(&maps, &inspect.names(), &timeouts, service.as_deref())?;
+            let table = lb::inspect::conns::ConnTable::read(
+                &maps,
+                &inspect.names(),
+                &timeouts,
+                service.as_deref(),
+            )?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let written = if json {
                 table.write_json(&mut out)
@@ -448,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 other => Ok(other?),
             }
         }
-        Command::Realserver(command) => lb::realserver::run(command),
+        Command::Realserver(command) => lb::host::realserver::run(command),
         Command::ImportKeepalived {
             file,
             interfaces,

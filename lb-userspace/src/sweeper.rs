@@ -12,7 +12,7 @@ use lb_common::{
     conn_state::{Timeouts, is_active},
 };
 
-use crate::datapath::{Maps, array_get};
+use crate::datapath::maps::{Maps, array_get, monotonic_ns};
 
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,18 +24,6 @@ pub struct SweepReport {
     /// Live flows per service id and backend slot (what the counters were
     /// set to).
     pub conns: StdHashMap<u32, BackendConnSet>,
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's flow
-/// timestamps (`bpf_ktime_get_coarse_ns()`, the same clock at tick resolution).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Whether a flow last seen at `flow.last_seen_ns` has idled out at `now_ns`.

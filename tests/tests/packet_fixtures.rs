@@ -40,7 +40,9 @@ use aya::{
 };
 use lb::{
     datapath::{
-        Attachment, Datapath, FlowCapacity, MAP_NAMES, Maps, array_get, backend_entry, service_key,
+        Datapath,
+        keys::{Attachment, backend_entry, service_key},
+        maps::{FlowCapacity, MAP_NAMES, Maps, array_get, monotonic_ns},
     },
     sweeper,
 };
@@ -1492,7 +1494,7 @@ fn ipv4_and_ipv6_flows_are_kept_apart() {
     // A flow written by the control plane is forwarded as recorded.
     let planted = Pkt::tcp6(40001, TCP_ACK);
     let flow = Flow {
-        last_seen_ns: sweeper::monotonic_ns(),
+        last_seen_ns: monotonic_ns(),
         service_id: DECOY_ID as u16,
         backend_slot: 1,
         state: STATE_ESTABLISHED as u16,

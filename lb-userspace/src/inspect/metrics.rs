@@ -42,7 +42,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::stats::{BackendStats, ServiceStats, Snapshot, VerdictStats};
+use super::stats::{BackendStats, ServiceStats, Snapshot, VerdictStats};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =

@@ -1,15 +1,12 @@
-//! Backend health checks with keepalived's kinds: `tcp` (TCP_CHECK, a
+//! Backend health probes with keepalived's kinds: `tcp` (TCP_CHECK, a
 //! connect), `http` (HTTP_GET: status and optional body MD5) and `exec`
-//! (MISC_CHECK, a command's exit status). A [`Checker`] probes one backend of
-//! one service forever and sends each result to the daemon, which decides
-//! with [`Hysteresis`] when the backend goes down and comes back, and runs
-//! the [`notify`] command then.
+//! (MISC_CHECK, a command's exit status). A [`HealthChecker`] probes one
+//! backend of one service forever and sends each result to the daemon, which
+//! decides with `Hysteresis` when the backend goes down and comes back.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    os::unix::process::ExitStatusExt as _,
     pin::pin,
-    process::{ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -18,73 +15,20 @@ use hyper::{Method, Request, body::Bytes, header};
 use hyper_util::rt::TokioIo;
 use md5::{Digest as _, Md5};
 use tokio::{net::TcpStream, process::Command, sync::mpsc, time};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::command::{describe_exit, io_text, run_bounded};
 use crate::config::{ExecCheck, HealthKind, HttpCheck, ServiceConfig};
 
 /// The most of a response body an `http` check reads for its digest.
 const MAX_BODY: usize = 1 << 20;
-/// How long a notify command may run before it is killed.
-const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `User-Agent` of `http` checks.
 const USER_AGENT: &str = "lb-healthcheck";
-
-/// Rise/fall hysteresis over check results. A backend starts up (as in
-/// keepalived); it goes down after `fall` consecutive failures and comes
-/// back after `rise` consecutive successes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hysteresis {
-    up: bool,
-    streak: u32,
-    rise: u32,
-    fall: u32,
-}
-
-impl Hysteresis {
-    /// A backend that is up, with the given thresholds (each at least 1).
-    pub fn new(rise: u32, fall: u32) -> Self {
-        Self::starting(true, rise, fall)
-    }
-
-    /// A backend that starts up or down (adopted from the maps, or keeping
-    /// its state across a change of thresholds).
-    pub fn starting(up: bool, rise: u32, fall: u32) -> Self {
-        Self {
-            up,
-            streak: 0,
-            rise: rise.max(1),
-            fall: fall.max(1),
-        }
-    }
-
-    /// Whether the backend is currently considered up.
-    pub fn is_up(&self) -> bool {
-        self.up
-    }
-
-    /// Records one check result; returns the new state when it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<bool> {
-        if ok == self.up {
-            // A result agreeing with the current state breaks any streak.
-            self.streak = 0;
-            return None;
-        }
-        self.streak += 1;
-        let needed = if self.up { self.fall } else { self.rise };
-        if self.streak >= needed {
-            self.up = ok;
-            self.streak = 0;
-            Some(ok)
-        } else {
-            None
-        }
-    }
-}
 
 /// One result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckResult<K> {
-    /// Which backend this is about, as given to [`Checker::run`].
+    /// Which backend this is about, as given to [`HealthChecker::run`].
     pub key: K,
     /// Whether the probe passed.
     pub ok: bool,
@@ -94,7 +38,7 @@ pub struct CheckResult<K> {
 
 /// The health checker of one backend of one service.
 #[derive(Clone, Debug)]
-pub struct Checker {
+pub struct HealthChecker {
     probe: Probe,
     /// Service name, VIP and port, for an `exec` check's environment.
     service: String,
@@ -117,10 +61,10 @@ enum Probe {
     Exec(ExecCheck),
 }
 
-impl Checker {
+impl HealthChecker {
     /// The checker of `backend` as `service`'s health config says; `None`
     /// for kind "none".
-    pub fn new(service: &ServiceConfig, backend: IpAddr) -> Option<Checker> {
+    pub fn new(service: &ServiceConfig, backend: IpAddr) -> Option<HealthChecker> {
         let health = &service.health;
         let probe = match &health.kind {
             HealthKind::Tcp => Probe::Tcp,
@@ -128,7 +72,7 @@ impl Checker {
             HealthKind::Exec(exec) => Probe::Exec(exec.clone()),
             HealthKind::None => return None,
         };
-        Some(Checker {
+        Some(HealthChecker {
             probe,
             service: service.name.clone(),
             vip: service.vip,
@@ -300,92 +244,6 @@ impl Checker {
     }
 }
 
-/// Runs the notify command `argv` with SERVICE BACKEND STATE appended
-/// (STATE is "up" or "down"); bounded by a 10 s timeout (killed after it);
-/// logs (`tracing::warn!`) a failure or non-zero exit; never panics; returns
-/// whether it exited 0. An empty `argv` runs nothing and returns true.
-pub async fn notify(argv: &[String], service: &str, backend: IpAddr, state: &str) -> bool {
-    let Some((program, args)) = argv.split_first() else {
-        return true;
-    };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .arg(service)
-        .arg(backend.to_string())
-        .arg(state);
-    let why = match run_bounded(command, NOTIFY_TIMEOUT).await {
-        Ok(status) if status.success() => return true,
-        Ok(status) => describe_exit(status),
-        Err(e) => e.describe(program),
-    };
-    warn!(
-        service,
-        %backend,
-        state,
-        "notify command {program:?} failed: {why}"
-    );
-    false
-}
-
-/// How a command run by [`run_bounded`] failed to finish.
-#[derive(Debug)]
-enum RunError {
-    /// It could not be started.
-    Spawn(std::io::Error),
-    /// Waiting for it failed.
-    Wait(std::io::Error),
-    /// It ran longer than allowed and was killed.
-    TimedOut(Duration),
-}
-
-impl RunError {
-    fn describe(&self, program: &str) -> String {
-        match self {
-            RunError::Spawn(e) => format!("cannot run {program:?}: {}", io_text(e)),
-            RunError::Wait(e) => format!("waiting for {program:?}: {}", io_text(e)),
-            RunError::TimedOut(after) => {
-                format!("command timed out after {after:?} (killed)")
-            }
-        }
-    }
-}
-
-/// Runs `command` without a shell, stdin and output on /dev/null, in a
-/// process group of its own that is killed after `timeout`.
-async fn run_bounded(mut command: Command, timeout: Duration) -> Result<ExitStatus, RunError> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = command.spawn().map_err(RunError::Spawn)?;
-    match time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.map_err(RunError::Wait),
-        Err(_) => {
-            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-                // The whole group, so that a shell's children go too. The
-                // group exists: its leader has not been reaped yet.
-                // SAFETY: kill(2) with a negative pid only sends a signal.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
-            // Kills the leader if the group kill failed, and reaps it.
-            let _ = child.kill().await;
-            Err(RunError::TimedOut(timeout))
-        }
-    }
-}
-
-/// `command exited with status 1`, `command was killed by signal 9`.
-fn describe_exit(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("command exited with status {code}"),
-        (None, Some(signal)) => format!("command was killed by signal {signal}"),
-        (None, None) => format!("command ended with {status}"),
-    }
-}
-
 /// TCP connect; the check passes when it completes.
 async fn tcp(target: SocketAddr) -> Result<String, String> {
     connect(target).await?;
@@ -396,20 +254,6 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
     TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect to {target}: {}", io_text(&e)))
-}
-
-/// `connection refused` rather than `Connection refused (os error 111)`.
-fn io_text(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let text = match text.rfind(" (os error ") {
-        Some(at) if text.ends_with(')') => &text[..at],
-        _ => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 /// The `Host` header when none is configured: the backend address, IPv6 in
@@ -458,40 +302,6 @@ mod tests {
 
     const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    #[test]
-    fn falls_after_fall_failures_and_rises_after_rise_successes() {
-        let mut h = Hysteresis::new(2, 3);
-        assert!(h.is_up());
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(false), Some(false));
-        assert!(!h.is_up());
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(true), None);
-        assert_eq!(h.observe(true), Some(true));
-        assert!(h.is_up());
-    }
-
-    #[test]
-    fn an_agreeing_result_breaks_the_streak() {
-        let mut h = Hysteresis::new(2, 2);
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(true), None);
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(false), Some(false));
-        assert_eq!(h.observe(true), None);
-        assert_eq!(h.observe(false), None);
-        assert_eq!(h.observe(true), None);
-        assert_eq!(h.observe(true), Some(true));
-    }
-
-    #[test]
-    fn thresholds_of_one_switch_at_once() {
-        let mut h = Hysteresis::new(1, 1);
-        assert_eq!(h.observe(false), Some(false));
-        assert_eq!(h.observe(true), Some(true));
-    }
-
     /// A service "web" (VIP 192.0.2.200:80) whose check probes `port`.
     fn service(kind: HealthKind, port: u16) -> ServiceConfig {
         ServiceConfig {
@@ -516,8 +326,8 @@ mod tests {
         }
     }
 
-    fn checker(kind: HealthKind, port: u16) -> Checker {
-        Checker::new(&service(kind, port), LOCALHOST).expect("a checker")
+    fn checker(kind: HealthKind, port: u16) -> HealthChecker {
+        HealthChecker::new(&service(kind, port), LOCALHOST).expect("a checker")
     }
 
     fn http(path: &str) -> HttpCheck {
@@ -584,8 +394,8 @@ mod tests {
 
     #[test]
     fn kind_none_has_no_checker() {
-        assert!(Checker::new(&service(HealthKind::None, 80), LOCALHOST).is_none());
-        assert!(Checker::new(&service(HealthKind::Tcp, 80), LOCALHOST).is_some());
+        assert!(HealthChecker::new(&service(HealthKind::None, 80), LOCALHOST).is_none());
+        assert!(HealthChecker::new(&service(HealthKind::Tcp, 80), LOCALHOST).is_some());
     }
 
     #[tokio::test]
@@ -813,25 +623,6 @@ mod tests {
             time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!proc.exists(), "sleep {} still running", pid.trim());
-    }
-
-    #[tokio::test]
-    async fn notify_appends_service_backend_and_state() {
-        let out = temp_path("notify");
-        let script = format!("printf '%s\\n' \"$@\" > {}", out.display());
-        let argv: Vec<String> = ["/bin/sh", "-c", &script, "notify", "first"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        assert!(notify(&argv, "web", "192.0.2.11".parse().unwrap(), "down").await);
-        let written = std::fs::read_to_string(&out).unwrap();
-        std::fs::remove_file(&out).unwrap();
-        assert_eq!(written, "first\nweb\n192.0.2.11\ndown\n");
-
-        let backend = "2001:db8::11".parse().unwrap();
-        assert!(!notify(&["/bin/false".to_owned()], "web", backend, "up").await);
-        assert!(!notify(&["/nonexistent/notify".to_owned()], "web", backend, "up").await);
-        assert!(notify(&[], "web", backend, "up").await);
     }
 
     #[test]

@@ -22,10 +22,13 @@ use lb_common::{
 use serde::Serialize;
 use tracing::warn;
 
-use crate::{
-    datapath::{Maps, addr_from_key, array_get},
-    stats::{Align, Columns, ServiceNames, endpoint, protocol_name},
-    sweeper::monotonic_ns,
+use super::{
+    ServiceNames,
+    table::{Align, Columns, endpoint},
+};
+use crate::datapath::{
+    keys::{addr_from_key, protocol_name},
+    maps::{Maps, array_get, monotonic_ns},
 };
 
 /// A service as `lb conns` shows it.

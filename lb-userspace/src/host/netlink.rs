@@ -19,16 +19,7 @@ use rtnetlink::{
     },
 };
 
-/// A director NIC.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Nic {
-    /// Interface name.
-    pub name: String,
-    /// Interface index.
-    pub index: u32,
-    /// Its MAC address.
-    pub mac: [u8; 6],
-}
+use super::Nic;
 
 /// A route-netlink session (needs a running tokio runtime).
 #[derive(Clone)]

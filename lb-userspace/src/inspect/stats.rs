@@ -1,96 +1,27 @@
 //! `lb stats`: per service and per backend counters read from the pinned
 //! maps of a running director, like `ipvsadm -L -n --stats` (and `--rate`).
 //!
-//! The maps hold no service names: [`ServiceNames`] takes them from the
-//! config file, and a service the config does not name shows as
-//! `VIP:PORT/proto`. [`InspectConfig`] resolves the config and pin path the
-//! read-only commands (`lb stats`, `lb conns`) use.
+//! Services are named by [`ServiceNames`].
 
-use std::{collections::HashMap, fmt::Write as _, io, net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
-use anyhow::Context as _;
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    PROTO_TCP, PROTO_UDP, backend_index, reason_name,
+    backend_index, reason_name,
 };
 use serde::Serialize;
 
-use crate::{
-    config::{Config, DEFAULT_PIN_PATH},
-    datapath::{Maps, addr_from_key, array_get},
-    netlink::format_mac,
-    sweeper::monotonic_ns,
+use super::{
+    ServiceNames,
+    table::{Align, endpoint, write_aligned},
 };
-
-/// Config file the read-only commands use when `--config` is not given (and
-/// it exists).
-pub const DEFAULT_CONFIG: &str = "/etc/lb/lb.toml";
-
-/// The config and pin path of a read-only command (`lb stats`, `lb conns`).
-#[derive(Debug)]
-pub struct InspectConfig {
-    /// The config file, if one was given or [`DEFAULT_CONFIG`] exists.
-    pub config: Option<Config>,
-    /// `--pin-path`, else the config's `pin_path`, else [`DEFAULT_PIN_PATH`].
-    pub pin_path: PathBuf,
-}
-
-impl InspectConfig {
-    /// Loads `config` (or [`DEFAULT_CONFIG`] when it exists) and picks the
-    /// pin path. A config that exists but is invalid is an error: its
-    /// service names and pin path would otherwise be silently wrong.
-    pub fn resolve(pin_path: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<Self> {
-        let path = config.or_else(|| {
-            let default = PathBuf::from(DEFAULT_CONFIG);
-            default.exists().then_some(default)
-        });
-        let config = match path {
-            Some(path) => Some(Config::load(&path).with_context(|| {
-                format!(
-                    "reading {} for service names and the pin path (give another with --config)",
-                    path.display()
-                )
-            })?),
-            None => None,
-        };
-        let pin_path = pin_path
-            .or_else(|| config.as_ref().map(|c| c.director.pin_path.clone()))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_PATH));
-        Ok(Self { config, pin_path })
-    }
-
-    /// The service names of the config (none without one).
-    pub fn names(&self) -> ServiceNames {
-        ServiceNames::from_config(self.config.as_ref())
-    }
-}
-
-/// Service names by (VIP, port, protocol), from the config.
-#[derive(Clone, Debug, Default)]
-pub struct ServiceNames {
-    by_key: HashMap<(IpAddr, u16, u8), String>,
-}
-
-impl ServiceNames {
-    /// The names of `config`'s services (none without a config).
-    pub fn from_config(config: Option<&Config>) -> Self {
-        let by_key = config
-            .iter()
-            .flat_map(|c| &c.services)
-            .map(|s| ((s.vip, s.port, s.protocol.number()), s.name.clone()))
-            .collect();
-        Self { by_key }
-    }
-
-    /// The name of the service (`vip`, `port`, `proto`): the config's, else
-    /// `VIP:PORT/proto`.
-    pub fn name(&self, vip: IpAddr, port: u16, proto: u8) -> String {
-        match self.by_key.get(&(vip, port, proto)) {
-            Some(name) => name.clone(),
-            None => format!("{}/{}", endpoint(vip, port), protocol_name(proto)),
-        }
-    }
-}
+use crate::{
+    datapath::{
+        keys::{addr_from_key, protocol_name},
+        maps::{Maps, array_get, monotonic_ns},
+    },
+    host::netlink::format_mac,
+};
 
 /// Everything `lb stats` shows.
 #[derive(Clone, Debug, Serialize)]
@@ -431,80 +362,6 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// How a column is aligned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
-    /// Text to the left (padded on the right).
-    Left,
-    /// Text to the right (numbers).
-    Right,
-}
-
-/// Column widths computed from content, for the aligned tables of
-/// `lb stats` and `lb conns`: [`Columns::measure`] every row, then
-/// [`Columns::write_row`] them. Nothing is buffered, so a table of a million
-/// rows costs two formatting passes and no memory.
-#[derive(Clone, Debug)]
-pub struct Columns {
-    widths: Vec<usize>,
-    align: Vec<Align>,
-}
-
-impl Columns {
-    /// Columns sized for `header`.
-    pub fn new(header: &[(&str, Align)]) -> Self {
-        Self {
-            widths: header.iter().map(|(h, _)| h.chars().count()).collect(),
-            align: header.iter().map(|&(_, a)| a).collect(),
-        }
-    }
-
-    /// Widens the columns to fit `cells`.
-    pub fn measure<S: AsRef<str>>(&mut self, cells: &[S]) {
-        for (w, cell) in self.widths.iter_mut().zip(cells) {
-            *w = (*w).max(cell.as_ref().chars().count());
-        }
-    }
-
-    /// Writes one row, columns separated by two spaces, no trailing blanks.
-    pub fn write_row<S: AsRef<str>>(
-        &self,
-        out: &mut impl io::Write,
-        cells: &[S],
-    ) -> io::Result<()> {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let width = self.widths.get(i).copied().unwrap_or(0);
-            if i > 0 {
-                line.push_str("  ");
-            }
-            let _ = match self.align.get(i).copied().unwrap_or(Align::Left) {
-                Align::Left => write!(line, "{:<width$}", cell.as_ref()),
-                Align::Right => write!(line, "{:>width$}", cell.as_ref()),
-            };
-        }
-        writeln!(out, "{}", line.trim_end())
-    }
-}
-
-/// Writes `header` and `rows` as an aligned table.
-fn write_aligned(
-    out: &mut impl io::Write,
-    header: &[(&str, Align)],
-    rows: &[Vec<String>],
-) -> io::Result<()> {
-    let mut columns = Columns::new(header);
-    for row in rows {
-        columns.measure(row);
-    }
-    let names: Vec<&str> = header.iter().map(|(h, _)| *h).collect();
-    columns.write_row(out, &names)?;
-    for row in rows {
-        columns.write_row(out, row)?;
-    }
-    Ok(())
-}
-
 /// Name of a `BACKEND_STATE_*` value.
 fn backend_state_name(state: u32) -> String {
     match state {
@@ -515,32 +372,13 @@ fn backend_state_name(state: u32) -> String {
     }
 }
 
-/// "tcp", "udp", or "unknown".
-pub fn protocol_name(proto: u8) -> &'static str {
-    match proto {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        _ => "unknown",
-    }
-}
-
 /// A counter that may transiently read as negative (wrapped) shows as zero.
 fn nonnegative(raw: u64) -> u64 {
     if (raw as i64) < 0 { 0 } else { raw }
 }
 
-/// `addr:port`, with brackets for IPv6.
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn backend(slot: u32, address: &str, conns: u64, in_pkts: u64, in_bytes: u64) -> BackendStats {
@@ -686,75 +524,6 @@ mod tests {
         assert!(first.ends_with("InBytes  CPS  InPPS  InBPS"), "{first}");
         let service = table.lines().nth(1).unwrap();
         assert!(service.ends_with("7680    1     10    600"), "{service}");
-    }
-
-    #[test]
-    fn service_names_come_from_the_config_else_the_address() {
-        let config = Config::parse(
-            r#"
-[director]
-interfaces = ["eth0"]
-
-[[service]]
-name = "gridftp"
-vip = "192.0.2.200"
-port = 2811
-protocol = "tcp"
-
-[[service.backend]]
-address = "192.0.2.11"
-weight = 1
-"#,
-            "test.toml",
-        )
-        .unwrap();
-        let names = ServiceNames::from_config(Some(&config));
-        let vip: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(names.name(vip, 2811, PROTO_TCP), "gridftp");
-        assert_eq!(names.name(vip, 2811, PROTO_UDP), "192.0.2.200:2811/udp");
-        let v6: IpAddr = "2001:db8::200".parse().unwrap();
-        assert_eq!(
-            ServiceNames::from_config(None).name(v6, 53, PROTO_UDP),
-            "[2001:db8::200]:53/udp"
-        );
-    }
-
-    #[test]
-    fn inspect_config_picks_the_pin_path() {
-        let dir = std::env::temp_dir().join(format!("lb-stats-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("lb.toml");
-        std::fs::write(
-            &path,
-            r#"
-[director]
-interfaces = ["eth0"]
-pin_path = "/sys/fs/bpf/lb-test"
-
-[[service]]
-name = "web"
-vip = "192.0.2.200"
-port = 80
-protocol = "tcp"
-
-[[service.backend]]
-address = "192.0.2.11"
-weight = 1
-"#,
-        )
-        .unwrap();
-        let from_config = InspectConfig::resolve(None, Some(path.clone())).unwrap();
-        assert_eq!(from_config.pin_path, Path::new("/sys/fs/bpf/lb-test"));
-        let vip: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(from_config.names().name(vip, 80, PROTO_TCP), "web");
-        let explicit =
-            InspectConfig::resolve(Some(PathBuf::from("/sys/fs/bpf/other")), Some(path.clone()))
-                .unwrap();
-        assert_eq!(explicit.pin_path, Path::new("/sys/fs/bpf/other"));
-        std::fs::write(&path, "[director]\n").unwrap();
-        let e = InspectConfig::resolve(None, Some(path.clone())).unwrap_err();
-        assert!(format!("{e:#}").contains("--config"), "{e:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -32,7 +32,7 @@ use rtnetlink::{
 };
 use tracing::debug;
 
-use crate::privilege;
+use super::privilege;
 
 /// `lb realserver` subcommands (run them on a real server, not on the director).
 #[derive(Debug, Subcommand)]

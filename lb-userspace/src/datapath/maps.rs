@@ -1,0 +1,467 @@
+//! Typed handles on the data path's maps ([`Maps`]) and every read and
+//! write the control plane makes through them: services and their backend
+//! sets, scheduler trees, the connection tables and the per-CPU counters.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Pod,
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+};
+use lb_common::{
+    BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
+    CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow,
+    FlowKey, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS,
+    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
+    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, wlc,
+};
+
+use super::keys::protocol_name;
+
+/// Every map the control plane reads or writes, in pin order (the names of
+/// `MAP_LAYOUT`).
+pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
+    let mut names = [""; MAP_LAYOUT.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = MAP_LAYOUT[i].0;
+        i += 1;
+    }
+    names
+};
+
+/// Every map the control plane reads or writes with its key and value
+/// sizes, to recognise a pinned data path made by a build with another map
+/// layout before adopting it.
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 10] = [
+    (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
+    (BACKENDS_MAP, 4, size_of::<BackendSet>()),
+    (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
+    (WLC_TREE_MAP, 4, size_of::<LoadTree>()),
+    (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
+    (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
+    (SERVICE_PORTS_MAP, 4, 4),
+    (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
+    (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
+    (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
+];
+
+/// How many flows each connection table holds: the IPv4 and IPv6 tables are
+/// separate LRU hashes, each evicting its least recently used flow when full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCapacity {
+    /// Capacity of the IPv4 connection table (`CONNTRACK4`).
+    pub ipv4: u32,
+    /// Capacity of the IPv6 connection table (`CONNTRACK6`).
+    pub ipv6: u32,
+}
+
+impl Default for FlowCapacity {
+    /// `lb_common::DEFAULT_MAX_FLOWS` IPv4 and `DEFAULT_MAX_FLOWS_V6` IPv6 flows.
+    fn default() -> Self {
+        Self {
+            ipv4: DEFAULT_MAX_FLOWS,
+            ipv6: DEFAULT_MAX_FLOWS_V6,
+        }
+    }
+}
+
+/// Typed handles on the data path's maps (see `lb_common::maps` for the layout).
+pub struct Maps {
+    /// (VIP, port, protocol) -> service id.
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    /// Service id -> its backends.
+    pub backends: Array<MapData, BackendSet>,
+    /// Service id -> active/inactive counts per backend.
+    pub backend_conns: Array<MapData, BackendConnSet>,
+    /// Service id -> the scheduler's tournament tree of its backends.
+    pub wlc_tree: Array<MapData, LoadTree>,
+    /// The IPv4 connection table (an LRU hash).
+    pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
+    /// The IPv6 connection table (an LRU hash).
+    pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
+    /// Destination port -> `PORT_*` bits of the protocols services use on it.
+    pub service_ports: Array<MapData, u32>,
+    /// Per-CPU counters per verdict reason.
+    pub verdict_stats: PerCpuArray<MapData, Counters>,
+    /// Per-CPU counters per service.
+    pub service_stats: PerCpuArray<MapData, Counters>,
+    /// Per-CPU counters per backend (`lb_common::backend_index`).
+    pub backend_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl Maps {
+    /// Builds typed handles from a map source (`take(name)` yields the map).
+    pub(super) fn from_source(
+        mut take: impl FnMut(&str) -> anyhow::Result<Map>,
+    ) -> anyhow::Result<Self> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            take: &mut impl FnMut(&str) -> anyhow::Result<Map>,
+            name: &str,
+        ) -> anyhow::Result<T> {
+            T::try_from(take(name)?).with_context(|| format!("map {name} has an unexpected type"))
+        }
+        Ok(Self {
+            services: typed(&mut take, SERVICES_MAP)?,
+            backends: typed(&mut take, BACKENDS_MAP)?,
+            backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
+            wlc_tree: typed(&mut take, WLC_TREE_MAP)?,
+            conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
+            conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
+            service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
+            verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
+            service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
+            backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
+        })
+    }
+
+    /// Sums a per-CPU counter over all CPUs.
+    pub fn sum(values: &aya::maps::PerCpuValues<Counters>) -> Counters {
+        values.iter().fold(Counters::default(), |acc, c| Counters {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+            new_conns: acc.new_conns + c.new_conns,
+        })
+    }
+
+    /// Counters of one per-CPU stats array entry, summed over CPUs.
+    pub fn counters(map: &PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<Counters> {
+        Ok(Self::sum(&map.get(&index, 0)?))
+    }
+}
+
+impl Maps {
+    /// Installs (or replaces) service `id` under `key` with `backends`, and
+    /// opens the service's port in the port prefilter.
+    ///
+    /// Backends are written before the service becomes visible, so the data
+    /// path never finds a service without its backend set. The connection
+    /// counters are left alone: flows already bound to the service keep
+    /// counting (the sweeper reconciles them).
+    ///
+    /// The data path forwards a known flow by the service id and slot stored
+    /// in the flow, without looking the service up: removing or renumbering
+    /// a service must first empty its old backend set (an empty slot makes
+    /// the flow's next packet look the service up again).
+    pub fn set_service(
+        &mut self,
+        key: ServiceKey,
+        id: u32,
+        backends: &BackendSet,
+    ) -> anyhow::Result<()> {
+        self.set_backends(id, backends)?;
+        let port = u32::from(key.port);
+        let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
+        self.service_ports
+            .set(port, bits, 0)
+            .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
+        self.services
+            .insert(key, Service { id, flags: 0 }, 0)
+            .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
+    }
+
+    /// Removes service `key` (id `id`): empties its backend set first (so
+    /// its known flows stop being forwarded), deletes its key, closes its
+    /// port in the prefilter unless one of `others` (the services that
+    /// remain) still uses it, and zeroes its counters. The caller deletes
+    /// its flows (`sweeper::forget_service`) before giving the id out again.
+    pub fn remove_service(
+        &mut self,
+        key: ServiceKey,
+        id: u32,
+        others: impl Iterator<Item = ServiceKey>,
+    ) -> anyhow::Result<()> {
+        self.set_backends(id, &BackendSet::default())?;
+        match self.services.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
+        }
+        let port = u32::from(key.port);
+        let bits = others
+            .filter(|k| k.port == key.port)
+            .fold(0, |bits, k| bits | port_bit(k.proto));
+        self.service_ports.set(port, bits, 0)?;
+        self.backend_conns.set(id, BackendConnSet::default(), 0)?;
+        // What the service forwarded stays in the `forwarded` verdict total.
+        fold_counters(
+            &self.service_stats,
+            id,
+            &mut self.verdict_stats,
+            REASON_FORWARDED,
+        )?;
+        zero_counters(&mut self.service_stats, id)?;
+        for slot in 0..MAX_BACKENDS as u32 {
+            let index = backend_index(id, slot);
+            fold_counters(
+                &self.backend_stats,
+                index,
+                &mut self.verdict_stats,
+                REASON_FORWARDED,
+            )?;
+            zero_counters(&mut self.backend_stats, index)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the counters of backend `slot` of service `id` (a new backend
+    /// takes the slot), keeping what it forwarded in the service's totals.
+    pub fn reset_backend_stats(&mut self, id: u32, slot: u32) -> anyhow::Result<()> {
+        let index = backend_index(id, slot);
+        fold_counters(&self.backend_stats, index, &mut self.service_stats, id)?;
+        zero_counters(&mut self.backend_stats, index)
+    }
+
+    /// Counters of service `id` (IPVS Conns, InPkts, InBytes), summed over
+    /// CPUs: what its backends forwarded, including backends whose slots
+    /// were given to others since.
+    ///
+    /// The data path counts each forwarded packet once, per backend
+    /// (`BACKEND_STATS`); `SERVICE_STATS` holds only what earlier backends
+    /// of the service forwarded ([`Maps::reset_backend_stats`] moves it there).
+    pub fn service_counters(&self, id: u32) -> anyhow::Result<Counters> {
+        let mut total = Self::counters(&self.service_stats, id)?;
+        for slot in 0..MAX_BACKENDS as u32 {
+            total = total + Self::counters(&self.backend_stats, backend_index(id, slot))?;
+        }
+        Ok(total)
+    }
+
+    /// The sum of [`Maps::service_counters`] over every installed service.
+    /// A service entry with an id past the maps (never written by `lb`; the
+    /// data path drops its packets as `drop_internal`) forwarded nothing.
+    pub fn forwarded_by_services(&self) -> anyhow::Result<Counters> {
+        let mut total = Counters::default();
+        for entry in self.services.iter() {
+            let (_, service) = entry?;
+            if service.id < MAX_SERVICES {
+                total = total + self.service_counters(service.id)?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Counters per verdict reason (`REASON_*`), summed over CPUs.
+    ///
+    /// The data path does not count forwarded packets under a verdict (they
+    /// are counted per backend); `forwarded` is `forwarded_by_services` (see
+    /// [`Maps::forwarded_by_services`]) plus what removed services had
+    /// forwarded, which [`Maps::remove_service`] keeps in `VERDICT_STATS`.
+    /// Verdict counters count no connections.
+    pub fn verdict_counters(
+        &self,
+        forwarded_by_services: Counters,
+    ) -> anyhow::Result<Vec<Counters>> {
+        (0..NUM_REASONS)
+            .map(|reason| {
+                let counted = Self::counters(&self.verdict_stats, reason)?;
+                Ok(if reason == REASON_FORWARDED {
+                    Counters {
+                        new_conns: 0,
+                        ..counted + forwarded_by_services
+                    }
+                } else {
+                    counted
+                })
+            })
+            .collect()
+    }
+
+    /// Reads every service and its backend set (to adopt a running data path).
+    pub fn installed_services(&self) -> anyhow::Result<Vec<(ServiceKey, u32, BackendSet)>> {
+        let mut found = Vec::new();
+        for entry in self.services.iter() {
+            let (key, service) = entry?;
+            found.push((key, service.id, array_get(&self.backends, service.id)?));
+        }
+        Ok(found)
+    }
+
+    /// Replaces the backend set of service `id` (weights, health, MACs) and
+    /// rebuilds its scheduler tree to match.
+    ///
+    /// The only writer of [`BACKENDS_MAP`]. The data path takes a new flow's
+    /// backend from the tree's root and its MAC from the set, so the tree
+    /// must never name a backend the set it reads does not hold. The tree is
+    /// written twice: first over the backends that may take flows in both
+    /// the old and the new set (a backend that stops taking flows leaves the
+    /// tree before the set changes), then, once the new set is in place,
+    /// over the new set (a new backend joins only then). A packet that reads
+    /// a tree while it is being rewritten may see a root whose weight is
+    /// already 0; it refuses it (`drop_no_backend`, the client's SYN is
+    /// retransmitted) rather than use it.
+    pub fn set_backends(&mut self, id: u32, backends: &BackendSet) -> anyhow::Result<()> {
+        let old = array_get(&self.backends, id)?;
+        let conns = array_get(&self.backend_conns, id)?;
+        let mut in_both = *backends;
+        for (slot, backend) in in_both.backends.iter_mut().enumerate() {
+            if old.scheduling_weight(slot as u32) == 0 {
+                backend.weight = 0;
+            }
+        }
+        self.rebuild_tree(id, &in_both, &conns)?;
+        self.backends
+            .set(id, backends, 0)
+            .with_context(|| format!("writing backends of service {id} to {BACKENDS_MAP}"))?;
+        self.rebuild_tree(id, backends, &conns)
+    }
+
+    /// Rebuilds the scheduler tree of service `id` for `backends` and the
+    /// connection counters `conns`.
+    pub fn rebuild_tree(
+        &mut self,
+        id: u32,
+        backends: &BackendSet,
+        conns: &BackendConnSet,
+    ) -> anyhow::Result<()> {
+        let mut tree = LoadTree::default();
+        wlc::rebuild(&mut tree, backends, conns);
+        self.wlc_tree
+            .set(id, tree, 0)
+            .with_context(|| format!("writing the tree of service {id} to {WLC_TREE_MAP}"))
+    }
+}
+
+/// The two connection tables, behind one key type.
+impl Maps {
+    /// The flow under `key`, from the table of its family (`None`: no such flow).
+    pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
+        let found = match key {
+            FlowKey::V4(k) => self.conntrack4.get(k, 0),
+            FlowKey::V6(k) => self.conntrack6.get(k, 0),
+        };
+        match found {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up flow {}", describe_flow(key))),
+        }
+    }
+
+    /// Every flow of both tables, IPv4 first, with the errors of the walk:
+    /// for readers that must report a walk that broke off. An entry that
+    /// vanishes (expired or evicted) between listing and reading it is
+    /// skipped, not an error.
+    ///
+    /// The walk does not freeze the tables: the data path keeps adding and
+    /// evicting flows, so a flow may be missed or (when the entry the walk
+    /// stands on is deleted and the kernel restarts it) seen twice.
+    pub fn try_flows(&self) -> impl Iterator<Item = Result<(FlowKey, Flow), MapError>> + '_ {
+        let ipv4 = self
+            .conntrack4
+            .iter()
+            .map(|entry| entry.map(|(key, flow)| (FlowKey::V4(key), flow)));
+        let ipv6 = self
+            .conntrack6
+            .iter()
+            .map(|entry| entry.map(|(key, flow)| (FlowKey::V6(key), flow)));
+        ipv4.chain(ipv6)
+    }
+
+    /// Every flow of both tables, IPv4 first, skipping entries that cannot
+    /// be read (those that vanish mid-walk). See [`Maps::try_flows`] for
+    /// what a walk of live tables sees.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
+        self.try_flows().filter_map(Result::ok)
+    }
+
+    /// Deletes the flow under `key`; whether it was there. Failing to delete
+    /// is treated as absence: the data path may have evicted or re-created
+    /// the flow meanwhile, and the next sweep sees it again.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        let removed = match key {
+            FlowKey::V4(k) => self.conntrack4.remove(k),
+            FlowKey::V6(k) => self.conntrack6.remove(k),
+        };
+        removed.is_ok()
+    }
+
+    /// Writes (adds or replaces) the flow under `key` in the table of its family.
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
+        let inserted = match key {
+            FlowKey::V4(k) => self.conntrack4.insert(k, flow, 0),
+            FlowKey::V6(k) => self.conntrack6.insert(k, flow, 0),
+        };
+        inserted.with_context(|| format!("writing flow {}", describe_flow(key)))
+    }
+
+    /// How many flows both tables hold (a walk of their keys).
+    pub fn flow_count(&self) -> usize {
+        self.conntrack4.keys().count() + self.conntrack6.keys().count()
+    }
+
+    /// Capacity of both connection tables, as the kernel created them.
+    pub fn flow_capacity(&self) -> anyhow::Result<FlowCapacity> {
+        let max_entries = |map: &MapData, name: &str| {
+            map.info()
+                .map(|info| info.max_entries())
+                .with_context(|| format!("reading the size of {name}"))
+        };
+        Ok(FlowCapacity {
+            ipv4: max_entries(self.conntrack4.map(), CONNTRACK4_MAP)?,
+            ipv6: max_entries(self.conntrack6.map(), CONNTRACK6_MAP)?,
+        })
+    }
+}
+
+/// A flow as error messages name it: `tcp 192.0.2.10:40000 -> 192.0.2.200:80`.
+fn describe_flow(key: &FlowKey) -> String {
+    let client = SocketAddr::new(key.client(), key.client_port());
+    let vip = SocketAddr::new(key.vip(), key.port());
+    format!("{} {client} -> {vip}", protocol_name(key.proto()))
+}
+
+/// Adds every CPU's counters at `from` in `from_map` to the same CPU's
+/// counters at `to` in `to_map`. Only the control plane writes `to`.
+fn fold_counters(
+    from_map: &PerCpuArray<MapData, Counters>,
+    from: u32,
+    to_map: &mut PerCpuArray<MapData, Counters>,
+    to: u32,
+) -> anyhow::Result<()> {
+    let add = from_map
+        .get(&from, 0)
+        .with_context(|| format!("reading counters {from}"))?;
+    let into = to_map
+        .get(&to, 0)
+        .with_context(|| format!("reading counters {to}"))?;
+    let sums: Vec<Counters> = into.iter().zip(add.iter()).map(|(a, b)| *a + *b).collect();
+    to_map
+        .set(to, PerCpuValues::try_from(sums)?, 0)
+        .with_context(|| format!("writing counters {to}"))
+}
+
+/// Entries of each flow cache: `FLOW_CACHE_SETS` for every possible CPU
+/// (see `lb_common::flow_cache_index`).
+pub fn flow_cache_sets() -> anyhow::Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    u32::try_from(cpus)
+        .ok()
+        .and_then(|cpus| cpus.checked_mul(FLOW_CACHE_SETS))
+        .ok_or_else(|| anyhow!("{cpus} possible CPUs: too many for the flow caches"))
+}
+
+/// Sets every CPU's counters at `index` to zero.
+fn zero_counters(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+    map.set(index, zeros, 0)
+        .with_context(|| format!("zeroing counters {index}"))
+}
+
+/// Reads one value of an array map (used for the large backend values).
+pub fn array_get<V: Pod>(map: &Array<MapData, V>, index: u32) -> anyhow::Result<V> {
+    map.get(&index, 0)
+        .with_context(|| format!("reading entry {index}"))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the data path's flow
+/// timestamps (`bpf_ktime_get_coarse_ns()`, the same clock at tick resolution).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
