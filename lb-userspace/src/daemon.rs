@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -27,6 +27,7 @@ use crate::{
     datapath::{
         Datapath,
         maps::{FlowCapacity, Maps},
+        pins::{BPFFS_ROOT, ensure_bpffs},
     },
     director::{Change, Director, ServiceRuntime},
     health::{
@@ -75,6 +76,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
 
+    if ensure_bpffs(Path::new(BPFFS_ROOT))? {
+        info!("mounted bpffs at {BPFFS_ROOT}: none was mounted there");
+    }
     let pin_path = config.director.pin_path.clone();
     let adopted = Datapath::is_pinned(&pin_path);
     let mut datapath = if adopted {

@@ -20,6 +20,9 @@ use crate::{NetNs, Stats, cmd};
 /// The line `lb run` prints on stderr once attached and provisioned.
 pub const READY_LINE: &str = "lb: ready";
 
+/// Where bpffs is mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+
 /// How long `lb run` may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -298,6 +301,9 @@ type Log = Arc<Mutex<String>>;
 pub struct LbDaemon {
     child: Child,
     lb: PathBuf,
+    /// Whether `lb run` runs in a mount namespace of its own (see
+    /// [`LbDaemon::start_without_bpffs`]).
+    own_mount_ns: bool,
     config_path: PathBuf,
     control_socket: PathBuf,
     log: Log,
@@ -318,10 +324,45 @@ impl LbDaemon {
         tag: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(lb, director.command(lb), false, config, tag, extra_args)
+    }
+
+    /// Like [`LbDaemon::start`], but `lb run` gets a mount namespace of its
+    /// own in which nothing is mounted at `/sys/fs/bpf`, as on a fresh VM
+    /// or container. Its pins live in that namespace only; [`LbDaemon::stats`]
+    /// enters it to read them.
+    pub fn start_without_bpffs(
+        lb: &Path,
+        director: &NetNs,
+        config: &LbConfig,
+        tag: &str,
+    ) -> anyhow::Result<Self> {
+        let in_netns = director.command(lb);
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "while mountpoint -q {BPFFS}; do umount {BPFFS} || exit 1; done; exec \"$@\""
+            ))
+            .arg("sh")
+            .arg(in_netns.get_program())
+            .args(in_netns.get_args());
+        Self::spawn(lb, command, true, config, tag, &[])
+    }
+
+    /// Runs `command` (which ends in the `lb` binary) as `lb run --config
+    /// FILE EXTRA...` and waits for its ready line.
+    fn spawn(
+        lb: &Path,
+        mut command: Command,
+        own_mount_ns: bool,
+        config: &LbConfig,
+        tag: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let scratch = ScratchDir::create(tag)?;
         let config_path = config.write(scratch.path())?;
         let pins = PinDir::new(config.pin_path.clone());
-        let mut command = director.command(lb);
         command
             .arg("run")
             .arg("--config")
@@ -366,6 +407,7 @@ impl LbDaemon {
         let daemon = Self {
             child,
             lb: lb.to_owned(),
+            own_mount_ns,
             config_path,
             control_socket: config.control_socket(),
             log,
@@ -414,9 +456,22 @@ impl LbDaemon {
         self.pins.path()
     }
 
+    /// A command that runs the `lb` binary where it sees this daemon's
+    /// pins: in the daemon's own mount namespace if it has one.
+    pub fn lb_command(&self) -> Command {
+        if !self.own_mount_ns {
+            return Command::new(&self.lb);
+        }
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.child.id()))
+            .arg("--")
+            .arg(&self.lb);
+        c
+    }
+
     /// `lb stats --json` for this daemon.
     pub fn stats(&self) -> anyhow::Result<Stats> {
-        Stats::query(&self.lb, self.pin_path())
+        Stats::query(self.lb_command(), self.pin_path())
     }
 
     /// `lb stats --config FILE` (the table, with service names) for this daemon.

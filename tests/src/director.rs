@@ -6,11 +6,12 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    path::Path,
     time::Duration,
 };
 
 use crate::{
-    LbConfig, LbDaemon, RealServer, ServiceConfig, Stats, TestBed,
+    LbConfig, LbDaemon, NetNs, RealServer, ServiceConfig, Stats, TestBed,
     client::{self, HeldConn},
     lb_binary, unique_tag,
 };
@@ -62,6 +63,25 @@ impl Director {
     }
 }
 
+impl Director {
+    /// Like [`Director::start`], but `lb run` starts where no bpffs is
+    /// mounted at `/sys/fs/bpf` (see [`LbDaemon::start_without_bpffs`]);
+    /// `spec.lb_args` must be empty.
+    pub fn start_without_bpffs(
+        test: &'static str,
+        spec: Spec<'_>,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        assert!(spec.lb_args.is_empty(), "{test}: no lb_args without bpffs");
+        Self::launch(
+            test,
+            spec,
+            |bed| ((), services(bed)),
+            |lb, ns, config, tag, _| LbDaemon::start_without_bpffs(lb, ns, config, tag),
+        )
+    }
+}
+
 impl<X> Director<X> {
     /// Like [`Director::start`], but `prepare` also starts what the test
     /// needs besides the real servers before lb starts (kept as `extra`).
@@ -69,6 +89,17 @@ impl<X> Director<X> {
         test: &'static str,
         spec: Spec<'_>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
+    ) -> Self {
+        Self::launch(test, spec, prepare, LbDaemon::start)
+    }
+
+    /// Builds the bed and starts the real servers, then `lb run` through
+    /// `start_lb`, and waits until every backend is up.
+    fn launch(
+        test: &'static str,
+        spec: Spec<'_>,
+        prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
+        start_lb: impl FnOnce(&Path, &NetNs, &LbConfig, &str, &[&str]) -> anyhow::Result<LbDaemon>,
     ) -> Self {
         let tag = unique_tag();
         let bed = TestBed::build(&tag, spec.real_servers)
@@ -79,7 +110,7 @@ impl<X> Director<X> {
         let (extra, services) = prepare(&bed);
         let config = bed.lb_config(services);
         let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        let lb = LbDaemon::start(&lb_bin, &bed.director().ns, &config, &tag, spec.lb_args)
+        let lb = start_lb(&lb_bin, &bed.director().ns, &config, &tag, spec.lb_args)
             .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
         let director = Self {
             test,

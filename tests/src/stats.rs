@@ -97,11 +97,11 @@ pub struct VerdictStats {
 }
 
 impl Stats {
-    /// Runs `LB stats --pin-path PIN --json` and parses it.
-    pub fn query(lb: &Path, pin_path: &Path) -> anyhow::Result<Self> {
+    /// Runs `LB stats --pin-path PIN --json`, where `lb` is a command that
+    /// runs the `lb` binary, and parses it.
+    pub fn query(mut lb: Command, pin_path: &Path) -> anyhow::Result<Self> {
         let out = cmd::run(
-            Command::new(lb)
-                .arg("stats")
+            lb.arg("stats")
                 .arg("--pin-path")
                 .arg(pin_path)
                 .arg("--json"),

@@ -258,6 +258,46 @@ fn health_check_takes_a_server_out_and_back() {
     setup.finish();
 }
 
+/// A fresh host, where nothing is mounted at `/sys/fs/bpf`: `lb run`
+/// mounts bpffs itself, says so, and forwards; the held connections still
+/// answer once the health checks have had `fall` intervals to act.
+#[test]
+fn fresh_host_gets_bpffs_mounted() {
+    const TEST: &str = "fresh_host_gets_bpffs_mounted";
+    const N: usize = 30;
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let vip = IpAddr::from(VIP4);
+    let spec = Spec {
+        real_servers: WEIGHTS.len(),
+        port: PORT,
+        udp: &[],
+        lb_args: &[],
+    };
+    let setup = Director::start_without_bpffs(TEST, spec, |bed| {
+        vec![bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS)]
+    });
+    if !setup.lb.log().contains("mounted bpffs at /sys/fs/bpf") {
+        setup.fail("lb did not say that it mounted bpffs");
+    }
+    let mut conns = setup.open(vip, N);
+    thread::sleep(INTERVAL * (FALL + 1));
+    setup.ping_all(&mut conns, "after the health checks' fall intervals");
+    let stats = setup.stats();
+    let down: Vec<_> = stats
+        .services
+        .iter()
+        .flat_map(|s| &s.backends)
+        .filter(|b| b.state != "up")
+        .collect();
+    if !down.is_empty() {
+        setup.fail(&format!("backends not up: {down:#?}"));
+    }
+    drop(conns);
+    setup.finish();
+}
+
 #[test]
 fn bpftool_shows_map_field_names() {
     const TEST: &str = "bpftool_shows_map_field_names";

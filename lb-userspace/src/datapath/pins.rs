@@ -1,9 +1,10 @@
 //! The data path in bpffs: a pin directory holds every map by its name,
 //! the program and one link per NIC, so the data path outlives `lb`. This
 //! module opens the maps of a pinned data path (after checking their
-//! layout), and creates and removes pin directories.
+//! layout), mounts bpffs where a fresh host has none, and creates and
+//! removes pin directories.
 
-use std::{fs, io::ErrorKind, path::Path};
+use std::{ffi::CString, fs, io, io::ErrorKind, os::unix::ffi::OsStrExt as _, path::Path};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData, MapInfo};
@@ -98,6 +99,89 @@ pub fn remove_pin_dir(dir: &Path) -> anyhow::Result<()> {
         }
     }
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Where bpffs lives on every distribution, and where `[director] pin_path`
+/// must lie.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// `f_type` of a bpffs mount (`BPF_FS_MAGIC` in `linux/magic.h`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `dir` is on a bpffs mount.
+fn is_bpffs(dir: &Path) -> io::Result<bool> {
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `fs` points to memory
+    // for one `statfs`, which the kernel fills when the call succeeds.
+    if unsafe { libc::statfs(path.as_ptr(), fs.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it wrote the whole struct.
+    let fs = unsafe { fs.assume_init() };
+    Ok(i64::from(fs.f_type) == BPF_FS_MAGIC)
+}
+
+/// Mounts bpffs at `root` (normally [`BPFFS_ROOT`]) unless one is mounted
+/// there already, as bpftool does (mode 0700): a fresh VM or container often
+/// has the directory but no bpffs, and pins need one. Returns whether it
+/// mounted.
+pub fn ensure_bpffs(root: &Path) -> anyhow::Result<bool> {
+    let probe = |e: io::Error| {
+        anyhow::Error::new(e).context(format!(
+            "checking whether bpffs is mounted at {}",
+            root.display()
+        ))
+    };
+    match is_bpffs(root) {
+        Ok(true) => return Ok(false),
+        Ok(false) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        }
+        Err(e) => return Err(probe(e)),
+    }
+    // Two `lb run`s starting at once must not stack two mounts (the first
+    // one's pins would vanish under the second): the directory under the
+    // mount point is locked while one of them checks again and mounts.
+    let mount_point =
+        fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    mount_point
+        .lock()
+        .with_context(|| format!("locking {}", root.display()))?;
+    if is_bpffs(root).map_err(probe)? {
+        return Ok(false);
+    }
+    let target = CString::new(root.as_os_str().as_bytes()).context("bpffs mount point")?;
+    // SAFETY: every pointer is a NUL-terminated string that lives across
+    // the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| {
+            format!(
+                "mounting bpffs at {} (needs root; or mount it yourself: \
+                 `mount -t bpf bpf {}`)",
+                root.display(),
+                root.display()
+            )
+        });
+    }
+    if !is_bpffs(root).map_err(probe)? {
+        bail!(
+            "mounted bpffs at {} but it does not show there",
+            root.display()
+        );
+    }
+    Ok(true)
 }
 
 /// Creates the pin directory, refusing one that already exists.
