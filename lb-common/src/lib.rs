@@ -12,7 +12,7 @@
 #![no_std]
 
 pub mod conn_state;
-pub mod maps;
+pub mod flow;
 pub mod wlc;
 
-pub use maps::*;
+pub use flow::*;
