@@ -1,7 +1,9 @@
 //! Real servers: the backend states, the backend set of a service (the
 //! backend map's value) and the per-backend connection counters.
 
-use crate::limits::MAX_BACKENDS;
+use core::net::IpAddr;
+
+use crate::{ip::addr_key, limits::MAX_BACKENDS};
 
 /// Backend slot is unused.
 pub const BACKEND_STATE_EMPTY: u32 = 0;
@@ -30,6 +32,39 @@ pub struct Backend {
     pub weight: u32,
     /// One of the `BACKEND_STATE_*` constants.
     pub state: u32,
+}
+
+/// Where a backend is on the network: its MAC, and the director NIC (index
+/// and MAC) it is on-link through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The real server's MAC (destination MAC of forwarded frames).
+    pub mac: [u8; 6],
+    /// The director NIC's MAC (source MAC of forwarded frames).
+    pub nic_mac: [u8; 6],
+    /// The director NIC's index.
+    pub ifindex: u32,
+}
+
+impl Backend {
+    /// The slot of the real server at `addr`, reached as `attachment` says,
+    /// as the data path stores it; `state` is one of the `BACKEND_STATE_*`
+    /// constants.
+    pub fn new(addr: IpAddr, attachment: Attachment, weight: u32, state: u32) -> Self {
+        let Attachment {
+            mac,
+            nic_mac,
+            ifindex,
+        } = attachment;
+        Self {
+            addr: addr_key(addr).0,
+            mac,
+            nic_mac,
+            ifindex,
+            weight,
+            state,
+        }
+    }
 }
 
 /// Value of [`BACKENDS_MAP`]: all backends of one service.
@@ -167,5 +202,35 @@ mod tests {
         set.len = 1;
         assert_eq!(set.scheduling_weight(5), 0);
         assert_eq!(set.scheduling_weight(u32::MAX), 0);
+    }
+
+    #[test]
+    fn backends_from_their_parts() {
+        let attachment = Attachment {
+            mac: [2, 0, 0, 0, 0, 1],
+            nic_mac: [2, 0, 0, 0, 0, 2],
+            ifindex: 3,
+        };
+        assert_eq!(
+            Backend::new(
+                IpAddr::from([10, 0, 0, 7]),
+                attachment,
+                100,
+                BACKEND_STATE_UP
+            ),
+            Backend {
+                addr: [10, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                mac: [2, 0, 0, 0, 0, 1],
+                nic_mac: [2, 0, 0, 0, 0, 2],
+                ifindex: 3,
+                weight: 100,
+                state: BACKEND_STATE_UP,
+            }
+        );
+        let v6 = Backend::new(IpAddr::from([0x20; 16]), attachment, 0, BACKEND_STATE_DOWN);
+        assert_eq!(
+            (v6.addr, v6.weight, v6.state),
+            ([0x20; 16], 0, BACKEND_STATE_DOWN)
+        );
     }
 }

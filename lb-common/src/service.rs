@@ -1,7 +1,9 @@
 //! Virtual services: the key and value of the service map, the aligned key
 //! the XDP program looks services up with, and the port prefilter's bits.
 
-use crate::ip::{PROTO_TCP, PROTO_UDP};
+use core::net::IpAddr;
+
+use crate::ip::{PROTO_TCP, PROTO_UDP, addr_key};
 
 /// Key of [`SERVICES_MAP`]: a virtual service (VIP, port, protocol).
 ///
@@ -23,6 +25,20 @@ pub struct ServiceKey {
     /// [`FAMILY_IPV4`]: crate::ip::FAMILY_IPV4
     /// [`FAMILY_IPV6`]: crate::ip::FAMILY_IPV6
     pub family: u8,
+}
+
+impl ServiceKey {
+    /// The key of the service `vip`:`port` over `proto` ([`PROTO_TCP`] or
+    /// [`PROTO_UDP`]).
+    pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+        let (addr, family) = addr_key(vip);
+        Self {
+            addr,
+            port,
+            proto,
+            family,
+        }
+    }
 }
 
 /// Value of [`SERVICES_MAP`].
@@ -122,6 +138,7 @@ mod tests {
     use core::mem::offset_of;
 
     use super::*;
+    use crate::ip::{FAMILY_IPV4, FAMILY_IPV6};
 
     #[test]
     fn service_key_layout() {
@@ -143,5 +160,27 @@ mod tests {
         assert_eq!(port_bit(PROTO_UDP), PORT_UDP);
         assert_eq!(port_bit(1), 0);
         assert_eq!(PORT_TCP & PORT_UDP, 0);
+    }
+
+    #[test]
+    fn service_keys_by_family() {
+        assert_eq!(
+            ServiceKey::new(IpAddr::from([192, 0, 2, 1]), 80, PROTO_TCP),
+            ServiceKey {
+                addr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                port: 80,
+                proto: PROTO_TCP,
+                family: FAMILY_IPV4,
+            }
+        );
+        assert_eq!(
+            ServiceKey::new(IpAddr::from([0x20; 16]), 53, PROTO_UDP),
+            ServiceKey {
+                addr: [0x20; 16],
+                port: 53,
+                proto: PROTO_UDP,
+                family: FAMILY_IPV6,
+            }
+        );
     }
 }
