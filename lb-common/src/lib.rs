@@ -1,18 +1,80 @@
 //! The ABI shared by the XDP program (`lb-ebpf`) and the `lb` control plane.
 //!
 //! Everything that crosses the kernel/user boundary lives here: map names and
-//! size limits, the `#[repr(C)]` keys and values of every map, and the two
-//! pieces of per-packet logic that both sides must agree on exactly: the TCP
-//! state machine ([`conn_state`]) and weighted least-connection selection
-//! ([`wlc`]). The XDP program calls them; host unit tests exercise them.
+//! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
+//! one module per concern ([`ip`], [`service`], [`backend`], [`flow`],
+//! [`flow_cache`], [`stats`]), and the two pieces of per-packet logic that
+//! both sides must agree on exactly: the TCP state machine ([`conn_state`])
+//! and weighted least-connection selection ([`wlc`]). The XDP program calls
+//! them; host unit tests exercise them.
 //!
 //! Map types hold only integers and byte arrays, with explicit padding, so
 //! their layout is identical on both sides and `bpftool map dump` prints every
 //! field by name.
+//!
+//! | map | kind | key -> value |
+//! | --- | --- | --- |
+//! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
+//! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
+//! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
+//! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
+//! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
+//! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
+//! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
+//! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
+//! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
+//! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
+//! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
+//! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
+//!
+//! [`SERVICES_MAP`]: limits::SERVICES_MAP
+//! [`BACKENDS_MAP`]: limits::BACKENDS_MAP
+//! [`BACKEND_CONNS_MAP`]: limits::BACKEND_CONNS_MAP
+//! [`WLC_TREE_MAP`]: limits::WLC_TREE_MAP
+//! [`CONNTRACK4_MAP`]: limits::CONNTRACK4_MAP
+//! [`CONNTRACK6_MAP`]: limits::CONNTRACK6_MAP
+//! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
+//! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
+//! [`SERVICE_PORTS_MAP`]: limits::SERVICE_PORTS_MAP
+//! [`VERDICT_STATS_MAP`]: limits::VERDICT_STATS_MAP
+//! [`SERVICE_STATS_MAP`]: limits::SERVICE_STATS_MAP
+//! [`BACKEND_STATS_MAP`]: limits::BACKEND_STATS_MAP
+//! [`ServiceKey`]: service::ServiceKey
+//! [`Service`]: service::Service
+//! [`BackendSet`]: backend::BackendSet
+//! [`BackendConnSet`]: backend::BackendConnSet
+//! [`LoadTree`]: wlc::LoadTree
+//! [`FlowKey4`]: flow::FlowKey4
+//! [`FlowKey6`]: flow::FlowKey6
+//! [`Flow`]: flow::Flow
+//! [`flow_cache_index`]: flow_cache::flow_cache_index
+//! [`CachedFlowSet4`]: flow_cache::CachedFlowSet4
+//! [`CachedFlowSet6`]: flow_cache::CachedFlowSet6
+//! [`Counters`]: stats::Counters
+//! [`backend_index`]: stats::backend_index
 #![no_std]
 
+pub mod backend;
 pub mod conn_state;
-pub mod maps;
+pub mod flow;
+pub mod flow_cache;
+pub mod ip;
+pub mod limits;
+pub mod service;
+pub mod stats;
 pub mod wlc;
 
-pub use maps::*;
+// The crate's flat API: every map type, name and limit is also `lb_common::X`.
+pub use backend::*;
+pub use flow::*;
+pub use flow_cache::*;
+pub use ip::*;
+pub use limits::*;
+pub use service::*;
+pub use stats::*;
+pub use wlc::LoadTree;
+
+// `FlowKey4::from_parts`, `FlowKey6::from_parts` and the words of an
+// `AlignedServiceKey` place fields by bit position; both the BPF target
+// (bpfel) and the hosts lb runs on are little-endian.
+const _: () = assert!(cfg!(target_endian = "little"));

@@ -24,7 +24,47 @@
 //! the control plane's next rebuild (every sweep); a backend whose weight in
 //! the tree is 0 never wins a match, whatever the winners say.
 
-use crate::{BackendConnSet, BackendSet, LoadTree, MAX_BACKENDS};
+use crate::{
+    backend::{BackendConnSet, BackendSet},
+    limits::MAX_BACKENDS,
+};
+
+/// Value of [`WLC_TREE_MAP`]: a tournament tree over the backend slots of
+/// one service, for weighted least-connection in O(log n) (see
+/// [`crate::wlc`]).
+///
+/// A complete binary tree in heap order: node 1 is the top, node `n` has
+/// the children `2n` and `2n + 1`, and the leaves `MAX_BACKENDS + slot` are
+/// the slots themselves (not stored). Each stored node holds the winner of
+/// its subtree, the least-loaded backend that may take new flows, as
+/// `slot + 1`; 0 means none (so a zeroed tree schedules nothing). A service
+/// plays only the smallest subtree that holds its slots: `root`.
+///
+/// [`WLC_TREE_MAP`]: crate::limits::WLC_TREE_MAP
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadTree {
+    /// The weight each slot competes with for new flows: its weight if the
+    /// backend is up and in use, 0 if it takes no new flows (the control
+    /// plane's view of [`BackendSet`], written with the tree).
+    pub weights: [u32; MAX_BACKENDS],
+    /// Winner of each node (`slot + 1`, or 0); entry 0 is unused.
+    pub winners: [u16; MAX_BACKENDS],
+    /// The node whose winner gets the next new flow: the top of the smallest
+    /// subtree holding slots `0..len` (see [`root_for`]); 0 in a
+    /// zeroed tree (no winner).
+    pub root: u32,
+}
+
+impl Default for LoadTree {
+    fn default() -> Self {
+        Self {
+            weights: [0; MAX_BACKENDS],
+            winners: [0; MAX_BACKENDS],
+            root: 0,
+        }
+    }
+}
 
 /// Levels of matches from a leaf to the root: `log2(MAX_BACKENDS)`.
 pub const TREE_LEVELS: u32 = MAX_BACKENDS.trailing_zeros();
@@ -185,10 +225,28 @@ pub fn scan(set: &BackendSet, conns: &BackendConnSet) -> Option<u32> {
     best.map(|(slot, _, _)| slot)
 }
 
+const _: () = assert!(size_of::<LoadTree>() == 6 * MAX_BACKENDS + 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::LoadTree;
+
+    // SAFETY: it is #[repr(C)], holds only integers, and has no implicit
+    // padding (the size assertion and layout test here).
+    unsafe impl aya::Pod for LoadTree {}
+}
+
 #[cfg(test)]
 mod tests {
+    use core::mem::offset_of;
+
     use super::*;
-    use crate::{BACKEND_STATE_DOWN, BACKEND_STATE_UP, Backend, BackendConns, MAX_WEIGHT};
+    use crate::{
+        backend::{
+            BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConns,
+        },
+        limits::MAX_WEIGHT,
+    };
 
     /// A service with these weights (all up), no connections, and its tree.
     struct Service {
@@ -249,6 +307,13 @@ mod tests {
             }
             got
         }
+    }
+
+    #[test]
+    fn load_tree_layout() {
+        assert_eq!(offset_of!(LoadTree, weights), 0);
+        assert_eq!(offset_of!(LoadTree, winners), 4 * MAX_BACKENDS);
+        assert_eq!(offset_of!(LoadTree, root), 6 * MAX_BACKENDS);
     }
 
     #[test]
@@ -336,7 +401,7 @@ mod tests {
     fn down_and_empty_backends_get_nothing() {
         let mut service = Service::new(&[10, 10, 10]);
         service.set.backends[1].state = BACKEND_STATE_DOWN;
-        service.set.backends[2].state = crate::BACKEND_STATE_EMPTY;
+        service.set.backends[2].state = BACKEND_STATE_EMPTY;
         service.rebuild();
         let got = service.schedule(50);
         assert_eq!(&got[..3], &[50, 0, 0]);

@@ -31,8 +31,9 @@ use lb_common::{
 };
 
 use crate::{
-    BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, Verdict, WLC_TREE,
+    maps::{BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, WLC_TREE},
     parse::Packet,
+    verdict::Verdict,
 };
 
 /// Insert whether or not the key exists (`BPF_ANY`).

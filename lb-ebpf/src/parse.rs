@@ -18,7 +18,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::Verdict;
+use crate::verdict::Verdict;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;

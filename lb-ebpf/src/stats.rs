@@ -6,7 +6,10 @@
 
 use lb_common::{Counters, backend_index};
 
-use crate::{BACKEND_STATS, VERDICT_STATS, conntrack::Binding};
+use crate::{
+    conntrack::Binding,
+    maps::{BACKEND_STATS, VERDICT_STATS},
+};
 
 #[inline(always)]
 fn add(counters: Option<*mut Counters>, bytes: u64, new_flow: bool) {

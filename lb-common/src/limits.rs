@@ -1,0 +1,89 @@
+//! Map names, the program's name and the size limits both sides build the
+//! maps with, so the control plane never spells a map name twice.
+
+/// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
+///
+/// [`ServiceKey`]: crate::service::ServiceKey
+/// [`Service`]: crate::service::Service
+pub const SERVICES_MAP: &str = "SERVICES";
+/// Name of the backend map (array: service id -> [`BackendSet`]), written by the control plane.
+///
+/// [`BackendSet`]: crate::backend::BackendSet
+pub const BACKENDS_MAP: &str = "BACKENDS";
+/// Name of the per-backend connection counters (array: service id -> [`BackendConnSet`]).
+/// The XDP program adjusts them atomically; the control plane's sweeper overwrites
+/// them with the counts it finds in the connection table.
+///
+/// [`BackendConnSet`]: crate::backend::BackendConnSet
+pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
+/// Name of the scheduler's tournament trees (array: service id -> [`LoadTree`]):
+/// which backend of each service gets the next new flow. The XDP program
+/// repairs a backend's path whenever its counters change; the control plane
+/// rebuilds a service's tree whenever it writes its backends or counters.
+///
+/// [`LoadTree`]: crate::wlc::LoadTree
+pub const WLC_TREE_MAP: &str = "WLC_TREE";
+/// Name of the IPv4 connection table (LRU hash: [`FlowKey4`] -> [`Flow`]),
+/// written by XDP, expired by the control plane.
+///
+/// [`FlowKey4`]: crate::flow::FlowKey4
+/// [`Flow`]: crate::flow::Flow
+pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
+/// Name of the IPv6 connection table (LRU hash: [`FlowKey6`] -> [`Flow`]),
+/// written by XDP, expired by the control plane.
+///
+/// [`FlowKey6`]: crate::flow::FlowKey6
+/// [`Flow`]: crate::flow::Flow
+pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
+/// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
+/// protocols some service uses on that port), written by the control plane.
+/// Traffic to a port no service uses is passed before any hash lookup.
+pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
+/// Name of the IPv4 flow cache (array: [`flow_cache_index`] -> [`CachedFlowSet4`]).
+///
+/// [`flow_cache_index`]: crate::flow_cache::flow_cache_index
+/// [`CachedFlowSet4`]: crate::flow_cache::CachedFlowSet4
+pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
+/// Name of the IPv6 flow cache (array: [`flow_cache_index`] -> [`CachedFlowSet6`]).
+///
+/// [`flow_cache_index`]: crate::flow_cache::flow_cache_index
+/// [`CachedFlowSet6`]: crate::flow_cache::CachedFlowSet6
+pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
+/// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
+/// The data path counts every verdict but `forwarded` here; the control
+/// plane keeps the `forwarded` total of removed services in it.
+///
+/// [`Counters`]: crate::stats::Counters
+pub const VERDICT_STATS_MAP: &str = "VERDICT_STATS";
+/// Name of the per-CPU service counters (array: service id -> [`Counters`]):
+/// what backends that no longer hold a slot of the service had forwarded,
+/// written by the control plane. A service's totals are this plus its
+/// backends' [`BACKEND_STATS_MAP`] counters.
+///
+/// [`Counters`]: crate::stats::Counters
+pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
+/// Name of the per-CPU backend counters (array: [`backend_index`] -> [`Counters`]):
+/// the data path counts every forwarded packet here, once.
+///
+/// [`backend_index`]: crate::stats::backend_index
+/// [`Counters`]: crate::stats::Counters
+pub const BACKEND_STATS_MAP: &str = "BACKEND_STATS";
+/// Name of the XDP load-balancing program in the object file.
+pub const XDP_PROGRAM: &str = "lb_xdp";
+
+/// Most services one director can hold (service ids are `0..MAX_SERVICES`).
+pub const MAX_SERVICES: u32 = 128;
+/// Most backends (real servers) one service can hold (slots are `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: usize = 256;
+/// Default capacity of the IPv4 connection table; the control plane may size
+/// it differently.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Default capacity of the IPv6 connection table; the control plane may size
+/// it differently.
+pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
+/// Most director NICs one `lb` attaches to.
+pub const MAX_IFACES: u32 = 64;
+/// Largest backend weight (as IPVS: 0..=65535).
+pub const MAX_WEIGHT: u32 = 65_535;
+
+const _: () = assert!(MAX_BACKENDS.is_power_of_two());

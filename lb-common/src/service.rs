@@ -1,0 +1,186 @@
+//! Virtual services: the key and value of the service map, the aligned key
+//! the XDP program looks services up with, and the port prefilter's bits.
+
+use core::net::IpAddr;
+
+use crate::ip::{PROTO_TCP, PROTO_UDP, addr_key};
+
+/// Key of [`SERVICES_MAP`]: a virtual service (VIP, port, protocol).
+///
+/// `addr` holds the address in network byte order; an IPv4 address fills the
+/// first four bytes and the rest are zero. `port` is in host byte order.
+///
+/// [`SERVICES_MAP`]: crate::limits::SERVICES_MAP
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Virtual IP address (network byte order, IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    ///
+    /// [`FAMILY_IPV4`]: crate::ip::FAMILY_IPV4
+    /// [`FAMILY_IPV6`]: crate::ip::FAMILY_IPV6
+    pub family: u8,
+}
+
+impl ServiceKey {
+    /// The key of the service `vip`:`port` over `proto` ([`PROTO_TCP`] or
+    /// [`PROTO_UDP`]).
+    pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+        let (addr, family) = addr_key(vip);
+        Self {
+            addr,
+            port,
+            proto,
+            family,
+        }
+    }
+}
+
+/// Value of [`SERVICES_MAP`].
+///
+/// [`SERVICES_MAP`]: crate::limits::SERVICES_MAP
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index of this service in [`BACKENDS_MAP`], [`BACKEND_CONNS_MAP`],
+    /// [`WLC_TREE_MAP`] and the stats maps.
+    ///
+    /// [`BACKENDS_MAP`]: crate::limits::BACKENDS_MAP
+    /// [`BACKEND_CONNS_MAP`]: crate::limits::BACKEND_CONNS_MAP
+    /// [`WLC_TREE_MAP`]: crate::limits::WLC_TREE_MAP
+    pub id: u32,
+    /// Reserved for service flags (persistence, port ranges); zero today.
+    pub flags: u32,
+}
+
+/// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words (its
+/// 20 bytes, then 4 of padding), assembled in registers: the key the XDP
+/// program looks services up with. The verifier refuses misaligned stack
+/// accesses, and LLVM, told that misaligned accesses are fine (see
+/// `lb-ebpf/build.rs`), merges the narrow stores that build a 4-byte
+/// aligned key into 8-byte stores at 4-byte offsets.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug)]
+pub struct AlignedServiceKey {
+    /// The key.
+    pub key: ServiceKey,
+    /// Padding to the third word's end.
+    _pad: u32,
+}
+
+impl AlignedServiceKey {
+    /// The key whose words are `words`.
+    #[inline(always)]
+    pub(crate) fn from_words(words: [u64; 3]) -> Self {
+        // SAFETY: 24 bytes, 8-byte aligned, every bit pattern is valid; the
+        // fields sit at the offsets the layout test checks (little-endian,
+        // asserted in the crate root).
+        unsafe { core::mem::transmute(words) }
+    }
+}
+
+/// The last 8 bytes of an [`AlignedServiceKey`]: port, protocol and family
+/// (then padding), as one little-endian word.
+#[inline(always)]
+pub(crate) fn service_key_tail(port: u16, proto: u8, family: u8) -> u64 {
+    u64::from(port) | u64::from(proto) << 16 | u64::from(family) << 24
+}
+
+/// [`SERVICE_PORTS_MAP`] bit: some TCP service uses this port.
+///
+/// [`SERVICE_PORTS_MAP`]: crate::limits::SERVICE_PORTS_MAP
+pub const PORT_TCP: u32 = 1;
+/// [`SERVICE_PORTS_MAP`] bit: some UDP service uses this port.
+///
+/// [`SERVICE_PORTS_MAP`]: crate::limits::SERVICE_PORTS_MAP
+pub const PORT_UDP: u32 = 2;
+/// Size of [`SERVICE_PORTS_MAP`]: one entry per port.
+///
+/// [`SERVICE_PORTS_MAP`]: crate::limits::SERVICE_PORTS_MAP
+pub const SERVICE_PORTS_ENTRIES: u32 = 1 << 16;
+
+/// The [`SERVICE_PORTS_MAP`] bit of an IP protocol (0 for any other protocol).
+///
+/// [`SERVICE_PORTS_MAP`]: crate::limits::SERVICE_PORTS_MAP
+#[inline(always)]
+pub const fn port_bit(proto: u8) -> u32 {
+    match proto {
+        PROTO_TCP => PORT_TCP,
+        PROTO_UDP => PORT_UDP,
+        _ => 0,
+    }
+}
+
+const _: () = {
+    assert!(size_of::<ServiceKey>() == 20);
+    assert!(size_of::<AlignedServiceKey>() == 24);
+    assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
+    assert!(size_of::<Service>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{Service, ServiceKey};
+
+    // SAFETY: both are #[repr(C)], hold only integers and byte arrays, and
+    // have no implicit padding (the size assertions and layout tests here).
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for ServiceKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::*;
+    use crate::ip::{FAMILY_IPV4, FAMILY_IPV6};
+
+    #[test]
+    fn service_key_layout() {
+        assert_eq!(offset_of!(ServiceKey, addr), 0);
+        assert_eq!(offset_of!(ServiceKey, port), 16);
+        assert_eq!(offset_of!(ServiceKey, proto), 18);
+        assert_eq!(offset_of!(ServiceKey, family), 19);
+    }
+
+    #[test]
+    fn service_layout() {
+        assert_eq!(offset_of!(Service, id), 0);
+        assert_eq!(offset_of!(Service, flags), 4);
+    }
+
+    #[test]
+    fn port_bits() {
+        assert_eq!(port_bit(PROTO_TCP), PORT_TCP);
+        assert_eq!(port_bit(PROTO_UDP), PORT_UDP);
+        assert_eq!(port_bit(1), 0);
+        assert_eq!(PORT_TCP & PORT_UDP, 0);
+    }
+
+    #[test]
+    fn service_keys_by_family() {
+        assert_eq!(
+            ServiceKey::new(IpAddr::from([192, 0, 2, 1]), 80, PROTO_TCP),
+            ServiceKey {
+                addr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                port: 80,
+                proto: PROTO_TCP,
+                family: FAMILY_IPV4,
+            }
+        );
+        assert_eq!(
+            ServiceKey::new(IpAddr::from([0x20; 16]), 53, PROTO_UDP),
+            ServiceKey {
+                addr: [0x20; 16],
+                port: 53,
+                proto: PROTO_UDP,
+                family: FAMILY_IPV6,
+            }
+        );
+    }
+}

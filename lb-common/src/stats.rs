@@ -1,0 +1,121 @@
+//! Counters: the value of the three stats maps, the verdict reasons that
+//! index the verdict counters, and where each backend's counters are.
+
+use crate::limits::{MAX_BACKENDS, MAX_SERVICES};
+
+/// Packet, byte and new-connection counters (per CPU in the stats maps).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets (IPVS InPkts).
+    pub packets: u64,
+    /// IP-layer bytes, Ethernet header excluded (IPVS InBytes).
+    pub bytes: u64,
+    /// New flows scheduled (IPVS Conns); zero in the verdict counters.
+    pub new_conns: u64,
+}
+
+impl core::ops::Add for Counters {
+    type Output = Self;
+
+    /// Field by field (wrapping, as the kernel's counters do).
+    fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_conns: self.new_conns.wrapping_add(other.new_conns),
+        }
+    }
+}
+
+/// Verdict reason: forwarded to a backend with `XDP_TX`.
+pub const REASON_FORWARDED: u32 = 0;
+/// Verdict reason: not IPv4/IPv6 (ARP, LLDP, ...): `XDP_PASS`.
+pub const REASON_NOT_IP: u32 = 1;
+/// Verdict reason: IP but not TCP/UDP, or an IPv6 extension header we do not walk: `XDP_PASS`.
+pub const REASON_NOT_L4: u32 = 2;
+/// Verdict reason: an IP fragment (no L4 header to match on): `XDP_PASS`.
+pub const REASON_FRAGMENT: u32 = 3;
+/// Verdict reason: no service for (destination, port, protocol): `XDP_PASS`.
+pub const REASON_NO_SERVICE: u32 = 4;
+/// Verdict reason: truncated or inconsistent headers: `XDP_DROP`.
+pub const REASON_MALFORMED: u32 = 5;
+/// Verdict reason: a new flow for a service with no healthy backend of weight > 0: `XDP_DROP`.
+pub const REASON_NO_BACKEND: u32 = 6;
+/// Verdict reason: the maps disagree (a service id past the backend map):
+/// `XDP_DROP`. Never expected; counted to make it visible.
+pub const REASON_INTERNAL: u32 = 7;
+/// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
+///
+/// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
+pub const NUM_REASONS: u32 = 8;
+
+/// Human-readable name of a verdict reason, for `lb stats`.
+pub const fn reason_name(reason: u32) -> &'static str {
+    match reason {
+        REASON_FORWARDED => "forwarded",
+        REASON_NOT_IP => "pass_not_ip",
+        REASON_NOT_L4 => "pass_not_tcp_udp",
+        REASON_FRAGMENT => "pass_fragment",
+        REASON_NO_SERVICE => "pass_no_service",
+        REASON_MALFORMED => "drop_malformed",
+        REASON_NO_BACKEND => "drop_no_backend",
+        REASON_INTERNAL => "drop_internal",
+        _ => "unknown",
+    }
+}
+
+/// Index of a backend's counters in [`BACKEND_STATS_MAP`].
+///
+/// [`BACKEND_STATS_MAP`]: crate::limits::BACKEND_STATS_MAP
+pub const fn backend_index(service_id: u32, slot: u32) -> u32 {
+    service_id * MAX_BACKENDS as u32 + slot
+}
+
+/// Size of [`BACKEND_STATS_MAP`].
+///
+/// [`BACKEND_STATS_MAP`]: crate::limits::BACKEND_STATS_MAP
+pub const BACKEND_STATS_ENTRIES: u32 = MAX_SERVICES * MAX_BACKENDS as u32;
+
+const _: () = assert!(size_of::<Counters>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::Counters;
+
+    // SAFETY: it is #[repr(C)], holds only integers, and has no implicit
+    // padding (the size assertion and layout test here).
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::*;
+
+    #[test]
+    fn counters_layout() {
+        assert_eq!(offset_of!(Counters, packets), 0);
+        assert_eq!(offset_of!(Counters, bytes), 8);
+        assert_eq!(offset_of!(Counters, new_conns), 16);
+    }
+
+    #[test]
+    fn every_reason_has_a_name() {
+        for reason in 0..NUM_REASONS {
+            assert_ne!(reason_name(reason), "unknown", "reason {reason}");
+        }
+        assert_eq!(reason_name(NUM_REASONS), "unknown");
+    }
+
+    #[test]
+    fn backend_index_is_dense() {
+        assert_eq!(backend_index(0, 0), 0);
+        assert_eq!(backend_index(1, 0), MAX_BACKENDS as u32);
+        assert_eq!(
+            backend_index(MAX_SERVICES - 1, MAX_BACKENDS as u32 - 1),
+            BACKEND_STATS_ENTRIES - 1
+        );
+    }
+}

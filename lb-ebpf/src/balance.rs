@@ -1,0 +1,107 @@
+//! One frame's way through the load balancer: [`decide`] runs the steps of
+//! the other modules against the maps and returns the frame's [`Verdict`].
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{BackendSet, REASON_INTERNAL, REASON_NO_SERVICE, port_bit};
+
+use crate::{
+    conntrack::{self, Binding, TableKey},
+    forward,
+    maps::{BACKEND_CONNS, BACKENDS, SERVICE_PORTS, SERVICES, WLC_TREE},
+    parse::{self, IpHeader, Packet},
+    stats,
+    verdict::Verdict,
+};
+
+/// Decides the fate of one frame and, for a VIP flow, rewrites it.
+/// `l3_len` is the frame's length without its Ethernet header.
+///
+/// Cheapest first: traffic to a port no service uses is passed after one
+/// array lookup, before its addresses are even read; a flow this CPU
+/// forwarded recently is forwarded from the flow cache; any other known flow
+/// from its connection table (its service and backend slot are in the
+/// flow); only a new flow pays for the service lookup and backend selection.
+#[inline(always)]
+pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        Err(verdict) => return verdict,
+    };
+    let ports = SERVICE_PORTS
+        .get(u32::from(packet.dst_port))
+        .copied()
+        .unwrap_or(0);
+    if ports & port_bit(packet.proto) == 0 {
+        return Verdict::Pass(REASON_NO_SERVICE);
+    }
+    match packet.ip {
+        IpHeader::V4(ip) => balance_flow(ctx, &packet, &packet.key4(ip), l3_len),
+        IpHeader::V6(ip) => balance_flow(ctx, &packet, &packet.key6(ip), l3_len),
+    }
+}
+
+/// Forwards `packet` of flow `key` to its backend, scheduling the flow first
+/// if it is new.
+#[inline(always)]
+fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: u64) -> Verdict {
+    let period = conntrack::cache_period();
+    // Found once: probed here, refilled from the table below.
+    let cache_set = key.cache_set();
+    // A connection's first SYN is almost never cached, and probing for it
+    // would cost a cache miss on every new connection.
+    let hit = match cache_set.as_deref() {
+        Some(set) if !packet.opens_connection() => conntrack::cached(key, set, packet, period),
+        _ => None,
+    };
+    let (service_id, backends, binding) = match hit {
+        Some(hit) => hit,
+        None => match from_table(packet, key, cache_set, period) {
+            Ok(found) => found,
+            Err(verdict) => return verdict,
+        },
+    };
+    let backend = &backends.backends[binding.slot as usize];
+    if forward::rewrite_macs(ctx, backend).is_err() {
+        return Verdict::Drop(REASON_INTERNAL);
+    }
+    stats::count_forwarded(service_id, binding, l3_len);
+    Verdict::Tx
+}
+
+/// `packet` of flow `key` without the flow cache: the flow from its table,
+/// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
+/// flow the table does not have, a new flow. A new flow is not cached: its
+/// next packet changes its state (TCP) or finds it in the table (UDP), and
+/// caches it then.
+#[inline(always)]
+fn from_table<K: TableKey>(
+    packet: &Packet,
+    key: &K,
+    cache_set: Option<&mut K::CacheSet>,
+    period: u64,
+) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
+    if let Some((service_id, backends, binding)) = conntrack::known(key, packet) {
+        if let Some(set) = cache_set {
+            key.cache(set, service_id, &binding, period);
+        }
+        return Ok((service_id, backends, binding));
+    }
+    let service_key = key.service_key();
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
+    )]
+    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
+    let Some(service_id) = (unsafe { SERVICES.get(&service_key.key) }).map(|s| s.id) else {
+        return Err(Verdict::Pass(REASON_NO_SERVICE));
+    };
+    let (Some(backends), Some(conns), Some(tree)) = (
+        BACKENDS.get(service_id),
+        BACKEND_CONNS.get_ptr_mut(service_id),
+        WLC_TREE.get_ptr_mut(service_id),
+    ) else {
+        return Err(Verdict::Drop(REASON_INTERNAL));
+    };
+    let binding = conntrack::open(key, packet, service_id, conns, tree)?;
+    Ok((service_id, backends, binding))
+}

@@ -1,0 +1,87 @@
+//! The data path's maps. Each static's name is the map's name, spelled once
+//! more for the control plane as `lb_common`'s `*_MAP` constants; the sizes
+//! are `lb_common`'s limits.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow, FlowKey4, FlowKey6, LoadTree,
+    MAX_SERVICES, NUM_REASONS, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
+};
+
+/// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
+#[btf_map]
+pub static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Backends of each service, indexed by service id. Written by the control plane.
+#[btf_map]
+pub static BACKENDS: Array<BackendSet, { MAX_SERVICES as usize }> = Array::new();
+
+/// Active/inactive flow counts per backend, indexed by service id. Adjusted
+/// atomically here; reset from the connection table by the control plane's sweeper.
+#[btf_map]
+pub static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Array::new();
+
+/// Each service's tournament tree of backend loads, indexed by service id:
+/// its root names the backend for the next new flow (see `lb_common::wlc`).
+/// Repaired here on every counter change; rebuilt by the control plane when
+/// it writes the service's backends or counters.
+#[btf_map]
+pub static WLC_TREE: Array<LoadTree, { MAX_SERVICES as usize }> = Array::new();
+
+/// The IPv4 connection table: client 5-tuple -> service, backend slot, TCP
+/// state, last seen. The control plane may resize it before loading and
+/// expires idle flows.
+#[btf_map]
+pub static CONNTRACK4: LruHashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> =
+    LruHashMap::new();
+
+/// The IPv6 connection table, as [`CONNTRACK4`] with 16-byte addresses.
+#[btf_map]
+pub static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> =
+    LruHashMap::new();
+
+/// Port prefilter: destination port -> `PORT_*` bits of the protocols some
+/// service uses on it. Written by the control plane.
+#[btf_map]
+pub static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
+
+/// IPv4 flow cache: (CPU, hash of the key) -> a set of four recent copies of
+/// connection-table entries (see `conntrack`); each CPU reads and writes only
+/// its own sets. Written only by the data path. An mmapable array, so that
+/// its values start on a page and every set on a cache line; the loader sets
+/// its size to `FLOW_CACHE_SETS` per possible CPU (with the size here, one
+/// CPU's, the other CPUs find no set and take the table path).
+#[btf_map]
+pub static FLOW_CACHE4: Array<CachedFlowSet4, { FLOW_CACHE_SETS as usize }, BPF_F_MMAPABLE> =
+    Array::new();
+
+/// IPv6 flow cache, as [`FLOW_CACHE4`].
+#[btf_map]
+pub static FLOW_CACHE6: Array<CachedFlowSet6, { FLOW_CACHE_SETS as usize }, BPF_F_MMAPABLE> =
+    Array::new();
+
+/// Per-CPU packet/byte counters per verdict reason (`REASON_*`), for every
+/// frame that is not forwarded. The control plane keeps the `forwarded`
+/// total of removed services under `REASON_FORWARDED`.
+#[btf_map]
+pub static VERDICT_STATS: PerCpuArray<Counters, { NUM_REASONS as usize }> = PerCpuArray::new();
+
+/// Per-CPU counters per service id: what backends that no longer hold a
+/// slot of the service had forwarded. Written by the control plane only
+/// (the data path counts per backend).
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Per-CPU counters per backend (`lb_common::backend_index`): every
+/// forwarded frame, once.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize }> =
+    PerCpuArray::new();
+
+/// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
+/// into user space).
+const BPF_F_MMAPABLE: usize = 1 << 10;

@@ -1,0 +1,13 @@
+//! The outcome of one frame, which only the entry point turns into an XDP
+//! action.
+
+/// What to do with a packet, and why.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    /// Rewritten for a backend; send it back out of the ingress NIC.
+    Tx,
+    /// Not ours: hand it to the director's network stack.
+    Pass(u32),
+    /// Ours, but it cannot be forwarded.
+    Drop(u32),
+}
