@@ -13,13 +13,13 @@ use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
-    BackendConnSet, BackendSet, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT, ServiceKey,
+    Attachment, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
+    Backend, BackendConnSet, BackendSet, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT, ServiceKey,
+    addr_from_key,
 };
 
 use crate::{
     config::{Config, ServiceConfig},
-    datapath::keys::{Attachment, addr_from_key, backend_entry, service_key},
     health::hysteresis::Hysteresis,
     host::Nic,
 };
@@ -144,7 +144,7 @@ impl ServiceRuntime {
                 nic_mac: b.nic.mac,
                 ifindex: b.nic.index,
             };
-            set.backends[slot as usize] = backend_entry(b.address, attachment, weight, state);
+            set.backends[slot as usize] = Backend::new(b.address, attachment, weight, state);
         }
         set
     }
@@ -182,7 +182,7 @@ impl ServiceRuntime {
 
 /// The key of a configured service.
 pub fn key_of(service: &ServiceConfig) -> ServiceKey {
-    service_key(service.vip, service.port, service.protocol.number())
+    ServiceKey::new(service.vip, service.port, service.protocol.number())
 }
 
 /// What a reload changed, for the log and the `lb reload` reply.
@@ -809,7 +809,7 @@ mod tests {
         let found = vec![
             (s.key(), s.id, s.backend_set()),
             (
-                service_key(IpAddr::from([192, 0, 2, 9]), 53, 17),
+                ServiceKey::new(IpAddr::from([192, 0, 2, 9]), 53, 17),
                 5,
                 BackendSet::default(),
             ),

@@ -14,10 +14,8 @@ use lb_common::{
     CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow,
     FlowKey, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS,
     REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
-    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, wlc,
+    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, protocol_name, wlc,
 };
-
-use super::keys::protocol_name;
 
 /// Every map the control plane reads or writes, in pin order (the names of
 /// `MAP_LAYOUT`).

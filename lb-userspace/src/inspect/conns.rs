@@ -16,8 +16,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lb_common::{
-    BACKEND_STATE_EMPTY, Flow, FlowKey,
+    BACKEND_STATE_EMPTY, Flow, FlowKey, addr_from_key,
     conn_state::{Timeouts, state_name},
+    protocol_name,
 };
 use serde::Serialize;
 use tracing::warn;
@@ -26,10 +27,7 @@ use super::{
     ServiceNames,
     table::{Align, Columns, endpoint},
 };
-use crate::datapath::{
-    keys::{addr_from_key, protocol_name},
-    maps::{Maps, array_get, monotonic_ns},
-};
+use crate::datapath::maps::{Maps, array_get, monotonic_ns};
 
 /// A service as `lb conns` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]

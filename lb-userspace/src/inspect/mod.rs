@@ -15,12 +15,10 @@ mod table;
 use std::{collections::HashMap, net::IpAddr, path::PathBuf};
 
 use anyhow::Context as _;
+use lb_common::protocol_name;
 
 use self::table::endpoint;
-use crate::{
-    config::{Config, DEFAULT_PIN_PATH},
-    datapath::keys::protocol_name,
-};
+use crate::config::{Config, DEFAULT_PIN_PATH};
 
 /// Config file the read-only commands use when `--config` is not given (and
 /// it exists).

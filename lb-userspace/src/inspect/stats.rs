@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    backend_index, reason_name,
+    addr_from_key, backend_index, protocol_name, reason_name,
 };
 use serde::Serialize;
 
@@ -16,10 +16,7 @@ use super::{
     table::{Align, endpoint, write_aligned},
 };
 use crate::{
-    datapath::{
-        keys::{addr_from_key, protocol_name},
-        maps::{Maps, array_get, monotonic_ns},
-    },
+    datapath::maps::{Maps, array_get, monotonic_ns},
     host::netlink::format_mac,
 };
 
