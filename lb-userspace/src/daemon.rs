@@ -4,7 +4,7 @@
 //! table, and answer the control socket until told to stop.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -66,7 +66,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;
     let nics = director_nics(&netlink, &config).await?;
-    let backend_nics = backend_nics(&netlink, &config, &nics).await?;
+    let links = backend_links(&netlink, &config, &nics).await?;
     let control = ControlSocket::bind(&config.director.control_socket)?;
     let metrics_listen = options.metrics_listen.or(config.director.metrics_listen);
     let metrics = match metrics_listen {
@@ -99,12 +99,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         mode,
         director: Director::new(),
         names,
+        check_sources: links.check_sources,
         checks: HashMap::new(),
         next_generation: 0,
         results: mpsc::channel(1024),
     };
     let started = daemon
-        .start(&mut datapath, adopted, &backend_nics)
+        .start(&mut datapath, adopted, &links.nics)
         .await
         .map(|()| control);
     let outcome = match started {
@@ -153,42 +154,65 @@ async fn director_nics(netlink: &Netlink, config: &Config) -> anyhow::Result<Vec
     Ok(nics)
 }
 
+/// Where the director reaches its backends (see [`backend_links`]).
+struct BackendLinks {
+    /// The director NIC of every backend.
+    nics: HashMap<IpAddr, Nic>,
+    /// The source address of every backend's health checks, where the
+    /// director has an address of its own in the backend's prefix.
+    check_sources: HashMap<IpAddr, IpAddr>,
+}
+
 /// Finds the director NIC of every backend, checking that each is on-link
 /// (direct routing rewrites only MAC addresses, so a real server must share
-/// an L2 segment with the director).
-async fn backend_nics(
+/// an L2 segment with the director), and the source of its health checks.
+async fn backend_links(
     netlink: &Netlink,
     config: &Config,
     nics: &[Nic],
-) -> anyhow::Result<HashMap<IpAddr, Nic>> {
-    let mut found = HashMap::new();
+) -> anyhow::Result<BackendLinks> {
+    let vips = vips(config);
+    let mut links = BackendLinks {
+        nics: HashMap::new(),
+        check_sources: HashMap::new(),
+    };
     for service in &config.services {
         for backend in &service.backends {
-            found.insert(
+            let (nic, source) = on_link(
+                netlink,
+                nics,
+                &config.director.interfaces,
+                &vips,
+                &service.name,
                 backend.address,
-                on_link_nic(
-                    netlink,
-                    nics,
-                    &config.director.interfaces,
-                    &service.name,
-                    backend.address,
-                )
-                .await?,
-            );
+            )
+            .await?;
+            links.nics.insert(backend.address, nic);
+            if let Some(source) = source {
+                links.check_sources.insert(backend.address, source);
+            }
         }
     }
-    Ok(found)
+    Ok(links)
 }
 
-async fn on_link_nic(
+/// Every VIP of the config: never the source of a health check.
+fn vips(config: &Config) -> HashSet<IpAddr> {
+    config.services.iter().map(|s| s.vip).collect()
+}
+
+/// The director NIC a backend is on-link through, and the director's own
+/// address in its prefix there; fails when no director NIC reaches it.
+async fn on_link(
     netlink: &Netlink,
     nics: &[Nic],
     interfaces: &[String],
+    vips: &HashSet<IpAddr>,
     service: &str,
     address: IpAddr,
-) -> anyhow::Result<Nic> {
-    match netlink.on_link_nic(nics, address).await? {
-        Some(nic) => Ok(nic.clone()),
+) -> anyhow::Result<(Nic, Option<IpAddr>)> {
+    match netlink.on_link(nics, address, vips).await? {
+        Some(link) => Ok((link.nic.clone(), link.source)),
         None => bail!(
             "service {service}: backend {address} is not on-link through any director interface \
              ({}): direct routing needs the real servers on the director's own L2 network \
@@ -213,6 +237,7 @@ type CheckKey = (u32, u32, u64);
 /// A running health checker; aborted when dropped.
 struct RunningCheck {
     address: IpAddr,
+    source: Option<IpAddr>,
     health: HealthConfig,
     generation: u64,
     task: AbortHandle,
@@ -234,6 +259,8 @@ struct Daemon {
     director: Director,
     /// Service names of the running config, for the metrics endpoint.
     names: Arc<RwLock<ServiceNames>>,
+    /// Source address of each backend's health checks (see [`BackendLinks`]).
+    check_sources: HashMap<IpAddr, IpAddr>,
     /// Health checkers by (service id, slot).
     checks: HashMap<(u32, u32), RunningCheck>,
     next_generation: u64,
@@ -315,18 +342,33 @@ impl Daemon {
                 wanted.insert((s.id, slot), (b.address, &s.config));
             }
         }
+        let sources = &self.check_sources;
         self.checks.retain(|key, check| {
-            wanted
-                .get(key)
-                .is_some_and(|(address, s)| *address == check.address && s.health == check.health)
+            wanted.get(key).is_some_and(|(address, s)| {
+                *address == check.address
+                    && s.health == check.health
+                    && sources.get(address) == check.source.as_ref()
+            })
         });
         for ((id, slot), (address, service)) in wanted {
             if self.checks.contains_key(&(id, slot)) {
                 continue;
             }
-            let Some(checker) = HealthChecker::new(service, address) else {
+            let source = self.check_sources.get(&address).copied();
+            let Some(checker) = HealthChecker::new(service, address, source) else {
                 continue;
             };
+            match source {
+                Some(source) => info!(
+                    "service {}: health checks of {address} leave from {source}",
+                    service.name
+                ),
+                None => warn!(
+                    "service {}: the director has no address of its own in the prefix of \
+                     {address}; its health checks leave from whatever source the kernel picks",
+                    service.name
+                ),
+            }
             let generation = self.next_generation;
             self.next_generation += 1;
             let task = tokio::spawn(checker.run((id, slot, generation), self.results.0.clone()));
@@ -334,6 +376,7 @@ impl Daemon {
                 (id, slot),
                 RunningCheck {
                     address,
+                    source,
                     health: service.health.clone(),
                     generation,
                     task: task.abort_handle(),
@@ -509,8 +552,9 @@ impl Daemon {
             }
         }
         let nics = director_nics(&self.netlink, &config).await?;
-        let backend_nics = backend_nics(&self.netlink, &config, &nics).await?;
-        let (changes, summary) = self.director.apply(&config, &backend_nics)?;
+        let links = backend_links(&self.netlink, &config, &nics).await?;
+        let (changes, summary) = self.director.apply(&config, &links.nics)?;
+        self.check_sources = links.check_sources;
         // Solicit MACs of new backends at once rather than on the next tick.
         let _ = refresh_macs(&self.netlink, &mut self.director).await;
         write_changes(&mut datapath.maps, &self.director, &changes)?;
@@ -612,14 +656,19 @@ impl Daemon {
         weight: u32,
         mac: Option<[u8; 6]>,
     ) -> anyhow::Result<String> {
-        let nic = on_link_nic(
+        let (nic, source) = on_link(
             &self.netlink,
             &self.nics,
             &self.config.director.interfaces,
+            &vips(&self.config),
             service,
             address,
         )
         .await?;
+        match source {
+            Some(source) => self.check_sources.insert(address, source),
+            None => self.check_sources.remove(&address),
+        };
         self.live_change(datapath, |d| {
             d.add_backend(service, address, weight, mac, nic)
         })?;

@@ -149,6 +149,21 @@ impl<X> Director<X> {
             .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")))
     }
 
+    /// Fails the test unless every backend of every service is up; `when`
+    /// says when, for the failure.
+    pub fn assert_all_up(&self, when: &str) {
+        let stats = self.stats();
+        let not_up: Vec<_> = stats
+            .services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter(|b| b.state != "up")
+            .collect();
+        if !not_up.is_empty() {
+            self.fail(&format!("{when}: backends not up: {not_up:#?}"));
+        }
+    }
+
     /// Opens `n` TCP connections from the client to `vip` on the spec's
     /// port, failing the test if any fails.
     pub fn open(&self, vip: IpAddr, n: usize) -> Vec<HeldConn> {

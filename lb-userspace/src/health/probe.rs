@@ -14,7 +14,12 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::{Method, Request, body::Bytes, header};
 use hyper_util::rt::TokioIo;
 use md5::{Digest as _, Md5};
-use tokio::{net::TcpStream, process::Command, sync::mpsc, time};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    process::Command,
+    sync::mpsc,
+    time,
+};
 use tracing::debug;
 
 use super::command::{describe_exit, io_text, run_bounded};
@@ -45,6 +50,9 @@ pub struct HealthChecker {
     vip: IpAddr,
     service_port: u16,
     backend: IpAddr,
+    /// The director's address the probes leave from (`None`: the kernel's
+    /// choice).
+    source: Option<IpAddr>,
     /// Port probed (`tcp`, `http`) or passed on (`exec`).
     port: u16,
     interval: Duration,
@@ -62,9 +70,13 @@ enum Probe {
 }
 
 impl HealthChecker {
-    /// The checker of `backend` as `service`'s health config says; `None`
-    /// for kind "none".
-    pub fn new(service: &ServiceConfig, backend: IpAddr) -> Option<HealthChecker> {
+    /// The checker of `backend` as `service`'s health config says, probing
+    /// from `source` when given; `None` for kind "none".
+    pub fn new(
+        service: &ServiceConfig,
+        backend: IpAddr,
+        source: Option<IpAddr>,
+    ) -> Option<HealthChecker> {
         let health = &service.health;
         let probe = match &health.kind {
             HealthKind::Tcp => Probe::Tcp,
@@ -78,6 +90,7 @@ impl HealthChecker {
             vip: service.vip,
             service_port: service.port,
             backend,
+            source,
             port: health.port,
             interval: health.interval,
             timeout: health.timeout,
@@ -139,7 +152,7 @@ impl HealthChecker {
             Probe::Exec(exec) => return self.exec(exec).await,
             Probe::Tcp => (
                 format!("connect to {target}"),
-                time::timeout(self.timeout, tcp(target)).await,
+                time::timeout(self.timeout, tcp(target, self.source)).await,
             ),
             Probe::Http(http) => (
                 format!("HTTP GET {} from {target}", http.path),
@@ -156,7 +169,7 @@ impl HealthChecker {
     /// HTTP/1.1 GET of the check's path; the status (and the body's MD5)
     /// decide.
     async fn http(&self, check: &HttpCheck, target: SocketAddr) -> Result<String, String> {
-        let stream = connect(target).await?;
+        let stream = connect(target, self.source).await?;
         let failed = |e: hyper::Error| format!("HTTP GET {} from {target}: {e}", check.path);
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -244,16 +257,31 @@ impl HealthChecker {
     }
 }
 
-/// TCP connect; the check passes when it completes.
-async fn tcp(target: SocketAddr) -> Result<String, String> {
-    connect(target).await?;
-    Ok(format!("connected to {target}"))
+/// TCP connect (from `source` when given); the check passes when it
+/// completes.
+async fn tcp(target: SocketAddr, source: Option<IpAddr>) -> Result<String, String> {
+    connect(target, source).await?;
+    Ok(match source {
+        Some(source) => format!("connected to {target} from {source}"),
+        None => format!("connected to {target}"),
+    })
 }
 
-async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
-    TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect to {target}: {}", io_text(&e)))
+/// Connects to `target`, bound to `source` (any port) when given.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let failed = |e: std::io::Error| format!("connect to {target}: {}", io_text(&e));
+    let Some(source) = source else {
+        return TcpStream::connect(target).await.map_err(failed);
+    };
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(failed)?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("binding a check of {target} to {source}: {}", io_text(&e)))?;
+    socket.connect(target).await.map_err(failed)
 }
 
 /// The `Host` header when none is configured: the backend address, IPv6 in
@@ -327,7 +355,7 @@ mod tests {
     }
 
     fn checker(kind: HealthKind, port: u16) -> HealthChecker {
-        HealthChecker::new(&service(kind, port), LOCALHOST).expect("a checker")
+        HealthChecker::new(&service(kind, port), LOCALHOST, None).expect("a checker")
     }
 
     fn http(path: &str) -> HttpCheck {
@@ -394,8 +422,25 @@ mod tests {
 
     #[test]
     fn kind_none_has_no_checker() {
-        assert!(HealthChecker::new(&service(HealthKind::None, 80), LOCALHOST).is_none());
-        assert!(HealthChecker::new(&service(HealthKind::Tcp, 80), LOCALHOST).is_some());
+        assert!(HealthChecker::new(&service(HealthKind::None, 80), LOCALHOST, None).is_none());
+        assert!(HealthChecker::new(&service(HealthKind::Tcp, 80), LOCALHOST, None).is_some());
+    }
+
+    /// A check given a source leaves from it (the listener sees it as the
+    /// peer), however the kernel would have picked.
+    #[tokio::test]
+    async fn tcp_check_leaves_from_its_source() {
+        let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let source = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        let check = HealthChecker::new(&service(HealthKind::Tcp, port), LOCALHOST, Some(source))
+            .expect("a checker");
+        assert_eq!(
+            check.probe().await,
+            (true, format!("connected to 127.0.0.1:{port} from {source}"))
+        );
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), source);
     }
 
     #[tokio::test]

@@ -6,7 +6,10 @@
 //! Uses the `rtnetlink` crate (rust-netlink) rather than parsing `ip`
 //! output or hand-rolling netlink messages.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::TryStreamExt as _;
@@ -20,6 +23,15 @@ use rtnetlink::{
 };
 
 use super::Nic;
+
+/// How the director reaches one real server (see [`Netlink::on_link`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnLink<'a> {
+    /// The director NIC the real server is on-link through.
+    pub nic: &'a Nic,
+    /// The director's own address in the real server's prefix on that NIC.
+    pub source: Option<IpAddr>,
+}
 
 /// A route-netlink session (needs a running tokio runtime).
 #[derive(Clone)]
@@ -82,13 +94,21 @@ impl Netlink {
         )
     }
 
-    /// The first of `nics` with an address prefix containing `addr`: the NIC
-    /// through which a real server is on-link, as direct routing requires.
-    pub async fn on_link_nic<'a>(
+    /// How a real server at `addr` is reached: the first of `nics` with an
+    /// address prefix containing `addr` (the NIC through which it is on-link,
+    /// as direct routing requires), and the director's own address in that
+    /// prefix, the source its health checks must use. Addresses in
+    /// `not_sources` (the VIPs) are never a source: the kernel would pick a
+    /// VIP on the NIC for some backends (for IPv6, a VIP/128 beats the NIC's
+    /// /64 address by longest match), and a real server answers a VIP-sourced
+    /// check to its own `lo`. The source is `None` when the NIC has no other
+    /// address in that prefix.
+    pub async fn on_link<'a>(
         &self,
         nics: &'a [Nic],
         addr: IpAddr,
-    ) -> anyhow::Result<Option<&'a Nic>> {
+        not_sources: &HashSet<IpAddr>,
+    ) -> anyhow::Result<Option<OnLink<'a>>> {
         let addresses: Vec<_> = self
             .handle
             .address()
@@ -97,19 +117,28 @@ impl Netlink {
             .try_collect()
             .await
             .context("listing addresses")?;
+        let mut found: Option<OnLink<'a>> = None;
         for msg in addresses {
             let Some(nic) = nics.iter().find(|n| n.index == msg.header.index) else {
                 continue;
             };
+            if found.as_ref().is_some_and(|f| f.nic.index != nic.index) {
+                continue;
+            }
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(prefix) = attr
-                    && same_prefix(*prefix, addr, msg.header.prefix_len)
-                {
-                    return Ok(Some(nic));
+                let AddressAttribute::Address(prefix) = attr else {
+                    continue;
+                };
+                if !same_prefix(*prefix, addr, msg.header.prefix_len) {
+                    continue;
+                }
+                let link = found.get_or_insert(OnLink { nic, source: None });
+                if link.source.is_none() && !not_sources.contains(prefix) {
+                    link.source = Some(*prefix);
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// The kernel's resolved neighbour entries: (NIC index, address) -> MAC.
