@@ -22,13 +22,13 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{Config, HealthConfig, XdpMode},
+    config::{Config, HealthConfig, XdpMode, values::format_mac},
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{Datapath, FlowCapacity, Maps},
     director::{Change, Director, ServiceRuntime},
     health::{CheckResult, Checker, notify},
     metrics,
-    netlink::{Netlink, Nic, format_mac},
+    netlink::{Netlink, Nic},
     privilege,
     stats::{ServiceNames, Snapshot},
     sweeper,

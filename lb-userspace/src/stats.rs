@@ -16,9 +16,8 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    config::{Config, DEFAULT_PIN_PATH},
+    config::{Config, DEFAULT_PIN_PATH, values::format_mac},
     datapath::{Maps, addr_from_key, array_get},
-    netlink::format_mac,
     sweeper::monotonic_ns,
 };
 
