@@ -1,4 +1,4 @@
-//! The `lb` configuration file: TOML parsing and validation.
+//! The `lb` configuration file: the model, TOML parsing and validation.
 //!
 //! [`Config::load`] reads a file such as `examples/lb.toml` and checks all of
 //! it before anything touches the system, the way `lb check` and `lb run` need
@@ -16,11 +16,13 @@
 //! ever fails on an unknown field or a misplaced table. Finally `validate`
 //! checks the values' types and ranges one by one; that step reports every
 //! problem it finds, not only the first. [`values`] holds the syntax of the
-//! values (durations, MAC addresses...).
+//! values (durations, MAC addresses...), and [`write`] writes a [`Config`]
+//! back as TOML (for `lb import-keepalived`).
 
 mod raw;
 pub(crate) mod validate;
 pub mod values;
+pub mod write;
 
 #[cfg(test)]
 mod tests;
@@ -75,6 +77,25 @@ pub struct DirectorConfig {
     /// (the default) lets them finish on it, `true` reschedules each on its
     /// next packet (IPVS's `expire_nodest_conn` sysctl).
     pub expire_nodest_conn: bool,
+}
+
+impl DirectorConfig {
+    /// The `[director]` table that sets only `interfaces`: every other
+    /// setting at its default.
+    pub fn new(interfaces: Vec<String>) -> Self {
+        DirectorConfig {
+            interfaces,
+            xdp_mode: XdpMode::Driver,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            max_flows_v6: lb_common::DEFAULT_MAX_FLOWS_V6,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            timeouts: Timeouts::IPVS,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+            expire_nodest_conn: false,
+        }
+    }
 }
 
 /// How the XDP program is attached to an interface.
@@ -162,6 +183,25 @@ pub struct HealthConfig {
     /// Command (argv) run with SERVICE BACKEND STATE appended when a backend
     /// changes state; empty: none.
     pub notify: Vec<String>,
+}
+
+impl HealthConfig {
+    /// The `[service.health]` table that sets only `kind`, of a service on
+    /// `port`: every other setting at its default.
+    pub fn new(kind: HealthKind, port: u16) -> Self {
+        HealthConfig {
+            kind,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: default_health_timeout(DEFAULT_HEALTH_INTERVAL),
+            port,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            retry_delay: DEFAULT_HEALTH_INTERVAL,
+            warmup: DEFAULT_HEALTH_INTERVAL,
+            inhibit_on_failure: false,
+            notify: Vec::new(),
+        }
+    }
 }
 
 /// Kind of health check, with the fields that only that kind has.
@@ -431,3 +471,9 @@ const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_FALL: u32 = 3;
 const DEFAULT_RISE: u32 = 2;
 const DEFAULT_WEIGHT: u32 = 1;
+
+/// The default `timeout` of a check every `interval`: 3 s, or the interval
+/// if that is shorter.
+fn default_health_timeout(interval: Duration) -> Duration {
+    interval.min(DEFAULT_HEALTH_TIMEOUT)
+}

@@ -1,5 +1,5 @@
-//! The file as written: the `Raw*` shapes serde builds from the TOML, and
-//! the rewriting of serde's errors for people.
+//! The file as written: the `Raw*` shapes serde builds from the TOML, the
+//! key names they spell, and the rewriting of serde's errors for people.
 //!
 //! Every leaf is kept as a [`toml::Spanned`] [`toml::Value`], so that serde
 //! itself only ever fails on an unknown field or a misplaced table; the
@@ -7,6 +7,64 @@
 
 use serde::{Deserialize, de::IgnoredAny};
 use toml::{Spanned, Value};
+
+/// The keys of the file, as the `Raw*` structs spell them (serde takes the
+/// names from their fields; a test checks that the two agree). The
+/// validator's messages and the writer use these.
+pub(super) mod key {
+    // The top level.
+    pub(crate) const DIRECTOR: &str = "director";
+    pub(crate) const SERVICE: &str = "service";
+
+    // [director]
+    pub(crate) const INTERFACES: &str = "interfaces";
+    pub(crate) const XDP_MODE: &str = "xdp_mode";
+    pub(crate) const PIN_PATH: &str = "pin_path";
+    pub(crate) const MAX_FLOWS: &str = "max_flows";
+    pub(crate) const MAX_FLOWS_V6: &str = "max_flows_v6";
+    pub(crate) const SWEEP_INTERVAL: &str = "sweep_interval";
+    pub(crate) const CONTROL_SOCKET: &str = "control_socket";
+    pub(crate) const METRICS_LISTEN: &str = "metrics_listen";
+    pub(crate) const EXPIRE_NODEST_CONN: &str = "expire_nodest_conn";
+    pub(crate) const TIMEOUTS: &str = "timeouts";
+
+    // [director.timeouts]
+    pub(crate) const ESTABLISHED: &str = "established";
+    pub(crate) const SYN_RECV: &str = "syn_recv";
+    pub(crate) const FIN_WAIT: &str = "fin_wait";
+    pub(crate) const CLOSE: &str = "close";
+    pub(crate) const UDP: &str = "udp";
+
+    // [[service]]
+    pub(crate) const NAME: &str = "name";
+    pub(crate) const VIP: &str = "vip";
+    pub(crate) const PORT: &str = "port";
+    pub(crate) const PROTOCOL: &str = "protocol";
+    pub(crate) const SCHEDULER: &str = "scheduler";
+    pub(crate) const HEALTH: &str = "health";
+    pub(crate) const BACKEND: &str = "backend";
+
+    // [service.health]
+    pub(crate) const KIND: &str = "kind";
+    pub(crate) const INTERVAL: &str = "interval";
+    pub(crate) const TIMEOUT: &str = "timeout";
+    pub(crate) const FALL: &str = "fall";
+    pub(crate) const RISE: &str = "rise";
+    pub(crate) const RETRY_DELAY: &str = "retry_delay";
+    pub(crate) const WARMUP: &str = "warmup";
+    pub(crate) const INHIBIT_ON_FAILURE: &str = "inhibit_on_failure";
+    pub(crate) const NOTIFY: &str = "notify";
+    pub(crate) const PATH: &str = "path";
+    pub(crate) const STATUS: &str = "status";
+    pub(crate) const DIGEST: &str = "digest";
+    pub(crate) const HOST: &str = "host";
+    pub(crate) const COMMAND: &str = "command";
+
+    // [[service.backend]]
+    pub(crate) const ADDRESS: &str = "address";
+    pub(crate) const WEIGHT: &str = "weight";
+    pub(crate) const MAC: &str = "mac";
+}
 
 /// A leaf value with its position; its type is checked by the
 /// validator.
@@ -195,15 +253,108 @@ fn section_at(text: &str, offset: usize, first_valid: Option<&&str>) -> String {
         Some((label, backend))
     });
     match (first_valid.copied(), service) {
-        (Some("director"), _) => "at the top level".to_owned(),
-        (Some("interfaces"), _) => "in [director]".to_owned(),
-        (Some("established"), _) => "in [director.timeouts]".to_owned(),
-        (Some("name"), Some((label, _))) => format!("in {label}"),
-        (Some("kind"), Some((label, _))) => format!("in {}", health_label(&label)),
-        (Some("address"), Some((label, Some(b)))) => format!("in {}", backend_label(&label, b)),
-        (Some("name"), _) => "in [[service]]".to_owned(),
-        (Some("kind"), _) => "in [service.health]".to_owned(),
-        (Some("address"), _) => "in [[service.backend]]".to_owned(),
+        (Some(key::DIRECTOR), _) => "at the top level".to_owned(),
+        (Some(key::INTERFACES), _) => "in [director]".to_owned(),
+        (Some(key::ESTABLISHED), _) => "in [director.timeouts]".to_owned(),
+        (Some(key::NAME), Some((label, _))) => format!("in {label}"),
+        (Some(key::KIND), Some((label, _))) => format!("in {}", health_label(&label)),
+        (Some(key::ADDRESS), Some((label, Some(b)))) => format!("in {}", backend_label(&label, b)),
+        (Some(key::NAME), _) => "in [[service]]".to_owned(),
+        (Some(key::KIND), _) => "in [service.health]".to_owned(),
+        (Some(key::ADDRESS), _) => "in [[service.backend]]".to_owned(),
         _ => "here".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    /// The fields serde knows for `T`, from its unknown-field error.
+    fn fields<T: DeserializeOwned>() -> Vec<String> {
+        let Err(e) = toml::from_str::<T>("not_a_key = 1") else {
+            panic!("an unknown field was accepted");
+        };
+        let message = e.message();
+        assert!(
+            message.starts_with("unknown field `not_a_key`"),
+            "{message}"
+        );
+        message
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .skip(1)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The key names are the fields of the `Raw*` structs, in order.
+    #[test]
+    fn keys_are_the_raw_field_names() {
+        assert_eq!(fields::<RawConfig>(), [key::DIRECTOR, key::SERVICE]);
+        assert_eq!(
+            fields::<RawDirector>(),
+            [
+                key::INTERFACES,
+                key::XDP_MODE,
+                key::PIN_PATH,
+                key::MAX_FLOWS,
+                key::MAX_FLOWS_V6,
+                key::SWEEP_INTERVAL,
+                key::CONTROL_SOCKET,
+                key::METRICS_LISTEN,
+                key::EXPIRE_NODEST_CONN,
+                key::TIMEOUTS,
+            ]
+        );
+        assert_eq!(
+            fields::<RawTimeouts>(),
+            [
+                key::ESTABLISHED,
+                key::SYN_RECV,
+                key::FIN_WAIT,
+                key::CLOSE,
+                key::UDP,
+            ]
+        );
+        assert_eq!(
+            fields::<RawService>(),
+            [
+                key::NAME,
+                key::VIP,
+                key::PORT,
+                key::PROTOCOL,
+                key::SCHEDULER,
+                key::HEALTH,
+                key::BACKEND,
+            ]
+        );
+        assert_eq!(
+            fields::<RawHealth>(),
+            [
+                key::KIND,
+                key::INTERVAL,
+                key::TIMEOUT,
+                key::PORT,
+                key::FALL,
+                key::RISE,
+                key::RETRY_DELAY,
+                key::WARMUP,
+                key::INHIBIT_ON_FAILURE,
+                key::NOTIFY,
+                key::PATH,
+                key::STATUS,
+                key::DIGEST,
+                key::HOST,
+                key::COMMAND,
+            ]
+        );
+        assert_eq!(
+            fields::<RawBackend>(),
+            [key::ADDRESS, key::WEIGHT, key::MAC]
+        );
     }
 }

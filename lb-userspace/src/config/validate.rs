@@ -16,13 +16,12 @@ use toml::{Spanned, Value};
 
 use super::{
     BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH, DEFAULT_RISE,
-    DEFAULT_SWEEP_INTERVAL, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig, HealthKind,
-    HttpCheck, Keyword, KindWord, Problem, Protocol, Scheduler, ServiceConfig, XdpMode,
-    parse_keyword,
+    DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH, DEFAULT_RISE, DEFAULT_WEIGHT,
+    DirectorConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, Keyword, KindWord, Problem,
+    Protocol, Scheduler, ServiceConfig, default_health_timeout, parse_keyword,
     raw::{
         Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
-        backend_label, health_label, line_of, service_label,
+        backend_label, health_label, key, line_of, service_label,
     },
     values::{
         check_ifname, describe_value, format_duration, host_port_is_valid, parse_duration,
@@ -133,38 +132,39 @@ impl ConfigValidator<'_> {
                 None
             }
         };
-        let xdp_mode = self.keyword_or(CTX, "xdp_mode", &raw.xdp_mode, XdpMode::Driver);
+        let default = DirectorConfig::new(Vec::new());
+        let xdp_mode = self.keyword_or(CTX, key::XDP_MODE, &raw.xdp_mode, default.xdp_mode);
         let pin_path = match &raw.pin_path {
             Some(v) => self.pin_path(v),
-            None => Some(PathBuf::from(DEFAULT_PIN_PATH)),
+            None => Some(default.pin_path),
         };
         let max_flows = match &raw.max_flows {
-            Some(v) => self.integer(CTX, "max_flows", v, MAX_FLOWS),
-            None => Some(lb_common::DEFAULT_MAX_FLOWS),
+            Some(v) => self.integer(CTX, key::MAX_FLOWS, v, MAX_FLOWS),
+            None => Some(default.max_flows),
         };
         let max_flows_v6 = match &raw.max_flows_v6 {
-            Some(v) => self.integer(CTX, "max_flows_v6", v, MAX_FLOWS),
-            None => Some(lb_common::DEFAULT_MAX_FLOWS_V6),
+            Some(v) => self.integer(CTX, key::MAX_FLOWS_V6, v, MAX_FLOWS),
+            None => Some(default.max_flows_v6),
         };
         let sweep_interval = match &raw.sweep_interval {
-            Some(v) => self.duration(CTX, "sweep_interval", v, SWEEP_INTERVAL),
-            None => Some(DEFAULT_SWEEP_INTERVAL),
+            Some(v) => self.duration(CTX, key::SWEEP_INTERVAL, v, SWEEP_INTERVAL),
+            None => Some(default.sweep_interval),
         };
         let timeouts = match &raw.timeouts {
-            Some(t) => self.timeouts(t),
-            None => Some(Timeouts::IPVS),
+            Some(t) => self.timeouts(t, default.timeouts),
+            None => Some(default.timeouts),
         };
         let control_socket = match &raw.control_socket {
             Some(v) => self.control_socket(v),
-            None => Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            None => Some(default.control_socket),
         };
         let metrics_listen = match &raw.metrics_listen {
             Some(v) => self.metrics_listen(v).map(Some),
-            None => Some(None),
+            None => Some(default.metrics_listen),
         };
         let expire_nodest_conn = match &raw.expire_nodest_conn {
-            Some(v) => self.boolean(CTX, "expire_nodest_conn", v),
-            None => Some(false),
+            Some(v) => self.boolean(CTX, key::EXPIRE_NODEST_CONN, v),
+            None => Some(default.expire_nodest_conn),
         };
         Some(DirectorConfig {
             interfaces: interfaces?,
@@ -182,7 +182,7 @@ impl ConfigValidator<'_> {
 
     fn control_socket(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
         const CTX: &str = "[director]";
-        let text = self.string(CTX, "control_socket", v)?;
+        let text = self.string(CTX, key::CONTROL_SOCKET, v)?;
         let path = Path::new(text);
         let why = if !path.is_absolute() {
             Some("is not an absolute path")
@@ -218,7 +218,7 @@ impl ConfigValidator<'_> {
                              or a port such as 9100 for 127.0.0.1:9100";
         match v.get_ref() {
             Value::Integer(_) => self
-                .integer(CTX, "metrics_listen", v, PORT)
+                .integer(CTX, key::METRICS_LISTEN, v, PORT)
                 .map(|port| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
             Value::String(text) => {
                 let text = text.trim();
@@ -326,7 +326,7 @@ impl ConfigValidator<'_> {
     }
 
     fn pin_path(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
-        let path = Path::new(self.string("[director]", "pin_path", v)?);
+        let path = Path::new(self.string("[director]", key::PIN_PATH, v)?);
         // "/", "sys", "fs", "bpf" and at least one more, none of them "..".
         let under_bpffs = path.is_absolute()
             && path.starts_with("/sys/fs/bpf")
@@ -347,13 +347,12 @@ impl ConfigValidator<'_> {
         Some(path.to_path_buf())
     }
 
-    fn timeouts(&mut self, raw: &RawTimeouts) -> Option<Timeouts> {
-        let d = Timeouts::IPVS;
-        let established = self.seconds("established", &raw.established, d.established);
-        let syn_recv = self.seconds("syn_recv", &raw.syn_recv, d.syn_recv);
-        let fin_wait = self.seconds("fin_wait", &raw.fin_wait, d.fin_wait);
-        let close = self.seconds("close", &raw.close, d.close);
-        let udp = self.seconds("udp", &raw.udp, d.udp);
+    fn timeouts(&mut self, raw: &RawTimeouts, d: Timeouts) -> Option<Timeouts> {
+        let established = self.seconds(key::ESTABLISHED, &raw.established, d.established);
+        let syn_recv = self.seconds(key::SYN_RECV, &raw.syn_recv, d.syn_recv);
+        let fin_wait = self.seconds(key::FIN_WAIT, &raw.fin_wait, d.fin_wait);
+        let close = self.seconds(key::CLOSE, &raw.close, d.close);
+        let udp = self.seconds(key::UDP, &raw.udp, d.udp);
         Some(Timeouts {
             established: established?,
             syn_recv: syn_recv?,
@@ -431,7 +430,7 @@ impl ConfigValidator<'_> {
         let ctx = service_label(index, raw.name.as_ref().map(|v| v.get_ref()));
 
         let name = self
-            .required(at, &ctx, "name", &raw.name, "name = \"gridftp\"")
+            .required(at, &ctx, key::NAME, &raw.name, "name = \"gridftp\"")
             .and_then(|v| Some((v, self.service_name(&ctx, v)?)));
         let name = name.and_then(|(v, name)| {
             let line = line_of(self.text, v.span().start);
@@ -454,12 +453,12 @@ impl ConfigValidator<'_> {
             }
         });
         let vip = self
-            .required(at, &ctx, "vip", &raw.vip, "vip = \"192.0.2.200\"")
-            .and_then(|v| self.address(&ctx, "vip", v));
-        let port_field = self.required(at, &ctx, "port", &raw.port, "port = 2811");
-        let port = port_field.and_then(|v| self.integer(&ctx, "port", v, PORT));
-        let protocol = self.keyword_or(&ctx, "protocol", &raw.protocol, Protocol::Tcp);
-        let scheduler = self.keyword_or(&ctx, "scheduler", &raw.scheduler, Scheduler::Wlc);
+            .required(at, &ctx, key::VIP, &raw.vip, "vip = \"192.0.2.200\"")
+            .and_then(|v| self.address(&ctx, key::VIP, v));
+        let port_field = self.required(at, &ctx, key::PORT, &raw.port, "port = 2811");
+        let port = port_field.and_then(|v| self.integer(&ctx, key::PORT, v, PORT));
+        let protocol = self.keyword_or(&ctx, key::PROTOCOL, &raw.protocol, Protocol::Tcp);
+        let scheduler = self.keyword_or(&ctx, key::SCHEDULER, &raw.scheduler, Scheduler::Wlc);
 
         if let (Some(vip), Some(port), Some(protocol), Some(port_field)) =
             (vip, port, protocol, port_field)
@@ -506,7 +505,7 @@ impl ConfigValidator<'_> {
     }
 
     fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
-        let name = self.string(ctx, "name", v)?;
+        let name = self.string(ctx, key::NAME, v)?;
         let valid = (1..=NAME_MAX).contains(&name.len())
             && name
                 .bytes()
@@ -538,7 +537,7 @@ impl ConfigValidator<'_> {
         let raw = raw.unwrap_or(&empty);
 
         let kind = match &raw.kind {
-            Some(v) => self.keyword(ctx, "kind", v),
+            Some(v) => self.keyword(ctx, key::KIND, v),
             // Without a check of their own protocol, UDP backends stay up.
             None => protocol.map(|p| match p {
                 Protocol::Tcp => KindWord::Tcp,
@@ -547,11 +546,14 @@ impl ConfigValidator<'_> {
         };
         let kind = self.kind_fields(ctx, raw, kind);
         let interval = match &raw.interval {
-            Some(v) => self.duration(ctx, "interval", v, HEALTH_INTERVAL),
+            Some(v) => self.duration(ctx, key::INTERVAL, v, HEALTH_INTERVAL),
             None => Some(DEFAULT_HEALTH_INTERVAL),
         };
         let timeout = match &raw.timeout {
-            Some(v) => match (self.duration(ctx, "timeout", v, HEALTH_INTERVAL), interval) {
+            Some(v) => match (
+                self.duration(ctx, key::TIMEOUT, v, HEALTH_INTERVAL),
+                interval,
+            ) {
                 (Some(timeout), Some(interval)) if timeout > interval => {
                     self.report_at(
                         v,
@@ -566,36 +568,36 @@ impl ConfigValidator<'_> {
                 }
                 (timeout, _) => timeout,
             },
-            None => interval.map(|i| i.min(DEFAULT_HEALTH_TIMEOUT)),
+            None => interval.map(default_health_timeout),
         };
         let port = match &raw.port {
-            Some(v) => self.integer(ctx, "port", v, PORT),
+            Some(v) => self.integer(ctx, key::PORT, v, PORT),
             None => service_port,
         };
         let fall = match &raw.fall {
-            Some(v) => self.integer(ctx, "fall", v, FALL_RISE),
+            Some(v) => self.integer(ctx, key::FALL, v, FALL_RISE),
             None => Some(DEFAULT_FALL),
         };
         let rise = match &raw.rise {
-            Some(v) => self.integer(ctx, "rise", v, FALL_RISE),
+            Some(v) => self.integer(ctx, key::RISE, v, FALL_RISE),
             None => Some(DEFAULT_RISE),
         };
         let retry_delay = match &raw.retry_delay {
-            Some(v) => self.duration(ctx, "retry_delay", v, HEALTH_INTERVAL),
+            Some(v) => self.duration(ctx, key::RETRY_DELAY, v, HEALTH_INTERVAL),
             None => interval,
         };
         let warmup = match &raw.warmup {
-            Some(v) => self.duration(ctx, "warmup", v, WARMUP),
+            Some(v) => self.duration(ctx, key::WARMUP, v, WARMUP),
             None => interval,
         };
         let inhibit_on_failure = match &raw.inhibit_on_failure {
-            Some(v) => self.boolean(ctx, "inhibit_on_failure", v),
+            Some(v) => self.boolean(ctx, key::INHIBIT_ON_FAILURE, v),
             None => Some(false),
         };
         let notify = match &raw.notify {
             Some(v) => self.argv(
                 ctx,
-                "notify",
+                key::NOTIFY,
                 v,
                 "[\"/usr/local/bin/lb-notify\", \"--syslog\"]",
             ),
@@ -630,7 +632,7 @@ impl ConfigValidator<'_> {
         let host = raw.host.as_ref().and_then(|v| self.http_host(ctx, v));
         let command = raw.command.as_ref().and_then(|v| {
             let example = "[\"/usr/local/bin/check-gridftp\", \"--quiet\"]";
-            let argv = self.argv(ctx, "command", v, example)?;
+            let argv = self.argv(ctx, key::COMMAND, v, example)?;
             if argv.is_empty() {
                 self.report_at(
                     v,
@@ -646,11 +648,11 @@ impl ConfigValidator<'_> {
         });
         let kind = kind?;
         let owned = [
-            ("path", &raw.path, KindWord::Http),
-            ("status", &raw.status, KindWord::Http),
-            ("digest", &raw.digest, KindWord::Http),
-            ("host", &raw.host, KindWord::Http),
-            ("command", &raw.command, KindWord::Exec),
+            (key::PATH, &raw.path, KindWord::Http),
+            (key::STATUS, &raw.status, KindWord::Http),
+            (key::DIGEST, &raw.digest, KindWord::Http),
+            (key::HOST, &raw.host, KindWord::Http),
+            (key::COMMAND, &raw.command, KindWord::Exec),
         ];
         for (key, field, owner) in owned {
             if let Some(v) = field
@@ -699,7 +701,7 @@ impl ConfigValidator<'_> {
 
     /// `path` of an http check: what goes on the request line.
     fn http_path(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
-        let path = self.string(ctx, "path", v)?;
+        let path = self.string(ctx, key::PATH, v)?;
         let why = if !path.starts_with('/') {
             Some("does not start with '/'")
         } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -783,7 +785,7 @@ impl ConfigValidator<'_> {
 
     /// `digest` of an http check: an MD5 as 32 hex digits.
     fn digest(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 16]> {
-        let text = self.string(ctx, "digest", v)?;
+        let text = self.string(ctx, key::DIGEST, v)?;
         let Some(digest) = parse_md5(text) else {
             self.report_at(
                 v,
@@ -800,7 +802,7 @@ impl ConfigValidator<'_> {
 
     /// `host` of an http check: a `Host` header value.
     fn http_host(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
-        let host = self.string(ctx, "host", v)?;
+        let host = self.string(ctx, key::HOST, v)?;
         let valid = !host.is_empty()
             && !host.contains('@')
             && host.parse::<hyper::http::uri::Authority>().is_ok()
@@ -909,11 +911,11 @@ impl ConfigValidator<'_> {
                 .required(
                     spanned.span().start,
                     ctx,
-                    "address",
+                    key::ADDRESS,
                     &b.address,
                     "address = \"198.51.100.24\"",
                 )
-                .and_then(|v| Some((v, self.address(ctx, "address", v)?)));
+                .and_then(|v| Some((v, self.address(ctx, key::ADDRESS, v)?)));
             if let Some((v, address)) = address {
                 if let Some(first) = addresses.get(&address) {
                     self.report_at(
@@ -952,7 +954,7 @@ impl ConfigValidator<'_> {
                 }
             }
             let weight = match &b.weight {
-                Some(v) => self.integer(ctx, "weight", v, 0..=lb_common::MAX_WEIGHT),
+                Some(v) => self.integer(ctx, key::WEIGHT, v, 0..=lb_common::MAX_WEIGHT),
                 None => Some(DEFAULT_WEIGHT),
             };
             let mac = match &b.mac {
@@ -971,7 +973,7 @@ impl ConfigValidator<'_> {
     }
 
     fn mac(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 6]> {
-        let text = self.string(ctx, "mac", v)?;
+        let text = self.string(ctx, key::MAC, v)?;
         let Some(mac) = parse_mac(text) else {
             self.report_at(
                 v,

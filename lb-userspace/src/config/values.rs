@@ -9,7 +9,7 @@ use toml::Value;
 const IFNAME_MAX: usize = 15;
 
 /// How messages show a TOML value of the wrong type.
-pub(crate) fn describe_value(v: &Value) -> String {
+pub fn describe_value(v: &Value) -> String {
     match v {
         Value::String(s) => format!("string {s:?}"),
         Value::Integer(n) => format!("integer {n}"),
@@ -22,7 +22,7 @@ pub(crate) fn describe_value(v: &Value) -> String {
 }
 
 /// Why a Linux interface name is invalid (as the kernel's `dev_valid_name`).
-pub(crate) fn check_ifname(name: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("it is empty".to_owned())
     } else if name.len() > IFNAME_MAX {
@@ -75,7 +75,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 /// Whether the `:port` of a `host[:port]` (host possibly `[IPv6]`), if
 /// there is one, is a port number.
-pub(crate) fn host_port_is_valid(host: &str) -> bool {
+pub fn host_port_is_valid(host: &str) -> bool {
     let port = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((_, "")) => return true,
@@ -94,7 +94,7 @@ pub(crate) fn host_port_is_valid(host: &str) -> bool {
 }
 
 /// 32 hex digits (either case).
-pub(crate) fn parse_md5(text: &str) -> Option<[u8; 16]> {
+pub fn parse_md5(text: &str) -> Option<[u8; 16]> {
     if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
@@ -105,9 +105,14 @@ pub(crate) fn parse_md5(text: &str) -> Option<[u8; 16]> {
     Some(digest)
 }
 
+/// 32 lowercase hex digits, as md5sum prints them.
+pub fn format_md5(digest: &[u8; 16]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A duration such as `500ms`, `10s`, `2m`, `1h`, `7d` or `1m30s`: one or
 /// more whole numbers, each followed by a unit.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.is_empty() {
         return Err("it is empty".to_owned());
     }
@@ -144,8 +149,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
-/// The shortest way to write a duration in the config's syntax.
-pub(crate) fn format_duration(d: Duration) -> String {
+/// The shortest way to write a duration in the config's syntax, in its
+/// largest whole unit (`1500ms`, `90s`, `2m`, `1h`, `1d`; `0ms`): how
+/// messages about the config show durations and ranges.
+pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 || !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
@@ -157,6 +164,18 @@ pub(crate) fn format_duration(d: Duration) -> String {
         }
     }
     format!("{secs}s")
+}
+
+/// A duration in whole seconds, else in milliseconds (`60s`, `3600s`,
+/// `1500ms`; `0s`), the way keepalived.conf counts timers: how the writer
+/// writes durations and the keepalived importer shows them.
+pub fn format_duration_in_seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +194,26 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
         assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
         assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(
+            format_duration_in_seconds(Duration::from_millis(1500)),
+            "1500ms"
+        );
+        assert_eq!(format_duration_in_seconds(Duration::from_secs(60)), "60s");
+        assert_eq!(
+            format_duration_in_seconds(Duration::from_secs(3600)),
+            "3600s"
+        );
+        assert_eq!(format_duration_in_seconds(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn md5_digests() {
+        let text = "d41d8cd98f00b204e9800998ecf8427e";
+        let digest = parse_md5(text).unwrap();
+        assert_eq!(format_md5(&digest), text);
+        assert_eq!(parse_md5(&text.to_ascii_uppercase()), Some(digest));
+        assert_eq!(parse_md5(&text[1..]), None);
     }
 
     #[test]
