@@ -24,8 +24,8 @@ use super::{
         backend_label, health_label, key, line_of, service_label,
     },
     values::{
-        check_ifname, describe_value, format_duration, host_port_is_valid, parse_duration,
-        parse_listen, parse_mac, parse_md5,
+        check_ifname, describe_value, format_duration, http_path_problem, is_valid_http_host,
+        parse_duration, parse_listen, parse_mac, parse_md5,
     },
 };
 
@@ -506,11 +506,7 @@ impl ConfigValidator<'_> {
 
     fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
         let name = self.string(ctx, key::NAME, v)?;
-        let valid = (1..=NAME_MAX).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !valid {
+        if !is_valid_service_name(name) {
             self.report_at(
                 v,
                 ctx,
@@ -702,18 +698,7 @@ impl ConfigValidator<'_> {
     /// `path` of an http check: what goes on the request line.
     fn http_path(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
         let path = self.string(ctx, key::PATH, v)?;
-        let why = if !path.starts_with('/') {
-            Some("does not start with '/'")
-        } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            Some("contains whitespace or a control character")
-        } else if !path.is_ascii() {
-            Some("contains a non-ASCII character (percent-encode it)")
-        } else if path.parse::<hyper::http::uri::PathAndQuery>().is_err() || path.contains('#') {
-            Some("is not a valid URI path")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if let Some(why) = http_path_problem(path) {
             self.report_at(
                 v,
                 ctx,
@@ -803,11 +788,7 @@ impl ConfigValidator<'_> {
     /// `host` of an http check: a `Host` header value.
     fn http_host(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
         let host = self.string(ctx, key::HOST, v)?;
-        let valid = !host.is_empty()
-            && !host.contains('@')
-            && host.parse::<hyper::http::uri::Authority>().is_ok()
-            && host_port_is_valid(host);
-        if !valid {
+        if !is_valid_http_host(host) {
             self.report_at(
                 v,
                 ctx,
@@ -1201,6 +1182,15 @@ struct Seen {
     names: HashMap<String, usize>,
     /// (VIP, port, protocol) -> label and line of the service that has it.
     keys: HashMap<(IpAddr, u16, Protocol), (String, usize)>,
+}
+
+/// Whether `name` can name a service: 1 to [`NAME_MAX`] characters from
+/// `A-Z a-z 0-9 _ . -`.
+pub(crate) fn is_valid_service_name(name: &str) -> bool {
+    (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Why an address cannot be a VIP or a real server, if it cannot.

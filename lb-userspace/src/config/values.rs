@@ -73,9 +73,34 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Why `path` cannot be the path of an HTTP check (what goes on its
+/// request line), if it cannot.
+pub fn http_path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        Some("does not start with '/'")
+    } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains whitespace or a control character")
+    } else if !path.is_ascii() {
+        Some("contains a non-ASCII character (percent-encode it)")
+    } else if path.parse::<hyper::http::uri::PathAndQuery>().is_err() || path.contains('#') {
+        Some("is not a valid URI path")
+    } else {
+        None
+    }
+}
+
+/// Whether `host` can be the `Host` header of an HTTP check: a host name or
+/// address, optionally with `:port`.
+pub fn is_valid_http_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.contains('@')
+        && host.parse::<hyper::http::uri::Authority>().is_ok()
+        && host_port_is_valid(host)
+}
+
 /// Whether the `:port` of a `host[:port]` (host possibly `[IPv6]`), if
 /// there is one, is a port number.
-pub fn host_port_is_valid(host: &str) -> bool {
+fn host_port_is_valid(host: &str) -> bool {
     let port = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
             Some((_, "")) => return true,
