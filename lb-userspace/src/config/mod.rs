@@ -16,8 +16,8 @@
 //! ever fails on an unknown field or a misplaced table. Finally `validate`
 //! checks the values' types and ranges one by one; that step reports every
 //! problem it finds, not only the first. [`values`] holds the syntax of the
-//! values (durations, MAC addresses...), and [`write`] writes a [`Config`]
-//! back as TOML (for `lb import-keepalived`).
+//! values (durations, MAC addresses...), and [`write`](mod@write) writes a
+//! [`Config`] back as TOML (for `lb import-keepalived`).
 
 mod raw;
 pub(crate) mod validate;

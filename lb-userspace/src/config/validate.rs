@@ -34,12 +34,17 @@ const MAX_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
 const SWEEP_INTERVAL: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(60);
 const TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(7 * 86_400);
+/// A health check's `interval`, `timeout` and `retry_delay`.
 pub(crate) const HEALTH_INTERVAL: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 const PORT: RangeInclusive<u16> = 1..=u16::MAX;
+/// A health check's `fall` and `rise`.
 pub(crate) const FALL_RISE: RangeInclusive<u32> = 1..=100;
+/// The longest service name.
 pub(crate) const NAME_MAX: usize = 32;
+/// A health check's `warmup`.
 pub(crate) const WARMUP: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+/// The status codes an http check may expect.
 pub(crate) const HTTP_STATUS: RangeInclusive<u16> = 100..=599;
 /// `sun_path` of a Unix socket address holds 108 bytes with the final NUL.
 const UNIX_PATH_MAX: usize = 107;

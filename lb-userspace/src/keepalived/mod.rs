@@ -1,7 +1,7 @@
 //! `lb import-keepalived`: turns the `virtual_server` blocks of a
 //! keepalived.conf into an lb config file (TOML).
 //!
-//! [`convert`] maps each LVS-DR `virtual_server` to a `[[service]]`, its
+//! [`convert()`] maps each LVS-DR `virtual_server` to a `[[service]]`, its
 //! `real_server`s to `[[service.backend]]`s and their `TCP_CHECK`,
 //! `HTTP_GET` or `MISC_CHECK` to the service's `[service.health]`. Every
 //! setting it cannot carry over becomes a [`Diagnostic`] with the line it is
@@ -196,7 +196,7 @@ fn header(origin: &str, diagnostics: &[Diagnostic]) -> Vec<String> {
     lines
 }
 
-/// What [`convert`] made of a keepalived.conf.
+/// What [`convert()`] made of a keepalived.conf.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversion {
     /// The lb config, with a header comment naming the source and listing
