@@ -22,23 +22,19 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{Config, HealthConfig, XdpMode},
+    config::{BPFFS_ROOT, Config, HealthConfig, XdpMode, values::format_mac},
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{
         Datapath,
         maps::{FlowCapacity, Maps},
-        pins::{BPFFS_ROOT, ensure_bpffs},
+        pins::ensure_bpffs,
     },
     director::{Change, Director, ServiceRuntime},
     health::{
         command::notify,
         probe::{CheckResult, HealthChecker},
     },
-    host::{
-        Nic,
-        netlink::{Netlink, format_mac},
-        privilege,
-    },
+    host::{Nic, netlink::Netlink, privilege},
     inspect::{ServiceNames, metrics, stats::Snapshot},
     sweeper,
 };

@@ -4,6 +4,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
+    str::FromStr,
 };
 
 use clap::{Parser, Subcommand};
@@ -195,7 +196,7 @@ impl BackendCommand {
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
-    lb::config::parse_mac(text)
+    lb::config::values::parse_mac(text)
         .ok_or_else(|| format!("{text:?} is not a MAC address (valid: aa:bb:cc:dd:ee:ff)"))
 }
 
@@ -210,7 +211,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Override `[director] xdp_mode`: driver (native XDP) or skb (generic XDP).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = XdpMode::from_str)]
         xdp_mode: Option<XdpMode>,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (a bare PORT
         /// means 127.0.0.1:PORT); overrides `[director] metrics_listen`.
@@ -307,7 +308,7 @@ enum Command {
 
 /// Parses `ADDR:PORT`, or a bare `PORT` on 127.0.0.1.
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    lb::config::parse_listen(text)
+    lb::config::values::parse_listen(text)
         .filter(|addr| addr.port() != 0)
         .ok_or_else(|| {
             format!("{text:?} is not a listen address (valid: 127.0.0.1:9469, [::1]:9469 or 9469)")

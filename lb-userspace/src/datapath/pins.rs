@@ -101,10 +101,6 @@ pub fn remove_pin_dir(dir: &Path) -> anyhow::Result<()> {
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
-/// Where bpffs lives on every distribution, and where `[director] pin_path`
-/// must lie.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
-
 /// `f_type` of a bpffs mount (`BPF_FS_MAGIC` in `linux/magic.h`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -123,7 +119,7 @@ fn is_bpffs(dir: &Path) -> io::Result<bool> {
     Ok(i64::from(fs.f_type) == BPF_FS_MAGIC)
 }
 
-/// Mounts bpffs at `root` (normally [`BPFFS_ROOT`]) unless one is mounted
+/// Mounts bpffs at `root` (normally `config::BPFFS_ROOT`) unless one is mounted
 /// there already, as bpftool does (mode 0700): a fresh VM or container often
 /// has the directory but no bpffs, and pins need one. Returns whether it
 /// mounted.

@@ -207,14 +207,6 @@ fn same_prefix(a: IpAddr, b: IpAddr, prefix_len: u8) -> bool {
     (a >> shift) == (b >> shift)
 }
 
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,13 +220,5 @@ mod tests {
         assert!(same_prefix(ip("2001:db8::1"), ip("2001:db8::ffff"), 64));
         assert!(!same_prefix(ip("2001:db8::1"), ip("2001:db9::1"), 64));
         assert!(!same_prefix(ip("192.0.2.1"), ip("2001:db8::1"), 0));
-    }
-
-    #[test]
-    fn mac_format() {
-        assert_eq!(
-            format_mac(&[2, 0, 0, 0xab, 0xcd, 0xef]),
-            "02:00:00:ab:cd:ef"
-        );
     }
 }

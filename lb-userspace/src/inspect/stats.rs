@@ -16,8 +16,8 @@ use super::{
     table::{Align, endpoint, write_aligned},
 };
 use crate::{
+    config::values::format_mac,
     datapath::maps::{Maps, array_get, monotonic_ns},
-    host::netlink::format_mac,
 };
 
 /// Everything `lb stats` shows.

@@ -1,0 +1,483 @@
+//! The `lb` configuration file: the model, TOML parsing and validation.
+//!
+//! [`Config::load`] reads a file such as `examples/lb.toml` and checks all of
+//! it before anything touches the system, the way `lb check` and `lb run` need
+//! it. Every error names the file, the line, the section and the field, and
+//! says what would be valid, e.g.
+//!
+//! ```text
+//! lb.toml:14: service "gridftp", backend 2: weight 70000 is out of range (valid: 0..=65535)
+//! ```
+//!
+//! Parsing has three steps. The text is first parsed as a plain TOML table,
+//! so that syntax errors are reported as such. It is then deserialized into
+//! the `Raw*` structs of `raw`, which reject unknown fields and keep every
+//! value as a [`toml::Spanned`] [`toml::Value`], so that serde itself only
+//! ever fails on an unknown field or a misplaced table. Finally `validate`
+//! checks the values' types and ranges one by one; that step reports every
+//! problem it finds, not only the first. [`values`] holds the syntax of the
+//! values (durations, MAC addresses...), and [`write`](mod@write) writes a
+//! [`Config`] back as TOML (for `lb import-keepalived`).
+
+mod raw;
+pub(crate) mod validate;
+pub mod values;
+pub mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use lb_common::conn_state::Timeouts;
+
+use self::raw::{RawConfig, line_of, shape_error};
+
+/// A validated configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The `[director]` table: where and how the data path runs.
+    pub director: DirectorConfig,
+    /// The `[[service]]` tables, in file order (at most
+    /// [`lb_common::MAX_SERVICES`]).
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The `[director]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectorConfig {
+    /// Network interfaces the XDP program attaches to (at least one, each a
+    /// valid Linux interface name, no duplicates).
+    pub interfaces: Vec<String>,
+    /// How the XDP program is attached.
+    pub xdp_mode: XdpMode,
+    /// bpffs directory the maps and program are pinned under (below
+    /// `/sys/fs/bpf/`).
+    pub pin_path: PathBuf,
+    /// Capacity of the IPv4 connection table (flows tracked at once).
+    pub max_flows: u32,
+    /// Capacity of the IPv6 connection table (flows tracked at once).
+    pub max_flows_v6: u32,
+    /// How often the control plane sweeps the connection table.
+    pub sweep_interval: Duration,
+    /// Idle timeouts per connection state, in seconds.
+    pub timeouts: Timeouts,
+    /// Unix socket of the control interface (`lb` commands talk to the
+    /// running daemon through it); an absolute path.
+    pub control_socket: PathBuf,
+    /// Where the Prometheus metrics endpoint listens; `None`: no endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// What happens to the flows of a backend that was removed: `false`
+    /// (the default) lets them finish on it, `true` reschedules each on its
+    /// next packet (IPVS's `expire_nodest_conn` sysctl).
+    pub expire_nodest_conn: bool,
+}
+
+impl DirectorConfig {
+    /// The `[director]` table that sets only `interfaces`: every other
+    /// setting at its default.
+    pub fn new(interfaces: Vec<String>) -> Self {
+        DirectorConfig {
+            interfaces,
+            xdp_mode: XdpMode::Driver,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            max_flows_v6: lb_common::DEFAULT_MAX_FLOWS_V6,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            timeouts: Timeouts::IPVS,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+            expire_nodest_conn: false,
+        }
+    }
+}
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native XDP in the NIC driver (the default; the driver must support it).
+    Driver,
+    /// Generic XDP on the socket buffer: works with any driver, but slower.
+    Skb,
+}
+
+/// One `[[service]]`: a virtual server (VIP, port, protocol) and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Unique name, 1 to 32 characters from `A-Z a-z 0-9 _ . -`.
+    pub name: String,
+    /// The virtual IP clients connect to.
+    pub vip: IpAddr,
+    /// The port clients connect to (1 to 65535).
+    pub port: u16,
+    /// Transport protocol of the service.
+    pub protocol: Protocol,
+    /// How new connections are spread over the backends.
+    pub scheduler: Scheduler,
+    /// Health check of the backends.
+    pub health: HealthConfig,
+    /// The real servers (`[[service.backend]]`), 1 to
+    /// [`lb_common::MAX_BACKENDS`], of the VIP's address family, each listed
+    /// once.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number the data path matches on.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// How a service picks the backend of a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Weighted least-connection, exactly as IPVS.
+    Wlc,
+}
+
+/// The `[service.health]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// What kind of check to run, with the fields of that kind.
+    pub kind: HealthKind,
+    /// Time between two checks of a backend (keepalived `delay_loop`).
+    pub interval: Duration,
+    /// How long one check may take (`connect_timeout`), at most `interval`.
+    pub timeout: Duration,
+    /// Port the check connects to (`connect_port`); an `exec` check only
+    /// passes it to its command.
+    pub port: u16,
+    /// Consecutive failures before a backend is marked down.
+    pub fall: u32,
+    /// Consecutive successes before a down backend is marked up.
+    pub rise: u32,
+    /// Delay before the next check after a failed one (keepalived
+    /// `delay_before_retry`); default `interval`.
+    pub retry_delay: Duration,
+    /// The first check of each backend waits a uniformly random delay in
+    /// `[0, warmup]`, so that backends are not probed in lockstep; default
+    /// `interval`.
+    pub warmup: Duration,
+    /// On failure, set the backend's weight to 0 instead of marking it down
+    /// (keepalived `inhibit_on_failure`).
+    pub inhibit_on_failure: bool,
+    /// Command (argv) run with SERVICE BACKEND STATE appended when a backend
+    /// changes state; empty: none.
+    pub notify: Vec<String>,
+}
+
+impl HealthConfig {
+    /// The `[service.health]` table that sets only `kind`, of a service on
+    /// `port`: every other setting at its default.
+    pub fn new(kind: HealthKind, port: u16) -> Self {
+        HealthConfig {
+            kind,
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: default_health_timeout(DEFAULT_HEALTH_INTERVAL),
+            port,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            retry_delay: DEFAULT_HEALTH_INTERVAL,
+            warmup: DEFAULT_HEALTH_INTERVAL,
+            inhibit_on_failure: false,
+            notify: Vec::new(),
+        }
+    }
+}
+
+/// Kind of health check, with the fields that only that kind has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// TCP connect to the backend (keepalived `TCP_CHECK`).
+    Tcp,
+    /// HTTP GET of a path (keepalived `HTTP_GET`).
+    Http(HttpCheck),
+    /// A command whose exit status decides (keepalived `MISC_CHECK`).
+    Exec(ExecCheck),
+    /// No check: the backend is always up.
+    None,
+}
+
+/// The fields of an `http` check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Path (and query) to GET; starts with `/`, no whitespace. Default `/`.
+    pub path: String,
+    /// Status codes that count as up, each 100 to 599. Default `[200]`.
+    pub status: Vec<u16>,
+    /// MD5 the response body must have (keepalived's `digest`), if any.
+    pub digest: Option<[u8; 16]>,
+    /// `Host` header; default the backend address (and the port if not 80).
+    pub host: Option<String>,
+}
+
+/// The fields of an `exec` check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecCheck {
+    /// The command and its arguments (run without a shell); exit status 0
+    /// means up.
+    pub command: Vec<String>,
+}
+
+/// One `[[service.backend]]`: a real server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Address of the real server.
+    pub address: IpAddr,
+    /// Relative capacity (0 to [`lb_common::MAX_WEIGHT`]); 0 quiesces it.
+    pub weight: u32,
+    /// Static MAC address, overriding the neighbour table.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Why a configuration file was rejected: one or more problems, each with
+/// the file name and (where there is one) the line.
+///
+/// Displayed as one `file:line: message` line per problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: String,
+    problems: Vec<Problem>,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Problem {
+    /// 1-based line, if the problem has one.
+    line: Option<usize>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match problem.line {
+                Some(line) => write!(f, "{}:{line}: {}", self.origin, problem.message)?,
+                None => write!(f, "{}: {}", self.origin, problem.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(origin: &str, line: Option<usize>, message: String) -> Self {
+        ConfigError {
+            origin: origin.to_owned(),
+            problems: vec![Problem { line, message }],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Touches nothing else on the system.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(&origin, None, format!("cannot read config file: {e}"))
+        })?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Parses and validates config text; `origin` is the file name used in
+    /// messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let message = e.message().lines().collect::<Vec<_>>().join(": ");
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(ConfigError::new(
+                origin,
+                line,
+                format!("TOML syntax error: {message}"),
+            ));
+        }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError::new(origin, line, shape_error(text, &e))
+        })?;
+        validate::validate(text, &raw).map_err(|problems| ConfigError {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Keywords
+
+/// A closed set of string values of a config field.
+trait Keyword: Copy + 'static {
+    /// Every value, in the order messages list them.
+    const ALL: &'static [Self];
+    /// The value as written in the config file.
+    fn keyword(self) -> &'static str;
+}
+
+impl Keyword for XdpMode {
+    const ALL: &'static [Self] = &[XdpMode::Driver, XdpMode::Skb];
+    fn keyword(self) -> &'static str {
+        match self {
+            XdpMode::Driver => "driver",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+impl Keyword for Protocol {
+    const ALL: &'static [Self] = &[Protocol::Tcp, Protocol::Udp];
+    fn keyword(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl Keyword for Scheduler {
+    const ALL: &'static [Self] = &[Scheduler::Wlc];
+    fn keyword(self) -> &'static str {
+        match self {
+            Scheduler::Wlc => "wlc",
+        }
+    }
+}
+
+/// The `kind` of a health check as written; [`HealthKind`] holds the
+/// fields of the kind too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KindWord {
+    Tcp,
+    Http,
+    Exec,
+    None,
+}
+
+impl Keyword for KindWord {
+    const ALL: &'static [Self] = &[
+        KindWord::Tcp,
+        KindWord::Http,
+        KindWord::Exec,
+        KindWord::None,
+    ];
+    fn keyword(self) -> &'static str {
+        match self {
+            KindWord::Tcp => "tcp",
+            KindWord::Http => "http",
+            KindWord::Exec => "exec",
+            KindWord::None => "none",
+        }
+    }
+}
+
+impl HealthKind {
+    fn word(&self) -> KindWord {
+        match self {
+            HealthKind::Tcp => KindWord::Tcp,
+            HealthKind::Http(_) => KindWord::Http,
+            HealthKind::Exec(_) => KindWord::Exec,
+            HealthKind::None => KindWord::None,
+        }
+    }
+}
+
+/// `tcp, udp`: the valid values of a keyword field, for messages.
+fn keywords<T: Keyword>() -> String {
+    T::ALL
+        .iter()
+        .map(|k| k.keyword())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The value written `text` (in any case), or why there is none:
+/// `"turbo" is not supported (valid: driver, skb)`.
+fn parse_keyword<T: Keyword>(text: &str) -> Result<T, String> {
+    T::ALL
+        .iter()
+        .copied()
+        .find(|k| k.keyword().eq_ignore_ascii_case(text))
+        .ok_or_else(|| format!("{text:?} is not supported (valid: {})", keywords::<T>()))
+}
+
+/// The words of `xdp_mode` (and `lb run --xdp-mode`): `driver`, `skb`.
+impl FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_keyword(text)
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+/// The kind's name as written in the config: `tcp`, `http`, `exec`, `none`.
+impl fmt::Display for HealthKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word().keyword())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Defaults
+
+/// Default `[director] pin_path`.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+
+/// Where bpffs is mounted (by `lb run` if no one did): `pin_path` must lie
+/// below it.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/lb/lb.sock";
+const DEFAULT_HTTP_PATH: &str = "/";
+const DEFAULT_HTTP_STATUS: u16 = 200;
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_FALL: u32 = 3;
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_WEIGHT: u32 = 1;
+
+/// The default `timeout` of a check every `interval`: 3 s, or the interval
+/// if that is shorter.
+fn default_health_timeout(interval: Duration) -> Duration {
+    interval.min(DEFAULT_HEALTH_TIMEOUT)
+}

@@ -1,0 +1,1220 @@
+//! The validator: turns the raw file into a [`Config`], checking every
+//! value's type and range and the file's consistency (unique names, VIPs
+//! and backends), and collecting every problem it finds.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::conn_state::Timeouts;
+use toml::{Spanned, Value};
+
+use super::{
+    BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
+    DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck,
+    Keyword, KindWord, Problem, Protocol, Scheduler, ServiceConfig, default_health_timeout,
+    parse_keyword,
+    raw::{
+        Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
+        backend_label, health_label, key, line_of, service_label,
+    },
+    values::{
+        check_ifname, describe_value, format_duration, http_path_problem, is_valid_http_host,
+        parse_duration, parse_listen, parse_mac, parse_md5,
+    },
+};
+
+// Valid ranges.
+const MAX_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+const SWEEP_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
+const TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(7 * 86_400);
+/// A health check's `interval`, `timeout` and `retry_delay`.
+pub(crate) const HEALTH_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+const PORT: RangeInclusive<u16> = 1..=u16::MAX;
+/// A health check's `fall` and `rise`.
+pub(crate) const FALL_RISE: RangeInclusive<u32> = 1..=100;
+/// The longest service name.
+pub(crate) const NAME_MAX: usize = 32;
+/// A health check's `warmup`.
+pub(crate) const WARMUP: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+/// The status codes an http check may expect.
+pub(crate) const HTTP_STATUS: RangeInclusive<u16> = 100..=599;
+/// `sun_path` of a Unix socket address holds 108 bytes with the final NUL.
+const UNIX_PATH_MAX: usize = 107;
+
+const DURATION_EXAMPLES: &str = "\"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\"";
+
+/// Checks the raw file `text` was parsed into: the [`Config`], or every
+/// problem found, in line order.
+pub(super) fn validate(text: &str, raw: &RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut validator = ConfigValidator {
+        text,
+        problems: Vec::new(),
+    };
+    match validator.config(raw) {
+        Some(config) if validator.problems.is_empty() => Ok(config),
+        _ => {
+            debug_assert!(!validator.problems.is_empty(), "rejected without a reason");
+            validator.problems.sort_by_key(|p| p.line);
+            Err(validator.problems)
+        }
+    }
+}
+
+/// Turns the raw file into a [`Config`], collecting every problem.
+///
+/// Each check returns `None` after recording why, so a section is built only
+/// when all of its fields are valid, and one bad field does not hide others.
+struct ConfigValidator<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl ConfigValidator<'_> {
+    fn report_line(&mut self, line: Option<usize>, context: &str, message: impl fmt::Display) {
+        self.problems.push(Problem {
+            line,
+            message: format!("{context}: {message}"),
+        });
+    }
+
+    fn report(&mut self, offset: usize, context: &str, message: impl fmt::Display) {
+        let line = Some(line_of(self.text, offset));
+        self.report_line(line, context, message);
+    }
+
+    fn report_at(&mut self, value: &Spanned<Value>, context: &str, message: impl fmt::Display) {
+        self.report(value.span().start, context, message);
+    }
+
+    /// Line of a `[header]` written out in the file, for the sections that
+    /// toml gives no position (see [`RawConfig`]).
+    fn header_line(&self, header: &str) -> Option<usize> {
+        self.text
+            .lines()
+            .position(|l| l.trim_start().starts_with(header))
+            .map(|i| i + 1)
+    }
+
+    fn config(&mut self, raw: &RawConfig) -> Option<Config> {
+        let director = match &raw.director {
+            Some(director) => self.director(director),
+            None => {
+                self.problems.push(Problem {
+                    line: None,
+                    message: "missing [director] table; it needs at least \
+                              interfaces = [\"eth0\"] (the NICs to attach to)"
+                        .to_owned(),
+                });
+                None
+            }
+        };
+        let services = self.services(raw.service.as_deref().unwrap_or_default());
+        Some(Config {
+            director: director?,
+            services: services?,
+        })
+    }
+
+    fn director(&mut self, raw: &RawDirector) -> Option<DirectorConfig> {
+        const CTX: &str = "[director]";
+        let interfaces = match &raw.interfaces {
+            Some(v) => self.interfaces(v),
+            None => {
+                let line = self.header_line(CTX);
+                self.report_line(
+                    line,
+                    CTX,
+                    "missing required field \"interfaces\" (e.g. interfaces = [\"eth0\"])",
+                );
+                None
+            }
+        };
+        let default = DirectorConfig::new(Vec::new());
+        let xdp_mode = self.keyword_or(CTX, key::XDP_MODE, &raw.xdp_mode, default.xdp_mode);
+        let pin_path = match &raw.pin_path {
+            Some(v) => self.pin_path(v),
+            None => Some(default.pin_path),
+        };
+        let max_flows = match &raw.max_flows {
+            Some(v) => self.integer(CTX, key::MAX_FLOWS, v, MAX_FLOWS),
+            None => Some(default.max_flows),
+        };
+        let max_flows_v6 = match &raw.max_flows_v6 {
+            Some(v) => self.integer(CTX, key::MAX_FLOWS_V6, v, MAX_FLOWS),
+            None => Some(default.max_flows_v6),
+        };
+        let sweep_interval = match &raw.sweep_interval {
+            Some(v) => self.duration(CTX, key::SWEEP_INTERVAL, v, SWEEP_INTERVAL),
+            None => Some(default.sweep_interval),
+        };
+        let timeouts = match &raw.timeouts {
+            Some(t) => self.timeouts(t, default.timeouts),
+            None => Some(default.timeouts),
+        };
+        let control_socket = match &raw.control_socket {
+            Some(v) => self.control_socket(v),
+            None => Some(default.control_socket),
+        };
+        let metrics_listen = match &raw.metrics_listen {
+            Some(v) => self.metrics_listen(v).map(Some),
+            None => Some(default.metrics_listen),
+        };
+        let expire_nodest_conn = match &raw.expire_nodest_conn {
+            Some(v) => self.boolean(CTX, key::EXPIRE_NODEST_CONN, v),
+            None => Some(default.expire_nodest_conn),
+        };
+        Some(DirectorConfig {
+            interfaces: interfaces?,
+            xdp_mode: xdp_mode?,
+            pin_path: pin_path?,
+            max_flows: max_flows?,
+            max_flows_v6: max_flows_v6?,
+            sweep_interval: sweep_interval?,
+            timeouts: timeouts?,
+            control_socket: control_socket?,
+            metrics_listen: metrics_listen?,
+            expire_nodest_conn: expire_nodest_conn?,
+        })
+    }
+
+    fn control_socket(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
+        const CTX: &str = "[director]";
+        let text = self.string(CTX, key::CONTROL_SOCKET, v)?;
+        let path = Path::new(text);
+        let why = if !path.is_absolute() {
+            Some("is not an absolute path")
+        } else if path.components().any(|c| c == Component::ParentDir) {
+            Some("contains \"..\"")
+        } else if text.ends_with('/') || path.file_name().is_none() {
+            Some("names a directory, not a socket file")
+        } else if text.len() > UNIX_PATH_MAX {
+            Some("is too long for a Unix socket")
+        } else if text.contains('\0') {
+            Some("contains a NUL byte")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "control_socket {text:?} {why} (valid: an absolute file path of at most \
+                     {UNIX_PATH_MAX} bytes without \"..\", e.g. {DEFAULT_CONTROL_SOCKET:?})"
+                ),
+            );
+            return None;
+        }
+        Some(path.to_path_buf())
+    }
+
+    /// `"ADDR:PORT"`, or a port (number or string) on 127.0.0.1.
+    fn metrics_listen(&mut self, v: &Spanned<Value>) -> Option<SocketAddr> {
+        const CTX: &str = "[director]";
+        const VALID: &str = "valid: \"ADDR:PORT\" such as \"127.0.0.1:9100\" or \"[::1]:9100\", \
+                             or a port such as 9100 for 127.0.0.1:9100";
+        match v.get_ref() {
+            Value::Integer(_) => self
+                .integer(CTX, key::METRICS_LISTEN, v, PORT)
+                .map(|port| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))),
+            Value::String(text) => {
+                let text = text.trim();
+                match parse_listen(text) {
+                    Some(address) if address.port() != 0 => Some(address),
+                    Some(_) => {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!("metrics_listen {text:?} has port 0 ({VALID})"),
+                        );
+                        None
+                    }
+                    None => {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!(
+                                "metrics_listen {text:?} is not an address and port ({VALID})"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!(
+                        "metrics_listen must be a string or a port number (found {}; {VALID})",
+                        describe_value(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn interfaces(&mut self, v: &Spanned<Value>) -> Option<Vec<String>> {
+        const CTX: &str = "[director]";
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "interfaces must be an array of interface names, e.g. \
+                     interfaces = [\"eth0\"] (found {})",
+                    describe_value(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        let before = self.problems.len();
+        if items.is_empty() {
+            self.report_at(
+                v,
+                CTX,
+                "interfaces is empty; list at least one network interface, e.g. \
+                 interfaces = [\"eth0\"]",
+            );
+        }
+        if items.len() > lb_common::MAX_IFACES as usize {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "interfaces lists {} interfaces (valid: at most {})",
+                    items.len(),
+                    lb_common::MAX_IFACES
+                ),
+            );
+        }
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::String(name) = item else {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!(
+                        "interfaces must hold interface names as strings, e.g. \
+                         interfaces = [\"eth0\"] (found {})",
+                        describe_value(item)
+                    ),
+                );
+                continue;
+            };
+            if let Err(why) = check_ifname(name) {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!("interface {name:?} is not a valid interface name: {why}"),
+                );
+            } else if names.contains(name) {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!("interface {name:?} is listed twice in interfaces"),
+                );
+            } else {
+                names.push(name.clone());
+            }
+        }
+        (self.problems.len() == before).then_some(names)
+    }
+
+    fn pin_path(&mut self, v: &Spanned<Value>) -> Option<PathBuf> {
+        let path = Path::new(self.string("[director]", key::PIN_PATH, v)?);
+        // "/", "sys", "fs", "bpf" and at least one more, none of them "..".
+        let under_bpffs = path.is_absolute()
+            && path.starts_with(BPFFS_ROOT)
+            && path.components().count() > 4
+            && !path.components().any(|c| c == Component::ParentDir);
+        if !under_bpffs {
+            self.report_at(
+                v,
+                "[director]",
+                format_args!(
+                    "pin_path {:?} is not under /sys/fs/bpf/ (valid: an absolute path \
+                     below the BPF filesystem without \"..\", e.g. {DEFAULT_PIN_PATH:?})",
+                    path.display().to_string()
+                ),
+            );
+            return None;
+        }
+        Some(path.to_path_buf())
+    }
+
+    fn timeouts(&mut self, raw: &RawTimeouts, d: Timeouts) -> Option<Timeouts> {
+        let established = self.seconds(key::ESTABLISHED, &raw.established, d.established);
+        let syn_recv = self.seconds(key::SYN_RECV, &raw.syn_recv, d.syn_recv);
+        let fin_wait = self.seconds(key::FIN_WAIT, &raw.fin_wait, d.fin_wait);
+        let close = self.seconds(key::CLOSE, &raw.close, d.close);
+        let udp = self.seconds(key::UDP, &raw.udp, d.udp);
+        Some(Timeouts {
+            established: established?,
+            syn_recv: syn_recv?,
+            fin_wait: fin_wait?,
+            close: close?,
+            udp: udp?,
+        })
+    }
+
+    /// A `[director.timeouts]` entry: a duration of whole seconds.
+    fn seconds(&mut self, key: &str, field: &Field, default: u64) -> Option<u64> {
+        const CTX: &str = "[director.timeouts]";
+        let Some(v) = field else {
+            return Some(default);
+        };
+        let duration = self.duration(CTX, key, v, TIMEOUT)?;
+        if duration.subsec_nanos() != 0 {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "{key} {} is not a whole number of seconds",
+                    format_duration(duration)
+                ),
+            );
+            return None;
+        }
+        Some(duration.as_secs())
+    }
+
+    fn services(&mut self, raw: &[Spanned<RawService>]) -> Option<Vec<ServiceConfig>> {
+        let before = self.problems.len();
+        let max = lb_common::MAX_SERVICES as usize;
+        if let Some(extra) = raw.get(max) {
+            let label = service_label(max, extra.get_ref().name.as_ref().map(|v| v.get_ref()));
+            self.report(
+                extra.span().start,
+                &label,
+                format_args!("too many services: {} (valid: at most {max})", raw.len()),
+            );
+        }
+        // Every VIP in the file, to reject a backend that is one.
+        let mut vips: HashMap<IpAddr, String> = HashMap::new();
+        for (index, service) in raw.iter().enumerate() {
+            let service = service.get_ref();
+            if let Some(Value::String(vip)) = service.vip.as_ref().map(|v| v.get_ref())
+                && let Ok(vip) = vip.parse()
+            {
+                vips.entry(vip).or_insert_with(|| {
+                    service_label(index, service.name.as_ref().map(|v| v.get_ref()))
+                });
+            }
+        }
+        let mut seen = Seen {
+            vips,
+            names: HashMap::new(),
+            keys: HashMap::new(),
+        };
+        let services: Vec<ServiceConfig> = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(index, service)| self.service(index, service, &mut seen))
+            .collect();
+        (self.problems.len() == before).then_some(services)
+    }
+
+    fn service(
+        &mut self,
+        index: usize,
+        spanned: &Spanned<RawService>,
+        seen: &mut Seen,
+    ) -> Option<ServiceConfig> {
+        let at = spanned.span().start;
+        let raw = spanned.get_ref();
+        let ctx = service_label(index, raw.name.as_ref().map(|v| v.get_ref()));
+
+        let name = self
+            .required(at, &ctx, key::NAME, &raw.name, "name = \"gridftp\"")
+            .and_then(|v| Some((v, self.service_name(&ctx, v)?)));
+        let name = name.and_then(|(v, name)| {
+            let line = line_of(self.text, v.span().start);
+            match seen.names.get(&name) {
+                Some(first) => {
+                    self.report_at(
+                        v,
+                        &ctx,
+                        format_args!(
+                            "name {name:?} is already used by the service at line {first} \
+                             (service names must be unique)"
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    seen.names.insert(name.clone(), line);
+                    Some(name)
+                }
+            }
+        });
+        let vip = self
+            .required(at, &ctx, key::VIP, &raw.vip, "vip = \"192.0.2.200\"")
+            .and_then(|v| self.address(&ctx, key::VIP, v));
+        let port_field = self.required(at, &ctx, key::PORT, &raw.port, "port = 2811");
+        let port = port_field.and_then(|v| self.integer(&ctx, key::PORT, v, PORT));
+        let protocol = self.keyword_or(&ctx, key::PROTOCOL, &raw.protocol, Protocol::Tcp);
+        let scheduler = self.keyword_or(&ctx, key::SCHEDULER, &raw.scheduler, Scheduler::Wlc);
+
+        if let (Some(vip), Some(port), Some(protocol), Some(port_field)) =
+            (vip, port, protocol, port_field)
+        {
+            let line = line_of(self.text, port_field.span().start);
+            match seen.keys.get(&(vip, port, protocol)) {
+                Some((other, first)) => self.report_at(
+                    port_field,
+                    &ctx,
+                    format_args!(
+                        "{} {protocol} is already used by {other} at line {first} \
+                         (vip, port and protocol must be unique)",
+                        SocketAddr::new(vip, port)
+                    ),
+                ),
+                None => {
+                    seen.keys.insert((vip, port, protocol), (ctx.clone(), line));
+                }
+            }
+        }
+
+        let health = self.health(&ctx, raw.health.as_ref(), protocol, port);
+        let backends = match raw.backend.as_deref() {
+            Some(list) if !list.is_empty() => self.backends(&ctx, list, vip, &seen.vips),
+            _ => {
+                self.report(
+                    at,
+                    &ctx,
+                    "no backends; add at least one [[service.backend]] with an address",
+                );
+                None
+            }
+        };
+
+        Some(ServiceConfig {
+            name: name?,
+            vip: vip?,
+            port: port?,
+            protocol: protocol?,
+            scheduler: scheduler?,
+            health: health?,
+            backends: backends?,
+        })
+    }
+
+    fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let name = self.string(ctx, key::NAME, v)?;
+        if !is_valid_service_name(name) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "name {name:?} is not valid (valid: 1 to {NAME_MAX} characters from \
+                     A-Z a-z 0-9 _ . -)"
+                ),
+            );
+            return None;
+        }
+        Some(name.to_owned())
+    }
+
+    fn health(
+        &mut self,
+        service: &str,
+        raw: Option<&RawHealth>,
+        protocol: Option<Protocol>,
+        service_port: Option<u16>,
+    ) -> Option<HealthConfig> {
+        let ctx = health_label(service);
+        let ctx = ctx.as_str();
+        let empty = RawHealth::default();
+        let raw = raw.unwrap_or(&empty);
+
+        let kind = match &raw.kind {
+            Some(v) => self.keyword(ctx, key::KIND, v),
+            // Without a check of their own protocol, UDP backends stay up.
+            None => protocol.map(|p| match p {
+                Protocol::Tcp => KindWord::Tcp,
+                Protocol::Udp => KindWord::None,
+            }),
+        };
+        let kind = self.kind_fields(ctx, raw, kind);
+        let interval = match &raw.interval {
+            Some(v) => self.duration(ctx, key::INTERVAL, v, HEALTH_INTERVAL),
+            None => Some(DEFAULT_HEALTH_INTERVAL),
+        };
+        let timeout = match &raw.timeout {
+            Some(v) => match (
+                self.duration(ctx, key::TIMEOUT, v, HEALTH_INTERVAL),
+                interval,
+            ) {
+                (Some(timeout), Some(interval)) if timeout > interval => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "timeout {} is longer than interval {} (valid: at most the interval)",
+                            format_duration(timeout),
+                            format_duration(interval)
+                        ),
+                    );
+                    None
+                }
+                (timeout, _) => timeout,
+            },
+            None => interval.map(default_health_timeout),
+        };
+        let port = match &raw.port {
+            Some(v) => self.integer(ctx, key::PORT, v, PORT),
+            None => service_port,
+        };
+        let fall = match &raw.fall {
+            Some(v) => self.integer(ctx, key::FALL, v, FALL_RISE),
+            None => Some(DEFAULT_FALL),
+        };
+        let rise = match &raw.rise {
+            Some(v) => self.integer(ctx, key::RISE, v, FALL_RISE),
+            None => Some(DEFAULT_RISE),
+        };
+        let retry_delay = match &raw.retry_delay {
+            Some(v) => self.duration(ctx, key::RETRY_DELAY, v, HEALTH_INTERVAL),
+            None => interval,
+        };
+        let warmup = match &raw.warmup {
+            Some(v) => self.duration(ctx, key::WARMUP, v, WARMUP),
+            None => interval,
+        };
+        let inhibit_on_failure = match &raw.inhibit_on_failure {
+            Some(v) => self.boolean(ctx, key::INHIBIT_ON_FAILURE, v),
+            None => Some(false),
+        };
+        let notify = match &raw.notify {
+            Some(v) => self.argv(
+                ctx,
+                key::NOTIFY,
+                v,
+                "[\"/usr/local/bin/lb-notify\", \"--syslog\"]",
+            ),
+            None => Some(Vec::new()),
+        };
+        Some(HealthConfig {
+            kind: kind?,
+            interval: interval?,
+            timeout: timeout?,
+            port: port?,
+            fall: fall?,
+            rise: rise?,
+            retry_delay: retry_delay?,
+            warmup: warmup?,
+            inhibit_on_failure: inhibit_on_failure?,
+            notify: notify?,
+        })
+    }
+
+    /// The fields that belong to one kind of check (`path`, `command`...):
+    /// each is checked wherever it is, and is an error with another kind.
+    fn kind_fields(
+        &mut self,
+        ctx: &str,
+        raw: &RawHealth,
+        kind: Option<KindWord>,
+    ) -> Option<HealthKind> {
+        let before = self.problems.len();
+        let path = raw.path.as_ref().and_then(|v| self.http_path(ctx, v));
+        let status = raw.status.as_ref().and_then(|v| self.http_status(ctx, v));
+        let digest = raw.digest.as_ref().and_then(|v| self.digest(ctx, v));
+        let host = raw.host.as_ref().and_then(|v| self.http_host(ctx, v));
+        let command = raw.command.as_ref().and_then(|v| {
+            let example = "[\"/usr/local/bin/check-gridftp\", \"--quiet\"]";
+            let argv = self.argv(ctx, key::COMMAND, v, example)?;
+            if argv.is_empty() {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "command is empty (valid: the program and its arguments, e.g. \
+                         command = {example})"
+                    ),
+                );
+                return None;
+            }
+            Some(argv)
+        });
+        let kind = kind?;
+        let owned = [
+            (key::PATH, &raw.path, KindWord::Http),
+            (key::STATUS, &raw.status, KindWord::Http),
+            (key::DIGEST, &raw.digest, KindWord::Http),
+            (key::HOST, &raw.host, KindWord::Http),
+            (key::COMMAND, &raw.command, KindWord::Exec),
+        ];
+        for (key, field, owner) in owned {
+            if let Some(v) = field
+                && owner != kind
+            {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} belongs to kind \"{}\" checks, but this check is kind \"{}\" \
+                         (valid: set kind = \"{}\", or remove {key})",
+                        owner.keyword(),
+                        kind.keyword(),
+                        owner.keyword()
+                    ),
+                );
+            }
+        }
+        if kind == KindWord::Exec && raw.command.is_none() {
+            let line = raw
+                .kind
+                .as_ref()
+                .map(|v| line_of(self.text, v.span().start));
+            self.report_line(
+                line,
+                ctx,
+                "missing required field \"command\" for kind \"exec\" (e.g. command = \
+                 [\"/usr/local/bin/check-gridftp\", \"--quiet\"])",
+            );
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(match kind {
+            KindWord::Tcp => HealthKind::Tcp,
+            KindWord::Http => HealthKind::Http(HttpCheck {
+                path: path.unwrap_or_else(|| DEFAULT_HTTP_PATH.to_owned()),
+                status: status.unwrap_or_else(|| vec![DEFAULT_HTTP_STATUS]),
+                digest,
+                host,
+            }),
+            KindWord::Exec => HealthKind::Exec(ExecCheck { command: command? }),
+            KindWord::None => HealthKind::None,
+        })
+    }
+
+    /// `path` of an http check: what goes on the request line.
+    fn http_path(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let path = self.string(ctx, key::PATH, v)?;
+        if let Some(why) = http_path_problem(path) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "path {path:?} {why} (valid: an absolute path with an optional query, \
+                     e.g. \"/\" or \"/health?full=1\")"
+                ),
+            );
+            return None;
+        }
+        Some(path.to_owned())
+    }
+
+    /// `status` of an http check: an array of status codes, or one.
+    fn http_status(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<Vec<u16>> {
+        let items = match v.get_ref() {
+            Value::Array(items) => items.as_slice(),
+            Value::Integer(_) => std::slice::from_ref(v.get_ref()),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "status must be an array of HTTP status codes, e.g. status = [200, 204] \
+                         (found {})",
+                        describe_value(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.report_at(
+                v,
+                ctx,
+                "status is empty (valid: at least one HTTP status code, e.g. status = [200])",
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        let mut codes = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(n) => match u16::try_from(*n) {
+                    Ok(code) if HTTP_STATUS.contains(&code) => codes.push(code),
+                    _ => self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "status {n} is out of range (valid: {}..={})",
+                            HTTP_STATUS.start(),
+                            HTTP_STATUS.end()
+                        ),
+                    ),
+                },
+                other => self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "status must hold HTTP status codes as integers, e.g. status = [200, 204] \
+                         (found {})",
+                        describe_value(other)
+                    ),
+                ),
+            }
+        }
+        (self.problems.len() == before).then_some(codes)
+    }
+
+    /// `digest` of an http check: an MD5 as 32 hex digits.
+    fn digest(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 16]> {
+        let text = self.string(ctx, key::DIGEST, v)?;
+        let Some(digest) = parse_md5(text) else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "digest {text:?} is not an MD5 digest (valid: 32 hex digits as printed by \
+                     md5sum or genhash, e.g. \"d41d8cd98f00b204e9800998ecf8427e\")"
+                ),
+            );
+            return None;
+        };
+        Some(digest)
+    }
+
+    /// `host` of an http check: a `Host` header value.
+    fn http_host(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
+        let host = self.string(ctx, key::HOST, v)?;
+        if !is_valid_http_host(host) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "host {host:?} is not a valid Host header (valid: a host name or address, \
+                     optionally with :port, e.g. \"www.example.org\" or \"[2001:db8::1]:8080\")"
+                ),
+            );
+            return None;
+        }
+        Some(host.to_owned())
+    }
+
+    /// A command and its arguments: an array of strings whose first one
+    /// is not empty. May be empty.
+    fn argv(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        example: &str,
+    ) -> Option<Vec<String>> {
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} must be an array of strings, the program and its arguments, e.g. \
+                     {key} = {example} (found {})",
+                    describe_value(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        let mut argv = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(arg) if arg.contains('\0') => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!("{key} argument {arg:?} contains a NUL character"),
+                    );
+                    return None;
+                }
+                Value::String(arg) => argv.push(arg.clone()),
+                other => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "{key} must hold strings, e.g. {key} = {example} (found {})",
+                            describe_value(other)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if argv.first().is_some_and(|program| program.is_empty()) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} starts with an empty program name (valid: the program to run, then \
+                     its arguments, e.g. {key} = {example})"
+                ),
+            );
+            return None;
+        }
+        Some(argv)
+    }
+
+    fn backends(
+        &mut self,
+        service: &str,
+        raw: &[Spanned<RawBackend>],
+        vip: Option<IpAddr>,
+        vips: &HashMap<IpAddr, String>,
+    ) -> Option<Vec<BackendConfig>> {
+        let before = self.problems.len();
+        if let Some(extra) = raw.get(lb_common::MAX_BACKENDS) {
+            self.report(
+                extra.span().start,
+                &backend_label(service, lb_common::MAX_BACKENDS),
+                format_args!(
+                    "too many backends: {} (valid: at most {} per service)",
+                    raw.len(),
+                    lb_common::MAX_BACKENDS
+                ),
+            );
+        }
+        // Address -> 1-based number of the backend that has it.
+        let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.len());
+        for (index, spanned) in raw.iter().enumerate() {
+            let ctx = backend_label(service, index);
+            let ctx = ctx.as_str();
+            let b = spanned.get_ref();
+            let address = self
+                .required(
+                    spanned.span().start,
+                    ctx,
+                    key::ADDRESS,
+                    &b.address,
+                    "address = \"198.51.100.24\"",
+                )
+                .and_then(|v| Some((v, self.address(ctx, key::ADDRESS, v)?)));
+            if let Some((v, address)) = address {
+                if let Some(first) = addresses.get(&address) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is already backend {first} of this service \
+                             (valid: each address once per service)"
+                        ),
+                    );
+                } else {
+                    addresses.insert(address, index + 1);
+                }
+                if let Some(owner) = vips.get(&address) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is the vip of {owner}; a backend must be a \
+                             real server, not a VIP"
+                        ),
+                    );
+                }
+                if let Some(vip) = vip.filter(|vip| vip.is_ipv4() != address.is_ipv4()) {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "address {address} is {} but the service's vip {vip} is {} \
+                             (valid: the VIP's address family; use a separate service \
+                             for the other family)",
+                            family(address),
+                            family(vip)
+                        ),
+                    );
+                }
+            }
+            let weight = match &b.weight {
+                Some(v) => self.integer(ctx, key::WEIGHT, v, 0..=lb_common::MAX_WEIGHT),
+                None => Some(DEFAULT_WEIGHT),
+            };
+            let mac = match &b.mac {
+                Some(v) => self.mac(ctx, v).map(Some),
+                None => Some(None),
+            };
+            if let (Some((_, address)), Some(weight), Some(mac)) = (address, weight, mac) {
+                backends.push(BackendConfig {
+                    address,
+                    weight,
+                    mac,
+                });
+            }
+        }
+        (self.problems.len() == before).then_some(backends)
+    }
+
+    fn mac(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<[u8; 6]> {
+        let text = self.string(ctx, key::MAC, v)?;
+        let Some(mac) = parse_mac(text) else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "mac {text:?} is not a MAC address (valid: six two-digit hex bytes \
+                     separated by colons, e.g. \"02:00:c6:33:64:18\")"
+                ),
+            );
+            return None;
+        };
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "mac {text:?} is not a unicast MAC address (valid: a real server's NIC address)"
+                ),
+            );
+            return None;
+        }
+        Some(mac)
+    }
+
+    // -- Field checks. Each reports its own problem and returns None.
+
+    fn required<'v>(
+        &mut self,
+        table_start: usize,
+        ctx: &str,
+        key: &str,
+        field: &'v Field,
+        example: &str,
+    ) -> Option<&'v Spanned<Value>> {
+        if field.is_none() {
+            self.report(
+                table_start,
+                ctx,
+                format_args!("missing required field {key:?} (e.g. {example})"),
+            );
+        }
+        field.as_ref()
+    }
+
+    fn string<'v>(&mut self, ctx: &str, key: &str, v: &'v Spanned<Value>) -> Option<&'v str> {
+        match v.get_ref() {
+            Value::String(s) => Some(s),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!("{key} must be a string (found {})", describe_value(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer<T>(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        valid: RangeInclusive<T>,
+    ) -> Option<T>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display,
+    {
+        let Value::Integer(n) = v.get_ref() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} must be an integer (found {})",
+                    describe_value(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        match T::try_from(*n) {
+            Ok(x) if valid.contains(&x) => Some(x),
+            _ => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {n} is out of range (valid: {}..={})",
+                        valid.start(),
+                        valid.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        v: &Spanned<Value>,
+        valid: RangeInclusive<Duration>,
+    ) -> Option<Duration> {
+        let text = match v.get_ref() {
+            Value::String(text) => text,
+            Value::Integer(n) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} = {n} has no unit; write a duration string such as \
+                         {key} = \"{n}s\" (valid examples: {DURATION_EXAMPLES})"
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} must be a duration string (found {}; valid examples: \
+                         {DURATION_EXAMPLES})",
+                        describe_value(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        match parse_duration(text) {
+            Ok(d) if valid.contains(&d) => Some(d),
+            Ok(_) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {text:?} is out of range (valid: {}..={})",
+                        format_duration(*valid.start()),
+                        format_duration(*valid.end())
+                    ),
+                );
+                None
+            }
+            Err(why) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} {text:?} is not a duration: {why} (valid examples: \
+                         {DURATION_EXAMPLES})"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn address(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<IpAddr> {
+        let text = self.string(ctx, key, v)?;
+        let Ok(address) = text.trim().parse::<IpAddr>() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "{key} {text:?} is not an IP address (valid: IPv4 or IPv6, e.g. \
+                     \"192.0.2.200\" or \"2001:db8::200\")"
+                ),
+            );
+            return None;
+        };
+        if let Some(why) = unusable(address) {
+            self.report_at(
+                v,
+                ctx,
+                format_args!("{key} {address} is {why} (valid: a unicast address)"),
+            );
+            return None;
+        }
+        Some(address)
+    }
+
+    fn boolean(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<bool> {
+        match v.get_ref() {
+            Value::Boolean(b) => Some(*b),
+            other => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!(
+                        "{key} must be true or false (found {})",
+                        describe_value(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn keyword<T: Keyword>(&mut self, ctx: &str, key: &str, v: &Spanned<Value>) -> Option<T> {
+        let text = self.string(ctx, key, v)?;
+        parse_keyword(text)
+            .map_err(|why| self.report_at(v, ctx, format_args!("{key} {why}")))
+            .ok()
+    }
+
+    fn keyword_or<T: Keyword>(
+        &mut self,
+        ctx: &str,
+        key: &str,
+        field: &Field,
+        default: T,
+    ) -> Option<T> {
+        match field {
+            Some(v) => self.keyword(ctx, key, v),
+            None => Some(default),
+        }
+    }
+}
+
+/// What has been seen so far across services, for uniqueness checks.
+struct Seen {
+    /// VIP -> label of the first service that has it.
+    vips: HashMap<IpAddr, String>,
+    /// Service name -> line it was first defined on.
+    names: HashMap<String, usize>,
+    /// (VIP, port, protocol) -> label and line of the service that has it.
+    keys: HashMap<(IpAddr, u16, Protocol), (String, usize)>,
+}
+
+/// Whether `name` can name a service: 1 to [`NAME_MAX`] characters from
+/// `A-Z a-z 0-9 _ . -`.
+pub(crate) fn is_valid_service_name(name: &str) -> bool {
+    (1..=NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Why an address cannot be a VIP or a real server, if it cannot.
+fn unusable(address: IpAddr) -> Option<&'static str> {
+    if address.is_unspecified() {
+        Some("the unspecified address")
+    } else if address.is_loopback() {
+        Some("a loopback address")
+    } else if address.is_multicast() {
+        Some("a multicast address")
+    } else if matches!(address, IpAddr::V4(v4) if v4.is_broadcast()) {
+        Some("the broadcast address")
+    } else {
+        None
+    }
+}
+
+/// `IPv4` or `IPv6`, for messages.
+fn family(address: IpAddr) -> &'static str {
+    if address.is_ipv4() { "IPv4" } else { "IPv6" }
+}
