@@ -22,7 +22,9 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    config::{BPFFS_ROOT, Config, HealthConfig, XdpMode, values::format_mac},
+    config::{
+        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode, values::format_mac,
+    },
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{
         Datapath,
@@ -339,31 +341,39 @@ impl Daemon {
             }
         }
         let sources = &self.check_sources;
+        let source_of = |service: &ServiceConfig, address: &IpAddr| {
+            service
+                .health
+                .bind_to
+                .or_else(|| sources.get(address).copied())
+        };
         self.checks.retain(|key, check| {
             wanted.get(key).is_some_and(|(address, s)| {
                 *address == check.address
                     && s.health == check.health
-                    && sources.get(address) == check.source.as_ref()
+                    && source_of(s, address) == check.source
             })
         });
         for ((id, slot), (address, service)) in wanted {
             if self.checks.contains_key(&(id, slot)) {
                 continue;
             }
-            let source = self.check_sources.get(&address).copied();
+            let source = source_of(service, &address);
             let Some(checker) = HealthChecker::new(service, address, source) else {
                 continue;
             };
+            let connects = matches!(service.health.kind, HealthKind::Tcp | HealthKind::Http(_));
             match source {
-                Some(source) => info!(
+                Some(source) if connects => info!(
                     "service {}: health checks of {address} leave from {source}",
                     service.name
                 ),
-                None => warn!(
+                None if connects => warn!(
                     "service {}: the director has no address of its own in the prefix of \
                      {address}; its health checks leave from whatever source the kernel picks",
                     service.name
                 ),
+                _ => {}
             }
             let generation = self.next_generation;
             self.next_generation += 1;

@@ -183,6 +183,10 @@ pub struct HealthConfig {
     /// Command (argv) run with SERVICE BACKEND STATE appended when a backend
     /// changes state; empty: none.
     pub notify: Vec<String>,
+    /// The director address checks leave from (keepalived `bindto`);
+    /// `None`: the director's own address in each backend's prefix on the
+    /// NIC it is on-link through, never a VIP.
+    pub bind_to: Option<IpAddr>,
 }
 
 impl HealthConfig {
@@ -200,6 +204,7 @@ impl HealthConfig {
             warmup: DEFAULT_HEALTH_INTERVAL,
             inhibit_on_failure: false,
             notify: Vec::new(),
+            bind_to: None,
         }
     }
 }

@@ -54,6 +54,7 @@ pub(super) mod key {
     pub(crate) const WARMUP: &str = "warmup";
     pub(crate) const INHIBIT_ON_FAILURE: &str = "inhibit_on_failure";
     pub(crate) const NOTIFY: &str = "notify";
+    pub(crate) const BIND_TO: &str = "bind_to";
     pub(crate) const PATH: &str = "path";
     pub(crate) const STATUS: &str = "status";
     pub(crate) const DIGEST: &str = "digest";
@@ -134,6 +135,7 @@ pub(super) struct RawHealth {
     pub(super) warmup: Field,
     pub(super) inhibit_on_failure: Field,
     pub(super) notify: Field,
+    pub(super) bind_to: Field,
     // kind "http"
     pub(super) path: Field,
     pub(super) status: Field,
@@ -345,6 +347,7 @@ mod tests {
                 key::WARMUP,
                 key::INHIBIT_ON_FAILURE,
                 key::NOTIFY,
+                key::BIND_TO,
                 key::PATH,
                 key::STATUS,
                 key::DIGEST,

@@ -80,6 +80,7 @@ fn default_health(port: u16) -> HealthConfig {
         warmup: Duration::from_secs(10),
         inhibit_on_failure: false,
         notify: Vec::new(),
+        bind_to: None,
     }
 }
 
@@ -160,6 +161,7 @@ fn example_parses() {
                 warmup: Duration::from_secs(10),
                 inhibit_on_failure: false,
                 notify: Vec::new(),
+                bind_to: None,
             },
             backends: vec![
                 backend(v4(198, 51, 100, 24), 1000),
@@ -315,6 +317,7 @@ backend = [{ address = "2001:db8::1", weight = 0, mac = "02:AB:cd:00:00:01" }]
             warmup: Duration::ZERO,
             inhibit_on_failure: true,
             notify: vec!["/bin/notify".to_owned()],
+            bind_to: None,
         }
     );
     assert_eq!(
@@ -1208,6 +1211,39 @@ fn inhibit_on_failure() {
         &[(
             9,
             "inhibit_on_failure must be true or false (found string \"true\")",
+        )],
+    );
+}
+
+#[test]
+fn bind_to() {
+    assert_eq!(health("").bind_to, None);
+    assert_eq!(
+        health("bind_to = \"192.0.2.2\"").bind_to,
+        Some("192.0.2.2".parse().unwrap())
+    );
+    assert_health_error(
+        "bind_to = \"192.0.2.200\"",
+        &[(
+            9,
+            "bind_to 192.0.2.200 is the service's VIP, which a real server answers on its own lo \
+             (valid: an address of the director's own in the backends' subnet, of the VIP's family)",
+        )],
+    );
+    assert_health_error(
+        "bind_to = \"2001:db8::2\"",
+        &[(
+            9,
+            "bind_to 2001:db8::2 is not of the VIP's address family (valid: an address of the \
+             director's own in the backends' subnet, of the VIP's family)",
+        )],
+    );
+    assert_health_error(
+        "bind_to = \"eth0\"",
+        &[(
+            9,
+            "bind_to \"eth0\" is not an IP address (valid: IPv4 or IPv6, e.g. \"192.0.2.200\" \
+             or \"2001:db8::200\")",
         )],
     );
 }

@@ -486,7 +486,7 @@ impl ConfigValidator<'_> {
             }
         }
 
-        let health = self.health(&ctx, raw.health.as_ref(), protocol, port);
+        let health = self.health(&ctx, raw.health.as_ref(), vip, protocol, port);
         let backends = match raw.backend.as_deref() {
             Some(list) if !list.is_empty() => self.backends(&ctx, list, vip, &seen.vips),
             _ => {
@@ -530,6 +530,7 @@ impl ConfigValidator<'_> {
         &mut self,
         service: &str,
         raw: Option<&RawHealth>,
+        vip: Option<IpAddr>,
         protocol: Option<Protocol>,
         service_port: Option<u16>,
     ) -> Option<HealthConfig> {
@@ -605,6 +606,10 @@ impl ConfigValidator<'_> {
             ),
             None => Some(Vec::new()),
         };
+        let bind_to = match &raw.bind_to {
+            Some(v) => self.bind_to(ctx, v, vip).map(Some),
+            None => Some(None),
+        };
         Some(HealthConfig {
             kind: kind?,
             interval: interval?,
@@ -616,7 +621,34 @@ impl ConfigValidator<'_> {
             warmup: warmup?,
             inhibit_on_failure: inhibit_on_failure?,
             notify: notify?,
+            bind_to: bind_to?,
         })
+    }
+
+    /// `bind_to`: an address of the VIP's family, not the VIP (a real server
+    /// answers a check from the VIP to its own `lo`).
+    fn bind_to(&mut self, ctx: &str, v: &Spanned<Value>, vip: Option<IpAddr>) -> Option<IpAddr> {
+        let address = self.address(ctx, key::BIND_TO, v)?;
+        let Some(vip) = vip else {
+            return Some(address);
+        };
+        let problem = if address == vip {
+            "is the service's VIP, which a real server answers on its own lo"
+        } else if address.is_ipv4() != vip.is_ipv4() {
+            "is not of the VIP's address family"
+        } else {
+            return Some(address);
+        };
+        self.report_at(
+            v,
+            ctx,
+            format_args!(
+                "{} {address} {problem} (valid: an address of the director's own in the \
+                 backends' subnet, of the VIP's family)",
+                key::BIND_TO
+            ),
+        );
+        None
     }
 
     /// The fields that belong to one kind of check (`path`, `command`...):

@@ -13,7 +13,7 @@
 //!   `port`; the others (`none`, and `port` of `exec`, which only passes it
 //!   to its command) write these only where they differ from their default.
 //!   `retry_delay` and `warmup`, whose default is the interval, are written
-//!   when they differ from it, `notify` when it is set; then the fields of
+//!   when they differ from it, `notify` and `bind_to` when set; then the fields of
 //!   the kind (`path` and `status`, `digest` and `host` when set;
 //!   `command`).
 //! - `[[service.backend]]`: `address`, `weight`, and `mac` when set.
@@ -124,6 +124,9 @@ pub fn health_lines(health: &HealthConfig, service_port: u16) -> Vec<(&'static s
     }
     if !health.notify.is_empty() {
         lines.push((key::NOTIFY, string_array(&health.notify)));
+    }
+    if let Some(bind_to) = health.bind_to {
+        lines.push((key::BIND_TO, string(&bind_to.to_string())));
     }
     match &health.kind {
         HealthKind::Tcp | HealthKind::None => {}

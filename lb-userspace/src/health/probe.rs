@@ -349,6 +349,7 @@ mod tests {
                 warmup: Duration::from_secs(10),
                 inhibit_on_failure: false,
                 notify: Vec::new(),
+                bind_to: None,
             },
             backends: Vec::new(),
         }

@@ -544,7 +544,7 @@ impl Converter {
                 "connect_ip" => self.dropped(child, "lb checks the backend's own address"),
                 "bindto" | "bind_port" | "bind_if" => self.dropped(
                     child,
-                    "lb lets the kernel choose the source address, port and interface of checks",
+                    "lb's checks leave from the director's own address in each backend's prefix (`bind_to` in [service.health] picks another)",
                 ),
                 "fwmark" => self.dropped(child, "lb does not mark check packets"),
                 "alpha" => self.dropped(
@@ -1184,6 +1184,7 @@ fn resolve(vs: &VirtualServer, rs: &RealServer, checker: &KeepalivedCheck) -> He
         warmup: warmup.unwrap_or(interval),
         inhibit_on_failure: rs.inhibit.unwrap_or(vs.inhibit),
         notify: Vec::new(),
+        bind_to: None,
     }
 }
 
