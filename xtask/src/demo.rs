@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: builds `lb`, then runs the `lb-demo` binary of the
+//! `cargo xtask demo`: prepares the machine where it is not (see
+//! `setup::prepare`), builds `lb`, then runs the `lb-demo` binary of the
 //! `lb-tests` crate (the namespace test bed lives there), which drives real
 //! traffic through the real `lb run` and cleans up after itself.
 //!
@@ -18,6 +19,7 @@ pub fn run() -> anyhow::Result<()> {
              (try `sudo -E cargo xtask demo`)"
         );
     }
+    crate::setup::prepare()?;
     let root = workspace_root();
     run_command(
         cargo()

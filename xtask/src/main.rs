@@ -41,11 +41,13 @@ enum Task {
     /// Prepare this machine: Debian packages, the nightly toolchain with rust-src,
     /// and a bpf-linker built against nightly's LLVM (idempotent, fast when done).
     Setup(setup::Options),
-    /// Build lb (with its embedded XDP program) and run all tests of the workspace.
+    /// Prepare what is missing (as setup does), build lb (with its embedded XDP
+    /// program) and run all tests of the workspace.
     Test(test::Options),
     /// Check formatting and run clippy (host crates and the XDP crate), denying warnings.
     Lint,
-    /// Run the end-to-end demo in network namespaces.
+    /// Prepare what is missing (as setup does), then run the end-to-end demo in
+    /// network namespaces.
     Demo,
     /// Benchmark the XDP data path (root): table on stdout, JSON and SVG in target/bench.
     Bench(bench::Options),

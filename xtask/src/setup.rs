@@ -53,6 +53,17 @@ struct Outcome {
     result: String,
 }
 
+/// What `cargo xtask demo` and `cargo xtask test` run first, so that each
+/// works on a fresh machine on its own: every step, the Debian packages only
+/// as root (without root they cannot be installed, and the tests that need
+/// them skip anyway).
+pub fn prepare() -> Result<()> {
+    run(&Options {
+        skip_packages: !is_root(),
+    })
+    .context("preparing the machine (cargo xtask setup)")
+}
+
 /// Runs every setup step in order and prints a summary.
 pub fn run(options: &Options) -> Result<()> {
     let start = Instant::now();

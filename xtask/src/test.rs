@@ -26,11 +26,13 @@ pub struct Options {
 /// `default-members` leave them out of host builds, tests and clippy.
 const BPF_CRATES: [&str; 2] = ["lb-ebpf", "bench-ebpf"];
 
-/// Builds the `lb` binary and runs `cargo test` on the workspace with
-/// `LB_BIN` pointing at it.
+/// Prepares the machine where it is not ([`crate::setup::prepare`]), builds
+/// the `lb` binary and runs `cargo test` on the workspace with `LB_BIN`
+/// pointing at it.
 pub fn run(options: &Options) -> Result<()> {
     let root = workspace_root();
     report_root_tests()?;
+    crate::setup::prepare()?;
 
     println!("==> building lb (release, with the embedded XDP program)");
     run_cmd(
