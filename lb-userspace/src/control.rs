@@ -8,7 +8,10 @@
 use std::{
     io::{BufRead as _, BufReader, ErrorKind, Write as _},
     net::IpAddr,
-    os::unix::{fs::PermissionsExt as _, net::UnixStream as StdUnixStream},
+    os::unix::{
+        fs::{FileTypeExt as _, PermissionsExt as _},
+        net::UnixStream as StdUnixStream,
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -144,7 +147,9 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Creates the socket at `path` (and its directory, mode 0700), mode 0600.
-    /// Fails if another daemon answers there; replaces a stale file.
+    /// Fails if another daemon answers there, or if `path` is anything but a
+    /// socket (a regular file, a directory, a link...); replaces a stale
+    /// socket.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
         if is_live(path) {
             bail!(
@@ -159,10 +164,17 @@ impl ControlSocket {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?,
+            Ok(meta) => bail!(
+                "{} exists and is not a socket but a {}: lb replaces only a stale control \
+                 socket (move the file away, or give `[director] control_socket` another path)",
+                path.display(),
+                file_kind(&meta.file_type())
+            ),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+            Err(e) => return Err(e).with_context(|| format!("examining {}", path.display())),
         }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("creating the control socket {}", path.display()))?;
@@ -191,6 +203,21 @@ impl ControlSocket {
                 }
             });
         }
+    }
+}
+
+/// What kind of file `kind` is, for messages.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_file() {
+        "regular file"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else {
+        "device"
     }
 }
 
@@ -254,6 +281,39 @@ mod tests {
             r#"{"command":"backend_set_weight","service":"gridftp","address":"198.51.100.11","weight":0}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), request);
+    }
+
+    /// A stale socket is replaced; a file of any other kind is left alone
+    /// and named in the error.
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("lb-control-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.sock");
+
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        let socket = ControlSocket::bind(&path).expect("a stale socket is replaced");
+        drop(socket);
+
+        std::fs::write(&path, "keep me").unwrap();
+        let e = ControlSocket::bind(&path)
+            .err()
+            .expect("a regular file is refused");
+        assert!(
+            format!("{e:#}").contains("is not a socket but a regular file"),
+            "{e:#}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        std::fs::remove_file(&path).unwrap();
+
+        std::fs::create_dir(&path).unwrap();
+        let e = ControlSocket::bind(&path)
+            .err()
+            .expect("a directory is refused");
+        assert!(format!("{e:#}").contains("but a directory"), "{e:#}");
+        assert!(path.is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
