@@ -60,6 +60,10 @@ pub struct RunOptions {
 /// Runs the director until SIGINT, SIGTERM or `lb stop`.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     privilege::ensure_bpf("lb run")?;
+    match privilege::raise_open_files_limit() {
+        Ok(limit) => debug!("open files limit: {limit}"),
+        Err(e) => warn!("raising the open files limit: {e}"),
+    }
     let config = Config::load(&options.config_path)?;
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;

@@ -32,14 +32,14 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use super::stats::{BackendStats, ServiceStats, Snapshot, VerdictStats};
@@ -50,6 +50,18 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 
 /// The path metrics are served on.
 pub const METRICS_PATH: &str = "/metrics";
+
+/// The most metrics connections served at once; one more is closed as soon
+/// as it is accepted, so idle or slow clients cannot use up lb's file
+/// descriptors (health checks need them).
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may stay open, busy or idle: a scrape takes
+/// milliseconds, and Prometheus reconnects for the next one.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Where a snapshot for one scrape comes from (e.g. `Snapshot::read_named`
 /// on the daemon's maps).
@@ -312,11 +324,15 @@ pub fn render(snapshot: &Snapshot) -> String {
 /// Serves `GET /metrics` on `listener` until the task is dropped: each
 /// scrape calls `source` (on a blocking thread: it reads the maps) and
 /// answers 200 with [`render`], or 500 with the error; other paths get 404.
+/// At most [`MAX_CONNECTIONS`] at once, each closed after
+/// [`HEADER_READ_TIMEOUT`] without a request and after
+/// [`CONNECTION_LIFETIME`] in any case.
 pub async fn serve(listener: TcpListener, source: SnapshotSource) -> anyhow::Result<()> {
     let local = listener
         .local_addr()
         .context("the metrics listener has no address")?;
     debug!(%local, "serving metrics");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -327,14 +343,25 @@ pub async fn serve(listener: TcpListener, source: SnapshotSource) -> anyhow::Res
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(%peer, "metrics: {MAX_CONNECTIONS} connections open already, closing this one");
+            drop(stream);
+            continue;
+        };
         let source = source.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| respond(request, source.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "metrics connection");
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection"),
+                Err(_) => {
+                    debug!(%peer, "metrics connection open for {CONNECTION_LIFETIME:?}: closed")
+                }
             }
         });
     }
@@ -513,6 +540,66 @@ mod tests {
 
     fn get(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    }
+
+    /// 2,000 idle connections: those over [`MAX_CONNECTIONS`] are closed at
+    /// once, the others after [`HEADER_READ_TIMEOUT`], and a scrape is
+    /// answered again by then, with the idle clients still connected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_lock_out_scrapes() {
+        const IDLE: usize = 2_000;
+        crate::host::privilege::raise_open_files_limit().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ok: SnapshotSource = Arc::new(|| Ok(snapshot()));
+        let server = tokio::spawn(serve(listener, ok));
+
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let started = tokio::time::Instant::now();
+        let mut closed_at_once = 0;
+        for stream in &mut idle {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await
+            {
+                closed_at_once += 1;
+            }
+        }
+        assert!(
+            closed_at_once >= IDLE - MAX_CONNECTIONS - 1,
+            "only {closed_at_once} of {IDLE} idle connections were closed at once"
+        );
+
+        let deadline = started + HEADER_READ_TIMEOUT + Duration::from_secs(3);
+        let answered = loop {
+            // A scrape refused at the cap sees the connection closed (or
+            // reset): try again.
+            let response = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(get("/metrics").as_bytes()).await?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await?;
+                std::io::Result::Ok(response)
+            }
+            .await
+            .unwrap_or_default();
+            if response.starts_with("HTTP/1.1 200 OK\r\n") {
+                break true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            answered,
+            "no scrape answered within {HEADER_READ_TIMEOUT:?} + 3 s of {IDLE} idle connections"
+        );
+        drop(idle);
+        server.abort();
     }
 
     #[tokio::test]
