@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use tokio::{
     net::TcpListener,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
     task::AbortHandle,
     time,
@@ -60,6 +60,11 @@ pub struct RunOptions {
 /// Runs the director until SIGINT, SIGTERM or `lb stop`.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     privilege::ensure_bpf("lb run")?;
+    // Before anything slow (netlink, loading, waiting for MACs): a SIGHUP or
+    // SIGTERM that arrives during start-up is handled once lb is ready, not
+    // by the default action, which would kill lb half-way.
+    let signals = Signals::install()?;
+    info!("starting with {}", options.config_path.display());
     match privilege::raise_open_files_limit() {
         Ok(limit) => debug!("open files limit: {limit}"),
         Err(e) => warn!("raising the open files limit: {e}"),
@@ -103,6 +108,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         names,
         check_sources: links.check_sources,
         checks: HashMap::new(),
+        unwritten: Vec::new(),
+        errors: 0,
         next_generation: 0,
         results: mpsc::channel(1024),
     };
@@ -110,8 +117,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .start(&mut datapath, adopted, &links.nics)
         .await
         .map(|()| control);
+    let serving = started.is_ok();
     let outcome = match started {
-        Ok(control) => daemon.serve(&mut datapath, control, metrics).await,
+        Ok(control) => daemon.serve(&mut datapath, control, metrics, signals).await,
         Err(e) if adopted => {
             // The adopted data path keeps forwarding as it was.
             return Err(e.context(format!(
@@ -139,11 +147,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             info!("detached from {ifaces}; pins removed");
             Ok(())
         }
-        Err(e) => {
+        // Start-up failed on a data path this lb loaded: nothing forwarded
+        // through it yet, so nothing is left behind.
+        Err(e) if !serving => {
             let _ = datapath.detach_all();
             let _ = datapath.unpin();
             Err(e)
         }
+        // Only an explicit stop detaches a running data path: it keeps
+        // forwarding every flow for the next `lb run` to adopt.
+        Err(e) => Err(e.context(format!(
+            "lb stopped on an error; the data path stays attached with its maps pinned at {} \
+             (`lb run` adopts it, `lb detach` removes it)",
+            pin_path.display()
+        ))),
     }
 }
 
@@ -224,6 +241,25 @@ async fn on_link(
     }
 }
 
+/// The signals `lb run` handles, installed at the very start.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let install =
+            |kind: SignalKind| signal(kind).context("installing the signal handlers of lb run");
+        Ok(Self {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// How the daemon was stopped.
 enum Stop {
     /// SIGINT, SIGTERM or `lb stop`: detach and remove the pins.
@@ -265,6 +301,10 @@ struct Daemon {
     check_sources: HashMap<IpAddr, IpAddr>,
     /// Health checkers by (service id, slot).
     checks: HashMap<(u32, u32), RunningCheck>,
+    /// Map writes that failed, to try again (see [`Daemon::write_or_retry`]).
+    unwritten: Vec<Change>,
+    /// Errors of the event loop so far (each logged; lb went on).
+    errors: u64,
     next_generation: u64,
     results: (
         mpsc::Sender<CheckResult<CheckKey>>,
@@ -401,6 +441,7 @@ impl Daemon {
         datapath: &mut Datapath,
         control: ControlSocket,
         metrics_listener: Option<TcpListener>,
+        mut signals: Signals,
     ) -> anyhow::Result<Stop> {
         let (requests_tx, mut requests) = mpsc::channel::<Incoming>(16);
         let control_path = self.config.director.control_socket.clone();
@@ -431,33 +472,33 @@ impl Daemon {
             warn_if_unusable(s);
         }
 
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sighup = signal(SignalKind::hangup())?;
         let mut sweep = time::interval(self.config.director.sweep_interval);
         let mut neighbours = time::interval(NEIGHBOUR_REFRESH);
         let stop = loop {
             tokio::select! {
-                Some(result) = self.results.1.recv() => self.on_check(&mut datapath.maps, result)?,
+                Some(result) = self.results.1.recv() => self.on_check(&mut datapath.maps, result),
                 _ = neighbours.tick() => {
+                    let mut changes = std::mem::take(&mut self.unwritten);
                     match refresh_macs(&self.netlink, &mut self.director).await {
-                        Ok(changed) => {
-                            let changes: Vec<Change> = changed.into_iter().map(Change::SetService).collect();
-                            write_changes(&mut datapath.maps, &self.director, &changes)?;
-                        }
+                        Ok(changed) => changes.extend(changed.into_iter().map(Change::SetService)),
                         Err(e) => warn!("reading the neighbour table: {e:#}"),
                     }
+                    self.write_or_retry(&mut datapath.maps, changes, "a neighbour refresh");
                 }
                 _ = sweep.tick() => {
                     let ids: Vec<u32> = self.director.services.iter().map(|s| s.id).collect();
-                    let report = sweeper::sweep(&mut datapath.maps, &ids, &self.config.director.timeouts)?;
-                    if report.expired > 0 {
-                        debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
+                    match sweeper::sweep(&mut datapath.maps, &ids, &self.config.director.timeouts) {
+                        Ok(report) => {
+                            if report.expired > 0 {
+                                debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
+                            }
+                            let changes = self.director.free_finished(&report.conns);
+                            self.write_or_retry(&mut datapath.maps, changes, "a sweep");
+                        }
+                        Err(e) => self.failed("a sweep (tried again at the next one)", &e),
                     }
-                    let changes = self.director.free_finished(&report.conns);
-                    write_changes(&mut datapath.maps, &self.director, &changes)?;
                 }
-                _ = sighup.recv() => {
+                _ = signals.hangup.recv() => {
                     info!("SIGHUP: reloading {}", self.config_path.display());
                     match self.reload(datapath).await {
                         Ok(summary) => info!("reload: {summary}"),
@@ -473,8 +514,8 @@ impl Daemon {
                         break stop;
                     }
                 }
-                _ = sigint.recv() => break Stop::Detach,
-                _ = sigterm.recv() => break Stop::Detach,
+                _ = signals.interrupt.recv() => break Stop::Detach,
+                _ = signals.terminate.recv() => break Stop::Detach,
             }
         };
         control_task.abort();
@@ -487,22 +528,22 @@ impl Daemon {
 
     /// A health-check result: moves the backend up or down when the
     /// rise/fall thresholds say so.
-    fn on_check(&mut self, maps: &mut Maps, result: CheckResult<CheckKey>) -> anyhow::Result<()> {
+    fn on_check(&mut self, maps: &mut Maps, result: CheckResult<CheckKey>) {
         let (id, slot, generation) = result.key;
         if self
             .checks
             .get(&(id, slot))
             .is_none_or(|c| c.generation != generation)
         {
-            return Ok(());
+            return;
         }
         let Some(service) = self.director.by_id(id) else {
-            return Ok(());
+            return;
         };
         let health = service.config.health.clone();
         let name = service.config.name.clone();
         let Some(Some(backend)) = service.slots.get_mut(slot as usize) else {
-            return Ok(());
+            return;
         };
         if !result.ok {
             debug!(
@@ -511,7 +552,7 @@ impl Daemon {
             );
         }
         let Some(up) = backend.health.observe(result.ok) else {
-            return Ok(());
+            return;
         };
         let address = backend.address;
         let state = if up { "up" } else { "down" };
@@ -527,17 +568,49 @@ impl Daemon {
             if up { "successful" } else { "failed" },
             result.detail
         );
-        write_changes(maps, &self.director, &[Change::SetService(id)])?;
+        self.write_or_retry(maps, vec![Change::SetService(id)], "a health transition");
         if !health.notify.is_empty() {
             tokio::spawn(async move {
                 notify(&health.notify, &name, address, state).await;
             });
         }
-        Ok(())
     }
 
-    /// Re-reads the config file and applies the difference. On any error the
-    /// running state is untouched.
+    /// Writes `changes` to the maps. A failure is logged and counted, and the
+    /// changes are kept in [`Daemon::unwritten`] for the next neighbour tick
+    /// (every change is idempotent): the data path keeps forwarding with the
+    /// maps as they are, rather than lb exiting and taking it down.
+    fn write_or_retry(&mut self, maps: &mut Maps, changes: Vec<Change>, what: &str) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = write_changes(maps, &self.director, &changes) {
+            self.failed(
+                &format!("the map writes of {what} (tried again within a second)"),
+                &e,
+            );
+            for change in changes {
+                if !self.unwritten.contains(&change) {
+                    self.unwritten.push(change);
+                }
+            }
+        }
+    }
+
+    /// Logs and counts an error of the event loop that lb survives.
+    fn failed(&mut self, what: &str, e: &anyhow::Error) {
+        self.errors += 1;
+        error!(
+            "{what} failed ({} error(s) since start; the data path keeps forwarding): {e:#}",
+            self.errors
+        );
+    }
+
+    /// Re-reads the config file and applies the difference, wholly or not at
+    /// all: an error (a bad config, a NIC or backend that cannot be found, a
+    /// change the director refuses) leaves the running state untouched; once
+    /// applied, map writes or attachments that fail are retried, and the
+    /// reply says so.
     async fn reload(&mut self, datapath: &mut Datapath) -> anyhow::Result<String> {
         let config = Config::load(&self.config_path)?;
         let old = &self.config.director;
@@ -564,18 +637,29 @@ impl Daemon {
         let nics = director_nics(&self.netlink, &config).await?;
         let links = backend_links(&self.netlink, &config, &nics).await?;
         let (changes, summary) = self.director.apply(&config, &links.nics)?;
+        // From here on the reload is applied: lb's state is the new config's.
+        // What does not reach the kernel at once is retried and reported.
         self.check_sources = links.check_sources;
         // Solicit MACs of new backends at once rather than on the next tick.
         let _ = refresh_macs(&self.netlink, &mut self.director).await;
-        write_changes(&mut datapath.maps, &self.director, &changes)?;
         let attached_before: Vec<String> = datapath.attached().map(str::to_owned).collect();
         self.nics = nics;
         *self.names.write().unwrap_or_else(|e| e.into_inner()) =
             ServiceNames::from_config(Some(&config));
         self.config = config;
-        self.attach(datapath)?;
+        let errors_before = self.errors;
+        self.write_or_retry(&mut datapath.maps, changes, "the reload");
+        if let Err(e) = self.attach(datapath) {
+            self.failed(
+                "attaching after the reload (tried again at the next reload)",
+                &e,
+            );
+        }
         self.reconcile_checks();
         let mut message = summary.to_string();
+        if self.errors > errors_before {
+            message += "; applied, but some of it did not reach the kernel yet: see lb's log";
+        }
         let attached_now: Vec<String> = datapath.attached().map(str::to_owned).collect();
         if attached_now != attached_before {
             message += &format!("; attached to {}", attached_now.join(", "));

@@ -300,6 +300,8 @@ type Log = Arc<Mutex<String>>;
 /// (SIGKILL after 10 s) and removes what it left in bpffs.
 pub struct LbDaemon {
     child: Child,
+    /// The command line, for messages.
+    shown: String,
     lb: PathBuf,
     /// Whether `lb run` runs in a mount namespace of its own (see
     /// [`LbDaemon::start_without_bpffs`]).
@@ -318,6 +320,18 @@ impl LbDaemon {
     /// EXTRA...` in `director` through `nsenter --net` (bpffs stays visible)
     /// and waits for its ready line ([`READY_TIMEOUT`]).
     pub fn start(
+        lb: &Path,
+        director: &NetNs,
+        config: &LbConfig,
+        tag: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::launch(lb, director, config, tag, extra_args)?.wait_ready()
+    }
+
+    /// Like [`LbDaemon::start`], but returns as soon as `lb run` is started,
+    /// before it is ready (see [`LbDaemon::wait_ready`]).
+    pub fn launch(
         lb: &Path,
         director: &NetNs,
         config: &LbConfig,
@@ -347,11 +361,11 @@ impl LbDaemon {
             .arg("sh")
             .arg(in_netns.get_program())
             .args(in_netns.get_args());
-        Self::spawn(lb, command, true, config, tag, &[])
+        Self::spawn(lb, command, true, config, tag, &[])?.wait_ready()
     }
 
     /// Runs `command` (which ends in the `lb` binary) as `lb run --config
-    /// FILE EXTRA...` and waits for its ready line.
+    /// FILE EXTRA...`.
     fn spawn(
         lb: &Path,
         mut command: Command,
@@ -406,6 +420,7 @@ impl LbDaemon {
         .collect();
         let daemon = Self {
             child,
+            shown,
             lb: lb.to_owned(),
             own_mount_ns,
             config_path,
@@ -415,10 +430,12 @@ impl LbDaemon {
             pins,
             _scratch: scratch,
         };
-        daemon.wait_ready(&shown)
+        Ok(daemon)
     }
 
-    fn wait_ready(mut self, shown: &str) -> anyhow::Result<Self> {
+    /// Waits for the ready line ([`READY_TIMEOUT`]); fails if lb exits first.
+    pub fn wait_ready(mut self) -> anyhow::Result<Self> {
+        let shown = self.shown.clone();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if self.log().contains(READY_LINE) {

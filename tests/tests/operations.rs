@@ -21,6 +21,7 @@ use lb_tests::{
     cmd::Finished,
     lb_binary, skip_unless_root,
     stats::BackendStats,
+    unique_tag,
 };
 
 /// The service port.
@@ -474,4 +475,46 @@ fn stop_keep_datapath_then_detach() {
     drop((held, fresh));
     drop(servers);
     drop(bed);
+}
+
+/// A SIGHUP during start-up (here while lb waits for the MAC of a backend
+/// that never answers ARP) does not kill lb: it is handled once lb is
+/// ready, as a reload, and the data path forwards.
+#[test]
+fn sighup_during_start_up_is_handled_once_ready() {
+    const TEST: &str = "sighup_during_start_up_is_handled_once_ready";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let bed = TestBed::build(&unique_tag(), 2).unwrap_or_else(|e| panic!("{TEST}: bed: {e:#}"));
+    let _servers = bed
+        .start_servers(PORT, &[])
+        .unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+    let mut web = service(&bed, &[1000, 500]);
+    // In the director's subnet, but no host answers for it: lb waits for
+    // its MAC before it attaches.
+    web.backends.push((IpAddr::from([192, 0, 2, 99]), 1));
+    let config = bed.lb_config(vec![web]);
+    let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+    let lb = LbDaemon::launch(&lb_bin, &bed.director().ns, &config, bed.tag(), &[])
+        .unwrap_or_else(|e| panic!("{TEST}: lb run: {e:#}"));
+    lb.wait_log("starting with", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{TEST}: {e:#}\n{}", lb.log()));
+    lb.signal(libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{TEST}: SIGHUP: {e:#}"));
+    let lb = lb
+        .wait_ready()
+        .unwrap_or_else(|e| panic!("{TEST}: a SIGHUP during start-up killed lb: {e:#}"));
+    lb.wait_log("SIGHUP: reloading", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{TEST}: the SIGHUP was not handled: {e:#}\n{}", lb.log()));
+    let conns = client::open_tcp(&bed.client().ns, SocketAddr::new(VIP4.into(), PORT), 10)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{TEST}: connecting after the start-up SIGHUP: {e:#}\n{}",
+                lb.log()
+            )
+        });
+    drop(conns);
+    let (status, log) = lb.stop().unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
+    assert!(status.success(), "{TEST}: lb exited with {status}:\n{log}");
 }
