@@ -37,6 +37,8 @@ const MAX_IPV6_EXT_HEADERS: usize = 4;
 const IPV4_MF: u16 = 0x2000;
 const IPV4_OFFSET_MASK: u16 = 0x1FFF;
 
+/// Byte offset of the data offset (high four bits) in a TCP header.
+const TCP_DATA_OFFSET_OFFSET: usize = 12;
 /// Byte offset of the flags in a TCP header.
 const TCP_FLAGS_OFFSET: usize = 13;
 
@@ -218,13 +220,21 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
             let tcp = ptr_at::<TcpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 20-byte TCP header is inside the frame.
-            unsafe {
+            let (src, dst, data_offset, flags) = unsafe {
                 (
                     be16(&raw const (*tcp).source),
                     be16(&raw const (*tcp).dest),
+                    *(tcp as *const u8).add(TCP_DATA_OFFSET_OFFSET) >> 4,
                     *(tcp as *const u8).add(TCP_FLAGS_OFFSET),
                 )
+            };
+            // The header's own length (in 32-bit words): at least the 20
+            // fixed bytes, and within the IP payload.
+            let header_len = usize::from(data_offset) * 4;
+            if header_len < TcpHdr::LEN || l4_offset + header_len > ip_end {
+                return Err(MALFORMED);
             }
+            (src, dst, flags)
         }
         PROTO_UDP => {
             if l4_offset + UdpHdr::LEN > ip_end {
