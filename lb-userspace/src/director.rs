@@ -19,7 +19,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, ServiceConfig},
+    config::{Config, HealthKind, ServiceConfig},
     health::hysteresis::Hysteresis,
     host::Nic,
 };
@@ -274,8 +274,10 @@ impl Director {
                     static_mac: false,
                     mac: Some(b.mac),
                     nic,
+                    // Without a check nothing would bring a down backend
+                    // back: a service with kind "none" has every backend up.
                     health: Hysteresis::starting(
-                        b.state != BACKEND_STATE_DOWN,
+                        b.state != BACKEND_STATE_DOWN || health.kind == HealthKind::None,
                         health.rise,
                         health.fall,
                     ),
@@ -384,11 +386,17 @@ impl Director {
             };
             let id = runtime.id;
             let health = &service.health;
-            if runtime.config.health.rise != health.rise
+            let unchecked = health.kind == HealthKind::None;
+            if unchecked
+                || runtime.config.health.rise != health.rise
                 || runtime.config.health.fall != health.fall
             {
                 for b in runtime.slots.iter_mut().flatten() {
-                    b.health = Hysteresis::starting(b.health.is_up(), health.rise, health.fall);
+                    b.health = Hysteresis::starting(
+                        unchecked || b.health.is_up(),
+                        health.rise,
+                        health.fall,
+                    );
                 }
             }
             runtime.config = service.clone();
@@ -609,13 +617,18 @@ mod tests {
         mac: [2, 0, 0, 0, 0, 7],
     };
 
-    /// A config with one TCP service "web" on 192.0.2.200:80 and `backends`
-    /// as (last octet in 198.51.100.0/24, weight).
+    /// A config with one TCP service "web" on 192.0.2.200:80, no health
+    /// check, and `backends` as (last octet in 198.51.100.0/24, weight).
     fn config(backends: &[(u8, u32)], expire_nodest_conn: bool) -> Config {
+        config_checked(backends, expire_nodest_conn, "none")
+    }
+
+    /// [`config`] with a health check of kind `kind`.
+    fn config_checked(backends: &[(u8, u32)], expire_nodest_conn: bool, kind: &str) -> Config {
         let mut text = format!(
             "[director]\ninterfaces = [\"eth0\"]\nexpire_nodest_conn = {expire_nodest_conn}\n\
              [[service]]\nname = \"web\"\nvip = \"192.0.2.200\"\nport = 80\n\
-             [service.health]\nkind = \"none\"\n"
+             [service.health]\nkind = \"{kind}\"\n"
         );
         for (octet, weight) in backends {
             text += &format!(
@@ -800,7 +813,10 @@ mod tests {
     #[test]
     fn adoption_keeps_slots_macs_and_health_of_the_maps() {
         let mut first = Director::new();
-        apply(&mut first, &config(&[(1, 100), (2, 50), (3, 80)], false));
+        apply(
+            &mut first,
+            &config_checked(&[(1, 100), (2, 50), (3, 80)], false, "tcp"),
+        );
         first.services[0].slots[0].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 1]);
         first.services[0].slots[2].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 3]);
         first.services[0].slots[2].as_mut().unwrap().health = Hysteresis::starting(false, 1, 1);
@@ -814,7 +830,7 @@ mod tests {
                 BackendSet::default(),
             ),
         ];
-        let c = config(&[(1, 100), (3, 80)], false);
+        let c = config_checked(&[(1, 100), (3, 80)], false, "tcp");
         let (mut d, changes) = Director::adopt(found, &c, &HashMap::from([(7, NIC)]));
         assert!(matches!(changes[..], [Change::RemoveService { id: 5, .. }]));
         assert_eq!(
@@ -829,5 +845,46 @@ mod tests {
         let (_, summary) = apply(&mut d, &c);
         assert_eq!(summary, ReloadSummary::default());
         assert_eq!(d.allocate_id().unwrap(), 6);
+    }
+
+    /// Without a health check nothing would bring a down backend back: a
+    /// service with kind "none" has every backend up, also when adopted
+    /// down from the maps and after a reload that switches to "none".
+    #[test]
+    fn backends_without_a_check_are_up() {
+        let checked = config_checked(&[(1, 100), (2, 50)], false, "tcp");
+        let mut first = Director::new();
+        apply(&mut first, &checked);
+        first.services[0].slots[1].as_mut().unwrap().health = Hysteresis::starting(false, 2, 3);
+        let s = &first.services[0];
+        let found = vec![(s.key(), s.id, s.backend_set())];
+
+        let unchecked = config(&[(1, 100), (2, 50)], false);
+        let (adopted, _) = Director::adopt(found.clone(), &unchecked, &HashMap::from([(7, NIC)]));
+        assert!(
+            adopted.services[0].slots[1]
+                .as_ref()
+                .unwrap()
+                .health
+                .is_up()
+        );
+        let (adopted_checked, _) = Director::adopt(found, &checked, &HashMap::from([(7, NIC)]));
+        assert!(
+            !adopted_checked.services[0].slots[1]
+                .as_ref()
+                .unwrap()
+                .health
+                .is_up()
+        );
+
+        // Up also in the maps, once its MAC is known.
+        first.services[0].slots[1].as_mut().unwrap().mac = Some([2, 0, 0, 0, 0, 2]);
+        let (changes, _) = apply(&mut first, &unchecked);
+        assert!(first.services[0].slots[1].as_ref().unwrap().health.is_up());
+        assert!(changes.contains(&Change::SetService(0)));
+        assert_eq!(
+            first.services[0].backend_set().backends[1].state,
+            BACKEND_STATE_UP
+        );
     }
 }
