@@ -20,6 +20,7 @@ pub mod cmd;
 pub mod conns;
 pub mod daemon;
 pub mod director;
+pub mod frame;
 pub mod http;
 pub mod netns;
 pub mod server;
