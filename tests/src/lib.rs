@@ -25,6 +25,7 @@ pub mod http;
 pub mod netns;
 pub mod server;
 pub mod stats;
+pub mod xdp_case;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -24,7 +24,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, ErrorKind, Write as _},
+    io::{self, ErrorKind},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     path::{Path, PathBuf},
@@ -33,434 +33,36 @@ use std::{
 };
 
 use aya::{
-    Pod,
-    maps::{Array, HashMap, Map, MapData, MapInfo},
-    programs::{ProgramError, TestRun, TestRunOptions},
+    maps::{Array, HashMap, MapData},
+    programs::ProgramError,
     util::nr_cpus,
 };
 use lb::{
-    datapath::{
-        Attachment, Datapath, FlowCapacity, MAP_NAMES, Maps, array_get, backend_entry, service_key,
-    },
+    datapath::{Datapath, MAP_NAMES, Maps, array_get, service_key},
     sweeper,
 };
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
-    BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters,
-    FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
-    FlowKey, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS, PROTO_TCP, PROTO_UDP,
-    REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED, REASON_NO_BACKEND,
-    REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service, VERDICT_STATS_MAP,
-    backend_index,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BackendConns, CONNTRACK4_MAP,
+    CONNTRACK6_MAP, Counters, FAMILY_IPV4, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS,
+    FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowKey, LoadTree, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_TCP, PROTO_UDP, REASON_FORWARDED, REASON_FRAGMENT, REASON_INTERNAL, REASON_MALFORMED,
+    REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4, SERVICES_MAP, Service,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN, Timeouts, state_name,
     },
-    flow_cache_index, flow_cache_set, reason_name, wlc,
+    flow_cache_index, flow_cache_set, wlc,
 };
 use lb_tests::{
     VIP4, VIP6,
     frame::{
-        CLIENT4, CLIENT6, ETH_LEN, Ext, Ip, L4, NIC_MAC, PORT, Pkt, TCP_PSH, arp_request,
-        backend_mac, hex, lldp_frame,
+        CLIENT4, CLIENT6, ETH_LEN, Ext, Ip, L4, PORT, Pkt, TCP_PSH, arp_request, hex, lldp_frame,
+    },
+    xdp_case::{
+        CAPACITY, Case, DECOY_ID, Expect, Real, SERVICE_ID, Sent, XDP_DROP, XDP_TX, action_name,
+        backend_set, counted, l3, loud, privileged, up,
     },
 };
-
-// ---------------------------------------------------------------------------
-// Addresses and constants of the fixtures
-// ---------------------------------------------------------------------------
-
-/// Connection-table sizes of every fixture's data path (both families).
-const CAPACITY: FlowCapacity = FlowCapacity {
-    ipv4: 1024,
-    ipv6: 1024,
-};
-/// Ifindex the kernel reports for `BPF_PROG_TEST_RUN` frames (loopback).
-const LO_IFINDEX: u32 = 1;
-/// Service id of the service under test: not 0, so that an id mix-up shows.
-const SERVICE_ID: u32 = 3;
-/// Service id of a decoy service sharing the VIP and port (other protocol).
-const DECOY_ID: u32 = 7;
-/// `XDP_ABORTED` (the constants below are the kernel's `enum xdp_action`).
-const XDP_ABORTED: u32 = 0;
-/// `XDP_DROP`.
-const XDP_DROP: u32 = 1;
-/// `XDP_PASS`.
-const XDP_PASS: u32 = 2;
-/// `XDP_TX`.
-const XDP_TX: u32 = 3;
-
-/// Name of an XDP verdict, for failure messages.
-fn action_name(action: u32) -> &'static str {
-    match action {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        _ => "XDP_<other>",
-    }
-}
-
-/// Address of backend `slot`, in the VIP's family.
-fn backend_addr(vip: IpAddr, slot: u32) -> IpAddr {
-    match vip {
-        IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, 10 + slot as u8).into(),
-        IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10 + slot as u16).into(),
-    }
-}
-
-/// A backend as the fixtures describe it: weight and `BACKEND_STATE_*`.
-#[derive(Clone, Copy)]
-struct Real {
-    weight: u32,
-    state: u32,
-}
-
-/// An up backend of weight `weight`.
-const fn up(weight: u32) -> Real {
-    Real {
-        weight,
-        state: BACKEND_STATE_UP,
-    }
-}
-
-/// The backend set of service `service_id` behind `vip`, one slot per entry
-/// of `reals`, built with [`backend_entry`] like the daemon does.
-fn backend_set(service_id: u32, vip: IpAddr, reals: &[Real]) -> BackendSet {
-    let mut set = BackendSet::default();
-    for (slot, real) in (0u32..).zip(reals) {
-        let attachment = Attachment {
-            mac: backend_mac(service_id, slot),
-            nic_mac: NIC_MAC,
-            ifindex: LO_IFINDEX,
-        };
-        set.backends[slot as usize] =
-            backend_entry(backend_addr(vip, slot), attachment, real.weight, real.state);
-    }
-    set.len = reals.len() as u32;
-    set
-}
-
-// ---------------------------------------------------------------------------
-// Harness
-// ---------------------------------------------------------------------------
-
-/// Whether this process may load BPF programs; prints a loud skip notice
-/// (or panics when `CI` is set) when it may not.
-fn privileged(case: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{case}: packet fixtures need root (CI is set, so this is a failure, not a skip)"
-    );
-    loud(&format!("SKIPPED (needs root): packet fixture `{case}`"));
-    false
-}
-
-/// Writes `notice` straight to the process's stderr, past libtest's output
-/// capture (which would hide an `eprintln!` of a passing test).
-fn loud(notice: &str) {
-    let _ = writeln!(io::stderr(), "\n!!!!! {notice} !!!!!\n");
-}
-
-/// What a fixture expects of one frame.
-enum Expect {
-    /// `XDP_TX` with exactly these output bytes, counted as forwarded.
-    Tx(Vec<u8>),
-    /// `XDP_PASS` with the input unchanged, counted under the reason.
-    Pass(u32),
-    /// `XDP_DROP` with the input unchanged, counted under the reason.
-    Drop(u32),
-}
-
-/// A frame run through the program, not yet checked (see [`Case::run_counted`]).
-struct Sent {
-    /// The verdict counters of every reason just before the run.
-    before: Vec<Counters>,
-    /// The verdict.
-    action: u32,
-    /// The output frame.
-    out: Vec<u8>,
-}
-
-/// One fixture case: a freshly loaded data path and the case's name.
-struct Case {
-    name: String,
-    dp: Datapath,
-}
-
-impl Case {
-    /// Loads a fresh data path; `None` (after a loud notice) without privileges.
-    fn new(name: impl Into<String>) -> Option<Self> {
-        let name = name.into();
-        if !privileged(&name) {
-            return None;
-        }
-        let dp = Datapath::load(CAPACITY, None)
-            .unwrap_or_else(|e| panic!("{name}: loading the data path: {e:#}"));
-        Some(Self { name, dp })
-    }
-
-    /// Installs service `id` on (`vip`, PORT, `proto`) with one backend per
-    /// entry of `reals`.
-    fn service(&mut self, id: u32, vip: IpAddr, proto: u8, reals: &[Real]) {
-        self.dp
-            .maps
-            .set_service(
-                service_key(vip, PORT, proto),
-                id,
-                &backend_set(id, vip, reals),
-            )
-            .unwrap_or_else(|e| panic!("{}: set_service: {e:#}", self.name));
-    }
-
-    /// Replaces the backends of service `id` (as a re-weight, health change
-    /// or removal on a running director does).
-    fn backends(&mut self, id: u32, vip: IpAddr, reals: &[Real]) {
-        self.dp
-            .maps
-            .set_backends(id, &backend_set(id, vip, reals))
-            .unwrap_or_else(|e| panic!("{}: set_backends: {e:#}", self.name));
-    }
-
-    /// The verdict counters of every reason, summed over CPUs, as `lb stats`
-    /// shows them (`forwarded` adds up the services).
-    fn verdicts(&self) -> Vec<Counters> {
-        let maps = &self.dp.maps;
-        maps.forwarded_by_services()
-            .and_then(|forwarded| maps.verdict_counters(forwarded))
-            .unwrap_or_else(|e| panic!("{}: reading verdict counters: {e:#}", self.name))
-    }
-
-    /// One entry of a per-CPU stats map, summed over CPUs.
-    fn counters(
-        &self,
-        map: &aya::maps::PerCpuArray<aya::maps::MapData, Counters>,
-        index: u32,
-    ) -> Counters {
-        Maps::counters(map, index)
-            .unwrap_or_else(|e| panic!("{}: reading counters {index}: {e:#}", self.name))
-    }
-
-    /// Statistics of service `id`, as `lb stats` shows them.
-    fn service_stats(&self, id: u32) -> Counters {
-        self.dp
-            .maps
-            .service_counters(id)
-            .unwrap_or_else(|e| panic!("{}: reading service {id} counters: {e:#}", self.name))
-    }
-
-    /// Statistics of backend `slot` of service `id`.
-    fn backend_stats(&self, id: u32, slot: u32) -> Counters {
-        self.counters(&self.dp.maps.backend_stats, backend_index(id, slot))
-    }
-
-    /// The backend set of service `id` as the data path sees it.
-    fn backend_set(&self, id: u32) -> BackendSet {
-        array_get(&self.dp.maps.backends, id)
-            .unwrap_or_else(|e| panic!("{}: reading backends: {e:#}", self.name))
-    }
-
-    /// Active/inactive counts of backend `slot` of service `id`.
-    fn conns(&self, id: u32, slot: u32) -> BackendConns {
-        self.conn_set(id).conns[slot as usize]
-    }
-
-    /// Active/inactive counts of every slot of service `id`.
-    fn conn_set(&self, id: u32) -> BackendConnSet {
-        array_get(&self.dp.maps.backend_conns, id)
-            .unwrap_or_else(|e| panic!("{}: reading backend conns: {e:#}", self.name))
-    }
-
-    /// The connection-table entry of `pkt`'s flow, if any.
-    fn flow(&self, pkt: &Pkt) -> Option<Flow> {
-        self.dp
-            .maps
-            .flow(&pkt.flow_key())
-            .unwrap_or_else(|e| panic!("{}: reading the connection table: {e:#}", self.name))
-    }
-
-    /// Number of flows in both connection tables.
-    fn flow_count(&self) -> usize {
-        self.dp.maps.flow_count()
-    }
-
-    /// Number of flows in the IPv4 and in the IPv6 connection table, each
-    /// counted by walking its map directly.
-    fn flows_per_table(&self) -> (usize, usize) {
-        (
-            table_len(&self.name, CONNTRACK4_MAP, &self.dp.maps.conntrack4),
-            table_len(&self.name, CONNTRACK6_MAP, &self.dp.maps.conntrack6),
-        )
-    }
-
-    /// Asserts that `pkt`'s flow is bound to `slot` of service `id` in
-    /// `state`, and returns its last-seen time.
-    fn expect_flow(&self, label: &str, pkt: &Pkt, id: u32, slot: u32, state: u32) -> u64 {
-        let table = match pkt.ip {
-            Ip::V4 { .. } => CONNTRACK4_MAP,
-            Ip::V6 { .. } => CONNTRACK6_MAP,
-        };
-        let flow = self
-            .flow(pkt)
-            .unwrap_or_else(|| panic!("{}/{label}: flow missing from {table}", self.name));
-        assert_eq!(
-            (
-                u32::from(flow.service_id),
-                u32::from(flow.backend_slot),
-                state_name(u32::from(flow.state))
-            ),
-            (id, slot, state_name(state)),
-            "{}/{label}: flow (service, slot, state)",
-            self.name
-        );
-        assert!(
-            flow.last_seen_ns > 0,
-            "{}/{label}: last_seen_ns unset",
-            self.name
-        );
-        flow.last_seen_ns
-    }
-
-    /// Asserts the active/inactive counts of backend `slot` of service `id`.
-    fn expect_conns(&self, label: &str, id: u32, slot: u32, active: u64, inactive: u64) {
-        let c = self.conns(id, slot);
-        assert_eq!(
-            (c.active, c.inactive),
-            (active, inactive),
-            "{}/{label}: (active, inactive) of slot {slot}",
-            self.name
-        );
-    }
-
-    /// Runs `input` through the program and returns the verdict and output,
-    /// or the error `BPF_PROG_TEST_RUN` returned.
-    fn run(&self, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-        let mut out = vec![0u8; input.len() + 256];
-        let result = self.dp.program().test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..Default::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
-    }
-
-    /// Runs `pkt` and checks it is forwarded to `slot` of service `id` (see
-    /// [`Case::send`]). Returns the output.
-    fn forward(&self, label: &str, pkt: &Pkt, id: u32, slot: u32) -> Vec<u8> {
-        self.send(label, &pkt.build(), Expect::Tx(pkt.forwarded(id, slot)))
-    }
-
-    /// Runs `input` and checks the verdict, the output bytes and that the
-    /// verdict counters moved by exactly one packet of `input.len() - 14`
-    /// bytes under the expected reason. Returns the output.
-    fn send(&self, label: &str, input: &[u8], expect: Expect) -> Vec<u8> {
-        let sent = self.run_counted(label, input);
-        self.check(label, input, expect, sent)
-    }
-
-    /// Runs `input` through the program, noting the verdict counters just
-    /// before it, for [`Case::check`] to judge later.
-    fn run_counted(&self, label: &str, input: &[u8]) -> Sent {
-        let before = self.verdicts();
-        let (action, out) = self.run(input).unwrap_or_else(|e| {
-            panic!(
-                "{}/{label}: BPF_PROG_TEST_RUN failed: {e:#}\ninput:\n{}",
-                self.name,
-                hex(input)
-            )
-        });
-        Sent {
-            before,
-            action,
-            out,
-        }
-    }
-
-    /// Checks what [`Case::run_counted`] got for `input` as [`Case::send`]
-    /// does. Returns the output.
-    fn check(&self, label: &str, input: &[u8], expect: Expect, sent: Sent) -> Vec<u8> {
-        let Sent {
-            before,
-            action: got,
-            out,
-        } = sent;
-        let (action, reason, expected) = match expect {
-            Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
-            Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
-            Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
-        };
-        if got != action || out != expected {
-            let first_diff = out
-                .iter()
-                .zip(&expected)
-                .position(|(a, b)| a != b)
-                .unwrap_or(out.len().min(expected.len()));
-            panic!(
-                "{}/{label}: expected {} ({}), got {}; output differs from byte {first_diff} \
-                 (lengths {} expected, {} actual)\ninput ({} bytes):\n{}expected:\n{}actual:\n{}",
-                self.name,
-                action_name(action),
-                reason_name(reason),
-                action_name(got),
-                expected.len(),
-                out.len(),
-                input.len(),
-                hex(input),
-                hex(&expected),
-                hex(&out),
-            );
-        }
-        let after = self.verdicts();
-        for r in 0..NUM_REASONS {
-            let (b, a) = (before[r as usize], after[r as usize]);
-            let delta = (
-                a.packets - b.packets,
-                a.bytes - b.bytes,
-                a.new_conns - b.new_conns,
-            );
-            let want = if r == reason {
-                (1, (input.len() - ETH_LEN) as u64, 0)
-            } else {
-                (0, 0, 0)
-            };
-            assert_eq!(
-                delta,
-                want,
-                "{}/{label}: {VERDICT_STATS_MAP}[{}] moved by (packets, bytes, new_conns)",
-                self.name,
-                reason_name(r)
-            );
-        }
-        out
-    }
-}
-
-/// Number of keys in `map` (named `table`), walking it; panics on a read error.
-fn table_len<K: Pod, V: Pod>(case: &str, table: &str, map: &HashMap<MapData, K, V>) -> usize {
-    map.keys()
-        .try_fold(0, |len, key| key.map(|_| len + 1))
-        .unwrap_or_else(|e| panic!("{case}: walking {table}: {e}"))
-}
-
-/// A [`Counters`] value, for comparisons.
-const fn counted(packets: u64, bytes: u64, new_conns: u64) -> Counters {
-    Counters {
-        packets,
-        bytes,
-        new_conns,
-    }
-}
-
-/// Layer-3 length of a frame (what the byte counters add).
-const fn l3(frame: &[u8]) -> u64 {
-    (frame.len() - ETH_LEN) as u64
-}
 
 // ---------------------------------------------------------------------------
 // New flows
@@ -747,57 +349,24 @@ struct RawFlow {
     value: Vec<u8>,
 }
 
-impl Case {
-    /// Every entry of the data path's map `table` as the kernel stores it,
-    /// read through a handle opened by map id, apart from
-    /// `lb::datapath::Maps` and its types. Checks the map's key and value
-    /// sizes first.
-    fn raw_entries<const KEY_LEN: usize>(&self, table: &str) -> Vec<RawFlow> {
-        let name = &self.name;
-        let map = self.map_by_name(table, KEY_LEN, FLOW_VALUE_LEN);
-        let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)
-            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
-        raw.iter()
-            .map(|entry| {
-                let (key, value) = entry.unwrap_or_else(|e| panic!("{name}: walking {table}: {e}"));
-                RawFlow {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                }
-            })
-            .collect()
-    }
-
-    /// The data path's map `table`, opened by map id from the loaded
-    /// program's map ids (apart from `lb::datapath::Maps`, which does not
-    /// hold every map), after checking its key and value sizes.
-    fn map_by_name(&self, table: &str, key_len: usize, value_len: usize) -> Map {
-        let name = &self.name;
-        let ids = self
-            .dp
-            .program()
-            .info()
-            .and_then(|info| info.map_ids())
-            .unwrap_or_else(|e| panic!("{name}: listing the program's maps: {e}"))
-            .unwrap_or_else(|| panic!("{name}: the kernel does not list the program's maps"));
-        let (id, info) = ids
-            .into_iter()
-            .map(|id| {
-                let info = MapInfo::from_id(id).unwrap_or_else(|e| panic!("{name}: map {id}: {e}"));
-                (id, info)
-            })
-            .find(|(_, info)| info.name_as_str() == Some(table))
-            .unwrap_or_else(|| panic!("{name}: the program uses no map {table}"));
-        assert_eq!(
-            (info.key_size() as usize, info.value_size() as usize),
-            (key_len, value_len),
-            "{name}: {table} key/value sizes"
-        );
-        MapData::from_id(id)
-            .map_err(anyhow::Error::from)
-            .and_then(|data| Ok(Map::from_map_data(data)?))
-            .unwrap_or_else(|e| panic!("{name}: opening {table} by id: {e:#}"))
-    }
+/// Every entry of the data path's map `table` as the kernel stores it,
+/// read through a handle opened by map id, apart from
+/// `lb::datapath::Maps` and its types. Checks the map's key and value
+/// sizes first.
+fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec<RawFlow> {
+    let name = &case.name;
+    let map = case.map_by_name(table, KEY_LEN, FLOW_VALUE_LEN);
+    let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)
+        .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
+    raw.iter()
+        .map(|entry| {
+            let (key, value) = entry.unwrap_or_else(|e| panic!("{name}: walking {table}: {e}"));
+            RawFlow {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// Where the transport ports of a plain (option-less) frame start.
@@ -868,11 +437,11 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
     let (own_table, raw) = match vip {
         IpAddr::V4(_) => (
             CONNTRACK4_MAP,
-            case.raw_entries::<FLOW_KEY4_LEN>(CONNTRACK4_MAP),
+            raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP),
         ),
         IpAddr::V6(_) => (
             CONNTRACK6_MAP,
-            case.raw_entries::<FLOW_KEY6_LEN>(CONNTRACK6_MAP),
+            raw_entries::<FLOW_KEY6_LEN>(&case, CONNTRACK6_MAP),
         ),
     };
     assert_eq!(raw.len(), 2, "{name}: entries in {own_table}");
@@ -2513,202 +2082,196 @@ fn with_cached_flow(
         let mut case = Case::new(format!("{name} (attempt {attempt})")).expect("privileged");
         case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
         let sport = sport_base + attempt;
-        let cached = case.open_cached(Pkt::tcp4, sport, 0, cpu);
+        let cached = open_cached(&case, Pkt::tcp4, sport, 0, cpu);
         body(&mut case, cached, sport, cpu)
     });
 }
 
-impl Case {
-    /// The flow-cache set of the flow of the plain IPv4 or IPv6 `frame` on
-    /// every possible CPU, each as its [`FLOW_CACHE_WAYS`] ways.
-    fn cache_sets(&self, frame: &[u8]) -> Vec<Vec<RawCached>> {
-        let key = key_bytes_of_frame(frame);
-        let set = cache_set(&key);
-        match key.len() {
-            FLOW_KEY4_LEN => {
-                self.every_cpus_set::<CACHED_SET4_LEN>(FLOW_CACHE4_MAP, CACHED4_LEN, set)
-            }
-            FLOW_KEY6_LEN => {
-                self.every_cpus_set::<CACHED_SET6_LEN>(FLOW_CACHE6_MAP, CACHED6_LEN, set)
-            }
-            n => panic!("{}: a flow key of {n} bytes", self.name),
-        }
+/// The flow-cache set of the flow of the plain IPv4 or IPv6 `frame` on
+/// every possible CPU, each as its [`FLOW_CACHE_WAYS`] ways.
+fn cache_sets(case: &Case, frame: &[u8]) -> Vec<Vec<RawCached>> {
+    let key = key_bytes_of_frame(frame);
+    let set = cache_set(&key);
+    match key.len() {
+        FLOW_KEY4_LEN => every_cpus_set::<CACHED_SET4_LEN>(case, FLOW_CACHE4_MAP, CACHED4_LEN, set),
+        FLOW_KEY6_LEN => every_cpus_set::<CACHED_SET6_LEN>(case, FLOW_CACHE6_MAP, CACHED6_LEN, set),
+        n => panic!("{}: a flow key of {n} bytes", case.name),
     }
+}
 
-    /// Set `set` of the flow cache `table` (values of `LEN` bytes, entries
-    /// of `entry_len`) in the block of every possible CPU, each decoded into
-    /// its [`FLOW_CACHE_WAYS`] ways.
-    fn every_cpus_set<const LEN: usize>(
-        &self,
-        table: &str,
-        entry_len: usize,
-        set: u32,
-    ) -> Vec<Vec<RawCached>> {
-        let name = &self.name;
-        let map = self.map_by_name(table, ARRAY_KEY_LEN, LEN);
-        let array = Array::<MapData, [u8; LEN]>::try_from(map)
-            .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
-        let cpus = nr_cpus().expect("the number of possible CPUs") as u32;
-        (0..cpus)
-            .map(|cpu| {
-                let index = flow_cache_index(cpu, set);
-                let value = array
-                    .get(&index, 0)
-                    .unwrap_or_else(|e| panic!("{name}: reading {table}[{index}]: {e}"));
-                value
-                    .chunks_exact(entry_len)
-                    .take(FLOW_CACHE_WAYS)
-                    .map(RawCached::decode)
-                    .collect()
-            })
-            .collect()
-    }
+/// Set `set` of the flow cache `table` (values of `LEN` bytes, entries
+/// of `entry_len`) in the block of every possible CPU, each decoded into
+/// its [`FLOW_CACHE_WAYS`] ways.
+fn every_cpus_set<const LEN: usize>(
+    case: &Case,
+    table: &str,
+    entry_len: usize,
+    set: u32,
+) -> Vec<Vec<RawCached>> {
+    let name = &case.name;
+    let map = case.map_by_name(table, ARRAY_KEY_LEN, LEN);
+    let array = Array::<MapData, [u8; LEN]>::try_from(map)
+        .unwrap_or_else(|e| panic!("{name}: {table} as raw bytes: {e}"));
+    let cpus = nr_cpus().expect("the number of possible CPUs") as u32;
+    (0..cpus)
+        .map(|cpu| {
+            let index = flow_cache_index(cpu, set);
+            let value = array
+                .get(&index, 0)
+                .unwrap_or_else(|e| panic!("{name}: reading {table}[{index}]: {e}"));
+            value
+                .chunks_exact(entry_len)
+                .take(FLOW_CACHE_WAYS)
+                .map(RawCached::decode)
+                .collect()
+        })
+        .collect()
+}
 
-    /// CPU `cpu`'s flow-cache entry of `frame`'s flow, if that CPU caches it.
-    fn cached_entry(&self, frame: &[u8], cpu: usize) -> Option<RawCached> {
-        let key = key_bytes_of_frame(frame);
-        let sets = self.cache_sets(frame);
-        let ways = sets
-            .get(cpu)
-            .unwrap_or_else(|| panic!("{}: no flow-cache value for CPU {cpu}", self.name));
-        way_holding(&self.name, ways, &key).map(|way| ways[way].clone())
-    }
+/// CPU `cpu`'s flow-cache entry of `frame`'s flow, if that CPU caches it.
+fn cached_entry(case: &Case, frame: &[u8], cpu: usize) -> Option<RawCached> {
+    let key = key_bytes_of_frame(frame);
+    let sets = cache_sets(case, frame);
+    let ways = sets
+        .get(cpu)
+        .unwrap_or_else(|| panic!("{}: no flow-cache value for CPU {cpu}", case.name));
+    way_holding(&case.name, ways, &key).map(|way| ways[way].clone())
+}
 
-    /// Asserts that no way of any CPU's flow cache holds `pkt`'s flow.
-    fn expect_not_cached(&self, label: &str, pkt: &Pkt) {
-        let frame = pkt.build();
-        let key = key_bytes_of_frame(&frame);
-        for (cpu, ways) in self.cache_sets(&frame).iter().enumerate() {
-            if let Some(way) = way_holding(&self.name, ways, &key) {
-                panic!(
-                    "{}/{label}: the flow is in way {way} of CPU {cpu}'s flow cache: {:?}",
-                    self.name, ways[way]
-                );
-            }
-        }
-    }
-
-    /// Asserts that a way of CPU `cpu`'s flow cache, and of no other CPU's,
-    /// holds `pkt`'s flow (its key bytes as the frame gives them) bound to
-    /// `slot` of service `id` in `state`, stamped with a period of `periods`
-    /// (read just before and just after the packet that cached it). Returns
-    /// the entry.
-    fn expect_cached(
-        &self,
-        label: &str,
-        pkt: &Pkt,
-        cpu: usize,
-        (id, slot, state): (u32, u32, u32),
-        periods: RangeInclusive<u64>,
-    ) -> RawCached {
-        let name = &self.name;
-        let frame = pkt.build();
-        let key = key_bytes_of_frame(&frame);
-        let sets = self.cache_sets(&frame);
-        for (other, ways) in sets.iter().enumerate() {
-            if other != cpu {
-                assert_eq!(
-                    way_holding(name, ways, &key),
-                    None,
-                    "{name}/{label}: the flow is in CPU {other}'s flow cache too, not only CPU {cpu}'s"
-                );
-            }
-        }
-        let ways = sets
-            .get(cpu)
-            .unwrap_or_else(|| panic!("{name}: no flow-cache value for CPU {cpu}"));
-        let Some(way) = way_holding(name, ways, &key) else {
-            let keys: String = ways.iter().map(|entry| hex(&entry.key)).collect();
+/// Asserts that no way of any CPU's flow cache holds `pkt`'s flow.
+fn expect_not_cached(case: &Case, label: &str, pkt: &Pkt) {
+    let frame = pkt.build();
+    let key = key_bytes_of_frame(&frame);
+    for (cpu, ways) in cache_sets(case, &frame).iter().enumerate() {
+        if let Some(way) = way_holding(&case.name, ways, &key) {
             panic!(
-                "{name}/{label}: no way of CPU {cpu}'s flow-cache set holds the flow\n\
-                 way keys:\n{keys}frame key:\n{}",
-                hex(&key)
+                "{}/{label}: the flow is in way {way} of CPU {cpu}'s flow cache: {:?}",
+                case.name, ways[way]
             );
-        };
-        let entry = ways[way].clone();
-        assert_eq!(
-            (
-                u32::from(entry.service_id),
-                u32::from(entry.slot),
-                state_name(u32::from(entry.state)),
-                entry.pad
-            ),
-            (id, slot, state_name(state), 0),
-            "{name}/{label}: cached (service, slot, state, padding)"
-        );
-        assert!(
-            entry.stamp != 0 && periods.contains(&entry.stamp),
-            "{name}/{label}: cache stamp {} is not the period of the packet ({periods:?})",
-            entry.stamp
-        );
-        entry
+        }
     }
+}
 
-    /// Runs `frame` like [`Case::run_counted`] if the flow-cache period is
-    /// still `stamp` afterwards; `None` when it rolled over meanwhile.
-    fn run_in_period(&self, label: &str, frame: &[u8], stamp: u64) -> Option<Sent> {
-        let sent = self.run_counted(label, frame);
-        (current_period() == stamp).then_some(sent)
+/// Asserts that a way of CPU `cpu`'s flow cache, and of no other CPU's,
+/// holds `pkt`'s flow (its key bytes as the frame gives them) bound to
+/// `slot` of service `id` in `state`, stamped with a period of `periods`
+/// (read just before and just after the packet that cached it). Returns
+/// the entry.
+fn expect_cached(
+    case: &Case,
+    label: &str,
+    pkt: &Pkt,
+    cpu: usize,
+    (id, slot, state): (u32, u32, u32),
+    periods: RangeInclusive<u64>,
+) -> RawCached {
+    let name = &case.name;
+    let frame = pkt.build();
+    let key = key_bytes_of_frame(&frame);
+    let sets = cache_sets(case, &frame);
+    for (other, ways) in sets.iter().enumerate() {
+        if other != cpu {
+            assert_eq!(
+                way_holding(name, ways, &key),
+                None,
+                "{name}/{label}: the flow is in CPU {other}'s flow cache too, not only CPU {cpu}'s"
+            );
+        }
     }
-
-    /// Opens a TCP flow from client port `sport` of service
-    /// [`SERVICE_ID`] on its least loaded backend `slot`, which must have no
-    /// flows yet, and caches it: the SYN opens it in the table (SYN_RECV)
-    /// and leaves it out of the cache; the ACK (a state change) goes through
-    /// the table (ESTABLISHED, `slot` counted active) and caches the flow on
-    /// `cpu`. Returns the entry.
-    fn open_cached(
-        &self,
-        pkt: impl Fn(u16, u8) -> Pkt,
-        sport: u16,
-        slot: u32,
-        cpu: usize,
-    ) -> RawCached {
-        let syn = pkt(sport, TCP_SYN);
-        self.forward("SYN", &syn, SERVICE_ID, slot);
-        self.expect_flow("SYN", &syn, SERVICE_ID, slot, STATE_SYN_RECV);
-        self.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
-        self.expect_not_cached("SYN", &syn);
-        let ack = pkt(sport, TCP_ACK);
-        let start = current_period();
-        self.forward("ACK", &ack, SERVICE_ID, slot);
-        let end = current_period();
-        self.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
-        self.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
-        let flow = (SERVICE_ID, slot, STATE_ESTABLISHED);
-        self.expect_cached("ACK", &ack, cpu, flow, start..=end)
-    }
-
-    /// Opens a TCP flow from client port `sport` of service [`SERVICE_ID`]
-    /// on its least loaded backend `slot`, which must have no flows yet,
-    /// through the table alone: SYN then ACK, both forwarded to `slot`, the
-    /// flow ESTABLISHED in the table and in no CPU's flow cache. For a flow
-    /// whose cache set is full of flows of period `stamp`; `None` when the
-    /// period was no longer `stamp` after the ACK.
-    fn open_uncached(
-        &self,
-        pkt: impl Fn(u16, u8) -> Pkt,
-        sport: u16,
-        slot: u32,
-        stamp: u64,
-    ) -> Option<()> {
-        let syn = pkt(sport, TCP_SYN);
-        self.forward("SYN", &syn, SERVICE_ID, slot);
-        self.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
-        let ack = pkt(sport, TCP_ACK);
-        let frame = ack.build();
-        let sent = self.run_in_period("ACK", &frame, stamp)?;
-        self.check(
-            "ACK",
-            &frame,
-            Expect::Tx(ack.forwarded(SERVICE_ID, slot)),
-            sent,
+    let ways = sets
+        .get(cpu)
+        .unwrap_or_else(|| panic!("{name}: no flow-cache value for CPU {cpu}"));
+    let Some(way) = way_holding(name, ways, &key) else {
+        let keys: String = ways.iter().map(|entry| hex(&entry.key)).collect();
+        panic!(
+            "{name}/{label}: no way of CPU {cpu}'s flow-cache set holds the flow\n\
+             way keys:\n{keys}frame key:\n{}",
+            hex(&key)
         );
-        self.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
-        self.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
-        self.expect_not_cached("ACK", &ack);
-        Some(())
-    }
+    };
+    let entry = ways[way].clone();
+    assert_eq!(
+        (
+            u32::from(entry.service_id),
+            u32::from(entry.slot),
+            state_name(u32::from(entry.state)),
+            entry.pad
+        ),
+        (id, slot, state_name(state), 0),
+        "{name}/{label}: cached (service, slot, state, padding)"
+    );
+    assert!(
+        entry.stamp != 0 && periods.contains(&entry.stamp),
+        "{name}/{label}: cache stamp {} is not the period of the packet ({periods:?})",
+        entry.stamp
+    );
+    entry
+}
+
+/// Runs `frame` like [`Case::run_counted`] if the flow-cache period is
+/// still `stamp` afterwards; `None` when it rolled over meanwhile.
+fn run_in_period(case: &Case, label: &str, frame: &[u8], stamp: u64) -> Option<Sent> {
+    let sent = case.run_counted(label, frame);
+    (current_period() == stamp).then_some(sent)
+}
+
+/// Opens a TCP flow from client port `sport` of service
+/// [`SERVICE_ID`] on its least loaded backend `slot`, which must have no
+/// flows yet, and caches it: the SYN opens it in the table (SYN_RECV)
+/// and leaves it out of the cache; the ACK (a state change) goes through
+/// the table (ESTABLISHED, `slot` counted active) and caches the flow on
+/// `cpu`. Returns the entry.
+fn open_cached(
+    case: &Case,
+    pkt: impl Fn(u16, u8) -> Pkt,
+    sport: u16,
+    slot: u32,
+    cpu: usize,
+) -> RawCached {
+    let syn = pkt(sport, TCP_SYN);
+    case.forward("SYN", &syn, SERVICE_ID, slot);
+    case.expect_flow("SYN", &syn, SERVICE_ID, slot, STATE_SYN_RECV);
+    case.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
+    expect_not_cached(case, "SYN", &syn);
+    let ack = pkt(sport, TCP_ACK);
+    let start = current_period();
+    case.forward("ACK", &ack, SERVICE_ID, slot);
+    let end = current_period();
+    case.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
+    case.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
+    let flow = (SERVICE_ID, slot, STATE_ESTABLISHED);
+    expect_cached(case, "ACK", &ack, cpu, flow, start..=end)
+}
+
+/// Opens a TCP flow from client port `sport` of service [`SERVICE_ID`]
+/// on its least loaded backend `slot`, which must have no flows yet,
+/// through the table alone: SYN then ACK, both forwarded to `slot`, the
+/// flow ESTABLISHED in the table and in no CPU's flow cache. For a flow
+/// whose cache set is full of flows of period `stamp`; `None` when the
+/// period was no longer `stamp` after the ACK.
+fn open_uncached(
+    case: &Case,
+    pkt: impl Fn(u16, u8) -> Pkt,
+    sport: u16,
+    slot: u32,
+    stamp: u64,
+) -> Option<()> {
+    let syn = pkt(sport, TCP_SYN);
+    case.forward("SYN", &syn, SERVICE_ID, slot);
+    case.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
+    let ack = pkt(sport, TCP_ACK);
+    let frame = ack.build();
+    let sent = run_in_period(case, "ACK", &frame, stamp)?;
+    case.check(
+        "ACK",
+        &frame,
+        Expect::Tx(ack.forwarded(SERVICE_ID, slot)),
+        sent,
+    );
+    case.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
+    case.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
+    expect_not_cached(case, "ACK", &ack);
+    Some(())
 }
 
 /// A SYN opens its flow in the table only; the ACK, a state change, goes
@@ -2720,7 +2283,7 @@ fn handshake_caches_the_flow(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8) -> P
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
-    case.open_cached(pkt, 40000, 0, cpu);
+    open_cached(&case, pkt, 40000, 0, cpu);
     assert_eq!(case.flow_count(), 1, "{name}: flows");
 }
 
@@ -2753,7 +2316,7 @@ fn flow_cache_hit_bypasses_the_table() {
         assert_eq!(case.flow(&ack), None, "{name}: flow deleted");
         let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"from the cache");
         let frame = data.build();
-        let sent = case.run_in_period("data", &frame, cached.stamp)?;
+        let sent = run_in_period(&case, "data", &frame, cached.stamp)?;
         case.check(
             "data",
             &frame,
@@ -2768,7 +2331,7 @@ fn flow_cache_hit_bypasses_the_table() {
         );
         assert_eq!(case.flow_count(), 0, "{}: flows", case.name);
         assert_eq!(
-            case.cached_entry(&frame, cpu),
+            cached_entry(&case, &frame, cpu),
             Some(cached),
             "{}: the cache entry changed",
             case.name
@@ -2805,7 +2368,7 @@ fn flow_cache_is_not_probed_by_syns() {
             "{name}: deleting the flow from the table"
         );
         let frame = syn.build();
-        let sent = case.run_in_period("SYN again", &frame, cached.stamp)?;
+        let sent = run_in_period(&case, "SYN again", &frame, cached.stamp)?;
         // Slot 0 still counts the deleted flow as active: slot 1 is chosen.
         case.check(
             "SYN again",
@@ -2836,7 +2399,7 @@ fn flow_cache_state_changes_go_through_the_table() {
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
-    let cached = case.open_cached(Pkt::tcp4, 40000, 0, cpu);
+    let cached = open_cached(&case, Pkt::tcp4, 40000, 0, cpu);
     let mut stamp = cached.stamp;
     for (label, flags, state) in [
         ("FIN", TCP_FIN | TCP_ACK, STATE_FIN_WAIT),
@@ -2849,7 +2412,7 @@ fn flow_cache_state_changes_go_through_the_table() {
         case.expect_flow(label, &pkt, SERVICE_ID, 0, state);
         case.expect_conns(label, SERVICE_ID, 0, 0, 1);
         case.expect_conns(label, SERVICE_ID, 1, 0, 0);
-        let entry = case.expect_cached(label, &pkt, cpu, (SERVICE_ID, 0, state), start..=end);
+        let entry = expect_cached(&case, label, &pkt, cpu, (SERVICE_ID, 0, state), start..=end);
         assert!(
             entry.stamp >= stamp,
             "{name}/{label}: cache stamp went back"
@@ -2874,7 +2437,7 @@ fn flow_cache_skips_emptied_slots() {
         let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"after removal");
         let frame = data.build();
         let label = "data after removal";
-        let sent = case.run_in_period(label, &frame, cached.stamp)?;
+        let sent = run_in_period(&case, label, &frame, cached.stamp)?;
         case.check(
             label,
             &frame,
@@ -2895,7 +2458,7 @@ fn flow_cache_skips_emptied_slots() {
         let end = current_period();
         case.expect_flow("next ACK", &more, SERVICE_ID, 1, STATE_ESTABLISHED);
         let flow = (SERVICE_ID, 1, STATE_ESTABLISHED);
-        case.expect_cached("next ACK", &more, cpu, flow, start..=end);
+        expect_cached(&case, "next ACK", &more, cpu, flow, start..=end);
         Some(())
     });
 }
@@ -2913,7 +2476,7 @@ fn flow_cache_udp() {
     let first = Pkt::udp4(5353).with_payload(b"query");
     case.forward("first datagram", &first, SERVICE_ID, 0);
     case.expect_flow("first datagram", &first, SERVICE_ID, 0, STATE_UDP);
-    case.expect_not_cached("first datagram", &first);
+    expect_not_cached(&case, "first datagram", &first);
     let second = Pkt::udp4(5353).with_payload(b"second query");
     let start = current_period();
     case.forward("second datagram", &second, SERVICE_ID, 0);
@@ -2921,7 +2484,7 @@ fn flow_cache_udp() {
     case.expect_flow("second datagram", &second, SERVICE_ID, 0, STATE_UDP);
     case.expect_conns("second datagram", SERVICE_ID, 0, 0, 1);
     let flow = (SERVICE_ID, 0, STATE_UDP);
-    case.expect_cached("second datagram", &second, cpu, flow, start..=end);
+    expect_cached(&case, "second datagram", &second, cpu, flow, start..=end);
 }
 
 /// A cached flow goes back to its table once per period: after the period
@@ -2935,7 +2498,7 @@ fn flow_cache_period_refreshes_the_table() {
     };
     let cpu = pin_to_one_cpu(name);
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100), up(100)]);
-    let cached = case.open_cached(Pkt::tcp4, 40000, 0, cpu);
+    let cached = open_cached(&case, Pkt::tcp4, 40000, 0, cpu);
     let ack = Pkt::tcp4(40000, TCP_ACK);
     let seen = case.expect_flow("ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
     let start = wait_for_period_after(name, cached.stamp);
@@ -2949,7 +2512,7 @@ fn flow_cache_period_refreshes_the_table() {
     );
     case.expect_conns("data", SERVICE_ID, 0, 1, 0);
     let flow = (SERVICE_ID, 0, STATE_ESTABLISHED);
-    let entry = case.expect_cached("data", &data, cpu, flow, start..=end);
+    let entry = expect_cached(&case, "data", &data, cpu, flow, start..=end);
     assert!(
         entry.stamp > cached.stamp,
         "{name}: cache stamp {} not past {}",
@@ -2982,12 +2545,12 @@ fn with_full_cache_set(
         let ports = ports_in_one_set(&pkt, FLOW_CACHE_WAYS + 1, usize::from(attempt));
         let cached: Vec<RawCached> = (0..)
             .zip(&ports[..FLOW_CACHE_WAYS])
-            .map(|(slot, &sport)| case.open_cached(&pkt, sport, slot, cpu))
+            .map(|(slot, &sport)| open_cached(&case, &pkt, sport, slot, cpu))
             .collect();
         if cached.iter().any(|entry| entry.stamp != cached[0].stamp) {
             return None;
         }
-        let ways = &case.cache_sets(&pkt(ports[0], TCP_ACK).build())[cpu];
+        let ways = &cache_sets(&case, &pkt(ports[0], TCP_ACK).build())[cpu];
         for entry in &cached {
             assert!(
                 ways.contains(entry),
@@ -3008,7 +2571,7 @@ fn cache_set_holds_a_flow_per_way(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8)
     with_full_cache_set(name, vip, &pkt, |case, ports, cached, cpu| {
         let stamp = cached[0].stamp;
         let set_frame = pkt(ports[0], TCP_ACK).build();
-        let set = case.cache_sets(&set_frame)[cpu].clone();
+        let set = cache_sets(&case, &set_frame)[cpu].clone();
         let open = &ports[..FLOW_CACHE_WAYS];
         for &sport in open {
             assert!(
@@ -3021,7 +2584,7 @@ fn cache_set_holds_a_flow_per_way(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8)
             let label = format!("data from port {sport}");
             let data = pkt(sport, TCP_ACK | TCP_PSH).with_payload(b"from the cache");
             let frame = data.build();
-            let sent = case.run_in_period(&label, &frame, stamp)?;
+            let sent = run_in_period(&case, &label, &frame, stamp)?;
             case.check(
                 &label,
                 &frame,
@@ -3037,7 +2600,7 @@ fn cache_set_holds_a_flow_per_way(name: &str, vip: IpAddr, pkt: impl Fn(u16, u8)
         }
         assert_eq!(case.flow_count(), 0, "{}: flows", case.name);
         assert_eq!(
-            case.cache_sets(&set_frame)[cpu],
+            cache_sets(&case, &set_frame)[cpu],
             set,
             "{}: the flow-cache set changed",
             case.name
@@ -3076,10 +2639,10 @@ fn flow_cache_keeps_each_cpus_flows_in_its_own_block() {
         pin_to_cpu(name, cpu);
         let mut case = Case::new(format!("{name} (CPU {cpu})")).expect("privileged");
         case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(100)]);
-        case.open_cached(Pkt::tcp4, 41_000 + n, 0, cpu);
+        open_cached(&case, Pkt::tcp4, 41_000 + n, 0, cpu);
         let mut case = Case::new(format!("{name} (CPU {cpu}, IPv6)")).expect("privileged");
         case.service(SERVICE_ID, VIP6.into(), PROTO_TCP, &[up(100)]);
-        case.open_cached(Pkt::tcp6, 41_000 + n, 0, cpu);
+        open_cached(&case, Pkt::tcp6, 41_000 + n, 0, cpu);
     }
     eprintln!("{name}: checked on CPUs {cpus:?}");
 }
@@ -3096,10 +2659,10 @@ fn flow_cache_full_set_leaves_a_new_flow_in_the_table() {
         let stamp = cached[0].stamp;
         let (sport, slot) = (ports[FLOW_CACHE_WAYS], FLOW_CACHE_WAYS as u32);
         let set_frame = Pkt::tcp4(sport, TCP_ACK).build();
-        let set = case.cache_sets(&set_frame)[cpu].clone();
-        case.open_uncached(Pkt::tcp4, sport, slot, stamp)?;
+        let set = cache_sets(&case, &set_frame)[cpu].clone();
+        open_uncached(&case, Pkt::tcp4, sport, slot, stamp)?;
         assert_eq!(
-            case.cache_sets(&set_frame)[cpu],
+            cache_sets(&case, &set_frame)[cpu],
             set,
             "{}/handshake: the full flow-cache set changed",
             case.name
@@ -3114,7 +2677,7 @@ fn flow_cache_full_set_leaves_a_new_flow_in_the_table() {
             .insert_flow(&data.flow_key(), &flow)
             .unwrap_or_else(|e| panic!("{}: insert_flow: {e:#}", case.name));
         let frame = data.build();
-        let sent = case.run_in_period("data", &frame, stamp)?;
+        let sent = run_in_period(&case, "data", &frame, stamp)?;
         case.check(
             "data",
             &frame,
@@ -3127,9 +2690,9 @@ fn flow_cache_full_set_leaves_a_new_flow_in_the_table() {
             "{}/data: last_seen_ns not refreshed: the packet skipped the table",
             case.name
         );
-        case.expect_not_cached("data", &data);
+        expect_not_cached(&case, "data", &data);
         assert_eq!(
-            case.cache_sets(&set_frame)[cpu],
+            cache_sets(&case, &set_frame)[cpu],
             set,
             "{}/data: the full flow-cache set changed",
             case.name
@@ -3148,17 +2711,17 @@ fn flow_cache_new_period_frees_a_way_of_a_full_set() {
     with_full_cache_set(name, VIP4.into(), Pkt::tcp4, |case, ports, cached, cpu| {
         let stamp = cached[0].stamp;
         let (sport, slot) = (ports[FLOW_CACHE_WAYS], FLOW_CACHE_WAYS as u32);
-        case.open_uncached(Pkt::tcp4, sport, slot, stamp)?;
+        open_uncached(&case, Pkt::tcp4, sport, slot, stamp)?;
         let set_frame = Pkt::tcp4(sport, TCP_ACK).build();
-        let before = case.cache_sets(&set_frame)[cpu].clone();
+        let before = cache_sets(&case, &set_frame)[cpu].clone();
         let start = wait_for_period_after(&case.name, stamp);
         let data = Pkt::tcp4(sport, TCP_ACK | TCP_PSH).with_payload(b"a period later");
         case.forward("data", &data, SERVICE_ID, slot);
         let end = current_period();
         case.expect_flow("data", &data, SERVICE_ID, slot, STATE_ESTABLISHED);
         let flow = (SERVICE_ID, slot, STATE_ESTABLISHED);
-        let entry = case.expect_cached("data", &data, cpu, flow, start..=end);
-        let after = case.cache_sets(&set_frame)[cpu].clone();
+        let entry = expect_cached(&case, "data", &data, cpu, flow, start..=end);
+        let after = cache_sets(&case, &set_frame)[cpu].clone();
         let way = way_holding(&case.name, &after, &entry.key).expect("cached");
         assert_eq!(
             Some(way),
