@@ -1,0 +1,403 @@
+//! Header variants: IPv4 options, IPv6 extension headers, fragments, and
+//! malformed or truncated headers.
+
+use std::net::IpAddr;
+
+use aya::programs::ProgramError;
+use lb_common::{
+    PROTO_TCP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NOT_L4,
+    conn_state::{STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
+};
+use lb_tests::{
+    VIP4, VIP6,
+    frame::{ETH_LEN, Ext, Ip, Pkt, TCP_PSH, hex},
+    xdp_case::{Case, DECOY_ID, Expect, SERVICE_ID, XDP_DROP, action_name, up},
+};
+
+/// IPv4 options of `len` bytes: a Router Alert, then NOPs, then an End of
+/// Options List (for lengths above 4).
+fn ipv4_options(len: usize) -> Vec<u8> {
+    let mut options = vec![0x94, 0x04, 0x00, 0x00];
+    options.resize(len, 0x01);
+    if len > 4 {
+        options[len - 1] = 0x00;
+    }
+    options
+}
+
+/// IPv4 headers with options (IHL 6 to 15) are parsed at the right offset:
+/// the flow is forwarded and recorded with the real ports.
+#[test]
+fn ipv4_options_are_skipped() {
+    for ihl in 6u16..=15 {
+        let name = format!("ipv4_options: ihl {ihl}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        let syn =
+            Pkt::tcp4(40000 + ihl, TCP_SYN).with_options(&ipv4_options(usize::from(ihl - 5) * 4));
+        let frame = syn.build();
+        assert_eq!(frame[ETH_LEN] & 0x0f, ihl as u8, "{name}: builder IHL");
+        case.send("SYN", &frame, Expect::Tx(syn.forwarded(SERVICE_ID, 0)));
+        case.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
+        assert_eq!(case.flow_count(), 1, "{name}: flows");
+    }
+}
+
+/// IPv6 extension header chains the parser walks (at most four headers) are
+/// skipped; a fifth header, or a fragment header anywhere, hands the packet
+/// to the stack.
+#[test]
+fn ipv6_extension_headers() {
+    use Ext::*;
+    let forwarded: Vec<(&str, Pkt)> = vec![
+        (
+            "hop-by-hop + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), DestOpts(16)]),
+        ),
+        (
+            "destination options (UDP)",
+            Pkt::udp6(40000).with_ext(&[DestOpts(24)]),
+        ),
+        (
+            "hop-by-hop + routing + AH + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), Routing(24), Auth(24), DestOpts(8)]),
+        ),
+        (
+            "AH of 16 bytes",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[Auth(16)]),
+        ),
+    ];
+    for (label, pkt) in forwarded {
+        let name = format!("ipv6_ext: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP6.into(), pkt.proto(), &[up(1)]);
+        case.forward(label, &pkt, SERVICE_ID, 0);
+        let state = if pkt.proto() == PROTO_TCP {
+            STATE_SYN_RECV
+        } else {
+            STATE_UDP
+        };
+        case.expect_flow(label, &pkt, SERVICE_ID, 0, state);
+    }
+    let too_long = Pkt::tcp6(40000, TCP_SYN).with_ext(&[
+        HopByHop(8),
+        DestOpts(8),
+        Routing(8),
+        DestOpts(8),
+        Auth(16),
+    ]);
+    let Some(mut case) = Case::new("ipv6_ext: five headers") else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+    case.send(
+        "five headers",
+        &too_long.build(),
+        Expect::Pass(REASON_NOT_L4),
+    );
+    assert_eq!(case.flow_count(), 0, "ipv6_ext: five headers: flows");
+}
+
+/// Fragments (even a first fragment carrying the whole TCP header) pass to
+/// the stack; DF alone is not a fragment.
+#[test]
+fn fragments_pass_to_the_stack() {
+    let syn4 = || Pkt::tcp4(40000, TCP_SYN);
+    let syn6 = || Pkt::tcp6(40000, TCP_SYN);
+    let cases: Vec<(&str, Pkt, Expect)> = vec![
+        (
+            "IPv4 first fragment (MF)",
+            syn4().with_frag(0x2000),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 middle fragment (MF, offset 185)",
+            syn4().with_frag(0x2000 | 185),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 last fragment (offset 1)",
+            syn4().with_frag(1),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv6 first fragment",
+            syn6().with_ext(&[Ext::Fragment {
+                offset: 0,
+                more: true,
+            }]),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv6 last fragment after hop-by-hop",
+            syn6().with_ext(&[
+                Ext::HopByHop(8),
+                Ext::Fragment {
+                    offset: 100,
+                    more: false,
+                },
+            ]),
+            Expect::Pass(REASON_FRAGMENT),
+        ),
+        (
+            "IPv4 DF, no fragment",
+            syn4().with_frag(0x4000),
+            Expect::Tx(syn4().forwarded(SERVICE_ID, 0)),
+        ),
+        (
+            "IPv4 no flags",
+            syn4().with_frag(0),
+            Expect::Tx(syn4().with_frag(0).forwarded(SERVICE_ID, 0)),
+        ),
+    ];
+    for (label, pkt, expect) in cases {
+        let name = format!("fragments: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        let forwards = matches!(expect, Expect::Tx(_));
+        case.send(label, &pkt.build(), expect);
+        assert_eq!(case.flow_count(), usize::from(forwards), "{name}: flows");
+    }
+}
+
+/// Inconsistent IP headers are dropped as malformed.
+#[test]
+fn bad_ip_headers_are_dropped() {
+    let with_vihl = |vihl| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { vihl: v, .. } = &mut p.ip {
+            *v = Some(vihl);
+        }
+        p
+    };
+    let with_tot_len = |len| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let with_v6_first_byte = |byte| {
+        let mut p = Pkt::tcp6(40000, TCP_SYN);
+        if let Ip::V6 { first_byte, .. } = &mut p.ip {
+            *first_byte = Some(byte);
+        }
+        p
+    };
+    let mut cases: Vec<(String, Pkt)> = vec![
+        ("IPv4 version 6".into(), with_vihl(0x65)),
+        ("IPv4 version 0".into(), with_vihl(0x05)),
+        ("IPv4 version 15".into(), with_vihl(0xf5)),
+        ("IPv4 total length 19 < IHL*4".into(), with_tot_len(19)),
+        ("IPv4 total length 0".into(), with_tot_len(0)),
+        ("IPv6 version 4".into(), with_v6_first_byte(0x40)),
+        ("IPv6 version 0".into(), with_v6_first_byte(0x00)),
+    ];
+    for ihl in 0..5u8 {
+        cases.push((format!("IPv4 IHL {ihl}"), with_vihl(0x40 | ihl)));
+    }
+    for (label, pkt) in cases {
+        let name = format!("bad_ip: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+        case.send(&label, &pkt.build(), Expect::Drop(REASON_MALFORMED));
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+    }
+}
+
+/// KNOWN BUG in lb-ebpf (`parse.rs`): the IPv4 total length and the IPv6
+/// payload length are not checked against the transport header, so a
+/// datagram too short to hold its TCP/UDP header is parsed from the bytes
+/// that follow it in the frame (Ethernet padding, or anything a sender puts
+/// there), scheduled and forwarded. Linux (and so IPVS) trims the packet to
+/// its IP length and drops it; the data path should drop it as malformed
+/// ("inconsistent headers", like a total length below IHL * 4). This test
+/// states the correct behaviour and fails until `parse.rs` compares
+/// `tot_len` with `header_len + transport header` (IPv6: `payload_len` with
+/// the extension headers + transport header).
+#[test]
+fn bug_l4_header_beyond_ip_length_is_malformed() {
+    let v4_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let v6_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V6 { payload_len, .. } = &mut p.ip {
+            *payload_len = Some(len);
+        }
+        p
+    };
+    let cases: Vec<(&str, Pkt)> = vec![
+        (
+            "IPv4 total length 20, TCP header after it",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 20),
+        ),
+        (
+            "IPv4 total length 30, half a TCP header",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 30),
+        ),
+        (
+            "IPv4 total length 24, half a UDP header",
+            v4_len(Pkt::udp4(40000), 24),
+        ),
+        (
+            "IPv6 payload length 8, TCP header",
+            v6_len(Pkt::tcp6(40000, TCP_SYN), 8),
+        ),
+        (
+            "IPv6 payload length 8, extension header + TCP",
+            v6_len(Pkt::tcp6(40000, TCP_SYN).with_ext(&[Ext::DestOpts(8)]), 8),
+        ),
+    ];
+    // Every case runs before the test fails, so the report shows them all.
+    let mut wrong = Vec::new();
+    for (label, pkt) in cases {
+        let name = format!("bug_short_ip_length: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        let vip = match pkt.ip {
+            Ip::V4 { .. } => IpAddr::from(VIP4),
+            Ip::V6 { .. } => IpAddr::from(VIP6),
+        };
+        case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
+        let frame = pkt.build();
+        let (action, _) = case
+            .run(&frame)
+            .unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN failed: {e:#}"));
+        if action != XDP_DROP || case.flow_count() != 0 {
+            wrong.push(format!(
+                "  {label}: {} and {} flow(s) recorded\n{}",
+                action_name(action),
+                case.flow_count(),
+                hex(&frame)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "bug_short_ip_length: expected XDP_DROP (drop_malformed) and no flow for every case; \
+         got:\n{}",
+        wrong.join("")
+    );
+}
+
+/// A valid frame cut at every length: cuts inside a header are dropped as
+/// malformed, cuts inside the payload (headers complete) are forwarded as
+/// they are, and cuts shorter than an Ethernet header are refused by the
+/// kernel (`BPF_PROG_TEST_RUN` needs at least 14 bytes), so the program never
+/// sees them.
+fn truncations(name: &str, vip: IpAddr, pkt: &Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
+    let frame = pkt.build();
+    let expected_tx = pkt.forwarded(SERVICE_ID, 0);
+    let layout = pkt.layout();
+    let v4 = matches!(pkt.ip, Ip::V4 { .. });
+    let l4_name = if pkt.proto() == PROTO_TCP {
+        "TCP header"
+    } else {
+        "UDP header"
+    };
+    assert!(
+        layout.l4_end < frame.len(),
+        "{name}: the fixture needs a payload"
+    );
+    for cut in 0..frame.len() {
+        let input = &frame[..cut];
+        let region = match cut {
+            c if c < ETH_LEN => "Ethernet header",
+            c if c < layout.ip_fixed_end => {
+                if v4 {
+                    "IPv4 fixed header"
+                } else {
+                    "IPv6 header"
+                }
+            }
+            c if c < layout.ip_end => {
+                if v4 {
+                    "IPv4 options"
+                } else {
+                    "IPv6 extension headers"
+                }
+            }
+            c if c < layout.l4_end => l4_name,
+            _ => "payload",
+        };
+        let label = format!("cut at {cut} (inside the {region})");
+        if cut < ETH_LEN {
+            match case.run(input) {
+                Err(ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EINVAL) => {}
+                other => {
+                    panic!("{name}/{label}: expected EINVAL from BPF_PROG_TEST_RUN, got {other:?}")
+                }
+            }
+        } else if cut < layout.l4_end {
+            case.send(&label, input, Expect::Drop(REASON_MALFORMED));
+        } else {
+            case.send(&label, input, Expect::Tx(expected_tx[..cut].to_vec()));
+        }
+    }
+    // Only the payload cuts reached the connection table, all as one flow.
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+    let payload_cuts = (frame.len() - layout.l4_end) as u64;
+    assert_eq!(
+        case.service_stats(SERVICE_ID).packets,
+        payload_cuts,
+        "{name}: forwarded packets"
+    );
+}
+
+/// A data segment over IPv4 with 8 bytes of options.
+#[test]
+fn truncated_ipv4_tcp() {
+    let pkt = Pkt::tcp4(40000, TCP_ACK | TCP_PSH)
+        .with_options(&ipv4_options(8))
+        .with_payload(b"payload");
+    truncations("truncated_ipv4_tcp", VIP4.into(), &pkt);
+}
+
+/// A datagram over IPv4.
+#[test]
+fn truncated_ipv4_udp() {
+    truncations(
+        "truncated_ipv4_udp",
+        VIP4.into(),
+        &Pkt::udp4(40000).with_payload(b"payload"),
+    );
+}
+
+/// A data segment over IPv6 behind hop-by-hop and destination options.
+#[test]
+fn truncated_ipv6_tcp() {
+    let pkt = Pkt::tcp6(40000, TCP_ACK | TCP_PSH)
+        .with_ext(&[Ext::HopByHop(8), Ext::DestOpts(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_tcp", VIP6.into(), &pkt);
+}
+
+/// A datagram over IPv6 behind an authentication header.
+#[test]
+fn truncated_ipv6_udp() {
+    let pkt = Pkt::udp6(40000)
+        .with_ext(&[Ext::Auth(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_udp", VIP6.into(), &pkt);
+}
