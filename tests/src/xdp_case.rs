@@ -33,11 +33,14 @@ use lb::datapath::{
 };
 use lb_common::{
     BACKEND_STATE_UP, BackendConnSet, BackendConns, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP,
-    Counters, Flow, NUM_REASONS, REASON_FORWARDED, VERDICT_STATS_MAP, backend_index,
+    Counters, Flow, NUM_REASONS, PROTO_TCP, REASON_FORWARDED, VERDICT_STATS_MAP, backend_index,
     conn_state::state_name, reason_name,
 };
 
-use crate::frame::{ETH_LEN, Ip, NIC_MAC, PORT, Pkt, backend_mac, hex};
+use crate::{
+    bed::{VIP4, VIP6},
+    frame::{ETH_LEN, Ip, NIC_MAC, PORT, Pkt, backend_mac, hex},
+};
 
 // ---------------------------------------------------------------------------
 // Constants and map setup
@@ -568,6 +571,14 @@ impl Fixture {
             reals: reals.to_vec(),
         });
         self
+    }
+
+    /// The same fixture with the services most tables install: a TCP
+    /// service [`SERVICE_ID`] on VIP4 and a TCP service [`DECOY_ID`] on
+    /// VIP6, one backend each.
+    pub fn both_vips(self) -> Self {
+        self.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)])
+            .service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)])
     }
 
     /// Runs the fixture on a fresh data path as case `case`.

@@ -10,8 +10,8 @@ use lb_common::{
 };
 use lb_tests::{
     VIP4, VIP6,
-    frame::{ETH_LEN, Ext, Ip, Pkt, TCP_PSH, hex},
-    xdp_case::{Case, DECOY_ID, Expect, SERVICE_ID, XDP_DROP, action_name, up},
+    frame::{ETH_LEN, Ext, Ip, Pkt, TCP_PSH},
+    xdp_case::{Case, Expect, Fixture, SERVICE_ID, run_fixtures, up},
 };
 
 /// IPv4 options of `len` bytes: a Router Alert, then NOPs, then an End of
@@ -29,20 +29,23 @@ fn ipv4_options(len: usize) -> Vec<u8> {
 /// the flow is forwarded and recorded with the real ports.
 #[test]
 fn ipv4_options_are_skipped() {
-    for ihl in 6u16..=15 {
-        let name = format!("ipv4_options: ihl {ihl}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    let fixtures = (6u16..=15).map(|ihl| {
         let syn =
             Pkt::tcp4(40000 + ihl, TCP_SYN).with_options(&ipv4_options(usize::from(ihl - 5) * 4));
         let frame = syn.build();
-        assert_eq!(frame[ETH_LEN] & 0x0f, ihl as u8, "{name}: builder IHL");
-        case.send("SYN", &frame, Expect::Tx(syn.forwarded(SERVICE_ID, 0)));
-        case.expect_flow("SYN", &syn, SERVICE_ID, 0, STATE_SYN_RECV);
-        assert_eq!(case.flow_count(), 1, "{name}: flows");
-    }
+        assert_eq!(
+            frame[ETH_LEN] & 0x0f,
+            ihl as u8,
+            "ipv4_options: ihl {ihl}: builder IHL"
+        );
+        Fixture::forwarded(format!("ihl {ihl}"), &syn, SERVICE_ID, 0, STATE_SYN_RECV).service(
+            SERVICE_ID,
+            VIP4.into(),
+            PROTO_TCP,
+            &[up(1)],
+        )
+    });
+    run_fixtures("ipv4_options", fixtures);
 }
 
 /// IPv6 extension header chains the parser walks (at most four headers) are
@@ -51,7 +54,7 @@ fn ipv4_options_are_skipped() {
 #[test]
 fn ipv6_extension_headers() {
     use Ext::*;
-    let forwarded: Vec<(&str, Pkt)> = vec![
+    let forwarded = [
         (
             "hop-by-hop + destination options",
             Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), DestOpts(16)]),
@@ -68,21 +71,20 @@ fn ipv6_extension_headers() {
             "AH of 16 bytes",
             Pkt::tcp6(40000, TCP_SYN).with_ext(&[Auth(16)]),
         ),
-    ];
-    for (label, pkt) in forwarded {
-        let name = format!("ipv6_ext: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP6.into(), pkt.proto(), &[up(1)]);
-        case.forward(label, &pkt, SERVICE_ID, 0);
+    ]
+    .map(|(name, pkt)| {
         let state = if pkt.proto() == PROTO_TCP {
             STATE_SYN_RECV
         } else {
             STATE_UDP
         };
-        case.expect_flow(label, &pkt, SERVICE_ID, 0, state);
-    }
+        Fixture::forwarded(name, &pkt, SERVICE_ID, 0, state).service(
+            SERVICE_ID,
+            VIP6.into(),
+            pkt.proto(),
+            &[up(1)],
+        )
+    });
     let too_long = Pkt::tcp6(40000, TCP_SYN).with_ext(&[
         HopByHop(8),
         DestOpts(8),
@@ -90,16 +92,13 @@ fn ipv6_extension_headers() {
         DestOpts(8),
         Auth(16),
     ]);
-    let Some(mut case) = Case::new("ipv6_ext: five headers") else {
-        return;
-    };
-    case.service(SERVICE_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-    case.send(
-        "five headers",
-        &too_long.build(),
-        Expect::Pass(REASON_NOT_L4),
+    let five = Fixture::passed("five headers", too_long.build(), REASON_NOT_L4).service(
+        SERVICE_ID,
+        VIP6.into(),
+        PROTO_TCP,
+        &[up(1)],
     );
-    assert_eq!(case.flow_count(), 0, "ipv6_ext: five headers: flows");
+    run_fixtures("ipv6_ext", forwarded.into_iter().chain([five]));
 }
 
 /// Fragments (even a first fragment carrying the whole TCP header) pass to
@@ -108,31 +107,23 @@ fn ipv6_extension_headers() {
 fn fragments_pass_to_the_stack() {
     let syn4 = || Pkt::tcp4(40000, TCP_SYN);
     let syn6 = || Pkt::tcp6(40000, TCP_SYN);
-    let cases: Vec<(&str, Pkt, Expect)> = vec![
-        (
-            "IPv4 first fragment (MF)",
-            syn4().with_frag(0x2000),
-            Expect::Pass(REASON_FRAGMENT),
-        ),
-        (
+    let fragment = |name, pkt: Pkt| Fixture::passed(name, pkt.build(), REASON_FRAGMENT);
+    let whole = |name, pkt: Pkt| Fixture::forwarded(name, &pkt, SERVICE_ID, 0, STATE_SYN_RECV);
+    let fixtures = [
+        fragment("IPv4 first fragment (MF)", syn4().with_frag(0x2000)),
+        fragment(
             "IPv4 middle fragment (MF, offset 185)",
             syn4().with_frag(0x2000 | 185),
-            Expect::Pass(REASON_FRAGMENT),
         ),
-        (
-            "IPv4 last fragment (offset 1)",
-            syn4().with_frag(1),
-            Expect::Pass(REASON_FRAGMENT),
-        ),
-        (
+        fragment("IPv4 last fragment (offset 1)", syn4().with_frag(1)),
+        fragment(
             "IPv6 first fragment",
             syn6().with_ext(&[Ext::Fragment {
                 offset: 0,
                 more: true,
             }]),
-            Expect::Pass(REASON_FRAGMENT),
         ),
-        (
+        fragment(
             "IPv6 last fragment after hop-by-hop",
             syn6().with_ext(&[
                 Ext::HopByHop(8),
@@ -141,30 +132,11 @@ fn fragments_pass_to_the_stack() {
                     more: false,
                 },
             ]),
-            Expect::Pass(REASON_FRAGMENT),
         ),
-        (
-            "IPv4 DF, no fragment",
-            syn4().with_frag(0x4000),
-            Expect::Tx(syn4().forwarded(SERVICE_ID, 0)),
-        ),
-        (
-            "IPv4 no flags",
-            syn4().with_frag(0),
-            Expect::Tx(syn4().with_frag(0).forwarded(SERVICE_ID, 0)),
-        ),
+        whole("IPv4 DF, no fragment", syn4().with_frag(0x4000)),
+        whole("IPv4 no flags", syn4().with_frag(0)),
     ];
-    for (label, pkt, expect) in cases {
-        let name = format!("fragments: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
-        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-        let forwards = matches!(expect, Expect::Tx(_));
-        case.send(label, &pkt.build(), expect);
-        assert_eq!(case.flow_count(), usize::from(forwards), "{name}: flows");
-    }
+    run_fixtures("fragments", fixtures.map(Fixture::both_vips));
 }
 
 /// Inconsistent IP headers are dropped as malformed.
@@ -203,28 +175,19 @@ fn bad_ip_headers_are_dropped() {
     for ihl in 0..5u8 {
         cases.push((format!("IPv4 IHL {ihl}"), with_vihl(0x40 | ihl)));
     }
-    for (label, pkt) in cases {
-        let name = format!("bad_ip: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
-        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-        case.send(&label, &pkt.build(), Expect::Drop(REASON_MALFORMED));
-        assert_eq!(case.flow_count(), 0, "{name}: flows");
-    }
+    let fixtures = cases
+        .into_iter()
+        .map(|(name, pkt)| Fixture::dropped(name, pkt.build(), REASON_MALFORMED).both_vips());
+    run_fixtures("bad_ip", fixtures);
 }
 
-/// KNOWN BUG in lb-ebpf (`parse.rs`): the IPv4 total length and the IPv6
-/// payload length are not checked against the transport header, so a
-/// datagram too short to hold its TCP/UDP header is parsed from the bytes
-/// that follow it in the frame (Ethernet padding, or anything a sender puts
-/// there), scheduled and forwarded. Linux (and so IPVS) trims the packet to
-/// its IP length and drops it; the data path should drop it as malformed
-/// ("inconsistent headers", like a total length below IHL * 4). This test
-/// states the correct behaviour and fails until `parse.rs` compares
-/// `tot_len` with `header_len + transport header` (IPv6: `payload_len` with
-/// the extension headers + transport header).
+/// A datagram whose IP length (IPv4 total length, IPv6 payload length) ends
+/// before its TCP/UDP header does is malformed, whatever bytes follow it in
+/// the frame (Ethernet padding, or anything a sender puts there): Linux (and
+/// so IPVS) trims the packet to its IP length and drops it, and the data path
+/// drops it as inconsistent headers (like a total length below IHL * 4). The
+/// data path once parsed the ports from the bytes after the datagram and
+/// forwarded it; the test keeps the `bug_` name it had then.
 #[test]
 fn bug_l4_header_beyond_ip_length_is_malformed() {
     let v4_len = |pkt: Pkt, len| {
@@ -241,7 +204,7 @@ fn bug_l4_header_beyond_ip_length_is_malformed() {
         }
         p
     };
-    let cases: Vec<(&str, Pkt)> = vec![
+    let cases = [
         (
             "IPv4 total length 20, TCP header after it",
             v4_len(Pkt::tcp4(40000, TCP_SYN), 20),
@@ -263,37 +226,19 @@ fn bug_l4_header_beyond_ip_length_is_malformed() {
             v6_len(Pkt::tcp6(40000, TCP_SYN).with_ext(&[Ext::DestOpts(8)]), 8),
         ),
     ];
-    // Every case runs before the test fails, so the report shows them all.
-    let mut wrong = Vec::new();
-    for (label, pkt) in cases {
-        let name = format!("bug_short_ip_length: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
+    let fixtures = cases.map(|(name, pkt)| {
         let vip = match pkt.ip {
             Ip::V4 { .. } => IpAddr::from(VIP4),
             Ip::V6 { .. } => IpAddr::from(VIP6),
         };
-        case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
-        let frame = pkt.build();
-        let (action, _) = case
-            .run(&frame)
-            .unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN failed: {e:#}"));
-        if action != XDP_DROP || case.flow_count() != 0 {
-            wrong.push(format!(
-                "  {label}: {} and {} flow(s) recorded\n{}",
-                action_name(action),
-                case.flow_count(),
-                hex(&frame)
-            ));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "bug_short_ip_length: expected XDP_DROP (drop_malformed) and no flow for every case; \
-         got:\n{}",
-        wrong.join("")
-    );
+        Fixture::dropped(name, pkt.build(), REASON_MALFORMED).service(
+            SERVICE_ID,
+            vip,
+            pkt.proto(),
+            &[up(1)],
+        )
+    });
+    run_fixtures("bug_short_ip_length", fixtures);
 }
 
 /// A valid frame cut at every length: cuts inside a header are dropped as

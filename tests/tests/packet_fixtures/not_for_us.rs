@@ -5,15 +5,23 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BackendConns, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, PROTO_TCP, REASON_NO_SERVICE,
-    REASON_NOT_IP, REASON_NOT_L4,
+    PROTO_TCP, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4,
     conn_state::{TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
     VIP4, VIP6,
     frame::{CLIENT4, CLIENT6, Ext, L4, PORT, Pkt, arp_request, lldp_frame},
-    xdp_case::{Case, DECOY_ID, Expect, SERVICE_ID, up},
+    xdp_case::{Fixture, SERVICE_ID, run_fixtures, up},
 };
+
+/// A TCP SYN header from `sport` to `dport`.
+const fn syn(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags: TCP_SYN,
+    }
+}
 
 /// Frames that are IP but not for a service (or not TCP/UDP) pass to the
 /// director's stack byte for byte, counted under their reason, and create no
@@ -25,25 +33,20 @@ fn non_vip_traffic_passes_untouched() {
     // The IPv4 VIP's bytes at the start of an IPv6 address: the key's family
     // must keep it from matching the IPv4 service.
     let v4_bytes_in_v6 = Ipv6Addr::from([192, 0, 2, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    let tcp = |sport, dport| L4::Tcp {
-        sport,
-        dport,
-        flags: TCP_SYN,
-    };
-    let cases: Vec<(&str, Pkt, u32)> = vec![
+    let cases = [
         (
             "other IPv4 address",
-            Pkt::v4(CLIENT4, other_vip4, tcp(40000, PORT)),
+            Pkt::v4(CLIENT4, other_vip4, syn(40000, PORT)),
             REASON_NO_SERVICE,
         ),
         (
             "other TCP port",
-            Pkt::v4(CLIENT4, VIP4, tcp(40000, 22)),
+            Pkt::v4(CLIENT4, VIP4, syn(40000, 22)),
             REASON_NO_SERVICE,
         ),
         (
             "VIP port as source port",
-            Pkt::v4(CLIENT4, VIP4, tcp(PORT, 443)),
+            Pkt::v4(CLIENT4, VIP4, syn(PORT, 443)),
             REASON_NO_SERVICE,
         ),
         ("UDP to a TCP service", Pkt::udp4(40000), REASON_NO_SERVICE),
@@ -54,7 +57,7 @@ fn non_vip_traffic_passes_untouched() {
         ),
         (
             "other IPv6 address",
-            Pkt::v6(CLIENT6, other_vip6, tcp(40000, PORT)),
+            Pkt::v6(CLIENT6, other_vip6, syn(40000, PORT)),
             REASON_NO_SERVICE,
         ),
         (
@@ -64,7 +67,7 @@ fn non_vip_traffic_passes_untouched() {
         ),
         (
             "IPv4 VIP bytes in IPv6",
-            Pkt::v6(CLIENT6, v4_bytes_in_v6, tcp(40000, PORT)),
+            Pkt::v6(CLIENT6, v4_bytes_in_v6, syn(40000, PORT)),
             REASON_NO_SERVICE,
         ),
         (
@@ -78,28 +81,10 @@ fn non_vip_traffic_passes_untouched() {
             REASON_NOT_L4,
         ),
     ];
-    for (label, pkt, reason) in cases {
-        let name = format!("non_vip_traffic: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
-        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-        case.send(label, &pkt.build(), Expect::Pass(reason));
-        assert_eq!(case.flow_count(), 0, "{name}: flows");
-        for id in [SERVICE_ID, DECOY_ID] {
-            assert_eq!(
-                case.service_stats(id),
-                Counters::default(),
-                "{name}: stats of service {id}"
-            );
-            assert_eq!(
-                case.conns(id, 0),
-                BackendConns::default(),
-                "{name}: conns of service {id}"
-            );
-        }
-    }
+    run_fixtures(
+        "non_vip_traffic",
+        cases.map(|(name, pkt, reason)| Fixture::passed(name, pkt.build(), reason).both_vips()),
+    );
 }
 
 /// Traffic to a port no service uses (for its protocol) is passed by the
@@ -108,12 +93,15 @@ fn non_vip_traffic_passes_untouched() {
 /// TCP flags.
 #[test]
 fn unused_ports_pass_and_record_no_flow() {
-    let frames: Vec<(String, Pkt)> = [(IpAddr::from(VIP4), "IPv4"), (IpAddr::from(VIP6), "IPv6")]
+    let fixtures = [(IpAddr::from(VIP4), "IPv4"), (IpAddr::from(VIP6), "IPv6")]
         .into_iter()
         .flat_map(|(vip, family)| {
-            let to = move |l4| match vip {
-                IpAddr::V4(vip) => Pkt::v4(CLIENT4, vip, l4),
-                IpAddr::V6(vip) => Pkt::v6(CLIENT6, vip, l4),
+            let to = move |l4| {
+                let client = match vip {
+                    IpAddr::V4(_) => IpAddr::from(CLIENT4),
+                    IpAddr::V6(_) => IpAddr::from(CLIENT6),
+                };
+                Pkt::between(client, vip, l4)
             };
             let tcp = move |sport, dport, flags| {
                 to(L4::Tcp {
@@ -144,50 +132,28 @@ fn unused_ports_pass_and_record_no_flow() {
                     }),
                 ),
             ]
-            .map(|(label, pkt)| (format!("{family} {label}"), pkt.with_payload(b"data")))
-        })
-        .collect();
-    for (label, pkt) in frames {
-        let name = format!("unused_port: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
-        case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-        case.send(&label, &pkt.build(), Expect::Pass(REASON_NO_SERVICE));
-        assert_eq!(
-            case.flows_per_table(),
-            (0, 0),
-            "{name}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})"
-        );
-        for id in [SERVICE_ID, DECOY_ID] {
-            assert_eq!(
-                case.service_stats(id),
-                Counters::default(),
-                "{name}: stats of service {id}"
-            );
-            assert_eq!(
-                case.conns(id, 0),
-                BackendConns::default(),
-                "{name}: conns of service {id}"
-            );
-        }
-    }
+            .map(|(label, pkt)| {
+                let frame = pkt.with_payload(b"data").build();
+                Fixture::passed(format!("{family} {label}"), frame, REASON_NO_SERVICE).both_vips()
+            })
+        });
+    run_fixtures("unused_port", fixtures);
 }
 
 /// ARP and LLDP pass as not IP.
 #[test]
 fn non_ip_frames_pass() {
-    for (label, frame) in [
+    let fixtures = [
         ("ARP request for the VIP", arp_request()),
         ("LLDP", lldp_frame()),
-    ] {
-        let name = format!("non_ip: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
-        case.send(label, &frame, Expect::Pass(REASON_NOT_IP));
-        assert_eq!(case.flow_count(), 0, "{name}: flows");
-    }
+    ]
+    .map(|(name, frame)| {
+        Fixture::passed(name, frame, REASON_NOT_IP).service(
+            SERVICE_ID,
+            VIP4.into(),
+            PROTO_TCP,
+            &[up(1)],
+        )
+    });
+    run_fixtures("non_ip", fixtures);
 }

@@ -5,15 +5,15 @@ use std::net::IpAddr;
 
 use lb::datapath::array_get;
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BackendConns, Counters,
-    LoadTree, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, REASON_NO_BACKEND,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BackendConns, LoadTree,
+    MAX_BACKENDS, PROTO_TCP, PROTO_UDP, REASON_NO_BACKEND,
     conn_state::{STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, TCP_ACK, TCP_FIN, TCP_SYN},
     wlc,
 };
 use lb_tests::{
     VIP4, VIP6,
     frame::{Pkt, TCP_PSH},
-    xdp_case::{Case, DECOY_ID, Expect, Real, SERVICE_ID, up},
+    xdp_case::{Case, DECOY_ID, Expect, Fixture, Real, SERVICE_ID, run_fixtures, up},
 };
 
 /// A backend that stops taking new flows (`stopped`: weight 0, or down) gets
@@ -210,7 +210,8 @@ fn unusable_backends_are_never_scheduled() {
 }
 
 /// A service without a usable backend drops new flows (counted as
-/// no-backend) and records nothing.
+/// no-backend) and records nothing: a SYN, a mid-flow ACK of a flow it does
+/// not know and a UDP datagram, for each way a backend set can be unusable.
 #[test]
 fn service_without_usable_backend_drops() {
     let down = Real {
@@ -221,41 +222,26 @@ fn service_without_usable_backend_drops() {
         weight: 100,
         state: BACKEND_STATE_EMPTY,
     };
-    let cases: [(&str, &[Real]); 5] = [
+    let sets: [(&str, &[Real]); 5] = [
         ("all weight 0", &[up(0), up(0)]),
         ("all down", &[down, down]),
         ("down and weight 0", &[down, up(0)]),
         ("no backends", &[]),
         ("all slots empty", &[empty, empty]),
     ];
-    for (label, reals) in cases {
-        let name = format!("no_backend: {label}");
-        let Some(mut case) = Case::new(&name) else {
-            return;
-        };
-        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, reals);
-        case.service(SERVICE_ID + 1, VIP4.into(), PROTO_UDP, reals);
-        for (what, pkt) in [
+    let fixtures = sets.into_iter().flat_map(|(set, reals)| {
+        [
             ("SYN", Pkt::tcp4(40000, TCP_SYN)),
             ("mid-flow ACK", Pkt::tcp4(40001, TCP_ACK)),
             ("UDP", Pkt::udp4(40002)),
-        ] {
-            case.send(what, &pkt.build(), Expect::Drop(REASON_NO_BACKEND));
-        }
-        assert_eq!(case.flow_count(), 0, "{name}: flows");
-        for id in [SERVICE_ID, SERVICE_ID + 1] {
-            assert_eq!(
-                case.service_stats(id),
-                Counters::default(),
-                "{name}: service {id} stats"
-            );
-            let conns = case.conn_set(id);
-            assert!(
-                conns.conns.iter().all(|c| *c == BackendConns::default()),
-                "{name}: service {id} connection counts moved"
-            );
-        }
-    }
+        ]
+        .map(|(what, pkt)| {
+            Fixture::dropped(format!("{set}: {what}"), pkt.build(), REASON_NO_BACKEND)
+                .service(SERVICE_ID, VIP4.into(), PROTO_TCP, reals)
+                .service(SERVICE_ID + 1, VIP4.into(), PROTO_UDP, reals)
+        })
+    });
+    run_fixtures("no_backend", fixtures);
 }
 
 /// With weights 1000/500/800, every new flow goes where IPVS's wlc
