@@ -13,6 +13,10 @@
 //! thread) is owned by a guard that removes exactly that resource on drop, and
 //! every name is unique per process and per test ([`unique_tag`]), so tests
 //! can run in parallel threads.
+//!
+//! Apart from the bed, [`frame`] builds Ethernet frames by hand and
+//! [`xdp_case`] runs them through the XDP program with `BPF_PROG_TEST_RUN`:
+//! the packet fixtures' harness, which the benchmarks share.
 
 pub mod bed;
 pub mod client;

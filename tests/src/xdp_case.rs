@@ -11,7 +11,7 @@
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
 //! on the loopback device (ifindex [`LO_IFINDEX`]); backends are provisioned
 //! as reached through that NIC, with the director NIC's MAC
-//! ([`NIC_MAC`](crate::frame::NIC_MAC)).
+//! ([`NIC_MAC`]).
 //!
 //! Loading the program needs root (or CAP_BPF + CAP_NET_ADMIN): without it
 //! [`privileged`] prints a loud `SKIPPED (needs root)` notice and the case
