@@ -41,12 +41,8 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb::datapath::{
-    Datapath,
-    keys::{Attachment, backend_entry, service_key},
-    maps::FlowCapacity,
-};
-use lb_common::{BACKEND_STATE_UP, BackendSet, PROTO_TCP};
+use lb::datapath::{Datapath, maps::FlowCapacity};
+use lb_common::{Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, ServiceKey};
 
 use crate::BENCH_OBJECT;
 
@@ -619,10 +615,13 @@ impl Bench {
                 ifindex: self.dir_ifindex,
             };
             set.backends[slot] =
-                backend_entry(IpAddr::V4(*addr), attachment, *weight, BACKEND_STATE_UP);
+                Backend::new(IpAddr::V4(*addr), attachment, *weight, BACKEND_STATE_UP);
         }
-        dp.maps
-            .set_service(service_key(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP), 0, &set)?;
+        dp.maps.set_service(
+            ServiceKey::new(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP),
+            0,
+            &set,
+        )?;
         Ok(dp)
     }
 

@@ -51,46 +51,29 @@ use aya::{
 };
 use lb::datapath::{
     Datapath,
-    keys::{Attachment, backend_entry, service_key},
     maps::{FlowCapacity, array_get, flow_cache_sets},
 };
 use lb_common::{
-    BACKEND_STATE_UP, BackendSet, CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4,
-    CachedFlow6, CachedFlowSet4, CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS,
-    FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4, CachedFlow6, CachedFlowSet4,
+    CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
+    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
     flow_cache_set,
+};
+use lb_tests::{
+    VIP4, VIP6,
+    frame::{L4, NIC_MAC, PORT, Pkt, TCP_PSH, backend_mac},
+    xdp_case::{XDP_PASS, XDP_TX, backend_set, run_once, up},
 };
 use serde::Serialize;
 
 use crate::BENCH_OBJECT;
 
-/// `XDP_PASS` (the kernel's `enum xdp_action`).
-const XDP_PASS: u32 = 2;
-/// `XDP_TX`.
-const XDP_TX: u32 = 3;
-/// TCP PSH flag: the timed established-flow frames are data segments.
-const TCP_PSH: u8 = 0x08;
-
 /// Length of every frame handed to the programs, where the headers allow it
 /// (IPv6 + TCP needs 74 bytes); the IP payload fills it, so lengths agree.
 const FRAME_LEN: usize = 64;
-/// Without `ctx_in`, `BPF_PROG_TEST_RUN` runs XDP as if on loopback.
-const LO_IFINDEX: u32 = 1;
-/// The virtual services' port.
-const PORT: u16 = 2811;
-/// IPv4 VIP.
-const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
-/// IPv6 VIP.
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
 /// The director's own address: the destination of traffic for no service.
 const DIRECTOR4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-/// Destination MAC of arriving frames.
-const VIP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
-/// Source MAC of arriving frames (the client-side router).
-const ROUTER_MAC: [u8; 6] = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
-/// The director NIC's MAC: the source MAC of forwarded frames.
-const NIC_MAC: [u8; 6] = [0x02, 0xd1, 0x00, 0x00, 0x00, 0x01];
 /// Client ports used per client address (1024..=65535).
 const PORTS_PER_ADDR: u32 = 64_512;
 /// Flows in the connection table for the established-path scaling cases.
@@ -381,121 +364,33 @@ impl Tuple {
     }
 
     /// A well-formed frame of this tuple (TCP with `tcp_flags`), checksums
-    /// included, padded with IP payload to [`FRAME_LEN`].
+    /// included, its IP payload filled up (0xab) to [`FRAME_LEN`] where the
+    /// headers leave room; the IPv4 identification is 0.
     fn frame(&self, tcp_flags: u8) -> Vec<u8> {
-        let v4 = self.src.is_ipv4();
-        let (ip_len, l4_len) = (
-            if v4 { 20 } else { 40 },
-            if self.proto == PROTO_TCP { 20 } else { 8 },
-        );
-        let payload = FRAME_LEN.saturating_sub(14 + ip_len + l4_len);
-        let seg_len = l4_len + payload;
-        let mut l4 = Vec::with_capacity(seg_len);
-        l4.extend(self.sport.to_be_bytes());
-        l4.extend(self.dport.to_be_bytes());
-        if self.proto == PROTO_TCP {
-            l4.extend(0x1000_0000_u32.to_be_bytes()); // sequence
-            let ack: u32 = if tcp_flags & TCP_ACK != 0 {
-                0x2000_0000
-            } else {
-                0
-            };
-            l4.extend(ack.to_be_bytes());
-            l4.extend([5 << 4, tcp_flags]);
-            l4.extend(64240u16.to_be_bytes()); // window
-            l4.extend([0; 4]); // checksum, urgent pointer
+        let l4 = if self.proto == PROTO_TCP {
+            L4::Tcp {
+                sport: self.sport,
+                dport: self.dport,
+                flags: tcp_flags,
+            }
         } else {
-            l4.extend((seg_len as u16).to_be_bytes());
-            l4.extend([0; 2]);
+            L4::Udp {
+                sport: self.sport,
+                dport: self.dport,
+            }
+        };
+        let mut pkt = Pkt::between(self.src, self.dst, l4);
+        if self.src.is_ipv4() {
+            pkt = pkt.with_ident(0);
         }
-        l4.resize(seg_len, 0xab);
-        let (src, dst) = (addr_bytes(self.src), addr_bytes(self.dst));
-        let mut pseudo = Vec::with_capacity(40);
-        pseudo.extend(&src);
-        pseudo.extend(&dst);
-        pseudo.extend((seg_len as u32).to_be_bytes());
-        pseudo.extend([0, 0, 0, self.proto]);
-        let sum = checksum(&l4, sum16(&pseudo));
-        let at = if self.proto == PROTO_TCP { 16 } else { 6 };
-        l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-
-        let mut f = Vec::with_capacity(FRAME_LEN.max(14 + ip_len + seg_len));
-        f.extend(VIP_MAC);
-        f.extend(ROUTER_MAC);
-        if v4 {
-            f.extend(0x0800u16.to_be_bytes());
-            let mut ip = vec![0x45, 0];
-            ip.extend(((ip_len + seg_len) as u16).to_be_bytes());
-            ip.extend([0, 0, 0x40, 0, 64, self.proto, 0, 0]); // id, DF, TTL
-            ip.extend(&src);
-            ip.extend(&dst);
-            let sum = checksum(&ip, 0);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            f.extend(ip);
-        } else {
-            f.extend(0x86ddu16.to_be_bytes());
-            f.extend([0x60, 0, 0, 0]);
-            f.extend((seg_len as u16).to_be_bytes());
-            f.extend([self.proto, 64]);
-            f.extend(&src);
-            f.extend(&dst);
-        }
-        f.extend(l4);
-        f
+        let fill = FRAME_LEN.saturating_sub(pkt.layout().l4_end);
+        pkt.with_payload(&vec![0xab; fill]).build()
     }
-}
-
-/// An address's bytes in network order (4 or 16).
-fn addr_bytes(addr: IpAddr) -> Vec<u8> {
-    match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-/// Sum of the big-endian 16-bit words of `data` (RFC 1071, unfolded).
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-/// Internet checksum of `data` continuing from the unfolded sum `sum`.
-fn checksum(data: &[u8], sum: u32) -> u16 {
-    let mut sum = sum + sum16(data);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 // ---------------------------------------------------------------------------
 // Programs and data paths
 // ---------------------------------------------------------------------------
-
-/// MAC of backend `slot`.
-const fn backend_mac(slot: u32) -> [u8; 6] {
-    [0x02, 0xbe, 0x00, 0x00, (slot >> 8) as u8, slot as u8]
-}
-
-/// A service's backend set: one up backend per weight.
-fn backends(vip: IpAddr, weights: &[u32]) -> BackendSet {
-    let mut set = BackendSet::default();
-    for (slot, &weight) in (0u32..).zip(weights) {
-        let addr: IpAddr = match vip {
-            IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, slot as u8).into(),
-            IpAddr::V6(_) => Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, slot as u16).into(),
-        };
-        let attachment = Attachment {
-            mac: backend_mac(slot),
-            nic_mac: NIC_MAC,
-            ifindex: LO_IFINDEX,
-        };
-        set.backends[slot as usize] = backend_entry(addr, attachment, weight, BACKEND_STATE_UP);
-    }
-    set.len = weights.len() as u32;
-    set
-}
 
 /// Loads lb's data path for IPv4-only cases: an IPv4 connection table of
 /// `ipv4_flows`, and an IPv6 table of [`IDLE_IPV6_CAPACITY`].
@@ -549,20 +444,6 @@ impl Reference {
     fn empty(&self) -> &Xdp {
         self.program(Self::EMPTY)
     }
-}
-
-/// Runs `frame` once through `program`; returns the verdict and the output.
-fn run_once(program: &Xdp, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
 }
 
 /// The kernel's mean ns/packet over `repeat` runs on one buffer; fails
@@ -636,10 +517,14 @@ fn expect_state(dp: &Datapath, key: &FlowKey, state: u32) -> anyhow::Result<()> 
 /// Sends `frame` through lb once and checks it is forwarded: `XDP_TX`, MACs
 /// rewritten to its flow's backend and the NIC, every other byte unchanged.
 fn expect_forwarded(dp: &Datapath, frame: &[u8], key: &FlowKey) -> anyhow::Result<()> {
-    let (verdict, out) = run_once(dp.program(), frame)?;
+    let (verdict, out) = run_once(dp.program(), frame).context("BPF_PROG_TEST_RUN")?;
     ensure!(verdict == XDP_TX, "verdict {verdict} instead of XDP_TX");
+    let flow = flow_of(dp, key)?;
     let mut expected = frame.to_vec();
-    expected[..6].copy_from_slice(&backend_mac(u32::from(flow_of(dp, key)?.backend_slot)));
+    expected[..6].copy_from_slice(&backend_mac(
+        u32::from(flow.service_id),
+        u32::from(flow.backend_slot),
+    ));
     expected[6..12].copy_from_slice(&NIC_MAC);
     ensure!(
         out == expected,
@@ -665,7 +550,8 @@ struct RepeatCase {
 /// data segment (ACK|PSH) the benchmark repeats; checks it is forwarded.
 fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
     for flags in [TCP_SYN, TCP_ACK] {
-        let (verdict, _) = run_once(dp.program(), &tuple.frame(flags))?;
+        let (verdict, _) =
+            run_once(dp.program(), &tuple.frame(flags)).context("BPF_PROG_TEST_RUN")?;
         ensure!(verdict == XDP_TX, "handshake packet: verdict {verdict}");
     }
     expect_state(dp, &tuple.key(), STATE_ESTABLISHED)?;
@@ -852,21 +738,28 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     // cases, and the memory figures.
     let defaults = FlowCapacity::default();
     let mut main = Datapath::load(defaults, None)?;
-    let three4 = backends(vip4, &ESTABLISHED_WEIGHTS);
-    let three6 = backends(vip6, &ESTABLISHED_WEIGHTS);
-    main.maps
-        .set_service(service_key(vip4, PORT, PROTO_TCP), 0, &three4)?;
-    main.maps
-        .set_service(service_key(vip6, PORT, PROTO_TCP), 1, &three6)?;
-    main.maps
-        .set_service(service_key(vip4, PORT, PROTO_UDP), 2, &three4)?;
+    main.maps.set_service(
+        ServiceKey::new(vip4, PORT, PROTO_TCP),
+        0,
+        &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
+    )?;
+    main.maps.set_service(
+        ServiceKey::new(vip6, PORT, PROTO_TCP),
+        1,
+        &backend_set(1, vip6, &ESTABLISHED_WEIGHTS.map(up)),
+    )?;
+    main.maps.set_service(
+        ServiceKey::new(vip4, PORT, PROTO_UDP),
+        2,
+        &backend_set(2, vip4, &ESTABLISHED_WEIGHTS.map(up)),
+    )?;
     let memory = memory(&main, defaults)?;
 
     let tcp4 = Tuple::client(0, vip4, PROTO_TCP);
     let tcp6 = Tuple::client(0, vip6, PROTO_TCP);
     let udp4 = Tuple::client(0, vip4, PROTO_UDP);
     let udp_frame = udp4.frame(0);
-    let (verdict, _) = run_once(main.program(), &udp_frame)?;
+    let (verdict, _) = run_once(main.program(), &udp_frame).context("BPF_PROG_TEST_RUN")?;
     ensure!(verdict == XDP_TX, "first UDP datagram: verdict {verdict}");
     expect_forwarded(&main, &udp_frame, &udp4.key())?;
     let no_service = Tuple {
@@ -875,7 +768,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
         ..tcp4
     }
     .frame(TCP_ACK | TCP_PSH);
-    let (verdict, out) = run_once(main.program(), &no_service)?;
+    let (verdict, out) = run_once(main.program(), &no_service).context("BPF_PROG_TEST_RUN")?;
     ensure!(
         verdict == XDP_PASS && out == no_service,
         "traffic for no service: verdict {verdict} (frame changed: {})",
@@ -930,8 +823,11 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     for flows in SCALING_FLOWS {
         eprintln!("lb-bench: prefilling a connection table with {flows} flows");
         let mut dp = ipv4_datapath(SCALING_CAPACITY)?;
-        dp.maps
-            .set_service(service_key(vip4, PORT, PROTO_TCP), 0, &three4)?;
+        dp.maps.set_service(
+            ServiceKey::new(vip4, PORT, PROTO_TCP),
+            0,
+            &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
+        )?;
         prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u16)?;
         cases.push(RepeatCase {
             name: format!("est. TCP/IPv4, same flow, {flows} in table"),
@@ -1161,9 +1057,9 @@ fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64>
     let vip4 = IpAddr::V4(VIP4);
     let mut dp = ipv4_datapath(capacity)?;
     dp.maps.set_service(
-        service_key(vip4, PORT, PROTO_TCP),
+        ServiceKey::new(vip4, PORT, PROTO_TCP),
         0,
-        &backends(vip4, &vec![1; n as usize]),
+        &backend_set(0, vip4, &vec![up(1); n as usize]),
     )?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {

@@ -15,7 +15,7 @@
 //! - [`health`]: backend probes and the rise/fall rule that turns them into up/down.
 //! - [`host`]: what `lb` asks of the host: NICs and neighbours, real-server set-up, privileges.
 //! - [`director`]: services and their backend slots, and the map writes each change needs.
-//! - [`datapath`]: the XDP object, its attachments to NICs, its maps, their keys, its pins.
+//! - [`datapath`]: the XDP object, its attachments to NICs, its maps, its pins.
 //! - [`sweeper`]: expires idle flows and recounts each backend's connections.
 //! - [`inspect`]: reads a running director's maps: `lb stats`, `lb conns`, metrics.
 //! - [`daemon`]: `lb run`, driving all of the above.

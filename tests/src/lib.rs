@@ -13,6 +13,10 @@
 //! thread) is owned by a guard that removes exactly that resource on drop, and
 //! every name is unique per process and per test ([`unique_tag`]), so tests
 //! can run in parallel threads.
+//!
+//! Apart from the bed, [`frame`] builds Ethernet frames by hand and
+//! [`xdp_case`] runs them through the XDP program with `BPF_PROG_TEST_RUN`:
+//! the packet fixtures' harness, which the benchmarks share.
 
 pub mod bed;
 pub mod client;
@@ -20,10 +24,12 @@ pub mod cmd;
 pub mod conns;
 pub mod daemon;
 pub mod director;
+pub mod frame;
 pub mod http;
 pub mod netns;
 pub mod server;
 pub mod stats;
+pub mod xdp_case;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -110,9 +110,19 @@ fn report_root_tests() -> Result<()> {
     let dir = workspace_root().join("tests").join("tests");
     let mut files: Vec<String> = fs::read_dir(&dir)
         .map(|entries| {
+            // Each test binary: a file `NAME.rs`, or a folder `NAME/` with a `main.rs`.
             entries
-                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-                .filter(|name| name.ends_with(".rs"))
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let name = entry.file_name().into_string().ok()?;
+                    if name.ends_with(".rs") {
+                        Some(name)
+                    } else if entry.path().join("main.rs").is_file() {
+                        Some(format!("{name}/"))
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         })
         .unwrap_or_default();

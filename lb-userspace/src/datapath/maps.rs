@@ -65,7 +65,7 @@ impl Default for FlowCapacity {
     }
 }
 
-/// Typed handles on the data path's maps (see `lb_common::maps` for the layout).
+/// Typed handles on the data path's maps (the `lb_common` crate doc lists every map).
 pub struct Maps {
     /// (VIP, port, protocol) -> service id.
     pub services: HashMap<MapData, ServiceKey, Service>,

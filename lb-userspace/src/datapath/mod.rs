@@ -1,11 +1,11 @@
 //! The XDP data path as the control plane sees it: the embedded object, the
 //! program loaded from it and its attachments to director NICs; its
-//! [`maps`], their [`keys`] and values, and its [`pins`] in bpffs.
+//! [`maps`] (their keys and values, and the conversions to and from them,
+//! are `lb_common`'s), and its [`pins`] in bpffs.
 //!
 //! The daemon, `lb stats` and the packet-level tests all go through this
 //! module, so maps are provisioned by one piece of code everywhere.
 
-pub mod keys;
 pub mod maps;
 pub mod pins;
 

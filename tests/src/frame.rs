@@ -1,0 +1,581 @@
+//! Hand-built Ethernet frames for running the XDP program through
+//! `BPF_PROG_TEST_RUN`: a [`Pkt`] describes one frame (Ethernet, IPv4 with
+//! options or IPv6 with extension headers, TCP, UDP or an echo request, a
+//! payload) and [`Pkt::build`] writes its bytes, checksums included. Fields
+//! that a well-formed frame computes (IHL, lengths, version) can be
+//! overridden to build malformed headers.
+//!
+//! Frames arrive from the client-side router ([`ROUTER_MAC`]) for a VIP's
+//! MAC ([`VIP_MAC`]); a forwarded frame leaves from the director NIC
+//! ([`NIC_MAC`]) for a backend's MAC ([`backend_mac`]). The packet fixtures
+//! and the benchmarks share this address plan with the namespace test bed's
+//! VIPs ([`VIP4`], [`VIP6`]).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, conn_state::TCP_ACK};
+
+use crate::bed::{VIP4, VIP6};
+
+/// Length of an Ethernet header.
+pub const ETH_LEN: usize = 14;
+/// TCP PSH flag (carried along; lb's state machine ignores it).
+pub const TCP_PSH: u8 = 0x08;
+/// The virtual services' port (GridFTP).
+pub const PORT: u16 = 2811;
+/// The IPv4 client of [`Pkt::tcp4`] and [`Pkt::udp4`].
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The IPv6 client of [`Pkt::tcp6`] and [`Pkt::udp6`].
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+
+/// Destination MAC of frames arriving for a VIP: a VRRP virtual MAC
+/// (keepalived `use_vmac`), deliberately different from [`NIC_MAC`] so that a
+/// program copying the old destination into the source would be caught.
+pub const VIP_MAC: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x33];
+/// The director NIC's own MAC: the source MAC of forwarded frames.
+pub const NIC_MAC: [u8; 6] = [0x02, 0xd1, 0x00, 0x00, 0x00, 0x01];
+/// The client-side router's MAC: the source MAC of arriving frames.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0xc1, 0x00, 0x00, 0x00, 0x01];
+
+/// MAC of backend `slot` of service `service_id`: both are encoded in it, so
+/// an output frame names the service and slot it was sent to.
+pub const fn backend_mac(service_id: u32, slot: u32) -> [u8; 6] {
+    [0x02, 0xbe, 0x00, 0x00, service_id as u8, slot as u8]
+}
+
+/// Internet checksum (RFC 1071) of `data`, continuing from the partial sum `sum`.
+pub fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv6 extension header.
+#[derive(Clone, Copy)]
+pub enum Ext {
+    /// Hop-by-hop options of the given total length (a multiple of 8), PadN-filled.
+    HopByHop(usize),
+    /// Routing header of the given total length, unknown type, no segments left.
+    Routing(usize),
+    /// Destination options of the given total length, PadN-filled.
+    DestOpts(usize),
+    /// Authentication header of the given total length (a multiple of 8, at least 16).
+    Auth(usize),
+    /// Fragment header.
+    Fragment {
+        /// Fragment offset in 8-octet units.
+        offset: u16,
+        /// The M (more fragments) flag.
+        more: bool,
+    },
+}
+
+impl Ext {
+    /// The next-header number that announces this header.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::HopByHop(_) => 0,
+            Self::Routing(_) => 43,
+            Self::DestOpts(_) => 60,
+            Self::Auth(_) => 51,
+            Self::Fragment { .. } => 44,
+        }
+    }
+
+    /// The header's bytes, announcing `next` as the following header.
+    pub fn bytes(self, next: u8) -> Vec<u8> {
+        let eight_octet = |len: usize| {
+            assert!(
+                len >= 8 && len.is_multiple_of(8),
+                "bad extension header length {len}"
+            );
+            (len / 8 - 1) as u8
+        };
+        match self {
+            Self::HopByHop(len) | Self::DestOpts(len) => {
+                // One PadN option filling the rest of the header.
+                let mut b = vec![next, eight_octet(len), 1, (len - 4) as u8];
+                b.resize(len, 0);
+                b
+            }
+            Self::Routing(len) => {
+                // Routing type 253 (RFC 4727 experiment), segments left 0.
+                let mut b = vec![next, eight_octet(len), 253, 0];
+                b.resize(len, 0);
+                b
+            }
+            Self::Auth(len) => {
+                assert!(len >= 16 && len.is_multiple_of(8), "bad AH length {len}");
+                // Payload Len counts 4-octet units minus 2; SPI 0x100, sequence 1.
+                let mut b = vec![next, (len / 4 - 2) as u8, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+                b.resize(len, 0);
+                b
+            }
+            Self::Fragment { offset, more } => {
+                let field = (offset << 3) | u16::from(more);
+                let mut b = vec![next, 0];
+                b.extend(field.to_be_bytes());
+                b.extend(0x0bad_cafe_u32.to_be_bytes());
+                b
+            }
+        }
+    }
+}
+
+/// Network layer of a [`Pkt`].
+#[derive(Clone)]
+pub enum Ip {
+    /// IPv4.
+    V4 {
+        /// Source address.
+        src: Ipv4Addr,
+        /// Destination address.
+        dst: Ipv4Addr,
+        /// Options (a multiple of 4 bytes, at most 40).
+        options: Vec<u8>,
+        /// Identification field.
+        ident: u16,
+        /// Flags and fragment offset as on the wire (0x4000 = DF).
+        frag: u16,
+        /// Overrides the version/IHL byte (malformed headers).
+        vihl: Option<u8>,
+        /// Overrides the total length (malformed headers).
+        tot_len: Option<u16>,
+    },
+    /// IPv6.
+    V6 {
+        /// Source address.
+        src: Ipv6Addr,
+        /// Destination address.
+        dst: Ipv6Addr,
+        /// Extension headers between the fixed header and the transport header.
+        ext: Vec<Ext>,
+        /// Overrides the first byte (version and traffic class; malformed headers).
+        first_byte: Option<u8>,
+        /// Overrides the payload length (malformed headers).
+        payload_len: Option<u16>,
+    },
+}
+
+/// Transport layer of a [`Pkt`].
+#[derive(Clone, Copy)]
+pub enum L4 {
+    /// TCP with a 20-byte header.
+    Tcp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Flags (`TCP_SYN`, `TCP_ACK`, ...).
+        flags: u8,
+    },
+    /// UDP.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+    },
+    /// ICMP (IPv4) or ICMPv6 echo request.
+    Echo,
+}
+
+/// A frame: Ethernet, IP, transport header and payload.
+#[derive(Clone)]
+pub struct Pkt {
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// Network layer.
+    pub ip: Ip,
+    /// Transport layer.
+    pub l4: L4,
+    /// Bytes after the transport header.
+    pub payload: Vec<u8>,
+    /// Minimum frame length: shorter frames get Ethernet padding (zeros).
+    pub pad_to: usize,
+}
+
+/// Byte offsets where the headers of a built [`Pkt`] end.
+pub struct Layout {
+    /// End of the fixed IP header (34 for IPv4, 54 for IPv6).
+    pub ip_fixed_end: usize,
+    /// End of IPv4 options or IPv6 extension headers.
+    pub ip_end: usize,
+    /// End of the TCP, UDP or echo header.
+    pub l4_end: usize,
+}
+
+impl Pkt {
+    /// A frame from the router to the director, addressed to [`VIP_MAC`].
+    pub fn new(ip: Ip, l4: L4) -> Self {
+        Self {
+            dst_mac: VIP_MAC,
+            src_mac: ROUTER_MAC,
+            ip,
+            l4,
+            payload: Vec::new(),
+            pad_to: 0,
+        }
+    }
+
+    /// Plain IPv4 from `src` to `dst`, DF set.
+    pub fn v4(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+        Self::new(
+            Ip::V4 {
+                src,
+                dst,
+                options: Vec::new(),
+                ident: 0x1234,
+                frag: 0x4000,
+                vihl: None,
+                tot_len: None,
+            },
+            l4,
+        )
+    }
+
+    /// Plain IPv6 from `src` to `dst`.
+    pub fn v6(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Self {
+        Self::new(
+            Ip::V6 {
+                src,
+                dst,
+                ext: Vec::new(),
+                first_byte: None,
+                payload_len: None,
+            },
+            l4,
+        )
+    }
+
+    /// [`Pkt::v4`] or [`Pkt::v6`] from `src` to `dst` (panics when their
+    /// families differ).
+    pub fn between(src: IpAddr, dst: IpAddr, l4: L4) -> Self {
+        match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Self::v4(src, dst, l4),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => Self::v6(src, dst, l4),
+            _ => panic!("{src} and {dst} are of different address families"),
+        }
+    }
+
+    /// TCP from the IPv4 client port `sport` to VIP4:PORT.
+    pub fn tcp4(sport: u16, flags: u8) -> Self {
+        Self::v4(
+            CLIENT4,
+            VIP4,
+            L4::Tcp {
+                sport,
+                dport: PORT,
+                flags,
+            },
+        )
+    }
+
+    /// TCP from the IPv6 client port `sport` to \[VIP6\]:PORT.
+    pub fn tcp6(sport: u16, flags: u8) -> Self {
+        Self::v6(
+            CLIENT6,
+            VIP6,
+            L4::Tcp {
+                sport,
+                dport: PORT,
+                flags,
+            },
+        )
+    }
+
+    /// UDP from the IPv4 client port `sport` to VIP4:PORT.
+    pub fn udp4(sport: u16) -> Self {
+        Self::v4(CLIENT4, VIP4, L4::Udp { sport, dport: PORT })
+    }
+
+    /// UDP from the IPv6 client port `sport` to \[VIP6\]:PORT.
+    pub fn udp6(sport: u16) -> Self {
+        Self::v6(CLIENT6, VIP6, L4::Udp { sport, dport: PORT })
+    }
+
+    /// The same frame with `payload` after the transport header.
+    pub fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// The same frame with IPv4 options (panics for IPv6).
+    pub fn with_options(mut self, opts: &[u8]) -> Self {
+        let Ip::V4 { options, .. } = &mut self.ip else {
+            panic!("IPv4 options on an IPv6 frame")
+        };
+        *options = opts.to_vec();
+        self
+    }
+
+    /// The same frame with IPv4 identification `value` (panics for IPv6).
+    pub fn with_ident(mut self, value: u16) -> Self {
+        let Ip::V4 { ident, .. } = &mut self.ip else {
+            panic!("IPv4 identification on an IPv6 frame")
+        };
+        *ident = value;
+        self
+    }
+
+    /// The same frame with IPv4 flags/fragment offset `value` (panics for IPv6).
+    pub fn with_frag(mut self, value: u16) -> Self {
+        let Ip::V4 { frag, .. } = &mut self.ip else {
+            panic!("IPv4 fragment field on an IPv6 frame")
+        };
+        *frag = value;
+        self
+    }
+
+    /// The same frame with IPv6 extension headers (panics for IPv4).
+    pub fn with_ext(mut self, headers: &[Ext]) -> Self {
+        let Ip::V6 { ext, .. } = &mut self.ip else {
+            panic!("IPv6 extension headers on an IPv4 frame")
+        };
+        *ext = headers.to_vec();
+        self
+    }
+
+    /// The same frame with Ethernet padding up to `len` bytes.
+    pub fn padded_to(mut self, len: usize) -> Self {
+        self.pad_to = len;
+        self
+    }
+
+    /// The frame a backend in slot `slot` of service `service_id` receives:
+    /// destination MAC the backend's, source MAC the director NIC's, every
+    /// other byte as built.
+    pub fn forwarded(&self, service_id: u32, slot: u32) -> Vec<u8> {
+        let mut out = self.clone();
+        out.dst_mac = backend_mac(service_id, slot);
+        out.src_mac = NIC_MAC;
+        out.build()
+    }
+
+    /// IP protocol number of the transport layer.
+    pub const fn proto(&self) -> u8 {
+        match (self.l4, &self.ip) {
+            (L4::Tcp { .. }, _) => PROTO_TCP,
+            (L4::Udp { .. }, _) => PROTO_UDP,
+            (L4::Echo, Ip::V4 { .. }) => 1,
+            (L4::Echo, Ip::V6 { .. }) => 58,
+        }
+    }
+
+    /// Transport header and payload, checksummed over `pseudo` (the
+    /// pseudo-header's partial sum; ICMPv4 has none).
+    fn l4_bytes(&self, pseudo: impl Fn(usize) -> u32) -> Vec<u8> {
+        let (mut b, sum_at) = match self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut b = Vec::with_capacity(20);
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(0x1000_0000_u32.to_be_bytes()); // sequence number
+                let ack = if flags & TCP_ACK != 0 {
+                    0x2000_0000_u32
+                } else {
+                    0
+                };
+                b.extend(ack.to_be_bytes());
+                b.extend([5 << 4, flags]);
+                b.extend(64240u16.to_be_bytes()); // window
+                b.extend([0, 0, 0, 0]); // checksum, urgent pointer
+                (b, 16)
+            }
+            L4::Udp { sport, dport } => {
+                let mut b = Vec::with_capacity(8);
+                b.extend(sport.to_be_bytes());
+                b.extend(dport.to_be_bytes());
+                b.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                b.extend([0, 0]);
+                (b, 6)
+            }
+            L4::Echo => {
+                let kind = if self.proto() == 1 { 8 } else { 128 };
+                (vec![kind, 0, 0, 0, 0x12, 0x34, 0, 1], 2)
+            }
+        };
+        b.extend(&self.payload);
+        let mut sum = checksum(&b, pseudo(b.len()));
+        if sum == 0 && matches!(self.l4, L4::Udp { .. }) {
+            sum = 0xffff;
+        }
+        b[sum_at..sum_at + 2].copy_from_slice(&sum.to_be_bytes());
+        b
+    }
+
+    /// The frame's bytes.
+    pub fn build(&self) -> Vec<u8> {
+        let proto = self.proto();
+        let mut f = Vec::with_capacity(128);
+        f.extend(self.dst_mac);
+        f.extend(self.src_mac);
+        match &self.ip {
+            Ip::V4 {
+                src,
+                dst,
+                options,
+                ident,
+                frag,
+                vihl,
+                tot_len,
+            } => {
+                assert!(options.len().is_multiple_of(4) && options.len() <= 40);
+                let pseudo = |len: usize| {
+                    let mut p = Vec::with_capacity(12);
+                    p.extend(src.octets());
+                    p.extend(dst.octets());
+                    p.extend([0, proto]);
+                    p.extend((len as u16).to_be_bytes());
+                    u32::from(!checksum(&p, 0))
+                };
+                let l4 = self.l4_bytes(|len| if proto == 1 { 0 } else { pseudo(len) });
+                let header_len = 20 + options.len();
+                let mut h = Vec::with_capacity(header_len);
+                h.push(vihl.unwrap_or(0x40 | (header_len / 4) as u8));
+                h.push(0);
+                h.extend(
+                    tot_len
+                        .unwrap_or((header_len + l4.len()) as u16)
+                        .to_be_bytes(),
+                );
+                h.extend(ident.to_be_bytes());
+                h.extend(frag.to_be_bytes());
+                h.extend([64, proto, 0, 0]);
+                h.extend(src.octets());
+                h.extend(dst.octets());
+                h.extend(options);
+                let sum = checksum(&h, 0);
+                h[10..12].copy_from_slice(&sum.to_be_bytes());
+                f.extend(0x0800u16.to_be_bytes());
+                f.extend(h);
+                f.extend(l4);
+            }
+            Ip::V6 {
+                src,
+                dst,
+                ext,
+                first_byte,
+                payload_len,
+            } => {
+                let l4 = self.l4_bytes(|len| {
+                    let mut p = Vec::with_capacity(40);
+                    p.extend(src.octets());
+                    p.extend(dst.octets());
+                    p.extend((len as u32).to_be_bytes());
+                    p.extend([0, 0, 0, proto]);
+                    u32::from(!checksum(&p, 0))
+                });
+                let mut chain = Vec::new();
+                for (i, header) in ext.iter().enumerate() {
+                    let next = ext.get(i + 1).map_or(proto, |h| h.number());
+                    chain.extend(header.bytes(next));
+                }
+                let first_next = ext.first().map_or(proto, |h| h.number());
+                f.extend(0x86ddu16.to_be_bytes());
+                f.extend([first_byte.unwrap_or(0x60), 0, 0, 0]);
+                f.extend(
+                    payload_len
+                        .unwrap_or((chain.len() + l4.len()) as u16)
+                        .to_be_bytes(),
+                );
+                f.extend([first_next, 64]);
+                f.extend(src.octets());
+                f.extend(dst.octets());
+                f.extend(chain);
+                f.extend(l4);
+            }
+        }
+        if f.len() < self.pad_to {
+            f.resize(self.pad_to, 0);
+        }
+        f
+    }
+
+    /// Where the headers of the built frame end.
+    pub fn layout(&self) -> Layout {
+        let (ip_fixed_end, ip_end) = match &self.ip {
+            Ip::V4 { options, .. } => (ETH_LEN + 20, ETH_LEN + 20 + options.len()),
+            Ip::V6 { ext, .. } => {
+                let chain: usize = ext.iter().map(|h| h.bytes(0).len()).sum();
+                (ETH_LEN + 40, ETH_LEN + 40 + chain)
+            }
+        };
+        let l4_len = match self.l4 {
+            L4::Tcp { .. } => 20,
+            L4::Udp { .. } | L4::Echo => 8,
+        };
+        Layout {
+            ip_fixed_end,
+            ip_end,
+            l4_end: ip_end + l4_len,
+        }
+    }
+
+    /// The frame's connection-table key (TCP/UDP only).
+    pub fn flow_key(&self) -> FlowKey {
+        let (sport, dport) = match self.l4 {
+            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
+            L4::Echo => panic!("an echo request has no flow key"),
+        };
+        let (src, dst) = match &self.ip {
+            Ip::V4 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
+            Ip::V6 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
+        };
+        FlowKey::new(src, sport, dst, dport, self.proto()).expect("one address family")
+    }
+}
+
+/// An ARP request for VIP4 from the client (padded to 60 bytes).
+pub fn arp_request() -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend([0xff; 6]);
+    f.extend(ROUTER_MAC);
+    f.extend(0x0806u16.to_be_bytes());
+    f.extend([0, 1, 0x08, 0x00, 6, 4, 0, 1]); // Ethernet/IPv4, request
+    f.extend(ROUTER_MAC);
+    f.extend(CLIENT4.octets());
+    f.extend([0; 6]);
+    f.extend(VIP4.octets());
+    f.resize(60, 0);
+    f
+}
+
+/// An LLDP frame (chassis id, port id, TTL, end), padded to 60 bytes.
+pub fn lldp_frame() -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e]);
+    f.extend(ROUTER_MAC);
+    f.extend(0x88ccu16.to_be_bytes());
+    f.extend([0x02, 0x07, 0x04]); // chassis id: MAC
+    f.extend(ROUTER_MAC);
+    f.extend([0x04, 0x03, 0x07, b'p', b'1']); // port id: local "p1"
+    f.extend([0x06, 0x02, 0x00, 0x78]); // TTL 120
+    f.extend([0x00, 0x00]);
+    f.resize(60, 0);
+    f
+}
+
+/// `bytes` as a hex dump, 16 bytes a line.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let words: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        s += &format!("    {:04x}: {}\n", i * 16, words.join(" "));
+    }
+    if bytes.is_empty() {
+        s += "    (empty)\n";
+    }
+    s
+}

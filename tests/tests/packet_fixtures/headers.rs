@@ -1,0 +1,348 @@
+//! Header variants: IPv4 options, IPv6 extension headers, fragments, and
+//! malformed or truncated headers.
+
+use std::net::IpAddr;
+
+use aya::programs::ProgramError;
+use lb_common::{
+    PROTO_TCP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NOT_L4,
+    conn_state::{STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
+};
+use lb_tests::{
+    VIP4, VIP6,
+    frame::{ETH_LEN, Ext, Ip, Pkt, TCP_PSH},
+    xdp_case::{Case, Expect, Fixture, SERVICE_ID, run_fixtures, up},
+};
+
+/// IPv4 options of `len` bytes: a Router Alert, then NOPs, then an End of
+/// Options List (for lengths above 4).
+fn ipv4_options(len: usize) -> Vec<u8> {
+    let mut options = vec![0x94, 0x04, 0x00, 0x00];
+    options.resize(len, 0x01);
+    if len > 4 {
+        options[len - 1] = 0x00;
+    }
+    options
+}
+
+/// IPv4 headers with options (IHL 6 to 15) are parsed at the right offset:
+/// the flow is forwarded and recorded with the real ports.
+#[test]
+fn ipv4_options_are_skipped() {
+    let fixtures = (6u16..=15).map(|ihl| {
+        let syn =
+            Pkt::tcp4(40000 + ihl, TCP_SYN).with_options(&ipv4_options(usize::from(ihl - 5) * 4));
+        let frame = syn.build();
+        assert_eq!(
+            frame[ETH_LEN] & 0x0f,
+            ihl as u8,
+            "ipv4_options: ihl {ihl}: builder IHL"
+        );
+        Fixture::forwarded(format!("ihl {ihl}"), &syn, SERVICE_ID, 0, STATE_SYN_RECV).service(
+            SERVICE_ID,
+            VIP4.into(),
+            PROTO_TCP,
+            &[up(1)],
+        )
+    });
+    run_fixtures("ipv4_options", fixtures);
+}
+
+/// IPv6 extension header chains the parser walks (at most four headers) are
+/// skipped; a fifth header, or a fragment header anywhere, hands the packet
+/// to the stack.
+#[test]
+fn ipv6_extension_headers() {
+    use Ext::*;
+    let forwarded = [
+        (
+            "hop-by-hop + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), DestOpts(16)]),
+        ),
+        (
+            "destination options (UDP)",
+            Pkt::udp6(40000).with_ext(&[DestOpts(24)]),
+        ),
+        (
+            "hop-by-hop + routing + AH + destination options",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[HopByHop(8), Routing(24), Auth(24), DestOpts(8)]),
+        ),
+        (
+            "AH of 16 bytes",
+            Pkt::tcp6(40000, TCP_SYN).with_ext(&[Auth(16)]),
+        ),
+    ]
+    .map(|(name, pkt)| {
+        let state = if pkt.proto() == PROTO_TCP {
+            STATE_SYN_RECV
+        } else {
+            STATE_UDP
+        };
+        Fixture::forwarded(name, &pkt, SERVICE_ID, 0, state).service(
+            SERVICE_ID,
+            VIP6.into(),
+            pkt.proto(),
+            &[up(1)],
+        )
+    });
+    let too_long = Pkt::tcp6(40000, TCP_SYN).with_ext(&[
+        HopByHop(8),
+        DestOpts(8),
+        Routing(8),
+        DestOpts(8),
+        Auth(16),
+    ]);
+    let five = Fixture::passed("five headers", too_long.build(), REASON_NOT_L4).service(
+        SERVICE_ID,
+        VIP6.into(),
+        PROTO_TCP,
+        &[up(1)],
+    );
+    run_fixtures("ipv6_ext", forwarded.into_iter().chain([five]));
+}
+
+/// Fragments (even a first fragment carrying the whole TCP header) pass to
+/// the stack; DF alone is not a fragment.
+#[test]
+fn fragments_pass_to_the_stack() {
+    let syn4 = || Pkt::tcp4(40000, TCP_SYN);
+    let syn6 = || Pkt::tcp6(40000, TCP_SYN);
+    let fragment = |name, pkt: Pkt| Fixture::passed(name, pkt.build(), REASON_FRAGMENT);
+    let whole = |name, pkt: Pkt| Fixture::forwarded(name, &pkt, SERVICE_ID, 0, STATE_SYN_RECV);
+    let fixtures = [
+        fragment("IPv4 first fragment (MF)", syn4().with_frag(0x2000)),
+        fragment(
+            "IPv4 middle fragment (MF, offset 185)",
+            syn4().with_frag(0x2000 | 185),
+        ),
+        fragment("IPv4 last fragment (offset 1)", syn4().with_frag(1)),
+        fragment(
+            "IPv6 first fragment",
+            syn6().with_ext(&[Ext::Fragment {
+                offset: 0,
+                more: true,
+            }]),
+        ),
+        fragment(
+            "IPv6 last fragment after hop-by-hop",
+            syn6().with_ext(&[
+                Ext::HopByHop(8),
+                Ext::Fragment {
+                    offset: 100,
+                    more: false,
+                },
+            ]),
+        ),
+        whole("IPv4 DF, no fragment", syn4().with_frag(0x4000)),
+        whole("IPv4 no flags", syn4().with_frag(0)),
+    ];
+    run_fixtures("fragments", fixtures.map(Fixture::both_vips));
+}
+
+/// Inconsistent IP headers are dropped as malformed.
+#[test]
+fn bad_ip_headers_are_dropped() {
+    let with_vihl = |vihl| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { vihl: v, .. } = &mut p.ip {
+            *v = Some(vihl);
+        }
+        p
+    };
+    let with_tot_len = |len| {
+        let mut p = Pkt::tcp4(40000, TCP_SYN);
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let with_v6_first_byte = |byte| {
+        let mut p = Pkt::tcp6(40000, TCP_SYN);
+        if let Ip::V6 { first_byte, .. } = &mut p.ip {
+            *first_byte = Some(byte);
+        }
+        p
+    };
+    let mut cases: Vec<(String, Pkt)> = vec![
+        ("IPv4 version 6".into(), with_vihl(0x65)),
+        ("IPv4 version 0".into(), with_vihl(0x05)),
+        ("IPv4 version 15".into(), with_vihl(0xf5)),
+        ("IPv4 total length 19 < IHL*4".into(), with_tot_len(19)),
+        ("IPv4 total length 0".into(), with_tot_len(0)),
+        ("IPv6 version 4".into(), with_v6_first_byte(0x40)),
+        ("IPv6 version 0".into(), with_v6_first_byte(0x00)),
+    ];
+    for ihl in 0..5u8 {
+        cases.push((format!("IPv4 IHL {ihl}"), with_vihl(0x40 | ihl)));
+    }
+    let fixtures = cases
+        .into_iter()
+        .map(|(name, pkt)| Fixture::dropped(name, pkt.build(), REASON_MALFORMED).both_vips());
+    run_fixtures("bad_ip", fixtures);
+}
+
+/// A datagram whose IP length (IPv4 total length, IPv6 payload length) ends
+/// before its TCP/UDP header does is malformed, whatever bytes follow it in
+/// the frame (Ethernet padding, or anything a sender puts there): Linux (and
+/// so IPVS) trims the packet to its IP length and drops it, and the data path
+/// drops it as inconsistent headers (like a total length below IHL * 4). The
+/// data path once parsed the ports from the bytes after the datagram and
+/// forwarded it; the test keeps the `bug_` name it had then.
+#[test]
+fn bug_l4_header_beyond_ip_length_is_malformed() {
+    let v4_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V4 { tot_len, .. } = &mut p.ip {
+            *tot_len = Some(len);
+        }
+        p
+    };
+    let v6_len = |pkt: Pkt, len| {
+        let mut p = pkt;
+        if let Ip::V6 { payload_len, .. } = &mut p.ip {
+            *payload_len = Some(len);
+        }
+        p
+    };
+    let cases = [
+        (
+            "IPv4 total length 20, TCP header after it",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 20),
+        ),
+        (
+            "IPv4 total length 30, half a TCP header",
+            v4_len(Pkt::tcp4(40000, TCP_SYN), 30),
+        ),
+        (
+            "IPv4 total length 24, half a UDP header",
+            v4_len(Pkt::udp4(40000), 24),
+        ),
+        (
+            "IPv6 payload length 8, TCP header",
+            v6_len(Pkt::tcp6(40000, TCP_SYN), 8),
+        ),
+        (
+            "IPv6 payload length 8, extension header + TCP",
+            v6_len(Pkt::tcp6(40000, TCP_SYN).with_ext(&[Ext::DestOpts(8)]), 8),
+        ),
+    ];
+    let fixtures = cases.map(|(name, pkt)| {
+        let vip = match pkt.ip {
+            Ip::V4 { .. } => IpAddr::from(VIP4),
+            Ip::V6 { .. } => IpAddr::from(VIP6),
+        };
+        Fixture::dropped(name, pkt.build(), REASON_MALFORMED).service(
+            SERVICE_ID,
+            vip,
+            pkt.proto(),
+            &[up(1)],
+        )
+    });
+    run_fixtures("bug_short_ip_length", fixtures);
+}
+
+/// A valid frame cut at every length: cuts inside a header are dropped as
+/// malformed, cuts inside the payload (headers complete) are forwarded as
+/// they are, and cuts shorter than an Ethernet header are refused by the
+/// kernel (`BPF_PROG_TEST_RUN` needs at least 14 bytes), so the program never
+/// sees them.
+fn truncations(name: &str, vip: IpAddr, pkt: &Pkt) {
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, pkt.proto(), &[up(1)]);
+    let frame = pkt.build();
+    let expected_tx = pkt.forwarded(SERVICE_ID, 0);
+    let layout = pkt.layout();
+    let v4 = matches!(pkt.ip, Ip::V4 { .. });
+    let l4_name = if pkt.proto() == PROTO_TCP {
+        "TCP header"
+    } else {
+        "UDP header"
+    };
+    assert!(
+        layout.l4_end < frame.len(),
+        "{name}: the fixture needs a payload"
+    );
+    for cut in 0..frame.len() {
+        let input = &frame[..cut];
+        let region = match cut {
+            c if c < ETH_LEN => "Ethernet header",
+            c if c < layout.ip_fixed_end => {
+                if v4 {
+                    "IPv4 fixed header"
+                } else {
+                    "IPv6 header"
+                }
+            }
+            c if c < layout.ip_end => {
+                if v4 {
+                    "IPv4 options"
+                } else {
+                    "IPv6 extension headers"
+                }
+            }
+            c if c < layout.l4_end => l4_name,
+            _ => "payload",
+        };
+        let label = format!("cut at {cut} (inside the {region})");
+        if cut < ETH_LEN {
+            match case.run(input) {
+                Err(ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EINVAL) => {}
+                other => {
+                    panic!("{name}/{label}: expected EINVAL from BPF_PROG_TEST_RUN, got {other:?}")
+                }
+            }
+        } else if cut < layout.l4_end {
+            case.send(&label, input, Expect::Drop(REASON_MALFORMED));
+        } else {
+            case.send(&label, input, Expect::Tx(expected_tx[..cut].to_vec()));
+        }
+    }
+    // Only the payload cuts reached the connection table, all as one flow.
+    assert_eq!(case.flow_count(), 1, "{name}: flows");
+    let payload_cuts = (frame.len() - layout.l4_end) as u64;
+    assert_eq!(
+        case.service_stats(SERVICE_ID).packets,
+        payload_cuts,
+        "{name}: forwarded packets"
+    );
+}
+
+/// A data segment over IPv4 with 8 bytes of options.
+#[test]
+fn truncated_ipv4_tcp() {
+    let pkt = Pkt::tcp4(40000, TCP_ACK | TCP_PSH)
+        .with_options(&ipv4_options(8))
+        .with_payload(b"payload");
+    truncations("truncated_ipv4_tcp", VIP4.into(), &pkt);
+}
+
+/// A datagram over IPv4.
+#[test]
+fn truncated_ipv4_udp() {
+    truncations(
+        "truncated_ipv4_udp",
+        VIP4.into(),
+        &Pkt::udp4(40000).with_payload(b"payload"),
+    );
+}
+
+/// A data segment over IPv6 behind hop-by-hop and destination options.
+#[test]
+fn truncated_ipv6_tcp() {
+    let pkt = Pkt::tcp6(40000, TCP_ACK | TCP_PSH)
+        .with_ext(&[Ext::HopByHop(8), Ext::DestOpts(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_tcp", VIP6.into(), &pkt);
+}
+
+/// A datagram over IPv6 behind an authentication header.
+#[test]
+fn truncated_ipv6_udp() {
+    let pkt = Pkt::udp6(40000)
+        .with_ext(&[Ext::Auth(16)])
+        .with_payload(b"payload");
+    truncations("truncated_ipv6_udp", VIP6.into(), &pkt);
+}

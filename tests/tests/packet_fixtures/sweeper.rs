@@ -1,0 +1,117 @@
+//! The control plane's sweeper against the data path's own counting.
+
+use lb::sweeper;
+use lb_common::{
+    CONNTRACK4_MAP, CONNTRACK6_MAP, PROTO_TCP,
+    conn_state::{TCP_ACK, TCP_SYN, Timeouts},
+};
+use lb_tests::{
+    VIP4, VIP6,
+    frame::Pkt,
+    xdp_case::{CAPACITY, Case, DECOY_ID, SERVICE_ID, XDP_TX, up},
+};
+
+/// Flows the LRU tables evicted, or the sweeper expired, leave no counts
+/// behind: the sweeper rewrites every backend's counters from both tables
+/// (an IPv4 service's from CONNTRACK4, an IPv6 service's from CONNTRACK6).
+#[test]
+fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
+    let name = "sweeper";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
+    case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1), up(1)]);
+    let services = [SERVICE_ID, DECOY_ID];
+    let slots = |case: &Case, id| [case.conns(id, 0), case.conns(id, 1)];
+    let inactive = |case: &Case, id| slots(case, id).iter().map(|c| c.inactive).sum::<u64>();
+
+    // Three times each table's size of new flows: the LRU evicts, but the
+    // data path counted every flow it opened.
+    let opened4 = 3 * CAPACITY.ipv4 as u16;
+    let opened6 = 3 * CAPACITY.ipv6 as u16;
+    let syns = (0..opened4)
+        .map(|i| Pkt::tcp4(10_000 + i, TCP_SYN))
+        .chain((0..opened6).map(|i| Pkt::tcp6(10_000 + i, TCP_SYN)));
+    for syn in syns {
+        let (action, _) = case.run(&syn.build()).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, XDP_TX, "{name}: SYN {:?}", syn.flow_key());
+    }
+    assert_eq!(inactive(&case, SERVICE_ID), u64::from(opened4));
+    assert_eq!(inactive(&case, DECOY_ID), u64::from(opened6));
+    let (live4, live6) = case.flows_per_table();
+    assert!(
+        live4 < usize::from(opened4) && live6 < usize::from(opened6),
+        "{name}: no LRU eviction happened ({live4} IPv4 and {live6} IPv6 flows)"
+    );
+    assert!(live4 > 0 && live6 > 0, "{name}: a table is empty");
+
+    let report = sweeper::sweep(&mut case.dp.maps, &services, &Timeouts::IPVS)
+        .expect("sweeping the connection tables");
+    assert_eq!(report.expired, 0, "{name}: expired");
+    assert_eq!(report.live, live4 + live6, "{name}: live");
+    for (id, table) in [(SERVICE_ID, CONNTRACK4_MAP), (DECOY_ID, CONNTRACK6_MAP)] {
+        let mut per_slot = [0u64; 2];
+        for (_, flow) in case.dp.maps.flows() {
+            if u32::from(flow.service_id) == id {
+                per_slot[usize::from(flow.backend_slot)] += 1;
+            }
+        }
+        let counts = slots(&case, id);
+        assert_eq!(
+            [counts[0].inactive, counts[1].inactive],
+            per_slot,
+            "{name}: counters of service {id} after the sweep differ from {table}"
+        );
+        assert_eq!(counts[0].active + counts[1].active, 0);
+    }
+
+    // A SYN_RECV timeout of zero: every half-open flow has idled out.
+    let report = sweeper::sweep(
+        &mut case.dp.maps,
+        &services,
+        &Timeouts {
+            syn_recv: 0,
+            ..Timeouts::IPVS
+        },
+    )
+    .expect("sweeping the connection tables");
+    assert_eq!((report.expired, report.live), (live4 + live6, 0));
+    assert_eq!(case.flows_per_table(), (0, 0), "{name}: flows left");
+    for id in services {
+        assert_eq!(inactive(&case, id), 0, "{name}: service {id} inactive");
+    }
+}
+
+/// A sweep that frees a backend lets it take the next new flow at once: the
+/// sweeper rebuilds the scheduler tree from the counters it rewrote (the
+/// data path only repairs the tree for the counter changes it makes).
+#[test]
+fn sweeper_rebuilds_the_scheduler_tree() {
+    let name = "sweeper_tree";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
+    // Slot 0: two half-open flows (overhead 2); slot 1: one established
+    // flow (overhead 256). The next flow would go to slot 0.
+    case.forward("SYN 1", &Pkt::tcp4(40001, TCP_SYN), SERVICE_ID, 0);
+    case.forward("SYN 2", &Pkt::tcp4(40002, TCP_SYN), SERVICE_ID, 1);
+    case.forward("ACK 2", &Pkt::tcp4(40002, TCP_ACK), SERVICE_ID, 1);
+    case.forward("SYN 3", &Pkt::tcp4(40003, TCP_SYN), SERVICE_ID, 0);
+    case.expect_conns("before the sweep", SERVICE_ID, 0, 0, 2);
+    case.expect_conns("before the sweep", SERVICE_ID, 1, 1, 0);
+    // An ESTABLISHED timeout of zero expires the flow of slot 1.
+    let report = sweeper::sweep(
+        &mut case.dp.maps,
+        &[SERVICE_ID],
+        &Timeouts {
+            established: 0,
+            ..Timeouts::IPVS
+        },
+    )
+    .expect("sweeping the connection tables");
+    assert_eq!((report.expired, report.live), (1, 2), "{name}: sweep");
+    case.expect_conns("after the sweep", SERVICE_ID, 1, 0, 0);
+    case.forward("SYN 4", &Pkt::tcp4(40004, TCP_SYN), SERVICE_ID, 1);
+}
