@@ -346,3 +346,63 @@ fn truncated_ipv6_udp() {
         .with_payload(b"payload");
     truncations("truncated_ipv6_udp", VIP6.into(), &pkt);
 }
+
+/// `frame` with the TCP data offset (the header's length in 32-bit words)
+/// set to `words`; its IP headers end at `ip_end`.
+fn with_tcp_data_offset(mut frame: Vec<u8>, ip_end: usize, words: u8) -> Vec<u8> {
+    frame[ip_end + 12] = (words << 4) | (frame[ip_end + 12] & 0x0f);
+    frame
+}
+
+/// The TCP data offset must cover the 20 fixed bytes and stay inside the
+/// IP payload; otherwise the segment is malformed and dropped, never
+/// scheduled. A header with options inside the payload is forwarded.
+#[test]
+fn tcp_data_offset_is_checked() {
+    // Four bytes after the TCP header: NOPs when read as options.
+    let nops = [0x01u8; 4];
+    let mut fixtures = Vec::new();
+    for (family, pkt) in [
+        ("IPv4", Pkt::tcp4(40000, TCP_SYN).with_payload(&nops)),
+        ("IPv6", Pkt::tcp6(40000, TCP_SYN).with_payload(&nops)),
+    ] {
+        let ip_end = pkt.layout().ip_end;
+        for (words, what) in [
+            (0, "0 words"),
+            (4, "4 words, below the 20-byte header"),
+            (7, "7 words, past the IP payload"),
+            (15, "15 words, past the IP payload"),
+        ] {
+            fixtures.push(Fixture::dropped(
+                format!("{family}: data offset {what}"),
+                with_tcp_data_offset(pkt.build(), ip_end, words),
+                REASON_MALFORMED,
+            ));
+        }
+    }
+    run_fixtures("tcp_data_offset", fixtures);
+
+    // Six words: the four payload bytes are the header's options.
+    for (family, pkt, vip) in [
+        (
+            "IPv4",
+            Pkt::tcp4(40000, TCP_SYN).with_payload(&nops),
+            IpAddr::from(VIP4),
+        ),
+        (
+            "IPv6",
+            Pkt::tcp6(40000, TCP_SYN).with_payload(&nops),
+            IpAddr::from(VIP6),
+        ),
+    ] {
+        let name = format!("tcp_data_offset: {family}: 6 words, options inside the payload");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(1)]);
+        let ip_end = pkt.layout().ip_end;
+        let input = with_tcp_data_offset(pkt.build(), ip_end, 6);
+        let output = with_tcp_data_offset(pkt.forwarded(SERVICE_ID, 0), ip_end, 6);
+        case.send(&name, &input, Expect::Tx(output));
+    }
+}
