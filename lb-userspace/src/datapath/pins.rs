@@ -102,7 +102,7 @@ pub fn remove_pin_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `f_type` of a bpffs mount (`BPF_FS_MAGIC` in `linux/magic.h`).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 /// Whether `dir` is on a bpffs mount.
 fn is_bpffs(dir: &Path) -> io::Result<bool> {
@@ -116,7 +116,9 @@ fn is_bpffs(dir: &Path) -> io::Result<bool> {
     }
     // SAFETY: statfs returned 0, so it wrote the whole struct.
     let fs = unsafe { fs.assume_init() };
-    Ok(i64::from(fs.f_type) == BPF_FS_MAGIC)
+    // `f_type` is a signed word of the platform's size; the magic is its
+    // low 32 bits.
+    Ok(fs.f_type as u32 == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs at `root` (normally `config::BPFFS_ROOT`) unless one is mounted
