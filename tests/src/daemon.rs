@@ -304,7 +304,7 @@ pub struct LbDaemon {
     shown: String,
     lb: PathBuf,
     /// Whether `lb run` runs in a mount namespace of its own (see
-    /// [`LbDaemon::start_without_bpffs`]).
+    /// [`LbDaemon::launch_without_bpffs`]).
     own_mount_ns: bool,
     config_path: PathBuf,
     control_socket: PathBuf,
@@ -316,21 +316,9 @@ pub struct LbDaemon {
 }
 
 impl LbDaemon {
-    /// Writes `config` to a scratch directory, starts `lb run --config FILE
-    /// EXTRA...` in `director` through `nsenter --net` (bpffs stays visible)
-    /// and waits for its ready line ([`READY_TIMEOUT`]).
-    pub fn start(
-        lb: &Path,
-        director: &NetNs,
-        config: &LbConfig,
-        tag: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        Self::launch(lb, director, config, tag, extra_args)?.wait_ready()
-    }
-
-    /// Like [`LbDaemon::start`], but returns as soon as `lb run` is started,
-    /// before it is ready (see [`LbDaemon::wait_ready`]).
+    /// Writes `config` to a scratch directory and starts `lb run --config
+    /// FILE EXTRA...` in `director` through `nsenter --net` (bpffs stays
+    /// visible); [`LbDaemon::wait_ready`] waits until it is ready.
     pub fn launch(
         lb: &Path,
         director: &NetNs,
@@ -341,11 +329,11 @@ impl LbDaemon {
         Self::spawn(lb, director.command(lb), false, config, tag, extra_args)
     }
 
-    /// Like [`LbDaemon::start`], but `lb run` gets a mount namespace of its
+    /// Like [`LbDaemon::launch`], but `lb run` gets a mount namespace of its
     /// own in which nothing is mounted at `/sys/fs/bpf`, as on a fresh VM
     /// or container. Its pins live in that namespace only; [`LbDaemon::stats`]
     /// enters it to read them.
-    pub fn start_without_bpffs(
+    pub fn launch_without_bpffs(
         lb: &Path,
         director: &NetNs,
         config: &LbConfig,
@@ -361,7 +349,7 @@ impl LbDaemon {
             .arg("sh")
             .arg(in_netns.get_program())
             .args(in_netns.get_args());
-        Self::spawn(lb, command, true, config, tag, &[])?.wait_ready()
+        Self::spawn(lb, command, true, config, tag, &[])
     }
 
     /// Runs `command` (which ends in the `lb` binary) as `lb run --config
@@ -576,7 +564,7 @@ impl LbDaemon {
     }
 
     /// Kills the daemon with SIGKILL, leaving its pinned data path behind
-    /// (a later [`LbDaemon::start`] with the same pin path adopts it, and
+    /// (a later [`LbDaemon::launch`] with the same pin path adopts it, and
     /// its guard removes the pins); returns everything it printed.
     pub fn kill(mut self) -> anyhow::Result<String> {
         self.child.kill()?;

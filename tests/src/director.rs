@@ -65,7 +65,7 @@ impl Director {
 
 impl Director {
     /// Like [`Director::start`], but `lb run` starts where no bpffs is
-    /// mounted at `/sys/fs/bpf` (see [`LbDaemon::start_without_bpffs`]);
+    /// mounted at `/sys/fs/bpf` (see [`LbDaemon::launch_without_bpffs`]);
     /// `spec.lb_args` must be empty.
     pub fn start_without_bpffs(
         test: &'static str,
@@ -77,7 +77,9 @@ impl Director {
             test,
             spec,
             |bed| ((), services(bed)),
-            |lb, ns, config, tag, _| LbDaemon::start_without_bpffs(lb, ns, config, tag),
+            |lb, ns, config, tag, _| {
+                LbDaemon::launch_without_bpffs(lb, ns, config, tag)?.wait_ready()
+            },
         )
     }
 }
@@ -90,7 +92,9 @@ impl<X> Director<X> {
         spec: Spec<'_>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
     ) -> Self {
-        Self::launch(test, spec, prepare, LbDaemon::start)
+        Self::launch(test, spec, prepare, |lb, ns, config, tag, args| {
+            LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready()
+        })
     }
 
     /// Builds the bed and starts the real servers, then `lb run` through

@@ -117,7 +117,8 @@ fn open_without_lb(test: &str, bed: &TestBed, n: usize, when: &str) -> Vec<HeldC
 /// Starts `lb run` with `config` on the bed's director.
 fn start_lb(test: &str, bed: &TestBed, config: &LbConfig) -> LbDaemon {
     let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-    LbDaemon::start(&lb_bin, &bed.director().ns, config, bed.tag(), &[])
+    LbDaemon::launch(&lb_bin, &bed.director().ns, config, bed.tag(), &[])
+        .and_then(LbDaemon::wait_ready)
         .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"))
 }
 

@@ -80,7 +80,7 @@ fn demo() -> anyhow::Result<()> {
     )]);
     println!("\n== lb.toml\n{}", config.to_toml());
     println!("== lb run (in {})", bed.director().ns.name());
-    let daemon = LbDaemon::start(&lb, &bed.director().ns, &config, &tag, &[])?;
+    let daemon = LbDaemon::launch(&lb, &bed.director().ns, &config, &tag, &[])?.wait_ready()?;
     daemon
         .wait_all_up(Duration::from_secs(15))
         .with_context(|| format!("lb's output:\n{}", daemon.log()))?;
