@@ -66,6 +66,12 @@ pub struct BackendRuntime {
     /// Removed from the service: no new flows, its flows finish on it, and
     /// the slot is freed when the sweeper finds none left.
     pub removed: bool,
+    /// Removed with its flows moved (`--reschedule`, `expire_nodest_conn`):
+    /// the data path sees an empty slot and schedules each of its flows
+    /// again on its next packet, but the slot is only reused once the
+    /// sweeper finds no flow pointing at it, so that a new backend never
+    /// inherits its flows or counters. Only with `removed`.
+    pub rescheduled: bool,
 }
 
 impl BackendRuntime {
@@ -132,7 +138,11 @@ impl ServiceRuntime {
         };
         for (slot, b) in self.backends() {
             let inhibited = !b.health.is_up() && self.config.health.inhibit_on_failure;
-            let (state, weight) = if b.removed {
+            // A rescheduled slot keeps its address, which marks it as taken
+            // for an adopting `lb` (see [`Director::adopt`]).
+            let (state, weight) = if b.rescheduled {
+                (BACKEND_STATE_EMPTY, 0)
+            } else if b.removed {
                 (BACKEND_STATE_REMOVED, 0)
             } else if b.usable() {
                 (BACKEND_STATE_UP, b.weight)
@@ -259,7 +269,9 @@ impl Director {
             let health = &service.health;
             let mut slots = Vec::new();
             for b in set.backends.iter().take(set.len as usize) {
-                if b.state == BACKEND_STATE_EMPTY {
+                // Empty with an address: a rescheduled backend's slot.
+                let rescheduled = b.state == BACKEND_STATE_EMPTY && b.addr != [0; 16];
+                if b.state == BACKEND_STATE_EMPTY && !rescheduled {
                     slots.push(None);
                     continue;
                 }
@@ -281,7 +293,8 @@ impl Director {
                         health.rise,
                         health.fall,
                     ),
-                    removed: b.state == BACKEND_STATE_REMOVED,
+                    removed: b.state == BACKEND_STATE_REMOVED || rescheduled,
+                    rescheduled,
                 }));
             }
             director.services.push(ServiceRuntime {
@@ -411,11 +424,8 @@ impl Director {
                 summary
                     .backends_removed
                     .push(format!("{}/{}", service.name, b.address));
-                if expire_nodest {
-                    runtime.slots[slot] = None;
-                } else {
-                    b.removed = true;
-                }
+                b.removed = true;
+                b.rescheduled = expire_nodest;
             }
             // Configured backends: keep, revive or add.
             for c in &service.backends {
@@ -425,6 +435,7 @@ impl Director {
                         let b = runtime.slots[slot].as_mut().expect("slot_of found it");
                         if b.removed {
                             b.removed = false;
+                            b.rescheduled = false;
                             summary
                                 .backends_added
                                 .push(format!("{}/{}", service.name, c.address));
@@ -450,6 +461,7 @@ impl Director {
                             nic,
                             health: Hysteresis::new(health.rise, health.fall),
                             removed: false,
+                            rescheduled: false,
                         })?;
                         if position.is_some() {
                             summary
@@ -498,6 +510,7 @@ impl Director {
                     );
                 }
                 b.removed = false;
+                b.rescheduled = false;
                 b.weight = weight;
                 if mac.is_some() {
                     b.mac = mac;
@@ -515,6 +528,7 @@ impl Director {
                     nic,
                     health,
                     removed: false,
+                    rescheduled: false,
                 })?;
                 changes.push(Change::ResetBackendStats { id, slot });
             }
@@ -536,11 +550,11 @@ impl Director {
         let slot = runtime
             .slot_of(address)
             .with_context(|| format!("service {service} has no backend {address}"))?;
+        let b = runtime.slots[slot].as_mut().expect("slot_of found it");
         if reschedule {
-            runtime.slots[slot] = None;
-            runtime.trim();
+            b.removed = true;
+            b.rescheduled = true;
         } else {
-            let b = runtime.slots[slot].as_mut().expect("slot_of found it");
             if b.removed {
                 bail!(
                     "backend {address} of service {service} is already removed and finishing \
@@ -716,12 +730,69 @@ mod tests {
     }
 
     #[test]
-    fn expire_nodest_conn_frees_the_slot_at_once() {
+    fn expire_nodest_conn_empties_the_slot_for_the_data_path_at_once() {
         let mut d = Director::new();
         apply(&mut d, &config(&[(1, 100), (2, 50)], true));
         apply(&mut d, &config(&[(1, 100)], true));
+        // Its flows are scheduled again on their next packet...
+        let set = d.services[0].backend_set();
+        assert_eq!(set.backends[1].state, BACKEND_STATE_EMPTY);
+        // ...but the slot stays taken until none is left.
+        assert_eq!(
+            slots(&d),
+            BTreeMap::from([(0, (1, 100, false)), (1, (2, 50, true))])
+        );
+        assert_eq!(
+            d.free_finished(&HashMap::from([(0, BackendConnSet::default())])),
+            [Change::SetService(0)]
+        );
         assert_eq!(slots(&d), BTreeMap::from([(0, (1, 100, false))]));
         assert_eq!(d.services[0].backend_set().len, 1);
+    }
+
+    /// `lb backend remove --reschedule B` then `add C`: C gets a slot of
+    /// its own, so B's flows (rescheduled on their next packet) and
+    /// counters never land on C, also across an adoption; B's slot is
+    /// freed once the sweeper finds no flow on it.
+    #[test]
+    fn a_rescheduled_slot_is_not_reused_while_flows_point_at_it() {
+        let mut d = Director::new();
+        apply(&mut d, &config(&[(1, 100), (2, 50)], false));
+        d.remove_backend("web", addr(2), true).unwrap();
+        let changes = d.add_backend("web", addr(3), 10, None, NIC).unwrap();
+        assert_eq!(
+            changes,
+            [
+                Change::ResetBackendStats { id: 0, slot: 2 },
+                Change::SetService(0)
+            ]
+        );
+        assert_eq!(
+            slots(&d),
+            BTreeMap::from([
+                (0, (1, 100, false)),
+                (1, (2, 50, true)),
+                (2, (3, 10, false))
+            ])
+        );
+
+        // An adopting lb sees the slot as taken, not free.
+        let s = &d.services[0];
+        let set = s.backend_set();
+        assert_eq!(set.backends[1].state, BACKEND_STATE_EMPTY);
+        let found = vec![(s.key(), s.id, set)];
+        let c = config(&[(1, 100), (3, 10)], false);
+        let (mut adopted, _) = Director::adopt(found, &c, &HashMap::from([(7, NIC)]));
+        let b = adopted.services[0].slots[1].as_ref().unwrap();
+        assert!(b.removed && b.rescheduled);
+
+        // Flows still point at it: kept. None left: freed.
+        let mut counts = HashMap::from([(0, BackendConnSet::default())]);
+        counts.get_mut(&0).unwrap().conns[1].inactive = 2;
+        assert!(adopted.free_finished(&counts).is_empty());
+        counts.get_mut(&0).unwrap().conns[1].inactive = 0;
+        assert_eq!(adopted.free_finished(&counts), [Change::SetService(0)]);
+        assert!(adopted.services[0].slots[1].is_none());
     }
 
     #[test]
@@ -784,9 +855,13 @@ mod tests {
             (set.backends[0].state, set.backends[0].weight),
             (BACKEND_STATE_UP, 0)
         );
-        // Rescheduling remove empties the slot at once.
+        // Rescheduling remove empties the slot for the data path at once.
         d.remove_backend("web", addr(1), true).unwrap();
-        assert!(slots(&d).is_empty());
+        assert_eq!(slots(&d), BTreeMap::from([(0, (1, 0, true))]));
+        assert_eq!(
+            d.services[0].backend_set().backends[0].state,
+            BACKEND_STATE_EMPTY
+        );
     }
 
     #[test]

@@ -519,3 +519,43 @@ fn sighup_during_start_up_is_handled_once_ready() {
     let (status, log) = lb.stop().unwrap_or_else(|e| panic!("{TEST}: {e:#}"));
     assert!(status.success(), "{TEST}: lb exited with {status}:\n{log}");
 }
+
+/// `lb backend remove --reschedule rs2` then `lb backend add rs4`: rs4 gets
+/// a slot of its own, so it inherits neither the flows that still point at
+/// rs2's slot (idle here, rescheduled on their next packet) nor rs2's
+/// counters, also after the sweeper has recounted every backend.
+#[test]
+fn a_backend_added_after_a_rescheduling_remove_inherits_nothing() {
+    const TEST: &str = "a_backend_added_after_a_rescheduling_remove_inherits_nothing";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let setup = start(TEST, &[1000, 500, 800]);
+    let rs2 = address(&setup, "rs2").to_string();
+    let rs4 = address(&setup, "rs4");
+    let held = setup.open(VIP4.into(), 30);
+    let on_rs2 = client::count_conns(&held).get("rs2").copied().unwrap_or(0);
+    assert!(on_rs2 > 0, "{TEST}: no connection went to rs2");
+
+    ctl(
+        &setup,
+        &backend_args("remove", SERVICE, &rs2, &["--reschedule"]),
+    );
+    ctl(
+        &setup,
+        &backend_args("add", SERVICE, &rs4.to_string(), &["--weight", "500"]),
+    );
+    wait_backends_up(&setup, 3);
+    // Two sweeps (every 2 s) recount each backend's connections from the
+    // table, where rs2's {on_rs2} idle flows still name its slot.
+    thread::sleep(Duration::from_secs(5));
+    let stats = setup.stats();
+    let b = backend(&setup, &stats, rs4);
+    assert_eq!(
+        (b.active_conns, b.inactive_conns, b.conns, b.in_pkts),
+        (0, 0, 0, 0),
+        "{TEST}: rs4 inherited from rs2 ({on_rs2} idle flows): {stats:#?}"
+    );
+    drop(held);
+    setup.finish();
+}
