@@ -5,7 +5,7 @@
 # switched) to the director's NIC. It sends 64-byte UDP datagrams to the VIP,
 # one pktgen kernel thread per CPU, each on its own TX queue, then prints
 # what every thread sent. Read the director's forwarding rate with
-# `lb stats` there (see README, "Performance").
+# `lb stats` there (see docs/performance.md, "Load a real director with pktgen").
 #
 # pktgen only builds UDP. Load a UDP service (same VIP and port, protocol
 # "udp" in lb.toml) with it: the data path does the same work for it as for

@@ -339,7 +339,7 @@ impl<L: Serialize> Report<L> {
         s.push_str(
             "  ~13x is the issue's ratio of Katran's new flow (393 ns) to the MAC swap (29 ns) on its \
              reference machine; the target itself is Katran's cost on the same machine, which this \
-             bench does not run (README, \"Against Katran\": about 40x the MAC swap on these VMs)\n",
+             bench does not run (docs/performance.md, \"Against Katran\": about 40x the MAC swap on these VMs)\n",
         );
         s
     }
