@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{BackendSet, REASON_INTERNAL, REASON_NO_SERVICE, port_bit};
 
 use crate::{
-    conntrack::{self, Binding, TableKey},
+    conntrack::{self, Binding, Lookup, TableKey},
     forward,
     maps::{BACKEND_CONNS, BACKENDS, SERVICE_PORTS, SERVICES, WLC_TREE},
     parse::{self, IpHeader, Packet},
@@ -72,7 +72,8 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
 /// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
 /// flow the table does not have, a new flow. A new flow is not cached: its
 /// next packet changes its state (TCP) or finds it in the table (UDP), and
-/// caches it then.
+/// caches it then; only a flow that replaces a reused one is, over the old
+/// flow's cached copy.
 #[inline(always)]
 fn from_table<K: TableKey>(
     packet: &Packet,
@@ -80,12 +81,16 @@ fn from_table<K: TableKey>(
     cache_set: Option<&mut K::CacheSet>,
     period: u64,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
-    if let Some((service_id, backends, binding)) = conntrack::known(key, packet) {
-        if let Some(set) = cache_set {
-            key.cache(set, service_id, &binding, period);
+    let reused = match conntrack::known(key, packet) {
+        Lookup::Found(service_id, backends, binding) => {
+            if let Some(set) = cache_set {
+                key.cache(set, service_id, &binding, period);
+            }
+            return Ok((service_id, backends, binding));
         }
-        return Ok((service_id, backends, binding));
-    }
+        Lookup::Missing => false,
+        Lookup::Reused => true,
+    };
     let service_key = key.service_key();
     #[expect(
         clippy::needless_borrows_for_generic_args,
@@ -103,5 +108,9 @@ fn from_table<K: TableKey>(
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
     let binding = conntrack::open(key, packet, service_id, conns, tree)?;
+    // The old flow may still be cached; its next packets must not find it.
+    if reused && let Some(set) = cache_set {
+        key.cache(set, service_id, &binding, period);
+    }
     Ok((service_id, backends, binding))
 }

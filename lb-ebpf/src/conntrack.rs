@@ -23,10 +23,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    AlignedServiceKey, BACKEND_STATE_EMPTY, BackendConnSet, BackendConns, BackendSet, CachedFlow4,
-    CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow, FlowCacheSet, FlowKey4, FlowKey6,
-    LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
-    conn_state::{STATE_NONE, STATE_UDP, is_active, tcp_next_state},
+    AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
+    BackendSet, CachedFlow4, CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow,
+    FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, wlc,
 };
 
@@ -219,21 +219,46 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// A packet of flow `key`, if the flow is in its table: advances its state
-/// and returns its service id, the service's backends and its backend.
-///
-/// The flow keeps its backend while the backend exists, even when it is
-/// quiesced or down. `None` for a flow that is not in the table, or whose
-/// backend slot was emptied (see [`backend_in_use`]).
+/// What the connection table says about a packet's flow.
+pub enum Lookup {
+    /// The flow: its service id, the service's backends and its backend.
+    Found(u32, &'static BackendSet, Binding),
+    /// No flow to follow (none in the table, or its backend slot was
+    /// emptied: see [`backend_in_use`]): schedule one.
+    Missing,
+    /// A SYN on the tuple of a flow whose backend takes no new flows (see
+    /// [`reuses_tuple`]): schedule it, and replace any cached copy of the
+    /// old flow.
+    Reused,
+}
+
+/// A packet of flow `key`: if the flow is in its table, advances its state
+/// and returns it ([`Lookup::Found`]). The flow keeps its backend while the
+/// backend exists, even when it is quiesced or down, except for a new
+/// connection on its tuple ([`Lookup::Reused`]).
 #[inline(always)]
-pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static BackendSet, Binding)> {
-    let flow = key.lookup()?;
+pub fn known(key: &impl TableKey, packet: &Packet) -> Lookup {
+    let Some(flow) = key.lookup() else {
+        return Lookup::Missing;
+    };
     // SAFETY: a valid entry of the connection table; this CPU is the only
     // writer of a given flow while its packets arrive on one RX queue.
     let flow = unsafe { &mut *flow };
     let service_id = u32::from(flow.service_id);
-    let (backends, slot) = backend_in_use(service_id, u32::from(flow.backend_slot))?;
+    let Some((backends, slot)) = backend_in_use(service_id, u32::from(flow.backend_slot)) else {
+        return Lookup::Missing;
+    };
     let old_state = u32::from(flow.state);
+    if reuses_tuple(packet, old_state, backends, slot) {
+        if let (Some(conns), Some(tree)) = (
+            BACKEND_CONNS.get_ptr_mut(service_id),
+            WLC_TREE.get_ptr_mut(service_id),
+        ) {
+            add_count(conns, slot, is_active(old_state), 1u64.wrapping_neg());
+            repair(tree, conns, slot);
+        }
+        return Lookup::Reused;
+    }
     let state = next_state(packet, old_state);
     if state != old_state {
         if let (Some(conns), Some(tree)) = (
@@ -246,7 +271,7 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
         flow.state = state as u16;
     }
     flow.last_seen_ns = now();
-    Some((
+    Lookup::Found(
         service_id,
         backends,
         Binding {
@@ -254,7 +279,22 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Option<(u32, &'static Back
             state,
             new_flow: false,
         },
-    ))
+    )
+}
+
+/// Whether `packet` is a new connection on the tuple of a flow in
+/// `old_state` whose backend (slot `slot` of `backends`) takes no new flows:
+/// a SYN on a flow that is not ESTABLISHED, with its backend down, drained
+/// (weight 0) or removed. As IPVS does (`conn_reuse_mode`,
+/// `expire_nodest_conn`), such a connection is scheduled afresh instead of
+/// following the old flow to a backend that would not get it otherwise.
+#[inline(always)]
+fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u32) -> bool {
+    if !packet.opens_connection() || old_state == STATE_ESTABLISHED {
+        return false;
+    }
+    let backend = &backends.backends[slot as usize];
+    backend.state != BACKEND_STATE_UP || backend.weight == 0
 }
 
 /// Opens flow `key` for `packet` in service `service_id`: picks its backend by

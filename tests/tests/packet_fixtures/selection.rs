@@ -403,3 +403,80 @@ fn flow_of_replaced_service_is_rescheduled() {
     );
     assert_eq!(case.flow_count(), 1, "{name}: flows");
 }
+
+/// A SYN on the tuple of a flow that is not ESTABLISHED, whose backend
+/// takes no new flows (down, drained to weight 0, removed), is scheduled
+/// afresh, as IPVS does (`conn_reuse_mode`, `expire_nodest_conn`): the old
+/// flow's counts leave its backend and the flow's later packets follow the
+/// new backend, also where the old flow was in the flow cache (here: closing,
+/// after a FIN). On an ESTABLISHED flow a SYN follows the flow.
+#[test]
+fn syn_reusing_the_tuple_of_a_stopped_backend_is_rescheduled() {
+    let vip = IpAddr::from(VIP4);
+    let stopped = [
+        (
+            "down",
+            Real {
+                weight: 100,
+                state: BACKEND_STATE_DOWN,
+            },
+        ),
+        ("drained", up(0)),
+        (
+            "removed",
+            Real {
+                weight: 0,
+                state: BACKEND_STATE_REMOVED,
+            },
+        ),
+    ];
+    for (label, stopped) in stopped {
+        let name = format!("syn_reuse: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+        let syn = Pkt::tcp4(40000, TCP_SYN);
+        let ack = Pkt::tcp4(40000, TCP_ACK);
+        let fin = Pkt::tcp4(40000, TCP_FIN | TCP_ACK);
+        case.forward("SYN", &syn, SERVICE_ID, 0);
+        case.forward("ACK", &ack, SERVICE_ID, 0);
+        case.forward("FIN", &fin, SERVICE_ID, 0);
+        case.expect_flow("FIN", &fin, SERVICE_ID, 0, STATE_FIN_WAIT);
+        case.backends(SERVICE_ID, vip, &[stopped, up(100)]);
+        case.forward("SYN again", &syn, SERVICE_ID, 1);
+        case.expect_flow("SYN again", &syn, SERVICE_ID, 1, STATE_SYN_RECV);
+        case.expect_conns("SYN again", SERVICE_ID, 0, 0, 0);
+        case.expect_conns("SYN again", SERVICE_ID, 1, 0, 1);
+        case.forward("ACK again", &ack, SERVICE_ID, 1);
+        case.expect_flow("ACK again", &ack, SERVICE_ID, 1, STATE_ESTABLISHED);
+        case.forward("data", &Pkt::tcp4(40000, TCP_PSH | TCP_ACK), SERVICE_ID, 1);
+        assert_eq!(
+            case.backend_stats(SERVICE_ID, 1).new_conns,
+            1,
+            "{name}: slot 1 new_conns"
+        );
+    }
+
+    let name = "syn_reuse: established";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, vip, PROTO_TCP, &[up(100), up(100)]);
+    let syn = Pkt::tcp4(40000, TCP_SYN);
+    case.forward("SYN", &syn, SERVICE_ID, 0);
+    case.forward("ACK", &Pkt::tcp4(40000, TCP_ACK), SERVICE_ID, 0);
+    case.backends(
+        SERVICE_ID,
+        vip,
+        &[
+            Real {
+                weight: 100,
+                state: BACKEND_STATE_DOWN,
+            },
+            up(100),
+        ],
+    );
+    case.forward("SYN on an established flow", &syn, SERVICE_ID, 0);
+    case.expect_conns("SYN on an established flow", SERVICE_ID, 0, 1, 0);
+}
