@@ -293,6 +293,17 @@ impl LbConfig {
     }
 }
 
+/// `command` run through `wrapper` (a program and its arguments, which end
+/// where the wrapped command line goes).
+fn wrapped(wrapper: &[&str], command: Command) -> Command {
+    let mut outer = Command::new(wrapper[0]);
+    outer
+        .args(&wrapper[1..])
+        .arg(command.get_program())
+        .args(command.get_args());
+    outer
+}
+
 /// Collected stdout+stderr of a process.
 type Log = Arc<Mutex<String>>;
 
@@ -339,17 +350,39 @@ impl LbDaemon {
         config: &LbConfig,
         tag: &str,
     ) -> anyhow::Result<Self> {
-        let in_netns = director.command(lb);
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(format!(
-                "while mountpoint -q {BPFFS}; do umount {BPFFS} || exit 1; done; exec \"$@\""
-            ))
-            .arg("sh")
-            .arg(in_netns.get_program())
-            .args(in_netns.get_args());
+        let script =
+            format!("while mountpoint -q {BPFFS}; do umount {BPFFS} || exit 1; done; exec \"$@\"");
+        let command = wrapped(
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ],
+            director.command(lb),
+        );
         Self::spawn(lb, command, true, config, tag, &[])
+    }
+
+    /// Like [`LbDaemon::launch`], but `lb run` may open at most
+    /// `open_files` files (soft and hard limit, so it cannot raise it), as
+    /// on a host with a low limit.
+    pub fn launch_with_open_files(
+        lb: &Path,
+        director: &NetNs,
+        config: &LbConfig,
+        tag: &str,
+        open_files: u64,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let limit = format!("--nofile={open_files}:{open_files}");
+        let command = wrapped(&["prlimit", &limit, "--"], director.command(lb));
+        Self::spawn(lb, command, false, config, tag, extra_args)
     }
 
     /// Runs `command` (which ends in the `lb` binary) as `lb run --config

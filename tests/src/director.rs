@@ -84,6 +84,27 @@ impl Director {
     }
 }
 
+impl Director {
+    /// Like [`Director::start`], but `lb run` may open at most `open_files`
+    /// files (see [`LbDaemon::launch_with_open_files`]).
+    pub fn start_with_open_files(
+        test: &'static str,
+        spec: Spec<'_>,
+        open_files: u64,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        Self::launch(
+            test,
+            spec,
+            |bed| ((), services(bed)),
+            |lb, ns, config, tag, args| {
+                LbDaemon::launch_with_open_files(lb, ns, config, tag, open_files, args)?
+                    .wait_ready()
+            },
+        )
+    }
+}
+
 impl<X> Director<X> {
     /// Like [`Director::start`], but `prepare` also starts what the test
     /// needs besides the real servers before lb starts (kept as `extra`).
