@@ -3,12 +3,18 @@
 //! the table really holds, so flows that expired or were evicted by the LRU
 //! never leave counts that drift. Each service's scheduler tree is rebuilt
 //! from the rewritten counters.
+//!
+//! The tables change while they are walked: the data path refreshes,
+//! inserts and evicts flows. A walk counts each flow once (the kernel's
+//! key iteration starts over when the key it stands on is evicted), and a
+//! flow found idle is only deleted if it is still idle when its turn comes
+//! (the data path may have refreshed it since).
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use anyhow::Context as _;
 use lb_common::{
-    BackendConnSet, Flow, MAX_BACKENDS,
+    BackendConnSet, Flow, FlowKey, MAX_BACKENDS,
     conn_state::{Timeouts, is_active},
 };
 
@@ -75,6 +81,58 @@ impl Tally {
     }
 }
 
+/// One walk of both connection tables: the flows found idle past their
+/// timeout, and the others tallied per service and slot.
+#[derive(Default)]
+pub struct Walk {
+    /// Flows idle past their state's timeout when the walk saw them.
+    pub idle: Vec<FlowKey>,
+    tally: Tally,
+    live: usize,
+}
+
+/// Walks both connection tables once, counting each flow once.
+pub fn walk(maps: &Maps, timeouts: &Timeouts) -> Walk {
+    let now_ns = monotonic_ns();
+    let mut walk = Walk::default();
+    let mut seen = HashSet::new();
+    // An entry that vanishes (LRU eviction) mid-walk is skipped.
+    for (key, flow) in maps.flows() {
+        if !seen.insert(key) {
+            continue;
+        }
+        if is_expired(&flow, now_ns, timeouts) {
+            walk.idle.push(key);
+        } else {
+            walk.tally.add(&flow);
+            walk.live += 1;
+        }
+    }
+    walk
+}
+
+/// Deletes the flows of `walk.idle` that are still idle now; the others
+/// (refreshed by the data path since the walk) are tallied as live.
+/// Returns how many were deleted.
+pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
+    let mut expired = 0;
+    for key in std::mem::take(&mut walk.idle) {
+        // Already gone (evicted, or expired by an earlier sweep) is fine.
+        let Ok(Some(flow)) = maps.flow(&key) else {
+            continue;
+        };
+        if is_expired(&flow, monotonic_ns(), timeouts) {
+            if maps.remove_flow(&key) {
+                expired += 1;
+            }
+        } else {
+            walk.tally.add(&flow);
+            walk.live += 1;
+        }
+    }
+    expired
+}
+
 /// Expires idle flows of both connection tables, rewrites the counters of
 /// `service_ids` (every service in use) from the flows that remain, and
 /// rebuilds their scheduler trees.
@@ -83,23 +141,9 @@ pub fn sweep(
     service_ids: &[u32],
     timeouts: &Timeouts,
 ) -> anyhow::Result<SweepReport> {
-    let now_ns = monotonic_ns();
-    let mut expired = Vec::new();
-    let mut tally = Tally::default();
-    let mut live = 0;
-    // An entry that vanishes (LRU eviction) mid-walk is skipped.
-    for (key, flow) in maps.flows() {
-        if is_expired(&flow, now_ns, timeouts) {
-            expired.push(key);
-        } else {
-            tally.add(&flow);
-            live += 1;
-        }
-    }
-    for key in &expired {
-        // Already gone (evicted or re-created by the data path) is fine.
-        maps.remove_flow(key);
-    }
+    let mut walk = walk(maps, timeouts);
+    let expired = expire(maps, &mut walk, timeouts);
+    let mut tally = walk.tally;
     for &id in service_ids {
         let conns = tally.per_service.entry(id).or_default();
         maps.backend_conns
@@ -109,8 +153,8 @@ pub fn sweep(
         maps.rebuild_tree(id, &backends, conns)?;
     }
     Ok(SweepReport {
-        expired: expired.len(),
-        live,
+        expired,
+        live: walk.live,
         conns: tally.per_service,
     })
 }

@@ -115,3 +115,37 @@ fn sweeper_rebuilds_the_scheduler_tree() {
     case.expect_conns("after the sweep", SERVICE_ID, 1, 0, 0);
     case.forward("SYN 4", &Pkt::tcp4(40004, TCP_SYN), SERVICE_ID, 1);
 }
+
+/// A flow that the data path refreshes between the sweeper's walk and its
+/// deletes stays (it is tallied as live); one still idle is deleted.
+#[test]
+fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
+    let name = "sweeper_refreshed";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    // A SYN_RECV timeout of zero: both half-open flows are idle at once.
+    let timeouts = Timeouts {
+        syn_recv: 0,
+        ..Timeouts::IPVS
+    };
+    let refreshed = Pkt::tcp4(40001, TCP_SYN);
+    let idle = Pkt::tcp4(40002, TCP_SYN);
+    case.forward("SYN 1", &refreshed, SERVICE_ID, 0);
+    case.forward("SYN 2", &idle, SERVICE_ID, 0);
+    let mut walk = sweeper::walk(&case.dp.maps, &timeouts);
+    assert_eq!(walk.idle.len(), 2, "{name}: idle flows found by the walk");
+    // The handshake of flow 1 completes while the sweep is under way.
+    case.forward("ACK 1", &Pkt::tcp4(40001, TCP_ACK), SERVICE_ID, 0);
+    assert_eq!(
+        sweeper::expire(&mut case.dp.maps, &mut walk, &timeouts),
+        1,
+        "{name}: expired"
+    );
+    assert!(
+        case.flow(&refreshed).is_some(),
+        "{name}: the refreshed flow was deleted"
+    );
+    assert!(case.flow(&idle).is_none(), "{name}: the idle flow was kept");
+}
