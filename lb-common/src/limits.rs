@@ -1,6 +1,15 @@
 //! Map names, the program's name and the size limits both sides build the
 //! maps with, so the control plane never spells a map name twice.
 
+/// Name of the layout stamp (array of one `u32`: [`LAYOUT_VERSION`]),
+/// written by the control plane that loads the data path and checked by the
+/// one that adopts it. The program does not read it.
+pub const LAYOUT_MAP: &str = "LAYOUT";
+/// The version of the maps' layout and meaning: what an adopting `lb` must
+/// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
+/// meaning of a field changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
 /// [`ServiceKey`]: crate::service::ServiceKey

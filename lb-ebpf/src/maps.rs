@@ -12,6 +12,12 @@ use lb_common::{
     MAX_SERVICES, NUM_REASONS, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
 };
 
+/// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
+/// plane when it loads the data path and checked when another adopts it;
+/// never read here.
+#[btf_map]
+pub static LAYOUT: Array<u32, 1> = Array::new();
+
 /// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();

@@ -559,3 +559,65 @@ fn a_backend_added_after_a_rescheduling_remove_inherits_nothing() {
     drop(held);
     setup.finish();
 }
+
+/// Adoption checks the layout stamp of a pinned data path: one stamped with
+/// another version is refused, with both versions and how to start afresh,
+/// and left forwarding as it was.
+#[test]
+fn adoption_refuses_another_layout_version() {
+    const TEST: &str = "adoption_refuses_another_layout_version";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let setup = start(TEST, &[1000, 500]);
+    let mut held = setup.open(VIP4.into(), 5);
+    let Director {
+        lb,
+        config,
+        servers,
+        bed,
+        ..
+    } = setup;
+    let out = lb.ctl(&["stop", "--keep-datapath"]).unwrap();
+    assert!(out.success, "{TEST}: {out:?}");
+    let (status, log, pins) = lb.wait_exit().unwrap();
+    assert!(status.success(), "{TEST}: {log}");
+    // As a build with layout version 99 would have left it.
+    let stamp = config.pin_path.join("LAYOUT");
+    let update = lb_tests::cmd::output(std::process::Command::new("bpftool").args([
+        "map",
+        "update",
+        "pinned",
+        stamp.to_str().expect("UTF-8 path"),
+        "key",
+        "0",
+        "0",
+        "0",
+        "0",
+        "value",
+        "99",
+        "0",
+        "0",
+        "0",
+    ]))
+    .unwrap();
+    assert!(update.success, "{TEST}: {update:?}");
+
+    let lb_bin = lb_binary().unwrap();
+    let refused = LbDaemon::launch(&lb_bin, &bed.director().ns, &config, bed.tag(), &[])
+        .unwrap_or_else(|e| panic!("{TEST}: lb run: {e:#}"));
+    let (status, log, mut second_guard) = refused.wait_exit().unwrap();
+    // The first guard removes the pins at the end.
+    second_guard.disarm();
+    assert!(!status.success(), "{TEST}: lb adopted layout 99:\n{log}");
+    assert!(
+        log.contains("layout version 99, this lb has version")
+            && log.contains("lb detach --pin-path"),
+        "{TEST}: the refusal does not say why and what to do:\n{log}"
+    );
+    client::ping_all(&mut held)
+        .unwrap_or_else(|e| panic!("{TEST}: after the refused adoption: {e:#}"));
+    drop((held, pins));
+    drop(servers);
+    drop(bed);
+}

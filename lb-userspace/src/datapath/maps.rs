@@ -12,9 +12,9 @@ use aya::{
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
     CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow,
-    FlowKey, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, MAX_SERVICES, NUM_REASONS,
-    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
-    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, protocol_name, wlc,
+    FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES,
+    NUM_REASONS, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service,
+    ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -32,7 +32,8 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 10] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 11] = [
+    (LAYOUT_MAP, 4, 4),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
@@ -67,6 +68,8 @@ impl Default for FlowCapacity {
 
 /// Typed handles on the data path's maps (the `lb_common` crate doc lists every map).
 pub struct Maps {
+    /// The layout stamp: [`LAYOUT_VERSION`] at index 0.
+    pub layout: Array<MapData, u32>,
     /// (VIP, port, protocol) -> service id.
     pub services: HashMap<MapData, ServiceKey, Service>,
     /// Service id -> its backends.
@@ -101,6 +104,7 @@ impl Maps {
             T::try_from(take(name)?).with_context(|| format!("map {name} has an unexpected type"))
         }
         Ok(Self {
+            layout: typed(&mut take, LAYOUT_MAP)?,
             services: typed(&mut take, SERVICES_MAP)?,
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
@@ -126,6 +130,21 @@ impl Maps {
     /// Counters of one per-CPU stats array entry, summed over CPUs.
     pub fn counters(map: &PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<Counters> {
         Ok(Self::sum(&map.get(&index, 0)?))
+    }
+}
+
+impl Maps {
+    /// Writes this build's [`LAYOUT_VERSION`] into the layout stamp (once,
+    /// when the data path is loaded).
+    pub(super) fn stamp_layout(&mut self) -> anyhow::Result<()> {
+        self.layout
+            .set(0, LAYOUT_VERSION, 0)
+            .context("writing the layout stamp")
+    }
+
+    /// The layout version the data path was loaded with.
+    pub fn layout_version(&self) -> anyhow::Result<u32> {
+        array_get(&self.layout, 0)
     }
 }
 

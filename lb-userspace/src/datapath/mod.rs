@@ -106,7 +106,7 @@ impl Datapath {
             }
             Ok(map)
         });
-        let maps = match maps {
+        let maps = match maps.and_then(|mut maps| maps.stamp_layout().map(|()| maps)) {
             Ok(maps) => maps,
             Err(e) => {
                 if let Some(dir) = pin_dir {

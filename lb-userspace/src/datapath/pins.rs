@@ -9,6 +9,8 @@ use std::{ffi::CString, fs, io, io::ErrorKind, os::unix::ffi::OsStrExt as _, pat
 use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData, MapInfo};
 
+use lb_common::LAYOUT_VERSION;
+
 use super::maps::{MAP_LAYOUT, MAP_NAMES, Maps};
 
 /// File name of the pinned XDP program in a pin directory.
@@ -25,8 +27,8 @@ const RETIRED_MAP_NAMES: [&str; 1] = ["CONNTRACK"];
 /// Maps opened from their pins.
 impl Maps {
     /// Opens the maps a running `lb` pinned under `dir`. Fails when a map
-    /// is missing or was made by a build with another map layout, saying
-    /// how to clear the pins.
+    /// is missing or was made by a build with another map layout (key and
+    /// value sizes, and the layout stamp), saying how to clear the pins.
     pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
         if !dir.is_dir() {
             bail!(
@@ -36,22 +38,29 @@ impl Maps {
             );
         }
         check_layout(dir)?;
-        Self::from_source(|name| {
+        let maps = Self::from_source(|name| {
             let path = dir.join(name);
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
-        })
+        })?;
+        let version = maps.layout_version()?;
+        if version != LAYOUT_VERSION {
+            bail!(
+                "the data path pinned at {} has map layout version {version}, this lb has \
+                 version {LAYOUT_VERSION}: it was made by another lb version; {}",
+                dir.display(),
+                restart_hint(dir)
+            );
+        }
+        Ok(maps)
     }
 }
 
 /// Checks that `dir` holds every map of [`MAP_LAYOUT`] with this build's
 /// key and value sizes (an older `lb` may have left its own layout pinned).
 fn check_layout(dir: &Path) -> anyhow::Result<()> {
-    let restart_hint = format!(
-        "`lb detach --pin-path {}` removes it (its flows are lost), then `lb run` starts afresh",
-        dir.display()
-    );
+    let restart_hint = restart_hint(dir);
     for (name, key_size, value_size) in MAP_LAYOUT {
         let path = dir.join(name);
         if !path.exists() {
@@ -74,6 +83,14 @@ fn check_layout(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How to start afresh when the data path pinned at `dir` cannot be adopted.
+fn restart_hint(dir: &Path) -> String {
+    format!(
+        "`lb detach --pin-path {}` removes it (its flows are lost), then `lb run` starts afresh",
+        dir.display()
+    )
 }
 
 /// Removes a pinned data path: its links (which detaches the program from
