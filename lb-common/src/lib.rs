@@ -14,6 +14,7 @@
 //!
 //! | map | kind | key -> value |
 //! | --- | --- | --- |
+//! | [`LAYOUT_MAP`] | array | 0 -> [`LAYOUT_VERSION`] |
 //! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
@@ -27,6 +28,8 @@
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
 //!
+//! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
+//! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
 //! [`SERVICES_MAP`]: limits::SERVICES_MAP
 //! [`BACKENDS_MAP`]: limits::BACKENDS_MAP
 //! [`BACKEND_CONNS_MAP`]: limits::BACKEND_CONNS_MAP
