@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
-//! one module per concern ([`ip`], [`service`], [`backend`], [`flow`],
+//! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`],
 //! [`flow_cache`], [`stats`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
@@ -15,6 +15,7 @@
 //! | map | kind | key -> value |
 //! | --- | --- | --- |
 //! | [`LAYOUT_MAP`] | array | 0 -> [`LAYOUT_VERSION`] |
+//! | [`NIC_FILTER_MAP`] | array | [`nic_filter_index`] -> [`NicFilter`] |
 //! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
@@ -30,6 +31,9 @@
 //!
 //! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
 //! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
+//! [`NIC_FILTER_MAP`]: limits::NIC_FILTER_MAP
+//! [`nic_filter_index`]: nic::nic_filter_index
+//! [`NicFilter`]: nic::NicFilter
 //! [`SERVICES_MAP`]: limits::SERVICES_MAP
 //! [`BACKENDS_MAP`]: limits::BACKENDS_MAP
 //! [`BACKEND_CONNS_MAP`]: limits::BACKEND_CONNS_MAP
@@ -63,6 +67,7 @@ pub mod flow;
 pub mod flow_cache;
 pub mod ip;
 pub mod limits;
+pub mod nic;
 pub mod service;
 pub mod stats;
 pub mod wlc;
@@ -73,6 +78,7 @@ pub use flow::*;
 pub use flow_cache::*;
 pub use ip::*;
 pub use limits::*;
+pub use nic::*;
 pub use service::*;
 pub use stats::*;
 pub use wlc::LoadTree;

@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -92,6 +92,14 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
 /// Most director NICs one `lb` attaches to.
 pub const MAX_IFACES: u32 = 64;
+/// Name of the NIC filter (array: [`nic_filter_index`] of the ingress
+/// ifindex -> [`NicFilter`]), written by the control plane when it attaches.
+///
+/// [`nic_filter_index`]: crate::nic::nic_filter_index
+/// [`NicFilter`]: crate::nic::NicFilter
+pub const NIC_FILTER_MAP: &str = "NIC_FILTER";
+/// Size of [`NIC_FILTER_MAP`].
+pub const NIC_FILTER_ENTRIES: u32 = 256;
 /// Largest backend weight (as IPVS: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65_535;
 

@@ -45,10 +45,14 @@ pub const REASON_NO_BACKEND: u32 = 6;
 /// Verdict reason: the maps disagree (a service id past the backend map):
 /// `XDP_DROP`. Never expected; counted to make it visible.
 pub const REASON_INTERNAL: u32 = 7;
+/// Verdict reason: a frame for a service, but addressed to another MAC than
+/// the NIC's own and its VRRP virtual MACs (a promiscuous NIC, a flooding
+/// switch): `XDP_PASS`.
+pub const REASON_NOT_FOR_US: u32 = 8;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 8;
+pub const NUM_REASONS: u32 = 9;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -61,6 +65,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_MALFORMED => "drop_malformed",
         REASON_NO_BACKEND => "drop_no_backend",
         REASON_INTERNAL => "drop_internal",
+        REASON_NOT_FOR_US => "pass_not_for_us",
         _ => "unknown",
     }
 }

@@ -2,12 +2,14 @@
 //! the other modules against the maps and returns the frame's [`Verdict`].
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{BackendSet, REASON_INTERNAL, REASON_NO_SERVICE, port_bit};
+use lb_common::{
+    BackendSet, REASON_INTERNAL, REASON_NO_SERVICE, REASON_NOT_FOR_US, nic_filter_index, port_bit,
+};
 
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
     forward,
-    maps::{BACKEND_CONNS, BACKENDS, SERVICE_PORTS, SERVICES, WLC_TREE},
+    maps::{BACKEND_CONNS, BACKENDS, NIC_FILTER, SERVICE_PORTS, SERVICES, WLC_TREE},
     parse::{self, IpHeader, Packet},
     stats,
     verdict::Verdict,
@@ -17,7 +19,8 @@ use crate::{
 /// `l3_len` is the frame's length without its Ethernet header.
 ///
 /// Cheapest first: traffic to a port no service uses is passed after one
-/// array lookup, before its addresses are even read; a flow this CPU
+/// array lookup, before its addresses are even read; a frame addressed to
+/// another host's MAC is passed after a second; a flow this CPU
 /// forwarded recently is forwarded from the flow cache; any other known flow
 /// from its connection table (its service and backend slot are in the
 /// flow); only a new flow pays for the service lookup and backend selection.
@@ -34,10 +37,32 @@ pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
     if ports & port_bit(packet.proto) == 0 {
         return Verdict::Pass(REASON_NO_SERVICE);
     }
+    if !for_this_nic(ctx) {
+        return Verdict::Pass(REASON_NOT_FOR_US);
+    }
     match packet.ip {
         IpHeader::V4(ip) => balance_flow(ctx, &packet, &packet.key4(ip), l3_len),
         IpHeader::V6(ip) => balance_flow(ctx, &packet, &packet.key6(ip), l3_len),
     }
+}
+
+/// Whether the frame is addressed to the NIC it arrived on: its MAC or one of
+/// its VRRP virtual MACs (`NIC_FILTER`). A NIC without an entry of its own
+/// accepts every frame.
+#[inline(always)]
+fn for_this_nic(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let Some(filter) = NIC_FILTER.get(nic_filter_index(ifindex)) else {
+        return true;
+    };
+    if filter.ifindex != ifindex {
+        return true;
+    }
+    let Some(dst) = parse::ptr_at_mut::<[u8; 6]>(ctx, 0) else {
+        return true;
+    };
+    // SAFETY: the six bytes are inside the frame.
+    filter.accepts(unsafe { &*dst })
 }
 
 /// Forwards `packet` of flow `key` to its backend, scheduling the flow first

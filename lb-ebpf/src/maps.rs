@@ -9,7 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow, FlowKey4, FlowKey6, LoadTree,
-    MAX_SERVICES, NUM_REASONS, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
+    MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter, SERVICE_PORTS_ENTRIES, Service,
+    ServiceKey,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -17,6 +18,12 @@ use lb_common::{
 /// never read here.
 #[btf_map]
 pub static LAYOUT: Array<u32, 1> = Array::new();
+
+/// The destination MACs each director NIC accepts, indexed by
+/// `lb_common::nic_filter_index` of its ifindex. Written by the control plane
+/// when it attaches to a NIC.
+#[btf_map]
+pub static NIC_FILTER: Array<NicFilter, { NIC_FILTER_ENTRIES as usize }> = Array::new();
 
 /// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
 #[btf_map]

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use lb_common::NicFilter;
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
@@ -345,7 +346,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Attaches to the configured NICs and detaches from any other.
+    /// Attaches to the configured NICs (each accepting frames to its own MAC
+    /// and the configured VRRP virtual MACs only) and detaches from any other.
     fn attach(&self, datapath: &mut Datapath) -> anyhow::Result<()> {
         let stale: Vec<String> = datapath
             .attached()
@@ -361,6 +363,14 @@ impl Daemon {
             XdpMode::Skb => aya::programs::XdpMode::Skb,
         };
         for nic in &self.nics {
+            let filter = NicFilter::new(nic.index, nic.mac, &self.config.director.vrrp_vrids);
+            if let Some(other) = datapath.maps.set_nic_filter(&filter)? {
+                warn!(
+                    "{} (ifindex {}) shares its MAC filter entry with ifindex {other}, \
+                     whose frames are no longer filtered by destination MAC",
+                    nic.name, nic.index
+                );
+            }
             datapath.attach(&nic.name, mode).with_context(|| {
                 if self.mode == XdpMode::Driver {
                     format!(

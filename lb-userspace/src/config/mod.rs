@@ -77,6 +77,11 @@ pub struct DirectorConfig {
     /// (the default) lets them finish on it, `true` reschedules each on its
     /// next packet (IPVS's `expire_nodest_conn` sysctl).
     pub expire_nodest_conn: bool,
+    /// VRRP router ids (1 to 255) whose virtual MACs (`00:00:5e:00:01:ID`,
+    /// `00:00:5e:00:02:ID`) the director NICs accept besides their own MAC;
+    /// frames to any other MAC are passed, not balanced. Sorted, no
+    /// duplicates.
+    pub vrrp_vrids: Vec<u8>,
 }
 
 impl DirectorConfig {
@@ -94,6 +99,7 @@ impl DirectorConfig {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
             expire_nodest_conn: false,
+            vrrp_vrids: Vec::new(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub(super) mod key {
     pub(crate) const CONTROL_SOCKET: &str = "control_socket";
     pub(crate) const METRICS_LISTEN: &str = "metrics_listen";
     pub(crate) const EXPIRE_NODEST_CONN: &str = "expire_nodest_conn";
+    pub(crate) const VRRP_VRIDS: &str = "vrrp_vrids";
     pub(crate) const TIMEOUTS: &str = "timeouts";
 
     // [director.timeouts]
@@ -94,6 +95,7 @@ pub(super) struct RawDirector {
     pub(super) control_socket: Field,
     pub(super) metrics_listen: Field,
     pub(super) expire_nodest_conn: Field,
+    pub(super) vrrp_vrids: Field,
     pub(super) timeouts: Option<RawTimeouts>,
 }
 
@@ -309,6 +311,7 @@ mod tests {
                 key::CONTROL_SOCKET,
                 key::METRICS_LISTEN,
                 key::EXPIRE_NODEST_CONN,
+                key::VRRP_VRIDS,
                 key::TIMEOUTS,
             ]
         );

@@ -135,6 +135,7 @@ fn example_parses() {
             control_socket: PathBuf::from("/run/lb/lb.sock"),
             metrics_listen: None,
             expire_nodest_conn: false,
+            vrrp_vrids: Vec::new(),
         }
     );
     let backend = |address, weight| BackendConfig {
@@ -378,7 +379,7 @@ fn unknown_field_in_director() {
         error(&text),
         "lb.toml:2: unknown field \"interfacs\" in [director] (valid: interfaces, xdp_mode, \
          pin_path, max_flows, max_flows_v6, sweep_interval, control_socket, metrics_listen, \
-         expire_nodest_conn, timeouts)"
+         expire_nodest_conn, vrrp_vrids, timeouts)"
     );
 }
 
@@ -1157,6 +1158,28 @@ fn expire_nodest_conn() {
         error(&director_with("expire_nodest_conn = 1")),
         "lb.toml:3: [director]: expire_nodest_conn must be true or false (found integer 1)"
     );
+}
+
+#[test]
+fn vrrp_vrids() {
+    assert!(parse(&director_with("")).director.vrrp_vrids.is_empty());
+    let config = parse(&director_with("vrrp_vrids = [52, 51, 255]"));
+    assert_eq!(config.director.vrrp_vrids, [51, 52, 255]);
+    const VALID: &str = "valid: an array of VRRP router ids from 1 to 255, as keepalived's \
+                         virtual_router_id, e.g. vrrp_vrids = [51]";
+    for (value, problem) in [
+        ("51", "vrrp_vrids must be an array (found integer 51;"),
+        ("[0]", "vrrp_vrids holds integer 0 ("),
+        ("[256]", "vrrp_vrids holds integer 256 ("),
+        ("[\"51\"]", "vrrp_vrids holds string \"51\" ("),
+        ("[51, 51]", "vrrp_vrids lists 51 twice ("),
+    ] {
+        let e = error(&director_with(&format!("vrrp_vrids = {value}")));
+        assert!(
+            e.starts_with(&format!("lb.toml:3: [director]: {problem}")) && e.contains(VALID),
+            "{value}: {e}"
+        );
+    }
 }
 
 // -- [service.health]: common fields

@@ -172,6 +172,10 @@ impl ConfigValidator<'_> {
             Some(v) => self.boolean(CTX, key::EXPIRE_NODEST_CONN, v),
             None => Some(default.expire_nodest_conn),
         };
+        let vrrp_vrids = match &raw.vrrp_vrids {
+            Some(v) => self.vrrp_vrids(v),
+            None => Some(default.vrrp_vrids),
+        };
         Some(DirectorConfig {
             interfaces: interfaces?,
             xdp_mode: xdp_mode?,
@@ -183,6 +187,7 @@ impl ConfigValidator<'_> {
             control_socket: control_socket?,
             metrics_listen: metrics_listen?,
             expire_nodest_conn: expire_nodest_conn?,
+            vrrp_vrids: vrrp_vrids?,
         })
     }
 
@@ -215,6 +220,51 @@ impl ConfigValidator<'_> {
             return None;
         }
         Some(path.to_path_buf())
+    }
+
+    /// VRRP router ids: integers from 1 to 255, each once; returned sorted.
+    fn vrrp_vrids(&mut self, v: &Spanned<Value>) -> Option<Vec<u8>> {
+        const CTX: &str = "[director]";
+        const VALID: &str = "valid: an array of VRRP router ids from 1 to 255, as keepalived's \
+                             virtual_router_id, e.g. vrrp_vrids = [51]";
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                CTX,
+                format_args!(
+                    "vrrp_vrids must be an array (found {}; {VALID})",
+                    describe_value(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        let mut vrids = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(n) if (1..=255).contains(n) => {
+                    let vrid = *n as u8;
+                    if vrids.contains(&vrid) {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!("vrrp_vrids lists {vrid} twice ({VALID})"),
+                        );
+                        return None;
+                    }
+                    vrids.push(vrid);
+                }
+                other => {
+                    self.report_at(
+                        v,
+                        CTX,
+                        format_args!("vrrp_vrids holds {} ({VALID})", describe_value(other)),
+                    );
+                    return None;
+                }
+            }
+        }
+        vrids.sort_unstable();
+        Some(vrids)
     }
 
     /// `"ADDR:PORT"`, or a port (number or string) on 127.0.0.1.

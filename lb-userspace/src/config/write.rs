@@ -175,6 +175,10 @@ fn director_lines(director: &DirectorConfig) -> Lines {
         let expire = director.expire_nodest_conn.to_string();
         lines.push((key::EXPIRE_NODEST_CONN, expire));
     }
+    if !director.vrrp_vrids.is_empty() {
+        let vrids: Vec<u16> = director.vrrp_vrids.iter().map(|&v| u16::from(v)).collect();
+        lines.push((key::VRRP_VRIDS, int_array(&vrids)));
+    }
     lines
 }
 

@@ -13,8 +13,9 @@ use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
     CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow,
     FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES,
-    NUM_REASONS, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service,
-    ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, port_bit, protocol_name, wlc,
+    NIC_FILTER_MAP, NUM_REASONS, NicFilter, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
+    SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index,
+    nic_filter_index, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -32,8 +33,9 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 11] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 12] = [
     (LAYOUT_MAP, 4, 4),
+    (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
@@ -70,6 +72,8 @@ impl Default for FlowCapacity {
 pub struct Maps {
     /// The layout stamp: [`LAYOUT_VERSION`] at index 0.
     pub layout: Array<MapData, u32>,
+    /// The destination MACs each director NIC accepts.
+    pub nic_filter: Array<MapData, NicFilter>,
     /// (VIP, port, protocol) -> service id.
     pub services: HashMap<MapData, ServiceKey, Service>,
     /// Service id -> its backends.
@@ -105,6 +109,7 @@ impl Maps {
         }
         Ok(Self {
             layout: typed(&mut take, LAYOUT_MAP)?,
+            nic_filter: typed(&mut take, NIC_FILTER_MAP)?,
             services: typed(&mut take, SERVICES_MAP)?,
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
@@ -140,6 +145,18 @@ impl Maps {
         self.layout
             .set(0, LAYOUT_VERSION, 0)
             .context("writing the layout stamp")
+    }
+
+    /// Makes NIC `filter.ifindex` accept only frames to its MAC and its
+    /// VRRP virtual MACs. Returns the ifindex of another NIC whose entry
+    /// this one replaced, if any (that NIC's frames are then not filtered).
+    pub fn set_nic_filter(&mut self, filter: &NicFilter) -> anyhow::Result<Option<u32>> {
+        let index = nic_filter_index(filter.ifindex);
+        let before = array_get(&self.nic_filter, index)?;
+        self.nic_filter
+            .set(index, filter, 0)
+            .with_context(|| format!("writing the MAC filter of ifindex {}", filter.ifindex))?;
+        Ok((before.ifindex != 0 && before.ifindex != filter.ifindex).then_some(before.ifindex))
     }
 
     /// The layout version the data path was loaded with.

@@ -1,17 +1,18 @@
 //! Traffic that is not for a service (another address or port, not TCP or
-//! UDP, not IP at all: ARP, LLDP) passes to the director's stack byte for
-//! byte and leaves no trace in the tables.
+//! UDP, not IP at all: ARP, LLDP) or not for this director (another MAC)
+//! passes to the director's stack byte for byte and leaves no trace in the
+//! tables.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    PROTO_TCP, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4,
+    NicFilter, PROTO_TCP, REASON_NO_SERVICE, REASON_NOT_FOR_US, REASON_NOT_IP, REASON_NOT_L4,
     conn_state::{TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
     VIP4, VIP6,
-    frame::{CLIENT4, CLIENT6, Ext, L4, PORT, Pkt, arp_request, lldp_frame},
-    xdp_case::{Fixture, SERVICE_ID, run_fixtures, up},
+    frame::{CLIENT4, CLIENT6, Ext, L4, NIC_MAC, PORT, Pkt, VIP_MAC, arp_request, lldp_frame},
+    xdp_case::{Case, DECOY_ID, Expect, Fixture, LO_IFINDEX, SERVICE_ID, run_fixtures, up},
 };
 
 /// A TCP SYN header from `sport` to `dport`.
@@ -156,4 +157,61 @@ fn non_ip_frames_pass() {
         )
     });
     run_fixtures("non_ip", fixtures);
+}
+
+/// With the NIC's filter set (its MAC [`NIC_MAC`] and VRRP router id 0x33,
+/// whose IPv4 virtual MAC is [`VIP_MAC`], where the frame builder sends),
+/// frames for a service to the NIC's MAC or to a VRRP MAC of that id are
+/// balanced; frames to another host's MAC, another router id or broadcast
+/// (a promiscuous NIC, a flooding switch) pass to the stack as
+/// `pass_not_for_us` and open no flow.
+#[test]
+fn frames_to_another_mac_are_passed() {
+    let name = "not_for_us_mac";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+    case.dp
+        .maps
+        .set_nic_filter(&NicFilter::new(LO_IFINDEX, NIC_MAC, &[0x33]))
+        .expect("writing the NIC filter");
+    let to = |mut pkt: Pkt, mac: [u8; 6]| {
+        pkt.dst_mac = mac;
+        pkt
+    };
+    case.forward("to the VRRP MAC", &Pkt::tcp4(40000, TCP_SYN), SERVICE_ID, 0);
+    case.forward(
+        "to the NIC's MAC",
+        &to(Pkt::tcp4(40001, TCP_SYN), NIC_MAC),
+        SERVICE_ID,
+        0,
+    );
+    case.forward(
+        "to the IPv6 VRRP MAC",
+        &to(
+            Pkt::tcp6(40002, TCP_SYN),
+            [0x00, 0x00, 0x5e, 0x00, 0x02, 0x33],
+        ),
+        DECOY_ID,
+        0,
+    );
+    for (sport, label, mac) in [
+        (
+            40100,
+            "another host's MAC",
+            [0x02, 0x99, 0x00, 0x00, 0x00, 0x01],
+        ),
+        (
+            40101,
+            "another VRRP id",
+            [0x00, 0x00, 0x5e, 0x00, 0x01, 0x34],
+        ),
+        (40102, "broadcast", [0xff; 6]),
+    ] {
+        let frame = to(Pkt::tcp4(sport, TCP_SYN), mac).build();
+        case.send(label, &frame, Expect::Pass(REASON_NOT_FOR_US));
+    }
+    assert_eq!(case.flow_count(), 3, "{name}: flows");
 }
