@@ -42,7 +42,9 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use lb::datapath::{Datapath, maps::FlowCapacity};
-use lb_common::{Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, ServiceKey};
+use lb_common::{
+    Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, Service, ServiceKey,
+};
 
 use crate::BENCH_OBJECT;
 
@@ -619,7 +621,7 @@ impl Bench {
         }
         dp.maps.set_service(
             ServiceKey::new(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP),
-            0,
+            Service { id: 0, flags: 0 },
             &set,
         )?;
         Ok(dp)

@@ -54,9 +54,14 @@ pub struct Service {
     /// [`BACKEND_CONNS_MAP`]: crate::limits::BACKEND_CONNS_MAP
     /// [`WLC_TREE_MAP`]: crate::limits::WLC_TREE_MAP
     pub id: u32,
-    /// Reserved for service flags (persistence, port ranges); zero today.
+    /// `SERVICE_FLAG_*` bits.
     pub flags: u32,
 }
+
+/// Service flag: a TCP SYN that finds no backend to take it is answered with
+/// a TCP RST from XDP (`no_backend = "reject"`), so the client fails at once
+/// instead of retrying its SYN; without it the SYN is dropped.
+pub const SERVICE_FLAG_REJECT: u32 = 1;
 
 /// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words (its
 /// 20 bytes, then 4 of padding), assembled in registers: the key the XDP

@@ -49,10 +49,16 @@ pub const REASON_INTERNAL: u32 = 7;
 /// the NIC's own and its VRRP virtual MACs (a promiscuous NIC, a flooding
 /// switch): `XDP_PASS`.
 pub const REASON_NOT_FOR_US: u32 = 8;
+/// Verdict reason: a TCP SYN for a service with no usable backend and
+/// [`SERVICE_FLAG_REJECT`], answered with a TCP RST (`XDP_TX` back to the
+/// client).
+///
+/// [`SERVICE_FLAG_REJECT`]: crate::service::SERVICE_FLAG_REJECT
+pub const REASON_REJECTED: u32 = 9;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 9;
+pub const NUM_REASONS: u32 = 10;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -66,6 +72,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_NO_BACKEND => "drop_no_backend",
         REASON_INTERNAL => "drop_internal",
         REASON_NOT_FOR_US => "pass_not_for_us",
+        REASON_REJECTED => "reset_no_backend",
         _ => "unknown",
     }
 }

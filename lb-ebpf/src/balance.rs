@@ -3,7 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    BackendSet, REASON_INTERNAL, REASON_NO_SERVICE, REASON_NOT_FOR_US, nic_filter_index, port_bit,
+    BackendSet, REASON_INTERNAL, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_FOR_US,
+    SERVICE_FLAG_REJECT, nic_filter_index, port_bit,
 };
 
 use crate::{
@@ -11,7 +12,7 @@ use crate::{
     forward,
     maps::{BACKEND_CONNS, BACKENDS, NIC_FILTER, SERVICE_PORTS, SERVICES, WLC_TREE},
     parse::{self, IpHeader, Packet},
-    stats,
+    reset, stats,
     verdict::Verdict,
 };
 
@@ -82,10 +83,20 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
         Some(hit) => hit,
         None => match from_table(packet, key, cache_set, period) {
             Ok(found) => found,
+            Err(Verdict::Reset) => {
+                return match reset::answer(ctx, packet) {
+                    Ok(()) => Verdict::Reset,
+                    Err(()) => Verdict::Drop(REASON_NO_BACKEND),
+                };
+            }
             Err(verdict) => return verdict,
         },
     };
-    let backend = &backends.backends[binding.slot as usize];
+    // Slots are bounded where they are read; `get` keeps a panic path out
+    // of the program should the compiler lose track of that.
+    let Some(backend) = backends.backends.get(binding.slot as usize) else {
+        return Verdict::Drop(REASON_INTERNAL);
+    };
     if forward::rewrite_macs(ctx, backend).is_err() {
         return Verdict::Drop(REASON_INTERNAL);
     }
@@ -122,7 +133,9 @@ fn from_table<K: TableKey>(
         reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
     )]
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some(service_id) = (unsafe { SERVICES.get(&service_key.key) }).map(|s| s.id) else {
+    let Some((service_id, flags)) =
+        (unsafe { SERVICES.get(&service_key.key) }).map(|s| (s.id, s.flags))
+    else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (Some(backends), Some(conns), Some(tree)) = (
@@ -132,7 +145,15 @@ fn from_table<K: TableKey>(
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = conntrack::open(key, packet, service_id, conns, tree)?;
+    let binding = match conntrack::open(key, packet, service_id, conns, tree) {
+        Ok(binding) => binding,
+        Err(Verdict::Drop(REASON_NO_BACKEND))
+            if flags & SERVICE_FLAG_REJECT != 0 && packet.opens_connection() =>
+        {
+            return Err(Verdict::Reset);
+        }
+        Err(verdict) => return Err(verdict),
+    };
     // The old flow may still be cached; its next packets must not find it.
     if reused && let Some(set) = cache_set {
         key.cache(set, service_id, &binding, period);

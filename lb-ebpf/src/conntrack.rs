@@ -293,7 +293,7 @@ fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u3
     if !packet.opens_connection() || old_state == STATE_ESTABLISHED {
         return false;
     }
-    let backend = &backends.backends[slot as usize];
+    let backend = &backends.backends[bounded(slot) as usize];
     backend.state != BACKEND_STATE_UP || backend.weight == 0
 }
 

@@ -18,10 +18,12 @@ mod conntrack;
 mod forward;
 mod maps;
 mod parse;
+mod reset;
 mod stats;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::REASON_REJECTED;
 use verdict::Verdict;
 
 /// The load balancer: every frame arriving on a director NIC goes through here.
@@ -34,6 +36,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Verdict::Tx => return xdp_action::XDP_TX,
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
+        Verdict::Reset => (xdp_action::XDP_TX, REASON_REJECTED),
     };
     stats::count_verdict(reason, l3_len);
     action

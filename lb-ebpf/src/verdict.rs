@@ -10,4 +10,7 @@ pub enum Verdict {
     Pass(u32),
     /// Ours, but it cannot be forwarded.
     Drop(u32),
+    /// A SYN no backend can take, turned into a TCP RST to the client: send
+    /// it back out of the ingress NIC.
+    Reset,
 }

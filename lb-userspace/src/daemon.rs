@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lb_common::NicFilter;
+use lb_common::{NicFilter, Service};
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
@@ -807,7 +807,11 @@ fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> an
                 let Some(s) = director.services.iter().find(|s| s.id == id) else {
                     continue;
                 };
-                maps.set_service(s.key(), id, &s.backend_set())?;
+                let service = Service {
+                    id,
+                    flags: s.config.no_backend.flags(),
+                };
+                maps.set_service(s.key(), service, &s.backend_set())?;
             }
         }
     }

@@ -204,6 +204,7 @@ impl TestBed {
                 .zip(weights)
                 .map(|(rs, &w)| (rs.addr_like(vip), w))
                 .collect(),
+            reject_without_backend: false,
         }
     }
 

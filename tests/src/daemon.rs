@@ -199,6 +199,8 @@ pub struct ServiceConfig {
     pub health: Health,
     /// Real servers: (address, weight).
     pub backends: Vec<(IpAddr, u32)>,
+    /// `no_backend = "reject"`: a SYN no backend can take gets a TCP RST.
+    pub reject_without_backend: bool,
 }
 
 /// An `lb` config file.
@@ -242,6 +244,9 @@ impl LbConfig {
             };
             let _ = writeln!(s, "protocol = \"{protocol}\"");
             let _ = writeln!(s, "scheduler = \"wlc\"");
+            if svc.reject_without_backend {
+                let _ = writeln!(s, "no_backend = \"reject\"");
+            }
             let _ = writeln!(s, "\n[service.health]");
             match &svc.health {
                 Health::Toml(lines) => {

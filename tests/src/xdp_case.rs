@@ -35,7 +35,7 @@ use lb::datapath::{
 use lb_common::{
     Attachment, BACKEND_STATE_UP, Backend, BackendConnSet, BackendConns, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, Flow, NUM_REASONS, PROTO_TCP, REASON_FORWARDED,
-    ServiceKey, VERDICT_STATS_MAP, backend_index, conn_state::state_name, reason_name,
+    Service, ServiceKey, VERDICT_STATS_MAP, backend_index, conn_state::state_name, reason_name,
 };
 
 use crate::{
@@ -159,6 +159,9 @@ pub enum Expect {
     Pass(u32),
     /// `XDP_DROP` with the input unchanged, counted under the reason.
     Drop(u32),
+    /// `XDP_TX` of a reply the program made in place of the input, with
+    /// exactly these bytes, counted under the reason.
+    Reply(Vec<u8>, u32),
 }
 
 /// A frame run through the program, not yet checked (see [`Case::run_counted`]).
@@ -198,7 +201,7 @@ impl Case {
             .maps
             .set_service(
                 ServiceKey::new(vip, PORT, proto),
-                id,
+                Service { id, flags: 0 },
                 &backend_set(id, vip, reals),
             )
             .unwrap_or_else(|e| panic!("{}: set_service: {e:#}", self.name));
@@ -368,6 +371,7 @@ impl Case {
             Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
             Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
             Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
+            Expect::Reply(bytes, reason) => (XDP_TX, reason, bytes),
         };
         if got != action || out != expected {
             let first_diff = out

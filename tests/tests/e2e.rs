@@ -265,6 +265,70 @@ fn health_check_takes_a_server_out_and_back() {
     setup.finish();
 }
 
+/// `no_backend = "reject"`: once every backend is down, a client's connect
+/// is refused at once by the RST lb answers from XDP, instead of timing out
+/// on SYNs dropped, and lb counts it as `reset_no_backend`.
+#[test]
+fn connect_is_refused_when_no_backend_is_up_and_the_service_rejects() {
+    const TEST: &str = "connect_is_refused_when_no_backend_is_up_and_the_service_rejects";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let vip = IpAddr::from(VIP4);
+    let spec = Spec {
+        real_servers: WEIGHTS.len(),
+        port: PORT,
+        udp: &[],
+        lb_args: &[],
+    };
+    let mut setup = Director::start(TEST, spec, |bed| {
+        let mut web = bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS);
+        web.reject_without_backend = true;
+        vec![web]
+    });
+    for server in &mut setup.servers {
+        server.stop_listener();
+    }
+    let (stats, all_down) = setup
+        .lb
+        .wait_stats(INTERVAL * (FALL + 3), |s| {
+            s.services
+                .iter()
+                .all(|svc| svc.backends.iter().all(|b| b.state == "down"))
+        })
+        .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
+    if !all_down {
+        setup.fail(&format!("backends not all down: {stats:#?}"));
+    }
+    let target = SocketAddr::new(vip, PORT);
+    let refused = setup
+        .bed
+        .client()
+        .ns
+        .run(move || {
+            let started = std::time::Instant::now();
+            let outcome = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5));
+            anyhow::Ok((outcome.map(|_| ()).map_err(|e| e.kind()), started.elapsed()))
+        })
+        .unwrap_or_else(|e| setup.fail(&format!("connecting: {e:#}")));
+    if refused.0 != Err(std::io::ErrorKind::ConnectionRefused) {
+        setup.fail(&format!(
+            "connect to {target} with no backend up: {:?} after {:?}, expected a refusal",
+            refused.0, refused.1
+        ));
+    }
+    let stats = setup.stats();
+    let resets = stats
+        .verdicts
+        .iter()
+        .find(|v| v.reason == "reset_no_backend")
+        .map_or(0, |v| v.packets);
+    if resets == 0 {
+        setup.fail(&format!("no reset_no_backend counted: {stats:#?}"));
+    }
+    setup.finish();
+}
+
 /// A fresh host, where nothing is mounted at `/sys/fs/bpf`: `lb run`
 /// mounts bpffs itself, says so, and forwards; the held connections still
 /// answer once the health checks have had `fall` intervals to act.
@@ -359,6 +423,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             protocol: Protocol::Tcp,
             health: Health::None,
             backends: vec![("192.0.2.11".parse().expect("address"), 1000)],
+            reject_without_backend: false,
         }],
     };
     let path = config

@@ -126,6 +126,8 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// How new connections are spread over the backends.
     pub scheduler: Scheduler,
+    /// What a new connection gets when no backend can take it.
+    pub no_backend: NoBackend,
     /// Health check of the backends.
     pub health: HealthConfig,
     /// The real servers (`[[service.backend]]`), 1 to
@@ -149,6 +151,27 @@ impl Protocol {
         match self {
             Protocol::Tcp => lb_common::PROTO_TCP,
             Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// What a new connection gets when no backend of its service is up with a
+/// weight above zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Its packets are dropped (the default): the client retries its SYN.
+    Drop,
+    /// A TCP SYN is answered with a TCP RST from XDP, so the client fails
+    /// at once (TCP services only).
+    Reject,
+}
+
+impl NoBackend {
+    /// The `SERVICE_FLAG_*` bits the data path acts on.
+    pub fn flags(self) -> u32 {
+        match self {
+            NoBackend::Drop => 0,
+            NoBackend::Reject => lb_common::SERVICE_FLAG_REJECT,
         }
     }
 }
@@ -450,6 +473,22 @@ impl fmt::Display for XdpMode {
 }
 
 impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.keyword())
+    }
+}
+
+impl Keyword for NoBackend {
+    const ALL: &'static [Self] = &[NoBackend::Drop, NoBackend::Reject];
+    fn keyword(self) -> &'static str {
+        match self {
+            NoBackend::Drop => "drop",
+            NoBackend::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for NoBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.keyword())
     }

@@ -42,6 +42,7 @@ pub(super) mod key {
     pub(crate) const PORT: &str = "port";
     pub(crate) const PROTOCOL: &str = "protocol";
     pub(crate) const SCHEDULER: &str = "scheduler";
+    pub(crate) const NO_BACKEND: &str = "no_backend";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -119,6 +120,7 @@ pub(super) struct RawService {
     pub(super) port: Field,
     pub(super) protocol: Field,
     pub(super) scheduler: Field,
+    pub(super) no_backend: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -333,6 +335,7 @@ mod tests {
                 key::PORT,
                 key::PROTOCOL,
                 key::SCHEDULER,
+                key::NO_BACKEND,
                 key::HEALTH,
                 key::BACKEND,
             ]

@@ -151,6 +151,7 @@ fn example_parses() {
             port: 2811,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
+            no_backend: NoBackend::Drop,
             health: HealthConfig {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(10),
@@ -769,6 +770,26 @@ fn timeout_longer_than_interval() {
         error(&text),
         "lb.toml:10: service \"gridftp\", health check: timeout 5s is longer than interval 2s \
          (valid: at most the interval)"
+    );
+}
+
+#[test]
+fn no_backend() {
+    assert_eq!(parse(BASE).services[0].no_backend, NoBackend::Drop);
+    let with = |line: &str| base_with("port = 2811", &format!("port = 2811\n{line}"));
+    assert_eq!(
+        parse(&with("no_backend = \"reject\"")).services[0].no_backend,
+        NoBackend::Reject
+    );
+    assert_eq!(
+        error(&with("no_backend = \"refuse\"")),
+        "lb.toml:8: service \"gridftp\": no_backend \"refuse\" is not supported (valid: drop, \
+         reject)"
+    );
+    assert_eq!(
+        error(&with("protocol = \"udp\"\nno_backend = \"reject\"")),
+        "lb.toml:9: service \"gridftp\": no_backend \"reject\" answers with a TCP RST, and this \
+         is a udp service (valid for udp: \"drop\")"
     );
 }
 

@@ -18,8 +18,8 @@ use super::{
     BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
     DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck,
-    Keyword, KindWord, Problem, Protocol, Scheduler, ServiceConfig, default_health_timeout,
-    parse_keyword,
+    Keyword, KindWord, NoBackend, Problem, Protocol, Scheduler, ServiceConfig,
+    default_health_timeout, parse_keyword,
     raw::{
         Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
         backend_label, health_label, key, line_of, service_label,
@@ -515,6 +515,19 @@ impl ConfigValidator<'_> {
         let port = port_field.and_then(|v| self.integer(&ctx, key::PORT, v, PORT));
         let protocol = self.keyword_or(&ctx, key::PROTOCOL, &raw.protocol, Protocol::Tcp);
         let scheduler = self.keyword_or(&ctx, key::SCHEDULER, &raw.scheduler, Scheduler::Wlc);
+        let mut no_backend =
+            self.keyword_or(&ctx, key::NO_BACKEND, &raw.no_backend, NoBackend::Drop);
+        if let (Some(NoBackend::Reject), Some(Protocol::Udp), Some(v)) =
+            (no_backend, protocol, &raw.no_backend)
+        {
+            self.report_at(
+                v,
+                &ctx,
+                "no_backend \"reject\" answers with a TCP RST, and this is a udp service \
+                 (valid for udp: \"drop\")",
+            );
+            no_backend = None;
+        }
 
         if let (Some(vip), Some(port), Some(protocol), Some(port_field)) =
             (vip, port, protocol, port_field)
@@ -555,6 +568,7 @@ impl ConfigValidator<'_> {
             port: port?,
             protocol: protocol?,
             scheduler: scheduler?,
+            no_backend: no_backend?,
             health: health?,
             backends: backends?,
         })

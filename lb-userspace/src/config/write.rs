@@ -6,7 +6,8 @@
 //! - `[director]`: `interfaces`, then each setting that differs from its
 //!   default ([`DirectorConfig::new`]); `[director.timeouts]` only with the
 //!   timeouts that differ from IPVS's.
-//! - `[[service]]`: every key, `protocol` and `scheduler` included.
+//! - `[[service]]`: every key, `protocol` and `scheduler` included;
+//!   `no_backend` when it is not `"drop"`.
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -26,7 +27,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use super::{
     BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_RISE, DirectorConfig,
-    HealthConfig, HealthKind, ServiceConfig, default_health_timeout,
+    HealthConfig, HealthKind, NoBackend, ServiceConfig, default_health_timeout,
     raw::key,
     values::{format_duration_in_seconds, format_mac, format_md5},
 };
@@ -202,15 +203,19 @@ fn timeout_lines(director: &DirectorConfig) -> Lines {
     .collect()
 }
 
-/// `[[service]]`: every key.
+/// `[[service]]`: every key, `no_backend` when it is not the default.
 fn service_lines(service: &ServiceConfig) -> Lines {
-    vec![
+    let mut lines = vec![
         (key::NAME, string(&service.name)),
         (key::VIP, string(&service.vip.to_string())),
         (key::PORT, service.port.to_string()),
         (key::PROTOCOL, string(&service.protocol.to_string())),
         (key::SCHEDULER, string(&service.scheduler.to_string())),
-    ]
+    ];
+    if service.no_backend != NoBackend::Drop {
+        lines.push((key::NO_BACKEND, string(&service.no_backend.to_string())));
+    }
+    lines
 }
 
 /// `[[service.backend]]`: address, weight and a static MAC.

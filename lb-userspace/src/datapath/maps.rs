@@ -181,9 +181,10 @@ impl Maps {
     pub fn set_service(
         &mut self,
         key: ServiceKey,
-        id: u32,
+        service: Service,
         backends: &BackendSet,
     ) -> anyhow::Result<()> {
+        let id = service.id;
         self.set_backends(id, backends)?;
         let port = u32::from(key.port);
         let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
@@ -191,7 +192,7 @@ impl Maps {
             .set(port, bits, 0)
             .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
         self.services
-            .insert(key, Service { id, flags: 0 }, 0)
+            .insert(key, service, 0)
             .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
     }
 

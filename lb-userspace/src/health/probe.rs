@@ -326,7 +326,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::config::{HealthConfig, Protocol, Scheduler};
+    use crate::config::{HealthConfig, NoBackend, Protocol, Scheduler};
 
     const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -338,6 +338,7 @@ mod tests {
             port: 80,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
+            no_backend: NoBackend::Drop,
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

@@ -14,7 +14,7 @@ use super::{
     syntax::{Stmt, SyntaxError},
 };
 use crate::config::{
-    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, Protocol, Scheduler,
+    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Protocol, Scheduler,
     ServiceConfig,
     validate::{FALL_RISE, HEALTH_INTERVAL, HTTP_STATUS, NAME_MAX, WARMUP, is_valid_service_name},
     values::{format_duration_in_seconds, http_path_problem, is_valid_http_host, parse_md5},
@@ -908,6 +908,7 @@ impl Converter {
                 port: vs.port,
                 protocol: vs.protocol,
                 scheduler: Scheduler::Wlc,
+                no_backend: NoBackend::Drop,
                 health,
                 backends,
             },

@@ -89,7 +89,10 @@ fn pinned_maps_dump_with_field_names() {
         .maps
         .set_service(
             key,
-            SERVICE_ID,
+            Service {
+                id: SERVICE_ID,
+                flags: 0,
+            },
             &backend_set(SERVICE_ID, VIP4.into(), &[up(1)]),
         )
         .unwrap_or_else(|e| panic!("{name}: set_service: {e:#}"));

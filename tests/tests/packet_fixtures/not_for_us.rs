@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_tests::{
     VIP4, VIP6,
-    frame::{CLIENT4, CLIENT6, Ext, L4, NIC_MAC, PORT, Pkt, VIP_MAC, arp_request, lldp_frame},
+    frame::{CLIENT4, CLIENT6, Ext, L4, NIC_MAC, PORT, Pkt, arp_request, lldp_frame},
     xdp_case::{Case, DECOY_ID, Expect, Fixture, LO_IFINDEX, SERVICE_ID, run_fixtures, up},
 };
 
@@ -160,7 +160,7 @@ fn non_ip_frames_pass() {
 }
 
 /// With the NIC's filter set (its MAC [`NIC_MAC`] and VRRP router id 0x33,
-/// whose IPv4 virtual MAC is [`VIP_MAC`], where the frame builder sends),
+/// whose IPv4 virtual MAC is `VIP_MAC`, where the frame builder sends),
 /// frames for a service to the NIC's MAC or to a VRRP MAC of that id are
 /// balanced; frames to another host's MAC, another router id or broadcast
 /// (a promiscuous NIC, a flooding switch) pass to the stack as

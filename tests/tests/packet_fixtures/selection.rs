@@ -6,14 +6,17 @@ use std::net::IpAddr;
 use lb::datapath::maps::array_get;
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BackendConns, LoadTree,
-    MAX_BACKENDS, PROTO_TCP, PROTO_UDP, REASON_NO_BACKEND,
-    conn_state::{STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, TCP_ACK, TCP_FIN, TCP_SYN},
+    MAX_BACKENDS, PROTO_TCP, PROTO_UDP, REASON_NO_BACKEND, REASON_REJECTED, SERVICE_FLAG_REJECT,
+    Service, ServiceKey,
+    conn_state::{
+        STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
     wlc,
 };
 use lb_tests::{
     VIP4, VIP6,
-    frame::{Pkt, TCP_PSH},
-    xdp_case::{Case, DECOY_ID, Expect, Fixture, Real, SERVICE_ID, run_fixtures, up},
+    frame::{Ip, L4, PORT, Pkt, TCP_PSH, checksum},
+    xdp_case::{Case, DECOY_ID, Expect, Fixture, Real, SERVICE_ID, backend_set, run_fixtures, up},
 };
 
 /// A backend that stops taking new flows (`stopped`: weight 0, or down) gets
@@ -479,4 +482,116 @@ fn syn_reusing_the_tuple_of_a_stopped_backend_is_rescheduled() {
     );
     case.forward("SYN on an established flow", &syn, SERVICE_ID, 0);
     case.expect_conns("SYN on an established flow", SERVICE_ID, 0, 1, 0);
+}
+
+/// The RST that answers `syn` (built with the frame builder, then given the
+/// reply's sequence, acknowledgment and window): from the VIP back to the
+/// client, MACs swapped, no TCP options, acknowledging `acked` bytes past
+/// the SYN's sequence number.
+fn reset_for(syn: &Pkt, acked: u32) -> Vec<u8> {
+    let L4::Tcp { sport, dport, .. } = syn.l4 else {
+        panic!("a SYN is TCP");
+    };
+    let turned = L4::Tcp {
+        sport: dport,
+        dport: sport,
+        flags: TCP_RST | TCP_ACK,
+    };
+    let (mut reply, pseudo) = match &syn.ip {
+        Ip::V4 { src, dst, .. } => {
+            let mut pseudo = [dst.octets(), src.octets()].concat();
+            pseudo.extend([0, PROTO_TCP, 0, 20]);
+            (Pkt::v4(*dst, *src, turned), pseudo)
+        }
+        Ip::V6 { src, dst, .. } => {
+            let mut pseudo = [dst.octets(), src.octets()].concat();
+            pseudo.extend([0, 0, 0, 20, 0, 0, 0, PROTO_TCP]);
+            (Pkt::v6(*dst, *src, turned), pseudo)
+        }
+    };
+    reply.dst_mac = syn.src_mac;
+    reply.src_mac = syn.dst_mac;
+    let at = reply.layout().ip_end;
+    let mut frame = reply.build();
+    // The builder's SYN sequence number is 0x1000_0000.
+    let tcp = &mut frame[at..at + 20];
+    tcp[4..8].copy_from_slice(&0u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&0x1000_0000u32.wrapping_add(acked).to_be_bytes());
+    tcp[14..18].copy_from_slice(&[0; 4]);
+    let sum = checksum(tcp, u32::from(!checksum(&pseudo, 0)));
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+/// With `no_backend = "reject"` (`SERVICE_FLAG_REJECT`), a SYN that no
+/// backend can take is answered from XDP with a TCP RST from the VIP, byte
+/// for byte, counted as `reset_no_backend`, and opens no flow; any other
+/// packet without a flow is still dropped.
+#[test]
+fn syn_without_a_backend_is_reset_when_the_service_rejects() {
+    let syn4 = Pkt::tcp4(40000, TCP_SYN);
+    let with_data = Pkt::tcp4(40001, TCP_SYN).with_payload(&[0xab; 8]);
+    // Four bytes of TCP options (NOPs): data offset 6, nothing to acknowledge.
+    let mut with_options = Pkt::tcp4(40002, TCP_SYN).with_payload(&[0x01; 4]);
+    with_options.pad_to = 0;
+    let options_at = with_options.layout().ip_end + 12;
+    let syn6 = Pkt::tcp6(40003, TCP_SYN);
+    let cases = [
+        (
+            "IPv4 SYN",
+            syn4.build(),
+            reset_for(&syn4, 1),
+            IpAddr::from(VIP4),
+        ),
+        (
+            "IPv4 SYN with 8 bytes of data",
+            with_data.build(),
+            reset_for(&with_data, 9),
+            IpAddr::from(VIP4),
+        ),
+        (
+            "IPv4 SYN with TCP options",
+            {
+                let mut frame = with_options.build();
+                frame[options_at] = 6 << 4;
+                frame
+            },
+            reset_for(&with_options, 1),
+            IpAddr::from(VIP4),
+        ),
+        (
+            "IPv6 SYN",
+            syn6.build(),
+            reset_for(&syn6, 1),
+            IpAddr::from(VIP6),
+        ),
+    ];
+    for (label, input, reply, vip) in cases {
+        let name = format!("reject: {label}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        let down = Real {
+            weight: 100,
+            state: BACKEND_STATE_DOWN,
+        };
+        case.dp
+            .maps
+            .set_service(
+                ServiceKey::new(vip, PORT, PROTO_TCP),
+                Service {
+                    id: SERVICE_ID,
+                    flags: SERVICE_FLAG_REJECT,
+                },
+                &backend_set(SERVICE_ID, vip, &[down]),
+            )
+            .expect("writing the service");
+        case.send(label, &input, Expect::Reply(reply, REASON_REJECTED));
+        assert_eq!(case.flow_count(), 0, "{name}: flows");
+        let ack = match vip {
+            IpAddr::V4(_) => Pkt::tcp4(40000, TCP_ACK),
+            IpAddr::V6(_) => Pkt::tcp6(40003, TCP_ACK),
+        };
+        case.send("ACK", &ack.build(), Expect::Drop(REASON_NO_BACKEND));
+    }
 }
