@@ -621,3 +621,39 @@ fn adoption_refuses_another_layout_version() {
     drop(servers);
     drop(bed);
 }
+
+/// A map write that fails in the event loop (here every sweep's write of
+/// the connection counters: the map is frozen against writes from user
+/// space) is logged, counted and retried: lb keeps running, the data path
+/// keeps forwarding held and new connections, and only `lb stop` detaches.
+#[test]
+fn a_failing_map_write_never_takes_the_data_path_down() {
+    const TEST: &str = "a_failing_map_write_never_takes_the_data_path_down";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let setup = start(TEST, &[1000, 500]);
+    let mut held = setup.open(VIP4.into(), 10);
+    let counters = setup.lb.pin_path().join("BACKEND_CONNS");
+    let freeze = lb_tests::cmd::output(std::process::Command::new("bpftool").args([
+        "map",
+        "freeze",
+        "pinned",
+        counters.to_str().expect("UTF-8 path"),
+    ]))
+    .unwrap();
+    assert!(freeze.success, "{TEST}: {freeze:?}");
+    // Several sweeps (every 2 s) fail meanwhile.
+    setup
+        .lb
+        .wait_log(
+            "a sweep (tried again at the next one) failed",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
+    thread::sleep(Duration::from_secs(5));
+    setup.ping_all(&mut held, "with every sweep failing");
+    let fresh = setup.open(VIP4.into(), 10);
+    drop((held, fresh));
+    setup.finish();
+}
