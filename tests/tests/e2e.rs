@@ -36,15 +36,20 @@ const RISE: u32 = Health::TCP_RISE;
 /// [`PORT`]), every backend up.
 fn start(test: &'static str, name: &str, vip: IpAddr, protocol: Protocol) -> Director {
     let udp: [SocketAddr; 2] = [(VIP4, PORT).into(), (VIP6, PORT).into()];
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &udp,
-        lb_args: &[],
-    };
-    Director::start(test, spec, |bed| {
+    Director::start(test, spec(&udp), |bed| {
         vec![bed.service(name, vip, PORT, protocol, Health::tcp(PORT), &WEIGHTS)]
     })
+}
+
+/// Three real servers (rs1..rs3) answering TCP on [`PORT`] and UDP on
+/// `udp`, and a plain `lb run`.
+fn spec(udp: &[SocketAddr]) -> Spec<'_> {
+    Spec {
+        real_servers: WEIGHTS.len(),
+        port: PORT,
+        udp,
+        lb_args: &[],
+    }
 }
 
 /// Asserts each of rs1..rs3 got its weighted share of `total` within [`TOLERANCE`].
@@ -275,13 +280,7 @@ fn connect_is_refused_when_no_backend_is_up_and_the_service_rejects() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
-    let mut setup = Director::start(TEST, spec, |bed| {
+    let mut setup = Director::start(TEST, spec(&[]), |bed| {
         let mut web = bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS);
         web.reject_without_backend = true;
         vec![web]
@@ -340,13 +339,7 @@ fn fresh_host_gets_bpffs_mounted() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
-    let setup = Director::start_without_bpffs(TEST, spec, |bed| {
+    let setup = Director::start_without_bpffs(TEST, spec(&[]), |bed| {
         vec![bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS)]
     });
     if !setup.lb.log().contains("mounted bpffs at /sys/fs/bpf") {

@@ -15,8 +15,8 @@ use std::{
 };
 
 use lb_tests::{
-    DIRECTOR_IFACE, Director, Health, LbConfig, LbDaemon, Protocol, ServiceConfig, Spec, Stats,
-    TestBed, VIP4,
+    DIRECTOR_IFACE, Director, Health, LbConfig, LbDaemon, PinDir, Protocol, RealServer,
+    ServiceConfig, Spec, Stats, TestBed, VIP4,
     client::{self, HeldConn},
     cmd::Finished,
     lb_binary, skip_unless_root,
@@ -120,6 +120,41 @@ fn start_lb(test: &str, bed: &TestBed, config: &LbConfig) -> LbDaemon {
     LbDaemon::launch(&lb_bin, &bed.director().ns, config, bed.tag(), &[])
         .and_then(LbDaemon::wait_ready)
         .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"))
+}
+
+/// What is left after `lb stop --keep-datapath`: the data path, attached
+/// and pinned (removed when `_pins` is dropped), and the rest of the bed.
+struct KeptDatapath {
+    config: LbConfig,
+    servers: Vec<RealServer>,
+    bed: TestBed,
+    _pins: PinDir,
+}
+
+/// `lb stop --keep-datapath`: lb exits 0 and leaves its pins in place.
+fn stop_keeping_the_data_path(setup: Director) -> KeptDatapath {
+    let test = setup.test();
+    let Director {
+        lb,
+        config,
+        servers,
+        bed,
+        ..
+    } = setup;
+    let out = lb.ctl(&["stop", "--keep-datapath"]).unwrap();
+    assert!(out.success, "{test}: {out:?}");
+    let (status, log, pins) = lb.wait_exit().unwrap();
+    assert!(status.success(), "{test}: {log}");
+    assert!(
+        config.pin_path.exists(),
+        "{test}: --keep-datapath removed the pins:\n{log}"
+    );
+    KeptDatapath {
+        config,
+        servers,
+        bed,
+        _pins: pins,
+    }
 }
 
 /// Where IPVS's weighted least-connection puts `n` more connections, one
@@ -434,21 +469,12 @@ fn stop_keep_datapath_then_detach() {
     let setup = start(TEST, &[1000, 500, 800]);
     let mut held = setup.open(VIP4.into(), 10);
     let test = setup.test();
-    let Director {
-        lb,
+    let KeptDatapath {
         config,
         servers,
         bed,
-        ..
-    } = setup;
-    let out = lb.ctl(&["stop", "--keep-datapath"]).unwrap();
-    assert!(out.success, "{test}: {out:?}");
-    let (status, log, _pins) = lb.wait_exit().unwrap();
-    assert!(status.success(), "{test}: {log}");
-    assert!(
-        config.pin_path.exists(),
-        "{test}: --keep-datapath removed the pins:\n{log}"
-    );
+        _pins,
+    } = stop_keeping_the_data_path(setup);
     // Still forwarding without lb: held and new connections work.
     client::ping_all(&mut held)
         .unwrap_or_else(|e| panic!("{test}: after stop --keep-datapath: {e:#}"));
@@ -571,17 +597,12 @@ fn adoption_refuses_another_layout_version() {
     }
     let setup = start(TEST, &[1000, 500]);
     let mut held = setup.open(VIP4.into(), 5);
-    let Director {
-        lb,
+    let KeptDatapath {
         config,
         servers,
         bed,
-        ..
-    } = setup;
-    let out = lb.ctl(&["stop", "--keep-datapath"]).unwrap();
-    assert!(out.success, "{TEST}: {out:?}");
-    let (status, log, pins) = lb.wait_exit().unwrap();
-    assert!(status.success(), "{TEST}: {log}");
+        _pins: pins,
+    } = stop_keeping_the_data_path(setup);
     // As a build with layout version 99 would have left it.
     let stamp = config.pin_path.join("LAYOUT");
     let update = lb_tests::cmd::output(std::process::Command::new("bpftool").args([
