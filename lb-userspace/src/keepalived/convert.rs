@@ -155,6 +155,9 @@ pub(super) struct Converter {
     pub(super) diagnostics: Vec<Diagnostic>,
     /// The VRRP note was given.
     vrrp_noted: bool,
+    /// Router ids of the `vrrp_instance`s with `use_vmac`: the director's
+    /// NICs must accept their virtual MACs (`[director] vrrp_vrids`).
+    pub(super) vmac_router_ids: Vec<u8>,
     /// Service names used so far.
     names: HashSet<String>,
     /// (VIP, port, protocol) of the services so far, with their lines.
@@ -204,22 +207,72 @@ impl Converter {
                 "keepalived's $VARIABLES and @conditional lines are not expanded; \
                  expand them by hand first",
             ),
-            _ if keyword.starts_with("vrrp_") && !self.vrrp_noted => {
-                self.vrrp_noted = true;
+            "vrrp_instance" => {
+                self.note_vrrp(stmt);
+                self.vmac_instance(stmt);
+            }
+            _ if keyword.starts_with("vrrp_") => self.note_vrrp(stmt),
+            // global_defs, static_ipaddress...: not lb's business.
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The note, once, that VRRP stays with keepalived.
+    fn note_vrrp(&mut self, stmt: &Stmt) {
+        let keyword = stmt.keyword.as_str();
+        if !self.vrrp_noted {
+            self.vrrp_noted = true;
+            self.diagnostics.push(Diagnostic {
+                line: Some(stmt.line),
+                severity: Severity::Note,
+                message: format!(
+                    "{keyword} and the other VRRP blocks are not converted: VIP failover \
+                         between directors is not lb's job and stays with keepalived (keep \
+                         them, without the virtual_server blocks)"
+                ),
+            });
+        }
+    }
+
+    /// A `vrrp_instance` with `use_vmac` moves its VIPs to the virtual MAC
+    /// `00:00:5e:00:01:ID` (`:02:` for IPv6): its router id goes to
+    /// `[director] vrrp_vrids`, or lb would pass the frames to that MAC.
+    fn vmac_instance(&mut self, stmt: &Stmt) {
+        let children = stmt.children();
+        if !children.iter().any(|c| c.keyword == "use_vmac") {
+            return;
+        }
+        let id = children
+            .iter()
+            .find(|c| c.keyword == "virtual_router_id")
+            .and_then(Stmt::arg)
+            .and_then(|id| id.parse::<u8>().ok())
+            .filter(|&id| id >= 1);
+        match id {
+            Some(id) => {
+                if !self.vmac_router_ids.contains(&id) {
+                    self.vmac_router_ids.push(id);
+                }
                 self.diagnostics.push(Diagnostic {
                     line: Some(stmt.line),
                     severity: Severity::Note,
                     message: format!(
-                        "{keyword} and the other VRRP blocks are not converted: VIP failover \
-                         between directors is not lb's job and stays with keepalived (keep \
-                         them, without the virtual_server blocks)"
+                        "{} uses use_vmac: wrote vrrp_vrids with its virtual_router_id {id}, \
+                         so the director's NICs accept frames to its virtual MAC",
+                        describe_stmt(stmt)
                     ),
                 });
             }
-            // global_defs, static_ipaddress, more vrrp_*...: not lb's business.
-            _ => {}
+            None => self.warn(
+                stmt.line,
+                format!(
+                    "{} uses use_vmac without a virtual_router_id from 1 to 255: add its id \
+                     to [director] vrrp_vrids by hand, or lb passes the frames to its virtual MAC",
+                    describe_stmt(stmt)
+                ),
+            ),
         }
-        Ok(None)
     }
 
     /// A `virtual_server` block; `None` when it is skipped (with a warning).

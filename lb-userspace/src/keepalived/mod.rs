@@ -143,8 +143,11 @@ pub fn convert(text: &str, origin: &str, interfaces: &[String]) -> Result<Conver
         .iter()
         .map(|i| format!("{} ({origin}:{})", i.source, i.line))
         .collect();
+    let mut director = DirectorConfig::new(interfaces);
+    director.vrrp_vrids = std::mem::take(&mut converter.vmac_router_ids);
+    director.vrrp_vrids.sort_unstable();
     let config = Config {
-        director: DirectorConfig::new(interfaces),
+        director,
         services: imported.into_iter().map(|i| i.service).collect(),
     };
     let write = |diagnostics: &[Diagnostic]| {
@@ -932,6 +935,34 @@ weight = 500
             w[0].contains(
                 "@main virtual_server 192.0.2.1 80 is not carried over: keepalived's $VARIABLES"
             ),
+            "{w:?}"
+        );
+    }
+
+    /// A `vrrp_instance` with `use_vmac` puts its router id in
+    /// `[director] vrrp_vrids`, so the NICs accept its virtual MAC; one
+    /// without a usable id is a warning.
+    #[test]
+    fn use_vmac_instances_give_vrrp_vrids() {
+        let c = conv(&format!(
+            "vrrp_instance VI_1 {{\n  virtual_router_id 52\n  use_vmac\n}}\n\
+             vrrp_instance VI_2 {{\n  virtual_router_id 51\n  use_vmac vrrp.51\n}}\n\
+             vrrp_instance VI_3 {{\n  virtual_router_id 53\n}}\n{GRIDFTP}"
+        ));
+        assert!(c.toml.contains("vrrp_vrids = [51, 52]\n"), "{}", c.toml);
+        assert!(
+            c.diagnostics
+                .iter()
+                .any(|d| d.display("k.conf").to_string().starts_with(
+                    "k.conf:1: note: vrrp_instance VI_1 uses use_vmac: wrote vrrp_vrids"
+                )),
+            "{:?}",
+            c.diagnostics
+        );
+        let w = warnings("vrrp_instance VI_1 {\n  use_vmac\n}\n");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("uses use_vmac without a virtual_router_id")),
             "{w:?}"
         );
     }
