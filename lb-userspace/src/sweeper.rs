@@ -5,12 +5,13 @@
 //! from the rewritten counters.
 //!
 //! The tables change while they are walked: the data path refreshes,
-//! inserts and evicts flows. A walk counts each flow once (the kernel's
-//! key iteration starts over when the key it stands on is evicted), and a
-//! flow found idle is only deleted if it is still idle when its turn comes
-//! (the data path may have refreshed it since).
+//! inserts and evicts flows. A walk reads them in batches of
+//! `LOOKUP_BATCH` flows a system call, bucket by bucket, so it counts each
+//! flow once (a key-by-key walk starts over when the key it stands on is
+//! evicted), and a flow found idle is only deleted if it is still idle when
+//! its turn comes (the data path may have refreshed it since).
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
 
 use anyhow::Context as _;
 use lb_common::{
@@ -91,24 +92,20 @@ pub struct Walk {
     live: usize,
 }
 
-/// Walks both connection tables once, counting each flow once.
-pub fn walk(maps: &Maps, timeouts: &Timeouts) -> Walk {
+/// Walks both connection tables once, in batches (see
+/// [`Maps::for_each_flow`]: each flow is counted once).
+pub fn walk(maps: &Maps, timeouts: &Timeouts) -> anyhow::Result<Walk> {
     let now_ns = monotonic_ns();
     let mut walk = Walk::default();
-    let mut seen = HashSet::new();
-    // An entry that vanishes (LRU eviction) mid-walk is skipped.
-    for (key, flow) in maps.flows() {
-        if !seen.insert(key) {
-            continue;
-        }
+    maps.for_each_flow(|key, flow| {
         if is_expired(&flow, now_ns, timeouts) {
             walk.idle.push(key);
         } else {
             walk.tally.add(&flow);
             walk.live += 1;
         }
-    }
-    walk
+    })?;
+    Ok(walk)
 }
 
 /// Deletes the flows of `walk.idle` that are still idle now; the others
@@ -141,7 +138,7 @@ pub fn sweep(
     service_ids: &[u32],
     timeouts: &Timeouts,
 ) -> anyhow::Result<SweepReport> {
-    let mut walk = walk(maps, timeouts);
+    let mut walk = walk(maps, timeouts)?;
     let expired = expire(maps, &mut walk, timeouts);
     let mut tally = walk.tally;
     for &id in service_ids {

@@ -2,7 +2,11 @@
 //! write the control plane makes through them: services and their backend
 //! sets, scheduler trees, the connection tables and the per-CPU counters.
 
-use std::net::SocketAddr;
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -372,6 +376,31 @@ impl Maps {
         }
     }
 
+    /// Calls `each` for every flow of both tables, IPv4 first, reading them
+    /// with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`] entries a system call.
+    /// The kernel copies the tables bucket by bucket and never starts over,
+    /// so a flow that stays for the whole walk is seen exactly once; one
+    /// added or removed meanwhile may be seen or not.
+    pub fn for_each_flow(&self, each: impl FnMut(FlowKey, Flow)) -> anyhow::Result<()> {
+        self.for_each_flow_in_batches(LOOKUP_BATCH, each)
+    }
+
+    /// [`Maps::for_each_flow`] with (at first) `batch` entries a system call.
+    pub fn for_each_flow_in_batches(
+        &self,
+        batch: usize,
+        mut each: impl FnMut(FlowKey, Flow),
+    ) -> anyhow::Result<()> {
+        lookup_batched(self.conntrack4.map(), batch, |key, flow| {
+            each(FlowKey::V4(key), flow)
+        })
+        .with_context(|| format!("reading {CONNTRACK4_MAP} in batches"))?;
+        lookup_batched(self.conntrack6.map(), batch, |key, flow| {
+            each(FlowKey::V6(key), flow)
+        })
+        .with_context(|| format!("reading {CONNTRACK6_MAP} in batches"))
+    }
+
     /// Every flow of both tables, IPv4 first, with the errors of the walk:
     /// for readers that must report a walk that broke off. An entry that
     /// vanishes (expired or evicted) between listing and reading it is
@@ -499,4 +528,88 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+/// `BPF_MAP_LOOKUP_BATCH`, the `bpf(2)` command that copies a map's
+/// entries in batches (`linux/bpf.h`; Linux 5.6 and later).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries one `BPF_MAP_LOOKUP_BATCH` call may copy.
+pub const LOOKUP_BATCH: usize = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Calls `each` for every entry of the hash map `map`, copied `batch` at
+/// a time (see [`Maps::for_each_flow`]). The kernel copies whole buckets: a
+/// bucket larger than the batch doubles the batch for the rest of the walk.
+fn lookup_batched<K: Pod, V: Pod>(
+    map: &MapData,
+    batch: usize,
+    mut each: impl FnMut(K, V),
+) -> io::Result<()> {
+    let mut batch = batch.max(1);
+    // SAFETY: `Pod` types are plain integers and arrays: all zeroes is a value.
+    let zero = || unsafe { (std::mem::zeroed::<K>(), std::mem::zeroed::<V>()) };
+    let (mut keys, mut values) = (vec![zero().0; batch], vec![zero().1; batch]);
+    // The kernel's position in a hash map: a bucket index.
+    let (mut position, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const position) as u64
+            },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: batch as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` describes buffers of `batch` keys and values
+        // of the map's own key and value types, and two u32 positions, all
+        // alive across the call; the kernel writes at most `count` of each.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let error = (ret < 0).then(io::Error::last_os_error);
+        let copied = (attr.count as usize).min(batch);
+        for (key, value) in keys.iter().zip(&values).take(copied) {
+            each(*key, *value);
+        }
+        if let Some(error) = error {
+            match error.raw_os_error() {
+                // The end of the map (this call may still have copied some).
+                Some(libc::ENOENT) => return Ok(()),
+                // The next bucket does not fit: the same position, a larger batch.
+                Some(libc::ENOSPC) if copied == 0 && batch < u32::MAX as usize / 2 => {
+                    batch *= 2;
+                    keys.resize(batch, zero().0);
+                    values.resize(batch, zero().1);
+                    continue;
+                }
+                _ => return Err(error),
+            }
+        }
+        position = next;
+        first = false;
+    }
 }

@@ -134,7 +134,7 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
     let idle = Pkt::tcp4(40002, TCP_SYN);
     case.forward("SYN 1", &refreshed, SERVICE_ID, 0);
     case.forward("SYN 2", &idle, SERVICE_ID, 0);
-    let mut walk = sweeper::walk(&case.dp.maps, &timeouts);
+    let mut walk = sweeper::walk(&case.dp.maps, &timeouts).expect("walking the tables");
     assert_eq!(walk.idle.len(), 2, "{name}: idle flows found by the walk");
     // The handshake of flow 1 completes while the sweep is under way.
     case.forward("ACK 1", &Pkt::tcp4(40001, TCP_ACK), SERVICE_ID, 0);
@@ -148,4 +148,36 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
         "{name}: the refreshed flow was deleted"
     );
     assert!(case.flow(&idle).is_none(), "{name}: the idle flow was kept");
+}
+
+/// The batched walk the sweeper uses sees every flow of both tables once,
+/// whatever the batch size (here a few flows a call, so the walk resumes
+/// from the kernel's position many times): the same flows as a key-by-key
+/// walk of unchanging tables.
+#[test]
+fn batched_walk_sees_every_flow_once() {
+    let name = "sweeper_batched_walk";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+    case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
+    for sport in 0..300 {
+        case.run(&Pkt::tcp4(20_000 + sport, TCP_SYN).build())
+            .expect("BPF_PROG_TEST_RUN");
+        case.run(&Pkt::tcp6(20_000 + sport, TCP_SYN).build())
+            .expect("BPF_PROG_TEST_RUN");
+    }
+    let mut expected: Vec<_> = case.dp.maps.flows().map(|(key, _)| key).collect();
+    expected.sort_by_key(|key| format!("{key:?}"));
+    assert_eq!(expected.len(), 600, "{name}: flows in the tables");
+    for batch in [1, 7, 4096] {
+        let mut seen = Vec::new();
+        case.dp
+            .maps
+            .for_each_flow_in_batches(batch, |key, _| seen.push(key))
+            .expect("a batched walk");
+        seen.sort_by_key(|key| format!("{key:?}"));
+        assert_eq!(seen, expected, "{name}: batches of {batch}");
+    }
 }
