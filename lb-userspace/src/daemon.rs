@@ -799,7 +799,7 @@ fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> an
         match *change {
             Change::RemoveService { id, key } => {
                 maps.remove_service(key, id, director.services.iter().map(ServiceRuntime::key))?;
-                let flows = sweeper::forget_service(maps, id);
+                let flows = sweeper::forget_service(maps, id)?;
                 info!("service id {id} removed with {flows} flow(s)");
             }
             Change::ResetBackendStats { id, slot } => maps.reset_backend_stats(id, slot)?,

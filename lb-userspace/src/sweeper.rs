@@ -45,16 +45,17 @@ pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
 /// Deletes every flow of service `id` from both connection tables (the
 /// service was removed, and its id may be given to another service);
 /// returns how many there were.
-pub fn forget_service(maps: &mut Maps, id: u32) -> usize {
-    let doomed: Vec<_> = maps
-        .flows()
-        .filter(|(_, flow)| u32::from(flow.service_id) == id)
-        .map(|(key, _)| key)
-        .collect();
+pub fn forget_service(maps: &mut Maps, id: u32) -> anyhow::Result<usize> {
+    let mut doomed = Vec::new();
+    maps.for_each_flow(|key, flow| {
+        if u32::from(flow.service_id) == id {
+            doomed.push(key);
+        }
+    })?;
     for key in &doomed {
         maps.remove_flow(key);
     }
-    doomed.len()
+    Ok(doomed.len())
 }
 
 /// Tallies live flows per service id and backend slot.

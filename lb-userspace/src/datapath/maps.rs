@@ -401,31 +401,24 @@ impl Maps {
         .with_context(|| format!("reading {CONNTRACK6_MAP} in batches"))
     }
 
-    /// Every flow of both tables, IPv4 first, with the errors of the walk:
-    /// for readers that must report a walk that broke off. An entry that
-    /// vanishes (expired or evicted) between listing and reading it is
-    /// skipped, not an error.
-    ///
-    /// The walk does not freeze the tables: the data path keeps adding and
-    /// evicting flows, so a flow may be missed or (when the entry the walk
-    /// stands on is deleted and the kernel restarts it) seen twice.
-    pub fn try_flows(&self) -> impl Iterator<Item = Result<(FlowKey, Flow), MapError>> + '_ {
+    /// Every flow of both tables, IPv4 first, key by key (two system calls
+    /// a flow), skipping entries that vanish mid-walk. The walk does not
+    /// freeze the tables: a flow may be missed, or seen twice when the
+    /// entry the walk stands on is deleted and the kernel starts over; the
+    /// control plane reads them with [`Maps::for_each_flow`] instead, and
+    /// tests use this as an independent reference.
+    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
         let ipv4 = self
             .conntrack4
             .iter()
-            .map(|entry| entry.map(|(key, flow)| (FlowKey::V4(key), flow)));
+            .filter_map(Result::ok)
+            .map(|(key, flow)| (FlowKey::V4(key), flow));
         let ipv6 = self
             .conntrack6
             .iter()
-            .map(|entry| entry.map(|(key, flow)| (FlowKey::V6(key), flow)));
+            .filter_map(Result::ok)
+            .map(|(key, flow)| (FlowKey::V6(key), flow));
         ipv4.chain(ipv6)
-    }
-
-    /// Every flow of both tables, IPv4 first, skipping entries that cannot
-    /// be read (those that vanish mid-walk). See [`Maps::try_flows`] for
-    /// what a walk of live tables sees.
-    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
-        self.try_flows().filter_map(Result::ok)
     }
 
     /// Deletes the flow under `key`; whether it was there. Failing to delete

@@ -3,8 +3,9 @@
 //! server and service of every flow.
 //!
 //! The table is read by walking the pinned LRU hashes (`CONNTRACK4`, then
-//! `CONNTRACK6`) once, two syscalls per entry (next key, lookup); a lookup from user space does not
-//! refresh an entry's LRU position. Services and their backend slots are
+//! `CONNTRACK6`) once, in batches of thousands of flows a system call
+//! (`Maps::for_each_flow`); a read from user space does not refresh an
+//! entry's LRU position. Services and their backend slots are
 //! read once beforehand, so each flow is resolved in constant time and the
 //! whole read is linear in the table size (plus the sort).
 
@@ -21,7 +22,6 @@ use lb_common::{
     protocol_name,
 };
 use serde::Serialize;
-use tracing::warn;
 
 use super::{
     ServiceNames,
@@ -146,27 +146,14 @@ impl ConnTable {
     ) -> anyhow::Result<Self> {
         let services = ServiceInfo::read_all(maps, names)?;
         let only = service_filter(&services, service)?;
-        // An entry deleted while we stand on it makes the kernel restart the
-        // walk of its table at the first bucket: duplicates are removed
-        // below, and the walk gives up after twice the tables' capacity.
-        let capacity = maps.flow_capacity()?;
-        let limit = 2 * (capacity.ipv4 as usize + capacity.ipv6 as usize) + 1024;
         let now_ns = monotonic_ns();
         let mut conns = Vec::new();
-        for (walked, entry) in maps.try_flows().enumerate() {
-            if walked >= limit {
-                warn!(
-                    "the connection tables changed faster than they could be read; \
-                     stopped after {walked} entries"
-                );
-                break;
+        maps.for_each_flow(|key, flow| {
+            if only.is_none_or(|id| id == u32::from(flow.service_id)) {
+                conns.push(Conn::new(&key, &flow, now_ns, timeouts));
             }
-            let (key, flow) = entry.context("reading the connection tables")?;
-            if only.is_some_and(|id| id != u32::from(flow.service_id)) {
-                continue;
-            }
-            conns.push(Conn::new(&key, &flow, now_ns, timeouts));
-        }
+        })
+        .context("reading the connection tables")?;
         Ok(Self::new(services, conns))
     }
 
