@@ -43,7 +43,8 @@ use aya::{
 };
 use lb::datapath::{Datapath, maps::FlowCapacity};
 use lb_common::{
-    Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, Service, ServiceKey,
+    Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, SERVICE_FLAG_SLOPPY_TCP, Service,
+    ServiceKey,
 };
 
 use crate::BENCH_OBJECT;
@@ -621,7 +622,11 @@ impl Bench {
         }
         dp.maps.set_service(
             ServiceKey::new(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP),
-            Service { id: 0, flags: 0 },
+            Service {
+                id: 0,
+                // sloppy_tcp: the established cases send ACKs of flows never opened by a SYN.
+                flags: SERVICE_FLAG_SLOPPY_TCP,
+            },
             &set,
         )?;
         Ok(dp)

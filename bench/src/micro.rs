@@ -56,7 +56,7 @@ use lb::datapath::{
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4, CachedFlow6, CachedFlowSet4,
     CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
-    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
+    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
     flow_cache_set,
 };
@@ -740,17 +740,27 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut main = Datapath::load(defaults, None)?;
     main.maps.set_service(
         ServiceKey::new(vip4, PORT, PROTO_TCP),
-        Service { id: 0, flags: 0 },
+        Service {
+            id: 0,
+            // sloppy_tcp: the established cases send ACKs of flows never opened by a SYN.
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+        },
         &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
     )?;
     main.maps.set_service(
         ServiceKey::new(vip6, PORT, PROTO_TCP),
-        Service { id: 1, flags: 0 },
+        Service {
+            id: 1,
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+        },
         &backend_set(1, vip6, &ESTABLISHED_WEIGHTS.map(up)),
     )?;
     main.maps.set_service(
         ServiceKey::new(vip4, PORT, PROTO_UDP),
-        Service { id: 2, flags: 0 },
+        Service {
+            id: 2,
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+        },
         &backend_set(2, vip4, &ESTABLISHED_WEIGHTS.map(up)),
     )?;
     let memory = memory(&main, defaults)?;
@@ -825,7 +835,10 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
         let mut dp = ipv4_datapath(SCALING_CAPACITY)?;
         dp.maps.set_service(
             ServiceKey::new(vip4, PORT, PROTO_TCP),
-            Service { id: 0, flags: 0 },
+            Service {
+                id: 0,
+                flags: SERVICE_FLAG_SLOPPY_TCP,
+            },
             &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
         )?;
         prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u16)?;
@@ -1058,7 +1071,10 @@ fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64>
     let mut dp = ipv4_datapath(capacity)?;
     dp.maps.set_service(
         ServiceKey::new(vip4, PORT, PROTO_TCP),
-        Service { id: 0, flags: 0 },
+        Service {
+            id: 0,
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+        },
         &backend_set(0, vip4, &vec![up(1); n as usize]),
     )?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);

@@ -63,6 +63,12 @@ pub struct Service {
 /// instead of retrying its SYN; without it the SYN is dropped.
 pub const SERVICE_FLAG_REJECT: u32 = 1;
 
+/// Service flag: any TCP packet of an unknown flow opens one (IPVS's
+/// `sloppy_tcp`), as after a failover to a director that never saw the
+/// flow's SYN; without it only a SYN does, and other packets of unknown
+/// flows are dropped, so that a flood of spoofed ACKs opens nothing.
+pub const SERVICE_FLAG_SLOPPY_TCP: u32 = 2;
+
 /// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words (its
 /// 20 bytes, then 4 of padding), assembled in registers: the key the XDP
 /// program looks services up with. The verifier refuses misaligned stack

@@ -55,10 +55,15 @@ pub const REASON_NOT_FOR_US: u32 = 8;
 ///
 /// [`SERVICE_FLAG_REJECT`]: crate::service::SERVICE_FLAG_REJECT
 pub const REASON_REJECTED: u32 = 9;
+/// Verdict reason: a TCP packet other than a SYN for a flow the tables do
+/// not know, for a service without [`SERVICE_FLAG_SLOPPY_TCP`]: `XDP_DROP`.
+///
+/// [`SERVICE_FLAG_SLOPPY_TCP`]: crate::service::SERVICE_FLAG_SLOPPY_TCP
+pub const REASON_NO_FLOW: u32 = 10;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 10;
+pub const NUM_REASONS: u32 = 11;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -73,6 +78,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_INTERNAL => "drop_internal",
         REASON_NOT_FOR_US => "pass_not_for_us",
         REASON_REJECTED => "reset_no_backend",
+        REASON_NO_FLOW => "drop_no_flow",
         _ => "unknown",
     }
 }

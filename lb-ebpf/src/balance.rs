@@ -3,8 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    BackendSet, REASON_INTERNAL, REASON_NO_BACKEND, REASON_NO_SERVICE, REASON_NOT_FOR_US,
-    SERVICE_FLAG_REJECT, nic_filter_index, port_bit,
+    BackendSet, PROTO_TCP, REASON_INTERNAL, REASON_NO_BACKEND, REASON_NO_FLOW, REASON_NO_SERVICE,
+    REASON_NOT_FOR_US, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP, nic_filter_index, port_bit,
 };
 
 use crate::{
@@ -108,7 +108,7 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
 /// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
 /// flow the table does not have, a new flow. A new flow is not cached: its
 /// next packet changes its state (TCP) or finds it in the table (UDP), and
-/// caches it then; only a flow that replaces a reused one is, over the old
+/// caches it then; only a flow that replaces one in the table is, over the old
 /// flow's cached copy.
 #[inline(always)]
 fn from_table<K: TableKey>(
@@ -117,7 +117,7 @@ fn from_table<K: TableKey>(
     cache_set: Option<&mut K::CacheSet>,
     period: u64,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
-    let reused = match conntrack::known(key, packet) {
+    let replaces_a_flow = match conntrack::known(key, packet) {
         Lookup::Found(service_id, backends, binding) => {
             if let Some(set) = cache_set {
                 key.cache(set, service_id, &binding, period);
@@ -125,7 +125,7 @@ fn from_table<K: TableKey>(
             return Ok((service_id, backends, binding));
         }
         Lookup::Missing => false,
-        Lookup::Reused => true,
+        Lookup::Orphaned | Lookup::Reused => true,
     };
     let service_key = key.service_key();
     #[expect(
@@ -138,6 +138,13 @@ fn from_table<K: TableKey>(
     else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
+    if !replaces_a_flow
+        && packet.proto == PROTO_TCP
+        && !packet.opens_connection()
+        && flags & SERVICE_FLAG_SLOPPY_TCP == 0
+    {
+        return Err(Verdict::Drop(REASON_NO_FLOW));
+    }
     let (Some(backends), Some(conns), Some(tree)) = (
         BACKENDS.get(service_id),
         BACKEND_CONNS.get_ptr_mut(service_id),
@@ -155,7 +162,7 @@ fn from_table<K: TableKey>(
         Err(verdict) => return Err(verdict),
     };
     // The old flow may still be cached; its next packets must not find it.
-    if reused && let Some(set) = cache_set {
+    if replaces_a_flow && let Some(set) = cache_set {
         key.cache(set, service_id, &binding, period);
     }
     Ok((service_id, backends, binding))

@@ -223,9 +223,12 @@ fn now() -> u64 {
 pub enum Lookup {
     /// The flow: its service id, the service's backends and its backend.
     Found(u32, &'static BackendSet, Binding),
-    /// No flow to follow (none in the table, or its backend slot was
-    /// emptied: see [`backend_in_use`]): schedule one.
+    /// No flow in the table: a SYN opens one (any packet, for UDP and for
+    /// a service with `sloppy_tcp`).
     Missing,
+    /// A flow whose backend slot was emptied (see [`backend_in_use`]): its
+    /// next packet, whatever it is, is scheduled again.
+    Orphaned,
     /// A SYN on the tuple of a flow whose backend takes no new flows (see
     /// [`reuses_tuple`]): schedule it, and replace any cached copy of the
     /// old flow.
@@ -246,7 +249,7 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Lookup {
     let flow = unsafe { &mut *flow };
     let service_id = u32::from(flow.service_id);
     let Some((backends, slot)) = backend_in_use(service_id, u32::from(flow.backend_slot)) else {
-        return Lookup::Missing;
+        return Lookup::Orphaned;
     };
     let old_state = u32::from(flow.state);
     if reuses_tuple(packet, old_state, backends, slot) {

@@ -809,7 +809,7 @@ fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> an
                 };
                 let service = Service {
                     id,
-                    flags: s.config.no_backend.flags(),
+                    flags: s.config.flags(),
                 };
                 maps.set_service(s.key(), service, &s.backend_set())?;
             }

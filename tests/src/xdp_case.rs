@@ -35,7 +35,8 @@ use lb::datapath::{
 use lb_common::{
     Attachment, BACKEND_STATE_UP, Backend, BackendConnSet, BackendConns, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, Flow, NUM_REASONS, PROTO_TCP, REASON_FORWARDED,
-    Service, ServiceKey, VERDICT_STATS_MAP, backend_index, conn_state::state_name, reason_name,
+    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey, VERDICT_STATS_MAP, backend_index,
+    conn_state::state_name, reason_name,
 };
 
 use crate::{
@@ -195,13 +196,28 @@ impl Case {
     }
 
     /// Installs service `id` on (`vip`, PORT, `proto`) with one backend per
-    /// entry of `reals`.
+    /// entry of `reals`, as a `sloppy_tcp` service: any packet of a new
+    /// flow opens it, which is what most fixtures send. The fixtures of the
+    /// default, where only a SYN opens a TCP flow, use
+    /// [`Case::service_with_flags`].
     pub fn service(&mut self, id: u32, vip: IpAddr, proto: u8, reals: &[Real]) {
+        self.service_with_flags(id, vip, proto, reals, SERVICE_FLAG_SLOPPY_TCP);
+    }
+
+    /// [`Case::service`] with the `SERVICE_FLAG_*` bits `flags`.
+    pub fn service_with_flags(
+        &mut self,
+        id: u32,
+        vip: IpAddr,
+        proto: u8,
+        reals: &[Real],
+        flags: u32,
+    ) {
         self.dp
             .maps
             .set_service(
                 ServiceKey::new(vip, PORT, proto),
-                Service { id, flags: 0 },
+                Service { id, flags },
                 &backend_set(id, vip, reals),
             )
             .unwrap_or_else(|e| panic!("{}: set_service: {e:#}", self.name));

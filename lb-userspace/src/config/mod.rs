@@ -128,6 +128,9 @@ pub struct ServiceConfig {
     pub scheduler: Scheduler,
     /// What a new connection gets when no backend can take it.
     pub no_backend: NoBackend,
+    /// Any TCP packet of an unknown flow opens one (IPVS's `sloppy_tcp`),
+    /// not only a SYN; default `false`.
+    pub sloppy_tcp: bool,
     /// Health check of the backends.
     pub health: HealthConfig,
     /// The real servers (`[[service.backend]]`), 1 to
@@ -143,6 +146,18 @@ pub enum Protocol {
     Tcp,
     /// UDP.
     Udp,
+}
+
+impl ServiceConfig {
+    /// The `SERVICE_FLAG_*` bits the data path acts on for this service.
+    pub fn flags(&self) -> u32 {
+        let sloppy = if self.sloppy_tcp {
+            lb_common::SERVICE_FLAG_SLOPPY_TCP
+        } else {
+            0
+        };
+        self.no_backend.flags() | sloppy
+    }
 }
 
 impl Protocol {

@@ -43,6 +43,7 @@ pub(super) mod key {
     pub(crate) const PROTOCOL: &str = "protocol";
     pub(crate) const SCHEDULER: &str = "scheduler";
     pub(crate) const NO_BACKEND: &str = "no_backend";
+    pub(crate) const SLOPPY_TCP: &str = "sloppy_tcp";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -121,6 +122,7 @@ pub(super) struct RawService {
     pub(super) protocol: Field,
     pub(super) scheduler: Field,
     pub(super) no_backend: Field,
+    pub(super) sloppy_tcp: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -336,6 +338,7 @@ mod tests {
                 key::PROTOCOL,
                 key::SCHEDULER,
                 key::NO_BACKEND,
+                key::SLOPPY_TCP,
                 key::HEALTH,
                 key::BACKEND,
             ]

@@ -152,6 +152,7 @@ fn example_parses() {
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
+            sloppy_tcp: false,
             health: HealthConfig {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(10),
@@ -790,6 +791,19 @@ fn no_backend() {
         error(&with("protocol = \"udp\"\nno_backend = \"reject\"")),
         "lb.toml:9: service \"gridftp\": no_backend \"reject\" answers with a TCP RST, and this \
          is a udp service (valid for udp: \"drop\")"
+    );
+}
+
+#[test]
+fn sloppy_tcp() {
+    assert!(!parse(BASE).services[0].sloppy_tcp);
+    let with = |line: &str| base_with("port = 2811", &format!("port = 2811\n{line}"));
+    let service = parse(&with("sloppy_tcp = true")).services.remove(0);
+    assert!(service.sloppy_tcp);
+    assert_eq!(service.flags(), lb_common::SERVICE_FLAG_SLOPPY_TCP);
+    assert_eq!(
+        error(&with("sloppy_tcp = 1")),
+        "lb.toml:8: service \"gridftp\": sloppy_tcp must be true or false (found integer 1)"
     );
 }
 

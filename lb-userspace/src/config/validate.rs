@@ -549,6 +549,10 @@ impl ConfigValidator<'_> {
             }
         }
 
+        let sloppy_tcp = match &raw.sloppy_tcp {
+            Some(v) => self.boolean(&ctx, key::SLOPPY_TCP, v),
+            None => Some(false),
+        };
         let health = self.health(&ctx, raw.health.as_ref(), vip, protocol, port);
         let backends = match raw.backend.as_deref() {
             Some(list) if !list.is_empty() => self.backends(&ctx, list, vip, &seen.vips),
@@ -569,6 +573,7 @@ impl ConfigValidator<'_> {
             protocol: protocol?,
             scheduler: scheduler?,
             no_backend: no_backend?,
+            sloppy_tcp: sloppy_tcp?,
             health: health?,
             backends: backends?,
         })

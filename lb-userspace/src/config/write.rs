@@ -7,7 +7,7 @@
 //!   default ([`DirectorConfig::new`]); `[director.timeouts]` only with the
 //!   timeouts that differ from IPVS's.
 //! - `[[service]]`: every key, `protocol` and `scheduler` included;
-//!   `no_backend` when it is not `"drop"`.
+//!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true.
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -203,7 +203,8 @@ fn timeout_lines(director: &DirectorConfig) -> Lines {
     .collect()
 }
 
-/// `[[service]]`: every key, `no_backend` when it is not the default.
+/// `[[service]]`: every key, `no_backend` and `sloppy_tcp` when they are
+/// not the default.
 fn service_lines(service: &ServiceConfig) -> Lines {
     let mut lines = vec![
         (key::NAME, string(&service.name)),
@@ -214,6 +215,9 @@ fn service_lines(service: &ServiceConfig) -> Lines {
     ];
     if service.no_backend != NoBackend::Drop {
         lines.push((key::NO_BACKEND, string(&service.no_backend.to_string())));
+    }
+    if service.sloppy_tcp {
+        lines.push((key::SLOPPY_TCP, "true".to_owned()));
     }
     lines
 }

@@ -339,6 +339,7 @@ mod tests {
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
+            sloppy_tcp: false,
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

@@ -962,6 +962,7 @@ impl Converter {
                 protocol: vs.protocol,
                 scheduler: Scheduler::Wlc,
                 no_backend: NoBackend::Drop,
+                sloppy_tcp: false,
                 health,
                 backends,
             },

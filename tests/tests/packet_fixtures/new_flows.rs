@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    BackendConns, Counters, PROTO_TCP, PROTO_UDP,
+    BackendConns, Counters, PROTO_TCP, PROTO_UDP, REASON_NO_FLOW, SERVICE_FLAG_SLOPPY_TCP,
     conn_state::{
         STATE_CLOSE, STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, STATE_UDP, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN,
@@ -277,4 +277,53 @@ fn ipv4_udp_flow() {
 #[test]
 fn ipv6_udp_flow() {
     udp_flow("ipv6_udp_flow", VIP6.into(), Pkt::udp6);
+}
+
+/// By default only a SYN opens a TCP flow: an ACK, a FIN, a RST or a bare
+/// segment of a flow the tables do not know is dropped as `drop_no_flow`
+/// and opens nothing, so a flood of spoofed ACKs leaves the tables alone;
+/// with `sloppy_tcp` such a packet is scheduled (an ACK as ESTABLISHED).
+/// A SYN's flow then takes every packet, and UDP is not affected.
+#[test]
+fn only_a_syn_opens_a_tcp_flow() {
+    let name = "syn_only";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service_with_flags(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)], 0);
+    case.service_with_flags(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)], 0);
+    let strays = [
+        ("ACK", Pkt::tcp4(40000, TCP_ACK)),
+        ("data", Pkt::tcp4(40001, TCP_ACK | TCP_PSH)),
+        ("FIN", Pkt::tcp4(40002, TCP_FIN | TCP_ACK)),
+        ("RST", Pkt::tcp4(40003, TCP_RST)),
+        ("no flags", Pkt::tcp4(40004, 0)),
+        ("IPv6 ACK", Pkt::tcp6(40005, TCP_ACK)),
+    ];
+    for (label, pkt) in &strays {
+        case.send(label, &pkt.build(), Expect::Drop(REASON_NO_FLOW));
+    }
+    assert_eq!(case.flow_count(), 0, "{name}: flows opened by strays");
+
+    case.forward("SYN", &Pkt::tcp4(40000, TCP_SYN), SERVICE_ID, 0);
+    let ack = Pkt::tcp4(40000, TCP_ACK);
+    case.forward("its ACK", &ack, SERVICE_ID, 0);
+    case.expect_flow("its ACK", &ack, SERVICE_ID, 0, STATE_ESTABLISHED);
+
+    case.service_with_flags(
+        SERVICE_ID,
+        VIP4.into(),
+        PROTO_TCP,
+        &[up(1)],
+        SERVICE_FLAG_SLOPPY_TCP,
+    );
+    let stray = Pkt::tcp4(40010, TCP_ACK);
+    case.forward("sloppy_tcp: a stray ACK", &stray, SERVICE_ID, 0);
+    case.expect_flow(
+        "sloppy_tcp: a stray ACK",
+        &stray,
+        SERVICE_ID,
+        0,
+        STATE_ESTABLISHED,
+    );
 }

@@ -7,7 +7,7 @@ use lb::datapath::maps::array_get;
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BackendConns, LoadTree,
     MAX_BACKENDS, PROTO_TCP, PROTO_UDP, REASON_NO_BACKEND, REASON_REJECTED, SERVICE_FLAG_REJECT,
-    Service, ServiceKey,
+    SERVICE_FLAG_SLOPPY_TCP,
     conn_state::{
         STATE_ESTABLISHED, STATE_FIN_WAIT, STATE_SYN_RECV, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
@@ -15,8 +15,8 @@ use lb_common::{
 };
 use lb_tests::{
     VIP4, VIP6,
-    frame::{Ip, L4, PORT, Pkt, TCP_PSH, checksum},
-    xdp_case::{Case, DECOY_ID, Expect, Fixture, Real, SERVICE_ID, backend_set, run_fixtures, up},
+    frame::{Ip, L4, Pkt, TCP_PSH, checksum},
+    xdp_case::{Case, DECOY_ID, Expect, Fixture, Real, SERVICE_ID, run_fixtures, up},
 };
 
 /// A backend that stops taking new flows (`stopped`: weight 0, or down) gets
@@ -575,17 +575,13 @@ fn syn_without_a_backend_is_reset_when_the_service_rejects() {
             weight: 100,
             state: BACKEND_STATE_DOWN,
         };
-        case.dp
-            .maps
-            .set_service(
-                ServiceKey::new(vip, PORT, PROTO_TCP),
-                Service {
-                    id: SERVICE_ID,
-                    flags: SERVICE_FLAG_REJECT,
-                },
-                &backend_set(SERVICE_ID, vip, &[down]),
-            )
-            .expect("writing the service");
+        case.service_with_flags(
+            SERVICE_ID,
+            vip,
+            PROTO_TCP,
+            &[down],
+            SERVICE_FLAG_REJECT | SERVICE_FLAG_SLOPPY_TCP,
+        );
         case.send(label, &input, Expect::Reply(reply, REASON_REJECTED));
         assert_eq!(case.flow_count(), 0, "{name}: flows");
         let ack = match vip {
