@@ -14,6 +14,21 @@ pub struct Stats {
     pub services: Vec<ServiceStats>,
     /// Packet counts per verdict reason.
     pub verdicts: Vec<VerdictStats>,
+    /// The connection tables' occupancy.
+    pub flows: FlowTables,
+}
+
+/// Flows in the connection tables and their capacity, per family.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct FlowTables {
+    /// Flows in the IPv4 table.
+    pub ipv4: u64,
+    /// Its capacity.
+    pub ipv4_capacity: u32,
+    /// Flows in the IPv6 table.
+    pub ipv6: u64,
+    /// Its capacity.
+    pub ipv6_capacity: u32,
 }
 
 /// Counters of one service.

@@ -163,6 +163,17 @@ fn stats_and_conns_match_what_the_client_sent() {
              inactive): {stats:#?}"
         ));
     }
+    // The tables' occupancy: every flow the client opened, in the bed's
+    // 65,536 / 16,384-flow tables.
+    let flows = stats.flows;
+    if flows.ipv4 != (TCP + UDP) as u64
+        || flows.ipv6 != 0
+        || (flows.ipv4_capacity, flows.ipv6_capacity) != (65_536, 16_384)
+    {
+        setup.fail(&format!(
+            "lb stats shows {flows:?} for {TCP} TCP and {UDP} UDP IPv4 flows"
+        ));
+    }
     thread::sleep(Duration::from_millis(500));
 
     // With --config, services carry their names.

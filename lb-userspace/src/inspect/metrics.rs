@@ -16,6 +16,8 @@
 //! | `lb_backend_connections_inactive` | gauge | service, vip, port, protocol, backend |
 //! | `lb_backend_weight` | gauge | service, vip, port, protocol, backend |
 //! | `lb_backend_up` | gauge | service, vip, port, protocol, backend |
+//! | `lb_flows` | gauge | family |
+//! | `lb_flow_capacity` | gauge | family |
 //! | `lb_verdict_packets_total` | counter | reason |
 //! | `lb_verdict_bytes_total` | counter | reason |
 //!
@@ -42,7 +44,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::stats::{BackendStats, ServiceStats, Snapshot, VerdictStats};
+use super::stats::{BackendStats, FlowTables, ServiceStats, Snapshot, VerdictStats};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -108,6 +110,37 @@ impl BackendLabels {
         }
     }
 }
+
+/// Labels of the connection-table gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: &'static str,
+}
+
+/// One connection table's occupancy, for the table gauges.
+struct Table {
+    flows: u64,
+    capacity: u64,
+}
+
+/// The per-table gauges.
+const TABLE_METRICS: [Def<Table>; 2] = [
+    Def {
+        name: "flows",
+        help: "Flows in the connection table of the family (a full table evicts its least \
+               recently used flow for each new one).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |t| t.flows,
+    },
+    Def {
+        name: "flow_capacity",
+        help: "Capacity of the connection table of the family (max_flows, max_flows_v6).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |t| t.capacity,
+    },
+];
 
 /// Labels of the verdict counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -292,6 +325,35 @@ impl Collector for SnapshotCollector {
                 services
                     .iter()
                     .flat_map(|s| s.backends.iter().map(move |b| (BackendLabels::of(s, b), b))),
+            )?;
+        }
+        let FlowTables {
+            ipv4,
+            ipv4_capacity,
+            ipv6,
+            ipv6_capacity,
+        } = self.0.flows;
+        let tables = [
+            (
+                FamilyLabels { family: "ipv4" },
+                Table {
+                    flows: ipv4,
+                    capacity: u64::from(ipv4_capacity),
+                },
+            ),
+            (
+                FamilyLabels { family: "ipv6" },
+                Table {
+                    flows: ipv6,
+                    capacity: u64::from(ipv6_capacity),
+                },
+            ),
+        ];
+        for def in &TABLE_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                tables.iter().map(|(labels, table)| (labels.clone(), table)),
             )?;
         }
         for def in &VERDICT_METRICS {
@@ -484,6 +546,12 @@ mod tests {
                     bytes: 420,
                 },
             ],
+            flows: FlowTables {
+                ipv4: 12,
+                ipv4_capacity: 1024,
+                ipv6: 3,
+                ipv6_capacity: 512,
+            },
             read_at_ns: 0,
         }
     }
@@ -517,6 +585,8 @@ mod tests {
             format!("lb_backend_weight{{{rs2}}} 500"),
             format!("lb_backend_up{{{dns}}} 0"),
             format!("lb_backend_connections_total{{{dns}}} 1"),
+            r#"lb_flows{family="ipv4"} 12"#.to_owned(),
+            r#"lb_flow_capacity{family="ipv6"} 512"#.to_owned(),
             r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),
             r#"lb_verdict_bytes_total{reason="pass_no_service"} 420"#.to_owned(),
             "# EOF".to_owned(),

@@ -7,7 +7,7 @@ use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    addr_from_key, backend_index, protocol_name, reason_name,
+    FlowKey, addr_from_key, backend_index, protocol_name, reason_name,
 };
 use serde::Serialize;
 
@@ -27,9 +27,43 @@ pub struct Snapshot {
     pub services: Vec<ServiceStats>,
     /// Frames per verdict reason, over all services.
     pub verdicts: Vec<VerdictStats>,
+    /// How full the connection tables are.
+    pub flows: FlowTables,
     /// CLOCK_MONOTONIC (ns) when the counters were read, for rates.
     #[serde(skip)]
     pub read_at_ns: u64,
+}
+
+/// The connection tables' occupancy: flows held and capacity, per family.
+/// A table at its capacity evicts its least recently used flow for each new
+/// one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowTables {
+    /// Flows in the IPv4 table.
+    pub ipv4: u64,
+    /// Capacity of the IPv4 table (`max_flows`).
+    pub ipv4_capacity: u32,
+    /// Flows in the IPv6 table.
+    pub ipv6: u64,
+    /// Capacity of the IPv6 table (`max_flows_v6`).
+    pub ipv6_capacity: u32,
+}
+
+impl FlowTables {
+    /// Counts the flows of both tables (in batches) and reads their sizes.
+    pub fn read(maps: &Maps) -> anyhow::Result<Self> {
+        let capacity = maps.flow_capacity()?;
+        let mut tables = Self {
+            ipv4_capacity: capacity.ipv4,
+            ipv6_capacity: capacity.ipv6,
+            ..Self::default()
+        };
+        maps.for_each_flow(|key, _| match key {
+            FlowKey::V4(_) => tables.ipv4 += 1,
+            FlowKey::V6(_) => tables.ipv6 += 1,
+        })?;
+        Ok(tables)
+    }
 }
 
 /// One virtual service.
@@ -191,6 +225,7 @@ impl Snapshot {
         Ok(Self {
             services,
             verdicts,
+            flows: FlowTables::read(maps)?,
             read_at_ns: monotonic_ns(),
         })
     }
@@ -292,6 +327,14 @@ impl Snapshot {
         let mut out = Vec::new();
         write_aligned(&mut out, &header, &rows).expect("writing to a Vec cannot fail");
 
+        let f = &self.flows;
+        out.extend_from_slice(
+            format!(
+                "\nConnection tables: IPv4 {} of {} flows, IPv6 {} of {} flows\n",
+                f.ipv4, f.ipv4_capacity, f.ipv6, f.ipv6_capacity
+            )
+            .as_bytes(),
+        );
         out.extend_from_slice(b"\nVerdicts (all NICs):\n");
         let verdict_rows: Vec<Vec<String>> = self
             .verdicts
@@ -418,6 +461,7 @@ mod tests {
                 packets: in_pkts,
                 bytes: in_bytes,
             }],
+            flows: FlowTables::default(),
             read_at_ns,
         }
     }
@@ -508,6 +552,8 @@ mod tests {
         assert_eq!(
             lines[4..],
             [
+                "",
+                "Connection tables: IPv4 0 of 0 flows, IPv6 0 of 0 flows",
                 "",
                 "Verdicts (all NICs):",
                 "  Reason     Packets  Bytes",
