@@ -63,7 +63,7 @@ use lb_common::{
 use lb_tests::{
     VIP4, VIP6,
     frame::{L4, NIC_MAC, PORT, Pkt, TCP_PSH, backend_mac},
-    xdp_case::{XDP_PASS, XDP_TX, backend_set, run_once, up},
+    xdp_case::{Real, XDP_PASS, XDP_TX, backend_set, run_once, up},
 };
 use serde::Serialize;
 
@@ -738,31 +738,9 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     // cases, and the memory figures.
     let defaults = FlowCapacity::default();
     let mut main = Datapath::load(defaults, None)?;
-    main.maps.set_service(
-        ServiceKey::new(vip4, PORT, PROTO_TCP),
-        Service {
-            id: 0,
-            // sloppy_tcp: the established cases send ACKs of flows never opened by a SYN.
-            flags: SERVICE_FLAG_SLOPPY_TCP,
-        },
-        &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
-    )?;
-    main.maps.set_service(
-        ServiceKey::new(vip6, PORT, PROTO_TCP),
-        Service {
-            id: 1,
-            flags: SERVICE_FLAG_SLOPPY_TCP,
-        },
-        &backend_set(1, vip6, &ESTABLISHED_WEIGHTS.map(up)),
-    )?;
-    main.maps.set_service(
-        ServiceKey::new(vip4, PORT, PROTO_UDP),
-        Service {
-            id: 2,
-            flags: SERVICE_FLAG_SLOPPY_TCP,
-        },
-        &backend_set(2, vip4, &ESTABLISHED_WEIGHTS.map(up)),
-    )?;
+    install(&mut main, 0, vip4, PROTO_TCP, &ESTABLISHED_WEIGHTS.map(up))?;
+    install(&mut main, 1, vip6, PROTO_TCP, &ESTABLISHED_WEIGHTS.map(up))?;
+    install(&mut main, 2, vip4, PROTO_UDP, &ESTABLISHED_WEIGHTS.map(up))?;
     let memory = memory(&main, defaults)?;
 
     let tcp4 = Tuple::client(0, vip4, PROTO_TCP);
@@ -833,14 +811,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     for flows in SCALING_FLOWS {
         eprintln!("lb-bench: prefilling a connection table with {flows} flows");
         let mut dp = ipv4_datapath(SCALING_CAPACITY)?;
-        dp.maps.set_service(
-            ServiceKey::new(vip4, PORT, PROTO_TCP),
-            Service {
-                id: 0,
-                flags: SERVICE_FLAG_SLOPPY_TCP,
-            },
-            &backend_set(0, vip4, &ESTABLISHED_WEIGHTS.map(up)),
-        )?;
+        install(&mut dp, 0, vip4, PROTO_TCP, &ESTABLISHED_WEIGHTS.map(up))?;
         prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u16)?;
         cases.push(RepeatCase {
             name: format!("est. TCP/IPv4, same flow, {flows} in table"),
@@ -1069,14 +1040,7 @@ fn new_flow_capacity(params: &Params) -> u32 {
 fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
     let mut dp = ipv4_datapath(capacity)?;
-    dp.maps.set_service(
-        ServiceKey::new(vip4, PORT, PROTO_TCP),
-        Service {
-            id: 0,
-            flags: SERVICE_FLAG_SLOPPY_TCP,
-        },
-        &backend_set(0, vip4, &vec![up(1); n as usize]),
-    )?;
+    install(&mut dp, 0, vip4, PROTO_TCP, &vec![up(1); n as usize])?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {
         client(i).frame(TCP_SYN)
@@ -1105,6 +1069,26 @@ fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64>
         );
     }
     Ok(ns)
+}
+
+/// Installs service `id` on (`vip`, `PORT`, `proto`) over `reals` in `dp`,
+/// as a `sloppy_tcp` service: the established cases send ACKs of flows that
+/// no SYN opened.
+fn install(
+    dp: &mut Datapath,
+    id: u32,
+    vip: IpAddr,
+    proto: u8,
+    reals: &[Real],
+) -> anyhow::Result<()> {
+    dp.maps.set_service(
+        ServiceKey::new(vip, PORT, proto),
+        Service {
+            id,
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+        },
+        &backend_set(id, vip, reals),
+    )
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::{ffi::OsStr, net::IpAddr, path::Path, process::Command};
 
 use anyhow::Context as _;
+use lb::inspect::stats::FlowTables;
 use serde::Deserialize;
 
 use crate::cmd;
@@ -14,21 +15,8 @@ pub struct Stats {
     pub services: Vec<ServiceStats>,
     /// Packet counts per verdict reason.
     pub verdicts: Vec<VerdictStats>,
-    /// The connection tables' occupancy.
+    /// The connection tables' occupancy (`lb`'s own type).
     pub flows: FlowTables,
-}
-
-/// Flows in the connection tables and their capacity, per family.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct FlowTables {
-    /// Flows in the IPv4 table.
-    pub ipv4: u64,
-    /// Its capacity.
-    pub ipv4_capacity: u32,
-    /// Flows in the IPv6 table.
-    pub ipv6: u64,
-    /// Its capacity.
-    pub ipv6_capacity: u32,
 }
 
 /// Counters of one service.

@@ -165,6 +165,12 @@ fn udp_flows_split_by_weight() {
             svc.conns
         ));
     }
+    // Once the TCP checks in front of the UDP service have had `fall`
+    // intervals to act, every backend is still up and new flows still flow.
+    thread::sleep(INTERVAL * (FALL + 1));
+    setup.assert_all_up("after the health checks' fall intervals");
+    client::udp_flows(&setup.bed.client().ns, SocketAddr::new(vip, PORT), 30)
+        .unwrap_or_else(|e| setup.fail(&format!("UDP flows after fall intervals: {e:#}")));
     setup.finish();
 }
 
@@ -197,6 +203,8 @@ fn upload_64_mib_arrives_intact() {
             backend.in_bytes
         ));
     }
+    thread::sleep(INTERVAL * (FALL + 1));
+    setup.assert_all_up("after the health checks' fall intervals");
     setup.finish();
 }
 

@@ -9,7 +9,7 @@ use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
     FlowKey, addr_from_key, backend_index, protocol_name, reason_name,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     ServiceNames,
@@ -37,7 +37,7 @@ pub struct Snapshot {
 /// The connection tables' occupancy: flows held and capacity, per family.
 /// A table at its capacity evicts its least recently used flow for each new
 /// one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTables {
     /// Flows in the IPv4 table.
     pub ipv4: u64,
