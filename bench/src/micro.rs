@@ -569,7 +569,7 @@ fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u16) -> anyhow:
             service_id: 0,
             backend_slot: (i % u32::from(backends)) as u16,
             state: STATE_ESTABLISHED as u16,
-            _pad: 0,
+            flags: 0,
         };
         dp.maps
             .insert_flow(&Tuple::client(i, vip, PROTO_TCP).key(), &flow)

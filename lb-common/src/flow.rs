@@ -254,9 +254,15 @@ pub struct Flow {
     pub backend_slot: u16,
     /// One of the `conn_state::STATE_*` constants.
     pub state: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// `FLOW_*` bits: [`FLOW_CARRIED_DATA`].
+    pub flags: u16,
 }
+
+/// [`Flow::flags`] bit: the client has sent payload on this flow. A TCP
+/// handshake that never carried a byte is what a spoofed "fake handshake"
+/// looks like; under table pressure the control plane expires such flows
+/// after the short `syn_recv` timeout.
+pub const FLOW_CARRIED_DATA: u16 = 1;
 
 const _: () = {
     assert!(size_of::<FlowKey4>() == 16);
@@ -303,7 +309,7 @@ mod tests {
         assert_eq!(offset_of!(Flow, service_id), 8);
         assert_eq!(offset_of!(Flow, backend_slot), 10);
         assert_eq!(offset_of!(Flow, state), 12);
-        assert_eq!(offset_of!(Flow, _pad), 14);
+        assert_eq!(offset_of!(Flow, flags), 14);
     }
 
     #[test]

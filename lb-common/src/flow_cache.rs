@@ -27,8 +27,8 @@ pub struct CachedFlow4 {
     pub backend_slot: u16,
     /// The flow's state when it was cached.
     pub state: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// The flow's `Flow::flags` when it was cached.
+    pub flags: u16,
     /// Cache period (`jiffies >> FLOW_CACHE_PERIOD_SHIFT`) in which the
     /// connection table was last read and refreshed for this flow.
     pub stamp: u64,
@@ -46,8 +46,8 @@ pub struct CachedFlow6 {
     pub backend_slot: u16,
     /// The flow's state when it was cached.
     pub state: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// The flow's `Flow::flags` when it was cached.
+    pub flags: u16,
     /// As [`CachedFlow4::stamp`].
     pub stamp: u64,
 }

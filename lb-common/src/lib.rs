@@ -20,14 +20,17 @@
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
-//! | [`CONNTRACK4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
-//! | [`CONNTRACK6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
+//! | [`CONNTRACK4_MAP`] | hash | [`FlowKey4`] -> [`Flow`] |
+//! | [`CONNTRACK6_MAP`] | hash | [`FlowKey6`] -> [`Flow`] |
+//! | [`PENDING4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
+//! | [`PENDING6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
 //! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
 //! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
+//! | [`FLOW_EVENTS_MAP`] | per-CPU array | [`flow_event_index`] -> `u64` |
 //!
 //! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
 //! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
@@ -40,6 +43,10 @@
 //! [`WLC_TREE_MAP`]: limits::WLC_TREE_MAP
 //! [`CONNTRACK4_MAP`]: limits::CONNTRACK4_MAP
 //! [`CONNTRACK6_MAP`]: limits::CONNTRACK6_MAP
+//! [`PENDING4_MAP`]: limits::PENDING4_MAP
+//! [`PENDING6_MAP`]: limits::PENDING6_MAP
+//! [`FLOW_EVENTS_MAP`]: limits::FLOW_EVENTS_MAP
+//! [`flow_event_index`]: stats::flow_event_index
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
 //! [`SERVICE_PORTS_MAP`]: limits::SERVICE_PORTS_MAP

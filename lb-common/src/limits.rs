@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -32,18 +32,44 @@ pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
 ///
 /// [`LoadTree`]: crate::wlc::LoadTree
 pub const WLC_TREE_MAP: &str = "WLC_TREE";
-/// Name of the IPv4 connection table (LRU hash: [`FlowKey4`] -> [`Flow`]),
-/// written by XDP, expired by the control plane.
+/// Name of the IPv4 connection table (hash: [`FlowKey4`] -> [`Flow`]):
+/// confirmed flows (a TCP handshake the client completed, UDP, a flow a
+/// `sloppy_tcp` service picked up mid-way). Written by XDP, expired by the
+/// control plane. It never evicts: when it is full, new flows stay in
+/// [`PENDING4_MAP`].
 ///
 /// [`FlowKey4`]: crate::flow::FlowKey4
 /// [`Flow`]: crate::flow::Flow
 pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
-/// Name of the IPv6 connection table (LRU hash: [`FlowKey6`] -> [`Flow`]),
-/// written by XDP, expired by the control plane.
+/// Name of the IPv6 connection table (hash: [`FlowKey6`] -> [`Flow`]), as
+/// [`CONNTRACK4_MAP`], overflowing into [`PENDING6_MAP`].
 ///
 /// [`FlowKey6`]: crate::flow::FlowKey6
 /// [`Flow`]: crate::flow::Flow
 pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
+/// Name of the IPv4 pending table (LRU hash: [`FlowKey4`] -> [`Flow`]):
+/// flows not confirmed yet (half-open TCP) and flows the full connection
+/// table could not take. A flood of new flows evicts only flows here, never
+/// a confirmed flow of [`CONNTRACK4_MAP`]. Written by XDP, expired by the
+/// control plane.
+///
+/// [`FlowKey4`]: crate::flow::FlowKey4
+/// [`Flow`]: crate::flow::Flow
+pub const PENDING4_MAP: &str = "PENDING4";
+/// Name of the IPv6 pending table (LRU hash: [`FlowKey6`] -> [`Flow`]), as
+/// [`PENDING4_MAP`].
+///
+/// [`FlowKey6`]: crate::flow::FlowKey6
+/// [`Flow`]: crate::flow::Flow
+pub const PENDING6_MAP: &str = "PENDING6";
+/// Name of the per-CPU flow-table event counters (array:
+/// [`flow_event_index`] -> `u64`): flows opened in and promoted from the
+/// pending tables, refused by a full connection table, and removed from the
+/// pending tables by the control plane; written by XDP and (removals) by
+/// the control plane.
+///
+/// [`flow_event_index`]: crate::stats::flow_event_index
+pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
 /// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.
@@ -90,6 +116,19 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Default capacity of the IPv6 connection table; the control plane may size
 /// it differently.
 pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
+/// Smallest pending table (see [`pending_capacity`]).
+pub const MIN_PENDING_FLOWS: u32 = 1024;
+
+/// Capacity of a family's pending table ([`PENDING4_MAP`], [`PENDING6_MAP`])
+/// beside a connection table of `max_flows`: a quarter of it, at least
+/// [`MIN_PENDING_FLOWS`]. Half-open flows live there for one round trip.
+pub const fn pending_capacity(max_flows: u32) -> u32 {
+    if max_flows / 4 > MIN_PENDING_FLOWS {
+        max_flows / 4
+    } else {
+        MIN_PENDING_FLOWS
+    }
+}
 /// Most director NICs one `lb` attaches to.
 pub const MAX_IFACES: u32 = 64;
 /// Name of the NIC filter (array: [`nic_filter_index`] of the ingress

@@ -95,6 +95,39 @@ pub const fn backend_index(service_id: u32, slot: u32) -> u32 {
 /// [`BACKEND_STATS_MAP`]: crate::limits::BACKEND_STATS_MAP
 pub const BACKEND_STATS_ENTRIES: u32 = MAX_SERVICES * MAX_BACKENDS as u32;
 
+/// Flow-table event: a flow entered its family's pending table (a half-open
+/// TCP flow, or a flow the full connection table refused).
+pub const EVENT_PENDING_OPENED: u32 = 0;
+/// Flow-table event: a pending flow was confirmed and moved to its
+/// connection table.
+pub const EVENT_PROMOTED: u32 = 1;
+/// Flow-table event: the connection table was full and refused a confirmed
+/// flow (an insert failure); the flow stays in (or enters) the pending table.
+pub const EVENT_TABLE_FULL: u32 = 2;
+/// Flow-table event: the pending table could not take a flow either (the
+/// kernel had no free entry); the packet was forwarded without a record.
+pub const EVENT_PENDING_FAILED: u32 = 3;
+/// Flow-table event: the control plane removed a flow from the pending
+/// table (expired, or its service was removed). With the others and the
+/// flows present, it tells how many the pending table evicted:
+/// opened - promoted - removed - present.
+pub const EVENT_PENDING_REMOVED: u32 = 4;
+/// Number of flow-table events per family.
+pub const NUM_FLOW_EVENTS: u32 = 5;
+/// Size of [`FLOW_EVENTS_MAP`]: the events of IPv4, then of IPv6.
+///
+/// [`FLOW_EVENTS_MAP`]: crate::limits::FLOW_EVENTS_MAP
+pub const FLOW_EVENTS_ENTRIES: u32 = 2 * NUM_FLOW_EVENTS;
+
+/// Index of `event` (`EVENT_*`) of the IPv4 (`ipv6` false) or IPv6 tables in
+/// [`FLOW_EVENTS_MAP`].
+///
+/// [`FLOW_EVENTS_MAP`]: crate::limits::FLOW_EVENTS_MAP
+#[inline(always)]
+pub const fn flow_event_index(ipv6: bool, event: u32) -> u32 {
+    if ipv6 { NUM_FLOW_EVENTS + event } else { event }
+}
+
 const _: () = assert!(size_of::<Counters>() == 24);
 
 #[cfg(feature = "user")]

@@ -104,11 +104,11 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     Verdict::Tx
 }
 
-/// `packet` of flow `key` without the flow cache: the flow from its table,
+/// `packet` of flow `key` without the flow cache: the flow from its tables,
 /// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
-/// flow the table does not have, a new flow. A new flow is not cached: its
-/// next packet changes its state (TCP) or finds it in the table (UDP), and
-/// caches it then; only a flow that replaces one in the table is, over the old
+/// flow the tables do not have, a new flow. A new flow is not cached: its
+/// next packet changes its state (TCP) or finds it in a table (UDP), and
+/// caches it then; only a flow that replaces one in a table is, over the old
 /// flow's cached copy.
 #[inline(always)]
 fn from_table<K: TableKey>(
@@ -117,15 +117,15 @@ fn from_table<K: TableKey>(
     cache_set: Option<&mut K::CacheSet>,
     period: u64,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
-    let replaces_a_flow = match conntrack::known(key, packet) {
+    let replaces = match conntrack::known(key, packet) {
         Lookup::Found(service_id, backends, binding) => {
             if let Some(set) = cache_set {
                 key.cache(set, service_id, &binding, period);
             }
             return Ok((service_id, backends, binding));
         }
-        Lookup::Missing => false,
-        Lookup::Orphaned | Lookup::Reused => true,
+        Lookup::Missing => None,
+        Lookup::Orphaned(table) | Lookup::Reused(table) => Some(table),
     };
     let service_key = key.service_key();
     #[expect(
@@ -138,7 +138,7 @@ fn from_table<K: TableKey>(
     else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
-    if !replaces_a_flow
+    if replaces.is_none()
         && packet.proto == PROTO_TCP
         && !packet.opens_connection()
         && flags & SERVICE_FLAG_SLOPPY_TCP == 0
@@ -152,7 +152,7 @@ fn from_table<K: TableKey>(
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = match conntrack::open(key, packet, service_id, conns, tree) {
+    let binding = match conntrack::open(key, packet, service_id, conns, tree, replaces) {
         Ok(binding) => binding,
         Err(Verdict::Drop(REASON_NO_BACKEND))
             if flags & SERVICE_FLAG_REJECT != 0 && packet.opens_connection() =>
@@ -162,7 +162,9 @@ fn from_table<K: TableKey>(
         Err(verdict) => return Err(verdict),
     };
     // The old flow may still be cached; its next packets must not find it.
-    if replaces_a_flow && let Some(set) = cache_set {
+    if replaces.is_some()
+        && let Some(set) = cache_set
+    {
         key.cache(set, service_id, &binding, period);
     }
     Ok((service_id, backends, binding))

@@ -1,6 +1,13 @@
-//! The connection tables (one per address family): an existing flow keeps
-//! its backend and advances its TCP state; a new flow gets a backend by
-//! weighted least-connection.
+//! The flow tables: an existing flow keeps its backend and advances its TCP
+//! state; a new flow gets a backend by weighted least-connection.
+//!
+//! Each address family has two tables. A new TCP flow (a SYN) opens in the
+//! pending table, an LRU; the client's ACK that completes the handshake
+//! confirms it and moves it to the connection table, a plain hash that never
+//! evicts: a flood of spoofed SYNs or fake handshakes can only evict pending
+//! flows and fill free room, never push out a confirmed one. UDP flows and
+//! flows a `sloppy_tcp` service picks up mid-way are confirmed at once. A
+//! confirmed flow the full connection table refuses stays pending (counted).
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once,
 //! and each change replays the backend's matches in the service's scheduler
@@ -24,27 +31,50 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
-    BackendSet, CachedFlow4, CachedFlow6, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, Flow,
-    FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
+    EVENT_PROMOTED, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA,
+    Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, flow_cache_set, wlc,
+    flow_cache_index, flow_cache_set, flow_event_index, wlc,
 };
 
 use crate::{
-    maps::{BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, WLC_TREE},
+    maps::{
+        BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, PENDING4,
+        PENDING6, WLC_TREE,
+    },
     parse::Packet,
+    stats,
     verdict::Verdict,
 };
 
 /// Insert whether or not the key exists (`BPF_ANY`).
 const BPF_ANY: u64 = 0;
+/// Insert only if the key is absent (`BPF_NOEXIST`): into a full plain hash
+/// this fails instead of replacing anything.
+const BPF_NOEXIST: u64 = 1;
 
-/// A connection-table key, tied to the table of its address family.
+/// Which of its family's two tables holds a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// The connection table (`CONNTRACK4`/`CONNTRACK6`): confirmed flows.
+    Confirmed,
+    /// The pending table (`PENDING4`/`PENDING6`): half-open flows, and
+    /// flows the full connection table refused.
+    Pending,
+}
+
+/// A flow key, tied to the tables of its address family.
 pub trait TableKey {
-    /// The flow's entry in its table, if it has one.
-    fn lookup(&self) -> Option<*mut Flow>;
-    /// Records `flow` under this key.
-    fn insert(&self, flow: &Flow) -> Result<(), i32>;
+    /// Whether the key is an IPv6 one (which event counters it uses).
+    const IPV6: bool;
+    /// The flow's entry in `table`, if it has one there.
+    fn lookup(&self, table: Table) -> Option<*mut Flow>;
+    /// Records `flow` under this key in `table`, with `BPF_ANY` or
+    /// `BPF_NOEXIST`.
+    fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
+    /// Deletes the key from the pending table; whether it was there.
+    fn remove_pending(&self) -> bool;
     /// The service the flow is addressed to.
     fn service_key(&self) -> AlignedServiceKey;
     /// A flow-cache set of this key's family.
@@ -71,18 +101,30 @@ pub fn cache_period() -> u64 {
 /// Implements [`TableKey`] for the key type of one address family, with its
 /// connection table and flow cache (the two families differ only in types).
 macro_rules! table_key {
-    ($key:ty, $table:ident, $cache:ident, $entry:ident) => {
+    ($key:ty, $ipv6:literal, $table:ident, $pending:ident, $cache:ident, $entry:ident) => {
         impl TableKey for $key {
+            const IPV6: bool = $ipv6;
             type CacheSet = FlowCacheSet<$entry>;
 
             #[inline(always)]
-            fn lookup(&self) -> Option<*mut Flow> {
-                $table.get_ptr_mut(self)
+            fn lookup(&self, table: Table) -> Option<*mut Flow> {
+                match table {
+                    Table::Confirmed => $table.get_ptr_mut(self),
+                    Table::Pending => $pending.get_ptr_mut(self),
+                }
             }
 
             #[inline(always)]
-            fn insert(&self, flow: &Flow) -> Result<(), i32> {
-                $table.insert(self, flow, BPF_ANY)
+            fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32> {
+                match table {
+                    Table::Confirmed => $table.insert(self, flow, mode),
+                    Table::Pending => $pending.insert(self, flow, mode),
+                }
+            }
+
+            #[inline(always)]
+            fn remove_pending(&self) -> bool {
+                $pending.remove(self).is_ok()
             }
 
             #[inline(always)]
@@ -106,6 +148,7 @@ macro_rules! table_key {
                     Binding {
                         slot: u32::from(entry.backend_slot),
                         state: u32::from(entry.state),
+                        flags: entry.flags,
                         new_flow: false,
                     },
                 ))
@@ -125,7 +168,7 @@ macro_rules! table_key {
                         service_id: service_id as u16,
                         backend_slot: binding.slot as u16,
                         state: binding.state as u16,
-                        _pad: 0,
+                        flags: binding.flags,
                         stamp: period,
                     };
                 }
@@ -134,8 +177,28 @@ macro_rules! table_key {
     };
 }
 
-table_key!(FlowKey4, CONNTRACK4, FLOW_CACHE4, CachedFlow4);
-table_key!(FlowKey6, CONNTRACK6, FLOW_CACHE6, CachedFlow6);
+table_key!(
+    FlowKey4,
+    false,
+    CONNTRACK4,
+    PENDING4,
+    FLOW_CACHE4,
+    CachedFlow4
+);
+table_key!(
+    FlowKey6,
+    true,
+    CONNTRACK6,
+    PENDING6,
+    FLOW_CACHE6,
+    CachedFlow6
+);
+
+/// Counts flow-table event `event` (`lb_common::EVENT_*`) of `K`'s family.
+#[inline(always)]
+fn count_event<K: TableKey>(event: u32) {
+    stats::count_flow_event(flow_event_index(K::IPV6, event));
+}
 
 /// The flow-cache index of this CPU's set for the key with the words `words`.
 /// XDP runs with migration off and does not nest on a CPU, so the set is this
@@ -159,13 +222,15 @@ pub struct Binding {
     pub slot: u32,
     /// The flow's state after this packet.
     pub state: u32,
+    /// The flow's `Flow::flags` after this packet.
+    pub flags: u16,
     /// Whether this packet opened the flow (counted as a new connection).
     pub new_flow: bool,
 }
 
 /// A packet of flow `key` that this CPU's flow cache can forward on its own:
 /// cached in `set` (the key's [`TableKey::cache_set`]) in `period`, its
-/// state unchanged by the packet, its backend slot not emptied. Returns the
+/// state and flags unchanged by the packet, its backend slot not emptied. Returns the
 /// service id, the service's backends and the backend, like [`known`].
 #[inline(always)]
 pub fn cached<K: TableKey>(
@@ -175,7 +240,9 @@ pub fn cached<K: TableKey>(
     period: u64,
 ) -> Option<(u32, &'static BackendSet, Binding)> {
     let (service_id, binding) = key.cached(set, period)?;
-    if next_state(packet, binding.state) != binding.state {
+    if next_state(packet, binding.state) != binding.state
+        || next_flags(packet, binding.flags) != binding.flags
+    {
         return None;
     }
     let (backends, slot) = backend_in_use(service_id, binding.slot)?;
@@ -210,6 +277,16 @@ fn next_state(packet: &Packet, state: u32) -> u32 {
     }
 }
 
+/// The flags of a flow after `packet`, starting from `flags`.
+#[inline(always)]
+fn next_flags(packet: &Packet, flags: u16) -> u16 {
+    if packet.carries_data {
+        flags | FLOW_CARRIED_DATA
+    } else {
+        flags
+    }
+}
+
 /// The now of flow timestamps: the coarse monotonic clock. A few ms of
 /// resolution is plenty for idle timeouts counted in seconds, and it is much
 /// cheaper than the precise clock.
@@ -219,37 +296,43 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// What the connection table says about a packet's flow.
+/// What the flow tables say about a packet's flow.
 pub enum Lookup {
     /// The flow: its service id, the service's backends and its backend.
     Found(u32, &'static BackendSet, Binding),
-    /// No flow in the table: a SYN opens one (any packet, for UDP and for
+    /// No flow in either table: a SYN opens one (any packet, for UDP and for
     /// a service with `sloppy_tcp`).
     Missing,
-    /// A flow whose backend slot was emptied (see [`backend_in_use`]): its
-    /// next packet, whatever it is, is scheduled again.
-    Orphaned,
+    /// A flow whose backend slot was emptied (see [`backend_in_use`]), in
+    /// the table given: its next packet, whatever it is, is scheduled again.
+    Orphaned(Table),
     /// A SYN on the tuple of a flow whose backend takes no new flows (see
-    /// [`reuses_tuple`]): schedule it, and replace any cached copy of the
-    /// old flow.
-    Reused,
+    /// [`reuses_tuple`]), in the table given: schedule it, and replace any
+    /// cached copy of the old flow.
+    Reused(Table),
 }
 
-/// A packet of flow `key`: if the flow is in its table, advances its state
-/// and returns it ([`Lookup::Found`]). The flow keeps its backend while the
+/// A packet of flow `key`: if the flow is in one of its tables (the
+/// connection table first), advances its state and flags and returns it
+/// ([`Lookup::Found`]); the handshake's ACK moves a pending flow to the
+/// connection table ([`promote`]). The flow keeps its backend while the
 /// backend exists, even when it is quiesced or down, except for a new
 /// connection on its tuple ([`Lookup::Reused`]).
 #[inline(always)]
-pub fn known(key: &impl TableKey, packet: &Packet) -> Lookup {
-    let Some(flow) = key.lookup() else {
-        return Lookup::Missing;
+pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
+    let (table, flow) = match key.lookup(Table::Confirmed) {
+        Some(flow) => (Table::Confirmed, flow),
+        None => match key.lookup(Table::Pending) {
+            Some(flow) => (Table::Pending, flow),
+            None => return Lookup::Missing,
+        },
     };
     // SAFETY: a valid entry of the connection table; this CPU is the only
     // writer of a given flow while its packets arrive on one RX queue.
     let flow = unsafe { &mut *flow };
     let service_id = u32::from(flow.service_id);
     let Some((backends, slot)) = backend_in_use(service_id, u32::from(flow.backend_slot)) else {
-        return Lookup::Orphaned;
+        return Lookup::Orphaned(table);
     };
     let old_state = u32::from(flow.state);
     if reuses_tuple(packet, old_state, backends, slot) {
@@ -260,7 +343,7 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Lookup {
             add_count(conns, slot, is_active(old_state), 1u64.wrapping_neg());
             repair(tree, conns, slot);
         }
-        return Lookup::Reused;
+        return Lookup::Reused(table);
     }
     let state = next_state(packet, old_state);
     if state != old_state {
@@ -273,16 +356,35 @@ pub fn known(key: &impl TableKey, packet: &Packet) -> Lookup {
         }
         flow.state = state as u16;
     }
+    let flags = next_flags(packet, flow.flags);
+    if flags != flow.flags {
+        flow.flags = flags;
+    }
     flow.last_seen_ns = now();
+    if table == Table::Pending && state == STATE_ESTABLISHED && old_state != STATE_ESTABLISHED {
+        promote(key, flow);
+    }
     Lookup::Found(
         service_id,
         backends,
         Binding {
             slot,
             state,
+            flags,
             new_flow: false,
         },
     )
+}
+
+/// Moves pending flow `flow` of `key`, which its client just confirmed, to
+/// the connection table. A full table refuses it (counted): it stays pending.
+#[inline(always)]
+fn promote<K: TableKey>(key: &K, flow: &Flow) {
+    if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_err() {
+        count_event::<K>(EVENT_TABLE_FULL);
+    } else if key.remove_pending() {
+        count_event::<K>(EVENT_PROMOTED);
+    }
 }
 
 /// Whether `packet` is a new connection on the tuple of a flow in
@@ -302,14 +404,16 @@ fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u3
 
 /// Opens flow `key` for `packet` in service `service_id`: picks its backend by
 /// weighted least-connection (the root of the service's tree `tree`) and
-/// records it; `Drop(REASON_NO_BACKEND)` when no backend can take it.
+/// records it ([`record`]; over the flow it `replaces`, in that flow's
+/// table); `Drop(REASON_NO_BACKEND)` when no backend can take it.
 #[inline(always)]
-pub fn open(
-    key: &impl TableKey,
+pub fn open<K: TableKey>(
+    key: &K,
     packet: &Packet,
     service_id: u32,
     conns: *mut BackendConnSet,
     tree: *mut LoadTree,
+    replaces: Option<Table>,
 ) -> Result<Binding, Verdict> {
     // SAFETY: `tree` points at this service's entry in WLC_TREE.
     let slot = match wlc::select(unsafe { &*tree }) {
@@ -317,26 +421,53 @@ pub fn open(
         None => return Err(Verdict::Drop(REASON_NO_BACKEND)),
     };
     let state = next_state(packet, STATE_NONE);
+    let flags = next_flags(packet, 0);
     // Service ids are below MAX_SERVICES and slots below MAX_BACKENDS: both fit.
     let flow = Flow {
         last_seen_ns: now(),
         service_id: service_id as u16,
         backend_slot: slot as u16,
         state: state as u16,
-        _pad: 0,
+        flags,
     };
-    // A full table evicts its least recently used flow, so this only fails on
-    // memory pressure; the packet is still forwarded and the next packet of
-    // the flow schedules again.
-    if key.insert(&flow).is_ok() {
+    // Unrecorded, the packet is still forwarded, and the flow's next packet
+    // is scheduled again (a SYN) or dropped.
+    if record(key, &flow, replaces) {
         add_count(conns, slot, is_active(state), 1);
         repair(tree, conns, slot);
     }
     Ok(Binding {
         slot,
         state,
+        flags,
         new_flow: true,
     })
+}
+
+/// Records new flow `flow` of `key`: over the flow it `replaces`, in that
+/// flow's table; else a confirmed flow (ESTABLISHED: a sloppy pick-up; UDP)
+/// in the connection table, and any other, or one the full connection
+/// table refuses, in the pending table (an LRU, which only fails when the
+/// kernel has no free entry). Returns whether it was recorded; counted.
+#[inline(always)]
+fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>) -> bool {
+    if let Some(table) = replaces {
+        return key.insert(table, flow, BPF_ANY).is_ok();
+    }
+    let state = u32::from(flow.state);
+    if state == STATE_ESTABLISHED || state == STATE_UDP {
+        if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_ok() {
+            return true;
+        }
+        count_event::<K>(EVENT_TABLE_FULL);
+    }
+    if key.insert(Table::Pending, flow, BPF_ANY).is_ok() {
+        count_event::<K>(EVENT_PENDING_OPENED);
+        true
+    } else {
+        count_event::<K>(EVENT_PENDING_FAILED);
+        false
+    }
 }
 
 /// Replays the matches of backend `slot` in its service's scheduler tree,

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow, FlowKey4, FlowKey6, LoadTree,
-    MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter, SERVICE_PORTS_ENTRIES, Service,
-    ServiceKey,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES, Flow, FlowKey4,
+    FlowKey6, LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter,
+    SERVICE_PORTS_ENTRIES, Service, ServiceKey, pending_capacity,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -46,16 +46,31 @@ pub static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Arr
 pub static WLC_TREE: Array<LoadTree, { MAX_SERVICES as usize }> = Array::new();
 
 /// The IPv4 connection table: client 5-tuple -> service, backend slot, TCP
-/// state, last seen. The control plane may resize it before loading and
-/// expires idle flows.
+/// state, last seen, of confirmed flows (see `lb_common::CONNTRACK4_MAP`).
+/// A plain hash: a full table refuses new flows instead of evicting old
+/// ones, and they stay in [`PENDING4`]. The control plane may resize it
+/// before loading and expires idle flows.
 #[btf_map]
-pub static CONNTRACK4: LruHashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> =
-    LruHashMap::new();
+pub static CONNTRACK4: HashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
 /// The IPv6 connection table, as [`CONNTRACK4`] with 16-byte addresses.
 #[btf_map]
-pub static CONNTRACK6: LruHashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> =
+pub static CONNTRACK6: HashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> = HashMap::new();
+
+/// The IPv4 pending table: half-open flows, and flows [`CONNTRACK4`] was too
+/// full to take, same key and value. An LRU: a flood of new flows evicts
+/// pending flows only. The loader sizes it with `lb_common::pending_capacity`.
+#[btf_map]
+pub static PENDING4: LruHashMap<FlowKey4, Flow, { pending_capacity(DEFAULT_MAX_FLOWS) as usize }> =
     LruHashMap::new();
+
+/// The IPv6 pending table, as [`PENDING4`].
+#[btf_map]
+pub static PENDING6: LruHashMap<
+    FlowKey6,
+    Flow,
+    { pending_capacity(DEFAULT_MAX_FLOWS_V6) as usize },
+> = LruHashMap::new();
 
 /// Port prefilter: destination port -> `PORT_*` bits of the protocols some
 /// service uses on it. Written by the control plane.
@@ -94,6 +109,12 @@ pub static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = Per
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize }> =
     PerCpuArray::new();
+
+/// Per-CPU flow-table event counters (`lb_common::flow_event_index`):
+/// pending flows opened and promoted, inserts a full connection table
+/// refused; the control plane adds the pending flows it removes.
+#[btf_map]
+pub static FLOW_EVENTS: PerCpuArray<u64, { FLOW_EVENTS_ENTRIES as usize }> = PerCpuArray::new();
 
 /// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
 /// into user space).

@@ -63,6 +63,8 @@ pub struct Packet {
     pub dst_port: u16,
     /// TCP flags (zero for UDP).
     pub tcp_flags: u8,
+    /// Whether the packet carries payload past its transport header.
+    pub carries_data: bool,
 }
 
 impl Packet {
@@ -213,7 +215,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         }
         _ => return Err(Verdict::Pass(REASON_NOT_IP)),
     };
-    let (src_port, dst_port, tcp_flags) = match proto {
+    let (src_port, dst_port, tcp_flags, carries_data) = match proto {
         PROTO_TCP => {
             if l4_offset + TcpHdr::LEN > ip_end {
                 return Err(MALFORMED);
@@ -234,7 +236,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             if header_len < TcpHdr::LEN || l4_offset + header_len > ip_end {
                 return Err(MALFORMED);
             }
-            (src, dst, flags)
+            (src, dst, flags, l4_offset + header_len < ip_end)
         }
         PROTO_UDP => {
             if l4_offset + UdpHdr::LEN > ip_end {
@@ -242,7 +244,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
             let udp = ptr_at::<UdpHdr>(ctx, l4_offset).ok_or(MALFORMED)?;
             // SAFETY: the whole 8-byte UDP header is inside the frame.
-            unsafe { (be16(&raw const (*udp).src), be16(&raw const (*udp).dst), 0) }
+            let (src, dst) = unsafe { (be16(&raw const (*udp).src), be16(&raw const (*udp).dst)) };
+            (src, dst, 0, l4_offset + UdpHdr::LEN < ip_end)
         }
         _ => return Err(Verdict::Pass(REASON_NOT_L4)),
     };
@@ -252,6 +255,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         src_port,
         dst_port,
         tcp_flags,
+        carries_data,
     })
 }
 

@@ -8,7 +8,7 @@ use lb_common::{Counters, backend_index};
 
 use crate::{
     conntrack::Binding,
-    maps::{BACKEND_STATS, VERDICT_STATS},
+    maps::{BACKEND_STATS, FLOW_EVENTS, VERDICT_STATS},
 };
 
 #[inline(always)]
@@ -39,4 +39,13 @@ pub fn count_forwarded(service_id: u32, binding: Binding, l3_len: u64) {
         l3_len,
         binding.new_flow,
     );
+}
+
+/// Counts one flow-table event at `index` (`lb_common::flow_event_index`).
+#[inline(always)]
+pub fn count_flow_event(index: u32) {
+    if let Some(count) = FLOW_EVENTS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while this program runs.
+        unsafe { *count += 1 }
+    }
 }

@@ -1,11 +1,18 @@
-//! The connection-table sweeper: expires idle flows by IPVS-style per-state
+//! The flow-table sweeper: expires idle flows by IPVS-style per-state
 //! timeouts and rewrites every backend's active/inactive counters from what
-//! the table really holds, so flows that expired or were evicted by the LRU
-//! never leave counts that drift. Each service's scheduler tree is rebuilt
-//! from the rewritten counters.
+//! the tables really hold, so flows that expired or were evicted from a
+//! pending table never leave counts that drift. Each service's scheduler
+//! tree is rebuilt from the rewritten counters.
+//!
+//! A connection table under pressure (at least [`PRESSURE_PERCENT`] full)
+//! sheds its silent flows early: a TCP flow whose handshake completed but
+//! whose client never sent a byte is held to the `syn_recv` timeout, as a
+//! half-open flow is. That is what a flood of spoofed fake handshakes
+//! leaves behind; it cannot evict a confirmed flow (the table never
+//! evicts), and this frees its room for new flows once the flood stops.
 //!
 //! The tables change while they are walked: the data path refreshes,
-//! inserts and evicts flows. A walk reads them in batches of
+//! inserts, moves and evicts flows. A walk reads them in batches of
 //! `LOOKUP_BATCH` flows a system call, bucket by bucket, so it counts each
 //! flow once (a key-by-key walk starts over when the key it stands on is
 //! evicted), and a flow found idle is only deleted if it is still idle when
@@ -15,11 +22,15 @@ use std::collections::HashMap as StdHashMap;
 
 use anyhow::Context as _;
 use lb_common::{
-    BackendConnSet, Flow, FlowKey, MAX_BACKENDS,
-    conn_state::{Timeouts, is_active},
+    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS,
+    conn_state::{STATE_ESTABLISHED, Timeouts, is_active},
 };
 
-use crate::datapath::maps::{Maps, array_get, monotonic_ns};
+use crate::datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns};
+
+/// A connection table holding at least this share of its capacity (in
+/// percent) is under pressure: its silent flows expire early.
+pub const PRESSURE_PERCENT: u64 = 75;
 
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,18 +44,31 @@ pub struct SweepReport {
     pub conns: StdHashMap<u32, BackendConnSet>,
 }
 
-/// Whether a flow last seen at `flow.last_seen_ns` has idled out at `now_ns`.
-pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts) -> bool {
-    let idle_ns = now_ns.saturating_sub(flow.last_seen_ns);
-    idle_ns
-        > timeouts
-            .for_state(u32::from(flow.state))
-            .saturating_mul(1_000_000_000)
+/// Whether a flow last seen at `flow.last_seen_ns` has idled out at
+/// `now_ns`; with `pressure`, a silent flow (see [`is_silent`]) is held to
+/// the `syn_recv` timeout.
+pub fn is_expired(flow: &Flow, now_ns: u64, timeouts: &Timeouts, pressure: bool) -> bool {
+    let mut timeout = timeouts.for_state(u32::from(flow.state));
+    if pressure && is_silent(flow) {
+        timeout = timeout.min(timeouts.syn_recv);
+    }
+    now_ns.saturating_sub(flow.last_seen_ns) > timeout.saturating_mul(1_000_000_000)
 }
 
-/// Deletes every flow of service `id` from both connection tables (the
-/// service was removed, and its id may be given to another service);
-/// returns how many there were.
+/// Whether `flow` is a TCP connection whose handshake completed but whose
+/// client has not sent a byte of payload.
+pub fn is_silent(flow: &Flow) -> bool {
+    u32::from(flow.state) == STATE_ESTABLISHED && flow.flags & FLOW_CARRIED_DATA == 0
+}
+
+/// 0 for an IPv4 flow, 1 for IPv6: an index into per-family arrays.
+fn family(key: &FlowKey) -> usize {
+    usize::from(matches!(key, FlowKey::V6(_)))
+}
+
+/// Deletes every flow of service `id` from the flow tables (the service was
+/// removed, and its id may be given to another service); returns how many
+/// there were.
 pub fn forget_service(maps: &mut Maps, id: u32) -> anyhow::Result<usize> {
     let mut doomed = Vec::new();
     maps.for_each_flow(|key, flow| {
@@ -55,6 +79,7 @@ pub fn forget_service(maps: &mut Maps, id: u32) -> anyhow::Result<usize> {
     for key in &doomed {
         maps.remove_flow(key);
     }
+    maps.record_pending_removals()?;
     Ok(doomed.len())
 }
 
@@ -83,29 +108,56 @@ impl Tally {
     }
 }
 
-/// One walk of both connection tables: the flows found idle past their
-/// timeout, and the others tallied per service and slot.
+/// One walk of the flow tables: the flows found idle past their timeout,
+/// and the others tallied per service and slot.
 #[derive(Default)]
 pub struct Walk {
-    /// Flows idle past their state's timeout when the walk saw them.
+    /// Flows idle past their timeout when the walk saw them.
     pub idle: Vec<FlowKey>,
+    /// Whether the IPv4 and the IPv6 connection table is under pressure.
+    pub pressure: [bool; 2],
     tally: Tally,
     live: usize,
 }
 
-/// Walks both connection tables once, in batches (see
-/// [`Maps::for_each_flow`]: each flow is counted once).
+/// Walks the flow tables once, in batches (see [`Maps::for_each_flow`]:
+/// each flow is counted once).
 pub fn walk(maps: &Maps, timeouts: &Timeouts) -> anyhow::Result<Walk> {
     let now_ns = monotonic_ns();
     let mut walk = Walk::default();
-    maps.for_each_flow(|key, flow| {
-        if is_expired(&flow, now_ns, timeouts) {
+    // Silent flows idle past the `syn_recv` timeout: expired if their table
+    // turns out to be under pressure, live otherwise.
+    let mut silent = Vec::new();
+    let mut confirmed = [0u64; 2];
+    maps.for_each_flow_in_batches(LOOKUP_BATCH, |table, key, flow| {
+        if table == FlowTable::Confirmed {
+            confirmed[family(&key)] += 1;
+        }
+        if is_expired(&flow, now_ns, timeouts, false) {
             walk.idle.push(key);
+        } else if is_expired(&flow, now_ns, timeouts, true) {
+            silent.push((key, flow));
         } else {
             walk.tally.add(&flow);
             walk.live += 1;
         }
     })?;
+    let capacity = maps.flow_capacity()?;
+    for (pressure, (held, capacity)) in walk
+        .pressure
+        .iter_mut()
+        .zip(confirmed.into_iter().zip([capacity.ipv4, capacity.ipv6]))
+    {
+        *pressure = held * 100 >= u64::from(capacity) * PRESSURE_PERCENT;
+    }
+    for (key, flow) in silent {
+        if walk.pressure[family(&key)] {
+            walk.idle.push(key);
+        } else {
+            walk.tally.add(&flow);
+            walk.live += 1;
+        }
+    }
     Ok(walk)
 }
 
@@ -119,7 +171,7 @@ pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
         let Ok(Some(flow)) = maps.flow(&key) else {
             continue;
         };
-        if is_expired(&flow, monotonic_ns(), timeouts) {
+        if is_expired(&flow, monotonic_ns(), timeouts, walk.pressure[family(&key)]) {
             if maps.remove_flow(&key) {
                 expired += 1;
             }
@@ -131,7 +183,7 @@ pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
     expired
 }
 
-/// Expires idle flows of both connection tables, rewrites the counters of
+/// Expires idle flows of the flow tables, rewrites the counters of
 /// `service_ids` (every service in use) from the flows that remain, and
 /// rebuilds their scheduler trees.
 pub fn sweep(
@@ -141,6 +193,7 @@ pub fn sweep(
 ) -> anyhow::Result<SweepReport> {
     let mut walk = walk(maps, timeouts)?;
     let expired = expire(maps, &mut walk, timeouts);
+    maps.record_pending_removals()?;
     let mut tally = walk.tally;
     for &id in service_ids {
         let conns = tally.per_service.entry(id).or_default();
@@ -177,14 +230,61 @@ mod tests {
     fn flows_expire_by_their_state_timeout() {
         let t = Timeouts::IPVS;
         let now = 10_000 * S;
-        assert!(!is_expired(&flow(STATE_ESTABLISHED, 10_000 - 900), now, &t));
-        assert!(is_expired(&flow(STATE_ESTABLISHED, 10_000 - 901), now, &t));
-        assert!(!is_expired(&flow(STATE_SYN_RECV, 10_000 - 60), now, &t));
-        assert!(is_expired(&flow(STATE_SYN_RECV, 10_000 - 61), now, &t));
-        assert!(is_expired(&flow(STATE_CLOSE, 10_000 - 11), now, &t));
-        assert!(!is_expired(&flow(STATE_UDP, 10_000 - 299), now, &t));
+        assert!(!is_expired(
+            &flow(STATE_ESTABLISHED, 10_000 - 900),
+            now,
+            &t,
+            false
+        ));
+        assert!(is_expired(
+            &flow(STATE_ESTABLISHED, 10_000 - 901),
+            now,
+            &t,
+            false
+        ));
+        assert!(!is_expired(
+            &flow(STATE_SYN_RECV, 10_000 - 60),
+            now,
+            &t,
+            false
+        ));
+        assert!(is_expired(
+            &flow(STATE_SYN_RECV, 10_000 - 61),
+            now,
+            &t,
+            false
+        ));
+        assert!(is_expired(&flow(STATE_CLOSE, 10_000 - 11), now, &t, false));
+        assert!(!is_expired(&flow(STATE_UDP, 10_000 - 299), now, &t, false));
         // A flow seen "after" now (clock read races the data path) is live.
-        assert!(!is_expired(&flow(STATE_CLOSE, 10_001), now, &t));
+        assert!(!is_expired(&flow(STATE_CLOSE, 10_001), now, &t, false));
+    }
+
+    #[test]
+    fn silent_flows_expire_early_only_under_pressure() {
+        let t = Timeouts::IPVS;
+        let now = 10_000 * S;
+        let silent = flow(STATE_ESTABLISHED, 10_000 - 61);
+        assert!(is_silent(&silent));
+        assert!(!is_expired(&silent, now, &t, false));
+        assert!(is_expired(&silent, now, &t, true));
+        // Within the syn_recv timeout even under pressure.
+        assert!(!is_expired(
+            &flow(STATE_ESTABLISHED, 10_000 - 60),
+            now,
+            &t,
+            true
+        ));
+        // A flow that carried data keeps the established timeout.
+        let talked = Flow {
+            flags: FLOW_CARRIED_DATA,
+            ..silent
+        };
+        assert!(!is_silent(&talked));
+        assert!(!is_expired(&talked, now, &t, true));
+        // Half-open and closing flows keep their own (shorter) timeouts.
+        assert!(!is_silent(&flow(STATE_SYN_RECV, 0)));
+        assert!(is_expired(&flow(STATE_CLOSE, 10_000 - 11), now, &t, true));
     }
 
     #[test]

@@ -30,13 +30,13 @@ use aya::{
 };
 use lb::datapath::{
     Datapath,
-    maps::{FlowCapacity, Maps, array_get},
+    maps::{FlowCapacity, FlowTable, Maps, array_get},
 };
 use lb_common::{
     Attachment, BACKEND_STATE_UP, Backend, BackendConnSet, BackendConns, BackendSet,
-    CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, Flow, NUM_REASONS, PROTO_TCP, REASON_FORWARDED,
-    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey, VERDICT_STATS_MAP, backend_index,
-    conn_state::state_name, reason_name,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, Flow, NUM_REASONS, PENDING4_MAP, PENDING6_MAP,
+    PROTO_TCP, REASON_FORWARDED, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey, VERDICT_STATS_MAP,
+    backend_index, conn_state::state_name, reason_name,
 };
 
 use crate::{
@@ -290,21 +290,33 @@ impl Case {
         self.dp.maps.flow_count()
     }
 
-    /// Number of flows in the IPv4 and in the IPv6 connection table, each
-    /// counted by walking its map directly.
+    /// Number of flows in the IPv4 and in the IPv6 tables (connection and
+    /// pending table), each table counted by walking its map directly.
     pub fn flows_per_table(&self) -> (usize, usize) {
+        let maps = &self.dp.maps;
         (
-            table_len(&self.name, CONNTRACK4_MAP, &self.dp.maps.conntrack4),
-            table_len(&self.name, CONNTRACK6_MAP, &self.dp.maps.conntrack6),
+            table_len(&self.name, CONNTRACK4_MAP, &maps.conntrack4)
+                + table_len(&self.name, PENDING4_MAP, &maps.pending4),
+            table_len(&self.name, CONNTRACK6_MAP, &maps.conntrack6)
+                + table_len(&self.name, PENDING6_MAP, &maps.pending6),
         )
+    }
+
+    /// The table that holds `pkt`'s flow, if any.
+    pub fn table_of(&self, pkt: &Pkt) -> Option<FlowTable> {
+        self.dp
+            .maps
+            .flow_in(&pkt.flow_key())
+            .unwrap_or_else(|e| panic!("{}: reading the flow tables: {e:#}", self.name))
+            .map(|(table, _)| table)
     }
 
     /// Asserts that `pkt`'s flow is bound to `slot` of service `id` in
     /// `state`, and returns its last-seen time.
     pub fn expect_flow(&self, label: &str, pkt: &Pkt, id: u32, slot: u32, state: u32) -> u64 {
         let table = match pkt.ip {
-            Ip::V4 { .. } => CONNTRACK4_MAP,
-            Ip::V6 { .. } => CONNTRACK6_MAP,
+            Ip::V4 { .. } => "IPv4 tables",
+            Ip::V6 { .. } => "IPv6 tables",
         };
         let flow = self
             .flow(pkt)
@@ -626,7 +638,7 @@ impl Fixture {
                 assert_eq!(
                     case.flows_per_table(),
                     flows,
-                    "{}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})",
+                    "{}: flows in the (IPv4, IPv6) tables",
                     case.name
                 );
             }
@@ -634,7 +646,7 @@ impl Fixture {
                 assert_eq!(
                     case.flows_per_table(),
                     (0, 0),
-                    "{}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})",
+                    "{}: flows in the (IPv4, IPv6) tables",
                     case.name
                 );
                 for ServiceSetup { id, .. } in &self.services {

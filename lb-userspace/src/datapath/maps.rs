@@ -15,11 +15,12 @@ use aya::{
 };
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
-    CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, Flow,
-    FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES,
-    NIC_FILTER_MAP, NUM_REASONS, NicFilter, REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
-    SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index,
-    nic_filter_index, port_bit, protocol_name, wlc,
+    CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, EVENT_PENDING_REMOVED,
+    FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP,
+    LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_MAP, NUM_FLOW_EVENTS,
+    NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, REASON_FORWARDED, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP,
+    backend_index, flow_event_index, nic_filter_index, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -37,7 +38,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 12] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 15] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
@@ -46,14 +47,18 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 12] = [
     (WLC_TREE_MAP, 4, size_of::<LoadTree>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
+    (PENDING4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
+    (PENDING6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (SERVICE_PORTS_MAP, 4, 4),
     (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
     (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
     (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
+    (FLOW_EVENTS_MAP, 4, 8),
 ];
 
-/// How many flows each connection table holds: the IPv4 and IPv6 tables are
-/// separate LRU hashes, each evicting its least recently used flow when full.
+/// How many flows each family's connection table holds (`max_flows`,
+/// `max_flows_v6`); each pending table holds `lb_common::pending_capacity`
+/// of that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowCapacity {
     /// Capacity of the IPv4 connection table (`CONNTRACK4`).
@@ -86,10 +91,15 @@ pub struct Maps {
     pub backend_conns: Array<MapData, BackendConnSet>,
     /// Service id -> the scheduler's tournament tree of its backends.
     pub wlc_tree: Array<MapData, LoadTree>,
-    /// The IPv4 connection table (an LRU hash).
+    /// The IPv4 connection table: confirmed flows (a hash).
     pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
-    /// The IPv6 connection table (an LRU hash).
+    /// The IPv6 connection table: confirmed flows (a hash).
     pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
+    /// The IPv4 pending table: half-open flows and the connection table's
+    /// overflow (an LRU hash).
+    pub pending4: HashMap<MapData, FlowKey4, Flow>,
+    /// The IPv6 pending table (an LRU hash).
+    pub pending6: HashMap<MapData, FlowKey6, Flow>,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
     pub service_ports: Array<MapData, u32>,
     /// Per-CPU counters per verdict reason.
@@ -98,6 +108,11 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, Counters>,
     /// Per-CPU counters per backend (`lb_common::backend_index`).
     pub backend_stats: PerCpuArray<MapData, Counters>,
+    /// Per-CPU flow-table event counts (`lb_common::flow_event_index`).
+    pub flow_events: PerCpuArray<MapData, u64>,
+    /// Flows removed from the IPv4 and IPv6 pending tables since the last
+    /// [`Maps::record_pending_removals`].
+    pending_removed: [u64; 2],
 }
 
 impl Maps {
@@ -120,10 +135,14 @@ impl Maps {
             wlc_tree: typed(&mut take, WLC_TREE_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
+            pending4: typed(&mut take, PENDING4_MAP)?,
+            pending6: typed(&mut take, PENDING6_MAP)?,
             service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
             verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
             service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
             backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
+            flow_events: typed(&mut take, FLOW_EVENTS_MAP)?,
+            pending_removed: [0; 2],
         })
     }
 
@@ -361,78 +380,188 @@ impl Maps {
     }
 }
 
-/// The two connection tables, behind one key type.
+/// Which of its family's two tables holds a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowTable {
+    /// The connection table (`CONNTRACK4`/`CONNTRACK6`): confirmed flows.
+    Confirmed,
+    /// The pending table (`PENDING4`/`PENDING6`): half-open flows and the
+    /// connection table's overflow.
+    Pending,
+}
+
+/// The four flow tables (a connection table and a pending table per
+/// family), behind one key type.
 impl Maps {
-    /// The flow under `key`, from the table of its family (`None`: no such flow).
+    /// The flow under `key`, from the tables of its family, the connection
+    /// table first, as the data path looks (`None`: no such flow).
     pub fn flow(&self, key: &FlowKey) -> anyhow::Result<Option<Flow>> {
-        let found = match key {
-            FlowKey::V4(k) => self.conntrack4.get(k, 0),
-            FlowKey::V6(k) => self.conntrack6.get(k, 0),
-        };
-        match found {
-            Ok(flow) => Ok(Some(flow)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("looking up flow {}", describe_flow(key))),
+        Ok(self.flow_in(key)?.map(|(_, flow)| flow))
+    }
+
+    /// The flow under `key` and the table that holds it.
+    pub fn flow_in(&self, key: &FlowKey) -> anyhow::Result<Option<(FlowTable, Flow)>> {
+        for table in [FlowTable::Confirmed, FlowTable::Pending] {
+            let found = match (key, table) {
+                (FlowKey::V4(k), FlowTable::Confirmed) => self.conntrack4.get(k, 0),
+                (FlowKey::V6(k), FlowTable::Confirmed) => self.conntrack6.get(k, 0),
+                (FlowKey::V4(k), FlowTable::Pending) => self.pending4.get(k, 0),
+                (FlowKey::V6(k), FlowTable::Pending) => self.pending6.get(k, 0),
+            };
+            match found {
+                Ok(flow) => return Ok(Some((table, flow))),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("looking up flow {}", describe_flow(key)));
+                }
+            }
         }
+        Ok(None)
     }
 
-    /// Calls `each` for every flow of both tables, IPv4 first, reading them
-    /// with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`] entries a system call.
-    /// The kernel copies the tables bucket by bucket and never starts over,
-    /// so a flow that stays for the whole walk is seen exactly once; one
-    /// added or removed meanwhile may be seen or not.
-    pub fn for_each_flow(&self, each: impl FnMut(FlowKey, Flow)) -> anyhow::Result<()> {
-        self.for_each_flow_in_batches(LOOKUP_BATCH, each)
+    /// Calls `each` for every flow of the four tables, IPv4 first, reading
+    /// them with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`] entries a system
+    /// call. The kernel copies the tables bucket by bucket and never starts
+    /// over, so a flow that stays in its table for the whole walk is seen
+    /// exactly once; one added, removed or moved meanwhile may be seen or not
+    /// (or twice, when the data path confirms it between its two tables).
+    pub fn for_each_flow(&self, mut each: impl FnMut(FlowKey, Flow)) -> anyhow::Result<()> {
+        self.for_each_flow_in_batches(LOOKUP_BATCH, |_, key, flow| each(key, flow))
     }
 
-    /// [`Maps::for_each_flow`] with (at first) `batch` entries a system call.
+    /// [`Maps::for_each_flow`] with (at first) `batch` entries a system
+    /// call, saying which table each flow is in.
     pub fn for_each_flow_in_batches(
         &self,
         batch: usize,
-        mut each: impl FnMut(FlowKey, Flow),
+        mut each: impl FnMut(FlowTable, FlowKey, Flow),
     ) -> anyhow::Result<()> {
-        lookup_batched(self.conntrack4.map(), batch, |key, flow| {
-            each(FlowKey::V4(key), flow)
-        })
-        .with_context(|| format!("reading {CONNTRACK4_MAP} in batches"))?;
-        lookup_batched(self.conntrack6.map(), batch, |key, flow| {
-            each(FlowKey::V6(key), flow)
-        })
-        .with_context(|| format!("reading {CONNTRACK6_MAP} in batches"))
+        for (table, map4, map6, name4, name6) in [
+            (
+                FlowTable::Confirmed,
+                &self.conntrack4,
+                &self.conntrack6,
+                CONNTRACK4_MAP,
+                CONNTRACK6_MAP,
+            ),
+            (
+                FlowTable::Pending,
+                &self.pending4,
+                &self.pending6,
+                PENDING4_MAP,
+                PENDING6_MAP,
+            ),
+        ] {
+            lookup_batched(map4.map(), batch, |key, flow| {
+                each(table, FlowKey::V4(key), flow)
+            })
+            .with_context(|| format!("reading {name4} in batches"))?;
+            lookup_batched(map6.map(), batch, |key, flow| {
+                each(table, FlowKey::V6(key), flow)
+            })
+            .with_context(|| format!("reading {name6} in batches"))?;
+        }
+        Ok(())
     }
 
-    /// Every flow of both tables, IPv4 first, key by key (two system calls
-    /// a flow), skipping entries that vanish mid-walk. The walk does not
-    /// freeze the tables: a flow may be missed, or seen twice when the
+    /// Every flow of the four tables, IPv4 first, key by key (two system
+    /// calls a flow), skipping entries that vanish mid-walk. The walk does
+    /// not freeze the tables: a flow may be missed, or seen twice when the
     /// entry the walk stands on is deleted and the kernel starts over; the
     /// control plane reads them with [`Maps::for_each_flow`] instead, and
     /// tests use this as an independent reference.
     pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
-        let ipv4 = self
-            .conntrack4
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, flow)| (FlowKey::V4(key), flow));
-        let ipv6 = self
-            .conntrack6
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, flow)| (FlowKey::V6(key), flow));
-        ipv4.chain(ipv6)
-    }
-
-    /// Deletes the flow under `key`; whether it was there. Failing to delete
-    /// is treated as absence: the data path may have evicted or re-created
-    /// the flow meanwhile, and the next sweep sees it again.
-    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
-        let removed = match key {
-            FlowKey::V4(k) => self.conntrack4.remove(k),
-            FlowKey::V6(k) => self.conntrack6.remove(k),
+        let ipv4 = |map: &'_ HashMap<MapData, FlowKey4, Flow>| {
+            map.iter()
+                .filter_map(Result::ok)
+                .map(|(key, flow)| (FlowKey::V4(key), flow))
+                .collect::<Vec<_>>()
         };
-        removed.is_ok()
+        let ipv6 = |map: &'_ HashMap<MapData, FlowKey6, Flow>| {
+            map.iter()
+                .filter_map(Result::ok)
+                .map(|(key, flow)| (FlowKey::V6(key), flow))
+                .collect::<Vec<_>>()
+        };
+        [
+            ipv4(&self.conntrack4),
+            ipv4(&self.pending4),
+            ipv6(&self.conntrack6),
+            ipv6(&self.pending6),
+        ]
+        .into_iter()
+        .flatten()
     }
 
-    /// Writes (adds or replaces) the flow under `key` in the table of its family.
+    /// Deletes the flow under `key` from whichever table of its family holds
+    /// it; whether it was there. Failing to delete is treated as absence:
+    /// the data path may have evicted, moved or re-created the flow
+    /// meanwhile, and the next sweep sees it again. A removal from a pending
+    /// table is counted once [`Maps::record_pending_removals`] runs.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
+        let (confirmed, pending) = match key {
+            FlowKey::V4(k) => (
+                self.conntrack4.remove(k).is_ok(),
+                self.pending4.remove(k).is_ok(),
+            ),
+            FlowKey::V6(k) => (
+                self.conntrack6.remove(k).is_ok(),
+                self.pending6.remove(k).is_ok(),
+            ),
+        };
+        if pending {
+            self.pending_removed[usize::from(matches!(key, FlowKey::V6(_)))] += 1;
+        }
+        confirmed || pending
+    }
+
+    /// Adds the pending flows [`Maps::remove_flow`] removed since the last
+    /// call to the `EVENT_PENDING_REMOVED` counters (so that evictions,
+    /// derived from them, are not overstated).
+    pub fn record_pending_removals(&mut self) -> anyhow::Result<()> {
+        for (ipv6, removed) in [
+            (false, self.pending_removed[0]),
+            (true, self.pending_removed[1]),
+        ] {
+            if removed == 0 {
+                continue;
+            }
+            let index = flow_event_index(ipv6, EVENT_PENDING_REMOVED);
+            let mut values: Vec<u64> = self
+                .flow_events
+                .get(&index, 0)
+                .with_context(|| format!("reading {FLOW_EVENTS_MAP}[{index}]"))?
+                .iter()
+                .copied()
+                .collect();
+            values[0] += removed;
+            self.flow_events
+                .set(index, PerCpuValues::try_from(values)?, 0)
+                .with_context(|| format!("writing {FLOW_EVENTS_MAP}[{index}]"))?;
+            self.pending_removed[usize::from(ipv6)] = 0;
+        }
+        Ok(())
+    }
+
+    /// The flow-table event counts (`lb_common::EVENT_*`) of the IPv4 or
+    /// (`ipv6`) IPv6 tables, summed over CPUs.
+    pub fn flow_events(&self, ipv6: bool) -> anyhow::Result<[u64; NUM_FLOW_EVENTS as usize]> {
+        let mut events = [0; NUM_FLOW_EVENTS as usize];
+        for (event, total) in (0..).zip(&mut events) {
+            let index = flow_event_index(ipv6, event);
+            *total = self
+                .flow_events
+                .get(&index, 0)
+                .with_context(|| format!("reading {FLOW_EVENTS_MAP}[{index}]"))?
+                .iter()
+                .fold(0u64, |sum, count| sum.wrapping_add(*count));
+        }
+        Ok(events)
+    }
+
+    /// Writes (adds or replaces) the flow under `key` in the connection
+    /// table of its family.
     pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
         let inserted = match key {
             FlowKey::V4(k) => self.conntrack4.insert(k, flow, 0),
@@ -441,23 +570,36 @@ impl Maps {
         inserted.with_context(|| format!("writing flow {}", describe_flow(key)))
     }
 
-    /// How many flows both tables hold (a walk of their keys).
+    /// How many flows the four tables hold (a walk of their keys).
     pub fn flow_count(&self) -> usize {
-        self.conntrack4.keys().count() + self.conntrack6.keys().count()
+        self.conntrack4.keys().count()
+            + self.conntrack6.keys().count()
+            + self.pending4.keys().count()
+            + self.pending6.keys().count()
     }
 
     /// Capacity of both connection tables, as the kernel created them.
     pub fn flow_capacity(&self) -> anyhow::Result<FlowCapacity> {
-        let max_entries = |map: &MapData, name: &str| {
-            map.info()
-                .map(|info| info.max_entries())
-                .with_context(|| format!("reading the size of {name}"))
-        };
         Ok(FlowCapacity {
             ipv4: max_entries(self.conntrack4.map(), CONNTRACK4_MAP)?,
             ipv6: max_entries(self.conntrack6.map(), CONNTRACK6_MAP)?,
         })
     }
+
+    /// Capacity of both pending tables, as the kernel created them.
+    pub fn pending_capacity(&self) -> anyhow::Result<FlowCapacity> {
+        Ok(FlowCapacity {
+            ipv4: max_entries(self.pending4.map(), PENDING4_MAP)?,
+            ipv6: max_entries(self.pending6.map(), PENDING6_MAP)?,
+        })
+    }
+}
+
+/// The size map `name` was created with.
+fn max_entries(map: &MapData, name: &str) -> anyhow::Result<u32> {
+    map.info()
+        .map(|info| info.max_entries())
+        .with_context(|| format!("reading the size of {name}"))
 }
 
 /// A flow as error messages name it: `tcp 192.0.2.10:40000 -> 192.0.2.200:80`.

@@ -24,7 +24,10 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use lb_common::{CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, XDP_PROGRAM};
+use lb_common::{
+    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, PENDING4_MAP, PENDING6_MAP,
+    XDP_PROGRAM, pending_capacity,
+};
 
 use self::{
     maps::{FlowCapacity, Maps, flow_cache_sets},
@@ -76,6 +79,8 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
+            .map_max_entries(PENDING4_MAP, pending_capacity(capacity.ipv4))
+            .map_max_entries(PENDING6_MAP, pending_capacity(capacity.ipv6))
             .map_max_entries(FLOW_CACHE4_MAP, cache_sets)
             .map_max_entries(FLOW_CACHE6_MAP, cache_sets)
             .load(EBPF_OBJECT)
@@ -271,6 +276,8 @@ impl PassProgram {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, 1)
             .map_max_entries(CONNTRACK6_MAP, 1)
+            .map_max_entries(PENDING4_MAP, 1)
+            .map_max_entries(PENDING6_MAP, 1)
             .load(EBPF_OBJECT)
             .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf

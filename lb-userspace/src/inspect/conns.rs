@@ -314,7 +314,7 @@ mod tests {
             service_id,
             backend_slot,
             state: state as u16,
-            _pad: 0,
+            flags: 0,
         }
     }
 

@@ -18,6 +18,11 @@
 //! | `lb_backend_up` | gauge | service, vip, port, protocol, backend |
 //! | `lb_flows` | gauge | family |
 //! | `lb_flow_capacity` | gauge | family |
+//! | `lb_pending_flows` | gauge | family |
+//! | `lb_pending_flow_capacity` | gauge | family |
+//! | `lb_flow_insert_failures_total` | counter | family |
+//! | `lb_pending_insert_failures_total` | counter | family |
+//! | `lb_pending_evictions_total` | counter | family |
 //! | `lb_verdict_packets_total` | counter | reason |
 //! | `lb_verdict_bytes_total` | counter | reason |
 //!
@@ -44,7 +49,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::stats::{BackendStats, FlowTables, ServiceStats, Snapshot, VerdictStats};
+use super::stats::{BackendStats, FlowTableStats, ServiceStats, Snapshot, VerdictStats};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -117,18 +122,12 @@ struct FamilyLabels {
     family: &'static str,
 }
 
-/// One connection table's occupancy, for the table gauges.
-struct Table {
-    flows: u64,
-    capacity: u64,
-}
-
-/// The per-table gauges.
-const TABLE_METRICS: [Def<Table>; 2] = [
+/// The per-family flow-table families.
+const TABLE_METRICS: [Def<FlowTableStats>; 7] = [
     Def {
         name: "flows",
-        help: "Flows in the connection table of the family (a full table evicts its least \
-               recently used flow for each new one).",
+        help: "Flows in the connection table of the family (confirmed flows; a full table \
+               refuses new ones, which stay pending).",
         bytes: false,
         kind: Kind::Gauge,
         value: |t| t.flows,
@@ -138,7 +137,43 @@ const TABLE_METRICS: [Def<Table>; 2] = [
         help: "Capacity of the connection table of the family (max_flows, max_flows_v6).",
         bytes: false,
         kind: Kind::Gauge,
-        value: |t| t.capacity,
+        value: |t| u64::from(t.capacity),
+    },
+    Def {
+        name: "pending_flows",
+        help: "Flows in the pending table of the family (half-open flows and the connection \
+               table's overflow; it evicts its least recently used flow when full).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |t| t.pending,
+    },
+    Def {
+        name: "pending_flow_capacity",
+        help: "Capacity of the pending table of the family.",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |t| u64::from(t.pending_capacity),
+    },
+    Def {
+        name: "flow_insert_failures",
+        help: "Confirmed flows the full connection table refused (kept in the pending table).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |t| t.insert_failed,
+    },
+    Def {
+        name: "pending_insert_failures",
+        help: "New flows not even the pending table could take (forwarded unrecorded).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |t| t.pending_insert_failed,
+    },
+    Def {
+        name: "pending_evictions",
+        help: "Flows the pending table evicted for newer ones.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |t| t.evictions,
     },
 ];
 
@@ -327,33 +362,17 @@ impl Collector for SnapshotCollector {
                     .flat_map(|s| s.backends.iter().map(move |b| (BackendLabels::of(s, b), b))),
             )?;
         }
-        let FlowTables {
-            ipv4,
-            ipv4_capacity,
-            ipv6,
-            ipv6_capacity,
-        } = self.0.flows;
         let tables = [
-            (
-                FamilyLabels { family: "ipv4" },
-                Table {
-                    flows: ipv4,
-                    capacity: u64::from(ipv4_capacity),
-                },
-            ),
-            (
-                FamilyLabels { family: "ipv6" },
-                Table {
-                    flows: ipv6,
-                    capacity: u64::from(ipv6_capacity),
-                },
-            ),
+            (FamilyLabels { family: "ipv4" }, &self.0.flows.ipv4),
+            (FamilyLabels { family: "ipv6" }, &self.0.flows.ipv6),
         ];
         for def in &TABLE_METRICS {
             Self::family(
                 &mut encoder,
                 def,
-                tables.iter().map(|(labels, table)| (labels.clone(), table)),
+                tables
+                    .iter()
+                    .map(|(labels, table)| (labels.clone(), *table)),
             )?;
         }
         for def in &VERDICT_METRICS {
@@ -485,6 +504,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::inspect::stats::FlowTables;
 
     fn snapshot() -> Snapshot {
         let backend = |slot: u32, address: &str, weight, state: &str, conns| BackendStats {
@@ -547,10 +567,20 @@ mod tests {
                 },
             ],
             flows: FlowTables {
-                ipv4: 12,
-                ipv4_capacity: 1024,
-                ipv6: 3,
-                ipv6_capacity: 512,
+                ipv4: FlowTableStats {
+                    flows: 12,
+                    capacity: 1024,
+                    pending: 2,
+                    pending_capacity: 1024,
+                    insert_failed: 5,
+                    pending_insert_failed: 0,
+                    evictions: 40,
+                },
+                ipv6: FlowTableStats {
+                    flows: 3,
+                    capacity: 512,
+                    ..FlowTableStats::default()
+                },
             },
             read_at_ns: 0,
         }
@@ -587,6 +617,11 @@ mod tests {
             format!("lb_backend_connections_total{{{dns}}} 1"),
             r#"lb_flows{family="ipv4"} 12"#.to_owned(),
             r#"lb_flow_capacity{family="ipv6"} 512"#.to_owned(),
+            r#"lb_pending_flows{family="ipv4"} 2"#.to_owned(),
+            r#"lb_pending_flow_capacity{family="ipv4"} 1024"#.to_owned(),
+            r#"lb_flow_insert_failures_total{family="ipv4"} 5"#.to_owned(),
+            r#"lb_pending_insert_failures_total{family="ipv6"} 0"#.to_owned(),
+            r#"lb_pending_evictions_total{family="ipv4"} 40"#.to_owned(),
             r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),
             r#"lb_verdict_bytes_total{reason="pass_no_service"} 420"#.to_owned(),
             "# EOF".to_owned(),

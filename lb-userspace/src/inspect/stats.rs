@@ -7,7 +7,8 @@ use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    FlowKey, addr_from_key, backend_index, protocol_name, reason_name,
+    EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED, EVENT_PROMOTED,
+    EVENT_TABLE_FULL, FlowKey, addr_from_key, backend_index, protocol_name, reason_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::{
     config::values::format_mac,
-    datapath::maps::{Maps, array_get, monotonic_ns},
+    datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
 };
 
 /// Everything `lb stats` shows.
@@ -34,34 +35,79 @@ pub struct Snapshot {
     pub read_at_ns: u64,
 }
 
-/// The connection tables' occupancy: flows held and capacity, per family.
-/// A table at its capacity evicts its least recently used flow for each new
-/// one.
+/// The flow tables of both families (`lb stats`' table line, `--json`'s
+/// `flows`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTables {
-    /// Flows in the IPv4 table.
-    pub ipv4: u64,
-    /// Capacity of the IPv4 table (`max_flows`).
-    pub ipv4_capacity: u32,
-    /// Flows in the IPv6 table.
-    pub ipv6: u64,
-    /// Capacity of the IPv6 table (`max_flows_v6`).
-    pub ipv6_capacity: u32,
+    /// The IPv4 tables.
+    pub ipv4: FlowTableStats,
+    /// The IPv6 tables.
+    pub ipv6: FlowTableStats,
+}
+
+/// One family's connection table (confirmed flows; it never evicts) and
+/// pending table (half-open flows and the connection table's overflow; an
+/// LRU): occupancy, capacity, insert failures and evictions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableStats {
+    /// Flows in the connection table.
+    pub flows: u64,
+    /// Capacity of the connection table (`max_flows`, `max_flows_v6`).
+    pub capacity: u32,
+    /// Flows in the pending table.
+    pub pending: u64,
+    /// Capacity of the pending table.
+    pub pending_capacity: u32,
+    /// Confirmed flows the full connection table refused (they stayed in
+    /// the pending table).
+    pub insert_failed: u64,
+    /// New flows not even the pending table could take (forwarded without
+    /// a record).
+    pub pending_insert_failed: u64,
+    /// Flows the pending table evicted for newer ones (opened - confirmed -
+    /// removed by lb - held now; exact while the tables are still, an
+    /// estimate while the data path changes them during the count).
+    pub evictions: u64,
 }
 
 impl FlowTables {
-    /// Counts the flows of both tables (in batches) and reads their sizes.
+    /// Counts the flows of the four tables (in batches) and reads their
+    /// sizes and event counters.
     pub fn read(maps: &Maps) -> anyhow::Result<Self> {
         let capacity = maps.flow_capacity()?;
+        let pending_capacity = maps.pending_capacity()?;
         let mut tables = Self {
-            ipv4_capacity: capacity.ipv4,
-            ipv6_capacity: capacity.ipv6,
-            ..Self::default()
+            ipv4: FlowTableStats {
+                capacity: capacity.ipv4,
+                pending_capacity: pending_capacity.ipv4,
+                ..FlowTableStats::default()
+            },
+            ipv6: FlowTableStats {
+                capacity: capacity.ipv6,
+                pending_capacity: pending_capacity.ipv6,
+                ..FlowTableStats::default()
+            },
         };
-        maps.for_each_flow(|key, _| match key {
-            FlowKey::V4(_) => tables.ipv4 += 1,
-            FlowKey::V6(_) => tables.ipv6 += 1,
+        maps.for_each_flow_in_batches(LOOKUP_BATCH, |table, key, _| {
+            let family = match key {
+                FlowKey::V4(_) => &mut tables.ipv4,
+                FlowKey::V6(_) => &mut tables.ipv6,
+            };
+            match table {
+                FlowTable::Confirmed => family.flows += 1,
+                FlowTable::Pending => family.pending += 1,
+            }
         })?;
+        for (ipv6, family) in [(false, &mut tables.ipv4), (true, &mut tables.ipv6)] {
+            let events = maps.flow_events(ipv6)?;
+            let event = |e: u32| events[e as usize];
+            family.insert_failed = event(EVENT_TABLE_FULL);
+            family.pending_insert_failed = event(EVENT_PENDING_FAILED);
+            family.evictions = event(EVENT_PENDING_OPENED)
+                .saturating_sub(event(EVENT_PROMOTED))
+                .saturating_sub(event(EVENT_PENDING_REMOVED))
+                .saturating_sub(family.pending);
+        }
         Ok(tables)
     }
 }
@@ -327,14 +373,23 @@ impl Snapshot {
         let mut out = Vec::new();
         write_aligned(&mut out, &header, &rows).expect("writing to a Vec cannot fail");
 
-        let f = &self.flows;
-        out.extend_from_slice(
-            format!(
-                "\nConnection tables: IPv4 {} of {} flows, IPv6 {} of {} flows\n",
-                f.ipv4, f.ipv4_capacity, f.ipv6, f.ipv6_capacity
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(b"\nFlow tables:\n");
+        for (family, t) in [("IPv4", &self.flows.ipv4), ("IPv6", &self.flows.ipv6)] {
+            out.extend_from_slice(
+                format!(
+                    "  {family}: {} of {} flows, {} of {} pending; {} insert failures \
+                     (table full), {} unrecorded, {} pending evicted\n",
+                    t.flows,
+                    t.capacity,
+                    t.pending,
+                    t.pending_capacity,
+                    t.insert_failed,
+                    t.pending_insert_failed,
+                    t.evictions
+                )
+                .as_bytes(),
+            );
+        }
         out.extend_from_slice(b"\nVerdicts (all NICs):\n");
         let verdict_rows: Vec<Vec<String>> = self
             .verdicts
@@ -553,7 +608,9 @@ mod tests {
             lines[4..],
             [
                 "",
-                "Connection tables: IPv4 0 of 0 flows, IPv6 0 of 0 flows",
+                "Flow tables:",
+                "  IPv4: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
+                "  IPv6: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
                 "",
                 "Verdicts (all NICs):",
                 "  Reason     Packets  Bytes",

@@ -37,13 +37,17 @@ const CACHED_SET4_LEN: usize = FLOW_CACHE_WAYS * CACHED4_LEN;
 const CACHED_SET6_LEN: usize = (FLOW_CACHE_WAYS * CACHED6_LEN).next_multiple_of(64);
 /// Bytes of an array key (the index).
 const ARRAY_KEY_LEN: usize = 4;
+/// The client's first data, sent with the handshake's ACK by the flows
+/// these helpers open (so that data on them leaves their flags unchanged).
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+
 /// How often a fixture that needs one cache period for its sequence tries it
 /// before failing. A period is 64 ms (HZ=1000) to 640 ms (HZ=100) and a
 /// sequence takes about a millisecond, so a second attempt is already rare.
 const PERIOD_ATTEMPTS: u16 = 10;
 
 /// A flow-cache entry as the kernel stores it, decoded from its bytes: the
-/// key (16 or 40 bytes), then service id, backend slot, state and padding
+/// key (16 or 40 bytes), then service id, backend slot, state and flags
 /// (16 bits each, host byte order) and the period stamp (64 bits).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawCached {
@@ -55,8 +59,8 @@ pub struct RawCached {
     pub slot: u16,
     /// `STATE_*`.
     pub state: u16,
-    /// Padding (zero).
-    pub pad: u16,
+    /// `FLOW_*` flags, as the flow's table entry has them.
+    pub flags: u16,
     /// The cache period the entry was written in.
     pub stamp: u64,
 }
@@ -75,7 +79,7 @@ impl RawCached {
             service_id: u16_at(0),
             slot: u16_at(2),
             state: u16_at(4),
-            pad: u16_at(6),
+            flags: u16_at(6),
             stamp,
         }
     }
@@ -303,9 +307,9 @@ pub fn expect_not_cached(case: &Case, label: &str, pkt: &Pkt) {
 
 /// Asserts that a way of CPU `cpu`'s flow cache, and of no other CPU's,
 /// holds `pkt`'s flow (its key bytes as the frame gives them) bound to
-/// `slot` of service `id` in `state`, stamped with a period of `periods`
-/// (read just before and just after the packet that cached it). Returns
-/// the entry.
+/// `slot` of service `id` in `state`, with the flags of the flow's table
+/// entry, stamped with a period of `periods` (read just before and just
+/// after the packet that cached it). Returns the entry.
 pub fn expect_cached(
     case: &Case,
     label: &str,
@@ -339,15 +343,19 @@ pub fn expect_cached(
         );
     };
     let entry = ways[way].clone();
+    let flags = case
+        .flow(pkt)
+        .unwrap_or_else(|| panic!("{name}/{label}: a cached flow missing from the tables"))
+        .flags;
     assert_eq!(
         (
             u32::from(entry.service_id),
             u32::from(entry.slot),
             state_name(u32::from(entry.state)),
-            entry.pad
+            entry.flags
         ),
-        (id, slot, state_name(state), 0),
-        "{name}/{label}: cached (service, slot, state, padding)"
+        (id, slot, state_name(state), flags),
+        "{name}/{label}: cached (service, slot, state, flags)"
     );
     assert!(
         entry.stamp != 0 && periods.contains(&entry.stamp),
@@ -367,9 +375,9 @@ pub fn run_in_period(case: &Case, label: &str, frame: &[u8], stamp: u64) -> Opti
 /// Opens a TCP flow from client port `sport` of service
 /// [`SERVICE_ID`] on its least loaded backend `slot`, which must have no
 /// flows yet, and caches it: the SYN opens it in the table (SYN_RECV)
-/// and leaves it out of the cache; the ACK (a state change) goes through
-/// the table (ESTABLISHED, `slot` counted active) and caches the flow on
-/// `cpu`. Returns the entry.
+/// and leaves it out of the cache; the ACK (a state change, with the
+/// client's first data) goes through the table (ESTABLISHED, `slot`
+/// counted active) and caches the flow on `cpu`. Returns the entry.
 pub fn open_cached(
     case: &Case,
     pkt: impl Fn(u16, u8) -> Pkt,
@@ -382,7 +390,7 @@ pub fn open_cached(
     case.expect_flow("SYN", &syn, SERVICE_ID, slot, STATE_SYN_RECV);
     case.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
     expect_not_cached(case, "SYN", &syn);
-    let ack = pkt(sport, TCP_ACK);
+    let ack = pkt(sport, TCP_ACK).with_payload(REQUEST);
     let start = current_period();
     case.forward("ACK", &ack, SERVICE_ID, slot);
     let end = current_period();
@@ -408,7 +416,7 @@ pub fn open_uncached(
     let syn = pkt(sport, TCP_SYN);
     case.forward("SYN", &syn, SERVICE_ID, slot);
     case.expect_conns("SYN", SERVICE_ID, slot, 0, 1);
-    let ack = pkt(sport, TCP_ACK);
+    let ack = pkt(sport, TCP_ACK).with_payload(REQUEST);
     let frame = ack.build();
     let sent = run_in_period(case, "ACK", &frame, stamp)?;
     case.check(

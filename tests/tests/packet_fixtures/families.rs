@@ -1,13 +1,13 @@
-//! One connection table per address family: a flow lands in CONNTRACK4 or
-//! CONNTRACK6 under the key and value bytes its frame gives, and the two
-//! tables are independent.
+//! Flow tables per address family: a flow lands in the IPv4 tables
+//! (CONNTRACK4, PENDING4) or the IPv6 ones (CONNTRACK6, PENDING6) under the
+//! key and value bytes its frame gives, and the families are independent.
 
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData};
 use lb::datapath::maps::monotonic_ns;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PROTO_TCP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PENDING4_MAP, PENDING6_MAP, PROTO_TCP,
     conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
@@ -50,8 +50,8 @@ fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec<RawFlow> {
 }
 
 /// The value bytes of a flow seen at `last_seen_ns`, bound to `slot` of
-/// service `id` in `state`: the time, the three 16-bit fields in host byte
-/// order and zero padding.
+/// service `id` in `state` without flags (it carried no data): the time and
+/// the four 16-bit fields in host byte order.
 fn flow_bytes(last_seen_ns: u64, id: u16, slot: u16, state: u16) -> Vec<u8> {
     let mut value = last_seen_ns.to_ne_bytes().to_vec();
     for field in [id, slot, state, 0] {
@@ -60,13 +60,14 @@ fn flow_bytes(last_seen_ns: u64, id: u16, slot: u16, state: u16) -> Vec<u8> {
     value
 }
 
-/// A new flow is recorded in the table of its address family only, under
-/// the 16-byte (IPv4) or 40-byte (IPv6) key the frame's addresses, ports and
-/// protocol give, with a 16-byte value naming its service, backend slot and
-/// state. A first flow from another client port takes slot 0, so the
-/// measured flow is on slot 1 and every field of its value is nonzero. The
-/// flow is also found through `Maps::flow` and walked by `Maps::flows` as
-/// the key of its family.
+/// A new flow is recorded in the table of its address family only (a SYN
+/// in the pending table, a UDP flow in the connection table), under the
+/// 16-byte (IPv4) or 40-byte (IPv6) key the frame's addresses, ports and
+/// protocol give, with a 16-byte value naming its service, backend slot,
+/// state and flags (none: these packets carry no data). A first flow from another
+/// client port takes slot 0, so the measured flow is on slot 1. The flow is
+/// also found through `Maps::flow` and walked by `Maps::flows` as the key
+/// of its family.
 fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> Pkt) {
     let Some(mut case) = Case::new(name) else {
         return;
@@ -86,16 +87,16 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
     let last_seen = case.expect_flow("measured flow", &measured, SERVICE_ID, 1, state);
 
     let expected_key = key_bytes_of_frame(&frame);
+    let own_table = match (proto == PROTO_TCP, vip) {
+        (true, IpAddr::V4(_)) => PENDING4_MAP,
+        (true, IpAddr::V6(_)) => PENDING6_MAP,
+        (false, IpAddr::V4(_)) => CONNTRACK4_MAP,
+        (false, IpAddr::V6(_)) => CONNTRACK6_MAP,
+    };
     let expected_value = flow_bytes(last_seen, SERVICE_ID as u16, 1, state as u16);
-    let (own_table, raw) = match vip {
-        IpAddr::V4(_) => (
-            CONNTRACK4_MAP,
-            raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP),
-        ),
-        IpAddr::V6(_) => (
-            CONNTRACK6_MAP,
-            raw_entries::<FLOW_KEY6_LEN>(&case, CONNTRACK6_MAP),
-        ),
+    let raw = match vip {
+        IpAddr::V4(_) => raw_entries::<FLOW_KEY4_LEN>(&case, own_table),
+        IpAddr::V6(_) => raw_entries::<FLOW_KEY6_LEN>(&case, own_table),
     };
     assert_eq!(raw.len(), 2, "{name}: entries in {own_table}");
     let entry = raw
@@ -123,7 +124,7 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
     assert_eq!(
         case.flows_per_table(),
         expected_counts,
-        "{name}: flows in ({CONNTRACK4_MAP}, {CONNTRACK6_MAP})"
+        "{name}: flows in the (IPv4, IPv6) tables"
     );
     let mut walked: Vec<FlowKey> = case.dp.maps.flows().map(|(key, _)| key).collect();
     walked.sort_by_key(FlowKey::client_port);
@@ -134,10 +135,10 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
     );
 }
 
-/// A TCP flow over IPv4 goes to CONNTRACK4.
+/// A TCP SYN over IPv4 goes to PENDING4.
 #[test]
-fn ipv4_tcp_flow_is_in_conntrack4() {
-    flow_lands_in_its_family_table("conntrack4_tcp", VIP4.into(), |sport| {
+fn ipv4_tcp_flow_is_in_pending4() {
+    flow_lands_in_its_family_table("pending4_tcp", VIP4.into(), |sport| {
         Pkt::tcp4(sport, TCP_SYN)
     });
 }
@@ -148,10 +149,10 @@ fn ipv4_udp_flow_is_in_conntrack4() {
     flow_lands_in_its_family_table("conntrack4_udp", VIP4.into(), Pkt::udp4);
 }
 
-/// A TCP flow over IPv6 goes to CONNTRACK6.
+/// A TCP SYN over IPv6 goes to PENDING6.
 #[test]
-fn ipv6_tcp_flow_is_in_conntrack6() {
-    flow_lands_in_its_family_table("conntrack6_tcp", VIP6.into(), |sport| {
+fn ipv6_tcp_flow_is_in_pending6() {
+    flow_lands_in_its_family_table("pending6_tcp", VIP6.into(), |sport| {
         Pkt::tcp6(sport, TCP_SYN)
     });
 }
@@ -202,7 +203,7 @@ fn ipv4_and_ipv6_flows_are_kept_apart() {
         service_id: DECOY_ID as u16,
         backend_slot: 1,
         state: STATE_ESTABLISHED as u16,
-        _pad: 0,
+        flags: 0,
     };
     case.dp
         .maps

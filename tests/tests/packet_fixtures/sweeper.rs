@@ -175,7 +175,7 @@ fn batched_walk_sees_every_flow_once() {
         let mut seen = Vec::new();
         case.dp
             .maps
-            .for_each_flow_in_batches(batch, |key, _| seen.push(key))
+            .for_each_flow_in_batches(batch, |_, key, _| seen.push(key))
             .expect("a batched walk");
         seen.sort_by_key(|key| format!("{key:?}"));
         assert_eq!(seen, expected, "{name}: batches of {batch}");
