@@ -32,6 +32,7 @@
 mod cache_view;
 mod counters;
 mod families;
+mod floods;
 mod flow_cache;
 mod headers;
 mod maps;
