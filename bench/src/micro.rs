@@ -58,7 +58,7 @@ use lb_common::{
     CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
     FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
-    flow_cache_set,
+    flow_cache_set, pending_capacity,
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -143,12 +143,12 @@ pub enum Kind {
     EstablishedUdp4,
     /// TCP for no service: `XDP_PASS`.
     NoService,
-    /// A TCP SYN of a new flow: table miss, wlc selection, insert, in a
-    /// table of twice the calls (never full).
+    /// A TCP SYN of a new flow: misses in both tables, wlc selection, an
+    /// insert into a pending table of twice the calls (never full).
     NewFlow,
-    /// A TCP SYN of a new flow in a table of [`SMALL_TABLE_FLOWS`]: table
-    /// miss, wlc selection, and an insert that, once the table is full,
-    /// evicts least recently used flows (one per SYN on average).
+    /// A TCP SYN of a new flow with a pending table of [`SMALL_TABLE_FLOWS`]:
+    /// misses, wlc selection, and an insert that, once the pending table is
+    /// full, evicts least recently used flows (one per SYN on average).
     NewFlowSmallTable,
     /// The same established flow, with `flows_in_table` flows in the table
     /// (served by the flow cache).
@@ -393,12 +393,14 @@ impl Tuple {
 // ---------------------------------------------------------------------------
 
 /// Loads lb's data path for IPv4-only cases: an IPv4 connection table of
-/// `ipv4_flows`, and an IPv6 table of [`IDLE_IPV6_CAPACITY`].
-fn ipv4_datapath(ipv4_flows: u32) -> anyhow::Result<Datapath> {
+/// `ipv4_flows` and an IPv4 pending table of `pending_ipv4_flows` (where
+/// new TCP flows open), and IPv6 tables of [`IDLE_IPV6_CAPACITY`].
+fn ipv4_datapath(ipv4_flows: u32, pending_ipv4_flows: u32) -> anyhow::Result<Datapath> {
     Datapath::load(
         FlowCapacity {
             ipv4: ipv4_flows,
-            ipv6: IDLE_IPV6_CAPACITY,
+            pending_ipv4: pending_ipv4_flows,
+            ..FlowCapacity::with_pending_tables(ipv4_flows, IDLE_IPV6_CAPACITY)
         },
         None,
     )
@@ -810,7 +812,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut dps = vec![main];
     for flows in SCALING_FLOWS {
         eprintln!("lb-bench: prefilling a connection table with {flows} flows");
-        let mut dp = ipv4_datapath(SCALING_CAPACITY)?;
+        let mut dp = ipv4_datapath(SCALING_CAPACITY, pending_capacity(SCALING_CAPACITY))?;
         install(&mut dp, 0, vip4, PROTO_TCP, &ESTABLISHED_WEIGHTS.map(up))?;
         prefill(&mut dp, vip4, flows, ESTABLISHED_WEIGHTS.len() as u16)?;
         cases.push(RepeatCase {
@@ -1018,16 +1020,17 @@ pub fn thousands(n: u32) -> String {
     out
 }
 
-/// IPv4 connection-table capacity of the large-table new-flow cases: twice
-/// the calls, so that the table never fills and never evicts.
+/// IPv4 pending-table (and connection-table) capacity of the large-table
+/// new-flow cases: twice the calls, so that the table never fills and
+/// never evicts.
 fn new_flow_capacity(params: &Params) -> u32 {
     (2 * params.calls).next_power_of_two()
 }
 
 /// One round of a new-flow case with `n` backends: a fresh data path whose
-/// IPv4 table holds `capacity` flows, then `params.calls` SYNs of distinct
-/// clients, each forwarded (`XDP_TX`, checked per call) after a table miss
-/// and an insert.
+/// IPv4 tables hold `capacity` flows each, then `params.calls` SYNs of
+/// distinct clients, each forwarded (`XDP_TX`, checked per call) after a
+/// miss in both tables and an insert into the pending table.
 ///
 /// Checks that every SYN inserted a flow: the backends' connection counters
 /// add up to the calls (the program counts every successful insert; an
@@ -1039,7 +1042,7 @@ fn new_flow_capacity(params: &Params) -> u32 {
 /// so the count saws below the capacity.)
 fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
-    let mut dp = ipv4_datapath(capacity)?;
+    let mut dp = ipv4_datapath(capacity, capacity)?;
     install(&mut dp, 0, vip4, PROTO_TCP, &vec![up(1); n as usize])?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {

@@ -396,14 +396,14 @@ impl<L: Serialize> Report<L> {
         if let Some(large) = capacity(Kind::NewFlow) {
             let _ = writeln!(
                 s,
-                "new TCP flow, N backends: a connection table of {} flows (2 x calls: never full)",
+                "new TCP flow, N backends: a pending table of {} flows (2 x calls: never full)",
                 thousands(large)
             );
         }
         if let Some(small) = capacity(Kind::NewFlowSmallTable) {
             let _ = writeln!(
                 s,
-                "new TCP flow, N backends, {0}-flow table: past the first {0} SYNs, the LRU evicts one \
+                "new TCP flow, N backends, {0}-flow pending table: past the first {0} SYNs, the LRU evicts one \
                  flow per SYN on average\n\
                  \x20 (in batches): the regime of Katran's new-flow figure (its 1,000-entry fallback \
                  LRU under BPF_PROG_TEST_RUN)",
@@ -505,7 +505,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
                 at64,
                 "new TCP flow, 64 backends <= ~13x mac-swap",
                 format!(
-                    "a {}-flow table, never full; Katran {KATRAN_NEW_FLOW_NS:.0} ns",
+                    "a {}-flow pending table, never full; Katran {KATRAN_NEW_FLOW_NS:.0} ns",
                     capacity(at64)
                 ),
             );
@@ -518,7 +518,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
                     thousands(SMALL_TABLE_FLOWS)
                 ),
                 format!(
-                    "a table evicting its LRU flow, as Katran's {KATRAN_NEW_FLOW_NS:.0} ns \
+                    "a pending table evicting its LRU flow, as Katran's {KATRAN_NEW_FLOW_NS:.0} ns \
                      (measured against its 1,000-entry fallback LRU)"
                 ),
             );

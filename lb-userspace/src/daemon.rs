@@ -92,10 +92,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut datapath = if adopted {
         Datapath::adopt(&pin_path)?
     } else {
-        let capacity = FlowCapacity {
-            ipv4: config.director.max_flows,
-            ipv6: config.director.max_flows_v6,
-        };
+        let capacity = FlowCapacity::with_pending_tables(
+            config.director.max_flows,
+            config.director.max_flows_v6,
+        );
         Datapath::load(capacity, Some(&pin_path))?
     };
     let names = Arc::new(RwLock::new(ServiceNames::from_config(Some(&config))));

@@ -48,11 +48,9 @@ use crate::{
 // Constants and map setup
 // ---------------------------------------------------------------------------
 
-/// Connection-table sizes of every fixture's data path (both families).
-pub const CAPACITY: FlowCapacity = FlowCapacity {
-    ipv4: 1024,
-    ipv6: 1024,
-};
+/// Flow-table sizes of every fixture's data path: connection tables of
+/// 1,024 flows per family, and their (1,024-flow) pending tables.
+pub const CAPACITY: FlowCapacity = FlowCapacity::with_pending_tables(1024, 1024);
 /// Ifindex the kernel reports for `BPF_PROG_TEST_RUN` frames (loopback).
 pub const LO_IFINDEX: u32 = 1;
 /// Service id of the service under test: not 0, so that an id mix-up shows.

@@ -20,7 +20,8 @@ use lb_common::{
     LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_MAP, NUM_FLOW_EVENTS,
     NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, REASON_FORWARDED, SERVICE_PORTS_MAP,
     SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP,
-    backend_index, flow_event_index, nic_filter_index, port_bit, protocol_name, wlc,
+    backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name,
+    wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -56,24 +57,38 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 15] = [
     (FLOW_EVENTS_MAP, 4, 8),
 ];
 
-/// How many flows each family's connection table holds (`max_flows`,
-/// `max_flows_v6`); each pending table holds `lb_common::pending_capacity`
-/// of that.
+/// How many flows each of the four flow tables holds: each family's
+/// connection table (`max_flows`, `max_flows_v6`) and pending table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowCapacity {
     /// Capacity of the IPv4 connection table (`CONNTRACK4`).
     pub ipv4: u32,
     /// Capacity of the IPv6 connection table (`CONNTRACK6`).
     pub ipv6: u32,
+    /// Capacity of the IPv4 pending table (`PENDING4`).
+    pub pending_ipv4: u32,
+    /// Capacity of the IPv6 pending table (`PENDING6`).
+    pub pending_ipv6: u32,
+}
+
+impl FlowCapacity {
+    /// Connection tables of `ipv4` and `ipv6` flows, with the pending
+    /// tables lb sizes beside them (`lb_common::pending_capacity`).
+    pub const fn with_pending_tables(ipv4: u32, ipv6: u32) -> Self {
+        Self {
+            ipv4,
+            ipv6,
+            pending_ipv4: pending_capacity(ipv4),
+            pending_ipv6: pending_capacity(ipv6),
+        }
+    }
 }
 
 impl Default for FlowCapacity {
-    /// `lb_common::DEFAULT_MAX_FLOWS` IPv4 and `DEFAULT_MAX_FLOWS_V6` IPv6 flows.
+    /// `lb_common::DEFAULT_MAX_FLOWS` IPv4 and `DEFAULT_MAX_FLOWS_V6` IPv6
+    /// flows, and their pending tables.
     fn default() -> Self {
-        Self {
-            ipv4: DEFAULT_MAX_FLOWS,
-            ipv6: DEFAULT_MAX_FLOWS_V6,
-        }
+        Self::with_pending_tables(DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6)
     }
 }
 
@@ -578,19 +593,13 @@ impl Maps {
             + self.pending6.keys().count()
     }
 
-    /// Capacity of both connection tables, as the kernel created them.
+    /// Capacity of the four flow tables, as the kernel created them.
     pub fn flow_capacity(&self) -> anyhow::Result<FlowCapacity> {
         Ok(FlowCapacity {
             ipv4: max_entries(self.conntrack4.map(), CONNTRACK4_MAP)?,
             ipv6: max_entries(self.conntrack6.map(), CONNTRACK6_MAP)?,
-        })
-    }
-
-    /// Capacity of both pending tables, as the kernel created them.
-    pub fn pending_capacity(&self) -> anyhow::Result<FlowCapacity> {
-        Ok(FlowCapacity {
-            ipv4: max_entries(self.pending4.map(), PENDING4_MAP)?,
-            ipv6: max_entries(self.pending6.map(), PENDING6_MAP)?,
+            pending_ipv4: max_entries(self.pending4.map(), PENDING4_MAP)?,
+            pending_ipv6: max_entries(self.pending6.map(), PENDING6_MAP)?,
         })
     }
 }

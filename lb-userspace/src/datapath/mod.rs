@@ -26,7 +26,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, PENDING4_MAP, PENDING6_MAP,
-    XDP_PROGRAM, pending_capacity,
+    XDP_PROGRAM,
 };
 
 use self::{
@@ -79,8 +79,8 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
-            .map_max_entries(PENDING4_MAP, pending_capacity(capacity.ipv4))
-            .map_max_entries(PENDING6_MAP, pending_capacity(capacity.ipv6))
+            .map_max_entries(PENDING4_MAP, capacity.pending_ipv4)
+            .map_max_entries(PENDING6_MAP, capacity.pending_ipv6)
             .map_max_entries(FLOW_CACHE4_MAP, cache_sets)
             .map_max_entries(FLOW_CACHE6_MAP, cache_sets)
             .load(EBPF_OBJECT)

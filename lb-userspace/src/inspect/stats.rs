@@ -75,16 +75,15 @@ impl FlowTables {
     /// sizes and event counters.
     pub fn read(maps: &Maps) -> anyhow::Result<Self> {
         let capacity = maps.flow_capacity()?;
-        let pending_capacity = maps.pending_capacity()?;
         let mut tables = Self {
             ipv4: FlowTableStats {
                 capacity: capacity.ipv4,
-                pending_capacity: pending_capacity.ipv4,
+                pending_capacity: capacity.pending_ipv4,
                 ..FlowTableStats::default()
             },
             ipv6: FlowTableStats {
                 capacity: capacity.ipv6,
-                pending_capacity: pending_capacity.ipv6,
+                pending_capacity: capacity.pending_ipv6,
                 ..FlowTableStats::default()
             },
         };
