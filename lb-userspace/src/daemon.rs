@@ -111,6 +111,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         checks: HashMap::new(),
         unwritten: Vec::new(),
         errors: 0,
+        table_pressure: [false; 2],
         next_generation: 0,
         results: mpsc::channel(1024),
     };
@@ -306,6 +307,9 @@ struct Daemon {
     unwritten: Vec<Change>,
     /// Errors of the event loop so far (each logged; lb went on).
     errors: u64,
+    /// Whether the last sweep found the IPv4 and the IPv6 connection table
+    /// under pressure (logged when it changes).
+    table_pressure: [bool; 2],
     next_generation: u64,
     results: (
         mpsc::Sender<CheckResult<CheckKey>>,
@@ -445,6 +449,27 @@ impl Daemon {
         }
     }
 
+    /// Logs a connection table coming under pressure (a flood, or
+    /// `max_flows` too small) and leaving it.
+    fn log_table_pressure(&mut self, pressure: [bool; 2]) {
+        for (family, (was, is)) in ["IPv4", "IPv6"]
+            .into_iter()
+            .zip(self.table_pressure.into_iter().zip(pressure))
+        {
+            match (was, is) {
+                (false, true) => warn!(
+                    "the {family} connection table is at least {}% full: connections whose \
+                     client never sent data now expire after the syn_recv timeout (a flood of \
+                     fake handshakes, or max_flows too small; lb stats shows the tables)",
+                    sweeper::PRESSURE_PERCENT
+                ),
+                (true, false) => info!("the {family} connection table has room again"),
+                _ => {}
+            }
+        }
+        self.table_pressure = pressure;
+    }
+
     /// The event loop.
     async fn serve(
         &mut self,
@@ -502,6 +527,7 @@ impl Daemon {
                             if report.expired > 0 {
                                 debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
                             }
+                            self.log_table_pressure(report.pressure);
                             let changes = self.director.free_finished(&report.conns);
                             self.write_or_retry(&mut datapath.maps, changes, "a sweep");
                         }

@@ -37,8 +37,11 @@ pub const PRESSURE_PERCENT: u64 = 75;
 pub struct SweepReport {
     /// Flows removed because they were idle past their state's timeout.
     pub expired: usize,
-    /// Flows left in the table.
+    /// Flows left in the tables.
     pub live: usize,
+    /// Whether the IPv4 and the IPv6 connection table were under pressure
+    /// (their silent flows expire early).
+    pub pressure: [bool; 2],
     /// Live flows per service id and backend slot (what the counters were
     /// set to).
     pub conns: StdHashMap<u32, BackendConnSet>,
@@ -206,6 +209,7 @@ pub fn sweep(
     Ok(SweepReport {
         expired,
         live: walk.live,
+        pressure: walk.pressure,
         conns: tally.per_service,
     })
 }
