@@ -77,6 +77,7 @@ impl Director {
             test,
             spec,
             |bed| ((), services(bed)),
+            |_| {},
             |lb, ns, config, tag, _| {
                 LbDaemon::launch_without_bpffs(lb, ns, config, tag)?.wait_ready()
             },
@@ -97,10 +98,35 @@ impl Director {
             test,
             spec,
             |bed| ((), services(bed)),
+            |_| {},
             |lb, ns, config, tag, args| {
                 LbDaemon::launch_with_open_files(lb, ns, config, tag, open_files, args)?
                     .wait_ready()
             },
+        )
+    }
+}
+
+impl Director {
+    /// Like [`Director::start`], but with connection tables of `max_flows`
+    /// IPv4 and `max_flows_v6` IPv6 flows instead of the bed's defaults
+    /// (see [`TestBed::lb_config`]).
+    pub fn start_with_tables(
+        test: &'static str,
+        spec: Spec<'_>,
+        max_flows: u32,
+        max_flows_v6: u32,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        Self::launch(
+            test,
+            spec,
+            |bed| ((), services(bed)),
+            |config| {
+                config.max_flows = max_flows;
+                config.max_flows_v6 = max_flows_v6;
+            },
+            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
         )
     }
 }
@@ -113,17 +139,23 @@ impl<X> Director<X> {
         spec: Spec<'_>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
     ) -> Self {
-        Self::launch(test, spec, prepare, |lb, ns, config, tag, args| {
-            LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready()
-        })
+        Self::launch(
+            test,
+            spec,
+            prepare,
+            |_| {},
+            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+        )
     }
 
     /// Builds the bed and starts the real servers, then `lb run` through
-    /// `start_lb`, and waits until every backend is up.
+    /// `start_lb` with the bed's config as `configure` changed it, and waits
+    /// until every backend is up.
     fn launch(
         test: &'static str,
         spec: Spec<'_>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
+        configure: impl FnOnce(&mut LbConfig),
         start_lb: impl FnOnce(&Path, &NetNs, &LbConfig, &str, &[&str]) -> anyhow::Result<LbDaemon>,
     ) -> Self {
         let tag = unique_tag();
@@ -133,7 +165,8 @@ impl<X> Director<X> {
             .start_servers(spec.port, spec.udp)
             .unwrap_or_else(|e| panic!("{test}: {e:#}"));
         let (extra, services) = prepare(&bed);
-        let config = bed.lb_config(services);
+        let mut config = bed.lb_config(services);
+        configure(&mut config);
         let lb_bin = lb_binary().unwrap_or_else(|e| panic!("{test}: {e:#}"));
         let lb = start_lb(&lb_bin, &bed.director().ns, &config, &tag, spec.lb_args)
             .unwrap_or_else(|e| panic!("{test}: lb run: {e:#}"));
