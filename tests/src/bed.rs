@@ -217,6 +217,8 @@ impl TestBed {
             pin_path: pin_path_for(&self.tag),
             max_flows: 65_536,
             max_flows_v6: 16_384,
+            sweep_interval: None,
+            syn_recv_timeout: None,
             services,
         }
     }

@@ -214,6 +214,10 @@ pub struct LbConfig {
     pub max_flows: u32,
     /// IPv6 connection table size (`[director] max_flows_v6`).
     pub max_flows_v6: u32,
+    /// `[director] sweep_interval`, when not lb's default.
+    pub sweep_interval: Option<Duration>,
+    /// `[director.timeouts] syn_recv`, when not lb's default.
+    pub syn_recv_timeout: Option<Duration>,
     /// Services (all scheduled with `wlc`).
     pub services: Vec<ServiceConfig>,
 }
@@ -233,6 +237,13 @@ impl LbConfig {
             "control_socket = {:?}",
             self.control_socket().display().to_string()
         );
+        if let Some(interval) = self.sweep_interval {
+            let _ = writeln!(s, "sweep_interval = \"{}ms\"", interval.as_millis());
+        }
+        if let Some(timeout) = self.syn_recv_timeout {
+            let _ = writeln!(s, "\n[director.timeouts]");
+            let _ = writeln!(s, "syn_recv = \"{}ms\"", timeout.as_millis());
+        }
         for svc in &self.services {
             let _ = writeln!(s, "\n[[service]]");
             let _ = writeln!(s, "name = {:?}", svc.name);

@@ -108,24 +108,20 @@ impl Director {
 }
 
 impl Director {
-    /// Like [`Director::start`], but with connection tables of `max_flows`
-    /// IPv4 and `max_flows_v6` IPv6 flows instead of the bed's defaults
-    /// (see [`TestBed::lb_config`]).
-    pub fn start_with_tables(
+    /// Like [`Director::start`], with `configure` changing lb's config
+    /// from the bed's defaults (see [`TestBed::lb_config`]) first: table
+    /// sizes, the sweep interval, timeouts.
+    pub fn start_configured(
         test: &'static str,
         spec: Spec<'_>,
-        max_flows: u32,
-        max_flows_v6: u32,
+        configure: impl FnOnce(&mut LbConfig),
         services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
     ) -> Self {
         Self::launch(
             test,
             spec,
             |bed| ((), services(bed)),
-            |config| {
-                config.max_flows = max_flows;
-                config.max_flows_v6 = max_flows_v6;
-            },
+            configure,
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
         )
     }

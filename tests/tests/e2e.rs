@@ -417,6 +417,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         pin_path: pins.clone(),
         max_flows: 1024,
         max_flows_v6: 1024,
+        sweep_interval: None,
+        syn_recv_timeout: None,
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),

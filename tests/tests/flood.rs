@@ -6,7 +6,11 @@
 //! flood, each from several times more distinct spoofed tuples than the
 //! table holds (see `lb_tests::spoof`). Afterwards every connection must
 //! still reach its original real server and new connections must get
-//! through at once.
+//! through at once. lb's flow tables must show what each flood did: the
+//! SYNs only churned the pending table, the fake handshakes filled the
+//! connection table's free room and were then refused (insert failures),
+//! and once the silent fake handshakes idle past `syn_recv` the sweeper
+//! frees the table again.
 //!
 //! It needs root; without it it prints `SKIPPED (needs root)` and passes,
 //! unless `CI` is set, where it fails. `LB_BIN` names the `lb` binary
@@ -35,8 +39,16 @@ use lb_tests::{
 const PORT: u16 = 8080;
 /// Weights of rs1, rs2, rs3.
 const WEIGHTS: [u32; 3] = [1000, 1000, 1000];
-/// Size of each connection table: the config's minimum.
+/// Size of each connection table: the config's minimum (its pending table
+/// holds 1,024 flows too).
 const MAX_FLOWS: u32 = 1024;
+/// The sweeper's interval in this test.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// The SYN_RECV timeout in this test: also how long a silent fake handshake
+/// holds its place in a connection table under pressure.
+const SYN_RECV: Duration = Duration::from_secs(4);
+/// New connections after the table recovered.
+const LATER: usize = 5;
 /// Distinct spoofed tuples per flood: five times the table (at least four
 /// times is the requirement).
 const TUPLES: u32 = 5 * MAX_FLOWS;
@@ -248,9 +260,17 @@ fn floods_do_not_break_established_connections() {
         udp: &[],
         lb_args: &[],
     };
-    let setup = Director::start_with_tables(TEST, spec, MAX_FLOWS, MAX_FLOWS, |bed| {
-        vec![bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS)]
-    });
+    let setup = Director::start_configured(
+        TEST,
+        spec,
+        |config| {
+            config.max_flows = MAX_FLOWS;
+            config.max_flows_v6 = MAX_FLOWS;
+            config.sweep_interval = Some(SWEEP_INTERVAL);
+            config.syn_recv_timeout = Some(SYN_RECV);
+        },
+        |bed| vec![bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS)],
+    );
 
     // Idle connections: each carries data once, then waits out the floods.
     let mut idle = setup.open(vip, IDLE);
@@ -332,6 +352,10 @@ fn floods_do_not_break_established_connections() {
         // new client's SYN must be), every lone ACK was dropped for want of
         // a flow.
         let tuples = u64::from(TUPLES);
+        let (was, now) = (before.flows.ipv4, after.flows.ipv4);
+        if now.capacity != MAX_FLOWS || now.pending_capacity != MAX_FLOWS {
+            setup.fail(&format!("{kind:?} flood: table sizes {now:?}"));
+        }
         match kind {
             FloodKind::Syn | FloodKind::FakeHandshake => {
                 if forwarded < at_least(tuples) {
@@ -341,10 +365,39 @@ fn floods_do_not_break_established_connections() {
                     ));
                 }
             }
-            FloodKind::Ack => {
-                if no_flow < at_least(tuples) {
+            FloodKind::Ack => {}
+        }
+        match kind {
+            // Half-open flows churn the pending table only.
+            FloodKind::Syn => {
+                let evicted = now.evictions - was.evictions;
+                if now.flows != was.flows
+                    || now.insert_failed != was.insert_failed
+                    || evicted < at_least(tuples) - u64::from(MAX_FLOWS)
+                {
                     setup.fail(&format!(
-                        "ACK flood: {tuples} spoofed ACKs, but only {no_flow} drop_no_flow"
+                        "SYN flood: the connection table changed or the pending table did \
+                         not evict ({evicted} evictions): {was:?} -> {now:?}"
+                    ));
+                }
+            }
+            // Fake handshakes fill the free room, then are refused.
+            FloodKind::FakeHandshake => {
+                let refused = now.insert_failed - was.insert_failed;
+                let room = u64::from(MAX_FLOWS) - was.flows;
+                if now.flows != u64::from(MAX_FLOWS) || refused < at_least(tuples) - room {
+                    setup.fail(&format!(
+                        "fake-handshake flood: the connection table is not full of them, or \
+                         {refused} refusals for {tuples} handshakes and {room} free entries: \
+                         {was:?} -> {now:?}"
+                    ));
+                }
+            }
+            FloodKind::Ack => {
+                if no_flow < at_least(tuples) || now.flows != was.flows {
+                    setup.fail(&format!(
+                        "ACK flood: {tuples} spoofed ACKs, but only {no_flow} drop_no_flow, \
+                         or the tables changed: {was:?} -> {now:?}"
                     ));
                 }
             }
@@ -416,12 +469,43 @@ fn floods_do_not_break_established_connections() {
         "{TEST}: lb stats after the floods: flows {:?}; verdicts {:?}",
         stats.flows, stats.verdicts
     );
+    // The full table is under pressure; once the fake handshakes (which
+    // never carried data) idle past `syn_recv`, the sweeper removes them and
+    // the table has room again; the connections that carried data stay.
+    setup
+        .lb
+        .wait_log("IPv4 connection table is at least", SWEEP_INTERVAL * 4)
+        .unwrap_or_else(|e| setup.fail(&format!("no pressure warning: {e:#}")));
+    setup
+        .lb
+        .wait_log(
+            "IPv4 connection table has room again",
+            SYN_RECV + SWEEP_INTERVAL * 4,
+        )
+        .unwrap_or_else(|e| setup.fail(&format!("the table did not recover: {e:#}")));
+    let recovered = setup.stats().flows.ipv4;
+    // The 20 idle connections and the watched one; the new ones stayed in
+    // the pending table (the full table refused them).
+    if recovered.flows != (IDLE + 1) as u64 {
+        setup.fail(&format!("after the recovery: {recovered:?}"));
+    }
+    let mut later = setup.open(vip, LATER);
+    setup.ping_all(&mut later, "new connections after the recovery");
+    let confirmed = setup.stats().flows.ipv4;
+    if confirmed.flows != recovered.flows + LATER as u64
+        || confirmed.insert_failed != recovered.insert_failed
+    {
+        setup.fail(&format!(
+            "{LATER} new connections after the recovery are not all confirmed: \
+             {recovered:?} -> {confirmed:?}"
+        ));
+    }
 
     // Once the health checks have had `fall` intervals after the floods,
     // every backend is still up and every connection still answers.
     thread::sleep(INTERVAL * (FALL + 1));
     setup.assert_all_up("after the floods and the health checks' fall intervals");
-    let mut all: Vec<HeldConn> = idle.into_iter().chain(fresh).collect();
+    let mut all: Vec<HeldConn> = idle.into_iter().chain(fresh).chain(later).collect();
     all.push(watched);
     setup.ping_all(&mut all, "after the health checks' fall intervals");
     drop(all);
