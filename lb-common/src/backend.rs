@@ -14,6 +14,9 @@ pub const BACKEND_STATE_DOWN: u32 = 2;
 /// Backend was removed from the service while flows still use it: no new
 /// flows; existing flows finish on it, then the control plane empties the slot.
 pub const BACKEND_STATE_REMOVED: u32 = 3;
+/// A sorry server standing by while its service has its quorum: no new
+/// flows; the flows it took while the quorum was lost continue.
+pub const BACKEND_STATE_STANDBY: u32 = 4;
 
 /// One real server of a service.
 #[repr(C)]

@@ -184,7 +184,7 @@ struct BackendLinks {
     check_sources: HashMap<IpAddr, IpAddr>,
 }
 
-/// Finds the director NIC of every backend, checking that each is on-link
+/// Finds the director NIC of every backend and sorry server, checking that each is on-link
 /// (direct routing rewrites only MAC addresses, so a real server must share
 /// an L2 segment with the director), and the source of its health checks.
 async fn backend_links(
@@ -198,19 +198,19 @@ async fn backend_links(
         check_sources: HashMap::new(),
     };
     for service in &config.services {
-        for backend in &service.backends {
+        for address in service.servers() {
             let (nic, source) = on_link(
                 netlink,
                 nics,
                 &config.director.interfaces,
                 &vips,
                 &service.name,
-                backend.address,
+                address,
             )
             .await?;
-            links.nics.insert(backend.address, nic);
+            links.nics.insert(address, nic);
             if let Some(source) = source {
-                links.check_sources.insert(backend.address, source);
+                links.check_sources.insert(address, source);
             }
         }
     }
@@ -331,7 +331,7 @@ impl Daemon {
             let found = datapath.maps.installed_services()?;
             let (director, changes) = Director::adopt(found, &self.config, &by_index);
             self.director = director;
-            write_changes(&mut datapath.maps, &self.director, &changes)?;
+            write_changes(&mut datapath.maps, &mut self.director, &changes)?;
             let flows = datapath.maps.flow_count();
             info!(
                 "adopted the data path pinned at {} ({flows} flow(s), attached to {})",
@@ -344,7 +344,7 @@ impl Daemon {
             info!("config applied to the adopted data path: {summary}");
         }
         resolve_macs(&self.netlink, &mut self.director).await?;
-        write_changes(&mut datapath.maps, &self.director, &changes)?;
+        write_changes(&mut datapath.maps, &mut self.director, &changes)?;
         self.attach(datapath)?;
         self.reconcile_checks();
         Ok(())
@@ -394,7 +394,7 @@ impl Daemon {
     fn reconcile_checks(&mut self) {
         let mut wanted = HashMap::new();
         for s in &self.director.services {
-            for (slot, b) in s.backends().filter(|(_, b)| !b.removed) {
+            for (slot, b) in s.backends().filter(|(_, b)| !b.removed && !b.sorry) {
                 wanted.insert((s.id, slot), (b.address, &s.config));
             }
         }
@@ -620,7 +620,7 @@ impl Daemon {
         if changes.is_empty() {
             return;
         }
-        if let Err(e) = write_changes(maps, &self.director, &changes) {
+        if let Err(e) = write_changes(maps, &mut self.director, &changes) {
             self.failed(
                 &format!("the map writes of {what} (tried again within a second)"),
                 &e,
@@ -813,14 +813,28 @@ impl Daemon {
         change: impl FnOnce(&mut Director) -> anyhow::Result<Vec<Change>>,
     ) -> anyhow::Result<()> {
         let changes = change(&mut self.director)?;
-        write_changes(&mut datapath.maps, &self.director, &changes)?;
+        write_changes(&mut datapath.maps, &mut self.director, &changes)?;
         self.reconcile_checks();
         Ok(())
     }
 }
 
-/// Writes `changes` to the maps.
-fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> anyhow::Result<()> {
+/// Writes `changes` to the maps, after re-evaluating the quorum of every
+/// service they touch (logged when it is lost or regained).
+fn write_changes(
+    maps: &mut Maps,
+    director: &mut Director,
+    changes: &[Change],
+) -> anyhow::Result<()> {
+    for change in changes {
+        if let Change::SetService(id) = *change
+            && let Some(s) = director.by_id(id)
+            && let Some(lost) = s.update_quorum()
+        {
+            log_quorum(s, lost);
+        }
+    }
+    let director = &*director;
     for change in changes {
         match *change {
             Change::RemoveService { id, key } => {
@@ -850,6 +864,39 @@ fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> an
         }
     }
     Ok(())
+}
+
+/// Logs a service losing or regaining its quorum, and where new
+/// connections go.
+fn log_quorum(service: &ServiceRuntime, lost: bool) {
+    let c = &service.config;
+    let then = match (lost, c.sorry_server) {
+        (true, Some(sorry)) => format!("new connections go to the sorry server {sorry}"),
+        (true, None) => {
+            "no sorry server is set: new connections still go to the up backends".to_owned()
+        }
+        (false, Some(sorry)) => {
+            format!("new connections go to the backends again, not to the sorry server {sorry}")
+        }
+        (false, None) => "new connections go to the backends".to_owned(),
+    };
+    let threshold = if lost {
+        format!("below {} - {}", c.quorum, c.hysteresis)
+    } else {
+        format!("at least {} + {}", c.quorum, c.hysteresis)
+    };
+    if lost {
+        warn!(
+            "service {}: quorum LOST (weight of up backends {threshold}); {then}; running \
+             flows keep their servers",
+            c.name
+        );
+    } else {
+        info!(
+            "service {}: quorum regained (weight of up backends {threshold}); {then}",
+            c.name
+        );
+    }
 }
 
 /// Logs loudly when no backend of a service can take new flows.

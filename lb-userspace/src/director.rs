@@ -8,18 +8,24 @@
 //! point at it any more. This module is pure bookkeeping (no maps, no
 //! netlink), so the reload rules are unit-tested; the daemon applies the
 //! [`Change`]s it returns.
+//!
+//! A service's sorry server (keepalived's `sorry_server`) holds a slot like
+//! a backend, is never health-checked, and takes new flows only while the
+//! service has lost its quorum (keepalived's `quorum` and `hysteresis`:
+//! [`ServiceRuntime::update_quorum`]); the backends then take none, and
+//! every flow already running keeps its server.
 
 use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::{Context as _, anyhow, bail};
 use lb_common::{
-    Attachment, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP,
-    Backend, BackendConnSet, BackendSet, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT, ServiceKey,
-    addr_from_key,
+    Attachment, BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED,
+    BACKEND_STATE_STANDBY, BACKEND_STATE_UP, Backend, BackendConnSet, BackendSet, MAX_BACKENDS,
+    MAX_SERVICES, MAX_WEIGHT, ServiceKey, addr_from_key,
 };
 
 use crate::{
-    config::{Config, HealthKind, ServiceConfig},
+    config::{BackendConfig, Config, HealthKind, ServiceConfig},
     health::hysteresis::Hysteresis,
     host::Nic,
 };
@@ -72,6 +78,8 @@ pub struct BackendRuntime {
     /// sweeper finds no flow pointing at it, so that a new backend never
     /// inherits its flows or counters. Only with `removed`.
     pub rescheduled: bool,
+    /// The service's sorry server, not one of its backends.
+    pub sorry: bool,
 }
 
 impl BackendRuntime {
@@ -91,6 +99,9 @@ pub struct ServiceRuntime {
     pub config: ServiceConfig,
     /// Backend slots; `None` is free.
     pub slots: Vec<Option<BackendRuntime>>,
+    /// The up backends' weight fell below the quorum (see
+    /// [`ServiceRuntime::update_quorum`]).
+    pub quorum_lost: bool,
 }
 
 impl ServiceRuntime {
@@ -130,24 +141,76 @@ impl ServiceRuntime {
         Ok(self.slots[slot].as_mut().expect("slot_of found it"))
     }
 
+    /// Weight of the backends (the sorry server aside) that can take new
+    /// flows.
+    fn live_weight(&self) -> u64 {
+        self.backends()
+            .filter(|(_, b)| !b.sorry && b.usable())
+            .map(|(_, b)| u64::from(b.weight))
+            .sum()
+    }
+
+    /// Re-evaluates the quorum as keepalived does: it is lost when the
+    /// weight of the backends that can take new flows drops below `quorum
+    /// - hysteresis`, and regained when it reaches `quorum + hysteresis`.
+    /// Returns the new state (`true`: lost) when it changed.
+    pub fn update_quorum(&mut self) -> Option<bool> {
+        let live = self.live_weight();
+        let (quorum, hysteresis) = (
+            u64::from(self.config.quorum),
+            u64::from(self.config.hysteresis),
+        );
+        let lost = if self.quorum_lost {
+            live < quorum + hysteresis
+        } else {
+            live < quorum.saturating_sub(hysteresis)
+        };
+        (lost != self.quorum_lost).then(|| {
+            self.quorum_lost = lost;
+            lost
+        })
+    }
+
+    /// Whether new flows go to the sorry server: the quorum is lost and the
+    /// sorry server can take them (its MAC is known).
+    fn sorry_serves(&self) -> bool {
+        self.quorum_lost && self.backends().any(|(_, b)| b.sorry && b.usable())
+    }
+
     /// The backend set as the data path stores it.
     pub fn backend_set(&self) -> BackendSet {
         let mut set = BackendSet {
             len: self.slots.len() as u32,
             ..BackendSet::default()
         };
+        let sorry_serves = self.sorry_serves();
         for (slot, b) in self.backends() {
             let inhibited = !b.health.is_up() && self.config.health.inhibit_on_failure;
             // A rescheduled slot keeps its address, which marks it as taken
-            // for an adopting `lb` (see [`Director::adopt`]).
+            // for an adopting `lb` (see [`Director::adopt`]). The sorry
+            // server and the backends take turns: each keeps its flows, and
+            // only one side gets a weight for new ones.
             let (state, weight) = if b.rescheduled {
                 (BACKEND_STATE_EMPTY, 0)
             } else if b.removed {
                 (BACKEND_STATE_REMOVED, 0)
+            } else if b.sorry {
+                if sorry_serves {
+                    (BACKEND_STATE_UP, 1)
+                } else {
+                    (BACKEND_STATE_STANDBY, 0)
+                }
             } else if b.usable() {
-                (BACKEND_STATE_UP, b.weight)
+                (BACKEND_STATE_UP, if sorry_serves { 0 } else { b.weight })
             } else {
-                (BACKEND_STATE_DOWN, if inhibited { 0 } else { b.weight })
+                (
+                    BACKEND_STATE_DOWN,
+                    if inhibited || sorry_serves {
+                        0
+                    } else {
+                        b.weight
+                    },
+                )
             };
             let attachment = Attachment {
                 mac: b.mac.unwrap_or_default(),
@@ -159,9 +222,24 @@ impl ServiceRuntime {
         set
     }
 
-    /// Whether some backend can take new flows.
+    /// Whether some backend, or the sorry server, can take new flows.
     pub fn has_usable_backend(&self) -> bool {
-        self.backends().any(|(_, b)| b.usable() && b.weight > 0)
+        self.backend_set()
+            .backends
+            .iter()
+            .any(|b| b.state == BACKEND_STATE_UP && b.weight > 0)
+    }
+
+    /// Refuses a live change of the sorry server, which only the config sets.
+    fn refuse_sorry_server(&self, address: IpAddr) -> anyhow::Result<()> {
+        if self.config.sorry_server == Some(address) {
+            bail!(
+                "{address} is the sorry server of service {}, not a backend; change \
+                 `sorry_server` in the config and reload",
+                self.config.name
+            );
+        }
+        Ok(())
     }
 
     /// Places a new backend in the lowest free slot; returns the slot.
@@ -295,12 +373,15 @@ impl Director {
                     ),
                     removed: b.state == BACKEND_STATE_REMOVED || rescheduled,
                     rescheduled,
+                    // `apply` marks the sorry server by its address.
+                    sorry: false,
                 }));
             }
             director.services.push(ServiceRuntime {
                 id,
                 config: service.clone(),
                 slots,
+                quorum_lost: false,
             });
         }
         (director, changes)
@@ -349,12 +430,11 @@ impl Director {
         nics: &HashMap<IpAddr, Nic>,
     ) -> anyhow::Result<(Vec<Change>, ReloadSummary)> {
         for service in &config.services {
-            for b in &service.backends {
-                if !nics.contains_key(&b.address) {
+            for address in service.servers() {
+                if !nics.contains_key(&address) {
                     bail!(
-                        "service {}: backend {} has no director NIC",
-                        service.name,
-                        b.address
+                        "service {}: server {address} has no director NIC",
+                        service.name
                     );
                 }
             }
@@ -392,6 +472,7 @@ impl Director {
                         id,
                         config: service.clone(),
                         slots: Vec::new(),
+                        quorum_lost: false,
                     });
                     summary.services_added.push(service.name.clone());
                     next.services.last_mut().expect("just pushed")
@@ -418,7 +499,7 @@ impl Director {
                 let Some(b) = &mut runtime.slots[slot] else {
                     continue;
                 };
-                if b.removed || service.backends.iter().any(|c| c.address == b.address) {
+                if b.removed || service.servers().any(|address| address == b.address) {
                     continue;
                 }
                 summary
@@ -427,8 +508,18 @@ impl Director {
                 b.removed = true;
                 b.rescheduled = expire_nodest;
             }
-            // Configured backends: keep, revive or add.
-            for c in &service.backends {
+            // Configured backends and the sorry server: keep, revive or add.
+            let sorry = service.sorry_server.map(|address| BackendConfig {
+                address,
+                weight: 1,
+                mac: None,
+            });
+            for (c, is_sorry) in service
+                .backends
+                .iter()
+                .map(|c| (c, false))
+                .chain(sorry.iter().map(|c| (c, true)))
+            {
                 let nic = nics[&c.address].clone();
                 match runtime.slot_of(c.address) {
                     Some(slot) => {
@@ -451,6 +542,11 @@ impl Director {
                         }
                         b.static_mac = c.mac.is_some();
                         b.nic = nic;
+                        b.sorry = is_sorry;
+                        if is_sorry {
+                            // Never checked: only its MAC decides.
+                            b.health = Hysteresis::starting(true, health.rise, health.fall);
+                        }
                     }
                     None => {
                         let slot = runtime.place(BackendRuntime {
@@ -462,6 +558,7 @@ impl Director {
                             health: Hysteresis::new(health.rise, health.fall),
                             removed: false,
                             rescheduled: false,
+                            sorry: is_sorry,
                         })?;
                         if position.is_some() {
                             summary
@@ -491,6 +588,7 @@ impl Director {
     ) -> anyhow::Result<Vec<Change>> {
         check_weight(weight)?;
         let runtime = self.service_mut(service)?;
+        runtime.refuse_sorry_server(address)?;
         if address.is_ipv4() != runtime.config.vip.is_ipv4() {
             bail!(
                 "backend {address} is not of the address family of service {service}'s VIP {}",
@@ -529,6 +627,7 @@ impl Director {
                     health,
                     removed: false,
                     rescheduled: false,
+                    sorry: false,
                 })?;
                 changes.push(Change::ResetBackendStats { id, slot });
             }
@@ -547,6 +646,7 @@ impl Director {
         reschedule: bool,
     ) -> anyhow::Result<Vec<Change>> {
         let runtime = self.service_mut(service)?;
+        runtime.refuse_sorry_server(address)?;
         let slot = runtime
             .slot_of(address)
             .with_context(|| format!("service {service} has no backend {address}"))?;
@@ -576,6 +676,7 @@ impl Director {
     ) -> anyhow::Result<Vec<Change>> {
         check_weight(weight)?;
         let runtime = self.service_mut(service)?;
+        runtime.refuse_sorry_server(address)?;
         let id = runtime.id;
         let b = runtime.backend_mut(address)?;
         if b.removed {
@@ -656,8 +757,8 @@ mod tests {
         config
             .services
             .iter()
-            .flat_map(|s| &s.backends)
-            .map(|b| (b.address, NIC))
+            .flat_map(|s| s.servers())
+            .map(|address| (address, NIC))
             .collect()
     }
 
@@ -680,6 +781,100 @@ mod tests {
 
     fn apply(d: &mut Director, c: &Config) -> (Vec<Change>, ReloadSummary) {
         d.apply(c, &nics(c)).unwrap()
+    }
+
+    /// The data path's (state, weight) of every slot of the one service.
+    fn data_path_slots(d: &Director) -> Vec<(u32, u32)> {
+        let set = d.services[0].backend_set();
+        set.backends[..set.len as usize]
+            .iter()
+            .map(|b| (b.state, b.weight))
+            .collect()
+    }
+
+    #[test]
+    fn the_sorry_server_takes_new_flows_only_while_quorum_is_lost() {
+        let mut d = Director::new();
+        // Backends of weight 2, 1 and 1 (4 in all), quorum 3 with
+        // hysteresis 1: lost below 2, regained at 4.
+        let mut c = config(&[(1, 2), (2, 1), (3, 1)], false);
+        let service = &mut c.services[0];
+        service.sorry_server = Some(addr(99));
+        service.quorum = 3;
+        service.hysteresis = 1;
+        let (changes, _) = apply(&mut d, &c);
+        assert!(changes.contains(&Change::ResetBackendStats { id: 0, slot: 3 }));
+        let s = &mut d.services[0];
+        assert!(s.slots[3].as_ref().is_some_and(|b| b.sorry));
+        for b in s.slots.iter_mut().flatten() {
+            b.mac = Some([2, 0, 0, 0, 0, 1]);
+        }
+        const UP: u32 = BACKEND_STATE_UP;
+        const DOWN: u32 = BACKEND_STATE_DOWN;
+        const STANDBY: u32 = BACKEND_STATE_STANDBY;
+        // Weight 4 up: quorum held, the sorry server takes nothing.
+        assert_eq!(s.update_quorum(), None);
+        assert_eq!(
+            data_path_slots(&d),
+            [(UP, 2), (UP, 1), (UP, 1), (STANDBY, 0)]
+        );
+        // Weight 2 up (>= 3 - 1): still held.
+        let s = &mut d.services[0];
+        s.slots[1].as_mut().unwrap().health = Hysteresis::starting(false, 1, 1);
+        s.slots[2].as_mut().unwrap().health = Hysteresis::starting(false, 1, 1);
+        assert_eq!(s.update_quorum(), None);
+        assert!(s.has_usable_backend());
+        // Weight 1 (< 2): lost; new flows go to the sorry server only.
+        s.slots[0].as_mut().unwrap().weight = 1;
+        assert_eq!(s.update_quorum(), Some(true));
+        assert_eq!(
+            data_path_slots(&d),
+            [(UP, 0), (DOWN, 0), (DOWN, 0), (UP, 1)]
+        );
+        assert!(d.services[0].has_usable_backend());
+        // Weight 3 (< 3 + 1): still lost; weight 4: regained.
+        let s = &mut d.services[0];
+        s.slots[0].as_mut().unwrap().weight = 2;
+        s.slots[1].as_mut().unwrap().health = Hysteresis::starting(true, 1, 1);
+        assert_eq!(s.update_quorum(), None);
+        assert!(s.quorum_lost);
+        s.slots[2].as_mut().unwrap().health = Hysteresis::starting(true, 1, 1);
+        assert_eq!(s.update_quorum(), Some(false));
+        assert_eq!(
+            data_path_slots(&d),
+            [(UP, 2), (UP, 1), (UP, 1), (STANDBY, 0)]
+        );
+        // The sorry server is never health-checked, and live changes leave
+        // it alone.
+        assert!(
+            d.set_weight("web", addr(99), 5)
+                .unwrap_err()
+                .to_string()
+                .contains("is the sorry server of service web")
+        );
+        assert!(d.remove_backend("web", addr(99), false).is_err());
+        // Dropping it from the config removes it like a backend.
+        c.services[0].sorry_server = None;
+        let (_, summary) = apply(&mut d, &c);
+        assert_eq!(summary.backends_removed, ["web/198.51.100.99"]);
+    }
+
+    #[test]
+    fn without_a_sorry_server_a_lost_quorum_changes_no_weight() {
+        let mut d = Director::new();
+        let mut c = config(&[(1, 1), (2, 1)], false);
+        c.services[0].quorum = 2;
+        apply(&mut d, &c);
+        let s = &mut d.services[0];
+        for b in s.slots.iter_mut().flatten() {
+            b.mac = Some([2, 0, 0, 0, 0, 1]);
+        }
+        s.slots[1].as_mut().unwrap().health = Hysteresis::starting(false, 1, 1);
+        assert_eq!(s.update_quorum(), Some(true));
+        assert_eq!(
+            data_path_slots(&d),
+            [(BACKEND_STATE_UP, 1), (BACKEND_STATE_DOWN, 1)]
+        );
     }
 
     #[test]

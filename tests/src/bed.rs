@@ -205,6 +205,8 @@ impl TestBed {
                 .map(|(rs, &w)| (rs.addr_like(vip), w))
                 .collect(),
             reject_without_backend: false,
+            sorry_server: None,
+            quorum: None,
         }
     }
 

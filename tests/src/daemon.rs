@@ -201,6 +201,10 @@ pub struct ServiceConfig {
     pub backends: Vec<(IpAddr, u32)>,
     /// `no_backend = "reject"`: a SYN no backend can take gets a TCP RST.
     pub reject_without_backend: bool,
+    /// `sorry_server`, when set.
+    pub sorry_server: Option<IpAddr>,
+    /// `quorum`, when not lb's default.
+    pub quorum: Option<u32>,
 }
 
 /// An `lb` config file.
@@ -257,6 +261,12 @@ impl LbConfig {
             let _ = writeln!(s, "scheduler = \"wlc\"");
             if svc.reject_without_backend {
                 let _ = writeln!(s, "no_backend = \"reject\"");
+            }
+            if let Some(sorry) = svc.sorry_server {
+                let _ = writeln!(s, "sorry_server = \"{sorry}\"");
+            }
+            if let Some(quorum) = svc.quorum {
+                let _ = writeln!(s, "quorum = {quorum}");
             }
             let _ = writeln!(s, "\n[service.health]");
             match &svc.health {
@@ -558,13 +568,16 @@ impl LbDaemon {
         }
     }
 
-    /// Waits until every backend of every service is up, at most `timeout`;
+    /// Waits until every backend of every service is up (a sorry server
+    /// standing by), at most `timeout`;
     /// returns those stats, or fails with the last ones.
     pub fn wait_all_up(&self, timeout: Duration) -> anyhow::Result<Stats> {
         let (stats, all_up) = self.wait_stats(timeout, |s| {
-            s.services
-                .iter()
-                .all(|svc| svc.backends.iter().all(|b| b.state == "up"))
+            s.services.iter().all(|svc| {
+                svc.backends
+                    .iter()
+                    .all(|b| b.state == "up" || b.state == "standby")
+            })
         })?;
         if !all_up {
             bail!("backends not all up {timeout:?} after lb was ready: {stats:#?}");

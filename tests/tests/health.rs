@@ -17,7 +17,7 @@ use std::{
 };
 
 use lb_tests::{
-    Director, Health, Protocol, Spec, Stats, VIP4,
+    Director, Health, Protocol, ServiceConfig, Spec, Stats, TestBed, VIP4,
     client::{self, HeldConn},
     daemon::ScratchDir,
     http::HttpResponder,
@@ -105,6 +105,17 @@ type Setup = Director<Extra>;
 /// Builds everything; `health` gets the scratch directory and returns the
 /// service's health check.
 fn start(test: &'static str, with_http: bool, health: impl FnOnce(&Path) -> Health) -> Setup {
+    start_shaped(test, with_http, health, |_, service| service)
+}
+
+/// [`start`], with `shape` changing the service (given the bed) before lb
+/// starts.
+fn start_shaped(
+    test: &'static str,
+    with_http: bool,
+    health: impl FnOnce(&Path) -> Health,
+    shape: impl FnOnce(&TestBed, ServiceConfig) -> ServiceConfig,
+) -> Setup {
     let spec = Spec {
         real_servers: WEIGHTS.len(),
         port: PORT,
@@ -127,13 +138,16 @@ fn start(test: &'static str, with_http: bool, health: impl FnOnce(&Path) -> Heal
         } else {
             Vec::new()
         };
-        let service = bed.service(
-            SERVICE,
-            VIP4.into(),
-            PORT,
-            Protocol::Tcp,
-            health(scratch.path()),
-            &WEIGHTS,
+        let service = shape(
+            bed,
+            bed.service(
+                SERVICE,
+                VIP4.into(),
+                PORT,
+                Protocol::Tcp,
+                health(scratch.path()),
+                &WEIGHTS,
+            ),
         );
         (
             Extra {
@@ -412,5 +426,94 @@ fn inhibit_on_failure_sets_weight_zero() {
     }
     drop(after);
     drop(during);
+    setup.finish();
+}
+
+/// A sorry server with a quorum (keepalived's `sorry_server` and `quorum`):
+/// rs1 (1000) and rs2 (500) are the backends, rs3 the sorry server, and the
+/// quorum is their full weight, 1500. While both are up rs3 gets nothing;
+/// when rs2's check fails the quorum is lost: new connections go to rs3
+/// alone, and the connections running on rs1 and rs2 keep their servers;
+/// when rs2 is back the quorum is regained: new connections go to rs1 and
+/// rs2 again and those on rs3 keep going. Checked again after the checks'
+/// fall intervals.
+#[test]
+fn sorry_server_takes_over_while_quorum_is_lost() {
+    const TEST: &str = "sorry_server_takes_over_while_quorum_is_lost";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let setup = start_shaped(
+        TEST,
+        false,
+        |scratch| exec_health(scratch, ""),
+        |bed, mut service| {
+            let sorry = &bed.real_servers()[2];
+            service.backends.truncate(2);
+            service.sorry_server = Some(sorry.addr_like(VIP4.into()));
+            service.quorum = Some(WEIGHTS[0] + WEIGHTS[1]);
+            service
+        },
+    );
+    let sorry = setup.bed.real_servers()[2].role.clone();
+    let sorry_address = setup.bed.real_servers()[2].addr_like(VIP4.into());
+    let (victim, address) = victim(&setup);
+    let flag = down_file(setup.extra.scratch.path(), address);
+
+    let (_, standby) = wait_backend(&setup, sorry_address, "standing by", SLACK, |b| {
+        b.state == "standby"
+    });
+    let (mut held, counts) = open(&setup);
+    eprintln!("{TEST}: quorum held (sorry server standing by after {standby:?}): {counts:?}");
+    if counts.contains_key(&sorry) || counts.len() != 2 {
+        setup.fail(&format!(
+            "with the quorum held, new connections must go to rs1 and rs2 only: {counts:?}"
+        ));
+    }
+
+    set_down(&setup, &flag, true);
+    let bound = state_change_bound(FALL);
+    let (_, took) = wait_backend(&setup, sorry_address, "serving", bound, |b| {
+        b.state == "up" && b.weight > 0
+    });
+    eprintln!("{TEST}: {victim} down, quorum lost; the sorry server serves after {took:?}");
+    setup
+        .lb
+        .wait_log("quorum LOST", SLACK)
+        .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
+    let (during, counts) = open(&setup);
+    eprintln!("{TEST}: while the quorum is lost: {counts:?}");
+    if counts.keys().collect::<Vec<_>>() != [&sorry] {
+        setup.fail(&format!(
+            "with the quorum lost, new connections must go to the sorry server {sorry} \
+             only: {counts:?}"
+        ));
+    }
+    setup.ping_all(&mut held, "connections opened before the quorum was lost");
+
+    set_down(&setup, &flag, false);
+    let bound = state_change_bound(RISE);
+    let (_, took) = wait_backend(&setup, sorry_address, "standing by again", bound, |b| {
+        b.state == "standby"
+    });
+    eprintln!("{TEST}: {victim} up, quorum regained after {took:?}");
+    let (after, counts) = open(&setup);
+    eprintln!("{TEST}: after the quorum is back: {counts:?}");
+    if counts.contains_key(&sorry) || !counts.contains_key(&victim) {
+        setup.fail(&format!(
+            "with the quorum back, new connections must go to the backends: {counts:?}"
+        ));
+    }
+    held.extend(during);
+    held.extend(after);
+    setup.ping_all(&mut held, "every connection after the quorum came back");
+
+    // The checks keep running: after their fall intervals nothing moved.
+    thread::sleep(INTERVAL * (FALL + 1));
+    let (_, _) = wait_backend(&setup, sorry_address, "still standing by", SLACK, |b| {
+        b.state == "standby"
+    });
+    setup.ping_all(&mut held, "after the checks' fall intervals");
+    drop(held);
     setup.finish();
 }

@@ -131,6 +131,18 @@ pub struct ServiceConfig {
     /// Any TCP packet of an unknown flow opens one (IPVS's `sloppy_tcp`),
     /// not only a SYN; default `false`.
     pub sloppy_tcp: bool,
+    /// Where new connections go while the service has lost its quorum
+    /// (keepalived's `sorry_server`): a server of the VIP's family, not
+    /// one of the backends, never health-checked.
+    pub sorry_server: Option<IpAddr>,
+    /// The weight of up backends the service needs (keepalived's `quorum`,
+    /// default 1): below it, with a sorry server, new connections go to
+    /// the sorry server alone.
+    pub quorum: u32,
+    /// Dampens quorum flapping (keepalived's `hysteresis`, default 0, below
+    /// `quorum`): quorum is lost below `quorum - hysteresis` and regained
+    /// at `quorum + hysteresis`.
+    pub hysteresis: u32,
     /// Health check of the backends.
     pub health: HealthConfig,
     /// The real servers (`[[service.backend]]`), 1 to
@@ -149,6 +161,15 @@ pub enum Protocol {
 }
 
 impl ServiceConfig {
+    /// Every server the director forwards to: the backends, then the sorry
+    /// server.
+    pub fn servers(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.backends
+            .iter()
+            .map(|b| b.address)
+            .chain(self.sorry_server)
+    }
+
     /// The `SERVICE_FLAG_*` bits the data path acts on for this service.
     pub fn flags(&self) -> u32 {
         let sloppy = if self.sloppy_tcp {
@@ -540,6 +561,8 @@ const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_FALL: u32 = 3;
 const DEFAULT_RISE: u32 = 2;
 const DEFAULT_WEIGHT: u32 = 1;
+/// keepalived's default `quorum`: one unit of weight.
+const DEFAULT_QUORUM: u32 = 1;
 
 /// The default `timeout` of a check every `interval`: 3 s, or the interval
 /// if that is shorter.

@@ -44,6 +44,9 @@ pub(super) mod key {
     pub(crate) const SCHEDULER: &str = "scheduler";
     pub(crate) const NO_BACKEND: &str = "no_backend";
     pub(crate) const SLOPPY_TCP: &str = "sloppy_tcp";
+    pub(crate) const SORRY_SERVER: &str = "sorry_server";
+    pub(crate) const QUORUM: &str = "quorum";
+    pub(crate) const HYSTERESIS: &str = "hysteresis";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -123,6 +126,9 @@ pub(super) struct RawService {
     pub(super) scheduler: Field,
     pub(super) no_backend: Field,
     pub(super) sloppy_tcp: Field,
+    pub(super) sorry_server: Field,
+    pub(super) quorum: Field,
+    pub(super) hysteresis: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -339,6 +345,9 @@ mod tests {
                 key::SCHEDULER,
                 key::NO_BACKEND,
                 key::SLOPPY_TCP,
+                key::SORRY_SERVER,
+                key::QUORUM,
+                key::HYSTERESIS,
                 key::HEALTH,
                 key::BACKEND,
             ]

@@ -153,6 +153,9 @@ fn example_parses() {
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
             sloppy_tcp: false,
+            sorry_server: None,
+            quorum: 1,
+            hysteresis: 0,
             health: HealthConfig {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(10),
@@ -805,6 +808,57 @@ fn sloppy_tcp() {
         error(&with("sloppy_tcp = 1")),
         "lb.toml:8: service \"gridftp\": sloppy_tcp must be true or false (found integer 1)"
     );
+}
+
+#[test]
+fn sorry_server_quorum_and_hysteresis() {
+    let service = &parse(BASE).services[0];
+    assert_eq!(
+        (service.sorry_server, service.quorum, service.hysteresis),
+        (None, 1, 0)
+    );
+    let with = |line: &str| base_with("port = 2811", &format!("port = 2811\n{line}"));
+    let service = parse(&with(
+        "sorry_server = \"198.51.100.99\"\nquorum = 2\nhysteresis = 1",
+    ))
+    .services
+    .remove(0);
+    assert_eq!(
+        (service.sorry_server, service.quorum, service.hysteresis),
+        (Some(v4(198, 51, 100, 99)), 2, 1)
+    );
+    let valid = "(valid: a real server of the VIP's family that is not a backend of the service)";
+    for (line, problem) in [
+        (
+            "sorry_server = \"198.51.100.24\"",
+            format!("sorry_server 198.51.100.24 is one of the service's backends {valid}"),
+        ),
+        (
+            "sorry_server = \"192.0.2.200\"",
+            format!("sorry_server 192.0.2.200 is the vip of service \"gridftp\" {valid}"),
+        ),
+        (
+            "sorry_server = \"2001:db8::99\"",
+            format!(
+                "sorry_server 2001:db8::99 is IPv6 but the service's vip 192.0.2.200 is IPv4 \
+                 {valid}"
+            ),
+        ),
+        (
+            "quorum = 0",
+            "quorum 0 is out of range (valid: 1..=4294967295)".to_owned(),
+        ),
+        (
+            "hysteresis = 1",
+            "hysteresis 1 is out of range (valid: 0..=0)".to_owned(),
+        ),
+    ] {
+        assert_eq!(
+            error(&with(line)),
+            format!("lb.toml:8: service \"gridftp\": {problem}"),
+            "{line}"
+        );
+    }
 }
 
 #[test]

@@ -17,9 +17,9 @@ use toml::{Spanned, Value};
 use super::{
     BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
-    DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck,
-    Keyword, KindWord, NoBackend, Problem, Protocol, Scheduler, ServiceConfig,
-    default_health_timeout, parse_keyword,
+    DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig,
+    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Problem, Protocol, Scheduler,
+    ServiceConfig, default_health_timeout, parse_keyword,
     raw::{
         Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
         backend_label, health_label, key, line_of, service_label,
@@ -566,6 +566,14 @@ impl ConfigValidator<'_> {
             }
         };
 
+        let sorry_server = match &raw.sorry_server {
+            Some(v) => self
+                .sorry_server(&ctx, v, vip, backends.as_deref(), &seen.vips)
+                .map(Some),
+            None => Some(None),
+        };
+        let (quorum, hysteresis) = self.quorum(&ctx, raw);
+
         Some(ServiceConfig {
             name: name?,
             vip: vip?,
@@ -574,9 +582,61 @@ impl ConfigValidator<'_> {
             scheduler: scheduler?,
             no_backend: no_backend?,
             sloppy_tcp: sloppy_tcp?,
+            sorry_server: sorry_server?,
+            quorum: quorum?,
+            hysteresis: hysteresis?,
             health: health?,
             backends: backends?,
         })
+    }
+
+    /// `sorry_server`: an address of the VIP's family that is neither a
+    /// VIP nor one of the service's backends.
+    fn sorry_server(
+        &mut self,
+        ctx: &str,
+        v: &Spanned<Value>,
+        vip: Option<IpAddr>,
+        backends: Option<&[BackendConfig]>,
+        vips: &HashMap<IpAddr, String>,
+    ) -> Option<IpAddr> {
+        let address = self.address(ctx, key::SORRY_SERVER, v)?;
+        let why = if let Some(owner) = vips.get(&address) {
+            format!("the vip of {owner}")
+        } else if backends.is_some_and(|b| b.iter().any(|b| b.address == address)) {
+            "one of the service's backends".to_owned()
+        } else if let Some(vip) = vip.filter(|vip| vip.is_ipv4() != address.is_ipv4()) {
+            format!(
+                "{} but the service's vip {vip} is {}",
+                family(address),
+                family(vip)
+            )
+        } else {
+            return Some(address);
+        };
+        self.report_at(
+            v,
+            ctx,
+            format_args!(
+                "sorry_server {address} is {why} (valid: a real server of the VIP's family \
+                 that is not a backend of the service)"
+            ),
+        );
+        None
+    }
+
+    /// `quorum` (at least 1) and `hysteresis` (below the quorum).
+    fn quorum(&mut self, ctx: &str, raw: &RawService) -> (Option<u32>, Option<u32>) {
+        let quorum = match &raw.quorum {
+            Some(v) => self.integer(ctx, key::QUORUM, v, 1..=u32::MAX),
+            None => Some(DEFAULT_QUORUM),
+        };
+        let hysteresis = match (&raw.hysteresis, quorum) {
+            (Some(v), Some(quorum)) => self.integer(ctx, key::HYSTERESIS, v, 0..=quorum - 1),
+            (Some(_), None) => None,
+            (None, _) => Some(0),
+        };
+        (quorum, hysteresis)
     }
 
     fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {

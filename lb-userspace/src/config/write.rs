@@ -7,7 +7,9 @@
 //!   default ([`DirectorConfig::new`]); `[director.timeouts]` only with the
 //!   timeouts that differ from IPVS's.
 //! - `[[service]]`: every key, `protocol` and `scheduler` included;
-//!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true.
+//!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true,
+//!   `sorry_server` when set, `quorum` and `hysteresis` when not their
+//!   defaults (1 and 0).
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -26,8 +28,8 @@
 use std::{fmt::Write as _, time::Duration};
 
 use super::{
-    BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_RISE, DirectorConfig,
-    HealthConfig, HealthKind, NoBackend, ServiceConfig, default_health_timeout,
+    BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_QUORUM, DEFAULT_RISE,
+    DirectorConfig, HealthConfig, HealthKind, NoBackend, ServiceConfig, default_health_timeout,
     raw::key,
     values::{format_duration_in_seconds, format_mac, format_md5},
 };
@@ -203,8 +205,8 @@ fn timeout_lines(director: &DirectorConfig) -> Lines {
     .collect()
 }
 
-/// `[[service]]`: every key, `no_backend` and `sloppy_tcp` when they are
-/// not the default.
+/// `[[service]]`: every key; `no_backend`, `sloppy_tcp`, `sorry_server`,
+/// `quorum` and `hysteresis` when they are not the default.
 fn service_lines(service: &ServiceConfig) -> Lines {
     let mut lines = vec![
         (key::NAME, string(&service.name)),
@@ -218,6 +220,15 @@ fn service_lines(service: &ServiceConfig) -> Lines {
     }
     if service.sloppy_tcp {
         lines.push((key::SLOPPY_TCP, "true".to_owned()));
+    }
+    if let Some(sorry) = service.sorry_server {
+        lines.push((key::SORRY_SERVER, string(&sorry.to_string())));
+    }
+    if service.quorum != DEFAULT_QUORUM {
+        lines.push((key::QUORUM, service.quorum.to_string()));
+    }
+    if service.hysteresis != 0 {
+        lines.push((key::HYSTERESIS, service.hysteresis.to_string()));
     }
     lines
 }

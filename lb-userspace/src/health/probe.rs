@@ -340,6 +340,9 @@ mod tests {
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
             sloppy_tcp: false,
+            sorry_server: None,
+            quorum: 1,
+            hysteresis: 0,
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

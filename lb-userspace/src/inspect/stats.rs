@@ -6,9 +6,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use lb_common::{
-    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_UP, Counters,
-    EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED, EVENT_PROMOTED,
-    EVENT_TABLE_FULL, FlowKey, addr_from_key, backend_index, protocol_name, reason_name,
+    BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
+    BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
+    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, addr_from_key, backend_index, protocol_name,
+    reason_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -462,6 +463,7 @@ fn backend_state_name(state: u32) -> String {
         BACKEND_STATE_UP => "up".to_owned(),
         BACKEND_STATE_DOWN => "down".to_owned(),
         BACKEND_STATE_REMOVED => "removed".to_owned(),
+        BACKEND_STATE_STANDBY => "standby".to_owned(),
         other => other.to_string(),
     }
 }

@@ -110,6 +110,12 @@ struct VirtualServer {
     snmp_name: Option<String>,
     timers: Timers,
     real_servers: Vec<RealServer>,
+    /// `sorry_server`: its address and line.
+    sorry_server: Option<(IpAddr, usize)>,
+    /// `quorum` (at least 1).
+    quorum: Option<u32>,
+    /// `hysteresis`, and its line.
+    hysteresis: Option<(u32, usize)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -337,6 +343,9 @@ impl Converter {
             snmp_name: None,
             timers: Timers::default(),
             real_servers: Vec::new(),
+            sorry_server: None,
+            quorum: None,
+            hysteresis: None,
         };
         // A virtual server lb cannot balance at all is skipped with that
         // reason only, not a warning for every setting in it.
@@ -401,16 +410,29 @@ impl Converter {
                          on its own, so one client's connections (e.g. GridFTP control and data \
                          channels) may reach different real servers",
                     ),
-                "quorum" | "quorum_up" | "quorum_down" | "hysteresis" => self.dropped(
+                "quorum" => {
+                    vs.quorum = self.count(child).map(|quorum| {
+                        if quorum == 0 {
+                            self.warn(child.line, "quorum 0 is not a quorum; using 1 (lb's minimum)");
+                        }
+                        quorum.max(1)
+                    });
+                }
+                "hysteresis" => vs.hysteresis = self.count(child).map(|h| (h, child.line)),
+                "quorum_up" | "quorum_down" => self.dropped(
                     child,
-                    "lb has no quorum: a service stays up while any backend is up",
+                    "lb runs no quorum scripts; it logs when a service loses or regains its \
+                     quorum",
                 ),
-                "sorry_server" | "sorry_server_inhibit" | "sorry_server_lvs_method" => self
-                    .dropped(
-                        child,
-                        "lb has no sorry server: when every backend is down, new connections \
-                         to the service are dropped",
-                    ),
+                "sorry_server" => vs.sorry_server = self.sorry_server(child, &vs)?,
+                "sorry_server_inhibit" => self.dropped(
+                    child,
+                    "lb's sorry server takes new connections only while the service has lost \
+                     its quorum, and never otherwise",
+                ),
+                "sorry_server_lvs_method" => {
+                    self.forwarding(child, "sorry_server_lvs_method not carried over");
+                }
                 "alpha" => self.dropped(
                     child,
                     "lb has no alpha mode: a backend starts up and goes down after `fall` failed checks",
@@ -436,6 +458,36 @@ impl Converter {
     }
 
     /// A `real_server` block; `None` when it is skipped (with a warning).
+    /// `sorry_server ADDRESS [PORT]`: the address, if it can be one (direct
+    /// routing cannot change its port).
+    fn sorry_server(
+        &mut self,
+        stmt: &Stmt,
+        vs: &VirtualServer,
+    ) -> Result<Option<(IpAddr, usize)>, SyntaxError> {
+        let Some(address) = stmt.arg().and_then(parse_address) else {
+            return Err(SyntaxError::new(
+                stmt.line,
+                "sorry_server needs an address (e.g. `sorry_server 198.51.100.99 2811`)",
+            ));
+        };
+        if address.is_ipv4() != vs.vip.is_ipv4() {
+            self.dropped(stmt, "it is not of the VIP's address family");
+            return Ok(None);
+        }
+        if let Some(port) = stmt.args.get(1).filter(|p| **p != vs.port.to_string()) {
+            self.warn(
+                stmt.line,
+                format!(
+                    "sorry_server {address} port {port} is not the VIP's port {}: direct \
+                     routing cannot translate ports, so it gets the connections on port {}",
+                    vs.port, vs.port
+                ),
+            );
+        }
+        Ok(Some((address, stmt.line)))
+    }
+
     fn real_server(
         &mut self,
         stmt: &Stmt,
@@ -946,6 +998,7 @@ impl Converter {
             );
             return None;
         }
+        let (sorry_server, quorum, hysteresis) = self.quorum(&vs, &backends);
         // Without a checker, the backends are always up.
         let health = self
             .health(&vs, &used)
@@ -963,10 +1016,53 @@ impl Converter {
                 scheduler: Scheduler::Wlc,
                 no_backend: NoBackend::Drop,
                 sloppy_tcp: false,
+                sorry_server,
+                quorum,
+                hysteresis,
                 health,
                 backends,
             },
         })
+    }
+
+    /// The service's sorry server, quorum and hysteresis: a sorry server
+    /// that is also a real server is dropped; a hysteresis not below the
+    /// quorum becomes the quorum less 1, as lb requires (keepalived would
+    /// never lose such a quorum).
+    fn quorum(
+        &mut self,
+        vs: &VirtualServer,
+        backends: &[BackendConfig],
+    ) -> (Option<IpAddr>, u32, u32) {
+        let sorry_server = vs.sorry_server.and_then(|(address, line)| {
+            if backends.iter().any(|b| b.address == address) {
+                self.warn(
+                    line,
+                    format!(
+                        "sorry_server {address} is also a real_server of this virtual_server; \
+                         not carried over"
+                    ),
+                );
+                return None;
+            }
+            Some(address)
+        });
+        let quorum = vs.quorum.unwrap_or(1);
+        let hysteresis = match vs.hysteresis {
+            Some((hysteresis, line)) if hysteresis >= quorum => {
+                self.warn(
+                    line,
+                    format!(
+                        "hysteresis {hysteresis} is not below the quorum {quorum}; using {}",
+                        quorum - 1
+                    ),
+                );
+                quorum - 1
+            }
+            Some((hysteresis, _)) => hysteresis,
+            None => 0,
+        };
+        (sorry_server, quorum, hysteresis)
     }
 
     /// The one check of a service: the first checker of the first real
@@ -1334,6 +1430,9 @@ mod tests {
             snmp_name: Some("bad name".into()),
             timers: Timers::default(),
             real_servers: Vec::new(),
+            sorry_server: None,
+            quorum: None,
+            hysteresis: None,
         };
         let first = converter.name(&vs);
         let second = converter.name(&vs);

@@ -618,11 +618,30 @@ weight = 500
                 "persistence_granularity 255.255.255.0",
                 "persistence_granularity",
             ),
-            ("quorum 2", "quorum 2 is not carried over: lb has no quorum"),
-            ("hysteresis 1", "hysteresis 1 is not carried over"),
             (
-                "sorry_server 192.0.2.99 2811",
-                "sorry_server 192.0.2.99 2811 is not carried over: lb has no sorry server",
+                "quorum_up /bin/up.sh",
+                "quorum_up /bin/up.sh is not carried over",
+            ),
+            ("quorum 0", "quorum 0 is not a quorum; using 1"),
+            (
+                "hysteresis 1",
+                "hysteresis 1 is not below the quorum 1; using 0",
+            ),
+            (
+                "sorry_server 192.0.2.99 21",
+                "sorry_server 192.0.2.99 port 21 is not the VIP's port 2811",
+            ),
+            (
+                "sorry_server 2001:db8::99 2811",
+                "is not carried over: it is not of the VIP's address family",
+            ),
+            (
+                "sorry_server 198.51.100.11 2811",
+                "sorry_server 198.51.100.11 is also a real_server",
+            ),
+            (
+                "sorry_server_inhibit",
+                "sorry_server_inhibit is not carried over",
             ),
             ("alpha", "alpha is not carried over: lb has no alpha mode"),
             ("omega", "omega is not carried over"),
@@ -644,6 +663,33 @@ weight = 500
             assert!(w[0].contains(expected), "{setting}: {w:?}");
         }
         assert!(warnings(&vs("  ip_family inet\n  real_server 198.51.100.11 {\n  }")).is_empty());
+    }
+
+    #[test]
+    fn sorry_server_quorum_and_hysteresis_carry_over() {
+        let c = convert(
+            &vs(
+                "  sorry_server 192.0.2.99 2811\n  quorum 3\n  hysteresis 1\n  \
+                 real_server 198.51.100.11 2811 {\n  }",
+            ),
+            "k.conf",
+            &["eth0".into()],
+        )
+        .unwrap();
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        for line in [
+            "sorry_server = \"192.0.2.99\"",
+            "quorum = 3",
+            "hysteresis = 1",
+        ] {
+            assert!(c.toml.lines().any(|l| l == line), "{line} in\n{}", c.toml);
+        }
+        let config = crate::config::Config::parse(&c.toml, "lb.toml").unwrap();
+        let service = &config.services[0];
+        assert_eq!(
+            (service.sorry_server, service.quorum, service.hysteresis),
+            (Some("192.0.2.99".parse().unwrap()), 3, 1)
+        );
     }
 
     #[test]
