@@ -626,6 +626,7 @@ impl Bench {
                 id: 0,
                 // sloppy_tcp: the established cases send ACKs of flows never opened by a SYN.
                 flags: SERVICE_FLAG_SLOPPY_TCP,
+                ..Service::default()
             },
             &set,
         )?;

@@ -1089,6 +1089,7 @@ fn install(
         Service {
             id,
             flags: SERVICE_FLAG_SLOPPY_TCP,
+            ..Service::default()
         },
         &backend_set(id, vip, reals),
     )

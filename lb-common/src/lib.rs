@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
-//! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`],
+//! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`], [`persist`],
 //! [`flow_cache`], [`stats`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
@@ -31,6 +31,7 @@
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
 //! | [`FLOW_EVENTS_MAP`] | per-CPU array | [`flow_event_index`] -> `u64` |
+//! | [`PERSIST_MAP`] | LRU hash | [`PersistKey`] -> [`PersistTemplate`] |
 //!
 //! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
 //! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
@@ -47,6 +48,9 @@
 //! [`PENDING6_MAP`]: limits::PENDING6_MAP
 //! [`FLOW_EVENTS_MAP`]: limits::FLOW_EVENTS_MAP
 //! [`flow_event_index`]: stats::flow_event_index
+//! [`PERSIST_MAP`]: limits::PERSIST_MAP
+//! [`PersistKey`]: persist::PersistKey
+//! [`PersistTemplate`]: persist::PersistTemplate
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
 //! [`SERVICE_PORTS_MAP`]: limits::SERVICE_PORTS_MAP
@@ -75,6 +79,7 @@ pub mod flow_cache;
 pub mod ip;
 pub mod limits;
 pub mod nic;
+pub mod persist;
 pub mod service;
 pub mod stats;
 pub mod wlc;
@@ -86,6 +91,7 @@ pub use flow_cache::*;
 pub use ip::*;
 pub use limits::*;
 pub use nic::*;
+pub use persist::*;
 pub use service::*;
 pub use stats::*;
 pub use wlc::LoadTree;

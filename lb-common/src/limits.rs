@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -62,6 +62,13 @@ pub const PENDING4_MAP: &str = "PENDING4";
 /// [`FlowKey6`]: crate::flow::FlowKey6
 /// [`Flow`]: crate::flow::Flow
 pub const PENDING6_MAP: &str = "PENDING6";
+/// Name of the persistence templates (LRU hash: [`PersistKey`] ->
+/// [`PersistTemplate`]): written by XDP when a persistent service's client
+/// opens a connection, refreshed and expired by the control plane.
+///
+/// [`PersistKey`]: crate::persist::PersistKey
+/// [`PersistTemplate`]: crate::persist::PersistTemplate
+pub const PERSIST_MAP: &str = "PERSIST";
 /// Name of the per-CPU flow-table event counters (array:
 /// [`flow_event_index`] -> `u64`): flows opened in and promoted from the
 /// pending tables, refused by a full connection table, and removed from the

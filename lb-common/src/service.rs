@@ -56,6 +56,14 @@ pub struct Service {
     pub id: u32,
     /// `SERVICE_FLAG_*` bits.
     pub flags: u32,
+    /// Client persistence (IPVS's `-p`, keepalived's `persistence_timeout`),
+    /// in seconds: while a template of the client's masked address lives,
+    /// its new connections go to the template's backend. 0: none.
+    pub persistence_timeout_s: u32,
+    /// How many leading bits of the client's address a persistence
+    /// template covers (IPVS's `-M`, keepalived's
+    /// `persistence_granularity`): 32 (IPv4) or 128 (IPv6) for one client.
+    pub persistence_prefix: u32,
 }
 
 /// Service flag: a TCP SYN that finds no backend to take it is answered with
@@ -131,7 +139,7 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<AlignedServiceKey>() == 24);
     assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
-    assert!(size_of::<Service>() == 8);
+    assert!(size_of::<Service>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -163,6 +171,8 @@ mod tests {
     fn service_layout() {
         assert_eq!(offset_of!(Service, id), 0);
         assert_eq!(offset_of!(Service, flags), 4);
+        assert_eq!(offset_of!(Service, persistence_timeout_s), 8);
+        assert_eq!(offset_of!(Service, persistence_prefix), 12);
     }
 
     #[test]

@@ -133,11 +133,10 @@ fn from_table<K: TableKey>(
         reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
     )]
     // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some((service_id, flags)) =
-        (unsafe { SERVICES.get(&service_key.key) }).map(|s| (s.id, s.flags))
-    else {
+    let Some(service) = (unsafe { SERVICES.get(&service_key.key) }).copied() else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
+    let (service_id, flags) = (service.id, service.flags);
     if replaces.is_none()
         && packet.proto == PROTO_TCP
         && !packet.opens_connection()
@@ -152,7 +151,7 @@ fn from_table<K: TableKey>(
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = match conntrack::open(key, packet, service_id, conns, tree, replaces) {
+    let binding = match conntrack::open(key, packet, &service, (backends, conns, tree), replaces) {
         Ok(binding) => binding,
         Err(Verdict::Drop(REASON_NO_BACKEND))
             if flags & SERVICE_FLAG_REJECT != 0 && packet.opens_connection() =>

@@ -33,15 +33,16 @@ use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
     BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
     EVENT_PROMOTED, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA,
-    Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, REASON_NO_BACKEND,
+    Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
+    REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, flow_cache_set, flow_event_index, wlc,
+    flow_cache_index, flow_cache_set, flow_event_index, persist_key, wlc,
 };
 
 use crate::{
     maps::{
         BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, PENDING4,
-        PENDING6, WLC_TREE,
+        PENDING6, PERSIST, WLC_TREE,
     },
     parse::Packet,
     stats,
@@ -75,6 +76,8 @@ pub trait TableKey {
     fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
     /// Deletes the key from the pending table; whether it was there.
     fn remove_pending(&self) -> bool;
+    /// The client's address in 16 bytes (IPv4 in the first 4).
+    fn client_addr(&self) -> [u8; 16];
     /// The service the flow is addressed to.
     fn service_key(&self) -> AlignedServiceKey;
     /// A flow-cache set of this key's family.
@@ -125,6 +128,13 @@ macro_rules! table_key {
             #[inline(always)]
             fn remove_pending(&self) -> bool {
                 $pending.remove(self).is_ok()
+            }
+
+            #[inline(always)]
+            fn client_addr(&self) -> [u8; 16] {
+                let mut addr = [0; 16];
+                addr[..self.src_addr.len()].copy_from_slice(&self.src_addr);
+                addr
             }
 
             #[inline(always)]
@@ -402,23 +412,21 @@ fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u3
     backend.state != BACKEND_STATE_UP || backend.weight == 0
 }
 
-/// Opens flow `key` for `packet` in service `service_id`: picks its backend by
-/// weighted least-connection (the root of the service's tree `tree`) and
-/// records it ([`record`]; over the flow it `replaces`, in that flow's
-/// table); `Drop(REASON_NO_BACKEND)` when no backend can take it.
+/// Opens flow `key` for `packet` in `service` (whose backends are
+/// `backends`): picks its backend ([`choose`]) and records it ([`record`];
+/// over the flow it `replaces`, in that flow's table);
+/// `Drop(REASON_NO_BACKEND)` when no backend can take it.
 #[inline(always)]
 pub fn open<K: TableKey>(
     key: &K,
     packet: &Packet,
-    service_id: u32,
-    conns: *mut BackendConnSet,
-    tree: *mut LoadTree,
+    service: &Service,
+    (backends, conns, tree): (&BackendSet, *mut BackendConnSet, *mut LoadTree),
     replaces: Option<Table>,
 ) -> Result<Binding, Verdict> {
-    // SAFETY: `tree` points at this service's entry in WLC_TREE.
-    let slot = match wlc::select(unsafe { &*tree }) {
-        Some(slot) => bounded(slot),
-        None => return Err(Verdict::Drop(REASON_NO_BACKEND)),
+    let service_id = service.id;
+    let Some(slot) = choose(key, service, backends, tree) else {
+        return Err(Verdict::Drop(REASON_NO_BACKEND));
     };
     let state = next_state(packet, STATE_NONE);
     let flags = next_flags(packet, 0);
@@ -442,6 +450,49 @@ pub fn open<K: TableKey>(
         flags,
         new_flow: true,
     })
+}
+
+/// The backend slot of a new flow of `service` from `key`'s client, by
+/// weighted least-connection (the root of the service's tree `tree`); for a
+/// persistent service, the slot of the client's template while it lives
+/// and its backend takes new flows, else wlc's choice, which becomes the
+/// client's template. `None` when no backend can take the flow.
+#[inline(always)]
+fn choose<K: TableKey>(
+    key: &K,
+    service: &Service,
+    backends: &BackendSet,
+    tree: *mut LoadTree,
+) -> Option<u32> {
+    // SAFETY: `tree` points at this service's entry in WLC_TREE.
+    let tree = unsafe { &*tree };
+    if service.persistence_timeout_s == 0 {
+        return wlc::select(tree).map(bounded);
+    }
+    let template = persist_key(key.client_addr(), service.persistence_prefix, service.id);
+    let now = now();
+    if let Some(found) = PERSIST.get_ptr_mut(template) {
+        // SAFETY: a valid entry of the template map.
+        let found = unsafe { &mut *found };
+        let slot = bounded(found.backend_slot);
+        let timeout_ns = u64::from(service.persistence_timeout_s) * 1_000_000_000;
+        if now.saturating_sub(found.last_used_ns) <= timeout_ns
+            && backends.scheduling_weight(slot) > 0
+        {
+            found.last_used_ns = now;
+            return Some(slot);
+        }
+    }
+    let slot = bounded(wlc::select(tree)?);
+    let chosen = PersistTemplate {
+        last_used_ns: now,
+        backend_slot: slot,
+        _pad: 0,
+    };
+    // A template that cannot be written only costs the next connection its
+    // persistence.
+    let _ = PERSIST.insert(template, chosen, BPF_ANY);
+    Some(slot)
 }
 
 /// Records new flow `flow` of `key`: over the flow it `replaces`, in that

@@ -10,7 +10,8 @@ use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES, Flow, FlowKey4,
     FlowKey6, LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter,
-    SERVICE_PORTS_ENTRIES, Service, ServiceKey, pending_capacity,
+    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
+    pending_capacity,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -71,6 +72,14 @@ pub static PENDING6: LruHashMap<
     Flow,
     { pending_capacity(DEFAULT_MAX_FLOWS_V6) as usize },
 > = LruHashMap::new();
+
+/// Persistence templates: (service, masked client) -> the backend slot its
+/// new connections go to (see `lb_common::persist`). Written here when a
+/// persistent service's client opens a connection; refreshed from the live
+/// flows and expired by the control plane.
+#[btf_map]
+pub static PERSIST: LruHashMap<PersistKey, PersistTemplate, { PERSIST_TEMPLATES as usize }> =
+    LruHashMap::new();
 
 /// Port prefilter: destination port -> `PORT_*` bits of the protocols some
 /// service uses on it. Written by the control plane.

@@ -521,8 +521,13 @@ impl Daemon {
                     self.write_or_retry(&mut datapath.maps, changes, "a neighbour refresh");
                 }
                 _ = sweep.tick() => {
-                    let ids: Vec<u32> = self.director.services.iter().map(|s| s.id).collect();
-                    match sweeper::sweep(&mut datapath.maps, &ids, &self.config.director.timeouts) {
+                    let services: Vec<Service> = self
+                        .director
+                        .services
+                        .iter()
+                        .map(|s| s.config.service_value(s.id))
+                        .collect();
+                    match sweeper::sweep(&mut datapath.maps, &services, &self.config.director.timeouts) {
                         Ok(report) => {
                             if report.expired > 0 {
                                 debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
@@ -847,11 +852,7 @@ fn write_changes(
                 let Some(s) = director.services.iter().find(|s| s.id == id) else {
                     continue;
                 };
-                let service = Service {
-                    id,
-                    flags: s.config.flags(),
-                };
-                maps.set_service(s.key(), service, &s.backend_set())?;
+                maps.set_service(s.key(), s.config.service_value(id), &s.backend_set())?;
             }
         }
     }

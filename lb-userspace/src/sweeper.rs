@@ -11,6 +11,13 @@
 //! leaves behind; it cannot evict a confirmed flow (the table never
 //! evicts), and this frees its room for new flows once the flood stops.
 //!
+//! Persistence templates live for their service's persistence timeout after
+//! their client's last connection opened or, as in IPVS, while any of the
+//! client's flows lives: the sweeper refreshes a template from the flows it
+//! walks, expires it when both are old, and drops one whose backend takes
+//! no new flows (down, drained or removed), so that the client's next
+//! connection is scheduled afresh.
+//!
 //! The tables change while they are walked: the data path refreshes,
 //! inserts, moves and evicts flows. A walk reads them in batches of
 //! `LOOKUP_BATCH` flows a system call, bucket by bucket, so it counts each
@@ -22,8 +29,10 @@ use std::collections::HashMap as StdHashMap;
 
 use anyhow::Context as _;
 use lb_common::{
-    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS,
+    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS, PersistKey, PersistTemplate,
+    Service, addr_key,
     conn_state::{STATE_ESTABLISHED, Timeouts, is_active},
+    persist_key,
 };
 
 use crate::datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns};
@@ -42,6 +51,8 @@ pub struct SweepReport {
     /// Whether the IPv4 and the IPv6 connection table were under pressure
     /// (their silent flows expire early).
     pub pressure: [bool; 2],
+    /// Persistence templates left.
+    pub templates: usize,
     /// Live flows per service id and backend slot (what the counters were
     /// set to).
     pub conns: StdHashMap<u32, BackendConnSet>,
@@ -112,9 +123,13 @@ impl Tally {
 }
 
 /// One walk of the flow tables: the flows found idle past their timeout,
-/// and the others tallied per service and slot.
+/// the others tallied per service and slot, and when each persistence
+/// template last had a live flow.
 #[derive(Default)]
 pub struct Walk {
+    /// Per persistence template, the last-seen time of its client's latest
+    /// live flow.
+    pub template_flows: StdHashMap<PersistKey, u64>,
     /// Flows idle past their timeout when the walk saw them.
     pub idle: Vec<FlowKey>,
     /// Whether the IPv4 and the IPv6 connection table is under pressure.
@@ -124,8 +139,13 @@ pub struct Walk {
 }
 
 /// Walks the flow tables once, in batches (see [`Maps::for_each_flow`]:
-/// each flow is counted once).
-pub fn walk(maps: &Maps, timeouts: &Timeouts) -> anyhow::Result<Walk> {
+/// each flow is counted once); `services` says which are persistent.
+pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::Result<Walk> {
+    let prefixes: StdHashMap<u32, u32> = services
+        .iter()
+        .filter(|s| s.persistence_timeout_s > 0)
+        .map(|s| (s.id, s.persistence_prefix))
+        .collect();
     let now_ns = monotonic_ns();
     let mut walk = Walk::default();
     // Silent flows idle past the `syn_recv` timeout: expired if their table
@@ -143,6 +163,15 @@ pub fn walk(maps: &Maps, timeouts: &Timeouts) -> anyhow::Result<Walk> {
         } else {
             walk.tally.add(&flow);
             walk.live += 1;
+            let id = u32::from(flow.service_id);
+            if let Some(&prefix) = prefixes.get(&id) {
+                let client = addr_key(key.client()).0;
+                let latest = walk
+                    .template_flows
+                    .entry(persist_key(client, prefix, id))
+                    .or_default();
+                *latest = (*latest).max(flow.last_seen_ns);
+            }
         }
     })?;
     let capacity = maps.flow_capacity()?;
@@ -186,19 +215,61 @@ pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
     expired
 }
 
-/// Expires idle flows of the flow tables, rewrites the counters of
-/// `service_ids` (every service in use) from the flows that remain, and
-/// rebuilds their scheduler trees.
+/// Refreshes, expires and drops the persistence templates of `services`
+/// (see the module doc) after `walk`; returns how many are left.
+pub fn sweep_templates(
+    maps: &mut Maps,
+    services: &[Service],
+    walk: &Walk,
+) -> anyhow::Result<usize> {
+    let mut persistent = StdHashMap::new();
+    for s in services.iter().filter(|s| s.persistence_timeout_s > 0) {
+        let timeout_ns = u64::from(s.persistence_timeout_s) * 1_000_000_000;
+        persistent.insert(s.id, (timeout_ns, array_get(&maps.backends, s.id)?));
+    }
+    let mut templates = Vec::new();
+    maps.for_each_template(|key, template| templates.push((key, template)))?;
+    let now_ns = monotonic_ns();
+    let mut left = 0;
+    for (key, template) in templates {
+        let flows_seen = walk.template_flows.get(&key).copied().unwrap_or(0);
+        let last_used_ns = template.last_used_ns.max(flows_seen);
+        let keep = persistent
+            .get(&key.service_id)
+            .is_some_and(|(timeout_ns, backends)| {
+                now_ns.saturating_sub(last_used_ns) <= *timeout_ns
+                    && backends.scheduling_weight(template.backend_slot) > 0
+            });
+        if !keep {
+            maps.remove_template(&key);
+        } else if last_used_ns > template.last_used_ns {
+            let refreshed = PersistTemplate {
+                last_used_ns,
+                ..template
+            };
+            maps.set_template(&key, &refreshed)?;
+            left += 1;
+        } else {
+            left += 1;
+        }
+    }
+    Ok(left)
+}
+
+/// Expires idle flows of the flow tables and persistence templates,
+/// rewrites the counters of `services` (every service in use) from the
+/// flows that remain, and rebuilds their scheduler trees.
 pub fn sweep(
     maps: &mut Maps,
-    service_ids: &[u32],
+    services: &[Service],
     timeouts: &Timeouts,
 ) -> anyhow::Result<SweepReport> {
-    let mut walk = walk(maps, timeouts)?;
+    let mut walk = walk(maps, services, timeouts)?;
     let expired = expire(maps, &mut walk, timeouts);
     maps.record_pending_removals()?;
+    let templates = sweep_templates(maps, services, &walk)?;
     let mut tally = walk.tally;
-    for &id in service_ids {
+    for id in services.iter().map(|s| s.id) {
         let conns = tally.per_service.entry(id).or_default();
         maps.backend_conns
             .set(id, *conns, 0)
@@ -210,6 +281,7 @@ pub fn sweep(
         expired,
         live: walk.live,
         pressure: walk.pressure,
+        templates,
         conns: tally.per_service,
     })
 }

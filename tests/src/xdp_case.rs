@@ -215,10 +215,28 @@ impl Case {
             .maps
             .set_service(
                 ServiceKey::new(vip, PORT, proto),
-                Service { id, flags },
+                Service {
+                    id,
+                    flags,
+                    ..Service::default()
+                },
                 &backend_set(id, vip, reals),
             )
             .unwrap_or_else(|e| panic!("{}: set_service: {e:#}", self.name));
+    }
+
+    /// Every service's value in the service map, as the sweeper takes them.
+    pub fn service_values(&self) -> Vec<Service> {
+        self.dp
+            .maps
+            .services
+            .iter()
+            .map(|entry| {
+                entry
+                    .unwrap_or_else(|e| panic!("{}: reading the service map: {e}", self.name))
+                    .1
+            })
+            .collect()
     }
 
     /// Replaces the backends of service `id` (as a re-weight, health change

@@ -143,12 +143,28 @@ pub struct ServiceConfig {
     /// `quorum`): quorum is lost below `quorum - hysteresis` and regained
     /// at `quorum + hysteresis`.
     pub hysteresis: u32,
+    /// Client persistence (keepalived's `persistence_timeout` and
+    /// `persistence_granularity`, IPVS's `-p` and `-M`), if any.
+    pub persistence: Option<Persistence>,
     /// Health check of the backends.
     pub health: HealthConfig,
     /// The real servers (`[[service.backend]]`), 1 to
     /// [`lb_common::MAX_BACKENDS`], of the VIP's address family, each listed
     /// once.
     pub backends: Vec<BackendConfig>,
+}
+
+/// Client persistence: while a client's template lives, its new
+/// connections go to the backend its first one went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// How long a template lives after the client's last connection
+    /// (`persistence_timeout`, 1 s to 7 days).
+    pub timeout: Duration,
+    /// How many leading bits of the client's address a template covers
+    /// (`persistence_netmask`: default 32 for IPv4, 128 for IPv6; 24 puts a
+    /// whole /24 on one backend).
+    pub prefix: u8,
 }
 
 /// Transport protocol of a service.
@@ -168,6 +184,22 @@ impl ServiceConfig {
             .iter()
             .map(|b| b.address)
             .chain(self.sorry_server)
+    }
+
+    /// The data path's value of this service under id `id`.
+    pub fn service_value(&self, id: u32) -> lb_common::Service {
+        let (persistence_timeout_s, persistence_prefix) = self.persistence.map_or((0, 0), |p| {
+            (
+                u32::try_from(p.timeout.as_secs()).unwrap_or(u32::MAX),
+                u32::from(p.prefix),
+            )
+        });
+        lb_common::Service {
+            id,
+            flags: self.flags(),
+            persistence_timeout_s,
+            persistence_prefix,
+        }
     }
 
     /// The `SERVICE_FLAG_*` bits the data path acts on for this service.

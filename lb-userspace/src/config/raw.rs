@@ -47,6 +47,8 @@ pub(super) mod key {
     pub(crate) const SORRY_SERVER: &str = "sorry_server";
     pub(crate) const QUORUM: &str = "quorum";
     pub(crate) const HYSTERESIS: &str = "hysteresis";
+    pub(crate) const PERSISTENCE_TIMEOUT: &str = "persistence_timeout";
+    pub(crate) const PERSISTENCE_NETMASK: &str = "persistence_netmask";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -129,6 +131,8 @@ pub(super) struct RawService {
     pub(super) sorry_server: Field,
     pub(super) quorum: Field,
     pub(super) hysteresis: Field,
+    pub(super) persistence_timeout: Field,
+    pub(super) persistence_netmask: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -348,6 +352,8 @@ mod tests {
                 key::SORRY_SERVER,
                 key::QUORUM,
                 key::HYSTERESIS,
+                key::PERSISTENCE_TIMEOUT,
+                key::PERSISTENCE_NETMASK,
                 key::HEALTH,
                 key::BACKEND,
             ]

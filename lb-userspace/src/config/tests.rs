@@ -156,6 +156,7 @@ fn example_parses() {
             sorry_server: None,
             quorum: 1,
             hysteresis: 0,
+            persistence: None,
             health: HealthConfig {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(10),
@@ -858,6 +859,46 @@ fn sorry_server_quorum_and_hysteresis() {
             format!("lb.toml:8: service \"gridftp\": {problem}"),
             "{line}"
         );
+    }
+}
+
+#[test]
+fn persistence() {
+    assert_eq!(parse(BASE).services[0].persistence, None);
+    let with = |line: &str| base_with("port = 2811", &format!("port = 2811\n{line}"));
+    let service = parse(&with("persistence_timeout = \"10m\""))
+        .services
+        .remove(0);
+    let value = service.service_value(4);
+    assert_eq!(
+        (value.persistence_timeout_s, value.persistence_prefix),
+        (600, 32)
+    );
+    let service = parse(&with(
+        "persistence_timeout = \"1h\"\npersistence_netmask = 24",
+    ))
+    .services
+    .remove(0);
+    assert_eq!(
+        service.persistence,
+        Some(Persistence {
+            timeout: Duration::from_secs(3600),
+            prefix: 24
+        })
+    );
+    for (line, problem) in [
+        (
+            "persistence_netmask = 24",
+            "persistence_netmask needs persistence_timeout (valid: set both, e.g. \
+             persistence_timeout = \"10m\")",
+        ),
+        (
+            "persistence_timeout = \"1m\"\npersistence_netmask = 33",
+            "persistence_netmask 33 is out of range (valid: 0..=32)",
+        ),
+    ] {
+        let error = error(&with(line));
+        assert!(error.ends_with(problem), "{line}: {error}");
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
     BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
     DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig,
-    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Problem, Protocol, Scheduler,
+    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Persistence, Problem, Protocol, Scheduler,
     ServiceConfig, default_health_timeout, parse_keyword,
     raw::{
         Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
@@ -573,6 +573,7 @@ impl ConfigValidator<'_> {
             None => Some(None),
         };
         let (quorum, hysteresis) = self.quorum(&ctx, raw);
+        let persistence = self.persistence(&ctx, raw, vip);
 
         Some(ServiceConfig {
             name: name?,
@@ -585,6 +586,7 @@ impl ConfigValidator<'_> {
             sorry_server: sorry_server?,
             quorum: quorum?,
             hysteresis: hysteresis?,
+            persistence: persistence?,
             health: health?,
             backends: backends?,
         })
@@ -623,6 +625,39 @@ impl ConfigValidator<'_> {
             ),
         );
         None
+    }
+
+    /// `persistence_timeout` and `persistence_netmask` (a prefix length of
+    /// the VIP's family; only with a timeout).
+    fn persistence(
+        &mut self,
+        ctx: &str,
+        raw: &RawService,
+        vip: Option<IpAddr>,
+    ) -> Option<Option<Persistence>> {
+        let bits = if vip.is_some_and(|vip| vip.is_ipv6()) {
+            128
+        } else {
+            32
+        };
+        let prefix = match &raw.persistence_netmask {
+            Some(v) => self.integer(ctx, key::PERSISTENCE_NETMASK, v, 0..=bits)?,
+            None => bits,
+        };
+        let Some(v) = &raw.persistence_timeout else {
+            if let Some(v) = &raw.persistence_netmask {
+                self.report_at(
+                    v,
+                    ctx,
+                    "persistence_netmask needs persistence_timeout (valid: set both, e.g. \
+                     persistence_timeout = \"10m\")",
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let timeout = self.duration(ctx, key::PERSISTENCE_TIMEOUT, v, TIMEOUT)?;
+        Some(Some(Persistence { timeout, prefix }))
     }
 
     /// `quorum` (at least 1) and `hysteresis` (below the quorum).

@@ -9,7 +9,8 @@
 //! - `[[service]]`: every key, `protocol` and `scheduler` included;
 //!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true,
 //!   `sorry_server` when set, `quorum` and `hysteresis` when not their
-//!   defaults (1 and 0).
+//!   defaults (1 and 0), `persistence_timeout` when set with
+//!   `persistence_netmask` when it is not the whole address.
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -229,6 +230,13 @@ fn service_lines(service: &ServiceConfig) -> Lines {
     }
     if service.hysteresis != 0 {
         lines.push((key::HYSTERESIS, service.hysteresis.to_string()));
+    }
+    if let Some(persistence) = service.persistence {
+        lines.push((key::PERSISTENCE_TIMEOUT, duration(persistence.timeout)));
+        let whole = if service.vip.is_ipv4() { 32 } else { 128 };
+        if persistence.prefix != whole {
+            lines.push((key::PERSISTENCE_NETMASK, persistence.prefix.to_string()));
+        }
     }
     lines
 }

@@ -18,10 +18,10 @@ use lb_common::{
     CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, EVENT_PENDING_REMOVED,
     FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP,
     LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_MAP, NUM_FLOW_EVENTS,
-    NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, REASON_FORWARDED, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, VERDICT_STATS_MAP, WLC_TREE_MAP,
-    backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name,
-    wlc,
+    NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate,
+    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
+    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
+    pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -39,7 +39,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 15] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 16] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
@@ -55,6 +55,11 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 15] = [
     (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
     (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
     (FLOW_EVENTS_MAP, 4, 8),
+    (
+        PERSIST_MAP,
+        size_of::<PersistKey>(),
+        size_of::<PersistTemplate>(),
+    ),
 ];
 
 /// How many flows each of the four flow tables holds: each family's
@@ -125,6 +130,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, Counters>,
     /// Per-CPU flow-table event counts (`lb_common::flow_event_index`).
     pub flow_events: PerCpuArray<MapData, u64>,
+    /// Persistence templates: (service, masked client) -> backend slot.
+    pub persist: HashMap<MapData, PersistKey, PersistTemplate>,
     /// Flows removed from the IPv4 and IPv6 pending tables since the last
     /// [`Maps::record_pending_removals`].
     pending_removed: [u64; 2],
@@ -157,6 +164,7 @@ impl Maps {
             service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
             backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
             flow_events: typed(&mut take, FLOW_EVENTS_MAP)?,
+            persist: typed(&mut take, PERSIST_MAP)?,
             pending_removed: [0; 2],
         })
     }
@@ -601,6 +609,38 @@ impl Maps {
             pending_ipv4: max_entries(self.pending4.map(), PENDING4_MAP)?,
             pending_ipv6: max_entries(self.pending6.map(), PENDING6_MAP)?,
         })
+    }
+}
+
+/// The persistence templates.
+impl Maps {
+    /// Calls `each` for every persistence template, read in batches (as
+    /// [`Maps::for_each_flow`]).
+    pub fn for_each_template(
+        &self,
+        each: impl FnMut(PersistKey, PersistTemplate),
+    ) -> anyhow::Result<()> {
+        lookup_batched(self.persist.map(), LOOKUP_BATCH, each)
+            .with_context(|| format!("reading {PERSIST_MAP} in batches"))
+    }
+
+    /// Writes template `template` under `key`.
+    pub fn set_template(
+        &mut self,
+        key: &PersistKey,
+        template: &PersistTemplate,
+    ) -> anyhow::Result<()> {
+        self.persist.insert(key, template, 0).with_context(|| {
+            format!(
+                "writing a template of service {} to {PERSIST_MAP}",
+                key.service_id
+            )
+        })
+    }
+
+    /// Deletes the template under `key`; whether it was there.
+    pub fn remove_template(&mut self, key: &PersistKey) -> bool {
+        self.persist.remove(key).is_ok()
     }
 }
 

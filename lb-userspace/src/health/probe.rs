@@ -343,6 +343,7 @@ mod tests {
             sorry_server: None,
             quorum: 1,
             hysteresis: 0,
+            persistence: None,
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

@@ -1,10 +1,12 @@
 //! `lb conns`: the connection table of a running director, like
 //! `ipvsadm -L -c -n`: protocol, time to expiry, state, client, VIP, real
-//! server and service of every flow.
+//! server and service of every flow, and the persistence templates (state
+//! `PERSIST`, the client's masked address with port 0, as IPVS lists its
+//! templates).
 //!
-//! The table is read by walking the pinned LRU hashes (`CONNTRACK4`, then
-//! `CONNTRACK6`) once, in batches of thousands of flows a system call
-//! (`Maps::for_each_flow`); a read from user space does not refresh an
+//! The tables are read by walking the pinned maps once, in batches of
+//! thousands of flows a system call (`Maps::for_each_flow`,
+//! `Maps::for_each_template`); a read from user space does not refresh an
 //! entry's LRU position. Services and their backend slots are
 //! read once beforehand, so each flow is resolved in constant time and the
 //! whole read is linear in the table size (plus the sort).
@@ -17,7 +19,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lb_common::{
-    BACKEND_STATE_EMPTY, Flow, FlowKey, addr_from_key,
+    BACKEND_STATE_EMPTY, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, PersistKey, PersistTemplate,
+    addr_from_key,
     conn_state::{Timeouts, state_name},
     protocol_name,
 };
@@ -38,6 +41,9 @@ pub struct ServiceInfo {
     pub name: String,
     /// Backend addresses by slot (`None`: an empty slot).
     pub backends: Vec<Option<IpAddr>>,
+    /// Its VIP and port, protocol and persistence timeout in seconds (0:
+    /// none), for its templates' rows.
+    pub persistence: (SocketAddr, u8, u32),
 }
 
 impl ServiceInfo {
@@ -59,6 +65,11 @@ impl ServiceInfo {
                 id: service.id,
                 name: names.name(addr_from_key(key.addr, key.family), key.port, key.proto),
                 backends,
+                persistence: (
+                    SocketAddr::new(addr_from_key(key.addr, key.family), key.port),
+                    key.proto,
+                    service.persistence_timeout_s,
+                ),
             });
         }
         services.sort_by_key(|s| s.id);
@@ -83,6 +94,9 @@ pub struct Conn {
     pub service_id: u32,
     /// Backend slot the flow is bound to.
     pub backend_slot: u32,
+    /// A persistence template, not a flow (`client` is the masked address
+    /// with port 0; `state` is unused).
+    pub template: bool,
 }
 
 impl Conn {
@@ -99,6 +113,43 @@ impl Conn {
             vip: SocketAddr::new(key.vip(), key.port()),
             service_id: u32::from(flow.service_id),
             backend_slot: u32::from(flow.backend_slot),
+            template: false,
+        }
+    }
+
+    /// The row of persistence template `template` under `key` of `service`.
+    pub fn of_template(
+        key: &PersistKey,
+        template: &PersistTemplate,
+        service: &ServiceInfo,
+        now_ns: u64,
+    ) -> Self {
+        let (vip, proto, timeout_s) = service.persistence;
+        let idle_ns = now_ns.saturating_sub(template.last_used_ns);
+        let timeout_ns = u64::from(timeout_s).saturating_mul(1_000_000_000);
+        let family = if vip.is_ipv4() {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        };
+        Self {
+            proto,
+            state: 0,
+            expires_s: timeout_ns.saturating_sub(idle_ns) / 1_000_000_000,
+            client: SocketAddr::new(addr_from_key(key.addr, family), 0),
+            vip,
+            service_id: key.service_id,
+            backend_slot: template.backend_slot,
+            template: true,
+        }
+    }
+
+    /// Its state's name: the flow's, or `PERSIST` for a template.
+    fn state_name(&self) -> &'static str {
+        if self.template {
+            "PERSIST"
+        } else {
+            state_name(self.state)
         }
     }
 
@@ -154,6 +205,14 @@ impl ConnTable {
             }
         })
         .context("reading the connection tables")?;
+        let by_id: HashMap<u32, &ServiceInfo> = services.iter().map(|s| (s.id, s)).collect();
+        maps.for_each_template(|key, template| {
+            if let Some(service) = by_id.get(&key.service_id)
+                && only.is_none_or(|id| id == key.service_id)
+            {
+                conns.push(Conn::of_template(&key, &template, service, now_ns));
+            }
+        })?;
         Ok(Self::new(services, conns))
     }
 
@@ -228,7 +287,7 @@ impl ConnTable {
                 &mut *out,
                 &ConnJson {
                     protocol: protocol_name(conn.proto),
-                    state: state_name(conn.state),
+                    state: conn.state_name(),
                     expires_s: conn.expires_s,
                     client: conn.client.ip(),
                     client_port: conn.client.port(),
@@ -250,7 +309,7 @@ impl ConnTable {
         [
             protocol_name(conn.proto).to_uppercase(),
             mm_ss(conn.expires_s),
-            state_name(conn.state).to_owned(),
+            conn.state_name().to_owned(),
             endpoint(conn.client.ip(), conn.client.port()),
             endpoint(conn.vip.ip(), conn.vip.port()),
             self.real_server(conn)
@@ -328,11 +387,13 @@ mod tests {
                     None,
                     Some("192.0.2.13".parse().unwrap()),
                 ],
+                persistence: ("192.0.2.200:80".parse().unwrap(), PROTO_TCP, 0),
             },
             ServiceInfo {
                 id: 1,
                 name: "[2001:db8::200]:53/udp".to_owned(),
                 backends: vec![Some("2001:db8::11".parse().unwrap())],
+                persistence: ("[2001:db8::200]:53".parse().unwrap(), PROTO_UDP, 0),
             },
         ]
     }

@@ -14,6 +14,7 @@
 //! | `lb_backend_incoming_bytes_total` | counter | service, vip, port, protocol, backend |
 //! | `lb_backend_connections_active` | gauge | service, vip, port, protocol, backend |
 //! | `lb_backend_connections_inactive` | gauge | service, vip, port, protocol, backend |
+//! | `lb_backend_connections_persistent` | gauge | service, vip, port, protocol, backend |
 //! | `lb_backend_weight` | gauge | service, vip, port, protocol, backend |
 //! | `lb_backend_up` | gauge | service, vip, port, protocol, backend |
 //! | `lb_flows` | gauge | family |
@@ -242,7 +243,7 @@ const SERVICE_METRICS: [Def<ServiceStats>; 5] = [
 ];
 
 /// The per-backend families.
-const BACKEND_METRICS: [Def<BackendStats>; 7] = [
+const BACKEND_METRICS: [Def<BackendStats>; 8] = [
     Def {
         name: "backend_connections",
         help: "Connections scheduled to the real server (IPVS Conns).",
@@ -277,6 +278,13 @@ const BACKEND_METRICS: [Def<BackendStats>; 7] = [
         bytes: false,
         kind: Kind::Gauge,
         value: |b| b.inactive_conns,
+    },
+    Def {
+        name: "backend_connections_persistent",
+        help: "Persistence templates of clients bound to the real server (IPVS PersistConn).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |b| b.persist_conns,
     },
     Def {
         name: "backend_weight",
@@ -515,6 +523,7 @@ mod tests {
             state: state.to_owned(),
             active_conns: conns,
             inactive_conns: 1,
+            persist_conns: 0,
             conns: conns + 1,
             in_pkts: 10 * conns,
             in_bytes: 600 * conns,
@@ -533,6 +542,7 @@ mod tests {
                     in_bytes: 18_000,
                     active_conns: 30,
                     inactive_conns: 2,
+                    persist_conns: 0,
                     rate: None,
                     backends: vec![
                         backend(0, "192.0.2.11", 1000, "up", 20),
@@ -550,6 +560,7 @@ mod tests {
                     in_bytes: 0,
                     active_conns: 0,
                     inactive_conns: 0,
+                    persist_conns: 0,
                     rate: None,
                     backends: vec![backend(0, "2001:db8::11", 1, "removed", 0)],
                 },

@@ -3,7 +3,7 @@
 //!
 //! Services are named by [`ServiceNames`].
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
@@ -135,6 +135,8 @@ pub struct ServiceStats {
     pub active_conns: u64,
     /// Flows in other states over all backends (InActConn).
     pub inactive_conns: u64,
+    /// Persistence templates over all backends (IPVS PersistConn).
+    pub persist_conns: u64,
     /// Rates between two readings (`lb stats --rate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rates>,
@@ -161,6 +163,8 @@ pub struct BackendStats {
     pub active_conns: u64,
     /// Flows in other states (InActConn).
     pub inactive_conns: u64,
+    /// Persistence templates of clients bound to it (IPVS PersistConn).
+    pub persist_conns: u64,
     /// Connections scheduled to it (Conns).
     pub conns: u64,
     /// Packets forwarded to it (InPkts).
@@ -205,6 +209,12 @@ impl Snapshot {
 
     /// Reads every counter from the maps, naming services from `names`.
     pub fn read_named(maps: &Maps, names: &ServiceNames) -> anyhow::Result<Self> {
+        let mut templates: HashMap<(u32, u32), u64> = HashMap::new();
+        maps.for_each_template(|key, template| {
+            *templates
+                .entry((key.service_id, template.backend_slot))
+                .or_default() += 1;
+        })?;
         let mut services = Vec::new();
         for entry in maps.services.iter() {
             let (key, service) = entry?;
@@ -228,6 +238,10 @@ impl Snapshot {
                     // sweeper's reset) show as zero.
                     active_conns: nonnegative(conns.conns[slot].active),
                     inactive_conns: nonnegative(conns.conns[slot].inactive),
+                    persist_conns: templates
+                        .get(&(service.id, slot as u32))
+                        .copied()
+                        .unwrap_or(0),
                     conns: c.new_conns,
                     in_pkts: c.packets,
                     in_bytes: c.bytes,
@@ -246,6 +260,7 @@ impl Snapshot {
                 in_bytes: totals.bytes,
                 active_conns: backends.iter().map(|b| b.active_conns).sum(),
                 inactive_conns: backends.iter().map(|b| b.inactive_conns).sum(),
+                persist_conns: backends.iter().map(|b| b.persist_conns).sum(),
                 rate: None,
                 backends,
             });
@@ -322,9 +337,21 @@ impl Snapshot {
             ("InPkts", Right),
             ("InBytes", Right),
         ];
+        // As `ipvsadm -L --persistent-conn`, when some client has a template.
+        let with_persistence = self.services.iter().any(|s| s.persist_conns > 0);
+        if with_persistence {
+            header.push(("PersistConn", Right));
+        }
         if with_rates {
             header.extend([("CPS", Right), ("InPPS", Right), ("InBPS", Right)]);
         }
+        let persist_cell = |count: u64| -> Vec<String> {
+            if with_persistence {
+                vec![count.to_string()]
+            } else {
+                Vec::new()
+            }
+        };
         let rate_cells = |rate: Option<Rates>| -> Vec<String> {
             match rate {
                 Some(r) if with_rates => {
@@ -351,6 +378,7 @@ impl Snapshot {
                 s.in_pkts.to_string(),
                 s.in_bytes.to_string(),
             ];
+            row.extend(persist_cell(s.persist_conns));
             row.extend(rate_cells(s.rate));
             rows.push(row);
             for b in &s.backends {
@@ -366,6 +394,7 @@ impl Snapshot {
                     b.in_pkts.to_string(),
                     b.in_bytes.to_string(),
                 ];
+                row.extend(persist_cell(b.persist_conns));
                 row.extend(rate_cells(b.rate));
                 rows.push(row);
             }
@@ -486,6 +515,7 @@ mod tests {
             state: "up".to_owned(),
             active_conns: conns,
             inactive_conns: 0,
+            persist_conns: 0,
             conns,
             in_pkts,
             in_bytes,
@@ -506,6 +536,7 @@ mod tests {
                 in_bytes,
                 active_conns: conns,
                 inactive_conns: 0,
+                persist_conns: 0,
                 rate: None,
                 backends: vec![
                     backend(0, "192.0.2.11", conns, in_pkts, in_bytes),

@@ -14,8 +14,8 @@ use super::{
     syntax::{Stmt, SyntaxError},
 };
 use crate::config::{
-    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Protocol, Scheduler,
-    ServiceConfig,
+    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Persistence,
+    Protocol, Scheduler, ServiceConfig,
     validate::{FALL_RISE, HEALTH_INTERVAL, HTTP_STATUS, NAME_MAX, WARMUP, is_valid_service_name},
     values::{format_duration_in_seconds, http_path_problem, is_valid_http_host, parse_md5},
     write::health_lines,
@@ -116,6 +116,10 @@ struct VirtualServer {
     quorum: Option<u32>,
     /// `hysteresis`, and its line.
     hysteresis: Option<(u32, usize)>,
+    /// `persistence_timeout`, in seconds.
+    persistence_timeout: Option<u32>,
+    /// `persistence_granularity` as a prefix length, and its line.
+    persistence_granularity: Option<(u8, usize)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -123,6 +127,11 @@ struct VirtualServer {
 
 // keepalived's defaults, from its sources (acassen/keepalived,
 // keepalived/check/ and keepalived/include/).
+/// keepalived's `persistence_timeout` without a value (6 minutes), in
+/// seconds (check_parser.c).
+const KA_PERSISTENCE_TIMEOUT: u32 = 360;
+/// lb's longest `persistence_timeout` (7 days), in seconds.
+const KA_MAX_PERSISTENCE_TIMEOUT: u32 = 7 * 24 * 3600;
 /// `KEEPALIVED_DEFAULT_DELAY` (include/check_data.h).
 const KA_DELAY_LOOP: Duration = Duration::from_secs(60);
 /// `alloc_vs`: `connection_to = 5 * TIMER_HZ` (check_data.c).
@@ -346,6 +355,8 @@ impl Converter {
             sorry_server: None,
             quorum: None,
             hysteresis: None,
+            persistence_timeout: None,
+            persistence_granularity: None,
         };
         // A virtual server lb cannot balance at all is skipped with that
         // reason only, not a warning for every setting in it.
@@ -403,13 +414,20 @@ impl Converter {
                         vs.real_servers.push(rs);
                     }
                 }
-                "persistence_timeout" | "persistence_granularity" | "persistence_engine" => self
-                    .dropped(
-                        child,
-                        "lb has no client persistence yet: every new connection is scheduled \
-                         on its own, so one client's connections (e.g. GridFTP control and data \
-                         channels) may reach different real servers",
-                    ),
+                // keepalived's default when the keyword has no value: 6 minutes.
+                "persistence_timeout" if child.arg().is_none() => {
+                    vs.persistence_timeout = Some(KA_PERSISTENCE_TIMEOUT);
+                }
+                "persistence_timeout" => vs.persistence_timeout = self.count(child),
+                "persistence_granularity" => {
+                    vs.persistence_granularity = self
+                        .granularity(child, vip)
+                        .map(|prefix| (prefix, child.line));
+                }
+                "persistence_engine" => self.dropped(
+                    child,
+                    "lb's persistence is by client address only (no SIP engine)",
+                ),
                 "quorum" => {
                     vs.quorum = self.count(child).map(|quorum| {
                         if quorum == 0 {
@@ -458,6 +476,33 @@ impl Converter {
     }
 
     /// A `real_server` block; `None` when it is skipped (with a warning).
+    /// `persistence_granularity`: an IPv4 netmask (`255.255.255.0`) or a
+    /// prefix length, as a prefix length of `vip`'s family.
+    fn granularity(&mut self, stmt: &Stmt, vip: IpAddr) -> Option<u8> {
+        let text = stmt.arg()?;
+        let bits = if vip.is_ipv4() { 32 } else { 128 };
+        let prefix = match text.parse::<std::net::Ipv4Addr>() {
+            Ok(mask) if vip.is_ipv4() => {
+                let mask = u32::from(mask);
+                (mask.leading_ones() + mask.trailing_zeros() == 32)
+                    .then(|| mask.leading_ones() as u8)
+            }
+            Ok(_) => None,
+            Err(_) => text.parse::<u8>().ok().filter(|p| *p <= bits),
+        };
+        if prefix.is_none() {
+            self.dropped(
+                stmt,
+                if vip.is_ipv4() {
+                    "not a contiguous IPv4 netmask (e.g. 255.255.255.0) or a prefix length"
+                } else {
+                    "not an IPv6 prefix length (0 to 128)"
+                },
+            );
+        }
+        prefix
+    }
+
     /// `sorry_server ADDRESS [PORT]`: the address, if it can be one (direct
     /// routing cannot change its port).
     fn sorry_server(
@@ -999,6 +1044,7 @@ impl Converter {
             return None;
         }
         let (sorry_server, quorum, hysteresis) = self.quorum(&vs, &backends);
+        let persistence = self.persistence(&vs);
         // Without a checker, the backends are always up.
         let health = self
             .health(&vs, &used)
@@ -1019,9 +1065,43 @@ impl Converter {
                 sorry_server,
                 quorum,
                 hysteresis,
+                persistence,
                 health,
                 backends,
             },
+        })
+    }
+
+    /// The service's persistence: `persistence_timeout` (brought within lb's
+    /// range, 1 s to 7 days) with `persistence_granularity`; a granularity
+    /// without a timeout is not carried over.
+    fn persistence(&mut self, vs: &VirtualServer) -> Option<Persistence> {
+        let Some(seconds) = vs.persistence_timeout else {
+            if let Some((_, line)) = vs.persistence_granularity {
+                self.warn(
+                    line,
+                    "persistence_granularity is not carried over: the virtual_server has no \
+                     persistence_timeout",
+                );
+            }
+            return None;
+        };
+        let within = seconds.clamp(1, KA_MAX_PERSISTENCE_TIMEOUT);
+        if within != seconds {
+            self.warn(
+                vs.line,
+                format!(
+                    "persistence_timeout {seconds} is outside lb's range (1 s to 7 days); \
+                     using {within}"
+                ),
+            );
+        }
+        let bits = if vs.vip.is_ipv4() { 32 } else { 128 };
+        Some(Persistence {
+            timeout: Duration::from_secs(u64::from(within)),
+            prefix: vs
+                .persistence_granularity
+                .map_or(bits, |(prefix, _)| prefix),
         })
     }
 
@@ -1433,6 +1513,8 @@ mod tests {
             sorry_server: None,
             quorum: None,
             hysteresis: None,
+            persistence_timeout: None,
+            persistence_granularity: None,
         };
         let first = converter.name(&vs);
         let second = converter.name(&vs);

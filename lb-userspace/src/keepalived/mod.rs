@@ -611,12 +611,17 @@ weight = 500
             ("lb_algo wrr", "lb_algo wrr: lb only schedules with wlc"),
             ("lvs_sched sh", "not hashing"),
             (
-                "persistence_timeout 600",
-                "persistence_timeout 600 is not carried over: lb has no client persistence",
+                "persistence_granularity 255.255.255.0",
+                "persistence_granularity is not carried over: the virtual_server has no \
+                 persistence_timeout",
             ),
             (
-                "persistence_granularity 255.255.255.0",
-                "persistence_granularity",
+                "persistence_granularity 255.0.255.0",
+                "not a contiguous IPv4 netmask",
+            ),
+            (
+                "persistence_engine sip",
+                "persistence_engine sip is not carried over: lb's persistence is by client",
             ),
             (
                 "quorum_up /bin/up.sh",
@@ -689,6 +694,44 @@ weight = 500
         assert_eq!(
             (service.sorry_server, service.quorum, service.hysteresis),
             (Some("192.0.2.99".parse().unwrap()), 3, 1)
+        );
+    }
+
+    #[test]
+    fn persistence_carries_over() {
+        let c = convert(
+            &vs(
+                "  persistence_timeout 600\n  persistence_granularity 255.255.255.0\n  \
+                 real_server 198.51.100.11 2811 {\n  }",
+            ),
+            "k.conf",
+            &["eth0".into()],
+        )
+        .unwrap();
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        let config = crate::config::Config::parse(&c.toml, "lb.toml").unwrap();
+        assert_eq!(
+            config.services[0].persistence,
+            Some(crate::config::Persistence {
+                timeout: std::time::Duration::from_secs(600),
+                prefix: 24,
+            }),
+            "{}",
+            c.toml
+        );
+        // keepalived's default without a value, and the whole address.
+        let c = convert(
+            &vs("  persistence_timeout\n  real_server 198.51.100.11 2811 {\n  }"),
+            "k.conf",
+            &["eth0".into()],
+        )
+        .unwrap();
+        let config = crate::config::Config::parse(&c.toml, "lb.toml").unwrap();
+        assert_eq!(
+            config.services[0]
+                .persistence
+                .map(|p| (p.timeout.as_secs(), p.prefix)),
+            Some((360, 32))
         );
     }
 

@@ -203,9 +203,10 @@ fn floods_never_evict_confirmed_flows() {
     // Recovery: with the SYN_RECV timeout elapsed, a sweep of the full
     // (pressured) table expires the half-open flows and the silent fake
     // handshakes, and keeps every connection that carried data.
+    let services = case.service_values();
     let report = sweeper::sweep(
         &mut case.dp.maps,
-        &[SERVICE_ID],
+        &services,
         &Timeouts {
             syn_recv: 0,
             ..Timeouts::IPVS

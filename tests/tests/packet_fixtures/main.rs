@@ -38,6 +38,7 @@ mod headers;
 mod maps;
 mod new_flows;
 mod not_for_us;
+mod persistence;
 mod raw_keys;
 mod selection;
 mod sweeper;

@@ -37,7 +37,7 @@ fn service_id_past_the_backend_map_is_an_internal_drop() {
             ServiceKey::new(VIP4.into(), PORT, PROTO_TCP),
             Service {
                 id: MAX_SERVICES,
-                flags: 0,
+                ..Service::default()
             },
             0,
         )
@@ -91,7 +91,9 @@ fn pinned_maps_dump_with_field_names() {
             key,
             Service {
                 id: SERVICE_ID,
-                flags: 0,
+                persistence_timeout_s: 60,
+                persistence_prefix: 24,
+                ..Service::default()
             },
             &backend_set(SERVICE_ID, VIP4.into(), &[up(1)]),
         )
@@ -101,7 +103,9 @@ fn pinned_maps_dump_with_field_names() {
         reopened.services.get(&key, 0).ok(),
         Some(Service {
             id: SERVICE_ID,
-            flags: 0
+            flags: 0,
+            persistence_timeout_s: 60,
+            persistence_prefix: 24,
         }),
         "{name}: the pinned SERVICES map is the loaded one"
     );

@@ -22,7 +22,7 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     };
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
     case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1), up(1)]);
-    let services = [SERVICE_ID, DECOY_ID];
+    let services = case.service_values();
     let slots = |case: &Case, id| [case.conns(id, 0), case.conns(id, 1)];
     let inactive = |case: &Case, id| slots(case, id).iter().map(|c| c.inactive).sum::<u64>();
 
@@ -78,7 +78,7 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     .expect("sweeping the connection tables");
     assert_eq!((report.expired, report.live), (live4 + live6, 0));
     assert_eq!(case.flows_per_table(), (0, 0), "{name}: flows left");
-    for id in services {
+    for id in [SERVICE_ID, DECOY_ID] {
         assert_eq!(inactive(&case, id), 0, "{name}: service {id} inactive");
     }
 }
@@ -102,9 +102,10 @@ fn sweeper_rebuilds_the_scheduler_tree() {
     case.expect_conns("before the sweep", SERVICE_ID, 0, 0, 2);
     case.expect_conns("before the sweep", SERVICE_ID, 1, 1, 0);
     // An ESTABLISHED timeout of zero expires the flow of slot 1.
+    let services = case.service_values();
     let report = sweeper::sweep(
         &mut case.dp.maps,
-        &[SERVICE_ID],
+        &services,
         &Timeouts {
             established: 0,
             ..Timeouts::IPVS
@@ -134,7 +135,7 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
     let idle = Pkt::tcp4(40002, TCP_SYN);
     case.forward("SYN 1", &refreshed, SERVICE_ID, 0);
     case.forward("SYN 2", &idle, SERVICE_ID, 0);
-    let mut walk = sweeper::walk(&case.dp.maps, &timeouts).expect("walking the tables");
+    let mut walk = sweeper::walk(&case.dp.maps, &[], &timeouts).expect("walking the tables");
     assert_eq!(walk.idle.len(), 2, "{name}: idle flows found by the walk");
     // The handshake of flow 1 completes while the sweep is under way.
     case.forward("ACK 1", &Pkt::tcp4(40001, TCP_ACK), SERVICE_ID, 0);
