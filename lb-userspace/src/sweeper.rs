@@ -11,12 +11,13 @@
 //! leaves behind; it cannot evict a confirmed flow (the table never
 //! evicts), and this frees its room for new flows once the flood stops.
 //!
-//! Persistence templates live for their service's persistence timeout after
-//! their client's last connection opened or, as in IPVS, while any of the
-//! client's flows lives: the sweeper refreshes a template from the flows it
-//! walks, expires it when both are old, and drops one whose backend takes
-//! no new flows (down, drained or removed), so that the client's next
-//! connection is scheduled afresh.
+//! Persistence templates live, as in IPVS, while any flow of their client
+//! lives and for their service's persistence timeout after: the sweeper
+//! restarts the timeout of every template with a live flow (so a timeout
+//! shorter than `sweep_interval` may lapse between two sweeps), expires the
+//! others once it has passed, and drops one whose backend takes no new
+//! flows (down, drained or removed), so that the client's next connection
+//! is scheduled afresh.
 //!
 //! The tables change while they are walked: the data path refreshes,
 //! inserts, moves and evicts flows. A walk reads them in batches of
@@ -25,7 +26,7 @@
 //! evicted), and a flow found idle is only deleted if it is still idle when
 //! its turn comes (the data path may have refreshed it since).
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use anyhow::Context as _;
 use lb_common::{
@@ -123,13 +124,12 @@ impl Tally {
 }
 
 /// One walk of the flow tables: the flows found idle past their timeout,
-/// the others tallied per service and slot, and when each persistence
-/// template last had a live flow.
+/// the others tallied per service and slot, and the persistence templates
+/// whose client has a live flow.
 #[derive(Default)]
 pub struct Walk {
-    /// Per persistence template, the last-seen time of its client's latest
-    /// live flow.
-    pub template_flows: StdHashMap<PersistKey, u64>,
+    /// The persistence templates with a live flow.
+    pub templates_in_use: HashSet<PersistKey>,
     /// Flows idle past their timeout when the walk saw them.
     pub idle: Vec<FlowKey>,
     /// Whether the IPv4 and the IPv6 connection table is under pressure.
@@ -166,11 +166,8 @@ pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::R
             let id = u32::from(flow.service_id);
             if let Some(&prefix) = prefixes.get(&id) {
                 let client = addr_key(key.client()).0;
-                let latest = walk
-                    .template_flows
-                    .entry(persist_key(client, prefix, id))
-                    .or_default();
-                *latest = (*latest).max(flow.last_seen_ns);
+                walk.templates_in_use
+                    .insert(persist_key(client, prefix, id));
             }
         }
     })?;
@@ -232,26 +229,25 @@ pub fn sweep_templates(
     let now_ns = monotonic_ns();
     let mut left = 0;
     for (key, template) in templates {
-        let flows_seen = walk.template_flows.get(&key).copied().unwrap_or(0);
-        let last_used_ns = template.last_used_ns.max(flows_seen);
+        let in_use = walk.templates_in_use.contains(&key);
         let keep = persistent
             .get(&key.service_id)
             .is_some_and(|(timeout_ns, backends)| {
-                now_ns.saturating_sub(last_used_ns) <= *timeout_ns
+                (in_use || now_ns.saturating_sub(template.last_used_ns) <= *timeout_ns)
                     && backends.scheduling_weight(template.backend_slot) > 0
             });
         if !keep {
             maps.remove_template(&key);
-        } else if last_used_ns > template.last_used_ns {
+            continue;
+        }
+        if in_use {
             let refreshed = PersistTemplate {
-                last_used_ns,
+                last_used_ns: now_ns,
                 ..template
             };
             maps.set_template(&key, &refreshed)?;
-            left += 1;
-        } else {
-            left += 1;
         }
+        left += 1;
     }
     Ok(left)
 }

@@ -207,6 +207,7 @@ impl TestBed {
             reject_without_backend: false,
             sorry_server: None,
             quorum: None,
+            persistence: None,
         }
     }
 
@@ -220,7 +221,7 @@ impl TestBed {
             max_flows: 65_536,
             max_flows_v6: 16_384,
             sweep_interval: None,
-            syn_recv_timeout: None,
+            timeouts: Vec::new(),
             services,
         }
     }

@@ -5,11 +5,12 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use socket2::{Domain, Socket, Type};
 
 use crate::{Fnv64, NetNs};
 
@@ -29,6 +30,23 @@ impl HeldConn {
     fn connect(target: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)
             .with_context(|| format!("connecting to {target}"))?;
+        Self::greeted(stream, target)
+    }
+
+    /// [`HeldConn::connect`] from `source` (an address of the client's).
+    fn connect_from(source: IpAddr, target: SocketAddr) -> anyhow::Result<Self> {
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .with_context(|| format!("binding to {source}"))?;
+        socket
+            .connect_timeout(&target.into(), IO_TIMEOUT)
+            .with_context(|| format!("connecting to {target} from {source}"))?;
+        Self::greeted(socket.into(), target)
+    }
+
+    /// A connected `stream` to `target`, once it read the greeting.
+    fn greeted(stream: TcpStream, target: SocketAddr) -> anyhow::Result<Self> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let mut conn = Self {
@@ -124,6 +142,25 @@ pub fn open_tcp(ns: &NetNs, target: SocketAddr, n: usize) -> anyhow::Result<Vec<
             })?);
         }
         Ok(conns)
+    })
+}
+
+/// Opens `n` TCP connections to `target` from `source` (an address of the
+/// client's) inside namespace `ns`.
+pub fn open_tcp_from(
+    ns: &NetNs,
+    source: IpAddr,
+    target: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<HeldConn>> {
+    ns.run(move || {
+        (0..n)
+            .map(|i| {
+                HeldConn::connect_from(source, target).with_context(|| {
+                    format!("connection {} of {n} from {source} to {target}", i + 1)
+                })
+            })
+            .collect()
     })
 }
 

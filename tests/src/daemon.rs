@@ -205,6 +205,8 @@ pub struct ServiceConfig {
     pub sorry_server: Option<IpAddr>,
     /// `quorum`, when not lb's default.
     pub quorum: Option<u32>,
+    /// `persistence_timeout` and `persistence_netmask`, when set.
+    pub persistence: Option<(Duration, u8)>,
 }
 
 /// An `lb` config file.
@@ -220,8 +222,8 @@ pub struct LbConfig {
     pub max_flows_v6: u32,
     /// `[director] sweep_interval`, when not lb's default.
     pub sweep_interval: Option<Duration>,
-    /// `[director.timeouts] syn_recv`, when not lb's default.
-    pub syn_recv_timeout: Option<Duration>,
+    /// `[director.timeouts]` that are not lb's default: (state, timeout).
+    pub timeouts: Vec<(&'static str, Duration)>,
     /// Services (all scheduled with `wlc`).
     pub services: Vec<ServiceConfig>,
 }
@@ -244,9 +246,11 @@ impl LbConfig {
         if let Some(interval) = self.sweep_interval {
             let _ = writeln!(s, "sweep_interval = \"{}ms\"", interval.as_millis());
         }
-        if let Some(timeout) = self.syn_recv_timeout {
+        if !self.timeouts.is_empty() {
             let _ = writeln!(s, "\n[director.timeouts]");
-            let _ = writeln!(s, "syn_recv = \"{}ms\"", timeout.as_millis());
+            for (state, timeout) in &self.timeouts {
+                let _ = writeln!(s, "{state} = \"{}ms\"", timeout.as_millis());
+            }
         }
         for svc in &self.services {
             let _ = writeln!(s, "\n[[service]]");
@@ -267,6 +271,10 @@ impl LbConfig {
             }
             if let Some(quorum) = svc.quorum {
                 let _ = writeln!(s, "quorum = {quorum}");
+            }
+            if let Some((timeout, prefix)) = svc.persistence {
+                let _ = writeln!(s, "persistence_timeout = \"{}ms\"", timeout.as_millis());
+                let _ = writeln!(s, "persistence_netmask = {prefix}");
             }
             let _ = writeln!(s, "\n[service.health]");
             match &svc.health {

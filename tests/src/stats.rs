@@ -42,6 +42,8 @@ pub struct ServiceStats {
     pub active_conns: u64,
     /// Connections in other states over all its real servers.
     pub inactive_conns: u64,
+    /// Persistence templates over all its real servers.
+    pub persist_conns: u64,
     /// Rates, with `--rate`.
     #[serde(default)]
     pub rate: Option<Rate>,

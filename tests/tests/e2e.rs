@@ -418,7 +418,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         max_flows: 1024,
         max_flows_v6: 1024,
         sweep_interval: None,
-        syn_recv_timeout: None,
+        timeouts: Vec::new(),
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),
@@ -429,6 +429,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             reject_without_backend: false,
             sorry_server: None,
             quorum: None,
+            persistence: None,
         }],
     };
     let path = config

@@ -267,7 +267,7 @@ fn floods_do_not_break_established_connections() {
             config.max_flows = MAX_FLOWS;
             config.max_flows_v6 = MAX_FLOWS;
             config.sweep_interval = Some(SWEEP_INTERVAL);
-            config.syn_recv_timeout = Some(SYN_RECV);
+            config.timeouts = vec![("syn_recv", SYN_RECV)];
         },
         |bed| vec![bed.service("web", vip, PORT, Protocol::Tcp, Health::tcp(PORT), &WEIGHTS)],
     );
