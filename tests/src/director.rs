@@ -32,6 +32,19 @@ pub struct Spec<'a> {
     pub lb_args: &'a [&'a str],
 }
 
+impl Spec<'static> {
+    /// `real_servers` real servers with a TCP server on `port`, no UDP and
+    /// no extra `lb run` arguments.
+    pub const fn tcp(real_servers: usize, port: u16) -> Self {
+        Self {
+            real_servers,
+            port,
+            udp: &[],
+            lb_args: &[],
+        }
+    }
+}
+
 /// A bed with running real servers and `lb run` on the director.
 ///
 /// Field order is drop order: lb stops first, then what the test added

@@ -254,12 +254,7 @@ fn floods_do_not_break_established_connections() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
+    let spec = Spec::tcp(WEIGHTS.len(), PORT);
     let setup = Director::start_configured(
         TEST,
         spec,

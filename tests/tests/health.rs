@@ -116,12 +116,7 @@ fn start_shaped(
     health: impl FnOnce(&Path) -> Health,
     shape: impl FnOnce(&TestBed, ServiceConfig) -> ServiceConfig,
 ) -> Setup {
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
+    let spec = Spec::tcp(WEIGHTS.len(), PORT);
     Director::start_with(test, spec, |bed| {
         // Not `lbt-<tag>`: LbDaemon makes (and removes) that one.
         let scratch = ScratchDir::create(&format!("{}-health", bed.tag()))

@@ -32,12 +32,7 @@ const SERVICE: &str = "web";
 /// A bed with four running real servers (rs1..rs4) and `lb run` on the
 /// director balancing `weights` over the first `weights.len()` of them.
 fn start(test: &'static str, weights: &[u32]) -> Director {
-    let spec = Spec {
-        real_servers: 4,
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
+    let spec = Spec::tcp(4, PORT);
     let setup = Director::start(test, spec, |bed| vec![service(bed, weights)]);
     wait_backends_up(&setup, weights.len());
     setup

@@ -48,12 +48,7 @@ fn a_clients_connections_stay_on_one_real_server() {
         return;
     }
     let vip = IpAddr::from(VIP4);
-    let spec = Spec {
-        real_servers: WEIGHTS.len(),
-        port: PORT,
-        udp: &[],
-        lb_args: &[],
-    };
+    let spec = Spec::tcp(WEIGHTS.len(), PORT);
     let setup = Director::start_configured(
         TEST,
         spec,
