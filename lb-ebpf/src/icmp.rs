@@ -21,11 +21,13 @@
 //! IPv4 header by its IHL (not a later fragment, which quotes no ports), or
 //! the fixed IPv6 header followed directly by TCP or UDP, then the first 8
 //! bytes of the transport header (what an ICMPv4 error must quote at least).
-//! Everything else passes to the director's stack as before: other ICMP
-//! messages, errors with a short or unexpected quote, or about packets of no
-//! service (`pass_not_tcp_udp`); errors about a service's flow the tables do
-//! not know, as IPVS passes them (`pass_icmp_no_flow`); errors addressed to
-//! another MAC (`pass_not_for_us`).
+//! As for TCP and UDP, the port prefilter applies (to the quoted source
+//! port), then the NIC's MAC filter. Everything else passes to the
+//! director's stack as before: other ICMP messages, errors with a short or
+//! unexpected quote, or about packets of no service (`pass_not_tcp_udp`);
+//! errors about a service's flow the tables do not know, as IPVS passes them
+//! (`pass_icmp_no_flow`); errors addressed to another MAC
+//! (`pass_not_for_us`).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
