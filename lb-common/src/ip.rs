@@ -11,6 +11,10 @@ pub const FAMILY_IPV6: u8 = 10;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of ICMP (over IPv4).
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number (IPv6 next header) of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// An IP address as the maps store it: 16 bytes in network order (IPv4 in
 /// the first four) and its `FAMILY_*`.

@@ -32,7 +32,9 @@ impl core::ops::Add for Counters {
 pub const REASON_FORWARDED: u32 = 0;
 /// Verdict reason: not IPv4/IPv6 (ARP, LLDP, ...): `XDP_PASS`.
 pub const REASON_NOT_IP: u32 = 1;
-/// Verdict reason: IP but not TCP/UDP, or an IPv6 extension header we do not walk: `XDP_PASS`.
+/// Verdict reason: IP but not TCP/UDP (and not an ICMP error counted under
+/// [`REASON_ICMP_FORWARDED`] or [`REASON_ICMP_NO_FLOW`]), or an IPv6
+/// extension header we do not walk: `XDP_PASS`.
 pub const REASON_NOT_L4: u32 = 2;
 /// Verdict reason: an IP fragment (no L4 header to match on): `XDP_PASS`.
 pub const REASON_FRAGMENT: u32 = 3;
@@ -60,10 +62,20 @@ pub const REASON_REJECTED: u32 = 9;
 ///
 /// [`SERVICE_FLAG_SLOPPY_TCP`]: crate::service::SERVICE_FLAG_SLOPPY_TCP
 pub const REASON_NO_FLOW: u32 = 10;
+/// Verdict reason: an ICMP error (IPv4 destination unreachable or time
+/// exceeded; ICMPv6 destination unreachable, packet too big or time
+/// exceeded) about a packet from a VIP to the client of a known flow, sent
+/// on unchanged but its MAC addresses to the flow's backend (`XDP_TX`), so
+/// that path MTU discovery works for the real server. Counted here only, not
+/// in the backend's counters.
+pub const REASON_ICMP_FORWARDED: u32 = 11;
+/// Verdict reason: an ICMP error as for [`REASON_ICMP_FORWARDED`] about a
+/// packet of a service whose flow the tables do not know: `XDP_PASS`.
+pub const REASON_ICMP_NO_FLOW: u32 = 12;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 11;
+pub const NUM_REASONS: u32 = 13;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -79,6 +91,8 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_NOT_FOR_US => "pass_not_for_us",
         REASON_REJECTED => "reset_no_backend",
         REASON_NO_FLOW => "drop_no_flow",
+        REASON_ICMP_FORWARDED => "icmp_forwarded",
+        REASON_ICMP_NO_FLOW => "pass_icmp_no_flow",
         _ => "unknown",
     }
 }

@@ -4,13 +4,13 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BackendSet, PROTO_TCP, REASON_INTERNAL, REASON_NO_BACKEND, REASON_NO_FLOW, REASON_NO_SERVICE,
-    REASON_NOT_FOR_US, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP, nic_filter_index, port_bit,
+    REASON_NOT_FOR_US, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP,
 };
 
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
-    forward,
-    maps::{BACKEND_CONNS, BACKENDS, NIC_FILTER, SERVICE_PORTS, SERVICES, WLC_TREE},
+    forward, icmp,
+    maps::{self, BACKEND_CONNS, BACKENDS, SERVICES, WLC_TREE},
     parse::{self, IpHeader, Packet},
     reset, stats,
     verdict::Verdict,
@@ -25,45 +25,23 @@ use crate::{
 /// forwarded recently is forwarded from the flow cache; any other known flow
 /// from its connection table (its service and backend slot are in the
 /// flow); only a new flow pays for the service lookup and backend selection.
+/// An IP packet that is neither TCP nor UDP goes to [`icmp::relay`].
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
-    let packet = match parse::parse(ctx) {
+    let packet = match parse::parse(ctx, icmp::relay) {
         Ok(packet) => packet,
         Err(verdict) => return verdict,
     };
-    let ports = SERVICE_PORTS
-        .get(u32::from(packet.dst_port))
-        .copied()
-        .unwrap_or(0);
-    if ports & port_bit(packet.proto) == 0 {
+    if !maps::serves_port(packet.dst_port, packet.proto) {
         return Verdict::Pass(REASON_NO_SERVICE);
     }
-    if !for_this_nic(ctx) {
+    if !forward::for_this_nic(ctx) {
         return Verdict::Pass(REASON_NOT_FOR_US);
     }
     match packet.ip {
         IpHeader::V4(ip) => balance_flow(ctx, &packet, &packet.key4(ip), l3_len),
         IpHeader::V6(ip) => balance_flow(ctx, &packet, &packet.key6(ip), l3_len),
     }
-}
-
-/// Whether the frame is addressed to the NIC it arrived on: its MAC or one of
-/// its VRRP virtual MACs (`NIC_FILTER`). A NIC without an entry of its own
-/// accepts every frame.
-#[inline(always)]
-fn for_this_nic(ctx: &XdpContext) -> bool {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let Some(filter) = NIC_FILTER.get(nic_filter_index(ifindex)) else {
-        return true;
-    };
-    if filter.ifindex != ifindex {
-        return true;
-    }
-    let Some(dst) = parse::ptr_at_mut::<[u8; 6]>(ctx, 0) else {
-        return true;
-    };
-    // SAFETY: the six bytes are inside the frame.
-    filter.accepts(unsafe { &*dst })
 }
 
 /// Forwards `packet` of flow `key` to its backend, scheduling the flow first

@@ -30,8 +30,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, BackendConnSet, BackendConns,
-    BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
+    AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
+    BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
     EVENT_PROMOTED, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA,
     Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
     REASON_NO_BACKEND, Service,
@@ -269,6 +269,20 @@ fn backend_in_use(service_id: u32, slot: u32) -> Option<(&'static BackendSet, u3
     let backends = BACKENDS.get(service_id)?;
     let slot = bounded(slot);
     (backends.backends[slot as usize].state != BACKEND_STATE_EMPTY).then_some((backends, slot))
+}
+
+/// The backend flow `key` is bound to, if one of its tables (the connection
+/// table first) holds it and its slot still holds a backend. The flow is
+/// only read: its state, flags and last-seen time stay as they are.
+#[inline(always)]
+pub fn backend_of<K: TableKey>(key: &K) -> Option<&'static Backend> {
+    let flow = key
+        .lookup(Table::Confirmed)
+        .or_else(|| key.lookup(Table::Pending))?;
+    // SAFETY: a valid entry of a flow table; two fields copied at once.
+    let (service_id, slot) = unsafe { ((*flow).service_id, (*flow).backend_slot) };
+    let (backends, slot) = backend_in_use(u32::from(service_id), u32::from(slot))?;
+    Some(&backends.backends[slot as usize])
 }
 
 /// Keeps a slot index provably inside the backend arrays for the verifier.

@@ -4,6 +4,7 @@
 //! flow ([`conntrack`], choosing a backend by weighted least-connection on a
 //! miss), rewrite the Ethernet addresses ([`forward`]) and count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
+//! An ICMP error about a flow goes to the flow's backend ([`icmp`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@
 mod balance;
 mod conntrack;
 mod forward;
+mod icmp;
 mod maps;
 mod parse;
 mod reset;
@@ -23,7 +25,7 @@ mod stats;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::REASON_REJECTED;
+use lb_common::{REASON_ICMP_FORWARDED, REASON_REJECTED};
 use verdict::Verdict;
 
 /// The load balancer: every frame arriving on a director NIC goes through here.
@@ -37,6 +39,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Reset => (xdp_action::XDP_TX, REASON_REJECTED),
+        Verdict::IcmpToBackend => (xdp_action::XDP_TX, REASON_ICMP_FORWARDED),
     };
     stats::count_verdict(reason, l3_len);
     action

@@ -1,6 +1,6 @@
 //! The data path's maps. Each static's name is the map's name, spelled once
 //! more for the control plane as `lb_common`'s `*_MAP` constants; the sizes
-//! are `lb_common`'s limits.
+//! are `lb_common`'s limits. [`serves_port`] is the port prefilter's lookup.
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -11,7 +11,7 @@ use lb_common::{
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES, Flow, FlowKey4,
     FlowKey6, LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter,
     PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
-    pending_capacity,
+    pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -85,6 +85,13 @@ pub static PERSIST: LruHashMap<PersistKey, PersistTemplate, { PERSIST_TEMPLATES 
 /// service uses on it. Written by the control plane.
 #[btf_map]
 pub static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
+
+/// Whether some service uses `port` over `proto`, by [`SERVICE_PORTS`]: one
+/// array lookup, before anything else is read of a frame.
+#[inline(always)]
+pub fn serves_port(port: u16, proto: u8) -> bool {
+    SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0) & port_bit(proto) != 0
+}
 
 /// IPv4 flow cache: (CPU, hash of the key) -> a set of four recent copies of
 /// connection-table entries (see `conntrack`); each CPU reads and writes only

@@ -1,5 +1,6 @@
 //! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
-//! header walk), then the TCP or UDP ports. Every read goes through [`ptr_at`].
+//! header walk), then the TCP or UDP ports; any other protocol goes to the
+//! caller's handler. Every read goes through [`ptr_at`].
 //!
 //! The addresses are not copied while parsing: most traffic that is not for
 //! a service is recognised by its port alone, so the connection-table key is
@@ -33,9 +34,10 @@ const IPV6_DEST_OPTS: u8 = 60;
 /// Most IPv6 extension headers walked before giving the packet to the stack.
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 
-/// IPv4 "more fragments" flag and fragment-offset mask, in the host-order `frags` field.
+/// IPv4 "more fragments" flag, in the host-order `frags` field.
 const IPV4_MF: u16 = 0x2000;
-const IPV4_OFFSET_MASK: u16 = 0x1FFF;
+/// IPv4 fragment-offset mask, in the host-order `frags` field.
+pub const IPV4_OFFSET_MASK: u16 = 0x1FFF;
 
 /// Byte offset of the data offset (high four bits) in a TCP header.
 const TCP_DATA_OFFSET_OFFSET: usize = 12;
@@ -49,6 +51,20 @@ pub enum IpHeader {
     V4(*const Ipv4Hdr),
     /// An IPv6 header.
     V6(*const Ipv6Hdr),
+}
+
+/// An IP packet that is neither TCP nor UDP, located for [`parse`]'s
+/// handler of such packets.
+pub struct NotTcpUdp {
+    /// Its IP header.
+    pub ip: IpHeader,
+    /// Its upper-layer protocol (IPv6: after the extension headers).
+    pub proto: u8,
+    /// Where its upper-layer header starts, in bytes into the frame.
+    pub offset: usize,
+    /// Where the IP datagram ends by its own length field, in bytes into
+    /// the frame (Ethernet padding may follow).
+    pub end: usize,
 }
 
 /// A TCP or UDP packet, reduced to what the load balancer needs.
@@ -103,7 +119,7 @@ impl Packet {
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
@@ -124,10 +140,10 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// # Safety
 /// `field` must lie inside the frame. Every field read this way sits at an
 /// even offset from the frame start (Ethernet 14, IPv4 header a multiple of
-/// 4, IPv6 extension headers of 4 or 8), and frames start at an even address,
-/// so the load is aligned.
+/// 4, IPv6 extension headers of 4 or 8, an ICMP header 8 before the packet
+/// it quotes), and frames start at an even address, so the load is aligned.
 #[inline(always)]
-unsafe fn be16(field: *const [u8; 2]) -> u16 {
+pub unsafe fn be16(field: *const [u8; 2]) -> u16 {
     u16::from_be(unsafe { field.cast::<u16>().read() })
 }
 
@@ -140,7 +156,7 @@ unsafe fn be16(field: *const [u8; 2]) -> u16 {
 /// `lb-ebpf/build.rs`), and the verifier permits misaligned packet loads
 /// on architectures with efficient unaligned access.
 #[inline(always)]
-unsafe fn load_u32(src: *const [u8; 4]) -> u32 {
+pub unsafe fn load_u32(src: *const [u8; 4]) -> u32 {
     unsafe { src.cast::<u32>().read_unaligned() }
 }
 
@@ -150,7 +166,7 @@ unsafe fn load_u32(src: *const [u8; 4]) -> u32 {
 /// # Safety
 /// As for [`load_u32`].
 #[inline(always)]
-unsafe fn load_addr6(src: *const [u8; 16]) -> [u64; 2] {
+pub unsafe fn load_addr6(src: *const [u8; 16]) -> [u64; 2] {
     let src = src.cast::<u64>();
     unsafe { [src.read_unaligned(), src.add(1).read_unaligned()] }
 }
@@ -162,11 +178,15 @@ pub fn l3_len(ctx: &XdpContext) -> u64 {
 }
 
 /// Parses a frame into a [`Packet`], or says why it is not one:
-/// `Pass` for traffic that is not TCP/UDP over IP (or is a fragment),
+/// `Pass` for traffic that is not IP (or is a fragment),
 /// `Drop(REASON_MALFORMED)` for truncated or inconsistent headers, including
-/// a transport header that the IP length field does not cover.
+/// a transport header that the IP length field does not cover, and for an
+/// IP packet that is neither TCP nor UDP the verdict of `not_tcp_udp`.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+pub fn parse(
+    ctx: &XdpContext,
+    not_tcp_udp: impl FnOnce(&XdpContext, &NotTcpUdp) -> Verdict,
+) -> Result<Packet, Verdict> {
     const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
@@ -247,7 +267,17 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             let (src, dst) = unsafe { (be16(&raw const (*udp).src), be16(&raw const (*udp).dst)) };
             (src, dst, 0, l4_offset + UdpHdr::LEN < ip_end)
         }
-        _ => return Err(Verdict::Pass(REASON_NOT_L4)),
+        _ => {
+            return Err(not_tcp_udp(
+                ctx,
+                &NotTcpUdp {
+                    ip: header,
+                    proto,
+                    offset: l4_offset,
+                    end: ip_end,
+                },
+            ));
+        }
     };
     Ok(Packet {
         ip: header,

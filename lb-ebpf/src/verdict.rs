@@ -13,4 +13,7 @@ pub enum Verdict {
     /// A SYN no backend can take, turned into a TCP RST to the client: send
     /// it back out of the ingress NIC.
     Reset,
+    /// An ICMP error about a known flow, rewritten for the flow's backend:
+    /// send it back out of the ingress NIC.
+    IcmpToBackend,
 }

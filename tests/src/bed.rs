@@ -9,6 +9,9 @@
 //!   2001:db8::10    2001:db8::2 + VIP/128   2001:db8::(10+i), VIP/128 on lo
 //! ```
 //!
+//! [`TestBed::build_behind_router`] puts the client on a network of its own
+//! instead, behind a router on the segment (see there).
+//!
 //! Each veth pair is created inside the switch namespace with its other end
 //! placed straight into the host's namespace, so interface names only need
 //! to be unique per namespace and tests never collide on them. Namespaces
@@ -44,6 +47,17 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
 /// Name of the director's NIC (in its namespace): put it in `lb`'s config.
 pub const DIRECTOR_IFACE: &str = "lbd0";
 
+/// The router's address on the segment, in [`TestBed::build_behind_router`].
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The router's IPv6 address on the segment.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The client's network behind the router, and the client's address in it
+/// (the router is .1).
+pub const ROUTED_CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// The client's IPv6 network behind the router, and the client's address
+/// in it (the router is ::1).
+pub const ROUTED_CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x10);
+
 /// One host on the segment.
 #[derive(Debug)]
 pub struct Host {
@@ -77,6 +91,7 @@ pub struct TestBed {
     // Field order is drop order: the XDP_PASS program goes first.
     _pass: PassGuard,
     client: Host,
+    router: Option<Host>,
     director: Host,
     real_servers: Vec<Host>,
     switch: NetNs,
@@ -86,6 +101,121 @@ impl TestBed {
     /// Builds the bed with `real_servers` real servers; `tag` (see
     /// [`crate::unique_tag`]) makes every name unique.
     pub fn build(tag: &str, real_servers: usize) -> anyhow::Result<Self> {
+        Self::build_with_client(tag, real_servers, |switch| {
+            let client = add_host(switch, tag, "client", "c0", "eth0", 10)?;
+            Ok((client, None))
+        })
+    }
+
+    /// Builds the bed with the client behind a router, as a client on the
+    /// Internet is: the router is on the segment (192.0.2.1, 2001:db8::1,
+    /// forwarding), the client alone on a link of MTU `client_mtu` to it
+    /// (198.51.100.10/24 and 2001:db8:c::10/64, the router .1 and ::1), and
+    /// the director and real servers reach the client's networks through
+    /// the router. The client still advertises the TCP MSS of a 1,500-byte
+    /// link (1,460, IPv6 1,440: a route `advmss`), as a client on an
+    /// Ethernet LAN behind a narrower link does: full-sized segments of the
+    /// real servers reach the router, which must answer them with ICMP
+    /// errors (IPv4 fragmentation needed, IPv6 packet too big) to the VIP.
+    pub fn build_behind_router(
+        tag: &str,
+        real_servers: usize,
+        client_mtu: u32,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_client(tag, real_servers, |switch| {
+            let router = add_host(switch, tag, "router", "rt0", "lan0", 1)?;
+            router.ns.sysctls(&[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ])?;
+            router
+                .ns
+                .exec("ethtool", &["-K", &router.iface, "tx", "off"])?;
+            let ns = host_ns(tag, "client")?;
+            let mac = "02:00:00:00:01:10";
+            let mtu = client_mtu.to_string();
+            router
+                .ns
+                .ip(&[
+                    "link",
+                    "add",
+                    "cl0",
+                    "mtu",
+                    &mtu,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "mtu",
+                    &mtu,
+                    "address",
+                    mac,
+                    "netns",
+                    ns.name(),
+                ])
+                .context("creating the client's link to the router")?;
+            router
+                .ns
+                .ip(&["addr", "add", "198.51.100.1/24", "dev", "cl0"])?;
+            router
+                .ns
+                .ip(&["addr", "add", "2001:db8:c::1/64", "dev", "cl0", "nodad"])?;
+            router.ns.ip(&["link", "set", "cl0", "up"])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{ROUTED_CLIENT4}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{ROUTED_CLIENT6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.51.100.1",
+                "advmss",
+                "1460",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "2001:db8:c::1",
+                "advmss",
+                "1440",
+            ])?;
+            let client = Host {
+                ns,
+                role: "client".to_owned(),
+                iface: "eth0".to_owned(),
+                ipv4: ROUTED_CLIENT4,
+                ipv6: ROUTED_CLIENT6,
+                mac: mac.to_owned(),
+            };
+            Ok((client, Some(router)))
+        })
+    }
+
+    /// Builds the bed around the client `add_client` makes (with the router
+    /// it is behind, if any) on the switch.
+    fn build_with_client(
+        tag: &str,
+        real_servers: usize,
+        add_client: impl FnOnce(&NetNs) -> anyhow::Result<(Host, Option<Host>)>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             (1..=80).contains(&real_servers),
             "1 to 80 real servers, not {real_servers}"
@@ -102,7 +232,7 @@ impl TestBed {
         ])?;
         switch.ip(&["link", "set", "br0", "up"])?;
 
-        let client = add_host(&switch, tag, "client", "c0", "eth0", 10)?;
+        let (client, router) = add_client(&switch)?;
         client
             .ns
             .exec("ethtool", &["-K", &client.iface, "tx", "off"])?;
@@ -145,11 +275,32 @@ impl TestBed {
             servers.push(rs);
         }
 
+        if router.is_some() {
+            for host in servers.iter().chain([&director]) {
+                host.ns.ip(&[
+                    "route",
+                    "add",
+                    "198.51.100.0/24",
+                    "via",
+                    &ROUTER4.to_string(),
+                ])?;
+                host.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "2001:db8:c::/64",
+                    "via",
+                    &ROUTER6.to_string(),
+                ])?;
+            }
+        }
+
         let pass = PassGuard::attach(&switch, "d0")?;
         Ok(Self {
             tag: tag.to_owned(),
             _pass: pass,
             client,
+            router,
             director,
             real_servers: servers,
             switch,
@@ -164,6 +315,12 @@ impl TestBed {
     /// The client.
     pub fn client(&self) -> &Host {
         &self.client
+    }
+
+    /// The router the client is behind, in a bed built by
+    /// [`TestBed::build_behind_router`].
+    pub fn router(&self) -> Option<&Host> {
+        self.router.as_ref()
     }
 
     /// The director.
@@ -250,14 +407,7 @@ fn add_host(
     iface: &str,
     host: usize,
 ) -> anyhow::Result<Host> {
-    let ns = NetNs::create(&format!("lbt{tag}-{role}"))?;
-    // Before the veth exists, so it inherits them.
-    ns.sysctls(&[
-        ("net.ipv6.conf.all.accept_dad", "0"),
-        ("net.ipv6.conf.default.accept_dad", "0"),
-        ("net.ipv6.conf.all.dad_transmits", "0"),
-        ("net.ipv6.conf.default.dad_transmits", "0"),
-    ])?;
+    let ns = host_ns(tag, role)?;
     let mac = format!("02:00:00:00:00:{host:02}");
     let ipv4 = Ipv4Addr::new(192, 0, 2, u8::try_from(host)?);
     let ipv6: Ipv6Addr = format!("2001:db8::{host}").parse()?;
@@ -289,6 +439,19 @@ fn add_host(
         ipv6,
         mac,
     })
+}
+
+/// Creates the namespace `lbt<tag>-<role>` of a host, with duplicate
+/// address detection off (before any veth exists, so that it inherits it).
+fn host_ns(tag: &str, role: &str) -> anyhow::Result<NetNs> {
+    let ns = NetNs::create(&format!("lbt{tag}-{role}"))?;
+    ns.sysctls(&[
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv6.conf.all.dad_transmits", "0"),
+        ("net.ipv6.conf.default.dad_transmits", "0"),
+    ])?;
+    Ok(ns)
 }
 
 /// Keeps `lb`'s `XDP_PASS` program attached to a veth in another namespace:

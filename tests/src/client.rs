@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Socket, Type};
 
-use crate::{Fnv64, NetNs};
+use crate::{Fnv64, NetNs, payload};
 
 /// Timeout for connecting and for each read or write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,23 +76,21 @@ impl HeldConn {
         self.read_line()
     }
 
-    /// Uploads `len` pseudo-random bytes and checks what the server reports.
+    /// Uploads `len` pseudo-random bytes ([`payload`]) and checks what the
+    /// server reports.
     pub fn upload(&mut self, len: u64) -> anyhow::Result<Upload> {
         let mut hash = Fnv64::default();
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        let mut buf = vec![0u8; 64 * 1024];
         let stream = self.reader.get_mut();
         writeln!(stream, "upload {len}")?;
-        let mut left = len;
-        while left > 0 {
-            let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            rng.fill(&mut buf[..k]);
-            hash.update(&buf[..k]);
+        let mut sent = 0u64;
+        payload(len, |chunk| {
+            hash.update(chunk);
             stream
-                .write_all(&buf[..k])
-                .with_context(|| format!("uploading, {} of {len} bytes sent", len - left))?;
-            left -= k as u64;
-        }
+                .write_all(chunk)
+                .with_context(|| format!("uploading, {sent} of {len} bytes sent"))?;
+            sent += chunk.len() as u64;
+            anyhow::Ok(())
+        })?;
         let answer = self.read_line().context("reading the upload report")?;
         let (got, server_hash) = answer
             .split_once(' ')
@@ -105,6 +103,48 @@ impl HeldConn {
                 .with_context(|| format!("bad report {answer:?}"))?,
             received_hash: u64::from_str_radix(server_hash, 16)
                 .with_context(|| format!("bad report {answer:?}"))?,
+        })
+    }
+
+    /// Asks for a download of `len` bytes and reads it, giving up when no
+    /// byte arrives for `stall`. Reports what arrived; an error only when
+    /// the connection fails otherwise.
+    pub fn download(&mut self, len: u64, stall: Duration) -> anyhow::Result<Download> {
+        let mut expected = Fnv64::default();
+        payload(len, |chunk| {
+            expected.update(chunk);
+            anyhow::Ok(())
+        })?;
+        self.reader.get_mut().set_read_timeout(Some(stall))?;
+        writeln!(self.reader.get_mut(), "download {len}")?;
+        let mut hash = Fnv64::default();
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut stalled = false;
+        while received < len {
+            match self.reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => {
+                    hash.update(&buf[..k]);
+                    received += k as u64;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    stalled = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("downloading, {received} of {len} bytes received")
+                    });
+                }
+            }
+        }
+        Ok(Download {
+            len,
+            expected_hash: expected.value(),
+            received,
+            received_hash: hash.value(),
+            stalled,
         })
     }
 
@@ -128,6 +168,28 @@ pub struct Upload {
     pub received: u64,
     /// [`Fnv64`] of the bytes the server received.
     pub received_hash: u64,
+}
+
+/// What the server was asked to send in a download and what arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Download {
+    /// Bytes asked for.
+    pub len: u64,
+    /// [`Fnv64`] of the [`payload`] of `len` bytes.
+    pub expected_hash: u64,
+    /// Bytes received.
+    pub received: u64,
+    /// [`Fnv64`] of the bytes received.
+    pub received_hash: u64,
+    /// Whether the download ended because nothing arrived for a while.
+    pub stalled: bool,
+}
+
+impl Download {
+    /// Whether every byte arrived, unchanged.
+    pub fn is_intact(&self) -> bool {
+        self.received == self.len && self.received_hash == self.expected_hash
+    }
 }
 
 /// Opens `n` TCP connections to `target` from namespace `ns`, one after the
@@ -215,6 +277,23 @@ pub fn upload(ns: &NetNs, target: SocketAddr, len: u64) -> anyhow::Result<(Strin
     })
 }
 
+/// Opens a connection to `target` from namespace `ns` and downloads `len`
+/// bytes, giving up when nothing arrives for `stall` (see
+/// [`HeldConn::download`]); returns the server that sent them and what
+/// arrived.
+pub fn download(
+    ns: &NetNs,
+    target: SocketAddr,
+    len: u64,
+    stall: Duration,
+) -> anyhow::Result<(String, Download)> {
+    ns.run(move || {
+        let mut conn = HeldConn::connect(target)?;
+        let report = conn.download(len, stall)?;
+        Ok((conn.server, report))
+    })
+}
+
 /// How many of `names` each server name got.
 pub fn count_by_server<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -242,18 +321,4 @@ pub fn ping_all<'a>(conns: impl IntoIterator<Item = &'a mut HeldConn>) -> anyhow
 /// How many of `conns` each real server answered.
 pub fn count_conns(conns: &[HeldConn]) -> BTreeMap<String, usize> {
     count_by_server(conns.iter().map(HeldConn::server))
-}
-
-/// A small deterministic generator for upload payloads.
-struct XorShift(u64);
-
-impl XorShift {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
 }

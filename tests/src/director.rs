@@ -89,6 +89,7 @@ impl Director {
         Self::launch(
             test,
             spec,
+            TestBed::build,
             |bed| ((), services(bed)),
             |_| {},
             |lb, ns, config, tag, _| {
@@ -110,6 +111,7 @@ impl Director {
         Self::launch(
             test,
             spec,
+            TestBed::build,
             |bed| ((), services(bed)),
             |_| {},
             |lb, ns, config, tag, args| {
@@ -133,8 +135,29 @@ impl Director {
         Self::launch(
             test,
             spec,
+            TestBed::build,
             |bed| ((), services(bed)),
             configure,
+            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+        )
+    }
+}
+
+impl Director {
+    /// Like [`Director::start`], with the client behind a router on a link
+    /// of MTU `client_mtu` (see [`TestBed::build_behind_router`]).
+    pub fn start_behind_router(
+        test: &'static str,
+        spec: Spec<'_>,
+        client_mtu: u32,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        Self::launch(
+            test,
+            spec,
+            |tag, real_servers| TestBed::build_behind_router(tag, real_servers, client_mtu),
+            |bed| ((), services(bed)),
+            |_| {},
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
         )
     }
@@ -151,24 +174,26 @@ impl<X> Director<X> {
         Self::launch(
             test,
             spec,
+            TestBed::build,
             prepare,
             |_| {},
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
         )
     }
 
-    /// Builds the bed and starts the real servers, then `lb run` through
-    /// `start_lb` with the bed's config as `configure` changed it, and waits
-    /// until every backend is up.
+    /// Builds the bed with `build` and starts the real servers, then `lb
+    /// run` through `start_lb` with the bed's config as `configure` changed
+    /// it, and waits until every backend is up.
     fn launch(
         test: &'static str,
         spec: Spec<'_>,
+        build: impl FnOnce(&str, usize) -> anyhow::Result<TestBed>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
         configure: impl FnOnce(&mut LbConfig),
         start_lb: impl FnOnce(&Path, &NetNs, &LbConfig, &str, &[&str]) -> anyhow::Result<LbDaemon>,
     ) -> Self {
         let tag = unique_tag();
-        let bed = TestBed::build(&tag, spec.real_servers)
+        let bed = build(&tag, spec.real_servers)
             .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
         let servers = bed
             .start_servers(spec.port, spec.udp)

@@ -1,21 +1,23 @@
 //! Hand-built Ethernet frames for running the XDP program through
 //! `BPF_PROG_TEST_RUN`: a [`Pkt`] describes one frame (Ethernet, IPv4 with
-//! options or IPv6 with extension headers, TCP, UDP or an echo request, a
-//! payload) and [`Pkt::build`] writes its bytes, checksums included. Fields
-//! that a well-formed frame computes (IHL, lengths, version) can be
-//! overridden to build malformed headers.
+//! options or IPv6 with extension headers, TCP, UDP, an ICMP echo request or
+//! an ICMP error quoting another packet, a payload) and [`Pkt::build`]
+//! writes its bytes, checksums included. Fields that a well-formed frame
+//! computes (IHL, lengths, version) can be overridden to build malformed
+//! headers.
 //!
 //! Frames arrive from the client-side router ([`ROUTER_MAC`]) for a VIP's
 //! MAC ([`VIP_MAC`]); a forwarded frame leaves from the director NIC
 //! ([`NIC_MAC`]) for a backend's MAC ([`backend_mac`]). The packet fixtures
 //! and the benchmarks share this address plan with the namespace test bed's
-//! VIPs ([`VIP4`], [`VIP6`]).
+//! VIPs ([`VIP4`], [`VIP6`]) and router ([`ROUTER4`], [`ROUTER6`]: the
+//! source of ICMP errors).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, conn_state::TCP_ACK};
 
-use crate::bed::{VIP4, VIP6};
+use crate::bed::{ROUTER4, ROUTER6, VIP4, VIP6};
 
 /// Length of an Ethernet header.
 pub const ETH_LEN: usize = 14;
@@ -183,6 +185,17 @@ pub enum L4 {
     },
     /// ICMP (IPv4) or ICMPv6 echo request.
     Echo,
+    /// ICMP (IPv4) or ICMPv6 message of any type with the 8-byte header of
+    /// an error; the payload is what it quotes (see [`Pkt::icmp_error`]).
+    Icmp {
+        /// Type.
+        kind: u8,
+        /// Code.
+        code: u8,
+        /// The header's last four bytes (the next-hop MTU of an IPv4
+        /// fragmentation needed, the MTU of an ICMPv6 packet too big).
+        info: u32,
+    },
 }
 
 /// A frame: Ethernet, IP, transport header and payload.
@@ -343,6 +356,75 @@ impl Pkt {
         self
     }
 
+    /// The packet a real server sends back to the client of this one (from
+    /// the VIP, ports swapped, TCP with ACK and PSH), `len` bytes long at
+    /// the IP layer (filled with payload), from and to the same MACs.
+    pub fn reply(&self, len: usize) -> Self {
+        let ip = match &self.ip {
+            Ip::V4 { src, dst, .. } => Ip::V4 {
+                src: *dst,
+                dst: *src,
+                options: Vec::new(),
+                ident: 0x4321,
+                frag: 0x4000,
+                vihl: None,
+                tot_len: None,
+            },
+            Ip::V6 { src, dst, .. } => Ip::V6 {
+                src: *dst,
+                dst: *src,
+                ext: Vec::new(),
+                first_byte: None,
+                payload_len: None,
+            },
+        };
+        let l4 = match self.l4 {
+            L4::Tcp { sport, dport, .. } => L4::Tcp {
+                sport: dport,
+                dport: sport,
+                flags: TCP_ACK | TCP_PSH,
+            },
+            L4::Udp { sport, dport } => L4::Udp {
+                sport: dport,
+                dport: sport,
+            },
+            L4::Echo | L4::Icmp { .. } => panic!("only TCP and UDP packets have replies"),
+        };
+        let mut reply = Self::new(ip, l4);
+        let headers = reply.layout().l4_end - ETH_LEN;
+        reply.payload = (0..len.saturating_sub(headers)).map(|i| i as u8).collect();
+        reply
+    }
+
+    /// An ICMP error of `kind` and `code` (`info`: its header's last four
+    /// bytes) from the router ([`ROUTER4`], [`ROUTER6`]) to the source of
+    /// `quoted`, quoting the first `quote_len` bytes of `quoted`'s IP packet
+    /// (all of it if shorter). It arrives as `quoted`'s frames do (from
+    /// [`ROUTER_MAC`] to [`VIP_MAC`]).
+    pub fn icmp_error(quoted: &Pkt, kind: u8, code: u8, info: u32, quote_len: usize) -> Self {
+        let mut quote = quoted.build().split_off(ETH_LEN);
+        quote.truncate(quote_len);
+        let l4 = L4::Icmp { kind, code, info };
+        let error = match &quoted.ip {
+            Ip::V4 { src, .. } => Self::v4(ROUTER4, *src, l4).with_frag(0),
+            Ip::V6 { src, .. } => Self::v6(ROUTER6, *src, l4),
+        };
+        error.with_payload(&quote)
+    }
+
+    /// An IPv4 "fragmentation needed" (destination unreachable, code 4) for
+    /// `quoted`, with next-hop MTU `mtu`, quoting as Linux does (576 bytes
+    /// in all at most).
+    pub fn frag_needed(quoted: &Pkt, mtu: u16) -> Self {
+        Self::icmp_error(quoted, 3, 4, u32::from(mtu), 576 - 28)
+    }
+
+    /// An ICMPv6 "packet too big" for `quoted`, with MTU `mtu`, quoting as
+    /// much as fits in 1,280 bytes.
+    pub fn packet_too_big(quoted: &Pkt, mtu: u32) -> Self {
+        Self::icmp_error(quoted, 2, 0, mtu, 1280 - 48)
+    }
+
     /// The same frame with Ethernet padding up to `len` bytes.
     pub fn padded_to(mut self, len: usize) -> Self {
         self.pad_to = len;
@@ -364,8 +446,8 @@ impl Pkt {
         match (self.l4, &self.ip) {
             (L4::Tcp { .. }, _) => PROTO_TCP,
             (L4::Udp { .. }, _) => PROTO_UDP,
-            (L4::Echo, Ip::V4 { .. }) => 1,
-            (L4::Echo, Ip::V6 { .. }) => 58,
+            (L4::Echo | L4::Icmp { .. }, Ip::V4 { .. }) => 1,
+            (L4::Echo | L4::Icmp { .. }, Ip::V6 { .. }) => 58,
         }
     }
 
@@ -404,6 +486,11 @@ impl Pkt {
             L4::Echo => {
                 let kind = if self.proto() == 1 { 8 } else { 128 };
                 (vec![kind, 0, 0, 0, 0x12, 0x34, 0, 1], 2)
+            }
+            L4::Icmp { kind, code, info } => {
+                let mut b = vec![kind, code, 0, 0];
+                b.extend(info.to_be_bytes());
+                (b, 2)
             }
         };
         b.extend(&self.payload);
@@ -514,7 +601,7 @@ impl Pkt {
         };
         let l4_len = match self.l4 {
             L4::Tcp { .. } => 20,
-            L4::Udp { .. } | L4::Echo => 8,
+            L4::Udp { .. } | L4::Echo | L4::Icmp { .. } => 8,
         };
         Layout {
             ip_fixed_end,
@@ -527,7 +614,7 @@ impl Pkt {
     pub fn flow_key(&self) -> FlowKey {
         let (sport, dport) = match self.l4 {
             L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport } => (sport, dport),
-            L4::Echo => panic!("an echo request has no flow key"),
+            L4::Echo | L4::Icmp { .. } => panic!("an ICMP message has no flow key"),
         };
         let (src, dst) = match &self.ip {
             Ip::V4 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),

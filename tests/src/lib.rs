@@ -80,7 +80,8 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
-/// FNV-1a (64 bit) hash: the checksum of uploads, computed on both ends.
+/// FNV-1a (64 bit) hash: the checksum of uploads and downloads, computed
+/// on both ends.
 #[derive(Clone, Copy, Debug)]
 pub struct Fnv64(u64);
 
@@ -103,4 +104,27 @@ impl Fnv64 {
     pub fn value(&self) -> u64 {
         self.0
     }
+}
+
+/// Feeds `len` pseudo-random bytes to `sink`, in chunks of at most 64 KiB:
+/// the payload of uploads and downloads, the same bytes on every call, so
+/// both ends can make it (or its [`Fnv64`]) alike.
+pub fn payload<E>(len: u64, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    const CHUNK: usize = 64 * 1024;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let chunk = &mut buf[..usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK)];
+        // xorshift64, eight bytes a step (the chunks are whole steps but the last).
+        for bytes in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.copy_from_slice(&state.to_le_bytes()[..bytes.len()]);
+        }
+        sink(chunk)?;
+        left -= chunk.len() as u64;
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //!   connection open until the client closes it or the server is dropped;
 //! - `ping\n` is answered with the name again;
 //! - `upload N\n` followed by N raw bytes is answered with `N HASH\n`, HASH
-//!   being the [`crate::Fnv64`] of the bytes in 16 hex digits.
+//!   being the [`crate::Fnv64`] of the bytes in 16 hex digits;
+//! - `download N\n` is answered with the N bytes of [`crate::payload`].
 //!
 //! The UDP server answers every datagram with the name.
 
@@ -24,7 +25,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{Fnv64, NetNs, netns};
+use crate::{Fnv64, NetNs, netns, payload};
 
 /// How often idle server loops look at their stop flag.
 const POLL: Duration = Duration::from_millis(5);
@@ -223,6 +224,12 @@ fn serve_tcp(stream: TcpStream, name: &str) -> io::Result<()> {
                 got += k as u64;
             }
             writeln!(out, "{got} {:016x}", hash.value())?;
+        } else if let Some(n) = request.strip_prefix("download ") {
+            let Ok(n) = n.parse::<u64>() else {
+                writeln!(out, "error: bad length")?;
+                continue;
+            };
+            payload(n, |chunk| out.write_all(chunk))?;
         } else {
             writeln!(out, "error: unknown request")?;
         }

@@ -120,6 +120,14 @@ impl Stats {
         serde_json::from_str(&out).with_context(|| format!("parsing `lb stats --json`: {out}"))
     }
 
+    /// Packets of verdict `reason` (0 for a reason lb does not report).
+    pub fn verdict_packets(&self, reason: &str) -> u64 {
+        self.verdicts
+            .iter()
+            .find(|v| v.reason == reason)
+            .map_or(0, |v| v.packets)
+    }
+
     /// The service on `vip`:`port`, if any.
     pub fn service(&self, vip: IpAddr, port: u16) -> Option<&ServiceStats> {
         self.services

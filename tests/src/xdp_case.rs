@@ -158,8 +158,9 @@ pub enum Expect {
     Pass(u32),
     /// `XDP_DROP` with the input unchanged, counted under the reason.
     Drop(u32),
-    /// `XDP_TX` of a reply the program made in place of the input, with
-    /// exactly these bytes, counted under the reason.
+    /// `XDP_TX` with exactly these bytes, counted under the reason instead
+    /// of as forwarded: a reply the program made in place of the input, or
+    /// an ICMP error sent on to a backend.
     Reply(Vec<u8>, u32),
 }
 

@@ -179,15 +179,6 @@ fn describe(e: &anyhow::Error) -> String {
     format!("{what} ({e:#})")
 }
 
-/// Packets of verdict `reason` in `stats`.
-fn verdict(stats: &Stats, reason: &str) -> u64 {
-    stats
-        .verdicts
-        .iter()
-        .find(|v| v.reason == reason)
-        .map_or(0, |v| v.packets)
-}
-
 /// Packets lb forwarded for the service on `vip` (its in_pkts).
 fn service_pkts(setup: &Director, stats: &Stats, vip: IpAddr) -> u64 {
     stats
@@ -331,7 +322,8 @@ fn floods_do_not_break_established_connections() {
         let after = setup.stats();
         let forwarded = service_pkts(&setup, &after, vip) - service_pkts(&setup, &before, vip);
         let conns = service_conns(&setup, &after, vip) - service_conns(&setup, &before, vip);
-        let no_flow = verdict(&after, "drop_no_flow") - verdict(&before, "drop_no_flow");
+        let no_flow =
+            after.verdict_packets("drop_no_flow") - before.verdict_packets("drop_no_flow");
         let held = flows_held(&setup, &clients);
         let watched_held = flows_held(&setup, &[watched_client]);
         held_after.push(format!("{kind:?}: {held} idle + {watched_held} watched"));

@@ -35,6 +35,7 @@ mod families;
 mod floods;
 mod flow_cache;
 mod headers;
+mod icmp;
 mod maps;
 mod new_flows;
 mod not_for_us;
