@@ -34,7 +34,8 @@ pub const REASON_FORWARDED: u32 = 0;
 pub const REASON_NOT_IP: u32 = 1;
 /// Verdict reason: IP but not TCP/UDP, or an IPv6 extension header we do not walk: `XDP_PASS`.
 pub const REASON_NOT_L4: u32 = 2;
-/// Verdict reason: an IP fragment (no L4 header to match on): `XDP_PASS`.
+/// Verdict reason: an IP fragment that belongs to no service (not to a VIP,
+/// or not TCP/UDP): `XDP_PASS`.
 pub const REASON_FRAGMENT: u32 = 3;
 /// Verdict reason: no service for (destination, port, protocol): `XDP_PASS`.
 pub const REASON_NO_SERVICE: u32 = 4;
@@ -60,10 +61,16 @@ pub const REASON_REJECTED: u32 = 9;
 ///
 /// [`SERVICE_FLAG_SLOPPY_TCP`]: crate::service::SERVICE_FLAG_SLOPPY_TCP
 pub const REASON_NO_FLOW: u32 = 10;
+/// Verdict reason: a later IP fragment (no ports) of TCP/UDP to a VIP whose
+/// datagram's first fragment was not seen within
+/// [`FRAGMENT_LIFETIME_NS`]: `XDP_DROP`.
+///
+/// [`FRAGMENT_LIFETIME_NS`]: crate::fragment::FRAGMENT_LIFETIME_NS
+pub const REASON_FRAGMENT_ORPHAN: u32 = 11;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 11;
+pub const NUM_REASONS: u32 = 12;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -79,6 +86,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_NOT_FOR_US => "pass_not_for_us",
         REASON_REJECTED => "reset_no_backend",
         REASON_NO_FLOW => "drop_no_flow",
+        REASON_FRAGMENT_ORPHAN => "drop_fragment_orphan",
         _ => "unknown",
     }
 }

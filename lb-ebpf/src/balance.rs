@@ -9,9 +9,9 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
-    forward,
+    forward, fragment,
     maps::{BACKEND_CONNS, BACKENDS, NIC_FILTER, SERVICE_PORTS, SERVICES, WLC_TREE},
-    parse::{self, IpHeader, Packet},
+    parse::{self, IpHeader, Packet, Unparsed},
     reset, stats,
     verdict::Verdict,
 };
@@ -25,11 +25,17 @@ use crate::{
 /// forwarded recently is forwarded from the flow cache; any other known flow
 /// from its connection table (its service and backend slot are in the
 /// flow); only a new flow pays for the service lookup and backend selection.
+/// An IP fragment of a service's datagram goes on as the packet of its flow
+/// it stands for (see [`fragment`]).
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
     let packet = match parse::parse(ctx) {
         Ok(packet) => packet,
-        Err(verdict) => return verdict,
+        Err(Unparsed::Verdict(verdict)) => return verdict,
+        Err(Unparsed::Fragment(piece)) => match fragment::packet(ctx, &piece) {
+            Ok(packet) => packet,
+            Err(verdict) => return verdict,
+        },
     };
     let ports = SERVICE_PORTS
         .get(u32::from(packet.dst_port))

@@ -1,9 +1,11 @@
 //! The XDP data path of the `lb` direct-routing load balancer.
 //!
-//! Per packet: parse ([`parse`]), look up the service, find or create the
-//! flow ([`conntrack`], choosing a backend by weighted least-connection on a
-//! miss), rewrite the Ethernet addresses ([`forward`]) and count everything
-//! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
+//! Per packet: parse ([`parse`]; an IP fragment takes its flow's ports from
+//! its datagram's first fragment, [`fragment`]), look up the service, find
+//! or create the flow ([`conntrack`], choosing a backend by weighted
+//! least-connection on a miss), rewrite the Ethernet addresses ([`forward`])
+//! and count everything ([`stats`]); [`balance`] runs these steps against
+//! the maps ([`maps`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
 #![no_std]
 #![no_main]
@@ -16,6 +18,7 @@
 mod balance;
 mod conntrack;
 mod forward;
+mod fragment;
 mod maps;
 mod parse;
 mod reset;
