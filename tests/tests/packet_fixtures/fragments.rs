@@ -260,6 +260,37 @@ fn later_fragments_follow_their_first() {
     }
 }
 
+/// Fragments behind IPv4 options (repeated in every fragment) and behind an
+/// IPv6 hop-by-hop header and destination options (the unfragmentable part,
+/// before the fragment header) are tied to their datagram as well.
+#[test]
+fn fragments_behind_options_and_extension_headers() {
+    for (family, headers) in [
+        (
+            FAMILIES[0],
+            Pkt::udp4(40000).with_options(&[0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00]),
+        ),
+        (
+            FAMILIES[1],
+            Pkt::udp6(40000).with_ext(&[Ext::HopByHop(8), Ext::DestOpts(16)]),
+        ),
+    ] {
+        let Some(mut case) = family.case("fragments_behind_options") else {
+            return;
+        };
+        case.service(SERVICE_ID, family.vip, PROTO_UDP, &[up(1), up(1)]);
+        // The header bytes a fragment repeats take room from its data.
+        let repeated = headers.layout().ip_end - headers.layout().ip_fixed_end;
+        let fragments = headers
+            .with_payload(&payload())
+            .with_ident(0xaaaa)
+            .fragments(family.max - repeated);
+        assert_eq!(fragments.len(), 3, "{}: fragments", case.name);
+        forward_all(&case, "datagram", &fragments, 0);
+        case.expect_flow("datagram", &fragments[0], SERVICE_ID, 0, STATE_UDP);
+    }
+}
+
 /// A TCP data segment cut into fragments follows its connection: the first
 /// fragment's header is the connection's (ESTABLISHED, unchanged), the later
 /// ones go to the same backend and change no state (a service without
@@ -445,7 +476,7 @@ fn a_datagram_to_no_service_port_passes_whole() {
             Counters::default(),
             "{name}: service stats"
         );
-        if let IpAddr::V6(_) = family.vip {
+        if family.vip.is_ipv6() {
             let atomic = Pkt::udp6(40001)
                 .with_payload(b"whole")
                 .with_ext(&[Ext::Fragment {
