@@ -88,84 +88,84 @@ fn payload() -> Vec<u8> {
     (0..PAYLOAD).map(|i| (i % 251) as u8).collect()
 }
 
+/// The key of a fragment map, read back by the fixtures.
+trait RememberedKey: aya::Pod {
+    /// The map's name.
+    const MAP: &'static str;
+    /// Identification, protocol, client and VIP.
+    fn parts(&self) -> (u32, u8, IpAddr, IpAddr);
+}
+
+impl RememberedKey for FragmentKey4 {
+    const MAP: &'static str = FRAGMENTS4_MAP;
+    fn parts(&self) -> (u32, u8, IpAddr, IpAddr) {
+        let (src, dst) = (self.src_addr.into(), self.dst_addr.into());
+        (self.id, self.proto, src, dst)
+    }
+}
+
+impl RememberedKey for FragmentKey6 {
+    const MAP: &'static str = FRAGMENTS6_MAP;
+    fn parts(&self) -> (u32, u8, IpAddr, IpAddr) {
+        let (src, dst) = (self.src_addr.into(), self.dst_addr.into());
+        (self.id, self.proto, src, dst)
+    }
+}
+
+/// The data path's fragment map with keys `K`, opened by map id.
+fn fragment_map<K: RememberedKey>(case: &Case) -> HashMap<MapData, K, FragmentPorts> {
+    let map = case.map_by_name(K::MAP, size_of::<K>(), size_of::<FragmentPorts>());
+    HashMap::try_from(map).unwrap_or_else(|e| panic!("{}: {}: {e}", case.name, K::MAP))
+}
+
+/// Every entry of the fragment map with keys `K`, as its key's parts and ports.
+fn entries<K: RememberedKey>(case: &Case) -> Vec<((u32, u8, IpAddr, IpAddr), FragmentPorts)> {
+    fragment_map::<K>(case)
+        .iter()
+        .map(|entry| {
+            let (key, ports) = entry.unwrap_or_else(|e| panic!("{}: walking: {e}", case.name));
+            (key.parts(), ports)
+        })
+        .collect()
+}
+
 /// Every entry of the fragment map of `vip`'s family, as (id, protocol,
 /// client, VIP) -> ports.
 fn remembered(case: &Case, vip: IpAddr) -> Vec<((u32, u8, IpAddr, IpAddr), FragmentPorts)> {
-    let name = &case.name;
     match vip {
-        IpAddr::V4(_) => {
-            let map = case.map_by_name(
-                FRAGMENTS4_MAP,
-                size_of::<FragmentKey4>(),
-                size_of::<FragmentPorts>(),
-            );
-            let map = HashMap::<MapData, FragmentKey4, FragmentPorts>::try_from(map)
-                .unwrap_or_else(|e| panic!("{name}: {FRAGMENTS4_MAP}: {e}"));
-            map.iter()
-                .map(|entry| {
-                    let (k, v) = entry.unwrap_or_else(|e| panic!("{name}: walking: {e}"));
-                    let (src, dst) = (IpAddr::from(k.src_addr), IpAddr::from(k.dst_addr));
-                    ((k.id, k.proto, src, dst), v)
-                })
-                .collect()
-        }
-        IpAddr::V6(_) => {
-            let map = case.map_by_name(
-                FRAGMENTS6_MAP,
-                size_of::<FragmentKey6>(),
-                size_of::<FragmentPorts>(),
-            );
-            let map = HashMap::<MapData, FragmentKey6, FragmentPorts>::try_from(map)
-                .unwrap_or_else(|e| panic!("{name}: {FRAGMENTS6_MAP}: {e}"));
-            map.iter()
-                .map(|entry| {
-                    let (k, v) = entry.unwrap_or_else(|e| panic!("{name}: walking: {e}"));
-                    let (src, dst) = (IpAddr::from(k.src_addr), IpAddr::from(k.dst_addr));
-                    ((k.id, k.proto, src, dst), v)
-                })
-                .collect()
-        }
+        IpAddr::V4(_) => entries::<FragmentKey4>(case),
+        IpAddr::V6(_) => entries::<FragmentKey6>(case),
+    }
+}
+
+/// Sets the time the first fragment of every datagram remembered in the
+/// fragment map with keys `K` came to `first_seen_ns`.
+fn age<K: RememberedKey>(case: &Case, first_seen_ns: u64) {
+    let name = &case.name;
+    let mut map = fragment_map::<K>(case);
+    let keys: Vec<K> = map
+        .keys()
+        .map(|k| k.unwrap_or_else(|e| panic!("{name}: walking: {e}")))
+        .collect();
+    for key in keys {
+        let ports = map
+            .get(&key, 0)
+            .unwrap_or_else(|e| panic!("{name}: reading an entry: {e}"));
+        let aged = FragmentPorts {
+            first_seen_ns,
+            ..ports
+        };
+        map.insert(key, aged, 0)
+            .unwrap_or_else(|e| panic!("{name}: rewriting an entry: {e}"));
     }
 }
 
 /// Sets the time the first fragment of every remembered datagram of `vip`'s
 /// family came to `first_seen_ns`.
 fn age_remembered(case: &Case, vip: IpAddr, first_seen_ns: u64) {
-    let name = &case.name;
-    fn rewrite<K: aya::Pod>(name: &str, map: aya::maps::Map, first_seen_ns: u64) {
-        let mut map = HashMap::<MapData, K, FragmentPorts>::try_from(map)
-            .unwrap_or_else(|e| panic!("{name}: the fragment map: {e}"));
-        let keys: Vec<K> = map
-            .keys()
-            .map(|k| k.unwrap_or_else(|e| panic!("{name}: walking: {e}")))
-            .collect();
-        for key in keys {
-            let ports = map
-                .get(&key, 0)
-                .unwrap_or_else(|e| panic!("{name}: reading an entry: {e}"));
-            map.insert(
-                key,
-                FragmentPorts {
-                    first_seen_ns,
-                    ..ports
-                },
-                0,
-            )
-            .unwrap_or_else(|e| panic!("{name}: rewriting an entry: {e}"));
-        }
-    }
-    let value_len = size_of::<FragmentPorts>();
     match vip {
-        IpAddr::V4(_) => rewrite::<FragmentKey4>(
-            name,
-            case.map_by_name(FRAGMENTS4_MAP, size_of::<FragmentKey4>(), value_len),
-            first_seen_ns,
-        ),
-        IpAddr::V6(_) => rewrite::<FragmentKey6>(
-            name,
-            case.map_by_name(FRAGMENTS6_MAP, size_of::<FragmentKey6>(), value_len),
-            first_seen_ns,
-        ),
+        IpAddr::V4(_) => age::<FragmentKey4>(case, first_seen_ns),
+        IpAddr::V6(_) => age::<FragmentKey6>(case, first_seen_ns),
     }
 }
 
