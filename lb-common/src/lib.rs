@@ -3,7 +3,7 @@
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
 //! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`], [`persist`],
-//! [`flow_cache`], [`stats`]), and the two pieces of per-packet logic that
+//! [`flow_cache`], [`fragment`], [`stats`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -27,6 +27,9 @@
 //! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
 //! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
+//! | [`VIPS_MAP`] | hash | [`VipKey`] -> `PORT_*` protocol bits |
+//! | [`FRAGMENTS4_MAP`] | LRU hash | [`FragmentKey4`] -> [`FragmentPorts`] |
+//! | [`FRAGMENTS6_MAP`] | LRU hash | [`FragmentKey6`] -> [`FragmentPorts`] |
 //! | [`VERDICT_STATS_MAP`] | per-CPU array | verdict reason -> [`Counters`] |
 //! | [`SERVICE_STATS_MAP`] | per-CPU array | service id -> [`Counters`] |
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
@@ -54,6 +57,13 @@
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
 //! [`SERVICE_PORTS_MAP`]: limits::SERVICE_PORTS_MAP
+//! [`VIPS_MAP`]: limits::VIPS_MAP
+//! [`VipKey`]: service::VipKey
+//! [`FRAGMENTS4_MAP`]: limits::FRAGMENTS4_MAP
+//! [`FRAGMENTS6_MAP`]: limits::FRAGMENTS6_MAP
+//! [`FragmentKey4`]: fragment::FragmentKey4
+//! [`FragmentKey6`]: fragment::FragmentKey6
+//! [`FragmentPorts`]: fragment::FragmentPorts
 //! [`VERDICT_STATS_MAP`]: limits::VERDICT_STATS_MAP
 //! [`SERVICE_STATS_MAP`]: limits::SERVICE_STATS_MAP
 //! [`BACKEND_STATS_MAP`]: limits::BACKEND_STATS_MAP
@@ -76,6 +86,7 @@ pub mod backend;
 pub mod conn_state;
 pub mod flow;
 pub mod flow_cache;
+pub mod fragment;
 pub mod ip;
 pub mod limits;
 pub mod nic;
@@ -88,6 +99,7 @@ pub mod wlc;
 pub use backend::*;
 pub use flow::*;
 pub use flow_cache::*;
+pub use fragment::*;
 pub use ip::*;
 pub use limits::*;
 pub use nic::*;
@@ -96,7 +108,8 @@ pub use service::*;
 pub use stats::*;
 pub use wlc::LoadTree;
 
-// `FlowKey4::from_parts`, `FlowKey6::from_parts` and the words of an
-// `AlignedServiceKey` place fields by bit position; both the BPF target
+// `FlowKey4::from_parts`, `FlowKey6::from_parts`, their fragment-key
+// counterparts and the words of an `AlignedServiceKey` or a `VipKey` place
+// fields by bit position; both the BPF target
 // (bpfel) and the hosts lb runs on are little-endian.
 const _: () = assert!(cfg!(target_endian = "little"));

@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -81,6 +81,32 @@ pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.
 pub const SERVICE_PORTS_MAP: &str = "SERVICE_PORTS";
+/// Name of the VIP map (hash: [`VipKey`] -> `PORT_*` bits of the protocols
+/// the VIP's services use), written by the control plane with the services.
+/// A later IP fragment (no ports) to a VIP over such a protocol belongs to
+/// a service's datagram: it follows its first fragment or is dropped.
+///
+/// [`VipKey`]: crate::service::VipKey
+pub const VIPS_MAP: &str = "VIPS";
+/// Size of [`VIPS_MAP`]: every service may have a VIP of its own.
+pub const VIPS_ENTRIES: u32 = MAX_SERVICES;
+/// Name of the IPv4 fragment map (LRU hash: [`FragmentKey4`] ->
+/// [`FragmentPorts`]): the ports of the datagrams whose first fragment went
+/// to a VIP, for their later fragments. The XDP program's own (not pinned).
+///
+/// [`FragmentKey4`]: crate::fragment::FragmentKey4
+/// [`FragmentPorts`]: crate::fragment::FragmentPorts
+pub const FRAGMENTS4_MAP: &str = "FRAGMENTS4";
+/// Name of the IPv6 fragment map (LRU hash: [`FragmentKey6`] ->
+/// [`FragmentPorts`]), as [`FRAGMENTS4_MAP`].
+///
+/// [`FragmentKey6`]: crate::fragment::FragmentKey6
+/// [`FragmentPorts`]: crate::fragment::FragmentPorts
+pub const FRAGMENTS6_MAP: &str = "FRAGMENTS6";
+/// Size of each fragment map: fragmented datagrams to VIPs whose later
+/// fragments may still come (within `FRAGMENT_LIFETIME_NS` of the first);
+/// past it, the oldest datagram is forgotten.
+pub const FRAGMENT_ENTRIES: u32 = 8192;
 /// Name of the IPv4 flow cache (array: [`flow_cache_index`] -> [`CachedFlowSet4`]).
 ///
 /// [`flow_cache_index`]: crate::flow_cache::flow_cache_index

@@ -1,9 +1,10 @@
 //! Virtual services: the key and value of the service map, the aligned key
-//! the XDP program looks services up with, and the port prefilter's bits.
+//! the XDP program looks services up with, the port prefilter's bits and
+//! the key of the VIP map.
 
 use core::net::IpAddr;
 
-use crate::ip::{PROTO_TCP, PROTO_UDP, addr_key};
+use crate::ip::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, addr_key};
 
 /// Key of [`SERVICES_MAP`]: a virtual service (VIP, port, protocol).
 ///
@@ -135,7 +136,56 @@ pub const fn port_bit(proto: u8) -> u32 {
     }
 }
 
+/// Key of [`VIPS_MAP`]: a VIP, the address of one or more services (its
+/// value: the `PORT_*` bits of their protocols). Built in 64-bit words by
+/// the XDP program, like an [`AlignedServiceKey`].
+///
+/// [`VIPS_MAP`]: crate::limits::VIPS_MAP
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// The address (network byte order, IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+
+impl VipKey {
+    /// The VIP of service `service`.
+    pub fn of(service: &ServiceKey) -> Self {
+        Self {
+            addr: service.addr,
+            family: service.family,
+            _pad: [0; 7],
+        }
+    }
+
+    /// The key of IPv4 address `addr`: its bytes as they are in the packet,
+    /// read as a native-endian `u32`.
+    #[inline(always)]
+    pub fn v4(addr: u32) -> Self {
+        Self::from_words([u64::from(addr), 0, u64::from(FAMILY_IPV4)])
+    }
+
+    /// The key of IPv6 address `addr`: two native-endian `u64`s of its bytes.
+    #[inline(always)]
+    pub fn v6(addr: [u64; 2]) -> Self {
+        Self::from_words([addr[0], addr[1], u64::from(FAMILY_IPV6)])
+    }
+
+    #[inline(always)]
+    fn from_words(words: [u64; 3]) -> Self {
+        // SAFETY: 24 bytes, 8-byte aligned, every bit pattern is valid; the
+        // fields sit at the offsets the layout test checks (little-endian,
+        // asserted in the crate root).
+        unsafe { core::mem::transmute(words) }
+    }
+}
+
 const _: () = {
+    assert!(size_of::<VipKey>() == 24);
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<AlignedServiceKey>() == 24);
     assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
@@ -144,12 +194,13 @@ const _: () = {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Service, ServiceKey};
+    use super::{Service, ServiceKey, VipKey};
 
     // SAFETY: both are #[repr(C)], hold only integers and byte arrays, and
     // have no implicit padding (the size assertions and layout tests here).
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for VipKey {}
 }
 
 #[cfg(test)]
@@ -165,6 +216,31 @@ mod tests {
         assert_eq!(offset_of!(ServiceKey, port), 16);
         assert_eq!(offset_of!(ServiceKey, proto), 18);
         assert_eq!(offset_of!(ServiceKey, family), 19);
+    }
+
+    #[test]
+    fn vip_key_layout() {
+        assert_eq!(offset_of!(VipKey, addr), 0);
+        assert_eq!(offset_of!(VipKey, family), 16);
+        assert_eq!(offset_of!(VipKey, _pad), 17);
+    }
+
+    #[test]
+    fn vip_keys_from_packets_match_the_control_planes() {
+        let v4 = [192, 0, 2, 200];
+        assert_eq!(
+            VipKey::v4(u32::from_ne_bytes(v4)),
+            VipKey::of(&ServiceKey::new(IpAddr::from(v4), 80, PROTO_TCP))
+        );
+        let v6: [u8; 16] = core::array::from_fn(|i| 0x20 + i as u8);
+        let words = [
+            u64::from_ne_bytes(v6[..8].try_into().unwrap()),
+            u64::from_ne_bytes(v6[8..].try_into().unwrap()),
+        ];
+        assert_eq!(
+            VipKey::v6(words),
+            VipKey::of(&ServiceKey::new(IpAddr::from(v6), 53, PROTO_UDP))
+        );
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub const REASON_NOT_IP: u32 = 1;
 /// [`REASON_ICMP_FORWARDED`] or [`REASON_ICMP_NO_FLOW`]), or an IPv6
 /// extension header we do not walk: `XDP_PASS`.
 pub const REASON_NOT_L4: u32 = 2;
-/// Verdict reason: an IP fragment (no L4 header to match on): `XDP_PASS`.
+/// Verdict reason: an IP fragment that belongs to no service (not to a VIP,
+/// or not TCP/UDP): `XDP_PASS`.
 pub const REASON_FRAGMENT: u32 = 3;
 /// Verdict reason: no service for (destination, port, protocol): `XDP_PASS`.
 pub const REASON_NO_SERVICE: u32 = 4;
@@ -72,10 +73,16 @@ pub const REASON_ICMP_FORWARDED: u32 = 11;
 /// Verdict reason: an ICMP error as for [`REASON_ICMP_FORWARDED`] about a
 /// packet of a service whose flow the tables do not know: `XDP_PASS`.
 pub const REASON_ICMP_NO_FLOW: u32 = 12;
+/// Verdict reason: a later IP fragment (no ports) of TCP/UDP to a VIP whose
+/// datagram's first fragment was not seen within
+/// [`FRAGMENT_LIFETIME_NS`]: `XDP_DROP`.
+///
+/// [`FRAGMENT_LIFETIME_NS`]: crate::fragment::FRAGMENT_LIFETIME_NS
+pub const REASON_FRAGMENT_ORPHAN: u32 = 13;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 13;
+pub const NUM_REASONS: u32 = 14;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -93,6 +100,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_NO_FLOW => "drop_no_flow",
         REASON_ICMP_FORWARDED => "icmp_forwarded",
         REASON_ICMP_NO_FLOW => "pass_icmp_no_flow",
+        REASON_FRAGMENT_ORPHAN => "drop_fragment_orphan",
         _ => "unknown",
     }
 }

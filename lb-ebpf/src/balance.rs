@@ -9,9 +9,9 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
-    forward, icmp,
+    forward, fragment, icmp,
     maps::{self, BACKEND_CONNS, BACKENDS, SERVICES, WLC_TREE},
-    parse::{self, IpHeader, Packet},
+    parse::{self, IpHeader, Packet, Unparsed},
     reset, stats,
     verdict::Verdict,
 };
@@ -26,11 +26,17 @@ use crate::{
 /// from its connection table (its service and backend slot are in the
 /// flow); only a new flow pays for the service lookup and backend selection.
 /// An IP packet that is neither TCP nor UDP goes to [`icmp::relay`].
+/// An IP fragment of a service's datagram goes on as the packet of its flow
+/// it stands for (see [`fragment`]).
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
     let packet = match parse::parse(ctx, icmp::relay) {
         Ok(packet) => packet,
-        Err(verdict) => return verdict,
+        Err(Unparsed::Verdict(verdict)) => return verdict,
+        Err(Unparsed::Fragment(piece)) => match fragment::packet(ctx, &piece) {
+            Ok(packet) => packet,
+            Err(verdict) => return verdict,
+        },
     };
     if !maps::serves_port(packet.dst_port, packet.proto) {
         return Verdict::Pass(REASON_NO_SERVICE);

@@ -315,7 +315,7 @@ fn next_flags(packet: &Packet, flags: u16) -> u16 {
 /// resolution is plenty for idle timeouts counted in seconds, and it is much
 /// cheaper than the precise clock.
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
 }

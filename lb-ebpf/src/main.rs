@@ -1,10 +1,12 @@
 //! The XDP data path of the `lb` direct-routing load balancer.
 //!
-//! Per packet: parse ([`parse`]), look up the service, find or create the
-//! flow ([`conntrack`], choosing a backend by weighted least-connection on a
-//! miss), rewrite the Ethernet addresses ([`forward`]) and count everything
-//! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
-//! An ICMP error about a flow goes to the flow's backend ([`icmp`]).
+//! Per packet: parse ([`parse`]; an IP fragment takes its flow's ports from
+//! its datagram's first fragment, [`fragment`]), look up the service, find
+//! or create the flow ([`conntrack`], choosing a backend by weighted
+//! least-connection on a miss), rewrite the Ethernet addresses ([`forward`])
+//! and count everything ([`stats`]); [`balance`] runs these steps against
+//! the maps ([`maps`]). An ICMP error about a flow goes to the flow's
+//! backend ([`icmp`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
 #![no_std]
 #![no_main]
@@ -17,6 +19,7 @@
 mod balance;
 mod conntrack;
 mod forward;
+mod fragment;
 mod icmp;
 mod maps;
 mod parse;

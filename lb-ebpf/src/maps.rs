@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES, Flow, FlowKey4,
-    FlowKey6, LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter,
-    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES,
+    FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
+    LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter, PERSIST_TEMPLATES,
+    PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey, VIPS_ENTRIES, VipKey,
     pending_capacity, port_bit,
 };
 
@@ -92,6 +93,25 @@ pub static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array
 pub fn serves_port(port: u16, proto: u8) -> bool {
     SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0) & port_bit(proto) != 0
 }
+
+/// VIPs: address -> `PORT_*` bits of the protocols its services use.
+/// Written by the control plane with the services; read for IP fragments
+/// only (see `fragment`).
+#[btf_map]
+pub static VIPS: HashMap<VipKey, u32, { VIPS_ENTRIES as usize }> = HashMap::new();
+
+/// IPv4 fragment map: (source, destination, protocol, identification) of a
+/// datagram to a VIP -> the ports of its first fragment, for its later
+/// fragments (see `fragment`). Written only by the data path; an LRU, so the
+/// oldest datagram makes room for a new one.
+#[btf_map]
+pub static FRAGMENTS4: LruHashMap<FragmentKey4, FragmentPorts, { FRAGMENT_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// IPv6 fragment map, as [`FRAGMENTS4`] (the identification has 32 bits).
+#[btf_map]
+pub static FRAGMENTS6: LruHashMap<FragmentKey6, FragmentPorts, { FRAGMENT_ENTRIES as usize }> =
+    LruHashMap::new();
 
 /// IPv4 flow cache: (CPU, hash of the key) -> a set of four recent copies of
 /// connection-table entries (see `conntrack`); each CPU reads and writes only

@@ -1,6 +1,9 @@
 //! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
 //! header walk), then the TCP or UDP ports; any other protocol goes to the
-//! caller's handler. Every read goes through [`ptr_at`].
+//! caller's handler. Every read goes through [`ptr_at`]. An IP fragment
+//! stops the parse at the IP layer: [`Fragment`] says what
+//! `crate::fragment` needs to tie it to its datagram ([`transport`] reads a
+//! first fragment's ports).
 //!
 //! The addresses are not copied while parsing: most traffic that is not for
 //! a service is recognised by its port alone, so the connection-table key is
@@ -8,8 +11,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FlowKey4, FlowKey6, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NOT_IP,
-    REASON_NOT_L4,
+    FlowKey4, FlowKey6, PROTO_TCP, PROTO_UDP, REASON_MALFORMED, REASON_NOT_IP, REASON_NOT_L4,
     conn_state::{TCP_ACK, TCP_SYN},
 };
 use network_types::{
@@ -38,6 +40,13 @@ const MAX_IPV6_EXT_HEADERS: usize = 4;
 const IPV4_MF: u16 = 0x2000;
 /// IPv4 fragment-offset mask, in the host-order `frags` field.
 pub const IPV4_OFFSET_MASK: u16 = 0x1FFF;
+/// IPv6 fragment header: offset mask and M ("more fragments") flag of its
+/// host-order 16-bit offset field.
+const IPV6_OFFSET_MASK: u16 = 0xFFF8;
+const IPV6_MORE: u16 = 0x0001;
+
+/// Truncated or inconsistent headers.
+const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
 
 /// Byte offset of the data offset (high four bits) in a TCP header.
 const TCP_DATA_OFFSET_OFFSET: usize = 12;
@@ -65,6 +74,39 @@ pub struct NotTcpUdp {
     /// Where the IP datagram ends by its own length field, in bytes into
     /// the frame (Ethernet padding may follow).
     pub end: usize,
+}
+
+/// An IP fragment (IPv4 MF or a fragment offset, an IPv6 fragment header).
+pub struct Fragment {
+    /// Its IP header.
+    pub ip: IpHeader,
+    /// The IPv4 protocol, or the IPv6 fragment header's next header.
+    pub proto: u8,
+    /// The datagram's identification (IPv4: 16 bits), host byte order.
+    pub id: u32,
+    /// Where the fragment's data start: a first fragment's transport header.
+    pub data_offset: usize,
+    /// Where the fragment ends by its IP length field.
+    pub ip_end: usize,
+    /// Whether it is its datagram's first fragment (offset 0).
+    pub first: bool,
+    /// Whether more fragments follow (IPv4 MF, IPv6 M): false for the last,
+    /// and for an IPv6 atomic fragment (offset 0, M clear: RFC 6946).
+    pub more: bool,
+}
+
+/// Why a frame did not parse as a [`Packet`].
+pub enum Unparsed {
+    /// Not a TCP/UDP packet of its own: what to do with it.
+    Verdict(Verdict),
+    /// An IP fragment.
+    Fragment(Fragment),
+}
+
+impl From<Verdict> for Unparsed {
+    fn from(verdict: Verdict) -> Self {
+        Self::Verdict(verdict)
+    }
 }
 
 /// A TCP or UDP packet, reduced to what the load balancer needs.
@@ -178,16 +220,16 @@ pub fn l3_len(ctx: &XdpContext) -> u64 {
 }
 
 /// Parses a frame into a [`Packet`], or says why it is not one:
-/// `Pass` for traffic that is not IP (or is a fragment),
-/// `Drop(REASON_MALFORMED)` for truncated or inconsistent headers, including
-/// a transport header that the IP length field does not cover, and for an
-/// IP packet that is neither TCP nor UDP the verdict of `not_tcp_udp`.
+/// `Pass` for traffic that is not IP, `Drop(REASON_MALFORMED)` for
+/// truncated or inconsistent headers, including a transport header that
+/// the IP length field does not cover; a [`Fragment`] for an IP fragment;
+/// for an IP packet that is neither TCP nor UDP, the verdict of
+/// `not_tcp_udp`.
 #[inline(always)]
 pub fn parse(
     ctx: &XdpContext,
     not_tcp_udp: impl FnOnce(&XdpContext, &NotTcpUdp) -> Verdict,
-) -> Result<Packet, Verdict> {
-    const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
+) -> Result<Packet, Unparsed> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
     // `ip_end`: where the IP datagram ends by its own length field. The
@@ -205,10 +247,18 @@ pub fn parse(
             };
             let header_len = ((vihl & 0x0F) as usize) * 4;
             if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || (tot_len as usize) < header_len {
-                return Err(MALFORMED);
+                return Err(MALFORMED.into());
             }
             if frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
-                return Err(Verdict::Pass(REASON_FRAGMENT));
+                return Err(Unparsed::Fragment(Fragment {
+                    ip: IpHeader::V4(ip),
+                    proto,
+                    id: u32::from(unsafe { be16(&raw const (*ip).id) }),
+                    data_offset: EthHdr::LEN + header_len,
+                    ip_end: EthHdr::LEN + tot_len as usize,
+                    first: frags & IPV4_OFFSET_MASK == 0,
+                    more: frags & IPV4_MF != 0,
+                }));
             }
             (
                 IpHeader::V4(ip),
@@ -227,14 +277,40 @@ pub fn parse(
                 )
             };
             if version != 6 {
-                return Err(MALFORMED);
+                return Err(MALFORMED.into());
             }
-            let (offset, proto) = skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?;
             let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
+            let (offset, proto) =
+                skip_ipv6_extensions(ctx, ip, EthHdr::LEN + Ipv6Hdr::LEN, next, ip_end)?;
             (IpHeader::V6(ip), offset, proto, ip_end)
         }
-        _ => return Err(Verdict::Pass(REASON_NOT_IP)),
+        _ => return Err(Verdict::Pass(REASON_NOT_IP).into()),
     };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        let packet = NotTcpUdp {
+            ip: header,
+            proto,
+            offset: l4_offset,
+            end: ip_end,
+        };
+        return Err(Unparsed::Verdict(not_tcp_udp(ctx, &packet)));
+    }
+    transport(ctx, header, l4_offset, proto, ip_end).map_err(Unparsed::Verdict)
+}
+
+/// The TCP or UDP header at `l4_offset` of a datagram (or first fragment)
+/// with IP header `header` and protocol `proto` that ends at `ip_end`: the
+/// [`Packet`]; `Pass(REASON_NOT_L4)` for another protocol,
+/// `Drop(REASON_MALFORMED)` for a header the frame or the IP length does not
+/// hold whole.
+#[inline(always)]
+pub fn transport(
+    ctx: &XdpContext,
+    header: IpHeader,
+    l4_offset: usize,
+    proto: u8,
+    ip_end: usize,
+) -> Result<Packet, Verdict> {
     let (src_port, dst_port, tcp_flags, carries_data) = match proto {
         PROTO_TCP => {
             if l4_offset + TcpHdr::LEN > ip_end {
@@ -267,17 +343,7 @@ pub fn parse(
             let (src, dst) = unsafe { (be16(&raw const (*udp).src), be16(&raw const (*udp).dst)) };
             (src, dst, 0, l4_offset + UdpHdr::LEN < ip_end)
         }
-        _ => {
-            return Err(not_tcp_udp(
-                ctx,
-                &NotTcpUdp {
-                    ip: header,
-                    proto,
-                    offset: l4_offset,
-                    end: ip_end,
-                },
-            ));
-        }
+        _ => return Err(Verdict::Pass(REASON_NOT_L4)),
     };
     Ok(Packet {
         ip: header,
@@ -289,23 +355,26 @@ pub fn parse(
     })
 }
 
-/// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers starting at
-/// `offset` with next-header `next`; returns the offset and number of the
-/// upper-layer header.
+/// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers of the datagram
+/// with header `ip`, ending at `ip_end`, starting at `offset` with
+/// next-header `next`; returns the offset and number of the upper-layer
+/// header, or the [`Fragment`] a fragment header makes it.
 #[inline(always)]
 fn skip_ipv6_extensions(
     ctx: &XdpContext,
+    ip: *const Ipv6Hdr,
     mut offset: usize,
     mut next: u8,
-) -> Result<(usize, u8), Verdict> {
+    ip_end: usize,
+) -> Result<(usize, u8), Unparsed> {
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let unit = match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => 8,
             IPV6_AUTH => 4,
-            IPV6_FRAGMENT => return Err(Verdict::Pass(REASON_FRAGMENT)),
+            IPV6_FRAGMENT => return Err(ipv6_fragment(ctx, ip, offset, ip_end)),
             _ => return Ok((offset, next)),
         };
-        let header = ptr_at::<[u8; 2]>(ctx, offset).ok_or(Verdict::Drop(REASON_MALFORMED))?;
+        let header = ptr_at::<[u8; 2]>(ctx, offset).ok_or(MALFORMED)?;
         // SAFETY: both bytes are inside the frame.
         let [next_header, len] = unsafe { *header };
         // Hdr Ext Len counts 8-octet units past the first (4-octet units past
@@ -315,6 +384,36 @@ fn skip_ipv6_extensions(
     }
     match next {
         PROTO_TCP | PROTO_UDP => Ok((offset, next)),
-        _ => Err(Verdict::Pass(REASON_NOT_L4)),
+        _ => Err(Verdict::Pass(REASON_NOT_L4).into()),
     }
+}
+
+/// The fragment whose IPv6 header is `ip`, ending at `ip_end`, and whose
+/// fragment header is at `offset`: next header (the fragment's protocol),
+/// reserved, offset (13 bits) and M flag, identification. Malformed when
+/// the header does not lie whole inside the frame and the payload length.
+#[inline(always)]
+fn ipv6_fragment(ctx: &XdpContext, ip: *const Ipv6Hdr, offset: usize, ip_end: usize) -> Unparsed {
+    let Some(header) = ptr_at::<[u8; 8]>(ctx, offset).filter(|_| offset + 8 <= ip_end) else {
+        return MALFORMED.into();
+    };
+    // SAFETY: the eight bytes are inside the frame; the 16-bit field sits at
+    // an even offset (extension headers are multiples of 4 or 8 bytes).
+    let (next, offset_flags, id) = unsafe {
+        let bytes = header.cast::<u8>();
+        (
+            *bytes,
+            be16(bytes.add(2).cast()),
+            u32::from_be(load_u32(bytes.add(4).cast())),
+        )
+    };
+    Unparsed::Fragment(Fragment {
+        ip: IpHeader::V6(ip),
+        proto: next,
+        id,
+        data_offset: offset + 8,
+        ip_end,
+        first: offset_flags & IPV6_OFFSET_MASK == 0,
+        more: offset_flags & IPV6_MORE != 0,
+    })
 }

@@ -7,8 +7,8 @@
 //! number 0, acknowledgment number the SYN's sequence number plus its length
 //! (1 for the SYN, plus its payload); from the VIP to the client, with the
 //! MAC addresses swapped, TTL (hop limit) 64, no TCP options. IPv4 options
-//! are kept as they came; an IPv6 packet with extension headers is not
-//! answered (the caller drops it).
+//! are kept as they came; an IPv4 fragment (a SYN cut in pieces) and an IPv6
+//! packet with extension headers are not answered (the caller drops them).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use lb_common::PROTO_TCP;
@@ -21,6 +21,8 @@ const ETH_LEN: usize = 14;
 const TCP_LEN: usize = 20;
 /// RST and ACK flags.
 const TCP_RST_ACK: u8 = 0x14;
+/// The IPv4 MF flag and fragment offset.
+const IPV4_FRAGMENT: u16 = 0x3fff;
 /// TTL and hop limit of the reply.
 const REPLY_TTL: u8 = 64;
 
@@ -30,6 +32,11 @@ const REPLY_TTL: u8 = 64;
 /// the inlined per-packet code, whose optimisation it would otherwise change.
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
+    // A packet that is not answered is left as it came.
+    let frame_len = match packet.ip {
+        IpHeader::V4(_) => ipv4(ctx)?,
+        IpHeader::V6(_) => ipv6(ctx)?,
+    };
     let macs = ptr_at_mut::<[u8; 12]>(ctx, 0).ok_or(())?.cast::<u8>();
     // SAFETY: the Ethernet addresses are inside the frame.
     unsafe {
@@ -40,10 +47,6 @@ pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
         write16(macs, 6, (dst_head >> 16) as u16);
         write32(macs, 8, dst_head << 16 | u32::from(dst_tail));
     }
-    let frame_len = match packet.ip {
-        IpHeader::V4(_) => ipv4(ctx)?,
-        IpHeader::V6(_) => ipv6(ctx)?,
-    };
     let delta = frame_len as i64 - (ctx.data_end() - ctx.data()) as i64;
     // SAFETY: a helper on this program's own context; it only shrinks the
     // frame (`delta` is at most 0: the reply is the SYN's headers or fewer).
@@ -60,7 +63,16 @@ fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
     let ip = ptr_at_mut::<[u8; 20]>(ctx, ETH_LEN).ok_or(())?.cast::<u8>();
     // SAFETY: the fixed IPv4 header is inside the frame; every access below
     // is at a constant offset inside it.
-    let (header_len, total_len) = unsafe { (usize::from(*ip & 0x0f) * 4, read16(ip, 2)) };
+    let (header_len, total_len, fragment) = unsafe {
+        (
+            usize::from(*ip & 0x0f) * 4,
+            read16(ip, 2),
+            read16(ip, 6) & IPV4_FRAGMENT,
+        )
+    };
+    if fragment != 0 {
+        return Err(());
+    }
     // Checked by the parser: 20 to 60 bytes, within the total length.
     let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, ETH_LEN + header_len)
         .ok_or(())?

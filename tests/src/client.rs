@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Socket, Type};
 
-use crate::{Fnv64, NetNs, payload};
+use crate::{Fnv64, NetNs, payload, payload_from};
 
 /// Timeout for connecting and for each read or write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -230,32 +230,99 @@ pub fn open_tcp_from(
 /// namespace `ns` (kept open until all are done, so every flow has its own
 /// source port) and returns the name each got back, in order.
 pub fn udp_flows(ns: &NetNs, target: SocketAddr, n: usize) -> anyhow::Result<Vec<String>> {
-    ns.run(move || {
-        let any: SocketAddr = match target {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let mut sockets = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        for i in 0..n {
-            let socket = UdpSocket::bind(any)?;
-            socket.connect(target)?;
-            socket.set_read_timeout(Some(Duration::from_millis(500)))?;
-            let name = udp_exchange(&socket)
-                .with_context(|| format!("UDP flow {} of {n} to {target} ({i} answered)", i + 1))?;
-            names.push(name);
-            sockets.push(socket);
-        }
-        Ok(names)
-    })
+    UdpFlows::open(ns, target, n)?.ping()
 }
 
-/// Sends `ping` on a connected UDP socket until an answer comes (4 tries).
-fn udp_exchange(socket: &UdpSocket) -> anyhow::Result<String> {
+/// UDP flows to one target: connected sockets opened in a namespace (each
+/// keeps its namespace and its source port for as long as it is open).
+pub struct UdpFlows {
+    target: SocketAddr,
+    sockets: Vec<UdpSocket>,
+    /// Datagrams sent so far, tries again included.
+    sent: usize,
+}
+
+impl UdpFlows {
+    /// Opens `n` sockets in namespace `ns`, each connected to `target`.
+    pub fn open(ns: &NetNs, target: SocketAddr, n: usize) -> anyhow::Result<Self> {
+        let sockets = ns.run(move || {
+            let any: SocketAddr = match target {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            (0..n)
+                .map(|_| {
+                    let socket = UdpSocket::bind(any)?;
+                    socket.connect(target)?;
+                    socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    Ok(socket)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        Ok(Self {
+            target,
+            sockets,
+            sent: 0,
+        })
+    }
+
+    /// Sends `ping` on every flow in turn and returns the name each got back.
+    pub fn ping(&mut self) -> anyhow::Result<Vec<String>> {
+        self.each(|socket, sent| exchange(socket, b"ping\n", sent))
+    }
+
+    /// Sends a datagram of `len` pseudo-random bytes (different on every
+    /// flow and call) on every flow in turn, and returns the real server
+    /// that answered each. The answer must report the length and hash of
+    /// exactly the bytes sent: the datagram arrived whole.
+    pub fn datagrams(&mut self, len: usize) -> anyhow::Result<Vec<String>> {
+        self.each(|socket, sent| {
+            let mut datagram = Vec::with_capacity(len);
+            payload_from(1 + *sent as u64, len as u64, |bytes| {
+                datagram.extend_from_slice(bytes);
+                Ok::<_, std::convert::Infallible>(())
+            })?;
+            let mut hash = Fnv64::default();
+            hash.update(&datagram);
+            let expected = format!("{len} {:016x}", hash.value());
+            let answer = exchange(socket, &datagram, sent)?;
+            match answer.split_once(' ') {
+                Some((server, report)) if report == expected => Ok(server.to_owned()),
+                _ => bail!("answered {answer:?}, expected NAME {expected}"),
+            }
+        })
+    }
+
+    /// Datagrams sent so far, tries again included.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Runs `one` (an exchange on a socket, counting what it sends) on
+    /// every flow in turn and returns what each gave.
+    fn each(
+        &mut self,
+        mut one: impl FnMut(&UdpSocket, &mut usize) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Vec<String>> {
+        let (n, target) = (self.sockets.len(), self.target);
+        let mut answers = Vec::with_capacity(n);
+        for (i, socket) in self.sockets.iter().enumerate() {
+            let answer = one(socket, &mut self.sent)
+                .with_context(|| format!("UDP flow {} of {n} to {target} ({i} answered)", i + 1))?;
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+}
+
+/// Sends `datagram` on a connected UDP socket until an answer comes (4
+/// tries), counting every datagram sent in `sent`; returns the answer.
+fn exchange(socket: &UdpSocket, datagram: &[u8], sent: &mut usize) -> anyhow::Result<String> {
     let mut buf = [0u8; 256];
     let mut last = None;
     for _ in 0..4 {
-        socket.send(b"ping\n")?;
+        socket.send(datagram)?;
+        *sent += 1;
         match socket.recv(&mut buf) {
             Ok(k) => return Ok(String::from_utf8_lossy(&buf[..k]).trim_end().to_owned()),
             Err(e) => last = Some(e),

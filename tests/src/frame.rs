@@ -4,7 +4,8 @@
 //! an ICMP error quoting another packet, a payload) and [`Pkt::build`]
 //! writes its bytes, checksums included. Fields that a well-formed frame
 //! computes (IHL, lengths, version) can be overridden to build malformed
-//! headers.
+//! headers. [`Pkt::fragments`] cuts a datagram into IP fragments, each a
+//! [`Pkt`] of its own.
 //!
 //! Frames arrive from the client-side router ([`ROUTER_MAC`]) for a VIP's
 //! MAC ([`VIP_MAC`]); a forwarded frame leaves from the director NIC
@@ -74,6 +75,8 @@ pub enum Ext {
         offset: u16,
         /// The M (more fragments) flag.
         more: bool,
+        /// Identification.
+        id: u32,
     },
 }
 
@@ -118,11 +121,11 @@ impl Ext {
                 b.resize(len, 0);
                 b
             }
-            Self::Fragment { offset, more } => {
+            Self::Fragment { offset, more, id } => {
                 let field = (offset << 3) | u16::from(more);
                 let mut b = vec![next, 0];
                 b.extend(field.to_be_bytes());
-                b.extend(0x0bad_cafe_u32.to_be_bytes());
+                b.extend(id.to_be_bytes());
                 b
             }
         }
@@ -142,7 +145,8 @@ pub enum Ip {
         options: Vec<u8>,
         /// Identification field.
         ident: u16,
-        /// Flags and fragment offset as on the wire (0x4000 = DF).
+        /// Flags and fragment offset as on the wire (0x4000 = DF); a
+        /// [`Piece`] sets its own.
         frag: u16,
         /// Overrides the version/IHL byte (malformed headers).
         vihl: Option<u8>,
@@ -155,8 +159,11 @@ pub enum Ip {
         src: Ipv6Addr,
         /// Destination address.
         dst: Ipv6Addr,
-        /// Extension headers between the fixed header and the transport header.
+        /// Extension headers between the fixed header and the transport
+        /// header (in a [`Piece`], before its fragment header).
         ext: Vec<Ext>,
+        /// The identification of a [`Piece`]'s fragment header.
+        ident: u32,
         /// Overrides the first byte (version and traffic class; malformed headers).
         first_byte: Option<u8>,
         /// Overrides the payload length (malformed headers).
@@ -198,6 +205,20 @@ pub enum L4 {
     },
 }
 
+/// Which bytes of its datagram a fragment carries: of the transport header
+/// and payload (IPv4: everything after the header and its options; IPv6:
+/// after the extension headers, which every fragment repeats before its
+/// fragment header).
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    /// Where the fragment's bytes start (a multiple of 8).
+    pub offset: usize,
+    /// How many bytes it carries.
+    pub len: usize,
+    /// Whether more fragments follow (IPv4 MF, IPv6 M).
+    pub more: bool,
+}
+
 /// A frame: Ethernet, IP, transport header and payload.
 #[derive(Clone)]
 pub struct Pkt {
@@ -213,6 +234,8 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// Minimum frame length: shorter frames get Ethernet padding (zeros).
     pub pad_to: usize,
+    /// The piece of the datagram this frame carries, if it is a fragment.
+    pub piece: Option<Piece>,
 }
 
 /// Byte offsets where the headers of a built [`Pkt`] end.
@@ -235,6 +258,7 @@ impl Pkt {
             l4,
             payload: Vec::new(),
             pad_to: 0,
+            piece: None,
         }
     }
 
@@ -261,6 +285,7 @@ impl Pkt {
                 src,
                 dst,
                 ext: Vec::new(),
+                ident: 0x0bad_cafe,
                 first_byte: None,
                 payload_len: None,
             },
@@ -329,12 +354,15 @@ impl Pkt {
         self
     }
 
-    /// The same frame with IPv4 identification `value` (panics for IPv6).
-    pub fn with_ident(mut self, value: u16) -> Self {
-        let Ip::V4 { ident, .. } = &mut self.ip else {
-            panic!("IPv4 identification on an IPv6 frame")
-        };
-        *ident = value;
+    /// The same frame with identification `value`: IPv4's (panics past 16
+    /// bits), or that of an IPv6 fragment's fragment header.
+    pub fn with_ident(mut self, value: u32) -> Self {
+        match &mut self.ip {
+            Ip::V4 { ident, .. } => {
+                *ident = u16::try_from(value).expect("an IPv4 identification has 16 bits");
+            }
+            Ip::V6 { ident, .. } => *ident = value,
+        }
         self
     }
 
@@ -374,6 +402,7 @@ impl Pkt {
                 src: *dst,
                 dst: *src,
                 ext: Vec::new(),
+                ident: 0x4321,
                 first_byte: None,
                 payload_len: None,
             },
@@ -423,6 +452,30 @@ impl Pkt {
     /// much as fits in 1,280 bytes.
     pub fn packet_too_big(quoted: &Pkt, mtu: u32) -> Self {
         Self::icmp_error(quoted, 2, 0, mtu, 1280 - 48)
+    }
+
+    /// The datagram cut into IP fragments of at most `max` bytes of its
+    /// transport header and payload each (`max` a multiple of 8), in order:
+    /// what a host with a link MTU of `max` plus the IP header (IPv4 with
+    /// its options; IPv6 with its extension headers and a fragment header)
+    /// sends. Every fragment keeps the frame's identification.
+    pub fn fragments(&self, max: usize) -> Vec<Pkt> {
+        assert!(
+            max >= 8 && max.is_multiple_of(8),
+            "fragment size {max} is not a multiple of 8"
+        );
+        let total = self.layout().l4_end - self.layout().ip_end + self.payload.len();
+        (0..total)
+            .step_by(max)
+            .map(|offset| Pkt {
+                piece: Some(Piece {
+                    offset,
+                    len: max.min(total - offset),
+                    more: offset + max < total,
+                }),
+                ..self.clone()
+            })
+            .collect()
     }
 
     /// The same frame with Ethernet padding up to `len` bytes.
@@ -527,7 +580,12 @@ impl Pkt {
                     p.extend((len as u16).to_be_bytes());
                     u32::from(!checksum(&p, 0))
                 };
-                let l4 = self.l4_bytes(|len| if proto == 1 { 0 } else { pseudo(len) });
+                let l4 =
+                    self.piece_of(self.l4_bytes(|len| if proto == 1 { 0 } else { pseudo(len) }));
+                let frag = match self.piece {
+                    Some(piece) => (piece.offset / 8) as u16 | if piece.more { 0x2000 } else { 0 },
+                    None => *frag,
+                };
                 let header_len = 20 + options.len();
                 let mut h = Vec::with_capacity(header_len);
                 h.push(vihl.unwrap_or(0x40 | (header_len / 4) as u8));
@@ -553,17 +611,19 @@ impl Pkt {
                 src,
                 dst,
                 ext,
+                ident,
                 first_byte,
                 payload_len,
             } => {
-                let l4 = self.l4_bytes(|len| {
+                let l4 = self.piece_of(self.l4_bytes(|len| {
                     let mut p = Vec::with_capacity(40);
                     p.extend(src.octets());
                     p.extend(dst.octets());
                     p.extend((len as u32).to_be_bytes());
                     p.extend([0, 0, 0, proto]);
                     u32::from(!checksum(&p, 0))
-                });
+                }));
+                let ext = self.ext_chain(ext, *ident);
                 let mut chain = Vec::new();
                 for (i, header) in ext.iter().enumerate() {
                     let next = ext.get(i + 1).map_or(proto, |h| h.number());
@@ -590,12 +650,40 @@ impl Pkt {
         f
     }
 
-    /// Where the headers of the built frame end.
+    /// The bytes of the transport header and payload `l4` this frame
+    /// carries: all of them, or its [`Piece`]'s.
+    fn piece_of(&self, l4: Vec<u8>) -> Vec<u8> {
+        match self.piece {
+            Some(piece) => l4[piece.offset..piece.offset + piece.len].to_vec(),
+            None => l4,
+        }
+    }
+
+    /// The IPv6 extension headers `ext`, and a [`Piece`]'s fragment header
+    /// with identification `ident` after them.
+    fn ext_chain(&self, ext: &[Ext], ident: u32) -> Vec<Ext> {
+        let mut chain = ext.to_vec();
+        if let Some(piece) = self.piece {
+            chain.push(Ext::Fragment {
+                offset: (piece.offset / 8) as u16,
+                more: piece.more,
+                id: ident,
+            });
+        }
+        chain
+    }
+
+    /// Where the headers of the built frame end (for a fragment: the headers
+    /// of its datagram, and its own fragment header).
     pub fn layout(&self) -> Layout {
         let (ip_fixed_end, ip_end) = match &self.ip {
             Ip::V4 { options, .. } => (ETH_LEN + 20, ETH_LEN + 20 + options.len()),
-            Ip::V6 { ext, .. } => {
-                let chain: usize = ext.iter().map(|h| h.bytes(0).len()).sum();
+            Ip::V6 { ext, ident, .. } => {
+                let chain: usize = self
+                    .ext_chain(ext, *ident)
+                    .iter()
+                    .map(|h| h.bytes(0).len())
+                    .sum();
                 (ETH_LEN + 40, ETH_LEN + 40 + chain)
             }
         };

@@ -109,9 +109,19 @@ impl Fnv64 {
 /// Feeds `len` pseudo-random bytes to `sink`, in chunks of at most 64 KiB:
 /// the payload of uploads and downloads, the same bytes on every call, so
 /// both ends can make it (or its [`Fnv64`]) alike.
-pub fn payload<E>(len: u64, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+pub fn payload<E>(len: u64, sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    payload_from(0, len, sink)
+}
+
+/// [`payload`] from another starting point: `seed` 0 gives the payload,
+/// any other seed other bytes.
+pub fn payload_from<E>(
+    seed: u64,
+    len: u64,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     const CHUNK: usize = 64 * 1024;
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed;
     let mut buf = vec![0u8; CHUNK];
     let mut left = len;
     while left > 0 {

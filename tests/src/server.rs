@@ -9,7 +9,11 @@
 //!   being the [`crate::Fnv64`] of the bytes in 16 hex digits;
 //! - `download N\n` is answered with the N bytes of [`crate::payload`].
 //!
-//! The UDP server answers every datagram with the name.
+//! The UDP server answers `ping\n` with the name, and any other datagram
+//! with `NAME LEN HASH\n`: the name, the datagram's length and the
+//! [`crate::Fnv64`] of its bytes in 16 hex digits (a datagram that arrived
+//! whole, reassembled from its IP fragments, has the length and hash the
+//! client sent).
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -236,13 +240,22 @@ fn serve_tcp(stream: TcpStream, name: &str) -> io::Result<()> {
     }
 }
 
-/// Answers every datagram with `name` until `stopping`.
+/// Answers every datagram (see the module docs) until `stopping`.
 fn serve_udp(socket: &UdpSocket, name: &str, stopping: &AtomicBool) {
-    let mut buf = [0u8; 2048];
+    // The largest UDP payload.
+    let mut buf = vec![0u8; 65_535];
     while !stopping.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                if let Err(e) = socket.send_to(format!("{name}\n").as_bytes(), peer) {
+            Ok((len, peer)) => {
+                let datagram = &buf[..len];
+                let answer = if datagram == b"ping\n" {
+                    format!("{name}\n")
+                } else {
+                    let mut hash = Fnv64::default();
+                    hash.update(datagram);
+                    format!("{name} {len} {:016x}\n", hash.value())
+                };
+                if let Err(e) = socket.send_to(answer.as_bytes(), peer) {
                     eprintln!("test bed: {name}: UDP reply to {peer} failed: {e}");
                 }
             }

@@ -1,6 +1,7 @@
-//! Floods of spoofed TCP frames, sent from inside a namespace through an
-//! `AF_PACKET` socket: many distinct client tuples that no real client
-//! holds, for checking that a flood does not break established connections.
+//! Floods of spoofed frames, sent from inside a namespace through an
+//! `AF_PACKET` socket: TCP frames of many distinct client tuples that no
+//! real client holds ([`Flood`]), for checking that a flood does not break
+//! established connections, or any frames a test builds ([`send`]).
 //!
 //! Frames are built with [`crate::frame::Pkt`] (checksums included) and
 //! addressed at the Ethernet layer to the director's NIC, so they take the
@@ -74,9 +75,8 @@ impl FloodKind {
 /// A flood: `tuples` distinct spoofed client tuples, numbered from `first`,
 /// each sending [`FloodKind::flags`] to `target`.
 ///
-/// Tuple `i` is the spoofed host `i % 250 + 1` of [`SPOOF_NET4`] (or
-/// [`SPOOF_NET6`], in `target`'s family) with source port `10000 + i / 250`,
-/// so floods over disjoint index ranges never share a tuple.
+/// Tuple `i` is [`spoofed`] tuple `i` in `target`'s family, so floods over
+/// disjoint index ranges never share a tuple.
 #[derive(Clone, Copy, Debug)]
 pub struct Flood {
     /// What each tuple sends.
@@ -101,14 +101,7 @@ impl Flood {
 
     /// The spoofed client address and port of tuple `i`, in `target`'s family.
     pub fn tuple(&self, i: u32) -> SocketAddr {
-        let host = i % SPOOF_HOSTS + 1;
-        let port = FIRST_PORT + i / SPOOF_HOSTS;
-        let port = u16::try_from(port).expect("spoofed tuple index out of range");
-        let addr = match self.target {
-            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::from(SPOOF_NET4) | host)),
-            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(u128::from(SPOOF_NET6) | host as u128)),
-        };
-        SocketAddr::new(addr, port)
+        spoofed(i, self.target.ip())
     }
 
     /// Every frame of the flood, in sending order: for each tuple, its
@@ -138,12 +131,39 @@ impl Flood {
     /// Sends the flood from interface `iface` of namespace `ns` and waits
     /// until every frame has been handed to the interface.
     pub fn send(&self, ns: &NetNs, iface: &str) -> anyhow::Result<Sent> {
-        let frames = self.build();
         let per_turn = TUPLES_PER_CPU_TURN * self.kind.flags().len();
-        let iface = iface.to_owned();
-        ns.run(move || send_frames(&iface, &frames, per_turn))
-            .with_context(|| format!("sending a {:?} flood from {}", self.kind, ns.name()))
+        send(ns, iface, self.build(), per_turn)
+            .with_context(|| format!("sending a {:?} flood", self.kind))
     }
+}
+
+/// The spoofed client address and port of tuple `i`, in `like`'s family.
+///
+/// Tuple `i` is the spoofed host `i % 250 + 1` of [`SPOOF_NET4`] (or
+/// [`SPOOF_NET6`]) with source port `10000 + i / 250`.
+pub fn spoofed(i: u32, like: IpAddr) -> SocketAddr {
+    let host = i % SPOOF_HOSTS + 1;
+    let port = FIRST_PORT + i / SPOOF_HOSTS;
+    let port = u16::try_from(port).expect("spoofed tuple index out of range");
+    let addr = match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::from(SPOOF_NET4) | host)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(u128::from(SPOOF_NET6) | host as u128)),
+    };
+    SocketAddr::new(addr, port)
+}
+
+/// Sends `frames` in order from interface `iface` of namespace `ns`,
+/// `per_turn` frames from each CPU in turn (see the module docs), and waits
+/// until every frame has been handed to the interface.
+pub fn send(
+    ns: &NetNs,
+    iface: &str,
+    frames: Vec<Vec<u8>>,
+    per_turn: usize,
+) -> anyhow::Result<Sent> {
+    let iface = iface.to_owned();
+    ns.run(move || send_frames(&iface, &frames, per_turn))
+        .with_context(|| format!("sending frames from {}", ns.name()))
 }
 
 /// What [`Flood::send`] did.

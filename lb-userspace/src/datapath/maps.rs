@@ -20,8 +20,8 @@ use lb_common::{
     LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_MAP, NUM_FLOW_EVENTS,
     NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate,
     REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
-    VERDICT_STATS_MAP, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
-    pending_capacity, port_bit, protocol_name, wlc,
+    VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index,
+    nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -39,7 +39,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 16] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 17] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
@@ -51,6 +51,7 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 16] = [
     (PENDING4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (PENDING6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (SERVICE_PORTS_MAP, 4, 4),
+    (VIPS_MAP, size_of::<VipKey>(), 4),
     (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
     (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
     (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
@@ -122,6 +123,8 @@ pub struct Maps {
     pub pending6: HashMap<MapData, FlowKey6, Flow>,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
     pub service_ports: Array<MapData, u32>,
+    /// VIP -> `PORT_*` bits of the protocols its services use.
+    pub vips: HashMap<MapData, VipKey, u32>,
     /// Per-CPU counters per verdict reason.
     pub verdict_stats: PerCpuArray<MapData, Counters>,
     /// Per-CPU counters per service.
@@ -160,6 +163,7 @@ impl Maps {
             pending4: typed(&mut take, PENDING4_MAP)?,
             pending6: typed(&mut take, PENDING6_MAP)?,
             service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
+            vips: typed(&mut take, VIPS_MAP)?,
             verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
             service_stats: typed(&mut take, SERVICE_STATS_MAP)?,
             backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
@@ -213,7 +217,8 @@ impl Maps {
 
 impl Maps {
     /// Installs (or replaces) service `id` under `key` with `backends`, and
-    /// opens the service's port in the port prefilter.
+    /// opens the service's port in the port prefilter and its protocol on
+    /// its VIP in the VIP map.
     ///
     /// Backends are written before the service becomes visible, so the data
     /// path never finds a service without its backend set. The connection
@@ -237,6 +242,15 @@ impl Maps {
         self.service_ports
             .set(port, bits, 0)
             .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
+        let vip = VipKey::of(&key);
+        let bits = match self.vips.get(&vip, 0) {
+            Ok(bits) => bits,
+            Err(MapError::KeyNotFound) => 0,
+            Err(e) => return Err(e).context(format!("reading {VIPS_MAP}")),
+        };
+        self.vips
+            .insert(vip, bits | port_bit(key.proto), 0)
+            .with_context(|| format!("writing the VIP of service {id} to {VIPS_MAP}"))?;
         self.services
             .insert(key, service, 0)
             .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
@@ -244,9 +258,10 @@ impl Maps {
 
     /// Removes service `key` (id `id`): empties its backend set first (so
     /// its known flows stop being forwarded), deletes its key, closes its
-    /// port in the prefilter unless one of `others` (the services that
-    /// remain) still uses it, and zeroes its counters. The caller deletes
-    /// its flows (`sweeper::forget_service`) before giving the id out again.
+    /// port in the prefilter and its protocol on its VIP unless one of
+    /// `others` (the services that remain) still uses them, and zeroes its
+    /// counters. The caller deletes its flows (`sweeper::forget_service`)
+    /// before giving the id out again.
     pub fn remove_service(
         &mut self,
         key: ServiceKey,
@@ -258,11 +273,27 @@ impl Maps {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
         }
+        let others: Vec<ServiceKey> = others.collect();
         let port = u32::from(key.port);
         let bits = others
+            .iter()
             .filter(|k| k.port == key.port)
             .fold(0, |bits, k| bits | port_bit(k.proto));
         self.service_ports.set(port, bits, 0)?;
+        let vip = VipKey::of(&key);
+        let bits = others
+            .iter()
+            .filter(|k| VipKey::of(k) == vip)
+            .fold(0, |bits, k| bits | port_bit(k.proto));
+        let written = if bits == 0 {
+            match self.vips.remove(&vip) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
+        } else {
+            self.vips.insert(vip, bits, 0)
+        };
+        written.with_context(|| format!("removing the VIP of service {id} from {VIPS_MAP}"))?;
         self.backend_conns.set(id, BackendConnSet::default(), 0)?;
         // What the service forwarded stays in the `forwarded` verdict total.
         fold_counters(

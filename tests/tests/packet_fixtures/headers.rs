@@ -1,11 +1,11 @@
-//! Header variants: IPv4 options, IPv6 extension headers, fragments, and
-//! malformed or truncated headers.
+//! Header variants: IPv4 options, IPv6 extension headers, and malformed or
+//! truncated headers (fragments: `fragments.rs`).
 
 use std::net::IpAddr;
 
 use aya::programs::ProgramError;
 use lb_common::{
-    PROTO_TCP, REASON_FRAGMENT, REASON_MALFORMED, REASON_NOT_L4,
+    PROTO_TCP, REASON_MALFORMED, REASON_NOT_L4,
     conn_state::{STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
@@ -49,8 +49,7 @@ fn ipv4_options_are_skipped() {
 }
 
 /// IPv6 extension header chains the parser walks (at most four headers) are
-/// skipped; a fifth header, or a fragment header anywhere, hands the packet
-/// to the stack.
+/// skipped; a fifth header hands the packet to the stack.
 #[test]
 fn ipv6_extension_headers() {
     use Ext::*;
@@ -99,44 +98,6 @@ fn ipv6_extension_headers() {
         &[up(1)],
     );
     run_fixtures("ipv6_ext", forwarded.into_iter().chain([five]));
-}
-
-/// Fragments (even a first fragment carrying the whole TCP header) pass to
-/// the stack; DF alone is not a fragment.
-#[test]
-fn fragments_pass_to_the_stack() {
-    let syn4 = || Pkt::tcp4(40000, TCP_SYN);
-    let syn6 = || Pkt::tcp6(40000, TCP_SYN);
-    let fragment = |name, pkt: Pkt| Fixture::passed(name, pkt.build(), REASON_FRAGMENT);
-    let whole = |name, pkt: Pkt| Fixture::forwarded(name, &pkt, SERVICE_ID, 0, STATE_SYN_RECV);
-    let fixtures = [
-        fragment("IPv4 first fragment (MF)", syn4().with_frag(0x2000)),
-        fragment(
-            "IPv4 middle fragment (MF, offset 185)",
-            syn4().with_frag(0x2000 | 185),
-        ),
-        fragment("IPv4 last fragment (offset 1)", syn4().with_frag(1)),
-        fragment(
-            "IPv6 first fragment",
-            syn6().with_ext(&[Ext::Fragment {
-                offset: 0,
-                more: true,
-            }]),
-        ),
-        fragment(
-            "IPv6 last fragment after hop-by-hop",
-            syn6().with_ext(&[
-                Ext::HopByHop(8),
-                Ext::Fragment {
-                    offset: 100,
-                    more: false,
-                },
-            ]),
-        ),
-        whole("IPv4 DF, no fragment", syn4().with_frag(0x4000)),
-        whole("IPv4 no flags", syn4().with_frag(0)),
-    ];
-    run_fixtures("fragments", fixtures.map(Fixture::both_vips));
 }
 
 /// Inconsistent IP headers are dropped as malformed.

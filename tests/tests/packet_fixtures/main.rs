@@ -34,6 +34,7 @@ mod counters;
 mod families;
 mod floods;
 mod flow_cache;
+mod fragments;
 mod headers;
 mod icmp;
 mod maps;
