@@ -28,7 +28,8 @@ impl core::ops::Add for Counters {
     }
 }
 
-/// Verdict reason: forwarded to a backend with `XDP_TX`.
+/// Verdict reason: forwarded to a backend (`XDP_TX`, or `XDP_REDIRECT` to
+/// the director NIC the backend is on-link through).
 pub const REASON_FORWARDED: u32 = 0;
 /// Verdict reason: not IPv4/IPv6 (ARP, LLDP, ...): `XDP_PASS`.
 pub const REASON_NOT_IP: u32 = 1;
@@ -60,10 +61,16 @@ pub const REASON_REJECTED: u32 = 9;
 ///
 /// [`SERVICE_FLAG_SLOPPY_TCP`]: crate::service::SERVICE_FLAG_SLOPPY_TCP
 pub const REASON_NO_FLOW: u32 = 10;
+/// Verdict reason: a frame for a backend on-link through another director
+/// NIC than the one it arrived on, which is not in [`TX_PORTS_MAP`] (lb is
+/// not attached to it): `XDP_DROP`.
+///
+/// [`TX_PORTS_MAP`]: crate::limits::TX_PORTS_MAP
+pub const REASON_NO_TX_PORT: u32 = 11;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 11;
+pub const NUM_REASONS: u32 = 12;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -79,6 +86,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_NOT_FOR_US => "pass_not_for_us",
         REASON_REJECTED => "reset_no_backend",
         REASON_NO_FLOW => "drop_no_flow",
+        REASON_NO_TX_PORT => "drop_no_tx_port",
         _ => "unknown",
     }
 }
