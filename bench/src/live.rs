@@ -46,6 +46,7 @@ use lb_common::{
     Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, SERVICE_FLAG_SLOPPY_TCP, Service,
     ServiceKey,
 };
+use lb_tests::{netns::ifindex, xdp_case::xdp_md};
 
 use crate::BENCH_OBJECT;
 
@@ -478,16 +479,6 @@ fn in_netns<R: Send>(ns: &File, f: impl FnOnce() -> anyhow::Result<R> + Send) ->
     })
 }
 
-/// The ifindex of `iface` in the calling thread's network namespace.
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(iface)?;
-    // SAFETY: `name` is a valid C string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
-        index => Ok(index),
-    }
-}
-
 /// Which program forwards on d0 during a run.
 #[derive(Clone, Copy, PartialEq)]
 enum Forwarder {
@@ -708,15 +699,6 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .ok_or_else(|| anyhow!("program {name} missing from the benchmark object"))?
         .try_into()
         .map_err(Into::into)
-}
-
-/// A `struct xdp_md` for a live test run: data at 0, `len` bytes, no
-/// metadata, received on `ifindex` queue 0.
-fn xdp_md(len: u32, ifindex: u32) -> [u8; 24] {
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    ctx
 }
 
 /// A client's TCP segment to the VIP, addressed to d0 (the generator fills

@@ -16,6 +16,8 @@
 //! | --- | --- | --- |
 //! | [`LAYOUT_MAP`] | array | 0 -> [`LAYOUT_VERSION`] |
 //! | [`NIC_FILTER_MAP`] | array | [`nic_filter_index`] -> [`NicFilter`] |
+//! | [`TX_PORTS_MAP`] | device hash | ifindex -> ifindex |
+//! | [`NIC_STATS_MAP`] | per-CPU array | [`nic_filter_index`] -> [`NicCounters`] |
 //! | [`SERVICES_MAP`] | hash | [`ServiceKey`] -> [`Service`] |
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
@@ -41,6 +43,9 @@
 //! [`NIC_FILTER_MAP`]: limits::NIC_FILTER_MAP
 //! [`nic_filter_index`]: nic::nic_filter_index
 //! [`NicFilter`]: nic::NicFilter
+//! [`TX_PORTS_MAP`]: limits::TX_PORTS_MAP
+//! [`NIC_STATS_MAP`]: limits::NIC_STATS_MAP
+//! [`NicCounters`]: nic::NicCounters
 //! [`SERVICES_MAP`]: limits::SERVICES_MAP
 //! [`BACKENDS_MAP`]: limits::BACKENDS_MAP
 //! [`BACKEND_CONNS_MAP`]: limits::BACKEND_CONNS_MAP

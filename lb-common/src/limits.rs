@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -170,8 +170,22 @@ pub const MAX_IFACES: u32 = 64;
 /// [`nic_filter_index`]: crate::nic::nic_filter_index
 /// [`NicFilter`]: crate::nic::NicFilter
 pub const NIC_FILTER_MAP: &str = "NIC_FILTER";
-/// Size of [`NIC_FILTER_MAP`].
+/// Size of [`NIC_FILTER_MAP`] and [`NIC_STATS_MAP`].
 pub const NIC_FILTER_ENTRIES: u32 = 256;
+/// Name of the redirect targets (device hash: ifindex -> the same ifindex),
+/// every NIC the program is attached to, written by the control plane when
+/// it attaches and removed when it detaches. A frame for a backend on-link
+/// through another NIC than the one it arrived on is redirected there
+/// (`bpf_redirect_map`); [`MAX_IFACES`] entries.
+pub const TX_PORTS_MAP: &str = "TX_PORTS";
+/// Name of the per-CPU NIC counters (array: [`nic_filter_index`] of a NIC's
+/// ifindex -> [`NicCounters`]): what each NIC forwarded, by the NIC it
+/// arrived on and left through. Written by XDP; zeroed by the control plane
+/// when it detaches from the NIC.
+///
+/// [`nic_filter_index`]: crate::nic::nic_filter_index
+/// [`NicCounters`]: crate::nic::NicCounters
+pub const NIC_STATS_MAP: &str = "NIC_STATS";
 /// Largest backend weight (as IPVS: 0..=65535).
 pub const MAX_WEIGHT: u32 = 65_535;
 

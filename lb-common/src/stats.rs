@@ -28,7 +28,8 @@ impl core::ops::Add for Counters {
     }
 }
 
-/// Verdict reason: forwarded to a backend with `XDP_TX`.
+/// Verdict reason: forwarded to a backend (`XDP_TX`, or `XDP_REDIRECT` to
+/// the director NIC the backend is on-link through).
 pub const REASON_FORWARDED: u32 = 0;
 /// Verdict reason: not IPv4/IPv6 (ARP, LLDP, ...): `XDP_PASS`.
 pub const REASON_NOT_IP: u32 = 1;
@@ -79,10 +80,16 @@ pub const REASON_ICMP_NO_FLOW: u32 = 12;
 ///
 /// [`FRAGMENT_LIFETIME_NS`]: crate::fragment::FRAGMENT_LIFETIME_NS
 pub const REASON_FRAGMENT_ORPHAN: u32 = 13;
+/// Verdict reason: a frame for a backend on-link through another director
+/// NIC than the one it arrived on, which is not in [`TX_PORTS_MAP`] (lb is
+/// not attached to it): `XDP_DROP`.
+///
+/// [`TX_PORTS_MAP`]: crate::limits::TX_PORTS_MAP
+pub const REASON_NO_TX_PORT: u32 = 14;
 /// Number of verdict reasons (size of [`VERDICT_STATS_MAP`]).
 ///
 /// [`VERDICT_STATS_MAP`]: crate::limits::VERDICT_STATS_MAP
-pub const NUM_REASONS: u32 = 14;
+pub const NUM_REASONS: u32 = 15;
 
 /// Human-readable name of a verdict reason, for `lb stats`.
 pub const fn reason_name(reason: u32) -> &'static str {
@@ -101,6 +108,7 @@ pub const fn reason_name(reason: u32) -> &'static str {
         REASON_ICMP_FORWARDED => "icmp_forwarded",
         REASON_ICMP_NO_FLOW => "pass_icmp_no_flow",
         REASON_FRAGMENT_ORPHAN => "drop_fragment_orphan",
+        REASON_NO_TX_PORT => "drop_no_tx_port",
         _ => "unknown",
     }
 }

@@ -81,11 +81,12 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     let Some(backend) = backends.backends.get(binding.slot as usize) else {
         return Verdict::Drop(REASON_INTERNAL);
     };
-    if forward::rewrite_macs(ctx, backend).is_err() {
-        return Verdict::Drop(REASON_INTERNAL);
+    let verdict = forward::to_backend(ctx, backend, l3_len);
+    if let Verdict::Drop(_) = verdict {
+        return verdict;
     }
     stats::count_forwarded(service_id, binding, l3_len);
-    Verdict::Tx
+    verdict
 }
 
 /// `packet` of flow `key` without the flow cache: the flow from its tables,

@@ -1,13 +1,20 @@
-//! The Ethernet addresses: which frames a director NIC takes
-//! ([`for_this_nic`]) and, as direct routing forwards a frame, the only bytes
-//! that change ([`rewrite_macs`]).
+//! Direct-routing forwarding: which frames a director NIC takes
+//! ([`for_this_nic`]); only the Ethernet addresses change, and the frame
+//! leaves through the director NIC its backend is on-link through: back out
+//! of the NIC it arrived on (`XDP_TX`), or redirected to another
+//! (`XDP_REDIRECT` through `TX_PORTS`) ([`to_backend`]).
 
 use core::mem::offset_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Backend, nic_filter_index};
+use lb_common::{Backend, REASON_INTERNAL, REASON_NO_TX_PORT, nic_filter_index};
 
-use crate::{maps::NIC_FILTER, parse::ptr_at_mut};
+use crate::{
+    maps::{NIC_FILTER, TX_PORTS},
+    parse::ptr_at_mut,
+    stats,
+    verdict::Verdict,
+};
 
 /// The Ethernet header's two addresses: destination, then source.
 type MacPair = [u8; 12];
@@ -35,11 +42,36 @@ pub fn for_this_nic(ctx: &XdpContext) -> bool {
     filter.accepts(unsafe { &*dst })
 }
 
+/// Sends the frame (of `l3_len` bytes past its Ethernet header) to
+/// `backend` and counts it for the NICs it passes: rewrites its MACs and
+/// sends it back out of the NIC it arrived on when the backend is on-link
+/// there, else redirects it to the backend's NIC. A frame for a NIC that is
+/// not in `TX_PORTS` is dropped unchanged.
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, backend: &Backend, l3_len: u64) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if backend.ifindex == ingress {
+        if rewrite_macs(ctx, backend).is_err() {
+            return Verdict::Drop(REASON_INTERNAL);
+        }
+        stats::count_nic_tx(ingress, l3_len);
+        return Verdict::Tx;
+    }
+    if TX_PORTS.redirect(backend.ifindex, 0).is_err() {
+        return Verdict::Drop(REASON_NO_TX_PORT);
+    }
+    if rewrite_macs(ctx, backend).is_err() {
+        return Verdict::Drop(REASON_INTERNAL);
+    }
+    stats::count_nic_redirect(ingress, backend.ifindex, l3_len);
+    Verdict::Redirect
+}
+
 /// Sets the frame's destination MAC to the backend's and its source MAC to
 /// that of the NIC the backend is reached through; every other byte stays
 /// as it arrived.
 #[inline(always)]
-pub fn rewrite_macs(ctx: &XdpContext, backend: &Backend) -> Result<(), ()> {
+fn rewrite_macs(ctx: &XdpContext, backend: &Backend) -> Result<(), ()> {
     let addresses = ptr_at_mut::<MacPair>(ctx, 0).ok_or(())?;
     // SAFETY: the Ethernet header is inside the frame; the pair is read
     // from the backend's map value (see the assertion above). Misaligned

@@ -32,7 +32,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FlowKey4, FlowKey6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REASON_ICMP_NO_FLOW,
-    REASON_INTERNAL, REASON_NOT_FOR_US, REASON_NOT_L4,
+    REASON_NOT_FOR_US, REASON_NOT_L4,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -40,7 +40,7 @@ use crate::{
     conntrack::{self, TableKey},
     forward,
     maps::{self, SERVICES},
-    parse::{IPV4_OFFSET_MASK, IpHeader, NotTcpUdp, be16, load_addr6, load_u32, ptr_at},
+    parse::{self, IPV4_OFFSET_MASK, IpHeader, NotTcpUdp, be16, load_addr6, load_u32, ptr_at},
     verdict::Verdict,
 };
 
@@ -169,9 +169,10 @@ fn to_backend<K: TableKey>(ctx: &XdpContext, key: &K) -> Verdict {
         return Verdict::Pass(REASON_NOT_FOR_US);
     }
     if let Some(backend) = conntrack::backend_of(key) {
-        return match forward::rewrite_macs(ctx, backend) {
-            Ok(()) => Verdict::IcmpToBackend,
-            Err(()) => Verdict::Drop(REASON_INTERNAL),
+        return match forward::to_backend(ctx, backend, parse::l3_len(ctx)) {
+            Verdict::Tx => Verdict::IcmpToBackend { redirect: false },
+            Verdict::Redirect => Verdict::IcmpToBackend { redirect: true },
+            other => other,
         };
     }
     let service = key.service_key();

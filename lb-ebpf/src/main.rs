@@ -3,10 +3,10 @@
 //! Per packet: parse ([`parse`]; an IP fragment takes its flow's ports from
 //! its datagram's first fragment, [`fragment`]), look up the service, find
 //! or create the flow ([`conntrack`], choosing a backend by weighted
-//! least-connection on a miss), rewrite the Ethernet addresses ([`forward`])
-//! and count everything ([`stats`]); [`balance`] runs these steps against
-//! the maps ([`maps`]). An ICMP error about a flow goes to the flow's
-//! backend ([`icmp`]).
+//! least-connection on a miss), rewrite the Ethernet addresses and choose
+//! the NIC the frame leaves through ([`forward`]) and count everything
+//! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
+//! An ICMP error about a flow goes to the flow's backend ([`icmp`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
 #![no_std]
 #![no_main]
@@ -39,18 +39,22 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match balance::decide(&ctx, l3_len) {
         // Counted for its backend by `balance::balance_flow`.
         Verdict::Tx => return xdp_action::XDP_TX,
+        Verdict::Redirect => return xdp_action::XDP_REDIRECT,
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Reset => (xdp_action::XDP_TX, REASON_REJECTED),
-        Verdict::IcmpToBackend => (xdp_action::XDP_TX, REASON_ICMP_FORWARDED),
+        Verdict::IcmpToBackend { redirect: false } => (xdp_action::XDP_TX, REASON_ICMP_FORWARDED),
+        Verdict::IcmpToBackend { redirect: true } => {
+            (xdp_action::XDP_REDIRECT, REASON_ICMP_FORWARDED)
+        }
     };
     stats::count_verdict(reason, l3_len);
     action
 }
 
 /// Frames that reach the trivial program are handed to the network stack.
-/// The test bed attaches it to veth peers: a veth delivers `XDP_TX` frames
-/// only when its peer has an XDP program.
+/// The test bed attaches it to veth peers: a veth delivers `XDP_TX` and
+/// `XDP_REDIRECT` frames only when its peer has an XDP program.
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS

@@ -3,16 +3,16 @@
 //! are `lb_common`'s limits. [`serves_port`] is the port prefilter's lookup.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
     DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES,
     FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
-    LoadTree, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicFilter, PERSIST_TEMPLATES,
-    PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey, VIPS_ENTRIES, VipKey,
-    pending_capacity, port_bit,
+    LoadTree, MAX_IFACES, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter,
+    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
+    VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -26,6 +26,18 @@ pub static LAYOUT: Array<u32, 1> = Array::new();
 /// when it attaches to a NIC.
 #[btf_map]
 pub static NIC_FILTER: Array<NicFilter, { NIC_FILTER_ENTRIES as usize }> = Array::new();
+
+/// The NICs a frame may be redirected to: ifindex -> that NIC, every NIC the
+/// program is attached to. Written by the control plane when it attaches
+/// and detaches.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_IFACES as usize }> = DevMapHash::new();
+
+/// Per-CPU counters per NIC, indexed like [`NIC_FILTER`]: forwarded frames
+/// by the NIC they arrived on and left through.
+#[btf_map]
+pub static NIC_STATS: PerCpuArray<NicCounters, { NIC_FILTER_ENTRIES as usize }> =
+    PerCpuArray::new();
 
 /// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
 #[btf_map]

@@ -326,6 +326,7 @@ impl Daemon {
         adopted: bool,
         backend_nics: &HashMap<IpAddr, Nic>,
     ) -> anyhow::Result<()> {
+        self.register_nics(&mut datapath.maps)?;
         if adopted {
             let by_index = self.nics.iter().map(|n| (n.index, n.clone())).collect();
             let found = datapath.maps.installed_services()?;
@@ -350,8 +351,33 @@ impl Daemon {
         Ok(())
     }
 
-    /// Attaches to the configured NICs (each accepting frames to its own MAC
-    /// and the configured VRRP virtual MACs only) and detaches from any other.
+    /// Registers every configured NIC in the maps, before the backends
+    /// behind it are written: its MAC filter (accepting frames to its own
+    /// MAC and the configured VRRP virtual MACs only) and its place among
+    /// the redirect targets (frames other NICs receive for its backends).
+    fn register_nics(&self, maps: &mut Maps) -> anyhow::Result<()> {
+        for nic in &self.nics {
+            let filter = NicFilter::new(
+                &nic.name,
+                nic.index,
+                nic.mac,
+                &self.config.director.vrrp_vrids,
+            );
+            if let Some(other) = maps.set_nic_filter(&filter)? {
+                warn!(
+                    "{} (ifindex {}) shares its MAC filter entry and counters with ifindex \
+                     {other}, whose frames are no longer filtered by destination MAC",
+                    nic.name, nic.index
+                );
+            }
+            maps.set_tx_port(nic.index)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to the configured NICs (registered by
+    /// [`Daemon::register_nics`]) and detaches from any other, which it
+    /// removes from the maps.
     fn attach(&self, datapath: &mut Datapath) -> anyhow::Result<()> {
         let stale: Vec<String> = datapath
             .attached()
@@ -360,6 +386,7 @@ impl Daemon {
             .collect();
         for iface in stale {
             datapath.detach(&iface)?;
+            datapath.maps.remove_nic(&iface)?;
             info!("detached from {iface} (no longer in the config)");
         }
         let mode = match self.mode {
@@ -367,14 +394,6 @@ impl Daemon {
             XdpMode::Skb => aya::programs::XdpMode::Skb,
         };
         for nic in &self.nics {
-            let filter = NicFilter::new(nic.index, nic.mac, &self.config.director.vrrp_vrids);
-            if let Some(other) = datapath.maps.set_nic_filter(&filter)? {
-                warn!(
-                    "{} (ifindex {}) shares its MAC filter entry with ifindex {other}, \
-                     whose frames are no longer filtered by destination MAC",
-                    nic.name, nic.index
-                );
-            }
             datapath.attach(&nic.name, mode).with_context(|| {
                 if self.mode == XdpMode::Driver {
                     format!(
@@ -689,6 +708,12 @@ impl Daemon {
             ServiceNames::from_config(Some(&config));
         self.config = config;
         let errors_before = self.errors;
+        if let Err(e) = self.register_nics(&mut datapath.maps) {
+            self.failed(
+                "registering the NICs after the reload (tried again at the next reload)",
+                &e,
+            );
+        }
         self.write_or_retry(&mut datapath.maps, changes, "the reload");
         if let Err(e) = self.attach(datapath) {
             self.failed(

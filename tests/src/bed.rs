@@ -1,4 +1,6 @@
-//! The LVS-DR test bed: one L2 segment built from network namespaces.
+//! The LVS-DR test beds, built from network namespaces: one L2 segment
+//! ([`Layout::OneSegment`]), or a dual-homed director between a front and a
+//! back network ([`Layout::DualHomed`], drawn at the end).
 //!
 //! ```text
 //!                 switch namespace (bridge br0, mcast snooping off)
@@ -24,6 +26,21 @@
 //!   forwarded by XDP keep partial checksums and get dropped;
 //! - real servers hold the VIPs on `lo` with `arp_ignore=1`, `arp_announce=2`;
 //! - DAD is off and addresses are `nodad`, so IPv6 works at once.
+//!
+//! The dual-homed bed: clients on the front network, real servers on the
+//! back network (default route through the router, which carries their
+//! direct replies to the client), the director on both, holding the VIPs on
+//! its front NIC. The client reaches the VIPs through the director, which
+//! redirects every frame to its back NIC; both of the director's switch-side
+//! veths carry an `XDP_PASS` program (a veth delivers redirected frames, too,
+//! only when its peer runs one).
+//!
+//! ```text
+//!  front (br0) 203.0.113.0/24, 2001:db8:a::/64   back (br1) 198.51.100.0/24, 2001:db8:b::/64
+//!   client: eth0 .10 ── c0                        r1 … rN ── real server i: eth0 .(10+i),
+//!   director: lbd0 .2 + VIPs ── d0 (+XDP_PASS)    d1 (+XDP_PASS) ── director: lbd1 .2     VIPs on lo
+//!   router: eth0 .1 ── g0                         g1 ── router: eth1 .1
+//! ```
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -45,7 +62,62 @@ pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x200);
 
 /// Name of the director's NIC (in its namespace): put it in `lb`'s config.
+/// On the dual-homed bed, its front NIC.
 pub const DIRECTOR_IFACE: &str = "lbd0";
+/// Name of the dual-homed director's back NIC, towards the real servers.
+pub const DIRECTOR_BACK_IFACE: &str = "lbd1";
+
+/// How a bed's hosts are wired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One segment: client, director and real servers on one bridge.
+    OneSegment,
+    /// Clients on a front network, real servers on a back network, the
+    /// director on both and a router between them.
+    DualHomed,
+    /// One segment, but the client behind a router on it, alone on a link
+    /// of MTU `client_mtu` (see [`TestBed::build_behind_router`]).
+    BehindRouter {
+        /// MTU of the client's link to the router.
+        client_mtu: u32,
+    },
+}
+
+/// One L2 network of a bed: a bridge in the switch namespace and the
+/// addresses of its hosts.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    /// The bridge.
+    bridge: &'static str,
+    /// The IPv4 /24 (first three octets).
+    ipv4: [u8; 3],
+    /// The IPv6 /64, as text ending in `::`.
+    ipv6: &'static str,
+    /// The fifth byte of its hosts' MACs.
+    mac: u8,
+}
+
+/// The one segment of [`Layout::OneSegment`].
+const ONLY: Segment = Segment {
+    bridge: "br0",
+    ipv4: [192, 0, 2],
+    ipv6: "2001:db8::",
+    mac: 0,
+};
+/// The front network of [`Layout::DualHomed`]: clients and the VIPs.
+const FRONT: Segment = Segment {
+    bridge: "br0",
+    ipv4: [203, 0, 113],
+    ipv6: "2001:db8:a::",
+    mac: 0x0a,
+};
+/// The back network of [`Layout::DualHomed`]: the real servers.
+const BACK: Segment = Segment {
+    bridge: "br1",
+    ipv4: [198, 51, 100],
+    ipv6: "2001:db8:b::",
+    mac: 0x0b,
+};
 
 /// The router's address on the segment, in [`TestBed::build_behind_router`].
 pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -88,23 +160,22 @@ impl Host {
 /// The whole bed. Dropping it deletes every namespace it made (by name).
 pub struct TestBed {
     tag: String,
-    // Field order is drop order: the XDP_PASS program goes first.
-    _pass: PassGuard,
+    // Field order is drop order: the XDP_PASS programs go first.
+    _pass: Vec<PassGuard>,
     client: Host,
     router: Option<Host>,
     director: Host,
+    /// The director's NICs, the front one first: what `lb` attaches to.
+    director_ifaces: Vec<String>,
     real_servers: Vec<Host>,
     switch: NetNs,
 }
 
 impl TestBed {
-    /// Builds the bed with `real_servers` real servers; `tag` (see
-    /// [`crate::unique_tag`]) makes every name unique.
+    /// Builds the one-segment bed with `real_servers` real servers; `tag`
+    /// (see [`crate::unique_tag`]) makes every name unique.
     pub fn build(tag: &str, real_servers: usize) -> anyhow::Result<Self> {
-        Self::build_with_client(tag, real_servers, |switch| {
-            let client = add_host(switch, tag, "client", "c0", "eth0", 10)?;
-            Ok((client, None))
-        })
+        Self::build_as(Layout::OneSegment, tag, real_servers)
     }
 
     /// Builds the bed with the client behind a router, as a client on the
@@ -122,122 +193,40 @@ impl TestBed {
         real_servers: usize,
         client_mtu: u32,
     ) -> anyhow::Result<Self> {
-        Self::build_with_client(tag, real_servers, |switch| {
-            let router = add_host(switch, tag, "router", "rt0", "lan0", 1)?;
-            router.ns.sysctls(&[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv6.conf.all.forwarding", "1"),
-            ])?;
-            router
-                .ns
-                .exec("ethtool", &["-K", &router.iface, "tx", "off"])?;
-            let ns = host_ns(tag, "client")?;
-            let mac = "02:00:00:00:01:10";
-            let mtu = client_mtu.to_string();
-            router
-                .ns
-                .ip(&[
-                    "link",
-                    "add",
-                    "cl0",
-                    "mtu",
-                    &mtu,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "mtu",
-                    &mtu,
-                    "address",
-                    mac,
-                    "netns",
-                    ns.name(),
-                ])
-                .context("creating the client's link to the router")?;
-            router
-                .ns
-                .ip(&["addr", "add", "198.51.100.1/24", "dev", "cl0"])?;
-            router
-                .ns
-                .ip(&["addr", "add", "2001:db8:c::1/64", "dev", "cl0", "nodad"])?;
-            router.ns.ip(&["link", "set", "cl0", "up"])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{ROUTED_CLIENT4}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ns.ip(&[
-                "addr",
-                "add",
-                &format!("{ROUTED_CLIENT6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            ns.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                "198.51.100.1",
-                "advmss",
-                "1460",
-            ])?;
-            ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "2001:db8:c::1",
-                "advmss",
-                "1440",
-            ])?;
-            let client = Host {
-                ns,
-                role: "client".to_owned(),
-                iface: "eth0".to_owned(),
-                ipv4: ROUTED_CLIENT4,
-                ipv6: ROUTED_CLIENT6,
-                mac: mac.to_owned(),
-            };
-            Ok((client, Some(router)))
-        })
+        Self::build_as(Layout::BehindRouter { client_mtu }, tag, real_servers)
     }
 
-    /// Builds the bed around the client `add_client` makes (with the router
-    /// it is behind, if any) on the switch.
-    fn build_with_client(
-        tag: &str,
-        real_servers: usize,
-        add_client: impl FnOnce(&NetNs) -> anyhow::Result<(Host, Option<Host>)>,
-    ) -> anyhow::Result<Self> {
+    /// Builds the bed of `layout` with `real_servers` real servers.
+    pub fn build_as(layout: Layout, tag: &str, real_servers: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(
             (1..=80).contains(&real_servers),
             "1 to 80 real servers, not {real_servers}"
         );
+        let (front, back) = match layout {
+            Layout::OneSegment | Layout::BehindRouter { .. } => (ONLY, ONLY),
+            Layout::DualHomed => (FRONT, BACK),
+        };
         let switch = NetNs::create(&format!("lbt{tag}-sw"))?;
-        switch.ip(&[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
-        switch.ip(&["link", "set", "br0", "up"])?;
+        add_bridge(&switch, front.bridge)?;
+        if back.bridge != front.bridge {
+            add_bridge(&switch, back.bridge)?;
+        }
 
-        let (client, router) = add_client(&switch)?;
+        let (client, mut router) = match layout {
+            Layout::BehindRouter { client_mtu } => {
+                let (client, router) = routed_client(&switch, tag, client_mtu)?;
+                (client, Some(router))
+            }
+            Layout::OneSegment | Layout::DualHomed => (
+                add_host(&switch, tag, "client", "c0", "eth0", 10, front)?,
+                None,
+            ),
+        };
         client
             .ns
             .exec("ethtool", &["-K", &client.iface, "tx", "off"])?;
 
-        let director = add_host(&switch, tag, "director", "d0", DIRECTOR_IFACE, 2)?;
+        let director = add_host(&switch, tag, "director", "d0", DIRECTOR_IFACE, 2, front)?;
         director
             .ns
             .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", DIRECTOR_IFACE])?;
@@ -250,6 +239,33 @@ impl TestBed {
             "nodad",
         ])?;
 
+        let mut director_ifaces = vec![DIRECTOR_IFACE.to_owned()];
+        let mut pass_on = vec!["d0"];
+        // The router's back addresses: the real servers' default routes.
+        let mut back_gateway = None;
+        if layout == Layout::DualHomed {
+            add_nic(&switch, &director.ns, "d1", DIRECTOR_BACK_IFACE, 2, BACK)?;
+            director_ifaces.push(DIRECTOR_BACK_IFACE.to_owned());
+            pass_on.push("d1");
+            let gateway = add_host(&switch, tag, "router", "g0", "eth0", 1, FRONT)?;
+            let (v4, v6, _) = add_nic(&switch, &gateway.ns, "g1", "eth1", 1, BACK)?;
+            back_gateway = Some((v4, v6));
+            gateway.ns.sysctls(&[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ])?;
+            // The VIPs are the director's, on the front network.
+            for (vip, via) in [
+                (format!("{VIP4}/32"), director.ipv4.to_string()),
+                (format!("{VIP6}/128"), director.ipv6.to_string()),
+            ] {
+                client.ns.ip(&["route", "add", &vip, "via", &via])?;
+            }
+            router = Some(gateway);
+        }
+
         let mut servers = Vec::with_capacity(real_servers);
         for i in 1..=real_servers {
             let rs = add_host(
@@ -259,6 +275,7 @@ impl TestBed {
                 &format!("r{i}"),
                 "eth0",
                 10 + i,
+                back,
             )?;
             rs.ns
                 .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
@@ -272,10 +289,17 @@ impl TestBed {
                 (&format!("net.ipv4.conf.{iface}.arp_announce"), "2"),
             ])?;
             rs.ns.exec("ethtool", &["-K", &rs.iface, "tx", "off"])?;
+            if let Some((v4, v6)) = back_gateway {
+                // Direct replies to the client go through the router.
+                rs.ns
+                    .ip(&["route", "add", "default", "via", &v4.to_string()])?;
+                rs.ns
+                    .ip(&["-6", "route", "add", "default", "via", &v6.to_string()])?;
+            }
             servers.push(rs);
         }
 
-        if router.is_some() {
+        if matches!(layout, Layout::BehindRouter { .. }) {
             for host in servers.iter().chain([&director]) {
                 host.ns.ip(&[
                     "route",
@@ -295,13 +319,17 @@ impl TestBed {
             }
         }
 
-        let pass = PassGuard::attach(&switch, "d0")?;
+        let pass = pass_on
+            .into_iter()
+            .map(|peer| PassGuard::attach(&switch, peer))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             tag: tag.to_owned(),
             _pass: pass,
             client,
             router,
             director,
+            director_ifaces,
             real_servers: servers,
             switch,
         })
@@ -317,13 +345,13 @@ impl TestBed {
         &self.client
     }
 
-    /// The router the client is behind, in a bed built by
-    /// [`TestBed::build_behind_router`].
+    /// The router: the one the client is behind ([`Layout::BehindRouter`])
+    /// or the one between the dual-homed bed's networks.
     pub fn router(&self) -> Option<&Host> {
         self.router.as_ref()
     }
 
-    /// The director.
+    /// The director (its front NIC on the dual-homed bed).
     pub fn director(&self) -> &Host {
         &self.director
     }
@@ -333,7 +361,8 @@ impl TestBed {
         &self.real_servers
     }
 
-    /// The switch namespace (holds bridge `br0`).
+    /// The switch namespace (holds bridge `br0`, and `br1` on the
+    /// dual-homed bed).
     pub fn switch(&self) -> &NetNs {
         &self.switch
     }
@@ -368,12 +397,12 @@ impl TestBed {
         }
     }
 
-    /// An `lb` config for this bed's director: its NIC, a pin directory
+    /// An `lb` config for this bed's director: its NICs, a pin directory
     /// named after the bed's tag, connection tables of 65 536 IPv4 and
     /// 16 384 IPv6 flows, and `services`.
     pub fn lb_config(&self, services: Vec<ServiceConfig>) -> LbConfig {
         LbConfig {
-            interfaces: vec![DIRECTOR_IFACE.to_owned()],
+            interfaces: self.director_ifaces.clone(),
             pin_path: pin_path_for(&self.tag),
             max_flows: 65_536,
             max_flows_v6: 16_384,
@@ -396,9 +425,117 @@ impl TestBed {
     }
 }
 
-/// Creates host `role` (namespace `lbt<tag>-<role>`) with a veth pair:
-/// `sw_if` on the bridge, `iface` in the host, addresses 192.0.2.`host` and
-/// 2001:db8::`host` (the same digits, read as hex).
+impl Segment {
+    /// The IPv4 address of host `host`: `.host` in the /24.
+    fn address4(self, host: usize) -> Ipv4Addr {
+        let [a, b, c] = self.ipv4;
+        Ipv4Addr::new(a, b, c, host as u8)
+    }
+
+    /// The IPv6 address of host `host`: the same digits, read as hex.
+    fn address6(self, host: usize) -> anyhow::Result<Ipv6Addr> {
+        Ok(format!("{}{host}", self.ipv6).parse()?)
+    }
+}
+
+/// Creates a bridge named `name` in the switch namespace.
+fn add_bridge(switch: &NetNs, name: &str) -> anyhow::Result<()> {
+    switch.ip(&["link", "add", name, "type", "bridge", "mcast_snooping", "0"])?;
+    switch.ip(&["link", "set", name, "up"])?;
+    Ok(())
+}
+
+/// The client of [`Layout::BehindRouter`] and its router: the router on the
+/// switch's one segment, the client alone on a link of MTU `client_mtu` to
+/// it (see [`TestBed::build_behind_router`]).
+fn routed_client(switch: &NetNs, tag: &str, client_mtu: u32) -> anyhow::Result<(Host, Host)> {
+    let router = add_host(switch, tag, "router", "rt0", "lan0", 1, ONLY)?;
+    router.ns.sysctls(&[
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ])?;
+    router
+        .ns
+        .exec("ethtool", &["-K", &router.iface, "tx", "off"])?;
+    let ns = host_ns(tag, "client")?;
+    let mac = "02:00:00:00:01:10";
+    let mtu = client_mtu.to_string();
+    router
+        .ns
+        .ip(&[
+            "link",
+            "add",
+            "cl0",
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "mtu",
+            &mtu,
+            "address",
+            mac,
+            "netns",
+            ns.name(),
+        ])
+        .context("creating the client's link to the router")?;
+    router
+        .ns
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", "cl0"])?;
+    router
+        .ns
+        .ip(&["addr", "add", "2001:db8:c::1/64", "dev", "cl0", "nodad"])?;
+    router.ns.ip(&["link", "set", "cl0", "up"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ROUTED_CLIENT4}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ROUTED_CLIENT6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.51.100.1",
+        "advmss",
+        "1460",
+    ])?;
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:c::1",
+        "advmss",
+        "1440",
+    ])?;
+    let client = Host {
+        ns,
+        role: "client".to_owned(),
+        iface: "eth0".to_owned(),
+        ipv4: ROUTED_CLIENT4,
+        ipv6: ROUTED_CLIENT6,
+        mac: mac.to_owned(),
+    };
+    Ok((client, router))
+}
+
+/// Creates host `role` (namespace `lbt<tag>-<role>`) with a NIC on
+/// `segment` (see [`add_nic`]).
 fn add_host(
     switch: &NetNs,
     tag: &str,
@@ -406,11 +543,35 @@ fn add_host(
     sw_if: &str,
     iface: &str,
     host: usize,
+    segment: Segment,
 ) -> anyhow::Result<Host> {
     let ns = host_ns(tag, role)?;
-    let mac = format!("02:00:00:00:00:{host:02}");
-    let ipv4 = Ipv4Addr::new(192, 0, 2, u8::try_from(host)?);
-    let ipv6: Ipv6Addr = format!("2001:db8::{host}").parse()?;
+    let (ipv4, ipv6, mac) = add_nic(switch, &ns, sw_if, iface, host, segment)
+        .with_context(|| format!("the NIC of {role}"))?;
+    Ok(Host {
+        ns,
+        role: role.to_owned(),
+        iface: iface.to_owned(),
+        ipv4,
+        ipv6,
+        mac,
+    })
+}
+
+/// Gives the host in `ns` a NIC `iface` on `segment`: a veth pair with
+/// `sw_if` on the segment's bridge, MAC `02:00:00:00:<segment>:<host>`
+/// and addresses `host` of the segment's prefixes. Returns them.
+fn add_nic(
+    switch: &NetNs,
+    ns: &NetNs,
+    sw_if: &str,
+    iface: &str,
+    host: usize,
+    segment: Segment,
+) -> anyhow::Result<(Ipv4Addr, Ipv6Addr, String)> {
+    let mac = format!("02:00:00:00:{:02x}:{host:02}", segment.mac);
+    let ipv4 = segment.address4(host);
+    let ipv6 = segment.address6(host)?;
     switch
         .ip(&[
             "link",
@@ -426,19 +587,12 @@ fn add_host(
             "netns",
             ns.name(),
         ])
-        .with_context(|| format!("creating the veth pair of {role}"))?;
-    switch.ip(&["link", "set", sw_if, "master", "br0", "up"])?;
+        .with_context(|| format!("creating the veth pair {sw_if}, {iface}"))?;
+    switch.ip(&["link", "set", sw_if, "master", segment.bridge, "up"])?;
     ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", iface])?;
     ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", iface, "nodad"])?;
     ns.ip(&["link", "set", iface, "up"])?;
-    Ok(Host {
-        ns,
-        role: role.to_owned(),
-        iface: iface.to_owned(),
-        ipv4,
-        ipv6,
-        mac,
-    })
+    Ok((ipv4, ipv6, mac))
 }
 
 /// Creates the namespace `lbt<tag>-<role>` of a host, with duplicate

@@ -12,6 +12,7 @@ use std::{
 
 use crate::{
     LbConfig, LbDaemon, NetNs, RealServer, ServiceConfig, Stats, TestBed,
+    bed::Layout,
     client::{self, HeldConn},
     lb_binary, unique_tag,
 };
@@ -74,6 +75,23 @@ impl Director {
     ) -> Self {
         Self::start_with(test, spec, |bed| ((), services(bed)))
     }
+
+    /// Like [`Director::start`], on the dual-homed bed
+    /// ([`Layout::DualHomed`]): `lb` attaches to both director NICs.
+    pub fn start_dual_homed(
+        test: &'static str,
+        spec: Spec<'_>,
+        services: impl FnOnce(&TestBed) -> Vec<ServiceConfig>,
+    ) -> Self {
+        Self::launch(
+            test,
+            Layout::DualHomed,
+            spec,
+            |bed| ((), services(bed)),
+            |_| {},
+            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+        )
+    }
 }
 
 impl Director {
@@ -88,8 +106,8 @@ impl Director {
         assert!(spec.lb_args.is_empty(), "{test}: no lb_args without bpffs");
         Self::launch(
             test,
+            Layout::OneSegment,
             spec,
-            TestBed::build,
             |bed| ((), services(bed)),
             |_| {},
             |lb, ns, config, tag, _| {
@@ -110,8 +128,8 @@ impl Director {
     ) -> Self {
         Self::launch(
             test,
+            Layout::OneSegment,
             spec,
-            TestBed::build,
             |bed| ((), services(bed)),
             |_| {},
             |lb, ns, config, tag, args| {
@@ -134,8 +152,8 @@ impl Director {
     ) -> Self {
         Self::launch(
             test,
+            Layout::OneSegment,
             spec,
-            TestBed::build,
             |bed| ((), services(bed)),
             configure,
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
@@ -154,8 +172,8 @@ impl Director {
     ) -> Self {
         Self::launch(
             test,
+            Layout::BehindRouter { client_mtu },
             spec,
-            |tag, real_servers| TestBed::build_behind_router(tag, real_servers, client_mtu),
             |bed| ((), services(bed)),
             |_| {},
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
@@ -173,27 +191,27 @@ impl<X> Director<X> {
     ) -> Self {
         Self::launch(
             test,
+            Layout::OneSegment,
             spec,
-            TestBed::build,
             prepare,
             |_| {},
             |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
         )
     }
 
-    /// Builds the bed with `build` and starts the real servers, then `lb
+    /// Builds the bed of `layout` and starts the real servers, then `lb
     /// run` through `start_lb` with the bed's config as `configure` changed
     /// it, and waits until every backend is up.
     fn launch(
         test: &'static str,
+        layout: Layout,
         spec: Spec<'_>,
-        build: impl FnOnce(&str, usize) -> anyhow::Result<TestBed>,
         prepare: impl FnOnce(&TestBed) -> (X, Vec<ServiceConfig>),
         configure: impl FnOnce(&mut LbConfig),
         start_lb: impl FnOnce(&Path, &NetNs, &LbConfig, &str, &[&str]) -> anyhow::Result<LbDaemon>,
     ) -> Self {
         let tag = unique_tag();
-        let bed = build(&tag, spec.real_servers)
+        let bed = TestBed::build_as(layout, &tag, spec.real_servers)
             .unwrap_or_else(|e| panic!("{test}: building the test bed: {e:#}"));
         let servers = bed
             .start_servers(spec.port, spec.udp)
@@ -253,6 +271,71 @@ impl<X> Director<X> {
             .collect();
         if !not_up.is_empty() {
             self.fail(&format!("{when}: backends not up: {not_up:#?}"));
+        }
+    }
+
+    /// Fails the test unless each real server got its weighted share of
+    /// `total` within `tolerance` (a fraction): `counts` by server name,
+    /// the i-th server weighted `weights[i]`. `what` names the traffic.
+    pub fn assert_weighted(
+        &self,
+        what: &str,
+        counts: &BTreeMap<String, usize>,
+        total: usize,
+        weights: &[u32],
+        tolerance: f64,
+    ) {
+        let sum: u32 = weights.iter().sum();
+        let got: usize = counts.values().sum();
+        if got != total {
+            self.fail(&format!(
+                "{what}: {got} answers for {total} tries: {counts:?}"
+            ));
+        }
+        for (server, &weight) in self.servers.iter().zip(weights) {
+            let share = total as f64 * f64::from(weight) / f64::from(sum);
+            let n = counts.get(server.name()).copied().unwrap_or(0);
+            if (n as f64 - share).abs() > tolerance * share {
+                self.fail(&format!(
+                    "{what}: {} (weight {weight}) got {n}, expected {share:.1} ± {:.0} %; all: \
+                     {counts:?}",
+                    server.name(),
+                    tolerance * 100.0
+                ));
+            }
+        }
+    }
+
+    /// Fails the test unless `lb stats` agrees (within 3 s) with the
+    /// `counts` of TCP connections per real server name the client holds
+    /// to `vip`:`port`, `n` in all: as many scheduled to each backend, and
+    /// as many active.
+    pub fn assert_held_conns_counted(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        counts: &BTreeMap<String, usize>,
+        n: usize,
+    ) {
+        let expected = self.by_address(counts, vip);
+        let (stats, agrees) = self
+            .lb
+            .wait_stats(Duration::from_secs(3), |s| {
+                s.service(vip, port).is_some_and(|svc| {
+                    svc.conns == n as u64
+                        && svc.backends.iter().all(|b| {
+                            let k = expected.get(&b.address).copied().unwrap_or(0);
+                            b.active_conns == k && b.conns == k
+                        })
+                })
+            })
+            .unwrap_or_else(|e| self.fail(&format!("lb stats: {e:#}")));
+        if !agrees {
+            self.fail(&format!(
+                "lb stats disagree with the client (expected per backend: {expected:?} \
+                 active and new conns, {n} service conns): {:#?}",
+                stats.service(vip, port)
+            ));
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! A [`TestBed`] builds one L2 segment out of network namespaces: a "switch"
 //! namespace holding a bridge, a client, the director and N real servers that
-//! hold the VIPs on `lo` with the LVS-DR ARP sysctls. [`RealServer`] runs
+//! hold the VIPs on `lo` with the LVS-DR ARP sysctls; or, as
+//! [`Layout::DualHomed`], a front and a back network with the director on
+//! both and a router between them. [`RealServer`] runs
 //! in-process TCP/UDP servers inside a real server's namespace, the
 //! [`client`] helpers open real connections from the client's namespace, and
 //! [`LbDaemon`] runs the real `lb` binary on the director. A [`Director`]
@@ -35,7 +37,7 @@ pub mod xdp_case;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub use bed::{DIRECTOR_IFACE, Host, TestBed, VIP4, VIP6};
+pub use bed::{DIRECTOR_BACK_IFACE, DIRECTOR_IFACE, Host, Layout, TestBed, VIP4, VIP6};
 pub use daemon::{
     Health, LbConfig, LbDaemon, PinDir, Protocol, ServiceConfig, lb_binary, pin_path_for,
 };

@@ -129,6 +129,16 @@ pub fn spawn_in<R: Send + 'static>(
         .context("spawning a thread")
 }
 
+/// The ifindex of `iface` in the calling thread's network namespace.
+pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: `name` is a valid C string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
+        index => Ok(index),
+    }
+}
+
 /// Moves the calling thread into the network namespace open as `ns`.
 fn enter(ns: &File) -> io::Result<()> {
     // SAFETY: `ns` is an open namespace file; setns only changes this thread.

@@ -3,7 +3,7 @@
 use std::{ffi::OsStr, net::IpAddr, path::Path, process::Command};
 
 use anyhow::Context as _;
-use lb::inspect::stats::FlowTables;
+use lb::inspect::stats::{FlowTables, NicStats};
 use serde::Deserialize;
 
 use crate::cmd;
@@ -17,6 +17,8 @@ pub struct Stats {
     pub verdicts: Vec<VerdictStats>,
     /// The connection tables' occupancy (`lb`'s own type).
     pub flows: FlowTables,
+    /// What each director NIC forwarded (`lb`'s own type).
+    pub nics: Vec<NicStats>,
 }
 
 /// Counters of one service.
@@ -133,6 +135,13 @@ impl Stats {
         self.services
             .iter()
             .find(|s| s.vip == vip && s.port == port)
+    }
+}
+
+impl Stats {
+    /// The counters of the director NIC `name`, if lb attached to it.
+    pub fn nic(&self, name: &str) -> Option<&NicStats> {
+        self.nics.iter().find(|n| n.name == name)
     }
 }
 

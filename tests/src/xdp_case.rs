@@ -11,7 +11,9 @@
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
 //! on the loopback device (ifindex [`LO_IFINDEX`]); backends are provisioned
 //! as reached through that NIC, with the director NIC's MAC
-//! ([`NIC_MAC`]).
+//! ([`NIC_MAC`]). [`Case::arrive_on`] makes frames arrive on another NIC
+//! (a `struct xdp_md` in `ctx_in`, [`xdp_md`]), which must exist in the
+//! calling thread's network namespace.
 //!
 //! Loading the program needs root (or CAP_BPF + CAP_NET_ADMIN): without it
 //! [`privileged`] prints a loud `SKIPPED (needs root)` notice and the case
@@ -65,6 +67,8 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 /// `XDP_TX`.
 pub const XDP_TX: u32 = 3;
+/// `XDP_REDIRECT`.
+pub const XDP_REDIRECT: u32 = 4;
 
 /// Name of an XDP verdict, for failure messages.
 pub fn action_name(action: u32) -> &'static str {
@@ -73,6 +77,7 @@ pub fn action_name(action: u32) -> &'static str {
         XDP_DROP => "XDP_DROP",
         XDP_PASS => "XDP_PASS",
         XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
         _ => "XDP_<other>",
     }
 }
@@ -154,6 +159,9 @@ pub fn loud(notice: &str) {
 pub enum Expect {
     /// `XDP_TX` with exactly these output bytes, counted as forwarded.
     Tx(Vec<u8>),
+    /// `XDP_REDIRECT` (to another director NIC) with exactly these output
+    /// bytes, counted as forwarded.
+    Redirect(Vec<u8>),
     /// `XDP_PASS` with the input unchanged, counted under the reason.
     Pass(u32),
     /// `XDP_DROP` with the input unchanged, counted under the reason.
@@ -180,6 +188,8 @@ pub struct Case {
     pub name: String,
     /// The data path under test.
     pub dp: Datapath,
+    /// The NIC frames arrive on (`None`: loopback).
+    ingress: Option<u32>,
 }
 
 impl Case {
@@ -191,7 +201,17 @@ impl Case {
         }
         let dp = Datapath::load(CAPACITY, None)
             .unwrap_or_else(|e| panic!("{name}: loading the data path: {e:#}"));
-        Some(Self { name, dp })
+        Some(Self {
+            name,
+            dp,
+            ingress: None,
+        })
+    }
+
+    /// Makes the frames run from now on arrive on NIC `ifindex` (in the
+    /// calling thread's network namespace).
+    pub fn arrive_on(&mut self, ifindex: u32) {
+        self.ingress = Some(ifindex);
     }
 
     /// Installs service `id` on (`vip`, PORT, `proto`) with one backend per
@@ -367,9 +387,10 @@ impl Case {
         );
     }
 
-    /// Runs `input` through the program (see [`run_once`]).
+    /// Runs `input` through the program (see [`run_on`]), arriving on the
+    /// case's NIC.
     pub fn run(&self, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
-        run_once(self.dp.program(), input)
+        run_on(self.dp.program(), input, self.ingress)
     }
 
     /// Runs `pkt` and checks it is forwarded to `slot` of service `id` (see
@@ -414,6 +435,7 @@ impl Case {
         } = sent;
         let (action, reason, expected) = match expect {
             Expect::Tx(bytes) => (XDP_TX, REASON_FORWARDED, bytes),
+            Expect::Redirect(bytes) => (XDP_REDIRECT, REASON_FORWARDED, bytes),
             Expect::Pass(reason) => (XDP_PASS, reason, input.to_vec()),
             Expect::Drop(reason) => (XDP_DROP, reason, input.to_vec()),
             Expect::Reply(bytes, reason) => (XDP_TX, reason, bytes),
@@ -497,15 +519,37 @@ impl Case {
 /// Runs `input` once through `program` and returns the verdict and the
 /// output frame, or the error `BPF_PROG_TEST_RUN` returned.
 pub fn run_once(program: &Xdp, input: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+    run_on(program, input, None)
+}
+
+/// [`run_once`], the frame arriving on NIC `ingress` (in the calling
+/// thread's network namespace; `None`: loopback). An `XDP_REDIRECT` is
+/// returned with its frame, not sent (no live frames).
+pub fn run_on(
+    program: &Xdp,
+    input: &[u8],
+    ingress: Option<u32>,
+) -> Result<(u32, Vec<u8>), ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
+    let ctx = ingress.map(|ifindex| xdp_md(input.len() as u32, ifindex));
     let result = program.test_run(TestRunOptions {
         data_in: Some(input),
         data_out: Some(&mut out),
+        ctx_in: ctx.as_ref().map(|c| c.as_slice()),
         repeat: 1,
         ..Default::default()
     })?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
+}
+
+/// A `struct xdp_md` for `BPF_PROG_TEST_RUN`'s `ctx_in`: data at 0, `len`
+/// bytes, no metadata, received on NIC `ifindex` queue 0.
+pub fn xdp_md(len: u32, ifindex: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
 }
 
 /// Number of keys in `map` (named `table`), walking it; panics on a read error.

@@ -54,24 +54,7 @@ fn spec(udp: &[SocketAddr]) -> Spec<'_> {
 
 /// Asserts each of rs1..rs3 got its weighted share of `total` within [`TOLERANCE`].
 fn assert_weighted(setup: &Director, what: &str, counts: &BTreeMap<String, usize>, total: usize) {
-    let sum: u32 = WEIGHTS.iter().sum();
-    let got: usize = counts.values().sum();
-    if got != total {
-        setup.fail(&format!(
-            "{what}: {got} answers for {total} tries: {counts:?}"
-        ));
-    }
-    for (server, weight) in setup.servers.iter().zip(WEIGHTS) {
-        let share = total as f64 * f64::from(weight) / f64::from(sum);
-        let n = counts.get(server.name()).copied().unwrap_or(0);
-        if (n as f64 - share).abs() > TOLERANCE * share {
-            setup.fail(&format!(
-                "{what}: {} (weight {weight}) got {n}, expected {share:.1} ± {:.0} %; all: {counts:?}",
-                server.name(),
-                TOLERANCE * 100.0
-            ));
-        }
-    }
+    setup.assert_weighted(what, counts, total, &WEIGHTS, TOLERANCE);
 }
 
 /// 300 held TCP connections to a wlc service over rs1..rs3 (1000/500/800).
@@ -84,26 +67,7 @@ fn tcp_wlc_split(test: &'static str, vip: IpAddr) {
     assert_weighted(&setup, "TCP connections", &counts, N);
 
     // lb's own view must match what the client saw.
-    let expected = setup.by_address(&counts, vip);
-    let (stats, agrees) = setup
-        .lb
-        .wait_stats(Duration::from_secs(3), |s| {
-            s.service(vip, PORT).is_some_and(|svc| {
-                svc.conns == N as u64
-                    && svc.backends.iter().all(|b| {
-                        let n = expected.get(&b.address).copied().unwrap_or(0);
-                        b.active_conns == n && b.conns == n
-                    })
-            })
-        })
-        .unwrap_or_else(|e| setup.fail(&format!("lb stats: {e:#}")));
-    if !agrees {
-        setup.fail(&format!(
-            "lb stats disagree with the client (expected per backend: {expected:?} \
-             active and new conns, {N} service conns): {:#?}",
-            stats.service(vip, PORT)
-        ));
-    }
+    setup.assert_held_conns_counted(vip, PORT, &counts, N);
 
     // Every held flow still reaches the server that answered it.
     setup.ping_all(&mut conns, "after the split");

@@ -11,17 +11,21 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Pod,
-    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues,
+    },
 };
 use lb_common::{
     BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
     CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, EVENT_PENDING_REMOVED,
     FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP,
-    LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_MAP, NUM_FLOW_EVENTS,
-    NUM_REASONS, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate,
-    REASON_FORWARDED, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey,
-    VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index,
-    nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
+    LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP,
+    NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP,
+    PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP,
+    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
+    pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -39,9 +43,12 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 17] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 19] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
+    // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
+    (TX_PORTS_MAP, 4, 8),
+    (NIC_STATS_MAP, 4, size_of::<NicCounters>()),
     (SERVICES_MAP, size_of::<ServiceKey>(), size_of::<Service>()),
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
@@ -102,8 +109,12 @@ impl Default for FlowCapacity {
 pub struct Maps {
     /// The layout stamp: [`LAYOUT_VERSION`] at index 0.
     pub layout: Array<MapData, u32>,
-    /// The destination MACs each director NIC accepts.
+    /// The destination MACs each director NIC accepts, and its name.
     pub nic_filter: Array<MapData, NicFilter>,
+    /// The NICs frames may be redirected to (ifindex -> ifindex).
+    pub tx_ports: DevMapHash<MapData>,
+    /// Per-CPU counters per NIC (`lb_common::nic_filter_index`).
+    pub nic_stats: PerCpuArray<MapData, NicCounters>,
     /// (VIP, port, protocol) -> service id.
     pub services: HashMap<MapData, ServiceKey, Service>,
     /// Service id -> its backends.
@@ -154,6 +165,8 @@ impl Maps {
         Ok(Self {
             layout: typed(&mut take, LAYOUT_MAP)?,
             nic_filter: typed(&mut take, NIC_FILTER_MAP)?,
+            tx_ports: typed(&mut take, TX_PORTS_MAP)?,
+            nic_stats: typed(&mut take, NIC_STATS_MAP)?,
             services: typed(&mut take, SERVICES_MAP)?,
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
@@ -207,6 +220,65 @@ impl Maps {
             .set(index, filter, 0)
             .with_context(|| format!("writing the MAC filter of ifindex {}", filter.ifindex))?;
         Ok((before.ifindex != 0 && before.ifindex != filter.ifindex).then_some(before.ifindex))
+    }
+
+    /// Lets the data path redirect frames to NIC `ifindex` (for backends
+    /// on-link through it that other NICs receive frames for).
+    pub fn set_tx_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding ifindex {ifindex} to {TX_PORTS_MAP}"))
+    }
+
+    /// Forgets the NIC named `name` (being detached): removes it from the
+    /// redirect targets, empties its MAC filter entry and zeroes its
+    /// counters. Returns its ifindex, or `None` when no entry names it.
+    pub fn remove_nic(&mut self, name: &str) -> anyhow::Result<Option<u32>> {
+        let mut found = None;
+        for index in 0..NIC_FILTER_ENTRIES {
+            let filter = array_get(&self.nic_filter, index)?;
+            if filter.ifindex != 0 && filter.name() == name {
+                found = Some((index, filter.ifindex));
+                break;
+            }
+        }
+        let Some((index, ifindex)) = found else {
+            return Ok(None);
+        };
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing ifindex {ifindex} from {TX_PORTS_MAP}"));
+            }
+        }
+        self.nic_filter
+            .set(index, NicFilter::default(), 0)
+            .with_context(|| format!("clearing the MAC filter of {name}"))?;
+        zero_counters(&mut self.nic_stats, index)
+            .with_context(|| format!("zeroing the counters of {name}"))?;
+        Ok(Some(ifindex))
+    }
+
+    /// Every NIC the control plane registered ([`Maps::set_nic_filter`]),
+    /// with its counters summed over CPUs, by ifindex.
+    pub fn nic_counters(&self) -> anyhow::Result<Vec<(NicFilter, NicCounters)>> {
+        let mut nics = Vec::new();
+        for index in 0..NIC_FILTER_ENTRIES {
+            let filter = array_get(&self.nic_filter, index)?;
+            if filter.ifindex == 0 {
+                continue;
+            }
+            let counters = self
+                .nic_stats
+                .get(&index, 0)
+                .with_context(|| format!("reading {NIC_STATS_MAP}[{index}]"))?
+                .iter()
+                .fold(NicCounters::default(), |sum, c| sum + *c);
+            nics.push((filter, counters));
+        }
+        nics.sort_by_key(|(filter, _)| filter.ifindex);
+        Ok(nics)
     }
 
     /// The layout version the data path was loaded with.
@@ -720,9 +792,12 @@ pub fn flow_cache_sets() -> anyhow::Result<u32> {
 }
 
 /// Sets every CPU's counters at `index` to zero.
-fn zero_counters(map: &mut PerCpuArray<MapData, Counters>, index: u32) -> anyhow::Result<()> {
+fn zero_counters<T: Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+    let zeros = PerCpuValues::try_from(vec![T::default(); cpus])?;
     map.set(index, zeros, 0)
         .with_context(|| format!("zeroing counters {index}"))
 }

@@ -26,6 +26,12 @@
 //! | `lb_pending_evictions_total` | counter | family |
 //! | `lb_verdict_packets_total` | counter | reason |
 //! | `lb_verdict_bytes_total` | counter | reason |
+//! | `lb_nic_incoming_packets_total` | counter | nic |
+//! | `lb_nic_incoming_bytes_total` | counter | nic |
+//! | `lb_nic_outgoing_packets_total` | counter | nic |
+//! | `lb_nic_outgoing_bytes_total` | counter | nic |
+//! | `lb_nic_redirected_packets_total` | counter | nic |
+//! | `lb_nic_redirected_bytes_total` | counter | nic |
 //!
 //! The names follow node_exporter's IPVS collector (`node_ipvs_*`).
 
@@ -50,7 +56,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::stats::{BackendStats, FlowTableStats, ServiceStats, Snapshot, VerdictStats};
+use super::stats::{BackendStats, FlowTableStats, NicStats, ServiceStats, Snapshot, VerdictStats};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -183,6 +189,60 @@ const TABLE_METRICS: [Def<FlowTableStats>; 7] = [
 struct VerdictLabels {
     reason: String,
 }
+
+/// Labels of the per-NIC counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NicLabels {
+    nic: String,
+}
+
+/// The per-NIC families.
+const NIC_METRICS: [Def<NicStats>; 6] = [
+    Def {
+        name: "nic_incoming_packets",
+        help: "Frames forwarded to backends that arrived on the director NIC.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |n| n.in_pkts,
+    },
+    Def {
+        name: "nic_incoming",
+        help: "IP-layer bytes of the frames forwarded to backends that arrived on the NIC.",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |n| n.in_bytes,
+    },
+    Def {
+        name: "nic_outgoing_packets",
+        help: "Frames forwarded to backends that left through the director NIC.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |n| n.out_pkts,
+    },
+    Def {
+        name: "nic_outgoing",
+        help: "IP-layer bytes of the frames forwarded to backends that left through the NIC.",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |n| n.out_bytes,
+    },
+    Def {
+        name: "nic_redirected_packets",
+        help: "Frames that arrived on the NIC and were redirected out of another \
+               (backends on-link through another NIC).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |n| n.redirected_pkts,
+    },
+    Def {
+        name: "nic_redirected",
+        help: "IP-layer bytes of the frames that arrived on the NIC and were redirected out \
+               of another.",
+        bytes: true,
+        kind: Kind::Counter,
+        value: |n| n.redirected_bytes,
+    },
+];
 
 /// Whether a metric is a counter or a gauge.
 #[derive(Clone, Copy)]
@@ -397,6 +457,20 @@ impl Collector for SnapshotCollector {
                 }),
             )?;
         }
+        for def in &NIC_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                self.0.nics.iter().map(|n| {
+                    (
+                        NicLabels {
+                            nic: n.name.clone(),
+                        },
+                        n,
+                    )
+                }),
+            )?;
+        }
         Ok(())
     }
 }
@@ -512,7 +586,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::inspect::stats::FlowTables;
+    use crate::inspect::stats::{FlowTables, NicStats};
 
     fn snapshot() -> Snapshot {
         let backend = |slot: u32, address: &str, weight, state: &str, conns| BackendStats {
@@ -593,6 +667,25 @@ mod tests {
                     ..FlowTableStats::default()
                 },
             },
+            nics: vec![
+                NicStats {
+                    name: "eth0".to_owned(),
+                    ifindex: 2,
+                    in_pkts: 300,
+                    in_bytes: 18_000,
+                    redirected_pkts: 100,
+                    redirected_bytes: 6_000,
+                    out_pkts: 200,
+                    out_bytes: 12_000,
+                },
+                NicStats {
+                    name: "eth1".to_owned(),
+                    ifindex: 3,
+                    out_pkts: 100,
+                    out_bytes: 6_000,
+                    ..NicStats::default()
+                },
+            ],
             read_at_ns: 0,
         }
     }
@@ -635,6 +728,12 @@ mod tests {
             r#"lb_pending_evictions_total{family="ipv4"} 40"#.to_owned(),
             r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),
             r#"lb_verdict_bytes_total{reason="pass_no_service"} 420"#.to_owned(),
+            r#"lb_nic_incoming_packets_total{nic="eth0"} 300"#.to_owned(),
+            r#"lb_nic_incoming_bytes_total{nic="eth1"} 0"#.to_owned(),
+            r#"lb_nic_outgoing_packets_total{nic="eth1"} 100"#.to_owned(),
+            r#"lb_nic_outgoing_bytes_total{nic="eth0"} 12000"#.to_owned(),
+            r#"lb_nic_redirected_packets_total{nic="eth0"} 100"#.to_owned(),
+            r#"lb_nic_redirected_bytes_total{nic="eth0"} 6000"#.to_owned(),
             "# EOF".to_owned(),
         ] {
             assert!(

@@ -1,5 +1,6 @@
 //! `lb stats`: per service and per backend counters read from the pinned
-//! maps of a running director, like `ipvsadm -L -n --stats` (and `--rate`).
+//! maps of a running director, like `ipvsadm -L -n --stats` (and `--rate`),
+//! and what each director NIC forwarded.
 //!
 //! Services are named by [`ServiceNames`].
 
@@ -8,8 +9,8 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
     BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
-    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, addr_from_key, backend_index, protocol_name,
-    reason_name,
+    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, addr_from_key,
+    backend_index, protocol_name, reason_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub verdicts: Vec<VerdictStats>,
     /// How full the connection tables are.
     pub flows: FlowTables,
+    /// What each director NIC forwarded, by ifindex.
+    pub nics: Vec<NicStats>,
     /// CLOCK_MONOTONIC (ns) when the counters were read, for rates.
     #[serde(skip)]
     pub read_at_ns: u64,
@@ -109,6 +112,48 @@ impl FlowTables {
                 .saturating_sub(family.pending);
         }
         Ok(tables)
+    }
+}
+
+/// What one director NIC forwarded: frames to backends, by the NIC they
+/// arrived on (`in`) and the NIC they left through (`out`); bytes are
+/// IP-layer bytes. A frame for a backend on-link through the NIC it arrived
+/// on leaves through it again (`XDP_TX`); one for a backend behind another
+/// NIC is redirected there, counted `out` of that NIC and `redirected` on
+/// this one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStats {
+    /// The NIC's name.
+    pub name: String,
+    /// Its interface index (in the director's network namespace).
+    pub ifindex: u32,
+    /// Forwarded frames that arrived on it.
+    pub in_pkts: u64,
+    /// Their bytes.
+    pub in_bytes: u64,
+    /// Forwarded frames that left through it.
+    pub out_pkts: u64,
+    /// Their bytes.
+    pub out_bytes: u64,
+    /// Frames that arrived on it and were redirected out of another NIC.
+    pub redirected_pkts: u64,
+    /// Their bytes.
+    pub redirected_bytes: u64,
+}
+
+impl NicStats {
+    /// The NIC `filter` registers, with its counters `c`.
+    fn new(filter: &NicFilter, c: &NicCounters) -> Self {
+        Self {
+            name: filter.name().to_owned(),
+            ifindex: filter.ifindex,
+            in_pkts: c.tx_packets.wrapping_add(c.redirected_out_packets),
+            in_bytes: c.tx_bytes.wrapping_add(c.redirected_out_bytes),
+            out_pkts: c.tx_packets.wrapping_add(c.redirected_in_packets),
+            out_bytes: c.tx_bytes.wrapping_add(c.redirected_in_bytes),
+            redirected_pkts: c.redirected_out_packets,
+            redirected_bytes: c.redirected_out_bytes,
+        }
     }
 }
 
@@ -283,10 +328,16 @@ impl Snapshot {
                 bytes: c.bytes,
             })
             .collect();
+        let nics = maps
+            .nic_counters()?
+            .iter()
+            .map(|(filter, counters)| NicStats::new(filter, counters))
+            .collect();
         Ok(Self {
             services,
             verdicts,
             flows: FlowTables::read(maps)?,
+            nics,
             read_at_ns: monotonic_ns(),
         })
     }
@@ -419,6 +470,38 @@ impl Snapshot {
                 .as_bytes(),
             );
         }
+        out.extend_from_slice(b"\nNICs (forwarded frames):\n");
+        let nic_rows: Vec<Vec<String>> = self
+            .nics
+            .iter()
+            .map(|n| {
+                vec![
+                    format!("  {}", n.name),
+                    n.ifindex.to_string(),
+                    n.in_pkts.to_string(),
+                    n.in_bytes.to_string(),
+                    n.out_pkts.to_string(),
+                    n.out_bytes.to_string(),
+                    n.redirected_pkts.to_string(),
+                    n.redirected_bytes.to_string(),
+                ]
+            })
+            .collect();
+        write_aligned(
+            &mut out,
+            &[
+                ("  NIC", Left),
+                ("Ifindex", Right),
+                ("InPkts", Right),
+                ("InBytes", Right),
+                ("OutPkts", Right),
+                ("OutBytes", Right),
+                ("RedirectedPkts", Right),
+                ("RedirectedBytes", Right),
+            ],
+            &nic_rows,
+        )
+        .expect("writing to a Vec cannot fail");
         out.extend_from_slice(b"\nVerdicts (all NICs):\n");
         let verdict_rows: Vec<Vec<String>> = self
             .verdicts
@@ -549,6 +632,15 @@ mod tests {
                 bytes: in_bytes,
             }],
             flows: FlowTables::default(),
+            nics: vec![NicStats {
+                name: "eth0".to_owned(),
+                ifindex: 2,
+                in_pkts,
+                in_bytes,
+                out_pkts: in_pkts,
+                out_bytes: in_bytes,
+                ..NicStats::default()
+            }],
             read_at_ns,
         }
     }
@@ -610,6 +702,19 @@ mod tests {
             assert!(b.get(field).is_some(), "backend field {field}: {b}");
         }
         assert!(json.get("read_at_ns").is_none());
+        let nic = &json["nics"][0];
+        for field in [
+            "name",
+            "ifindex",
+            "in_pkts",
+            "in_bytes",
+            "out_pkts",
+            "out_bytes",
+            "redirected_pkts",
+            "redirected_bytes",
+        ] {
+            assert!(nic.get(field).is_some(), "NIC field {field}: {nic}");
+        }
         let mut later = snapshot(1_000_000_000, 4, 14, 800);
         later.set_rates(&snap);
         let json = serde_json::to_value(&later).unwrap();
@@ -643,6 +748,10 @@ mod tests {
                 "Flow tables:",
                 "  IPv4: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
                 "  IPv6: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
+                "",
+                "NICs (forwarded frames):",
+                "  NIC   Ifindex  InPkts  InBytes  OutPkts  OutBytes  RedirectedPkts  RedirectedBytes",
+                "  eth0        2     120     6480      120      6480               0                0",
                 "",
                 "Verdicts (all NICs):",
                 "  Reason     Packets  Bytes",

@@ -412,7 +412,7 @@ fn errors_to_another_mac_pass() {
     };
     case.dp
         .maps
-        .set_nic_filter(&NicFilter::new(LO_IFINDEX, NIC_MAC, &[]))
+        .set_nic_filter(&NicFilter::new("lo", LO_IFINDEX, NIC_MAC, &[]))
         .expect("writing the NIC filter");
     let mut error = Pkt::frag_needed(&flows.tcp4.pkt.reply(1500), 1280);
     error.dst_mac = [0x02, 0x99, 0x00, 0x00, 0x00, 0x01];

@@ -23,7 +23,9 @@
 //!
 //! Without `ctx_in`, the kernel runs the program as if the frame had arrived
 //! on the loopback device; backends are provisioned as reached through that
-//! NIC, with the director NIC's MAC.
+//! NIC, with the director NIC's MAC. The redirect cases run in a namespace
+//! of their own, with veths as director NICs, and name the NIC a frame
+//! arrives on in `ctx_in`.
 //!
 //! The program needs root (or CAP_BPF + CAP_NET_ADMIN). Without it every test
 //! prints `SKIPPED (needs root)` to stderr and returns, unless `CI` is set, in
@@ -42,5 +44,6 @@ mod new_flows;
 mod not_for_us;
 mod persistence;
 mod raw_keys;
+mod redirect;
 mod selection;
 mod sweeper;

@@ -175,7 +175,7 @@ fn frames_to_another_mac_are_passed() {
     case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
     case.dp
         .maps
-        .set_nic_filter(&NicFilter::new(LO_IFINDEX, NIC_MAC, &[0x33]))
+        .set_nic_filter(&NicFilter::new("lo", LO_IFINDEX, NIC_MAC, &[0x33]))
         .expect("writing the NIC filter");
     let to = |mut pkt: Pkt, mac: [u8; 6]| {
         pkt.dst_mac = mac;
