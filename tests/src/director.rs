@@ -89,7 +89,7 @@ impl Director {
             spec,
             |bed| ((), services(bed)),
             |_| {},
-            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+            launch_ready,
         )
     }
 }
@@ -156,7 +156,7 @@ impl Director {
             spec,
             |bed| ((), services(bed)),
             configure,
-            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+            launch_ready,
         )
     }
 }
@@ -176,7 +176,7 @@ impl Director {
             spec,
             |bed| ((), services(bed)),
             |_| {},
-            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+            launch_ready,
         )
     }
 }
@@ -195,7 +195,7 @@ impl<X> Director<X> {
             spec,
             prepare,
             |_| {},
-            |lb, ns, config, tag, args| LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready(),
+            launch_ready,
         )
     }
 
@@ -403,4 +403,16 @@ impl<X> Director<X> {
         drop(servers);
         drop(bed);
     }
+}
+
+/// `lb run` with the bed's config, waited for until ready: how most beds
+/// start lb.
+fn launch_ready(
+    lb: &Path,
+    ns: &NetNs,
+    config: &LbConfig,
+    tag: &str,
+    args: &[&str],
+) -> anyhow::Result<LbDaemon> {
+    LbDaemon::launch(lb, ns, config, tag, args)?.wait_ready()
 }
