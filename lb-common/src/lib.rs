@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
-//! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`],
+//! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
 //! [`flow_cache`], [`stats`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
@@ -77,6 +77,7 @@ pub mod limits;
 pub mod nic;
 pub mod service;
 pub mod stats;
+pub mod vlan;
 pub mod wlc;
 
 // The crate's flat API: every map type, name and limit is also `lb_common::X`.
@@ -88,6 +89,7 @@ pub use limits::*;
 pub use nic::*;
 pub use service::*;
 pub use stats::*;
+pub use vlan::*;
 pub use wlc::LoadTree;
 
 // `FlowKey4::from_parts`, `FlowKey6::from_parts` and the words of an

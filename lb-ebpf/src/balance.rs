@@ -100,7 +100,7 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     if forward::rewrite_macs(ctx, backend).is_err() {
         return Verdict::Drop(REASON_INTERNAL);
     }
-    stats::count_forwarded(service_id, binding, l3_len);
+    stats::count_forwarded(service_id, binding, packet.ip_len(l3_len));
     Verdict::Tx
 }
 

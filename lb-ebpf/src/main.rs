@@ -1,6 +1,6 @@
 //! The XDP data path of the `lb` direct-routing load balancer.
 //!
-//! Per packet: parse ([`parse`]), look up the service, find or create the
+//! Per packet: parse ([`parse`], [`vlan`]), look up the service, find or create the
 //! flow ([`conntrack`], choosing a backend by weighted least-connection on a
 //! miss), rewrite the Ethernet addresses ([`forward`]) and count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
@@ -21,6 +21,7 @@ mod parse;
 mod reset;
 mod stats;
 mod verdict;
+mod vlan;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::REASON_REJECTED;

@@ -1,5 +1,6 @@
-//! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
-//! header walk), then the TCP or UDP ports. Every read goes through [`ptr_at`].
+//! Header parsing: Ethernet, VLAN tags if any ([`vlan`](crate::vlan)), IPv4
+//! (with options) or IPv6 (bounded extension header walk), then the TCP or
+//! UDP ports. Every read goes through [`ptr_at`].
 //!
 //! The addresses are not copied while parsing: most traffic that is not for
 //! a service is recognised by its port alone, so the connection-table key is
@@ -18,7 +19,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::verdict::Verdict;
+use crate::{verdict::Verdict, vlan};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -55,6 +56,11 @@ pub enum IpHeader {
 pub struct Packet {
     /// Where its addresses are.
     pub ip: IpHeader,
+    /// Where the IP header starts: after the Ethernet header and the VLAN
+    /// tags, if any.
+    pub l3_offset: usize,
+    /// The VLAN path of the frame's tags (0: untagged; see `lb_common::vlan`).
+    pub vlan: u32,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
     /// Client port, host byte order.
@@ -84,7 +90,14 @@ impl Packet {
                 load_u32(&raw const (*ip).dst_addr),
             )
         };
-        FlowKey4::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+        FlowKey4::from_parts(
+            src,
+            dst,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+            self.vlan,
+        )
     }
 
     /// The IPv6 connection-table key of this packet, whose header is `ip`.
@@ -97,13 +110,28 @@ impl Packet {
                 load_addr6(&raw const (*ip).dst_addr),
             )
         };
-        FlowKey6::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+        FlowKey6::from_parts(
+            src,
+            dst,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+            self.vlan,
+        )
+    }
+
+    /// The IP-layer length of the packet, from `frame_l3_len`, the frame's
+    /// length without its Ethernet header ([`l3_len`]): without its VLAN
+    /// tags too.
+    #[inline(always)]
+    pub fn ip_len(&self, frame_l3_len: u64) -> u64 {
+        frame_l3_len - (self.l3_offset - EthHdr::LEN) as u64
     }
 }
 
 /// A pointer to a `T` at `offset` bytes into the frame, if the frame holds it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return None;
@@ -123,11 +151,11 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 ///
 /// # Safety
 /// `field` must lie inside the frame. Every field read this way sits at an
-/// even offset from the frame start (Ethernet 14, IPv4 header a multiple of
-/// 4, IPv6 extension headers of 4 or 8), and frames start at an even address,
-/// so the load is aligned.
+/// even offset from the frame start (Ethernet 14, VLAN tags of 4, IPv4
+/// header a multiple of 4, IPv6 extension headers of 4 or 8), and frames
+/// start at an even address, so the load is aligned.
 #[inline(always)]
-unsafe fn be16(field: *const [u8; 2]) -> u16 {
+pub unsafe fn be16(field: *const [u8; 2]) -> u16 {
     u16::from_be(unsafe { field.cast::<u16>().read() })
 }
 
@@ -167,14 +195,36 @@ pub fn l3_len(ctx: &XdpContext) -> u64 {
 /// a transport header that the IP length field does not cover.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Verdict::Drop(REASON_MALFORMED))?;
+    // SAFETY: the Ethernet header is inside the frame.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    // Two inlined copies of the IP parser: untagged frames keep the
+    // constant offsets they had before VLANs were read.
+    match ether_type {
+        ETH_P_IP | ETH_P_IPV6 => parse_ip(ctx, ether_type, EthHdr::LEN, 0),
+        _ => {
+            let tagged = vlan::skip_tags(ctx, ether_type)?;
+            parse_ip(ctx, tagged.ether_type, tagged.offset, tagged.vlan)
+        }
+    }
+}
+
+/// [`parse`] from the IP header on: the header `ether_type` announces, at
+/// `l3_offset`, of a frame on the VLAN path `vlan`.
+#[inline(always)]
+fn parse_ip(
+    ctx: &XdpContext,
+    ether_type: u16,
+    l3_offset: usize,
+    vlan: u32,
+) -> Result<Packet, Verdict> {
     const MALFORMED: Verdict = Verdict::Drop(REASON_MALFORMED);
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
     // `ip_end`: where the IP datagram ends by its own length field. The
     // transport header must lie inside it, not in Ethernet padding after it.
-    let (header, l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
+    let (header, l4_offset, proto, ip_end) = match ether_type {
         ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let ip = ptr_at::<Ipv4Hdr>(ctx, l3_offset).ok_or(MALFORMED)?;
             let (vihl, tot_len, frags, proto) = unsafe {
                 (
                     (*ip).vihl,
@@ -192,13 +242,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             }
             (
                 IpHeader::V4(ip),
-                EthHdr::LEN + header_len,
+                l3_offset + header_len,
                 proto,
-                EthHdr::LEN + tot_len as usize,
+                l3_offset + tot_len as usize,
             )
         }
         ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let ip = ptr_at::<Ipv6Hdr>(ctx, l3_offset).ok_or(MALFORMED)?;
             let (version, payload_len, next) = unsafe {
                 (
                     (*ip).vcf[0] >> 4,
@@ -209,8 +259,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             if version != 6 {
                 return Err(MALFORMED);
             }
-            let (offset, proto) = skip_ipv6_extensions(ctx, EthHdr::LEN + Ipv6Hdr::LEN, next)?;
-            let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
+            let (offset, proto) = skip_ipv6_extensions(ctx, l3_offset + Ipv6Hdr::LEN, next)?;
+            let ip_end = l3_offset + Ipv6Hdr::LEN + payload_len as usize;
             (IpHeader::V6(ip), offset, proto, ip_end)
         }
         _ => return Err(Verdict::Pass(REASON_NOT_IP)),
@@ -251,6 +301,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     };
     Ok(Packet {
         ip: header,
+        l3_offset,
+        vlan,
         proto,
         src_port,
         dst_port,

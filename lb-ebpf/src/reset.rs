@@ -6,17 +6,15 @@
 //! The reply, as RFC 9293 answers a segment without ACK: RST|ACK, sequence
 //! number 0, acknowledgment number the SYN's sequence number plus its length
 //! (1 for the SYN, plus its payload); from the VIP to the client, with the
-//! MAC addresses swapped, TTL (hop limit) 64, no TCP options. IPv4 options
-//! are kept as they came; an IPv6 packet with extension headers is not
-//! answered (the caller drops it).
+//! MAC addresses swapped, TTL (hop limit) 64, no TCP options. VLAN tags and
+//! IPv4 options are kept as they came; an IPv6 packet with extension
+//! headers is not answered (the caller drops it).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use lb_common::PROTO_TCP;
 
 use crate::parse::{IpHeader, Packet, ptr_at_mut};
 
-/// Ethernet header length.
-const ETH_LEN: usize = 14;
 /// The reply's TCP header length: no options.
 const TCP_LEN: usize = 20;
 /// RST and ACK flags.
@@ -41,8 +39,8 @@ pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
         write32(macs, 8, dst_head << 16 | u32::from(dst_tail));
     }
     let frame_len = match packet.ip {
-        IpHeader::V4(_) => ipv4(ctx)?,
-        IpHeader::V6(_) => ipv6(ctx)?,
+        IpHeader::V4(_) => ipv4(ctx, packet.l3_offset)?,
+        IpHeader::V6(_) => ipv6(ctx, packet.l3_offset)?,
     };
     let delta = frame_len as i64 - (ctx.data_end() - ctx.data()) as i64;
     // SAFETY: a helper on this program's own context; it only shrinks the
@@ -53,16 +51,18 @@ pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
     Ok(())
 }
 
-/// The IPv4 header and the TCP header after it, turned around; returns the
-/// reply's frame length.
+/// The IPv4 header at `l3_offset` and the TCP header after it, turned
+/// around; returns the reply's frame length.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
-    let ip = ptr_at_mut::<[u8; 20]>(ctx, ETH_LEN).ok_or(())?.cast::<u8>();
+fn ipv4(ctx: &XdpContext, l3_offset: usize) -> Result<usize, ()> {
+    let ip = ptr_at_mut::<[u8; 20]>(ctx, l3_offset)
+        .ok_or(())?
+        .cast::<u8>();
     // SAFETY: the fixed IPv4 header is inside the frame; every access below
     // is at a constant offset inside it.
     let (header_len, total_len) = unsafe { (usize::from(*ip & 0x0f) * 4, read16(ip, 2)) };
     // Checked by the parser: 20 to 60 bytes, within the total length.
-    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, ETH_LEN + header_len)
+    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, l3_offset + header_len)
         .ok_or(())?
         .cast::<u8>();
     let segment_len = usize::from(total_len).saturating_sub(header_len);
@@ -83,15 +83,17 @@ fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
         let pseudo = sum32(src) + sum32(dst) + u32::from(PROTO_TCP) + TCP_LEN as u32;
         turn_around(tcp, segment_len, pseudo);
     }
-    Ok(ETH_LEN + header_len + TCP_LEN)
+    Ok(l3_offset + header_len + TCP_LEN)
 }
 
-/// The IPv6 header and the TCP header right after it, turned around;
-/// returns the reply's frame length.
+/// The IPv6 header at `l3_offset` and the TCP header right after it,
+/// turned around; returns the reply's frame length.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext) -> Result<usize, ()> {
-    let ip = ptr_at_mut::<[u8; 40]>(ctx, ETH_LEN).ok_or(())?.cast::<u8>();
-    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, ETH_LEN + 40)
+fn ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<usize, ()> {
+    let ip = ptr_at_mut::<[u8; 40]>(ctx, l3_offset)
+        .ok_or(())?
+        .cast::<u8>();
+    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, l3_offset + 40)
         .ok_or(())?
         .cast::<u8>();
     // SAFETY: the fixed IPv6 and TCP headers are inside the frame; every
@@ -116,7 +118,7 @@ fn ipv6(ctx: &XdpContext) -> Result<usize, ()> {
         *ip.add(7) = REPLY_TTL;
         turn_around(tcp, segment_len, pseudo);
     }
-    Ok(ETH_LEN + 40 + TCP_LEN)
+    Ok(l3_offset + 40 + TCP_LEN)
 }
 
 /// Rewrites the SYN's TCP header at `tcp` (of a segment of `segment_len`

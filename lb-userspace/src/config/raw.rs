@@ -44,6 +44,7 @@ pub(super) mod key {
     pub(crate) const SCHEDULER: &str = "scheduler";
     pub(crate) const NO_BACKEND: &str = "no_backend";
     pub(crate) const SLOPPY_TCP: &str = "sloppy_tcp";
+    pub(crate) const VLAN: &str = "vlan";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -123,6 +124,7 @@ pub(super) struct RawService {
     pub(super) scheduler: Field,
     pub(super) no_backend: Field,
     pub(super) sloppy_tcp: Field,
+    pub(super) vlan: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -339,6 +341,7 @@ mod tests {
                 key::SCHEDULER,
                 key::NO_BACKEND,
                 key::SLOPPY_TCP,
+                key::VLAN,
                 key::HEALTH,
                 key::BACKEND,
             ]

@@ -7,7 +7,8 @@
 //!   default ([`DirectorConfig::new`]); `[director.timeouts]` only with the
 //!   timeouts that differ from IPVS's.
 //! - `[[service]]`: every key, `protocol` and `scheduler` included;
-//!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true.
+//!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true, `vlan`
+//!   when set.
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -203,8 +204,8 @@ fn timeout_lines(director: &DirectorConfig) -> Lines {
     .collect()
 }
 
-/// `[[service]]`: every key, `no_backend` and `sloppy_tcp` when they are
-/// not the default.
+/// `[[service]]`: every key, `no_backend`, `sloppy_tcp` and `vlan` when
+/// they are not the default.
 fn service_lines(service: &ServiceConfig) -> Lines {
     let mut lines = vec![
         (key::NAME, string(&service.name)),
@@ -218,6 +219,11 @@ fn service_lines(service: &ServiceConfig) -> Lines {
     }
     if service.sloppy_tcp {
         lines.push((key::SLOPPY_TCP, "true".to_owned()));
+    }
+    match service.vlan.as_slice() {
+        [] => {}
+        [id] => lines.push((key::VLAN, id.to_string())),
+        ids => lines.push((key::VLAN, int_array(ids))),
     }
     lines
 }

@@ -340,6 +340,7 @@ mod tests {
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
             sloppy_tcp: false,
+            vlan: Vec::new(),
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

@@ -963,6 +963,7 @@ impl Converter {
                 scheduler: Scheduler::Wlc,
                 no_backend: NoBackend::Drop,
                 sloppy_tcp: false,
+                vlan: Vec::new(),
                 health,
                 backends,
             },
