@@ -24,7 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
-        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode, values::format_mac,
+        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode,
+        values::{format_mac, vlan_suffix},
     },
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{
@@ -204,7 +205,7 @@ async fn backend_links(
                 nics,
                 &config.director.interfaces,
                 &vips,
-                &service.name,
+                service,
                 backend.address,
             )
             .await?;
@@ -222,25 +223,43 @@ fn vips(config: &Config) -> HashSet<IpAddr> {
     config.services.iter().map(|s| s.vip).collect()
 }
 
-/// The director NIC a backend is on-link through, and the director's own
-/// address in its prefix there; fails when no director NIC reaches it.
+/// The interface a backend of `service` is on-link through (a director
+/// NIC, its bond, or a VLAN device stacked on either), and the director's
+/// own address in its prefix there; fails when no director NIC reaches it.
+/// Warns when that interface is not on the service's VLAN.
 async fn on_link(
     netlink: &Netlink,
     nics: &[Nic],
     interfaces: &[String],
     vips: &HashSet<IpAddr>,
-    service: &str,
+    service: &ServiceConfig,
     address: IpAddr,
 ) -> anyhow::Result<(Nic, Option<IpAddr>)> {
-    match netlink.on_link(nics, address, vips).await? {
-        Some(link) => Ok((link.nic.clone(), link.source)),
-        None => bail!(
-            "service {service}: backend {address} is not on-link through any director interface \
-             ({}): direct routing needs the real servers on the director's own L2 network \
-             (give the NIC an address in the backend's subnet)",
+    let name = &service.name;
+    let Some(link) = netlink.on_link(nics, address, vips, &service.vlan).await? else {
+        bail!(
+            "service {name}: backend {address} is not on-link through any director interface \
+             ({}), the bond one is enslaved to or a VLAN device on either: direct routing needs \
+             the real servers on the director's own L2 network (give the interface an address \
+             in the backend's subnet)",
             interfaces.join(", ")
-        ),
+        );
+    };
+    if link.vlan != service.vlan {
+        let on = |ids: &[u16]| match vlan_suffix(lb_common::vlan_path(ids)) {
+            suffix if suffix.is_empty() => "untagged".to_owned(),
+            suffix => suffix.trim_start().to_owned(),
+        };
+        warn!(
+            "service {name}: backend {address} is on-link through {} ({}), not through a device \
+             of the service's VLAN ({}): lb resolves its MAC and checks its health there, and \
+             forwards the service's frames to that MAC with their tags as they came",
+            link.nic.name,
+            on(&link.vlan),
+            on(&service.vlan),
+        );
     }
+    Ok((link.nic, link.source))
 }
 
 /// The signals `lb run` handles, installed at the very start.
@@ -786,12 +805,13 @@ impl Daemon {
         weight: u32,
         mac: Option<[u8; 6]>,
     ) -> anyhow::Result<String> {
+        let service_config = self.director.service_mut(service)?.config.clone();
         let (nic, source) = on_link(
             &self.netlink,
             &self.nics,
             &self.config.director.interfaces,
             &vips(&self.config),
-            service,
+            &service_config,
             address,
         )
         .await?;
