@@ -205,6 +205,7 @@ impl TestBed {
                 .map(|(rs, &w)| (rs.addr_like(vip), w))
                 .collect(),
             reject_without_backend: false,
+            vlan: Vec::new(),
         }
     }
 

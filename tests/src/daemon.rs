@@ -201,6 +201,8 @@ pub struct ServiceConfig {
     pub backends: Vec<(IpAddr, u32)>,
     /// `no_backend = "reject"`: a SYN no backend can take gets a TCP RST.
     pub reject_without_backend: bool,
+    /// `vlan`: the VLAN ids of its frames, outermost first (none: untagged).
+    pub vlan: Vec<u16>,
 }
 
 /// An `lb` config file.
@@ -257,6 +259,10 @@ impl LbConfig {
             let _ = writeln!(s, "scheduler = \"wlc\"");
             if svc.reject_without_backend {
                 let _ = writeln!(s, "no_backend = \"reject\"");
+            }
+            if !svc.vlan.is_empty() {
+                let ids: Vec<String> = svc.vlan.iter().map(u16::to_string).collect();
+                let _ = writeln!(s, "vlan = [{}]", ids.join(", "));
             }
             let _ = writeln!(s, "\n[service.health]");
             match &svc.health {

@@ -427,6 +427,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             health: Health::None,
             backends: vec![("192.0.2.11".parse().expect("address"), 1000)],
             reject_without_backend: false,
+            vlan: Vec::new(),
         }],
     };
     let path = config
