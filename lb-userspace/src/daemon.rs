@@ -75,6 +75,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;
     let nics = director_nics(&netlink, &config).await?;
+    let ports = nic_ports(&netlink, &nics).await?;
     let links = backend_links(&netlink, &config, &nics).await?;
     let control = ControlSocket::bind(&config.director.control_socket)?;
     let metrics_listen = options.metrics_listen.or(config.director.metrics_listen);
@@ -105,6 +106,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         config,
         netlink,
         nics,
+        ports,
         mode,
         director: Director::new(),
         names,
@@ -174,6 +176,15 @@ async fn director_nics(netlink: &Netlink, config: &Config) -> anyhow::Result<Vec
         nics.push(netlink.nic(name).await?);
     }
     Ok(nics)
+}
+
+/// The ports (bond slaves) of each director NIC, by the NIC's index.
+async fn nic_ports(netlink: &Netlink, nics: &[Nic]) -> anyhow::Result<HashMap<u32, Vec<u32>>> {
+    let mut ports = HashMap::new();
+    for nic in nics {
+        ports.insert(nic.index, netlink.ports(nic.index).await?);
+    }
+    Ok(ports)
 }
 
 /// Where the director reaches its backends (see [`backend_links`]).
@@ -314,6 +325,8 @@ struct Daemon {
     config: Config,
     netlink: Netlink,
     nics: Vec<Nic>,
+    /// The ports (bond slaves) of each NIC, by the NIC's index.
+    ports: HashMap<u32, Vec<u32>>,
     mode: XdpMode,
     director: Director,
     /// Service names of the running config, for the metrics endpoint.
@@ -370,7 +383,8 @@ impl Daemon {
     }
 
     /// Attaches to the configured NICs (each accepting frames to its own MAC
-    /// and the configured VRRP virtual MACs only) and detaches from any other.
+    /// and the configured VRRP virtual MACs only; a bond's slaves, on whose
+    /// queues its program runs, to the bond's) and detaches from any other.
     fn attach(&self, datapath: &mut Datapath) -> anyhow::Result<()> {
         let stale: Vec<String> = datapath
             .attached()
@@ -386,13 +400,20 @@ impl Daemon {
             XdpMode::Skb => aya::programs::XdpMode::Skb,
         };
         for nic in &self.nics {
-            let filter = NicFilter::new(nic.index, nic.mac, &self.config.director.vrrp_vrids);
-            if let Some(other) = datapath.maps.set_nic_filter(&filter)? {
-                warn!(
-                    "{} (ifindex {}) shares its MAC filter entry with ifindex {other}, \
-                     whose frames are no longer filtered by destination MAC",
-                    nic.name, nic.index
-                );
+            let ports = self
+                .ports
+                .get(&nic.index)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for &index in std::iter::once(&nic.index).chain(ports) {
+                let filter = NicFilter::new(index, nic.mac, &self.config.director.vrrp_vrids);
+                if let Some(other) = datapath.maps.set_nic_filter(&filter)? {
+                    warn!(
+                        "{} (ifindex {index}) shares its MAC filter entry with ifindex {other}, \
+                         whose frames are no longer filtered by destination MAC",
+                        nic.name
+                    );
+                }
             }
             datapath.attach(&nic.name, mode).with_context(|| {
                 if self.mode == XdpMode::Driver {
@@ -690,6 +711,7 @@ impl Daemon {
             }
         }
         let nics = director_nics(&self.netlink, &config).await?;
+        let ports = nic_ports(&self.netlink, &nics).await?;
         let links = backend_links(&self.netlink, &config, &nics).await?;
         let (changes, summary) = self.director.apply(&config, &links.nics)?;
         // From here on the reload is applied: lb's state is the new config's.
@@ -699,6 +721,7 @@ impl Daemon {
         let _ = refresh_macs(&self.netlink, &mut self.director).await;
         let attached_before: Vec<String> = datapath.attached().map(str::to_owned).collect();
         self.nics = nics;
+        self.ports = ports;
         *self.names.write().unwrap_or_else(|e| e.into_inner()) =
             ServiceNames::from_config(Some(&config));
         self.config = config;

@@ -180,6 +180,18 @@ impl Netlink {
         }
     }
 
+    /// The indexes of the interfaces enslaved to NIC `index` (a bond's
+    /// slaves; none for a plain NIC). An XDP program attached to a bond runs
+    /// on its slaves' receive queues: their indexes are its frames' ingress.
+    pub async fn ports(&self, index: u32) -> anyhow::Result<Vec<u32>> {
+        let links = self.links().await?;
+        Ok(links
+            .iter()
+            .filter(|l| l.master == Some(index))
+            .map(|l| l.index)
+            .collect())
+    }
+
     /// How a real server at `addr` is reached from the director NICs
     /// `nics`, for a service on VLAN `vlan` (ids outermost first, none:
     /// untagged): the interface with an address prefix containing `addr`
