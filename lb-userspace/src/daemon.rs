@@ -38,7 +38,7 @@ use crate::{
         command::notify,
         probe::{CheckResult, HealthChecker},
     },
-    host::{Nic, netlink::Netlink, privilege},
+    host::{Nic, ethtool, netlink::Netlink, privilege},
     inspect::{ServiceNames, metrics, stats::Snapshot},
     sweeper,
 };
@@ -179,7 +179,7 @@ async fn director_nics(netlink: &Netlink, config: &Config) -> anyhow::Result<Vec
 }
 
 /// The ports (bond slaves) of each director NIC, by the NIC's index.
-async fn nic_ports(netlink: &Netlink, nics: &[Nic]) -> anyhow::Result<HashMap<u32, Vec<u32>>> {
+async fn nic_ports(netlink: &Netlink, nics: &[Nic]) -> anyhow::Result<HashMap<u32, Vec<Nic>>> {
     let mut ports = HashMap::new();
     for nic in nics {
         ports.insert(nic.index, netlink.ports(nic.index).await?);
@@ -326,7 +326,7 @@ struct Daemon {
     netlink: Netlink,
     nics: Vec<Nic>,
     /// The ports (bond slaves) of each NIC, by the NIC's index.
-    ports: HashMap<u32, Vec<u32>>,
+    ports: HashMap<u32, Vec<Nic>>,
     mode: XdpMode,
     director: Director,
     /// Service names of the running config, for the metrics endpoint.
@@ -399,13 +399,23 @@ impl Daemon {
             XdpMode::Driver => aya::programs::XdpMode::Driver,
             XdpMode::Skb => aya::programs::XdpMode::Skb,
         };
+        let tagged = self.config.services.iter().any(|s| !s.vlan.is_empty());
         for nic in &self.nics {
             let ports = self
                 .ports
                 .get(&nic.index)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            for &index in std::iter::once(&nic.index).chain(ports) {
+            if tagged {
+                // The ports receive a bond's frames; a plain NIC its own.
+                let receivers = if ports.is_empty() {
+                    std::slice::from_ref(nic)
+                } else {
+                    ports
+                };
+                receivers.iter().for_each(warn_if_tags_are_stripped);
+            }
+            for index in std::iter::once(nic.index).chain(ports.iter().map(|p| p.index)) {
                 let filter = NicFilter::new(index, nic.mac, &self.config.director.vrrp_vrids);
                 if let Some(other) = datapath.maps.set_nic_filter(&filter)? {
                     warn!(
@@ -893,6 +903,23 @@ fn write_changes(maps: &mut Maps, director: &Director, changes: &[Change]) -> an
         }
     }
     Ok(())
+}
+
+/// Warns when NIC `nic` takes VLAN tags off received frames: lb's services
+/// on VLANs would then not get their frames (see [`ethtool`]).
+fn warn_if_tags_are_stripped(nic: &Nic) {
+    let name = &nic.name;
+    match ethtool::rx_vlan_offloads(name) {
+        Ok(on) if !on.is_empty() => warn!(
+            "{name} takes VLAN tags off the frames it receives ({} on): many drivers then hand \
+             XDP the frames without their tags, lb takes them for untagged frames, and the \
+             services on VLANs do not get them; turn it off: ethtool -K {name} rxvlan off \
+             rx-vlan-stag-hw-parse off",
+            on.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => debug!("reading the receive VLAN offload of {name}: {e}"),
+    }
 }
 
 /// Logs loudly when no backend of a service can take new flows.

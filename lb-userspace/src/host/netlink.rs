@@ -180,15 +180,15 @@ impl Netlink {
         }
     }
 
-    /// The indexes of the interfaces enslaved to NIC `index` (a bond's
-    /// slaves; none for a plain NIC). An XDP program attached to a bond runs
-    /// on its slaves' receive queues: their indexes are its frames' ingress.
-    pub async fn ports(&self, index: u32) -> anyhow::Result<Vec<u32>> {
+    /// The interfaces enslaved to NIC `index` (a bond's slaves; none for a
+    /// plain NIC). An XDP program attached to a bond runs on its slaves'
+    /// receive queues: their indexes are its frames' ingress.
+    pub async fn ports(&self, index: u32) -> anyhow::Result<Vec<Nic>> {
         let links = self.links().await?;
         Ok(links
             .iter()
             .filter(|l| l.master == Some(index))
-            .map(|l| l.index)
+            .filter_map(Link::nic)
             .collect())
     }
 
