@@ -74,10 +74,11 @@ pub const SERVICE_FLAG_REJECT: u32 = 1;
 pub const SERVICE_FLAG_SLOPPY_TCP: u32 = 2;
 
 /// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words,
-/// assembled in registers: the key the XDP program looks services up with. The verifier refuses misaligned stack
-/// accesses, and LLVM, told that misaligned accesses are fine (see
-/// `lb-ebpf/build.rs`), merges the narrow stores that build a 4-byte
-/// aligned key into 8-byte stores at 4-byte offsets.
+/// assembled in registers: the key the XDP program looks services up with.
+/// The verifier refuses misaligned stack accesses, and LLVM, told that
+/// misaligned accesses are fine (see `lb-ebpf/build.rs`), merges the narrow
+/// stores that build a 4-byte aligned key into 8-byte stores at 4-byte
+/// offsets.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug)]
 pub struct AlignedServiceKey {

@@ -198,8 +198,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Verdict::Drop(REASON_MALFORMED))?;
     // SAFETY: the Ethernet header is inside the frame.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    // Two inlined copies of the IP parser: untagged frames keep the
-    // constant offsets they had before VLANs were read.
+    // Two inlined copies of the IP parser: an untagged frame is parsed at
+    // constant offsets, and only other EtherTypes are checked for tags.
     match ether_type {
         ETH_P_IP | ETH_P_IPV6 => parse_ip(ctx, ether_type, EthHdr::LEN, 0),
         _ => {
