@@ -359,7 +359,7 @@ impl Tuple {
 
     /// The connection-table key lb derives from this packet.
     fn key(&self) -> FlowKey {
-        FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto)
+        FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto, 0)
             .expect("a client and a VIP of one address family")
     }
 
@@ -1085,7 +1085,7 @@ fn install(
     reals: &[Real],
 ) -> anyhow::Result<()> {
     dp.maps.set_service(
-        ServiceKey::new(vip, PORT, proto),
+        ServiceKey::new(vip, PORT, proto, 0),
         Service {
             id,
             flags: SERVICE_FLAG_SLOPPY_TCP,

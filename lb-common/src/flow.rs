@@ -9,7 +9,7 @@ use crate::{
     service::{AlignedServiceKey, service_key_tail},
 };
 
-/// Key of [`CONNTRACK4_MAP`]: an IPv4 client-to-VIP 5-tuple.
+/// Key of [`CONNTRACK4_MAP`]: an IPv4 client-to-VIP 5-tuple and its VLAN.
 ///
 /// Sixteen bytes, so the kernel hashes and compares less than half of what
 /// an IPv6 key costs on every packet.
@@ -31,15 +31,18 @@ pub struct FlowKey4 {
     /// [`PROTO_TCP`]: crate::ip::PROTO_TCP
     /// [`PROTO_UDP`]: crate::ip::PROTO_UDP
     pub proto: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
+    /// The VLAN path of the flow's frames (see [`crate::vlan`]), 24 bits
+    /// little-endian ([`vlan_path`](Self::vlan_path)): a 5-tuple on
+    /// another VLAN is another flow.
+    pub vlan: [u8; 3],
 }
 
 impl FlowKey4 {
     /// The key of a flow from its parts, assembled in two 64-bit words (the
     /// XDP program keeps them in registers: no narrow stores followed by a
     /// wide load). `src_addr` and `dst_addr` are the address bytes as
-    /// they are in the packet, read as a native-endian `u32`.
+    /// they are in the packet, read as a native-endian `u32`; `vlan` is
+    /// the frame's VLAN path (below 2^24).
     #[inline(always)]
     pub fn from_parts(
         src_addr: u32,
@@ -47,10 +50,11 @@ impl FlowKey4 {
         src_port: u16,
         dst_port: u16,
         proto: u8,
+        vlan: u32,
     ) -> Self {
         Self::from_words([
             u64::from(src_addr) | u64::from(dst_addr) << 32,
-            u64::from(src_port) | u64::from(dst_port) << 16 | u64::from(proto) << 32,
+            ports_word(src_port, dst_port, proto, vlan),
         ])
     }
 
@@ -68,18 +72,24 @@ impl FlowKey4 {
         unsafe { core::mem::transmute(words) }
     }
 
+    /// The VLAN path of the flow's frames.
+    #[inline(always)]
+    pub fn vlan_path(&self) -> u32 {
+        (self.words()[1] >> VLAN_SHIFT) as u32
+    }
+
     /// The service this flow is addressed to.
     #[inline(always)]
     pub fn service_key(&self) -> AlignedServiceKey {
         AlignedServiceKey::from_words([
             u64::from(u32::from_ne_bytes(self.dst_addr)),
             0,
-            service_key_tail(self.dst_port, self.proto, FAMILY_IPV4),
+            service_key_tail(self.dst_port, self.proto, FAMILY_IPV4, self.vlan_path()),
         ])
     }
 }
 
-/// Key of [`CONNTRACK6_MAP`]: an IPv6 client-to-VIP 5-tuple.
+/// Key of [`CONNTRACK6_MAP`]: an IPv6 client-to-VIP 5-tuple and its VLAN.
 ///
 /// [`CONNTRACK6_MAP`]: crate::limits::CONNTRACK6_MAP
 #[repr(C, align(8))]
@@ -98,8 +108,10 @@ pub struct FlowKey6 {
     /// [`PROTO_TCP`]: crate::ip::PROTO_TCP
     /// [`PROTO_UDP`]: crate::ip::PROTO_UDP
     pub proto: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
+    /// The VLAN path of the flow's frames (see [`crate::vlan`]), 24 bits
+    /// little-endian ([`vlan_path`](Self::vlan_path)): a 5-tuple on
+    /// another VLAN is another flow.
+    pub vlan: [u8; 3],
 }
 
 impl FlowKey6 {
@@ -113,13 +125,14 @@ impl FlowKey6 {
         src_port: u16,
         dst_port: u16,
         proto: u8,
+        vlan: u32,
     ) -> Self {
         Self::from_words([
             src_addr[0],
             src_addr[1],
             dst_addr[0],
             dst_addr[1],
-            u64::from(src_port) | u64::from(dst_port) << 16 | u64::from(proto) << 32,
+            ports_word(src_port, dst_port, proto, vlan),
         ])
     }
 
@@ -137,6 +150,12 @@ impl FlowKey6 {
         unsafe { core::mem::transmute(words) }
     }
 
+    /// The VLAN path of the flow's frames.
+    #[inline(always)]
+    pub fn vlan_path(&self) -> u32 {
+        (self.words()[4] >> VLAN_SHIFT) as u32
+    }
+
     /// The service this flow is addressed to.
     #[inline(always)]
     pub fn service_key(&self) -> AlignedServiceKey {
@@ -144,9 +163,22 @@ impl FlowKey6 {
         AlignedServiceKey::from_words([
             words[2],
             words[3],
-            service_key_tail(self.dst_port, self.proto, FAMILY_IPV6),
+            service_key_tail(self.dst_port, self.proto, FAMILY_IPV6, self.vlan_path()),
         ])
     }
+}
+
+/// Where the VLAN path sits in a flow key's last word (after the ports and
+/// the protocol).
+const VLAN_SHIFT: u32 = 40;
+
+/// A flow key's last word: ports, protocol and VLAN path.
+#[inline(always)]
+fn ports_word(src_port: u16, dst_port: u16, proto: u8, vlan: u32) -> u64 {
+    u64::from(src_port)
+        | u64::from(dst_port) << 16
+        | u64::from(proto) << 32
+        | u64::from(vlan) << VLAN_SHIFT
 }
 
 /// A flow of either family, as the control plane handles it: the key of
@@ -165,14 +197,20 @@ pub enum FlowKey {
 
 impl FlowKey {
     /// The key of the flow from `client`:`client_port` to `vip`:`port` over
-    /// `proto`. `None` when the two addresses are of different families.
+    /// `proto` on the VLAN path `vlan` (below 2^24). `None` when the two
+    /// addresses are of different families.
     pub fn new(
         client: IpAddr,
         client_port: u16,
         vip: IpAddr,
         port: u16,
         proto: u8,
+        vlan: u32,
     ) -> Option<Self> {
+        let vlan = {
+            let [a, b, c, _] = vlan.to_le_bytes();
+            [a, b, c]
+        };
         match (client, vip) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => Some(Self::V4(FlowKey4 {
                 src_addr: src.octets(),
@@ -180,7 +218,7 @@ impl FlowKey {
                 src_port: client_port,
                 dst_port: port,
                 proto,
-                _pad: [0; 3],
+                vlan,
             })),
             (IpAddr::V6(src), IpAddr::V6(dst)) => Some(Self::V6(FlowKey6 {
                 src_addr: src.octets(),
@@ -188,7 +226,7 @@ impl FlowKey {
                 src_port: client_port,
                 dst_port: port,
                 proto,
-                _pad: [0; 3],
+                vlan,
             })),
             _ => None,
         }
@@ -234,6 +272,14 @@ impl FlowKey {
         match self {
             Self::V4(k) => k.proto,
             Self::V6(k) => k.proto,
+        }
+    }
+
+    /// The VLAN path of the flow's frames (see [`crate::vlan`]).
+    pub fn vlan_path(&self) -> u32 {
+        match self {
+            Self::V4(k) => k.vlan_path(),
+            Self::V6(k) => k.vlan_path(),
         }
     }
 }
@@ -289,6 +335,7 @@ mod tests {
     use crate::{
         ip::{PROTO_TCP, PROTO_UDP},
         service::ServiceKey,
+        vlan::vlan_path,
     };
 
     #[test]
@@ -298,13 +345,13 @@ mod tests {
         assert_eq!(offset_of!(FlowKey4, src_port), 8);
         assert_eq!(offset_of!(FlowKey4, dst_port), 10);
         assert_eq!(offset_of!(FlowKey4, proto), 12);
-        assert_eq!(offset_of!(FlowKey4, _pad), 13);
+        assert_eq!(offset_of!(FlowKey4, vlan), 13);
         assert_eq!(offset_of!(FlowKey6, src_addr), 0);
         assert_eq!(offset_of!(FlowKey6, dst_addr), 16);
         assert_eq!(offset_of!(FlowKey6, src_port), 32);
         assert_eq!(offset_of!(FlowKey6, dst_port), 34);
         assert_eq!(offset_of!(FlowKey6, proto), 36);
-        assert_eq!(offset_of!(FlowKey6, _pad), 37);
+        assert_eq!(offset_of!(FlowKey6, vlan), 37);
         assert_eq!(offset_of!(Flow, last_seen_ns), 0);
         assert_eq!(offset_of!(Flow, service_id), 8);
         assert_eq!(offset_of!(Flow, backend_slot), 10);
@@ -320,6 +367,7 @@ mod tests {
             IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             80,
             PROTO_TCP,
+            0,
         )
         .expect("one family");
         let FlowKey::V4(k) = v4 else {
@@ -331,18 +379,19 @@ mod tests {
         assert_eq!(v4.client(), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)));
         assert_eq!(v4.vip(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(
-            (v4.client_port(), v4.port(), v4.proto()),
-            (40000, 80, PROTO_TCP)
+            (v4.client_port(), v4.port(), v4.proto(), v4.vlan_path()),
+            (40000, 80, PROTO_TCP, 0)
         );
         let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
         let vip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-        let v6 = FlowKey::new(client6, 40001, vip6, 53, PROTO_UDP).expect("one family");
+        let qinq = vlan_path(&[100, 4001]);
+        let v6 = FlowKey::new(client6, 40001, vip6, 53, PROTO_UDP, qinq).expect("one family");
         assert!(matches!(v6, FlowKey::V6(_)));
         assert_eq!(v6.client(), client6);
         assert_eq!(v6.vip(), vip6);
         assert_eq!(
-            (v6.client_port(), v6.port(), v6.proto()),
-            (40001, 53, PROTO_UDP)
+            (v6.client_port(), v6.port(), v6.proto(), v6.vlan_path()),
+            (40001, 53, PROTO_UDP, qinq)
         );
         assert_eq!(
             FlowKey::new(
@@ -350,7 +399,8 @@ mod tests {
                 1,
                 IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
                 80,
-                PROTO_TCP
+                PROTO_TCP,
+                0
             ),
             None
         );
@@ -364,6 +414,7 @@ mod tests {
             40000,
             80,
             PROTO_TCP,
+            4001,
         );
         assert_eq!(
             v4,
@@ -373,9 +424,10 @@ mod tests {
                 src_port: 40000,
                 dst_port: 80,
                 proto: PROTO_TCP,
-                _pad: [0; 3],
+                vlan: [0xa1, 0x0f, 0],
             }
         );
+        assert_eq!(v4.vlan_path(), 4001);
         assert_eq!(FlowKey4::from_words(v4.words()), v4);
         let src: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
         let dst: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -385,7 +437,8 @@ mod tests {
                 u64::from_ne_bytes(a[8..].try_into().unwrap()),
             ]
         };
-        let v6 = FlowKey6::from_parts(halves(src), halves(dst), 40001, 53, PROTO_UDP);
+        let qinq = vlan_path(&[4094, 4001]);
+        let v6 = FlowKey6::from_parts(halves(src), halves(dst), 40001, 53, PROTO_UDP, qinq);
         assert_eq!(
             v6,
             FlowKey6 {
@@ -394,9 +447,10 @@ mod tests {
                 src_port: 40001,
                 dst_port: 53,
                 proto: PROTO_UDP,
-                _pad: [0; 3],
+                vlan: [0xa1, 0xef, 0xff],
             }
         );
+        assert_eq!(v6.vlan_path(), qinq);
         assert_eq!(FlowKey6::from_words(v6.words()), v6);
     }
 
@@ -415,12 +469,19 @@ mod tests {
                 port: 80,
                 proto: PROTO_TCP,
                 family: FAMILY_IPV4,
+                vlan: 0,
             }
         );
+        let tagged = FlowKey4 {
+            vlan: [0xa1, 0x0f, 0],
+            ..v4
+        };
+        assert_eq!(tagged.service_key().key.vlan, 4001);
         let v6 = FlowKey6 {
             dst_addr: [0x20; 16],
             dst_port: 53,
             proto: PROTO_UDP,
+            vlan: [0xa1, 0x4f, 0x06],
             ..FlowKey6::default()
         };
         assert_eq!(
@@ -430,6 +491,7 @@ mod tests {
                 port: 53,
                 proto: PROTO_UDP,
                 family: FAMILY_IPV6,
+                vlan: vlan_path(&[100, 4001]),
             }
         );
     }

@@ -203,7 +203,7 @@ mod tests {
     fn flow_cache_set_spreads_keys_over_the_cache() {
         let mut used = [false; FLOW_CACHE_SETS as usize];
         for port in 0..2048u16 {
-            let key = FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP);
+            let key = FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP, 0);
             let set = flow_cache_set(&key.words());
             assert!(set < FLOW_CACHE_SETS);
             used[set as usize] = true;
@@ -216,7 +216,7 @@ mod tests {
     /// A cached IPv4 flow from client port `port`, stamped `stamp`.
     fn cached4(port: u16, stamp: u64) -> CachedFlow4 {
         CachedFlow4 {
-            key: FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP),
+            key: FlowKey4::from_parts(0x0764_33c6, 0x0102_00c0, port, 80, PROTO_TCP, 0),
             stamp,
             ..CachedFlow4::default()
         }

@@ -2,7 +2,7 @@
 //!
 //! Only a datagram's first fragment carries its transport header, and so its
 //! ports. The XDP program remembers them under the datagram's fragment key
-//! (source, destination, protocol, IP identification), as Cilium does, and
+//! (source, destination, protocol, IP identification, VLAN), as Cilium does, and
 //! sends the later fragments after the first one, as packets of its flow.
 
 /// How long after a datagram's first fragment its later fragments follow it
@@ -29,19 +29,21 @@ pub struct FragmentKey4 {
     /// [`PROTO_TCP`]: crate::ip::PROTO_TCP
     /// [`PROTO_UDP`]: crate::ip::PROTO_UDP
     pub proto: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
+    /// The VLAN path of the datagram's frames (see [`crate::vlan`]), 24
+    /// bits little-endian, as in the flow keys.
+    pub vlan: [u8; 3],
 }
 
 impl FragmentKey4 {
     /// The key of a datagram from its parts, assembled in two 64-bit words
     /// (see `FlowKey4::from_parts`); `src_addr` and `dst_addr` are the
-    /// address bytes as they are in the packet, read as a native-endian `u32`.
+    /// address bytes as they are in the packet, read as a native-endian `u32`;
+    /// `vlan` is the frame's VLAN path (below 2^24).
     #[inline(always)]
-    pub fn from_parts(src_addr: u32, dst_addr: u32, id: u32, proto: u8) -> Self {
+    pub fn from_parts(src_addr: u32, dst_addr: u32, id: u32, proto: u8, vlan: u32) -> Self {
         let words = [
             u64::from(src_addr) | u64::from(dst_addr) << 32,
-            u64::from(id) | u64::from(proto) << 32,
+            id_word(id, proto, vlan),
         ];
         // SAFETY: 16 bytes, 8-byte aligned, every bit pattern is a valid key;
         // the fields sit where the layout test checks (little-endian, asserted
@@ -67,8 +69,9 @@ pub struct FragmentKey6 {
     /// [`PROTO_TCP`]: crate::ip::PROTO_TCP
     /// [`PROTO_UDP`]: crate::ip::PROTO_UDP
     pub proto: u8,
-    /// Explicit padding.
-    pub _pad: [u8; 3],
+    /// The VLAN path of the datagram's frames (see [`crate::vlan`]), 24
+    /// bits little-endian, as in the flow keys.
+    pub vlan: [u8; 3],
 }
 
 impl FragmentKey6 {
@@ -76,17 +79,29 @@ impl FragmentKey6 {
     /// as [`FragmentKey4::from_parts`]; each address is two native-endian
     /// `u64`s of its bytes.
     #[inline(always)]
-    pub fn from_parts(src_addr: [u64; 2], dst_addr: [u64; 2], id: u32, proto: u8) -> Self {
+    pub fn from_parts(
+        src_addr: [u64; 2],
+        dst_addr: [u64; 2],
+        id: u32,
+        proto: u8,
+        vlan: u32,
+    ) -> Self {
         let words = [
             src_addr[0],
             src_addr[1],
             dst_addr[0],
             dst_addr[1],
-            u64::from(id) | u64::from(proto) << 32,
+            id_word(id, proto, vlan),
         ];
         // SAFETY: as in `FragmentKey4::from_parts`, for 40 bytes.
         unsafe { core::mem::transmute(words) }
     }
+}
+
+/// The last word of both fragment keys: identification, protocol, VLAN path.
+#[inline(always)]
+fn id_word(id: u32, proto: u8, vlan: u32) -> u64 {
+    u64::from(id) | u64::from(proto) << 32 | u64::from(vlan) << 40
 }
 
 /// Value of both fragment maps: the ports of a datagram's first fragment.
@@ -134,12 +149,12 @@ mod tests {
         assert_eq!(offset_of!(FragmentKey4, dst_addr), 4);
         assert_eq!(offset_of!(FragmentKey4, id), 8);
         assert_eq!(offset_of!(FragmentKey4, proto), 12);
-        assert_eq!(offset_of!(FragmentKey4, _pad), 13);
+        assert_eq!(offset_of!(FragmentKey4, vlan), 13);
         assert_eq!(offset_of!(FragmentKey6, src_addr), 0);
         assert_eq!(offset_of!(FragmentKey6, dst_addr), 16);
         assert_eq!(offset_of!(FragmentKey6, id), 32);
         assert_eq!(offset_of!(FragmentKey6, proto), 36);
-        assert_eq!(offset_of!(FragmentKey6, _pad), 37);
+        assert_eq!(offset_of!(FragmentKey6, vlan), 37);
         assert_eq!(offset_of!(FragmentPorts, first_seen_ns), 0);
         assert_eq!(offset_of!(FragmentPorts, src_port), 8);
         assert_eq!(offset_of!(FragmentPorts, dst_port), 10);
@@ -155,14 +170,15 @@ mod tests {
                 u32::from_ne_bytes(src),
                 u32::from_ne_bytes(dst),
                 0xbeef,
-                PROTO_UDP
+                PROTO_UDP,
+                4001
             ),
             FragmentKey4 {
                 src_addr: src,
                 dst_addr: dst,
                 id: 0xbeef,
                 proto: PROTO_UDP,
-                _pad: [0; 3],
+                vlan: [0xa1, 0x0f, 0],
             }
         );
         let src6: [u8; 16] = core::array::from_fn(|i| i as u8);
@@ -174,13 +190,19 @@ mod tests {
             ]
         };
         assert_eq!(
-            FragmentKey6::from_parts(halves(src6), halves(dst6), 0x0bad_cafe, PROTO_TCP),
+            FragmentKey6::from_parts(
+                halves(src6),
+                halves(dst6),
+                0x0bad_cafe,
+                PROTO_TCP,
+                100 << 12 | 4001
+            ),
             FragmentKey6 {
                 src_addr: src6,
                 dst_addr: dst6,
                 id: 0x0bad_cafe,
                 proto: PROTO_TCP,
-                _pad: [0; 3],
+                vlan: [0xa1, 0x4f, 0x06],
             }
         );
     }

@@ -2,8 +2,8 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
-//! one module per concern ([`ip`], [`nic`], [`service`], [`backend`], [`flow`], [`persist`],
-//! [`flow_cache`], [`fragment`], [`stats`]), and the two pieces of per-packet logic that
+//! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
+//! [`persist`], [`flow_cache`], [`fragment`], [`stats`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -98,6 +98,7 @@ pub mod nic;
 pub mod persist;
 pub mod service;
 pub mod stats;
+pub mod vlan;
 pub mod wlc;
 
 // The crate's flat API: every map type, name and limit is also `lb_common::X`.
@@ -111,6 +112,7 @@ pub use nic::*;
 pub use persist::*;
 pub use service::*;
 pub use stats::*;
+pub use vlan::*;
 pub use wlc::LoadTree;
 
 // `FlowKey4::from_parts`, `FlowKey6::from_parts`, their fragment-key

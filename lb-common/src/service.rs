@@ -6,7 +6,7 @@ use core::net::IpAddr;
 
 use crate::ip::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, addr_key};
 
-/// Key of [`SERVICES_MAP`]: a virtual service (VIP, port, protocol).
+/// Key of [`SERVICES_MAP`]: a virtual service (VIP, port, protocol, VLAN).
 ///
 /// `addr` holds the address in network byte order; an IPv4 address fills the
 /// first four bytes and the rest are zero. `port` is in host byte order.
@@ -26,18 +26,22 @@ pub struct ServiceKey {
     /// [`FAMILY_IPV4`]: crate::ip::FAMILY_IPV4
     /// [`FAMILY_IPV6`]: crate::ip::FAMILY_IPV6
     pub family: u8,
+    /// The VLAN path of the frames the service takes (see [`crate::vlan`]):
+    /// 0 untagged, else the VID (`outer << 12 | inner` for two tags).
+    pub vlan: u32,
 }
 
 impl ServiceKey {
     /// The key of the service `vip`:`port` over `proto` ([`PROTO_TCP`] or
-    /// [`PROTO_UDP`]).
-    pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+    /// [`PROTO_UDP`]) on the VLAN path `vlan` (see [`crate::vlan`]).
+    pub fn new(vip: IpAddr, port: u16, proto: u8, vlan: u32) -> Self {
         let (addr, family) = addr_key(vip);
         Self {
             addr,
             port,
             proto,
             family,
+            vlan,
         }
     }
 }
@@ -78,19 +82,17 @@ pub const SERVICE_FLAG_REJECT: u32 = 1;
 /// flows are dropped, so that a flood of spoofed ACKs opens nothing.
 pub const SERVICE_FLAG_SLOPPY_TCP: u32 = 2;
 
-/// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words (its
-/// 20 bytes, then 4 of padding), assembled in registers: the key the XDP
-/// program looks services up with. The verifier refuses misaligned stack
-/// accesses, and LLVM, told that misaligned accesses are fine (see
-/// `lb-ebpf/build.rs`), merges the narrow stores that build a 4-byte
-/// aligned key into 8-byte stores at 4-byte offsets.
+/// A [`ServiceKey`] in an 8-byte aligned buffer of three 64-bit words,
+/// assembled in registers: the key the XDP program looks services up with.
+/// The verifier refuses misaligned stack accesses, and LLVM, told that
+/// misaligned accesses are fine (see `lb-ebpf/build.rs`), merges the narrow
+/// stores that build a 4-byte aligned key into 8-byte stores at 4-byte
+/// offsets.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug)]
 pub struct AlignedServiceKey {
     /// The key.
     pub key: ServiceKey,
-    /// Padding to the third word's end.
-    _pad: u32,
 }
 
 impl AlignedServiceKey {
@@ -104,11 +106,11 @@ impl AlignedServiceKey {
     }
 }
 
-/// The last 8 bytes of an [`AlignedServiceKey`]: port, protocol and family
-/// (then padding), as one little-endian word.
+/// The last 8 bytes of an [`AlignedServiceKey`]: port, protocol, family
+/// and VLAN path, as one little-endian word.
 #[inline(always)]
-pub(crate) fn service_key_tail(port: u16, proto: u8, family: u8) -> u64 {
-    u64::from(port) | u64::from(proto) << 16 | u64::from(family) << 24
+pub(crate) fn service_key_tail(port: u16, proto: u8, family: u8, vlan: u32) -> u64 {
+    u64::from(port) | u64::from(proto) << 16 | u64::from(family) << 24 | u64::from(vlan) << 32
 }
 
 /// [`SERVICE_PORTS_MAP`] bit: some TCP service uses this port.
@@ -186,7 +188,7 @@ impl VipKey {
 
 const _: () = {
     assert!(size_of::<VipKey>() == 24);
-    assert!(size_of::<ServiceKey>() == 20);
+    assert!(size_of::<ServiceKey>() == 24);
     assert!(size_of::<AlignedServiceKey>() == 24);
     assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
     assert!(size_of::<Service>() == 16);
@@ -216,6 +218,7 @@ mod tests {
         assert_eq!(offset_of!(ServiceKey, port), 16);
         assert_eq!(offset_of!(ServiceKey, proto), 18);
         assert_eq!(offset_of!(ServiceKey, family), 19);
+        assert_eq!(offset_of!(ServiceKey, vlan), 20);
     }
 
     #[test]
@@ -230,7 +233,7 @@ mod tests {
         let v4 = [192, 0, 2, 200];
         assert_eq!(
             VipKey::v4(u32::from_ne_bytes(v4)),
-            VipKey::of(&ServiceKey::new(IpAddr::from(v4), 80, PROTO_TCP))
+            VipKey::of(&ServiceKey::new(IpAddr::from(v4), 80, PROTO_TCP, 0))
         );
         let v6: [u8; 16] = core::array::from_fn(|i| 0x20 + i as u8);
         let words = [
@@ -239,7 +242,7 @@ mod tests {
         ];
         assert_eq!(
             VipKey::v6(words),
-            VipKey::of(&ServiceKey::new(IpAddr::from(v6), 53, PROTO_UDP))
+            VipKey::of(&ServiceKey::new(IpAddr::from(v6), 53, PROTO_UDP, 4001))
         );
     }
 
@@ -262,21 +265,23 @@ mod tests {
     #[test]
     fn service_keys_by_family() {
         assert_eq!(
-            ServiceKey::new(IpAddr::from([192, 0, 2, 1]), 80, PROTO_TCP),
+            ServiceKey::new(IpAddr::from([192, 0, 2, 1]), 80, PROTO_TCP, 0),
             ServiceKey {
                 addr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 port: 80,
                 proto: PROTO_TCP,
                 family: FAMILY_IPV4,
+                vlan: 0,
             }
         );
         assert_eq!(
-            ServiceKey::new(IpAddr::from([0x20; 16]), 53, PROTO_UDP),
+            ServiceKey::new(IpAddr::from([0x20; 16]), 53, PROTO_UDP, 4001),
             ServiceKey {
                 addr: [0x20; 16],
                 port: 53,
                 proto: PROTO_UDP,
                 family: FAMILY_IPV6,
+                vlan: 4001,
             }
         );
     }

@@ -85,7 +85,7 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     if let Verdict::Drop(_) = verdict {
         return verdict;
     }
-    stats::count_forwarded(service_id, binding, l3_len);
+    stats::count_forwarded(service_id, binding, packet.ip_len(l3_len));
     verdict
 }
 

@@ -7,7 +7,7 @@
 //! any other fragment (to the director's own addresses, ICMP to a VIP) is
 //! passed as before. Only a datagram's first fragment carries the transport
 //! header: it is balanced as any packet of its flow, and its ports are
-//! remembered under (source, destination, protocol, identification) in
+//! remembered under (source, destination, protocol, identification, VLAN) in
 //! `FRAGMENTS4`/`FRAGMENTS6`, LRU maps, as Cilium does. A later fragment
 //! takes the ports of its first fragment, if that came within
 //! `FRAGMENT_LIFETIME_NS`, and then goes where a packet of the flow goes
@@ -38,7 +38,7 @@ use crate::{
 /// first fragment without a whole transport header (`Drop`).
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, fragment: &Fragment) -> Result<Packet, Verdict> {
-    if protocols_of_vip(fragment.ip) & port_bit(fragment.proto) == 0 {
+    if protocols_of_vip(fragment.ip.header) & port_bit(fragment.proto) == 0 {
         return Err(Verdict::Pass(REASON_FRAGMENT));
     }
     if fragment.first {
@@ -56,7 +56,9 @@ pub fn packet(ctx: &XdpContext, fragment: &Fragment) -> Result<Packet, Verdict> 
     }
     let (src_port, dst_port) = recall(fragment).ok_or(Verdict::Drop(REASON_FRAGMENT_ORPHAN))?;
     Ok(Packet {
-        ip: fragment.ip,
+        ip: fragment.ip.header,
+        l3_offset: fragment.ip.offset,
+        vlan: fragment.ip.vlan,
         proto: fragment.proto,
         src_port,
         dst_port,
@@ -93,7 +95,7 @@ fn remember(fragment: &Fragment, src_port: u16, dst_port: u16) {
         dst_port,
         _pad: 0,
     };
-    let _ = match fragment.ip {
+    let _ = match fragment.ip.header {
         IpHeader::V4(ip) => FRAGMENTS4.insert(key4(ip, fragment), ports, 0),
         IpHeader::V6(ip) => FRAGMENTS6.insert(key6(ip, fragment), ports, 0),
     };
@@ -103,7 +105,7 @@ fn remember(fragment: &Fragment, src_port: u16, dst_port: u16) {
 /// fragment came within `FRAGMENT_LIFETIME_NS`.
 #[inline(always)]
 fn recall(fragment: &Fragment) -> Option<(u16, u16)> {
-    let ports = match fragment.ip {
+    let ports = match fragment.ip.header {
         IpHeader::V4(ip) => FRAGMENTS4.get_ptr(key4(ip, fragment)),
         IpHeader::V6(ip) => FRAGMENTS6.get_ptr(key6(ip, fragment)),
     }?;
@@ -124,7 +126,7 @@ fn key4(ip: *const Ipv4Hdr, fragment: &Fragment) -> FragmentKey4 {
             load_u32(&raw const (*ip).dst_addr),
         )
     };
-    FragmentKey4::from_parts(src, dst, fragment.id, fragment.proto)
+    FragmentKey4::from_parts(src, dst, fragment.id, fragment.proto, fragment.ip.vlan)
 }
 
 /// The IPv6 fragment-map key of `fragment`, whose header is `ip`.
@@ -137,5 +139,5 @@ fn key6(ip: *const Ipv6Hdr, fragment: &Fragment) -> FragmentKey6 {
             load_addr6(&raw const (*ip).dst_addr),
         )
     };
-    FragmentKey6::from_parts(src, dst, fragment.id, fragment.proto)
+    FragmentKey6::from_parts(src, dst, fragment.id, fragment.proto, fragment.ip.vlan)
 }

@@ -83,7 +83,7 @@ pub fn relay(ctx: &XdpContext, packet: &NotTcpUdp) -> Verdict {
             if packet.proto == PROTO_ICMP
                 && matches!(kind, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED) =>
         {
-            quoted_flow4(ctx, quote, packet.end).map(|key| to_backend(ctx, &key))
+            quoted_flow4(ctx, quote, packet.end, packet.vlan).map(|key| to_backend(ctx, &key))
         }
         IpHeader::V6(_)
             if packet.proto == PROTO_ICMPV6
@@ -92,17 +92,18 @@ pub fn relay(ctx: &XdpContext, packet: &NotTcpUdp) -> Verdict {
                     ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED
                 ) =>
         {
-            quoted_flow6(ctx, quote, packet.end).map(|key| to_backend(ctx, &key))
+            quoted_flow6(ctx, quote, packet.end, packet.vlan).map(|key| to_backend(ctx, &key))
         }
         _ => None,
     };
     verdict.unwrap_or(NOT_TCP_UDP)
 }
 
-/// The flow of the IPv4 packet an ICMP error quotes at `at` (the datagram
-/// ends at `end`), if the quote holds its IP header and transport ports.
+/// The flow of the IPv4 packet an ICMP error on VLAN path `vlan` quotes at
+/// `at` (the datagram ends at `end`), if the quote holds its IP header and
+/// transport ports.
 #[inline(always)]
-fn quoted_flow4(ctx: &XdpContext, at: usize, end: usize) -> Option<FlowKey4> {
+fn quoted_flow4(ctx: &XdpContext, at: usize, end: usize, vlan: u32) -> Option<FlowKey4> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, at)?;
     // SAFETY: the fixed IPv4 header is inside the frame.
     let (vihl, frags, proto, src, dst) = unsafe {
@@ -120,14 +121,16 @@ fn quoted_flow4(ctx: &XdpContext, at: usize, end: usize) -> Option<FlowKey4> {
     }
     let (src_port, dst_port) = quoted_ports(ctx, proto, at + header_len, end)?;
     // From the VIP to the client: the flow is the other way round.
-    Some(FlowKey4::from_parts(dst, src, dst_port, src_port, proto))
+    Some(FlowKey4::from_parts(
+        dst, src, dst_port, src_port, proto, vlan,
+    ))
 }
 
-/// The flow of the IPv6 packet an ICMPv6 error quotes at `at` (the datagram
-/// ends at `end`), if the quote holds its IP header and transport ports
-/// right after it.
+/// The flow of the IPv6 packet an ICMPv6 error on VLAN path `vlan` quotes
+/// at `at` (the datagram ends at `end`), if the quote holds its IP header
+/// and transport ports right after it.
 #[inline(always)]
-fn quoted_flow6(ctx: &XdpContext, at: usize, end: usize) -> Option<FlowKey6> {
+fn quoted_flow6(ctx: &XdpContext, at: usize, end: usize, vlan: u32) -> Option<FlowKey6> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, at)?;
     // SAFETY: the fixed IPv6 header is inside the frame.
     let (version, proto, src, dst) = unsafe {
@@ -143,7 +146,9 @@ fn quoted_flow6(ctx: &XdpContext, at: usize, end: usize) -> Option<FlowKey6> {
     }
     let (src_port, dst_port) = quoted_ports(ctx, proto, at + Ipv6Hdr::LEN, end)?;
     // From the VIP to the client: the flow is the other way round.
-    Some(FlowKey6::from_parts(dst, src, dst_port, src_port, proto))
+    Some(FlowKey6::from_parts(
+        dst, src, dst_port, src_port, proto, vlan,
+    ))
 }
 
 /// The source and destination ports of the quoted `proto` header at `at`,

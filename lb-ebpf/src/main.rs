@@ -1,10 +1,10 @@
 //! The XDP data path of the `lb` direct-routing load balancer.
 //!
-//! Per packet: parse ([`parse`]; an IP fragment takes its flow's ports from
-//! its datagram's first fragment, [`fragment`]), look up the service, find
-//! or create the flow ([`conntrack`], choosing a backend by weighted
-//! least-connection on a miss), rewrite the Ethernet addresses and choose
-//! the NIC the frame leaves through ([`forward`]) and count everything
+//! Per packet: parse ([`parse`], [`vlan`]; an IP fragment takes its flow's
+//! ports from its datagram's first fragment, [`fragment`]), look up the
+//! service, find or create the flow ([`conntrack`], choosing a backend by
+//! weighted least-connection on a miss), rewrite the Ethernet addresses and
+//! choose the NIC the frame leaves through ([`forward`]) and count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
 //! An ICMP error about a flow goes to the flow's backend ([`icmp`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
@@ -26,6 +26,7 @@ mod parse;
 mod reset;
 mod stats;
 mod verdict;
+mod vlan;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{REASON_ICMP_FORWARDED, REASON_REJECTED};

@@ -1,9 +1,9 @@
-//! Header parsing: Ethernet, IPv4 (with options) or IPv6 (bounded extension
-//! header walk), then the TCP or UDP ports; any other protocol goes to the
-//! caller's handler. Every read goes through [`ptr_at`]. An IP fragment
-//! stops the parse at the IP layer: [`Fragment`] says what
-//! `crate::fragment` needs to tie it to its datagram ([`transport`] reads a
-//! first fragment's ports).
+//! Header parsing: Ethernet, VLAN tags if any ([`vlan`](crate::vlan)), IPv4
+//! (with options) or IPv6 (bounded extension header walk), then the TCP or
+//! UDP ports; any other protocol goes to the caller's handler. Every read
+//! goes through [`ptr_at`]. An IP fragment stops the parse at the IP layer:
+//! [`Fragment`] says what `crate::fragment` needs to tie it to its datagram
+//! ([`transport`] reads a first fragment's ports).
 //!
 //! The addresses are not copied while parsing: most traffic that is not for
 //! a service is recognised by its port alone, so the connection-table key is
@@ -21,7 +21,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::verdict::Verdict;
+use crate::{verdict::Verdict, vlan};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -67,6 +67,8 @@ pub enum IpHeader {
 pub struct NotTcpUdp {
     /// Its IP header.
     pub ip: IpHeader,
+    /// The VLAN path of the frame's tags (0: untagged).
+    pub vlan: u32,
     /// Its upper-layer protocol (IPv6: after the extension headers).
     pub proto: u8,
     /// Where its upper-layer header starts, in bytes into the frame.
@@ -78,8 +80,8 @@ pub struct NotTcpUdp {
 
 /// An IP fragment (IPv4 MF or a fragment offset, an IPv6 fragment header).
 pub struct Fragment {
-    /// Its IP header.
-    pub ip: IpHeader,
+    /// Its IP layer.
+    pub ip: IpLayer,
     /// The IPv4 protocol, or the IPv6 fragment header's next header.
     pub proto: u8,
     /// The datagram's identification (IPv4: 16 bits), host byte order.
@@ -109,10 +111,26 @@ impl From<Verdict> for Unparsed {
     }
 }
 
+/// Where a frame's IP layer is.
+#[derive(Clone, Copy)]
+pub struct IpLayer {
+    /// The IP header.
+    pub header: IpHeader,
+    /// Where it starts: after the Ethernet header and the VLAN tags, if any.
+    pub offset: usize,
+    /// The VLAN path of the frame's tags (0: untagged).
+    pub vlan: u32,
+}
+
 /// A TCP or UDP packet, reduced to what the load balancer needs.
 pub struct Packet {
     /// Where its addresses are.
     pub ip: IpHeader,
+    /// Where the IP header starts: after the Ethernet header and the VLAN
+    /// tags, if any.
+    pub l3_offset: usize,
+    /// The VLAN path of the frame's tags (0: untagged; see `lb_common::vlan`).
+    pub vlan: u32,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
     /// Client port, host byte order.
@@ -142,7 +160,14 @@ impl Packet {
                 load_u32(&raw const (*ip).dst_addr),
             )
         };
-        FlowKey4::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+        FlowKey4::from_parts(
+            src,
+            dst,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+            self.vlan,
+        )
     }
 
     /// The IPv6 connection-table key of this packet, whose header is `ip`.
@@ -155,7 +180,22 @@ impl Packet {
                 load_addr6(&raw const (*ip).dst_addr),
             )
         };
-        FlowKey6::from_parts(src, dst, self.src_port, self.dst_port, self.proto)
+        FlowKey6::from_parts(
+            src,
+            dst,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+            self.vlan,
+        )
+    }
+
+    /// The IP-layer length of the packet, from `frame_l3_len`, the frame's
+    /// length without its Ethernet header ([`l3_len`]): without its VLAN
+    /// tags too.
+    #[inline(always)]
+    pub fn ip_len(&self, frame_l3_len: u64) -> u64 {
+        frame_l3_len - (self.l3_offset - EthHdr::LEN) as u64
     }
 }
 
@@ -181,9 +221,10 @@ pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 ///
 /// # Safety
 /// `field` must lie inside the frame. Every field read this way sits at an
-/// even offset from the frame start (Ethernet 14, IPv4 header a multiple of
-/// 4, IPv6 extension headers of 4 or 8, an ICMP header 8 before the packet
-/// it quotes), and frames start at an even address, so the load is aligned.
+/// even offset from the frame start (Ethernet 14, VLAN tags of 4, IPv4
+/// header a multiple of 4, IPv6 extension headers of 4 or 8, an ICMP header
+/// 8 before the packet it quotes), and frames start at an even address, so
+/// the load is aligned.
 #[inline(always)]
 pub unsafe fn be16(field: *const [u8; 2]) -> u16 {
     u16::from_be(unsafe { field.cast::<u16>().read() })
@@ -231,12 +272,41 @@ pub fn parse(
     not_tcp_udp: impl FnOnce(&XdpContext, &NotTcpUdp) -> Verdict,
 ) -> Result<Packet, Unparsed> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
+    // SAFETY: the Ethernet header is inside the frame.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    // Two inlined copies of the IP parser: an untagged frame is parsed at
+    // constant offsets, and only other EtherTypes are checked for tags.
+    match ether_type {
+        ETH_P_IP | ETH_P_IPV6 => parse_ip(ctx, not_tcp_udp, ether_type, EthHdr::LEN, 0),
+        _ => {
+            let tagged = vlan::skip_tags(ctx, ether_type)?;
+            parse_ip(
+                ctx,
+                not_tcp_udp,
+                tagged.ether_type,
+                tagged.offset,
+                tagged.vlan,
+            )
+        }
+    }
+}
+
+/// [`parse`] from the IP header on: the header `ether_type` announces, at
+/// `l3_offset`, of a frame on the VLAN path `vlan`.
+#[inline(always)]
+fn parse_ip(
+    ctx: &XdpContext,
+    not_tcp_udp: impl FnOnce(&XdpContext, &NotTcpUdp) -> Verdict,
+    ether_type: u16,
+    l3_offset: usize,
+    vlan: u32,
+) -> Result<Packet, Unparsed> {
     // SAFETY: `ptr_at` checked that every header read below lies inside the frame.
     // `ip_end`: where the IP datagram ends by its own length field. The
     // transport header must lie inside it, not in Ethernet padding after it.
-    let (header, l4_offset, proto, ip_end) = match u16::from_be(unsafe { (*eth).ether_type }) {
+    let (header, l4_offset, proto, ip_end) = match ether_type {
         ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let ip = ptr_at::<Ipv4Hdr>(ctx, l3_offset).ok_or(MALFORMED)?;
             let (vihl, tot_len, frags, proto) = unsafe {
                 (
                     (*ip).vihl,
@@ -251,24 +321,28 @@ pub fn parse(
             }
             if frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
                 return Err(Unparsed::Fragment(Fragment {
-                    ip: IpHeader::V4(ip),
+                    ip: IpLayer {
+                        header: IpHeader::V4(ip),
+                        offset: l3_offset,
+                        vlan,
+                    },
                     proto,
                     id: u32::from(unsafe { be16(&raw const (*ip).id) }),
-                    data_offset: EthHdr::LEN + header_len,
-                    ip_end: EthHdr::LEN + tot_len as usize,
+                    data_offset: l3_offset + header_len,
+                    ip_end: l3_offset + tot_len as usize,
                     first: frags & IPV4_OFFSET_MASK == 0,
                     more: frags & IPV4_MF != 0,
                 }));
             }
             (
                 IpHeader::V4(ip),
-                EthHdr::LEN + header_len,
+                l3_offset + header_len,
                 proto,
-                EthHdr::LEN + tot_len as usize,
+                l3_offset + tot_len as usize,
             )
         }
         ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).ok_or(MALFORMED)?;
+            let ip = ptr_at::<Ipv6Hdr>(ctx, l3_offset).ok_or(MALFORMED)?;
             let (version, payload_len, next) = unsafe {
                 (
                     (*ip).vcf[0] >> 4,
@@ -279,9 +353,8 @@ pub fn parse(
             if version != 6 {
                 return Err(MALFORMED.into());
             }
-            let ip_end = EthHdr::LEN + Ipv6Hdr::LEN + payload_len as usize;
-            let (offset, proto) =
-                skip_ipv6_extensions(ctx, ip, EthHdr::LEN + Ipv6Hdr::LEN, next, ip_end)?;
+            let ip_end = l3_offset + Ipv6Hdr::LEN + payload_len as usize;
+            let (offset, proto) = skip_ipv6_extensions(ctx, ip, l3_offset, vlan, next, ip_end)?;
             (IpHeader::V6(ip), offset, proto, ip_end)
         }
         _ => return Err(Verdict::Pass(REASON_NOT_IP).into()),
@@ -289,24 +362,30 @@ pub fn parse(
     if proto != PROTO_TCP && proto != PROTO_UDP {
         let packet = NotTcpUdp {
             ip: header,
+            vlan,
             proto,
             offset: l4_offset,
             end: ip_end,
         };
         return Err(Unparsed::Verdict(not_tcp_udp(ctx, &packet)));
     }
-    transport(ctx, header, l4_offset, proto, ip_end).map_err(Unparsed::Verdict)
+    let ip = IpLayer {
+        header,
+        offset: l3_offset,
+        vlan,
+    };
+    transport(ctx, ip, l4_offset, proto, ip_end).map_err(Unparsed::Verdict)
 }
 
 /// The TCP or UDP header at `l4_offset` of a datagram (or first fragment)
-/// with IP header `header` and protocol `proto` that ends at `ip_end`: the
+/// with IP layer `ip` and protocol `proto` that ends at `ip_end`: the
 /// [`Packet`]; `Pass(REASON_NOT_L4)` for another protocol,
 /// `Drop(REASON_MALFORMED)` for a header the frame or the IP length does not
 /// hold whole.
 #[inline(always)]
 pub fn transport(
     ctx: &XdpContext,
-    header: IpHeader,
+    ip: IpLayer,
     l4_offset: usize,
     proto: u8,
     ip_end: usize,
@@ -346,7 +425,9 @@ pub fn transport(
         _ => return Err(Verdict::Pass(REASON_NOT_L4)),
     };
     Ok(Packet {
-        ip: header,
+        ip: ip.header,
+        l3_offset: ip.offset,
+        vlan: ip.vlan,
         proto,
         src_port,
         dst_port,
@@ -356,22 +437,32 @@ pub fn transport(
 }
 
 /// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers of the datagram
-/// with header `ip`, ending at `ip_end`, starting at `offset` with
+/// with header `ip` at `l3_offset` on VLAN path `vlan`, ending at `ip_end`,
+/// starting after the fixed header with
 /// next-header `next`; returns the offset and number of the upper-layer
 /// header, or the [`Fragment`] a fragment header makes it.
 #[inline(always)]
 fn skip_ipv6_extensions(
     ctx: &XdpContext,
     ip: *const Ipv6Hdr,
-    mut offset: usize,
+    l3_offset: usize,
+    vlan: u32,
     mut next: u8,
     ip_end: usize,
 ) -> Result<(usize, u8), Unparsed> {
+    let mut offset = l3_offset + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let unit = match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => 8,
             IPV6_AUTH => 4,
-            IPV6_FRAGMENT => return Err(ipv6_fragment(ctx, ip, offset, ip_end)),
+            IPV6_FRAGMENT => {
+                let ip = IpLayer {
+                    header: IpHeader::V6(ip),
+                    offset: l3_offset,
+                    vlan,
+                };
+                return Err(ipv6_fragment(ctx, ip, offset, ip_end));
+            }
             _ => return Ok((offset, next)),
         };
         let header = ptr_at::<[u8; 2]>(ctx, offset).ok_or(MALFORMED)?;
@@ -388,12 +479,12 @@ fn skip_ipv6_extensions(
     }
 }
 
-/// The fragment whose IPv6 header is `ip`, ending at `ip_end`, and whose
+/// The fragment whose IPv6 layer is `ip`, ending at `ip_end`, and whose
 /// fragment header is at `offset`: next header (the fragment's protocol),
 /// reserved, offset (13 bits) and M flag, identification. Malformed when
 /// the header does not lie whole inside the frame and the payload length.
 #[inline(always)]
-fn ipv6_fragment(ctx: &XdpContext, ip: *const Ipv6Hdr, offset: usize, ip_end: usize) -> Unparsed {
+fn ipv6_fragment(ctx: &XdpContext, ip: IpLayer, offset: usize, ip_end: usize) -> Unparsed {
     let Some(header) = ptr_at::<[u8; 8]>(ctx, offset).filter(|_| offset + 8 <= ip_end) else {
         return MALFORMED.into();
     };
@@ -408,7 +499,7 @@ fn ipv6_fragment(ctx: &XdpContext, ip: *const Ipv6Hdr, offset: usize, ip_end: us
         )
     };
     Unparsed::Fragment(Fragment {
-        ip: IpHeader::V6(ip),
+        ip,
         proto: next,
         id,
         data_offset: offset + 8,

@@ -6,17 +6,16 @@
 //! The reply, as RFC 9293 answers a segment without ACK: RST|ACK, sequence
 //! number 0, acknowledgment number the SYN's sequence number plus its length
 //! (1 for the SYN, plus its payload); from the VIP to the client, with the
-//! MAC addresses swapped, TTL (hop limit) 64, no TCP options. IPv4 options
-//! are kept as they came; an IPv4 fragment (a SYN cut in pieces) and an IPv6
-//! packet with extension headers are not answered (the caller drops them).
+//! MAC addresses swapped, TTL (hop limit) 64, no TCP options. VLAN tags and
+//! IPv4 options are kept as they came; an IPv4 fragment (a SYN cut in
+//! pieces) and an IPv6 packet with extension headers are not answered (the
+//! caller drops them).
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use lb_common::PROTO_TCP;
 
 use crate::parse::{IpHeader, Packet, ptr_at_mut};
 
-/// Ethernet header length.
-const ETH_LEN: usize = 14;
 /// The reply's TCP header length: no options.
 const TCP_LEN: usize = 20;
 /// RST and ACK flags.
@@ -34,8 +33,8 @@ const REPLY_TTL: u8 = 64;
 pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
     // A packet that is not answered is left as it came.
     let frame_len = match packet.ip {
-        IpHeader::V4(_) => ipv4(ctx)?,
-        IpHeader::V6(_) => ipv6(ctx)?,
+        IpHeader::V4(_) => ipv4(ctx, packet.l3_offset)?,
+        IpHeader::V6(_) => ipv6(ctx, packet.l3_offset)?,
     };
     let macs = ptr_at_mut::<[u8; 12]>(ctx, 0).ok_or(())?.cast::<u8>();
     // SAFETY: the Ethernet addresses are inside the frame.
@@ -56,11 +55,13 @@ pub fn answer(ctx: &XdpContext, packet: &Packet) -> Result<(), ()> {
     Ok(())
 }
 
-/// The IPv4 header and the TCP header after it, turned around; returns the
-/// reply's frame length.
+/// The IPv4 header at `l3_offset` and the TCP header after it, turned
+/// around; returns the reply's frame length.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
-    let ip = ptr_at_mut::<[u8; 20]>(ctx, ETH_LEN).ok_or(())?.cast::<u8>();
+fn ipv4(ctx: &XdpContext, l3_offset: usize) -> Result<usize, ()> {
+    let ip = ptr_at_mut::<[u8; 20]>(ctx, l3_offset)
+        .ok_or(())?
+        .cast::<u8>();
     // SAFETY: the fixed IPv4 header is inside the frame; every access below
     // is at a constant offset inside it.
     let (header_len, total_len, fragment) = unsafe {
@@ -74,7 +75,7 @@ fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
         return Err(());
     }
     // Checked by the parser: 20 to 60 bytes, within the total length.
-    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, ETH_LEN + header_len)
+    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, l3_offset + header_len)
         .ok_or(())?
         .cast::<u8>();
     let segment_len = usize::from(total_len).saturating_sub(header_len);
@@ -95,15 +96,17 @@ fn ipv4(ctx: &XdpContext) -> Result<usize, ()> {
         let pseudo = sum32(src) + sum32(dst) + u32::from(PROTO_TCP) + TCP_LEN as u32;
         turn_around(tcp, segment_len, pseudo);
     }
-    Ok(ETH_LEN + header_len + TCP_LEN)
+    Ok(l3_offset + header_len + TCP_LEN)
 }
 
-/// The IPv6 header and the TCP header right after it, turned around;
-/// returns the reply's frame length.
+/// The IPv6 header at `l3_offset` and the TCP header right after it,
+/// turned around; returns the reply's frame length.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext) -> Result<usize, ()> {
-    let ip = ptr_at_mut::<[u8; 40]>(ctx, ETH_LEN).ok_or(())?.cast::<u8>();
-    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, ETH_LEN + 40)
+fn ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<usize, ()> {
+    let ip = ptr_at_mut::<[u8; 40]>(ctx, l3_offset)
+        .ok_or(())?
+        .cast::<u8>();
+    let tcp = ptr_at_mut::<[u8; TCP_LEN]>(ctx, l3_offset + 40)
         .ok_or(())?
         .cast::<u8>();
     // SAFETY: the fixed IPv6 and TCP headers are inside the frame; every
@@ -128,7 +131,7 @@ fn ipv6(ctx: &XdpContext) -> Result<usize, ()> {
         *ip.add(7) = REPLY_TTL;
         turn_around(tcp, segment_len, pseudo);
     }
-    Ok(ETH_LEN + 40 + TCP_LEN)
+    Ok(l3_offset + 40 + TCP_LEN)
 }
 
 /// Rewrites the SYN's TCP header at `tcp` (of a segment of `segment_len`

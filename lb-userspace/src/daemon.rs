@@ -24,7 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
-        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode, values::format_mac,
+        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode,
+        values::{format_mac, vlan_suffix},
     },
     control::{ControlSocket, Incoming, Reply, Request},
     datapath::{
@@ -37,7 +38,7 @@ use crate::{
         command::notify,
         probe::{CheckResult, HealthChecker},
     },
-    host::{Nic, netlink::Netlink, privilege},
+    host::{Nic, ethtool, netlink::Netlink, privilege},
     inspect::{ServiceNames, metrics, stats::Snapshot},
     sweeper,
 };
@@ -74,6 +75,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;
     let nics = director_nics(&netlink, &config).await?;
+    let ports = nic_ports(&netlink, &nics).await?;
     let links = backend_links(&netlink, &config, &nics).await?;
     let control = ControlSocket::bind(&config.director.control_socket)?;
     let metrics_listen = options.metrics_listen.or(config.director.metrics_listen);
@@ -104,6 +106,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         config,
         netlink,
         nics,
+        ports,
         mode,
         director: Director::new(),
         names,
@@ -175,6 +178,15 @@ async fn director_nics(netlink: &Netlink, config: &Config) -> anyhow::Result<Vec
     Ok(nics)
 }
 
+/// The ports (bond slaves) of each director NIC, by the NIC's index.
+async fn nic_ports(netlink: &Netlink, nics: &[Nic]) -> anyhow::Result<HashMap<u32, Vec<Nic>>> {
+    let mut ports = HashMap::new();
+    for nic in nics {
+        ports.insert(nic.index, netlink.ports(nic.index).await?);
+    }
+    Ok(ports)
+}
+
 /// Where the director reaches its backends (see [`backend_links`]).
 struct BackendLinks {
     /// The director NIC of every backend.
@@ -204,7 +216,7 @@ async fn backend_links(
                 nics,
                 &config.director.interfaces,
                 &vips,
-                &service.name,
+                service,
                 address,
             )
             .await?;
@@ -222,25 +234,43 @@ fn vips(config: &Config) -> HashSet<IpAddr> {
     config.services.iter().map(|s| s.vip).collect()
 }
 
-/// The director NIC a backend is on-link through, and the director's own
-/// address in its prefix there; fails when no director NIC reaches it.
+/// The interface a backend of `service` is on-link through (a director
+/// NIC, its bond, or a VLAN device stacked on either), and the director's
+/// own address in its prefix there; fails when no director NIC reaches it.
+/// Warns when that interface is not on the service's VLAN.
 async fn on_link(
     netlink: &Netlink,
     nics: &[Nic],
     interfaces: &[String],
     vips: &HashSet<IpAddr>,
-    service: &str,
+    service: &ServiceConfig,
     address: IpAddr,
 ) -> anyhow::Result<(Nic, Option<IpAddr>)> {
-    match netlink.on_link(nics, address, vips).await? {
-        Some(link) => Ok((link.nic.clone(), link.source)),
-        None => bail!(
-            "service {service}: backend {address} is not on-link through any director interface \
-             ({}): direct routing needs the real servers on the director's own L2 network \
-             (give the NIC an address in the backend's subnet)",
+    let name = &service.name;
+    let Some(link) = netlink.on_link(nics, address, vips, &service.vlan).await? else {
+        bail!(
+            "service {name}: backend {address} is not on-link through any director interface \
+             ({}), the bond one is enslaved to or a VLAN device on either: direct routing needs \
+             the real servers on the director's own L2 network (give the interface an address \
+             in the backend's subnet)",
             interfaces.join(", ")
-        ),
+        );
+    };
+    if link.vlan != service.vlan {
+        let on = |ids: &[u16]| match vlan_suffix(lb_common::vlan_path(ids)) {
+            suffix if suffix.is_empty() => "untagged".to_owned(),
+            suffix => suffix.trim_start().to_owned(),
+        };
+        warn!(
+            "service {name}: backend {address} is on-link through {} ({}), not through a device \
+             of the service's VLAN ({}): lb resolves its MAC and checks its health there, and \
+             forwards the service's frames to that MAC with their tags as they came",
+            link.nic.name,
+            on(&link.vlan),
+            on(&service.vlan),
+        );
     }
+    Ok((link.nic, link.source))
 }
 
 /// The signals `lb run` handles, installed at the very start.
@@ -295,6 +325,8 @@ struct Daemon {
     config: Config,
     netlink: Netlink,
     nics: Vec<Nic>,
+    /// The ports (bond slaves) of each NIC, by the NIC's index.
+    ports: HashMap<u32, Vec<Nic>>,
     mode: XdpMode,
     director: Director,
     /// Service names of the running config, for the metrics endpoint.
@@ -353,26 +385,38 @@ impl Daemon {
 
     /// Registers every configured NIC in the maps, before the backends
     /// behind it are written: its MAC filter (accepting frames to its own
-    /// MAC and the configured VRRP virtual MACs only) and its place among
+    /// MAC and the configured VRRP virtual MACs only; a bond's slaves, on
+    /// whose queues its program runs, to the bond's) and its place among
     /// the redirect targets (frames other NICs receive for its backends).
     fn register_nics(&self, maps: &mut Maps) -> anyhow::Result<()> {
         for nic in &self.nics {
-            let filter = NicFilter::new(
-                &nic.name,
-                nic.index,
-                nic.mac,
-                &self.config.director.vrrp_vrids,
-            );
-            if let Some(other) = maps.set_nic_filter(&filter)? {
-                warn!(
-                    "{} (ifindex {}) shares its MAC filter entry and counters with ifindex \
-                     {other}, whose frames are no longer filtered by destination MAC",
-                    nic.name, nic.index
+            let receivers = std::iter::once(nic).chain(self.ports_of(nic));
+            for receiver in receivers {
+                let filter = NicFilter::new(
+                    &receiver.name,
+                    receiver.index,
+                    nic.mac,
+                    &self.config.director.vrrp_vrids,
                 );
+                if let Some(other) = maps.set_nic_filter(&filter)? {
+                    warn!(
+                        "{} (ifindex {}) shares its MAC filter entry and counters with ifindex \
+                         {other}, whose frames are no longer filtered by destination MAC",
+                        receiver.name, receiver.index
+                    );
+                }
             }
             maps.set_tx_port(nic.index)?;
         }
         Ok(())
+    }
+
+    /// The ports (bond slaves) of `nic`: none for a NIC that is no bond.
+    fn ports_of(&self, nic: &Nic) -> &[Nic] {
+        self.ports
+            .get(&nic.index)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Attaches to the configured NICs (registered by
@@ -393,7 +437,16 @@ impl Daemon {
             XdpMode::Driver => aya::programs::XdpMode::Driver,
             XdpMode::Skb => aya::programs::XdpMode::Skb,
         };
+        let tagged = self.config.services.iter().any(|s| !s.vlan.is_empty());
         for nic in &self.nics {
+            if tagged {
+                // The ports receive a bond's frames; a plain NIC its own.
+                let receivers = match self.ports_of(nic) {
+                    [] => std::slice::from_ref(nic),
+                    ports => ports,
+                };
+                receivers.iter().for_each(warn_if_tags_are_stripped);
+            }
             datapath.attach(&nic.name, mode).with_context(|| {
                 if self.mode == XdpMode::Driver {
                     format!(
@@ -695,6 +748,7 @@ impl Daemon {
             }
         }
         let nics = director_nics(&self.netlink, &config).await?;
+        let ports = nic_ports(&self.netlink, &nics).await?;
         let links = backend_links(&self.netlink, &config, &nics).await?;
         let (changes, summary) = self.director.apply(&config, &links.nics)?;
         // From here on the reload is applied: lb's state is the new config's.
@@ -704,6 +758,7 @@ impl Daemon {
         let _ = refresh_macs(&self.netlink, &mut self.director).await;
         let attached_before: Vec<String> = datapath.attached().map(str::to_owned).collect();
         self.nics = nics;
+        self.ports = ports;
         *self.names.write().unwrap_or_else(|e| e.into_inner()) =
             ServiceNames::from_config(Some(&config));
         self.config = config;
@@ -816,12 +871,13 @@ impl Daemon {
         weight: u32,
         mac: Option<[u8; 6]>,
     ) -> anyhow::Result<String> {
+        let service_config = self.director.service_mut(service)?.config.clone();
         let (nic, source) = on_link(
             &self.netlink,
             &self.nics,
             &self.config.director.interfaces,
             &vips(&self.config),
-            service,
+            &service_config,
             address,
         )
         .await?;
@@ -922,6 +978,23 @@ fn log_quorum(service: &ServiceRuntime, lost: bool) {
             "service {}: quorum regained (weight of up backends {threshold}); {then}",
             c.name
         );
+    }
+}
+
+/// Warns when NIC `nic` takes VLAN tags off received frames: lb's services
+/// on VLANs would then not get their frames (see [`ethtool`]).
+fn warn_if_tags_are_stripped(nic: &Nic) {
+    let name = &nic.name;
+    match ethtool::rx_vlan_offloads(name) {
+        Ok(on) if !on.is_empty() => warn!(
+            "{name} takes VLAN tags off the frames it receives ({} on): many drivers then hand \
+             XDP the frames without their tags, lb takes them for untagged frames, and the \
+             services on VLANs do not get them; turn it off: ethtool -K {name} rxvlan off \
+             rx-vlan-stag-hw-parse off",
+            on.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => debug!("reading the receive VLAN offload of {name}: {e}"),
     }
 }
 

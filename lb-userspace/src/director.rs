@@ -270,7 +270,12 @@ impl ServiceRuntime {
 
 /// The key of a configured service.
 pub fn key_of(service: &ServiceConfig) -> ServiceKey {
-    ServiceKey::new(service.vip, service.port, service.protocol.number())
+    ServiceKey::new(
+        service.vip,
+        service.port,
+        service.protocol.number(),
+        service.vlan_path(),
+    )
 }
 
 /// What a reload changed, for the log and the `lb reload` reply.
@@ -1095,14 +1100,30 @@ mod tests {
         let found = vec![
             (s.key(), s.id, s.backend_set()),
             (
-                ServiceKey::new(IpAddr::from([192, 0, 2, 9]), 53, 17),
+                ServiceKey::new(IpAddr::from([192, 0, 2, 9]), 53, 17, 0),
                 5,
+                BackendSet::default(),
+            ),
+            // The configured service's VIP, port and protocol on a VLAN:
+            // another service.
+            (
+                ServiceKey {
+                    vlan: 4001,
+                    ..s.key()
+                },
+                6,
                 BackendSet::default(),
             ),
         ];
         let c = config_checked(&[(1, 100), (3, 80)], false, "tcp");
         let (mut d, changes) = Director::adopt(found, &c, &HashMap::from([(7, NIC)]));
-        assert!(matches!(changes[..], [Change::RemoveService { id: 5, .. }]));
+        assert!(matches!(
+            changes[..],
+            [
+                Change::RemoveService { id: 5, .. },
+                Change::RemoveService { id: 6, .. }
+            ]
+        ));
         assert_eq!(
             slots(&d),
             BTreeMap::from([(0, (1, 100, false)), (1, (2, 0, true)), (2, (3, 80, false))])
@@ -1114,7 +1135,7 @@ mod tests {
         assert!(d.services[0].slots[0].as_ref().unwrap().health.is_up());
         let (_, summary) = apply(&mut d, &c);
         assert_eq!(summary, ReloadSummary::default());
-        assert_eq!(d.allocate_id().unwrap(), 6);
+        assert_eq!(d.allocate_id().unwrap(), 7);
     }
 
     /// Without a health check nothing would bring a down backend back: a

@@ -394,6 +394,7 @@ impl TestBed {
             sorry_server: None,
             quorum: None,
             persistence: None,
+            vlan: Vec::new(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Conn {
     pub vip: IpAddr,
     /// The VIP's port.
     pub port: u16,
+    /// The VLAN ids of its frames, outermost first (none: untagged).
+    pub vlan: Vec<u16>,
     /// The real server (`None`: its backend slot is empty).
     pub real_server: Option<IpAddr>,
     /// The real server's port (the VIP's, in direct routing).

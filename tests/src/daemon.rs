@@ -207,6 +207,8 @@ pub struct ServiceConfig {
     pub quorum: Option<u32>,
     /// `persistence_timeout` and `persistence_netmask`, when set.
     pub persistence: Option<(Duration, u8)>,
+    /// `vlan`: the VLAN ids of its frames, outermost first (none: untagged).
+    pub vlan: Vec<u16>,
 }
 
 /// An `lb` config file.
@@ -275,6 +277,10 @@ impl LbConfig {
             if let Some((timeout, prefix)) = svc.persistence {
                 let _ = writeln!(s, "persistence_timeout = \"{}ms\"", timeout.as_millis());
                 let _ = writeln!(s, "persistence_netmask = {prefix}");
+            }
+            if !svc.vlan.is_empty() {
+                let ids: Vec<String> = svc.vlan.iter().map(u16::to_string).collect();
+                let _ = writeln!(s, "vlan = [{}]", ids.join(", "));
             }
             let _ = writeln!(s, "\n[service.health]");
             match &svc.health {

@@ -1,11 +1,11 @@
 //! Hand-built Ethernet frames for running the XDP program through
-//! `BPF_PROG_TEST_RUN`: a [`Pkt`] describes one frame (Ethernet, IPv4 with
-//! options or IPv6 with extension headers, TCP, UDP, an ICMP echo request or
-//! an ICMP error quoting another packet, a payload) and [`Pkt::build`]
-//! writes its bytes, checksums included. Fields that a well-formed frame
-//! computes (IHL, lengths, version) can be overridden to build malformed
-//! headers. [`Pkt::fragments`] cuts a datagram into IP fragments, each a
-//! [`Pkt`] of its own.
+//! `BPF_PROG_TEST_RUN`: a [`Pkt`] describes one frame (Ethernet, VLAN tags
+//! if any, IPv4 with options or IPv6 with extension headers, TCP, UDP, an
+//! ICMP echo request or an ICMP error quoting another packet, a payload)
+//! and [`Pkt::build`] writes its bytes, checksums included. Fields that a
+//! well-formed frame computes (IHL, lengths, version) can be overridden to
+//! build malformed headers. [`Pkt::fragments`] cuts a datagram into IP
+//! fragments, each a [`Pkt`] of its own.
 //!
 //! Frames arrive from the client-side router ([`ROUTER_MAC`]) for a VIP's
 //! MAC ([`VIP_MAC`]); a forwarded frame leaves from the director NIC
@@ -16,12 +16,18 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, conn_state::TCP_ACK};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, conn_state::TCP_ACK, vlan_path};
 
 use crate::bed::{ROUTER4, ROUTER6, VIP4, VIP6};
 
 /// Length of an Ethernet header.
 pub const ETH_LEN: usize = 14;
+/// Length of a VLAN tag (its EtherType, then its control information).
+pub const TAG_LEN: usize = 4;
+/// EtherType of an 802.1Q VLAN tag.
+pub const TPID_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad VLAN tag (the outer tag of QinQ).
+pub const TPID_8021AD: u16 = 0x88a8;
 /// TCP PSH flag (carried along; lb's state machine ignores it).
 pub const TCP_PSH: u8 = 0x08;
 /// The virtual services' port (GridFTP).
@@ -56,6 +62,38 @@ pub fn checksum(data: &[u8], mut sum: u32) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// A VLAN tag between the Ethernet addresses and the EtherType.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tag {
+    /// Its EtherType: [`TPID_8021Q`] or [`TPID_8021AD`].
+    pub tpid: u16,
+    /// Priority (3 bits), drop eligibility (1 bit) and VLAN id (12 bits).
+    pub tci: u16,
+}
+
+impl Tag {
+    /// An 802.1Q tag of VLAN `vid`, priority 0.
+    pub const fn dot1q(vid: u16) -> Self {
+        Self {
+            tpid: TPID_8021Q,
+            tci: vid,
+        }
+    }
+
+    /// An 802.1ad (QinQ service) tag of VLAN `vid`, priority 0.
+    pub const fn dot1ad(vid: u16) -> Self {
+        Self {
+            tpid: TPID_8021AD,
+            tci: vid,
+        }
+    }
+
+    /// The tag's VLAN id.
+    pub const fn vid(self) -> u16 {
+        self.tci & 0x0fff
+    }
 }
 
 /// An IPv6 extension header.
@@ -226,6 +264,8 @@ pub struct Pkt {
     pub dst_mac: [u8; 6],
     /// Source MAC.
     pub src_mac: [u8; 6],
+    /// VLAN tags, outermost first.
+    pub tags: Vec<Tag>,
     /// Network layer.
     pub ip: Ip,
     /// Transport layer.
@@ -240,7 +280,9 @@ pub struct Pkt {
 
 /// Byte offsets where the headers of a built [`Pkt`] end.
 pub struct Layout {
-    /// End of the fixed IP header (34 for IPv4, 54 for IPv6).
+    /// Start of the IP header: after the Ethernet header and the tags.
+    pub ip_start: usize,
+    /// End of the fixed IP header (34 for IPv4, 54 for IPv6, untagged).
     pub ip_fixed_end: usize,
     /// End of IPv4 options or IPv6 extension headers.
     pub ip_end: usize,
@@ -254,6 +296,7 @@ impl Pkt {
         Self {
             dst_mac: VIP_MAC,
             src_mac: ROUTER_MAC,
+            tags: Vec::new(),
             ip,
             l4,
             payload: Vec::new(),
@@ -431,7 +474,7 @@ impl Pkt {
     /// (all of it if shorter). It arrives as `quoted`'s frames do (from
     /// [`ROUTER_MAC`] to [`VIP_MAC`]).
     pub fn icmp_error(quoted: &Pkt, kind: u8, code: u8, info: u32, quote_len: usize) -> Self {
-        let mut quote = quoted.build().split_off(ETH_LEN);
+        let mut quote = quoted.build().split_off(quoted.layout().ip_start);
         quote.truncate(quote_len);
         let l4 = L4::Icmp { kind, code, info };
         let error = match &quoted.ip {
@@ -476,6 +519,34 @@ impl Pkt {
                 ..self.clone()
             })
             .collect()
+    }
+
+    /// The same frame with the VLAN tags `tags`, outermost first.
+    pub fn with_tags(mut self, tags: &[Tag]) -> Self {
+        self.tags = tags.to_vec();
+        self
+    }
+
+    /// The same frame on 802.1Q VLAN `vid` (one tag).
+    pub fn on_vlan(self, vid: u16) -> Self {
+        self.with_tags(&[Tag::dot1q(vid)])
+    }
+
+    /// The same frame on QinQ VLANs `outer` (802.1ad) and `inner` (802.1Q).
+    pub fn on_qinq(self, outer: u16, inner: u16) -> Self {
+        self.with_tags(&[Tag::dot1ad(outer), Tag::dot1q(inner)])
+    }
+
+    /// The VLAN path of the frame's tags, as the data path matches it (see
+    /// `lb_common::vlan`): priority tags (VLAN id 0) leave it unchanged.
+    pub fn vlan_path(&self) -> u32 {
+        let ids: Vec<u16> = self
+            .tags
+            .iter()
+            .map(|t| t.vid())
+            .filter(|&id| id != 0)
+            .collect();
+        vlan_path(&ids)
     }
 
     /// The same frame with Ethernet padding up to `len` bytes.
@@ -561,6 +632,10 @@ impl Pkt {
         let mut f = Vec::with_capacity(128);
         f.extend(self.dst_mac);
         f.extend(self.src_mac);
+        for tag in &self.tags {
+            f.extend(tag.tpid.to_be_bytes());
+            f.extend(tag.tci.to_be_bytes());
+        }
         match &self.ip {
             Ip::V4 {
                 src,
@@ -676,15 +751,16 @@ impl Pkt {
     /// Where the headers of the built frame end (for a fragment: the headers
     /// of its datagram, and its own fragment header).
     pub fn layout(&self) -> Layout {
+        let ip_start = ETH_LEN + TAG_LEN * self.tags.len();
         let (ip_fixed_end, ip_end) = match &self.ip {
-            Ip::V4 { options, .. } => (ETH_LEN + 20, ETH_LEN + 20 + options.len()),
+            Ip::V4 { options, .. } => (ip_start + 20, ip_start + 20 + options.len()),
             Ip::V6 { ext, ident, .. } => {
                 let chain: usize = self
                     .ext_chain(ext, *ident)
                     .iter()
                     .map(|h| h.bytes(0).len())
                     .sum();
-                (ETH_LEN + 40, ETH_LEN + 40 + chain)
+                (ip_start + 40, ip_start + 40 + chain)
             }
         };
         let l4_len = match self.l4 {
@@ -692,6 +768,7 @@ impl Pkt {
             L4::Udp { .. } | L4::Echo | L4::Icmp { .. } => 8,
         };
         Layout {
+            ip_start,
             ip_fixed_end,
             ip_end,
             l4_end: ip_end + l4_len,
@@ -708,8 +785,22 @@ impl Pkt {
             Ip::V4 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
             Ip::V6 { src, dst, .. } => (IpAddr::from(*src), IpAddr::from(*dst)),
         };
-        FlowKey::new(src, sport, dst, dport, self.proto()).expect("one address family")
+        FlowKey::new(src, sport, dst, dport, self.proto(), self.vlan_path())
+            .expect("one address family")
     }
+}
+
+/// Length of `frame` after its Ethernet header and its VLAN tags (at most
+/// two): the IP layer, whose bytes the counters of forwarded frames add.
+pub fn ip_len(frame: &[u8]) -> u64 {
+    let mut start = ETH_LEN;
+    for _ in 0..2 {
+        match u16::from_be_bytes([frame[start - 2], frame[start - 1]]) {
+            TPID_8021Q | TPID_8021AD => start += TAG_LEN,
+            _ => break,
+        }
+    }
+    (frame.len() - start) as u64
 }
 
 /// An ARP request for VIP4 from the client (padded to 60 bytes).

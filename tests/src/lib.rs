@@ -17,7 +17,8 @@
 //! can run in parallel threads.
 //!
 //! Apart from the bed, [`spoof`] sends floods of spoofed TCP frames from a
-//! namespace, [`frame`] builds Ethernet frames by hand and
+//! namespace, [`packet`] sends and captures raw frames, [`frame`] builds
+//! Ethernet frames by hand and
 //! [`xdp_case`] runs them through the XDP program with `BPF_PROG_TEST_RUN`:
 //! the packet fixtures' harness, which the benchmarks share.
 
@@ -30,6 +31,7 @@ pub mod director;
 pub mod frame;
 pub mod http;
 pub mod netns;
+pub mod packet;
 pub mod server;
 pub mod spoof;
 pub mod stats;

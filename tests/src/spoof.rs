@@ -18,10 +18,8 @@
 //! real servers' answers die in the real servers' namespaces.
 
 use std::{
-    ffi::CString,
     io, mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
@@ -32,6 +30,7 @@ use lb_common::conn_state::{TCP_ACK, TCP_SYN};
 use crate::{
     NetNs,
     frame::{L4, Pkt},
+    packet::PacketSocket,
 };
 
 /// The IPv4 prefix spoofed sources come from (TEST-NET-3, 203.0.113.0/24):
@@ -203,7 +202,7 @@ pub fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
 /// (a thread of its own: [`NetNs::run`]) sends `per_turn` frames from each
 /// CPU it may run on in turn.
 fn send_frames(iface: &str, frames: &[Vec<u8>], per_turn: usize) -> anyhow::Result<Sent> {
-    let socket = PacketSocket::bind(iface)?;
+    let socket = PacketSocket::sender(iface)?;
     let cpus = allowed_cpus()?;
     let started = Instant::now();
     let mut retries = 0;
@@ -264,68 +263,4 @@ fn pin_to(cpu: usize) -> anyhow::Result<()> {
         return Err(io::Error::last_os_error()).with_context(|| format!("moving to CPU {cpu}"));
     }
     Ok(())
-}
-
-/// A raw `AF_PACKET` socket bound to one interface: every buffer it sends
-/// is a whole Ethernet frame.
-struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    /// Opens the socket and binds it to `iface` (of the calling thread's
-    /// namespace).
-    fn bind(iface: &str) -> anyhow::Result<Self> {
-        let name = CString::new(iface).context("interface name with a NUL byte")?;
-        // SAFETY: `name` is a valid C string.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("no interface {iface}"));
-        }
-        // Protocol 0: the socket receives nothing (it only sends, and a queue
-        // of copies of the segment's traffic would only cost memory); the
-        // kernel reads each sent frame's protocol from its Ethernet header.
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error()).context("opening an AF_PACKET socket");
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = i32::try_from(index).context("interface index out of range")?;
-        // SAFETY: `addr` is a sockaddr_ll of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("binding an AF_PACKET socket to {iface}"));
-        }
-        Ok(Self { fd })
-    }
-
-    /// Sends one whole frame.
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for `frame.len()` bytes.
-        let sent =
-            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if sent as usize != frame.len() {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                frame.len()
-            )));
-        }
-        Ok(())
-    }
 }

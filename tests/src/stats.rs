@@ -34,6 +34,8 @@ pub struct ServiceStats {
     pub port: u16,
     /// `tcp` or `udp`.
     pub protocol: String,
+    /// The VLAN ids of its frames, outermost first (none: untagged).
+    pub vlan: Vec<u16>,
     /// New connections (flows) scheduled.
     pub conns: u64,
     /// Packets forwarded.

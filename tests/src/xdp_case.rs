@@ -43,7 +43,7 @@ use lb_common::{
 
 use crate::{
     bed::{VIP4, VIP6},
-    frame::{ETH_LEN, Ip, NIC_MAC, PORT, Pkt, backend_mac, hex},
+    frame::{ETH_LEN, Ip, NIC_MAC, PORT, Pkt, backend_mac, hex, ip_len},
 };
 
 // ---------------------------------------------------------------------------
@@ -232,10 +232,24 @@ impl Case {
         reals: &[Real],
         flags: u32,
     ) {
+        self.service_on_vlan(id, vip, proto, 0, reals, flags);
+    }
+
+    /// [`Case::service_with_flags`] for the frames of VLAN path `vlan`
+    /// (see `lb_common::vlan`; 0: untagged frames).
+    pub fn service_on_vlan(
+        &mut self,
+        id: u32,
+        vip: IpAddr,
+        proto: u8,
+        vlan: u32,
+        reals: &[Real],
+        flags: u32,
+    ) {
         self.dp
             .maps
             .set_service(
-                ServiceKey::new(vip, PORT, proto),
+                ServiceKey::new(vip, PORT, proto, vlan),
                 Service {
                     id,
                     flags,
@@ -401,7 +415,8 @@ impl Case {
 
     /// Runs `input` and checks the verdict, the output bytes and that the
     /// verdict counters moved by exactly one packet of `input.len() - 14`
-    /// bytes under the expected reason. Returns the output.
+    /// bytes under the expected reason (a forwarded frame: its IP length,
+    /// without VLAN tags). Returns the output.
     pub fn send(&self, label: &str, input: &[u8], expect: Expect) -> Vec<u8> {
         let sent = self.run_counted(label, input);
         self.check(label, input, expect, sent)
@@ -469,10 +484,10 @@ impl Case {
                 a.bytes - b.bytes,
                 a.new_conns - b.new_conns,
             );
-            let want = if r == reason {
-                (1, (input.len() - ETH_LEN) as u64, 0)
-            } else {
-                (0, 0, 0)
+            let want = match r {
+                REASON_FORWARDED if r == reason => (1, ip_len(input), 0),
+                _ if r == reason => (1, l3(input), 0),
+                _ => (0, 0, 0),
             };
             assert_eq!(
                 delta,
@@ -586,6 +601,8 @@ pub struct ServiceSetup {
     pub vip: IpAddr,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub proto: u8,
+    /// The VLAN path of its frames (0: untagged).
+    pub vlan: u32,
     /// One backend per slot.
     pub reals: Vec<Real>,
 }
@@ -657,11 +674,24 @@ impl Fixture {
 
     /// The same fixture with service `id` on (`vip`, [`PORT`], `proto`)
     /// installed first, one backend per entry of `reals`.
-    pub fn service(mut self, id: u32, vip: IpAddr, proto: u8, reals: &[Real]) -> Self {
+    pub fn service(self, id: u32, vip: IpAddr, proto: u8, reals: &[Real]) -> Self {
+        self.service_on_vlan(id, vip, proto, 0, reals)
+    }
+
+    /// [`Fixture::service`] for the frames of VLAN path `vlan`.
+    pub fn service_on_vlan(
+        mut self,
+        id: u32,
+        vip: IpAddr,
+        proto: u8,
+        vlan: u32,
+        reals: &[Real],
+    ) -> Self {
         self.services.push(ServiceSetup {
             id,
             vip,
             proto,
+            vlan,
             reals: reals.to_vec(),
         });
         self
@@ -680,8 +710,15 @@ impl Fixture {
         let Some(mut case) = Case::new(case) else {
             return;
         };
-        for service in &self.services {
-            case.service(service.id, service.vip, service.proto, &service.reals);
+        for s in &self.services {
+            case.service_on_vlan(
+                s.id,
+                s.vip,
+                s.proto,
+                s.vlan,
+                &s.reals,
+                SERVICE_FLAG_SLOPPY_TCP,
+            );
         }
         case.send("frame", &self.input, self.expect);
         match self.opens {

@@ -394,6 +394,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             sorry_server: None,
             quorum: None,
             persistence: None,
+            vlan: Vec::new(),
         }],
     };
     let path = config

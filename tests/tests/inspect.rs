@@ -528,8 +528,8 @@ fn metrics_endpoint_serves_the_services() {
     if !head.starts_with("HTTP/1.1 200") || !head_lower.contains("application/openmetrics-text") {
         setup.fail(&format!("GET /metrics: {head}"));
     }
-    let web = format!(r#"service="web",vip="{vip}",port="{PORT}",protocol="tcp""#);
-    let dns = format!(r#"service="dns",vip="{vip}",port="{PORT}",protocol="udp""#);
+    let web = format!(r#"service="web",vip="{vip}",port="{PORT}",protocol="tcp",vlan="""#);
+    let dns = format!(r#"service="dns",vip="{vip}",port="{PORT}",protocol="udp",vlan="""#);
     let mut expected = vec![
         format!("lb_service_connections_total{{{web}}} {N}"),
         format!("lb_service_connections_active{{{web}}} {N}"),

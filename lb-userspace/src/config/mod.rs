@@ -146,6 +146,10 @@ pub struct ServiceConfig {
     /// Client persistence (keepalived's `persistence_timeout` and
     /// `persistence_granularity`, IPVS's `-p` and `-M`), if any.
     pub persistence: Option<Persistence>,
+    /// The VLAN ids of the frames the service takes, outermost first: none
+    /// (the default) for untagged frames, one (`vlan = 4001`) for an
+    /// 802.1Q VLAN, two (`vlan = [100, 4001]`) for QinQ; each 1 to 4094.
+    pub vlan: Vec<u16>,
     /// Health check of the backends.
     pub health: HealthConfig,
     /// The real servers (`[[service.backend]]`), 1 to
@@ -210,6 +214,12 @@ impl ServiceConfig {
             0
         };
         self.no_backend.flags() | sloppy
+    }
+
+    /// The VLAN path the data path matches the service's frames on (see
+    /// [`lb_common::vlan`]).
+    pub fn vlan_path(&self) -> u32 {
+        lb_common::vlan_path(&self.vlan)
     }
 }
 

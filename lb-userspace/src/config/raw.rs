@@ -49,6 +49,7 @@ pub(super) mod key {
     pub(crate) const HYSTERESIS: &str = "hysteresis";
     pub(crate) const PERSISTENCE_TIMEOUT: &str = "persistence_timeout";
     pub(crate) const PERSISTENCE_NETMASK: &str = "persistence_netmask";
+    pub(crate) const VLAN: &str = "vlan";
     pub(crate) const HEALTH: &str = "health";
     pub(crate) const BACKEND: &str = "backend";
 
@@ -133,6 +134,7 @@ pub(super) struct RawService {
     pub(super) hysteresis: Field,
     pub(super) persistence_timeout: Field,
     pub(super) persistence_netmask: Field,
+    pub(super) vlan: Field,
     pub(super) health: Option<RawHealth>,
     pub(super) backend: Option<Vec<Spanned<RawBackend>>>,
 }
@@ -354,6 +356,7 @@ mod tests {
                 key::HYSTERESIS,
                 key::PERSISTENCE_TIMEOUT,
                 key::PERSISTENCE_NETMASK,
+                key::VLAN,
                 key::HEALTH,
                 key::BACKEND,
             ]

@@ -157,6 +157,7 @@ fn example_parses() {
             quorum: 1,
             hysteresis: 0,
             persistence: None,
+            vlan: Vec::new(),
             health: HealthConfig {
                 kind: HealthKind::Tcp,
                 interval: Duration::from_secs(10),
@@ -504,13 +505,63 @@ fn duplicate_service() {
     assert_eq!(
         error(&text),
         "lb.toml:18: service \"gridftp2\": 192.0.2.200:2811 tcp is already used by \
-         service \"gridftp\" at line 7 (vip, port and protocol must be unique)"
+         service \"gridftp\" at line 7 (vip, port, protocol and vlan must be unique)"
     );
     // Another protocol on the same VIP and port is another service.
     parse(&format!(
         "{BASE}{}",
         second.replace("port = 2811", "port = 2811\nprotocol = \"udp\"")
     ));
+    // So is the same VIP, port and protocol on a VLAN, or on another VLAN.
+    let on = |vlan: &str| second.replace("port = 2811", &format!("port = 2811\nvlan = {vlan}"));
+    parse(&format!("{BASE}{}", on("4001")));
+    parse(&format!(
+        "{}{}",
+        base_with("port = 2811", "port = 2811\nvlan = 4001"),
+        on("[100, 4001]")
+    ));
+    assert_eq!(
+        error(&format!(
+            "{}{}",
+            base_with("port = 2811", "port = 2811\nvlan = 4001"),
+            on("4001")
+        )),
+        "lb.toml:19: service \"gridftp2\": 192.0.2.200:2811 tcp vlan 4001 is already used by \
+         service \"gridftp\" at line 7 (vip, port, protocol and vlan must be unique)"
+    );
+}
+
+#[test]
+fn vlan() {
+    assert_eq!(parse(BASE).services[0].vlan, Vec::<u16>::new());
+    assert_eq!(parse(BASE).services[0].vlan_path(), 0);
+    let with = |line: &str| base_with("port = 2811", &format!("port = 2811\n{line}"));
+    let service = parse(&with("vlan = 4001")).services.remove(0);
+    assert_eq!(service.vlan, [4001]);
+    assert_eq!(service.vlan_path(), 4001);
+    let service = parse(&with("vlan = [100, 4001]")).services.remove(0);
+    assert_eq!(service.vlan, [100, 4001]);
+    assert_eq!(service.vlan_path(), 100 << 12 | 4001);
+    assert_eq!(parse(&with("vlan = [4094]")).services[0].vlan, [4094]);
+    const VALID: &str = "valid: a VLAN id from 1 to 4094, e.g. vlan = 4001, or the outer and \
+                         inner ids of QinQ, e.g. vlan = [100, 4001]; leave vlan out for untagged \
+                         frames";
+    for (line, problem) in [
+        ("vlan = 0", "vlan 0 is out of range"),
+        ("vlan = 4095", "vlan 4095 is out of range"),
+        ("vlan = [100, 5000]", "vlan 5000 is out of range"),
+        ("vlan = []", "vlan lists 0 ids"),
+        ("vlan = [1, 2, 3]", "vlan lists 3 ids"),
+        (
+            "vlan = \"4001\"",
+            "vlan must be an integer or an array of two (found string \"4001\";",
+        ),
+    ] {
+        let message = error(&with(line));
+        let expected = format!("lb.toml:8: service \"gridftp\": {problem}");
+        assert!(message.starts_with(&expected), "{line}: {message}");
+        assert!(message.contains(VALID), "{line}: {message}");
+    }
 }
 
 #[test]

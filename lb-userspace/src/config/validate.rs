@@ -26,7 +26,7 @@ use super::{
     },
     values::{
         check_ifname, describe_value, format_duration, http_path_problem, is_valid_http_host,
-        parse_duration, parse_listen, parse_mac, parse_md5,
+        parse_duration, parse_listen, parse_mac, parse_md5, vlan_suffix,
     },
 };
 
@@ -39,6 +39,8 @@ const TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::fro
 pub(crate) const HEALTH_INTERVAL: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 const PORT: RangeInclusive<u16> = 1..=u16::MAX;
+/// A VLAN id a service may be bound to.
+const VLAN_ID: RangeInclusive<i64> = 1..=lb_common::VLAN_ID_MAX as i64;
 /// A health check's `fall` and `rise`.
 pub(crate) const FALL_RISE: RangeInclusive<u32> = 1..=100;
 /// The longest service name.
@@ -529,22 +531,29 @@ impl ConfigValidator<'_> {
             no_backend = None;
         }
 
-        if let (Some(vip), Some(port), Some(protocol), Some(port_field)) =
-            (vip, port, protocol, port_field)
+        let vlan = match &raw.vlan {
+            Some(v) => self.vlan(&ctx, v),
+            None => Some(Vec::new()),
+        };
+
+        if let (Some(vip), Some(port), Some(protocol), Some(vlan), Some(port_field)) =
+            (vip, port, protocol, &vlan, port_field)
         {
             let line = line_of(self.text, port_field.span().start);
-            match seen.keys.get(&(vip, port, protocol)) {
+            let service_key = (vip, port, protocol, vlan.clone());
+            match seen.keys.get(&service_key) {
                 Some((other, first)) => self.report_at(
                     port_field,
                     &ctx,
                     format_args!(
-                        "{} {protocol} is already used by {other} at line {first} \
-                         (vip, port and protocol must be unique)",
-                        SocketAddr::new(vip, port)
+                        "{} {protocol}{} is already used by {other} at line {first} \
+                         (vip, port, protocol and vlan must be unique)",
+                        SocketAddr::new(vip, port),
+                        vlan_suffix(lb_common::vlan_path(vlan)),
                     ),
                 ),
                 None => {
-                    seen.keys.insert((vip, port, protocol), (ctx.clone(), line));
+                    seen.keys.insert(service_key, (ctx.clone(), line));
                 }
             }
         }
@@ -587,6 +596,7 @@ impl ConfigValidator<'_> {
             quorum: quorum?,
             hysteresis: hysteresis?,
             persistence: persistence?,
+            vlan: vlan?,
             health: health?,
             backends: backends?,
         })
@@ -672,6 +682,50 @@ impl ConfigValidator<'_> {
             (None, _) => Some(0),
         };
         (quorum, hysteresis)
+    }
+
+    /// `vlan = 4001` or `vlan = [100, 4001]` (QinQ, outer first): the VLAN
+    /// ids, each 1 to 4094.
+    fn vlan(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<Vec<u16>> {
+        const VALID: &str = "valid: a VLAN id from 1 to 4094, e.g. vlan = 4001, or the outer \
+                             and inner ids of QinQ, e.g. vlan = [100, 4001]; leave vlan out for \
+                             untagged frames";
+        let items = match v.get_ref() {
+            Value::Array(items) if (1..=lb_common::MAX_VLAN_TAGS).contains(&items.len()) => {
+                items.as_slice()
+            }
+            Value::Array(items) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!("vlan lists {} ids ({VALID})", items.len()),
+                );
+                return None;
+            }
+            single => std::slice::from_ref(single),
+        };
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::Integer(n) if VLAN_ID.contains(n) => ids.push(*n as u16),
+                Value::Integer(n) => {
+                    self.report_at(v, ctx, format_args!("vlan {n} is out of range ({VALID})"));
+                    return None;
+                }
+                other => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!(
+                            "vlan must be an integer or an array of two (found {}; {VALID})",
+                            describe_value(other)
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(ids)
     }
 
     fn service_name(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<String> {
@@ -1382,9 +1436,12 @@ struct Seen {
     vips: HashMap<IpAddr, String>,
     /// Service name -> line it was first defined on.
     names: HashMap<String, usize>,
-    /// (VIP, port, protocol) -> label and line of the service that has it.
-    keys: HashMap<(IpAddr, u16, Protocol), (String, usize)>,
+    /// Service identity -> label and line of the service that has it.
+    keys: HashMap<ServiceIdentity, (String, usize)>,
 }
+
+/// What makes a service unique in a file: VIP, port, protocol and VLAN ids.
+type ServiceIdentity = (IpAddr, u16, Protocol, Vec<u16>);
 
 /// Whether `name` can name a service: 1 to [`NAME_MAX`] characters from
 /// `A-Z a-z 0-9 _ . -`.

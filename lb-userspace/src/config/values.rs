@@ -51,6 +51,18 @@ pub fn parse_listen(text: &str) -> Option<SocketAddr> {
     }
 }
 
+/// ` vlan 4001`, ` vlan 100.4001` (outer id first, as Linux names the
+/// device `bond0.100.4001`): what follows a service's address in messages
+/// and tables, for the VLAN path `path`; empty for untagged frames.
+pub fn vlan_suffix(path: u32) -> String {
+    let ids: Vec<String> = lb_common::vlan_ids(path).map(|id| id.to_string()).collect();
+    if ids.is_empty() {
+        String::new()
+    } else {
+        format!(" vlan {}", ids.join("."))
+    }
+}
+
 /// `aa:bb:cc:dd:ee:ff` (either case).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];

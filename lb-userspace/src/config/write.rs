@@ -10,7 +10,8 @@
 //!   `no_backend` when it is not `"drop"`, `sloppy_tcp` when true,
 //!   `sorry_server` when set, `quorum` and `hysteresis` when not their
 //!   defaults (1 and 0), `persistence_timeout` when set with
-//!   `persistence_netmask` when it is not the whole address.
+//!   `persistence_netmask` when it is not the whole address, `vlan` when
+//!   set.
 //! - `[service.health]`: `kind`. A check that runs (`tcp`, `http`, `exec`)
 //!   writes out `interval`, `timeout`, `fall`, `rise` and
 //!   `inhibit_on_failure`, and the checks that connect (`tcp`, `http`) their
@@ -207,7 +208,8 @@ fn timeout_lines(director: &DirectorConfig) -> Lines {
 }
 
 /// `[[service]]`: every key; `no_backend`, `sloppy_tcp`, `sorry_server`,
-/// `quorum` and `hysteresis` when they are not the default.
+/// `quorum`, `hysteresis`, persistence and `vlan` when they are not the
+/// default.
 fn service_lines(service: &ServiceConfig) -> Lines {
     let mut lines = vec![
         (key::NAME, string(&service.name)),
@@ -237,6 +239,11 @@ fn service_lines(service: &ServiceConfig) -> Lines {
         if persistence.prefix != whole {
             lines.push((key::PERSISTENCE_NETMASK, persistence.prefix.to_string()));
         }
+    }
+    match service.vlan.as_slice() {
+        [] => {}
+        [id] => lines.push((key::VLAN, id.to_string())),
+        ids => lines.push((key::VLAN, int_array(ids))),
     }
     lines
 }

@@ -344,6 +344,7 @@ mod tests {
             quorum: 1,
             hysteresis: 0,
             persistence: None,
+            vlan: Vec::new(),
             health: HealthConfig {
                 kind,
                 interval: Duration::from_secs(10),

@@ -1,5 +1,6 @@
 //! What `lb` asks of and does to the host it runs on: its NICs and
-//! neighbours over route [`netlink`], the real-server set-up of
+//! neighbours over route [`netlink`], their receive VLAN offload over
+//! [`ethtool`], the real-server set-up of
 //! `lb realserver` ([`realserver`]), and whether the process has the
 //! [`privilege`]s a command needs.
 //!
@@ -7,6 +8,7 @@
 //! director's bookkeeping records where backends are without depending on
 //! netlink.
 
+pub mod ethtool;
 pub mod netlink;
 pub mod privilege;
 pub mod realserver;

@@ -1,7 +1,8 @@
 //! What the control plane asks the kernel over route netlink: a NIC's index
-//! and MAC, which NIC a real server is on-link through, and the real
-//! server's MAC from the neighbour table (asking the kernel to resolve it
-//! when it is missing).
+//! and MAC, which NIC a real server is on-link through (a director NIC, the
+//! bond it is enslaved to, or a VLAN device stacked on either), and the
+//! real server's MAC from the neighbour table (asking the kernel to resolve
+//! it when it is missing).
 //!
 //! Uses the `rtnetlink` crate (rust-netlink) rather than parsing `ip`
 //! output or hand-rolling netlink messages.
@@ -13,11 +14,12 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::TryStreamExt as _;
+use lb_common::MAX_VLAN_TAGS;
 use rtnetlink::{
     Handle,
     packet_route::{
         address::AddressAttribute,
-        link::LinkAttribute,
+        link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
     },
 };
@@ -26,11 +28,104 @@ use super::Nic;
 
 /// How the director reaches one real server (see [`Netlink::on_link`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OnLink<'a> {
-    /// The director NIC the real server is on-link through.
-    pub nic: &'a Nic,
-    /// The director's own address in the real server's prefix on that NIC.
+pub struct OnLink {
+    /// The interface the real server is on-link through: a director NIC,
+    /// the bond a director NIC is enslaved to, or a VLAN device stacked on
+    /// either. Its neighbour table holds the real server's MAC, and its MAC
+    /// is the source of the frames forwarded to it.
+    pub nic: Nic,
+    /// The VLAN ids of that interface's frames on the director NIC,
+    /// outermost first (none: untagged).
+    pub vlan: Vec<u16>,
+    /// The director's own address in the real server's prefix on that
+    /// interface.
     pub source: Option<IpAddr>,
+}
+
+/// A network interface, as far as finding NICs and their VLANs needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Link {
+    index: u32,
+    name: String,
+    /// Its Ethernet address, if it has one.
+    mac: Option<[u8; 6]>,
+    /// The bond (or bridge, team) it is enslaved to (`IFLA_MASTER`).
+    master: Option<u32>,
+    /// For a VLAN device: its VLAN id and the device it is stacked on.
+    vlan: Option<(u16, u32)>,
+}
+
+impl Link {
+    fn of(message: &LinkMessage) -> Option<Self> {
+        let mut name = None;
+        let mut mac = None;
+        let mut master = None;
+        let mut lower = None;
+        let mut vlan_id = None;
+        for attr in &message.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::Controller(index) => master = Some(*index),
+                LinkAttribute::Link(index) => lower = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    let is_vlan = infos.contains(&LinkInfo::Kind(InfoKind::Vlan));
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vlan(data)) = info
+                            && is_vlan
+                        {
+                            vlan_id = data.iter().find_map(|d| match d {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            index: message.header.index,
+            name: name?,
+            mac,
+            master,
+            vlan: vlan_id.zip(lower),
+        })
+    }
+
+    /// The link as a [`Nic`], if it has an Ethernet address.
+    fn nic(&self) -> Option<Nic> {
+        Some(Nic {
+            name: self.name.clone(),
+            index: self.index,
+            mac: self.mac?,
+        })
+    }
+}
+
+/// The VLAN ids (outermost first) that the frames of link `index` carry on
+/// a director NIC of `nics`, as lb's XDP program sees them there: none for
+/// a director NIC itself or the bond (bridge, team) one is enslaved to;
+/// the ids of a VLAN device stacked on one of those (at most
+/// [`MAX_VLAN_TAGS`]). `None` for a link whose frames do not pass a
+/// director NIC.
+fn vlan_ids_on_nics(links: &[Link], nics: &[Nic], index: u32) -> Option<Vec<u16>> {
+    let is_nic = |index: u32| nics.iter().any(|n| n.index == index);
+    let mut ids = Vec::new();
+    let mut index = index;
+    for _ in 0..=MAX_VLAN_TAGS {
+        let enslaves_a_nic = links
+            .iter()
+            .any(|l| l.master == Some(index) && is_nic(l.index));
+        if is_nic(index) || enslaves_a_nic {
+            ids.reverse();
+            return Some(ids);
+        }
+        let (id, lower) = links.iter().find(|l| l.index == index)?.vlan?;
+        ids.push(id);
+        index = lower;
+    }
+    None
 }
 
 /// A route-netlink session (needs a running tokio runtime).
@@ -48,13 +143,13 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// Looks up a NIC by name; the error lists the NICs that exist.
+    /// Every network interface of this namespace.
     ///
     /// Dumps are read to the end before they are searched (here and below):
     /// a dump dropped half-read leaves replies the netlink connection can no
     /// longer deliver, and it logs a warning for each.
-    pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
-        let links: Vec<_> = self
+    async fn links(&self) -> anyhow::Result<Vec<Link>> {
+        let messages: Vec<_> = self
             .handle
             .link()
             .get()
@@ -62,53 +157,62 @@ impl Netlink {
             .try_collect()
             .await
             .context("listing network interfaces")?;
-        let mut names = Vec::new();
-        for link in links {
-            let mut link_name = None;
-            let mut mac = None;
-            for attr in &link.attributes {
-                match attr {
-                    LinkAttribute::IfName(n) => link_name = Some(n.clone()),
-                    LinkAttribute::Address(a) if a.len() == 6 => {
-                        mac = Some(<[u8; 6]>::try_from(a.as_slice()).expect("length checked"))
-                    }
-                    _ => {}
-                }
-            }
-            let Some(link_name) = link_name else { continue };
-            if link_name == name {
-                let mac = mac.ok_or_else(|| {
-                    anyhow!("network interface {name} has no Ethernet address (XDP DR needs an Ethernet NIC)")
-                })?;
-                return Ok(Nic {
-                    name: link_name,
-                    index: link.header.index,
-                    mac,
-                });
-            }
-            names.push(link_name);
-        }
-        bail!(
-            "no network interface named {name:?} in this network namespace (existing: {})",
-            names.join(", ")
-        )
+        Ok(messages.iter().filter_map(Link::of).collect())
     }
 
-    /// How a real server at `addr` is reached: the first of `nics` with an
-    /// address prefix containing `addr` (the NIC through which it is on-link,
-    /// as direct routing requires), and the director's own address in that
-    /// prefix, the source its health checks must use. Addresses in
-    /// `not_sources` (the VIPs) are never a source: the kernel would pick a
-    /// VIP on the NIC for some backends (for IPv6, a VIP/128 beats the NIC's
-    /// /64 address by longest match), and a real server answers a VIP-sourced
-    /// check to its own `lo`. The source is `None` when the NIC has no other
+    /// Looks up a NIC by name; the error lists the NICs that exist.
+    pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
+        let links = self.links().await?;
+        match links.iter().find(|l| l.name == name) {
+            Some(link) => link.nic().ok_or_else(|| {
+                anyhow!(
+                    "network interface {name} has no Ethernet address (XDP DR needs an Ethernet NIC)"
+                )
+            }),
+            None => bail!(
+                "no network interface named {name:?} in this network namespace (existing: {})",
+                links
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The interfaces enslaved to NIC `index` (a bond's slaves; none for a
+    /// plain NIC). An XDP program attached to a bond runs on its slaves'
+    /// receive queues: their indexes are its frames' ingress.
+    pub async fn ports(&self, index: u32) -> anyhow::Result<Vec<Nic>> {
+        let links = self.links().await?;
+        Ok(links
+            .iter()
+            .filter(|l| l.master == Some(index))
+            .filter_map(Link::nic)
+            .collect())
+    }
+
+    /// How a real server at `addr` is reached from the director NICs
+    /// `nics`, for a service on VLAN `vlan` (ids outermost first, none:
+    /// untagged): the interface with an address prefix containing `addr`
+    /// (the one through which it is on-link, as direct routing requires)
+    /// among the NICs, the bonds they are enslaved to and the VLAN devices
+    /// stacked on either, preferring one on `vlan` (the first found
+    /// otherwise); and the director's own address in that prefix, the
+    /// source its health checks must use. Addresses in `not_sources` (the
+    /// VIPs) are never a source: the kernel would pick a VIP on the NIC for
+    /// some backends (for IPv6, a VIP/128 beats the NIC's /64 address by
+    /// longest match), and a real server answers a VIP-sourced check to its
+    /// own `lo`. The source is `None` when the interface has no other
     /// address in that prefix.
-    pub async fn on_link<'a>(
+    pub async fn on_link(
         &self,
-        nics: &'a [Nic],
+        nics: &[Nic],
         addr: IpAddr,
         not_sources: &HashSet<IpAddr>,
-    ) -> anyhow::Result<Option<OnLink<'a>>> {
+        vlan: &[u16],
+    ) -> anyhow::Result<Option<OnLink>> {
+        let links = self.links().await?;
         let addresses: Vec<_> = self
             .handle
             .address()
@@ -117,14 +221,15 @@ impl Netlink {
             .try_collect()
             .await
             .context("listing addresses")?;
-        let mut found: Option<OnLink<'a>> = None;
+        let mut found: Vec<OnLink> = Vec::new();
         for msg in addresses {
-            let Some(nic) = nics.iter().find(|n| n.index == msg.header.index) else {
+            let index = msg.header.index;
+            let Some(ids) = vlan_ids_on_nics(&links, nics, index) else {
                 continue;
             };
-            if found.as_ref().is_some_and(|f| f.nic.index != nic.index) {
+            let Some(nic) = links.iter().find(|l| l.index == index).and_then(Link::nic) else {
                 continue;
-            }
+            };
             for attr in &msg.attributes {
                 let AddressAttribute::Address(prefix) = attr else {
                     continue;
@@ -132,13 +237,24 @@ impl Netlink {
                 if !same_prefix(*prefix, addr, msg.header.prefix_len) {
                     continue;
                 }
-                let link = found.get_or_insert(OnLink { nic, source: None });
+                let link = match found.iter().position(|f| f.nic.index == index) {
+                    Some(at) => &mut found[at],
+                    None => {
+                        found.push(OnLink {
+                            nic: nic.clone(),
+                            vlan: ids.clone(),
+                            source: None,
+                        });
+                        found.last_mut().expect("just pushed")
+                    }
+                };
                 if link.source.is_none() && !not_sources.contains(prefix) {
                     link.source = Some(*prefix);
                 }
             }
         }
-        Ok(found)
+        let preferred = found.iter().position(|f| f.vlan == vlan).unwrap_or(0);
+        Ok((!found.is_empty()).then(|| found.swap_remove(preferred)))
     }
 
     /// The kernel's resolved neighbour entries: (NIC index, address) -> MAC.
@@ -210,6 +326,65 @@ fn same_prefix(a: IpAddr, b: IpAddr, prefix_len: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link named `name` with index `index`, enslaved to `master`, or a
+    /// VLAN device of `vlan` (id, lower device).
+    fn link(index: u32, name: &str, master: Option<u32>, vlan: Option<(u16, u32)>) -> Link {
+        Link {
+            index,
+            name: name.to_owned(),
+            mac: Some([2, 0, 0, 0, 0, index as u8]),
+            master,
+            vlan,
+        }
+    }
+
+    /// `bond0` over `eth0` and `eth1`, with `bond0.4001` and QinQ
+    /// `bond0.100.4001` (and a third tag on that), beside `eth2` and
+    /// `eth2.7`.
+    fn host() -> Vec<Link> {
+        vec![
+            link(1, "eth0", Some(3), None),
+            link(2, "eth1", Some(3), None),
+            link(3, "bond0", None, None),
+            link(4, "bond0.4001", None, Some((4001, 3))),
+            link(5, "bond0.100", None, Some((100, 3))),
+            link(6, "bond0.100.4001", None, Some((4001, 5))),
+            link(7, "eth2", None, None),
+            link(8, "eth2.7", None, Some((7, 7))),
+            link(9, "bond0.100.4001.5", None, Some((5, 6))),
+        ]
+    }
+
+    #[test]
+    fn vlan_devices_on_a_bond_and_its_slaves() {
+        let links = host();
+        let nics_of = |names: &[&str]| -> Vec<Nic> {
+            links
+                .iter()
+                .filter(|l| names.contains(&l.name.as_str()))
+                .filter_map(Link::nic)
+                .collect()
+        };
+        let slaves = nics_of(&["eth0", "eth1"]);
+        let bond = nics_of(&["bond0"]);
+        for nics in [&slaves, &bond] {
+            let on = |index| vlan_ids_on_nics(&links, nics, index);
+            assert_eq!(on(3), Some(vec![]), "bond0 over {nics:?}");
+            assert_eq!(on(4), Some(vec![4001]), "bond0.4001 over {nics:?}");
+            assert_eq!(on(5), Some(vec![100]), "bond0.100 over {nics:?}");
+            assert_eq!(on(6), Some(vec![100, 4001]), "bond0.100.4001 over {nics:?}");
+            assert_eq!(on(9), None, "three tags, over {nics:?}");
+            assert_eq!(on(7), None, "eth2 is not a director NIC");
+            assert_eq!(on(8), None, "eth2.7 is not on a director NIC");
+        }
+        assert_eq!(vlan_ids_on_nics(&links, &slaves, 1), Some(vec![]));
+        assert_eq!(
+            vlan_ids_on_nics(&links, &nics_of(&["eth2"]), 8),
+            Some(vec![7])
+        );
+        assert_eq!(vlan_ids_on_nics(&links, &slaves, 42), None, "no such link");
+    }
 
     #[test]
     fn prefixes() {

@@ -1,8 +1,8 @@
 //! `lb conns`: the connection table of a running director, like
-//! `ipvsadm -L -c -n`: protocol, time to expiry, state, client, VIP, real
-//! server and service of every flow, and the persistence templates (state
-//! `PERSIST`, the client's masked address with port 0, as IPVS lists its
-//! templates).
+//! `ipvsadm -L -c -n`: protocol, time to expiry, state, client, VIP (and
+//! VLAN), real server and service of every flow, and the persistence
+//! templates (state `PERSIST`, the client's masked address with port 0, as
+//! IPVS lists its templates).
 //!
 //! The tables are read by walking the pinned maps once, in batches of
 //! thousands of flows a system call (`Maps::for_each_flow`,
@@ -22,7 +22,7 @@ use lb_common::{
     BACKEND_STATE_EMPTY, FAMILY_IPV4, FAMILY_IPV6, Flow, FlowKey, PersistKey, PersistTemplate,
     addr_from_key,
     conn_state::{Timeouts, state_name},
-    protocol_name,
+    protocol_name, vlan_ids,
 };
 use serde::Serialize;
 
@@ -30,7 +30,10 @@ use super::{
     ServiceNames,
     table::{Align, Columns, endpoint},
 };
-use crate::datapath::maps::{Maps, array_get, monotonic_ns};
+use crate::{
+    config::values::vlan_suffix,
+    datapath::maps::{Maps, array_get, monotonic_ns},
+};
 
 /// A service as `lb conns` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,9 +44,21 @@ pub struct ServiceInfo {
     pub name: String,
     /// Backend addresses by slot (`None`: an empty slot).
     pub backends: Vec<Option<IpAddr>>,
-    /// Its VIP and port, protocol and persistence timeout in seconds (0:
-    /// none), for its templates' rows.
-    pub persistence: (SocketAddr, u8, u32),
+    /// What its persistence templates' rows show.
+    pub persistence: TemplateScope,
+}
+
+/// The service fields a persistence template's row shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateScope {
+    /// The service's VIP and port.
+    pub vip: SocketAddr,
+    /// Its protocol.
+    pub proto: u8,
+    /// Its VLAN path.
+    pub vlan: u32,
+    /// Its persistence timeout in seconds (0: none).
+    pub timeout_s: u32,
 }
 
 impl ServiceInfo {
@@ -63,13 +78,19 @@ impl ServiceInfo {
                 .collect();
             services.push(Self {
                 id: service.id,
-                name: names.name(addr_from_key(key.addr, key.family), key.port, key.proto),
-                backends,
-                persistence: (
-                    SocketAddr::new(addr_from_key(key.addr, key.family), key.port),
+                name: names.name(
+                    addr_from_key(key.addr, key.family),
+                    key.port,
                     key.proto,
-                    service.persistence_timeout_s,
+                    key.vlan,
                 ),
+                backends,
+                persistence: TemplateScope {
+                    vip: SocketAddr::new(addr_from_key(key.addr, key.family), key.port),
+                    proto: key.proto,
+                    vlan: key.vlan,
+                    timeout_s: service.persistence_timeout_s,
+                },
             });
         }
         services.sort_by_key(|s| s.id);
@@ -90,6 +111,8 @@ pub struct Conn {
     pub client: SocketAddr,
     /// VIP and port.
     pub vip: SocketAddr,
+    /// The VLAN path of its frames (see `lb_common::vlan`).
+    pub vlan: u32,
     /// Service id the flow is bound to.
     pub service_id: u32,
     /// Backend slot the flow is bound to.
@@ -111,6 +134,7 @@ impl Conn {
             expires_s: timeout_ns.saturating_sub(idle_ns) / 1_000_000_000,
             client: SocketAddr::new(key.client(), key.client_port()),
             vip: SocketAddr::new(key.vip(), key.port()),
+            vlan: key.vlan_path(),
             service_id: u32::from(flow.service_id),
             backend_slot: u32::from(flow.backend_slot),
             template: false,
@@ -124,7 +148,12 @@ impl Conn {
         service: &ServiceInfo,
         now_ns: u64,
     ) -> Self {
-        let (vip, proto, timeout_s) = service.persistence;
+        let TemplateScope {
+            vip,
+            proto,
+            vlan,
+            timeout_s,
+        } = service.persistence;
         let idle_ns = now_ns.saturating_sub(template.last_used_ns);
         let timeout_ns = u64::from(timeout_s).saturating_mul(1_000_000_000);
         let family = if vip.is_ipv4() {
@@ -138,6 +167,7 @@ impl Conn {
             expires_s: timeout_ns.saturating_sub(idle_ns) / 1_000_000_000,
             client: SocketAddr::new(addr_from_key(key.addr, family), 0),
             vip,
+            vlan,
             service_id: key.service_id,
             backend_slot: template.backend_slot,
             template: true,
@@ -153,14 +183,14 @@ impl Conn {
         }
     }
 
-    /// Sort key: VIP, protocol, client.
-    fn order(&self) -> (SocketAddr, u8, SocketAddr) {
-        (self.vip, self.proto, self.client)
+    /// Sort key: VIP, protocol, VLAN, client.
+    fn order(&self) -> (SocketAddr, u8, u32, SocketAddr) {
+        (self.vip, self.proto, self.vlan, self.client)
     }
 }
 
 /// The connection table as `lb conns` shows it: flows sorted by VIP,
-/// protocol and client.
+/// protocol, VLAN and client.
 #[derive(Clone, Debug)]
 pub struct ConnTable {
     services: HashMap<u32, ServiceInfo>,
@@ -178,6 +208,7 @@ struct ConnJson<'a> {
     client_port: u16,
     vip: IpAddr,
     port: u16,
+    vlan: Vec<u16>,
     real_server: Option<IpAddr>,
     real_server_port: u16,
     service: Option<&'a str>,
@@ -293,6 +324,7 @@ impl ConnTable {
                     client_port: conn.client.port(),
                     vip: conn.vip.ip(),
                     port: conn.vip.port(),
+                    vlan: vlan_ids(conn.vlan).collect(),
                     real_server: real_server.map(|r| r.ip()),
                     real_server_port: conn.vip.port(),
                     service: self.service_name(conn),
@@ -311,7 +343,7 @@ impl ConnTable {
             mm_ss(conn.expires_s),
             conn.state_name().to_owned(),
             endpoint(conn.client.ip(), conn.client.port()),
-            endpoint(conn.vip.ip(), conn.vip.port()),
+            endpoint(conn.vip.ip(), conn.vip.port()) + &vlan_suffix(conn.vlan),
             self.real_server(conn)
                 .map_or_else(|| "-".to_owned(), |r| endpoint(r.ip(), r.port())),
             self.service_name(conn).unwrap_or("-").to_owned(),
@@ -357,12 +389,24 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn key(client: &str, client_port: u16, vip: &str, port: u16, proto: u8) -> FlowKey {
+        key_on(client, client_port, vip, port, proto, 0)
+    }
+
+    fn key_on(
+        client: &str,
+        client_port: u16,
+        vip: &str,
+        port: u16,
+        proto: u8,
+        vlan: u32,
+    ) -> FlowKey {
         FlowKey::new(
             client.parse().unwrap(),
             client_port,
             vip.parse().unwrap(),
             port,
             proto,
+            vlan,
         )
         .expect("client and VIP of one family")
     }
@@ -387,13 +431,34 @@ mod tests {
                     None,
                     Some("192.0.2.13".parse().unwrap()),
                 ],
-                persistence: ("192.0.2.200:80".parse().unwrap(), PROTO_TCP, 0),
+                persistence: TemplateScope {
+                    vip: "192.0.2.200:80".parse().unwrap(),
+                    proto: PROTO_TCP,
+                    vlan: 0,
+                    timeout_s: 0,
+                },
             },
             ServiceInfo {
                 id: 1,
                 name: "[2001:db8::200]:53/udp".to_owned(),
                 backends: vec![Some("2001:db8::11".parse().unwrap())],
-                persistence: ("[2001:db8::200]:53".parse().unwrap(), PROTO_UDP, 0),
+                persistence: TemplateScope {
+                    vip: "[2001:db8::200]:53".parse().unwrap(),
+                    proto: PROTO_UDP,
+                    vlan: 0,
+                    timeout_s: 0,
+                },
+            },
+            ServiceInfo {
+                id: 2,
+                name: "web-4001".to_owned(),
+                backends: vec![Some("198.51.100.11".parse().unwrap())],
+                persistence: TemplateScope {
+                    vip: "192.0.2.200:80".parse().unwrap(),
+                    proto: PROTO_TCP,
+                    vlan: 4001,
+                    timeout_s: 0,
+                },
             },
         ]
     }
@@ -459,8 +524,15 @@ mod tests {
         let mut orphan = a;
         orphan.client = "192.0.2.99:9".parse().unwrap();
         orphan.service_id = 7;
+        // The same 5-tuple as `a` on VLAN 4001: another flow.
+        let tagged = Conn::new(
+            &key_on("192.0.2.10", 40002, "192.0.2.200", 80, PROTO_TCP, 4001),
+            &flow(STATE_ESTABLISHED, 10_000 - 1, 2, 0),
+            now,
+            &t,
+        );
         // A duplicate from a restarted walk is dropped.
-        ConnTable::new(services(), vec![udp, a, b, a, gone, orphan])
+        ConnTable::new(services(), vec![udp, a, b, a, gone, tagged, orphan])
     }
 
     #[test]
@@ -474,9 +546,12 @@ mod tests {
                 "192.0.2.10:40001",
                 "192.0.2.10:40002",
                 "192.0.2.99:9",
+                "192.0.2.10:40002",
                 "[2001:db8::10]:5353"
             ]
         );
+        assert_eq!(table.conns[4].vlan, 4001);
+        assert_eq!(table.service_name(&table.conns[4]), Some("web-4001"));
         let c = &table.conns[2];
         assert_eq!(table.real_server(c), Some("192.0.2.13:80".parse().unwrap()));
         assert_eq!(table.service_name(c), Some("web"));
@@ -494,12 +569,13 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "Pro  Expire  State        Source               Virtual             Destination        Service",
-                "TCP   14:59  ESTABLISHED  192.0.2.9:1          192.0.2.200:80      -                  web",
-                "TCP   00:09  CLOSE        192.0.2.10:40001     192.0.2.200:80      192.0.2.11:80      web",
-                "TCP   14:59  ESTABLISHED  192.0.2.10:40002     192.0.2.200:80      192.0.2.13:80      web",
-                "TCP   14:59  ESTABLISHED  192.0.2.99:9         192.0.2.200:80      -                  -",
-                "UDP   05:00  UDP          [2001:db8::10]:5353  [2001:db8::200]:53  [2001:db8::11]:53  [2001:db8::200]:53/udp",
+                "Pro  Expire  State        Source               Virtual                   Destination        Service",
+                "TCP   14:59  ESTABLISHED  192.0.2.9:1          192.0.2.200:80            -                  web",
+                "TCP   00:09  CLOSE        192.0.2.10:40001     192.0.2.200:80            192.0.2.11:80      web",
+                "TCP   14:59  ESTABLISHED  192.0.2.10:40002     192.0.2.200:80            192.0.2.13:80      web",
+                "TCP   14:59  ESTABLISHED  192.0.2.99:9         192.0.2.200:80            -                  -",
+                "TCP   14:59  ESTABLISHED  192.0.2.10:40002     192.0.2.200:80 vlan 4001  198.51.100.11:80   web-4001",
+                "UDP   05:00  UDP          [2001:db8::10]:5353  [2001:db8::200]:53        [2001:db8::11]:53  [2001:db8::200]:53/udp",
             ]
         );
 
@@ -507,17 +583,18 @@ mod tests {
         table.write_json(&mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let conns = json["connections"].as_array().unwrap();
-        assert_eq!(conns.len(), 5);
+        assert_eq!(conns.len(), 6);
         assert_eq!(
             conns[2],
             serde_json::json!({
                 "protocol": "tcp", "state": "ESTABLISHED", "expires_s": 899,
                 "client": "192.0.2.10", "client_port": 40002,
-                "vip": "192.0.2.200", "port": 80,
+                "vip": "192.0.2.200", "port": 80, "vlan": [],
                 "real_server": "192.0.2.13", "real_server_port": 80,
                 "service": "web", "service_id": 0, "backend_slot": 2,
             })
         );
+        assert_eq!(conns[4]["vlan"], serde_json::json!([4001]));
         assert_eq!(conns[3]["service"], serde_json::Value::Null);
 
         let empty = ConnTable::new(services(), Vec::new());
@@ -539,7 +616,7 @@ mod tests {
         let e = service_filter(&s, Some("nope")).unwrap_err().to_string();
         assert_eq!(
             e,
-            "no service named \"nope\" (valid: [2001:db8::200]:53/udp, web)"
+            "no service named \"nope\" (valid: [2001:db8::200]:53/udp, web, web-4001)"
         );
         let e = service_filter(&[], Some("web")).unwrap_err().to_string();
         assert!(e.contains("no services"), "{e}");

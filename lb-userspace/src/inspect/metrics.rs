@@ -4,19 +4,19 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `lb_service_connections_total` | counter | service, vip, port, protocol |
-//! | `lb_service_incoming_packets_total` | counter | service, vip, port, protocol |
-//! | `lb_service_incoming_bytes_total` | counter | service, vip, port, protocol |
-//! | `lb_service_connections_active` | gauge | service, vip, port, protocol |
-//! | `lb_service_connections_inactive` | gauge | service, vip, port, protocol |
-//! | `lb_backend_connections_total` | counter | service, vip, port, protocol, backend |
-//! | `lb_backend_incoming_packets_total` | counter | service, vip, port, protocol, backend |
-//! | `lb_backend_incoming_bytes_total` | counter | service, vip, port, protocol, backend |
-//! | `lb_backend_connections_active` | gauge | service, vip, port, protocol, backend |
-//! | `lb_backend_connections_inactive` | gauge | service, vip, port, protocol, backend |
-//! | `lb_backend_connections_persistent` | gauge | service, vip, port, protocol, backend |
-//! | `lb_backend_weight` | gauge | service, vip, port, protocol, backend |
-//! | `lb_backend_up` | gauge | service, vip, port, protocol, backend |
+//! | `lb_service_connections_total` | counter | service, vip, port, protocol, vlan |
+//! | `lb_service_incoming_packets_total` | counter | service, vip, port, protocol, vlan |
+//! | `lb_service_incoming_bytes_total` | counter | service, vip, port, protocol, vlan |
+//! | `lb_service_connections_active` | gauge | service, vip, port, protocol, vlan |
+//! | `lb_service_connections_inactive` | gauge | service, vip, port, protocol, vlan |
+//! | `lb_backend_connections_total` | counter | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_incoming_packets_total` | counter | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_incoming_bytes_total` | counter | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_connections_active` | gauge | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_connections_inactive` | gauge | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_connections_persistent` | gauge | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_weight` | gauge | service, vip, port, protocol, vlan, backend |
+//! | `lb_backend_up` | gauge | service, vip, port, protocol, vlan, backend |
 //! | `lb_flows` | gauge | family |
 //! | `lb_flow_capacity` | gauge | family |
 //! | `lb_pending_flows` | gauge | family |
@@ -33,7 +33,9 @@
 //! | `lb_nic_redirected_packets_total` | counter | nic |
 //! | `lb_nic_redirected_bytes_total` | counter | nic |
 //!
-//! The names follow node_exporter's IPVS collector (`node_ipvs_*`).
+//! The names follow node_exporter's IPVS collector (`node_ipvs_*`). `vlan`
+//! is a service's VLAN id (`4001`; `100.4001` for QinQ), empty for
+//! untagged frames.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -88,15 +90,18 @@ struct ServiceLabels {
     vip: String,
     port: u16,
     protocol: String,
+    vlan: String,
 }
 
 impl ServiceLabels {
     fn of(s: &ServiceStats) -> Self {
+        let vlan: Vec<String> = s.vlan.iter().map(u16::to_string).collect();
         Self {
             service: s.name.clone(),
             vip: s.vip.to_string(),
             port: s.port,
             protocol: s.protocol.to_owned(),
+            vlan: vlan.join("."),
         }
     }
 }
@@ -104,20 +109,15 @@ impl ServiceLabels {
 /// Labels of a backend's metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
-    service: String,
-    vip: String,
-    port: u16,
-    protocol: String,
+    #[prometheus(flatten)]
+    service: ServiceLabels,
     backend: String,
 }
 
 impl BackendLabels {
     fn of(s: &ServiceStats, b: &BackendStats) -> Self {
         Self {
-            service: s.name.clone(),
-            vip: s.vip.to_string(),
-            port: s.port,
-            protocol: s.protocol.to_owned(),
+            service: ServiceLabels::of(s),
             backend: b.address.to_string(),
         }
     }
@@ -611,6 +611,7 @@ mod tests {
                     vip: "192.0.2.200".parse().unwrap(),
                     port: 8080,
                     protocol: "tcp",
+                    vlan: Vec::new(),
                     conns: 32,
                     in_pkts: 300,
                     in_bytes: 18_000,
@@ -625,10 +626,11 @@ mod tests {
                 },
                 ServiceStats {
                     id: 1,
-                    name: "[2001:db8::200]:53/udp".to_owned(),
+                    name: "[2001:db8::200]:53/udp vlan 100.4001".to_owned(),
                     vip: "2001:db8::200".parse().unwrap(),
                     port: 53,
                     protocol: "udp",
+                    vlan: vec![100, 4001],
                     conns: 0,
                     in_pkts: 0,
                     in_bytes: 0,
@@ -693,10 +695,10 @@ mod tests {
     #[test]
     fn render_has_every_metric_line() {
         let text = render(&snapshot());
-        let web = r#"service="web",vip="192.0.2.200",port="8080",protocol="tcp""#;
+        let web = r#"service="web",vip="192.0.2.200",port="8080",protocol="tcp",vlan="""#;
         let rs1 = format!(r#"{web},backend="192.0.2.11""#);
         let rs2 = format!(r#"{web},backend="192.0.2.12""#);
-        let dns = r#"service="[2001:db8::200]:53/udp",vip="2001:db8::200",port="53",protocol="udp",backend="2001:db8::11""#;
+        let dns = r#"service="[2001:db8::200]:53/udp vlan 100.4001",vip="2001:db8::200",port="53",protocol="udp",vlan="100.4001",backend="2001:db8::11""#;
         for line in [
             "# TYPE lb_service_connections counter".to_owned(),
             "# HELP lb_service_connections Connections scheduled to the service (IPVS Conns)."

@@ -5,7 +5,8 @@
 //! What they share lives here: [`InspectConfig`] resolves the config and pin
 //! path of a read-only command, and [`ServiceNames`] names services. The maps
 //! hold no service names: they come from the config file, and a service the
-//! config does not name shows as `VIP:PORT/proto`.
+//! config does not name shows as `VIP:PORT/proto` (`VIP:PORT/proto vlan
+//! 4001` on a VLAN).
 
 pub mod conns;
 pub mod metrics;
@@ -18,7 +19,7 @@ use anyhow::Context as _;
 use lb_common::protocol_name;
 
 use self::table::endpoint;
-use crate::config::{Config, DEFAULT_PIN_PATH};
+use crate::config::{Config, DEFAULT_PIN_PATH, values::vlan_suffix};
 
 /// Config file the read-only commands use when `--config` is not given (and
 /// it exists).
@@ -63,10 +64,10 @@ impl InspectConfig {
     }
 }
 
-/// Service names by (VIP, port, protocol), from the config.
+/// Service names by (VIP, port, protocol, VLAN path), from the config.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceNames {
-    by_key: HashMap<(IpAddr, u16, u8), String>,
+    by_key: HashMap<(IpAddr, u16, u8, u32), String>,
 }
 
 impl ServiceNames {
@@ -75,17 +76,25 @@ impl ServiceNames {
         let by_key = config
             .iter()
             .flat_map(|c| &c.services)
-            .map(|s| ((s.vip, s.port, s.protocol.number()), s.name.clone()))
+            .map(|s| {
+                let key = (s.vip, s.port, s.protocol.number(), s.vlan_path());
+                (key, s.name.clone())
+            })
             .collect();
         Self { by_key }
     }
 
-    /// The name of the service (`vip`, `port`, `proto`): the config's, else
-    /// `VIP:PORT/proto`.
-    pub fn name(&self, vip: IpAddr, port: u16, proto: u8) -> String {
-        match self.by_key.get(&(vip, port, proto)) {
+    /// The name of the service (`vip`, `port`, `proto`) on the VLAN path
+    /// `vlan`: the config's, else `VIP:PORT/proto` (and ` vlan ID`).
+    pub fn name(&self, vip: IpAddr, port: u16, proto: u8, vlan: u32) -> String {
+        match self.by_key.get(&(vip, port, proto, vlan)) {
             Some(name) => name.clone(),
-            None => format!("{}/{}", endpoint(vip, port), protocol_name(proto)),
+            None => format!(
+                "{}/{}{}",
+                endpoint(vip, port),
+                protocol_name(proto),
+                vlan_suffix(vlan)
+            ),
         }
     }
 }
@@ -114,18 +123,34 @@ protocol = "tcp"
 [[service.backend]]
 address = "192.0.2.11"
 weight = 1
+
+[[service]]
+name = "gridftp-4001"
+vip = "192.0.2.200"
+port = 2811
+protocol = "tcp"
+vlan = 4001
+
+[[service.backend]]
+address = "192.0.2.11"
+weight = 1
 "#,
             "test.toml",
         )
         .unwrap();
         let names = ServiceNames::from_config(Some(&config));
         let vip: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(names.name(vip, 2811, PROTO_TCP), "gridftp");
-        assert_eq!(names.name(vip, 2811, PROTO_UDP), "192.0.2.200:2811/udp");
+        assert_eq!(names.name(vip, 2811, PROTO_TCP, 0), "gridftp");
+        assert_eq!(names.name(vip, 2811, PROTO_TCP, 4001), "gridftp-4001");
+        assert_eq!(names.name(vip, 2811, PROTO_UDP, 0), "192.0.2.200:2811/udp");
+        assert_eq!(
+            names.name(vip, 2811, PROTO_TCP, 4002),
+            "192.0.2.200:2811/tcp vlan 4002"
+        );
         let v6: IpAddr = "2001:db8::200".parse().unwrap();
         assert_eq!(
-            ServiceNames::from_config(None).name(v6, 53, PROTO_UDP),
-            "[2001:db8::200]:53/udp"
+            ServiceNames::from_config(None).name(v6, 53, PROTO_UDP, 100 << 12 | 4001),
+            "[2001:db8::200]:53/udp vlan 100.4001"
         );
     }
 
@@ -156,7 +181,7 @@ weight = 1
         let from_config = InspectConfig::resolve(None, Some(path.clone())).unwrap();
         assert_eq!(from_config.pin_path, Path::new("/sys/fs/bpf/lb-test"));
         let vip: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(from_config.names().name(vip, 80, PROTO_TCP), "web");
+        assert_eq!(from_config.names().name(vip, 80, PROTO_TCP, 0), "web");
         let explicit =
             InspectConfig::resolve(Some(PathBuf::from("/sys/fs/bpf/other")), Some(path.clone()))
                 .unwrap();

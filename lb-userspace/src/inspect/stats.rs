@@ -10,7 +10,7 @@ use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
     BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
     EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, addr_from_key,
-    backend_index, protocol_name, reason_name,
+    backend_index, protocol_name, reason_name, vlan_ids, vlan_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ use super::{
     table::{Align, endpoint, write_aligned},
 };
 use crate::{
-    config::values::format_mac,
+    config::values::{format_mac, vlan_suffix},
     datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
 };
 
@@ -170,6 +170,8 @@ pub struct ServiceStats {
     pub port: u16,
     /// "tcp" or "udp".
     pub protocol: &'static str,
+    /// The VLAN ids of its frames, outermost first (none: untagged).
+    pub vlan: Vec<u16>,
     /// Connections scheduled (IPVS Conns).
     pub conns: u64,
     /// Packets forwarded (InPkts).
@@ -296,10 +298,11 @@ impl Snapshot {
             let vip = addr_from_key(key.addr, key.family);
             services.push(ServiceStats {
                 id: service.id,
-                name: names.name(vip, key.port, key.proto),
+                name: names.name(vip, key.port, key.proto, key.vlan),
                 vip,
                 port: key.port,
                 protocol: protocol_name(key.proto),
+                vlan: vlan_ids(key.vlan).collect(),
                 conns: totals.new_conns,
                 in_pkts: totals.packets,
                 in_bytes: totals.bytes,
@@ -352,7 +355,7 @@ impl Snapshot {
             let before = earlier
                 .services
                 .iter()
-                .find(|e| e.id == s.id && e.vip == s.vip && e.port == s.port);
+                .find(|e| e.id == s.id && e.vip == s.vip && e.port == s.port && e.vlan == s.vlan);
             s.rate = Some(rates(
                 (s.conns, s.in_pkts, s.in_bytes),
                 before.map(|e| (e.conns, e.in_pkts, e.in_bytes)),
@@ -419,7 +422,7 @@ impl Snapshot {
         for s in &self.services {
             let mut row = vec![
                 s.protocol.to_uppercase(),
-                endpoint(s.vip, s.port),
+                endpoint(s.vip, s.port) + &vlan_suffix(vlan_path(&s.vlan)),
                 s.name.clone(),
                 String::new(),
                 String::new(),
@@ -614,6 +617,7 @@ mod tests {
                 vip: "192.0.2.200".parse().unwrap(),
                 port: 8080,
                 protocol: "tcp",
+                vlan: Vec::new(),
                 conns,
                 in_pkts,
                 in_bytes,
@@ -681,10 +685,12 @@ mod tests {
         let json = serde_json::to_value(&snap).unwrap();
         let s = &json["services"][0];
         for field in [
-            "id", "name", "vip", "port", "protocol", "conns", "in_pkts", "in_bytes", "backends",
+            "id", "name", "vip", "port", "protocol", "vlan", "conns", "in_pkts", "in_bytes",
+            "backends",
         ] {
             assert!(s.get(field).is_some(), "service field {field}: {s}");
         }
+        assert_eq!(s["vlan"], serde_json::json!([]));
         assert!(s.get("rate").is_none(), "no rate without --rate: {s}");
         let b = &s["backends"][0];
         for field in [
@@ -765,6 +771,34 @@ mod tests {
         assert!(first.ends_with("InBytes  CPS  InPPS  InBPS"), "{first}");
         let service = table.lines().nth(1).unwrap();
         assert!(service.ends_with("7680    1     10    600"), "{service}");
+    }
+
+    #[test]
+    fn services_on_a_vlan_show_it_after_their_address() {
+        let mut tagged = snapshot(0, 30, 120, 6_480);
+        tagged.services[0].vlan = vec![4001];
+        let table = tagged.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "Prot  LocalAddress:Port / -> RemoteAddress:Port  Name  Weight  Health  ActiveConn  InActConn  Conns  InPkts  InBytes",
+                "TCP   192.0.2.200:8080 vlan 4001                 web                           30          0     30     120     6480",
+                "        -> 192.0.2.11:8080                               1000  up              30          0     30     120     6480",
+            ]
+        );
+        tagged.services[0].vlan = vec![100, 4001];
+        let json = serde_json::to_value(&tagged).unwrap();
+        assert_eq!(json["services"][0]["vlan"], serde_json::json!([100, 4001]));
+        let table = tagged.table();
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("TCP   192.0.2.200:8080 vlan 100.4001             web  "),
+            "{table}"
+        );
     }
 
     #[test]

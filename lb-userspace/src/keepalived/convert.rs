@@ -1066,6 +1066,7 @@ impl Converter {
                 quorum,
                 hysteresis,
                 persistence,
+                vlan: Vec::new(),
                 health,
                 backends,
             },

@@ -181,7 +181,7 @@ fn removed_service_keeps_the_forwarded_total() {
     case.dp
         .maps
         .remove_service(
-            ServiceKey::new(VIP4.into(), PORT, PROTO_TCP),
+            ServiceKey::new(VIP4.into(), PORT, PROTO_TCP, 0),
             SERVICE_ID,
             std::iter::empty(),
         )

@@ -22,9 +22,9 @@ use crate::raw_keys::{FLOW_KEY4_LEN, FLOW_KEY6_LEN, key_bytes_of_frame};
 const FLOW_VALUE_LEN: usize = 16;
 
 /// A connection-table entry as the kernel stores it.
-struct RawFlow {
+pub(crate) struct RawFlow {
     /// The key's bytes.
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     /// The value's bytes.
     value: Vec<u8>,
 }
@@ -33,7 +33,7 @@ struct RawFlow {
 /// read through a handle opened by map id, apart from
 /// `lb::datapath::maps::Maps` and its types. Checks the map's key and value
 /// sizes first.
-fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec<RawFlow> {
+pub(crate) fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec<RawFlow> {
     let name = &case.name;
     let map = case.map_by_name(table, KEY_LEN, FLOW_VALUE_LEN);
     let raw = HashMap::<MapData, [u8; KEY_LEN], [u8; FLOW_VALUE_LEN]>::try_from(map)

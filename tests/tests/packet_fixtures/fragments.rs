@@ -631,7 +631,7 @@ fn the_vip_map_follows_the_services() {
         Err(e) => panic!("{name}: reading the VIP map: {e}"),
     };
     fn key(proto: u8) -> ServiceKey {
-        ServiceKey::new(VIP4.into(), PORT, proto)
+        ServiceKey::new(VIP4.into(), PORT, proto, 0)
     }
     assert_eq!(bits(&case), Some(PORT_TCP | PORT_UDP), "{name}: both");
     let later = FAMILIES[0].udp(40000, 0x9999).remove(1);

@@ -9,7 +9,8 @@
 //! compares the verdict, the output frame (built independently from the
 //! input: for `XDP_TX` the input with its two MAC addresses replaced, for
 //! every other verdict the input itself), the per-reason verdict counters
-//! (one packet, frame length minus 14 bytes, under exactly one reason) and,
+//! (one packet, frame length minus 14 bytes, under exactly one reason; a
+//! forwarded frame's IP length, without its VLAN tags) and,
 //! where the case is about them, the connection tables (IPv4 and IPv6), the
 //! per-CPU flow caches, the per-backend connection counts and the
 //! per-service and per-backend statistics. A mismatch panics with the case
@@ -47,3 +48,4 @@ mod raw_keys;
 mod redirect;
 mod selection;
 mod sweeper;
+mod vlan;

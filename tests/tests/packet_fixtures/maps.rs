@@ -34,7 +34,7 @@ fn service_id_past_the_backend_map_is_an_internal_drop() {
         .maps
         .services
         .insert(
-            ServiceKey::new(VIP4.into(), PORT, PROTO_TCP),
+            ServiceKey::new(VIP4.into(), PORT, PROTO_TCP, 0),
             Service {
                 id: MAX_SERVICES,
                 ..Service::default()
@@ -83,7 +83,7 @@ fn pinned_maps_dump_with_field_names() {
             dir.display()
         );
     }
-    let key = ServiceKey::new(VIP4.into(), PORT, PROTO_TCP);
+    let key = ServiceKey::new(VIP4.into(), PORT, PROTO_TCP, 0);
     pinned
         .0
         .maps

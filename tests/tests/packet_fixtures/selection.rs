@@ -486,9 +486,9 @@ fn syn_reusing_the_tuple_of_a_stopped_backend_is_rescheduled() {
 
 /// The RST that answers `syn` (built with the frame builder, then given the
 /// reply's sequence, acknowledgment and window): from the VIP back to the
-/// client, MACs swapped, no TCP options, acknowledging `acked` bytes past
-/// the SYN's sequence number.
-fn reset_for(syn: &Pkt, acked: u32) -> Vec<u8> {
+/// client, MACs swapped, VLAN tags kept, no TCP options, acknowledging
+/// `acked` bytes past the SYN's sequence number.
+pub(crate) fn reset_for(syn: &Pkt, acked: u32) -> Vec<u8> {
     let L4::Tcp { sport, dport, .. } = syn.l4 else {
         panic!("a SYN is TCP");
     };
@@ -511,6 +511,7 @@ fn reset_for(syn: &Pkt, acked: u32) -> Vec<u8> {
     };
     reply.dst_mac = syn.src_mac;
     reply.src_mac = syn.dst_mac;
+    reply.tags = syn.tags.clone();
     let at = reply.layout().ip_end;
     let mut frame = reply.build();
     // The builder's SYN sequence number is 0x1000_0000.
