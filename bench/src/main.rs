@@ -7,8 +7,10 @@
 //! `BPF_PROG_TEST_RUN` on one pinned CPU (known flows from the flow cache
 //! and from the connection table, new flows in a large and in a 1,024-flow
 //! table); the live benchmark ([`live`]) forwards real frames between
-//! network namespaces.
+//! network namespaces. With `--katran PATH`, [`katran`] measures Katran's
+//! balancer beside lb, the same frames the same way.
 
+mod katran;
 mod live;
 mod micro;
 mod report;
@@ -51,6 +53,10 @@ struct Cli {
     /// CPU to run on (default: the last online CPU).
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
+    /// Katran's XDP balancer object (`balancer.bpf.o`, built from Katran's
+    /// source as docs/performance.md shows), to measure lb against it.
+    #[arg(long, value_name = "PATH")]
+    katran: Option<PathBuf>,
     /// Directory for results.json and results.svg.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
@@ -91,6 +97,13 @@ fn main() -> anyhow::Result<()> {
     }
     pin_to_cpu(params.cpu)?;
     let results = micro::run(&params)?;
+    let katran = match &cli.katran {
+        Some(object) => katran::Comparison::Measured {
+            object: object.clone(),
+            rows: katran::run(object, &params).context("the comparison with Katran")?,
+        },
+        None => katran::Comparison::NotMeasured(katran::HOW_TO),
+    };
     let live = if cli.skip_live {
         None
     } else {
@@ -108,8 +121,9 @@ fn main() -> anyhow::Result<()> {
         quick: cli.quick,
         params,
     };
-    let report = report::Report::new(meta, results, live);
+    let report = report::Report::new(meta, results, katran, live);
     print!("{}", report.table());
+    print!("{}", report.katran.table());
     if let Some(rows) = &report.live {
         println!("\nlive traffic\n{}", live::table(rows));
     }

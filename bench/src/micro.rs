@@ -73,7 +73,7 @@ use crate::BENCH_OBJECT;
 /// (IPv6 + TCP needs 74 bytes); the IP payload fills it, so lengths agree.
 const FRAME_LEN: usize = 64;
 /// The director's own address: the destination of traffic for no service.
-const DIRECTOR4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const DIRECTOR4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Client ports used per client address (1024..=65535).
 const PORTS_PER_ADDR: u32 = 64_512;
 /// Flows in the connection table for the established-path scaling cases.
@@ -207,7 +207,7 @@ pub struct Figure {
 
 impl Figure {
     /// The figure of the given per-round values.
-    fn of(rounds_ns: Vec<f64>) -> Self {
+    pub(crate) fn of(rounds_ns: Vec<f64>) -> Self {
         let mut sorted = rounds_ns.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
@@ -328,18 +328,18 @@ pub struct Results {
 
 /// A packet's 5-tuple, as the client sends it.
 #[derive(Clone, Copy)]
-struct Tuple {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(crate) struct Tuple {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
 }
 
 impl Tuple {
     /// The `i`-th distinct client of a service on `vip`:`PORT` (port first,
     /// then the address), from 203.0.113.0/24 or 2001:db8:1::/64.
-    fn client(i: u32, vip: IpAddr, proto: u8) -> Self {
+    pub(crate) fn client(i: u32, vip: IpAddr, proto: u8) -> Self {
         let host = i / PORTS_PER_ADDR;
         let src = match vip {
             IpAddr::V4(_) => {
@@ -366,7 +366,7 @@ impl Tuple {
     /// A well-formed frame of this tuple (TCP with `tcp_flags`), checksums
     /// included, its IP payload filled up (0xab) to [`FRAME_LEN`] where the
     /// headers leave room; the IPv4 identification is 0.
-    fn frame(&self, tcp_flags: u8) -> Vec<u8> {
+    pub(crate) fn frame(&self, tcp_flags: u8) -> Vec<u8> {
         let l4 = if self.proto == PROTO_TCP {
             L4::Tcp {
                 sport: self.sport,
@@ -395,7 +395,7 @@ impl Tuple {
 /// Loads lb's data path for IPv4-only cases: an IPv4 connection table of
 /// `ipv4_flows` and an IPv4 pending table of `pending_ipv4_flows` (where
 /// new TCP flows open), and IPv6 tables of [`IDLE_IPV6_CAPACITY`].
-fn ipv4_datapath(ipv4_flows: u32, pending_ipv4_flows: u32) -> anyhow::Result<Datapath> {
+pub(crate) fn ipv4_datapath(ipv4_flows: u32, pending_ipv4_flows: u32) -> anyhow::Result<Datapath> {
     Datapath::load(
         FlowCapacity {
             ipv4: ipv4_flows,
@@ -407,7 +407,7 @@ fn ipv4_datapath(ipv4_flows: u32, pending_ipv4_flows: u32) -> anyhow::Result<Dat
 }
 
 /// The reference programs, loaded.
-struct Reference {
+pub(crate) struct Reference {
     ebpf: Ebpf,
 }
 
@@ -417,7 +417,7 @@ impl Reference {
     const EMPTY: &str = "bench_empty";
 
     /// Loads both programs from [`BENCH_OBJECT`].
-    fn load() -> anyhow::Result<Self> {
+    pub(crate) fn load() -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the reference programs")?;
         for name in [Self::TRIVIAL, Self::EMPTY] {
             let program: &mut Xdp = ebpf
@@ -438,12 +438,12 @@ impl Reference {
     }
 
     /// The MAC-swap `XDP_TX` program.
-    fn trivial(&self) -> &Xdp {
+    pub(crate) fn trivial(&self) -> &Xdp {
         self.program(Self::TRIVIAL)
     }
 
     /// The empty program (`XDP_PASS`).
-    fn empty(&self) -> &Xdp {
+    pub(crate) fn empty(&self) -> &Xdp {
         self.program(Self::EMPTY)
     }
 }
@@ -475,8 +475,21 @@ fn time_per_call(
     verdict: u32,
     frame: impl Fn(u32) -> Vec<u8>,
 ) -> anyhow::Result<f64> {
+    time_per_call_with(program, calls, trim, verdict, frame, |_| Ok(()))
+}
+
+/// [`time_per_call`], running `before(i)` (untimed) before call `i`.
+pub(crate) fn time_per_call_with(
+    program: &Xdp,
+    calls: u32,
+    trim: f64,
+    verdict: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+    mut before: impl FnMut(u32) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     let mut durations = Vec::with_capacity(calls as usize);
     for i in 0..calls {
+        before(i)?;
         let frame = frame(i);
         let result = program
             .test_run(TestRunOptions {
@@ -550,7 +563,7 @@ struct RepeatCase {
 
 /// Opens the TCP flow of `tuple` through lb (SYN, then ACK) and returns the
 /// data segment (ACK|PSH) the benchmark repeats; checks it is forwarded.
-fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
     for flags in [TCP_SYN, TCP_ACK] {
         let (verdict, _) =
             run_once(dp.program(), &tuple.frame(flags)).context("BPF_PROG_TEST_RUN")?;
@@ -564,7 +577,12 @@ fn establish(dp: &Datapath, tuple: &Tuple) -> anyhow::Result<Vec<u8>> {
 
 /// Inserts established flows of service 0 for clients `1..flows` from
 /// userspace (client 0 is the measured flow, opened through the program).
-fn prefill(dp: &mut Datapath, vip: IpAddr, flows: u32, backends: u16) -> anyhow::Result<()> {
+pub(crate) fn prefill(
+    dp: &mut Datapath,
+    vip: IpAddr,
+    flows: u32,
+    backends: u16,
+) -> anyhow::Result<()> {
     for i in 1..flows {
         let flow = Flow {
             last_seen_ns: 0,
@@ -1002,7 +1020,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 
 /// The client of call `i` of the walk over `flows` prefilled flows (of
 /// service 0 on the IPv4 VIP), [`ROTATION_STRIDE`] apart.
-fn rotation(flows: u32, i: u32) -> Tuple {
+pub(crate) fn rotation(flows: u32, i: u32) -> Tuple {
     let client = (u64::from(i) * ROTATION_STRIDE % u64::from(flows)) as u32;
     Tuple::client(client, IpAddr::V4(VIP4), PROTO_TCP)
 }
@@ -1077,7 +1095,7 @@ fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64>
 /// Installs service `id` on (`vip`, `PORT`, `proto`) over `reals` in `dp`,
 /// as a `sloppy_tcp` service: the established cases send ACKs of flows that
 /// no SYN opened.
-fn install(
+pub(crate) fn install(
     dp: &mut Datapath,
     id: u32,
     vip: IpAddr,

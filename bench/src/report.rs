@@ -16,6 +16,7 @@ use plotters::{
 };
 use serde::Serialize;
 
+use crate::katran::Comparison;
 use crate::micro::{
     CaseResult, FlowPath, Kind, Memory, Method, NEW_FLOW_BACKENDS, Params, ProgramSize, Results,
     SCALING_FLOWS, SMALL_TABLE_FLOWS, thousands,
@@ -113,13 +114,15 @@ pub struct Report<L: Serialize> {
     pub memory: Memory,
     /// The issue's targets.
     pub targets: Vec<Target>,
+    /// lb against Katran (`--katran`).
+    pub katran: Comparison,
     /// Live-traffic figures (`None` with `--skip-live`).
     pub live: Option<Vec<L>>,
 }
 
 impl<L: Serialize> Report<L> {
     /// Derives ratios and targets from the measurements.
-    pub fn new(meta: Meta, results: Results, live: Option<Vec<L>>) -> Self {
+    pub fn new(meta: Meta, results: Results, katran: Comparison, live: Option<Vec<L>>) -> Self {
         let cases: Vec<Row> = results.cases.into_iter().map(Row::of).collect();
         let targets = targets(&cases);
         Self {
@@ -128,6 +131,7 @@ impl<L: Serialize> Report<L> {
             programs: results.programs,
             memory: results.memory,
             targets,
+            katran,
             live,
         }
     }
@@ -141,6 +145,13 @@ impl<L: Serialize> Report<L> {
         let svg = dir.join("results.svg");
         plot(&self.cases, &svg).with_context(|| format!("drawing {}", svg.display()))?;
         eprintln!("lb-bench: wrote {} and {}", json.display(), svg.display());
+        if let Comparison::Measured { .. } = self.katran {
+            let katran = dir.join("katran.svg");
+            self.katran
+                .plot(&katran)
+                .with_context(|| format!("drawing {}", katran.display()))?;
+            eprintln!("lb-bench: wrote {}", katran.display());
+        }
         Ok(())
     }
 
@@ -338,8 +349,8 @@ impl<L: Serialize> Report<L> {
         }
         s.push_str(
             "  ~13x is the issue's ratio of Katran's new flow (393 ns) to the MAC swap (29 ns) on its \
-             reference machine; the target itself is Katran's cost on the same machine, which this \
-             bench does not run (docs/performance.md, \"Against Katran\": about 40x the MAC swap on these VMs)\n",
+             reference machine; the target itself is Katran's cost on the same machine: see \
+             \"against Katran\" below (measured with --katran PATH)\n",
         );
         s
     }

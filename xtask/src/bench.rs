@@ -1,11 +1,12 @@
-//! `cargo xtask bench [--quick] [-- ARGS]`: builds `lb-bench` and runs it.
+//! `cargo xtask bench [--quick] [--katran PATH] [-- ARGS]`: builds `lb-bench`
+//! and runs it.
 //!
 //! Like the demo, the benchmark is a separate binary: xtask never depends on
 //! the XDP build, so `cargo xtask setup` compiles on a machine that does not
 //! have the eBPF toolchain yet. Results go to `<target dir>/bench/`
 //! (`results.json`, `results.svg`) unless ARGS name another `--out`.
 
-use std::{ffi::OsString, process::Command};
+use std::{ffi::OsString, path::PathBuf, process::Command};
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -19,6 +20,11 @@ pub struct Options {
     /// ones (those come from a full run).
     #[arg(long)]
     quick: bool,
+    /// Katran's XDP balancer object (`balancer.bpf.o`, built from Katran's
+    /// source: docs/performance.md, "Against Katran"): lb is measured
+    /// against it in the same run.
+    #[arg(long, value_name = "PATH")]
+    katran: Option<PathBuf>,
     /// Arguments for `lb-bench` itself (see `cargo xtask bench -- --help`),
     /// e.g. `-- --skip-live --rounds 9 --cpu 1`.
     #[arg(last = true, value_name = "LB_BENCH_ARGS")]
@@ -48,6 +54,10 @@ pub fn run(options: &Options) -> Result<()> {
         .arg(target.join("bench"));
     if options.quick {
         bench.arg("--quick");
+    }
+    if let Some(object) = &options.katran {
+        // lb-bench runs in the workspace root: a relative path stays the user's.
+        bench.arg("--katran").arg(std::path::absolute(object)?);
     }
     run_command(bench.args(&options.args))
 }
