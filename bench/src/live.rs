@@ -612,7 +612,7 @@ impl Bench {
                 Backend::new(IpAddr::V4(*addr), attachment, *weight, BACKEND_STATE_UP);
         }
         dp.maps.set_service(
-            ServiceKey::new(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP, 0),
+            &[ServiceKey::new(IpAddr::V4(VIP), VIP_PORT, PROTO_TCP, 0)],
             Service {
                 id: 0,
                 // sloppy_tcp: the established cases send ACKs of flows never opened by a SYN.

@@ -1103,7 +1103,7 @@ pub(crate) fn install(
     reals: &[Real],
 ) -> anyhow::Result<()> {
     dp.maps.set_service(
-        ServiceKey::new(vip, PORT, proto, 0),
+        &[ServiceKey::new(vip, PORT, proto, 0)],
         Service {
             id,
             flags: SERVICE_FLAG_SLOPPY_TCP,

@@ -494,5 +494,18 @@ mod tests {
                 vlan: vlan_path(&[100, 4001]),
             }
         );
+        assert_eq!(
+            tagged.service_key().any_port().key,
+            ServiceKey {
+                port: crate::limits::ANY_PORT,
+                vlan: 4001,
+                ..v4.service_key().key
+            }
+        );
+        assert_eq!(v6.service_key().any_port().key.port, 0);
+        assert_eq!(
+            v6.service_key().any_port().key.vlan,
+            vlan_path(&[100, 4001])
+        );
     }
 }

@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -141,6 +141,13 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 
 /// Most services one director can hold (service ids are `0..MAX_SERVICES`).
 pub const MAX_SERVICES: u32 = 128;
+/// Most entries of [`SERVICES_MAP`]: one per port a service covers (a
+/// service over every port takes one), all services together.
+pub const MAX_SERVICE_KEYS: u32 = 65_536;
+/// The port of a service's key that stands for every port (IPVS's port-0
+/// services): the data path looks it up when no service has the packet's
+/// own port.
+pub const ANY_PORT: u16 = 0;
 /// Most backends (real servers) one service can hold (slots are `0..MAX_BACKENDS`).
 pub const MAX_BACKENDS: usize = 256;
 /// Default capacity of the IPv4 connection table; the control plane may size

@@ -96,6 +96,19 @@ pub struct AlignedServiceKey {
 }
 
 impl AlignedServiceKey {
+    /// The same key with the port [`ANY_PORT`]: the key of a service over
+    /// every port of its VIP.
+    ///
+    /// [`ANY_PORT`]: crate::limits::ANY_PORT
+    #[inline(always)]
+    pub fn any_port(&self) -> Self {
+        // SAFETY: 24 bytes, 8-byte aligned, no padding; the port is the low
+        // 16 bits of the last word (`service_key_tail`).
+        let mut words: [u64; 3] = unsafe { core::mem::transmute(*self) };
+        words[2] &= !0xffff;
+        Self::from_words(words)
+    }
+
     /// The key whose words are `words`.
     #[inline(always)]
     pub(crate) fn from_words(words: [u64; 3]) -> Self {

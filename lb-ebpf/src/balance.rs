@@ -10,7 +10,7 @@ use lb_common::{
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
     forward, fragment, icmp,
-    maps::{self, BACKEND_CONNS, BACKENDS, SERVICES, WLC_TREE},
+    maps::{self, BACKEND_CONNS, BACKENDS, WLC_TREE},
     parse::{self, IpHeader, Packet, Unparsed},
     reset, stats,
     verdict::Verdict,
@@ -112,13 +112,7 @@ fn from_table<K: TableKey>(
         Lookup::Missing => None,
         Lookup::Orphaned(table) | Lookup::Reused(table) => Some(table),
     };
-    let service_key = key.service_key();
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
-    )]
-    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
-    let Some(service) = (unsafe { SERVICES.get(&service_key.key) }).copied() else {
+    let Some(service) = maps::service(&key.service_key()) else {
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (service_id, flags) = (service.id, service.flags);

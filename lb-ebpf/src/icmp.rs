@@ -38,8 +38,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     conntrack::{self, TableKey},
-    forward,
-    maps::{self, SERVICES},
+    forward, maps,
     parse::{self, IPV4_OFFSET_MASK, IpHeader, NotTcpUdp, be16, load_addr6, load_u32, ptr_at},
     verdict::Verdict,
 };
@@ -180,14 +179,7 @@ fn to_backend<K: TableKey>(ctx: &XdpContext, key: &K) -> Verdict {
             other => other,
         };
     }
-    let service = key.service_key();
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
-    )]
-    // SAFETY: only whether the entry exists is read.
-    let known = unsafe { SERVICES.get(&service.key) }.is_some();
-    if known {
+    if maps::service(&key.service_key()).is_some() {
         Verdict::Pass(REASON_ICMP_NO_FLOW)
     } else {
         Verdict::Pass(REASON_NOT_L4)

@@ -1,18 +1,19 @@
 //! The data path's maps. Each static's name is the map's name, spelled once
 //! more for the control plane as `lb_common`'s `*_MAP` constants; the sizes
-//! are `lb_common`'s limits. [`serves_port`] is the port prefilter's lookup.
+//! are `lb_common`'s limits. [`serves_port`] is the port prefilter's lookup,
+//! [`service`] the service lookup.
 
 use aya_ebpf::{
     btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4, CachedFlowSet6, Counters,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS, FLOW_EVENTS_ENTRIES,
-    FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
-    LoadTree, MAX_IFACES, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter,
-    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, Service, ServiceKey,
-    VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
+    ANY_PORT, AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
+    CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
+    FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6,
+    FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES,
+    NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey, PersistTemplate,
+    SERVICE_PORTS_ENTRIES, Service, ServiceKey, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -39,9 +40,11 @@ pub static TX_PORTS: DevMapHash<{ MAX_IFACES as usize }> = DevMapHash::new();
 pub static NIC_STATS: PerCpuArray<NicCounters, { NIC_FILTER_ENTRIES as usize }> =
     PerCpuArray::new();
 
-/// Virtual services: (VIP, port, protocol) -> service id. Written by the control plane.
+/// Virtual services: (VIP, port, protocol, VLAN) -> the service, one entry
+/// per port it covers (port [`ANY_PORT`] for a service over every port).
+/// Written by the control plane.
 #[btf_map]
-pub static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICES as usize }> = HashMap::new();
+pub static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICE_KEYS as usize }> = HashMap::new();
 
 /// Backends of each service, indexed by service id. Written by the control plane.
 #[btf_map]
@@ -103,7 +106,27 @@ pub static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array
 /// array lookup, before anything else is read of a frame.
 #[inline(always)]
 pub fn serves_port(port: u16, proto: u8) -> bool {
-    SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0) & port_bit(proto) != 0
+    let serves = |port: u16| SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0);
+    serves(port) & port_bit(proto) != 0 || serves(ANY_PORT) & port_bit(proto) != 0
+}
+
+/// The service of a flow to `key`: the one on its own port, else the one
+/// over every port of its VIP ([`ANY_PORT`]), as IPVS prefers a port's own
+/// service to a port-0 one.
+#[inline(always)]
+pub fn service(key: &AlignedServiceKey) -> Option<Service> {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the key would be copied to a stack slot of its own 4-byte alignment"
+    )]
+    // SAFETY: the control plane replaces service entries whole; a copy is taken at once.
+    let own = unsafe { SERVICES.get(&key.key) }.copied();
+    own.or_else(|| {
+        let any = key.any_port();
+        #[expect(clippy::needless_borrows_for_generic_args, reason = "as above")]
+        // SAFETY: as above.
+        unsafe { SERVICES.get(&any.key) }.copied()
+    })
 }
 
 /// VIPs: address -> `PORT_*` bits of the protocols its services use.

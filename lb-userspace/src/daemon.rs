@@ -923,8 +923,8 @@ fn write_changes(
     let director = &*director;
     for change in changes {
         match *change {
-            Change::RemoveService { id, key } => {
-                maps.remove_service(key, id, director.services.iter().map(ServiceRuntime::key))?;
+            Change::RemoveService { id } => {
+                maps.remove_service(id)?;
                 let flows = sweeper::forget_service(maps, id)?;
                 info!("service id {id} removed with {flows} flow(s)");
             }
@@ -933,7 +933,7 @@ fn write_changes(
                 let Some(s) = director.services.iter().find(|s| s.id == id) else {
                     continue;
                 };
-                maps.set_service(s.key(), s.config.service_value(id), &s.backend_set())?;
+                maps.set_service(&s.keys(), s.config.service_value(id), &s.backend_set())?;
             }
         }
     }
@@ -1002,10 +1002,9 @@ fn warn_if_tags_are_stripped(nic: &Nic) {
 fn warn_if_unusable(service: &ServiceRuntime) {
     if !service.has_usable_backend() {
         error!(
-            "service {}: no backend is up with weight > 0; new connections to {} are dropped \
-             (counted as drop_no_backend) until one recovers; established flows continue",
-            service.config.name,
-            SocketAddr::new(service.config.vip, service.config.port)
+            "service {}: no backend is up with weight > 0; new connections to {} port {} are \
+             dropped (counted as drop_no_backend) until one recovers; established flows continue",
+            service.config.name, service.config.vip, service.config.ports
         );
     }
 }

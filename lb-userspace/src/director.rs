@@ -26,6 +26,7 @@ use lb_common::{
 
 use crate::{
     config::{BackendConfig, Config, HealthKind, ServiceConfig},
+    datapath::maps::InstalledService,
     health::hysteresis::Hysteresis,
     host::Nic,
 };
@@ -36,13 +37,11 @@ pub enum Change {
     /// Write service `id`'s backend set, then its key (a new service, or
     /// one whose backends changed; idempotent).
     SetService(u32),
-    /// Forget service `id` under `key`: empty its backend set, delete its key
-    /// and its flows, zero its counters (its id may be reused later).
+    /// Forget service `id`: empty its backend set, delete its keys and its
+    /// flows, zero its counters (its id may be reused later).
     RemoveService {
         /// The service id being freed.
         id: u32,
-        /// Its key in the service map.
-        key: ServiceKey,
     },
     /// Zero the packet/byte/connection counters of a slot that a new
     /// backend now occupies.
@@ -105,9 +104,19 @@ pub struct ServiceRuntime {
 }
 
 impl ServiceRuntime {
-    /// Its key in the service map.
+    /// The key it is known by (see [`key_of`]).
     pub fn key(&self) -> ServiceKey {
         key_of(&self.config)
+    }
+
+    /// Its keys in the service map: one per port it covers.
+    pub fn keys(&self) -> Vec<ServiceKey> {
+        let c = &self.config;
+        let (proto, vlan) = (c.protocol.number(), c.vlan_path());
+        c.ports
+            .key_ports()
+            .map(|port| ServiceKey::new(c.vip, port, proto, vlan))
+            .collect()
     }
 
     /// The occupied slots.
@@ -268,11 +277,13 @@ impl ServiceRuntime {
     }
 }
 
-/// The key of a configured service.
+/// The key a configured service is known by: its VIP, first port (0 for
+/// every port), protocol and VLAN. A reload that keeps it keeps the
+/// service, its id and its flows; its other ports may change.
 pub fn key_of(service: &ServiceConfig) -> ServiceKey {
     ServiceKey::new(
         service.vip,
-        service.port,
+        service.ports.first(),
         service.protocol.number(),
         service.vlan_path(),
     )
@@ -330,25 +341,32 @@ impl Director {
         Self::default()
     }
 
-    /// Rebuilds the state a previous `lb` left in the maps: `services` are
-    /// the (key, id, backend set) entries found there. Services the config
+    /// Rebuilds the state a previous `lb` left in the maps: `found` are the
+    /// services there (keys, value, backend set). Services the config
     /// still has keep their id and backends (slots, MACs, health, removed
     /// flags), so their flows continue; the rest are removed. Call
     /// [`Director::apply`] with the config next to bring backends and
     /// weights in line with it.
     pub fn adopt(
-        found: Vec<(ServiceKey, u32, BackendSet)>,
+        found: Vec<InstalledService>,
         config: &Config,
         nic_by_index: &HashMap<u32, Nic>,
     ) -> (Self, Vec<Change>) {
         let mut director = Self::new();
         let mut changes = Vec::new();
-        for (key, id, set) in found {
+        for InstalledService {
+            service,
+            keys,
+            backends: set,
+        } in found
+        {
+            let id = service.id;
             director.next_id = director.next_id.max(id + 1) % MAX_SERVICES;
-            let Some(service) = config.services.iter().find(|s| key_of(s) == key) else {
-                changes.push(Change::RemoveService { id, key });
+            let Some(service) = config.services.iter().find(|s| keys.contains(&key_of(s))) else {
+                changes.push(Change::RemoveService { id });
                 continue;
             };
+            let key = key_of(service);
             let health = &service.health;
             let mut slots = Vec::new();
             for b in set.backends.iter().take(set.len as usize) {
@@ -458,10 +476,7 @@ impl Director {
             if wanted.contains(&s.key()) {
                 return true;
             }
-            changes.push(Change::RemoveService {
-                id: s.id,
-                key: s.key(),
-            });
+            changes.push(Change::RemoveService { id: s.id });
             summary.services_removed.push(s.config.name.clone());
             false
         });
@@ -737,6 +752,19 @@ mod tests {
         mac: [2, 0, 0, 0, 0, 7],
     };
 
+    /// Service `id` under `key` with backend set `backends`, as an adopting
+    /// lb finds it in the maps.
+    fn installed(key: ServiceKey, id: u32, backends: BackendSet) -> InstalledService {
+        InstalledService {
+            service: lb_common::Service {
+                id,
+                ..lb_common::Service::default()
+            },
+            keys: vec![key],
+            backends,
+        }
+    }
+
     /// A config with one TCP service "web" on 192.0.2.200:80, no health
     /// check, and `backends` as (last octet in 198.51.100.0/24, weight).
     fn config(backends: &[(u8, u32)], expire_nodest_conn: bool) -> Config {
@@ -980,7 +1008,7 @@ mod tests {
         let s = &d.services[0];
         let set = s.backend_set();
         assert_eq!(set.backends[1].state, BACKEND_STATE_EMPTY);
-        let found = vec![(s.key(), s.id, set)];
+        let found = vec![installed(s.key(), s.id, set)];
         let c = config(&[(1, 100), (3, 10)], false);
         let (mut adopted, _) = Director::adopt(found, &c, &HashMap::from([(7, NIC)]));
         let b = adopted.services[0].slots[1].as_ref().unwrap();
@@ -1098,15 +1126,15 @@ mod tests {
         first.remove_backend("web", addr(2), false).unwrap();
         let s = &first.services[0];
         let found = vec![
-            (s.key(), s.id, s.backend_set()),
-            (
+            installed(s.key(), s.id, s.backend_set()),
+            installed(
                 ServiceKey::new(IpAddr::from([192, 0, 2, 9]), 53, 17, 0),
                 5,
                 BackendSet::default(),
             ),
             // The configured service's VIP, port and protocol on a VLAN:
             // another service.
-            (
+            installed(
                 ServiceKey {
                     vlan: 4001,
                     ..s.key()
@@ -1148,7 +1176,7 @@ mod tests {
         apply(&mut first, &checked);
         first.services[0].slots[1].as_mut().unwrap().health = Hysteresis::starting(false, 2, 3);
         let s = &first.services[0];
-        let found = vec![(s.key(), s.id, s.backend_set())];
+        let found = vec![installed(s.key(), s.id, s.backend_set())];
 
         let unchecked = config(&[(1, 100), (2, 50)], false);
         let (adopted, _) = Director::adopt(found.clone(), &unchecked, &HashMap::from([(7, NIC)]));

@@ -249,7 +249,7 @@ impl Case {
         self.dp
             .maps
             .set_service(
-                ServiceKey::new(vip, PORT, proto, vlan),
+                &[ServiceKey::new(vip, PORT, proto, vlan)],
                 Service {
                     id,
                     flags,

@@ -19,10 +19,13 @@
 //! values (durations, MAC addresses...), and [`write`](mod@write) writes a
 //! [`Config`] back as TOML (for `lb import-keepalived`).
 
+mod ports;
 mod raw;
 pub(crate) mod validate;
 pub mod values;
 pub mod write;
+
+pub use ports::Ports;
 
 #[cfg(test)]
 mod tests;
@@ -120,8 +123,8 @@ pub struct ServiceConfig {
     pub name: String,
     /// The virtual IP clients connect to.
     pub vip: IpAddr,
-    /// The port clients connect to (1 to 65535).
-    pub port: u16,
+    /// The ports clients connect to (`port`, or `ports`).
+    pub ports: Ports,
     /// Transport protocol of the service.
     pub protocol: Protocol,
     /// How new connections are spread over the backends.

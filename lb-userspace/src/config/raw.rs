@@ -40,6 +40,7 @@ pub(super) mod key {
     pub(crate) const NAME: &str = "name";
     pub(crate) const VIP: &str = "vip";
     pub(crate) const PORT: &str = "port";
+    pub(crate) const PORTS: &str = "ports";
     pub(crate) const PROTOCOL: &str = "protocol";
     pub(crate) const SCHEDULER: &str = "scheduler";
     pub(crate) const NO_BACKEND: &str = "no_backend";
@@ -125,6 +126,7 @@ pub(super) struct RawService {
     pub(super) name: Field,
     pub(super) vip: Field,
     pub(super) port: Field,
+    pub(super) ports: Field,
     pub(super) protocol: Field,
     pub(super) scheduler: Field,
     pub(super) no_backend: Field,
@@ -347,6 +349,7 @@ mod tests {
                 key::NAME,
                 key::VIP,
                 key::PORT,
+                key::PORTS,
                 key::PROTOCOL,
                 key::SCHEDULER,
                 key::NO_BACKEND,

@@ -148,7 +148,7 @@ fn example_parses() {
         vec![ServiceConfig {
             name: "gridftp".to_owned(),
             vip: v4(192, 0, 2, 200),
-            port: 2811,
+            ports: Ports::single(2811),
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,
@@ -504,8 +504,9 @@ fn duplicate_service() {
     let text = format!("{BASE}{second}");
     assert_eq!(
         error(&text),
-        "lb.toml:18: service \"gridftp2\": 192.0.2.200:2811 tcp is already used by \
-         service \"gridftp\" at line 7 (vip, port, protocol and vlan must be unique)"
+        "lb.toml:18: service \"gridftp2\": port 2811 of 192.0.2.200 tcp is already covered by \
+         service \"gridftp\" at line 7 (a port of a VIP, protocol and VLAN belongs to one \
+         service)"
     );
     // Another protocol on the same VIP and port is another service.
     parse(&format!(
@@ -526,8 +527,113 @@ fn duplicate_service() {
             base_with("port = 2811", "port = 2811\nvlan = 4001"),
             on("4001")
         )),
-        "lb.toml:19: service \"gridftp2\": 192.0.2.200:2811 tcp vlan 4001 is already used by \
-         service \"gridftp\" at line 7 (vip, port, protocol and vlan must be unique)"
+        "lb.toml:19: service \"gridftp2\": port 2811 of 192.0.2.200 tcp vlan 4001 is already \
+         covered by service \"gridftp\" at line 7 (a port of a VIP, protocol and VLAN belongs \
+         to one service)"
+    );
+}
+
+#[test]
+fn port_lists_and_ranges() {
+    let config = Config::parse(
+        &base_with("port = 2811", "ports = [2811, \"50000-50100\", 50101, 40000]"),
+        "lb.toml",
+    )
+    .unwrap();
+    let ports = &config.services[0].ports;
+    assert_eq!(ports.to_string(), "2811,40000,50000-50101");
+    assert_eq!(ports.first(), 2811);
+    assert_eq!(config.services[0].health.port, 2811, "checks the first port");
+    let every = Config::parse(
+        &base_with("port = 2811", "port = 0\n[service.health]\nport = 2811"),
+        "lb.toml",
+    )
+    .unwrap();
+    assert_eq!(every.services[0].ports, Ports::Every);
+
+    let cases = [
+        (
+            "port = 2811\nports = [2811]",
+            "both port and ports are set (valid: port = 2811 for one port, port = 0 for every \
+             port, or ports = [2811, \"50000-51000\"] for several)",
+        ),
+        (
+            "ports = []",
+            "ports is empty (valid: a list of ports from 1 to 65535 and ranges \"FIRST-LAST\", \
+             e.g. ports = [2811, \"50000-51000\"]; port = 0 for every port)",
+        ),
+        (
+            "ports = [2811, \"51000-50000\"]",
+            "ports has string \"51000-50000\" (valid: a list of ports from 1 to 65535 and ranges \
+             \"FIRST-LAST\", e.g. ports = [2811, \"50000-51000\"]; port = 0 for every port)",
+        ),
+        (
+            "ports = [0, 2811]",
+            "ports has integer 0 (valid: a list of ports from 1 to 65535 and ranges \
+             \"FIRST-LAST\", e.g. ports = [2811, \"50000-51000\"]; port = 0 for every port)",
+        ),
+        (
+            "ports = [2811, \"2800-2900\"]",
+            "ports lists port 2811 twice (valid: a list of ports from 1 to 65535 and ranges \
+             \"FIRST-LAST\", e.g. ports = [2811, \"50000-51000\"]; port = 0 for every port)",
+        ),
+        (
+            "ports = 2811",
+            "ports must be a list (found integer 2811; valid: a list of ports from 1 to 65535 \
+             and ranges \"FIRST-LAST\", e.g. ports = [2811, \"50000-51000\"]; port = 0 for \
+             every port)",
+        ),
+    ];
+    for (ports, message) in cases {
+        // The problem is reported on the line of `ports`.
+        let line = 7 + ports.matches('\n').count();
+        assert_eq!(
+            error(&base_with("port = 2811", ports)),
+            format!("lb.toml:{line}: service \"gridftp\": {message}")
+        );
+    }
+}
+
+#[test]
+fn overlapping_ranges_are_refused() {
+    let second = "\n[[service]]\nname = \"data\"\nvip = \"192.0.2.200\"\n\
+                  ports = [\"2000-3000\"]\n[[service.backend]]\naddress = \"198.51.100.30\"\n";
+    assert_eq!(
+        error(&format!("{BASE}{second}")),
+        "lb.toml:18: service \"data\": port 2811 of 192.0.2.200 tcp is already covered by \
+         service \"gridftp\" at line 7 (a port of a VIP, protocol and VLAN belongs to one \
+         service)"
+    );
+    // A service over every port of the VIP sits beside the ports' own.
+    let every = "\n[[service]]\nname = \"rest\"\nvip = \"192.0.2.200\"\nport = 0\n\
+                 [service.health]\nport = 2811\n\
+                 [[service.backend]]\naddress = \"198.51.100.30\"\n";
+    assert!(Config::parse(&format!("{BASE}{every}"), "lb.toml").is_ok());
+    assert_eq!(
+        error(&format!("{BASE}{every}{}", every.replace("rest", "rest2"))),
+        "lb.toml:27: service \"rest2\": every port of 192.0.2.200 tcp is already covered by \
+         service \"rest\" at line 18 (a port of a VIP, protocol and VLAN belongs to one service)"
+    );
+}
+
+#[test]
+fn the_service_map_limits_the_ports() {
+    let service = |i: u32| {
+        format!(
+            "\n[[service]]\nname = \"s{i}\"\nvip = \"192.0.2.{}\"\nports = [\"1-30000\"]\n\
+             [[service.backend]]\naddress = \"198.51.100.30\"\n",
+            10 + i
+        )
+    };
+    let text = format!("{BASE}{}{}{}", service(1), service(2), service(3));
+    let e = error(&text);
+    assert!(
+        e.contains(
+            "service \"s3\": the services up to this one cover 90001 ports, more than the 65536 \
+             service-map entries lb has (valid: at most 65536 ports in all; a service over every \
+             port, port = 0, takes one)"
+        ),
+        "{e}"
     );
 }
 
@@ -1012,13 +1118,15 @@ fn ports() {
             "port = 2811",
             "port = 0",
             7,
-            "service \"gridftp\": port 0 is out of range (valid: 1..=65535)",
+            "service \"gridftp\", health check: a service over every port (port = 0) has no \
+             port to check: give the check's port (valid: e.g. port = 2811 under \
+             [service.health], or kind = \"none\")",
         ),
         (
             "port = 2811",
             "port = 65536",
             7,
-            "service \"gridftp\": port 65536 is out of range (valid: 1..=65535)",
+            "service \"gridftp\": port 65536 is out of range (valid: 0..=65535)",
         ),
         (
             "port = 2811",
@@ -1137,7 +1245,7 @@ fn other_field_checks() {
 #[test]
 fn every_problem_is_reported() {
     let text = base_with("\"198.51.100.24\"", "\"198.51.100.25\"\nweight = -1")
-        .replacen("port = 2811", "port = 0", 1)
+        .replacen("port = 2811", "port = 70000", 1)
         .replacen("[\"eth0\"]", "[]", 1);
     let e = error(&text);
     let lines: Vec<&str> = e.lines().collect();
@@ -1147,7 +1255,7 @@ fn every_problem_is_reported() {
         "{e}"
     );
     assert!(
-        lines[1].starts_with("lb.toml:7: service \"gridftp\": port 0"),
+        lines[1].starts_with("lb.toml:7: service \"gridftp\": port 70000"),
         "{e}"
     );
     assert!(

@@ -11,15 +11,15 @@ use std::{
     time::Duration,
 };
 
-use lb_common::conn_state::Timeouts;
+use lb_common::{ANY_PORT, MAX_SERVICE_KEYS, conn_state::Timeouts};
 use toml::{Spanned, Value};
 
 use super::{
     BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
     DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig,
-    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Persistence, Problem, Protocol, Scheduler,
-    ServiceConfig, default_health_timeout, parse_keyword,
+    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Persistence, Ports, Problem, Protocol,
+    Scheduler, ServiceConfig, default_health_timeout, parse_keyword,
     raw::{
         Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
         backend_label, health_label, key, line_of, service_label,
@@ -467,7 +467,8 @@ impl ConfigValidator<'_> {
         let mut seen = Seen {
             vips,
             names: HashMap::new(),
-            keys: HashMap::new(),
+            ports: Vec::new(),
+            keys: 0,
         };
         let services: Vec<ServiceConfig> = raw
             .iter()
@@ -513,8 +514,7 @@ impl ConfigValidator<'_> {
         let vip = self
             .required(at, &ctx, key::VIP, &raw.vip, "vip = \"192.0.2.200\"")
             .and_then(|v| self.address(&ctx, key::VIP, v));
-        let port_field = self.required(at, &ctx, key::PORT, &raw.port, "port = 2811");
-        let port = port_field.and_then(|v| self.integer(&ctx, key::PORT, v, PORT));
+        let ports = self.service_ports(at, &ctx, raw);
         let protocol = self.keyword_or(&ctx, key::PROTOCOL, &raw.protocol, Protocol::Tcp);
         let scheduler = self.keyword_or(&ctx, key::SCHEDULER, &raw.scheduler, Scheduler::Wlc);
         let mut no_backend =
@@ -536,33 +536,19 @@ impl ConfigValidator<'_> {
             None => Some(Vec::new()),
         };
 
-        if let (Some(vip), Some(port), Some(protocol), Some(vlan), Some(port_field)) =
-            (vip, port, protocol, &vlan, port_field)
+        if let (Some(vip), Some((field, ports)), Some(protocol), Some(vlan)) =
+            (vip, &ports, protocol, &vlan)
         {
-            let line = line_of(self.text, port_field.span().start);
-            let service_key = (vip, port, protocol, vlan.clone());
-            match seen.keys.get(&service_key) {
-                Some((other, first)) => self.report_at(
-                    port_field,
-                    &ctx,
-                    format_args!(
-                        "{} {protocol}{} is already used by {other} at line {first} \
-                         (vip, port, protocol and vlan must be unique)",
-                        SocketAddr::new(vip, port),
-                        vlan_suffix(lb_common::vlan_path(vlan)),
-                    ),
-                ),
-                None => {
-                    seen.keys.insert(service_key, (ctx.clone(), line));
-                }
-            }
+            self.unique_ports(&ctx, field, (vip, protocol, vlan), ports, seen);
         }
+        let port = ports.as_ref().map(|(_, ports)| ports.first());
 
         let sloppy_tcp = match &raw.sloppy_tcp {
             Some(v) => self.boolean(&ctx, key::SLOPPY_TCP, v),
             None => Some(false),
         };
-        let health = self.health(&ctx, raw.health.as_ref(), vip, protocol, port);
+        let port_field = ports.as_ref().map(|(field, _)| *field);
+        let health = self.health(&ctx, raw.health.as_ref(), vip, protocol, port, port_field);
         let backends = match raw.backend.as_deref() {
             Some(list) if !list.is_empty() => self.backends(&ctx, list, vip, &seen.vips),
             _ => {
@@ -587,7 +573,7 @@ impl ConfigValidator<'_> {
         Some(ServiceConfig {
             name: name?,
             vip: vip?,
-            port: port?,
+            ports: ports?.1,
             protocol: protocol?,
             scheduler: scheduler?,
             no_backend: no_backend?,
@@ -684,6 +670,145 @@ impl ConfigValidator<'_> {
         (quorum, hysteresis)
     }
 
+    /// The ports of a service: `port = N` (0: every port) or `ports = [...]`,
+    /// with the field that gave them.
+    fn service_ports<'v>(
+        &mut self,
+        at: usize,
+        ctx: &str,
+        raw: &'v RawService,
+    ) -> Option<(&'v Spanned<Value>, Ports)> {
+        match (&raw.port, &raw.ports) {
+            (Some(_), Some(v)) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    "both port and ports are set (valid: port = 2811 for one port, port = 0 \
+                     for every port, or ports = [2811, \"50000-51000\"] for several)",
+                );
+                None
+            }
+            (Some(v), None) => {
+                let port = self.integer(ctx, key::PORT, v, 0..=u16::MAX)?;
+                Some((v, Ports::single(port)))
+            }
+            (None, Some(v)) => Some((v, self.port_list(ctx, v)?)),
+            (None, None) => {
+                self.required(at, ctx, key::PORT, &raw.port, "port = 2811");
+                None
+            }
+        }
+    }
+
+    /// `ports = [2811, "50000-51000"]`: ports (1 to 65535) and inclusive
+    /// ranges, none listed twice.
+    fn port_list(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<Ports> {
+        const VALID: &str = "valid: a list of ports from 1 to 65535 and ranges \"FIRST-LAST\", \
+                             e.g. ports = [2811, \"50000-51000\"]; port = 0 for every port";
+        let Value::Array(items) = v.get_ref() else {
+            self.report_at(
+                v,
+                ctx,
+                format_args!(
+                    "ports must be a list (found {}; {VALID})",
+                    describe_value(v.get_ref())
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.report_at(v, ctx, format_args!("ports is empty ({VALID})"));
+            return None;
+        }
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            let range = match item {
+                Value::Integer(n) => u16::try_from(*n).ok().filter(|&p| p >= 1).map(|p| (p, p)),
+                Value::String(text) => text.split_once('-').and_then(|(a, b)| {
+                    let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+                    (1 <= a && a <= b).then_some((a, b))
+                }),
+                _ => None,
+            };
+            match range {
+                Some(range) => ranges.push(range),
+                None => {
+                    self.report_at(
+                        v,
+                        ctx,
+                        format_args!("ports has {} ({VALID})", describe_value(item)),
+                    );
+                    return None;
+                }
+            }
+        }
+        match Ports::from_ranges(ranges) {
+            Ok(ports) => Some(ports),
+            Err(port) => {
+                self.report_at(
+                    v,
+                    ctx,
+                    format_args!("ports lists port {port} twice ({VALID})"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks that no earlier service of the same VIP, protocol and VLAN
+    /// covers one of `ports`, and that all services together fit the
+    /// service map; records them.
+    fn unique_ports(
+        &mut self,
+        ctx: &str,
+        field: &Spanned<Value>,
+        (vip, protocol, vlan): (IpAddr, Protocol, &Vec<u16>),
+        ports: &Ports,
+        seen: &mut Seen,
+    ) {
+        let scope = (vip, protocol, vlan.clone());
+        let clash = seen
+            .ports
+            .iter()
+            .find_map(|(other_scope, other, label, line)| {
+                let port = (*other_scope == scope).then(|| ports.shared_port(other))??;
+                Some((port, label.clone(), *line))
+            });
+        if let Some((port, other, first)) = clash {
+            let what = if port == ANY_PORT {
+                "every port".to_owned()
+            } else {
+                format!("port {port}")
+            };
+            self.report_at(
+                field,
+                ctx,
+                format_args!(
+                    "{what} of {vip} {protocol}{} is already covered by {other} at line {first} \
+                     (a port of a VIP, protocol and VLAN belongs to one service)",
+                    vlan_suffix(lb_common::vlan_path(vlan)),
+                ),
+            );
+            return;
+        }
+        seen.keys += ports.key_count();
+        if seen.keys > MAX_SERVICE_KEYS {
+            self.report_at(
+                field,
+                ctx,
+                format_args!(
+                    "the services up to this one cover {} ports, more than the {MAX_SERVICE_KEYS} \
+                     service-map entries lb has (valid: at most {MAX_SERVICE_KEYS} ports in all; \
+                     a service over every port, port = 0, takes one)",
+                    seen.keys
+                ),
+            );
+        }
+        let line = line_of(self.text, field.span().start);
+        seen.ports
+            .push((scope, ports.clone(), ctx.to_owned(), line));
+    }
+
     /// `vlan = 4001` or `vlan = [100, 4001]` (QinQ, outer first): the VLAN
     /// ids, each 1 to 4094.
     fn vlan(&mut self, ctx: &str, v: &Spanned<Value>) -> Option<Vec<u16>> {
@@ -751,6 +876,7 @@ impl ConfigValidator<'_> {
         vip: Option<IpAddr>,
         protocol: Option<Protocol>,
         service_port: Option<u16>,
+        port_field: Option<&Spanned<Value>>,
     ) -> Option<HealthConfig> {
         let ctx = health_label(service);
         let ctx = ctx.as_str();
@@ -791,9 +917,20 @@ impl ConfigValidator<'_> {
             },
             None => interval.map(default_health_timeout),
         };
-        let port = match &raw.port {
-            Some(v) => self.integer(ctx, key::PORT, v, PORT),
-            None => service_port,
+        let port = match (&raw.port, service_port) {
+            (Some(v), _) => self.integer(ctx, key::PORT, v, PORT),
+            (None, Some(ANY_PORT)) if !matches!(kind, Some(HealthKind::None)) => {
+                let line = port_field.map(|f| line_of(self.text, f.span().start));
+                self.report_line(
+                    line,
+                    ctx,
+                    "a service over every port (port = 0) has no port to check: give the \
+                     check's port (valid: e.g. port = 2811 under [service.health], or kind = \
+                     \"none\")",
+                );
+                None
+            }
+            (None, port) => port,
         };
         let fall = match &raw.fall {
             Some(v) => self.integer(ctx, key::FALL, v, FALL_RISE),
@@ -1436,12 +1573,14 @@ struct Seen {
     vips: HashMap<IpAddr, String>,
     /// Service name -> line it was first defined on.
     names: HashMap<String, usize>,
-    /// Service identity -> label and line of the service that has it.
-    keys: HashMap<ServiceIdentity, (String, usize)>,
+    /// The ports of every service so far: scope, ports, label and line.
+    ports: Vec<(PortScope, Ports, String, usize)>,
+    /// Service-map entries the services so far take.
+    keys: u32,
 }
 
-/// What makes a service unique in a file: VIP, port, protocol and VLAN ids.
-type ServiceIdentity = (IpAddr, u16, Protocol, Vec<u16>);
+/// Where a service's ports must be unique: its VIP, protocol and VLAN ids.
+type PortScope = (IpAddr, Protocol, Vec<u16>);
 
 /// Whether `name` can name a service: 1 to [`NAME_MAX`] characters from
 /// `A-Z a-z 0-9 _ . -`.

@@ -31,7 +31,8 @@ use std::{fmt::Write as _, time::Duration};
 
 use super::{
     BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_QUORUM, DEFAULT_RISE,
-    DirectorConfig, HealthConfig, HealthKind, NoBackend, ServiceConfig, default_health_timeout,
+    DirectorConfig, HealthConfig, HealthKind, NoBackend, Ports, ServiceConfig,
+    default_health_timeout,
     raw::key,
     values::{format_duration_in_seconds, format_mac, format_md5},
 };
@@ -84,7 +85,7 @@ pub fn write_config(config: &Config, notes: &Notes) -> String {
         write_table(
             &mut out,
             &header,
-            &health_lines(&service.health, service.port),
+            &health_lines(&service.health, service.ports.first()),
         );
         for backend in &service.backends {
             out.push('\n');
@@ -214,7 +215,7 @@ fn service_lines(service: &ServiceConfig) -> Lines {
     let mut lines = vec![
         (key::NAME, string(&service.name)),
         (key::VIP, string(&service.vip.to_string())),
-        (key::PORT, service.port.to_string()),
+        port_line(&service.ports),
         (key::PROTOCOL, string(&service.protocol.to_string())),
         (key::SCHEDULER, string(&service.scheduler.to_string())),
     ];
@@ -314,6 +315,27 @@ fn string_array(items: &[String]) -> String {
 }
 
 /// `[200, 204]`, or ten numbers a line for long lists.
+/// `port = N` for one port (0: every port), else `ports = [...]` with
+/// single ports as numbers and ranges as `"FIRST-LAST"`.
+fn port_line(ports: &Ports) -> (&'static str, String) {
+    match ports {
+        Ports::Ranges(ranges) if !ports.is_single() => {
+            let items: Vec<String> = ranges
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        string(&format!("{a}-{b}"))
+                    }
+                })
+                .collect();
+            (key::PORTS, format!("[{}]", items.join(", ")))
+        }
+        _ => (key::PORT, ports.first().to_string()),
+    }
+}
+
 fn int_array(values: &[u16]) -> String {
     let values: Vec<String> = values.iter().map(u16::to_string).collect();
     if values.len() <= 10 {

@@ -3,6 +3,7 @@
 //! sets, scheduler trees, the connection tables and the per-CPU counters.
 
 use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet},
     io,
     net::SocketAddr,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -149,6 +150,22 @@ pub struct Maps {
     /// Flows removed from the IPv4 and IPv6 pending tables since the last
     /// [`Maps::record_pending_removals`].
     pending_removed: [u64; 2],
+    /// What this `lb` wrote to `services` (or found there when adopting):
+    /// service id -> its value and its keys, one per port it covers.
+    written: StdHashMap<u32, (Service, Vec<ServiceKey>)>,
+}
+
+/// A service found in the maps: its value, its keys (one per port it
+/// covers, by port) and its backend set.
+#[derive(Clone, Debug)]
+pub struct InstalledService {
+    /// Its value (id, flags, persistence).
+    pub service: Service,
+    /// Its keys in `SERVICES`, sorted by port: the first is the one it is
+    /// known by.
+    pub keys: Vec<ServiceKey>,
+    /// Its backend set.
+    pub backends: BackendSet,
 }
 
 impl Maps {
@@ -183,6 +200,7 @@ impl Maps {
             flow_events: typed(&mut take, FLOW_EVENTS_MAP)?,
             persist: typed(&mut take, PERSIST_MAP)?,
             pending_removed: [0; 2],
+            written: StdHashMap::new(),
         })
     }
 
@@ -301,71 +319,112 @@ impl Maps {
     /// in the flow, without looking the service up: removing or renumbering
     /// a service must first empty its old backend set (an empty slot makes
     /// the flow's next packet look the service up again).
+    ///
+    /// A service covers one key per port (`keys`, all of one VIP, protocol
+    /// and VLAN; port `ANY_PORT` for every port): each is opened in the port
+    /// prefilter and written with the same value. Keys the service had
+    /// before and no longer has are deleted; keys it keeps are written again
+    /// only when its value changed.
     pub fn set_service(
         &mut self,
-        key: ServiceKey,
+        keys: &[ServiceKey],
         service: Service,
         backends: &BackendSet,
     ) -> anyhow::Result<()> {
         let id = service.id;
         self.set_backends(id, backends)?;
-        let port = u32::from(key.port);
-        let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
-        self.service_ports
-            .set(port, bits, 0)
-            .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
-        let vip = VipKey::of(&key);
+        let (old_value, old_keys) = self
+            .written
+            .remove(&id)
+            .map_or((None, Vec::new()), |(value, keys)| (Some(value), keys));
+        let kept: HashSet<&ServiceKey> = old_keys.iter().collect();
+        for key in keys {
+            if old_value == Some(service) && kept.contains(key) {
+                continue;
+            }
+            let port = u32::from(key.port);
+            let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
+            self.service_ports
+                .set(port, bits, 0)
+                .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
+            self.open_vip(key, id)?;
+            self.services
+                .insert(*key, service, 0)
+                .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))?;
+        }
+        let new: HashSet<&ServiceKey> = keys.iter().collect();
+        let stale: Vec<ServiceKey> = old_keys.into_iter().filter(|k| !new.contains(k)).collect();
+        self.written.insert(id, (service, keys.to_vec()));
+        self.delete_keys(id, &stale)
+    }
+
+    /// Adds the protocol of `key` (of service `id`) to its VIP in `VIPS`.
+    fn open_vip(&mut self, key: &ServiceKey, id: u32) -> anyhow::Result<()> {
+        let vip = VipKey::of(key);
         let bits = match self.vips.get(&vip, 0) {
             Ok(bits) => bits,
             Err(MapError::KeyNotFound) => 0,
             Err(e) => return Err(e).context(format!("reading {VIPS_MAP}")),
         };
+        if bits & port_bit(key.proto) != 0 {
+            return Ok(());
+        }
         self.vips
             .insert(vip, bits | port_bit(key.proto), 0)
-            .with_context(|| format!("writing the VIP of service {id} to {VIPS_MAP}"))?;
-        self.services
-            .insert(key, service, 0)
-            .with_context(|| format!("writing service {id} to {SERVICES_MAP}"))
+            .with_context(|| format!("writing the VIP of service {id} to {VIPS_MAP}"))
     }
 
-    /// Removes service `key` (id `id`): empties its backend set first (so
-    /// its known flows stop being forwarded), deletes its key, closes its
-    /// port in the prefilter and its protocol on its VIP unless one of
-    /// `others` (the services that remain) still uses them, and zeroes its
-    /// counters. The caller deletes its flows (`sweeper::forget_service`)
-    /// before giving the id out again.
-    pub fn remove_service(
-        &mut self,
-        key: ServiceKey,
-        id: u32,
-        others: impl Iterator<Item = ServiceKey>,
-    ) -> anyhow::Result<()> {
-        self.set_backends(id, &BackendSet::default())?;
-        match self.services.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
+    /// Deletes `keys` (of service `id`) from `SERVICES`, and their ports
+    /// from the prefilter and their protocol from their VIP unless a key
+    /// still written uses them.
+    fn delete_keys(&mut self, id: u32, keys: &[ServiceKey]) -> anyhow::Result<()> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        let others: Vec<ServiceKey> = others.collect();
-        let port = u32::from(key.port);
-        let bits = others
-            .iter()
-            .filter(|k| k.port == key.port)
-            .fold(0, |bits, k| bits | port_bit(k.proto));
-        self.service_ports.set(port, bits, 0)?;
-        let vip = VipKey::of(&key);
-        let bits = others
-            .iter()
-            .filter(|k| VipKey::of(k) == vip)
-            .fold(0, |bits, k| bits | port_bit(k.proto));
-        let written = if bits == 0 {
-            match self.vips.remove(&vip) {
-                Err(MapError::KeyNotFound) => Ok(()),
-                other => other,
+        for key in keys {
+            match self.services.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
             }
-        } else {
-            self.vips.insert(vip, bits, 0)
-        };
-        written.with_context(|| format!("removing the VIP of service {id} from {VIPS_MAP}"))?;
+        }
+        let mut port_bits: StdHashMap<u16, u32> = StdHashMap::new();
+        let mut vip_bits: StdHashMap<VipKey, u32> = StdHashMap::new();
+        for key in self.written.values().flat_map(|(_, keys)| keys) {
+            *port_bits.entry(key.port).or_default() |= port_bit(key.proto);
+            *vip_bits.entry(VipKey::of(key)).or_default() |= port_bit(key.proto);
+        }
+        let ports: BTreeSet<u16> = keys.iter().map(|k| k.port).collect();
+        for port in ports {
+            let bits = port_bits.get(&port).copied().unwrap_or(0);
+            self.service_ports.set(u32::from(port), bits, 0)?;
+        }
+        let vips: HashSet<VipKey> = keys.iter().map(VipKey::of).collect();
+        for vip in vips {
+            let written = match vip_bits.get(&vip) {
+                None => match self.vips.remove(&vip) {
+                    Err(MapError::KeyNotFound) => Ok(()),
+                    other => other,
+                },
+                Some(&bits) => self.vips.insert(vip, bits, 0),
+            };
+            written.with_context(|| format!("removing the VIP of service {id} from {VIPS_MAP}"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes service `id`: empties its backend set first (so its known
+    /// flows stop being forwarded), deletes its keys, closes their ports in
+    /// the prefilter and their protocol on their VIP unless a service that
+    /// remains still uses them, and zeroes its counters. The caller deletes
+    /// its flows (`sweeper::forget_service`) before giving the id out again.
+    pub fn remove_service(&mut self, id: u32) -> anyhow::Result<()> {
+        self.set_backends(id, &BackendSet::default())?;
+        let keys = self
+            .written
+            .remove(&id)
+            .map(|(_, keys)| keys)
+            .unwrap_or_default();
+        self.delete_keys(id, &keys)?;
         self.backend_conns.set(id, BackendConnSet::default(), 0)?;
         // What the service forwarded stays in the `forwarded` verdict total.
         fold_counters(
@@ -451,14 +510,40 @@ impl Maps {
             .collect()
     }
 
-    /// Reads every service and its backend set (to adopt a running data path).
-    pub fn installed_services(&self) -> anyhow::Result<Vec<(ServiceKey, u32, BackendSet)>> {
-        let mut found = Vec::new();
-        for entry in self.services.iter() {
-            let (key, service) = entry?;
-            found.push((key, service.id, array_get(&self.backends, service.id)?));
-        }
+    /// Reads every service: its keys (one per port it covers, sorted), its
+    /// value and its backend set (to adopt a running data path: from then
+    /// on, [`Maps::set_service`] and [`Maps::remove_service`] know them).
+    pub fn installed_services(&mut self) -> anyhow::Result<Vec<InstalledService>> {
+        let found = self.services_by_id()?;
+        self.written = found
+            .iter()
+            .map(|s| (s.service.id, (s.service, s.keys.clone())))
+            .collect();
         Ok(found)
+    }
+
+    /// Every service in `SERVICES`, its keys grouped by id, by id.
+    pub fn services_by_id(&self) -> anyhow::Result<Vec<InstalledService>> {
+        let mut by_id: BTreeMap<u32, (Service, Vec<ServiceKey>)> = BTreeMap::new();
+        for entry in self.services.iter() {
+            let (key, service) = entry.context("reading the service map")?;
+            by_id
+                .entry(service.id)
+                .or_insert_with(|| (service, Vec::new()))
+                .1
+                .push(key);
+        }
+        by_id
+            .into_values()
+            .map(|(service, mut keys)| {
+                keys.sort_by_key(|k| k.port);
+                Ok(InstalledService {
+                    backends: array_get(&self.backends, service.id)?,
+                    service,
+                    keys,
+                })
+            })
+            .collect()
     }
 
     /// Replaces the backend set of service `id` (weights, health, MACs) and

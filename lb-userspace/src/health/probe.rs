@@ -88,7 +88,7 @@ impl HealthChecker {
             probe,
             service: service.name.clone(),
             vip: service.vip,
-            service_port: service.port,
+            service_port: service.ports.first(),
             backend,
             source,
             port: health.port,
@@ -335,7 +335,7 @@ mod tests {
         ServiceConfig {
             name: "web".to_owned(),
             vip: "192.0.2.200".parse().unwrap(),
-            port: 80,
+            ports: crate::config::Ports::single(80),
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Wlc,
             no_backend: NoBackend::Drop,

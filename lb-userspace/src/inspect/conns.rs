@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     config::values::vlan_suffix,
-    datapath::maps::{Maps, array_get, monotonic_ns},
+    datapath::maps::{Maps, monotonic_ns},
 };
 
 /// A service as `lb conns` shows it.
@@ -65,9 +65,8 @@ impl ServiceInfo {
     /// Every service in the maps, with its backend slots, named by `names`.
     pub fn read_all(maps: &Maps, names: &ServiceNames) -> anyhow::Result<Vec<Self>> {
         let mut services = Vec::new();
-        for entry in maps.services.iter() {
-            let (key, service) = entry.context("reading the service map")?;
-            let set = array_get(&maps.backends, service.id)?;
+        for installed in maps.services_by_id()? {
+            let (key, service, set) = (installed.keys[0], installed.service, installed.backends);
             let backends = set
                 .backends
                 .iter()

@@ -77,7 +77,7 @@ impl ServiceNames {
             .iter()
             .flat_map(|c| &c.services)
             .map(|s| {
-                let key = (s.vip, s.port, s.protocol.number(), s.vlan_path());
+                let key = (s.vip, s.ports.first(), s.protocol.number(), s.vlan_path());
                 (key, s.name.clone())
             })
             .collect();

@@ -19,7 +19,10 @@ use super::{
     table::{Align, endpoint, write_aligned},
 };
 use crate::{
-    config::values::{format_mac, vlan_suffix},
+    config::{
+        Ports,
+        values::{format_mac, vlan_suffix},
+    },
     datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
 };
 
@@ -166,8 +169,10 @@ pub struct ServiceStats {
     pub name: String,
     /// Virtual IP.
     pub vip: IpAddr,
-    /// Virtual port.
+    /// The port it is known by (its first; 0: every port).
     pub port: u16,
+    /// Every port it covers, compactly (`2811,50000-51000`; `0`: every port).
+    pub ports: String,
     /// "tcp" or "udp".
     pub protocol: &'static str,
     /// The VLAN ids of its frames, outermost first (none: untagged).
@@ -263,8 +268,8 @@ impl Snapshot {
                 .or_default() += 1;
         })?;
         let mut services = Vec::new();
-        for entry in maps.services.iter() {
-            let (key, service) = entry?;
+        for installed in maps.services_by_id()? {
+            let (key, service) = (installed.keys[0], installed.service);
             let totals = maps.service_counters(service.id)?;
             let set = array_get(&maps.backends, service.id)?;
             let conns = array_get(&maps.backend_conns, service.id)?;
@@ -301,6 +306,7 @@ impl Snapshot {
                 name: names.name(vip, key.port, key.proto, key.vlan),
                 vip,
                 port: key.port,
+                ports: Ports::of_key_ports(installed.keys.iter().map(|k| k.port)).to_string(),
                 protocol: protocol_name(key.proto),
                 vlan: vlan_ids(key.vlan).collect(),
                 conns: totals.new_conns,
@@ -422,7 +428,7 @@ impl Snapshot {
         for s in &self.services {
             let mut row = vec![
                 s.protocol.to_uppercase(),
-                endpoint(s.vip, s.port) + &vlan_suffix(vlan_path(&s.vlan)),
+                endpoint(s.vip, &s.ports) + &vlan_suffix(vlan_path(&s.vlan)),
                 s.name.clone(),
                 String::new(),
                 String::new(),
@@ -438,7 +444,7 @@ impl Snapshot {
             for b in &s.backends {
                 let mut row = vec![
                     String::new(),
-                    format!("  -> {}", endpoint(b.address, s.port)),
+                    format!("  -> {}", endpoint(b.address, &s.ports)),
                     String::new(),
                     b.weight.to_string(),
                     b.state.clone(),
@@ -616,6 +622,7 @@ mod tests {
                 name: "web".to_owned(),
                 vip: "192.0.2.200".parse().unwrap(),
                 port: 8080,
+                ports: "8080".to_owned(),
                 protocol: "tcp",
                 vlan: Vec::new(),
                 conns,

@@ -78,7 +78,7 @@ pub fn write_aligned(
 }
 
 /// `addr:port`, with brackets for IPv6.
-pub fn endpoint(addr: IpAddr, port: u16) -> String {
+pub fn endpoint(addr: IpAddr, port: impl std::fmt::Display) -> String {
     match addr {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),

@@ -14,7 +14,7 @@ use super::{
     syntax::{Stmt, SyntaxError},
 };
 use crate::config::{
-    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Persistence,
+    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Persistence, Ports,
     Protocol, Scheduler, ServiceConfig,
     validate::{FALL_RISE, HEALTH_INTERVAL, HTTP_STATUS, NAME_MAX, WARMUP, is_valid_service_name},
     values::{format_duration_in_seconds, http_path_problem, is_valid_http_host, parse_md5},
@@ -1057,7 +1057,7 @@ impl Converter {
             service: ServiceConfig {
                 name,
                 vip: vs.vip,
-                port: vs.port,
+                ports: Ports::single(vs.port),
                 protocol: vs.protocol,
                 scheduler: Scheduler::Wlc,
                 no_backend: NoBackend::Drop,

@@ -3,12 +3,12 @@
 //! or a removed service.
 
 use lb_common::{
-    Counters, PROTO_TCP, REASON_FORWARDED, REASON_NOT_L4, ServiceKey,
+    Counters, PROTO_TCP, REASON_FORWARDED, REASON_NOT_L4,
     conn_state::{TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
     VIP4,
-    frame::{CLIENT4, L4, PORT, Pkt, TCP_PSH},
+    frame::{CLIENT4, L4, Pkt, TCP_PSH},
     xdp_case::{Case, Expect, SERVICE_ID, counted, l3, up},
 };
 
@@ -180,11 +180,7 @@ fn removed_service_keeps_the_forwarded_total() {
     assert_eq!(forwarded, sent, "{name}: before");
     case.dp
         .maps
-        .remove_service(
-            ServiceKey::new(VIP4.into(), PORT, PROTO_TCP, 0),
-            SERVICE_ID,
-            std::iter::empty(),
-        )
+        .remove_service(SERVICE_ID)
         .unwrap_or_else(|e| panic!("{name}: remove_service: {e:#}"));
     assert_eq!(
         case.service_stats(SERVICE_ID),

@@ -640,19 +640,19 @@ fn the_vip_map_follows_the_services() {
         &later.build(),
         Expect::Drop(REASON_FRAGMENT_ORPHAN),
     );
-    let remove = |case: &mut Case, proto, id, others: &[ServiceKey]| {
+    let remove = |case: &mut Case, id| {
         case.dp
             .maps
-            .remove_service(key(proto), id, others.iter().copied())
+            .remove_service(id)
             .unwrap_or_else(|e| panic!("{name}: removing a service: {e:#}"));
     };
-    remove(&mut case, PROTO_UDP, SERVICE_ID, &[key(PROTO_TCP)]);
+    remove(&mut case, SERVICE_ID);
     assert_eq!(bits(&case), Some(PORT_TCP), "{name}: TCP left");
     case.send(
         "without a UDP service",
         &later.build(),
         Expect::Pass(REASON_FRAGMENT),
     );
-    remove(&mut case, PROTO_TCP, DECOY_ID, &[]);
+    remove(&mut case, DECOY_ID);
     assert_eq!(bits(&case), None, "{name}: no service left");
 }

@@ -88,7 +88,7 @@ fn pinned_maps_dump_with_field_names() {
         .0
         .maps
         .set_service(
-            key,
+            &[key],
             Service {
                 id: SERVICE_ID,
                 persistence_timeout_s: 60,

@@ -36,7 +36,7 @@ fn persistent(case: &mut Case, vip: IpAddr, reals: &[Real], timeout_s: u32, pref
     case.dp
         .maps
         .set_service(
-            ServiceKey::new(vip, PORT, PROTO_TCP, 0),
+            &[ServiceKey::new(vip, PORT, PROTO_TCP, 0)],
             Service {
                 id: SERVICE_ID,
                 flags: SERVICE_FLAG_SLOPPY_TCP,

@@ -66,7 +66,7 @@ fn service(case: &mut Case, id: u32, vip: IpAddr, proto: u8, ifindex: u32, nic_m
     case.dp
         .maps
         .set_service(
-            ServiceKey::new(vip, PORT, proto, 0),
+            &[ServiceKey::new(vip, PORT, proto, 0)],
             Service {
                 id,
                 ..Service::default()
