@@ -536,14 +536,20 @@ fn duplicate_service() {
 #[test]
 fn port_lists_and_ranges() {
     let config = Config::parse(
-        &base_with("port = 2811", "ports = [2811, \"50000-50100\", 50101, 40000]"),
+        &base_with(
+            "port = 2811",
+            "ports = [2811, \"50000-50100\", 50101, 40000]",
+        ),
         "lb.toml",
     )
     .unwrap();
     let ports = &config.services[0].ports;
     assert_eq!(ports.to_string(), "2811,40000,50000-50101");
     assert_eq!(ports.first(), 2811);
-    assert_eq!(config.services[0].health.port, 2811, "checks the first port");
+    assert_eq!(
+        config.services[0].health.port, 2811,
+        "checks the first port"
+    );
     let every = Config::parse(
         &base_with("port = 2811", "port = 0\n[service.health]\nport = 2811"),
         "lb.toml",

@@ -474,14 +474,17 @@ impl Maps {
     /// A service entry with an id past the maps (never written by `lb`; the
     /// data path drops its packets as `drop_internal`) forwarded nothing.
     pub fn forwarded_by_services(&self) -> anyhow::Result<Counters> {
-        let mut total = Counters::default();
+        let mut ids = BTreeSet::new();
         for entry in self.services.iter() {
             let (_, service) = entry?;
             if service.id < MAX_SERVICES {
-                total = total + self.service_counters(service.id)?;
+                // A service over several ports has an entry per port.
+                ids.insert(service.id);
             }
         }
-        Ok(total)
+        ids.into_iter().try_fold(Counters::default(), |total, id| {
+            Ok(total + self.service_counters(id)?)
+        })
     }
 
     /// Counters per verdict reason (`REASON_*`), summed over CPUs.

@@ -44,6 +44,7 @@ mod maps;
 mod new_flows;
 mod not_for_us;
 mod persistence;
+mod ports;
 mod raw_keys;
 mod redirect;
 mod selection;
