@@ -395,6 +395,7 @@ impl TestBed {
             quorum: None,
             persistence: None,
             vlan: Vec::new(),
+            more_ports: Vec::new(),
         }
     }
 

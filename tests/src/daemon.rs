@@ -209,6 +209,9 @@ pub struct ServiceConfig {
     pub persistence: Option<(Duration, u8)>,
     /// `vlan`: the VLAN ids of its frames, outermost first (none: untagged).
     pub vlan: Vec<u16>,
+    /// More ports beside `port`, as inclusive ranges: written as `ports =
+    /// [port, "FIRST-LAST", ...]` when not empty.
+    pub more_ports: Vec<(u16, u16)>,
 }
 
 /// An `lb` config file.
@@ -258,7 +261,16 @@ impl LbConfig {
             let _ = writeln!(s, "\n[[service]]");
             let _ = writeln!(s, "name = {:?}", svc.name);
             let _ = writeln!(s, "vip = \"{}\"", svc.vip);
-            let _ = writeln!(s, "port = {}", svc.port);
+            if svc.more_ports.is_empty() {
+                let _ = writeln!(s, "port = {}", svc.port);
+            } else {
+                let ranges: Vec<String> = svc
+                    .more_ports
+                    .iter()
+                    .map(|(first, last)| format!("\"{first}-{last}\""))
+                    .collect();
+                let _ = writeln!(s, "ports = [{}, {}]", svc.port, ranges.join(", "));
+            }
             let protocol = match svc.protocol {
                 Protocol::Tcp => "tcp",
                 Protocol::Udp => "udp",

@@ -30,8 +30,10 @@ pub struct ServiceStats {
     pub name: String,
     /// The virtual IP.
     pub vip: IpAddr,
-    /// The service port.
+    /// The port it is known by (its first; 0: every port).
     pub port: u16,
+    /// Every port it covers (`2811,50000-51000`; `0`: every port).
+    pub ports: String,
     /// `tcp` or `udp`.
     pub protocol: String,
     /// The VLAN ids of its frames, outermost first (none: untagged).

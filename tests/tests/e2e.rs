@@ -395,6 +395,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             quorum: None,
             persistence: None,
             vlan: Vec::new(),
+            more_ports: Vec::new(),
         }],
     };
     let path = config

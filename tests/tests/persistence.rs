@@ -1,12 +1,15 @@
 //! End-to-end test of client persistence (keepalived's
-//! `persistence_timeout`): the real `lb` binary on a director namespace,
-//! three real servers weighted 1000/500/800, and 30 clients (30 addresses
-//! of the client namespace), each opening a "control" connection and then
-//! five "data" connections, as a GridFTP client does. Every connection of a
-//! client lands on its first connection's real server, the clients spread
-//! by weight, `lb conns` lists one template per client and `lb stats`
-//! counts them; once a client's connections are closed and the timeout has
-//! passed its template is gone.
+//! `persistence_timeout`) over a service of several ports, as GridFTP uses
+//! them: the real `lb` binary on a director namespace, one service over the
+//! control port 2811 and the data range 50000-50100, three real servers
+//! weighted 1000/500/800 listening on the control port and on data ports
+//! across the range, and 30 clients (30 addresses of the client namespace),
+//! each opening a control connection to 2811 and then five data
+//! connections to ports of the range. Every connection of a client lands on
+//! its control connection's real server, the clients spread by weight,
+//! `lb conns` lists one template per client and `lb stats` counts them and
+//! shows the service's ports; once a client's connections are closed and
+//! the timeout has passed its template is gone.
 //!
 //! It needs root; without it it prints `SKIPPED (needs root)` and passes,
 //! unless `CI` is set, where it fails. `LB_BIN` names the `lb` binary
@@ -21,8 +24,13 @@ use std::{
 
 use lb_tests::{Director, Health, Protocol, Spec, VIP4, client, conns::Conns, skip_unless_root};
 
-/// The service port.
-const PORT: u16 = 8080;
+/// The control port.
+const PORT: u16 = 2811;
+/// The data range.
+const DATA_RANGE: (u16, u16) = (50000, 50100);
+/// The data ports the real servers listen on: across the range, its ends
+/// included.
+const DATA_PORTS: [u16; 6] = [50000, 50001, 50037, 50050, 50099, 50100];
 /// Weights of rs1, rs2, rs3.
 const WEIGHTS: [u32; 3] = [1000, 500, 800];
 /// Clients, each from its own address.
@@ -68,9 +76,20 @@ fn a_clients_connections_stay_on_one_real_server() {
                 &WEIGHTS,
             );
             service.persistence = Some((TIMEOUT, 32));
+            service.more_ports = vec![DATA_RANGE];
             vec![service]
         },
     );
+    // The real servers' data listeners, as GridFTP's data channels.
+    let _data_servers: Vec<_> = DATA_PORTS
+        .iter()
+        .map(|&port| {
+            setup
+                .bed
+                .start_servers(port, &[])
+                .unwrap_or_else(|e| setup.fail(&format!("data listeners on {port}: {e:#}")))
+        })
+        .collect();
     let client = setup.bed.client();
     for i in 0..CLIENTS {
         client
@@ -86,7 +105,8 @@ fn a_clients_connections_stay_on_one_real_server() {
     }
     let target = SocketAddr::new(vip, PORT);
 
-    // Each client: a control connection, then its data connections.
+    // Each client: a control connection, then its data connections, each
+    // to another port of the range.
     let mut held = Vec::new();
     let mut clients_per_server: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..CLIENTS {
@@ -96,7 +116,13 @@ fn a_clients_connections_stay_on_one_real_server() {
                 .unwrap_or_else(|e| setup.fail(&format!("{e:#}")))
         };
         let control = open(1);
-        let data = open(DATA);
+        let data: Vec<_> = (0..DATA)
+            .flat_map(|k| {
+                let port = DATA_PORTS[(usize::from(i) + k) % DATA_PORTS.len()];
+                client::open_tcp_from(&client.ns, source, SocketAddr::new(vip, port), 1)
+                    .unwrap_or_else(|e| setup.fail(&format!("data port {port}: {e:#}")))
+            })
+            .collect();
         let server = control[0].server().to_owned();
         let strays: Vec<&str> = data
             .iter()
@@ -144,6 +170,19 @@ fn a_clients_connections_stay_on_one_real_server() {
     let counted: u64 = stats.services.iter().map(|s| s.persist_conns).sum();
     if counted != u64::from(CLIENTS) {
         setup.fail(&format!("lb stats counts {counted} templates: {stats:#?}"));
+    }
+    // One service with all its ports, its connections counted once.
+    let shown: Vec<(u16, &str, u64)> = stats
+        .services
+        .iter()
+        .map(|s| (s.port, s.ports.as_str(), s.conns))
+        .collect();
+    let opened = u64::from(CLIENTS) * (1 + DATA as u64);
+    if shown != [(PORT, "2811,50000-50100", opened)] {
+        setup.fail(&format!(
+            "lb stats shows {shown:?} (port, ports, connections), not one service over \
+             2811,50000-50100 with {opened} connections"
+        ));
     }
 
     // Past the timeout, with its connections open, a client keeps its
