@@ -253,6 +253,12 @@ enum Command {
         /// default `eth0`, with a warning.
         #[arg(long = "interface", value_name = "NIC")]
         interfaces: Vec<String>,
+        /// What the firewall rule behind a fwmark service selects, as
+        /// MARK=VIP:PORTS (e.g. 1=192.0.2.10:2811,50000-51000; port 0 for
+        /// every port); repeat for several marks. Without it, fwmark
+        /// services are skipped with a warning.
+        #[arg(long = "fwmark", value_name = "MARK=VIP:PORTS")]
+        fwmarks: Vec<lb::keepalived::Fwmark>,
         /// Write the TOML to this file instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -457,7 +463,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ImportKeepalived {
             file,
             interfaces,
+            fwmarks,
             output,
-        } => lb::keepalived::run(&file, &interfaces, output.as_deref()),
+        } => lb::keepalived::run(&file, &interfaces, &fwmarks, output.as_deref()),
     }
 }

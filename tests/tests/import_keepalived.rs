@@ -15,12 +15,28 @@ use std::{
 
 use lb_tests::{lb_binary, unique_tag};
 
-/// The golden cases: input name and the `--interface` arguments.
+/// The golden cases: input name and the arguments after it.
 const CASES: &[(&str, &[&str])] = &[
     // No --interface: the eth0 placeholder and its warning.
     ("gridftp", &[]),
-    ("dual-stack", &["eth0", "eth1"]),
+    (
+        "dual-stack",
+        &["--interface", "eth0", "--interface", "eth1"],
+    ),
     ("unsupported", &[]),
+    // GridFTP's control and data ports as a virtual_server_group and as
+    // firewall marks.
+    (
+        "port-groups",
+        &[
+            "--interface",
+            "eth0",
+            "--fwmark",
+            "7=192.0.2.20:50000-51000",
+            "--fwmark",
+            "8=[2001:db8::20]:0",
+        ],
+    ),
 ];
 
 fn golden_dir() -> PathBuf {
@@ -97,12 +113,10 @@ fn golden_conversions_pass_lb_check() {
     let dir = golden_dir();
     let scratch = Scratch::new();
     let mut failures = Vec::new();
-    for (name, interfaces) in CASES {
+    for (name, more) in CASES {
         let conf = format!("{name}.conf");
         let mut args = vec!["import-keepalived", conf.as_str()];
-        for nic in *interfaces {
-            args.extend(["--interface", nic]);
-        }
+        args.extend(*more);
         let out = lb_in(&dir, &args);
         assert!(
             out.status.success(),

@@ -4,7 +4,7 @@
 //! does not carry over.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::IpAddr,
     time::Duration,
 };
@@ -102,7 +102,10 @@ struct RealServer {
 struct VirtualServer {
     line: usize,
     vip: IpAddr,
+    /// The first of `ports` (0: every port).
     port: u16,
+    /// Every port it covers (a group's, or a firewall mark's).
+    ports: Ports,
     protocol: Protocol,
     weight: Option<u32>,
     inhibit: bool,
@@ -152,6 +155,48 @@ const KA_HTTP_STATUS: (u16, u16) = (200, 299);
 /// A real server's weight without `weight` (IPVS's default).
 const KA_WEIGHT: u32 = 1;
 
+/// Why a firewall mark (`mark`, if it is one) is not converted, and what
+/// would convert it.
+fn fwmark_help(mark: Option<u32>) -> String {
+    let mark = mark.map_or_else(|| "N".to_owned(), |m| m.to_string());
+    format!(
+        "lb matches packets by VIP and port, and the firewall rule that sets mark {mark} is not \
+         in keepalived.conf; say what it selects with --fwmark {mark}=VIP:PORTS (e.g. --fwmark \
+         {mark}=192.0.2.10:2811,50000-51000)"
+    )
+}
+
+/// The VIPs of a `virtual_server_group` entry: one address, or a range
+/// `FIRST-LAST` where LAST replaces the last part of FIRST (`192.0.2.10-20`;
+/// `2001:db8::10-1f`, in hex), as keepalived writes them.
+fn group_vips(text: &str) -> Option<Vec<IpAddr>> {
+    let Some((first, last)) = text.split_once('-') else {
+        return Some(vec![parse_address(text)?]);
+    };
+    match parse_address(first)? {
+        IpAddr::V4(a) => {
+            let [p, q, r, start] = a.octets();
+            let end = last.parse::<u8>().ok().filter(|&end| end >= start)?;
+            Some((start..=end).map(|s| IpAddr::from([p, q, r, s])).collect())
+        }
+        IpAddr::V6(a) => {
+            let mut segments = a.segments();
+            let start = segments[7];
+            let end = u16::from_str_radix(last, 16)
+                .ok()
+                .filter(|&end| end >= start)?;
+            Some(
+                (start..=end)
+                    .map(|s| {
+                        segments[7] = s;
+                        IpAddr::from(segments)
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// A `[[service]]` made from a `virtual_server`.
 pub(super) struct Imported {
     /// How the `virtual_server` is written (`virtual_server 192.0.2.10
@@ -175,8 +220,13 @@ pub(super) struct Converter {
     pub(super) vmac_router_ids: Vec<u8>,
     /// Service names used so far.
     names: HashSet<String>,
-    /// (VIP, port, protocol) of the services so far, with their lines.
-    services: Vec<(IpAddr, u16, Protocol, usize)>,
+    /// (VIP, ports, protocol) of the services so far, with their lines.
+    services: Vec<(IpAddr, Ports, Protocol, usize)>,
+    /// The `virtual_server_group`s: name -> (VIP, ports) per VIP, and the
+    /// line of the group.
+    groups: HashMap<String, (Vec<(IpAddr, Ports)>, usize)>,
+    /// What each firewall mark selects (`--fwmark MARK=VIP:PORTS`).
+    pub(super) fwmarks: HashMap<u32, (IpAddr, Ports)>,
 }
 
 impl Converter {
@@ -204,14 +254,12 @@ impl Converter {
 
     /// One statement at the top of the file: a service when it is a
     /// `virtual_server` lb can balance.
-    pub(super) fn top_level(&mut self, stmt: &Stmt) -> Result<Option<Imported>, SyntaxError> {
+    pub(super) fn top_level(&mut self, stmt: &Stmt) -> Result<Vec<Imported>, SyntaxError> {
         let keyword = stmt.keyword.as_str();
         match keyword {
             "virtual_server" => return self.virtual_server(stmt),
-            "virtual_server_group" => self.dropped(
-                stmt,
-                "lb has no groups of VIP:ports; write one [[service]] per VIP and port",
-            ),
+            // Read before every virtual_server (see `group`).
+            "virtual_server_group" => {}
             "include" => self.dropped(
                 stmt,
                 "included files are not read; convert each of them with `lb import-keepalived` \
@@ -230,7 +278,58 @@ impl Converter {
             // global_defs, static_ipaddress...: not lb's business.
             _ => {}
         }
-        Ok(None)
+        Ok(Vec::new())
+    }
+
+    /// A `virtual_server_group NAME { VIP PORT | VIP-RANGE PORT | fwmark N
+    /// ... }`: its VIPs and the ports of each (port 0: every port), for the
+    /// `virtual_server group NAME` that uses it, wherever it is in the
+    /// file: `convert` reads every group first.
+    pub(super) fn group(&mut self, stmt: &Stmt) -> Result<(), SyntaxError> {
+        let Some(name) = stmt.arg() else {
+            return Err(SyntaxError::new(
+                stmt.line,
+                "virtual_server_group needs a name (e.g. `virtual_server_group gridftp {`)",
+            ));
+        };
+        let mut by_vip: Vec<(IpAddr, Vec<u16>)> = Vec::new();
+        let mut add = |vip: IpAddr, ports: &mut dyn Iterator<Item = u16>| match by_vip
+            .iter_mut()
+            .find(|(v, _)| *v == vip)
+        {
+            Some((_, list)) => list.extend(ports),
+            None => by_vip.push((vip, ports.collect())),
+        };
+        for entry in stmt.children() {
+            if entry.keyword == "fwmark" {
+                let mark = entry.arg().and_then(|m| m.parse::<u32>().ok());
+                match mark.and_then(|m| self.fwmarks.get(&m).cloned()) {
+                    Some((vip, ports)) => add(vip, &mut ports.key_ports()),
+                    None => self.dropped(entry, &fwmark_help(mark)),
+                }
+                continue;
+            }
+            let port = entry.arg().and_then(|p| p.parse::<u16>().ok());
+            let vips = group_vips(&entry.keyword);
+            match (vips, port) {
+                (Some(vips), Some(port)) => {
+                    for vip in vips {
+                        add(vip, &mut std::iter::once(port));
+                    }
+                }
+                _ => self.dropped(
+                    entry,
+                    "not an entry of a virtual_server_group (valid: `VIP PORT`, \
+                     `VIP-LAST PORT` for a range of VIPs, `fwmark N`)",
+                ),
+            }
+        }
+        let vips = by_vip
+            .into_iter()
+            .map(|(vip, ports)| (vip, Ports::of_key_ports(ports)))
+            .collect();
+        self.groups.insert(name.to_owned(), (vips, stmt.line));
+        Ok(())
     }
 
     /// The note, once, that VRRP stays with keepalived.
@@ -290,27 +389,60 @@ impl Converter {
         }
     }
 
-    /// A `virtual_server` block; `None` when it is skipped (with a warning).
-    fn virtual_server(&mut self, stmt: &Stmt) -> Result<Option<Imported>, SyntaxError> {
-        match stmt.arg() {
+    /// A `virtual_server` block: one service, or one per VIP of its group;
+    /// none when it is skipped (with a warning).
+    fn virtual_server(&mut self, stmt: &Stmt) -> Result<Vec<Imported>, SyntaxError> {
+        let targets = match stmt.arg() {
             Some("fwmark") => {
-                self.dropped(
-                    stmt,
-                    "lb matches packets by VIP, port and protocol, not by firewall mark; \
-                     write one [[service]] per VIP and port; virtual_server skipped",
-                );
-                return Ok(None);
+                let mark = stmt.args.get(1).and_then(|m| m.parse::<u32>().ok());
+                let Some(target) = mark.and_then(|m| self.fwmarks.get(&m).cloned()) else {
+                    self.dropped(stmt, &(fwmark_help(mark) + "; virtual_server skipped"));
+                    return Ok(Vec::new());
+                };
+                vec![target]
             }
             Some("group") => {
-                self.dropped(
-                    stmt,
-                    "lb has no groups of VIP:ports; write one [[service]] per VIP and port; \
-                     virtual_server skipped",
-                );
-                return Ok(None);
+                let name = stmt.args.get(1).map_or("", String::as_str);
+                let Some((vips, line)) = self.groups.get(name).cloned() else {
+                    self.dropped(
+                        stmt,
+                        "there is no virtual_server_group of that name; virtual_server skipped",
+                    );
+                    return Ok(Vec::new());
+                };
+                if vips.is_empty() {
+                    self.dropped(
+                        stmt,
+                        &format!(
+                            "virtual_server_group {name} (line {line}) has no entry lb can use; \
+                             virtual_server skipped"
+                        ),
+                    );
+                }
+                if vips.len() > 1 {
+                    self.warn(
+                        stmt.line,
+                        format!(
+                            "virtual_server_group {name} (line {line}) has {} VIPs: lb writes a \
+                             service per VIP, each over its ports (a client's persistence \
+                             does not span the VIPs)",
+                            vips.len()
+                        ),
+                    );
+                }
+                vips
             }
-            _ => {}
+            _ => vec![self.address_and_port(stmt)?],
+        };
+        let mut imported = Vec::new();
+        for (vip, ports) in targets {
+            imported.extend(self.virtual_server_on(stmt, vip, ports)?);
         }
+        Ok(imported)
+    }
+
+    /// The `ADDRESS PORT` of a `virtual_server`.
+    fn address_and_port(&mut self, stmt: &Stmt) -> Result<(IpAddr, Ports), SyntaxError> {
         let (Some(address), Some(port)) = (stmt.args.first(), stmt.args.get(1)) else {
             return Err(SyntaxError::new(
                 stmt.line,
@@ -341,10 +473,22 @@ impl Converter {
                 ),
             );
         }
+        Ok((vip, Ports::single(port)))
+    }
+
+    /// The `virtual_server` block `stmt` on `vip` over `ports`; `None` when
+    /// it is skipped (with a warning).
+    fn virtual_server_on(
+        &mut self,
+        stmt: &Stmt,
+        vip: IpAddr,
+        ports: Ports,
+    ) -> Result<Option<Imported>, SyntaxError> {
         let mut vs = VirtualServer {
             line: stmt.line,
             vip,
-            port,
+            port: ports.first(),
+            ports,
             protocol: Protocol::Tcp,
             weight: None,
             inhibit: false,
@@ -961,13 +1105,14 @@ impl Converter {
     /// Turns a parsed virtual server into a service: backends, the one
     /// health check, the name.
     fn service(&mut self, stmt: &Stmt, vs: VirtualServer) -> Option<Imported> {
-        if let Some(&(.., line)) = self.services.iter().find(|(vip, port, protocol, _)| {
-            (*vip, *port, *protocol) == (vs.vip, vs.port, vs.protocol)
+        if let Some(&(.., line)) = self.services.iter().find(|(vip, ports, protocol, _)| {
+            (*vip, *protocol) == (vs.vip, vs.protocol) && ports.shared_port(&vs.ports).is_some()
         }) {
             self.warn(
                 vs.line,
                 format!(
-                    "the same VIP, port and protocol as the virtual_server at line {line}; skipped"
+                    "a port of the same VIP and protocol as the virtual_server at line {line}; \
+                     skipped"
                 ),
             );
             return None;
@@ -1009,7 +1154,7 @@ impl Converter {
                 );
                 continue;
             }
-            if rs.port != vs.port {
+            if vs.ports.is_single() && vs.ports != Ports::Every && rs.port != vs.port {
                 self.warn(
                     rs.line,
                     format!(
@@ -1050,14 +1195,15 @@ impl Converter {
             .health(&vs, &used)
             .unwrap_or_else(|| HealthConfig::new(HealthKind::None, vs.port));
         let name = self.name(&vs);
-        self.services.push((vs.vip, vs.port, vs.protocol, vs.line));
+        self.services
+            .push((vs.vip, vs.ports.clone(), vs.protocol, vs.line));
         Some(Imported {
             source: format!("{} {}", stmt.keyword, stmt.args.join(" ")),
             line: vs.line,
             service: ServiceConfig {
                 name,
                 vip: vs.vip,
-                ports: Ports::single(vs.port),
+                ports: vs.ports.clone(),
                 protocol: vs.protocol,
                 scheduler: Scheduler::Wlc,
                 no_backend: NoBackend::Drop,
@@ -1504,6 +1650,7 @@ mod tests {
             line: 1,
             vip: "2001:db8:1234:5678:9abc:def0:1234:5678".parse().unwrap(),
             port: 2811,
+            ports: Ports::single(2811),
             protocol: Protocol::Tcp,
             weight: None,
             inhibit: false,

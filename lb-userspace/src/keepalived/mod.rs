@@ -60,7 +60,7 @@
 mod convert;
 mod syntax;
 
-use std::{fmt, path::Path};
+use std::{fmt, net::IpAddr, path::Path, str::FromStr};
 
 use anyhow::Context as _;
 
@@ -69,7 +69,7 @@ use self::{
     syntax::{SyntaxError, parse, tokenize},
 };
 use crate::config::{
-    Config, DirectorConfig,
+    Config, DirectorConfig, Ports,
     write::{Notes, write_config},
 };
 
@@ -80,11 +80,16 @@ use crate::config::{
 /// `interfaces` are the director's NICs for `[director] interfaces`; when
 /// empty, `eth0` is written with a warning. Only errors (an unreadable
 /// file, a syntax error, an unwritable output) fail, not warnings.
-pub fn run(file: &Path, interfaces: &[String], output: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(
+    file: &Path,
+    interfaces: &[String],
+    fwmarks: &[Fwmark],
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
     let origin = file.display().to_string();
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("{origin}: cannot read keepalived config: {e}"))?;
-    let conversion = convert(&text, &origin, interfaces)?;
+    let conversion = convert(&text, &origin, interfaces, fwmarks)?;
     for diagnostic in &conversion.diagnostics {
         eprintln!("{}", diagnostic.display(&origin));
     }
@@ -96,10 +101,68 @@ pub fn run(file: &Path, interfaces: &[String], output: Option<&Path>) -> anyhow:
     Ok(())
 }
 
+/// What a firewall mark selects (`--fwmark MARK=VIP:PORTS`): keepalived's
+/// fwmark services leave that to an iptables or nftables rule, which is
+/// not in keepalived.conf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fwmark {
+    /// The mark.
+    pub mark: u32,
+    /// The VIP the rule matches.
+    pub vip: IpAddr,
+    /// The ports it matches (0: every port).
+    pub ports: Ports,
+}
+
+impl FromStr for Fwmark {
+    type Err = String;
+
+    /// `1=192.0.2.10:2811,50000-51000`, `2=[2001:db8::10]:0`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const VALID: &str = "valid: MARK=VIP:PORTS, e.g. 1=192.0.2.10:2811,50000-51000 or \
+                             2=[2001:db8::10]:0 for every port";
+        let parse = || -> Option<Fwmark> {
+            let (mark, target) = text.split_once('=')?;
+            let (vip, ports) = target.rsplit_once(':')?;
+            let vip = vip
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?;
+            let ranges = ports
+                .split(',')
+                .map(|item| match item.split_once('-') {
+                    Some((a, b)) => Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)),
+                    None => item.parse::<u16>().ok().map(|p| (p, p)),
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let ports = match ranges.as_slice() {
+                [(0, 0)] => Ports::Every,
+                _ if ranges.iter().all(|&(a, b)| 1 <= a && a <= b) => {
+                    Ports::from_ranges(ranges).ok()?
+                }
+                _ => return None,
+            };
+            Some(Fwmark {
+                mark: mark.parse().ok()?,
+                vip,
+                ports,
+            })
+        };
+        parse().ok_or_else(|| format!("{text:?} is not a firewall mark's VIP and ports ({VALID})"))
+    }
+}
+
 /// Converts keepalived.conf text; `origin` is the file name used in
 /// messages and in the header comment of the TOML, `interfaces` the
-/// director NICs (`eth0` with a warning when empty).
-pub fn convert(text: &str, origin: &str, interfaces: &[String]) -> Result<Conversion, ImportError> {
+/// director NICs (`eth0` with a warning when empty), `fwmarks` what the
+/// firewall marks of fwmark services select.
+pub fn convert(
+    text: &str,
+    origin: &str,
+    interfaces: &[String],
+    fwmarks: &[Fwmark],
+) -> Result<Conversion, ImportError> {
     let error = |e: SyntaxError| ImportError {
         origin: origin.to_owned(),
         line: e.line,
@@ -107,11 +170,19 @@ pub fn convert(text: &str, origin: &str, interfaces: &[String]) -> Result<Conver
     };
     let statements = parse(tokenize(text).map_err(error)?).map_err(error)?;
     let mut converter = Converter::default();
+    converter.fwmarks = fwmarks
+        .iter()
+        .map(|f| (f.mark, (f.vip, f.ports.clone())))
+        .collect();
+    for group in statements
+        .iter()
+        .filter(|s| s.keyword == "virtual_server_group")
+    {
+        converter.group(group).map_err(error)?;
+    }
     let mut imported = Vec::new();
     for stmt in &statements {
-        if let Some(service) = converter.top_level(stmt).map_err(error)? {
-            imported.push(service);
-        }
+        imported.extend(converter.top_level(stmt).map_err(error)?);
     }
     let interfaces = if interfaces.is_empty() {
         converter.diagnostics.push(Diagnostic {
@@ -281,7 +352,7 @@ mod tests {
     use super::*;
 
     fn conv(text: &str) -> Conversion {
-        convert(text, "k.conf", &["eth1".to_owned()]).expect("converts")
+        convert(text, "k.conf", &["eth1".to_owned()], &[]).expect("converts")
     }
 
     fn warnings(text: &str) -> Vec<String> {
@@ -293,7 +364,7 @@ mod tests {
     }
 
     fn err(text: &str) -> String {
-        convert(text, "k.conf", &[]).unwrap_err().to_string()
+        convert(text, "k.conf", &[], &[]).unwrap_err().to_string()
     }
 
     /// A DR virtual server around `body` (real servers and settings).
@@ -333,7 +404,7 @@ mod tests {
 
     #[test]
     fn run_names_an_unreadable_file() {
-        let e = run(Path::new("/nonexistent/keepalived.conf"), &[], None)
+        let e = run(Path::new("/nonexistent/keepalived.conf"), &[], &[], None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -586,7 +657,7 @@ weight = 500
 
     #[test]
     fn interfaces_default_to_eth0_with_a_warning() {
-        let c = convert(GRIDFTP, "k.conf", &[]).unwrap();
+        let c = convert(GRIDFTP, "k.conf", &[], &[]).unwrap();
         assert!(c.toml.contains("interfaces = [\"eth0\"]"));
         let w: Vec<String> = c
             .diagnostics
@@ -598,7 +669,7 @@ weight = 500
             w[0].starts_with("k.conf: warning: the director's NICs"),
             "{w:?}"
         );
-        let c = convert(GRIDFTP, "k.conf", &["eth0".into(), "eth1".into()]).unwrap();
+        let c = convert(GRIDFTP, "k.conf", &["eth0".into(), "eth1".into()], &[]).unwrap();
         assert!(c.toml.contains("interfaces = [\"eth0\", \"eth1\"]"));
     }
 
@@ -671,6 +742,67 @@ weight = 500
     }
 
     #[test]
+    fn firewall_marks_name_a_vip_and_its_ports() {
+        let mark: Fwmark = "7=192.0.2.20:2811,50000-51000".parse().unwrap();
+        assert_eq!(
+            mark,
+            Fwmark {
+                mark: 7,
+                vip: "192.0.2.20".parse().unwrap(),
+                ports: Ports::from_ranges(vec![(2811, 2811), (50000, 51000)]).unwrap(),
+            }
+        );
+        let every: Fwmark = "8=[2001:db8::20]:0".parse().unwrap();
+        assert_eq!(every.ports, Ports::Every);
+        for bad in [
+            "7",
+            "7=192.0.2.20",
+            "x=192.0.2.20:80",
+            "7=192.0.2.20:90-80",
+            "7=nowhere:80",
+        ] {
+            let e = bad.parse::<Fwmark>().unwrap_err();
+            assert!(e.contains("valid: MARK=VIP:PORTS"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn groups_become_services_over_their_ports() {
+        let text = "virtual_server_group g {\n  192.0.2.20 2811\n  192.0.2.20 50000\n  \
+                    fwmark 7\n  192.0.2.30-31 1094\n}\nvirtual_server group g {\n  \
+                    lb_kind DR\n  real_server 198.51.100.11 2811 {\n  }\n}\n";
+        let mark = Fwmark {
+            mark: 7,
+            vip: "192.0.2.20".parse().unwrap(),
+            ports: Ports::from_ranges(vec![(50001, 50100)]).unwrap(),
+        };
+        let c = convert(text, "k.conf", &["eth0".into()], &[mark]).unwrap();
+        let config = Config::parse(&c.toml, "out.toml").unwrap();
+        let services: Vec<(String, String)> = config
+            .services
+            .iter()
+            .map(|s| (s.vip.to_string(), s.ports.to_string()))
+            .collect();
+        assert_eq!(
+            services,
+            [
+                ("192.0.2.20".to_owned(), "2811,50000-50100".to_owned()),
+                ("192.0.2.30".to_owned(), "1094".to_owned()),
+                ("192.0.2.31".to_owned(), "1094".to_owned()),
+            ]
+        );
+        let without = convert(text, "k.conf", &["eth0".into()], &[]).unwrap();
+        assert!(
+            without
+                .diagnostics
+                .iter()
+                .any(|d| d.message.contains("--fwmark 7=VIP:PORTS")),
+            "{:?}",
+            without.diagnostics
+        );
+    }
+
+    #[test]
     fn sorry_server_quorum_and_hysteresis_carry_over() {
         let c = convert(
             &vs(
@@ -679,6 +811,7 @@ weight = 500
             ),
             "k.conf",
             &["eth0".into()],
+            &[],
         )
         .unwrap();
         assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
@@ -706,6 +839,7 @@ weight = 500
             ),
             "k.conf",
             &["eth0".into()],
+            &[],
         )
         .unwrap();
         assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
@@ -724,6 +858,7 @@ weight = 500
             &vs("  persistence_timeout\n  real_server 198.51.100.11 2811 {\n  }"),
             "k.conf",
             &["eth0".into()],
+            &[],
         )
         .unwrap();
         let config = crate::config::Config::parse(&c.toml, "lb.toml").unwrap();
@@ -845,11 +980,11 @@ weight = 500
             "{w:?}"
         );
         assert!(
-            w[2].starts_with("k.conf:5: warning: virtual_server_group doors is not carried over"),
+            w[1].contains("virtual_server_group doors (line 5) has no entry"),
             "{w:?}"
         );
         assert!(
-            w[3].starts_with(
+            w[2].starts_with(
                 "k.conf:7: warning: include /etc/keepalived/more.conf is not carried over"
             ),
             "{w:?}"
@@ -891,7 +1026,7 @@ weight = 500
         assert!(
             has(
                 &w,
-                "the same VIP, port and protocol as the virtual_server at line 1; skipped"
+                "a port of the same VIP and protocol as the virtual_server at line 1; skipped"
             ),
             "{w:?}"
         );
@@ -996,7 +1131,7 @@ weight = 500
 
     #[test]
     fn output_rejected_by_lb_check_is_a_warning() {
-        let c = convert(GRIDFTP, "k.conf", &["bad nic".to_owned()]).unwrap();
+        let c = convert(GRIDFTP, "k.conf", &["bad nic".to_owned()], &[]).unwrap();
         let last = c.diagnostics.last().unwrap().display("k.conf").to_string();
         assert!(
             last.starts_with(
