@@ -279,6 +279,84 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     drop(held);
 }
 
+/// Rewrites the config and reloads; fails unless `lb reload` succeeds.
+fn reload(setup: &Director) {
+    setup
+        .config
+        .write(
+            setup
+                .lb
+                .config_path()
+                .parent()
+                .expect("config has a directory"),
+        )
+        .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
+    let out = ctl(setup, &["reload"]);
+    if !out.success {
+        setup.fail(&format!("`lb reload` failed: {}", out.stderr));
+    }
+}
+
+/// A reload that gives the service a data range serves the range at once,
+/// and one that narrows the range stops serving the ports it left (the
+/// director's own stack refuses them); connections on the service's port
+/// and on the ports it keeps go on through both reloads.
+#[test]
+fn reload_changes_a_services_ports_and_keeps_its_connections() {
+    const TEST: &str = "reload_changes_a_services_ports_and_keeps_its_connections";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let (kept, left) = (50000, 50005);
+    let mut setup = start(TEST, &[1000, 500, 800]);
+    let _data_servers: Vec<_> = [kept, left]
+        .iter()
+        .map(|&port| {
+            setup
+                .bed
+                .start_servers(port, &[])
+                .unwrap_or_else(|e| setup.fail(&format!("listeners on {port}: {e:#}")))
+        })
+        .collect();
+    let at = |port| SocketAddr::new(VIP4.into(), port);
+    let open = |setup: &Director, port, n| {
+        client::open_tcp(&setup.bed.client().ns, at(port), n)
+            .unwrap_or_else(|e| setup.fail(&format!("{n} connections to port {port}: {e:#}")))
+    };
+    let mut held = setup.open(VIP4.into(), 30);
+    if client::open_tcp(&setup.bed.client().ns, at(left), 1).is_ok() {
+        setup.fail(&format!(
+            "port {left} answered before the service covered it"
+        ));
+    }
+
+    setup.config.services[0].more_ports = vec![(kept, kept + 10)];
+    reload(&setup);
+    let mut on_kept = open(&setup, kept, 10);
+    let on_left = open(&setup, left, 10);
+    setup.ping_all(&mut held, "after the range was added");
+    let stats = setup.stats();
+    if stats.services.len() != 1 || stats.services[0].ports != "8080,50000-50010" {
+        setup.fail(&format!("lb stats after the range was added: {stats:#?}"));
+    }
+
+    drop(on_left);
+    setup.config.services[0].more_ports = vec![(kept, kept + 2)];
+    reload(&setup);
+    if client::open_tcp(&setup.bed.client().ns, at(left), 1).is_ok() {
+        setup.fail(&format!(
+            "port {left} still answered once the service left it"
+        ));
+    }
+    open(&setup, kept, 5);
+    setup.ping_all(&mut held, "after the range was narrowed");
+    setup.ping_all(&mut on_kept, "on a port the service kept");
+    // The health checks have had their fall intervals; everything holds.
+    thread::sleep(Duration::from_millis(500) * 4);
+    wait_backends_up(&setup, 3);
+    setup.ping_all(&mut held, "after the health checks' fall intervals");
+}
+
 #[test]
 fn sigkill_during_a_transfer_then_restart_adopts_the_data_path() {
     const TEST: &str = "sigkill_during_a_transfer_then_restart_adopts_the_data_path";
