@@ -96,6 +96,7 @@ pub mod ip;
 pub mod limits;
 pub mod nic;
 pub mod persist;
+pub mod schedule;
 pub mod service;
 pub mod stats;
 pub mod vlan;
@@ -110,6 +111,10 @@ pub use ip::*;
 pub use limits::*;
 pub use nic::*;
 pub use persist::*;
+pub use schedule::{
+    SCHEDULE_TABLE_SIZE, SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WLC, SCHEDULER_WRR,
+    ScheduleTable, flow_hash, hashes_flows,
+};
 pub use service::*;
 pub use stats::*;
 pub use vlan::*;

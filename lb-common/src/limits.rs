@@ -32,6 +32,15 @@ pub const BACKEND_CONNS_MAP: &str = "BACKEND_CONNS";
 ///
 /// [`LoadTree`]: crate::wlc::LoadTree
 pub const WLC_TREE_MAP: &str = "WLC_TREE";
+/// Name of the table schedulers' tables (array: service id ->
+/// [`ScheduleTable`]), written by the control plane with each service of
+/// `rr`, `wrr`, `sh` or `mh` (see [`crate::schedule`]).
+///
+/// [`ScheduleTable`]: crate::schedule::ScheduleTable
+pub const SCHEDULE_TABLES_MAP: &str = "SCHEDULE_TABLES";
+/// Name of the round-robin positions (per-CPU array: service id -> the
+/// next entry of its `rr`/`wrr` table this CPU takes). Data path only.
+pub const RR_POSITION_MAP: &str = "RR_POSITION";
 /// Name of the IPv4 connection table (hash: [`FlowKey4`] -> [`Flow`]):
 /// confirmed flows (a TCP handshake the client completed, UDP, a flow a
 /// `sloppy_tcp` service picked up mid-way). Written by XDP, expired by the

@@ -69,6 +69,10 @@ pub struct Service {
     /// template covers (IPVS's `-M`, keepalived's
     /// `persistence_granularity`): 32 (IPv4) or 128 (IPv6) for one client.
     pub persistence_prefix: u32,
+    /// How new flows are scheduled: `SCHEDULER_WLC` (0, the default),
+    /// `SCHEDULER_RR`, `SCHEDULER_WRR`, `SCHEDULER_SH` or `SCHEDULER_MH`
+    /// (see [`crate::schedule`]).
+    pub scheduler: u32,
 }
 
 /// Service flag: a TCP SYN that finds no backend to take it is answered with
@@ -204,7 +208,7 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 24);
     assert!(size_of::<AlignedServiceKey>() == 24);
     assert!(core::mem::offset_of!(AlignedServiceKey, key) == 0);
-    assert!(size_of::<Service>() == 16);
+    assert!(size_of::<Service>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -265,6 +269,7 @@ mod tests {
         assert_eq!(offset_of!(Service, flags), 4);
         assert_eq!(offset_of!(Service, persistence_timeout_s), 8);
         assert_eq!(offset_of!(Service, persistence_prefix), 12);
+        assert_eq!(offset_of!(Service, scheduler), 16);
     }
 
     #[test]

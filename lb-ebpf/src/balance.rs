@@ -4,7 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BackendSet, PROTO_TCP, REASON_INTERNAL, REASON_NO_BACKEND, REASON_NO_FLOW, REASON_NO_SERVICE,
-    REASON_NOT_FOR_US, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP,
+    REASON_NOT_FOR_US, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP, hashes_flows,
 };
 
 use crate::{
@@ -120,6 +120,8 @@ fn from_table<K: TableKey>(
         && packet.proto == PROTO_TCP
         && !packet.opens_connection()
         && flags & SERVICE_FLAG_SLOPPY_TCP == 0
+        // Every director with the config picks the same backend by the hash.
+        && !hashes_flows(service.scheduler)
     {
         return Err(Verdict::Drop(REASON_NO_FLOW));
     }

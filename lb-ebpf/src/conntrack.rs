@@ -36,7 +36,7 @@ use lb_common::{
     Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
     REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, flow_cache_set, flow_event_index, persist_key, wlc,
+    flow_cache_index, flow_cache_set, flow_event_index, flow_hash, persist_key, wlc,
 };
 
 use crate::{
@@ -45,7 +45,7 @@ use crate::{
         PENDING6, PERSIST, WLC_TREE,
     },
     parse::Packet,
-    stats,
+    schedule, stats,
     verdict::Verdict,
 };
 
@@ -78,6 +78,10 @@ pub trait TableKey {
     fn remove_pending(&self) -> bool;
     /// The client's address in 16 bytes (IPv4 in the first 4).
     fn client_addr(&self) -> [u8; 16];
+    /// A hash of the flow's 5-tuple and VLAN (`mh`).
+    fn flow_hash(&self) -> u64;
+    /// A hash of the client's address (`sh`).
+    fn client_hash(&self) -> u64;
     /// The service the flow is addressed to.
     fn service_key(&self) -> AlignedServiceKey;
     /// A flow-cache set of this key's family.
@@ -135,6 +139,18 @@ macro_rules! table_key {
                 let mut addr = [0; 16];
                 addr[..self.src_addr.len()].copy_from_slice(&self.src_addr);
                 addr
+            }
+
+            #[inline(always)]
+            fn flow_hash(&self) -> u64 {
+                flow_hash(&self.words())
+            }
+
+            #[inline(always)]
+            fn client_hash(&self) -> u64 {
+                // SAFETY: 16 bytes as two words; every bit pattern is valid.
+                let words: [u64; 2] = unsafe { core::mem::transmute(self.client_addr()) };
+                flow_hash(&words)
             }
 
             #[inline(always)]
@@ -466,11 +482,11 @@ pub fn open<K: TableKey>(
     })
 }
 
-/// The backend slot of a new flow of `service` from `key`'s client, by
-/// weighted least-connection (the root of the service's tree `tree`); for a
+/// The backend slot of a new flow of `service` from `key`'s client, by the
+/// service's scheduler ([`schedule::pick`]; `tree`: its wlc tree); for a
 /// persistent service, the slot of the client's template while it lives
-/// and its backend takes new flows, else wlc's choice, which becomes the
-/// client's template. `None` when no backend can take the flow.
+/// and its backend takes new flows, else the scheduler's choice, which
+/// becomes the client's template. `None` when no backend can take the flow.
 #[inline(always)]
 fn choose<K: TableKey>(
     key: &K,
@@ -481,7 +497,7 @@ fn choose<K: TableKey>(
     // SAFETY: `tree` points at this service's entry in WLC_TREE.
     let tree = unsafe { &*tree };
     if service.persistence_timeout_s == 0 {
-        return wlc::select(tree).map(bounded);
+        return schedule::pick(key, service, backends, tree).map(bounded);
     }
     let template = persist_key(key.client_addr(), service.persistence_prefix, service.id);
     let now = now();
@@ -497,7 +513,7 @@ fn choose<K: TableKey>(
             return Some(slot);
         }
     }
-    let slot = bounded(wlc::select(tree)?);
+    let slot = bounded(schedule::pick(key, service, backends, tree)?);
     let chosen = PersistTemplate {
         last_used_ns: now,
         backend_slot: slot,

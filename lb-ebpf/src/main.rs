@@ -3,8 +3,9 @@
 //! Per packet: parse ([`parse`], [`vlan`]; an IP fragment takes its flow's
 //! ports from its datagram's first fragment, [`fragment`]), look up the
 //! service, find or create the flow ([`conntrack`], choosing a backend by
-//! weighted least-connection on a miss), rewrite the Ethernet addresses and
-//! choose the NIC the frame leaves through ([`forward`]) and count everything
+//! the service's scheduler on a miss, [`schedule`]), rewrite the Ethernet
+//! addresses and choose the NIC the frame leaves through ([`forward`]) and
+//! count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
 //! An ICMP error about a flow goes to the flow's backend ([`icmp`]).
 //! Only [`lb_xdp`] turns a [`Verdict`] into an XDP action.
@@ -24,6 +25,7 @@ mod icmp;
 mod maps;
 mod parse;
 mod reset;
+mod schedule;
 mod stats;
 mod verdict;
 mod vlan;

@@ -13,7 +13,8 @@ use lb_common::{
     FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6,
     FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES,
     NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey, PersistTemplate,
-    SERVICE_PORTS_ENTRIES, Service, ServiceKey, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
+    SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey, VIPS_ENTRIES, VipKey,
+    pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -128,6 +129,16 @@ pub fn service(key: &AlignedServiceKey) -> Option<Service> {
         unsafe { SERVICES.get(&any.key) }.copied()
     })
 }
+
+/// The tables of the services scheduled by `rr`, `wrr`, `sh` or `mh`, by
+/// service id (see `lb_common::schedule`). Written by the control plane.
+#[btf_map]
+pub static SCHEDULE_TABLES: Array<ScheduleTable, { MAX_SERVICES as usize }> = Array::new();
+
+/// Each CPU's next position in the `rr`/`wrr` table of each service, by
+/// service id. Data path only.
+#[btf_map]
+pub static RR_POSITION: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
 /// VIPs: address -> `PORT_*` bits of the protocols its services use.
 /// Written by the control plane with the services; read for IP fragments

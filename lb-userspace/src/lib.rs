@@ -15,6 +15,7 @@
 //! - [`health`]: backend probes and the rise/fall rule that turns them into up/down.
 //! - [`host`]: what `lb` asks of the host: NICs and neighbours, real-server set-up, privileges.
 //! - [`director`]: services and their backend slots, and the map writes each change needs.
+//! - [`schedule`]: the tables of the `rr`, `wrr`, `sh` and `mh` schedulers.
 //! - [`datapath`]: the XDP object, its attachments to NICs, its maps, its pins.
 //! - [`sweeper`]: expires idle flows and recounts each backend's connections.
 //! - [`inspect`]: reads a running director's maps: `lb stats`, `lb conns`, metrics.
@@ -32,4 +33,5 @@ pub mod health;
 pub mod host;
 pub mod inspect;
 pub mod keepalived;
+pub mod schedule;
 pub mod sweeper;

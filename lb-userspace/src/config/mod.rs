@@ -206,6 +206,7 @@ impl ServiceConfig {
             flags: self.flags(),
             persistence_timeout_s,
             persistence_prefix,
+            scheduler: self.scheduler.number(),
         }
     }
 
@@ -262,6 +263,29 @@ impl NoBackend {
 pub enum Scheduler {
     /// Weighted least-connection, exactly as IPVS.
     Wlc,
+    /// Round robin over the backends that take new flows.
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Source hashing: a client's connections go to one backend (weighted,
+    /// consistent: a Maglev table indexed by the client address).
+    Sh,
+    /// Maglev hashing of the 5-tuple (weighted, consistent): directors with
+    /// the same config agree on every flow.
+    Mh,
+}
+
+impl Scheduler {
+    /// The data path's `SCHEDULER_*` number.
+    pub fn number(self) -> u32 {
+        match self {
+            Scheduler::Wlc => lb_common::SCHEDULER_WLC,
+            Scheduler::Rr => lb_common::SCHEDULER_RR,
+            Scheduler::Wrr => lb_common::SCHEDULER_WRR,
+            Scheduler::Sh => lb_common::SCHEDULER_SH,
+            Scheduler::Mh => lb_common::SCHEDULER_MH,
+        }
+    }
 }
 
 /// The `[service.health]` table.
@@ -473,10 +497,20 @@ impl Keyword for Protocol {
 }
 
 impl Keyword for Scheduler {
-    const ALL: &'static [Self] = &[Scheduler::Wlc];
+    const ALL: &'static [Self] = &[
+        Scheduler::Wlc,
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Sh,
+        Scheduler::Mh,
+    ];
     fn keyword(self) -> &'static str {
         match self {
             Scheduler::Wlc => "wlc",
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
         }
     }
 }
@@ -536,6 +570,16 @@ fn parse_keyword<T: Keyword>(text: &str) -> Result<T, String> {
         .copied()
         .find(|k| k.keyword().eq_ignore_ascii_case(text))
         .ok_or_else(|| format!("{text:?} is not supported (valid: {})", keywords::<T>()))
+}
+
+/// The words of `scheduler` (and keepalived's `lb_algo`): `wlc`, `rr`,
+/// `wrr`, `sh`, `mh`.
+impl FromStr for Scheduler {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_keyword(text)
+    }
 }
 
 /// The words of `xdp_mode` (and `lb run --xdp-mode`): `driver`, `skb`.

@@ -1075,8 +1075,8 @@ fn unknown_keywords() {
         ),
         (
             "scheduler",
-            "\"rr\"",
-            "scheduler \"rr\" is not supported (valid: wlc)",
+            "\"lc\"",
+            "scheduler \"lc\" is not supported (valid: wlc, rr, wrr, sh, mh)",
         ),
         (
             "protocol",

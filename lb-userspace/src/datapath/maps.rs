@@ -23,10 +23,10 @@ use lb_common::{
     FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP,
     LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP,
     NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP,
-    PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, Service, ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP,
-    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
-    pending_capacity, port_bit, protocol_name, wlc,
+    PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP,
+    SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, ScheduleTable, Service,
+    ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index,
+    flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -44,7 +44,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 19] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 20] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
@@ -54,6 +54,7 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 19] = [
     (BACKENDS_MAP, 4, size_of::<BackendSet>()),
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
     (WLC_TREE_MAP, 4, size_of::<LoadTree>()),
+    (SCHEDULE_TABLES_MAP, 4, size_of::<ScheduleTable>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (PENDING4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
@@ -124,6 +125,8 @@ pub struct Maps {
     pub backend_conns: Array<MapData, BackendConnSet>,
     /// Service id -> the scheduler's tournament tree of its backends.
     pub wlc_tree: Array<MapData, LoadTree>,
+    /// Service id -> the table of its `rr`, `wrr`, `sh` or `mh` scheduler.
+    pub schedule_tables: Array<MapData, ScheduleTable>,
     /// The IPv4 connection table: confirmed flows (a hash).
     pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
     /// The IPv6 connection table: confirmed flows (a hash).
@@ -188,6 +191,7 @@ impl Maps {
             backends: typed(&mut take, BACKENDS_MAP)?,
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
             wlc_tree: typed(&mut take, WLC_TREE_MAP)?,
+            schedule_tables: typed(&mut take, SCHEDULE_TABLES_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
             pending4: typed(&mut take, PENDING4_MAP)?,
@@ -333,6 +337,13 @@ impl Maps {
     ) -> anyhow::Result<()> {
         let id = service.id;
         self.set_backends(id, backends)?;
+        if service.scheduler != SCHEDULER_WLC {
+            self.schedule_tables
+                .set(id, crate::schedule::table(service.scheduler, backends), 0)
+                .with_context(|| {
+                    format!("writing the scheduler table of service {id} to {SCHEDULE_TABLES_MAP}")
+                })?;
+        }
         let (old_value, old_keys) = self
             .written
             .remove(&id)

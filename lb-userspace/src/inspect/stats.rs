@@ -9,8 +9,9 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
     BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
-    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, addr_from_key,
-    backend_index, protocol_name, reason_name, vlan_ids, vlan_path,
+    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, SCHEDULER_MH, SCHEDULER_RR,
+    SCHEDULER_SH, SCHEDULER_WRR, addr_from_key, backend_index, protocol_name, reason_name,
+    vlan_ids, vlan_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +176,8 @@ pub struct ServiceStats {
     pub ports: String,
     /// "tcp" or "udp".
     pub protocol: &'static str,
+    /// Its scheduler, as ipvsadm names it: `wlc`, `rr`, `wrr`, `sh`, `mh`.
+    pub scheduler: &'static str,
     /// The VLAN ids of its frames, outermost first (none: untagged).
     pub vlan: Vec<u16>,
     /// Connections scheduled (IPVS Conns).
@@ -308,6 +311,7 @@ impl Snapshot {
                 port: key.port,
                 ports: Ports::of_key_ports(installed.keys.iter().map(|k| k.port)).to_string(),
                 protocol: protocol_name(key.proto),
+                scheduler: scheduler_name(service.scheduler),
                 vlan: vlan_ids(key.vlan).collect(),
                 conns: totals.new_conns,
                 in_pkts: totals.packets,
@@ -594,6 +598,17 @@ fn nonnegative(raw: u64) -> u64 {
     if (raw as i64) < 0 { 0 } else { raw }
 }
 
+/// The ipvsadm name of `SCHEDULER_*` number `scheduler`.
+fn scheduler_name(scheduler: u32) -> &'static str {
+    match scheduler {
+        SCHEDULER_RR => "rr",
+        SCHEDULER_WRR => "wrr",
+        SCHEDULER_SH => "sh",
+        SCHEDULER_MH => "mh",
+        _ => "wlc",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +639,7 @@ mod tests {
                 port: 8080,
                 ports: "8080".to_owned(),
                 protocol: "tcp",
+                scheduler: "wlc",
                 vlan: Vec::new(),
                 conns,
                 in_pkts,

@@ -106,6 +106,8 @@ struct VirtualServer {
     port: u16,
     /// Every port it covers (a group's, or a firewall mark's).
     ports: Ports,
+    /// `lb_algo` (`lvs_sched`), when lb has it.
+    scheduler: Option<Scheduler>,
     protocol: Protocol,
     weight: Option<u32>,
     inhibit: bool,
@@ -489,6 +491,7 @@ impl Converter {
             vip,
             port: ports.first(),
             ports,
+            scheduler: None,
             protocol: Protocol::Tcp,
             weight: None,
             inhibit: false,
@@ -534,7 +537,7 @@ impl Converter {
             match child.keyword.as_str() {
                 // Seen above.
                 "lb_kind" | "lvs_method" | "protocol" => {}
-                "lb_algo" | "lvs_sched" => self.scheduler(child),
+                "lb_algo" | "lvs_sched" => vs.scheduler = self.scheduler(child),
                 "weight" => vs.weight = self.weight(child),
                 "inhibit_on_failure" => {
                     if let Some(inhibit) = self.flag(child) {
@@ -965,28 +968,24 @@ impl Converter {
     }
 
     /// `lb_algo` / `lvs_sched`.
-    fn scheduler(&mut self, stmt: &Stmt) {
+    fn scheduler(&mut self, stmt: &Stmt) -> Option<Scheduler> {
         let algo = stmt.arg().unwrap_or("");
+        if let Ok(scheduler) = algo.parse::<Scheduler>() {
+            return Some(scheduler);
+        }
         let why = match algo {
-            "wlc" => return,
-            "rr" | "wrr" => "not round robin",
-            "lc" => "lc ignores the weights, wlc does not",
-            "sh" | "dh" | "mh" => "not hashing: a client is not kept on one real server",
+            "lc" => ", which ignores the weights (wlc with equal weights does the same)",
+            "dh" => ", hashing by destination (a client's connections are kept by sh)",
             _ => "",
-        };
-        let why = if why.is_empty() {
-            String::new()
-        } else {
-            format!(", {why}")
         };
         self.warn(
             stmt.line,
             format!(
-                "{} {algo}: lb only schedules with wlc (weighted least-connection, as IPVS){why}; \
-                 using wlc",
+                "{} {algo}: lb schedules with wlc, rr, wrr, sh or mh, not {algo}{why}; using wlc",
                 stmt.keyword
             ),
         );
+        None
     }
 
     /// `lb_kind` / `lvs_method`: true for DR; otherwise a warning saying
@@ -1205,7 +1204,7 @@ impl Converter {
                 vip: vs.vip,
                 ports: vs.ports.clone(),
                 protocol: vs.protocol,
-                scheduler: Scheduler::Wlc,
+                scheduler: vs.scheduler.unwrap_or(Scheduler::Wlc),
                 no_backend: NoBackend::Drop,
                 sloppy_tcp: false,
                 sorry_server,
@@ -1651,6 +1650,7 @@ mod tests {
             vip: "2001:db8:1234:5678:9abc:def0:1234:5678".parse().unwrap(),
             port: 2811,
             ports: Ports::single(2811),
+            scheduler: None,
             protocol: Protocol::Tcp,
             weight: None,
             inhibit: false,

@@ -678,9 +678,11 @@ weight = 500
     #[test]
     fn each_unsupported_virtual_server_setting_warns() {
         let cases = [
-            ("lb_algo rr", "lb_algo rr: lb only schedules with wlc"),
-            ("lb_algo wrr", "lb_algo wrr: lb only schedules with wlc"),
-            ("lvs_sched sh", "not hashing"),
+            (
+                "lb_algo lc",
+                "lb_algo lc: lb schedules with wlc, rr, wrr, sh or mh, not lc",
+            ),
+            ("lvs_sched dh", "hashing by destination"),
             (
                 "persistence_granularity 255.255.255.0",
                 "persistence_granularity is not carried over: the virtual_server has no \
@@ -739,6 +741,20 @@ weight = 500
             assert!(w[0].contains(expected), "{setting}: {w:?}");
         }
         assert!(warnings(&vs("  ip_family inet\n  real_server 198.51.100.11 {\n  }")).is_empty());
+    }
+
+    #[test]
+    fn schedulers_carry_over() {
+        for algo in ["wlc", "rr", "wrr", "sh", "mh"] {
+            let c = conv(&vs(&format!(
+                "  lb_algo {algo}\n  real_server 198.51.100.11 2811 {{\n  }}"
+            )));
+            assert!(
+                c.toml.contains(&format!("scheduler = \"{algo}\"")),
+                "{}",
+                c.toml
+            );
+        }
     }
 
     #[test]
@@ -1193,8 +1209,8 @@ weight = 500
 
     #[test]
     fn header_lists_the_warnings() {
-        let c = conv(&vs("  lb_algo rr\n  real_server 198.51.100.11 {\n  }"));
-        assert!(c.toml.contains("# Warnings and notes (also printed on stderr):\n#   k.conf:3: warning: lb_algo rr: lb only schedules with wlc"), "{}", c.toml);
+        let c = conv(&vs("  lb_algo lc\n  real_server 198.51.100.11 {\n  }"));
+        assert!(c.toml.contains("# Warnings and notes (also printed on stderr):\n#   k.conf:3: warning: lb_algo lc: lb schedules with wlc, rr, wrr, sh or mh"), "{}", c.toml);
         assert!(
             conv(GRIDFTP)
                 .toml

@@ -106,6 +106,7 @@ fn pinned_maps_dump_with_field_names() {
             flags: 0,
             persistence_timeout_s: 60,
             persistence_prefix: 24,
+            ..Service::default()
         }),
         "{name}: the pinned SERVICES map is the loaded one"
     );

@@ -42,6 +42,7 @@ fn persistent(case: &mut Case, vip: IpAddr, reals: &[Real], timeout_s: u32, pref
                 flags: SERVICE_FLAG_SLOPPY_TCP,
                 persistence_timeout_s: timeout_s,
                 persistence_prefix: prefix,
+                ..Service::default()
             },
             &backend_set(SERVICE_ID, vip, reals),
         )

@@ -51,6 +51,7 @@ fn install(case: &mut Case, id: u32, vip: IpAddr, ports: &[u16], reals: &[Real],
                 flags: SERVICE_FLAG_SLOPPY_TCP,
                 persistence_timeout_s: timeout_s,
                 persistence_prefix: if timeout_s > 0 { prefix } else { 0 },
+                ..Service::default()
             },
             &backend_set(id, vip, reals),
         )
