@@ -47,6 +47,7 @@ mod persistence;
 mod ports;
 mod raw_keys;
 mod redirect;
+mod schedulers;
 mod selection;
 mod sweeper;
 mod vlan;
