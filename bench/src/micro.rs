@@ -56,7 +56,8 @@ use lb::datapath::{
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4, CachedFlow6, CachedFlowSet4,
     CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
-    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
+    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SCHEDULER_MH, SCHEDULER_WLC,
+    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
     flow_cache_set, pending_capacity,
 };
@@ -92,6 +93,8 @@ pub const NEW_FLOW_BACKENDS: [u32; 4] = [1, 16, 64, 256];
 /// balancer_consts.h, the table its new-flow figure is measured against
 /// under `BPF_PROG_TEST_RUN`), rounded to the smallest capacity lb accepts.
 pub const SMALL_TABLE_FLOWS: u32 = 1024;
+/// Backends of the `mh` service of the new-flow case with Maglev.
+pub const MH_BACKENDS: u32 = 64;
 /// Backends of the service for the small-table new-flow cases.
 pub const SMALL_TABLE_BACKENDS: [u32; 2] = [1, 64];
 /// The most flows the kernel's LRU hash evicts at once when a CPU needs a
@@ -150,6 +153,9 @@ pub enum Kind {
     /// misses, wlc selection, and an insert that, once the pending table is
     /// full, evicts least recently used flows (one per SYN on average).
     NewFlowSmallTable,
+    /// [`Kind::NewFlow`] to an `mh` service: the entry of its Maglev table
+    /// at the flow's hash instead of wlc's tree.
+    NewFlowMh,
     /// The same established flow, with `flows_in_table` flows in the table
     /// (served by the flow cache).
     ScalingSameFlow,
@@ -850,6 +856,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut new_flow_samples: Vec<Vec<f64>> = NEW_FLOW_BACKENDS.iter().map(|_| vec![]).collect();
     let mut small_table_samples: Vec<Vec<f64>> =
         SMALL_TABLE_BACKENDS.iter().map(|_| vec![]).collect();
+    let mut mh_samples: Vec<f64> = Vec::new();
     let mut every_flow_samples: Vec<Vec<f64>> = SCALING_FLOWS.iter().map(|_| vec![]).collect();
     // The reference programs timed per call (one figure for every per-call case).
     let mut per_call_reference = Samples::default();
@@ -888,13 +895,17 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
 
         for (&n, samples) in NEW_FLOW_BACKENDS.iter().zip(&mut new_flow_samples) {
             samples.push(
-                new_flow_round(params, n, new_flow_capacity(params))
+                new_flow_round(params, n, new_flow_capacity(params), SCHEDULER_WLC)
                     .with_context(|| format!("new flow, {n} backends (round {})", round + 1))?,
             );
         }
+        mh_samples.push(
+            new_flow_round(params, MH_BACKENDS, new_flow_capacity(params), SCHEDULER_MH)
+                .with_context(|| format!("new flow, mh (round {})", round + 1))?,
+        );
         for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&mut small_table_samples) {
             samples.push(
-                new_flow_round(params, n, SMALL_TABLE_FLOWS).with_context(|| {
+                new_flow_round(params, n, SMALL_TABLE_FLOWS, SCHEDULER_WLC).with_context(|| {
                     format!(
                         "new flow, {n} backends, {SMALL_TABLE_FLOWS}-flow table (round {})",
                         round + 1
@@ -976,6 +987,16 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             )
         });
     }
+    results.push(CaseResult {
+        table_capacity: Some(new_flow_capacity(params)),
+        backends: Some(MH_BACKENDS),
+        ..per_call(
+            format!("new TCP flow, {MH_BACKENDS} backends, mh"),
+            Kind::NewFlowMh,
+            FlowPath::NewFlow,
+            &mh_samples,
+        )
+    });
     for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&small_table_samples) {
         results.push(CaseResult {
             table_capacity: Some(SMALL_TABLE_FLOWS),
@@ -1058,10 +1079,10 @@ fn new_flow_capacity(params: &Params) -> u32 {
 /// ([`LRU_EVICTION_BATCH`]), and still holds the newest flow. (Not "exactly
 /// `capacity`": the kernel evicts in batches to refill a CPU's free list,
 /// so the count saws below the capacity.)
-fn new_flow_round(params: &Params, n: u32, capacity: u32) -> anyhow::Result<f64> {
+fn new_flow_round(params: &Params, n: u32, capacity: u32, scheduler: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
     let mut dp = ipv4_datapath(capacity, capacity)?;
-    install(&mut dp, 0, vip4, PROTO_TCP, &vec![up(1); n as usize])?;
+    install_scheduled(&mut dp, vip4, &vec![up(1); n as usize], scheduler)?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {
         client(i).frame(TCP_SYN)
@@ -1110,6 +1131,26 @@ pub(crate) fn install(
             ..Service::default()
         },
         &backend_set(id, vip, reals),
+    )
+}
+
+/// Installs the new-flow cases' TCP service 0 on (`vip`, `PORT`) over
+/// `reals`, scheduled by `SCHEDULER_*` `scheduler`.
+fn install_scheduled(
+    dp: &mut Datapath,
+    vip: IpAddr,
+    reals: &[Real],
+    scheduler: u32,
+) -> anyhow::Result<()> {
+    dp.maps.set_service(
+        &[ServiceKey::new(vip, PORT, PROTO_TCP, 0)],
+        Service {
+            id: 0,
+            flags: SERVICE_FLAG_SLOPPY_TCP,
+            scheduler,
+            ..Service::default()
+        },
+        &backend_set(0, vip, reals),
     )
 }
 

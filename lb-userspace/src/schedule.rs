@@ -215,6 +215,15 @@ mod tests {
             join < 0.05,
             "join moved {join:.3} besides the newcomer's share"
         );
+        let share = |t: &ScheduleTable, slot: u16| {
+            t.slots.iter().filter(|&&s| s == slot + 1).count() as f64 / SCHEDULE_TABLE_SIZE as f64
+        };
+        eprintln!(
+            "maglev, 10 equal backends: one leaving moves its own {:.4} and {leave:.4} of the \
+             rest; one joining takes {:.4} and moves {join:.4} of the rest",
+            share(&ten, 9),
+            share(&eleven, 10)
+        );
         // The table depends on addresses, not slot order.
         let mut shuffled = all[..10].to_vec();
         shuffled.reverse();
