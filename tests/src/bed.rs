@@ -396,6 +396,7 @@ impl TestBed {
             persistence: None,
             vlan: Vec::new(),
             more_ports: Vec::new(),
+            scheduler: "wlc",
         }
     }
 

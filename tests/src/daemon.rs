@@ -212,6 +212,8 @@ pub struct ServiceConfig {
     /// More ports beside `port`, as inclusive ranges: written as `ports =
     /// [port, "FIRST-LAST", ...]` when not empty.
     pub more_ports: Vec<(u16, u16)>,
+    /// `scheduler`: `wlc`, `rr`, `wrr`, `sh` or `mh`.
+    pub scheduler: &'static str,
 }
 
 /// An `lb` config file.
@@ -276,7 +278,7 @@ impl LbConfig {
                 Protocol::Udp => "udp",
             };
             let _ = writeln!(s, "protocol = \"{protocol}\"");
-            let _ = writeln!(s, "scheduler = \"wlc\"");
+            let _ = writeln!(s, "scheduler = \"{}\"", svc.scheduler);
             if svc.reject_without_backend {
                 let _ = writeln!(s, "no_backend = \"reject\"");
             }

@@ -396,6 +396,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             persistence: None,
             vlan: Vec::new(),
             more_ports: Vec::new(),
+            scheduler: "wlc",
         }],
     };
     let path = config
