@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    ANY_PORT, AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
+    AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
     CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
     FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6,
     FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES,
@@ -42,7 +42,7 @@ pub static NIC_STATS: PerCpuArray<NicCounters, { NIC_FILTER_ENTRIES as usize }> 
     PerCpuArray::new();
 
 /// Virtual services: (VIP, port, protocol, VLAN) -> the service, one entry
-/// per port it covers (port [`ANY_PORT`] for a service over every port).
+/// per port it covers (port `lb_common::ANY_PORT` for a service over every port).
 /// Written by the control plane.
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, Service, { MAX_SERVICE_KEYS as usize }> = HashMap::new();
@@ -104,15 +104,15 @@ pub static PERSIST: LruHashMap<PersistKey, PersistTemplate, { PERSIST_TEMPLATES 
 pub static SERVICE_PORTS: Array<u32, { SERVICE_PORTS_ENTRIES as usize }> = Array::new();
 
 /// Whether some service uses `port` over `proto`, by [`SERVICE_PORTS`]: one
-/// array lookup, before anything else is read of a frame.
+/// array lookup, before anything else is read of a frame. (A service over
+/// every port opens every port's entry.)
 #[inline(always)]
 pub fn serves_port(port: u16, proto: u8) -> bool {
-    let serves = |port: u16| SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0);
-    serves(port) & port_bit(proto) != 0 || serves(ANY_PORT) & port_bit(proto) != 0
+    SERVICE_PORTS.get(u32::from(port)).copied().unwrap_or(0) & port_bit(proto) != 0
 }
 
 /// The service of a flow to `key`: the one on its own port, else the one
-/// over every port of its VIP ([`ANY_PORT`]), as IPVS prefers a port's own
+/// over every port of its VIP (`lb_common::ANY_PORT`), as IPVS prefers a port's own
 /// service to a port-0 one.
 #[inline(always)]
 pub fn service(key: &AlignedServiceKey) -> Option<Service> {

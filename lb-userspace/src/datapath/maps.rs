@@ -18,15 +18,16 @@ use aya::{
     },
 };
 use lb_common::{
-    BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet, CONNTRACK4_MAP,
-    CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, EVENT_PENDING_REMOVED,
-    FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP,
-    LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP,
-    NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP,
-    PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP,
-    SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, ScheduleTable, Service,
-    ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index,
-    flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
+    ANY_PORT, BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
+    EVENT_PENDING_REMOVED, FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6,
+    LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES,
+    NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter,
+    PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED,
+    SCHEDULE_TABLES_MAP, SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP,
+    ScheduleTable, Service, ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey,
+    WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit,
+    protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -353,11 +354,17 @@ impl Maps {
             if old_value == Some(service) && kept.contains(key) {
                 continue;
             }
-            let port = u32::from(key.port);
-            let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
-            self.service_ports
-                .set(port, bits, 0)
-                .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
+            // A service over every port opens every port of the prefilter.
+            let ports = match key.port {
+                ANY_PORT => 0..=u16::MAX,
+                port => port..=port,
+            };
+            for port in ports.map(u32::from) {
+                let bits = self.service_ports.get(&port, 0)? | port_bit(key.proto);
+                self.service_ports
+                    .set(port, bits, 0)
+                    .with_context(|| format!("opening port {port} in {SERVICE_PORTS_MAP}"))?;
+            }
             self.open_vip(key, id)?;
             self.services
                 .insert(*key, service, 0)
@@ -404,9 +411,16 @@ impl Maps {
             *port_bits.entry(key.port).or_default() |= port_bit(key.proto);
             *vip_bits.entry(VipKey::of(key)).or_default() |= port_bit(key.proto);
         }
-        let ports: BTreeSet<u16> = keys.iter().map(|k| k.port).collect();
+        // The protocols of the services left over every port keep every
+        // port open; a deleted every-port key closes all the others.
+        let every = port_bits.get(&ANY_PORT).copied().unwrap_or(0);
+        let ports: BTreeSet<u16> = if keys.iter().any(|k| k.port == ANY_PORT) {
+            (0..=u16::MAX).collect()
+        } else {
+            keys.iter().map(|k| k.port).collect()
+        };
         for port in ports {
-            let bits = port_bits.get(&port).copied().unwrap_or(0);
+            let bits = port_bits.get(&port).copied().unwrap_or(0) | every;
             self.service_ports.set(u32::from(port), bits, 0)?;
         }
         let vips: HashSet<VipKey> = keys.iter().map(VipKey::of).collect();

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    ANY_PORT, PROTO_TCP, REASON_NO_SERVICE, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
+    ANY_PORT, PORT_TCP, PROTO_TCP, REASON_NO_SERVICE, SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
     conn_state::TCP_SYN,
 };
 use lb_tests::{
@@ -149,6 +149,33 @@ fn every_port_and_its_exceptions() {
         &other_vip.build(),
         Expect::Pass(REASON_NO_SERVICE),
     );
+    // The every-port service opened every port of the prefilter; removed,
+    // it closes them, and the port of the other service stays open.
+    let bits = |case: &Case, port: u16| case.dp.maps.service_ports.get(&u32::from(port), 0).ok();
+    assert_eq!(
+        bits(&case, 8080),
+        Some(PORT_TCP),
+        "{}: port 8080 open",
+        case.name
+    );
+    case.dp
+        .maps
+        .remove_service(SERVICE_ID)
+        .unwrap_or_else(|e| panic!("{}: remove_service: {e:#}", case.name));
+    assert_eq!(
+        bits(&case, 8080),
+        Some(0),
+        "{}: port 8080 closed",
+        case.name
+    );
+    assert_eq!(
+        bits(&case, CONTROL),
+        Some(PORT_TCP),
+        "{}: its own port",
+        case.name
+    );
+    let frame = syn(CLIENT4.into(), vip, 40001, 8080).build();
+    case.send("removed", &frame, Expect::Pass(REASON_NO_SERVICE));
 }
 
 /// A persistent service's template spans its ports: a client's data
