@@ -339,6 +339,29 @@ impl<X> Director<X> {
         }
     }
 
+    /// Adds `n` more IPv4 addresses to the client's NIC, 192.0.2.100 and
+    /// up (beside the bed's client address), for clients of their own;
+    /// returns them.
+    pub fn add_client_addresses(&self, n: u8) -> Vec<IpAddr> {
+        let client = self.bed.client();
+        (0..n)
+            .map(|i| {
+                let address = IpAddr::from([192, 0, 2, 100 + i]);
+                client
+                    .ns
+                    .ip(&[
+                        "addr",
+                        "add",
+                        &format!("{address}/24"),
+                        "dev",
+                        &client.iface,
+                    ])
+                    .unwrap_or_else(|e| self.fail(&format!("adding a client address: {e:#}")));
+                address
+            })
+            .collect()
+    }
+
     /// Opens `n` TCP connections from the client to `vip` on the spec's
     /// port, failing the test if any fails.
     pub fn open(&self, vip: IpAddr, n: usize) -> Vec<HeldConn> {

@@ -17,7 +17,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     thread,
     time::Duration,
 };
@@ -43,11 +43,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const CLOSED: Duration = Duration::from_secs(1);
 /// The sweeper's interval.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-
-/// The address of client `i`: 192.0.2.100 and up, beside the bed's client.
-fn client_address(i: u8) -> IpAddr {
-    Ipv4Addr::new(192, 0, 2, 100 + i).into()
-}
 
 #[test]
 fn a_clients_connections_stay_on_one_real_server() {
@@ -91,18 +86,7 @@ fn a_clients_connections_stay_on_one_real_server() {
         })
         .collect();
     let client = setup.bed.client();
-    for i in 0..CLIENTS {
-        client
-            .ns
-            .ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", client_address(i)),
-                "dev",
-                &client.iface,
-            ])
-            .unwrap_or_else(|e| setup.fail(&format!("adding a client address: {e:#}")));
-    }
+    let addresses = setup.add_client_addresses(CLIENTS);
     let target = SocketAddr::new(vip, PORT);
 
     // Each client: a control connection, then its data connections, each
@@ -110,7 +94,7 @@ fn a_clients_connections_stay_on_one_real_server() {
     let mut held = Vec::new();
     let mut clients_per_server: BTreeMap<String, u32> = BTreeMap::new();
     for i in 0..CLIENTS {
-        let source = client_address(i);
+        let source = addresses[usize::from(i)];
         let open = |n| {
             client::open_tcp_from(&client.ns, source, target, n)
                 .unwrap_or_else(|e| setup.fail(&format!("{e:#}")))
@@ -189,7 +173,7 @@ fn a_clients_connections_stay_on_one_real_server() {
     // server (its live flows keep the template); once they are closed and
     // the timeout has passed, its template is gone.
     thread::sleep(TIMEOUT + SWEEP_INTERVAL * 2);
-    let first = client_address(0);
+    let first = addresses[0];
     let again = client::open_tcp_from(&client.ns, first, target, 1)
         .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
     if again[0].server() != held[0].server() {

@@ -15,7 +15,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     thread,
 };
 
@@ -29,11 +29,6 @@ const SH_PORT: u16 = 8081;
 const WEIGHTS: [u32; 3] = [1000, 500, 800];
 /// Client addresses for the `sh` service.
 const CLIENTS: u8 = 30;
-
-/// The address of client `i`: 192.0.2.100 and up, beside the bed's client.
-fn client_address(i: u8) -> IpAddr {
-    Ipv4Addr::new(192, 0, 2, 100 + i).into()
-}
 
 #[test]
 fn hashing_schedulers_spread_by_weight_and_move_only_a_leavers_clients() {
@@ -70,18 +65,7 @@ fn hashing_schedulers_spread_by_weight_and_move_only_a_leavers_clients() {
         .start_servers(SH_PORT, &[])
         .unwrap_or_else(|e| setup.fail(&format!("listeners on {SH_PORT}: {e:#}")));
     let client = setup.bed.client();
-    for i in 0..CLIENTS {
-        client
-            .ns
-            .ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", client_address(i)),
-                "dev",
-                &client.iface,
-            ])
-            .unwrap_or_else(|e| setup.fail(&format!("adding a client address: {e:#}")));
-    }
+    let addresses = setup.add_client_addresses(CLIENTS);
 
     // mh: new connections spread by weight (Maglev shares 10:5:8).
     let mut held = client::open_tcp(&client.ns, SocketAddr::new(vip, MH_PORT), 300)
@@ -102,8 +86,7 @@ fn hashing_schedulers_spread_by_weight_and_move_only_a_leavers_clients() {
     // sh: each client address on one server, whatever its ports.
     let target = SocketAddr::new(vip, SH_PORT);
     let mut home: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for i in 0..CLIENTS {
-        let source = client_address(i);
+    for &source in &addresses {
         let conns = client::open_tcp_from(&client.ns, source, target, 3)
             .unwrap_or_else(|e| setup.fail(&format!("{e:#}")));
         let server = conns[0].server().to_owned();
