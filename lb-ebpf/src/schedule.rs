@@ -16,7 +16,10 @@ use crate::{
 /// no longer takes new flows (the control plane rewrites the table right
 /// after the backends) falls back to wlc, as does a service without a
 /// table. `None` when no backend can take the flow.
-#[inline(always)]
+///
+/// A function of its own (a BPF-to-BPF call): only new flows come here,
+/// and the established path's inlined code stays as small as it was.
+#[inline(never)]
 pub fn pick<K: TableKey>(
     key: &K,
     service: &Service,
