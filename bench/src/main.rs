@@ -10,6 +10,7 @@
 //! network namespaces. With `--katran PATH`, [`katran`] measures Katran's
 //! balancer beside lb, the same frames the same way.
 
+mod control;
 mod katran;
 mod live;
 mod micro;
@@ -97,6 +98,7 @@ fn main() -> anyhow::Result<()> {
     }
     pin_to_cpu(params.cpu)?;
     let results = micro::run(&params)?;
+    let control = control::run(params.rounds).context("the control plane's sweep")?;
     let katran = match &cli.katran {
         Some(object) => katran::Comparison::Measured {
             object: object.clone(),
@@ -121,8 +123,9 @@ fn main() -> anyhow::Result<()> {
         quick: cli.quick,
         params,
     };
-    let report = report::Report::new(meta, results, katran, live);
+    let report = report::Report::new(meta, results, katran, control, live);
     print!("{}", report.table());
+    print!("{}", control::table(&report.control));
     print!("{}", report.katran.table());
     if let Some(rows) = &report.live {
         println!("\nlive traffic\n{}", live::table(rows));

@@ -364,7 +364,7 @@ impl Tuple {
     }
 
     /// The connection-table key lb derives from this packet.
-    fn key(&self) -> FlowKey {
+    pub(crate) fn key(&self) -> FlowKey {
         FlowKey::new(self.src, self.sport, self.dst, self.dport, self.proto, 0)
             .expect("a client and a VIP of one address family")
     }

@@ -16,11 +16,11 @@ use plotters::{
 };
 use serde::Serialize;
 
-use crate::katran::Comparison;
 use crate::micro::{
     CaseResult, FlowPath, Kind, Memory, Method, NEW_FLOW_BACKENDS, Params, ProgramSize, Results,
     SCALING_FLOWS, SMALL_TABLE_FLOWS, thousands,
 };
+use crate::{control, katran::Comparison};
 
 /// Below this many ns, a floor-subtracted cost is within the kernel clock's
 /// resolution, and a ratio to it means nothing.
@@ -116,13 +116,21 @@ pub struct Report<L: Serialize> {
     pub targets: Vec<Target>,
     /// lb against Katran (`--katran`).
     pub katran: Comparison,
+    /// The control plane's sweep at 1 k, 100 k and 1 M flows.
+    pub control: Vec<control::Row>,
     /// Live-traffic figures (`None` with `--skip-live`).
     pub live: Option<Vec<L>>,
 }
 
 impl<L: Serialize> Report<L> {
     /// Derives ratios and targets from the measurements.
-    pub fn new(meta: Meta, results: Results, katran: Comparison, live: Option<Vec<L>>) -> Self {
+    pub fn new(
+        meta: Meta,
+        results: Results,
+        katran: Comparison,
+        control: Vec<control::Row>,
+        live: Option<Vec<L>>,
+    ) -> Self {
         let cases: Vec<Row> = results.cases.into_iter().map(Row::of).collect();
         let targets = targets(&cases);
         Self {
@@ -132,6 +140,7 @@ impl<L: Serialize> Report<L> {
             memory: results.memory,
             targets,
             katran,
+            control,
             live,
         }
     }
