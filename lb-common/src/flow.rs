@@ -300,7 +300,7 @@ pub struct Flow {
     pub backend_slot: u16,
     /// One of the `conn_state::STATE_*` constants.
     pub state: u16,
-    /// `FLOW_*` bits: [`FLOW_CARRIED_DATA`].
+    /// `FLOW_*` bits: [`FLOW_CARRIED_DATA`], [`FLOW_SYNCED`](crate::sync::FLOW_SYNCED).
     pub flags: u16,
 }
 

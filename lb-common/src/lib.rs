@@ -3,7 +3,7 @@
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
 //! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
-//! [`persist`], [`flow_cache`], [`fragment`], [`stats`]), and the two pieces of per-packet logic that
+//! [`persist`], [`flow_cache`], [`fragment`], [`stats`], [`sync`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -37,6 +37,9 @@
 //! | [`BACKEND_STATS_MAP`] | per-CPU array | [`backend_index`] -> [`Counters`] |
 //! | [`FLOW_EVENTS_MAP`] | per-CPU array | [`flow_event_index`] -> `u64` |
 //! | [`PERSIST_MAP`] | LRU hash | [`PersistKey`] -> [`PersistTemplate`] |
+//! | [`SYNC_ENABLED_MAP`] | array | 0 -> 1 while flows are synced |
+//! | [`FLOW_CHANGES_MAP`] | ring buffer | [`FlowChange`]s for connection sync |
+//! | [`SYNC_STATS_MAP`] | array | 0 -> [`SyncCounters`] |
 //!
 //! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
 //! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
@@ -58,6 +61,11 @@
 //! [`flow_event_index`]: stats::flow_event_index
 //! [`PERSIST_MAP`]: limits::PERSIST_MAP
 //! [`PersistKey`]: persist::PersistKey
+//! [`SYNC_ENABLED_MAP`]: limits::SYNC_ENABLED_MAP
+//! [`FLOW_CHANGES_MAP`]: limits::FLOW_CHANGES_MAP
+//! [`FlowChange`]: sync::FlowChange
+//! [`SYNC_STATS_MAP`]: limits::SYNC_STATS_MAP
+//! [`SyncCounters`]: sync::SyncCounters
 //! [`PersistTemplate`]: persist::PersistTemplate
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
@@ -99,6 +107,7 @@ pub mod persist;
 pub mod schedule;
 pub mod service;
 pub mod stats;
+pub mod sync;
 pub mod vlan;
 pub mod wlc;
 
@@ -117,6 +126,7 @@ pub use schedule::{
 };
 pub use service::*;
 pub use stats::*;
+pub use sync::*;
 pub use vlan::*;
 pub use wlc::LoadTree;
 

@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -86,6 +86,20 @@ pub const PERSIST_MAP: &str = "PERSIST";
 ///
 /// [`flow_event_index`]: crate::stats::flow_event_index
 pub const FLOW_EVENTS_MAP: &str = "FLOW_EVENTS";
+/// Name of the connection-sync switch (array: 0 -> 1 while `lb run` syncs
+/// flows with other directors, else 0), written by the control plane.
+pub const SYNC_ENABLED_MAP: &str = "SYNC_ENABLED";
+/// Name of the flow-change ring (a BPF ring buffer of
+/// [`FlowChange`](crate::sync::FlowChange)s: flows confirmed in, and state
+/// changes of, the connection tables), written by XDP while
+/// [`SYNC_ENABLED_MAP`] is on and read by the control plane's sync.
+pub const FLOW_CHANGES_MAP: &str = "FLOW_CHANGES";
+/// Name of connection sync's counters (array: 0 ->
+/// [`SyncCounters`](crate::sync::SyncCounters)), written by the control plane.
+pub const SYNC_STATS_MAP: &str = "SYNC_STATS";
+/// Size of [`FLOW_CHANGES_MAP`] in bytes (a power of two): about 64 k
+/// IPv6 changes, a second of new flows at 64 k connections per second.
+pub const FLOW_CHANGES_BYTES: u32 = 4 << 20;
 /// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.

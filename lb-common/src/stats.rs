@@ -142,8 +142,12 @@ pub const EVENT_PENDING_FAILED: u32 = 3;
 /// flows present, it tells how many the pending table evicted:
 /// opened - promoted - removed - present.
 pub const EVENT_PENDING_REMOVED: u32 = 4;
+/// Flow-table event: a change for connection sync (a confirmed flow, a
+/// state change) that the full `FLOW_CHANGES` ring could not take; the
+/// other directors learn of that flow at the next refresh.
+pub const EVENT_SYNC_LOST: u32 = 5;
 /// Number of flow-table events per family.
-pub const NUM_FLOW_EVENTS: u32 = 5;
+pub const NUM_FLOW_EVENTS: u32 = 6;
 /// Size of [`FLOW_EVENTS_MAP`]: the events of IPv4, then of IPv6.
 ///
 /// [`FLOW_EVENTS_MAP`]: crate::limits::FLOW_EVENTS_MAP

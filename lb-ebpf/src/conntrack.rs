@@ -13,6 +13,11 @@
 //! and each change replays the backend's matches in the service's scheduler
 //! tree (`lb_common::wlc`).
 //!
+//! While the control plane syncs flows with other directors, every flow that
+//! enters a connection table and every state change there is also written
+//! to the `FLOW_CHANGES` ring ([`announce`]). A flow installed by sync
+//! carries `FLOW_SYNCED` until this director forwards a packet of it.
+//!
 //! In front of the tables sits a per-CPU flow cache: a four-way
 //! set-associative copy of the flows this CPU forwarded recently, in the
 //! CPU's own block of sets of `FLOW_CACHE4`/`FLOW_CACHE6`, indexed by a
@@ -32,17 +37,17 @@ use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_c
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
-    EVENT_PROMOTED, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA,
-    Flow, FlowCacheSet, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
-    REASON_NO_BACKEND, Service,
+    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS,
+    FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowCacheSet, FlowChange, FlowKey4, FlowKey6, LoadTree,
+    MAX_BACKENDS, PROTO_TCP, PersistTemplate, REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, flow_event_index, flow_hash, persist_key, wlc,
 };
 
 use crate::{
     maps::{
-        BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, PENDING4,
-        PENDING6, PERSIST, WLC_TREE,
+        BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
+        PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE,
     },
     parse::Packet,
     schedule, stats,
@@ -66,7 +71,7 @@ pub enum Table {
 }
 
 /// A flow key, tied to the tables of its address family.
-pub trait TableKey {
+pub trait TableKey: Copy + 'static {
     /// Whether the key is an IPv6 one (which event counters it uses).
     const IPV6: bool;
     /// The flow's entry in `table`, if it has one there.
@@ -317,13 +322,36 @@ fn next_state(packet: &Packet, state: u32) -> u32 {
     }
 }
 
-/// The flags of a flow after `packet`, starting from `flags`.
+/// The flags of a flow after `packet`, starting from `flags`: a packet
+/// forwarded here makes a flow learnt by sync this director's own.
 #[inline(always)]
 fn next_flags(packet: &Packet, flags: u16) -> u16 {
+    let flags = flags & !FLOW_SYNCED;
     if packet.carries_data {
         flags | FLOW_CARRIED_DATA
     } else {
         flags
+    }
+}
+
+/// Tells the control plane's connection sync that flow `key` entered its
+/// connection table or changed state there (now `flow`), while sync is on.
+/// A full ring loses the change (counted); the periodic refresh sends the
+/// flow later.
+#[inline(always)]
+fn announce<K: TableKey>(key: &K, flow: &Flow) {
+    if SYNC_ENABLED.get(0).is_none_or(|on| *on == 0) {
+        return;
+    }
+    let change = FlowChange {
+        flow: *flow,
+        key: *key,
+    };
+    if FLOW_CHANGES
+        .output_untyped::<FlowChange<K>>(&change, 0)
+        .is_err()
+    {
+        count_event::<K>(EVENT_SYNC_LOST);
     }
 }
 
@@ -403,6 +431,8 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
     flow.last_seen_ns = now();
     if table == Table::Pending && state == STATE_ESTABLISHED && old_state != STATE_ESTABLISHED {
         promote(key, flow);
+    } else if table == Table::Confirmed && state != old_state {
+        announce(key, flow);
     }
     Lookup::Found(
         service_id,
@@ -422,9 +452,12 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
 fn promote<K: TableKey>(key: &K, flow: &Flow) {
     if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_err() {
         count_event::<K>(EVENT_TABLE_FULL);
-    } else if key.remove_pending() {
+        return;
+    }
+    if key.remove_pending() {
         count_event::<K>(EVENT_PROMOTED);
     }
+    announce(key, flow);
 }
 
 /// Whether `packet` is a new connection on the tuple of a flow in
@@ -533,11 +566,16 @@ fn choose<K: TableKey>(
 #[inline(always)]
 fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>) -> bool {
     if let Some(table) = replaces {
-        return key.insert(table, flow, BPF_ANY).is_ok();
+        let recorded = key.insert(table, flow, BPF_ANY).is_ok();
+        if recorded && table == Table::Confirmed {
+            announce(key, flow);
+        }
+        return recorded;
     }
     let state = u32::from(flow.state);
     if state == STATE_ESTABLISHED || state == STATE_UDP {
         if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_ok() {
+            announce(key, flow);
             return true;
         }
         count_event::<K>(EVENT_TABLE_FULL);

@@ -4,17 +4,17 @@
 //! [`service`] the service lookup.
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
     CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
-    FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6,
-    FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES,
-    NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey, PersistTemplate,
-    SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey, VIPS_ENTRIES, VipKey,
-    pending_capacity, port_bit,
+    FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowChange, FlowKey4,
+    FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS,
+    MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES,
+    PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey,
+    SyncCounters, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -197,6 +197,24 @@ pub static BACKEND_STATS: PerCpuArray<Counters, { BACKEND_STATS_ENTRIES as usize
 /// refused; the control plane adds the pending flows it removes.
 #[btf_map]
 pub static FLOW_EVENTS: PerCpuArray<u64, { FLOW_EVENTS_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Whether the control plane syncs flows with other directors (index 0: 1
+/// or 0); only then does the data path write [`FLOW_CHANGES`].
+#[btf_map]
+pub static SYNC_ENABLED: Array<u32, 1> = Array::new();
+
+/// Flows confirmed in, or changing state in, the connection tables, for
+/// the control plane's connection sync (`lb_common::FlowChange` of either
+/// family's key).
+#[btf_map]
+pub static FLOW_CHANGES: RingBuf<FlowChange<FlowKey6>, { FLOW_CHANGES_BYTES as usize }> =
+    RingBuf::new();
+
+/// Connection sync's counters, kept by the control plane (never written
+/// here): a map of the data path so that they are pinned, read and adopted
+/// with the others.
+#[btf_map]
+pub static SYNC_STATS: Array<SyncCounters, 1> = Array::new();
 
 /// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
 /// into user space).

@@ -24,7 +24,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     config::{
-        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, XdpMode,
+        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, SyncConfig, SyncOverrides, SyncPeers,
+        XdpMode,
         values::{format_mac, vlan_suffix},
     },
     control::{ControlSocket, Incoming, Reply, Request},
@@ -41,6 +42,7 @@ use crate::{
     host::{Nic, ethtool, netlink::Netlink, privilege},
     inspect::{ServiceNames, metrics, stats::Snapshot},
     sweeper,
+    sync::{self, Directory, FlowSync},
 };
 
 /// How often the neighbour table is re-read for backend MACs.
@@ -57,6 +59,8 @@ pub struct RunOptions {
     pub xdp_mode: Option<XdpMode>,
     /// `--metrics-listen`, overriding `[director] metrics_listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The `--sync-*` flags, overriding `[sync]`.
+    pub sync: SyncOverrides,
 }
 
 /// Runs the director until SIGINT, SIGTERM or `lb stop`.
@@ -71,7 +75,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Ok(limit) => debug!("open files limit: {limit}"),
         Err(e) => warn!("raising the open files limit: {e}"),
     }
-    let config = Config::load(&options.config_path)?;
+    let mut config = Config::load(&options.config_path)?;
+    config.sync = options.sync.apply(config.sync)?;
     let mode = options.xdp_mode.unwrap_or(config.director.xdp_mode);
     let netlink = Netlink::open()?;
     let nics = director_nics(&netlink, &config).await?;
@@ -103,6 +108,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let names = Arc::new(RwLock::new(ServiceNames::from_config(Some(&config))));
     let mut daemon = Daemon {
         config_path: options.config_path,
+        sync_overrides: options.sync,
         config,
         netlink,
         nics,
@@ -117,6 +123,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         table_pressure: [false; 2],
         next_generation: 0,
         results: mpsc::channel(1024),
+        sync: None,
     };
     let started = daemon
         .start(&mut datapath, adopted, &links.nics)
@@ -322,6 +329,8 @@ impl Drop for RunningCheck {
 /// The daemon's state.
 struct Daemon {
     config_path: PathBuf,
+    /// `lb run`'s `--sync-*` flags, applied to every config read.
+    sync_overrides: SyncOverrides,
     config: Config,
     netlink: Netlink,
     nics: Vec<Nic>,
@@ -347,6 +356,8 @@ struct Daemon {
         mpsc::Sender<CheckResult<CheckKey>>,
         mpsc::Receiver<CheckResult<CheckKey>>,
     ),
+    /// Connection sync with other directors, when `[sync]` is configured.
+    sync: Option<FlowSync>,
 }
 
 impl Daemon {
@@ -380,7 +391,36 @@ impl Daemon {
         write_changes(&mut datapath.maps, &mut self.director, &changes)?;
         self.attach(datapath)?;
         self.reconcile_checks();
+        if let Some(config) = &self.config.sync {
+            self.sync = Some(self.start_sync(config, datapath).await?);
+        }
         Ok(())
+    }
+
+    /// Starts connection sync as `config` says: reads the key, finds the
+    /// director's own address on the sync interface (never a VIP) and opens
+    /// the socket.
+    async fn start_sync(&self, config: &SyncConfig, datapath: &mut Datapath) -> anyhow::Result<FlowSync> {
+        let key = sync::read_key(&config.key_file)?;
+        let toward = match &config.peers {
+            SyncPeers::Unicast(peers) => peers[0],
+            SyncPeers::Multicast(group) => *group,
+        };
+        let (ifindex, source) = self
+            .netlink
+            .own_address(&config.interface, toward, &vips(&self.config))
+            .await
+            .context("[sync] interface")?;
+        FlowSync::start(
+            config,
+            key,
+            source,
+            ifindex,
+            &mut datapath.maps,
+            &self.config.director.pin_path,
+            Directory::of(&self.director),
+        )
+        .await
     }
 
     /// Registers every configured NIC in the maps, before the backends
@@ -605,6 +645,9 @@ impl Daemon {
                                 debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);
                             }
                             self.log_table_pressure(report.pressure);
+                            if let Some(sync) = &self.sync {
+                                sync.expired(&report.expired_flows);
+                            }
                             let changes = self.director.free_finished(&report.conns);
                             self.write_or_retry(&mut datapath.maps, changes, "a sweep");
                         }
@@ -634,6 +677,9 @@ impl Daemon {
         control_task.abort();
         if let Some(task) = metrics_task {
             task.abort();
+        }
+        if let Some(sync) = self.sync.take() {
+            sync.stop(&mut datapath.maps);
         }
         info!("stopping");
         Ok(stop)
@@ -697,7 +743,11 @@ impl Daemon {
         if changes.is_empty() {
             return;
         }
-        if let Err(e) = write_changes(maps, &mut self.director, &changes) {
+        let written = write_changes(maps, &mut self.director, &changes);
+        if let Some(sync) = &self.sync {
+            sync.set_directory(Directory::of(&self.director));
+        }
+        if let Err(e) = written {
             self.failed(
                 &format!("the map writes of {what} (tried again within a second)"),
                 &e,
@@ -725,7 +775,8 @@ impl Daemon {
     /// applied, map writes or attachments that fail are retried, and the
     /// reply says so.
     async fn reload(&mut self, datapath: &mut Datapath) -> anyhow::Result<String> {
-        let config = Config::load(&self.config_path)?;
+        let mut config = Config::load(&self.config_path)?;
+        config.sync = self.sync_overrides.apply(config.sync)?;
         let old = &self.config.director;
         let new = &config.director;
         for (field, changed) in [
@@ -742,6 +793,7 @@ impl Daemon {
             ("max_flows_v6", old.max_flows_v6 != new.max_flows_v6),
             ("xdp_mode", old.xdp_mode != new.xdp_mode),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
+            ("[sync]", self.config.sync != config.sync),
         ] {
             if changed {
                 needs_restart.push(field);

@@ -35,3 +35,4 @@ pub mod inspect;
 pub mod keepalived;
 pub mod schedule;
 pub mod sweeper;
+pub mod sync;

@@ -9,7 +9,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use lb::{
-    config::{Config, XdpMode},
+    config::{Config, SyncOverrides, XdpMode},
     control::Request,
     daemon,
     datapath::maps::Maps,
@@ -71,6 +71,29 @@ impl SocketArgs {
 }
 
 /// The backend a live change acts on, and the daemon to ask.
+/// `lb run`'s connection-sync flags: each overrides its `[sync]` field;
+/// without a `[sync]` table, --sync-interface, --sync-key and --sync-peer
+/// (or --sync-group) turn sync on.
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// The NIC sync messages use (`[sync] interface`).
+    #[arg(long, value_name = "NIC")]
+    sync_interface: Option<String>,
+    /// Another director to sync flows with, by unicast (repeat for each;
+    /// `[sync] peers`).
+    #[arg(long, value_name = "ADDR", conflicts_with = "sync_group")]
+    sync_peer: Vec<IpAddr>,
+    /// A multicast group to sync flows on (`[sync] group`).
+    #[arg(long, value_name = "GROUP")]
+    sync_group: Option<IpAddr>,
+    /// The UDP port of sync messages (`[sync] port`, default 8848).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    sync_port: Option<u16>,
+    /// The shared key file, mode 600 (`[sync] key_file`).
+    #[arg(long, value_name = "FILE")]
+    sync_key: Option<PathBuf>,
+}
+
 #[derive(clap::Args)]
 struct BackendTarget {
     /// Service name.
@@ -217,6 +240,8 @@ enum Command {
         /// means 127.0.0.1:PORT); overrides `[director] metrics_listen`.
         #[arg(long, value_parser = parse_listen)]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        sync: SyncArgs,
     },
     /// Make a running director re-read its config and apply the difference
     /// (as SIGHUP); an invalid config is refused and nothing changes.
@@ -348,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             xdp_mode,
             metrics_listen,
+            sync,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -356,6 +382,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config_path: config,
                 xdp_mode,
                 metrics_listen,
+                sync: SyncOverrides {
+                    interface: sync.sync_interface,
+                    peers: sync.sync_peer,
+                    group: sync.sync_group,
+                    port: sync.sync_port,
+                    key_file: sync.sync_key,
+                },
             })),
         Command::Reload(socket) => socket.send(Request::Reload),
         Command::Stop {

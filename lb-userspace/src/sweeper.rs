@@ -47,6 +47,9 @@ pub const PRESSURE_PERCENT: u64 = 75;
 pub struct SweepReport {
     /// Flows removed because they were idle past their state's timeout.
     pub expired: usize,
+    /// Those flows, as they were when removed (connection sync tells the
+    /// other directors).
+    pub expired_flows: Vec<(FlowKey, Flow)>,
     /// Flows left in the tables.
     pub live: usize,
     /// Whether the IPv4 and the IPv6 connection table were under pressure
@@ -192,9 +195,9 @@ pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::R
 
 /// Deletes the flows of `walk.idle` that are still idle now; the others
 /// (refreshed by the data path since the walk) are tallied as live.
-/// Returns how many were deleted.
-pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
-    let mut expired = 0;
+/// Returns the flows deleted.
+pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> Vec<(FlowKey, Flow)> {
+    let mut expired = Vec::new();
     for key in std::mem::take(&mut walk.idle) {
         // Already gone (evicted, or expired by an earlier sweep) is fine.
         let Ok(Some(flow)) = maps.flow(&key) else {
@@ -202,7 +205,7 @@ pub fn expire(maps: &mut Maps, walk: &mut Walk, timeouts: &Timeouts) -> usize {
         };
         if is_expired(&flow, monotonic_ns(), timeouts, walk.pressure[family(&key)]) {
             if maps.remove_flow(&key) {
-                expired += 1;
+                expired.push((key, flow));
             }
         } else {
             walk.tally.add(&flow);
@@ -274,7 +277,8 @@ pub fn sweep(
         maps.rebuild_tree(id, &backends, conns)?;
     }
     Ok(SweepReport {
-        expired,
+        expired: expired.len(),
+        expired_flows: expired,
         live: walk.live,
         pressure: walk.pressure,
         templates,

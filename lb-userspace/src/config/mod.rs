@@ -50,7 +50,109 @@ pub struct Config {
     /// The `[[service]]` tables, in file order (at most
     /// [`lb_common::MAX_SERVICES`]).
     pub services: Vec<ServiceConfig>,
+    /// The `[sync]` table: connection sync with other directors; `None`:
+    /// no sync.
+    pub sync: Option<SyncConfig>,
 }
+
+/// The `[sync]` table: where this director exchanges its flows with the
+/// others (see `crate::sync`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// The NIC sync messages leave by and arrive on.
+    pub interface: String,
+    /// Who gets this director's flows.
+    pub peers: SyncPeers,
+    /// The UDP port, on every director.
+    pub port: u16,
+    /// The file holding the shared secret messages are authenticated with
+    /// (an absolute path; its content is checked when `lb run` reads it).
+    pub key_file: PathBuf,
+}
+
+/// The directors a [`SyncConfig`] sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncPeers {
+    /// These addresses, each by unicast (all of one family); messages are
+    /// accepted from these addresses only.
+    Unicast(Vec<IpAddr>),
+    /// A multicast group joined on the sync interface.
+    Multicast(IpAddr),
+}
+
+/// The UDP port of connection sync unless `[sync] port` says otherwise
+/// (IPVS's sync daemon's).
+pub const DEFAULT_SYNC_PORT: u16 = 8848;
+/// `lb run`'s `--sync-*` flags: each replaces its `[sync]` field; without
+/// a `[sync]` table, an interface, a key file and peers or a group make
+/// one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncOverrides {
+    /// `--sync-interface`.
+    pub interface: Option<String>,
+    /// `--sync-peer` (repeated).
+    pub peers: Vec<IpAddr>,
+    /// `--sync-group`.
+    pub group: Option<IpAddr>,
+    /// `--sync-port`.
+    pub port: Option<u16>,
+    /// `--sync-key`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl SyncOverrides {
+    /// `base` (the file's `[sync]`) with these flags applied; an error says
+    /// what is missing or wrong.
+    pub fn apply(&self, base: Option<SyncConfig>) -> anyhow::Result<Option<SyncConfig>> {
+        if *self == Self::default() {
+            return Ok(base);
+        }
+        let peers = match (&self.peers[..], self.group) {
+            ([], None) => None,
+            (peers, None) => {
+                if peers.iter().any(|p| p.is_ipv4() != peers[0].is_ipv4()) {
+                    anyhow::bail!("--sync-peer: the peers mix IPv4 and IPv6 (valid: one family)");
+                }
+                Some(SyncPeers::Unicast(peers.to_vec()))
+            }
+            ([], Some(group)) if group.is_multicast() => Some(SyncPeers::Multicast(group)),
+            ([], Some(group)) => anyhow::bail!(
+                "--sync-group {group} is not a multicast address (valid: e.g. 239.0.0.81)"
+            ),
+            (_, Some(_)) => anyhow::bail!("give --sync-peer or --sync-group, not both"),
+        };
+        if let Some(name) = &self.interface {
+            values::check_ifname(name)
+                .map_err(|why| anyhow::anyhow!("--sync-interface {name:?}: {why}"))?;
+        }
+        let missing = |what: &str| {
+            anyhow::anyhow!(
+                "the --sync-* flags need {what} (or a [sync] table in the config that has it)"
+            )
+        };
+        let sync = match base {
+            Some(base) => SyncConfig {
+                interface: self.interface.clone().unwrap_or(base.interface),
+                peers: peers.unwrap_or(base.peers),
+                port: self.port.unwrap_or(base.port),
+                key_file: self.key_file.clone().unwrap_or(base.key_file),
+            },
+            None => SyncConfig {
+                interface: self
+                    .interface
+                    .clone()
+                    .ok_or_else(|| missing("--sync-interface"))?,
+                peers: peers.ok_or_else(|| missing("--sync-peer or --sync-group"))?,
+                port: self.port.unwrap_or(DEFAULT_SYNC_PORT),
+                key_file: self.key_file.clone().ok_or_else(|| missing("--sync-key"))?,
+            },
+        };
+        Ok(Some(sync))
+    }
+}
+
+/// The shortest sync key file `lb run` accepts, in bytes.
+pub const MIN_SYNC_KEY: usize = 16;
 
 /// The `[director]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]

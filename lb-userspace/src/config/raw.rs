@@ -15,6 +15,7 @@ pub(super) mod key {
     // The top level.
     pub(crate) const DIRECTOR: &str = "director";
     pub(crate) const SERVICE: &str = "service";
+    pub(crate) const SYNC: &str = "sync";
 
     // [director]
     pub(crate) const INTERFACES: &str = "interfaces";
@@ -28,6 +29,12 @@ pub(super) mod key {
     pub(crate) const EXPIRE_NODEST_CONN: &str = "expire_nodest_conn";
     pub(crate) const VRRP_VRIDS: &str = "vrrp_vrids";
     pub(crate) const TIMEOUTS: &str = "timeouts";
+
+    // [sync]
+    pub(crate) const INTERFACE: &str = "interface";
+    pub(crate) const PEERS: &str = "peers";
+    pub(crate) const GROUP: &str = "group";
+    pub(crate) const KEY_FILE: &str = "key_file";
 
     // [director.timeouts]
     pub(crate) const ESTABLISHED: &str = "established";
@@ -89,6 +96,18 @@ pub(super) type Field = Option<Spanned<Value>>;
 pub(super) struct RawConfig {
     pub(super) director: Option<RawDirector>,
     pub(super) service: Option<Vec<Spanned<RawService>>>,
+    pub(super) sync: Option<RawSync>,
+}
+
+/// `[sync]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSync {
+    pub(super) interface: Field,
+    pub(super) peers: Field,
+    pub(super) group: Field,
+    pub(super) port: Field,
+    pub(super) key_file: Field,
 }
 
 /// `[director]`.
@@ -278,6 +297,7 @@ fn section_at(text: &str, offset: usize, first_valid: Option<&&str>) -> String {
         (Some(key::DIRECTOR), _) => "at the top level".to_owned(),
         (Some(key::INTERFACES), _) => "in [director]".to_owned(),
         (Some(key::ESTABLISHED), _) => "in [director.timeouts]".to_owned(),
+        (Some(key::INTERFACE), _) => "in [sync]".to_owned(),
         (Some(key::NAME), Some((label, _))) => format!("in {label}"),
         (Some(key::KIND), Some((label, _))) => format!("in {}", health_label(&label)),
         (Some(key::ADDRESS), Some((label, Some(b)))) => format!("in {}", backend_label(&label, b)),
@@ -316,7 +336,20 @@ mod tests {
     /// The key names are the fields of the `Raw*` structs, in order.
     #[test]
     fn keys_are_the_raw_field_names() {
-        assert_eq!(fields::<RawConfig>(), [key::DIRECTOR, key::SERVICE]);
+        assert_eq!(
+            fields::<RawConfig>(),
+            [key::DIRECTOR, key::SERVICE, key::SYNC]
+        );
+        assert_eq!(
+            fields::<RawSync>(),
+            [
+                key::INTERFACE,
+                key::PEERS,
+                key::GROUP,
+                key::PORT,
+                key::KEY_FILE,
+            ]
+        );
         assert_eq!(
             fields::<RawDirector>(),
             [

@@ -17,11 +17,12 @@ use toml::{Spanned, Value};
 use super::{
     BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
-    DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig,
-    HealthKind, HttpCheck, Keyword, KindWord, NoBackend, Persistence, Ports, Problem, Protocol,
-    Scheduler, ServiceConfig, default_health_timeout, parse_keyword,
+    DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_SYNC_PORT, DEFAULT_WEIGHT, DirectorConfig, ExecCheck,
+    HealthConfig, HealthKind, HttpCheck, Keyword, KindWord, MIN_SYNC_KEY, NoBackend, Persistence,
+    Ports, Problem, Protocol, Scheduler, ServiceConfig, SyncConfig, SyncPeers,
+    default_health_timeout, parse_keyword,
     raw::{
-        Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawTimeouts,
+        Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawSync, RawTimeouts,
         backend_label, health_label, key, line_of, service_label,
     },
     values::{
@@ -120,10 +121,173 @@ impl ConfigValidator<'_> {
             }
         };
         let services = self.services(raw.service.as_deref().unwrap_or_default());
+        let sync = match &raw.sync {
+            Some(sync) => self.sync(sync).map(Some),
+            None => Some(None),
+        };
         Some(Config {
             director: director?,
             services: services?,
+            sync: sync?,
         })
+    }
+
+    /// `[sync]`: an interface, unicast `peers` or a multicast `group` (one
+    /// of the two), a port and an absolute `key_file`.
+    fn sync(&mut self, raw: &RawSync) -> Option<SyncConfig> {
+        const CTX: &str = "[sync]";
+        let line = self.header_line(CTX);
+        let interface = match &raw.interface {
+            Some(v) => self.string(CTX, key::INTERFACE, v).and_then(|name| {
+                check_ifname(name)
+                    .map_err(|why| {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!("interface {name:?} is not a valid interface name: {why}"),
+                        )
+                    })
+                    .ok()
+                    .map(|()| name.to_owned())
+            }),
+            None => {
+                self.report_line(
+                    line,
+                    CTX,
+                    "missing required field \"interface\" (the NIC sync messages use, \
+                     e.g. interface = \"eth0\")",
+                );
+                None
+            }
+        };
+        let peers = match (&raw.peers, &raw.group) {
+            (Some(peers), None) => self.sync_peers(peers).map(SyncPeers::Unicast),
+            (None, Some(group)) => self.sync_group(group).map(SyncPeers::Multicast),
+            (Some(_), Some(group)) => {
+                self.report_at(
+                    group,
+                    CTX,
+                    "peers and group are both set (valid: one of them: peers = [\"192.0.2.3\"] \
+                     for unicast, or group = \"239.0.0.81\" for multicast)",
+                );
+                None
+            }
+            (None, None) => {
+                self.report_line(
+                    line,
+                    CTX,
+                    "says neither whom to sync with (valid: peers = [\"192.0.2.3\"], the other \
+                     directors' addresses, or group = \"239.0.0.81\", a multicast group)",
+                );
+                None
+            }
+        };
+        let port = match &raw.port {
+            Some(v) => self.integer(CTX, key::PORT, v, 1..=u16::MAX),
+            None => Some(DEFAULT_SYNC_PORT),
+        };
+        let key_file = match &raw.key_file {
+            Some(v) => self.string(CTX, key::KEY_FILE, v).and_then(|text| {
+                let path = Path::new(text);
+                if path.is_absolute() && path.file_name().is_some() {
+                    Some(path.to_path_buf())
+                } else {
+                    self.report_at(
+                        v,
+                        CTX,
+                        format_args!(
+                            "key_file {text:?} is not an absolute file path (valid: e.g. \
+                             \"/etc/lb/sync.key\", a file of at least {MIN_SYNC_KEY} bytes \
+                             readable by root only)"
+                        ),
+                    );
+                    None
+                }
+            }),
+            None => {
+                self.report_line(
+                    line,
+                    CTX,
+                    format_args!(
+                        "missing required field \"key_file\" (the shared secret sync \
+                         messages are authenticated with: a file of at least {MIN_SYNC_KEY} \
+                         bytes readable by root only, e.g. key_file = \"/etc/lb/sync.key\")"
+                    ),
+                );
+                None
+            }
+        };
+        Some(SyncConfig {
+            interface: interface?,
+            peers: peers?,
+            port: port?,
+            key_file: key_file?,
+        })
+    }
+
+    /// `[sync] peers`: unicast addresses of one family, each once.
+    fn sync_peers(&mut self, v: &Spanned<Value>) -> Option<Vec<IpAddr>> {
+        const CTX: &str = "[sync]";
+        const VALID: &str = "valid: the other directors' addresses, all IPv4 or all IPv6, \
+                             e.g. peers = [\"192.0.2.3\"]";
+        let items = match v.get_ref() {
+            Value::Array(items) if !items.is_empty() => items,
+            other => {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!("peers holds {} ({VALID})", describe_value(other)),
+                );
+                return None;
+            }
+        };
+        let mut peers: Vec<IpAddr> = Vec::with_capacity(items.len());
+        for item in items {
+            let parsed = match item {
+                Value::String(text) => text.trim().parse::<IpAddr>().ok(),
+                _ => None,
+            };
+            let problem = match parsed {
+                None => Some(format!("peers holds {}", describe_value(item))),
+                Some(peer) if unusable(peer).is_some() => Some(format!(
+                    "peer {peer} is {}",
+                    unusable(peer).unwrap_or_default()
+                )),
+                Some(peer) if peers.contains(&peer) => Some(format!("peers lists {peer} twice")),
+                Some(peer) if peers.first().is_some_and(|p| p.is_ipv4() != peer.is_ipv4()) => {
+                    Some(format!("peers mixes IPv4 and IPv6 ({peer})"))
+                }
+                Some(peer) => {
+                    peers.push(peer);
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                self.report_at(v, CTX, format_args!("{problem} ({VALID})"));
+                return None;
+            }
+        }
+        Some(peers)
+    }
+
+    /// `[sync] group`: a multicast address.
+    fn sync_group(&mut self, v: &Spanned<Value>) -> Option<IpAddr> {
+        const CTX: &str = "[sync]";
+        let text = self.string(CTX, key::GROUP, v)?;
+        match text.trim().parse::<IpAddr>() {
+            Ok(group) if group.is_multicast() => Some(group),
+            _ => {
+                self.report_at(
+                    v,
+                    CTX,
+                    format_args!(
+                        "group {text:?} is not a multicast address (valid: e.g. \
+                         \"239.0.0.81\" or \"ff02::81\")"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn director(&mut self, raw: &RawDirector) -> Option<DirectorConfig> {

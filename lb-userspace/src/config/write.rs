@@ -31,8 +31,8 @@ use std::{fmt::Write as _, time::Duration};
 
 use super::{
     BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_QUORUM, DEFAULT_RISE,
-    DirectorConfig, HealthConfig, HealthKind, NoBackend, Ports, ServiceConfig,
-    default_health_timeout,
+    DEFAULT_SYNC_PORT, DirectorConfig, HealthConfig, HealthKind, NoBackend, Ports, ServiceConfig,
+    SyncConfig, SyncPeers, default_health_timeout,
     raw::key,
     values::{format_duration_in_seconds, format_mac, format_md5},
 };
@@ -93,7 +93,28 @@ pub fn write_config(config: &Config, notes: &Notes) -> String {
             write_table(&mut out, &header, &backend_lines(backend));
         }
     }
+    if let Some(sync) = &config.sync {
+        out.push('\n');
+        write_table(&mut out, &format!("[{}]", key::SYNC), &sync_lines(sync));
+    }
     out
+}
+
+/// `[sync]`: every field but a default port.
+fn sync_lines(sync: &SyncConfig) -> Lines {
+    let mut lines: Lines = vec![(key::INTERFACE, string(&sync.interface))];
+    match &sync.peers {
+        SyncPeers::Unicast(peers) => {
+            let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+            lines.push((key::PEERS, string_array(&peers)));
+        }
+        SyncPeers::Multicast(group) => lines.push((key::GROUP, string(&group.to_string()))),
+    }
+    if sync.port != DEFAULT_SYNC_PORT {
+        lines.push((key::PORT, sync.port.to_string()));
+    }
+    lines.push((key::KEY_FILE, string(&sync.key_file.to_string_lossy())));
+    lines
 }
 
 /// The `key = value` lines of a service's `[service.health]` table, in the
@@ -413,7 +434,9 @@ mod tests {
                  protocol = \"tcp\"\nscheduler = \"wlc\"\n\n[service.health]\n\
                  kind = \"tcp\"\ninterval = \"10s\"\ntimeout = \"3s\"\nport = 22\nfall = 3\n\
                  rise = 2\ninhibit_on_failure = false\n\n[[service.backend]]\n\
-                 address = \"198.51.100.4\"\nweight = 7\n"
+                 address = \"198.51.100.4\"\nweight = 7\n\n[sync]\ninterface = \"eth1\"\n\
+                 peers = [\"198.51.100.2\", \"198.51.100.3\"]\nport = 8849\n\
+                 key_file = \"/etc/lb/sync.key\"\n"
             ),
             "{text}"
         );
@@ -426,6 +449,7 @@ mod tests {
         let minimal = Config {
             director: DirectorConfig::new(vec!["eth0".to_owned()]),
             services: Vec::new(),
+            sync: None,
         };
         assert_eq!(
             write_config(&minimal, &Notes::default()),
@@ -474,6 +498,7 @@ mod tests {
         let config = Config {
             director: DirectorConfig::new(vec!["eth0".to_owned()]),
             services: Vec::new(),
+            sync: None,
         };
         assert_eq!(
             write_config(&config, &notes),

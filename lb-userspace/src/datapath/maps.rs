@@ -14,20 +14,20 @@ use aya::{
     Pod,
     maps::{
         Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
-        PerCpuValues,
+        PerCpuValues, RingBuf,
     },
 };
 use lb_common::{
     ANY_PORT, BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
-    EVENT_PENDING_REMOVED, FLOW_CACHE_SETS, FLOW_EVENTS_MAP, Flow, FlowKey, FlowKey4, FlowKey6,
-    LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES,
-    NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter,
-    PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED,
-    SCHEDULE_TABLES_MAP, SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP,
-    ScheduleTable, Service, ServiceKey, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey,
-    WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit,
-    protocol_name, wlc,
+    EVENT_PENDING_REMOVED, FLOW_CACHE_SETS, FLOW_CHANGES_MAP, FLOW_EVENTS_MAP, Flow, FlowKey,
+    FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES,
+    NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters,
+    NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate,
+    REASON_FORWARDED, SCHEDULE_TABLES_MAP, SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
+    SERVICES_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP, ScheduleTable, Service, ServiceKey,
+    SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index,
+    flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -45,7 +45,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 20] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 23] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
@@ -66,6 +66,10 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 20] = [
     (SERVICE_STATS_MAP, 4, size_of::<Counters>()),
     (BACKEND_STATS_MAP, 4, size_of::<Counters>()),
     (FLOW_EVENTS_MAP, 4, 8),
+    (SYNC_ENABLED_MAP, 4, 4),
+    // A ring buffer has neither keys nor values.
+    (FLOW_CHANGES_MAP, 0, 0),
+    (SYNC_STATS_MAP, 4, size_of::<SyncCounters>()),
     (
         PERSIST_MAP,
         size_of::<PersistKey>(),
@@ -151,6 +155,14 @@ pub struct Maps {
     pub flow_events: PerCpuArray<MapData, u64>,
     /// Persistence templates: (service, masked client) -> backend slot.
     pub persist: HashMap<MapData, PersistKey, PersistTemplate>,
+    /// 1 at index 0 while connection sync is on.
+    pub sync_enabled: Array<MapData, u32>,
+    /// Flows confirmed in or changing state in the connection tables, for
+    /// connection sync (`lb_common::FlowChange`s); `None` once taken by its
+    /// one reader ([`Maps::take_flow_changes`]).
+    flow_changes: Option<RingBuf<MapData>>,
+    /// Connection sync's counters (index 0).
+    pub sync_stats: Array<MapData, SyncCounters>,
     /// Flows removed from the IPv4 and IPv6 pending tables since the last
     /// [`Maps::record_pending_removals`].
     pending_removed: [u64; 2],
@@ -204,6 +216,9 @@ impl Maps {
             backend_stats: typed(&mut take, BACKEND_STATS_MAP)?,
             flow_events: typed(&mut take, FLOW_EVENTS_MAP)?,
             persist: typed(&mut take, PERSIST_MAP)?,
+            sync_enabled: typed(&mut take, SYNC_ENABLED_MAP)?,
+            flow_changes: Some(typed(&mut take, FLOW_CHANGES_MAP)?),
+            sync_stats: typed(&mut take, SYNC_STATS_MAP)?,
             pending_removed: [0; 2],
             written: StdHashMap::new(),
         })
@@ -815,6 +830,19 @@ impl Maps {
             + self.conntrack6.keys().count()
             + self.pending4.keys().count()
             + self.pending6.keys().count()
+    }
+
+    /// The flow-change ring, for its one reader (connection sync); `None`
+    /// when taken before.
+    pub fn take_flow_changes(&mut self) -> Option<RingBuf<MapData>> {
+        self.flow_changes.take()
+    }
+
+    /// Turns the data path's writes to the flow-change ring on or off.
+    pub fn set_sync_enabled(&mut self, on: bool) -> anyhow::Result<()> {
+        self.sync_enabled
+            .set(0, u32::from(on), 0)
+            .with_context(|| format!("writing {SYNC_ENABLED_MAP}"))
     }
 
     /// Capacity of the four flow tables, as the kernel created them.

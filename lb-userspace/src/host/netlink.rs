@@ -257,6 +257,60 @@ impl Netlink {
         Ok((!found.is_empty()).then(|| found.swap_remove(preferred)))
     }
 
+    /// Interface `name`'s index and the director's own address on it to
+    /// talk to `toward` (a peer: an address in its prefix if there is one;
+    /// a multicast group: any address of its family), never one of
+    /// `not_sources` (the VIPs, which keepalived may have put there).
+    pub async fn own_address(
+        &self,
+        name: &str,
+        toward: IpAddr,
+        not_sources: &HashSet<IpAddr>,
+    ) -> anyhow::Result<(u32, IpAddr)> {
+        let links = self.links().await?;
+        let Some(link) = links.iter().find(|l| l.name == name) else {
+            bail!(
+                "no network interface named {name:?} in this network namespace (existing: {})",
+                links
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let addresses: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .with_context(|| format!("listing the addresses of {name}"))?;
+        let mut candidates = Vec::new();
+        for msg in &addresses {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(addr) = attr
+                    && addr.is_ipv4() == toward.is_ipv4()
+                    && !not_sources.contains(addr)
+                {
+                    candidates.push((*addr, msg.header.prefix_len));
+                }
+            }
+        }
+        let on_link = candidates
+            .iter()
+            .find(|(addr, len)| !toward.is_multicast() && same_prefix(*addr, toward, *len));
+        match on_link.or(candidates.first()) {
+            Some((addr, _)) => Ok((link.index, *addr)),
+            None => bail!(
+                "interface {name} has no {} address of its own to sync with {toward} from \
+                 (the VIPs do not count; give it one)",
+                if toward.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        }
+    }
+
     /// The kernel's resolved neighbour entries: (NIC index, address) -> MAC.
     /// Entries still being resolved or that failed are left out.
     pub async fn neighbours(&self) -> anyhow::Result<StdHashMap<(u32, IpAddr), [u8; 6]>> {

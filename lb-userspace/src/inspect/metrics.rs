@@ -32,6 +32,14 @@
 //! | `lb_nic_outgoing_bytes_total` | counter | nic |
 //! | `lb_nic_redirected_packets_total` | counter | nic |
 //! | `lb_nic_redirected_bytes_total` | counter | nic |
+//! | `lb_sync_messages_sent_total`, `lb_sync_messages_received_total` | counter | |
+//! | `lb_sync_flows_sent_total`, `lb_sync_flows_received_total` | counter | |
+//! | `lb_sync_flows_installed_total`, `lb_sync_flows_expired_total`, `lb_sync_flows_rejected_total` | counter | |
+//! | `lb_sync_messages_rejected_total` | counter | reason (`auth`, `replay`, `malformed`) |
+//! | `lb_sync_changes_lost_total` | counter | |
+//! | `lb_sync_lag_milliseconds` | gauge | |
+//!
+//! The `lb_sync_*` families are there while `lb run` syncs flows (`[sync]`).
 //!
 //! The names follow node_exporter's IPVS collector (`node_ipvs_*`). `vlan`
 //! is a service's VLAN id (`4001`; `100.4001` for QinQ), empty for
@@ -59,6 +67,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use super::stats::{BackendStats, FlowTableStats, NicStats, ServiceStats, Snapshot, VerdictStats};
+use crate::sync::SyncStats;
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -362,6 +371,93 @@ const BACKEND_METRICS: [Def<BackendStats>; 8] = [
     },
 ];
 
+/// Labels of the refused sync messages.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// The sync families without labels.
+const SYNC_METRICS: [Def<SyncStats>; 9] = [
+    Def {
+        name: "sync_messages_sent",
+        help: "Connection-sync messages sent.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.messages_sent,
+    },
+    Def {
+        name: "sync_messages_received",
+        help: "Connection-sync messages received and accepted.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.messages_received,
+    },
+    Def {
+        name: "sync_flows_sent",
+        help: "Flows sent to the other directors.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.flows_sent,
+    },
+    Def {
+        name: "sync_flows_received",
+        help: "Flows in accepted messages.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.flows_received,
+    },
+    Def {
+        name: "sync_flows_installed",
+        help: "Received flows installed or refreshed in a connection table.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.flows_installed,
+    },
+    Def {
+        name: "sync_flows_expired",
+        help: "Received flow copies removed because their owner expired them.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.flows_expired,
+    },
+    Def {
+        name: "sync_flows_rejected",
+        help: "Received flows not installed (unknown service or backend, conflict, full table).",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.flows_rejected,
+    },
+    Def {
+        name: "sync_changes_lost",
+        help: "Flow changes the data path's full ring could not hand to sync.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |s| s.changes_lost,
+    },
+    Def {
+        name: "sync_lag_milliseconds",
+        help: "Milliseconds between the sending and the receipt of the last accepted message.",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |s| s.lag_ms.unwrap_or(0),
+    },
+];
+
+/// Refused sync messages, by reason.
+const SYNC_REJECTED: Def<(SyncStats, &str)> = Def {
+    name: "sync_messages_rejected",
+    help: "Connection-sync datagrams refused: a wrong tag or a source that is no peer (auth), \
+           a replay, or malformed.",
+    bytes: false,
+    kind: Kind::Counter,
+    value: |(s, reason)| match *reason {
+        "auth" => s.messages_rejected_auth,
+        "replay" => s.messages_rejected_replay,
+        _ => s.messages_rejected_malformed,
+    },
+};
+
 /// The per-verdict families.
 const VERDICT_METRICS: [Def<VerdictStats>; 2] = [
     Def {
@@ -469,6 +565,27 @@ impl Collector for SnapshotCollector {
                         n,
                     )
                 }),
+            )?;
+        }
+        if let Some(sync) = &self.0.sync {
+            for def in &SYNC_METRICS {
+                Self::family(
+                    &mut encoder,
+                    def,
+                    // No labels.
+                    std::iter::once((Vec::<(&str, &str)>::new(), sync)),
+                )?;
+            }
+            let reasons: Vec<_> = ["auth", "replay", "malformed"]
+                .into_iter()
+                .map(|reason| (sync.clone(), reason))
+                .collect();
+            Self::family(
+                &mut encoder,
+                &SYNC_REJECTED,
+                reasons
+                    .iter()
+                    .map(|item| (RefusalLabels { reason: item.1 }, item)),
             )?;
         }
         Ok(())
@@ -692,6 +809,13 @@ mod tests {
                     ..NicStats::default()
                 },
             ],
+            sync: Some(SyncStats {
+                messages_sent: 9,
+                flows_installed: 61,
+                messages_rejected_replay: 1,
+                lag_ms: Some(3),
+                ..SyncStats::default()
+            }),
             read_at_ns: 0,
         }
     }
@@ -740,6 +864,12 @@ mod tests {
             r#"lb_nic_outgoing_bytes_total{nic="eth0"} 12000"#.to_owned(),
             r#"lb_nic_redirected_packets_total{nic="eth0"} 100"#.to_owned(),
             r#"lb_nic_redirected_bytes_total{nic="eth0"} 6000"#.to_owned(),
+            "lb_sync_messages_sent_total{} 9".to_owned(),
+            "lb_sync_flows_installed_total{} 61".to_owned(),
+            "lb_sync_flows_rejected_total{} 0".to_owned(),
+            r#"lb_sync_messages_rejected_total{reason="replay"} 1"#.to_owned(),
+            r#"lb_sync_messages_rejected_total{reason="auth"} 0"#.to_owned(),
+            "lb_sync_lag_milliseconds{} 3".to_owned(),
             "# EOF".to_owned(),
         ] {
             assert!(

@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
     BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
-    EVENT_PROMOTED, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, SCHEDULER_MH, SCHEDULER_RR,
+    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, SCHEDULER_MH, SCHEDULER_RR,
     SCHEDULER_SH, SCHEDULER_WRR, addr_from_key, backend_index, protocol_name, reason_name,
     vlan_ids, vlan_path,
 };
@@ -25,6 +25,7 @@ use crate::{
         values::{format_mac, vlan_suffix},
     },
     datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
+    sync::SyncStats,
 };
 
 /// Everything `lb stats` shows.
@@ -38,6 +39,9 @@ pub struct Snapshot {
     pub flows: FlowTables,
     /// What each director NIC forwarded, by ifindex.
     pub nics: Vec<NicStats>,
+    /// Connection sync's counters, while `lb run` syncs flows (`[sync]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStats>,
     /// CLOCK_MONOTONIC (ns) when the counters were read, for rates.
     #[serde(skip)]
     pub read_at_ns: u64,
@@ -351,6 +355,7 @@ impl Snapshot {
             verdicts,
             flows: FlowTables::read(maps)?,
             nics,
+            sync: read_sync(maps)?,
             read_at_ns: monotonic_ns(),
         })
     }
@@ -483,6 +488,9 @@ impl Snapshot {
                 .as_bytes(),
             );
         }
+        if let Some(sync) = &self.sync {
+            out.extend_from_slice(sync_line(sync).as_bytes());
+        }
         out.extend_from_slice(b"\nNICs (forwarded frames):\n");
         let nic_rows: Vec<Vec<String>> = self
             .nics
@@ -609,6 +617,42 @@ fn scheduler_name(scheduler: u32) -> &'static str {
     }
 }
 
+
+/// Connection sync's counters, if `lb run` syncs flows.
+fn read_sync(maps: &Maps) -> anyhow::Result<Option<SyncStats>> {
+    if array_get(&maps.sync_enabled, 0)? == 0 {
+        return Ok(None);
+    }
+    let lost = maps.flow_events(false)?[EVENT_SYNC_LOST as usize]
+        + maps.flow_events(true)?[EVENT_SYNC_LOST as usize];
+    Ok(Some(SyncStats::new(&array_get(&maps.sync_stats, 0)?, lost)))
+}
+
+/// The table's sync line.
+fn sync_line(s: &SyncStats) -> String {
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+    format!(
+        "\nSync: sent {} messages ({} flows); received {} ({} flows: {} installed, {} copies \
+         expired, {} rejected); refused {} unauthenticated, {} replayed, {} malformed; tables \
+         {} requested, {} sent; {} changes lost; lag {}, last message {} ago\n",
+        s.messages_sent,
+        s.flows_sent,
+        s.messages_received,
+        s.flows_received,
+        s.flows_installed,
+        s.flows_expired,
+        s.flows_rejected,
+        s.messages_rejected_auth,
+        s.messages_rejected_replay,
+        s.messages_rejected_malformed,
+        s.tables_requested,
+        s.tables_sent,
+        s.changes_lost,
+        ms(s.lag_ms),
+        ms(s.last_received_ms_ago),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,6 +712,7 @@ mod tests {
                 out_bytes: in_bytes,
                 ..NicStats::default()
             }],
+            sync: None,
             read_at_ns,
         }
     }

@@ -220,6 +220,7 @@ pub fn convert(
     let config = Config {
         director,
         services: imported.into_iter().map(|i| i.service).collect(),
+        sync: None,
     };
     let write = |diagnostics: &[Diagnostic]| {
         let notes = Notes {
