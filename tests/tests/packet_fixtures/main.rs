@@ -50,4 +50,5 @@ mod redirect;
 mod schedulers;
 mod selection;
 mod sweeper;
+mod sync;
 mod vlan;
