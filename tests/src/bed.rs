@@ -14,6 +14,20 @@
 //! [`TestBed::build_behind_router`] puts the client on a network of its own
 //! instead, behind a router on the segment (see there).
 //!
+//! [`TestBed::build_pair`] ([`Layout::Pair`]) lays the segment out as a
+//! VRRP pair of directors is: a second director `director2` beside the
+//! first, and the VIPs on neither, for a VIP manager (keepalived) to move.
+//!
+//! ```text
+//!                 switch namespace (bridge br0, mcast snooping off)
+//!        c0 ──── d0 (+XDP_PASS) ──── d2 (+XDP_PASS) ──── r1 … rN
+//!        │       │                   │                   │
+//!   client    director: lbd0      director2: lbd0     real servers
+//!   .10       192.0.2.2           192.0.2.3           as above
+//!             2001:db8::2         2001:db8::3
+//!             (VIP when master)   (VIP when master)
+//! ```
+//!
 //! Each veth pair is created inside the switch namespace with its other end
 //! placed straight into the host's namespace, so interface names only need
 //! to be unique per namespace and tests never collide on them. Namespaces
@@ -81,6 +95,10 @@ pub enum Layout {
         /// MTU of the client's link to the router.
         client_mtu: u32,
     },
+    /// One segment with two directors, `director` (.2) and `director2`
+    /// (.3), their NICs both named [`DIRECTOR_IFACE`], and the VIPs on
+    /// neither (see [`TestBed::build_pair`]).
+    Pair,
 }
 
 /// One L2 network of a bed: a bridge in the switch namespace and the
@@ -165,6 +183,8 @@ pub struct TestBed {
     client: Host,
     router: Option<Host>,
     director: Host,
+    /// The second director of [`Layout::Pair`].
+    director2: Option<Host>,
     /// The director's NICs, the front one first: what `lb` attaches to.
     director_ifaces: Vec<String>,
     real_servers: Vec<Host>,
@@ -196,6 +216,20 @@ impl TestBed {
         Self::build_as(Layout::BehindRouter { client_mtu }, tag, real_servers)
     }
 
+    /// Builds the one-segment bed of a VRRP pair of directors
+    /// ([`Layout::Pair`]): the director at 192.0.2.2 and 2001:db8::2, a
+    /// second director `director2` at 192.0.2.3 and 2001:db8::3, each with
+    /// its NIC [`DIRECTOR_IFACE`] on the bridge and an `XDP_PASS` program on
+    /// its switch-side veth (`d0`, `d2`), and `real_servers` real servers.
+    /// Neither director holds the VIPs: whichever VIP manager the test runs
+    /// adds them to the master's NIC. TX checksum offload is off on both
+    /// directors' NICs, as on a real NIC that puts full checksums on the
+    /// wire: what one director sends the other (sync messages) then
+    /// arrives as it would from a wire, through the peer's XDP program.
+    pub fn build_pair(tag: &str, real_servers: usize) -> anyhow::Result<Self> {
+        Self::build_as(Layout::Pair, tag, real_servers)
+    }
+
     /// Builds the bed of `layout` with `real_servers` real servers.
     pub fn build_as(layout: Layout, tag: &str, real_servers: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -203,7 +237,7 @@ impl TestBed {
             "1 to 80 real servers, not {real_servers}"
         );
         let (front, back) = match layout {
-            Layout::OneSegment | Layout::BehindRouter { .. } => (ONLY, ONLY),
+            Layout::OneSegment | Layout::BehindRouter { .. } | Layout::Pair => (ONLY, ONLY),
             Layout::DualHomed => (FRONT, BACK),
         };
         let switch = NetNs::create(&format!("lbt{tag}-sw"))?;
@@ -217,7 +251,7 @@ impl TestBed {
                 let (client, router) = routed_client(&switch, tag, client_mtu)?;
                 (client, Some(router))
             }
-            Layout::OneSegment | Layout::DualHomed => (
+            Layout::OneSegment | Layout::DualHomed | Layout::Pair => (
                 add_host(&switch, tag, "client", "c0", "eth0", 10, front)?,
                 None,
             ),
@@ -227,20 +261,30 @@ impl TestBed {
             .exec("ethtool", &["-K", &client.iface, "tx", "off"])?;
 
         let director = add_host(&switch, tag, "director", "d0", DIRECTOR_IFACE, 2, front)?;
-        director
-            .ns
-            .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", DIRECTOR_IFACE])?;
-        director.ns.ip(&[
-            "addr",
-            "add",
-            &format!("{VIP6}/128"),
-            "dev",
-            DIRECTOR_IFACE,
-            "nodad",
-        ])?;
-
         let mut director_ifaces = vec![DIRECTOR_IFACE.to_owned()];
         let mut pass_on = vec!["d0"];
+        let mut director2 = None;
+        if layout == Layout::Pair {
+            let second = add_host(&switch, tag, "director2", "d2", DIRECTOR_IFACE, 3, front)?;
+            for host in [&director, &second] {
+                host.ns.exec("ethtool", &["-K", &host.iface, "tx", "off"])?;
+            }
+            pass_on.push("d2");
+            director2 = Some(second);
+        } else {
+            director
+                .ns
+                .ip(&["addr", "add", &format!("{VIP4}/32"), "dev", DIRECTOR_IFACE])?;
+            director.ns.ip(&[
+                "addr",
+                "add",
+                &format!("{VIP6}/128"),
+                "dev",
+                DIRECTOR_IFACE,
+                "nodad",
+            ])?;
+        }
+
         // The router's back addresses: the real servers' default routes.
         let mut back_gateway = None;
         if layout == Layout::DualHomed {
@@ -329,6 +373,7 @@ impl TestBed {
             client,
             router,
             director,
+            director2,
             director_ifaces,
             real_servers: servers,
             switch,
@@ -354,6 +399,11 @@ impl TestBed {
     /// The director (its front NIC on the dual-homed bed).
     pub fn director(&self) -> &Host {
         &self.director
+    }
+
+    /// The second director of [`Layout::Pair`] (`None` on other beds).
+    pub fn director2(&self) -> Option<&Host> {
+        self.director2.as_ref()
     }
 
     /// The real servers, `rs1` first.
@@ -412,6 +462,17 @@ impl TestBed {
             sweep_interval: None,
             timeouts: Vec::new(),
             services,
+            sync: None,
+        }
+    }
+
+    /// The `lb` config of [`Layout::Pair`]'s second director: as
+    /// [`TestBed::lb_config`], with a pin directory (and so a control
+    /// socket) of its own.
+    pub fn director2_lb_config(&self, services: Vec<ServiceConfig>) -> LbConfig {
+        LbConfig {
+            pin_path: pin_path_for(&format!("{}-director2", self.tag)),
+            ..self.lb_config(services)
         }
     }
 

@@ -6,7 +6,9 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
-    time::Duration,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -79,16 +81,37 @@ impl HeldConn {
     /// Uploads `len` pseudo-random bytes ([`payload`]) and checks what the
     /// server reports.
     pub fn upload(&mut self, len: u64) -> anyhow::Result<Upload> {
+        self.upload_paced(len, None, &AtomicU64::new(0))
+    }
+
+    /// [`HeldConn::upload`] at no more than `rate` bytes a second (`None`:
+    /// as fast as it goes), adding the bytes written so far to `progress`
+    /// as it goes (another thread may watch it: an upload that lasts
+    /// through an event in the test, e.g. a failover).
+    pub fn upload_paced(
+        &mut self,
+        len: u64,
+        rate: Option<u64>,
+        progress: &AtomicU64,
+    ) -> anyhow::Result<Upload> {
         let mut hash = Fnv64::default();
         let stream = self.reader.get_mut();
         writeln!(stream, "upload {len}")?;
         let mut sent = 0u64;
+        let start = Instant::now();
         payload(len, |chunk| {
             hash.update(chunk);
             stream
                 .write_all(chunk)
                 .with_context(|| format!("uploading, {sent} of {len} bytes sent"))?;
             sent += chunk.len() as u64;
+            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if let Some(rate) = rate.filter(|&r| r > 0) {
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                    thread::sleep(ahead);
+                }
+            }
             anyhow::Ok(())
         })?;
         let answer = self.read_line().context("reading the upload report")?;

@@ -233,6 +233,50 @@ pub struct LbConfig {
     pub timeouts: Vec<(&'static str, Duration)>,
     /// Services (all scheduled with `wlc`).
     pub services: Vec<ServiceConfig>,
+    /// `[sync]`: connection sync with other directors, when set.
+    pub sync: Option<SyncConfig>,
+}
+
+/// The `[sync]` section of an `lb` config: the directors of a VRRP pair
+/// send each other their connection tables, so that the one taking over
+/// the VIP knows every flow the other one scheduled.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// The NIC sync messages go out of and arrive on.
+    pub interface: String,
+    /// The other directors' addresses (unicast peers).
+    pub peers: Vec<IpAddr>,
+    /// The UDP port, when not lb's default ([`SyncConfig::DEFAULT_PORT`]).
+    pub port: Option<u16>,
+    /// The shared secret's file (see [`write_sync_key`]).
+    pub key_file: PathBuf,
+}
+
+impl SyncConfig {
+    /// lb's default sync port.
+    pub const DEFAULT_PORT: u16 = 8848;
+
+    /// The UDP port sync messages go to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(Self::DEFAULT_PORT)
+    }
+}
+
+/// Writes the sync secret `key` to `dir/name` with mode 0600 (lb refuses
+/// a key file that group or others may read) and returns its path.
+pub fn write_sync_key(dir: &Path, name: &str, key: &[u8]) -> anyhow::Result<PathBuf> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+
+    let path = dir.join(name);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 impl LbConfig {
@@ -258,6 +302,16 @@ impl LbConfig {
             for (state, timeout) in &self.timeouts {
                 let _ = writeln!(s, "{state} = \"{}ms\"", timeout.as_millis());
             }
+        }
+        if let Some(sync) = &self.sync {
+            let peers: Vec<String> = sync.peers.iter().map(|p| format!("\"{p}\"")).collect();
+            let _ = writeln!(s, "\n[sync]");
+            let _ = writeln!(s, "interface = {:?}", sync.interface);
+            let _ = writeln!(s, "peers = [{}]", peers.join(", "));
+            if let Some(port) = sync.port {
+                let _ = writeln!(s, "port = {port}");
+            }
+            let _ = writeln!(s, "key_file = {:?}", sync.key_file.display().to_string());
         }
         for svc in &self.services {
             let _ = writeln!(s, "\n[[service]]");

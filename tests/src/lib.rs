@@ -9,7 +9,9 @@
 //! in-process TCP/UDP servers inside a real server's namespace, the
 //! [`client`] helpers open real connections from the client's namespace, and
 //! [`LbDaemon`] runs the real `lb` binary on the director. A [`Director`]
-//! puts them together for a test: a bed, its real servers and a running `lb`.
+//! puts them together for a test: a bed, its real servers and a running `lb`;
+//! a [`pair::DirectorPair`] does it for two directors whose VIP real
+//! [`keepalived`] moves between them, the `lb`s syncing their connections.
 //!
 //! Every resource (namespace, bpffs pin directory, config directory, process,
 //! thread) is owned by a guard that removes exactly that resource on drop, and
@@ -30,8 +32,10 @@ pub mod daemon;
 pub mod director;
 pub mod frame;
 pub mod http;
+pub mod keepalived;
 pub mod netns;
 pub mod packet;
+pub mod pair;
 pub mod server;
 pub mod spoof;
 pub mod stats;
@@ -41,7 +45,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use bed::{DIRECTOR_BACK_IFACE, DIRECTOR_IFACE, Host, Layout, TestBed, VIP4, VIP6};
 pub use daemon::{
-    Health, LbConfig, LbDaemon, PinDir, Protocol, ServiceConfig, lb_binary, pin_path_for,
+    Health, LbConfig, LbDaemon, PinDir, Protocol, ServiceConfig, SyncConfig, lb_binary,
+    pin_path_for,
 };
 pub use director::{Director, Spec};
 pub use netns::NetNs;

@@ -19,6 +19,52 @@ pub struct Stats {
     pub flows: FlowTables,
     /// What each director NIC forwarded (`lb`'s own type).
     pub nics: Vec<NicStats>,
+    /// Connection sync with the other directors (`None` from an lb
+    /// without it).
+    #[serde(default)]
+    pub sync: Option<SyncStats>,
+}
+
+/// The `sync` object of `lb stats --json`: what a director sent to and
+/// took from its sync peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+pub struct SyncStats {
+    /// Sync messages sent.
+    pub messages_sent: u64,
+    /// Sync messages received (and accepted).
+    pub messages_received: u64,
+    /// Flows sent in them.
+    pub flows_sent: u64,
+    /// Flows received from peers.
+    pub flows_received: u64,
+    /// Received flows written to the connection table.
+    pub flows_installed: u64,
+    /// Received flows refused (unknown service or backend, full table, ...).
+    pub flows_rejected: u64,
+    /// Messages dropped for a bad authentication tag (forged or damaged).
+    pub messages_rejected_auth: u64,
+    /// Messages dropped as replays of a message already taken.
+    pub messages_rejected_replay: u64,
+    /// Messages dropped as malformed (too short, bad header).
+    pub messages_rejected_malformed: u64,
+    /// Full tables asked of peers.
+    pub tables_requested: u64,
+    /// Full tables sent to peers that asked.
+    pub tables_sent: u64,
+    /// How far behind the peers' tables this director is, in milliseconds
+    /// (`None`: nothing received yet).
+    pub lag_ms: Option<f64>,
+}
+
+impl SyncStats {
+    /// The three rejection counters: (auth, replay, malformed).
+    pub fn rejected(&self) -> (u64, u64, u64) {
+        (
+            self.messages_rejected_auth,
+            self.messages_rejected_replay,
+            self.messages_rejected_malformed,
+        )
+    }
 }
 
 /// Counters of one service.
@@ -139,6 +185,28 @@ impl Stats {
         self.services
             .iter()
             .find(|s| s.vip == vip && s.port == port)
+    }
+}
+
+impl Stats {
+    /// The `sync` object, or an error saying lb reported none (an lb
+    /// without sync, or one run without a `[sync]` section).
+    pub fn sync(&self) -> anyhow::Result<&SyncStats> {
+        self.sync
+            .as_ref()
+            .context("`lb stats --json` has no \"sync\" object")
+    }
+
+    /// Flows in the connection and pending tables, both families: what
+    /// forged sync messages must not change.
+    pub fn flow_count(&self) -> u64 {
+        let FlowTables { ipv4, ipv6 } = self.flows;
+        ipv4.flows + ipv4.pending + ipv6.flows + ipv6.pending
+    }
+
+    /// Packets forwarded over all services.
+    pub fn forwarded_pkts(&self) -> u64 {
+        self.services.iter().map(|s| s.in_pkts).sum()
     }
 }
 

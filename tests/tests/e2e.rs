@@ -383,6 +383,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         max_flows_v6: 1024,
         sweep_interval: None,
         timeouts: Vec::new(),
+        sync: None,
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),
