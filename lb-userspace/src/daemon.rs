@@ -23,9 +23,10 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    announce::Announcer,
     config::{
-        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, SyncConfig, SyncOverrides, SyncPeers,
-        XdpMode,
+        BPFFS_ROOT, Config, HealthConfig, HealthKind, ServiceConfig, SyncConfig, SyncOverrides,
+        SyncPeers, XdpMode,
         values::{format_mac, vlan_suffix},
     },
     control::{ControlSocket, Incoming, Reply, Request},
@@ -124,6 +125,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         next_generation: 0,
         results: mpsc::channel(1024),
         sync: None,
+        announcer: None,
     };
     let started = daemon
         .start(&mut datapath, adopted, &links.nics)
@@ -358,6 +360,8 @@ struct Daemon {
     ),
     /// Connection sync with other directors, when `[sync]` is configured.
     sync: Option<FlowSync>,
+    /// The VIPs announced to the routers, when `[announce]` is configured.
+    announcer: Option<Announcer>,
 }
 
 impl Daemon {
@@ -394,13 +398,39 @@ impl Daemon {
         if let Some(config) = &self.config.sync {
             self.sync = Some(self.start_sync(config, datapath).await?);
         }
+        if let Some(config) = &self.config.announce {
+            self.announcer = Some(Announcer::start(config, self.netlink.clone()).await?);
+            self.services_changed();
+        }
         Ok(())
+    }
+
+    /// Tells connection sync and the announcer what the services and
+    /// backends are now.
+    fn services_changed(&self) {
+        if let Some(sync) = &self.sync {
+            sync.set_directory(Directory::of(&self.director));
+        }
+        if let Some(announcer) = &self.announcer {
+            let usable = self
+                .director
+                .services
+                .iter()
+                .filter(|s| s.has_usable_backend())
+                .map(|s| s.config.vip)
+                .collect();
+            announcer.announce(usable);
+        }
     }
 
     /// Starts connection sync as `config` says: reads the key, finds the
     /// director's own address on the sync interface (never a VIP) and opens
     /// the socket.
-    async fn start_sync(&self, config: &SyncConfig, datapath: &mut Datapath) -> anyhow::Result<FlowSync> {
+    async fn start_sync(
+        &self,
+        config: &SyncConfig,
+        datapath: &mut Datapath,
+    ) -> anyhow::Result<FlowSync> {
         let key = sync::read_key(&config.key_file)?;
         let toward = match &config.peers {
             SyncPeers::Unicast(peers) => peers[0],
@@ -681,6 +711,9 @@ impl Daemon {
         if let Some(sync) = self.sync.take() {
             sync.stop(&mut datapath.maps);
         }
+        if let Some(announcer) = self.announcer.take() {
+            announcer.stop();
+        }
         info!("stopping");
         Ok(stop)
     }
@@ -744,9 +777,7 @@ impl Daemon {
             return;
         }
         let written = write_changes(maps, &mut self.director, &changes);
-        if let Some(sync) = &self.sync {
-            sync.set_directory(Directory::of(&self.director));
-        }
+        self.services_changed();
         if let Err(e) = written {
             self.failed(
                 &format!("the map writes of {what} (tried again within a second)"),
@@ -794,6 +825,7 @@ impl Daemon {
             ("xdp_mode", old.xdp_mode != new.xdp_mode),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
             ("[sync]", self.config.sync != config.sync),
+            ("[announce]", self.config.announce != config.announce),
         ] {
             if changed {
                 needs_restart.push(field);

@@ -21,9 +21,12 @@
 //! - [`inspect`]: reads a running director's maps: `lb stats`, `lb conns`, metrics.
 //! - [`daemon`]: `lb run`, driving all of the above.
 //! - [`control`]: the socket that carries `lb reload`, `lb stop`, `lb backend` to `lb run`.
+//! - [`sync`]: connection sync with other directors (`[sync]`).
+//! - [`announce`]: VIPs announced to the routers through a BGP speaker (`[announce]`).
 //!
 //! No module imports one that imports it back.
 
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -53,7 +53,25 @@ pub struct Config {
     /// The `[sync]` table: connection sync with other directors; `None`:
     /// no sync.
     pub sync: Option<SyncConfig>,
+    /// The `[announce]` table: VIPs announced to the routers through a BGP
+    /// speaker; `None`: no announcements.
+    pub announce: Option<AnnounceConfig>,
 }
+
+/// The `[announce]` table (see `crate::announce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// The kernel routing table lb writes announced VIPs into, for the BGP
+    /// speaker to learn.
+    pub table: u32,
+    /// The name of lb's TUN device the routes point at.
+    pub device: String,
+}
+
+/// `[announce] table` unless set.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 200;
+/// `[announce] device` unless set.
+pub const DEFAULT_ANNOUNCE_DEVICE: &str = "lbvip";
 
 /// The `[sync]` table: where this director exchanges its flows with the
 /// others (see `crate::sync`).

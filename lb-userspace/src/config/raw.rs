@@ -16,6 +16,7 @@ pub(super) mod key {
     pub(crate) const DIRECTOR: &str = "director";
     pub(crate) const SERVICE: &str = "service";
     pub(crate) const SYNC: &str = "sync";
+    pub(crate) const ANNOUNCE: &str = "announce";
 
     // [director]
     pub(crate) const INTERFACES: &str = "interfaces";
@@ -35,6 +36,10 @@ pub(super) mod key {
     pub(crate) const PEERS: &str = "peers";
     pub(crate) const GROUP: &str = "group";
     pub(crate) const KEY_FILE: &str = "key_file";
+
+    // [announce]
+    pub(crate) const TABLE: &str = "table";
+    pub(crate) const DEVICE: &str = "device";
 
     // [director.timeouts]
     pub(crate) const ESTABLISHED: &str = "established";
@@ -97,6 +102,15 @@ pub(super) struct RawConfig {
     pub(super) director: Option<RawDirector>,
     pub(super) service: Option<Vec<Spanned<RawService>>>,
     pub(super) sync: Option<RawSync>,
+    pub(super) announce: Option<RawAnnounce>,
+}
+
+/// `[announce]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnounce {
+    pub(super) table: Field,
+    pub(super) device: Field,
 }
 
 /// `[sync]`.
@@ -298,6 +312,7 @@ fn section_at(text: &str, offset: usize, first_valid: Option<&&str>) -> String {
         (Some(key::INTERFACES), _) => "in [director]".to_owned(),
         (Some(key::ESTABLISHED), _) => "in [director.timeouts]".to_owned(),
         (Some(key::INTERFACE), _) => "in [sync]".to_owned(),
+        (Some(key::TABLE), _) => "in [announce]".to_owned(),
         (Some(key::NAME), Some((label, _))) => format!("in {label}"),
         (Some(key::KIND), Some((label, _))) => format!("in {}", health_label(&label)),
         (Some(key::ADDRESS), Some((label, Some(b)))) => format!("in {}", backend_label(&label, b)),
@@ -338,8 +353,9 @@ mod tests {
     fn keys_are_the_raw_field_names() {
         assert_eq!(
             fields::<RawConfig>(),
-            [key::DIRECTOR, key::SERVICE, key::SYNC]
+            [key::DIRECTOR, key::SERVICE, key::SYNC, key::ANNOUNCE]
         );
+        assert_eq!(fields::<RawAnnounce>(), [key::TABLE, key::DEVICE]);
         assert_eq!(
             fields::<RawSync>(),
             [

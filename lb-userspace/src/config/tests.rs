@@ -1955,3 +1955,151 @@ fn health_docs_examples_parse() {
     }
     assert!(blocks >= 3, "only {blocks} ```toml blocks");
 }
+
+#[test]
+fn sync_unicast_multicast_and_defaults() {
+    let config = parse(&format!(
+        "{BASE}\n[sync]\ninterface = \"eth1\"\npeers = [\"192.0.2.3\", \"192.0.2.4\"]\n\
+         key_file = \"/etc/lb/sync.key\"\n"
+    ));
+    assert_eq!(
+        config.sync,
+        Some(SyncConfig {
+            interface: "eth1".to_owned(),
+            peers: SyncPeers::Unicast(vec![
+                Ipv4Addr::new(192, 0, 2, 3).into(),
+                Ipv4Addr::new(192, 0, 2, 4).into()
+            ]),
+            port: DEFAULT_SYNC_PORT,
+            key_file: "/etc/lb/sync.key".into(),
+        })
+    );
+    let config = parse(&format!(
+        "{BASE}\n[sync]\ninterface = \"eth0\"\ngroup = \"239.0.0.81\"\nport = 9000\n\
+         key_file = \"/k\"\n"
+    ));
+    let sync = config.sync.expect("sync");
+    assert_eq!(
+        (sync.peers, sync.port),
+        (
+            SyncPeers::Multicast(Ipv4Addr::new(239, 0, 0, 81).into()),
+            9000
+        )
+    );
+    assert_eq!(parse(BASE).sync, None);
+}
+
+#[test]
+fn bad_sync_tables_name_what_is_wrong() {
+    let sync = |body: &str| error(&format!("{BASE}\n[sync]\n{body}\n"));
+    let key = "key_file = \"/etc/lb/sync.key\"";
+    for (body, message) in [
+        (
+            format!("peers = [\"192.0.2.3\"]\n{key}"),
+            "missing required field \"interface\"".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\n{key}"),
+            "says neither whom to sync with".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\npeers = [\"192.0.2.3\"]\ngroup = \"239.0.0.81\"\n{key}"),
+            "peers and group are both set".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\npeers = [\"192.0.2.3\", \"2001:db8::3\"]\n{key}"),
+            "peers mixes IPv4 and IPv6 (2001:db8::3)".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\npeers = [\"192.0.2.3\", \"192.0.2.3\"]\n{key}"),
+            "peers lists 192.0.2.3 twice".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\ngroup = \"192.0.2.3\"\n{key}"),
+            "group \"192.0.2.3\" is not a multicast address".to_owned(),
+        ),
+        (
+            format!("interface = \"eth0\"\npeers = [\"192.0.2.3\"]\nport = 0\n{key}"),
+            "port 0 is out of range (valid: 1..=65535)".to_owned(),
+        ),
+        (
+            "interface = \"eth0\"\npeers = [\"192.0.2.3\"]\nkey_file = \"sync.key\"".to_owned(),
+            "key_file \"sync.key\" is not an absolute file path".to_owned(),
+        ),
+        (
+            "interface = \"eth0\"\npeers = [\"192.0.2.3\"]".to_owned(),
+            "missing required field \"key_file\"".to_owned(),
+        ),
+    ] {
+        let e = sync(&body);
+        assert!(e.contains("[sync]: "), "{e}");
+        assert!(e.contains(&message), "{body}: {e}");
+    }
+    assert!(sync("ttl = 1").contains("in [sync]"));
+}
+
+#[test]
+fn announce_defaults_and_bad_values() {
+    let config = parse(&format!("{BASE}\n[announce]\n"));
+    assert_eq!(
+        config.announce,
+        Some(AnnounceConfig {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            device: DEFAULT_ANNOUNCE_DEVICE.to_owned(),
+        })
+    );
+    let e = error(&format!("{BASE}\n[announce]\ntable = 254\n"));
+    assert!(
+        e.contains("[announce]: table 254 is the kernel's own (default, main or local)"),
+        "{e}"
+    );
+    let e = error(&format!("{BASE}\n[announce]\ndevice = \"a/b\"\n"));
+    assert!(
+        e.contains("[announce]: device \"a/b\" is not a valid interface name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sync_flags_override_or_make_the_table() {
+    let base = parse(&format!(
+        "{BASE}\n[sync]\ninterface = \"eth1\"\npeers = [\"192.0.2.3\"]\nkey_file = \"/k\"\n"
+    ))
+    .sync;
+    let none = SyncOverrides::default();
+    assert_eq!(none.apply(base.clone()).unwrap(), base);
+    assert_eq!(none.apply(None).unwrap(), None);
+    let group = SyncOverrides {
+        group: Some(Ipv4Addr::new(239, 0, 0, 81).into()),
+        port: Some(9000),
+        ..SyncOverrides::default()
+    };
+    let merged = group.apply(base).unwrap().unwrap();
+    assert_eq!(
+        (merged.interface.as_str(), merged.port, merged.peers),
+        (
+            "eth1",
+            9000,
+            SyncPeers::Multicast(Ipv4Addr::new(239, 0, 0, 81).into())
+        )
+    );
+    let e = group.apply(None).unwrap_err().to_string();
+    assert!(e.contains("need --sync-interface"), "{e}");
+    let full = SyncOverrides {
+        interface: Some("eth0".to_owned()),
+        peers: vec![Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3).into()],
+        key_file: Some("/k".into()),
+        ..SyncOverrides::default()
+    };
+    assert_eq!(full.apply(None).unwrap().unwrap().port, DEFAULT_SYNC_PORT);
+    let bad = SyncOverrides {
+        group: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
+        ..full
+    };
+    assert!(
+        bad.apply(None)
+            .unwrap_err()
+            .to_string()
+            .contains("give --sync-peer or --sync-group, not both")
+    );
+}

@@ -15,15 +15,15 @@ use lb_common::{ANY_PORT, MAX_SERVICE_KEYS, conn_state::Timeouts};
 use toml::{Spanned, Value};
 
 use super::{
-    BPFFS_ROOT, BackendConfig, Config, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH,
-    DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_SYNC_PORT, DEFAULT_WEIGHT, DirectorConfig, ExecCheck,
-    HealthConfig, HealthKind, HttpCheck, Keyword, KindWord, MIN_SYNC_KEY, NoBackend, Persistence,
-    Ports, Problem, Protocol, Scheduler, ServiceConfig, SyncConfig, SyncPeers,
-    default_health_timeout, parse_keyword,
+    AnnounceConfig, BPFFS_ROOT, BackendConfig, Config, DEFAULT_ANNOUNCE_DEVICE,
+    DEFAULT_ANNOUNCE_TABLE, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HTTP_PATH, DEFAULT_HTTP_STATUS, DEFAULT_PIN_PATH, DEFAULT_QUORUM, DEFAULT_RISE,
+    DEFAULT_SYNC_PORT, DEFAULT_WEIGHT, DirectorConfig, ExecCheck, HealthConfig, HealthKind,
+    HttpCheck, Keyword, KindWord, MIN_SYNC_KEY, NoBackend, Persistence, Ports, Problem, Protocol,
+    Scheduler, ServiceConfig, SyncConfig, SyncPeers, default_health_timeout, parse_keyword,
     raw::{
-        Field, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawSync, RawTimeouts,
-        backend_label, health_label, key, line_of, service_label,
+        Field, RawAnnounce, RawBackend, RawConfig, RawDirector, RawHealth, RawService, RawSync,
+        RawTimeouts, backend_label, health_label, key, line_of, service_label,
     },
     values::{
         check_ifname, describe_value, format_duration, http_path_problem, is_valid_http_host,
@@ -125,10 +125,61 @@ impl ConfigValidator<'_> {
             Some(sync) => self.sync(sync).map(Some),
             None => Some(None),
         };
+        let announce = match &raw.announce {
+            Some(announce) => self.announce(announce).map(Some),
+            None => Some(None),
+        };
         Some(Config {
             director: director?,
             services: services?,
             sync: sync?,
+            announce: announce?,
+        })
+    }
+
+    /// `[announce]`: a routing table that is none of the kernel's own, and
+    /// a device name.
+    fn announce(&mut self, raw: &RawAnnounce) -> Option<AnnounceConfig> {
+        const CTX: &str = "[announce]";
+        let table = match &raw.table {
+            Some(v) => self
+                .integer(CTX, key::TABLE, v, 1..=u32::MAX)
+                .and_then(|table| {
+                    if (253..=255).contains(&table) {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!(
+                                "table {table} is the kernel's own (default, main or local) \
+                             (valid: a table of lb's own, 1..=252 or above 255, e.g. \
+                             {DEFAULT_ANNOUNCE_TABLE})"
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(table)
+                    }
+                }),
+            None => Some(DEFAULT_ANNOUNCE_TABLE),
+        };
+        let device = match &raw.device {
+            Some(v) => self.string(CTX, key::DEVICE, v).and_then(|name| {
+                check_ifname(name)
+                    .map_err(|why| {
+                        self.report_at(
+                            v,
+                            CTX,
+                            format_args!("device {name:?} is not a valid interface name: {why}"),
+                        )
+                    })
+                    .ok()
+                    .map(|()| name.to_owned())
+            }),
+            None => Some(DEFAULT_ANNOUNCE_DEVICE.to_owned()),
+        };
+        Some(AnnounceConfig {
+            table: table?,
+            device: device?,
         })
     }
 

@@ -30,9 +30,10 @@
 use std::{fmt::Write as _, time::Duration};
 
 use super::{
-    BackendConfig, Config, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_QUORUM, DEFAULT_RISE,
-    DEFAULT_SYNC_PORT, DirectorConfig, HealthConfig, HealthKind, NoBackend, Ports, ServiceConfig,
-    SyncConfig, SyncPeers, default_health_timeout,
+    BackendConfig, Config, DEFAULT_ANNOUNCE_DEVICE, DEFAULT_ANNOUNCE_TABLE, DEFAULT_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_QUORUM, DEFAULT_RISE, DEFAULT_SYNC_PORT, DirectorConfig,
+    HealthConfig, HealthKind, NoBackend, Ports, ServiceConfig, SyncConfig, SyncPeers,
+    default_health_timeout,
     raw::key,
     values::{format_duration_in_seconds, format_mac, format_md5},
 };
@@ -96,6 +97,17 @@ pub fn write_config(config: &Config, notes: &Notes) -> String {
     if let Some(sync) = &config.sync {
         out.push('\n');
         write_table(&mut out, &format!("[{}]", key::SYNC), &sync_lines(sync));
+    }
+    if let Some(announce) = &config.announce {
+        out.push('\n');
+        let mut lines: Lines = Vec::new();
+        if announce.table != DEFAULT_ANNOUNCE_TABLE {
+            lines.push((key::TABLE, announce.table.to_string()));
+        }
+        if announce.device != DEFAULT_ANNOUNCE_DEVICE {
+            lines.push((key::DEVICE, string(&announce.device)));
+        }
+        write_table(&mut out, &format!("[{}]", key::ANNOUNCE), &lines);
     }
     out
 }
@@ -436,7 +448,8 @@ mod tests {
                  rise = 2\ninhibit_on_failure = false\n\n[[service.backend]]\n\
                  address = \"198.51.100.4\"\nweight = 7\n\n[sync]\ninterface = \"eth1\"\n\
                  peers = [\"198.51.100.2\", \"198.51.100.3\"]\nport = 8849\n\
-                 key_file = \"/etc/lb/sync.key\"\n"
+                 key_file = \"/etc/lb/sync.key\"\n\n[announce]\ntable = 201\n\
+                 device = \"lbvip1\"\n"
             ),
             "{text}"
         );
@@ -450,6 +463,7 @@ mod tests {
             director: DirectorConfig::new(vec!["eth0".to_owned()]),
             services: Vec::new(),
             sync: None,
+            announce: None,
         };
         assert_eq!(
             write_config(&minimal, &Notes::default()),
@@ -499,6 +513,7 @@ mod tests {
             director: DirectorConfig::new(vec!["eth0".to_owned()]),
             services: Vec::new(),
             sync: None,
+            announce: None,
         };
         assert_eq!(
             write_config(&config, &notes),

@@ -9,14 +9,14 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::TryStreamExt as _;
 use lb_common::MAX_VLAN_TAGS;
 use rtnetlink::{
-    Handle,
+    Handle, LinkUnspec, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
@@ -309,6 +309,57 @@ impl Netlink {
                 if toward.is_ipv4() { "IPv4" } else { "IPv6" }
             ),
         }
+    }
+
+    /// The index of interface `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
+        let links = self.links().await?;
+        Ok(links.iter().find(|l| l.name == name).map(|l| l.index))
+    }
+
+    /// Sets interface `index` up.
+    pub async fn set_link_up(&self, index: u32) -> anyhow::Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting interface {index} up"))
+    }
+
+    /// Adds (`add`) or deletes the host route to `addr` (a /32 or /128)
+    /// through interface `index` in routing table `table`.
+    pub async fn host_route(
+        &self,
+        add: bool,
+        table: u32,
+        addr: IpAddr,
+        index: u32,
+    ) -> anyhow::Result<()> {
+        let message = match addr {
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4, 32)
+                .output_interface(index)
+                .table_id(table)
+                .build(),
+            IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6, 128)
+                .output_interface(index)
+                .table_id(table)
+                .build(),
+        };
+        let routes = self.handle.route();
+        let done = if add {
+            routes.add(message).replace().execute().await
+        } else {
+            routes.del(message).execute().await
+        };
+        done.with_context(|| {
+            format!(
+                "{} the route to {addr} in table {table}",
+                if add { "adding" } else { "deleting" }
+            )
+        })
     }
 
     /// The kernel's resolved neighbour entries: (NIC index, address) -> MAC.

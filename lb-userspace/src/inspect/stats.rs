@@ -9,9 +9,9 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
     BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
-    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter, SCHEDULER_MH, SCHEDULER_RR,
-    SCHEDULER_SH, SCHEDULER_WRR, addr_from_key, backend_index, protocol_name, reason_name,
-    vlan_ids, vlan_path,
+    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter,
+    SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WRR, addr_from_key, backend_index,
+    protocol_name, reason_name, vlan_ids, vlan_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -616,7 +616,6 @@ fn scheduler_name(scheduler: u32) -> &'static str {
         _ => "wlc",
     }
 }
-
 
 /// Connection sync's counters, if `lb run` syncs flows.
 fn read_sync(maps: &Maps) -> anyhow::Result<Option<SyncStats>> {

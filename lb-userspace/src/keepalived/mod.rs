@@ -221,6 +221,7 @@ pub fn convert(
         director,
         services: imported.into_iter().map(|i| i.service).collect(),
         sync: None,
+        announce: None,
     };
     let write = |diagnostics: &[Diagnostic]| {
         let notes = Notes {

@@ -838,3 +838,44 @@ fn update_entry(directory: &Directory, key: FlowKey, flow: &Flow) -> Option<Entr
         backend,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// A key file with `content` and `mode` in a fresh temporary directory.
+    fn key_file(name: &str, content: &[u8], mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-sync-key-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sync.key");
+        fs::File::create(&path).unwrap().write_all(content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn keys_must_be_long_and_private() {
+        let good = key_file("good", b"c2VjcmV0LXNoYXJlZC1ieS1ib3Ro\n", 0o600);
+        let key = read_key(&good).expect("a good key");
+        assert_eq!(format!("{key:?}"), "Key(28 bytes)");
+        let open = key_file("open", b"c2VjcmV0LXNoYXJlZC1ieS1ib3Ro\n", 0o644);
+        let e = read_key(&open).unwrap_err().to_string();
+        assert!(
+            e.contains("mode 644 lets group or others read the key"),
+            "{e}"
+        );
+        let short = key_file("short", b"  short \n", 0o400);
+        let e = read_key(&short).unwrap_err().to_string();
+        assert!(e.contains("the key has 5 bytes (valid: at least 16"), "{e}");
+        let e = read_key(Path::new("/nonexistent/lb/sync.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read it"), "{e}");
+        for path in [good, open, short] {
+            let _ = fs::remove_dir_all(path.parent().unwrap());
+        }
+    }
+}
