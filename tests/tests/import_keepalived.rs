@@ -37,6 +37,9 @@ const CASES: &[(&str, &[&str])] = &[
             "8=[2001:db8::20]:0",
         ],
     ),
+    // A director of a VRRP pair with IPVS's sync daemon: VRRP stays in
+    // keepalived, lvs_sync_daemon becomes [sync].
+    ("ha-pair", &["--interface", "eth0"]),
 ];
 
 fn golden_dir() -> PathBuf {

@@ -169,6 +169,8 @@ impl SyncOverrides {
     }
 }
 
+/// Where docs and `lb import-keepalived` put the sync key.
+pub const DEFAULT_SYNC_KEY_FILE: &str = "/etc/lb/sync.key";
 /// The shortest sync key file `lb run` accepts, in bytes.
 pub const MIN_SYNC_KEY: usize = 16;
 

@@ -14,8 +14,9 @@ use super::{
     syntax::{Stmt, SyntaxError},
 };
 use crate::config::{
-    BackendConfig, ExecCheck, HealthConfig, HealthKind, HttpCheck, NoBackend, Persistence, Ports,
-    Protocol, Scheduler, ServiceConfig,
+    BackendConfig, DEFAULT_SYNC_KEY_FILE, DEFAULT_SYNC_PORT, ExecCheck, HealthConfig, HealthKind,
+    HttpCheck, NoBackend, Persistence, Ports, Protocol, Scheduler, ServiceConfig, SyncConfig,
+    SyncPeers,
     validate::{FALL_RISE, HEALTH_INTERVAL, HTTP_STATUS, NAME_MAX, WARMUP, is_valid_service_name},
     values::{format_duration_in_seconds, http_path_problem, is_valid_http_host, parse_md5},
     write::health_lines,
@@ -229,6 +230,8 @@ pub(super) struct Converter {
     groups: HashMap<String, (Vec<(IpAddr, Ports)>, usize)>,
     /// What each firewall mark selects (`--fwmark MARK=VIP:PORTS`).
     pub(super) fwmarks: HashMap<u32, (IpAddr, Ports)>,
+    /// `[sync]`, from `global_defs { lvs_sync_daemon ... }`.
+    pub(super) sync: Option<SyncConfig>,
 }
 
 impl Converter {
@@ -277,7 +280,14 @@ impl Converter {
                 self.vmac_instance(stmt);
             }
             _ if keyword.starts_with("vrrp_") => self.note_vrrp(stmt),
-            // global_defs, static_ipaddress...: not lb's business.
+            "global_defs" => {
+                for def in stmt.children() {
+                    if def.keyword == "lvs_sync_daemon" {
+                        self.sync_daemon(def);
+                    }
+                }
+            }
+            // static_ipaddress...: not lb's business.
             _ => {}
         }
         Ok(Vec::new())
@@ -332,6 +342,50 @@ impl Converter {
             .collect();
         self.groups.insert(name.to_owned(), (vips, stmt.line));
         Ok(())
+    }
+
+    /// `lvs_sync_daemon INTERFACE VRRP_INSTANCE [id N] [maxlen N] [port P]
+    /// [ttl N] [group ADDR]`: IPVS's sync daemon becomes lb's `[sync]` on
+    /// the same interface, port and multicast group (IPVS's 224.0.0.81 by
+    /// default), with a key file that must be made.
+    fn sync_daemon(&mut self, stmt: &Stmt) {
+        let Some(interface) = stmt.arg() else {
+            self.dropped(stmt, "it names no interface");
+            return;
+        };
+        let mut port = DEFAULT_SYNC_PORT;
+        let mut group = IpAddr::from([224, 0, 0, 81]);
+        for pair in stmt.args.get(2..).unwrap_or_default().chunks(2) {
+            match pair {
+                [key, value] if key == "port" => match value.parse() {
+                    Ok(p) if p > 0 => port = p,
+                    _ => self.warn(stmt.line, format!("lvs_sync_daemon port {value:?} ignored")),
+                },
+                [key, value] if key == "group" => match value.parse::<IpAddr>() {
+                    Ok(g) if g.is_multicast() => group = g,
+                    _ => self.warn(stmt.line, format!("lvs_sync_daemon group {value:?} ignored")),
+                },
+                // id, maxlen, ttl: IPVS's own.
+                _ => {}
+            }
+        }
+        self.sync = Some(SyncConfig {
+            interface: interface.to_owned(),
+            peers: SyncPeers::Multicast(group),
+            port,
+            key_file: DEFAULT_SYNC_KEY_FILE.into(),
+        });
+        self.diagnostics.push(Diagnostic {
+            line: Some(stmt.line),
+            severity: Severity::Warning,
+            message: format!(
+                "lvs_sync_daemon: wrote [sync] on {interface}, group {group}, port {port}; lb's \
+                 sync is authenticated: put the same key on every director (`head -c 32 \
+                 /dev/urandom | base64 > {DEFAULT_SYNC_KEY_FILE}; chmod 600 \
+                 {DEFAULT_SYNC_KEY_FILE}`), and keep the vrrp_instance in keepalived \
+                 (docs/ha.md)"
+            ),
+        });
     }
 
     /// The note, once, that VRRP stays with keepalived.

@@ -220,7 +220,7 @@ pub fn convert(
     let config = Config {
         director,
         services: imported.into_iter().map(|i| i.service).collect(),
-        sync: None,
+        sync: converter.sync.take(),
         announce: None,
     };
     let write = |diagnostics: &[Diagnostic]| {
