@@ -363,7 +363,10 @@ impl Converter {
                 },
                 [key, value] if key == "group" => match value.parse::<IpAddr>() {
                     Ok(g) if g.is_multicast() => group = g,
-                    _ => self.warn(stmt.line, format!("lvs_sync_daemon group {value:?} ignored")),
+                    _ => self.warn(
+                        stmt.line,
+                        format!("lvs_sync_daemon group {value:?} ignored"),
+                    ),
                 },
                 // id, maxlen, ttl: IPVS's own.
                 _ => {}

@@ -21,7 +21,9 @@
 //! backend this director has; it never replaces a flow this director is
 //! forwarding to another backend. It is marked `FLOW_SYNCED` until this
 //! director forwards a packet of it, and only such a copy is removed when
-//! its owner expires the flow. Messages carry an HMAC-SHA256 tag, a
+//! its owner expires the flow. The client of a flow of a persistent
+//! service gets a persistence template to its backend unless it has one,
+//! so that its next connections follow. Messages carry an HMAC-SHA256 tag, a
 //! sequence number and a send time ([`wire`]); unicast messages are taken
 //! only from the configured peers. Everything refused is counted
 //! ([`SyncStats`]).
@@ -46,8 +48,9 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
 use lb_common::{
     ANY_PORT, FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowChange, FlowKey, FlowKey4, FlowKey6,
-    ServiceKey, SyncCounters,
+    PersistTemplate, ServiceKey, SyncCounters, addr_key,
     conn_state::{STATE_NONE, STATE_SYN_RECV},
+    persist_key,
 };
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -112,6 +115,8 @@ pub struct Directory {
     services: HashMap<ServiceKey, u32>,
     /// Backend addresses by service id and slot.
     backends: HashMap<u32, Vec<Option<IpAddr>>>,
+    /// The client prefix length of each persistent service, by id.
+    persistence: HashMap<u32, u32>,
 }
 
 impl Directory {
@@ -128,6 +133,12 @@ impl Directory {
                 .map(|b| b.as_ref().map(|b| b.address))
                 .collect();
             directory.backends.insert(service.id, slots);
+            let value = service.config.service_value(service.id);
+            if value.persistence_timeout_s > 0 {
+                directory
+                    .persistence
+                    .insert(service.id, value.persistence_prefix);
+            }
         }
         directory
     }
@@ -777,7 +788,11 @@ impl Worker {
         let Some(slot) = directory.slot(service_id, entry.backend) else {
             return Applied::Rejected;
         };
+        let persistence = directory.persistence.get(&service_id).copied();
         drop(directory);
+        if let Some(prefix) = persistence {
+            self.keep_template(&entry.key, prefix, service_id, slot);
+        }
         let now = monotonic_ns();
         let flow = match local {
             // This director forwards it: it only lives longer.
@@ -806,6 +821,26 @@ impl Worker {
         match self.table.insert_flow(&entry.key, &flow) {
             Ok(()) => Applied::Installed,
             Err(_) => Applied::Rejected,
+        }
+    }
+
+    /// Gives the client of flow `key` of persistent service `service_id`
+    /// (client prefix `prefix`) a template to `slot` unless it has one, so
+    /// that its next connection here goes where its synced ones go (a
+    /// GridFTP data connection after a failover follows its control
+    /// connection). The sweeper keeps it while the client's flows live.
+    fn keep_template(&mut self, key: &FlowKey, prefix: u32, service_id: u32, slot: u16) {
+        let template = persist_key(addr_key(key.client()).0, prefix, service_id);
+        if self.table.persist.get(&template, 0).is_ok() {
+            return;
+        }
+        let value = PersistTemplate {
+            last_used_ns: monotonic_ns(),
+            backend_slot: u32::from(slot),
+            _pad: 0,
+        };
+        if let Err(e) = self.table.set_template(&template, &value) {
+            debug!("sync: {e:#}");
         }
     }
 }
