@@ -39,6 +39,9 @@ pub struct SyncStats {
     pub flows_received: u64,
     /// Received flows written to the connection table.
     pub flows_installed: u64,
+    /// Received flow copies removed because their owner expired them.
+    #[serde(default)]
+    pub flows_expired: u64,
     /// Received flows refused (unknown service or backend, full table, ...).
     pub flows_rejected: u64,
     /// Messages dropped for a bad authentication tag (forged or damaged).
@@ -51,9 +54,17 @@ pub struct SyncStats {
     pub tables_requested: u64,
     /// Full tables sent to peers that asked.
     pub tables_sent: u64,
-    /// How far behind the peers' tables this director is, in milliseconds
-    /// (`None`: nothing received yet).
+    /// Flow changes the data path could not hand to sync (sent at the next
+    /// refresh instead).
+    #[serde(default)]
+    pub changes_lost: u64,
+    /// Milliseconds between the sending and the receipt of the last
+    /// accepted message (`None`: nothing received yet).
     pub lag_ms: Option<f64>,
+    /// Milliseconds since the last accepted message (`None`: nothing
+    /// received yet).
+    #[serde(default)]
+    pub last_received_ms_ago: Option<f64>,
 }
 
 impl SyncStats {
