@@ -41,6 +41,7 @@ const PACKAGES: &[&str] = &[
     "iperf3",     // throughput through the director
     "procps",     // sysctl for the real servers' ARP settings
     "util-linux", // nsenter: enter a netns without losing bpffs
+    "keepalived", // VRRP between the failover tests' two directors
 ];
 
 /// The bpf-linker release line known to link against a shared LLVM given by
