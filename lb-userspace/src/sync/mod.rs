@@ -14,7 +14,11 @@
 //! - every [`REFRESH`], the flows this director forwarded since the last
 //!   refresh, so that the copies elsewhere, which see no packets, do not
 //!   idle out while the connection lives;
-//! - its whole table, to a director that asks for it when it starts.
+//! - its whole table, to a director that asks for it: every director asks
+//!   its peers when it starts, and asks a peer it hears for the first time
+//!   or again after [`SILENCE`] (what the peer sent while a link was cut
+//!   is lost);
+//! - an empty message every [`HEARTBEAT`] when there is nothing else.
 //!
 //! The backend is named by address (directors may number slots
 //! differently). A received flow is installed only for a service and a
@@ -69,6 +73,13 @@ pub const FLUSH: Duration = Duration::from_millis(100);
 /// How often the flows this director forwarded are sent again (see the
 /// module doc): well inside every state's timeout but `close`'s.
 pub const REFRESH: Duration = Duration::from_secs(30);
+/// A director with nothing to send sends an empty message this often, so
+/// that its peers know it is there.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A peer not heard from for this long is asked for its whole table when
+/// it is heard again: what it sent meanwhile (a cut link, a restart) was
+/// lost.
+pub const SILENCE: Duration = Duration::from_secs(3);
 /// Messages of a bulk send (a refresh, a whole table) between two pauses
 /// of [`BULK_PAUSE`], so that a peer's socket buffer keeps up.
 const BULK_BURST: usize = 32;
@@ -367,6 +378,8 @@ impl FlowSync {
             pending: Vec::new(),
             last_refresh_ns: monotonic_ns(),
             published: earlier,
+            last_sent: time::Instant::now(),
+            heard: HashMap::new(),
         };
         let task = tokio::spawn(worker.run(expired_rx));
         info!(
@@ -551,6 +564,10 @@ struct Worker {
     last_refresh_ns: u64,
     /// The counters last written to `SYNC_STATS`.
     published: SyncCounters,
+    /// When this task last sent a message (for [`HEARTBEAT`]).
+    last_sent: time::Instant,
+    /// When each peer was last heard from (for [`SILENCE`]).
+    heard: HashMap<IpAddr, time::Instant>,
 }
 
 impl Worker {
@@ -640,14 +657,20 @@ impl Worker {
         }
     }
 
-    /// Sends the pending changes.
+    /// Sends the pending changes, or a heartbeat when nothing was sent for
+    /// [`HEARTBEAT`].
     async fn flush(&mut self) {
+        let to = self.sender.destinations.clone();
         if self.pending.is_empty() {
+            if self.last_sent.elapsed() >= HEARTBEAT {
+                self.sender.send(wire::FLOWS, Vec::new(), &to).await;
+                self.last_sent = time::Instant::now();
+            }
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let to = self.sender.destinations.clone();
         self.sender.send_all(pending, &to).await;
+        self.last_sent = time::Instant::now();
     }
 
     /// Starts a refresh: a walk (off this task) of the connection tables
@@ -738,6 +761,19 @@ impl Worker {
             .lag_ms
             .store(now.saturating_sub(message.sent_ms), Relaxed);
         counters.last_received_unix_ms.store(now, Relaxed);
+        let heard = self.heard.insert(from.ip(), time::Instant::now());
+        if message.kind != wire::TABLE_REQUEST && heard.is_none_or(|at| at.elapsed() >= SILENCE) {
+            // What the peer sent while it was not heard is lost.
+            info!(
+                "sync: {from} heard {}: asking for its whole connection table",
+                if heard.is_some() { "again" } else { "for the first time" }
+            );
+            counters.tables_requested.fetch_add(1, Relaxed);
+            let sender = self.sender.clone();
+            tokio::spawn(async move {
+                sender.send(wire::TABLE_REQUEST, Vec::new(), &[from]).await;
+            });
+        }
         if message.kind == wire::TABLE_REQUEST {
             info!("sync: {from} asked for the whole connection table");
             counters.tables_sent.fetch_add(1, Relaxed);
