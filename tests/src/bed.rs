@@ -463,6 +463,7 @@ impl TestBed {
             timeouts: Vec::new(),
             services,
             sync: None,
+            announce_table: None,
         }
     }
 

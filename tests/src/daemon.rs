@@ -235,6 +235,9 @@ pub struct LbConfig {
     pub services: Vec<ServiceConfig>,
     /// `[sync]`: connection sync with other directors, when set.
     pub sync: Option<SyncConfig>,
+    /// `[announce]`'s routing table: VIPs announced for a BGP speaker,
+    /// when set.
+    pub announce_table: Option<u32>,
 }
 
 /// The `[sync]` section of an `lb` config: the directors of a VRRP pair
@@ -312,6 +315,9 @@ impl LbConfig {
                 let _ = writeln!(s, "port = {port}");
             }
             let _ = writeln!(s, "key_file = {:?}", sync.key_file.display().to_string());
+        }
+        if let Some(table) = self.announce_table {
+            let _ = writeln!(s, "\n[announce]\ntable = {table}");
         }
         for svc in &self.services {
             let _ = writeln!(s, "\n[[service]]");

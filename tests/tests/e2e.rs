@@ -384,6 +384,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         sweep_interval: None,
         timeouts: Vec::new(),
         sync: None,
+        announce_table: None,
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),
