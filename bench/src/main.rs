@@ -16,7 +16,7 @@ mod live;
 mod micro;
 mod report;
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -98,7 +98,9 @@ fn main() -> anyhow::Result<()> {
     }
     pin_to_cpu(params.cpu)?;
     let results = micro::run(&params)?;
-    let control = control::run(params.rounds).context("the control plane's sweep")?;
+    // lb's sweep schedule over this window, per table size.
+    let window = Duration::from_secs(if cli.quick { 8 } else { 30 });
+    let control = control::run(params.rounds, window).context("the control plane's sweep")?;
     let katran = match &cli.katran {
         Some(object) => katran::Comparison::Measured {
             object: object.clone(),

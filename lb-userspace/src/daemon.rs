@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lb_common::{NicFilter, Service};
+use lb_common::{NicFilter, Service, conn_state::Timeouts};
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
@@ -328,6 +328,70 @@ impl Drop for RunningCheck {
     }
 }
 
+/// The sweeper, off the event loop: each sweep's table walk
+/// ([`sweeper::collect`]) runs on a blocking thread with a map handle of
+/// its own, one at a time; the event loop only writes the counters it
+/// tallied ([`sweeper::write_counts`]), so a table of a million flows never
+/// stalls it.
+struct Sweeps {
+    /// The sweeper's map handle; `None` while a sweep runs.
+    maps: Option<Maps>,
+    /// When the next sweep may start (see [`sweeper::pause_after`]).
+    not_before: time::Instant,
+    /// Where a sweep sends its handle back, with its report and duration.
+    finished: mpsc::Sender<SweepOutcome>,
+    results: mpsc::Receiver<SweepOutcome>,
+}
+
+/// What a sweep sends back: the map handle, its report, how long it took.
+type SweepOutcome = (Maps, anyhow::Result<sweeper::SweepReport>, Duration);
+
+impl Sweeps {
+    fn new(maps: Maps) -> Self {
+        let (finished, results) = mpsc::channel(1);
+        Self {
+            maps: Some(maps),
+            not_before: time::Instant::now(),
+            finished,
+            results,
+        }
+    }
+
+    /// Starts a sweep of `services` unless one runs or the last one's
+    /// pause ([`sweeper::pause_after`]) has not passed.
+    fn start(&mut self, services: Vec<Service>, timeouts: Timeouts) {
+        if time::Instant::now() < self.not_before {
+            debug!("sweep skipped: the last one's pause has not passed");
+            return;
+        }
+        let Some(mut maps) = self.maps.take() else {
+            debug!("sweep skipped: the last one still runs");
+            return;
+        };
+        let finished = self.finished.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let report = sweeper::collect(&mut maps, &services, &timeouts);
+            let _ = finished.blocking_send((maps, report, started.elapsed()));
+        });
+    }
+
+    /// The report of the sweep that finishes next (cancel-safe).
+    async fn finished(&mut self) -> anyhow::Result<sweeper::SweepReport> {
+        let Some((maps, report, took)) = self.results.recv().await else {
+            // The sender lives in self: never closed.
+            return std::future::pending().await;
+        };
+        self.maps = Some(maps);
+        let pause = sweeper::pause_after(took);
+        self.not_before = time::Instant::now() + pause;
+        if took > Duration::from_millis(100) {
+            debug!("sweep took {took:?}; the next waits at least {pause:?}");
+        }
+        report
+    }
+}
+
 /// The daemon's state.
 struct Daemon {
     config_path: PathBuf,
@@ -591,6 +655,15 @@ impl Daemon {
         }
     }
 
+    /// The services a sweep recounts: every service in use.
+    fn swept_services(&self) -> Vec<Service> {
+        self.director
+            .services
+            .iter()
+            .map(|s| s.config.service_value(s.id))
+            .collect()
+    }
+
     /// Logs a connection table coming under pressure (a flood, or
     /// `max_flows` too small) and leaving it.
     fn log_table_pressure(&mut self, pressure: [bool; 2]) {
@@ -650,6 +723,7 @@ impl Daemon {
         }
 
         let mut sweep = time::interval(self.config.director.sweep_interval);
+        let mut sweeps = Sweeps::new(Maps::from_pins(&self.config.director.pin_path)?);
         let mut neighbours = time::interval(NEIGHBOUR_REFRESH);
         let stop = loop {
             tokio::select! {
@@ -662,14 +736,12 @@ impl Daemon {
                     }
                     self.write_or_retry(&mut datapath.maps, changes, "a neighbour refresh");
                 }
-                _ = sweep.tick() => {
-                    let services: Vec<Service> = self
-                        .director
-                        .services
-                        .iter()
-                        .map(|s| s.config.service_value(s.id))
-                        .collect();
-                    match sweeper::sweep(&mut datapath.maps, &services, &self.config.director.timeouts) {
+                _ = sweep.tick() => sweeps.start(self.swept_services(), self.config.director.timeouts),
+                swept = sweeps.finished() => {
+                    let services = self.swept_services();
+                    match swept.and_then(|report| {
+                        sweeper::write_counts(&mut datapath.maps, &services, &report).map(|()| report)
+                    }) {
                         Ok(report) => {
                             if report.expired > 0 {
                                 debug!("sweep: {} flow(s) expired, {} live", report.expired, report.live);

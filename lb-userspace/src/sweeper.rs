@@ -11,6 +11,11 @@
 //! leaves behind; it cannot evict a confirmed flow (the table never
 //! evicts), and this frees its room for new flows once the flood stops.
 //!
+//! `lb run` walks the tables off its event loop ([`collect`], on a thread
+//! of its own) and only writes the tallied counters on it
+//! ([`write_counts`]); it spaces sweeps of a large table so that they take
+//! at most [`SWEEP_CPU_PERCENT`] of a CPU ([`pause_after`]).
+//!
 //! Persistence templates live, as in IPVS, while any flow of their client
 //! lives and for their service's persistence timeout after: the sweeper
 //! restarts the timeout of every template with a live flow (so a timeout
@@ -30,7 +35,8 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use anyhow::Context as _;
 use lb_common::{
-    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS, PersistKey, PersistTemplate,
+    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, PersistKey,
+    PersistTemplate,
     Service, addr_key,
     conn_state::{STATE_ESTABLISHED, Timeouts, is_active},
     persist_key,
@@ -41,6 +47,18 @@ use crate::datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_
 /// A connection table holding at least this share of its capacity (in
 /// percent) is under pressure: its silent flows expire early.
 pub const PRESSURE_PERCENT: u64 = 75;
+
+/// The sweeper takes at most this share of one CPU, in percent (see
+/// [`pause_after`]).
+pub const SWEEP_CPU_PERCENT: u32 = 5;
+
+/// How long `lb run` waits after a sweep that took `took` before it starts
+/// another (its `sweep_interval` permitting): sweeps of a large table are
+/// spaced so that they take at most [`SWEEP_CPU_PERCENT`] of a CPU, and
+/// idle flows of such a table expire that much later instead.
+pub fn pause_after(took: std::time::Duration) -> std::time::Duration {
+    took * (100 / SWEEP_CPU_PERCENT - 1)
+}
 
 /// What one sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,28 +119,43 @@ pub fn forget_service(maps: &mut Maps, id: u32) -> anyhow::Result<usize> {
     Ok(doomed.len())
 }
 
-/// Tallies live flows per service id and backend slot.
-#[derive(Default)]
+/// Tallies live flows per service id and backend slot, in an array by
+/// service id (a hash map lookup per flow was a fifth of a sweep).
 struct Tally {
-    per_service: StdHashMap<u32, BackendConnSet>,
+    per_service: Vec<Option<Box<BackendConnSet>>>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            per_service: (0..MAX_SERVICES).map(|_| None).collect(),
+        }
+    }
 }
 
 impl Tally {
     fn add(&mut self, flow: &Flow) {
         let slot = flow.backend_slot as usize;
+        let Some(set) = self.per_service.get_mut(usize::from(flow.service_id)) else {
+            return;
+        };
         if slot >= MAX_BACKENDS {
             return;
         }
-        let conns = &mut self
-            .per_service
-            .entry(u32::from(flow.service_id))
-            .or_default()
-            .conns[slot];
+        let conns = &mut set.get_or_insert_with(Default::default).conns[slot];
         if is_active(u32::from(flow.state)) {
             conns.active += 1;
         } else {
             conns.inactive += 1;
         }
+    }
+
+    /// The counts of every service that has flows.
+    fn into_map(self) -> StdHashMap<u32, BackendConnSet> {
+        (0..)
+            .zip(self.per_service)
+            .filter_map(|(id, set)| set.map(|set| (id, *set)))
+            .collect()
     }
 }
 
@@ -144,11 +177,13 @@ pub struct Walk {
 /// Walks the flow tables once, in batches (see [`Maps::for_each_flow`]:
 /// each flow is counted once); `services` says which are persistent.
 pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::Result<Walk> {
-    let prefixes: StdHashMap<u32, u32> = services
-        .iter()
-        .filter(|s| s.persistence_timeout_s > 0)
-        .map(|s| (s.id, s.persistence_prefix))
-        .collect();
+    // The client prefix of each persistent service, by id.
+    let mut prefixes = vec![None; MAX_SERVICES as usize];
+    for s in services.iter().filter(|s| s.persistence_timeout_s > 0) {
+        if let Some(prefix) = prefixes.get_mut(s.id as usize) {
+            *prefix = Some(s.persistence_prefix);
+        }
+    }
     let now_ns = monotonic_ns();
     let mut walk = Walk::default();
     // Silent flows idle past the `syn_recv` timeout: expired if their table
@@ -167,7 +202,7 @@ pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::R
             walk.tally.add(&flow);
             walk.live += 1;
             let id = u32::from(flow.service_id);
-            if let Some(&prefix) = prefixes.get(&id) {
+            if let Some(&Some(prefix)) = prefixes.get(id as usize) {
                 let client = addr_key(key.client()).0;
                 walk.templates_in_use
                     .insert(persist_key(client, prefix, id));
@@ -257,8 +292,23 @@ pub fn sweep_templates(
 
 /// Expires idle flows of the flow tables and persistence templates,
 /// rewrites the counters of `services` (every service in use) from the
-/// flows that remain, and rebuilds their scheduler trees.
+/// flows that remain, and rebuilds their scheduler trees: [`collect`] then
+/// [`write_counts`].
 pub fn sweep(
+    maps: &mut Maps,
+    services: &[Service],
+    timeouts: &Timeouts,
+) -> anyhow::Result<SweepReport> {
+    let report = collect(maps, services, timeouts)?;
+    write_counts(maps, services, &report)?;
+    Ok(report)
+}
+
+/// The part of a sweep that reads the whole tables (`lb run` runs it off
+/// its event loop, on a handle of its own): walks them, expires idle flows
+/// and persistence templates, and tallies the flows left; the counters are
+/// not written yet ([`write_counts`]).
+pub fn collect(
     maps: &mut Maps,
     services: &[Service],
     timeouts: &Timeouts,
@@ -267,23 +317,33 @@ pub fn sweep(
     let expired = expire(maps, &mut walk, timeouts);
     maps.record_pending_removals()?;
     let templates = sweep_templates(maps, services, &walk)?;
-    let mut tally = walk.tally;
-    for id in services.iter().map(|s| s.id) {
-        let conns = tally.per_service.entry(id).or_default();
-        maps.backend_conns
-            .set(id, *conns, 0)
-            .with_context(|| format!("writing connection counts of service {id}"))?;
-        let backends = array_get(&maps.backends, id)?;
-        maps.rebuild_tree(id, &backends, conns)?;
-    }
     Ok(SweepReport {
         expired: expired.len(),
         expired_flows: expired,
         live: walk.live,
         pressure: walk.pressure,
         templates,
-        conns: tally.per_service,
+        conns: walk.tally.into_map(),
     })
+}
+
+/// Writes the counts of `report` as the counters of `services` (zero for a
+/// service without flows) and rebuilds their scheduler trees: a few map
+/// writes per service.
+pub fn write_counts(
+    maps: &mut Maps,
+    services: &[Service],
+    report: &SweepReport,
+) -> anyhow::Result<()> {
+    for id in services.iter().map(|s| s.id) {
+        let conns = report.conns.get(&id).copied().unwrap_or_default();
+        maps.backend_conns
+            .set(id, conns, 0)
+            .with_context(|| format!("writing connection counts of service {id}"))?;
+        let backends = array_get(&maps.backends, id)?;
+        maps.rebuild_tree(id, &backends, &conns)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -375,7 +435,7 @@ mod tests {
         tally.add(&f);
         f.backend_slot = MAX_BACKENDS as u16; // corrupt slot: ignored
         tally.add(&f);
-        let set = &tally.per_service[&3];
+        let set = tally.per_service[3].as_deref().unwrap();
         assert_eq!(set.conns[2].active, 2);
         assert_eq!(set.conns[2].inactive, 1);
         assert_eq!(
