@@ -99,6 +99,11 @@ pub enum Layout {
     /// (.3), their NICs both named [`DIRECTOR_IFACE`], and the VIPs on
     /// neither (see [`TestBed::build_pair`]).
     Pair,
+    /// [`Layout::Pair`]'s two directors, with the client behind a router on
+    /// the segment as in [`Layout::BehindRouter`] (a 1,500-byte link): the
+    /// router reaches the VIPs through whichever directors announce them
+    /// (an ECMP group; see [`TestBed::build_ecmp`]).
+    EcmpPair,
 }
 
 /// One L2 network of a bed: a bridge in the switch namespace and the
@@ -230,6 +235,14 @@ impl TestBed {
         Self::build_as(Layout::Pair, tag, real_servers)
     }
 
+    /// Builds an ECMP group of two directors ([`Layout::EcmpPair`]): the
+    /// directors of [`TestBed::build_pair`] (the VIPs on neither), the
+    /// router of [`TestBed::build_behind_router`] at 192.0.2.1 with the
+    /// client behind it; the test makes the router's routes to the VIPs.
+    pub fn build_ecmp(tag: &str, real_servers: usize) -> anyhow::Result<Self> {
+        Self::build_as(Layout::EcmpPair, tag, real_servers)
+    }
+
     /// Builds the bed of `layout` with `real_servers` real servers.
     pub fn build_as(layout: Layout, tag: &str, real_servers: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -237,7 +250,9 @@ impl TestBed {
             "1 to 80 real servers, not {real_servers}"
         );
         let (front, back) = match layout {
-            Layout::OneSegment | Layout::BehindRouter { .. } | Layout::Pair => (ONLY, ONLY),
+            Layout::OneSegment | Layout::BehindRouter { .. } | Layout::Pair | Layout::EcmpPair => {
+                (ONLY, ONLY)
+            }
             Layout::DualHomed => (FRONT, BACK),
         };
         let switch = NetNs::create(&format!("lbt{tag}-sw"))?;
@@ -249,6 +264,10 @@ impl TestBed {
         let (client, mut router) = match layout {
             Layout::BehindRouter { client_mtu } => {
                 let (client, router) = routed_client(&switch, tag, client_mtu)?;
+                (client, Some(router))
+            }
+            Layout::EcmpPair => {
+                let (client, router) = routed_client(&switch, tag, 1500)?;
                 (client, Some(router))
             }
             Layout::OneSegment | Layout::DualHomed | Layout::Pair => (
@@ -264,7 +283,7 @@ impl TestBed {
         let mut director_ifaces = vec![DIRECTOR_IFACE.to_owned()];
         let mut pass_on = vec!["d0"];
         let mut director2 = None;
-        if layout == Layout::Pair {
+        if matches!(layout, Layout::Pair | Layout::EcmpPair) {
             let second = add_host(&switch, tag, "director2", "d2", DIRECTOR_IFACE, 3, front)?;
             for host in [&director, &second] {
                 host.ns.exec("ethtool", &["-K", &host.iface, "tx", "off"])?;
@@ -343,8 +362,8 @@ impl TestBed {
             servers.push(rs);
         }
 
-        if matches!(layout, Layout::BehindRouter { .. }) {
-            for host in servers.iter().chain([&director]) {
+        if matches!(layout, Layout::BehindRouter { .. } | Layout::EcmpPair) {
+            for host in servers.iter().chain([&director]).chain(director2.as_ref()) {
                 host.ns.ip(&[
                     "route",
                     "add",

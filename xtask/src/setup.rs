@@ -42,6 +42,7 @@ const PACKAGES: &[&str] = &[
     "procps",     // sysctl for the real servers' ARP settings
     "util-linux", // nsenter: enter a netns without losing bpffs
     "keepalived", // VRRP between the failover tests' two directors
+    "bird2",      // BGP for the ECMP tests' router and directors
 ];
 
 /// The bpf-linker release line known to link against a shared LLVM given by
