@@ -337,8 +337,10 @@ fn next_flags(packet: &Packet, flags: u16) -> u16 {
 /// Tells the control plane's connection sync that flow `key` entered its
 /// connection table or changed state there (now `flow`), while sync is on.
 /// A full ring loses the change (counted); the periodic refresh sends the
-/// flow later.
-#[inline(always)]
+/// flow later. A BPF function of its own, called only when a flow is
+/// confirmed or changes state: inlined at its four call sites, it made the
+/// program's hot paths slower.
+#[inline(never)]
 fn announce<K: TableKey>(key: &K, flow: &Flow) {
     if SYNC_ENABLED.get(0).is_none_or(|on| *on == 0) {
         return;
