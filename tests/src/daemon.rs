@@ -247,8 +247,10 @@ pub struct LbConfig {
 pub struct SyncConfig {
     /// The NIC sync messages go out of and arrive on.
     pub interface: String,
-    /// The other directors' addresses (unicast peers).
+    /// The other directors' addresses (unicast peers); empty with `group`.
     pub peers: Vec<IpAddr>,
+    /// A multicast group instead of `peers`.
+    pub group: Option<IpAddr>,
     /// The UDP port, when not lb's default ([`SyncConfig::DEFAULT_PORT`]).
     pub port: Option<u16>,
     /// The shared secret's file (see [`write_sync_key`]).
@@ -310,7 +312,14 @@ impl LbConfig {
             let peers: Vec<String> = sync.peers.iter().map(|p| format!("\"{p}\"")).collect();
             let _ = writeln!(s, "\n[sync]");
             let _ = writeln!(s, "interface = {:?}", sync.interface);
-            let _ = writeln!(s, "peers = [{}]", peers.join(", "));
+            match sync.group {
+                Some(group) => {
+                    let _ = writeln!(s, "group = \"{group}\"");
+                }
+                None => {
+                    let _ = writeln!(s, "peers = [{}]", peers.join(", "));
+                }
+            }
             if let Some(port) = sync.port {
                 let _ = writeln!(s, "port = {port}");
             }

@@ -151,6 +151,7 @@ impl DirectorPair {
                 config.sync = Some(SyncConfig {
                     interface: DIRECTOR_IFACE.to_owned(),
                     peers: vec![hosts[1 - i].ipv4.into()],
+                    group: None,
                     port: None,
                     key_file: key_file.clone(),
                 });
