@@ -36,8 +36,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 use anyhow::Context as _;
 use lb_common::{
     BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, PersistKey,
-    PersistTemplate,
-    Service, addr_key,
+    PersistTemplate, Service, addr_key,
     conn_state::{STATE_ESTABLISHED, Timeouts, is_active},
     persist_key,
 };

@@ -263,12 +263,7 @@ impl<X> Director<X> {
     /// says when, for the failure.
     pub fn assert_all_up(&self, when: &str) {
         let stats = self.stats();
-        let not_up: Vec<_> = stats
-            .services
-            .iter()
-            .flat_map(|s| &s.backends)
-            .filter(|b| b.state != "up")
-            .collect();
+        let not_up = stats.backends_not_up();
         if !not_up.is_empty() {
             self.fail(&format!("{when}: backends not up: {not_up:#?}"));
         }

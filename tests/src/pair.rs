@@ -257,10 +257,10 @@ impl DirectorPair {
     /// The `sync` object of director `i`'s stats, failing the test if
     /// there is none.
     pub fn sync_stats(&self, i: usize) -> SyncStats {
-        *self
-            .stats(i)
+        self.stats(i)
             .sync()
             .unwrap_or_else(|e| self.fail(&format!("director {}: {e:#}", i + 1)))
+            .clone()
     }
 
     /// Polls director `i`'s sync stats until `ready` accepts them, at most
@@ -434,12 +434,7 @@ impl DirectorPair {
     /// director `i`; `when` says when.
     pub fn assert_all_up(&self, i: usize, when: &str) {
         let stats = self.stats(i);
-        let not_up: Vec<_> = stats
-            .services
-            .iter()
-            .flat_map(|s| &s.backends)
-            .filter(|b| b.state != "up")
-            .collect();
+        let not_up = stats.backends_not_up();
         if !not_up.is_empty() {
             self.fail(&format!(
                 "{when}: backends not up on director {}: {not_up:#?}",

@@ -25,51 +25,17 @@ pub struct Stats {
     pub sync: Option<SyncStats>,
 }
 
-/// The `sync` object of `lb stats --json`: what a director sent to and
-/// took from its sync peers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
-pub struct SyncStats {
-    /// Sync messages sent.
-    pub messages_sent: u64,
-    /// Sync messages received (and accepted).
-    pub messages_received: u64,
-    /// Flows sent in them.
-    pub flows_sent: u64,
-    /// Flows received from peers.
-    pub flows_received: u64,
-    /// Received flows written to the connection table.
-    pub flows_installed: u64,
-    /// Received flow copies removed because their owner expired them.
-    #[serde(default)]
-    pub flows_expired: u64,
-    /// Received flows refused (unknown service or backend, full table, ...).
-    pub flows_rejected: u64,
-    /// Messages dropped for a bad authentication tag (forged or damaged).
-    pub messages_rejected_auth: u64,
-    /// Messages dropped as replays of a message already taken.
-    pub messages_rejected_replay: u64,
-    /// Messages dropped as malformed (too short, bad header).
-    pub messages_rejected_malformed: u64,
-    /// Full tables asked of peers.
-    pub tables_requested: u64,
-    /// Full tables sent to peers that asked.
-    pub tables_sent: u64,
-    /// Flow changes the data path could not hand to sync (sent at the next
-    /// refresh instead).
-    #[serde(default)]
-    pub changes_lost: u64,
-    /// Milliseconds between the sending and the receipt of the last
-    /// accepted message (`None`: nothing received yet).
-    pub lag_ms: Option<f64>,
-    /// Milliseconds since the last accepted message (`None`: nothing
-    /// received yet).
-    #[serde(default)]
-    pub last_received_ms_ago: Option<f64>,
+/// The `sync` object of `lb stats --json`: lb's own type.
+pub use lb::sync::SyncStats;
+
+/// [`SyncStats`]' rejection counters at once.
+pub trait SyncRejections {
+    /// The three rejection counters: (auth, replay, malformed).
+    fn rejected(&self) -> (u64, u64, u64);
 }
 
-impl SyncStats {
-    /// The three rejection counters: (auth, replay, malformed).
-    pub fn rejected(&self) -> (u64, u64, u64) {
+impl SyncRejections for SyncStats {
+    fn rejected(&self) -> (u64, u64, u64) {
         (
             self.messages_rejected_auth,
             self.messages_rejected_replay,
@@ -200,6 +166,15 @@ impl Stats {
 }
 
 impl Stats {
+    /// Every backend, of every service, that is not up.
+    pub fn backends_not_up(&self) -> Vec<&BackendStats> {
+        self.services
+            .iter()
+            .flat_map(|s| &s.backends)
+            .filter(|b| b.state != "up")
+            .collect()
+    }
+
     /// The `sync` object, or an error saying lb reported none (an lb
     /// without sync, or one run without a `[sync]` section).
     pub fn sync(&self) -> anyhow::Result<&SyncStats> {

@@ -81,6 +81,7 @@ use lb_tests::{
     packet::PacketSocket,
     pair::{DIRECTORS, DirectorPair, PairSpec, udp_payload},
     skip_unless_root,
+    stats::SyncRejections as _,
 };
 
 /// The service's port.
@@ -191,6 +192,9 @@ fn failover(test: &'static str, cut: Cut) {
          (lag_ms {:?})",
         sync.flows_installed, sync.lag_ms
     );
+    // The count may include refreshes: every held connection must be there.
+    let held: Vec<&HeldConn> = conns.iter().collect();
+    pair.wait_flows_known(1, &held, "director 2 before the failover", SYNC_TIMEOUT);
     let forwarded_by_2 = pair.stats(1).forwarded_pkts();
     let cut_at = Instant::now();
     match cut {
@@ -402,7 +406,7 @@ fn forged_and_replayed_sync_messages_are_rejected() {
     );
 
     let base = pair.stats(1);
-    let base_sync = *base
+    let base_sync = base
         .sync()
         .unwrap_or_else(|e| pair.fail(&format!("director 2: {e:#}")));
     let base_flows = base.flow_count();
@@ -440,7 +444,7 @@ fn forged_and_replayed_sync_messages_are_rejected() {
         // Anything counted late would show a moment later.
         thread::sleep(Duration::from_millis(300));
         let stats = pair.stats(1);
-        let sync_now = *stats
+        let sync_now = stats
             .sync()
             .unwrap_or_else(|e| pair.fail(&format!("director 2: {e:#}")));
         if sync_now.rejected() != expected {

@@ -163,21 +163,11 @@ impl Netlink {
     /// Looks up a NIC by name; the error lists the NICs that exist.
     pub async fn nic(&self, name: &str) -> anyhow::Result<Nic> {
         let links = self.links().await?;
-        match links.iter().find(|l| l.name == name) {
-            Some(link) => link.nic().ok_or_else(|| {
-                anyhow!(
-                    "network interface {name} has no Ethernet address (XDP DR needs an Ethernet NIC)"
-                )
-            }),
-            None => bail!(
-                "no network interface named {name:?} in this network namespace (existing: {})",
-                links
-                    .iter()
-                    .map(|l| l.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+        named(&links, name)?.nic().ok_or_else(|| {
+            anyhow!(
+                "network interface {name} has no Ethernet address (XDP DR needs an Ethernet NIC)"
+            )
+        })
     }
 
     /// The interfaces enslaved to NIC `index` (a bond's slaves; none for a
@@ -268,16 +258,7 @@ impl Netlink {
         not_sources: &HashSet<IpAddr>,
     ) -> anyhow::Result<(u32, IpAddr)> {
         let links = self.links().await?;
-        let Some(link) = links.iter().find(|l| l.name == name) else {
-            bail!(
-                "no network interface named {name:?} in this network namespace (existing: {})",
-                links
-                    .iter()
-                    .map(|l| l.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
+        let link = named(&links, name)?;
         let addresses: Vec<_> = self
             .handle
             .address()
@@ -414,6 +395,20 @@ impl Netlink {
 }
 
 /// Whether `a` and `b` share their first `prefix_len` bits (same family only).
+/// The interface of `links` named `name`; the error lists those that exist.
+fn named<'a>(links: &'a [Link], name: &str) -> anyhow::Result<&'a Link> {
+    links.iter().find(|l| l.name == name).ok_or_else(|| {
+        anyhow!(
+            "no network interface named {name:?} in this network namespace (existing: {})",
+            links
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 fn same_prefix(a: IpAddr, b: IpAddr, prefix_len: u8) -> bool {
     let (a, b, bits) = match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),

@@ -766,7 +766,11 @@ impl Worker {
             // What the peer sent while it was not heard is lost.
             info!(
                 "sync: {from} heard {}: asking for its whole connection table",
-                if heard.is_some() { "again" } else { "for the first time" }
+                if heard.is_some() {
+                    "again"
+                } else {
+                    "for the first time"
+                }
             );
             counters.tables_requested.fetch_add(1, Relaxed);
             let sender = self.sender.clone();
