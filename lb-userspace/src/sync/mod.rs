@@ -16,8 +16,9 @@
 //!   idle out while the connection lives;
 //! - its whole table, to a director that asks for it: every director asks
 //!   its peers when it starts, and asks a peer it hears for the first time
-//!   or again after [`SILENCE`] (what the peer sent while a link was cut
-//!   is lost);
+//!   (unless that was within [`SILENCE`] of its own start, when the peer
+//!   had its start-up request) or again after [`SILENCE`] (what the peer
+//!   sent while a link was cut is lost);
 //! - an empty message every [`HEARTBEAT`] when there is nothing else.
 //!
 //! The backend is named by address (directors may number slots
@@ -380,6 +381,7 @@ impl FlowSync {
             published: earlier,
             last_sent: time::Instant::now(),
             heard: HashMap::new(),
+            started: time::Instant::now(),
         };
         let task = tokio::spawn(worker.run(expired_rx));
         info!(
@@ -568,6 +570,8 @@ struct Worker {
     last_sent: time::Instant,
     /// When each peer was last heard from (for [`SILENCE`]).
     heard: HashMap<IpAddr, time::Instant>,
+    /// When this director asked its peers for their tables at start.
+    started: time::Instant,
 }
 
 impl Worker {
@@ -762,7 +766,13 @@ impl Worker {
             .store(now.saturating_sub(message.sent_ms), Relaxed);
         counters.last_received_unix_ms.store(now, Relaxed);
         let heard = self.heard.insert(from.ip(), time::Instant::now());
-        if message.kind != wire::TABLE_REQUEST && heard.is_none_or(|at| at.elapsed() >= SILENCE) {
+        // A peer first heard right after this director's own request at
+        // start had that request: it answers it.
+        let answering_ours = heard.is_none() && self.started.elapsed() < SILENCE;
+        if message.kind != wire::TABLE_REQUEST
+            && !answering_ours
+            && heard.is_none_or(|at| at.elapsed() >= SILENCE)
+        {
             // What the peer sent while it was not heard is lost.
             info!(
                 "sync: {from} heard {}: asking for its whole connection table",
