@@ -3,7 +3,7 @@
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
 //! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
-//! [`persist`], [`flow_cache`], [`fragment`], [`stats`], [`sync`]), and the two pieces of per-packet logic that
+//! [`persist`], [`flow_cache`], [`fragment`], [`stats`], [`sync`], [`flood`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -40,6 +40,9 @@
 //! | [`SYNC_ENABLED_MAP`] | array | 0 -> 1 while flows are synced |
 //! | [`FLOW_CHANGES_MAP`] | ring buffer | [`FlowChange`]s for connection sync |
 //! | [`SYNC_STATS_MAP`] | array | 0 -> [`SyncCounters`] |
+//! | [`FLOOD_GUARD_MAP`] | array | 0 -> [`FloodGuard`] |
+//! | [`FLOOD_UNTIL_MAP`] | array | 0 -> end of flood mode (ns) |
+//! | [`SYN_WINDOW_MAP`] | per-CPU array | 0 -> [`SynWindow`] |
 //!
 //! [`LAYOUT_MAP`]: limits::LAYOUT_MAP
 //! [`LAYOUT_VERSION`]: limits::LAYOUT_VERSION
@@ -66,6 +69,11 @@
 //! [`FlowChange`]: sync::FlowChange
 //! [`SYNC_STATS_MAP`]: limits::SYNC_STATS_MAP
 //! [`SyncCounters`]: sync::SyncCounters
+//! [`FLOOD_GUARD_MAP`]: limits::FLOOD_GUARD_MAP
+//! [`FloodGuard`]: flood::FloodGuard
+//! [`FLOOD_UNTIL_MAP`]: limits::FLOOD_UNTIL_MAP
+//! [`SYN_WINDOW_MAP`]: limits::SYN_WINDOW_MAP
+//! [`SynWindow`]: flood::SynWindow
 //! [`PersistTemplate`]: persist::PersistTemplate
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
@@ -97,6 +105,7 @@
 
 pub mod backend;
 pub mod conn_state;
+pub mod flood;
 pub mod flow;
 pub mod flow_cache;
 pub mod fragment;
@@ -113,6 +122,7 @@ pub mod wlc;
 
 // The crate's flat API: every map type, name and limit is also `lb_common::X`.
 pub use backend::*;
+pub use flood::*;
 pub use flow::*;
 pub use flow_cache::*;
 pub use fragment::*;

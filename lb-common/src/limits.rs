@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -100,6 +100,16 @@ pub const SYNC_STATS_MAP: &str = "SYNC_STATS";
 /// Size of [`FLOW_CHANGES_MAP`] in bytes (a power of two): about 64 k
 /// IPv6 changes, a second of new flows at 64 k connections per second.
 pub const FLOW_CHANGES_BYTES: u32 = 4 << 20;
+/// Name of the SYN-flood guard's setting (array: 0 ->
+/// [`FloodGuard`](crate::flood::FloodGuard)), written by the control plane.
+pub const FLOOD_GUARD_MAP: &str = "FLOOD_GUARD";
+/// Name of the end of flood mode (array: 0 -> coarse monotonic ns until
+/// which new SYNs are scheduled without a table entry; 0: never in flood
+/// mode), written by XDP (see [`crate::flood`]).
+pub const FLOOD_UNTIL_MAP: &str = "FLOOD_UNTIL";
+/// Name of the SYN counters (per-CPU array: 0 ->
+/// [`SynWindow`](crate::flood::SynWindow)), written by XDP.
+pub const SYN_WINDOW_MAP: &str = "SYN_WINDOW";
 /// Name of the port prefilter (array: destination port -> `PORT_*` bits of the
 /// protocols some service uses on that port), written by the control plane.
 /// Traffic to a port no service uses is passed before any hash lookup.

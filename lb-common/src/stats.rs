@@ -146,8 +146,14 @@ pub const EVENT_PENDING_REMOVED: u32 = 4;
 /// state change) that the full `FLOW_CHANGES` ring could not take; the
 /// other directors learn of that flow at the next refresh.
 pub const EVENT_SYNC_LOST: u32 = 5;
+/// Flow-table event: a SYN forwarded in flood mode without a table entry
+/// (see [`crate::flood`]).
+pub const EVENT_STATELESS_SYN: u32 = 6;
+/// Flow-table event: an ACK of a flow no table knew, picked up by the hash
+/// during or just after flood mode and confirmed (see [`crate::flood`]).
+pub const EVENT_HASHED_ACK: u32 = 7;
 /// Number of flow-table events per family.
-pub const NUM_FLOW_EVENTS: u32 = 6;
+pub const NUM_FLOW_EVENTS: u32 = 8;
 /// Size of [`FLOW_EVENTS_MAP`]: the events of IPv4, then of IPv6.
 ///
 /// [`FLOW_EVENTS_MAP`]: crate::limits::FLOW_EVENTS_MAP

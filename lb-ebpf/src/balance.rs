@@ -9,6 +9,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Binding, Lookup, TableKey},
+    flood::{self, Opening},
     forward, fragment, icmp,
     maps::{self, BACKEND_CONNS, BACKENDS, WLC_TREE},
     parse::{self, IpHeader, Packet, Unparsed},
@@ -116,7 +117,12 @@ fn from_table<K: TableKey>(
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (service_id, flags) = (service.id, service.flags);
-    if replaces.is_none()
+    let opening = match replaces {
+        None => flood::opening(packet),
+        Some(_) => Opening::Scheduled,
+    };
+    if opening == Opening::Scheduled
+        && replaces.is_none()
         && packet.proto == PROTO_TCP
         && !packet.opens_connection()
         && flags & SERVICE_FLAG_SLOPPY_TCP == 0
@@ -132,7 +138,14 @@ fn from_table<K: TableKey>(
     ) else {
         return Err(Verdict::Drop(REASON_INTERNAL));
     };
-    let binding = match conntrack::open(key, packet, &service, (backends, conns, tree), replaces) {
+    let binding = match conntrack::open(
+        key,
+        packet,
+        &service,
+        (backends, conns, tree),
+        replaces,
+        opening,
+    ) {
         Ok(binding) => binding,
         Err(Verdict::Drop(REASON_NO_BACKEND))
             if flags & SERVICE_FLAG_REJECT != 0 && packet.opens_connection() =>

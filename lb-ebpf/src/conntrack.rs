@@ -36,15 +36,17 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
-    BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
-    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS,
-    FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowCacheSet, FlowChange, FlowKey4, FlowKey6, LoadTree,
-    MAX_BACKENDS, PROTO_TCP, PersistTemplate, REASON_NO_BACKEND, Service,
+    BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
+    EVENT_PENDING_OPENED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
+    FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowCacheSet,
+    FlowChange, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
+    REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, flow_event_index, flow_hash, persist_key, wlc,
 };
 
 use crate::{
+    flood::Opening,
     maps::{
         BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
         PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE,
@@ -478,8 +480,9 @@ fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u3
 }
 
 /// Opens flow `key` for `packet` in `service` (whose backends are
-/// `backends`): picks its backend ([`choose`]) and records it ([`record`];
-/// over the flow it `replaces`, in that flow's table);
+/// `backends`) as `opening` says: picks its backend ([`choose`]) and
+/// records it ([`record`]; over the flow it `replaces`, in that flow's
+/// table), except for a SYN in flood mode, which is forwarded unrecorded;
 /// `Drop(REASON_NO_BACKEND)` when no backend can take it.
 #[inline(always)]
 pub fn open<K: TableKey>(
@@ -488,13 +491,25 @@ pub fn open<K: TableKey>(
     service: &Service,
     (backends, conns, tree): (&BackendSet, *mut BackendConnSet, *mut LoadTree),
     replaces: Option<Table>,
+    opening: Opening,
 ) -> Result<Binding, Verdict> {
     let service_id = service.id;
-    let Some(slot) = choose(key, service, backends, tree) else {
+    let Some(slot) = choose(key, service, backends, tree, opening) else {
         return Err(Verdict::Drop(REASON_NO_BACKEND));
     };
     let state = next_state(packet, STATE_NONE);
     let flags = next_flags(packet, 0);
+    let binding = Binding {
+        slot,
+        state,
+        flags,
+        // A picked-up ACK's SYN was counted.
+        new_flow: opening != Opening::HashedAck,
+    };
+    if opening == Opening::StatelessSyn {
+        count_event::<K>(EVENT_STATELESS_SYN);
+        return Ok(binding);
+    }
     // Service ids are below MAX_SERVICES and slots below MAX_BACKENDS: both fit.
     let flow = Flow {
         last_seen_ns: now(),
@@ -508,31 +523,34 @@ pub fn open<K: TableKey>(
     if record(key, &flow, replaces) {
         add_count(conns, slot, is_active(state), 1);
         repair(tree, conns, slot);
+        if opening == Opening::HashedAck {
+            count_event::<K>(EVENT_HASHED_ACK);
+        }
     }
-    Ok(Binding {
-        slot,
-        state,
-        flags,
-        new_flow: true,
-    })
+    Ok(binding)
 }
 
 /// The backend slot of a new flow of `service` from `key`'s client, by the
-/// service's scheduler ([`schedule::pick`]; `tree`: its wlc tree); for a
-/// persistent service, the slot of the client's template while it lives
-/// and its backend takes new flows, else the scheduler's choice, which
-/// becomes the client's template. `None` when no backend can take the flow.
+/// service's scheduler ([`schedule::pick`]; `tree`: its wlc tree), or by
+/// the hash when `opening` is one of flood mode's; for a persistent
+/// service, the slot of the client's template while it lives and its
+/// backend takes new flows, else the pick, which becomes the client's
+/// template (except for a SYN in flood mode: a flood of spoofed clients
+/// must not evict the real ones' templates). `None` when no backend can
+/// take the flow.
 #[inline(always)]
 fn choose<K: TableKey>(
     key: &K,
     service: &Service,
     backends: &BackendSet,
     tree: *mut LoadTree,
+    opening: Opening,
 ) -> Option<u32> {
     // SAFETY: `tree` points at this service's entry in WLC_TREE.
     let tree = unsafe { &*tree };
+    let by_hash = opening != Opening::Scheduled;
     if service.persistence_timeout_s == 0 {
-        return schedule::pick(key, service, backends, tree).map(bounded);
+        return schedule::pick(key, service, backends, tree, by_hash).map(bounded);
     }
     let template = persist_key(key.client_addr(), service.persistence_prefix, service.id);
     let now = now();
@@ -548,7 +566,10 @@ fn choose<K: TableKey>(
             return Some(slot);
         }
     }
-    let slot = bounded(schedule::pick(key, service, backends, tree)?);
+    let slot = bounded(schedule::pick(key, service, backends, tree, by_hash)?);
+    if opening == Opening::StatelessSyn {
+        return Some(slot);
+    }
     let chosen = PersistTemplate {
         last_used_ns: now,
         backend_slot: slot,

@@ -3,7 +3,8 @@
 //! Per packet: parse ([`parse`], [`vlan`]; an IP fragment takes its flow's
 //! ports from its datagram's first fragment, [`fragment`]), look up the
 //! service, find or create the flow ([`conntrack`], choosing a backend by
-//! the service's scheduler on a miss, [`schedule`]), rewrite the Ethernet
+//! the service's scheduler on a miss, [`schedule`]; by a hash and without
+//! a record for a SYN in flood mode, [`flood`]), rewrite the Ethernet
 //! addresses and choose the NIC the frame leaves through ([`forward`]) and
 //! count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
@@ -19,6 +20,7 @@
 
 mod balance;
 mod conntrack;
+mod flood;
 mod forward;
 mod fragment;
 mod icmp;

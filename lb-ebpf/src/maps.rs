@@ -10,11 +10,11 @@ use aya_ebpf::{
 use lb_common::{
     AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
     CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
-    FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, Flow, FlowChange, FlowKey4,
-    FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS,
-    MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES,
-    PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey,
-    SyncCounters, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
+    FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, FloodGuard, Flow, FlowChange,
+    FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts, LoadTree, MAX_IFACES,
+    MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter,
+    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service,
+    ServiceKey, SynWindow, SyncCounters, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -215,6 +215,19 @@ pub static FLOW_CHANGES: RingBuf<FlowChange<FlowKey6>, { FLOW_CHANGES_BYTES as u
 /// with the others.
 #[btf_map]
 pub static SYNC_STATS: Array<SyncCounters, 1> = Array::new();
+
+/// The SYN-flood guard's setting (index 0), from the control plane.
+#[btf_map]
+pub static FLOOD_GUARD: Array<FloodGuard, 1> = Array::new();
+
+/// Until when the director is in flood mode (index 0: coarse monotonic ns;
+/// 0: never was), written when a CPU's SYN count reaches the guard's rate.
+#[btf_map]
+pub static FLOOD_UNTIL: Array<u64, 1> = Array::new();
+
+/// Each CPU's count of flow-opening SYNs in its current window.
+#[btf_map]
+pub static SYN_WINDOW: PerCpuArray<SynWindow, 1> = PerCpuArray::new();
 
 /// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
 /// into user space).

@@ -438,6 +438,9 @@ impl Daemon {
         backend_nics: &HashMap<IpAddr, Nic>,
     ) -> anyhow::Result<()> {
         self.register_nics(&mut datapath.maps)?;
+        datapath
+            .maps
+            .set_flood_guard(self.config.director.syn_flood_rate)?;
         if adopted {
             let by_index = self.nics.iter().map(|n| (n.index, n.clone())).collect();
             let found = datapath.maps.installed_services()?;
@@ -922,6 +925,15 @@ impl Daemon {
         if let Err(e) = self.register_nics(&mut datapath.maps) {
             self.failed(
                 "registering the NICs after the reload (tried again at the next reload)",
+                &e,
+            );
+        }
+        if let Err(e) = datapath
+            .maps
+            .set_flood_guard(self.config.director.syn_flood_rate)
+        {
+            self.failed(
+                "setting syn_flood_rate after the reload (tried again at the next reload)",
                 &e,
             );
         }

@@ -207,6 +207,11 @@ pub struct DirectorConfig {
     /// frames to any other MAC are passed, not balanced. Sorted, no
     /// duplicates.
     pub vrrp_vrids: Vec<u8>,
+    /// New TCP flows per second on one CPU above which the data path enters
+    /// flood mode: SYNs are scheduled by a hash of their tuple without a
+    /// table entry, and the handshake's ACK confirms the flow
+    /// (`lb_common::flood`); 0 turns the guard off.
+    pub syn_flood_rate: u32,
 }
 
 impl DirectorConfig {
@@ -225,6 +230,7 @@ impl DirectorConfig {
             metrics_listen: None,
             expire_nodest_conn: false,
             vrrp_vrids: Vec::new(),
+            syn_flood_rate: lb_common::DEFAULT_SYN_FLOOD_RATE,
         }
     }
 }

@@ -29,6 +29,7 @@ pub(super) mod key {
     pub(crate) const METRICS_LISTEN: &str = "metrics_listen";
     pub(crate) const EXPIRE_NODEST_CONN: &str = "expire_nodest_conn";
     pub(crate) const VRRP_VRIDS: &str = "vrrp_vrids";
+    pub(crate) const SYN_FLOOD_RATE: &str = "syn_flood_rate";
     pub(crate) const TIMEOUTS: &str = "timeouts";
 
     // [sync]
@@ -138,6 +139,7 @@ pub(super) struct RawDirector {
     pub(super) metrics_listen: Field,
     pub(super) expire_nodest_conn: Field,
     pub(super) vrrp_vrids: Field,
+    pub(super) syn_flood_rate: Field,
     pub(super) timeouts: Option<RawTimeouts>,
 }
 
@@ -379,6 +381,7 @@ mod tests {
                 key::METRICS_LISTEN,
                 key::EXPIRE_NODEST_CONN,
                 key::VRRP_VRIDS,
+                key::SYN_FLOOD_RATE,
                 key::TIMEOUTS,
             ]
         );

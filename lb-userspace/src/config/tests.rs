@@ -136,6 +136,7 @@ fn example_parses() {
             metrics_listen: None,
             expire_nodest_conn: false,
             vrrp_vrids: Vec::new(),
+            syn_flood_rate: lb_common::DEFAULT_SYN_FLOOD_RATE,
         }
     );
     let backend = |address, weight| BackendConfig {
@@ -386,7 +387,7 @@ fn unknown_field_in_director() {
         error(&text),
         "lb.toml:2: unknown field \"interfacs\" in [director] (valid: interfaces, xdp_mode, \
          pin_path, max_flows, max_flows_v6, sweep_interval, control_socket, metrics_listen, \
-         expire_nodest_conn, vrrp_vrids, timeouts)"
+         expire_nodest_conn, vrrp_vrids, syn_flood_rate, timeouts)"
     );
 }
 
@@ -1475,6 +1476,26 @@ fn vrrp_vrids() {
             "{value}: {e}"
         );
     }
+}
+
+#[test]
+fn syn_flood_rate() {
+    let rate = |line: &str| parse(&director_with(line)).director.syn_flood_rate;
+    assert_eq!(rate(""), lb_common::DEFAULT_SYN_FLOOD_RATE);
+    assert_eq!(rate("syn_flood_rate = 0"), 0, "0 turns the guard off");
+    assert_eq!(rate("syn_flood_rate = 20000"), 20_000);
+    for value in ["-1", "100000001"] {
+        let e = error(&director_with(&format!("syn_flood_rate = {value}")));
+        assert!(
+            e.starts_with("lb.toml:3: [director]: syn_flood_rate ") && e.contains("0..=100000000"),
+            "{value}: {e}"
+        );
+    }
+    let e = error(&director_with("syn_flood_rate = \"fast\""));
+    assert!(
+        e.starts_with("lb.toml:3: [director]: syn_flood_rate must be an integer"),
+        "{e}"
+    );
 }
 
 // -- [service.health]: common fields

@@ -33,6 +33,8 @@ use super::{
 
 // Valid ranges.
 const MAX_FLOWS: RangeInclusive<u32> = 1024..=16_777_216;
+/// `syn_flood_rate`: 0 (the guard off) or new TCP flows per second on one CPU.
+const SYN_FLOOD_RATE: RangeInclusive<u32> = 0..=100_000_000;
 const SWEEP_INTERVAL: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(60);
 const TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(7 * 86_400);
@@ -393,6 +395,10 @@ impl ConfigValidator<'_> {
             Some(v) => self.vrrp_vrids(v),
             None => Some(default.vrrp_vrids),
         };
+        let syn_flood_rate = match &raw.syn_flood_rate {
+            Some(v) => self.integer(CTX, key::SYN_FLOOD_RATE, v, SYN_FLOOD_RATE),
+            None => Some(default.syn_flood_rate),
+        };
         Some(DirectorConfig {
             interfaces: interfaces?,
             xdp_mode: xdp_mode?,
@@ -405,6 +411,7 @@ impl ConfigValidator<'_> {
             metrics_listen: metrics_listen?,
             expire_nodest_conn: expire_nodest_conn?,
             vrrp_vrids: vrrp_vrids?,
+            syn_flood_rate: syn_flood_rate?,
         })
     }
 

@@ -210,6 +210,9 @@ fn director_lines(director: &DirectorConfig) -> Lines {
     if let Some(listen) = director.metrics_listen {
         lines.push((key::METRICS_LISTEN, string(&listen.to_string())));
     }
+    if director.syn_flood_rate != default.syn_flood_rate {
+        lines.push((key::SYN_FLOOD_RATE, director.syn_flood_rate.to_string()));
+    }
     if director.expire_nodest_conn != default.expire_nodest_conn {
         let expire = director.expire_nodest_conn.to_string();
         lines.push((key::EXPIRE_NODEST_CONN, expire));

@@ -20,14 +20,15 @@ use aya::{
 use lb_common::{
     ANY_PORT, BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
-    EVENT_PENDING_REMOVED, FLOW_CACHE_SETS, FLOW_CHANGES_MAP, FLOW_EVENTS_MAP, Flow, FlowKey,
-    FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES,
-    NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters,
-    NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate,
-    REASON_FORWARDED, SCHEDULE_TABLES_MAP, SCHEDULER_WLC, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
-    SERVICES_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP, ScheduleTable, Service, ServiceKey,
-    SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index,
-    flow_event_index, nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
+    EVENT_PENDING_REMOVED, FLOOD_GUARD_MAP, FLOOD_UNTIL_MAP, FLOW_CACHE_SETS, FLOW_CHANGES_MAP,
+    FLOW_EVENTS_MAP, FloodGuard, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION,
+    LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP,
+    NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP,
+    PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP,
+    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP,
+    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
+    pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -45,7 +46,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 23] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 26] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
@@ -70,6 +71,9 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 23] = [
     // A ring buffer has neither keys nor values.
     (FLOW_CHANGES_MAP, 0, 0),
     (SYNC_STATS_MAP, 4, size_of::<SyncCounters>()),
+    (FLOOD_GUARD_MAP, 4, size_of::<FloodGuard>()),
+    (FLOOD_UNTIL_MAP, 4, 8),
+    (SYN_WINDOW_MAP, 4, size_of::<SynWindow>()),
     (
         PERSIST_MAP,
         size_of::<PersistKey>(),
@@ -163,6 +167,13 @@ pub struct Maps {
     flow_changes: Option<RingBuf<MapData>>,
     /// Connection sync's counters (index 0).
     pub sync_stats: Array<MapData, SyncCounters>,
+    /// The SYN-flood guard's setting (index 0).
+    pub flood_guard: Array<MapData, FloodGuard>,
+    /// Until when the director is in flood mode (index 0: coarse monotonic
+    /// ns; 0: never was).
+    pub flood_until: Array<MapData, u64>,
+    /// Each CPU's SYN count in its current window (index 0).
+    pub syn_window: PerCpuArray<MapData, SynWindow>,
     /// Flows removed from the IPv4 and IPv6 pending tables since the last
     /// [`Maps::record_pending_removals`].
     pending_removed: [u64; 2],
@@ -219,6 +230,9 @@ impl Maps {
             sync_enabled: typed(&mut take, SYNC_ENABLED_MAP)?,
             flow_changes: Some(typed(&mut take, FLOW_CHANGES_MAP)?),
             sync_stats: typed(&mut take, SYNC_STATS_MAP)?,
+            flood_guard: typed(&mut take, FLOOD_GUARD_MAP)?,
+            flood_until: typed(&mut take, FLOOD_UNTIL_MAP)?,
+            syn_window: typed(&mut take, SYN_WINDOW_MAP)?,
             pending_removed: [0; 2],
             written: StdHashMap::new(),
         })
@@ -353,13 +367,12 @@ impl Maps {
     ) -> anyhow::Result<()> {
         let id = service.id;
         self.set_backends(id, backends)?;
-        if service.scheduler != SCHEDULER_WLC {
-            self.schedule_tables
-                .set(id, crate::schedule::table(service.scheduler, backends), 0)
-                .with_context(|| {
-                    format!("writing the scheduler table of service {id} to {SCHEDULE_TABLES_MAP}")
-                })?;
-        }
+        // wlc services keep a Maglev table too: flood mode picks by hash.
+        self.schedule_tables
+            .set(id, crate::schedule::table(service.scheduler, backends), 0)
+            .with_context(|| {
+                format!("writing the scheduler table of service {id} to {SCHEDULE_TABLES_MAP}")
+            })?;
         let (old_value, old_keys) = self
             .written
             .remove(&id)
@@ -843,6 +856,23 @@ impl Maps {
         self.sync_enabled
             .set(0, u32::from(on), 0)
             .with_context(|| format!("writing {SYNC_ENABLED_MAP}"))
+    }
+
+    /// Sets the SYN-flood guard: above `syn_rate` new TCP flows per second
+    /// on one CPU, SYNs are scheduled by the hash without a table entry
+    /// (`lb_common::flood`); 0 turns the guard off.
+    pub fn set_flood_guard(&mut self, syn_rate: u32) -> anyhow::Result<()> {
+        self.flood_guard
+            .set(0, FloodGuard { syn_rate, _pad: 0 }, 0)
+            .with_context(|| format!("writing {FLOOD_GUARD_MAP}"))
+    }
+
+    /// Until when the data path is in flood mode (coarse monotonic ns,
+    /// `CLOCK_MONOTONIC_COARSE`); 0 when it never was.
+    pub fn flood_until(&self) -> anyhow::Result<u64> {
+        self.flood_until
+            .get(&0, 0)
+            .with_context(|| format!("reading {FLOOD_UNTIL_MAP}"))
     }
 
     /// Capacity of the four flow tables, as the kernel created them.

@@ -1,0 +1,66 @@
+//! The SYN-flood guard (`lb_common::flood`): counts the SYNs that open a
+//! flow, enters flood mode when one CPU's count reaches the guard's rate,
+//! and says how a TCP packet of a flow no table knows is opened.
+
+use lb_common::{
+    FLOOD_HOLD_NS, PROTO_TCP,
+    conn_state::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    in_flood, picks_up_acks,
+};
+
+use crate::{
+    conntrack,
+    maps::{FLOOD_GUARD, FLOOD_UNTIL, SYN_WINDOW},
+    parse::Packet,
+};
+
+/// How a new flow is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// By its service's scheduler, and recorded: the normal way.
+    Scheduled,
+    /// A SYN in flood mode: by the hash of its tuple, recorded nowhere.
+    StatelessSyn,
+    /// An ACK (no SYN, FIN or RST) during flood mode or its grace period:
+    /// by the same hash as its SYN, and confirmed.
+    HashedAck,
+}
+
+/// How `packet`, of a flow neither table holds, is opened. A SYN is
+/// counted in this CPU's window first; the one that brings the window to
+/// the guard's limit starts (or extends) flood mode for every CPU.
+#[inline(always)]
+pub fn opening(packet: &Packet) -> Opening {
+    if packet.proto != PROTO_TCP {
+        return Opening::Scheduled;
+    }
+    let Some(limit) = FLOOD_GUARD.get(0).and_then(|guard| guard.window_limit()) else {
+        return Opening::Scheduled;
+    };
+    let Some(until) = FLOOD_UNTIL.get_ptr_mut(0) else {
+        return Opening::Scheduled;
+    };
+    let now = conntrack::now();
+    if packet.opens_connection() {
+        if let Some(window) = SYN_WINDOW.get_ptr_mut(0) {
+            // SAFETY: this CPU's own per-CPU value. `until` is shared: CPUs
+            // that reach their limit at once store times a window apart,
+            // and either is a right end of flood mode.
+            unsafe {
+                if (*window).count(now, limit) {
+                    *until = now + FLOOD_HOLD_NS;
+                }
+            }
+        }
+        // SAFETY: a valid array value, read whole.
+        if in_flood(now, unsafe { *until }) {
+            return Opening::StatelessSyn;
+        }
+    } else if packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
+        // SAFETY: a valid array value, read whole.
+        && picks_up_acks(now, unsafe { *until })
+    {
+        return Opening::HashedAck;
+    }
+    Opening::Scheduled
+}
