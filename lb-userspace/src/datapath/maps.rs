@@ -867,8 +867,8 @@ impl Maps {
             .with_context(|| format!("writing {FLOOD_GUARD_MAP}"))
     }
 
-    /// Until when the data path is in flood mode (coarse monotonic ns,
-    /// `CLOCK_MONOTONIC_COARSE`); 0 when it never was.
+    /// Until when the data path is in flood mode (the clock of
+    /// [`monotonic_ns`]); 0 when it never was.
     pub fn flood_until(&self) -> anyhow::Result<u64> {
         self.flood_until
             .get(&0, 0)

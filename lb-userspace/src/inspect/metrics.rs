@@ -24,6 +24,10 @@
 //! | `lb_flow_insert_failures_total` | counter | family |
 //! | `lb_pending_insert_failures_total` | counter | family |
 //! | `lb_pending_evictions_total` | counter | family |
+//! | `lb_stateless_syns_total` | counter | family |
+//! | `lb_hashed_acks_total` | counter | family |
+//! | `lb_flood_mode` | gauge | |
+//! | `lb_syn_flood_rate` | gauge | |
 //! | `lb_verdict_packets_total` | counter | reason |
 //! | `lb_verdict_bytes_total` | counter | reason |
 //! | `lb_nic_incoming_packets_total` | counter | nic |
@@ -66,7 +70,9 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use super::stats::{BackendStats, FlowTableStats, NicStats, ServiceStats, Snapshot, VerdictStats};
+use super::stats::{
+    BackendStats, FloodStats, FlowTableStats, NicStats, ServiceStats, Snapshot, VerdictStats,
+};
 use crate::sync::SyncStats;
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
@@ -139,7 +145,7 @@ struct FamilyLabels {
 }
 
 /// The per-family flow-table families.
-const TABLE_METRICS: [Def<FlowTableStats>; 7] = [
+const TABLE_METRICS: [Def<FlowTableStats>; 9] = [
     Def {
         name: "flows",
         help: "Flows in the connection table of the family (confirmed flows; a full table \
@@ -190,6 +196,39 @@ const TABLE_METRICS: [Def<FlowTableStats>; 7] = [
         bytes: false,
         kind: Kind::Counter,
         value: |t| t.evictions,
+    },
+    Def {
+        name: "stateless_syns",
+        help: "SYNs forwarded in flood mode by the hash of their tuple, without a table entry.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |t| t.stateless_syns,
+    },
+    Def {
+        name: "hashed_acks",
+        help: "ACKs of flows no table held, picked up by the hash during or just after flood \
+               mode and confirmed.",
+        bytes: false,
+        kind: Kind::Counter,
+        value: |t| t.hashed_acks,
+    },
+];
+
+/// The SYN-flood guard's families (no labels).
+const FLOOD_METRICS: [Def<FloodStats>; 2] = [
+    Def {
+        name: "flood_mode",
+        help: "1 while the director is in flood mode (new SYNs forwarded by hash, unrecorded).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |f| u64::from(f.active),
+    },
+    Def {
+        name: "syn_flood_rate",
+        help: "New TCP flows per second on one CPU that start flood mode (0: the guard is off).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |f| u64::from(f.syn_flood_rate),
     },
 ];
 
@@ -539,6 +578,14 @@ impl Collector for SnapshotCollector {
                     .map(|(labels, table)| (labels.clone(), *table)),
             )?;
         }
+        for def in &FLOOD_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                // No labels.
+                std::iter::once((Vec::<(&str, &str)>::new(), &self.0.flood)),
+            )?;
+        }
         for def in &VERDICT_METRICS {
             Self::family(
                 &mut encoder,
@@ -783,6 +830,8 @@ mod tests {
                     insert_failed: 5,
                     pending_insert_failed: 0,
                     evictions: 40,
+                    stateless_syns: 7000,
+                    hashed_acks: 9,
                 },
                 ipv6: FlowTableStats {
                     flows: 3,
@@ -809,6 +858,11 @@ mod tests {
                     ..NicStats::default()
                 },
             ],
+            flood: FloodStats {
+                syn_flood_rate: 100_000,
+                active: true,
+                picking_up_acks: true,
+            },
             sync: Some(SyncStats {
                 messages_sent: 9,
                 flows_installed: 61,
@@ -856,6 +910,10 @@ mod tests {
             r#"lb_flow_insert_failures_total{family="ipv4"} 5"#.to_owned(),
             r#"lb_pending_insert_failures_total{family="ipv6"} 0"#.to_owned(),
             r#"lb_pending_evictions_total{family="ipv4"} 40"#.to_owned(),
+            r#"lb_stateless_syns_total{family="ipv4"} 7000"#.to_owned(),
+            r#"lb_hashed_acks_total{family="ipv4"} 9"#.to_owned(),
+            "lb_flood_mode{} 1".to_owned(),
+            "lb_syn_flood_rate{} 100000".to_owned(),
             r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),
             r#"lb_verdict_bytes_total{reason="pass_no_service"} 420"#.to_owned(),
             r#"lb_nic_incoming_packets_total{nic="eth0"} 300"#.to_owned(),

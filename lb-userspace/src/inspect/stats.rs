@@ -8,10 +8,11 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use lb_common::{
     BACKEND_STATE_DOWN, BACKEND_STATE_EMPTY, BACKEND_STATE_REMOVED, BACKEND_STATE_STANDBY,
-    BACKEND_STATE_UP, Counters, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED, EVENT_PENDING_REMOVED,
-    EVENT_PROMOTED, EVENT_SYNC_LOST, EVENT_TABLE_FULL, FlowKey, NicCounters, NicFilter,
-    SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WRR, addr_from_key, backend_index,
-    protocol_name, reason_name, vlan_ids, vlan_path,
+    BACKEND_STATE_UP, Counters, EVENT_HASHED_ACK, EVENT_PENDING_FAILED, EVENT_PENDING_OPENED,
+    EVENT_PENDING_REMOVED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
+    FlowKey, NicCounters, NicFilter, SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WRR,
+    addr_from_key, backend_index, in_flood, picks_up_acks, protocol_name, reason_name, vlan_ids,
+    vlan_path,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,8 @@ pub struct Snapshot {
     pub flows: FlowTables,
     /// What each director NIC forwarded, by ifindex.
     pub nics: Vec<NicStats>,
+    /// The SYN-flood guard: its rate and whether it acts now.
+    pub flood: FloodStats,
     /// Connection sync's counters, while `lb run` syncs flows (`[sync]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStats>,
@@ -80,6 +83,42 @@ pub struct FlowTableStats {
     /// removed by lb - held now; exact while the tables are still, an
     /// estimate while the data path changes them during the count).
     pub evictions: u64,
+    /// SYNs forwarded in flood mode without a table entry.
+    pub stateless_syns: u64,
+    /// ACKs of flows no table held, picked up by the hash during or just
+    /// after flood mode and confirmed.
+    pub hashed_acks: u64,
+}
+
+/// The SYN-flood guard (`lb_common::flood`; `lb stats`' "Flood guard" line,
+/// `--json`'s `flood`); its counters are per family in [`FlowTableStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloodStats {
+    /// New TCP flows per second on one CPU that start flood mode
+    /// (`syn_flood_rate`); 0: the guard is off.
+    pub syn_flood_rate: u32,
+    /// Whether the director is in flood mode now: new SYNs are forwarded
+    /// by the hash, unrecorded.
+    pub active: bool,
+    /// Whether ACKs of unknown flows are picked up by the hash now (flood
+    /// mode and the grace period after it).
+    pub picking_up_acks: bool,
+}
+
+impl FloodStats {
+    /// The guard's setting and state from the maps, at the data path's
+    /// clock.
+    pub fn read(maps: &Maps) -> anyhow::Result<Self> {
+        let syn_flood_rate = array_get(&maps.flood_guard, 0)?.syn_rate;
+        let until = maps.flood_until()?;
+        let now = monotonic_ns();
+        let on = syn_flood_rate != 0;
+        Ok(Self {
+            syn_flood_rate,
+            active: on && in_flood(now, until),
+            picking_up_acks: on && picks_up_acks(now, until),
+        })
+    }
 }
 
 impl FlowTables {
@@ -114,6 +153,8 @@ impl FlowTables {
             let event = |e: u32| events[e as usize];
             family.insert_failed = event(EVENT_TABLE_FULL);
             family.pending_insert_failed = event(EVENT_PENDING_FAILED);
+            family.stateless_syns = event(EVENT_STATELESS_SYN);
+            family.hashed_acks = event(EVENT_HASHED_ACK);
             family.evictions = event(EVENT_PENDING_OPENED)
                 .saturating_sub(event(EVENT_PROMOTED))
                 .saturating_sub(event(EVENT_PENDING_REMOVED))
@@ -354,6 +395,7 @@ impl Snapshot {
             services,
             verdicts,
             flows: FlowTables::read(maps)?,
+            flood: FloodStats::read(maps)?,
             nics,
             sync: read_sync(maps)?,
             read_at_ns: monotonic_ns(),
@@ -488,6 +530,7 @@ impl Snapshot {
                 .as_bytes(),
             );
         }
+        out.extend_from_slice(flood_line(&self.flood, &self.flows).as_bytes());
         if let Some(sync) = &self.sync {
             out.extend_from_slice(sync_line(sync).as_bytes());
         }
@@ -617,6 +660,29 @@ fn scheduler_name(scheduler: u32) -> &'static str {
     }
 }
 
+/// The table's flood-guard line.
+fn flood_line(f: &FloodStats, flows: &FlowTables) -> String {
+    let counts = format!(
+        "{} SYNs forwarded unrecorded, {} ACKs picked up",
+        flows.ipv4.stateless_syns + flows.ipv6.stateless_syns,
+        flows.ipv4.hashed_acks + flows.ipv6.hashed_acks
+    );
+    if f.syn_flood_rate == 0 {
+        return format!("\nFlood guard: off (syn_flood_rate = 0); {counts}\n");
+    }
+    let now = if f.active {
+        "IN FLOOD MODE (new SYNs by hash, unrecorded)"
+    } else if f.picking_up_acks {
+        "flood mode ended, picking up ACKs"
+    } else {
+        "idle"
+    };
+    format!(
+        "\nFlood guard: above {} new TCP flows/s on one CPU; now {now}; {counts}\n",
+        f.syn_flood_rate
+    )
+}
+
 /// Connection sync's counters, if `lb run` syncs flows.
 fn read_sync(maps: &Maps) -> anyhow::Result<Option<SyncStats>> {
     if array_get(&maps.sync_enabled, 0)? == 0 {
@@ -702,6 +768,10 @@ mod tests {
                 bytes: in_bytes,
             }],
             flows: FlowTables::default(),
+            flood: FloodStats {
+                syn_flood_rate: 100_000,
+                ..FloodStats::default()
+            },
             nics: vec![NicStats {
                 name: "eth0".to_owned(),
                 ifindex: 2,
@@ -821,6 +891,8 @@ mod tests {
                 "Flow tables:",
                 "  IPv4: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
                 "  IPv6: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
+                "",
+                "Flood guard: above 100000 new TCP flows/s on one CPU; now idle; 0 SYNs forwarded unrecorded, 0 ACKs picked up",
                 "",
                 "NICs (forwarded frames):",
                 "  NIC   Ifindex  InPkts  InBytes  OutPkts  OutBytes  RedirectedPkts  RedirectedBytes",
