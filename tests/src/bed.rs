@@ -483,6 +483,7 @@ impl TestBed {
             services,
             sync: None,
             announce_table: None,
+            syn_flood_rate: None,
         }
     }
 

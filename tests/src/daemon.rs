@@ -238,6 +238,9 @@ pub struct LbConfig {
     /// `[announce]`'s routing table: VIPs announced for a BGP speaker,
     /// when set.
     pub announce_table: Option<u32>,
+    /// `[director] syn_flood_rate` (new TCP flows per second on one CPU
+    /// that start flood mode; 0: off), when not lb's default.
+    pub syn_flood_rate: Option<u32>,
 }
 
 /// The `[sync]` section of an `lb` config: the directors of a VRRP pair
@@ -301,6 +304,9 @@ impl LbConfig {
         );
         if let Some(interval) = self.sweep_interval {
             let _ = writeln!(s, "sweep_interval = \"{}ms\"", interval.as_millis());
+        }
+        if let Some(rate) = self.syn_flood_rate {
+            let _ = writeln!(s, "syn_flood_rate = {rate}");
         }
         if !self.timeouts.is_empty() {
             let _ = writeln!(s, "\n[director.timeouts]");

@@ -23,7 +23,13 @@ pub struct Stats {
     /// without it).
     #[serde(default)]
     pub sync: Option<SyncStats>,
+    /// The SYN-flood guard (`None` from an lb without it).
+    #[serde(default)]
+    pub flood: Option<FloodStats>,
 }
+
+/// The `flood` object of `lb stats --json`: lb's own type.
+pub use lb::inspect::stats::FloodStats;
 
 /// The `sync` object of `lb stats --json`: lb's own type.
 pub use lb::sync::SyncStats;
@@ -181,6 +187,14 @@ impl Stats {
         self.sync
             .as_ref()
             .context("`lb stats --json` has no \"sync\" object")
+    }
+
+    /// The `flood` object, or an error saying lb reported none (an lb
+    /// without the SYN-flood guard).
+    pub fn flood(&self) -> anyhow::Result<&FloodStats> {
+        self.flood
+            .as_ref()
+            .context("`lb stats --json` has no \"flood\" object")
     }
 
     /// Flows in the connection and pending tables, both families: what

@@ -385,6 +385,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         timeouts: Vec::new(),
         sync: None,
         announce_table: None,
+        syn_flood_rate: None,
         services: vec![ServiceConfig {
             name: "web".to_owned(),
             vip: VIP4.into(),
