@@ -35,6 +35,7 @@
 mod cache_view;
 mod counters;
 mod families;
+mod flood_guard;
 mod floods;
 mod flow_cache;
 mod fragments;
