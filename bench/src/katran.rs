@@ -15,9 +15,32 @@
 //! and Katran, one call per frame ([`Method::PerCall`]: a new flow or a
 //! different flow per packet cannot be repeated on one buffer), every
 //! program in turn in every round; a figure is the median over the rounds
-//! of the trimmed per-call mean. Katran's new-connection rate limiter
-//! (above 125,000 new flows per second it stops recording flows) is reset
-//! outside the timed calls, so every SYN pays for its insert.
+//! of the trimmed per-call mean.
+//!
+//! The new-flow rows run in one of two regimes, each program in its own
+//! way of meeting a SYN flood:
+//!
+//! - Stateful ("default tables", "~1,000-flow table"): every SYN records
+//!   its flow. lb's SYN-flood guard is off (set explicitly, checked: no SYN
+//!   forwarded statelessly), so each SYN opens a pending flow; Katran's
+//!   new-connection rate limiter (the stats entry `MAX_VIPS +
+//!   NEW_CONN_RATE_CNTR`: `v1` new flows in the second that began at `v2`;
+//!   above `MAX_CONN_RATE`, 125,000 per CPU, it stops recording flows) is
+//!   reset to zero outside the timed calls, every [`RATE_RESET_CALLS`]
+//!   calls, so each SYN pays for its LRU update (checked: the round's last
+//!   flow is in both programs' tables).
+//! - Flood ("flood", informational: no target): each program as it runs
+//!   above its rate of new flows. lb is in flood mode (`lb_common::flood`:
+//!   its guard at `lb run`'s default rate, `FLOOD_UNTIL` held ahead): a
+//!   SYN misses both tables and takes its backend from the service's
+//!   Maglev table at the tuple's hash, with no insert. Katran's limiter is
+//!   NOT reset but held above its rate (`v1` far above `MAX_CONN_RATE`, `v2`
+//!   now, written outside the timed calls): a SYN takes its real from the
+//!   ring and skips the LRU update. Checked: neither table records any of
+//!   the round's flows (a sample of them), and lb counted every SYN as
+//!   forwarded statelessly. Katran's SYN never looks in its LRU, while lb's
+//!   looks in both of its tables first (a SYN may belong to a flow it
+//!   knows).
 //!
 //! [`Method::PerCall`]: crate::micro::Method::PerCall
 
@@ -34,9 +57,12 @@ use aya::{
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
-use lb::datapath::{Datapath, maps::FlowCapacity};
+use lb::datapath::{
+    Datapath,
+    maps::{FlowCapacity, monotonic_ns},
+};
 use lb_common::{
-    PROTO_TCP,
+    EVENT_STATELESS_SYN, PROTO_TCP,
     conn_state::{TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
@@ -47,8 +73,9 @@ use lb_tests::{
 use serde::Serialize;
 
 use crate::micro::{
-    DIRECTOR4, Figure, Params, Reference, SMALL_TABLE_FLOWS, Tuple, establish, install,
-    ipv4_datapath, prefill, rotation, thousands, time_per_call_with,
+    DIRECTOR4, FLOOD_REARM_CALLS, Figure, FloodMode, Params, Reference, SMALL_TABLE_FLOWS, Tuple,
+    establish, flow_event, install, ipv4_datapath, prefill, rotation, stateful, thousands,
+    time_per_call_with,
 };
 
 /// Reals of Katran's VIP and backends of lb's service: the new-flow case
@@ -68,6 +95,8 @@ const CONN_RATE_KEY: u32 = 512 + 2;
 /// Calls between two resets of the rate limiter: well below its 125,000
 /// new flows per second.
 const RATE_RESET_CALLS: u32 = 10_000;
+/// Flood clients checked absent from the tables after a flood round.
+const FLOOD_SAMPLE: u32 = 64;
 /// `BPF_MAP_TYPE_LRU_HASH`, `BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM`,
 /// `BPF_MAP_DELETE_ELEM` (linux/bpf.h).
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
@@ -295,15 +324,21 @@ impl Katran {
     }
 
     /// The kernel's trimmed mean ns per call over `calls` frames `frame(i)`,
-    /// each answered with `verdict`; the rate limiter is reset between calls.
+    /// each answered with `verdict`; between calls (untimed), the rate
+    /// limiter is kept as `limiter` says.
     fn time(
         &mut self,
         params: &Params,
         verdict: u32,
+        limiter: Limiter,
         frame: impl Fn(u32) -> Vec<u8>,
     ) -> anyhow::Result<f64> {
         let cpus = online_cpus()?;
         let stats = &mut self.stats;
+        let every = match limiter {
+            Limiter::Reset => RATE_RESET_CALLS,
+            Limiter::Above => FLOOD_REARM_CALLS,
+        };
         time_per_call_with(
             &self.program,
             params.calls,
@@ -311,16 +346,45 @@ impl Katran {
             verdict,
             frame,
             |i| {
-                if i % RATE_RESET_CALLS == 0 {
-                    let zeros = PerCpuValues::try_from(vec![LbStats::default(); cpus])?;
+                if i.is_multiple_of(every) {
+                    let value = match limiter {
+                        // A new second begins at the next SYN, counted from 1.
+                        Limiter::Reset => LbStats::default(),
+                        // A second that began now, already far above the rate.
+                        Limiter::Above => LbStats {
+                            v1: u64::MAX / 2,
+                            v2: monotonic_ns(),
+                        },
+                    };
                     stats
-                        .set(CONN_RATE_KEY, zeros, 0)
-                        .context("resetting Katran's rate limiter")?;
+                        .set(CONN_RATE_KEY, PerCpuValues::try_from(vec![value; cpus])?, 0)
+                        .with_context(|| format!("setting Katran's rate limiter ({limiter:?})"))?;
                 }
                 Ok(())
             },
         )
     }
+
+    /// Whether this CPU's LRU holds the flow of `tuple`.
+    fn records(&self, tuple: &Tuple) -> anyhow::Result<bool> {
+        match self.lru.get(&FlowKey::of(tuple), 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("reading Katran's LRU"),
+        }
+    }
+}
+
+/// How Katran's new-connection rate limiter is kept during a case (see
+/// the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limiter {
+    /// Reset every [`RATE_RESET_CALLS`] calls: below the rate, every new
+    /// flow is recorded.
+    Reset,
+    /// Held above `MAX_CONN_RATE` (a second that began at the last write,
+    /// with far more new flows than the rate): no new flow is recorded.
+    Above,
 }
 
 /// A fresh `LRU_HASH` of Katran's flow keys with room for `flows`, for
@@ -388,17 +452,22 @@ pub enum Case {
     /// A SYN of a new flow on every call, into a small table (lb's 1,024
     /// flows; Katran's 1,000-flow fallback LRU).
     NewFlowSmallTable,
+    /// A SYN of a new flow on every call, each program above its rate of
+    /// new flows (default tables): lb in flood mode, Katran's limiter held
+    /// above `MAX_CONN_RATE`; neither records the flow.
+    NewFlowFlood,
     /// A frame for no service.
     NoService,
 }
 
 impl Case {
     /// Every case, in the order measured and printed.
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Established,
         Self::EstablishedMany,
         Self::NewFlow,
         Self::NewFlowSmallTable,
+        Self::NewFlowFlood,
         Self::NoService,
     ];
 
@@ -414,11 +483,13 @@ impl Case {
             Self::NewFlowSmallTable => {
                 format!("new TCP flow, {REALS} backends, ~1,000-flow table")
             }
+            Self::NewFlowFlood => format!("new TCP flow, {REALS} backends, flood"),
             Self::NoService => "no service (XDP_PASS)".into(),
         }
     }
 
-    /// The issue's bound on lb's net cost over Katran's, if any.
+    /// The issue's bound on lb's net cost over Katran's, if any (the flood
+    /// row is informational).
     fn target(self) -> Option<f64> {
         match self {
             Self::EstablishedMany | Self::NewFlow | Self::NewFlowSmallTable => Some(0.7),
@@ -452,9 +523,12 @@ pub struct Row {
 struct Bed {
     reference: Reference,
     katran: Katran,
-    /// lb at its default limits, 64 backends, [`MANY_FLOWS`] flows.
+    /// lb at its default limits, 64 backends, [`MANY_FLOWS`] flows; its
+    /// guard off but for the flood case.
     lb: Datapath,
-    /// lb with 1,024-flow tables.
+    /// Flood mode of `lb`, for the flood case.
+    lb_flood: FloodMode,
+    /// lb with 1,024-flow tables, its guard off.
     lb_small: Datapath,
     /// The frame of the established flow.
     established: Vec<u8>,
@@ -468,13 +542,28 @@ pub fn run(object: &Path, params: &Params) -> anyhow::Result<Vec<Row>> {
     let lru_flows = KATRAN_DEFAULT_LRU_TOTAL / online_cpus()? as u32;
     let mut katran = Katran::load(object, params.cpu, lru_flows)?;
     let backends = vec![up(1); REALS as usize];
+    // Clients of new flows: past the established ones, two sets per round
+    // for the stateful cases, then one set for the flood case (recorded by
+    // neither program, so the same in every round).
+    let clients = u64::from(MANY_FLOWS) + (2 * params.rounds as u64 + 1) * u64::from(params.calls);
+    ensure!(
+        clients <= u64::from(Tuple::CLIENTS),
+        "{} rounds of {} calls need {clients} new-flow clients against Katran: \
+         at most {} (fewer rounds or calls)",
+        params.rounds,
+        params.calls,
+        Tuple::CLIENTS
+    );
     let mut lb = Datapath::load(FlowCapacity::default(), None)?;
+    stateful(&mut lb)?;
+    let lb_flood = FloodMode::of(&lb)?;
     install(&mut lb, 0, vip, PROTO_TCP, &backends)?;
     prefill(&mut lb, vip, MANY_FLOWS, REALS as u16)?;
     katran.prefill(MANY_FLOWS)?;
     let client = rotation(MANY_FLOWS, 0);
     let established = establish(&lb, &client)?;
     let mut lb_small = ipv4_datapath(SMALL_TABLE_FLOWS, SMALL_TABLE_FLOWS)?;
+    stateful(&mut lb_small)?;
     install(&mut lb_small, 0, vip, PROTO_TCP, &backends)?;
     let no_service = Tuple {
         dst: DIRECTOR4.into(),
@@ -486,6 +575,7 @@ pub fn run(object: &Path, params: &Params) -> anyhow::Result<Vec<Row>> {
         reference: Reference::load()?,
         katran,
         lb,
+        lb_flood,
         lb_small,
         established,
         no_service,
@@ -525,22 +615,26 @@ impl Bed {
     /// One round of `case`: the empty program, the MAC swap, lb, Katran.
     fn round(&mut self, params: &Params, case: Case, round: u32) -> anyhow::Result<[f64; 4]> {
         // New flows: clients past the established ones, others in every
-        // round and case, so that every SYN is new.
-        let first = MANY_FLOWS + (2 * round + u32::from(case == Case::NewFlow)) * params.calls;
-        let new_client =
-            move |i: u32| Tuple::client(first + i, IpAddr::V4(VIP4), PROTO_TCP).frame(TCP_SYN);
+        // round and stateful case, so that every SYN is new (see `run`).
+        let first = MANY_FLOWS
+            + params.calls
+                * match case {
+                    Case::NewFlowFlood => 2 * params.rounds as u32,
+                    _ => 2 * round + u32::from(case == Case::NewFlow),
+                };
+        let vip = IpAddr::V4(VIP4);
+        let client = move |i: u32| Tuple::client(first + i, vip, PROTO_TCP);
+        let new_client = move |i: u32| client(i).frame(TCP_SYN);
         let many = |i: u32| rotation(MANY_FLOWS, i).frame(TCP_ACK | TCP_PSH);
         let established = self.established.clone();
         let no_service = self.no_service.clone();
         let (frame, verdict): (Box<dyn Fn(u32) -> Vec<u8>>, u32) = match case {
             Case::Established => (Box::new(move |_| established.clone()), XDP_TX),
             Case::EstablishedMany => (Box::new(many), XDP_TX),
-            Case::NewFlow | Case::NewFlowSmallTable => (Box::new(new_client), XDP_TX),
+            Case::NewFlow | Case::NewFlowSmallTable | Case::NewFlowFlood => {
+                (Box::new(new_client), XDP_TX)
+            }
             Case::NoService => (Box::new(move |_| no_service.clone()), XDP_PASS),
-        };
-        let lb = match case {
-            Case::NewFlowSmallTable => &self.lb_small,
-            _ => &self.lb,
         };
         self.katran.use_own_lru(case != Case::NewFlowSmallTable)?;
         let time = |program: &Xdp, verdict: u32| {
@@ -551,10 +645,75 @@ impl Bed {
         let empty = time(self.reference.empty(), XDP_PASS)?;
         let swap_verdict = if verdict == XDP_PASS { XDP_TX } else { verdict };
         let mac_swap = time(self.reference.trivial(), swap_verdict)?;
-        let ours = time(lb.program(), verdict)?;
-        let katran = self.katran.time(params, verdict, &frame)?;
+        let stateless = |lb: &Datapath| flow_event(lb, EVENT_STATELESS_SYN);
+        let stateless_before = [stateless(&self.lb)?, stateless(&self.lb_small)?];
+        let (ours, limiter) = match case {
+            Case::NewFlowSmallTable => (time(self.lb_small.program(), verdict)?, Limiter::Reset),
+            Case::NewFlowFlood => (self.lb_in_flood(params, &frame)?, Limiter::Above),
+            _ => (time(self.lb.program(), verdict)?, Limiter::Reset),
+        };
+        if case != Case::NewFlowFlood {
+            ensure!(
+                [stateless(&self.lb)?, stateless(&self.lb_small)?] == stateless_before,
+                "lb forwarded SYNs in flood mode in a case of the stateful path"
+            );
+        }
+        let katran = self.katran.time(params, verdict, limiter, &frame)?;
         ensure!(katran > 0.0, "Katran's figure is 0 ns");
+        // The regime each program ran in.
+        match case {
+            Case::NewFlow => {
+                let last = client(params.calls - 1);
+                ensure!(
+                    self.lb.maps.flow(&last.key())?.is_some() && self.katran.records(&last)?,
+                    "the round's last new flow is missing from lb's or Katran's table"
+                );
+            }
+            Case::NewFlowFlood => {
+                for i in (0..params.calls).step_by((params.calls / FLOOD_SAMPLE).max(1) as usize) {
+                    ensure!(
+                        self.lb.maps.flow(&client(i).key())?.is_none(),
+                        "lb recorded new flow {i} in flood mode"
+                    );
+                    ensure!(
+                        !self.katran.records(&client(i))?,
+                        "Katran recorded new flow {i} above its rate limit"
+                    );
+                }
+            }
+            _ => {}
+        }
         Ok([empty, mac_swap, ours, katran])
+    }
+
+    /// lb's figure for the SYNs `frame(i)` in flood mode: enters it, times
+    /// the calls holding it, leaves it; checks every SYN was forwarded
+    /// without a table entry.
+    fn lb_in_flood(
+        &mut self,
+        params: &Params,
+        frame: impl Fn(u32) -> Vec<u8>,
+    ) -> anyhow::Result<f64> {
+        let before = flow_event(&self.lb, EVENT_STATELESS_SYN)?;
+        self.lb_flood.enter(&mut self.lb)?;
+        let flood = &mut self.lb_flood;
+        let ns = time_per_call_with(
+            self.lb.program(),
+            params.calls,
+            params.trim,
+            XDP_TX,
+            frame,
+            |i| flood.hold(i),
+        );
+        self.lb_flood.leave(&mut self.lb)?;
+        let ns = ns?;
+        let stateless = flow_event(&self.lb, EVENT_STATELESS_SYN)? - before;
+        ensure!(
+            stateless == u64::from(params.calls),
+            "lb forwarded {stateless} of {} SYNs statelessly in flood mode",
+            params.calls
+        );
+        Ok(ns)
     }
 }
 
@@ -647,6 +806,7 @@ impl Comparison {
             Case::EstablishedMany => "est., 100 k flows",
             Case::NewFlow => "new, default",
             Case::NewFlowSmallTable => "new, ~1,000",
+            Case::NewFlowFlood => "new, flood",
             Case::NoService => "no service",
         };
         chart

@@ -20,9 +20,21 @@
 //! traffic; the forwarded rate is what the sink counted per second of
 //! generation. Each pattern runs twice: with the director's NAPI inline in
 //! the generator's softirq (one CPU does everything) and, given two CPUs,
-//! with it in a NAPI thread on a CPU of its own. lb is attached exactly as `lb run` does it (driver mode, maps
-//! filled through `lb::datapath`), with three backends weighted 1000/500/800
-//! that have static MACs, so the sink also shows the weighted split.
+//! with it in a NAPI thread on a CPU of its own. lb is attached exactly as
+//! `lb run` does it (driver mode, maps filled through `lb::datapath`, the
+//! SYN-flood guard at `lb run`'s default rate), with three backends weighted
+//! 1000/500/800 that have static MACs, so the sink also shows the weighted
+//! split.
+//!
+//! The SYN flood (a new flow in every frame) runs lb as `lb run` would meet
+//! it: past the guard's rate, lb is in flood mode and forwards the SYNs by
+//! the hash of their tuple without a table entry (`lb_common::flood`). Its
+//! row also says what share of lb's SYNs went that way, and whether the
+//! flood left established flows alone: before it, [`KEPT_FLOWS`] flows of
+//! other clients are established through lb (ACKs of a sloppy-TCP service,
+//! confirmed into the connection table); after it, each must still be
+//! there, established, on the same backend. The issue's target for the
+//! flood: at least [`SYN_FLOOD_TARGET`] times the trivial program's rate.
 
 use std::{
     fmt::Write as _,
@@ -41,10 +53,14 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb::datapath::{Datapath, maps::FlowCapacity};
+use lb::datapath::{
+    Datapath,
+    maps::{FlowCapacity, FlowTable},
+};
 use lb_common::{
-    Attachment, BACKEND_STATE_UP, Backend, BackendSet, PROTO_TCP, SERVICE_FLAG_SLOPPY_TCP, Service,
-    ServiceKey,
+    Attachment, BACKEND_STATE_UP, Backend, BackendSet, DEFAULT_SYN_FLOOD_RATE,
+    EVENT_PENDING_OPENED, EVENT_STATELESS_SYN, FlowKey, PROTO_TCP, SERVICE_FLAG_SLOPPY_TCP,
+    Service, ServiceKey, conn_state::STATE_ESTABLISHED,
 };
 use lb_tests::{netns::ifindex, xdp_case::xdp_md};
 
@@ -56,6 +72,17 @@ const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 const VIP_PORT: u16 = 8080;
 /// The clients' network (the generator varies the last octet).
 const CLIENT_NET: [u8; 3] = [198, 51, 100];
+/// The network of the flows established before the SYN flood: none of the
+/// flood's tuples (from [`CLIENT_NET`]) is one of theirs.
+const KEPT_NET: [u8; 3] = [203, 0, 113];
+/// Flows established before the SYN flood, that it must leave in place.
+const KEPT_FLOWS: u64 = 10_000;
+/// Runs of the generator over the flows to establish (each sends every
+/// flow twice) before giving up on the ones the veth ring dropped.
+const ESTABLISH_TRIES: usize = 5;
+/// The issue's target for the SYN flood: lb forwards at least this share
+/// of the trivial program's rate.
+pub const SYN_FLOOD_TARGET: f64 = 0.5;
 /// MAC of g0; the trivial program sends frames back to it.
 const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
 /// MAC of d0.
@@ -94,6 +121,11 @@ struct Case {
     flows: u64,
     /// TCP flags: ACKs for established flows, SYNs for new ones.
     tcp_flags: u8,
+    /// The issue's lower bound on lb's rate over the trivial program's.
+    target: Option<f64>,
+    /// Whether [`KEPT_FLOWS`] flows are established before it and checked
+    /// after it (the SYN flood).
+    keeps_established: bool,
 }
 
 /// The traffic patterns, in the order they run.
@@ -102,18 +134,48 @@ const CASES: [Case; 3] = [
         name: "1 flow",
         flows: 1,
         tcp_flags: TCP_ACK,
+        target: None,
+        keeps_established: false,
     },
     Case {
         name: "10k established flows",
         flows: 10_000,
         tcp_flags: TCP_ACK,
+        target: None,
+        keeps_established: false,
     },
     Case {
         name: "new flow every packet",
         flows: 0,
         tcp_flags: TCP_SYN,
+        target: Some(SYN_FLOOD_TARGET),
+        keeps_established: true,
     },
 ];
+
+/// What lb did under the SYN flood, from its own counters and tables.
+#[derive(Debug, serde::Serialize)]
+pub struct FloodCheck {
+    /// lb's SYN-flood guard: new TCP flows per second on one CPU (`lb
+    /// run`'s default).
+    pub syn_flood_rate: u32,
+    /// Whether lb entered flood mode (`FLOOD_UNTIL` set).
+    pub entered_flood_mode: bool,
+    /// SYNs lb forwarded in flood mode, without a table entry (warm-up and
+    /// rounds).
+    pub stateless_syns: u64,
+    /// SYNs that opened a pending flow (before flood mode, or in windows
+    /// below the rate).
+    pub pending_opened: u64,
+    /// `stateless_syns` over all of lb's SYNs.
+    pub stateless_share: f64,
+    /// Flows established in the connection table before the flood (of
+    /// [`KEPT_FLOWS`] sent).
+    pub established_before: u64,
+    /// Of those, the ones still there after it, established, on the same
+    /// backend.
+    pub established_kept: u64,
+}
 
 /// One backend's part of what lb forwarded, as the sink saw it.
 #[derive(Debug, serde::Serialize)]
@@ -174,6 +236,12 @@ pub struct LiveRow {
     /// director's threaded NAPI with the program under test and the sink on
     /// the other).
     pub cpus: &'static str,
+    /// The issue's lower bound on `ratio`, if any (the SYN flood).
+    pub target: Option<f64>,
+    /// Whether `ratio` meets `target`.
+    pub target_met: Option<bool>,
+    /// The SYN flood: flood mode and the established flows it kept.
+    pub flood: Option<FloodCheck>,
 }
 
 /// Where the director's NAPI (the program under test, then the sink) runs.
@@ -264,6 +332,44 @@ pub fn table(rows: &[LiveRow]) -> String {
             split.join(", "),
             row.split_check,
         );
+        if let Some(f) = &row.flood {
+            let kept = if f.established_kept == f.established_before
+                && f.established_before == KEPT_FLOWS
+            {
+                "ok"
+            } else {
+                "FAILED"
+            };
+            let _ = writeln!(
+                out,
+                "{:<29} guard {} SYNs/s per CPU, flood mode {}: {:.1}% of lb's SYNs stateless \
+                 ({} stateless, {} opened a pending flow); established kept: {}/{} [{kept}]",
+                "",
+                f.syn_flood_rate,
+                if f.entered_flood_mode {
+                    "entered"
+                } else {
+                    "NOT entered"
+                },
+                100.0 * f.stateless_share,
+                f.stateless_syns,
+                f.pending_opened,
+                f.established_kept,
+                f.established_before,
+            );
+        }
+    }
+    for row in rows {
+        if let (Some(target), Some(met)) = (row.target, row.target_met) {
+            let _ = writeln!(
+                out,
+                "target (issue 4): live {} ({}) >= {target}x the trivial program: {:.2}x [{}]",
+                row.case,
+                row.cpus,
+                row.ratio,
+                if met { "met" } else { "MISSED" }
+            );
+        }
     }
     out.push_str(
         "Mpps: frames the sink counted per second of generation, median of alternating \
@@ -275,7 +381,11 @@ pub fn table(rows: &[LiveRow]) -> String {
          pipeline. CPUs 2: generator on CPU 0; the director's NAPI thread (program under \
          test, then the sink) on CPU 1, where frames and their pages arrive from the other \
          CPU. Neither is a dedicated forwarding core with a NIC: compare lb with the trivial \
-         program in the same row, not with published single-core figures.\n",
+         program in the same row, not with published single-core figures.\n\
+         new flow every packet: lb's SYN-flood guard at lb run's default; stateless = SYNs \
+         forwarded in flood mode without a table entry; established kept = flows of other \
+         clients established before the flood, still in the connection table after it on \
+         the same backend.\n",
     );
     out
 }
@@ -555,22 +665,16 @@ impl Bench {
         rounds: usize,
         frames: u32,
     ) -> anyhow::Result<LiveRow> {
-        let mut flows = Array::<_, u64>::try_from(
-            self.ebpf
-                .map_mut("GEN_FLOWS")
-                .ok_or_else(|| anyhow!("map GEN_FLOWS missing"))?,
-        )?;
-        flows.set(0, case.flows, 0)?;
-        let mut counter = Array::<_, u64>::try_from(
-            self.ebpf
-                .map_mut("GEN_COUNTER")
-                .ok_or_else(|| anyhow!("map GEN_COUNTER missing"))?,
-        )?;
-        counter.set(0, 0, 0)?;
-        let frame = frame(case.tcp_flags);
-
         // A fresh lb per case: an empty connection table, zero connection counts.
         let mut dp = self.load_lb()?;
+        let kept = if case.keeps_established {
+            Some(self.establish(bed, &mut dp)?)
+        } else {
+            None
+        };
+        self.set_generator(case.flows)?;
+        let frame = frame(CLIENT_NET, case.tcp_flags);
+
         let mut lb_samples = Vec::new();
         let mut trivial_samples = Vec::new();
         // Warm-up with each program: lb learns the established flows.
@@ -592,12 +696,51 @@ impl Bench {
                 }
             }
         }
-        Ok(row(case, placement, &lb_samples, &trivial_samples))
+        let mut row = row(case, placement, &lb_samples, &trivial_samples);
+        if let Some(before) = kept {
+            row.flood = Some(flood_check(&dp, &before)?);
+        }
+        Ok(row)
     }
 
-    /// Loads lb's data path and provisions the service (not attached yet).
+    /// Sets the generator to rotate over `flows` flows (0: a new flow per
+    /// frame), from flow 0.
+    fn set_generator(&mut self, flows: u64) -> anyhow::Result<()> {
+        for (name, value) in [("GEN_FLOWS", flows), ("GEN_COUNTER", 0)] {
+            let mut map = Array::<_, u64>::try_from(
+                self.ebpf
+                    .map_mut(name)
+                    .ok_or_else(|| anyhow!("map {name} missing"))?,
+            )?;
+            map.set(0, value, 0)
+                .with_context(|| format!("writing {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Establishes [`KEPT_FLOWS`] flows from [`KEPT_NET`] through lb (their
+    /// ACKs, which the sloppy-TCP service confirms into the connection
+    /// table), sending them again while the veth ring dropped some (at most
+    /// [`ESTABLISH_TRIES`] times), and returns those established.
+    fn establish(&mut self, bed: &Bed, dp: &mut Datapath) -> anyhow::Result<Vec<(FlowKey, u16)>> {
+        self.set_generator(KEPT_FLOWS)?;
+        let frame = frame(KEPT_NET, TCP_ACK);
+        let mut established = Vec::new();
+        for _ in 0..ESTABLISH_TRIES {
+            self.measure(bed, dp, Forwarder::Lb, &frame, 2 * KEPT_FLOWS as u32)?;
+            established = established_flows(dp)?;
+            if established.len() as u64 == KEPT_FLOWS {
+                break;
+            }
+        }
+        Ok(established)
+    }
+
+    /// Loads lb's data path and provisions the service (not attached yet),
+    /// with the SYN-flood guard at `lb run`'s default rate.
     fn load_lb(&self) -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(FlowCapacity::default(), None)?;
+        dp.maps.set_flood_guard(DEFAULT_SYN_FLOOD_RATE)?;
         let mut set = BackendSet {
             len: BACKENDS.len() as u32,
             ..BackendSet::default()
@@ -701,9 +844,63 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
         .map_err(Into::into)
 }
 
-/// A client's TCP segment to the VIP, addressed to d0 (the generator fills
-/// in the source port and the last octet of the source address).
-fn frame(tcp_flags: u8) -> [u8; FRAME_LEN] {
+/// The key of flow `n` of the generator from `net` (source port `n` mod
+/// 65536, last octet of the source address `n / 65536`).
+fn generated_flow(net: [u8; 3], n: u64) -> FlowKey {
+    let client = Ipv4Addr::new(net[0], net[1], net[2], (n >> 16) as u8);
+    FlowKey::new(
+        IpAddr::V4(client),
+        n as u16,
+        IpAddr::V4(VIP),
+        VIP_PORT,
+        PROTO_TCP,
+        0,
+    )
+    .expect("two IPv4 addresses")
+}
+
+/// The flows of [`KEPT_NET`] that `dp`'s connection table holds
+/// established, with their backend slots.
+fn established_flows(dp: &Datapath) -> anyhow::Result<Vec<(FlowKey, u16)>> {
+    let mut flows = Vec::new();
+    for n in 0..KEPT_FLOWS {
+        let key = generated_flow(KEPT_NET, n);
+        if let Some((FlowTable::Confirmed, flow)) = dp.maps.flow_in(&key)?
+            && u32::from(flow.state) == STATE_ESTABLISHED
+        {
+            flows.push((key, flow.backend_slot));
+        }
+    }
+    Ok(flows)
+}
+
+/// What lb's counters and tables say after the SYN flood, given the flows
+/// established `before` it.
+fn flood_check(dp: &Datapath, before: &[(FlowKey, u16)]) -> anyhow::Result<FloodCheck> {
+    let after: std::collections::HashMap<FlowKey, u16> =
+        established_flows(dp)?.into_iter().collect();
+    let established_kept = before
+        .iter()
+        .filter(|(key, slot)| after.get(key) == Some(slot))
+        .count() as u64;
+    let events = dp.maps.flow_events(false)?;
+    let stateless_syns = events[EVENT_STATELESS_SYN as usize];
+    let pending_opened = events[EVENT_PENDING_OPENED as usize];
+    Ok(FloodCheck {
+        syn_flood_rate: DEFAULT_SYN_FLOOD_RATE,
+        entered_flood_mode: dp.maps.flood_until()? != 0,
+        stateless_syns,
+        pending_opened,
+        stateless_share: stateless_syns as f64 / (stateless_syns + pending_opened).max(1) as f64,
+        established_before: before.len() as u64,
+        established_kept,
+    })
+}
+
+/// A TCP segment from a client of `net` to the VIP, addressed to d0 (the
+/// generator fills in the source port and the last octet of the source
+/// address).
+fn frame(net: [u8; 3], tcp_flags: u8) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&DIR_MAC);
     f[6..12].copy_from_slice(&GEN_MAC);
@@ -714,7 +911,7 @@ fn frame(tcp_flags: u8) -> [u8; FRAME_LEN] {
     ip[6] = 0x40; // don't fragment
     ip[8] = 64;
     ip[9] = PROTO_TCP;
-    ip[12..15].copy_from_slice(&CLIENT_NET);
+    ip[12..15].copy_from_slice(&net);
     ip[16..20].copy_from_slice(&VIP.octets());
     let tcp = &mut f[34..54];
     tcp[2..4].copy_from_slice(&VIP_PORT.to_be_bytes());
@@ -787,11 +984,12 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
                 }),
         )
     };
+    let ratio = median(round_ratios);
     LiveRow {
         case: case.name.to_owned(),
         lb_mpps: median(lb_round_mpps.clone()),
         trivial_mpps: median(trivial_round_mpps.clone()),
-        ratio: median(round_ratios),
+        ratio,
         lb_round_mpps,
         trivial_round_mpps,
         lb_generated_mpps: generated(lb),
@@ -804,5 +1002,8 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
         split_check,
         split_ok,
         cpus: placement.name(),
+        target: case.target,
+        target_met: case.target.map(|target| ratio >= target),
+        flood: None,
     }
 }

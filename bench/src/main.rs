@@ -6,9 +6,9 @@
 //! `--out`. The micro-benchmarks ([`micro`]) time the programs with
 //! `BPF_PROG_TEST_RUN` on one pinned CPU (known flows from the flow cache
 //! and from the connection table, new flows in a large and in a 1,024-flow
-//! table); the live benchmark ([`live`]) forwards real frames between
-//! network namespaces. With `--katran PATH`, [`katran`] measures Katran's
-//! balancer beside lb, the same frames the same way.
+//! table, and in flood mode); the live benchmark ([`live`]) forwards real
+//! frames between network namespaces. With `--katran PATH`, [`katran`]
+//! measures Katran's balancer beside lb, the same frames the same way.
 
 mod control;
 mod katran;

@@ -36,6 +36,16 @@
 //! the regime of Katran's published
 //! new-flow figure, whose balancer falls back to a 1,000-entry LRU when its
 //! per-CPU LRU maps are not set up, as under `BPF_PROG_TEST_RUN`.
+//!
+//! Those new-flow cases measure the stateful path: each loads a data path
+//! whose SYN-flood guard is off (`set_flood_guard(0)`, checked: no SYN of
+//! theirs is forwarded statelessly), so every SYN opens a pending flow.
+//! One more case ([`Kind::NewFlowFlood`]) times the same SYNs with lb in
+//! flood mode (`lb_common::flood`): the guard at `lb run`'s default rate
+//! and `FLOOD_UNTIL` held in the future, so that every SYN misses both
+//! tables, takes its backend from the service's Maglev table by the hash
+//! of its tuple, and is forwarded without an insert (checked: the tables
+//! stay empty, every SYN counted as stateless).
 
 use std::{
     fs,
@@ -46,20 +56,21 @@ use std::{
 use anyhow::{Context as _, anyhow, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{IterableMap as _, MapInfo},
+    maps::{Array, IterableMap as _, Map, MapData, MapInfo},
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
 };
 use lb::datapath::{
     Datapath,
-    maps::{FlowCapacity, array_get, flow_cache_sets},
+    maps::{FlowCapacity, array_get, flow_cache_sets, monotonic_ns},
 };
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4, CachedFlow6, CachedFlowSet4,
-    CachedFlowSet6, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow,
-    FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SCHEDULER_MH, SCHEDULER_WLC,
-    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey,
+    CachedFlowSet6, DEFAULT_SYN_FLOOD_RATE, EVENT_PENDING_OPENED, EVENT_STATELESS_SYN,
+    FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowCacheSet,
+    FlowKey, PROTO_TCP, PROTO_UDP, SCHEDULER_MH, SCHEDULER_WLC, SERVICE_FLAG_SLOPPY_TCP, Service,
+    ServiceKey,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
-    flow_cache_set, pending_capacity,
+    flow_cache_set, in_flood, pending_capacity,
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -97,6 +108,13 @@ pub const SMALL_TABLE_FLOWS: u32 = 1024;
 pub const MH_BACKENDS: u32 = 64;
 /// Backends of the service for the small-table new-flow cases.
 pub const SMALL_TABLE_BACKENDS: [u32; 2] = [1, 64];
+/// Backends of the service of the new-flow case in flood mode.
+pub const FLOOD_BACKENDS: u32 = 64;
+/// Calls between two writes of `FLOOD_UNTIL` far ahead while a case runs in
+/// flood mode (untimed): the window that reaches the guard's rate sets it
+/// to one second ahead, and a slow stretch of calls must not end flood
+/// mode in the middle of a round.
+pub(crate) const FLOOD_REARM_CALLS: u32 = 1_000;
 /// The most flows the kernel's LRU hash evicts at once when a CPU needs a
 /// free entry (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.c; newer
 /// kernels evict fewer from small tables): a table that has started to
@@ -156,6 +174,11 @@ pub enum Kind {
     /// [`Kind::NewFlow`] to an `mh` service: the entry of its Maglev table
     /// at the flow's hash instead of wlc's tree.
     NewFlowMh,
+    /// The SYNs of [`Kind::NewFlow`] (64 backends, wlc) with lb in flood
+    /// mode, at its default table sizes: misses in both tables, the
+    /// backend from the service's Maglev table at the tuple's hash, no
+    /// insert.
+    NewFlowFlood,
     /// The same established flow, with `flows_in_table` flows in the table
     /// (served by the flow cache).
     ScalingSameFlow,
@@ -177,6 +200,9 @@ pub enum FlowPath {
     Table,
     /// A SYN: no cache probe, a table miss, backend selection, an insert.
     NewFlow,
+    /// A SYN in flood mode: no cache probe, a table miss, a pick by the
+    /// hash, no insert.
+    FloodSyn,
     /// Passed after the service-port check, before any flow lookup.
     NoFlow,
 }
@@ -197,6 +223,7 @@ impl FlowPath {
             Self::CacheHit => "cache hit",
             Self::Table => "table",
             Self::NewFlow => "new flow",
+            Self::FloodSyn => "flood",
             Self::NoFlow => "no flow",
         }
     }
@@ -244,8 +271,8 @@ pub struct CaseResult {
     pub packets: u32,
     /// Flows in the connection table (scaling cases).
     pub flows_in_table: Option<u32>,
-    /// Capacity of the connection table the case's flows live in (`None`
-    /// for traffic that no table sees).
+    /// Capacity of the connection table the case's flows live in, or are
+    /// looked up in (flood mode); `None` for traffic that no table sees.
     pub table_capacity: Option<u32>,
     /// Backends in the service (new-flow cases).
     pub backends: Option<u32>,
@@ -343,6 +370,9 @@ pub(crate) struct Tuple {
 }
 
 impl Tuple {
+    /// Distinct clients [`Tuple::client`] has per service.
+    pub(crate) const CLIENTS: u32 = 256 * PORTS_PER_ADDR;
+
     /// The `i`-th distinct client of a service on `vip`:`PORT` (port first,
     /// then the address), from 203.0.113.0/24 or 2001:db8:1::/64.
     pub(crate) fn client(i: u32, vip: IpAddr, proto: u8) -> Self {
@@ -857,9 +887,21 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
     let mut small_table_samples: Vec<Vec<f64>> =
         SMALL_TABLE_BACKENDS.iter().map(|_| vec![]).collect();
     let mut mh_samples: Vec<f64> = Vec::new();
+    let mut flood_samples: Vec<f64> = Vec::new();
     let mut every_flow_samples: Vec<Vec<f64>> = SCALING_FLOWS.iter().map(|_| vec![]).collect();
     // The reference programs timed per call (one figure for every per-call case).
     let mut per_call_reference = Samples::default();
+    // lb in flood mode at its default limits: nothing is recorded, so one
+    // data path serves every round.
+    let mut flood_dp = Datapath::load(defaults, None)?;
+    install_scheduled(
+        &mut flood_dp,
+        vip4,
+        &vec![up(1); FLOOD_BACKENDS as usize],
+        SCHEDULER_WLC,
+    )?;
+    let mut flood = FloodMode::of(&flood_dp)?;
+    flood.enter(&mut flood_dp)?;
     let syn = |i: u32| Tuple::client(i, vip4, PROTO_TCP).frame(TCP_SYN);
 
     for round in 0..params.rounds {
@@ -902,6 +944,10 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
         mh_samples.push(
             new_flow_round(params, MH_BACKENDS, new_flow_capacity(params), SCHEDULER_MH)
                 .with_context(|| format!("new flow, mh (round {})", round + 1))?,
+        );
+        flood_samples.push(
+            flood_round(params, &flood_dp, &mut flood)
+                .with_context(|| format!("new flow, flood mode (round {})", round + 1))?,
         );
         for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&mut small_table_samples) {
             samples.push(
@@ -997,6 +1043,16 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
             &mh_samples,
         )
     });
+    results.push(CaseResult {
+        table_capacity: Some(defaults.ipv4),
+        backends: Some(FLOOD_BACKENDS),
+        ..per_call(
+            format!("new TCP flow, {FLOOD_BACKENDS} backends, flood mode"),
+            Kind::NewFlowFlood,
+            FlowPath::FloodSyn,
+            &flood_samples,
+        )
+    });
     for (&n, samples) in SMALL_TABLE_BACKENDS.iter().zip(&small_table_samples) {
         results.push(CaseResult {
             table_capacity: Some(SMALL_TABLE_FLOWS),
@@ -1082,11 +1138,13 @@ fn new_flow_capacity(params: &Params) -> u32 {
 fn new_flow_round(params: &Params, n: u32, capacity: u32, scheduler: u32) -> anyhow::Result<f64> {
     let vip4 = IpAddr::V4(VIP4);
     let mut dp = ipv4_datapath(capacity, capacity)?;
+    stateful(&mut dp)?;
     install_scheduled(&mut dp, vip4, &vec![up(1); n as usize], scheduler)?;
     let client = |i: u32| Tuple::client(i, vip4, PROTO_TCP);
     let ns = time_per_call(dp.program(), params.calls, params.trim, XDP_TX, |i| {
         client(i).frame(TCP_SYN)
     })?;
+    expect_no_stateless_syn(&dp)?;
     let conns = array_get(&dp.maps.backend_conns, 0)?;
     let inserted: u64 = conns.conns.iter().map(|c| c.active + c.inactive).sum();
     if inserted != u64::from(params.calls) {
@@ -1111,6 +1169,126 @@ fn new_flow_round(params: &Params, n: u32, capacity: u32, scheduler: u32) -> any
         );
     }
     Ok(ns)
+}
+
+/// One round of the new-flow case in flood mode on `dp` (lb's default
+/// tables, [`FLOOD_BACKENDS`] backends, in flood mode through `flood`):
+/// the SYNs of [`new_flow_round`], each forwarded (`XDP_TX`, checked per
+/// call). Checks that the flood path really ran: every SYN was counted as
+/// forwarded without a table entry and none opened a pending flow, the
+/// tables and the backends' connection counts are still empty, and flood
+/// mode still holds.
+fn flood_round(params: &Params, dp: &Datapath, flood: &mut FloodMode) -> anyhow::Result<f64> {
+    let vip4 = IpAddr::V4(VIP4);
+    let (stateless, opened) = (
+        flow_event(dp, EVENT_STATELESS_SYN)?,
+        flow_event(dp, EVENT_PENDING_OPENED)?,
+    );
+    let ns = time_per_call_with(
+        dp.program(),
+        params.calls,
+        params.trim,
+        XDP_TX,
+        |i| Tuple::client(i, vip4, PROTO_TCP).frame(TCP_SYN),
+        |i| flood.hold(i),
+    )?;
+    let stateless = flow_event(dp, EVENT_STATELESS_SYN)? - stateless;
+    let opened = flow_event(dp, EVENT_PENDING_OPENED)? - opened;
+    ensure!(
+        stateless == u64::from(params.calls) && opened == 0,
+        "{stateless} of {} SYNs forwarded statelessly, {opened} opened a pending flow: \
+         not every SYN took the flood path",
+        params.calls
+    );
+    let held = dp.maps.flow_count();
+    ensure!(
+        held == 0,
+        "the flow tables hold {held} flows after a round in flood mode"
+    );
+    let conns = array_get(&dp.maps.backend_conns, 0)?;
+    let counted: u64 = conns.conns.iter().map(|c| c.active + c.inactive).sum();
+    ensure!(counted == 0, "{counted} connections counted in flood mode");
+    ensure!(
+        in_flood(monotonic_ns(), dp.maps.flood_until()?),
+        "flood mode ended during the round"
+    );
+    Ok(ns)
+}
+
+/// Makes `dp` open every new flow the stateful way: its SYN-flood guard
+/// off (a freshly loaded data path's setting, written anyway so that a
+/// change of that default cannot move the stateful cases to flood mode).
+pub(crate) fn stateful(dp: &mut Datapath) -> anyhow::Result<()> {
+    dp.maps
+        .set_flood_guard(0)
+        .context("turning lb's SYN-flood guard off")
+}
+
+/// Fails if `dp` forwarded any IPv4 SYN without a table entry (flood mode).
+pub(crate) fn expect_no_stateless_syn(dp: &Datapath) -> anyhow::Result<()> {
+    let stateless = flow_event(dp, EVENT_STATELESS_SYN)?;
+    ensure!(
+        stateless == 0,
+        "{stateless} SYNs were forwarded in flood mode in a case of the stateful path"
+    );
+    Ok(())
+}
+
+/// The count of IPv4 flow-table event `event` (`EVENT_*`) of `dp`.
+pub(crate) fn flow_event(dp: &Datapath, event: u32) -> anyhow::Result<u64> {
+    Ok(dp.maps.flow_events(false)?[event as usize])
+}
+
+/// lb in flood mode (`lb_common::flood`): the SYN-flood guard at `lb run`'s
+/// default rate and `FLOOD_UNTIL` far ahead, written again every
+/// [`FLOOD_REARM_CALLS`] calls ([`FloodMode::hold`]), as the program moves
+/// it to one second ahead each time a window reaches the rate.
+pub(crate) struct FloodMode {
+    /// A handle of its own on the data path's `FLOOD_UNTIL` (the data path
+    /// is borrowed while its program runs).
+    until: Array<MapData, u64>,
+}
+
+impl FloodMode {
+    /// The end of flood mode written: far beyond any test.
+    const FAR: u64 = u64::MAX / 2;
+
+    /// Opens `dp`'s `FLOOD_UNTIL` (flood mode is not entered yet).
+    pub(crate) fn of(dp: &Datapath) -> anyhow::Result<Self> {
+        let id = dp.maps.flood_until.map().info()?.id();
+        let until = Array::try_from(Map::from_map_data(MapData::from_id(id)?)?)?;
+        Ok(Self { until })
+    }
+
+    /// Turns `dp`'s guard on at `lb run`'s default rate and enters flood mode.
+    pub(crate) fn enter(&mut self, dp: &mut Datapath) -> anyhow::Result<()> {
+        dp.maps
+            .set_flood_guard(DEFAULT_SYN_FLOOD_RATE)
+            .context("turning lb's SYN-flood guard on")?;
+        self.set_until(Self::FAR)
+    }
+
+    /// Before call `i` (untimed): keeps flood mode on.
+    pub(crate) fn hold(&mut self, i: u32) -> anyhow::Result<()> {
+        if i.is_multiple_of(FLOOD_REARM_CALLS) {
+            self.set_until(Self::FAR)?;
+        }
+        Ok(())
+    }
+
+    /// Leaves flood mode, with no grace period for ACKs (`FLOOD_UNTIL` 0:
+    /// never entered), and turns `dp`'s guard off again.
+    pub(crate) fn leave(&mut self, dp: &mut Datapath) -> anyhow::Result<()> {
+        self.set_until(0)?;
+        stateful(dp)
+    }
+
+    /// Writes `FLOOD_UNTIL`.
+    fn set_until(&mut self, until: u64) -> anyhow::Result<()> {
+        self.until
+            .set(0, until, 0)
+            .context("writing lb's FLOOD_UNTIL")
+    }
 }
 
 /// Installs service `id` on (`vip`, `PORT`, `proto`) over `reals` in `dp`,

@@ -6,8 +6,8 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP,
-    FLOW_CACHE6_MAP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, DEFAULT_SYN_FLOOD_RATE, FLOW_CACHE_PERIOD_SHIFT,
+    FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
 };
 use plotters::{
     coord::{Shift, combinators::LogCoord, types::RangedCoordf64},
@@ -380,6 +380,9 @@ impl<L: Serialize> Report<L> {
              table; caches the flow\n\
              \x20     new flow  = a SYN, which never probes the cache: table miss, wlc selection, insert \
              (not cached)\n\
+             \x20     flood     = a SYN in flood mode (the SYN-flood guard on, flood mode held): table \
+             miss, a pick by the tuple's hash\n\
+             \x20                 from the service's Maglev table, no insert\n\
              \x20     no flow   = passed after the service-port check, before any flow lookup",
             thousands(self.memory.flow_cache_entries)
         );
@@ -418,6 +421,32 @@ impl<L: Serialize> Report<L> {
                 s,
                 "new TCP flow, N backends: a pending table of {} flows (2 x calls: never full)",
                 thousands(large)
+            );
+        }
+        if let Some(flood) = first(&self.cases, Kind::NewFlowFlood) {
+            let stateful = flood
+                .case
+                .backends
+                .and_then(|n| new_flow(&self.cases, n))
+                .map_or_else(String::new, |r| {
+                    format!(
+                        "; {:.2}x the stateful case's {:.1} ns net",
+                        flood.ours_net_ns / r.ours_net_ns,
+                        r.ours_net_ns
+                    )
+                });
+            let _ = writeln!(
+                s,
+                "new TCP flow, N backends, flood mode: the same SYNs, lb's default tables ({} flows), \
+                 the guard at lb run's default\n\
+                 \x20 rate ({} SYNs/s per CPU) and flood mode held: every SYN forwarded without an \
+                 insert (checked): {:.1} ns net{stateful}",
+                flood
+                    .case
+                    .table_capacity
+                    .map_or_else(|| "?".to_owned(), thousands),
+                thousands(DEFAULT_SYN_FLOOD_RATE),
+                flood.ours_net_ns
             );
         }
         if let Some(small) = capacity(Kind::NewFlowSmallTable) {
@@ -572,6 +601,8 @@ const TRIVIAL: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const EMPTY: RGBColor = RGBColor(0x99, 0x99, 0x99);
 /// Colour of lb's new flows in the small table.
 const SMALL_TABLE: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+/// Colour of lb's new flows in flood mode.
+const FLOOD: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 
 /// `name`, and the path of `rows` when they share one (`name, cache hit`).
 fn with_path(name: &str, rows: &[&Row]) -> String {
@@ -586,7 +617,8 @@ fn with_path(name: &str, rows: &[&Row]) -> String {
 /// Draws the SVG: ns/packet per case (lb, MAC swap, empty) on top; below,
 /// the established path against the table's fill (each point of the
 /// per-call curve marked with its path: flow cache or table) and the
-/// new-flow path against the number of backends, in both table sizes.
+/// new-flow path against the number of backends, in both table sizes and
+/// (one point) in flood mode.
 fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1200, 900)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -606,6 +638,7 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
                 (Kind::NewFlow, Some(16)) => "new, 16",
                 (Kind::NewFlow, Some(64)) => "new, 64",
                 (Kind::NewFlow, Some(256)) => "new, 256",
+                (Kind::NewFlowFlood, _) => "new, 64, flood",
                 _ => return None,
             };
             Some((label, r))
@@ -727,7 +760,14 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
     };
     let (large, large_name) = series(Kind::NewFlow);
     let (small, small_name) = series(Kind::NewFlowSmallTable);
-    let y_max = large.iter().chain(&small).map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let (flood, flood_name) = series(Kind::NewFlowFlood);
+    let y_max = large
+        .iter()
+        .chain(&small)
+        .chain(&flood)
+        .map(|p| p.1)
+        .fold(1.0, f64::max)
+        * 1.2;
     let mut chart = log_chart(
         &right,
         "new TCP flow vs backends (ns, minus empty, per call)",
@@ -743,6 +783,11 @@ fn plot(rows: &[Row], path: &Path) -> anyhow::Result<()> {
                 small,
                 format!("{small_name} (evicts; Katran's test regime)"),
                 SMALL_TABLE,
+            ),
+            (
+                flood,
+                format!("flood mode, {flood_name} (no insert)"),
+                FLOOD,
             ),
         ],
     )?;
