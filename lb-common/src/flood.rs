@@ -11,9 +11,11 @@
 //! `rr` and `wrr`, and a Maglev table the control plane also keeps for
 //! `wlc` services), and recorded nowhere: a flood of spoofed SYNs costs no
 //! insert and evicts nothing. The handshake's ACK, which finds no flow,
-//! repeats the hash pick and confirms the flow; that pick-up lasts until
-//! [`FLOOD_ACK_GRACE_NS`] after flood mode ends, long enough for a
-//! handshake begun in it to complete.
+//! repeats the hash pick and records the flow in the pending table, from
+//! which the client's first payload confirms it (so that an ACK flood
+//! cannot fill the connection table, which never evicts); that pick-up
+//! lasts until [`FLOOD_ACK_GRACE_NS`] after flood mode ends, long enough
+//! for a handshake begun in it to complete.
 
 /// Length of a counting window of the SYN rate.
 pub const FLOOD_WINDOW_NS: u64 = 100_000_000;

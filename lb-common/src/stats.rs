@@ -150,7 +150,7 @@ pub const EVENT_SYNC_LOST: u32 = 5;
 /// (see [`crate::flood`]).
 pub const EVENT_STATELESS_SYN: u32 = 6;
 /// Flow-table event: an ACK of a flow no table knew, picked up by the hash
-/// during or just after flood mode and confirmed (see [`crate::flood`]).
+/// during or just after flood mode and recorded (see [`crate::flood`]).
 pub const EVENT_HASHED_ACK: u32 = 7;
 /// Number of flow-table events per family.
 pub const NUM_FLOW_EVENTS: u32 = 8;

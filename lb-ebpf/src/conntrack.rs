@@ -7,7 +7,9 @@
 //! evicts: a flood of spoofed SYNs or fake handshakes can only evict pending
 //! flows and fill free room, never push out a confirmed one. UDP flows and
 //! flows a `sloppy_tcp` service picks up mid-way are confirmed at once. A
-//! confirmed flow the full connection table refuses stays pending (counted).
+//! confirmed flow the full connection table refuses stays pending (counted)
+//! and tries again with the client's first payload; an ACK picked up in
+//! flood mode (`crate::flood`) waits in the pending table for that payload.
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once,
 //! and each change replays the backend's matches in the service's scheduler
@@ -428,12 +430,20 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
         }
         flow.state = state as u16;
     }
-    let flags = next_flags(packet, flow.flags);
-    if flags != flow.flags {
+    let old_flags = flow.flags;
+    let flags = next_flags(packet, old_flags);
+    if flags != old_flags {
         flow.flags = flags;
     }
     flow.last_seen_ns = now();
-    if table == Table::Pending && state == STATE_ESTABLISHED && old_state != STATE_ESTABLISHED {
+    // Confirmed by the handshake's ACK, or (an ACK picked up in flood mode,
+    // or a flow the full connection table refused) by the client's first
+    // payload.
+    let first_payload = flags & FLOW_CARRIED_DATA != 0 && old_flags & FLOW_CARRIED_DATA == 0;
+    if table == Table::Pending
+        && state == STATE_ESTABLISHED
+        && (old_state != STATE_ESTABLISHED || first_payload)
+    {
         promote(key, flow);
     } else if table == Table::Confirmed && state != old_state {
         announce(key, flow);
@@ -518,9 +528,13 @@ pub fn open<K: TableKey>(
         state: state as u16,
         flags,
     };
+    // A picked-up ACK without payload waits in the pending table for the
+    // client's first payload: an ACK flood during flood mode cannot fill
+    // the connection table, which never evicts.
+    let confirm = opening != Opening::HashedAck || flags & FLOW_CARRIED_DATA != 0;
     // Unrecorded, the packet is still forwarded, and the flow's next packet
     // is scheduled again (a SYN) or dropped.
-    if record(key, &flow, replaces) {
+    if record(key, &flow, replaces, confirm) {
         add_count(conns, slot, is_active(state), 1);
         repair(tree, conns, slot);
         if opening == Opening::HashedAck {
@@ -582,12 +596,13 @@ fn choose<K: TableKey>(
 }
 
 /// Records new flow `flow` of `key`: over the flow it `replaces`, in that
-/// flow's table; else a confirmed flow (ESTABLISHED: a sloppy pick-up; UDP)
-/// in the connection table, and any other, or one the full connection
-/// table refuses, in the pending table (an LRU, which only fails when the
-/// kernel has no free entry). Returns whether it was recorded; counted.
+/// flow's table; else a confirmed flow (ESTABLISHED: a sloppy pick-up or,
+/// with payload, one in flood mode; UDP) in the connection table when
+/// `confirm`, and any other, or one the full connection table refuses, in
+/// the pending table (an LRU, which only fails when the kernel has no free
+/// entry). Returns whether it was recorded; counted.
 #[inline(always)]
-fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>) -> bool {
+fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>, confirm: bool) -> bool {
     if let Some(table) = replaces {
         let recorded = key.insert(table, flow, BPF_ANY).is_ok();
         if recorded && table == Table::Confirmed {
@@ -596,7 +611,7 @@ fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>) -> bool {
         return recorded;
     }
     let state = u32::from(flow.state);
-    if state == STATE_ESTABLISHED || state == STATE_UDP {
+    if confirm && (state == STATE_ESTABLISHED || state == STATE_UDP) {
         if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_ok() {
             announce(key, flow);
             return true;

@@ -22,7 +22,8 @@ pub enum Opening {
     /// A SYN in flood mode: by the hash of its tuple, recorded nowhere.
     StatelessSyn,
     /// An ACK (no SYN, FIN or RST) during flood mode or its grace period:
-    /// by the same hash as its SYN, and confirmed.
+    /// by the same hash as its SYN, recorded pending until the client's
+    /// first payload confirms it (at once when it carries payload).
     HashedAck,
 }
 

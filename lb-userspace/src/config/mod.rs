@@ -209,7 +209,7 @@ pub struct DirectorConfig {
     pub vrrp_vrids: Vec<u8>,
     /// New TCP flows per second on one CPU above which the data path enters
     /// flood mode: SYNs are scheduled by a hash of their tuple without a
-    /// table entry, and the handshake's ACK confirms the flow
+    /// table entry, and the handshake's ACK records the flow
     /// (`lb_common::flood`); 0 turns the guard off.
     pub syn_flood_rate: u32,
 }

@@ -207,7 +207,7 @@ const TABLE_METRICS: [Def<FlowTableStats>; 9] = [
     Def {
         name: "hashed_acks",
         help: "ACKs of flows no table held, picked up by the hash during or just after flood \
-               mode and confirmed.",
+               mode and recorded.",
         bytes: false,
         kind: Kind::Counter,
         value: |t| t.hashed_acks,

@@ -86,7 +86,8 @@ pub struct FlowTableStats {
     /// SYNs forwarded in flood mode without a table entry.
     pub stateless_syns: u64,
     /// ACKs of flows no table held, picked up by the hash during or just
-    /// after flood mode and confirmed.
+    /// after flood mode and recorded (pending until the client's first
+    /// payload).
     pub hashed_acks: u64,
 }
 

@@ -545,9 +545,11 @@ fn ipv6_the_rate_enters_flood_mode() {
 // ---------------------------------------------------------------------------
 
 /// In flood mode a SYN goes to the hash's slot (one wlc would not pick)
-/// unrecorded; its ACK goes to the same slot and confirms the flow there
-/// (ESTABLISHED, one active connection, one hashed ACK); the client's data
-/// follows from the table, then from the flow cache. One new connection.
+/// unrecorded; its ACK goes to the same slot and records the flow there in
+/// the pending table (ESTABLISHED, one active connection, one hashed ACK);
+/// the client's first data confirms it (moved to the connection table) and
+/// the rest follows from the table, then from the flow cache. One new
+/// connection.
 fn handshake_in_flood_mode(family: Family) {
     let Some(mut case) = Case::new(format!("flood_handshake_{}", family.name)) else {
         return;
@@ -576,9 +578,10 @@ fn handshake_in_flood_mode(family: Family) {
     let ack = (family.tcp)(sport, TCP_ACK);
     case.forward("ACK", &ack, SERVICE_ID, slot);
     case.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
-    expect_table(&case, "ACK", &ack, FlowTable::Confirmed);
+    expect_table(&case, "ACK", &ack, FlowTable::Pending);
     case.expect_conns("ACK", SERVICE_ID, slot, 1, 0);
     let want = Events {
+        pending_opened: 1,
         stateless_syns: 1,
         hashed_acks: 1,
         ..Events::default()
@@ -595,8 +598,11 @@ fn handshake_in_flood_mode(family: Family) {
         case.name
     );
     assert_eq!(family.flows(&case), (1, 0), "{}: flows", case.name);
+    expect_table(&case, "data", &data, FlowTable::Confirmed);
     case.expect_conns("data", SERVICE_ID, slot, 1, 0);
     let want = Events {
+        pending_opened: 1,
+        promoted: 1,
         stateless_syns: 1,
         hashed_acks: 1,
         ..Events::default()
@@ -639,7 +645,8 @@ fn ipv6_handshake_in_flood_mode() {
 
 /// An ACK of an unknown flow: dropped (`drop_no_flow`) when the data path
 /// never was in flood mode; picked up by the hash (pure or carrying data)
-/// 2 s after flood mode ended, inside the 5 s grace, when a SYN is
+/// 2 s after flood mode ended, inside the 5 s grace (a pure ACK into the
+/// pending table, one with data confirmed at once), when a SYN is
 /// scheduled normally again; dropped 10 s after. In flood mode, FIN, RST,
 /// SYN-ACK and flagless packets of unknown flows are never picked up.
 fn grace(family: Family) {
@@ -669,7 +676,7 @@ fn grace(family: Family) {
         ack_slot,
         STATE_ESTABLISHED,
     );
-    expect_table(&case, "ACK in the grace", &ack, FlowTable::Confirmed);
+    expect_table(&case, "ACK in the grace", &ack, FlowTable::Pending);
     let data = tcp(41002, TCP_ACK | TCP_PSH).with_payload(b"STOR file\r\n");
     let data_slot = hashed(&case, &data);
     case.forward("data in the grace", &data, SERVICE_ID, data_slot);
@@ -686,11 +693,14 @@ fn grace(family: Family) {
         "{}: carried data",
         case.name
     );
+    // With payload, a picked-up ACK is confirmed at once.
+    expect_table(&case, "data in the grace", &data, FlowTable::Confirmed);
     expect_events(
         &case,
         "grace",
         family,
         Events {
+            pending_opened: 1,
             hashed_acks: 2,
             ..Events::default()
         },
@@ -738,12 +748,13 @@ fn grace(family: Family) {
         expect_unrecorded(&case, &label, &pkt);
     }
     assert_eq!(family.flows(&case), (3, 0), "{}: flows", case.name);
+    // The pure ACK picked up in the grace and the SYN after it wait pending.
     expect_events(
         &case,
         "end",
         family,
         Events {
-            pending_opened: 1,
+            pending_opened: 2,
             hashed_acks: 2,
             ..Events::default()
         },
@@ -758,6 +769,57 @@ fn ipv4_acks_are_picked_up_through_the_grace_only() {
 #[test]
 fn ipv6_acks_are_picked_up_through_the_grace_only() {
     grace(V6);
+}
+
+/// An ACK flood in flood mode: every spoofed pure ACK is picked up into the
+/// pending table and none enters the connection table, which never evicts;
+/// the one tuple whose client then sends payload is confirmed.
+fn ack_flood_stays_pending(family: Family) {
+    let Some(mut case) = Case::new(format!("flood_ack_flood_{}", family.name)) else {
+        return;
+    };
+    install(&mut case, family.vip(), plain(SCHEDULER_WLC), &TWO);
+    set_guard(&mut case, DEFAULT_SYN_FLOOD_RATE);
+    flood_for_a_minute(&mut case);
+    let tcp = family.tcp;
+    const ACKS: u16 = 50;
+    for i in 0..ACKS {
+        let ack = tcp(43000 + i, TCP_ACK);
+        let slot = hashed(&case, &ack);
+        case.forward("spoofed ACK", &ack, SERVICE_ID, slot);
+        expect_table(&case, "spoofed ACK", &ack, FlowTable::Pending);
+    }
+    let data = tcp(43000, TCP_ACK | TCP_PSH).with_payload(b"PASV\r\n");
+    let slot = hashed(&case, &data);
+    case.forward("payload", &data, SERVICE_ID, slot);
+    expect_table(&case, "payload", &data, FlowTable::Confirmed);
+    assert_eq!(
+        family.flows(&case),
+        (usize::from(ACKS), 0),
+        "{}: flows",
+        case.name
+    );
+    expect_events(
+        &case,
+        "end",
+        family,
+        Events {
+            pending_opened: u64::from(ACKS),
+            promoted: 1,
+            hashed_acks: u64::from(ACKS),
+            ..Events::default()
+        },
+    );
+}
+
+#[test]
+fn ipv4_ack_flood_stays_pending() {
+    ack_flood_stays_pending(V4);
+}
+
+#[test]
+fn ipv6_ack_flood_stays_pending() {
+    ack_flood_stays_pending(V6);
 }
 
 // ---------------------------------------------------------------------------
@@ -946,7 +1008,7 @@ fn persistence_in_flood_mode(name: &str, vip: IpAddr, [a, b]: [IpAddr; 2], prefi
     let ack = pkt(b, b1, TCP_ACK);
     case.forward("B ACK", &ack, SERVICE_ID, slot);
     case.expect_flow("B ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
-    expect_table(&case, "B ACK", &ack, FlowTable::Confirmed);
+    expect_table(&case, "B ACK", &ack, FlowTable::Pending);
     assert_eq!(template(&case, b), Some(slot), "{name}: the ACK's template");
     let (b2, _) = port_where(&case, b1 + 1, |p| pkt(b, p, TCP_SYN), |s| s != slot);
     let next = pkt(b, b2, TCP_SYN);
@@ -961,7 +1023,7 @@ fn persistence_in_flood_mode(name: &str, vip: IpAddr, [a, b]: [IpAddr; 2], prefi
         "end",
         family,
         Events {
-            pending_opened: 1,
+            pending_opened: 3,
             stateless_syns: 3,
             hashed_acks: 2,
             ..Events::default()
@@ -1098,13 +1160,14 @@ fn sh_hashes_the_client_in_flood_mode() {
         let ack = pkt(client, 40000, TCP_ACK);
         case.forward(&format!("client {last} ACK"), &ack, SERVICE_ID, slot);
         case.expect_flow("ACK", &ack, SERVICE_ID, slot, STATE_ESTABLISHED);
-        expect_table(&case, "ACK", &ack, FlowTable::Confirmed);
+        expect_table(&case, "ACK", &ack, FlowTable::Pending);
     }
     expect_events(
         &case,
         "end",
         V4,
         Events {
+            pending_opened: 8,
             stateless_syns: 24,
             hashed_acks: 8,
             ..Events::default()
