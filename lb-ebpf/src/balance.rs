@@ -117,8 +117,10 @@ fn from_table<K: TableKey>(
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (service_id, flags) = (service.id, service.flags);
+    // One clock read for the guard, the new flow and its template.
+    let now = conntrack::now();
     let opening = match replaces {
-        None => flood::opening(packet),
+        None => flood::opening(packet, now),
         Some(_) => Opening::Scheduled,
     };
     if opening == Opening::Scheduled
@@ -144,7 +146,7 @@ fn from_table<K: TableKey>(
         &service,
         (backends, conns, tree),
         replaces,
-        opening,
+        (opening, now),
     ) {
         Ok(binding) => binding,
         Err(Verdict::Drop(REASON_NO_BACKEND))

@@ -490,7 +490,7 @@ fn reuses_tuple(packet: &Packet, old_state: u32, backends: &BackendSet, slot: u3
 }
 
 /// Opens flow `key` for `packet` in `service` (whose backends are
-/// `backends`) as `opening` says: picks its backend ([`choose`]) and
+/// `backends`) at `now` as `opening` says: picks its backend ([`choose`]) and
 /// records it ([`record`]; over the flow it `replaces`, in that flow's
 /// table), except for a SYN in flood mode, which is forwarded unrecorded;
 /// `Drop(REASON_NO_BACKEND)` when no backend can take it.
@@ -501,10 +501,10 @@ pub fn open<K: TableKey>(
     service: &Service,
     (backends, conns, tree): (&BackendSet, *mut BackendConnSet, *mut LoadTree),
     replaces: Option<Table>,
-    opening: Opening,
+    (opening, now): (Opening, u64),
 ) -> Result<Binding, Verdict> {
     let service_id = service.id;
-    let Some(slot) = choose(key, service, backends, tree, opening) else {
+    let Some(slot) = choose(key, service, (backends, tree), opening, now) else {
         return Err(Verdict::Drop(REASON_NO_BACKEND));
     };
     let state = next_state(packet, STATE_NONE);
@@ -522,7 +522,7 @@ pub fn open<K: TableKey>(
     }
     // Service ids are below MAX_SERVICES and slots below MAX_BACKENDS: both fit.
     let flow = Flow {
-        last_seen_ns: now(),
+        last_seen_ns: now,
         service_id: service_id as u16,
         backend_slot: slot as u16,
         state: state as u16,
@@ -551,14 +551,14 @@ pub fn open<K: TableKey>(
 /// backend takes new flows, else the pick, which becomes the client's
 /// template (except for a SYN in flood mode: a flood of spoofed clients
 /// must not evict the real ones' templates). `None` when no backend can
-/// take the flow.
+/// take the flow. `now`: the time of the packet.
 #[inline(always)]
 fn choose<K: TableKey>(
     key: &K,
     service: &Service,
-    backends: &BackendSet,
-    tree: *mut LoadTree,
+    (backends, tree): (&BackendSet, *mut LoadTree),
     opening: Opening,
+    now: u64,
 ) -> Option<u32> {
     // SAFETY: `tree` points at this service's entry in WLC_TREE.
     let tree = unsafe { &*tree };
@@ -567,7 +567,6 @@ fn choose<K: TableKey>(
         return schedule::pick(key, service, backends, tree, by_hash).map(bounded);
     }
     let template = persist_key(key.client_addr(), service.persistence_prefix, service.id);
-    let now = now();
     if let Some(found) = PERSIST.get_ptr_mut(template) {
         // SAFETY: a valid entry of the template map.
         let found = unsafe { &mut *found };

@@ -9,7 +9,6 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
     maps::{FLOOD_GUARD, FLOOD_UNTIL, SYN_WINDOW},
     parse::Packet,
 };
@@ -27,11 +26,12 @@ pub enum Opening {
     HashedAck,
 }
 
-/// How `packet`, of a flow neither table holds, is opened. A SYN is
-/// counted in this CPU's window first; the one that brings the window to
-/// the guard's limit starts (or extends) flood mode for every CPU.
+/// How `packet`, of a flow neither table holds, arriving at `now`
+/// (`conntrack::now`), is opened. A SYN is counted in this CPU's window
+/// first; the one that brings the window to the guard's limit starts (or
+/// extends) flood mode for every CPU.
 #[inline(always)]
-pub fn opening(packet: &Packet) -> Opening {
+pub fn opening(packet: &Packet, now: u64) -> Opening {
     if packet.proto != PROTO_TCP {
         return Opening::Scheduled;
     }
@@ -41,7 +41,6 @@ pub fn opening(packet: &Packet) -> Opening {
     let Some(until) = FLOOD_UNTIL.get_ptr_mut(0) else {
         return Opening::Scheduled;
     };
-    let now = conntrack::now();
     if packet.opens_connection() {
         if let Some(window) = SYN_WINDOW.get_ptr_mut(0) {
             // SAFETY: this CPU's own per-CPU value. `until` is shared: CPUs

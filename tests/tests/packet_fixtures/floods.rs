@@ -180,7 +180,8 @@ fn floods_never_evict_confirmed_flows() {
     }
 
     // A new connection while the table is full: scheduled, kept pending
-    // (counted as an insert failure), and it keeps its backend.
+    // (counted as an insert failure at its ACK, and again when its first
+    // payload tries once more), and it keeps its backend.
     // (The floods' evicted half-open flows still count on their backends
     // until the next sweep, so either may take it.)
     let new = |sport, flags| Pkt::tcp4(sport, flags);
@@ -196,8 +197,8 @@ fn floods_never_evict_confirmed_flows() {
     );
     assert_eq!(
         tables(&case).ipv4.insert_failed,
-        after_fakes.insert_failed + 1,
-        "{name}: the refused confirmation is counted"
+        after_fakes.insert_failed + 2,
+        "{name}: the refused confirmations are counted"
     );
 
     // Recovery: with the SYN_RECV timeout elapsed, a sweep of the full
