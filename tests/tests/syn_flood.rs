@@ -18,7 +18,8 @@
 //!
 //! A second test floods a director whose guard is off (`syn_flood_rate =
 //! 0`): flood mode never starts and the SYNs churn the pending table as
-//! before the guard.
+//! before the guard; then `lb reload` turns the guard on and the data path
+//! has the new rate at once.
 //!
 //! They need root; without it they print `SKIPPED (needs root)` and pass,
 //! unless `CI` is set, where they fail. `LB_BIN` names the `lb` binary
@@ -706,7 +707,7 @@ fn syn_flood_guard_off_never_enters_flood_mode() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let vip = IpAddr::from(VIP4);
-    let setup = Director::start_configured(
+    let mut setup = Director::start_configured(
         TEST,
         Spec::tcp(WEIGHTS.len(), PORT),
         |config| {
@@ -781,6 +782,32 @@ fn syn_flood_guard_off_never_enters_flood_mode() {
     }
     let split: BTreeMap<String, usize> = client::count_conns(&all);
     eprintln!("{TEST}: connections after the flood: {split:?}");
+
+    // `lb reload` with the guard on reaches the data path at once, and the
+    // connections go on.
+    setup.config.syn_flood_rate = Some(SYN_FLOOD_RATE);
+    setup
+        .config
+        .write(
+            setup
+                .lb
+                .config_path()
+                .parent()
+                .expect("the config has a directory"),
+        )
+        .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
+    let reloaded = setup
+        .lb
+        .ctl(&["reload"])
+        .unwrap_or_else(|e| setup.fail(&format!("lb reload: {e:#}")));
+    if !reloaded.success {
+        setup.fail(&format!("lb reload failed: {reloaded:?}"));
+    }
+    let guard = flood_of(&setup, &setup.stats());
+    if guard.syn_flood_rate != SYN_FLOOD_RATE || guard.active {
+        setup.fail(&format!("after the reload with the guard on: {guard:?}"));
+    }
+    setup.ping_all(&mut all, "after the reload");
     drop(all);
     setup.finish();
 }
