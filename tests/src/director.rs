@@ -14,6 +14,7 @@ use crate::{
     LbConfig, LbDaemon, NetNs, RealServer, ServiceConfig, Stats, TestBed,
     bed::Layout,
     client::{self, HeldConn},
+    cmd::Finished,
     lb_binary, unique_tag,
 };
 
@@ -250,6 +251,27 @@ impl<X> Director<X> {
             self.test,
             self.lb.log()
         )
+    }
+
+    /// Writes `self.config` over lb's config file and runs `lb reload`;
+    /// fails the test unless the reload succeeds.
+    pub fn reload(&self) -> Finished {
+        let dir = self
+            .lb
+            .config_path()
+            .parent()
+            .expect("the config has a directory");
+        self.config
+            .write(dir)
+            .unwrap_or_else(|e| self.fail(&format!("rewriting the config: {e:#}")));
+        let out = self
+            .lb
+            .ctl(&["reload"])
+            .unwrap_or_else(|e| self.fail(&format!("lb reload: {e:#}")));
+        if !out.success {
+            self.fail(&format!("`{}` failed:\n{}", out.command, out.stderr));
+        }
+        out
     }
 
     /// `lb stats --json`, failing the test if it fails.

@@ -19,7 +19,8 @@
 //! can run in parallel threads.
 //!
 //! Apart from the bed, [`spoof`] sends floods of spoofed TCP frames from a
-//! namespace, [`packet`] sends and captures raw frames, [`frame`] builds
+//! namespace, [`watch`] pings held connections while it does, [`packet`]
+//! sends and captures raw frames, [`frame`] builds
 //! Ethernet frames by hand and
 //! [`xdp_case`] runs them through the XDP program with `BPF_PROG_TEST_RUN`:
 //! the packet fixtures' harness, which the benchmarks share.
@@ -39,6 +40,7 @@ pub mod pair;
 pub mod server;
 pub mod spoof;
 pub mod stats;
+pub mod watch;
 pub mod xdp_case;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -190,7 +190,7 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     // Re-weight rs1..rs3 and add rs4, then reload.
     let new_weights = [200, 500, 800, 1000];
     setup.config.services = vec![service(&setup.bed, &new_weights)];
-    let out = reload(&setup);
+    let out = setup.reload();
     for expected in ["weights changed", "backends added"] {
         if !out.stdout.contains(expected) {
             setup.fail(&format!(
@@ -269,21 +269,6 @@ fn reload_reweights_and_adds_a_backend_without_breaking_held_connections() {
     drop(held);
 }
 
-/// Rewrites the config and reloads; fails unless `lb reload` succeeds.
-fn reload(setup: &Director) -> Finished {
-    setup
-        .config
-        .write(
-            setup
-                .lb
-                .config_path()
-                .parent()
-                .expect("config has a directory"),
-        )
-        .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
-    ctl(setup, &["reload"])
-}
-
 /// A reload that gives the service a data range serves the range at once,
 /// and one that narrows the range stops serving the ports it left (the
 /// director's own stack refuses them); connections on the service's port
@@ -318,7 +303,7 @@ fn reload_changes_a_services_ports_and_keeps_its_connections() {
     }
 
     setup.config.services[0].more_ports = vec![(kept, kept + 10)];
-    reload(&setup);
+    setup.reload();
     let mut on_kept = open(&setup, kept, 10);
     let on_left = open(&setup, left, 10);
     setup.ping_all(&mut held, "after the range was added");
@@ -329,7 +314,7 @@ fn reload_changes_a_services_ports_and_keeps_its_connections() {
 
     drop(on_left);
     setup.config.services[0].more_ports = vec![(kept, kept + 2)];
-    reload(&setup);
+    setup.reload();
     if client::open_tcp(&setup.bed.client().ns, at(left), 1).is_ok() {
         setup.fail(&format!(
             "port {left} still answered once the service left it"

@@ -27,11 +27,10 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -45,6 +44,7 @@ use lb_tests::{
     conns::Conns,
     skip_unless_root,
     spoof::{Flood, FloodKind, SPOOF_NET4, parse_mac},
+    watch::{Watcher, ping_each},
 };
 
 /// The service port (and the health check's).
@@ -94,122 +94,6 @@ const ACK_GRACE: Duration = Duration::from_nanos(FLOOD_ACK_GRACE_NS);
 /// The tests of this file run one at a time: each floods its director from
 /// both CPUs, and a flood of one would slow the other's.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Pings one held connection in a loop from its own thread until stopped,
-/// counting the answers from its real server; the first failure ends it.
-struct Watcher {
-    answers: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<(HeldConn, Result<(), String>)>,
-}
-
-impl Watcher {
-    fn start(mut conn: HeldConn) -> Self {
-        let answers = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let answers = answers.clone();
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let expected = conn.server().to_owned();
-                while !stop.load(Ordering::Relaxed) {
-                    let outcome = match conn.ping() {
-                        Ok(answer) if answer == expected => {
-                            answers.fetch_add(1, Ordering::Relaxed);
-                            None
-                        }
-                        Ok(answer) => Some(format!("answered by {answer}")),
-                        Err(e) => Some(describe(&e)),
-                    };
-                    if let Some(what) = outcome {
-                        let n = answers.load(Ordering::Relaxed);
-                        return (
-                            conn,
-                            Err(format!("after {n} answers from {expected}: {what}")),
-                        );
-                    }
-                    thread::sleep(Duration::from_millis(1));
-                }
-                (conn, Ok(()))
-            })
-        };
-        Self {
-            answers,
-            stop,
-            thread,
-        }
-    }
-
-    fn answers(&self) -> u64 {
-        self.answers.load(Ordering::Relaxed)
-    }
-
-    /// Waits up to `timeout` until the connection has been answered `n`
-    /// times in all; returns whether it has.
-    fn wait_answers(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.answers() < n {
-            if Instant::now() >= deadline || self.thread.is_finished() {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        true
-    }
-
-    /// Tells the thread to stop after its current ping.
-    fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    /// Stops the thread, waits for it and returns the connection and how it
-    /// fared.
-    fn finish(self) -> (HeldConn, Result<(), String>) {
-        self.stop();
-        self.thread
-            .join()
-            .unwrap_or_else(|_| panic!("the watcher thread panicked"))
-    }
-}
-
-/// What a failed ping means for the connection: a reset, silence or a close.
-fn describe(e: &anyhow::Error) -> String {
-    let kind = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<io::Error>())
-        .map(io::Error::kind);
-    let what = match kind {
-        Some(io::ErrorKind::ConnectionReset) => "RST",
-        Some(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => "no answer",
-        _ => "failed",
-    };
-    format!("{what} ({e:#})")
-}
-
-/// Pings every connection at once (each from its own thread) and returns,
-/// per connection, `None` when its original real server answered, else
-/// what went wrong.
-fn ping_each(conns: &mut [HeldConn]) -> Vec<Option<String>> {
-    thread::scope(|scope| {
-        let pings: Vec<_> = conns
-            .iter_mut()
-            .map(|conn| {
-                scope.spawn(move || {
-                    let expected = conn.server().to_owned();
-                    match conn.ping() {
-                        Ok(answer) if answer == expected => None,
-                        Ok(answer) => Some(format!("answered by {answer}")),
-                        Err(e) => Some(describe(&e)),
-                    }
-                })
-            })
-            .collect();
-        pings
-            .into_iter()
-            .map(|p| p.join().unwrap_or_else(|_| Some("ping panicked".into())))
-            .collect()
-    })
-}
 
 /// `n` less the frames a flood of `n` may lose.
 fn at_least(n: u64) -> u64 {
@@ -786,23 +670,7 @@ fn syn_flood_guard_off_never_enters_flood_mode() {
     // `lb reload` with the guard on reaches the data path at once, and the
     // connections go on.
     setup.config.syn_flood_rate = Some(SYN_FLOOD_RATE);
-    setup
-        .config
-        .write(
-            setup
-                .lb
-                .config_path()
-                .parent()
-                .expect("the config has a directory"),
-        )
-        .unwrap_or_else(|e| setup.fail(&format!("rewriting the config: {e:#}")));
-    let reloaded = setup
-        .lb
-        .ctl(&["reload"])
-        .unwrap_or_else(|e| setup.fail(&format!("lb reload: {e:#}")));
-    if !reloaded.success {
-        setup.fail(&format!("lb reload failed: {reloaded:?}"));
-    }
+    setup.reload();
     let guard = flood_of(&setup, &setup.stats());
     if guard.syn_flood_rate != SYN_FLOOD_RATE || guard.active {
         setup.fail(&format!("after the reload with the guard on: {guard:?}"));
