@@ -548,6 +548,23 @@ impl Sender {
     }
 }
 
+/// Whether a peer just heard may have sent changes this director never
+/// received, and so must be asked for its whole table: `Some("again")` when
+/// it was last heard `since_heard` ago, at least [`SILENCE`]; `Some("for the
+/// first time")` when it was never heard and this director started
+/// (`since_start`) at least [`SILENCE`] ago. A peer first heard right after
+/// this director's own request at start had that request: it answers it.
+/// Whatever the message is, a table request included: a peer asking after a
+/// cut link lost this director's changes, and this director lost its own.
+fn lost_changes_of(since_heard: Option<Duration>, since_start: Duration) -> Option<&'static str> {
+    match since_heard {
+        Some(silent) if silent >= SILENCE => Some("again"),
+        Some(_) => None,
+        None if since_start >= SILENCE => Some("for the first time"),
+        None => None,
+    }
+}
+
 /// The sync task's state.
 struct Worker {
     sender: Arc<Sender>,
@@ -766,22 +783,9 @@ impl Worker {
             .store(now.saturating_sub(message.sent_ms), Relaxed);
         counters.last_received_unix_ms.store(now, Relaxed);
         let heard = self.heard.insert(from.ip(), time::Instant::now());
-        // A peer first heard right after this director's own request at
-        // start had that request: it answers it.
-        let answering_ours = heard.is_none() && self.started.elapsed() < SILENCE;
-        if message.kind != wire::TABLE_REQUEST
-            && !answering_ours
-            && heard.is_none_or(|at| at.elapsed() >= SILENCE)
-        {
+        if let Some(why) = lost_changes_of(heard.map(|at| at.elapsed()), self.started.elapsed()) {
             // What the peer sent while it was not heard is lost.
-            info!(
-                "sync: {from} heard {}: asking for its whole connection table",
-                if heard.is_some() {
-                    "again"
-                } else {
-                    "for the first time"
-                }
-            );
+            info!("sync: {from} heard {why}: asking for its whole connection table");
             counters.tables_requested.fetch_add(1, Relaxed);
             let sender = self.sender.clone();
             tokio::spawn(async move {
@@ -939,6 +943,20 @@ mod tests {
         fs::File::create(&path).unwrap().write_all(content).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
         path
+    }
+
+    #[test]
+    fn a_peer_heard_after_silence_is_asked_for_its_table_whatever_it_sent() {
+        let moment = Duration::from_millis(200);
+        // A cut link: the first message heard again, a table request among
+        // them, means the peer's changes meanwhile were lost.
+        assert_eq!(lost_changes_of(Some(SILENCE), SILENCE * 10), Some("again"));
+        assert_eq!(lost_changes_of(Some(SILENCE * 5), moment), Some("again"));
+        assert_eq!(lost_changes_of(Some(moment), SILENCE * 10), None);
+        // A peer that starts after this director: its start was not seen.
+        assert_eq!(lost_changes_of(None, SILENCE), Some("for the first time"));
+        // A peer first heard just after this director's own request at start.
+        assert_eq!(lost_changes_of(None, moment), None);
     }
 
     #[test]
