@@ -174,6 +174,9 @@ fn thread_cpu_ms() -> f64 {
 
 /// The rows as text, with the targets.
 pub fn table(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "\ncontrol plane: not measured (--skip-control)\n".to_owned();
+    }
     let mut s = String::from(
         "\ncontrol plane: sweeps as lb run does them (the walk off the event loop, the counter \
          writes on it), over live flows\n",

@@ -38,6 +38,10 @@ struct Cli {
     /// Skip the live-traffic benchmark (network namespaces).
     #[arg(long)]
     skip_live: bool,
+    /// Skip the control plane's sweep benchmark (about 2 minutes: 30 s of
+    /// sweeps at each of 1 k, 100 k and 1 M flows).
+    #[arg(long)]
+    skip_control: bool,
     /// Interleaved rounds; each figure is the median over them (at least 5 for
     /// a full run).
     #[arg(long, value_name = "N")]
@@ -102,7 +106,11 @@ fn main() -> anyhow::Result<()> {
     // quick run, since a shorter one holds the first sweep of a 1 M-flow
     // table and not the pause after it, and overstates the share.
     let window = Duration::from_secs(30);
-    let control = control::run(params.rounds, window).context("the control plane's sweep")?;
+    let control = if cli.skip_control {
+        Vec::new()
+    } else {
+        control::run(params.rounds, window).context("the control plane's sweep")?
+    };
     let katran = match &cli.katran {
         Some(object) => katran::Comparison::Measured {
             object: object.clone(),
@@ -113,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     let live = if cli.skip_live {
         None
     } else {
-        Some(live::run(cli.quick).context("live-traffic benchmark")?)
+        Some(live::run(cli.quick, online).context("live-traffic benchmark")?)
     };
     let meta = report::Meta {
         date: utc_now(),
