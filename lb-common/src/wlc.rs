@@ -86,7 +86,7 @@ pub const MAX_COUNTED_CONNS: u64 = u32::MAX as u64;
 /// The XDP program and the control plane's sweeper both write the counters,
 /// so a decrement racing a reset can leave a transiently wrapped ("negative")
 /// value; it reads as `MAX_COUNTED_CONNS`, so that backend gets no new flows
-/// until the next sweep rewrites its counts from the connection table.
+/// until the next sweep corrects its counts by the connection table.
 /// A single mask, with no branch, keeps each match short.
 #[inline(always)]
 const fn counted(raw: u64) -> u64 {

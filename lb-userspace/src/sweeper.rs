@@ -1,8 +1,17 @@
 //! The flow-table sweeper: expires idle flows by IPVS-style per-state
-//! timeouts and rewrites every backend's active/inactive counters from what
-//! the tables really hold, so flows that expired or were evicted from a
-//! pending table never leave counts that drift. Each service's scheduler
-//! tree is rebuilt from the rewritten counters.
+//! timeouts and corrects every backend's active/inactive counters by what
+//! the tables really hold, so flows that expired, were evicted from a
+//! pending table or were installed by connection sync never leave counts
+//! that drift. Each service's scheduler tree is rebuilt from the corrected
+//! counters.
+//!
+//! The data path keeps counting while a sweep walks the tables, so a sweep
+//! never writes its tally over the counters: it reads the counters before
+//! its walk, and adds the difference between its tally and them (the
+//! drift) to the counters as they are when it writes them ([`corrected`]).
+//! Flows opened or closed meanwhile stay counted; overwriting lost them,
+//! and wlc then sent new flows to a backend that looked idle (the
+//! persistence test's clients split 17/8/5 over weights 1000/500/800).
 //!
 //! A connection table under pressure (at least [`PRESSURE_PERCENT`] full)
 //! sheds its silent flows early: a TCP flow whose handshake completed but
@@ -75,9 +84,11 @@ pub struct SweepReport {
     pub pressure: [bool; 2],
     /// Persistence templates left.
     pub templates: usize,
-    /// Live flows per service id and backend slot (what the counters were
-    /// set to).
+    /// Live flows per service id and backend slot, as the walk tallied them.
     pub conns: StdHashMap<u32, BackendConnSet>,
+    /// The counters of each swept service, read just before the walk: the
+    /// tally less these is the drift [`write_counts`] corrects.
+    pub counted_before: StdHashMap<u32, BackendConnSet>,
 }
 
 /// Whether a flow last seen at `flow.last_seen_ns` has idled out at
@@ -291,7 +302,7 @@ pub fn sweep_templates(
 }
 
 /// Expires idle flows of the flow tables and persistence templates,
-/// rewrites the counters of `services` (every service in use) from the
+/// corrects the counters of `services` (every service in use) by the
 /// flows that remain, and rebuilds their scheduler trees: [`collect`] then
 /// [`write_counts`].
 pub fn sweep(
@@ -313,6 +324,10 @@ pub fn collect(
     services: &[Service],
     timeouts: &Timeouts,
 ) -> anyhow::Result<SweepReport> {
+    let counted_before = services
+        .iter()
+        .map(|s| Ok((s.id, array_get(&maps.backend_conns, s.id)?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut walk = walk(maps, services, timeouts)?;
     let expired = expire(maps, &mut walk, timeouts);
     maps.record_pending_removals()?;
@@ -324,19 +339,26 @@ pub fn collect(
         pressure: walk.pressure,
         templates,
         conns: walk.tally.into_map(),
+        counted_before,
     })
 }
 
-/// Writes the counts of `report` as the counters of `services` (zero for a
-/// service without flows) and rebuilds their scheduler trees: a few map
-/// writes per service.
+/// Corrects the counters of `services` by the drift `report` found (see
+/// [`corrected`]) and rebuilds their scheduler trees: a few map reads and
+/// writes per service. A service the sweep did not walk for (added since)
+/// keeps its counters.
 pub fn write_counts(
     maps: &mut Maps,
     services: &[Service],
     report: &SweepReport,
 ) -> anyhow::Result<()> {
     for id in services.iter().map(|s| s.id) {
-        let conns = report.conns.get(&id).copied().unwrap_or_default();
+        let Some(before) = report.counted_before.get(&id) else {
+            continue;
+        };
+        let tally = report.conns.get(&id).copied().unwrap_or_default();
+        let now = array_get(&maps.backend_conns, id)?;
+        let conns = corrected(&now, &tally, before);
         maps.backend_conns
             .set(id, conns, 0)
             .with_context(|| format!("writing connection counts of service {id}"))?;
@@ -344,6 +366,31 @@ pub fn write_counts(
         maps.rebuild_tree(id, &backends, &conns)?;
     }
     Ok(())
+}
+
+/// The counters `now` corrected by a walk that tallied `tally` while they
+/// read `before` when it began: `now + (tally - before)` per slot and
+/// counter, never below zero. What the data path counted since `before`
+/// stays; what the walk found missing or extra is put right. A flow opened
+/// during the walk and seen by it is counted twice until the next sweep.
+pub fn corrected(
+    now: &BackendConnSet,
+    tally: &BackendConnSet,
+    before: &BackendConnSet,
+) -> BackendConnSet {
+    let fix = |now: u64, tally: u64, before: u64| {
+        // Counters wrap as the data path's atomic adds do; a correction
+        // that leaves a counter below zero leaves it at zero.
+        let sum = now.wrapping_add(tally).wrapping_sub(before);
+        if sum > i64::MAX as u64 { 0 } else { sum }
+    };
+    let mut out = BackendConnSet::default();
+    for (slot, out) in out.conns.iter_mut().enumerate() {
+        let (n, t, b) = (now.conns[slot], tally.conns[slot], before.conns[slot]);
+        out.active = fix(n.active, t.active, b.active);
+        out.inactive = fix(n.inactive, t.inactive, b.inactive);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -421,6 +468,43 @@ mod tests {
         // Half-open and closing flows keep their own (shorter) timeouts.
         assert!(!is_silent(&flow(STATE_SYN_RECV, 0)));
         assert!(is_expired(&flow(STATE_CLOSE, 10_000 - 11), now, &t, true));
+    }
+
+    fn conns(counts: &[(u64, u64)]) -> BackendConnSet {
+        let mut set = BackendConnSet::default();
+        for (c, &(active, inactive)) in set.conns.iter_mut().zip(counts) {
+            c.active = active;
+            c.inactive = inactive;
+        }
+        set
+    }
+
+    #[test]
+    fn a_correction_keeps_what_the_data_path_counted_during_the_walk() {
+        // Before the walk: 5 active on slot 0, 2 on slot 1. The walk found 4
+        // and 2 (one flow of slot 0 expired or was evicted) and 3 inactive
+        // on slot 2 (installed by sync). Meanwhile the data path opened 6
+        // flows on slot 1 and one moved to active on slot 0.
+        let before = conns(&[(5, 1), (2, 0), (0, 0)]);
+        let tally = conns(&[(4, 1), (2, 0), (0, 3)]);
+        let now = conns(&[(6, 0), (8, 0), (0, 0)]);
+        assert_eq!(
+            corrected(&now, &tally, &before),
+            conns(&[(5, 0), (8, 0), (0, 3)])
+        );
+        // Nothing drifted: the counters stay as the data path has them.
+        assert_eq!(corrected(&now, &before, &before), now);
+        // A counter the data path had wrapped below zero comes back.
+        let wrapped = conns(&[(u64::MAX, 0)]);
+        assert_eq!(
+            corrected(&wrapped, &conns(&[(1, 0)]), &conns(&[(0, 0)])),
+            conns(&[(0, 0)])
+        );
+        // A correction never leaves a counter below zero.
+        assert_eq!(
+            corrected(&conns(&[(1, 0)]), &conns(&[(0, 0)]), &conns(&[(3, 0)])),
+            conns(&[(0, 0)])
+        );
     }
 
     #[test]
