@@ -328,6 +328,16 @@ impl Case {
             .unwrap_or_else(|e| panic!("{}: reading backend conns: {e:#}", self.name))
     }
 
+    /// Overwrites the counters of service `id` (its scheduler tree is left
+    /// as it is), as a lost update would leave them.
+    pub fn set_conns(&mut self, id: u32, conns: &BackendConnSet) {
+        self.dp
+            .maps
+            .backend_conns
+            .set(id, conns, 0)
+            .unwrap_or_else(|e| panic!("{}: writing backend conns: {e:#}", self.name));
+    }
+
     /// The connection-table entry of `pkt`'s flow, if any.
     pub fn flow(&self, pkt: &Pkt) -> Option<Flow> {
         self.dp

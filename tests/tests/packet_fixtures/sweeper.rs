@@ -12,7 +12,7 @@ use lb_tests::{
 };
 
 /// Flows the LRU tables evicted, or the sweeper expired, leave no counts
-/// behind: the sweeper rewrites every backend's counters from both tables
+/// behind: the sweeper corrects every backend's counters by both tables
 /// (an IPv4 service's from CONNTRACK4, an IPv6 service's from CONNTRACK6).
 #[test]
 fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
@@ -149,6 +149,54 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
         "{name}: the refreshed flow was deleted"
     );
     assert!(case.flow(&idle).is_none(), "{name}: the idle flow was kept");
+}
+
+/// Flows the data path opens, confirms and closes while a sweep is under
+/// way (between its walk and its counter writes) stay counted: the sweep
+/// corrects the counters by the drift it found (here a flow the counters
+/// lost) instead of writing its tally over them, and the scheduler tree it
+/// rebuilds sends the next flow where wlc would.
+#[test]
+fn a_sweep_keeps_the_flows_opened_while_it_ran() {
+    let name = "sweeper_concurrent";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
+    let services = case.service_values();
+    // Two established flows on slot 0 and one on slot 1 before the sweep.
+    for (sport, slot) in [(41001, 0), (41002, 1), (41003, 0)] {
+        case.forward("SYN", &Pkt::tcp4(sport, TCP_SYN), SERVICE_ID, slot);
+        case.forward("ACK", &Pkt::tcp4(sport, TCP_ACK), SERVICE_ID, slot);
+    }
+    case.expect_conns("before the sweep", SERVICE_ID, 0, 2, 0);
+    case.expect_conns("before the sweep", SERVICE_ID, 1, 1, 0);
+    // Slot 1's counter lost its flow (as a racing reset can lose one).
+    let mut lost = case.conn_set(SERVICE_ID);
+    lost.conns[1].active = 0;
+    case.set_conns(SERVICE_ID, &lost);
+
+    let report = sweeper::collect(&mut case.dp.maps, &services, &Timeouts::IPVS)
+        .expect("walking the tables");
+    // While the sweep runs: slot 1, which looks idle, takes two new flows;
+    // one is confirmed, the other stays half-open.
+    case.forward("SYN 4", &Pkt::tcp4(41004, TCP_SYN), SERVICE_ID, 1);
+    case.forward("ACK 4", &Pkt::tcp4(41004, TCP_ACK), SERVICE_ID, 1);
+    case.forward("SYN 5", &Pkt::tcp4(41005, TCP_SYN), SERVICE_ID, 1);
+    case.expect_conns("during the sweep", SERVICE_ID, 1, 1, 1);
+    sweeper::write_counts(&mut case.dp.maps, &services, &report).expect("writing the counts");
+
+    // The lost flow is back, and the two opened meanwhile are still there.
+    case.expect_conns("after the sweep", SERVICE_ID, 0, 2, 0);
+    case.expect_conns("after the sweep", SERVICE_ID, 1, 2, 1);
+    // Overhead 2 * 256 on slot 0 and 2 * 256 + 1 on slot 1: slot 0 next.
+    case.forward("SYN 6", &Pkt::tcp4(41006, TCP_SYN), SERVICE_ID, 0);
+    // A sweep with nothing under way changes nothing.
+    let report =
+        sweeper::sweep(&mut case.dp.maps, &services, &Timeouts::IPVS).expect("sweeping the tables");
+    assert_eq!(report.live, 6, "{name}: live flows");
+    case.expect_conns("after a quiet sweep", SERVICE_ID, 0, 2, 1);
+    case.expect_conns("after a quiet sweep", SERVICE_ID, 1, 2, 1);
 }
 
 /// The batched walk the sweeper uses sees every flow of both tables once,
