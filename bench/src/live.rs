@@ -78,8 +78,10 @@ const KEPT_NET: [u8; 3] = [203, 0, 113];
 /// Flows established before the SYN flood, that it must leave in place.
 const KEPT_FLOWS: u64 = 10_000;
 /// Runs of the generator over the flows to establish (each sends every
-/// flow twice) before giving up on the ones the veth ring dropped.
-const ESTABLISH_TRIES: usize = 5;
+/// flow twice) before giving up on the ones the veth ring dropped. With
+/// two CPUs the ring drops about three frames in four, and five runs left
+/// 2 to 11 % of the flows unestablished; forty leave none in practice.
+const ESTABLISH_TRIES: usize = 40;
 /// The issue's target for the SYN flood: lb forwards at least this share
 /// of the trivial program's rate.
 pub const SYN_FLOOD_TARGET: f64 = 0.5;
@@ -338,17 +340,20 @@ pub fn table(rows: &[LiveRow]) -> String {
             row.split_check,
         );
         if let Some(f) = &row.flood {
-            let kept = if f.established_kept == f.established_before
-                && f.established_before == KEPT_FLOWS
-            {
-                "ok"
-            } else {
+            // Flows the veth ring never let through were not established:
+            // a shortfall of the test bed, told apart from a flow lost.
+            let kept = if f.established_kept != f.established_before {
                 "FAILED"
+            } else if f.established_before != KEPT_FLOWS {
+                "ok, but the bed established too few"
+            } else {
+                "ok"
             };
             let _ = writeln!(
                 out,
                 "{:<29} guard {} SYNs/s per CPU, flood mode {}: {:.1}% of lb's SYNs stateless \
-                 ({} stateless, {} opened a pending flow); established kept: {}/{} [{kept}]",
+                 ({} stateless, {} opened a pending flow); established kept: {}/{} of {KEPT_FLOWS} \
+                 sent [{kept}]",
                 "",
                 f.syn_flood_rate,
                 if f.entered_flood_mode {
