@@ -331,8 +331,8 @@ impl Drop for RunningCheck {
 /// The sweeper, off the event loop: each sweep's table walk
 /// ([`sweeper::collect`]) runs on a blocking thread with a map handle of
 /// its own, one at a time; the event loop only corrects the counters by
-/// what it tallied ([`sweeper::write_counts`]), so a table of a million flows never
-/// stalls it.
+/// what it tallied ([`sweeper::write_counts`]), so a table of a million
+/// flows never stalls it.
 struct Sweeps {
     /// The sweeper's map handle; `None` while a sweep runs.
     maps: Option<Maps>,

@@ -9,9 +9,9 @@
 //! never writes its tally over the counters: it reads the counters before
 //! its walk, and adds the difference between its tally and them (the
 //! drift) to the counters as they are when it writes them ([`corrected`]).
-//! Flows opened or closed meanwhile stay counted; overwriting lost them,
-//! and wlc then sent new flows to a backend that looked idle (the
-//! persistence test's clients split 17/8/5 over weights 1000/500/800).
+//! Flows opened or closed meanwhile stay counted: overwritten, they would
+//! be lost until the next sweep, and wlc would send new flows to a
+//! backend that only looks idle.
 //!
 //! A connection table under pressure (at least [`PRESSURE_PERCENT`] full)
 //! sheds its silent flows early: a TCP flow whose handshake completed but

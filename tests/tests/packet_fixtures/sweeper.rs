@@ -151,8 +151,8 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
     assert!(case.flow(&idle).is_none(), "{name}: the idle flow was kept");
 }
 
-/// Flows the data path opens, confirms and closes while a sweep is under
-/// way (between its walk and its counter writes) stay counted: the sweep
+/// Flows the data path opens and confirms while a sweep is under way
+/// (between its walk and its counter writes) stay counted: the sweep
 /// corrects the counters by the drift it found (here a flow the counters
 /// lost) instead of writing its tally over them, and the scheduler tree it
 /// rebuilds sends the next flow where wlc would.
