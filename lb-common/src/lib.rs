@@ -3,7 +3,7 @@
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
 //! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
-//! [`persist`], [`flow_cache`], [`fragment`], [`stats`], [`sync`], [`flood`]), and the two pieces of per-packet logic that
+//! [`persist`], [`flow_cache`], [`flow_filter`], [`fragment`], [`stats`], [`sync`], [`flood`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -28,6 +28,8 @@
 //! | [`PENDING6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
 //! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
 //! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
+//! | [`FLOW_FILTER_MAP`] | array, two generations of lines | [`FlowFilterState::position`] -> [`FlowFilterLine`] |
+//! | [`FLOW_FILTER_STATE_MAP`] | array | 0 -> [`FlowFilterState`] |
 //! | [`SERVICE_PORTS_MAP`] | array | port -> `PORT_*` protocol bits |
 //! | [`VIPS_MAP`] | hash | [`VipKey`] -> `PORT_*` protocol bits |
 //! | [`FRAGMENTS4_MAP`] | LRU hash | [`FragmentKey4`] -> [`FragmentPorts`] |
@@ -77,6 +79,11 @@
 //! [`PersistTemplate`]: persist::PersistTemplate
 //! [`FLOW_CACHE4_MAP`]: limits::FLOW_CACHE4_MAP
 //! [`FLOW_CACHE6_MAP`]: limits::FLOW_CACHE6_MAP
+//! [`FLOW_FILTER_MAP`]: limits::FLOW_FILTER_MAP
+//! [`FLOW_FILTER_STATE_MAP`]: limits::FLOW_FILTER_STATE_MAP
+//! [`FlowFilterState::position`]: flow_filter::FlowFilterState::position
+//! [`FlowFilterLine`]: flow_filter::FlowFilterLine
+//! [`FlowFilterState`]: flow_filter::FlowFilterState
 //! [`SERVICE_PORTS_MAP`]: limits::SERVICE_PORTS_MAP
 //! [`VIPS_MAP`]: limits::VIPS_MAP
 //! [`VipKey`]: service::VipKey
@@ -108,6 +115,7 @@ pub mod conn_state;
 pub mod flood;
 pub mod flow;
 pub mod flow_cache;
+pub mod flow_filter;
 pub mod fragment;
 pub mod ip;
 pub mod limits;
@@ -125,6 +133,7 @@ pub use backend::*;
 pub use flood::*;
 pub use flow::*;
 pub use flow_cache::*;
+pub use flow_filter::*;
 pub use fragment::*;
 pub use ip::*;
 pub use limits::*;

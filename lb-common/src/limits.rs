@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -150,6 +150,20 @@ pub const FLOW_CACHE4_MAP: &str = "FLOW_CACHE4";
 /// [`flow_cache_index`]: crate::flow_cache::flow_cache_index
 /// [`CachedFlowSet6`]: crate::flow_cache::CachedFlowSet6
 pub const FLOW_CACHE6_MAP: &str = "FLOW_CACHE6";
+/// Name of the flow filter (mmapable array: line -> [`FlowFilterLine`], two
+/// generations of [`FlowFilterState::lines`] lines), which says which flow
+/// keys the flow tables may hold; the loader sizes it with
+/// [`flow_filter_lines`].
+///
+/// [`FlowFilterLine`]: crate::flow_filter::FlowFilterLine
+/// [`FlowFilterState::lines`]: crate::flow_filter::FlowFilterState::lines
+/// [`flow_filter_lines`]: crate::flow_filter::flow_filter_lines
+pub const FLOW_FILTER_MAP: &str = "FLOW_FILTER";
+/// Name of the flow filter's state (array: 0 -> [`FlowFilterState`]),
+/// written by the control plane.
+///
+/// [`FlowFilterState`]: crate::flow_filter::FlowFilterState
+pub const FLOW_FILTER_STATE_MAP: &str = "FLOW_FILTER_STATE";
 /// Name of the per-CPU verdict counters (array: `REASON_*` -> [`Counters`]).
 /// The data path counts every verdict but `forwarded` here; the control
 /// plane keeps the `forwarded` total of removed services in it.

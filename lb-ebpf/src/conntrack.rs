@@ -10,6 +10,9 @@
 //! confirmed flow the full connection table refuses stays pending (counted)
 //! and tries again with the client's first payload; an ACK picked up in
 //! flood mode (`crate::flood`) waits in the pending table for that payload.
+//! Every flow that enters a table is marked in the flow filter
+//! ([`filter::mark`]), which lets a SYN of a flow neither table holds skip
+//! both lookups.
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once,
 //! and each change replays the backend's matches in the service's scheduler
@@ -41,13 +44,14 @@ use lb_common::{
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
     EVENT_PENDING_OPENED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
     FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowCacheSet,
-    FlowChange, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP, PersistTemplate,
-    REASON_NO_BACKEND, Service,
+    FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP,
+    PersistTemplate, REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, flow_event_index, flow_hash, persist_key, wlc,
 };
 
 use crate::{
+    filter,
     flood::Opening,
     maps::{
         BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
@@ -105,6 +109,9 @@ pub trait TableKey: Copy + 'static {
     /// Caches the flow of service `service_id` bound as `binding` in `set`
     /// (its [`TableKey::cache_set`]) in `period`, if the set has a way for it.
     fn cache(&self, set: &mut Self::CacheSet, service_id: u32, binding: &Binding, period: u64);
+    /// The line and byte of this key's mark in generation `generation` of
+    /// the flow filter (`crate::filter`) that `state` describes.
+    fn filter_position(&self, state: &FlowFilterState, generation: u32) -> (u32, usize);
 }
 
 /// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
@@ -141,6 +148,11 @@ macro_rules! table_key {
             #[inline(always)]
             fn remove_pending(&self) -> bool {
                 $pending.remove(self).is_ok()
+            }
+
+            #[inline(always)]
+            fn filter_position(&self, state: &FlowFilterState, generation: u32) -> (u32, usize) {
+                state.position(&self.words(), generation)
             }
 
             #[inline(always)]
@@ -391,9 +403,14 @@ pub enum Lookup {
 /// ([`Lookup::Found`]); the handshake's ACK moves a pending flow to the
 /// connection table ([`promote`]). The flow keeps its backend while the
 /// backend exists, even when it is quiesced or down, except for a new
-/// connection on its tuple ([`Lookup::Reused`]).
+/// connection on its tuple ([`Lookup::Reused`]). A SYN whose key the flow
+/// filter has no mark for is [`Lookup::Missing`] without a look in either
+/// table ([`filter::may_hold`]).
 #[inline(always)]
 pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
+    if packet.opens_connection() && !filter::may_hold(key) {
+        return Lookup::Missing;
+    }
     let (table, flow) = match key.lookup(Table::Confirmed) {
         Some(flow) => (Table::Confirmed, flow),
         None => match key.lookup(Table::Pending) {
@@ -471,6 +488,8 @@ fn promote<K: TableKey>(key: &K, flow: &Flow) {
     if key.remove_pending() {
         count_event::<K>(EVENT_PROMOTED);
     }
+    // After the delete's locked bucket: see `filter::mark`.
+    filter::mark(key);
     announce(key, flow);
 }
 
@@ -536,6 +555,8 @@ pub fn open<K: TableKey>(
     // is scheduled again (a SYN) or dropped.
     if record(key, &flow, replaces, confirm) {
         add_count(conns, slot, is_active(state), 1);
+        // After the count's atomic add: see `filter::mark`.
+        filter::mark(key);
         repair(tree, conns, slot);
         if opening == Opening::HashedAck {
             count_event::<K>(EVENT_HASHED_ACK);

@@ -4,7 +4,8 @@
 //! ports from its datagram's first fragment, [`fragment`]), look up the
 //! service, find or create the flow ([`conntrack`], choosing a backend by
 //! the service's scheduler on a miss, [`schedule`]; by a hash and without
-//! a record for a SYN in flood mode, [`flood`]), rewrite the Ethernet
+//! a record for a SYN in flood mode, [`flood`]; a SYN the flow filter says
+//! no table holds skips the tables, [`filter`]), rewrite the Ethernet
 //! addresses and choose the NIC the frame leaves through ([`forward`]) and
 //! count everything
 //! ([`stats`]); [`balance`] runs these steps against the maps ([`maps`]).
@@ -20,6 +21,7 @@
 
 mod balance;
 mod conntrack;
+mod filter;
 mod flood;
 mod forward;
 mod fragment;

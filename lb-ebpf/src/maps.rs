@@ -11,10 +11,11 @@ use lb_common::{
     AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
     CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
     FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, FloodGuard, Flow, FlowChange,
-    FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts, LoadTree, MAX_IFACES,
-    MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter,
-    PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service,
-    ServiceKey, SynWindow, SyncCounters, VIPS_ENTRIES, VipKey, pending_capacity, port_bit,
+    FlowFilterLine, FlowFilterState, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
+    LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS,
+    NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES,
+    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, VIPS_ENTRIES, VipKey,
+    pending_capacity, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -173,6 +174,22 @@ pub static FLOW_CACHE4: Array<CachedFlowSet4, { FLOW_CACHE_SETS as usize }, BPF_
 #[btf_map]
 pub static FLOW_CACHE6: Array<CachedFlowSet6, { FLOW_CACHE_SETS as usize }, BPF_F_MMAPABLE> =
     Array::new();
+
+/// The flow filter (`lb_common::flow_filter`): one-byte marks, by a hash of
+/// the flow key, of the keys the flow tables may hold; a SYN whose mark is
+/// clear skips both tables. Set by the data path after every insert into a
+/// flow table, by the control plane for the flows it installs, cleared
+/// only by the sweeper's rebuild (of the generation SYNs do not read). An
+/// mmapable array, so that the control plane writes single marks; the
+/// loader sizes it (two generations of `flow_filter_lines` lines).
+#[btf_map]
+pub static FLOW_FILTER: Array<FlowFilterLine, 128, BPF_F_MMAPABLE> = Array::new();
+
+/// Which generation of [`FLOW_FILTER`] SYNs read, whether it is ready and
+/// whether a rebuild runs (`lb_common::FlowFilterState`); written by the
+/// control plane.
+#[btf_map]
+pub static FLOW_FILTER_STATE: Array<FlowFilterState, 1> = Array::new();
 
 /// Per-CPU packet/byte counters per verdict reason (`REASON_*`), for every
 /// frame that is not forwarded. The control plane keeps the `forwarded`

@@ -13,6 +13,9 @@
 //! be lost until the next sweep, and wlc would send new flows to a
 //! backend that only looks idle.
 //!
+//! Each walk also rebuilds the flow filter (`lb_common::flow_filter`), so
+//! that the marks of flows that left the tables are cleared.
+//!
 //! A connection table under pressure (at least [`PRESSURE_PERCENT`] full)
 //! sheds its silent flows early: a TCP flow whose handshake completed but
 //! whose client never sent a byte is held to the `syn_recv` timeout, as a
@@ -186,8 +189,9 @@ pub struct Walk {
 }
 
 /// Walks the flow tables once, in batches (see [`Maps::for_each_flow`]:
-/// each flow is counted once); `services` says which are persistent.
-pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::Result<Walk> {
+/// each flow is counted once), and rebuilds the flow filter from what it
+/// finds (`lb_common::flow_filter`); `services` says which are persistent.
+pub fn walk(maps: &mut Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::Result<Walk> {
     // The client prefix of each persistent service, by id.
     let mut prefixes = vec![None; MAX_SERVICES as usize];
     for s in services.iter().filter(|s| s.persistence_timeout_s > 0) {
@@ -201,7 +205,10 @@ pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::R
     // turns out to be under pressure, live otherwise.
     let mut silent = Vec::new();
     let mut confirmed = [0u64; 2];
+    let rebuild = maps.flow_filter.begin_rebuild()?;
     maps.for_each_flow_in_batches(LOOKUP_BATCH, |table, key, flow| {
+        // Idle flows too: the data path may refresh one before `expire`.
+        maps.flow_filter.mark_next(&rebuild, &key);
         if table == FlowTable::Confirmed {
             confirmed[family(&key)] += 1;
         }
@@ -220,6 +227,7 @@ pub fn walk(maps: &Maps, services: &[Service], timeouts: &Timeouts) -> anyhow::R
             }
         }
     })?;
+    maps.flow_filter.finish_rebuild(rebuild)?;
     let capacity = maps.flow_capacity()?;
     for (pressure, (held, capacity)) in walk
         .pressure

@@ -9,6 +9,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
+use super::flow_filter::FlowFilter;
 use anyhow::{Context as _, anyhow};
 use aya::{
     Pod,
@@ -21,14 +22,15 @@ use lb_common::{
     ANY_PORT, BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet,
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
     EVENT_PENDING_REMOVED, FLOOD_GUARD_MAP, FLOOD_UNTIL_MAP, FLOW_CACHE_SETS, FLOW_CHANGES_MAP,
-    FLOW_EVENTS_MAP, FloodGuard, Flow, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION,
-    LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP,
-    NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP,
-    PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP,
-    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP,
-    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
-    pending_capacity, port_bit, protocol_name, wlc,
+    FLOW_EVENTS_MAP, FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FloodGuard, Flow, FlowFilterLine,
+    FlowFilterState, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree,
+    MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS,
+    NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey,
+    PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
+    SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP, ScheduleTable, Service,
+    ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey,
+    WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit,
+    protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -46,7 +48,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 26] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
@@ -61,6 +63,8 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 26] = [
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (PENDING4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (PENDING6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
+    (FLOW_FILTER_MAP, 4, size_of::<FlowFilterLine>()),
+    (FLOW_FILTER_STATE_MAP, 4, size_of::<FlowFilterState>()),
     (SERVICE_PORTS_MAP, 4, 4),
     (VIPS_MAP, size_of::<VipKey>(), 4),
     (VERDICT_STATS_MAP, 4, size_of::<Counters>()),
@@ -96,6 +100,11 @@ pub struct FlowCapacity {
 }
 
 impl FlowCapacity {
+    /// Flows the four tables hold in all (what the flow filter is sized for).
+    pub const fn total(&self) -> u64 {
+        self.ipv4 as u64 + self.ipv6 as u64 + self.pending_ipv4 as u64 + self.pending_ipv6 as u64
+    }
+
     /// Connection tables of `ipv4` and `ipv6` flows, with the pending
     /// tables lb sizes beside them (`lb_common::pending_capacity`).
     pub const fn with_pending_tables(ipv4: u32, ipv6: u32) -> Self {
@@ -145,6 +154,8 @@ pub struct Maps {
     pub pending4: HashMap<MapData, FlowKey4, Flow>,
     /// The IPv6 pending table (an LRU hash).
     pub pending6: HashMap<MapData, FlowKey6, Flow>,
+    /// The flow filter: which flow keys the four tables may hold.
+    pub flow_filter: FlowFilter,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
     pub service_ports: Array<MapData, u32>,
     /// VIP -> `PORT_*` bits of the protocols its services use.
@@ -220,6 +231,10 @@ impl Maps {
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
             pending4: typed(&mut take, PENDING4_MAP)?,
             pending6: typed(&mut take, PENDING6_MAP)?,
+            flow_filter: FlowFilter::new(
+                typed(&mut take, FLOW_FILTER_MAP)?,
+                typed(&mut take, FLOW_FILTER_STATE_MAP)?,
+            )?,
             service_ports: typed(&mut take, SERVICE_PORTS_MAP)?,
             vips: typed(&mut take, VIPS_MAP)?,
             verdict_stats: typed(&mut take, VERDICT_STATS_MAP)?,
@@ -828,13 +843,14 @@ impl Maps {
     }
 
     /// Writes (adds or replaces) the flow under `key` in the connection
-    /// table of its family.
+    /// table of its family, and marks it in the flow filter.
     pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
         let inserted = match key {
             FlowKey::V4(k) => self.conntrack4.insert(k, flow, 0),
             FlowKey::V6(k) => self.conntrack6.insert(k, flow, 0),
         };
-        inserted.with_context(|| format!("writing flow {}", describe_flow(key)))
+        inserted.with_context(|| format!("writing flow {}", describe_flow(key)))?;
+        self.flow_filter.mark(key)
     }
 
     /// How many flows the four tables hold (a walk of their keys).

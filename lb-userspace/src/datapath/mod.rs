@@ -6,6 +6,7 @@
 //! The daemon, `lb stats` and the packet-level tests all go through this
 //! module, so maps are provisioned by one piece of code everywhere.
 
+pub mod flow_filter;
 pub mod maps;
 pub mod pins;
 
@@ -25,8 +26,8 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, PENDING4_MAP, PENDING6_MAP,
-    XDP_PROGRAM,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, FLOW_FILTER_MAP,
+    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines,
 };
 
 use self::{
@@ -76,6 +77,7 @@ impl Datapath {
     /// `lb stats` can read them. Nothing is attached yet.
     pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let cache_sets = flow_cache_sets()?;
+        let filter_lines = flow_filter_lines(capacity.total());
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
@@ -83,6 +85,7 @@ impl Datapath {
             .map_max_entries(PENDING6_MAP, capacity.pending_ipv6)
             .map_max_entries(FLOW_CACHE4_MAP, cache_sets)
             .map_max_entries(FLOW_CACHE6_MAP, cache_sets)
+            .map_max_entries(FLOW_FILTER_MAP, 2 * filter_lines)
             .load(EBPF_OBJECT)
             .context(
                 "loading the XDP object into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN)",
@@ -111,7 +114,12 @@ impl Datapath {
             }
             Ok(map)
         });
-        let maps = match maps.and_then(|mut maps| maps.stamp_layout().map(|()| maps)) {
+        let maps = maps.and_then(|mut maps| {
+            maps.stamp_layout()?;
+            maps.flow_filter.ready_empty(filter_lines)?;
+            Ok(maps)
+        });
+        let maps = match maps {
             Ok(maps) => maps,
             Err(e) => {
                 if let Some(dir) = pin_dir {

@@ -38,6 +38,7 @@ mod families;
 mod flood_guard;
 mod floods;
 mod flow_cache;
+mod flow_filter;
 mod fragments;
 mod headers;
 mod icmp;

@@ -135,7 +135,7 @@ fn sweeper_keeps_a_flow_refreshed_during_its_walk() {
     let idle = Pkt::tcp4(40002, TCP_SYN);
     case.forward("SYN 1", &refreshed, SERVICE_ID, 0);
     case.forward("SYN 2", &idle, SERVICE_ID, 0);
-    let mut walk = sweeper::walk(&case.dp.maps, &[], &timeouts).expect("walking the tables");
+    let mut walk = sweeper::walk(&mut case.dp.maps, &[], &timeouts).expect("walking the tables");
     assert_eq!(walk.idle.len(), 2, "{name}: idle flows found by the walk");
     // The handshake of flow 1 completes while the sweep is under way.
     case.forward("ACK 1", &Pkt::tcp4(40001, TCP_ACK), SERVICE_ID, 0);

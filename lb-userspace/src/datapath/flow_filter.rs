@@ -1,0 +1,187 @@
+//! The control plane's side of the flow filter (`lb_common::flow_filter`):
+//! it sizes and readies the filter of a new data path, marks the flows it
+//! installs itself ([`FlowFilter::mark`]) and rebuilds the filter from the
+//! sweeper's walk ([`FlowFilter::begin_rebuild`], [`FlowFilter::mark_next`],
+//! [`FlowFilter::finish_rebuild`]).
+//!
+//! Marks are written through a shared mapping of the map (it is mmapable),
+//! one byte at a time: a whole-value update of a line would overwrite the
+//! marks the data path set in it meanwhile.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Array, IterableMap as _, MapData};
+use lb_common::{
+    FILTER_LINE_MARKS, FILTER_READY, FILTER_REBUILDING, FILTER_SECOND, FLOW_FILTER_MAP,
+    FLOW_FILTER_STATE_MAP, FlowFilterLine, FlowFilterState, FlowKey,
+};
+
+/// The flow filter's maps, and its marks mapped into this process.
+pub struct FlowFilter {
+    /// The marks' map (kept open for the mapping).
+    _map: Array<MapData, FlowFilterLine>,
+    /// Index 0: the filter's [`FlowFilterState`].
+    state: Array<MapData, FlowFilterState>,
+    /// The marks: both generations, `len` bytes.
+    marks: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `marks` points at a shared mapping that lives as long as the
+// value; every access through it is a one-byte volatile read or write (or a
+// clear of a generation the data path only sets marks in).
+unsafe impl Send for FlowFilter {}
+
+/// A rebuild under way (see [`FlowFilter::begin_rebuild`]): the state it
+/// will replace.
+#[derive(Debug)]
+pub struct Rebuild {
+    before: FlowFilterState,
+}
+
+impl FlowFilter {
+    /// Maps the marks of `map`, whose state is in `state`.
+    pub fn new(
+        map: Array<MapData, FlowFilterLine>,
+        state: Array<MapData, FlowFilterState>,
+    ) -> anyhow::Result<Self> {
+        let len = map.len() as usize * FILTER_LINE_MARKS as usize;
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of an mmapable array map, of its size;
+        // the kernel checks the rest.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {FLOW_FILTER_MAP} ({len} bytes)"));
+        }
+        let Some(marks) = NonNull::new(addr.cast::<u8>()) else {
+            bail!("mapping {FLOW_FILTER_MAP}: the kernel returned a null address");
+        };
+        Ok(Self {
+            _map: map,
+            state,
+            marks,
+            len,
+        })
+    }
+
+    /// The filter's state.
+    pub fn state(&self) -> anyhow::Result<FlowFilterState> {
+        self.state
+            .get(&0, 0)
+            .with_context(|| format!("reading {FLOW_FILTER_STATE_MAP}"))
+    }
+
+    fn set_state(&mut self, state: FlowFilterState) -> anyhow::Result<()> {
+        self.state
+            .set(0, state, 0)
+            .with_context(|| format!("writing {FLOW_FILTER_STATE_MAP}"))
+    }
+
+    /// Readies the filter of a data path just loaded, whose tables are
+    /// empty: `lines` lines per generation (the map must hold twice as many).
+    pub fn ready_empty(&mut self, lines: u32) -> anyhow::Result<()> {
+        let needed = 2 * lines as usize * FILTER_LINE_MARKS as usize;
+        if self.len != needed {
+            bail!(
+                "{FLOW_FILTER_MAP} holds {} bytes where two generations of {lines} lines need \
+                 {needed}",
+                self.len
+            );
+        }
+        self.set_state(FlowFilterState {
+            phase: FILTER_READY,
+            lines,
+        })
+    }
+
+    /// Sets the mark of `key` in `generation` of the filter `state`.
+    fn set(&self, state: &FlowFilterState, key: &FlowKey, generation: u32) {
+        let (line, byte) = match key {
+            FlowKey::V4(k) => state.position(&k.words(), generation),
+            FlowKey::V6(k) => state.position(&k.words(), generation),
+        };
+        let offset = line as usize * FILTER_LINE_MARKS as usize + byte;
+        if offset < self.len {
+            // SAFETY: inside the mapping.
+            unsafe { self.marks.as_ptr().add(offset).write_volatile(1) };
+        }
+    }
+
+    /// Marks flow `key`, which this process just wrote to a flow table, as
+    /// the data path marks its own (see `lb_common::flow_filter`).
+    pub fn mark(&self, key: &FlowKey) -> anyhow::Result<()> {
+        let state = self.state()?;
+        self.set(&state, key, state.current());
+        if state.rebuilding() {
+            self.set(&state, key, state.next());
+        }
+        Ok(())
+    }
+
+    /// Starts a rebuild: clears the generation SYNs do not read, then has
+    /// every flow that enters a table from now on marked in both. Each flow
+    /// of a walk of the tables that starts after this must be marked with
+    /// [`FlowFilter::mark_next`] before [`FlowFilter::finish_rebuild`].
+    pub fn begin_rebuild(&mut self) -> anyhow::Result<Rebuild> {
+        let before = self.state()?;
+        let half = self.len / 2;
+        let start = before.next() as usize * half;
+        // SAFETY: one generation of the mapping, which SYNs do not read;
+        // the data path only sets marks there while a rebuild runs, and
+        // the last one ended (or failed) before this clear.
+        unsafe { std::ptr::write_bytes(self.marks.as_ptr().add(start), 0, half) };
+        self.set_state(FlowFilterState {
+            phase: before.phase | FILTER_REBUILDING,
+            ..before
+        })?;
+        Ok(Rebuild { before })
+    }
+
+    /// Marks flow `key`, found by the walk of `rebuild`, in the next
+    /// generation.
+    pub fn mark_next(&self, rebuild: &Rebuild, key: &FlowKey) {
+        self.set(&rebuild.before, key, rebuild.before.next());
+    }
+
+    /// Ends `rebuild`: its generation becomes the one SYNs read, and it
+    /// holds every flow of the tables.
+    pub fn finish_rebuild(&mut self, rebuild: Rebuild) -> anyhow::Result<()> {
+        let before = rebuild.before;
+        self.set_state(FlowFilterState {
+            phase: FILTER_READY | (before.next() * FILTER_SECOND),
+            lines: before.lines,
+        })
+    }
+
+    /// How many marks of the current generation are set, and how many it
+    /// has.
+    pub fn occupancy(&self) -> anyhow::Result<(usize, usize)> {
+        let state = self.state()?;
+        let half = self.len / 2;
+        let start = state.current() as usize * half;
+        // SAFETY: one generation of the mapping, read as bytes.
+        let marks = unsafe { std::slice::from_raw_parts(self.marks.as_ptr().add(start), half) };
+        Ok((marks.iter().filter(|mark| **mark != 0).count(), half))
+    }
+}
+
+impl Drop for FlowFilter {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.marks.as_ptr().cast(), self.len) };
+    }
+}
