@@ -136,13 +136,15 @@ impl FlowFilter {
     /// every flow that enters a table from now on marked in both. Each flow
     /// of a walk of the tables that starts after this must be marked with
     /// [`FlowFilter::mark_next`] before [`FlowFilter::finish_rebuild`].
+    /// One rebuild at a time: `lb run` rebuilds only from its sweeper.
     pub fn begin_rebuild(&mut self) -> anyhow::Result<Rebuild> {
         let before = self.state()?;
         let half = self.len / 2;
         let start = before.next() as usize * half;
-        // SAFETY: one generation of the mapping, which SYNs do not read;
-        // the data path only sets marks there while a rebuild runs, and
-        // the last one ended (or failed) before this clear.
+        // SAFETY: one generation of the mapping, which SYNs do not read.
+        // The data path sets marks there only while a rebuild runs (one
+        // that failed leaves the flag set): a mark this clear erases is a
+        // flow's that was in its table before the walk that follows starts.
         unsafe { std::ptr::write_bytes(self.marks.as_ptr().add(start), 0, half) };
         self.set_state(FlowFilterState {
             phase: before.phase | FILTER_REBUILDING,
