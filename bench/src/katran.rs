@@ -32,15 +32,18 @@
 //! - Flood ("flood", informational: no target): each program as it runs
 //!   above its rate of new flows. lb is in flood mode (`lb_common::flood`:
 //!   its guard at `lb run`'s default rate, `FLOOD_UNTIL` held ahead): a
-//!   SYN misses both tables and takes its backend from the service's
-//!   Maglev table at the tuple's hash, with no insert. Katran's limiter is
-//!   NOT reset but held above its rate (`v1` far above `MAX_CONN_RATE`, `v2`
-//!   now, written outside the timed calls): a SYN takes its real from the
-//!   ring and skips the LRU update. Checked: neither table records any of
-//!   the round's flows (a sample of them), and lb counted every SYN as
-//!   forwarded statelessly. Katran's SYN never looks in its LRU, while lb's
-//!   looks in both of its tables first (a SYN may belong to a flow it
-//!   knows).
+//!   SYN its flow filter has no mark for skips both tables (one with a
+//!   mark misses both) and takes its backend from the service's Maglev
+//!   table at the tuple's hash, with no insert. Before each of these
+//!   rounds lb's filter is rebuilt from its tables, as `lb run`'s sweeper
+//!   does every sweep (the stateful rounds leave marks of flows long
+//!   evicted). Katran's limiter is NOT reset but held above its rate (`v1`
+//!   far above `MAX_CONN_RATE`, `v2` now, written outside the timed
+//!   calls): a SYN takes its real from the ring and skips the LRU update.
+//!   Checked: neither table records any of the round's flows (a sample of
+//!   them), and lb counted every SYN as forwarded statelessly. Katran's
+//!   SYN never looks in its LRU, while lb's reads its filter first (a SYN
+//!   may belong to a flow it knows).
 //!
 //! [`Method::PerCall`]: crate::micro::Method::PerCall
 
@@ -57,13 +60,16 @@ use aya::{
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
-use lb::datapath::{
-    Datapath,
-    maps::{FlowCapacity, monotonic_ns},
+use lb::{
+    datapath::{
+        Datapath,
+        maps::{FlowCapacity, monotonic_ns},
+    },
+    sweeper,
 };
 use lb_common::{
     EVENT_STATELESS_SYN, PROTO_TCP,
-    conn_state::{TCP_ACK, TCP_SYN},
+    conn_state::{TCP_ACK, TCP_SYN, Timeouts},
 };
 use lb_tests::{
     VIP4,
@@ -694,6 +700,11 @@ impl Bed {
         params: &Params,
         frame: impl Fn(u32) -> Vec<u8>,
     ) -> anyhow::Result<f64> {
+        // The flow filter as `lb run`'s sweeper leaves it: rebuilt from the
+        // tables (the stateful rounds before marked millions of flows
+        // their tables no longer hold, which no sweep has cleared here).
+        sweeper::walk(&mut self.lb.maps, &[], &Timeouts::IPVS)
+            .context("rebuilding lb's flow filter")?;
         let before = flow_event(&self.lb, EVENT_STATELESS_SYN)?;
         self.lb_flood.enter(&mut self.lb)?;
         let flood = &mut self.lb_flood;
