@@ -150,11 +150,19 @@ impl<E> FlowCacheSet<E> {
 /// multiplicative hash.
 #[inline(always)]
 pub fn flow_cache_set<const N: usize>(words: &[u64; N]) -> u32 {
+    (folded_key(words) >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
+}
+
+/// A key's 64-bit words folded by a multiply (golden-ratio constant): its
+/// high bits are a fast hash of the key (the flow cache's set, the flow
+/// filter's position after a mix).
+#[inline(always)]
+pub fn folded_key<const N: usize>(words: &[u64; N]) -> u64 {
     let mut hash = 0u64;
     for word in words {
         hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
-    (hash >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as u32
+    hash
 }
 
 /// The flow-cache map index of set `set` (see [`flow_cache_set`]) for CPU

@@ -24,6 +24,8 @@
 //! began. Before [`FILTER_READY`] is set (a data path adopted without its
 //! filter) every SYN looks in the tables.
 
+use crate::flow_cache::folded_key;
+
 /// Marks per value of [`FLOW_FILTER_MAP`]: one cache line.
 ///
 /// [`FLOW_FILTER_MAP`]: crate::limits::FLOW_FILTER_MAP
@@ -103,10 +105,7 @@ impl FlowFilterState {
 /// in their port only on too few marks).
 #[inline(always)]
 fn filter_hash<const N: usize>(words: &[u64; N]) -> u32 {
-    let mut hash = 0u64;
-    for word in words {
-        hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
+    let mut hash = folded_key(words);
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     (hash >> 32) as u32

@@ -79,7 +79,7 @@ impl FlowFilter {
     }
 
     /// The filter's state.
-    pub fn state(&self) -> anyhow::Result<FlowFilterState> {
+    fn state(&self) -> anyhow::Result<FlowFilterState> {
         self.state
             .get(&0, 0)
             .with_context(|| format!("reading {FLOW_FILTER_STATE_MAP}"))
@@ -169,15 +169,14 @@ impl FlowFilter {
         })
     }
 
-    /// How many marks of the current generation are set, and how many it
-    /// has.
-    pub fn occupancy(&self) -> anyhow::Result<(usize, usize)> {
+    /// How many marks of the current generation are set.
+    pub fn occupancy(&self) -> anyhow::Result<usize> {
         let state = self.state()?;
         let half = self.len / 2;
         let start = state.current() as usize * half;
         // SAFETY: one generation of the mapping, read as bytes.
         let marks = unsafe { std::slice::from_raw_parts(self.marks.as_ptr().add(start), half) };
-        Ok((marks.iter().filter(|mark| **mark != 0).count(), half))
+        Ok(marks.iter().filter(|mark| **mark != 0).count())
     }
 }
 
