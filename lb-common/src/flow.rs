@@ -5,6 +5,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
+    flow_cache::same_words,
     ip::{FAMILY_IPV4, FAMILY_IPV6},
     service::{AlignedServiceKey, service_key_tail},
 };
@@ -63,6 +64,13 @@ impl FlowKey4 {
     pub fn words(&self) -> [u64; 2] {
         // SAFETY: 16 bytes without implicit padding, 8-byte aligned.
         unsafe { core::mem::transmute(*self) }
+    }
+
+    /// Whether `other` is the same key (one test over its words, where a
+    /// field-by-field comparison branches per field).
+    #[inline(always)]
+    pub fn same_as(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
     }
 
     /// The key whose [`words`](Self::words) are `words`.
@@ -141,6 +149,13 @@ impl FlowKey6 {
     pub fn words(&self) -> [u64; 5] {
         // SAFETY: 40 bytes without implicit padding, 8-byte aligned.
         unsafe { core::mem::transmute(*self) }
+    }
+
+    /// Whether `other` is the same key (one test over its words, where a
+    /// field-by-field comparison branches per field).
+    #[inline(always)]
+    pub fn same_as(&self, other: &Self) -> bool {
+        same_words(&self.words(), &other.words())
     }
 
     /// The key whose [`words`](Self::words) are `words`.

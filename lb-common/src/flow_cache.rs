@@ -64,7 +64,7 @@ pub trait CachedFlow<const N: usize> {
 /// Whether two keys, given as their 64-bit words, are equal (one test of
 /// the OR of the XORs rather than a branch per word).
 #[inline(always)]
-fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+pub(crate) fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
     a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 

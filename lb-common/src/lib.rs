@@ -3,7 +3,7 @@
 //! Everything that crosses the kernel/user boundary lives here: map names and
 //! size limits ([`limits`]), the `#[repr(C)]` keys and values of every map,
 //! one module per concern ([`ip`], [`vlan`], [`nic`], [`service`], [`backend`], [`flow`],
-//! [`persist`], [`flow_cache`], [`flow_filter`], [`fragment`], [`stats`], [`sync`], [`flood`]), and the two pieces of per-packet logic that
+//! [`persist`], [`pending`], [`flow_cache`], [`flow_filter`], [`fragment`], [`stats`], [`sync`], [`flood`]), and the two pieces of per-packet logic that
 //! both sides must agree on exactly: the TCP state machine ([`conn_state`])
 //! and weighted least-connection selection ([`wlc`]). The XDP program calls
 //! them; host unit tests exercise them.
@@ -24,8 +24,8 @@
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
 //! | [`CONNTRACK4_MAP`] | hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | hash | [`FlowKey6`] -> [`Flow`] |
-//! | [`PENDING4_MAP`] | LRU hash | [`FlowKey4`] -> [`Flow`] |
-//! | [`PENDING6_MAP`] | LRU hash | [`FlowKey6`] -> [`Flow`] |
+//! | [`PENDING4_MAP`] | array of sets | [`pending_set`] -> [`PendingSet4`] |
+//! | [`PENDING6_MAP`] | array of sets | [`pending_set`] -> [`PendingSet6`] |
 //! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
 //! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
 //! | [`FLOW_FILTER_MAP`] | array, two generations of lines | [`FlowFilterState::position`] -> [`FlowFilterLine`] |
@@ -120,6 +120,7 @@ pub mod fragment;
 pub mod ip;
 pub mod limits;
 pub mod nic;
+pub mod pending;
 pub mod persist;
 pub mod schedule;
 pub mod service;
@@ -138,6 +139,7 @@ pub use fragment::*;
 pub use ip::*;
 pub use limits::*;
 pub use nic::*;
+pub use pending::*;
 pub use persist::*;
 pub use schedule::{
     SCHEDULE_TABLE_SIZE, SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WLC, SCHEDULER_WRR,

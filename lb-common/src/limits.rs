@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -56,20 +56,20 @@ pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
 /// [`FlowKey6`]: crate::flow::FlowKey6
 /// [`Flow`]: crate::flow::Flow
 pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
-/// Name of the IPv4 pending table (LRU hash: [`FlowKey4`] -> [`Flow`]):
-/// flows not confirmed yet (half-open TCP) and flows the full connection
-/// table could not take. A flood of new flows evicts only flows here, never
-/// a confirmed flow of [`CONNTRACK4_MAP`]. Written by XDP, expired by the
-/// control plane.
+/// Name of the IPv4 pending table (mmapable array: [`pending_set`] ->
+/// [`PendingSet4`], see [`crate::pending`]): flows not confirmed yet
+/// (half-open TCP) and flows the full connection table could not take. A
+/// flood of new flows evicts only flows here (the least recently seen of
+/// a set), never a confirmed flow of [`CONNTRACK4_MAP`]. Written by XDP,
+/// expired by the control plane.
 ///
-/// [`FlowKey4`]: crate::flow::FlowKey4
-/// [`Flow`]: crate::flow::Flow
+/// [`pending_set`]: crate::pending::pending_set
+/// [`PendingSet4`]: crate::pending::PendingSet4
 pub const PENDING4_MAP: &str = "PENDING4";
-/// Name of the IPv6 pending table (LRU hash: [`FlowKey6`] -> [`Flow`]), as
+/// Name of the IPv6 pending table ([`PendingSet6`] values), as
 /// [`PENDING4_MAP`].
 ///
-/// [`FlowKey6`]: crate::flow::FlowKey6
-/// [`Flow`]: crate::flow::Flow
+/// [`PendingSet6`]: crate::pending::PendingSet6
 pub const PENDING6_MAP: &str = "PENDING6";
 /// Name of the persistence templates (LRU hash: [`PersistKey`] ->
 /// [`PersistTemplate`]): written by XDP when a persistent service's client
@@ -207,11 +207,12 @@ pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
 pub const MIN_PENDING_FLOWS: u32 = 1024;
 
 /// Capacity of a family's pending table ([`PENDING4_MAP`], [`PENDING6_MAP`])
-/// beside a connection table of `max_flows`: a quarter of it, at least
+/// beside a connection table of `max_flows`: a quarter of it rounded up to
+/// a power of two (whole sets of `crate::pending`), at least
 /// [`MIN_PENDING_FLOWS`]. Half-open flows live there for one round trip.
 pub const fn pending_capacity(max_flows: u32) -> u32 {
     if max_flows / 4 > MIN_PENDING_FLOWS {
-        max_flows / 4
+        (max_flows / 4).next_power_of_two()
     } else {
         MIN_PENDING_FLOWS
     }

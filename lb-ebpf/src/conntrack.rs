@@ -2,17 +2,20 @@
 //! state; a new flow gets a backend by weighted least-connection.
 //!
 //! Each address family has two tables. A new TCP flow (a SYN) opens in the
-//! pending table, an LRU; the client's ACK that completes the handshake
-//! confirms it and moves it to the connection table, a plain hash that never
-//! evicts: a flood of spoofed SYNs or fake handshakes can only evict pending
-//! flows and fill free room, never push out a confirmed one. UDP flows and
-//! flows a `sloppy_tcp` service picks up mid-way are confirmed at once. A
-//! confirmed flow the full connection table refuses stays pending (counted)
-//! and tries again with the client's first payload; an ACK picked up in
-//! flood mode (`crate::flood`) waits in the pending table for that payload.
-//! Every flow that enters a table is marked in the flow filter
-//! ([`filter::mark`]), which lets a SYN of a flow neither table holds skip
-//! both lookups.
+//! pending table, sets of a few flows in an array (`lb_common::pending`:
+//! one cache line written, no kernel hash insert); the client's ACK that
+//! completes the handshake confirms it and moves it to the connection
+//! table, a plain hash that never evicts: a flood of spoofed SYNs or fake
+//! handshakes can only evict pending flows and fill free room, never push
+//! out a confirmed one. UDP flows and flows a `sloppy_tcp` service picks up
+//! mid-way are confirmed at once. A confirmed flow the full connection
+//! table refuses stays pending (counted) and tries again with the client's
+//! first payload; an ACK picked up in flood mode (`crate::flood`) waits in
+//! the pending table for that payload. Every flow that enters a table is
+//! marked in the flow filter ([`filter::mark`]), with a mark of that
+//! table's kind: a SYN skips each table whose mark it finds clear, and a
+//! flood of new flows, which sets pending marks only, leaves the confirmed
+//! ones useful.
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once,
 //! and each change replays the backend's matches in the service's scheduler
@@ -43,19 +46,19 @@ use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
     EVENT_PENDING_OPENED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
-    FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, Flow, FlowCacheSet,
-    FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS, PROTO_TCP,
-    PersistTemplate, REASON_NO_BACKEND, Service,
+    FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, FilterKind,
+    FilterPosition, Flow, FlowCacheSet, FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree,
+    MAX_BACKENDS, PENDING_WAYS, PROTO_TCP, PendingSet, PersistTemplate, REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, flow_cache_set, flow_event_index, flow_hash, persist_key, wlc,
+    flow_cache_index, flow_cache_set, flow_event_index, flow_hash, pending_set, persist_key, wlc,
 };
 
 use crate::{
-    filter,
+    filter::{self, MayHold},
     flood::Opening,
     maps::{
         BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
-        PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE,
+        PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE, pending_sets,
     },
     parse::Packet,
     schedule, stats,
@@ -78,6 +81,23 @@ pub enum Table {
     Pending,
 }
 
+impl Table {
+    /// The kind of the flow filter's marks of this table.
+    #[inline(always)]
+    const fn filter_kind(self) -> FilterKind {
+        match self {
+            Self::Confirmed => FilterKind::Confirmed,
+            Self::Pending => FilterKind::Pending,
+        }
+    }
+}
+
+/// Keeps a way index provably inside a pending set for the verifier.
+#[inline(always)]
+const fn pending_way(way: usize) -> usize {
+    way & (PENDING_WAYS - 1)
+}
+
 /// A flow key, tied to the tables of its address family.
 pub trait TableKey: Copy + 'static {
     /// Whether the key is an IPv6 one (which event counters it uses).
@@ -89,6 +109,8 @@ pub trait TableKey: Copy + 'static {
     fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
     /// Deletes the key from the pending table; whether it was there.
     fn remove_pending(&self) -> bool;
+    /// The key's set of the pending table (see `lb_common::pending`).
+    fn pending_set(&self) -> Option<&'static mut PendingSet<Self>>;
     /// The client's address in 16 bytes (IPv4 in the first 4).
     fn client_addr(&self) -> [u8; 16];
     /// A hash of the flow's 5-tuple and VLAN (`mh`).
@@ -111,7 +133,7 @@ pub trait TableKey: Copy + 'static {
     fn cache(&self, set: &mut Self::CacheSet, service_id: u32, binding: &Binding, period: u64);
     /// The line and byte of this key's mark in generation `generation` of
     /// the flow filter (`crate::filter`) that `state` describes.
-    fn filter_position(&self, state: &FlowFilterState, generation: u32) -> (u32, usize);
+    fn filter_position(&self, state: &FlowFilterState, generation: u32) -> FilterPosition;
 }
 
 /// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
@@ -133,7 +155,11 @@ macro_rules! table_key {
             fn lookup(&self, table: Table) -> Option<*mut Flow> {
                 match table {
                     Table::Confirmed => $table.get_ptr_mut(self),
-                    Table::Pending => $pending.get_ptr_mut(self),
+                    Table::Pending => {
+                        let set = self.pending_set()?;
+                        let way = pending_way(set.find(|key| key.same_as(self))?);
+                        Some(&raw mut set.ways[way].flow)
+                    }
                 }
             }
 
@@ -141,17 +167,40 @@ macro_rules! table_key {
             fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32> {
                 match table {
                     Table::Confirmed => $table.insert(self, flow, mode),
-                    Table::Pending => $pending.insert(self, flow, mode),
+                    Table::Pending => {
+                        // No set: the loader sized the table to none (never
+                        // by lb's own loader).
+                        let set = self.pending_set().ok_or(-1)?;
+                        let way = pending_way(set.way_for(|key| key.same_as(self)));
+                        set.ways[way].key = *self;
+                        set.ways[way].flow = *flow;
+                        Ok(())
+                    }
                 }
             }
 
             #[inline(always)]
             fn remove_pending(&self) -> bool {
-                $pending.remove(self).is_ok()
+                let Some(set) = self.pending_set() else {
+                    return false;
+                };
+                let Some(way) = set.find(|key| key.same_as(self)) else {
+                    return false;
+                };
+                let last_seen: *mut u64 = &raw mut set.ways[pending_way(way)].flow.last_seen_ns;
+                // SAFETY: a field of a map value. The atomic add of 0 is a
+                // locked instruction before the store that empties the way
+                // (see `filter::mark`); the control plane's expiry swaps
+                // the same word, and a swap between the two is harmless.
+                unsafe {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(last_seen, 0);
+                    last_seen.write_volatile(0);
+                }
+                true
             }
 
             #[inline(always)]
-            fn filter_position(&self, state: &FlowFilterState, generation: u32) -> (u32, usize) {
+            fn filter_position(&self, state: &FlowFilterState, generation: u32) -> FilterPosition {
                 state.position(&self.words(), generation)
             }
 
@@ -177,6 +226,16 @@ macro_rules! table_key {
             #[inline(always)]
             fn service_key(&self) -> AlignedServiceKey {
                 <$key>::service_key(self)
+            }
+
+            #[inline(always)]
+            fn pending_set(&self) -> Option<&'static mut PendingSet<$key>> {
+                let sets = pending_sets($ipv6);
+                let set = $pending.get_ptr_mut(pending_set(&self.words(), sets))?;
+                // SAFETY: a valid array value. Other CPUs may write the same
+                // set at once (two new flows hashing to it in the same
+                // instant); a flow's own packets come to one CPU.
+                Some(unsafe { &mut *set })
             }
 
             #[inline(always)]
@@ -403,16 +462,23 @@ pub enum Lookup {
 /// ([`Lookup::Found`]); the handshake's ACK moves a pending flow to the
 /// connection table ([`promote`]). The flow keeps its backend while the
 /// backend exists, even when it is quiesced or down, except for a new
-/// connection on its tuple ([`Lookup::Reused`]). A SYN whose key the flow
-/// filter has no mark for is [`Lookup::Missing`] without a look in either
-/// table ([`filter::may_hold`]).
+/// connection on its tuple ([`Lookup::Reused`]). A SYN skips each table
+/// whose mark for its key the flow filter has clear ([`filter::may_hold`]).
 #[inline(always)]
 pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
-    if packet.opens_connection() && !filter::may_hold(key) {
-        return Lookup::Missing;
-    }
-    let (table, flow) = match key.lookup(Table::Confirmed) {
+    let may_hold = if packet.opens_connection() {
+        filter::may_hold(key)
+    } else {
+        MayHold::BOTH
+    };
+    let confirmed = if may_hold.confirmed {
+        key.lookup(Table::Confirmed)
+    } else {
+        None
+    };
+    let (table, flow) = match confirmed {
         Some(flow) => (Table::Confirmed, flow),
+        None if !may_hold.pending => return Lookup::Missing,
         None => match key.lookup(Table::Pending) {
             Some(flow) => (Table::Pending, flow),
             None => return Lookup::Missing,
@@ -481,16 +547,18 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
 /// the connection table. A full table refuses it (counted): it stays pending.
 #[inline(always)]
 fn promote<K: TableKey>(key: &K, flow: &Flow) {
-    if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_err() {
+    // A copy: removing the flow from its set empties what `flow` points at.
+    let flow = *flow;
+    if key.insert(Table::Confirmed, &flow, BPF_NOEXIST).is_err() {
         count_event::<K>(EVENT_TABLE_FULL);
         return;
     }
     if key.remove_pending() {
         count_event::<K>(EVENT_PROMOTED);
     }
-    // After the delete's locked bucket: see `filter::mark`.
-    filter::mark(key);
-    announce(key, flow);
+    // After the removal's locked instruction: see `filter::mark`.
+    filter::mark(key, FilterKind::Confirmed);
+    announce(key, &flow);
 }
 
 /// Whether `packet` is a new connection on the tuple of a flow in
@@ -553,10 +621,10 @@ pub fn open<K: TableKey>(
     let confirm = opening != Opening::HashedAck || flags & FLOW_CARRIED_DATA != 0;
     // Unrecorded, the packet is still forwarded, and the flow's next packet
     // is scheduled again (a SYN) or dropped.
-    if record(key, &flow, replaces, confirm) {
+    if let Some(table) = record(key, &flow, replaces, confirm) {
         add_count(conns, slot, is_active(state), 1);
         // After the count's atomic add: see `filter::mark`.
-        filter::mark(key);
+        filter::mark(key, table.filter_kind());
         repair(tree, conns, slot);
         if opening == Opening::HashedAck {
             count_event::<K>(EVENT_HASHED_ACK);
@@ -619,31 +687,37 @@ fn choose<K: TableKey>(
 /// flow's table; else a confirmed flow (ESTABLISHED: a sloppy pick-up or,
 /// with payload, one in flood mode; UDP) in the connection table when
 /// `confirm`, and any other, or one the full connection table refuses, in
-/// the pending table (an LRU, which only fails when the kernel has no free
-/// entry). Returns whether it was recorded; counted.
+/// the pending table (over the least recently seen flow of its set when
+/// the set is full; it only fails without a set). Returns the table it was
+/// recorded in; counted.
 #[inline(always)]
-fn record<K: TableKey>(key: &K, flow: &Flow, replaces: Option<Table>, confirm: bool) -> bool {
+fn record<K: TableKey>(
+    key: &K,
+    flow: &Flow,
+    replaces: Option<Table>,
+    confirm: bool,
+) -> Option<Table> {
     if let Some(table) = replaces {
-        let recorded = key.insert(table, flow, BPF_ANY).is_ok();
-        if recorded && table == Table::Confirmed {
+        key.insert(table, flow, BPF_ANY).ok()?;
+        if table == Table::Confirmed {
             announce(key, flow);
         }
-        return recorded;
+        return Some(table);
     }
     let state = u32::from(flow.state);
     if confirm && (state == STATE_ESTABLISHED || state == STATE_UDP) {
         if key.insert(Table::Confirmed, flow, BPF_NOEXIST).is_ok() {
             announce(key, flow);
-            return true;
+            return Some(Table::Confirmed);
         }
         count_event::<K>(EVENT_TABLE_FULL);
     }
     if key.insert(Table::Pending, flow, BPF_ANY).is_ok() {
         count_event::<K>(EVENT_PENDING_OPENED);
-        true
+        Some(Table::Pending)
     } else {
         count_event::<K>(EVENT_PENDING_FAILED);
-        false
+        None
     }
 }
 

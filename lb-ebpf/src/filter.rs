@@ -1,8 +1,8 @@
 //! The flow filter (`lb_common::flow_filter`): [`may_hold`] tells a SYN
-//! whether its flow's tables need a look; [`mark`] records that a flow
+//! which of its flow's tables need a look; [`mark`] records that a flow
 //! entered one.
 
-use lb_common::FlowFilterState;
+use lb_common::{FilterKind, FlowFilterState};
 
 use crate::{
     conntrack::TableKey,
@@ -22,46 +22,68 @@ fn state() -> Option<FlowFilterState> {
     })
 }
 
-/// Whether the flow tables may hold flow `key`: false only when the filter
-/// is ready and the key's mark in the current generation is clear.
-#[inline(always)]
-pub fn may_hold<K: TableKey>(key: &K) -> bool {
-    let Some(state) = state() else {
-        return true;
-    };
-    if !state.ready() {
-        return true;
-    }
-    let (line, byte) = key.filter_position(&state, state.current());
-    FLOW_FILTER
-        .get(line)
-        .is_none_or(|marks| marks[byte % marks.len()] != 0)
+/// Which of its tables may hold flow `key`.
+#[derive(Clone, Copy)]
+pub struct MayHold {
+    /// The connection table may hold it.
+    pub confirmed: bool,
+    /// The pending table may hold it.
+    pub pending: bool,
 }
 
-/// Marks flow `key`, which just entered a flow table, in the current
+impl MayHold {
+    /// Either table may hold it (no filter to go by).
+    pub const BOTH: Self = Self {
+        confirmed: true,
+        pending: true,
+    };
+}
+
+/// Which tables may hold flow `key`: a table may not only when the filter
+/// is ready and the key's mark of that table in the current generation is
+/// clear. Both marks are in one line, read once.
+#[inline(always)]
+pub fn may_hold<K: TableKey>(key: &K) -> MayHold {
+    let Some(state) = state() else {
+        return MayHold::BOTH;
+    };
+    if !state.ready() {
+        return MayHold::BOTH;
+    }
+    let position = key.filter_position(&state, state.current());
+    let Some(marks) = FLOW_FILTER.get(position.line) else {
+        return MayHold::BOTH;
+    };
+    MayHold {
+        confirmed: marks[position.confirmed % marks.len()] != 0,
+        pending: marks[position.pending % marks.len()] != 0,
+    }
+}
+
+/// Marks flow `key`, which just entered the table of `kind`, in the current
 /// generation, and in the next one while a rebuild runs. Call it after a
 /// locked instruction that follows the insert (an atomic counter update, a
-/// table delete): the state must be read after the flow is visible in its
-/// table, so that a flow marked in the current generation only was in its
-/// table before the rebuild's walk began.
+/// pending flow's removal): the state must be read after the flow is
+/// visible in its table, so that a flow marked in the current generation
+/// only was in its table before the rebuild's walk began.
 #[inline(always)]
-pub fn mark<K: TableKey>(key: &K) {
+pub fn mark<K: TableKey>(key: &K, kind: FilterKind) {
     let Some(state) = state() else {
         return;
     };
-    set(key, &state, state.current());
+    set(key, &state, state.current(), kind);
     if state.rebuilding() {
-        set(key, &state, state.next());
+        set(key, &state, state.next(), kind);
     }
 }
 
-/// Sets the mark of `key` in generation `generation`.
+/// Sets the mark of kind `kind` of `key` in generation `generation`.
 #[inline(always)]
-fn set<K: TableKey>(key: &K, state: &FlowFilterState, generation: u32) {
-    let (line, byte) = key.filter_position(state, generation);
-    if let Some(marks) = FLOW_FILTER.get_ptr_mut(line) {
+fn set<K: TableKey>(key: &K, state: &FlowFilterState, generation: u32, kind: FilterKind) {
+    let position = key.filter_position(state, generation);
+    if let Some(marks) = FLOW_FILTER.get_ptr_mut(position.line) {
         // SAFETY: a valid array value; a one-byte store races with no
         // other write but another 1.
-        unsafe { (*marks)[byte % (*marks).len()] = 1 };
+        unsafe { (*marks)[position.byte(kind) % (*marks).len()] = 1 };
     }
 }

@@ -13,9 +13,9 @@ use lb_common::{
     FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, FloodGuard, Flow, FlowChange,
     FlowFilterLine, FlowFilterState, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
     LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS,
-    NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey, PersistTemplate, SERVICE_PORTS_ENTRIES,
-    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, VIPS_ENTRIES, VipKey,
-    pending_capacity, port_bit,
+    NicCounters, NicFilter, PERSIST_TEMPLATES, PendingSet4, PendingSet6, PersistKey,
+    PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey, SynWindow,
+    SyncCounters, VIPS_ENTRIES, VipKey, port_bit,
 };
 
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
@@ -77,19 +77,41 @@ pub static CONNTRACK4: HashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> =
 pub static CONNTRACK6: HashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> = HashMap::new();
 
 /// The IPv4 pending table: half-open flows, and flows [`CONNTRACK4`] was too
-/// full to take, same key and value. An LRU: a flood of new flows evicts
-/// pending flows only. The loader sizes it with `lb_common::pending_capacity`.
+/// full to take, in sets of `lb_common::PENDING_WAYS` flows indexed by
+/// `lb_common::pending_set` (see `lb_common::pending`): a SYN records its
+/// flow by writing one cache line, and a flood of new flows evicts pending
+/// flows only. An mmapable array, so that every set sits on its own cache
+/// line and the control plane reads and expires flows through a mapping;
+/// the loader sizes it ([`PENDING4_SETS`] sets).
 #[btf_map]
-pub static PENDING4: LruHashMap<FlowKey4, Flow, { pending_capacity(DEFAULT_MAX_FLOWS) as usize }> =
-    LruHashMap::new();
+pub static PENDING4: Array<PendingSet4, 1, BPF_F_MMAPABLE> = Array::new();
 
-/// The IPv6 pending table, as [`PENDING4`].
+/// The IPv6 pending table, as [`PENDING4`] ([`PENDING6_SETS`] sets).
 #[btf_map]
-pub static PENDING6: LruHashMap<
-    FlowKey6,
-    Flow,
-    { pending_capacity(DEFAULT_MAX_FLOWS_V6) as usize },
-> = LruHashMap::new();
+pub static PENDING6: Array<PendingSet6, 1, BPF_F_MMAPABLE> = Array::new();
+
+/// Sets of [`PENDING4`] (a power of two), set by the loader with the map's
+/// size: a constant of the loaded program.
+#[unsafe(no_mangle)]
+static PENDING4_SETS: u32 = 1;
+
+/// Sets of [`PENDING6`], as [`PENDING4_SETS`].
+#[unsafe(no_mangle)]
+static PENDING6_SETS: u32 = 1;
+
+/// The sets of [`PENDING4`] (`ipv6` false) or [`PENDING6`], as loaded.
+#[inline(always)]
+pub fn pending_sets(ipv6: bool) -> u32 {
+    // SAFETY: read-only data of the program; volatile, so that the value
+    // the loader wrote is read instead of the one compiled in.
+    unsafe {
+        if ipv6 {
+            core::ptr::read_volatile(&PENDING6_SETS)
+        } else {
+            core::ptr::read_volatile(&PENDING4_SETS)
+        }
+    }
+}
 
 /// Persistence templates: (service, masked client) -> the backend slot its
 /// new connections go to (see `lb_common::persist`). Written here when a

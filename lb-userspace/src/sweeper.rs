@@ -47,8 +47,8 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use anyhow::Context as _;
 use lb_common::{
-    BackendConnSet, FLOW_CARRIED_DATA, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES, PersistKey,
-    PersistTemplate, Service, addr_key,
+    BackendConnSet, FLOW_CARRIED_DATA, FilterKind, Flow, FlowKey, MAX_BACKENDS, MAX_SERVICES,
+    PersistKey, PersistTemplate, Service, addr_key,
     conn_state::{STATE_ESTABLISHED, Timeouts, is_active},
     persist_key,
 };
@@ -208,10 +208,14 @@ pub fn walk(maps: &mut Maps, services: &[Service], timeouts: &Timeouts) -> anyho
     let rebuild = maps.flow_filter.begin_rebuild()?;
     maps.for_each_flow_in_batches(LOOKUP_BATCH, |table, key, flow| {
         // Idle flows too: the data path may refresh one before `expire`.
-        maps.flow_filter.mark_next(&rebuild, &key);
-        if table == FlowTable::Confirmed {
-            confirmed[family(&key)] += 1;
-        }
+        let kind = match table {
+            FlowTable::Confirmed => {
+                confirmed[family(&key)] += 1;
+                FilterKind::Confirmed
+            }
+            FlowTable::Pending => FilterKind::Pending,
+        };
+        maps.flow_filter.mark_next(&rebuild, &key, kind);
         if is_expired(&flow, now_ns, timeouts, false) {
             walk.idle.push(key);
         } else if is_expired(&flow, now_ns, timeouts, true) {

@@ -11,8 +11,9 @@
 //! A flood reaches every CPU, as a real one does through a NIC's receive
 //! queues: the sender moves between the CPUs it may run on every few dozen
 //! tuples, and a veth runs the receiving XDP program on the sending CPU.
-//! (Per-CPU state of the data path, such as the kernel's per-CPU lists of an
-//! LRU map, would otherwise see only one CPU's share of the flood.) Spoofed sources come from
+//! (Per-CPU state of the data path, such as its SYN windows or the kernel's
+//! per-CPU lists of an LRU map, would otherwise see only one CPU's share of
+//! the flood.) Spoofed sources come from
 //! [`SPOOF_NET4`] (IPv4) or [`SPOOF_NET6`] (IPv6), documentation prefixes
 //! distinct from the bed's own hosts; nothing routes back to them, so the
 //! real servers' answers die in the real servers' namespaces.

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, IterableMap as _, MapData};
 use lb_common::{
-    FILTER_LINE_MARKS, FILTER_READY, FILTER_REBUILDING, FILTER_SECOND, FLOW_FILTER_MAP,
-    FLOW_FILTER_STATE_MAP, FlowFilterLine, FlowFilterState, FlowKey,
+    FILTER_CONFIRMED_MARKS, FILTER_LINE_BYTES, FILTER_READY, FILTER_REBUILDING, FILTER_SECOND,
+    FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FilterKind, FlowFilterLine, FlowFilterState, FlowKey,
 };
 
 /// The flow filter's maps, and its marks mapped into this process.
@@ -49,7 +49,7 @@ impl FlowFilter {
         map: Array<MapData, FlowFilterLine>,
         state: Array<MapData, FlowFilterState>,
     ) -> anyhow::Result<Self> {
-        let len = map.len() as usize * FILTER_LINE_MARKS as usize;
+        let len = map.len() as usize * FILTER_LINE_BYTES as usize;
         let fd = map.map().fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of an mmapable array map, of its size;
         // the kernel checks the rest.
@@ -94,7 +94,7 @@ impl FlowFilter {
     /// Readies the filter of a data path just loaded, whose tables are
     /// empty: `lines` lines per generation (the map must hold twice as many).
     pub fn ready_empty(&mut self, lines: u32) -> anyhow::Result<()> {
-        let needed = 2 * lines as usize * FILTER_LINE_MARKS as usize;
+        let needed = 2 * lines as usize * FILTER_LINE_BYTES as usize;
         if self.len != needed {
             bail!(
                 "{FLOW_FILTER_MAP} holds {} bytes where two generations of {lines} lines need \
@@ -108,26 +108,27 @@ impl FlowFilter {
         })
     }
 
-    /// Sets the mark of `key` in `generation` of the filter `state`.
-    fn set(&self, state: &FlowFilterState, key: &FlowKey, generation: u32) {
-        let (line, byte) = match key {
+    /// Sets the mark of kind `kind` of `key` in `generation` of the filter
+    /// `state`.
+    fn set(&self, state: &FlowFilterState, key: &FlowKey, generation: u32, kind: FilterKind) {
+        let position = match key {
             FlowKey::V4(k) => state.position(&k.words(), generation),
             FlowKey::V6(k) => state.position(&k.words(), generation),
         };
-        let offset = line as usize * FILTER_LINE_MARKS as usize + byte;
+        let offset = position.line as usize * FILTER_LINE_BYTES as usize + position.byte(kind);
         if offset < self.len {
             // SAFETY: inside the mapping.
             unsafe { self.marks.as_ptr().add(offset).write_volatile(1) };
         }
     }
 
-    /// Marks flow `key`, which this process just wrote to a flow table, as
-    /// the data path marks its own (see `lb_common::flow_filter`).
+    /// Marks flow `key`, which this process just wrote to a connection
+    /// table, as the data path marks its own (see `lb_common::flow_filter`).
     pub fn mark(&self, key: &FlowKey) -> anyhow::Result<()> {
         let state = self.state()?;
-        self.set(&state, key, state.current());
+        self.set(&state, key, state.current(), FilterKind::Confirmed);
         if state.rebuilding() {
-            self.set(&state, key, state.next());
+            self.set(&state, key, state.next(), FilterKind::Confirmed);
         }
         Ok(())
     }
@@ -153,10 +154,10 @@ impl FlowFilter {
         Ok(Rebuild { before })
     }
 
-    /// Marks flow `key`, found by the walk of `rebuild`, in the next
-    /// generation.
-    pub fn mark_next(&self, rebuild: &Rebuild, key: &FlowKey) {
-        self.set(&rebuild.before, key, rebuild.before.next());
+    /// Marks flow `key`, found by the walk of `rebuild` in the table of
+    /// `kind`, in the next generation.
+    pub fn mark_next(&self, rebuild: &Rebuild, key: &FlowKey, kind: FilterKind) {
+        self.set(&rebuild.before, key, rebuild.before.next(), kind);
     }
 
     /// Ends `rebuild`: its generation becomes the one SYNs read, and it
@@ -169,15 +170,30 @@ impl FlowFilter {
         })
     }
 
-    /// How many marks of the current generation are set.
-    pub fn occupancy(&self) -> anyhow::Result<usize> {
+    /// How many marks of the current generation are set, of each kind.
+    pub fn occupancy(&self) -> anyhow::Result<FilterOccupancy> {
         let state = self.state()?;
         let half = self.len / 2;
         let start = state.current() as usize * half;
         // SAFETY: one generation of the mapping, read as bytes.
         let marks = unsafe { std::slice::from_raw_parts(self.marks.as_ptr().add(start), half) };
-        Ok(marks.iter().filter(|mark| **mark != 0).count())
+        let mut occupancy = FilterOccupancy::default();
+        for line in marks.chunks_exact(FILTER_LINE_BYTES as usize) {
+            let (confirmed, pending) = line.split_at(FILTER_CONFIRMED_MARKS as usize);
+            occupancy.confirmed += confirmed.iter().filter(|mark| **mark != 0).count();
+            occupancy.pending += pending.iter().filter(|mark| **mark != 0).count();
+        }
+        Ok(occupancy)
     }
+}
+
+/// How many marks of each kind a filter's current generation has set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterOccupancy {
+    /// Confirmed marks (connection tables).
+    pub confirmed: usize,
+    /// Pending marks (pending tables).
+    pub pending: usize,
 }
 
 impl Drop for FlowFilter {

@@ -9,7 +9,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use super::flow_filter::FlowFilter;
+use super::{flow_filter::FlowFilter, pending::PendingTable};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Pod,
@@ -25,12 +25,12 @@ use lb_common::{
     FLOW_EVENTS_MAP, FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FloodGuard, Flow, FlowFilterLine,
     FlowFilterState, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree,
     MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS,
-    NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PersistKey,
-    PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP, SERVICE_STATS_MAP,
-    SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP, ScheduleTable, Service,
-    ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP, VIPS_MAP, VipKey,
-    WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index, pending_capacity, port_bit,
-    protocol_name, wlc,
+    NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PendingSet4,
+    PendingSet6, PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP,
+    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP,
+    SYNC_STATS_MAP, ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP,
+    VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index,
+    nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -61,8 +61,8 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
     (SCHEDULE_TABLES_MAP, 4, size_of::<ScheduleTable>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
-    (PENDING4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
-    (PENDING6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
+    (PENDING4_MAP, 4, size_of::<PendingSet4>()),
+    (PENDING6_MAP, 4, size_of::<PendingSet6>()),
     (FLOW_FILTER_MAP, 4, size_of::<FlowFilterLine>()),
     (FLOW_FILTER_STATE_MAP, 4, size_of::<FlowFilterState>()),
     (SERVICE_PORTS_MAP, 4, 4),
@@ -100,9 +100,10 @@ pub struct FlowCapacity {
 }
 
 impl FlowCapacity {
-    /// Flows the four tables hold in all (what the flow filter is sized for).
-    pub const fn total(&self) -> u64 {
-        self.ipv4 as u64 + self.ipv6 as u64 + self.pending_ipv4 as u64 + self.pending_ipv6 as u64
+    /// Flows the two connection tables hold in all (what the flow filter,
+    /// which tracks confirmed flows only, is sized for).
+    pub const fn confirmed(&self) -> u64 {
+        self.ipv4 as u64 + self.ipv6 as u64
     }
 
     /// Connection tables of `ipv4` and `ipv6` flows, with the pending
@@ -150,10 +151,10 @@ pub struct Maps {
     /// The IPv6 connection table: confirmed flows (a hash).
     pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
     /// The IPv4 pending table: half-open flows and the connection table's
-    /// overflow (an LRU hash).
-    pub pending4: HashMap<MapData, FlowKey4, Flow>,
-    /// The IPv6 pending table (an LRU hash).
-    pub pending6: HashMap<MapData, FlowKey6, Flow>,
+    /// overflow (sets of flows in an array, mapped).
+    pub pending4: PendingTable<FlowKey4>,
+    /// The IPv6 pending table, as `pending4`.
+    pub pending6: PendingTable<FlowKey6>,
     /// The flow filter: which flow keys the four tables may hold.
     pub flow_filter: FlowFilter,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
@@ -229,8 +230,8 @@ impl Maps {
             schedule_tables: typed(&mut take, SCHEDULE_TABLES_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
-            pending4: typed(&mut take, PENDING4_MAP)?,
-            pending6: typed(&mut take, PENDING6_MAP)?,
+            pending4: PendingTable::new(take(PENDING4_MAP)?, PENDING4_MAP)?,
+            pending6: PendingTable::new(take(PENDING6_MAP)?, PENDING6_MAP)?,
             flow_filter: FlowFilter::new(
                 typed(&mut take, FLOW_FILTER_MAP)?,
                 typed(&mut take, FLOW_FILTER_STATE_MAP)?,
@@ -683,31 +684,32 @@ impl Maps {
 
     /// The flow under `key` and the table that holds it.
     pub fn flow_in(&self, key: &FlowKey) -> anyhow::Result<Option<(FlowTable, Flow)>> {
-        for table in [FlowTable::Confirmed, FlowTable::Pending] {
-            let found = match (key, table) {
-                (FlowKey::V4(k), FlowTable::Confirmed) => self.conntrack4.get(k, 0),
-                (FlowKey::V6(k), FlowTable::Confirmed) => self.conntrack6.get(k, 0),
-                (FlowKey::V4(k), FlowTable::Pending) => self.pending4.get(k, 0),
-                (FlowKey::V6(k), FlowTable::Pending) => self.pending6.get(k, 0),
-            };
-            match found {
-                Ok(flow) => return Ok(Some((table, flow))),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("looking up flow {}", describe_flow(key)));
-                }
+        let confirmed = match key {
+            FlowKey::V4(k) => self.conntrack4.get(k, 0),
+            FlowKey::V6(k) => self.conntrack6.get(k, 0),
+        };
+        match confirmed {
+            Ok(flow) => return Ok(Some((FlowTable::Confirmed, flow))),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("looking up flow {}", describe_flow(key)));
             }
         }
-        Ok(None)
+        let pending = match key {
+            FlowKey::V4(k) => self.pending4.get(k),
+            FlowKey::V6(k) => self.pending6.get(k),
+        };
+        Ok(pending.map(|flow| (FlowTable::Pending, flow)))
     }
 
     /// Calls `each` for every flow of the four tables, IPv4 first, reading
-    /// them with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`] entries a system
-    /// call. The kernel copies the tables bucket by bucket and never starts
-    /// over, so a flow that stays in its table for the whole walk is seen
-    /// exactly once; one added, removed or moved meanwhile may be seen or not
-    /// (or twice, when the data path confirms it between its two tables).
+    /// the connection tables with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`]
+    /// entries a system call, and the pending tables through their
+    /// mappings. The kernel copies a connection table bucket by bucket and
+    /// never starts over, so a flow that stays in its table for the whole
+    /// walk is seen exactly once; one added, removed or moved meanwhile may
+    /// be seen or not (or twice, when the data path confirms it between its
+    /// two tables).
     pub fn for_each_flow(&self, mut each: impl FnMut(FlowKey, Flow)) -> anyhow::Result<()> {
         self.for_each_flow_in_batches(LOOKUP_BATCH, |_, key, flow| each(key, flow))
     }
@@ -719,40 +721,28 @@ impl Maps {
         batch: usize,
         mut each: impl FnMut(FlowTable, FlowKey, Flow),
     ) -> anyhow::Result<()> {
-        for (table, map4, map6, name4, name6) in [
-            (
-                FlowTable::Confirmed,
-                &self.conntrack4,
-                &self.conntrack6,
-                CONNTRACK4_MAP,
-                CONNTRACK6_MAP,
-            ),
-            (
-                FlowTable::Pending,
-                &self.pending4,
-                &self.pending6,
-                PENDING4_MAP,
-                PENDING6_MAP,
-            ),
-        ] {
-            lookup_batched(map4.map(), batch, |key, flow| {
-                each(table, FlowKey::V4(key), flow)
-            })
-            .with_context(|| format!("reading {name4} in batches"))?;
-            lookup_batched(map6.map(), batch, |key, flow| {
-                each(table, FlowKey::V6(key), flow)
-            })
-            .with_context(|| format!("reading {name6} in batches"))?;
-        }
+        lookup_batched(self.conntrack4.map(), batch, |key, flow| {
+            each(FlowTable::Confirmed, FlowKey::V4(key), flow)
+        })
+        .with_context(|| format!("reading {CONNTRACK4_MAP} in batches"))?;
+        lookup_batched(self.conntrack6.map(), batch, |key, flow| {
+            each(FlowTable::Confirmed, FlowKey::V6(key), flow)
+        })
+        .with_context(|| format!("reading {CONNTRACK6_MAP} in batches"))?;
+        self.pending4
+            .for_each(|key, flow| each(FlowTable::Pending, FlowKey::V4(key), flow));
+        self.pending6
+            .for_each(|key, flow| each(FlowTable::Pending, FlowKey::V6(key), flow));
         Ok(())
     }
 
-    /// Every flow of the four tables, IPv4 first, key by key (two system
-    /// calls a flow), skipping entries that vanish mid-walk. The walk does
-    /// not freeze the tables: a flow may be missed, or seen twice when the
-    /// entry the walk stands on is deleted and the kernel starts over; the
-    /// control plane reads them with [`Maps::for_each_flow`] instead, and
-    /// tests use this as an independent reference.
+    /// Every flow of the four tables, IPv4 first: the connection tables key
+    /// by key (two system calls a flow), skipping entries that vanish
+    /// mid-walk, the pending tables set by set. The walk does not freeze
+    /// the tables: a flow may be missed, or seen twice when the entry the
+    /// walk stands on is deleted and the kernel starts over; the control
+    /// plane reads them with [`Maps::for_each_flow`] instead, and tests use
+    /// this as an independent reference.
     pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
         let ipv4 = |map: &'_ HashMap<MapData, FlowKey4, Flow>| {
             map.iter()
@@ -766,11 +756,17 @@ impl Maps {
                 .map(|(key, flow)| (FlowKey::V6(key), flow))
                 .collect::<Vec<_>>()
         };
+        let mut pending4 = vec![];
+        self.pending4
+            .for_each(|key, flow| pending4.push((FlowKey::V4(key), flow)));
+        let mut pending6 = vec![];
+        self.pending6
+            .for_each(|key, flow| pending6.push((FlowKey::V6(key), flow)));
         [
             ipv4(&self.conntrack4),
-            ipv4(&self.pending4),
+            pending4,
             ipv6(&self.conntrack6),
-            ipv6(&self.pending6),
+            pending6,
         ]
         .into_iter()
         .flatten()
@@ -778,19 +774,14 @@ impl Maps {
 
     /// Deletes the flow under `key` from whichever table of its family holds
     /// it; whether it was there. Failing to delete is treated as absence:
-    /// the data path may have evicted, moved or re-created the flow
-    /// meanwhile, and the next sweep sees it again. A removal from a pending
-    /// table is counted once [`Maps::record_pending_removals`] runs.
+    /// the data path may have evicted, moved, refreshed or re-created the
+    /// flow meanwhile (a pending flow is only removed as it was read), and
+    /// the next sweep sees it again. A removal from a pending table is
+    /// counted once [`Maps::record_pending_removals`] runs.
     pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
         let (confirmed, pending) = match key {
-            FlowKey::V4(k) => (
-                self.conntrack4.remove(k).is_ok(),
-                self.pending4.remove(k).is_ok(),
-            ),
-            FlowKey::V6(k) => (
-                self.conntrack6.remove(k).is_ok(),
-                self.pending6.remove(k).is_ok(),
-            ),
+            FlowKey::V4(k) => (self.conntrack4.remove(k).is_ok(), self.pending4.remove(k)),
+            FlowKey::V6(k) => (self.conntrack6.remove(k).is_ok(), self.pending6.remove(k)),
         };
         if pending {
             self.pending_removed[usize::from(matches!(key, FlowKey::V6(_)))] += 1;
@@ -857,8 +848,8 @@ impl Maps {
     pub fn flow_count(&self) -> usize {
         self.conntrack4.keys().count()
             + self.conntrack6.keys().count()
-            + self.pending4.keys().count()
-            + self.pending6.keys().count()
+            + self.pending4.len()
+            + self.pending6.len()
     }
 
     /// The flow-change ring, for its one reader (connection sync); `None`
@@ -896,8 +887,8 @@ impl Maps {
         Ok(FlowCapacity {
             ipv4: max_entries(self.conntrack4.map(), CONNTRACK4_MAP)?,
             ipv6: max_entries(self.conntrack6.map(), CONNTRACK6_MAP)?,
-            pending_ipv4: max_entries(self.pending4.map(), PENDING4_MAP)?,
-            pending_ipv6: max_entries(self.pending6.map(), PENDING6_MAP)?,
+            pending_ipv4: self.pending4.capacity(),
+            pending_ipv6: self.pending6.capacity(),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod flow_filter;
 pub mod maps;
+pub mod pending;
 pub mod pins;
 
 use std::{
@@ -27,7 +28,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, FLOW_FILTER_MAP,
-    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines,
+    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines, pending_sets,
 };
 
 use self::{
@@ -37,6 +38,12 @@ use self::{
 
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// The program's constant of how many sets `PENDING4` has (the loader
+/// sets it with the map's size).
+const PENDING4_SETS_GLOBAL: &str = "PENDING4_SETS";
+/// As [`PENDING4_SETS_GLOBAL`], for `PENDING6`.
+const PENDING6_SETS_GLOBAL: &str = "PENDING6_SETS";
 
 /// Name of the trivial `XDP_PASS` program in [`EBPF_OBJECT`].
 const PASS_PROGRAM: &str = "lb_pass";
@@ -77,12 +84,16 @@ impl Datapath {
     /// `lb stats` can read them. Nothing is attached yet.
     pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let cache_sets = flow_cache_sets()?;
-        let filter_lines = flow_filter_lines(capacity.total());
+        let filter_lines = flow_filter_lines(capacity.confirmed());
+        let pending4_sets = pending_sets(capacity.pending_ipv4);
+        let pending6_sets = pending_sets(capacity.pending_ipv6);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
-            .map_max_entries(PENDING4_MAP, capacity.pending_ipv4)
-            .map_max_entries(PENDING6_MAP, capacity.pending_ipv6)
+            .map_max_entries(PENDING4_MAP, pending4_sets)
+            .map_max_entries(PENDING6_MAP, pending6_sets)
+            .override_global(PENDING4_SETS_GLOBAL, &pending4_sets, true)
+            .override_global(PENDING6_SETS_GLOBAL, &pending6_sets, true)
             .map_max_entries(FLOW_CACHE4_MAP, cache_sets)
             .map_max_entries(FLOW_CACHE6_MAP, cache_sets)
             .map_max_entries(FLOW_FILTER_MAP, 2 * filter_lines)

@@ -6,8 +6,8 @@
 //!
 //! The tables are read by walking the pinned maps once, in batches of
 //! thousands of flows a system call (`Maps::for_each_flow`,
-//! `Maps::for_each_template`); a read from user space does not refresh an
-//! entry's LRU position. Services and their backend slots are
+//! `Maps::for_each_template`; the pending tables through their mappings);
+//! a read from user space refreshes no entry. Services and their backend slots are
 //! read once beforehand, so each flow is resolved in constant time and the
 //! whole read is linear in the table size (plus the sort).
 

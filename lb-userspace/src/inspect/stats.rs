@@ -61,8 +61,8 @@ pub struct FlowTables {
 }
 
 /// One family's connection table (confirmed flows; it never evicts) and
-/// pending table (half-open flows and the connection table's overflow; an
-/// LRU): occupancy, capacity, insert failures and evictions.
+/// pending table (half-open flows and the connection table's overflow;
+/// sets that evict their least recently seen flow): occupancy, capacity, insert failures and evictions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTableStats {
     /// Flows in the connection table.

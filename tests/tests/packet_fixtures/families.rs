@@ -1,14 +1,17 @@
 //! Flow tables per address family: a flow lands in the IPv4 tables
 //! (CONNTRACK4, PENDING4) or the IPv6 ones (CONNTRACK6, PENDING6) under the
-//! key and value bytes its frame gives, and the families are independent.
+//! key and value bytes its frame gives (in the pending tables, as a way of
+//! the set its key hashes to), and the families are independent.
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use lb::datapath::maps::monotonic_ns;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PENDING4_MAP, PENDING6_MAP, PROTO_TCP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PENDING_WAYS, PENDING4_MAP, PENDING6_MAP,
+    PROTO_TCP,
     conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
+    pending_set,
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -47,6 +50,39 @@ pub(crate) fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec
             }
         })
         .collect()
+}
+
+/// Every flow of the pending table `table` as the kernel stores it, read
+/// through a handle opened by map id as raw sets of `SET_LEN` bytes (ways
+/// of a `KEY_LEN`-byte key and a 16-byte value, a way with a zero time
+/// being empty), apart from `lb::datapath::maps::Maps` and its types; with
+/// the set each flow was found in. Checks the map's key and value sizes
+/// first.
+pub(crate) fn raw_pending_entries<const KEY_LEN: usize, const SET_LEN: usize>(
+    case: &Case,
+    table: &str,
+) -> Vec<(u32, RawFlow)> {
+    let name = &case.name;
+    let map = case.map_by_name(table, 4, SET_LEN);
+    let raw = Array::<MapData, [u8; SET_LEN]>::try_from(map)
+        .unwrap_or_else(|e| panic!("{name}: {table} as raw sets: {e}"));
+    let way_len = KEY_LEN + FLOW_VALUE_LEN;
+    let mut flows = vec![];
+    for (index, set) in raw.iter().enumerate() {
+        let set = set.unwrap_or_else(|e| panic!("{name}: reading set {index} of {table}: {e}"));
+        for way in 0..PENDING_WAYS {
+            let entry = &set[way * way_len..(way + 1) * way_len];
+            let (key, value) = entry.split_at(KEY_LEN);
+            if value[..8] != [0; 8] {
+                let flow = RawFlow {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                };
+                flows.push((index as u32, flow));
+            }
+        }
+    }
+    flows
 }
 
 /// The value bytes of a flow seen at `last_seen_ns`, bound to `slot` of
@@ -94,9 +130,34 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
         (false, IpAddr::V6(_)) => CONNTRACK6_MAP,
     };
     let expected_value = flow_bytes(last_seen, SERVICE_ID as u16, 1, state as u16);
-    let raw = match vip {
-        IpAddr::V4(_) => raw_entries::<FLOW_KEY4_LEN>(&case, own_table),
-        IpAddr::V6(_) => raw_entries::<FLOW_KEY6_LEN>(&case, own_table),
+    let raw = match (proto == PROTO_TCP, vip) {
+        (false, IpAddr::V4(_)) => raw_entries::<FLOW_KEY4_LEN>(&case, own_table),
+        (false, IpAddr::V6(_)) => raw_entries::<FLOW_KEY6_LEN>(&case, own_table),
+        (true, _) => {
+            let capacity = case.dp.maps.flow_capacity().expect("reading the capacity");
+            let flows = match vip {
+                IpAddr::V4(_) => capacity.pending_ipv4,
+                IpAddr::V6(_) => capacity.pending_ipv6,
+            };
+            let sets = flows / PENDING_WAYS as u32;
+            let entries = match vip {
+                IpAddr::V4(_) => raw_pending_entries::<FLOW_KEY4_LEN, 64>(&case, own_table),
+                IpAddr::V6(_) => raw_pending_entries::<FLOW_KEY6_LEN, 128>(&case, own_table),
+            };
+            for (set, flow) in &entries {
+                let words: Vec<u64> = flow
+                    .key
+                    .chunks(8)
+                    .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
+                    .collect();
+                let expected = match words.len() {
+                    2 => pending_set(&<[u64; 2]>::try_from(words).expect("2 words"), sets),
+                    _ => pending_set(&<[u64; 5]>::try_from(words).expect("5 words"), sets),
+                };
+                assert_eq!(*set, expected, "{name}: the set of {}", hex(&flow.key));
+            }
+            entries.into_iter().map(|(_, flow)| flow).collect()
+        }
     };
     assert_eq!(raw.len(), 2, "{name}: entries in {own_table}");
     let entry = raw

@@ -1,5 +1,6 @@
 //! The two flow tables of a family under floods: half-open flows live in
-//! the pending table (an LRU), the handshake's ACK confirms a flow into the
+//! the pending table (sets that evict their least recently seen flow), the
+//! handshake's ACK confirms a flow into the
 //! connection table (a hash that never evicts), and no flood of spoofed
 //! SYNs, fake handshakes or ACKs takes a confirmed flow's place.
 

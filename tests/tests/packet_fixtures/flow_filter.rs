@@ -1,16 +1,17 @@
-//! The flow filter (`lb_common::flow_filter`): a SYN whose mark is clear
-//! skips the flow tables, so every way a flow enters a table must mark it,
-//! and the sweeper's rebuild must keep every flow's mark.
+//! The flow filter (`lb_common::flow_filter`): a SYN skips each table whose
+//! mark for its key is clear, so every way a flow enters a table must mark
+//! it, with that table's kind of mark, and the sweeper's rebuild must keep
+//! every flow's marks.
 
 use lb::{datapath::maps::monotonic_ns, sweeper};
 use lb_common::{
     Flow, FlowKey, PROTO_TCP,
-    conn_state::{STATE_CLOSE, TCP_SYN, Timeouts},
+    conn_state::{STATE_CLOSE, TCP_ACK, TCP_SYN, Timeouts},
 };
 use lb_tests::{
     VIP4,
     frame::Pkt,
-    xdp_case::{Case, SERVICE_ID, up},
+    xdp_case::{Case, SERVICE_ID, XDP_TX, up},
 };
 
 /// A closed flow of client port `sport` bound to slot 1: a SYN that finds
@@ -84,17 +85,31 @@ fn a_syn_looks_in_the_tables_only_for_marked_flows() {
     );
 }
 
-/// A flow opened while a rebuild runs is marked in the generation the
-/// rebuild fills, even when the walk does not see it: after the rebuild,
-/// its retransmitted SYN still finds it and keeps its backend.
+/// Opens flow `sport` with its SYN and confirms it with the handshake's
+/// ACK (which moves it to the connection table).
+fn open_and_confirm(case: &mut Case, sport: u16) {
+    for flags in [TCP_SYN, TCP_ACK] {
+        let (action, _) = case
+            .run(&Pkt::tcp4(sport, flags).build())
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, XDP_TX, "flow {sport}");
+    }
+}
+
+/// Flows that enter a table while a rebuild runs are marked in the
+/// generation the rebuild fills, even when the walk does not see them:
+/// after the rebuild, SYNs on their tuples still find them and keep their
+/// backends. One is confirmed then (a confirmed mark), one only opened (a
+/// pending mark).
 #[test]
-fn a_flow_opened_during_a_rebuild_keeps_its_mark() {
+fn flows_opened_during_a_rebuild_keep_their_marks() {
     let name = "flow_filter_rebuild";
     let Some(mut case) = Case::new(name) else {
         return;
     };
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
-    let syn = Pkt::tcp4(42010, TCP_SYN);
+    let confirmed = Pkt::tcp4(42010, TCP_SYN);
+    let half_open = Pkt::tcp4(42011, TCP_SYN);
 
     let rebuild = case
         .dp
@@ -102,23 +117,26 @@ fn a_flow_opened_during_a_rebuild_keeps_its_mark() {
         .flow_filter
         .begin_rebuild()
         .expect("starting a rebuild");
-    case.forward("SYN during the rebuild", &syn, SERVICE_ID, 0);
-    // No walk: only the data path's mark can keep the flow visible.
+    open_and_confirm(&mut case, 42010);
+    case.forward("SYN of the half-open flow", &half_open, SERVICE_ID, 1);
+    // No walk: only the data path's marks can keep the flows visible.
     case.dp
         .maps
         .flow_filter
         .finish_rebuild(rebuild)
         .expect("finishing the rebuild");
 
-    // Found, it stays on slot 0; scheduled afresh, it would go to the idle
-    // slot 1 and count a second connection.
-    case.forward("retransmitted SYN", &syn, SERVICE_ID, 0);
-    case.expect_conns("after the retransmission", SERVICE_ID, 0, 0, 1);
-    case.expect_conns("after the retransmission", SERVICE_ID, 1, 0, 0);
+    // Found, each stays on its slot and counts once; scheduled afresh, a
+    // flow would count a second connection.
+    case.forward("SYN on the confirmed flow", &confirmed, SERVICE_ID, 0);
+    case.forward("retransmitted SYN", &half_open, SERVICE_ID, 1);
+    case.expect_conns("after the SYNs", SERVICE_ID, 0, 1, 0);
+    case.expect_conns("after the SYNs", SERVICE_ID, 1, 0, 1);
 }
 
-/// A rebuild clears the marks of flows that left the tables, and keeps
-/// those of the flows still there.
+/// SYNs set pending marks only, their confirmations confirmed marks; a
+/// rebuild clears the marks of flows that left the tables and keeps those
+/// of the flows still there, of the kind of the table each is in.
 #[test]
 fn a_rebuild_clears_the_marks_of_flows_that_left() {
     let name = "flow_filter_clears";
@@ -128,36 +146,56 @@ fn a_rebuild_clears_the_marks_of_flows_that_left() {
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1), up(1)]);
     let services = case.service_values();
     let occupancy = |case: &Case| {
-        case.dp
+        let marks = case
+            .dp
             .maps
             .flow_filter
             .occupancy()
-            .unwrap_or_else(|e| panic!("{name}: reading the filter: {e:#}"))
+            .unwrap_or_else(|e| panic!("{name}: reading the filter: {e:#}"));
+        (marks.confirmed, marks.pending)
     };
-    assert_eq!(occupancy(&case), 0, "{name}: marks of a new data path");
+    assert_eq!(occupancy(&case), (0, 0), "{name}: marks of a new data path");
     for sport in 0..40 {
         case.run(&Pkt::tcp4(43000 + sport, TCP_SYN).build())
             .expect("BPF_PROG_TEST_RUN");
     }
-    let marked = occupancy(&case);
+    let (confirmed, pending) = occupancy(&case);
+    assert_eq!(confirmed, 0, "{name}: confirmed marks after 40 SYNs");
     assert!(
-        (30..=40).contains(&marked),
-        "{name}: {marked} marks for 40 flows"
+        (30..=40).contains(&pending),
+        "{name}: {pending} pending marks for 40 half-open flows"
+    );
+    for sport in 0..40 {
+        open_and_confirm(&mut case, 43000 + sport);
+    }
+    let (confirmed, _) = occupancy(&case);
+    assert!(
+        (30..=40).contains(&confirmed),
+        "{name}: {confirmed} confirmed marks for 40 confirmed flows"
     );
     for sport in 0..30 {
         case.dp
             .maps
             .remove_flow(&Pkt::tcp4(43000 + sport, TCP_SYN).flow_key());
     }
+    // Five half-open flows besides the ten confirmed ones left.
+    for sport in 100..105 {
+        case.run(&Pkt::tcp4(43000 + sport, TCP_SYN).build())
+            .expect("BPF_PROG_TEST_RUN");
+    }
     sweeper::walk(&mut case.dp.maps, &services, &Timeouts::IPVS).expect("walking the tables");
-    let kept = occupancy(&case);
+    let (confirmed, pending) = occupancy(&case);
     assert!(
-        (8..=10).contains(&kept),
-        "{name}: {kept} marks for the 10 flows left"
+        (8..=10).contains(&confirmed),
+        "{name}: {confirmed} confirmed marks for the 10 confirmed flows left"
     );
-    // Their retransmitted SYNs find them: same backends, no new connection.
+    assert!(
+        (4..=5).contains(&pending),
+        "{name}: {pending} pending marks for the 5 half-open flows left"
+    );
+    // SYNs on their tuples find them: same backends, no new connection.
     let counted = case.conn_set(SERVICE_ID);
-    for sport in 30..40 {
+    for sport in (30..40).chain(100..105) {
         let syn = Pkt::tcp4(43000 + sport, TCP_SYN);
         let flow = case.flow(&syn).expect("a kept flow");
         case.forward(

@@ -11,7 +11,7 @@ use lb_tests::{
     xdp_case::{CAPACITY, Case, DECOY_ID, SERVICE_ID, XDP_TX, up},
 };
 
-/// Flows the LRU tables evicted, or the sweeper expired, leave no counts
+/// Flows the pending tables evicted, or the sweeper expired, leave no counts
 /// behind: the sweeper corrects every backend's counters by both tables
 /// (an IPv4 service's from CONNTRACK4, an IPv6 service's from CONNTRACK6).
 #[test]
@@ -26,8 +26,8 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     let slots = |case: &Case, id| [case.conns(id, 0), case.conns(id, 1)];
     let inactive = |case: &Case, id| slots(case, id).iter().map(|c| c.inactive).sum::<u64>();
 
-    // Three times each table's size of new flows: the LRU evicts, but the
-    // data path counted every flow it opened.
+    // Three times each table's size of new flows: the pending table
+    // evicts, but the data path counted every flow it opened.
     let opened4 = 3 * CAPACITY.ipv4 as u16;
     let opened6 = 3 * CAPACITY.ipv6 as u16;
     let syns = (0..opened4)
@@ -42,7 +42,7 @@ fn sweeper_reconciles_evicted_flows_and_expires_idle_ones() {
     let (live4, live6) = case.flows_per_table();
     assert!(
         live4 < usize::from(opened4) && live6 < usize::from(opened6),
-        "{name}: no LRU eviction happened ({live4} IPv4 and {live6} IPv6 flows)"
+        "{name}: no pending eviction happened ({live4} IPv4 and {live6} IPv6 flows)"
     );
     assert!(live4 > 0 && live6 > 0, "{name}: a table is empty");
 
@@ -199,7 +199,8 @@ fn a_sweep_keeps_the_flows_opened_while_it_ran() {
     case.expect_conns("after a quiet sweep", SERVICE_ID, 1, 2, 1);
 }
 
-/// The batched walk the sweeper uses sees every flow of both tables once,
+/// The batched walk the sweeper uses sees every flow of both tables once
+/// (the connection tables in batches, the pending tables set by set),
 /// whatever the batch size (here a few flows a call, so the walk resumes
 /// from the kernel's position many times): the same flows as a key-by-key
 /// walk of unchanging tables.
@@ -211,15 +212,23 @@ fn batched_walk_sees_every_flow_once() {
     };
     case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
     case.service(DECOY_ID, VIP6.into(), PROTO_TCP, &[up(1)]);
-    for sport in 0..300 {
-        case.run(&Pkt::tcp4(20_000 + sport, TCP_SYN).build())
-            .expect("BPF_PROG_TEST_RUN");
-        case.run(&Pkt::tcp6(20_000 + sport, TCP_SYN).build())
-            .expect("BPF_PROG_TEST_RUN");
+    // 300 confirmed flows of each family, and 40 half-open ones.
+    for sport in 0..340 {
+        let flags: &[u8] = if sport < 300 {
+            &[TCP_SYN, TCP_ACK]
+        } else {
+            &[TCP_SYN]
+        };
+        for &flags in flags {
+            case.run(&Pkt::tcp4(20_000 + sport, flags).build())
+                .expect("BPF_PROG_TEST_RUN");
+            case.run(&Pkt::tcp6(20_000 + sport, flags).build())
+                .expect("BPF_PROG_TEST_RUN");
+        }
     }
     let mut expected: Vec<_> = case.dp.maps.flows().map(|(key, _)| key).collect();
     expected.sort_by_key(|key| format!("{key:?}"));
-    assert_eq!(expected.len(), 600, "{name}: flows in the tables");
+    assert_eq!(expected.len(), 680, "{name}: flows in the tables");
     for batch in [1, 7, 4096] {
         let mut seen = Vec::new();
         case.dp

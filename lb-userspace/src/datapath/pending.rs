@@ -1,0 +1,191 @@
+//! The control plane's side of a pending table (`lb_common::pending`): its
+//! sets mapped into this process, read way by way and emptied with a
+//! compare-and-swap on a flow's last-seen time, so that a flow the data
+//! path refreshed or replaced meanwhile is never removed.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Map, MapData};
+use lb_common::{Flow, FlowKey4, FlowKey6, PENDING_WAYS, PendingEntry, PendingSet, pending_set};
+
+/// A key of a pending table: where its set is.
+pub trait PendingKey: Copy + PartialEq {
+    /// The key's set in a table of `sets` sets.
+    fn set(&self, sets: u32) -> u32;
+}
+
+impl PendingKey for FlowKey4 {
+    fn set(&self, sets: u32) -> u32 {
+        pending_set(&self.words(), sets)
+    }
+}
+
+impl PendingKey for FlowKey6 {
+    fn set(&self, sets: u32) -> u32 {
+        pending_set(&self.words(), sets)
+    }
+}
+
+/// One pending table (`PENDING4` or `PENDING6`), mapped.
+pub struct PendingTable<K> {
+    /// The map (kept open for the mapping).
+    _map: MapData,
+    /// Its name, for errors.
+    name: &'static str,
+    /// The sets, `sets` of them.
+    first: NonNull<PendingSet<K>>,
+    sets: u32,
+}
+
+// SAFETY: `first` points at a shared mapping that lives as long as the
+// value; every access through it is a volatile read of an entry or an
+// atomic compare-and-swap of a last-seen time.
+unsafe impl<K: Send> Send for PendingTable<K> {}
+// SAFETY: as for `Send`: nothing is cached outside the mapping.
+unsafe impl<K: Sync> Sync for PendingTable<K> {}
+
+impl<K: PendingKey> PendingTable<K> {
+    /// Maps `map`, the pending table named `name` (an mmapable array of
+    /// [`PendingSet`]s).
+    pub fn new(map: Map, name: &'static str) -> anyhow::Result<Self> {
+        let Map::Array(map) = map else {
+            bail!("map {name} has an unexpected type (an array of pending sets was expected)");
+        };
+        let info = map
+            .info()
+            .with_context(|| format!("reading the size of {name}"))?;
+        if info.value_size() as usize != size_of::<PendingSet<K>>() {
+            bail!(
+                "map {name} holds values of {} bytes where a pending set has {}",
+                info.value_size(),
+                size_of::<PendingSet<K>>()
+            );
+        }
+        let sets = info.max_entries();
+        let len = sets as usize * size_of::<PendingSet<K>>();
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of an mmapable array map, of its size;
+        // the kernel checks the rest.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {name} ({len} bytes)"));
+        }
+        let Some(first) = NonNull::new(addr.cast::<PendingSet<K>>()) else {
+            bail!("mapping {name}: the kernel returned a null address");
+        };
+        Ok(Self {
+            _map: map,
+            name,
+            first,
+            sets,
+        })
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// How many flows the table holds at most.
+    pub fn capacity(&self) -> u32 {
+        self.sets * PENDING_WAYS as u32
+    }
+
+    /// Way `way` of set `set`.
+    fn entry(&self, set: u32, way: usize) -> *mut PendingEntry<K> {
+        debug_assert!(set < self.sets && way < PENDING_WAYS);
+        // SAFETY: inside the mapping (`set` below `sets`, `way` below the ways).
+        unsafe {
+            (&raw mut (*self.first.as_ptr().add(set as usize)).ways)
+                .cast::<PendingEntry<K>>()
+                .add(way)
+        }
+    }
+
+    /// A copy of way `way` of set `set`.
+    fn read(&self, set: u32, way: usize) -> PendingEntry<K> {
+        // SAFETY: an entry inside the mapping; every byte pattern is a valid
+        // entry (integers and byte arrays).
+        unsafe { self.entry(set, way).read_volatile() }
+    }
+
+    /// The way of `key`'s set holding it, and its flow.
+    fn find(&self, key: &K) -> Option<(u32, usize, Flow)> {
+        let set = key.set(self.sets);
+        (0..PENDING_WAYS).find_map(|way| {
+            let entry = self.read(set, way);
+            (entry.is_used() && entry.key == *key).then_some((set, way, entry.flow))
+        })
+    }
+
+    /// The flow under `key`, if the table holds it.
+    pub fn get(&self, key: &K) -> Option<Flow> {
+        self.find(key).map(|(_, _, flow)| flow)
+    }
+
+    /// Calls `each` for every flow of the table, set by set. A flow the data
+    /// path adds or moves meanwhile may be seen or not.
+    pub fn for_each(&self, mut each: impl FnMut(K, Flow)) {
+        for set in 0..self.sets {
+            for way in 0..PENDING_WAYS {
+                let entry = self.read(set, way);
+                if entry.is_used() {
+                    each(entry.key, entry.flow);
+                }
+            }
+        }
+    }
+
+    /// How many flows the table holds (a walk of every set).
+    pub fn len(&self) -> usize {
+        let mut count = 0;
+        self.for_each(|_, _| count += 1);
+        count
+    }
+
+    /// Whether the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes the flow under `key` if it is still as this call reads it:
+    /// its last-seen time is swapped to 0 (an empty way) only if the data
+    /// path has neither refreshed nor replaced it since. Whether it was
+    /// removed.
+    pub fn remove(&self, key: &K) -> bool {
+        let Some((set, way, flow)) = self.find(key) else {
+            return false;
+        };
+        // SAFETY: an 8-byte aligned u64 inside the mapping (a `Flow` starts
+        // with it, at an 8-byte aligned offset of the entry); the data path
+        // writes it with plain and locked stores, never torn.
+        let last_seen =
+            unsafe { AtomicU64::from_ptr(&raw mut (*self.entry(set, way)).flow.last_seen_ns) };
+        last_seen
+            .compare_exchange(flow.last_seen_ns, 0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl<K> Drop for PendingTable<K> {
+    fn drop(&mut self) {
+        let len = self.sets as usize * size_of::<PendingSet<K>>();
+        // SAFETY: the mapping made in `new`, of that length, unused from here.
+        unsafe { libc::munmap(self.first.as_ptr().cast(), len) };
+    }
+}
