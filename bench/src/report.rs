@@ -452,9 +452,9 @@ impl<L: Serialize> Report<L> {
         if let Some(small) = capacity(Kind::NewFlowSmallTable) {
             let _ = writeln!(
                 s,
-                "new TCP flow, N backends, {0}-flow pending table: past the first {0} SYNs, the LRU evicts one \
-                 flow per SYN on average\n\
-                 \x20 (in batches): the regime of Katran's new-flow figure (its 1,000-entry fallback \
+                "new TCP flow, N backends, {0}-flow pending table: once its sets are full, each SYN \
+                 evicts the least recently seen\n\
+                 \x20 flow of its set: the regime of Katran's new-flow figure (its 1,000-entry fallback \
                  LRU under BPF_PROG_TEST_RUN)",
                 thousands(small)
             );
@@ -567,7 +567,7 @@ fn targets(rows: &[Row]) -> Vec<Target> {
                     thousands(SMALL_TABLE_FLOWS)
                 ),
                 format!(
-                    "a pending table evicting its LRU flow, as Katran's {KATRAN_NEW_FLOW_NS:.0} ns \
+                    "a full pending table, as Katran's {KATRAN_NEW_FLOW_NS:.0} ns \
                      (measured against its 1,000-entry fallback LRU)"
                 ),
             );
