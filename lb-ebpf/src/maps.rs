@@ -198,9 +198,10 @@ pub static FLOW_CACHE6: Array<CachedFlowSet6, { FLOW_CACHE_SETS as usize }, BPF_
     Array::new();
 
 /// The flow filter (`lb_common::flow_filter`): one-byte marks, by a hash of
-/// the flow key, of the keys the flow tables may hold; a SYN whose mark is
-/// clear skips both tables. Set by the data path after every insert into a
-/// flow table, by the control plane for the flows it installs, cleared
+/// the flow key, of the keys the flow tables may hold, a confirmed and a
+/// pending mark per key in one line; a SYN skips each table whose mark is
+/// clear. Set by the data path after every insert into a flow table (the
+/// mark of its kind), by the control plane for the flows it installs, cleared
 /// only by the sweeper's rebuild (of the generation SYNs do not read). An
 /// mmapable array, so that the control plane writes single marks; the
 /// loader sizes it (two generations of `flow_filter_lines` lines).

@@ -100,8 +100,9 @@ pub struct FlowCapacity {
 }
 
 impl FlowCapacity {
-    /// Flows the two connection tables hold in all (what the flow filter,
-    /// which tracks confirmed flows only, is sized for).
+    /// Flows the two connection tables hold in all: what the flow filter is
+    /// sized for (its confirmed marks; the pending marks, a third as many,
+    /// serve pending tables of a quarter of the flows).
     pub const fn confirmed(&self) -> u64 {
         self.ipv4 as u64 + self.ipv6 as u64
     }
@@ -702,7 +703,8 @@ impl Maps {
         Ok(pending.map(|flow| (FlowTable::Pending, flow)))
     }
 
-    /// Calls `each` for every flow of the four tables, IPv4 first, reading
+    /// Calls `each` for every flow of the four tables (the connection
+    /// tables, then the pending tables; IPv4 before IPv6), reading
     /// the connection tables with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`]
     /// entries a system call, and the pending tables through their
     /// mappings. The kernel copies a connection table bucket by bucket and

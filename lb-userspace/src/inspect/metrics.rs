@@ -164,7 +164,7 @@ const TABLE_METRICS: [Def<FlowTableStats>; 9] = [
     Def {
         name: "pending_flows",
         help: "Flows in the pending table of the family (half-open flows and the connection \
-               table's overflow; it evicts its least recently used flow when full).",
+               table's overflow; a full set evicts its least recently seen flow).",
         bytes: false,
         kind: Kind::Gauge,
         value: |t| t.pending,
