@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb::sweeper;
 use lb_tests::{
     Director, Health, Protocol, Spec, Stats, VIP4,
     client::{self, HeldConn},
@@ -341,10 +342,20 @@ fn floods_do_not_break_established_connections() {
         )
         .unwrap_or_else(|e| setup.fail(&format!("the table did not recover: {e:#}")));
     let recovered = setup.stats().flows.ipv4;
-    // The 20 idle connections and the watched one; the new ones stayed in
-    // the pending table (the full table refused them).
-    if recovered.flows != (IDLE + 1) as u64 {
-        setup.fail(&format!("after the recovery: {recovered:?}"));
+    // The 20 idle connections and the watched one stay (the new ones stayed
+    // in the pending table: the full table refused them). The fake
+    // handshakes idle past `syn_recv` while the table was under pressure
+    // are gone: all of them, or, when a sweep fell inside the flood's
+    // confirmations, those confirmed before it, which leaves the table
+    // below the pressure mark (the others then live out their state's
+    // timeout, as any silent flow of a table with room).
+    let pressure_mark = u64::from(MAX_FLOWS) * sweeper::PRESSURE_PERCENT / 100;
+    if recovered.flows < (IDLE + 1) as u64 || recovered.flows >= pressure_mark {
+        setup.fail(&format!(
+            "after the recovery: {recovered:?} (expected {} to {})",
+            IDLE + 1,
+            pressure_mark - 1
+        ));
     }
     let mut later = setup.open(vip, LATER);
     setup.ping_all(&mut later, "new connections after the recovery");

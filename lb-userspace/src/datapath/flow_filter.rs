@@ -19,6 +19,7 @@ use lb_common::{
     FILTER_CONFIRMED_MARKS, FILTER_LINE_BYTES, FILTER_READY, FILTER_REBUILDING, FILTER_SECOND,
     FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FilterKind, FlowFilterLine, FlowFilterState, FlowKey,
 };
+use serde::{Deserialize, Serialize};
 
 /// The flow filter's maps, and its marks mapped into this process.
 pub struct FlowFilter {
@@ -180,20 +181,38 @@ impl FlowFilter {
         let mut occupancy = FilterOccupancy::default();
         for line in marks.chunks_exact(FILTER_LINE_BYTES as usize) {
             let (confirmed, pending) = line.split_at(FILTER_CONFIRMED_MARKS as usize);
-            occupancy.confirmed += confirmed.iter().filter(|mark| **mark != 0).count();
-            occupancy.pending += pending.iter().filter(|mark| **mark != 0).count();
+            occupancy.confirmed.add(confirmed);
+            occupancy.pending.add(pending);
         }
         Ok(occupancy)
     }
 }
 
-/// How many marks of each kind a filter's current generation has set.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How many marks of each kind a filter's current generation has set
+/// (`lb stats`' flow-filter line, `--json`'s `filter`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterOccupancy {
     /// Confirmed marks (connection tables).
-    pub confirmed: usize,
+    pub confirmed: MarkCount,
     /// Pending marks (pending tables).
-    pub pending: usize,
+    pub pending: MarkCount,
+}
+
+/// Marks of one kind: how many are set, of how many.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkCount {
+    /// Marks set.
+    pub set: u64,
+    /// Marks of this kind in a generation.
+    pub positions: u64,
+}
+
+impl MarkCount {
+    /// Counts the marks of `marks`, one byte each.
+    fn add(&mut self, marks: &[u8]) {
+        self.set += marks.iter().filter(|mark| **mark != 0).count() as u64;
+        self.positions += marks.len() as u64;
+    }
 }
 
 impl Drop for FlowFilter {

@@ -26,6 +26,8 @@
 //! | `lb_pending_evictions_total` | counter | family |
 //! | `lb_stateless_syns_total` | counter | family |
 //! | `lb_hashed_acks_total` | counter | family |
+//! | `lb_flow_filter_marks` | gauge | kind (`confirmed`, `pending`) |
+//! | `lb_flow_filter_positions` | gauge | kind |
 //! | `lb_flood_mode` | gauge | |
 //! | `lb_syn_flood_rate` | gauge | |
 //! | `lb_verdict_packets_total` | counter | reason |
@@ -73,7 +75,7 @@ use tracing::{debug, warn};
 use super::stats::{
     BackendStats, FloodStats, FlowTableStats, NicStats, ServiceStats, Snapshot, VerdictStats,
 };
-use crate::sync::SyncStats;
+use crate::{datapath::flow_filter::MarkCount, sync::SyncStats};
 
 /// Content type of the OpenMetrics text format that [`render`] produces.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -213,6 +215,31 @@ const TABLE_METRICS: [Def<FlowTableStats>; 9] = [
         value: |t| t.hashed_acks,
     },
 ];
+
+/// The flow filter's families, per kind of mark.
+const FILTER_METRICS: [Def<MarkCount>; 2] = [
+    Def {
+        name: "flow_filter_marks",
+        help: "Marks of the kind set in the flow filter's current generation (near all set: \
+               SYNs look in that kind's tables as if there were no filter).",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |m| m.set,
+    },
+    Def {
+        name: "flow_filter_positions",
+        help: "Marks of the kind in one generation of the flow filter.",
+        bytes: false,
+        kind: Kind::Gauge,
+        value: |m| m.positions,
+    },
+];
+
+/// Labels of the flow filter's families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilterLabels {
+    kind: &'static str,
+}
 
 /// The SYN-flood guard's families (no labels).
 const FLOOD_METRICS: [Def<FloodStats>; 2] = [
@@ -578,6 +605,19 @@ impl Collector for SnapshotCollector {
                     .map(|(labels, table)| (labels.clone(), *table)),
             )?;
         }
+        let filter = [
+            (FilterLabels { kind: "confirmed" }, &self.0.filter.confirmed),
+            (FilterLabels { kind: "pending" }, &self.0.filter.pending),
+        ];
+        for def in &FILTER_METRICS {
+            Self::family(
+                &mut encoder,
+                def,
+                filter
+                    .iter()
+                    .map(|(labels, marks)| (labels.clone(), *marks)),
+            )?;
+        }
         for def in &FLOOD_METRICS {
             Self::family(
                 &mut encoder,
@@ -750,7 +790,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::inspect::stats::{FlowTables, NicStats};
+    use crate::{
+        datapath::flow_filter::FilterOccupancy,
+        inspect::stats::{FlowTables, NicStats},
+    };
 
     fn snapshot() -> Snapshot {
         let backend = |slot: u32, address: &str, weight, state: &str, conns| BackendStats {
@@ -839,6 +882,16 @@ mod tests {
                     ..FlowTableStats::default()
                 },
             },
+            filter: FilterOccupancy {
+                confirmed: MarkCount {
+                    set: 3000,
+                    positions: 3072,
+                },
+                pending: MarkCount {
+                    set: 12,
+                    positions: 1024,
+                },
+            },
             nics: vec![
                 NicStats {
                     name: "eth0".to_owned(),
@@ -912,6 +965,8 @@ mod tests {
             r#"lb_pending_evictions_total{family="ipv4"} 40"#.to_owned(),
             r#"lb_stateless_syns_total{family="ipv4"} 7000"#.to_owned(),
             r#"lb_hashed_acks_total{family="ipv4"} 9"#.to_owned(),
+            r#"lb_flow_filter_marks{kind="confirmed"} 3000"#.to_owned(),
+            r#"lb_flow_filter_positions{kind="pending"} 1024"#.to_owned(),
             "lb_flood_mode{} 1".to_owned(),
             "lb_syn_flood_rate{} 100000".to_owned(),
             r#"lb_verdict_packets_total{reason="forwarded"} 300"#.to_owned(),

@@ -25,7 +25,10 @@ use crate::{
         Ports,
         values::{format_mac, vlan_suffix},
     },
-    datapath::maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
+    datapath::{
+        flow_filter::FilterOccupancy,
+        maps::{FlowTable, LOOKUP_BATCH, Maps, array_get, monotonic_ns},
+    },
     sync::SyncStats,
 };
 
@@ -38,6 +41,9 @@ pub struct Snapshot {
     pub verdicts: Vec<VerdictStats>,
     /// How full the connection tables are.
     pub flows: FlowTables,
+    /// How many of the flow filter's marks are set: near all of a kind,
+    /// SYNs look in that kind's tables as if there were no filter.
+    pub filter: FilterOccupancy,
     /// What each director NIC forwarded, by ifindex.
     pub nics: Vec<NicStats>,
     /// The SYN-flood guard: its rate and whether it acts now.
@@ -396,6 +402,7 @@ impl Snapshot {
             services,
             verdicts,
             flows: FlowTables::read(maps)?,
+            filter: maps.flow_filter.occupancy()?,
             flood: FloodStats::read(maps)?,
             nics,
             sync: read_sync(maps)?,
@@ -531,6 +538,7 @@ impl Snapshot {
                 .as_bytes(),
             );
         }
+        out.extend_from_slice(filter_line(&self.filter).as_bytes());
         out.extend_from_slice(flood_line(&self.flood, &self.flows).as_bytes());
         if let Some(sync) = &self.sync {
             out.extend_from_slice(sync_line(sync).as_bytes());
@@ -661,6 +669,15 @@ fn scheduler_name(scheduler: u32) -> &'static str {
     }
 }
 
+/// The flow filter's line of `lb stats`: how many marks of each kind are
+/// set in the generation SYNs read.
+fn filter_line(f: &FilterOccupancy) -> String {
+    format!(
+        "  Flow filter: {} of {} confirmed marks set, {} of {} pending marks set\n",
+        f.confirmed.set, f.confirmed.positions, f.pending.set, f.pending.positions
+    )
+}
+
 /// The table's flood-guard line.
 fn flood_line(f: &FloodStats, flows: &FlowTables) -> String {
     let counts = format!(
@@ -769,6 +786,7 @@ mod tests {
                 bytes: in_bytes,
             }],
             flows: FlowTables::default(),
+            filter: FilterOccupancy::default(),
             flood: FloodStats {
                 syn_flood_rate: 100_000,
                 ..FloodStats::default()
@@ -892,6 +910,7 @@ mod tests {
                 "Flow tables:",
                 "  IPv4: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
                 "  IPv6: 0 of 0 flows, 0 of 0 pending; 0 insert failures (table full), 0 unrecorded, 0 pending evicted",
+                "  Flow filter: 0 of 0 confirmed marks set, 0 of 0 pending marks set",
                 "",
                 "Flood guard: above 100000 new TCP flows/s on one CPU; now idle; 0 SYNs forwarded unrecorded, 0 ACKs picked up",
                 "",

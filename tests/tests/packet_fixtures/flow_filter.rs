@@ -152,7 +152,7 @@ fn a_rebuild_clears_the_marks_of_flows_that_left() {
             .flow_filter
             .occupancy()
             .unwrap_or_else(|e| panic!("{name}: reading the filter: {e:#}"));
-        (marks.confirmed, marks.pending)
+        (marks.confirmed.set, marks.pending.set)
     };
     assert_eq!(occupancy(&case), (0, 0), "{name}: marks of a new data path");
     for sport in 0..40 {
