@@ -39,8 +39,10 @@ use crate::flow_cache::folded_key;
 pub const FILTER_LINE_BYTES: u32 = 64;
 /// Confirmed marks per line (its first bytes).
 pub const FILTER_CONFIRMED_MARKS: u32 = 48;
-/// Pending marks per line (its last bytes): a pending table holds a
-/// quarter of its connection table's flows.
+/// Pending marks per line (its last bytes): a third as many, as the
+/// pending tables hold few flows at once outside a flood (a set pending mark
+/// only costs a SYN the read of its pending set, which it writes anyway to
+/// record its flow).
 pub const FILTER_PENDING_MARKS: u32 = FILTER_LINE_BYTES - FILTER_CONFIRMED_MARKS;
 
 /// A value of [`FLOW_FILTER_MAP`]: [`FILTER_CONFIRMED_MARKS`] confirmed
@@ -162,8 +164,8 @@ fn filter_hash<const N: usize>(words: &[u64; N]) -> u64 {
 /// flows in all: one to two confirmed marks per flow (a power of two, at
 /// least one page's worth). Every full table would set about half the
 /// marks; a smaller filter stays in the CPU's caches more, and its read is
-/// what a SYN pays instead of a table lookup. The pending marks, a third as
-/// many, serve pending tables of a quarter of the flows.
+/// what a SYN pays instead of a table lookup. The pending marks are a third
+/// as many.
 pub const fn flow_filter_lines(flows: u64) -> u32 {
     let lines = flows.div_ceil(FILTER_CONFIRMED_MARKS as u64);
     let lines = if lines < 64 { 64 } else { lines };

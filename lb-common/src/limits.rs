@@ -207,12 +207,15 @@ pub const DEFAULT_MAX_FLOWS_V6: u32 = 1 << 18;
 pub const MIN_PENDING_FLOWS: u32 = 1024;
 
 /// Capacity of a family's pending table ([`PENDING4_MAP`], [`PENDING6_MAP`])
-/// beside a connection table of `max_flows`: a quarter of it rounded up to
-/// a power of two (whole sets of `crate::pending`), at least
-/// [`MIN_PENDING_FLOWS`]. Half-open flows live there for one round trip.
+/// beside a connection table of `max_flows`: as many flows, rounded up to a
+/// power of two (whole sets of `crate::pending`), at least
+/// [`MIN_PENDING_FLOWS`]. Half-open flows live there for one round trip, so
+/// it is mostly empty: its sets of two flows then rarely overflow before the
+/// table is full (32 bytes per IPv4 flow, a third of a connection-table
+/// entry).
 pub const fn pending_capacity(max_flows: u32) -> u32 {
-    if max_flows / 4 > MIN_PENDING_FLOWS {
-        (max_flows / 4).next_power_of_two()
+    if max_flows > MIN_PENDING_FLOWS {
+        max_flows.next_power_of_two()
     } else {
         MIN_PENDING_FLOWS
     }

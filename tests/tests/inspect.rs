@@ -164,15 +164,14 @@ fn stats_and_conns_match_what_the_client_sent() {
         ));
     }
     // The tables' occupancy: every flow the client opened, in the bed's
-    // 65,536 / 16,384-flow tables (and their 16,384 / 4,096-flow pending
-    // tables).
+    // 65,536 / 16,384-flow tables (and their pending tables, as large).
     // TCP flows completed their handshake and UDP flows are confirmed at
     // once: all are in the connection tables, none pending.
     let flows = stats.flows;
     if (flows.ipv4.flows, flows.ipv4.pending) != ((TCP + UDP) as u64, 0)
         || (flows.ipv6.flows, flows.ipv6.pending) != (0, 0)
         || (flows.ipv4.capacity, flows.ipv6.capacity) != (65_536, 16_384)
-        || (flows.ipv4.pending_capacity, flows.ipv6.pending_capacity) != (16_384, 4_096)
+        || (flows.ipv4.pending_capacity, flows.ipv6.pending_capacity) != (65_536, 16_384)
         || (flows.ipv4.insert_failed, flows.ipv4.evictions) != (0, 0)
     {
         setup.fail(&format!(

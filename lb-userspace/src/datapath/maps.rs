@@ -101,8 +101,8 @@ pub struct FlowCapacity {
 
 impl FlowCapacity {
     /// Flows the two connection tables hold in all: what the flow filter is
-    /// sized for (its confirmed marks; the pending marks, a third as many,
-    /// serve pending tables of a quarter of the flows).
+    /// sized for (its confirmed marks; the pending marks are a third as
+    /// many).
     pub const fn confirmed(&self) -> u64 {
         self.ipv4 as u64 + self.ipv6 as u64
     }
