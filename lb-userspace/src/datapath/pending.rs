@@ -35,8 +35,6 @@ impl PendingKey for FlowKey6 {
 pub struct PendingTable<K> {
     /// The map (kept open for the mapping).
     _map: MapData,
-    /// Its name, for errors.
-    name: &'static str,
     /// The sets, `sets` of them.
     first: NonNull<PendingSet<K>>,
     sets: u32,
@@ -90,15 +88,9 @@ impl<K: PendingKey> PendingTable<K> {
         };
         Ok(Self {
             _map: map,
-            name,
             first,
             sets,
         })
-    }
-
-    /// The table's name.
-    pub fn name(&self) -> &'static str {
-        self.name
     }
 
     /// How many flows the table holds at most.
