@@ -45,6 +45,7 @@ mod icmp;
 mod maps;
 mod new_flows;
 mod not_for_us;
+mod pending_sets;
 mod persistence;
 mod ports;
 mod raw_keys;
