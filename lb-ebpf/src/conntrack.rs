@@ -2,7 +2,7 @@
 //! state; a new flow gets a backend by weighted least-connection.
 //!
 //! Each address family has two tables. A new TCP flow (a SYN) opens in the
-//! pending table, sets of a few flows in an array (`lb_common::pending`:
+//! pending table, sets of two flows in an array (`lb_common::pending`:
 //! one cache line written, no kernel hash insert); the client's ACK that
 //! completes the handshake confirms it and moves it to the connection
 //! table, a plain hash that never evicts: a flood of spoofed SYNs or fake
@@ -131,8 +131,8 @@ pub trait TableKey: Copy + 'static {
     /// Caches the flow of service `service_id` bound as `binding` in `set`
     /// (its [`TableKey::cache_set`]) in `period`, if the set has a way for it.
     fn cache(&self, set: &mut Self::CacheSet, service_id: u32, binding: &Binding, period: u64);
-    /// The line and byte of this key's mark in generation `generation` of
-    /// the flow filter (`crate::filter`) that `state` describes.
+    /// Where this key's marks are in generation `generation` of the flow
+    /// filter (`crate::filter`) that `state` describes.
     fn filter_position(&self, state: &FlowFilterState, generation: u32) -> FilterPosition;
 }
 

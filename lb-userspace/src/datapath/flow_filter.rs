@@ -8,11 +8,6 @@
 //! one byte at a time: a whole-value update of a line would overwrite the
 //! marks the data path set in it meanwhile.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-};
-
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, IterableMap as _, MapData};
 use lb_common::{
@@ -21,21 +16,17 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::mapping::SharedMapping;
+
 /// The flow filter's maps, and its marks mapped into this process.
 pub struct FlowFilter {
     /// The marks' map (kept open for the mapping).
     _map: Array<MapData, FlowFilterLine>,
     /// Index 0: the filter's [`FlowFilterState`].
     state: Array<MapData, FlowFilterState>,
-    /// The marks: both generations, `len` bytes.
-    marks: NonNull<u8>,
-    len: usize,
+    /// The marks: both generations, a byte each.
+    marks: SharedMapping,
 }
-
-// SAFETY: `marks` points at a shared mapping that lives as long as the
-// value; every access through it is a one-byte volatile read or write (or a
-// clear of a generation the data path only sets marks in).
-unsafe impl Send for FlowFilter {}
 
 /// A rebuild under way (see [`FlowFilter::begin_rebuild`]): the state it
 /// will replace.
@@ -51,31 +42,11 @@ impl FlowFilter {
         state: Array<MapData, FlowFilterState>,
     ) -> anyhow::Result<Self> {
         let len = map.len() as usize * FILTER_LINE_BYTES as usize;
-        let fd = map.map().fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of an mmapable array map, of its size;
-        // the kernel checks the rest.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {FLOW_FILTER_MAP} ({len} bytes)"));
-        }
-        let Some(marks) = NonNull::new(addr.cast::<u8>()) else {
-            bail!("mapping {FLOW_FILTER_MAP}: the kernel returned a null address");
-        };
+        let marks = SharedMapping::new(map.map(), len, FLOW_FILTER_MAP)?;
         Ok(Self {
             _map: map,
             state,
             marks,
-            len,
         })
     }
 
@@ -96,11 +67,11 @@ impl FlowFilter {
     /// empty: `lines` lines per generation (the map must hold twice as many).
     pub fn ready_empty(&mut self, lines: u32) -> anyhow::Result<()> {
         let needed = 2 * lines as usize * FILTER_LINE_BYTES as usize;
-        if self.len != needed {
+        if self.marks.len() != needed {
             bail!(
                 "{FLOW_FILTER_MAP} holds {} bytes where two generations of {lines} lines need \
                  {needed}",
-                self.len
+                self.marks.len()
             );
         }
         self.set_state(FlowFilterState {
@@ -117,9 +88,9 @@ impl FlowFilter {
             FlowKey::V6(k) => state.position(&k.words(), generation),
         };
         let offset = position.line as usize * FILTER_LINE_BYTES as usize + position.byte(kind);
-        if offset < self.len {
+        if offset < self.marks.len() {
             // SAFETY: inside the mapping.
-            unsafe { self.marks.as_ptr().add(offset).write_volatile(1) };
+            unsafe { self.marks.start().as_ptr().add(offset).write_volatile(1) };
         }
     }
 
@@ -141,13 +112,13 @@ impl FlowFilter {
     /// One rebuild at a time: `lb run` rebuilds only from its sweeper.
     pub fn begin_rebuild(&mut self) -> anyhow::Result<Rebuild> {
         let before = self.state()?;
-        let half = self.len / 2;
+        let half = self.marks.len() / 2;
         let start = before.next() as usize * half;
         // SAFETY: one generation of the mapping, which SYNs do not read.
         // The data path sets marks there only while a rebuild runs (one
         // that failed leaves the flag set): a mark this clear erases is a
         // flow's that was in its table before the walk that follows starts.
-        unsafe { std::ptr::write_bytes(self.marks.as_ptr().add(start), 0, half) };
+        unsafe { std::ptr::write_bytes(self.marks.start().as_ptr().add(start), 0, half) };
         self.set_state(FlowFilterState {
             phase: before.phase | FILTER_REBUILDING,
             ..before
@@ -174,10 +145,11 @@ impl FlowFilter {
     /// How many marks of the current generation are set, of each kind.
     pub fn occupancy(&self) -> anyhow::Result<FilterOccupancy> {
         let state = self.state()?;
-        let half = self.len / 2;
+        let half = self.marks.len() / 2;
         let start = state.current() as usize * half;
         // SAFETY: one generation of the mapping, read as bytes.
-        let marks = unsafe { std::slice::from_raw_parts(self.marks.as_ptr().add(start), half) };
+        let marks =
+            unsafe { std::slice::from_raw_parts(self.marks.start().as_ptr().add(start), half) };
         let mut occupancy = FilterOccupancy::default();
         for line in marks.chunks_exact(FILTER_LINE_BYTES as usize) {
             let (confirmed, pending) = line.split_at(FILTER_CONFIRMED_MARKS as usize);
@@ -212,12 +184,5 @@ impl MarkCount {
     fn add(&mut self, marks: &[u8]) {
         self.set += marks.iter().filter(|mark| **mark != 0).count() as u64;
         self.positions += marks.len() as u64;
-    }
-}
-
-impl Drop for FlowFilter {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.marks.as_ptr().cast(), self.len) };
     }
 }

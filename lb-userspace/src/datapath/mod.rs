@@ -7,6 +7,7 @@
 //! module, so maps are provisioned by one piece of code everywhere.
 
 pub mod flow_filter;
+pub mod mapping;
 pub mod maps;
 pub mod pending;
 pub mod pins;

@@ -4,14 +4,15 @@
 //! path refreshed or replaced meanwhile is never removed.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
+    marker::PhantomData,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData};
 use lb_common::{Flow, FlowKey4, FlowKey6, PENDING_WAYS, PendingEntry, PendingSet, pending_set};
+
+use super::mapping::SharedMapping;
 
 /// A key of a pending table: where its set is.
 pub trait PendingKey: Copy + PartialEq {
@@ -35,17 +36,13 @@ impl PendingKey for FlowKey6 {
 pub struct PendingTable<K> {
     /// The map (kept open for the mapping).
     _map: MapData,
-    /// The sets, `sets` of them.
-    first: NonNull<PendingSet<K>>,
+    /// The sets, `sets` of them; every access is a volatile read of an
+    /// entry or an atomic compare-and-swap of a last-seen time.
+    mapping: SharedMapping,
     sets: u32,
+    /// The key type of the sets.
+    _sets_of: PhantomData<K>,
 }
-
-// SAFETY: `first` points at a shared mapping that lives as long as the
-// value; every access through it is a volatile read of an entry or an
-// atomic compare-and-swap of a last-seen time.
-unsafe impl<K: Send> Send for PendingTable<K> {}
-// SAFETY: as for `Send`: nothing is cached outside the mapping.
-unsafe impl<K: Sync> Sync for PendingTable<K> {}
 
 impl<K: PendingKey> PendingTable<K> {
     /// Maps `map`, the pending table named `name` (an mmapable array of
@@ -65,31 +62,12 @@ impl<K: PendingKey> PendingTable<K> {
             );
         }
         let sets = info.max_entries();
-        let len = sets as usize * size_of::<PendingSet<K>>();
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: a shared mapping of an mmapable array map, of its size;
-        // the kernel checks the rest.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {name} ({len} bytes)"));
-        }
-        let Some(first) = NonNull::new(addr.cast::<PendingSet<K>>()) else {
-            bail!("mapping {name}: the kernel returned a null address");
-        };
+        let mapping = SharedMapping::new(&map, sets as usize * size_of::<PendingSet<K>>(), name)?;
         Ok(Self {
             _map: map,
-            first,
+            mapping,
             sets,
+            _sets_of: PhantomData,
         })
     }
 
@@ -103,7 +81,13 @@ impl<K: PendingKey> PendingTable<K> {
         debug_assert!(set < self.sets && way < PENDING_WAYS);
         // SAFETY: inside the mapping (`set` below `sets`, `way` below the ways).
         unsafe {
-            (&raw mut (*self.first.as_ptr().add(set as usize)).ways)
+            (&raw mut (*self
+                .mapping
+                .start()
+                .cast::<PendingSet<K>>()
+                .as_ptr()
+                .add(set as usize))
+            .ways)
                 .cast::<PendingEntry<K>>()
                 .add(way)
         }
@@ -171,13 +155,5 @@ impl<K: PendingKey> PendingTable<K> {
         last_seen
             .compare_exchange(flow.last_seen_ns, 0, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()
-    }
-}
-
-impl<K> Drop for PendingTable<K> {
-    fn drop(&mut self) {
-        let len = self.sets as usize * size_of::<PendingSet<K>>();
-        // SAFETY: the mapping made in `new`, of that length, unused from here.
-        unsafe { libc::munmap(self.first.as_ptr().cast(), len) };
     }
 }
