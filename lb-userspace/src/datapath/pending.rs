@@ -36,10 +36,9 @@ impl PendingKey for FlowKey6 {
 pub struct PendingTable<K> {
     /// The map (kept open for the mapping).
     _map: MapData,
-    /// The sets, `sets` of them; every access is a volatile read of an
-    /// entry or an atomic compare-and-swap of a last-seen time.
+    /// The sets; every access is a volatile read of an entry or an atomic
+    /// compare-and-swap of a last-seen time.
     mapping: SharedMapping,
-    sets: u32,
     /// The key type of the sets.
     _sets_of: PhantomData<K>,
 }
@@ -66,19 +65,23 @@ impl<K: PendingKey> PendingTable<K> {
         Ok(Self {
             _map: map,
             mapping,
-            sets,
             _sets_of: PhantomData,
         })
     }
 
+    /// How many sets the table has (the mapping holds them all).
+    fn sets(&self) -> u32 {
+        (self.mapping.len() / size_of::<PendingSet<K>>()) as u32
+    }
+
     /// How many flows the table holds at most.
     pub fn capacity(&self) -> u32 {
-        self.sets * PENDING_WAYS as u32
+        self.sets() * PENDING_WAYS as u32
     }
 
     /// Way `way` of set `set`.
     fn entry(&self, set: u32, way: usize) -> *mut PendingEntry<K> {
-        debug_assert!(set < self.sets && way < PENDING_WAYS);
+        debug_assert!(set < self.sets() && way < PENDING_WAYS);
         // SAFETY: inside the mapping (`set` below `sets`, `way` below the ways).
         unsafe {
             (&raw mut (*self
@@ -102,7 +105,7 @@ impl<K: PendingKey> PendingTable<K> {
 
     /// The way of `key`'s set holding it, and its flow.
     fn find(&self, key: &K) -> Option<(u32, usize, Flow)> {
-        let set = key.set(self.sets);
+        let set = key.set(self.sets());
         (0..PENDING_WAYS).find_map(|way| {
             let entry = self.read(set, way);
             (entry.is_used() && entry.key == *key).then_some((set, way, entry.flow))
@@ -117,7 +120,7 @@ impl<K: PendingKey> PendingTable<K> {
     /// Calls `each` for every flow of the table, set by set. A flow the data
     /// path adds or moves meanwhile may be seen or not.
     pub fn for_each(&self, mut each: impl FnMut(K, Flow)) {
-        for set in 0..self.sets {
+        for set in 0..self.sets() {
             for way in 0..PENDING_WAYS {
                 let entry = self.read(set, way);
                 if entry.is_used() {
