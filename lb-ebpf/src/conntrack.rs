@@ -55,7 +55,7 @@ use lb_common::{
 
 use crate::{
     filter::{self, MayHold},
-    flood::Opening,
+    flood::{self, Opening},
     maps::{
         BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
         PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE, pending_sets,
@@ -464,10 +464,11 @@ pub enum Lookup {
 /// backend exists, even when it is quiesced or down, except for a new
 /// connection on its tuple ([`Lookup::Reused`]). A SYN skips each table
 /// whose mark for its key the flow filter has clear ([`filter::may_hold`]).
+/// `now`: the time of the packet ([`now`]).
 #[inline(always)]
-pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
+pub fn known<K: TableKey>(key: &K, packet: &Packet, now: u64) -> Lookup {
     let may_hold = if packet.opens_connection() {
-        filter::may_hold(key)
+        filter::may_hold(key, !flood::flooding(now))
     } else {
         MayHold::BOTH
     };
@@ -518,7 +519,7 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
     if flags != old_flags {
         flow.flags = flags;
     }
-    flow.last_seen_ns = now();
+    flow.last_seen_ns = now;
     // Confirmed by the handshake's ACK, or (an ACK picked up in flood mode,
     // or a flow the full connection table refused) by the client's first
     // payload.

@@ -41,9 +41,13 @@ impl MayHold {
 
 /// Which tables may hold flow `key`: a table may not only when the filter
 /// is ready and the key's mark of that table in the current generation is
-/// clear. Both marks are in one line, read once.
+/// clear. Both marks are in one line, read once. `recording`: the SYN will
+/// most likely be recorded (no flood mode), so its pending set will be
+/// written whatever the marks say; that set's line is then read first,
+/// and the two cache misses of a new flow in large tables (the filter's
+/// line, the set's) overlap instead of following each other.
 #[inline(always)]
-pub fn may_hold<K: TableKey>(key: &K) -> MayHold {
+pub fn may_hold<K: TableKey>(key: &K, recording: bool) -> MayHold {
     let Some(state) = state() else {
         return MayHold::BOTH;
     };
@@ -51,6 +55,14 @@ pub fn may_hold<K: TableKey>(key: &K) -> MayHold {
         return MayHold::BOTH;
     }
     let position = key.filter_position(&state, state.current());
+    if recording {
+        // No set: a loader sized the pending table to none.
+        let Some(set) = key.pending_set() else {
+            return MayHold::BOTH;
+        };
+        // SAFETY: a valid array value; the load's result is not needed.
+        unsafe { core::ptr::read_volatile(&raw const set.ways[0].flow.last_seen_ns) };
+    }
     let Some(marks) = FLOW_FILTER.get(position.line) else {
         return MayHold::BOTH;
     };

@@ -26,6 +26,16 @@ pub enum Opening {
     HashedAck,
 }
 
+/// Whether flood mode is on at `now` (as the SYNs counted so far left it):
+/// a SYN then is likely forwarded unrecorded.
+#[inline(always)]
+pub fn flooding(now: u64) -> bool {
+    // SAFETY: a valid array value, read whole.
+    FLOOD_UNTIL
+        .get_ptr(0)
+        .is_some_and(|until| in_flood(now, unsafe { *until }))
+}
+
 /// How `packet`, of a flow neither table holds, arriving at `now`
 /// (`conntrack::now`), is opened. A SYN is counted in this CPU's window
 /// first; the one that brings the window to the guard's limit starts (or
