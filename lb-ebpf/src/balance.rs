@@ -103,10 +103,7 @@ fn from_table<K: TableKey>(
     cache_set: Option<&mut K::CacheSet>,
     period: u64,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
-    // One clock read for the flow's tables, the guard, a new flow and its
-    // template.
-    let now = conntrack::now();
-    let replaces = match conntrack::known(key, packet, now) {
+    let replaces = match conntrack::known(key, packet) {
         Lookup::Found(service_id, backends, binding) => {
             if let Some(set) = cache_set {
                 key.cache(set, service_id, &binding, period);
@@ -120,6 +117,8 @@ fn from_table<K: TableKey>(
         return Err(Verdict::Pass(REASON_NO_SERVICE));
     };
     let (service_id, flags) = (service.id, service.flags);
+    // One clock read for the guard, the new flow and its template.
+    let now = conntrack::now();
     let opening = match replaces {
         None => flood::opening(packet, now),
         Some(_) => Opening::Scheduled,

@@ -464,11 +464,10 @@ pub enum Lookup {
 /// backend exists, even when it is quiesced or down, except for a new
 /// connection on its tuple ([`Lookup::Reused`]). A SYN skips each table
 /// whose mark for its key the flow filter has clear ([`filter::may_hold`]).
-/// `now`: the time of the packet ([`now`]).
 #[inline(always)]
-pub fn known<K: TableKey>(key: &K, packet: &Packet, now: u64) -> Lookup {
+pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
     let may_hold = if packet.opens_connection() {
-        filter::may_hold(key, !flood::flooding(now))
+        filter::may_hold(key, !flood::flooding())
     } else {
         MayHold::BOTH
     };
@@ -519,7 +518,8 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet, now: u64) -> Lookup {
     if flags != old_flags {
         flow.flags = flags;
     }
-    flow.last_seen_ns = now;
+    // After the lookup: the clock read overlaps its cache misses.
+    flow.last_seen_ns = now();
     // Confirmed by the handshake's ACK, or (an ACK picked up in flood mode,
     // or a flow the full connection table refused) by the client's first
     // payload.

@@ -26,14 +26,19 @@ pub enum Opening {
     HashedAck,
 }
 
-/// Whether flood mode is on at `now` (as the SYNs counted so far left it):
-/// a SYN then is likely forwarded unrecorded.
+/// Whether flood mode was on when this CPU's SYN window began: a SYN then
+/// is likely forwarded unrecorded. A hint without a clock read (which
+/// would cost a SYN about 20 ns more): a window lasts
+/// [`FLOOD_WINDOW_NS`](lb_common::FLOOD_WINDOW_NS)
+/// and the next SYN counted after it starts the next, so the answer lags
+/// flood mode by about a window. [`opening`] decides.
 #[inline(always)]
-pub fn flooding(now: u64) -> bool {
-    // SAFETY: a valid array value, read whole.
-    FLOOD_UNTIL
-        .get_ptr(0)
-        .is_some_and(|until| in_flood(now, unsafe { *until }))
+pub fn flooding() -> bool {
+    let (Some(window), Some(until)) = (SYN_WINDOW.get_ptr(0), FLOOD_UNTIL.get_ptr(0)) else {
+        return false;
+    };
+    // SAFETY: valid map values (the window this CPU's own), read whole.
+    unsafe { in_flood((*window).start_ns, *until) }
 }
 
 /// How `packet`, of a flow neither table holds, arriving at `now`
