@@ -571,6 +571,24 @@ impl SnapshotCollector {
         }
         Ok(())
     }
+
+    /// Each metric of `defs` ([`Self::family`]) over the same labelled
+    /// `samples`, one per label set (the families per address family, per
+    /// kind of filter mark).
+    fn families<T, L: EncodeLabelSet + Clone>(
+        encoder: &mut DescriptorEncoder,
+        defs: &[Def<T>],
+        samples: &[(L, &T)],
+    ) -> Result<(), std::fmt::Error> {
+        for def in defs {
+            Self::family(
+                encoder,
+                def,
+                samples.iter().map(|(labels, item)| (labels.clone(), *item)),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl Collector for SnapshotCollector {
@@ -596,28 +614,12 @@ impl Collector for SnapshotCollector {
             (FamilyLabels { family: "ipv4" }, &self.0.flows.ipv4),
             (FamilyLabels { family: "ipv6" }, &self.0.flows.ipv6),
         ];
-        for def in &TABLE_METRICS {
-            Self::family(
-                &mut encoder,
-                def,
-                tables
-                    .iter()
-                    .map(|(labels, table)| (labels.clone(), *table)),
-            )?;
-        }
+        Self::families(&mut encoder, &TABLE_METRICS, &tables)?;
         let filter = [
             (FilterLabels { kind: "confirmed" }, &self.0.filter.confirmed),
             (FilterLabels { kind: "pending" }, &self.0.filter.pending),
         ];
-        for def in &FILTER_METRICS {
-            Self::family(
-                &mut encoder,
-                def,
-                filter
-                    .iter()
-                    .map(|(labels, marks)| (labels.clone(), *marks)),
-            )?;
-        }
+        Self::families(&mut encoder, &FILTER_METRICS, &filter)?;
         for def in &FLOOD_METRICS {
             Self::family(
                 &mut encoder,
