@@ -67,11 +67,11 @@ impl FlowFilter {
     /// empty: `lines` lines per generation (the map must hold twice as many).
     pub fn ready_empty(&mut self, lines: u32) -> anyhow::Result<()> {
         let needed = 2 * lines as usize * FILTER_LINE_BYTES as usize;
-        if self.marks.len() != needed {
+        if self.marks.byte_len() != needed {
             bail!(
                 "{FLOW_FILTER_MAP} holds {} bytes where two generations of {lines} lines need \
                  {needed}",
-                self.marks.len()
+                self.marks.byte_len()
             );
         }
         self.set_state(FlowFilterState {
@@ -88,7 +88,7 @@ impl FlowFilter {
             FlowKey::V6(k) => state.position(&k.words(), generation),
         };
         let offset = position.line as usize * FILTER_LINE_BYTES as usize + position.byte(kind);
-        if offset < self.marks.len() {
+        if offset < self.marks.byte_len() {
             // SAFETY: inside the mapping.
             unsafe { self.marks.start().as_ptr().add(offset).write_volatile(1) };
         }
@@ -112,7 +112,7 @@ impl FlowFilter {
     /// One rebuild at a time: `lb run` rebuilds only from its sweeper.
     pub fn begin_rebuild(&mut self) -> anyhow::Result<Rebuild> {
         let before = self.state()?;
-        let half = self.marks.len() / 2;
+        let half = self.marks.byte_len() / 2;
         let start = before.next() as usize * half;
         // SAFETY: one generation of the mapping, which SYNs do not read.
         // The data path sets marks there only while a rebuild runs (one
@@ -145,7 +145,7 @@ impl FlowFilter {
     /// How many marks of the current generation are set, of each kind.
     pub fn occupancy(&self) -> anyhow::Result<FilterOccupancy> {
         let state = self.state()?;
-        let half = self.marks.len() / 2;
+        let half = self.marks.byte_len() / 2;
         let start = state.current() as usize * half;
         // SAFETY: one generation of the mapping, read as bytes.
         let marks =

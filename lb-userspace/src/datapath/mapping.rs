@@ -56,13 +56,8 @@ impl SharedMapping {
     }
 
     /// How many bytes are mapped.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         self.len
-    }
-
-    /// Whether nothing is mapped.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

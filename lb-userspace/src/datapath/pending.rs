@@ -71,7 +71,7 @@ impl<K: PendingKey> PendingTable<K> {
 
     /// How many sets the table has (the mapping holds them all).
     fn sets(&self) -> u32 {
-        (self.mapping.len() / size_of::<PendingSet<K>>()) as u32
+        (self.mapping.byte_len() / size_of::<PendingSet<K>>()) as u32
     }
 
     /// How many flows the table holds at most.
