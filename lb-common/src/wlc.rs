@@ -110,30 +110,75 @@ fn entry_weight(tree: &LoadTree, entry: u32) -> u64 {
     }
 }
 
-/// The overhead of a tree entry's backend (the entry names a slot).
+/// The overhead a tree entry that takes no flows competes with, at weight
+/// 1: above every backend's (at most `MAX_COUNTED_CONNS * 257 < 2^41`), so
+/// that any backend that takes flows beats it, whatever its weight.
+const OUT_OF_PLAY: u64 = 1 << 41;
+
+/// A tree entry in a match, with the weight and overhead it competes with,
+/// read once and carried up the tree by [`repair`].
+#[derive(Clone, Copy)]
+struct Contender {
+    /// `slot + 1`; 0 for none and for a backend that may not take new flows.
+    entry: u32,
+    /// Its weight (1 for an entry of 0).
+    weight: u64,
+    /// Its overhead ([`OUT_OF_PLAY`] for an entry of 0).
+    overhead: u64,
+}
+
+/// All ones when `value` (below 2^63) is not 0, else 0: a mask computed
+/// without a branch.
 #[inline(always)]
-fn entry_overhead(conns: &BackendConnSet, entry: u32) -> u64 {
-    let c = &conns.conns[bounded(entry.wrapping_sub(1))];
-    overhead(c.active, c.inactive)
+const fn nonzero_mask(value: u64) -> u64 {
+    ((value | value.wrapping_neg()) >> 63).wrapping_neg()
+}
+
+/// Tree entry `entry` (`slot + 1`, or 0) as a contender: an entry whose
+/// backend may not take new flows plays as none. Computed without a branch
+/// (masks), as is the match: the verifier then walks one path through
+/// [`repair`]'s levels, not two per level.
+#[inline(always)]
+fn contender(tree: &LoadTree, conns: &BackendConnSet, entry: u32) -> Contender {
+    let slot = bounded(entry.wrapping_sub(1));
+    let weight = u64::from(tree.weights[slot]) & nonzero_mask(u64::from(entry));
+    let plays = nonzero_mask(weight);
+    let c = &conns.conns[slot];
+    Contender {
+        entry: entry & plays as u32,
+        weight: weight | (1 & !plays),
+        overhead: (overhead(c.active, c.inactive) & plays) | (OUT_OF_PLAY & !plays),
+    }
+}
+
+/// All ones when `rival` takes the match from `holder`, else 0: with a
+/// strictly lower `overhead / weight`, or an equal one when the rival holds
+/// the lower slots (`rival_is_left`: 1, else 0). Both products stay below
+/// 2^58, so the sign of their wrapping difference is the comparison.
+#[inline(always)]
+fn takes_from(rival: &Contender, holder: &Contender, rival_is_left: u32) -> u64 {
+    let rival_load = rival.overhead * holder.weight;
+    let holder_load = holder.overhead * rival.weight + u64::from(rival_is_left);
+    (rival_load.wrapping_sub(holder_load) >> 63).wrapping_neg()
+}
+
+/// `rival` where `mask` is all ones, `holder` where it is 0.
+#[inline(always)]
+fn pick(holder: Contender, rival: Contender, mask: u64) -> Contender {
+    Contender {
+        entry: holder.entry ^ ((holder.entry ^ rival.entry) & mask as u32),
+        weight: holder.weight ^ ((holder.weight ^ rival.weight) & mask),
+        overhead: holder.overhead ^ ((holder.overhead ^ rival.overhead) & mask),
+    }
 }
 
 /// One match: the better of two tree entries, `left` holding the lower
-/// slots. A side that may not take flows loses; otherwise `right` wins only
-/// with a strictly lower `overhead / weight`.
+/// slots. A side that may not take flows loses (both: none, 0); otherwise
+/// `right` wins only with a strictly lower `overhead / weight`.
 #[inline(always)]
 fn better(tree: &LoadTree, conns: &BackendConnSet, left: u32, right: u32) -> u16 {
-    let left_weight = entry_weight(tree, left);
-    let right_weight = entry_weight(tree, right);
-    let winner = if right_weight == 0 {
-        if left_weight == 0 { 0 } else { left }
-    } else if left_weight == 0
-        || entry_overhead(conns, right) * left_weight < entry_overhead(conns, left) * right_weight
-    {
-        right
-    } else {
-        left
-    };
-    winner as u16
+    let (left, right) = (contender(tree, conns, left), contender(tree, conns, right));
+    pick(left, right, takes_from(&right, &left, 0)).entry as u16
 }
 
 /// The match at `node`, one of the nodes just above the leaves
@@ -173,18 +218,27 @@ pub fn select(tree: &LoadTree) -> Option<u32> {
 }
 
 /// Replays the matches on the path from `slot` up to the service's root,
-/// after `slot`'s counters changed.
+/// after `slot`'s counters changed. Each match's winner goes on to the next
+/// as it is (entry, weight, overhead), so a level reads only its rival's
+/// side of the tree, which no earlier level wrote: those reads do not wait
+/// for the matches below.
 #[inline(always)]
 pub fn repair(tree: &mut LoadTree, conns: &BackendConnSet, slot: u32) {
     let root = tree.root;
-    let mut node = (MAX_BACKENDS as u32 + bounded(slot) as u32) / 2;
-    tree.winners[bounded(node)] = play_slots(tree, conns, node);
-    for _ in 1..TREE_LEVELS {
+    let slot = bounded(slot) as u32;
+    // `node` is where `winner` stands: first the slot's leaf.
+    let mut node = MAX_BACKENDS as u32 + slot;
+    let mut winner = contender(tree, conns, slot + 1);
+    let mut rival = contender(tree, conns, (slot ^ 1) + 1);
+    for _ in 0..TREE_LEVELS {
+        // The rival stands at `node ^ 1`: the left one when `node` is odd.
+        winner = pick(winner, rival, takes_from(&rival, &winner, node & 1));
         node /= 2;
-        if node < root {
+        tree.winners[bounded(node)] = winner.entry as u16;
+        if node / 2 < root {
             break;
         }
-        tree.winners[bounded(node)] = play_children(tree, conns, node);
+        rival = contender(tree, conns, u32::from(tree.winners[bounded(node ^ 1)]));
     }
 }
 
@@ -478,6 +532,15 @@ mod tests {
                 assert_eq!(
                     service.select(),
                     scan(&service.set, &service.conns),
+                    "{len} slots, step {step}"
+                );
+                // Every match from the root down is the one a rebuild plays.
+                let mut rebuilt = service.tree;
+                rebuild(&mut rebuilt, &service.set, &service.conns);
+                let root = service.tree.root as usize;
+                assert_eq!(
+                    service.tree.winners[root..],
+                    rebuilt.winners[root..],
                     "{len} slots, step {step}"
                 );
             }
