@@ -8,6 +8,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock,
     conntrack::{self, Binding, Lookup, TableKey},
     flood::{self, Opening},
     forward, fragment, icmp,
@@ -118,7 +119,7 @@ fn from_table<K: TableKey>(
     };
     let (service_id, flags) = (service.id, service.flags);
     // One clock read for the guard, the new flow and its template.
-    let now = conntrack::now();
+    let now = clock::now();
     let opening = match replaces {
         None => flood::opening(packet, now),
         Some(_) => Opening::Scheduled,

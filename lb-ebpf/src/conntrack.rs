@@ -41,7 +41,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64};
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
@@ -54,6 +54,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now,
     filter::{self, MayHold},
     flood::{self, Opening},
     maps::{
@@ -430,15 +431,6 @@ fn announce<K: TableKey>(key: &K, flow: &Flow) {
     {
         count_event::<K>(EVENT_SYNC_LOST);
     }
-}
-
-/// The now of flow timestamps: the coarse monotonic clock. A few ms of
-/// resolution is plenty for idle timeouts counted in seconds, and it is much
-/// cheaper than the precise clock.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// What the flow tables say about a packet's flow.

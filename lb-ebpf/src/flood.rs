@@ -42,7 +42,7 @@ pub fn flooding() -> bool {
 }
 
 /// How `packet`, of a flow neither table holds, arriving at `now`
-/// (`conntrack::now`), is opened. A SYN is counted in this CPU's window
+/// (`crate::clock::now`), is opened. A SYN is counted in this CPU's window
 /// first; the one that brings the window to the guard's limit starts (or
 /// extends) flood mode for every CPU.
 #[inline(always)]

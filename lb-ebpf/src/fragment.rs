@@ -26,7 +26,7 @@ use lb_common::{
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    conntrack::now,
+    clock::now,
     maps::{FRAGMENTS4, FRAGMENTS6, VIPS},
     parse::{self, Fragment, IpHeader, Packet, load_addr6, load_u32},
     verdict::Verdict,

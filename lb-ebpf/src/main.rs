@@ -20,6 +20,7 @@
 )]
 
 mod balance;
+mod clock;
 mod conntrack;
 mod filter;
 mod flood;

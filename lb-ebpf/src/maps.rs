@@ -18,6 +18,8 @@ use lb_common::{
     SyncCounters, VIPS_ENTRIES, VipKey, port_bit,
 };
 
+use crate::clock::TickReading;
+
 /// The layout stamp (`lb_common::LAYOUT_VERSION`), written by the control
 /// plane when it loads the data path and checked when another adopts it;
 /// never read here.
@@ -268,6 +270,11 @@ pub static FLOOD_UNTIL: Array<u64, 1> = Array::new();
 /// Each CPU's count of flow-opening SYNs in its current window.
 #[btf_map]
 pub static SYN_WINDOW: PerCpuArray<SynWindow, 1> = PerCpuArray::new();
+
+/// Each CPU's last reading of the coarse clock and the tick it was read in
+/// (index 0; see `crate::clock`). Data path only.
+#[btf_map]
+pub static CLOCK: PerCpuArray<TickReading, 1> = PerCpuArray::new();
 
 /// `BPF_F_MMAPABLE`: the array's values are page-aligned (and could be mapped
 /// into user space).

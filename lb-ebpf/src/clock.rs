@@ -1,0 +1,46 @@
+//! The time of flow timestamps and of the SYN-flood guard: the kernel's
+//! coarse monotonic clock, read at most once per tick on each CPU.
+//!
+//! The coarse clock only moves at the timer tick, and `bpf_jiffies64` (the
+//! tick count, a load the verifier inlines) says when it may have moved.
+//! Each CPU keeps the clock's last reading with the tick it was read in
+//! ([`CLOCK`]): a packet in the same tick takes that reading, which costs a
+//! few loads instead of the helper call (about 20 ns). A reading is then at
+//! most one tick older than the coarse clock itself would be.
+
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+
+use crate::maps::CLOCK;
+
+/// Value of [`CLOCK`]: one CPU's last reading of the coarse clock.
+#[repr(C)]
+pub struct TickReading {
+    /// `bpf_jiffies64` when it was read.
+    jiffies: u64,
+    /// The coarse clock then (ns of `CLOCK_MONOTONIC`).
+    ns: u64,
+}
+
+/// The now of flow timestamps and of the SYN-flood guard: the coarse
+/// monotonic clock (a few ms of resolution is plenty for idle timeouts
+/// counted in seconds and for the guard's 100 ms windows), as this CPU
+/// last read it in the current tick.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helpers without arguments (jiffies inlined by the verifier on
+    // 64-bit JITs).
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(reading) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's own value: nothing else touches it while this
+    // program run holds it (XDP does not nest on a CPU).
+    let reading = unsafe { &mut *reading };
+    if reading.jiffies != jiffies || reading.ns == 0 {
+        // SAFETY: as above.
+        reading.ns = unsafe { bpf_ktime_get_coarse_ns() };
+        reading.jiffies = jiffies;
+    }
+    reading.ns
+}
