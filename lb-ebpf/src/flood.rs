@@ -27,8 +27,8 @@ pub enum Opening {
 }
 
 /// Whether flood mode was on when this CPU's SYN window began: a SYN then
-/// is likely forwarded unrecorded. A hint without a clock read (which
-/// would cost a SYN about 20 ns more): a window lasts
+/// is likely forwarded unrecorded. A hint without the clock, which the
+/// SYN reads after its tables' lookup (`crate::clock::now`): a window lasts
 /// [`FLOOD_WINDOW_NS`](lb_common::FLOOD_WINDOW_NS)
 /// and the next SYN counted after it starts the next, so the answer lags
 /// flood mode by about a window. [`opening`] decides.
