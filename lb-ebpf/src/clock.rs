@@ -1,5 +1,6 @@
-//! The time of flow timestamps and of the SYN-flood guard: the kernel's
-//! coarse monotonic clock, read at most once per tick on each CPU.
+//! The time of flow and fragment timestamps and of the SYN-flood guard:
+//! the kernel's coarse monotonic clock, read at most once per tick on each
+//! CPU.
 //!
 //! The coarse clock only moves at the timer tick, and `bpf_jiffies64` (the
 //! tick count, a load the verifier inlines) says when it may have moved.
@@ -21,10 +22,10 @@ pub struct TickReading {
     ns: u64,
 }
 
-/// The now of flow timestamps and of the SYN-flood guard: the coarse
-/// monotonic clock (a few ms of resolution is plenty for idle timeouts
-/// counted in seconds and for the guard's 100 ms windows), as this CPU
-/// last read it in the current tick.
+/// The now of flow and fragment timestamps and of the SYN-flood guard: the
+/// coarse monotonic clock (a few ms of resolution is plenty for idle
+/// timeouts counted in seconds and for the guard's 100 ms windows), as this
+/// CPU last read it in the current tick.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helpers without arguments (jiffies inlined by the verifier on
