@@ -100,14 +100,11 @@ pub const fn overhead(active: u64, inactive: u64) -> u64 {
 }
 
 /// The weight a tree entry (`slot + 1`, or 0 for none) competes with: 0 for
-/// none and for a backend that may not take new flows.
+/// none and for a backend that may not take new flows. Without a branch
+/// (see [`contender`]).
 #[inline(always)]
 fn entry_weight(tree: &LoadTree, entry: u32) -> u64 {
-    if entry == 0 {
-        0
-    } else {
-        u64::from(tree.weights[bounded(entry - 1)])
-    }
+    u64::from(tree.weights[bounded(entry.wrapping_sub(1))]) & nonzero_mask(u64::from(entry))
 }
 
 /// The overhead a tree entry that takes no flows competes with, at weight
@@ -140,10 +137,9 @@ const fn nonzero_mask(value: u64) -> u64 {
 /// [`repair`]'s levels, not two per level.
 #[inline(always)]
 fn contender(tree: &LoadTree, conns: &BackendConnSet, entry: u32) -> Contender {
-    let slot = bounded(entry.wrapping_sub(1));
-    let weight = u64::from(tree.weights[slot]) & nonzero_mask(u64::from(entry));
+    let weight = entry_weight(tree, entry);
     let plays = nonzero_mask(weight);
-    let c = &conns.conns[slot];
+    let c = &conns.conns[bounded(entry.wrapping_sub(1))];
     Contender {
         entry: entry & plays as u32,
         weight: weight | (1 & !plays),

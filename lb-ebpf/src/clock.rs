@@ -38,7 +38,9 @@ pub fn now() -> u64 {
     // SAFETY: this CPU's own value: nothing else touches it while this
     // program run holds it (XDP does not nest on a CPU).
     let reading = unsafe { &mut *reading };
-    if reading.jiffies != jiffies || reading.ns == 0 {
+    // A zeroed reading never matches: jiffies start at INITIAL_JIFFIES,
+    // far from 0, and only grow.
+    if reading.jiffies != jiffies {
         // SAFETY: as above.
         reading.ns = unsafe { bpf_ktime_get_coarse_ns() };
         reading.jiffies = jiffies;
