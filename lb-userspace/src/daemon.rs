@@ -733,10 +733,7 @@ impl Daemon {
                 Some(result) = self.results.1.recv() => self.on_check(&mut datapath.maps, result),
                 _ = neighbours.tick() => {
                     let mut changes = std::mem::take(&mut self.unwritten);
-                    match refresh_macs(&self.netlink, &mut self.director).await {
-                        Ok(changed) => changes.extend(changed.into_iter().map(Change::SetService)),
-                        Err(e) => warn!("reading the neighbour table: {e:#}"),
-                    }
+                    add_changes(&mut changes, self.refreshed_macs().await);
                     self.write_or_retry(&mut datapath.maps, changes, "a neighbour refresh");
                 }
                 _ = sweep.tick() => sweeps.start(self.swept_services(), self.config.director.timeouts),
@@ -858,11 +855,7 @@ impl Daemon {
                 &format!("the map writes of {what} (tried again within a second)"),
                 &e,
             );
-            for change in changes {
-                if !self.unwritten.contains(&change) {
-                    self.unwritten.push(change);
-                }
-            }
+            add_changes(&mut self.unwritten, changes);
         }
     }
 
@@ -909,12 +902,13 @@ impl Daemon {
         let nics = director_nics(&self.netlink, &config).await?;
         let ports = nic_ports(&self.netlink, &nics).await?;
         let links = backend_links(&self.netlink, &config, &nics).await?;
-        let (changes, summary) = self.director.apply(&config, &links.nics)?;
+        let (mut changes, summary) = self.director.apply(&config, &links.nics)?;
         // From here on the reload is applied: lb's state is the new config's.
         // What does not reach the kernel at once is retried and reported.
         self.check_sources = links.check_sources;
-        // Solicit MACs of new backends at once rather than on the next tick.
-        let _ = refresh_macs(&self.netlink, &mut self.director).await;
+        // Learn or solicit MACs of new backends at once rather than on the
+        // next tick.
+        add_changes(&mut changes, self.refreshed_macs().await);
         let attached_before: Vec<String> = datapath.attached().map(str::to_owned).collect();
         self.nics = nics;
         self.ports = ports;
@@ -1056,8 +1050,24 @@ impl Daemon {
         self.live_change(datapath, |d| {
             d.add_backend(service, address, weight, mac, nic)
         })?;
-        let _ = refresh_macs(&self.netlink, &mut self.director).await;
+        // A neighbour the director already knows gives the MAC at once; the
+        // next tick would not see it as a change, so it is written here.
+        let learnt = self.refreshed_macs().await;
+        self.write_or_retry(&mut datapath.maps, learnt, "the new backend's MAC");
         Ok(format!("added {address} to {service} with weight {weight}"))
+    }
+
+    /// Refreshes the backends' MACs from the neighbour table (see
+    /// [`refresh_macs`]): the services to write. A table that cannot be read
+    /// is logged, and the next neighbour tick reads it again.
+    async fn refreshed_macs(&mut self) -> Vec<Change> {
+        match refresh_macs(&self.netlink, &mut self.director).await {
+            Ok(changed) => changed.into_iter().map(Change::SetService).collect(),
+            Err(e) => {
+                warn!("reading the neighbour table: {e:#}");
+                Vec::new()
+            }
+        }
     }
 
     /// Applies a live change to the director and writes it to the maps.
@@ -1070,6 +1080,15 @@ impl Daemon {
         write_changes(&mut datapath.maps, &mut self.director, &changes)?;
         self.reconcile_checks();
         Ok(())
+    }
+}
+
+/// Appends `more` to `changes`, leaving out those already there.
+fn add_changes(changes: &mut Vec<Change>, more: Vec<Change>) {
+    for change in more {
+        if !changes.contains(&change) {
+            changes.push(change);
+        }
     }
 }
 
@@ -1178,7 +1197,10 @@ fn warn_if_unusable(service: &ServiceRuntime) {
 }
 
 /// Fills in backend MACs from the neighbour table; asks the kernel to
-/// resolve the missing ones. Returns the ids of services whose MACs changed.
+/// resolve the missing ones. Returns the ids of services whose MACs changed,
+/// which the caller must write to the maps. Fails only when the table cannot
+/// be read (nothing changed then); a failed solicitation is logged, and the
+/// next refresh asks again.
 async fn refresh_macs(netlink: &Netlink, director: &mut Director) -> anyhow::Result<Vec<u32>> {
     let table = netlink.neighbours().await?;
     let mut changed = Vec::new();
@@ -1203,7 +1225,11 @@ async fn refresh_macs(netlink: &Netlink, director: &mut Director) -> anyhow::Res
                 Some(_) => {}
                 // Keep a MAC we already know: the entry may just have been
                 // garbage-collected. Ask the kernel to resolve it again.
-                None => netlink.solicit(b.nic.index, b.address).await?,
+                None => {
+                    if let Err(e) = netlink.solicit(b.nic.index, b.address).await {
+                        warn!("service {name}: backend {}: {e:#}", b.address);
+                    }
+                }
             }
         }
         if any {

@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, SocketAddr, TcpStream},
     thread,
     time::Duration,
 };
@@ -628,6 +628,52 @@ fn a_backend_added_after_a_rescheduling_remove_inherits_nothing() {
         "{TEST}: rs4 inherited from rs2 ({on_rs2} idle flows): {stats:#?}"
     );
     drop(held);
+    setup.finish();
+}
+
+/// A backend added live whose MAC the director's neighbour table already
+/// holds (the director talked to it before) is written to the data path as
+/// up, takes new flows, and still does after the neighbour refreshes and
+/// health checks have run.
+#[test]
+fn a_backend_added_live_with_a_known_mac_takes_new_flows() {
+    const TEST: &str = "a_backend_added_live_with_a_known_mac_takes_new_flows";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    let setup = start(TEST, &[1000, 500]);
+    let rs3 = address(&setup, "rs3");
+    // A connection from the director itself puts rs3 in its neighbour table.
+    let target = SocketAddr::new(rs3, PORT);
+    setup
+        .bed
+        .director()
+        .ns
+        .run(move || Ok(TcpStream::connect_timeout(&target, Duration::from_secs(2))?))
+        .unwrap_or_else(|e| {
+            setup.fail(&format!("connecting to {target} from the director: {e:#}"))
+        });
+
+    ctl(
+        &setup,
+        &backend_args("add", SERVICE, &rs3.to_string(), &["--weight", "1000"]),
+    );
+    wait_backends_up(&setup, 3);
+    // Past several neighbour refreshes (every second) and health checks.
+    thread::sleep(Duration::from_secs(4));
+    let stats = setup.stats();
+    assert_eq!(
+        backend(&setup, &stats, rs3).state,
+        "up",
+        "{TEST}: {stats:#?}"
+    );
+    let conns = setup.open(VIP4.into(), 40);
+    assert!(
+        client::count_conns(&conns).get("rs3").copied().unwrap_or(0) > 0,
+        "{TEST}: rs3 got no new connection: {:?}",
+        client::count_conns(&conns)
+    );
+    drop(conns);
     setup.finish();
 }
 
