@@ -7,7 +7,9 @@
 //! `vip_map`, the reals in `reals`, the VIP's consistent-hash ring in
 //! `ch_rings` (every one of its 65,537 positions names a real), the
 //! gateway MAC in `ctl_array`, and a per-CPU LRU of Katran's default size
-//! in `lru_mapping` for the CPU the bench runs on. Katran then tunnels
+//! in `lru_mapping` for the CPU the bench runs on: one holding only the
+//! established flows for the established cases, another for the new flows
+//! (see [`Lru`]). Katran then tunnels
 //! (IPIP) each forwarded frame to its real, where lb rewrites MACs: each
 //! does what it does in production.
 //!
@@ -212,10 +214,44 @@ struct Katran {
     lru_mapping: MapData,
     /// `stats`, for the rate limiter's entry.
     stats: PerCpuArray<MapData, LbStats>,
-    /// The LRU of the bench's CPU while it is in `lru_mapping`, and its fd.
-    lru: HashMap<MapData, FlowKey, RealPosLru>,
-    lru_fd: u32,
+    /// The LRU holding only the established flows (see [`Lru`]).
+    established: LruMap,
+    /// The LRU the new flows go to (see [`Lru`]).
+    new_flows: LruMap,
     cpu: u32,
+}
+
+/// One of Katran's per-CPU LRUs, and its fd for `lru_mapping`.
+struct LruMap {
+    map: HashMap<MapData, FlowKey, RealPosLru>,
+    fd: u32,
+}
+
+impl LruMap {
+    /// Whether it holds the flow of `tuple`.
+    fn records(&self, tuple: &Tuple) -> anyhow::Result<bool> {
+        match self.map.get(&FlowKey::of(tuple), 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e).context("reading Katran's LRU"),
+        }
+    }
+}
+
+/// Which LRU Katran uses for the bench's CPU in a case. Both have Katran's
+/// default size. The new flows of earlier rounds would lengthen the hash
+/// chains of the established flows' lookups, more in a full run (a
+/// million per round, up to the LRU's capacity) than in a quick one: so
+/// the established flows have an LRU of their own, holding the same
+/// [`MANY_FLOWS`] flows as lb's connection table in every run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lru {
+    /// The established flows' LRU: only the [`MANY_FLOWS`] flows.
+    Established,
+    /// The new flows' LRU: every stateful round's SYNs go there.
+    NewFlows,
+    /// None: Katran falls back to its 1,000-flow `fallback_cache`.
+    Fallback,
 }
 
 impl Katran {
@@ -281,30 +317,32 @@ impl Katran {
         };
         let stats = PerCpuArray::try_from(map("stats")?)?;
         let cpu = u32::try_from(cpu)?;
-        let (lru, lru_fd) = new_lru(lru_flows)?;
         let katran = Self {
             program,
             lru_mapping,
             stats,
-            lru,
-            lru_fd,
+            established: new_lru(lru_flows)?,
+            new_flows: new_lru(lru_flows)?,
             cpu,
         };
-        katran.use_own_lru(true)?;
+        katran.use_lru(Lru::Established)?;
         Ok(katran)
     }
 
-    /// Puts this CPU's LRU in `lru_mapping` (`on`), or takes it out, so that
-    /// Katran falls back to its 1,000-flow `fallback_cache`.
-    fn use_own_lru(&self, on: bool) -> anyhow::Result<()> {
+    /// Puts LRU `lru` in `lru_mapping` for the bench's CPU, or none.
+    fn use_lru(&self, lru: Lru) -> anyhow::Result<()> {
         let map_fd = self.lru_mapping.fd().as_fd().as_raw_fd();
         let key = self.cpu;
-        let lru_fd = self.lru_fd;
+        let lru_fd = match lru {
+            Lru::Established => Some(self.established.fd),
+            Lru::NewFlows => Some(self.new_flows.fd),
+            Lru::Fallback => None,
+        };
         let mut attr = [0u64; 4];
         attr[0] = map_fd as u64;
         attr[1] = (&raw const key) as u64;
-        let command = if on {
-            attr[2] = (&raw const lru_fd) as u64;
+        let command = if let Some(lru_fd) = &lru_fd {
+            attr[2] = (&raw const *lru_fd) as u64;
             BPF_MAP_UPDATE_ELEM
         } else {
             BPF_MAP_DELETE_ELEM
@@ -313,8 +351,8 @@ impl Katran {
         Ok(())
     }
 
-    /// Records `flows` established flows of the rotation in this CPU's LRU,
-    /// as Katran does on their first packets.
+    /// Records `flows` established flows of the rotation in the established
+    /// flows' LRU, as Katran does on their first packets.
     fn prefill(&mut self, flows: u32) -> anyhow::Result<()> {
         for i in 0..flows {
             let tuple = rotation(flows, i);
@@ -322,7 +360,8 @@ impl Katran {
                 pos: 1 + i % REALS,
                 ..RealPosLru::default()
             };
-            self.lru
+            self.established
+                .map
                 .insert(FlowKey::of(&tuple), pos, 0)
                 .context("prefilling Katran's LRU")?;
         }
@@ -371,13 +410,14 @@ impl Katran {
         )
     }
 
-    /// Whether this CPU's LRU holds the flow of `tuple`.
-    fn records(&self, tuple: &Tuple) -> anyhow::Result<bool> {
-        match self.lru.get(&FlowKey::of(tuple), 0) {
-            Ok(_) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(e).context("reading Katran's LRU"),
+    /// How many of the `flows` established flows of the rotation the
+    /// established flows' LRU does not hold.
+    fn lost(&self, flows: u32) -> anyhow::Result<u32> {
+        let mut lost = 0;
+        for i in 0..flows {
+            lost += u32::from(!self.established.records(&rotation(flows, i))?);
         }
+        Ok(lost)
     }
 }
 
@@ -395,7 +435,7 @@ enum Limiter {
 
 /// A fresh `LRU_HASH` of Katran's flow keys with room for `flows`, for
 /// `lru_mapping` (its inner map's key and value sizes), and its fd.
-fn new_lru(flows: u32) -> anyhow::Result<(HashMap<MapData, FlowKey, RealPosLru>, u32)> {
+fn new_lru(flows: u32) -> anyhow::Result<LruMap> {
     // struct { map_type, key_size, value_size, max_entries, map_flags, ... }
     let mut attr = [0u64; 16];
     attr[0] = u64::from(BPF_MAP_TYPE_LRU_HASH) | (size_of::<FlowKey>() as u64) << 32;
@@ -405,7 +445,10 @@ fn new_lru(flows: u32) -> anyhow::Result<(HashMap<MapData, FlowKey, RealPosLru>,
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let raw = fd.as_raw_fd() as u32;
     let data = MapData::from_fd(fd).context("opening Katran's LRU")?;
-    Ok((HashMap::try_from(Map::from_map_data(data)?)?, raw))
+    Ok(LruMap {
+        map: HashMap::try_from(Map::from_map_data(data)?)?,
+        fd: raw,
+    })
 }
 
 /// The CPUs per-CPU maps have a value for.
@@ -491,6 +534,15 @@ impl Case {
             }
             Self::NewFlowFlood => format!("new TCP flow, {REALS} backends, flood"),
             Self::NoService => "no service (XDP_PASS)".into(),
+        }
+    }
+
+    /// The LRU Katran uses in the case.
+    fn katran_lru(self) -> Lru {
+        match self {
+            Self::Established | Self::EstablishedMany | Self::NoService => Lru::Established,
+            Self::NewFlow | Self::NewFlowFlood => Lru::NewFlows,
+            Self::NewFlowSmallTable => Lru::Fallback,
         }
     }
 
@@ -642,7 +694,7 @@ impl Bed {
             }
             Case::NoService => (Box::new(move |_| no_service.clone()), XDP_PASS),
         };
-        self.katran.use_own_lru(case != Case::NewFlowSmallTable)?;
+        self.katran.use_lru(case.katran_lru())?;
         let time = |program: &Xdp, verdict: u32| {
             time_per_call_with(program, params.calls, params.trim, verdict, &frame, |_| {
                 Ok(())
@@ -668,10 +720,24 @@ impl Bed {
         ensure!(katran > 0.0, "Katran's figure is 0 ns");
         // The regime each program ran in.
         match case {
+            Case::EstablishedMany => {
+                let lost = self.katran.lost(MANY_FLOWS)?;
+                ensure!(
+                    lost == 0,
+                    "Katran's LRU lost {lost} of the established flows"
+                );
+                for i in 0..MANY_FLOWS {
+                    ensure!(
+                        self.lb.maps.flow(&rotation(MANY_FLOWS, i).key())?.is_some(),
+                        "lb's table lost established flow {i}"
+                    );
+                }
+            }
             Case::NewFlow => {
                 let last = client(params.calls - 1);
                 ensure!(
-                    self.lb.maps.flow(&last.key())?.is_some() && self.katran.records(&last)?,
+                    self.lb.maps.flow(&last.key())?.is_some()
+                        && self.katran.new_flows.records(&last)?,
                     "the round's last new flow is missing from lb's or Katran's table"
                 );
             }
@@ -682,7 +748,7 @@ impl Bed {
                         "lb recorded new flow {i} in flood mode"
                     );
                     ensure!(
-                        !self.katran.records(&client(i))?,
+                        !self.katran.new_flows.records(&client(i))?,
                         "Katran recorded new flow {i} above its rate limit"
                     );
                 }
