@@ -841,7 +841,7 @@ impl Comparison {
                 None => "-".to_owned(),
             };
             s += &format!(
-                "  {:<48} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>8.2}x  {verdict}\n",
+                "  {:<48} {:>7.1} {:>8.1} {:>7.1} {:>7.1} {:>8.3}x  {verdict}\n",
                 r.label,
                 r.empty.median_ns,
                 r.mac_swap.median_ns,

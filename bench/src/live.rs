@@ -373,7 +373,7 @@ pub fn table(rows: &[LiveRow]) -> String {
         if let (Some(target), Some(met)) = (row.target, row.target_met) {
             let _ = writeln!(
                 out,
-                "target (issue 16): live {} ({}) >= {target}x the trivial program: {:.3}x [{}]",
+                "target (issue 16): live {} ({}) >= {target}x the trivial program: {:.4}x [{}]",
                 row.case,
                 row.cpus,
                 row.ratio,
