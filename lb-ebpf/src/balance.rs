@@ -8,7 +8,7 @@ use lb_common::{
 };
 
 use crate::{
-    clock,
+    clock::Tick,
     conntrack::{self, Binding, Lookup, TableKey},
     flood::{self, Opening},
     forward, fragment, icmp,
@@ -56,7 +56,9 @@ pub fn decide(ctx: &XdpContext, l3_len: u64) -> Verdict {
 /// if it is new.
 #[inline(always)]
 fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: u64) -> Verdict {
-    let period = conntrack::cache_period();
+    // Read once: the flow cache's period and the packet's time come from it.
+    let tick = Tick::read();
+    let period = tick.cache_period();
     // Found once: probed here, refilled from the table below.
     let cache_set = key.cache_set();
     // A connection's first SYN is almost never cached, and probing for it
@@ -67,7 +69,7 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
     };
     let (service_id, backends, binding) = match hit {
         Some(hit) => hit,
-        None => match from_table(packet, key, cache_set, period) {
+        None => match from_table(packet, key, cache_set, tick) {
             Ok(found) => found,
             Err(Verdict::Reset) => {
                 return match reset::answer(ctx, packet) {
@@ -92,19 +94,20 @@ fn balance_flow(ctx: &XdpContext, packet: &Packet, key: &impl TableKey, l3_len: 
 }
 
 /// `packet` of flow `key` without the flow cache: the flow from its tables,
-/// then cached in `cache_set` (this CPU's set for it) in `period`; or, for a
-/// flow the tables do not have, a new flow. A new flow is not cached: its
-/// next packet changes its state (TCP) or finds it in a table (UDP), and
-/// caches it then; only a flow that replaces one in a table is, over the old
-/// flow's cached copy.
+/// then cached in `cache_set` (this CPU's set for it) in `tick`'s cache
+/// period; or, for a flow the tables do not have, a new flow. A new flow is
+/// not cached: its next packet changes its state (TCP) or finds it in a
+/// table (UDP), and caches it then; only a flow that replaces one in a
+/// table is, over the old flow's cached copy.
 #[inline(always)]
 fn from_table<K: TableKey>(
     packet: &Packet,
     key: &K,
     cache_set: Option<&mut K::CacheSet>,
-    period: u64,
+    tick: Tick,
 ) -> Result<(u32, &'static BackendSet, Binding), Verdict> {
-    let replaces = match conntrack::known(key, packet) {
+    let period = tick.cache_period();
+    let replaces = match conntrack::known(key, packet, tick) {
         Lookup::Found(service_id, backends, binding) => {
             if let Some(set) = cache_set {
                 key.cache(set, service_id, &binding, period);
@@ -119,7 +122,7 @@ fn from_table<K: TableKey>(
     };
     let (service_id, flags) = (service.id, service.flags);
     // One clock read for the guard, the new flow and its template.
-    let now = clock::now();
+    let now = tick.now();
     let opening = match replaces {
         None => flood::opening(packet, now),
         Some(_) => Opening::Scheduled,

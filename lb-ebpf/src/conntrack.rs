@@ -41,20 +41,20 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64};
+use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
     EVENT_PENDING_OPENED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
-    FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, FilterKind,
-    FilterPosition, Flow, FlowCacheSet, FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree,
-    MAX_BACKENDS, PENDING_WAYS, PROTO_TCP, PendingSet, PersistTemplate, REASON_NO_BACKEND, Service,
+    FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, FilterKind, FilterPosition, Flow,
+    FlowCacheSet, FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS,
+    PENDING_WAYS, PROTO_TCP, PendingSet, PersistTemplate, REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
     flow_cache_index, flow_cache_set, flow_event_index, flow_hash, pending_set, persist_key, wlc,
 };
 
 use crate::{
-    clock::now,
+    clock::Tick,
     filter::{self, MayHold},
     flood::{self, Opening},
     maps::{
@@ -135,13 +135,6 @@ pub trait TableKey: Copy + 'static {
     /// Where this key's marks are in generation `generation` of the flow
     /// filter (`crate::filter`) that `state` describes.
     fn filter_position(&self, state: &FlowFilterState, generation: u32) -> FilterPosition;
-}
-
-/// The current flow-cache period (see [`FLOW_CACHE_PERIOD_SHIFT`]).
-#[inline(always)]
-pub fn cache_period() -> u64 {
-    // SAFETY: a helper without arguments (inlined by the verifier on 64-bit JITs).
-    (unsafe { bpf_jiffies64() }) >> FLOW_CACHE_PERIOD_SHIFT
 }
 
 /// Implements [`TableKey`] for the key type of one address family, with its
@@ -456,8 +449,9 @@ pub enum Lookup {
 /// backend exists, even when it is quiesced or down, except for a new
 /// connection on its tuple ([`Lookup::Reused`]). A SYN skips each table
 /// whose mark for its key the flow filter has clear ([`filter::may_hold`]).
+/// `tick`: the packet's (its flow's last-seen time).
 #[inline(always)]
-pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
+pub fn known<K: TableKey>(key: &K, packet: &Packet, tick: Tick) -> Lookup {
     let may_hold = if packet.opens_connection() {
         filter::may_hold(key, !flood::flooding())
     } else {
@@ -511,7 +505,7 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet) -> Lookup {
         flow.flags = flags;
     }
     // After the lookup: the clock read overlaps its cache misses.
-    flow.last_seen_ns = now();
+    flow.last_seen_ns = tick.now();
     // Confirmed by the handshake's ACK, or (an ACK picked up in flood mode,
     // or a flow the full connection table refused) by the client's first
     // payload.
