@@ -1,7 +1,7 @@
 //! The flow filter: a table of one-byte marks, indexed by a hash of a flow
 //! key, that says which keys the flow tables may hold, in two kinds of
 //! marks that share a cache line: a key's confirmed mark (its connection
-//! table) and its pending mark (its pending table, `crate::pending`). A
+//! table) and its pending mark (its pending table, `crate::flow_set`). A
 //! SYN reads the key's line once: with the confirmed mark clear it skips
 //! the connection table (a hash miss in cold memory), with the pending
 //! mark clear its pending set (a cold line, which a SYN that records its

@@ -24,8 +24,8 @@
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
 //! | [`CONNTRACK4_MAP`] | hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | hash | [`FlowKey6`] -> [`Flow`] |
-//! | [`PENDING4_MAP`] | array of sets | [`pending_set`] -> [`PendingSet4`] |
-//! | [`PENDING6_MAP`] | array of sets | [`pending_set`] -> [`PendingSet6`] |
+//! | [`PENDING4_MAP`] | array of sets | [`flow_set_index`] -> [`FlowSet4`] |
+//! | [`PENDING6_MAP`] | array of sets | [`flow_set_index`] -> [`FlowSet6`] |
 //! | [`FLOW_CACHE4_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet4`] |
 //! | [`FLOW_CACHE6_MAP`] | array, one block of sets per CPU | [`flow_cache_index`] -> [`CachedFlowSet6`] |
 //! | [`FLOW_FILTER_MAP`] | array, two generations of lines | [`FlowFilterState::position`] -> [`FlowFilterLine`] |
@@ -116,11 +116,11 @@ pub mod flood;
 pub mod flow;
 pub mod flow_cache;
 pub mod flow_filter;
+pub mod flow_set;
 pub mod fragment;
 pub mod ip;
 pub mod limits;
 pub mod nic;
-pub mod pending;
 pub mod persist;
 pub mod schedule;
 pub mod service;
@@ -135,11 +135,11 @@ pub use flood::*;
 pub use flow::*;
 pub use flow_cache::*;
 pub use flow_filter::*;
+pub use flow_set::*;
 pub use fragment::*;
 pub use ip::*;
 pub use limits::*;
 pub use nic::*;
-pub use pending::*;
 pub use persist::*;
 pub use schedule::{
     SCHEDULE_TABLE_SIZE, SCHEDULER_MH, SCHEDULER_RR, SCHEDULER_SH, SCHEDULER_WLC, SCHEDULER_WRR,

@@ -56,20 +56,20 @@ pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
 /// [`FlowKey6`]: crate::flow::FlowKey6
 /// [`Flow`]: crate::flow::Flow
 pub const CONNTRACK6_MAP: &str = "CONNTRACK6";
-/// Name of the IPv4 pending table (mmapable array: [`pending_set`] ->
-/// [`PendingSet4`], see [`crate::pending`]): flows not confirmed yet
+/// Name of the IPv4 pending table (mmapable array: [`flow_set_index`] ->
+/// [`FlowSet4`], see [`crate::flow_set`]): flows not confirmed yet
 /// (half-open TCP) and flows the full connection table could not take. A
 /// flood of new flows evicts only flows here (the least recently seen of
 /// a set), never a confirmed flow of [`CONNTRACK4_MAP`]. Written by XDP,
 /// expired by the control plane.
 ///
-/// [`pending_set`]: crate::pending::pending_set
-/// [`PendingSet4`]: crate::pending::PendingSet4
+/// [`flow_set_index`]: crate::flow_set::flow_set_index
+/// [`FlowSet4`]: crate::flow_set::FlowSet4
 pub const PENDING4_MAP: &str = "PENDING4";
-/// Name of the IPv6 pending table ([`PendingSet6`] values), as
+/// Name of the IPv6 pending table ([`FlowSet6`] values), as
 /// [`PENDING4_MAP`].
 ///
-/// [`PendingSet6`]: crate::pending::PendingSet6
+/// [`FlowSet6`]: crate::flow_set::FlowSet6
 pub const PENDING6_MAP: &str = "PENDING6";
 /// Name of the persistence templates (LRU hash: [`PersistKey`] ->
 /// [`PersistTemplate`]): written by XDP when a persistent service's client
@@ -208,7 +208,7 @@ pub const MIN_PENDING_FLOWS: u32 = 1024;
 
 /// Capacity of a family's pending table ([`PENDING4_MAP`], [`PENDING6_MAP`])
 /// beside a connection table of `max_flows`: as many flows, rounded up to a
-/// power of two (whole sets of `crate::pending`), at least
+/// power of two (whole sets of `crate::flow_set`), at least
 /// [`MIN_PENDING_FLOWS`]. Half-open flows live there for one round trip, so
 /// it is mostly empty: its sets of two flows then rarely overflow before the
 /// table is full (32 bytes per IPv4 flow, a third of a connection-table

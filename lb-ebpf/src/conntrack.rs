@@ -2,7 +2,7 @@
 //! state; a new flow gets a backend by weighted least-connection.
 //!
 //! Each address family has two tables. A new TCP flow (a SYN) opens in the
-//! pending table, sets of two flows in an array (`lb_common::pending`:
+//! pending table, sets of two flows in an array (`lb_common::flow_set`:
 //! one cache line written, no kernel hash insert); the client's ACK that
 //! completes the handshake confirms it and moves it to the connection
 //! table, a plain hash that never evicts: a flood of spoofed SYNs or fake
@@ -46,11 +46,12 @@ use lb_common::{
     AlignedServiceKey, BACKEND_STATE_EMPTY, BACKEND_STATE_UP, Backend, BackendConnSet,
     BackendConns, BackendSet, CachedFlow4, CachedFlow6, EVENT_HASHED_ACK, EVENT_PENDING_FAILED,
     EVENT_PENDING_OPENED, EVENT_PROMOTED, EVENT_STATELESS_SYN, EVENT_SYNC_LOST, EVENT_TABLE_FULL,
-    FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SYNCED, FilterKind, FilterPosition, Flow,
-    FlowCacheSet, FlowChange, FlowFilterState, FlowKey4, FlowKey6, LoadTree, MAX_BACKENDS,
-    PENDING_WAYS, PROTO_TCP, PendingSet, PersistTemplate, REASON_NO_BACKEND, Service,
+    FLOW_CACHE_WAYS, FLOW_CARRIED_DATA, FLOW_SET_WAYS, FLOW_SYNCED, FilterKind, FilterPosition,
+    Flow, FlowCacheSet, FlowChange, FlowFilterState, FlowKey4, FlowKey6, FlowSet, LoadTree,
+    MAX_BACKENDS, PROTO_TCP, PersistTemplate, REASON_NO_BACKEND, Service,
     conn_state::{STATE_ESTABLISHED, STATE_NONE, STATE_UDP, is_active, tcp_next_state},
-    flow_cache_index, flow_cache_set, flow_event_index, flow_hash, pending_set, persist_key, wlc,
+    flow_cache_index, flow_cache_set, flow_event_index, flow_hash, flow_set_index, persist_key,
+    wlc,
 };
 
 use crate::{
@@ -96,7 +97,7 @@ impl Table {
 /// Keeps a way index provably inside a pending set for the verifier.
 #[inline(always)]
 const fn pending_way(way: usize) -> usize {
-    way & (PENDING_WAYS - 1)
+    way & (FLOW_SET_WAYS - 1)
 }
 
 /// A flow key, tied to the tables of its address family.
@@ -110,8 +111,8 @@ pub trait TableKey: Copy + 'static {
     fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
     /// Deletes the key from the pending table; whether it was there.
     fn remove_pending(&self) -> bool;
-    /// The key's set of the pending table (see `lb_common::pending`).
-    fn pending_set(&self) -> Option<&'static mut PendingSet<Self>>;
+    /// The key's set of the pending table (see `lb_common::flow_set`).
+    fn pending_set(&self) -> Option<&'static mut FlowSet<Self>>;
     /// The client's address in 16 bytes (IPv4 in the first 4).
     fn client_addr(&self) -> [u8; 16];
     /// A hash of the flow's 5-tuple and VLAN (`mh`).
@@ -223,9 +224,9 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn pending_set(&self) -> Option<&'static mut PendingSet<$key>> {
+            fn pending_set(&self) -> Option<&'static mut FlowSet<$key>> {
                 let sets = pending_sets($ipv6);
-                let set = $pending.get_ptr_mut(pending_set(&self.words(), sets))?;
+                let set = $pending.get_ptr_mut(flow_set_index(&self.words(), sets))?;
                 // SAFETY: a valid array value. Other CPUs may write the same
                 // set at once (two new flows hashing to it in the same
                 // instant); a flow's own packets come to one CPU.

@@ -11,9 +11,9 @@ use lb_common::{
     AlignedServiceKey, BACKEND_STATS_ENTRIES, BackendConnSet, BackendSet, CachedFlowSet4,
     CachedFlowSet6, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6, FLOW_CACHE_SETS,
     FLOW_CHANGES_BYTES, FLOW_EVENTS_ENTRIES, FRAGMENT_ENTRIES, FloodGuard, Flow, FlowChange,
-    FlowFilterLine, FlowFilterState, FlowKey4, FlowKey6, FragmentKey4, FragmentKey6, FragmentPorts,
-    LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES, NIC_FILTER_ENTRIES, NUM_REASONS,
-    NicCounters, NicFilter, PERSIST_TEMPLATES, PendingSet4, PendingSet6, PersistKey,
+    FlowFilterLine, FlowFilterState, FlowKey4, FlowKey6, FlowSet4, FlowSet6, FragmentKey4,
+    FragmentKey6, FragmentPorts, LoadTree, MAX_IFACES, MAX_SERVICE_KEYS, MAX_SERVICES,
+    NIC_FILTER_ENTRIES, NUM_REASONS, NicCounters, NicFilter, PERSIST_TEMPLATES, PersistKey,
     PersistTemplate, SERVICE_PORTS_ENTRIES, ScheduleTable, Service, ServiceKey, SynWindow,
     SyncCounters, VIPS_ENTRIES, VipKey, port_bit,
 };
@@ -79,18 +79,18 @@ pub static CONNTRACK4: HashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> =
 pub static CONNTRACK6: HashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> = HashMap::new();
 
 /// The IPv4 pending table: half-open flows, and flows [`CONNTRACK4`] was too
-/// full to take, in sets of `lb_common::PENDING_WAYS` flows indexed by
-/// `lb_common::pending_set` (see `lb_common::pending`): a SYN records its
+/// full to take, in sets of `lb_common::FLOW_SET_WAYS` flows indexed by
+/// `lb_common::flow_set_index` (see `lb_common::flow_set`): a SYN records its
 /// flow by writing one cache line, and a flood of new flows evicts pending
 /// flows only. An mmapable array, so that every set sits on its own cache
 /// line and the control plane reads and expires flows through a mapping;
 /// the loader sizes it ([`PENDING4_SETS`] sets).
 #[btf_map]
-pub static PENDING4: Array<PendingSet4, 1, BPF_F_MMAPABLE> = Array::new();
+pub static PENDING4: Array<FlowSet4, 1, BPF_F_MMAPABLE> = Array::new();
 
 /// The IPv6 pending table, as [`PENDING4`] ([`PENDING6_SETS`] sets).
 #[btf_map]
-pub static PENDING6: Array<PendingSet6, 1, BPF_F_MMAPABLE> = Array::new();
+pub static PENDING6: Array<FlowSet6, 1, BPF_F_MMAPABLE> = Array::new();
 
 /// Sets of [`PENDING4`] (a power of two), set by the loader with the map's
 /// size: a constant of the loaded program.

@@ -9,7 +9,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use super::{flow_filter::FlowFilter, pending::PendingTable};
+use super::{flow_filter::FlowFilter, flow_set::FlowSetTable};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Pod,
@@ -23,14 +23,14 @@ use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
     EVENT_PENDING_REMOVED, FLOOD_GUARD_MAP, FLOOD_UNTIL_MAP, FLOW_CACHE_SETS, FLOW_CHANGES_MAP,
     FLOW_EVENTS_MAP, FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FloodGuard, Flow, FlowFilterLine,
-    FlowFilterState, FlowKey, FlowKey4, FlowKey6, LAYOUT_MAP, LAYOUT_VERSION, LoadTree,
-    MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP, NUM_FLOW_EVENTS,
-    NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP, PendingSet4,
-    PendingSet6, PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP,
-    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP,
-    SYNC_STATS_MAP, ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP,
-    VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index,
-    nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
+    FlowFilterState, FlowKey, FlowKey4, FlowKey6, FlowSet4, FlowSet6, LAYOUT_MAP, LAYOUT_VERSION,
+    LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP,
+    NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP,
+    PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP,
+    SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP,
+    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP,
+    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
+    pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -61,8 +61,8 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
     (SCHEDULE_TABLES_MAP, 4, size_of::<ScheduleTable>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
-    (PENDING4_MAP, 4, size_of::<PendingSet4>()),
-    (PENDING6_MAP, 4, size_of::<PendingSet6>()),
+    (PENDING4_MAP, 4, size_of::<FlowSet4>()),
+    (PENDING6_MAP, 4, size_of::<FlowSet6>()),
     (FLOW_FILTER_MAP, 4, size_of::<FlowFilterLine>()),
     (FLOW_FILTER_STATE_MAP, 4, size_of::<FlowFilterState>()),
     (SERVICE_PORTS_MAP, 4, 4),
@@ -153,9 +153,9 @@ pub struct Maps {
     pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
     /// The IPv4 pending table: half-open flows and the connection table's
     /// overflow (sets of flows in an array, mapped).
-    pub pending4: PendingTable<FlowKey4>,
+    pub pending4: FlowSetTable<FlowKey4>,
     /// The IPv6 pending table, as `pending4`.
-    pub pending6: PendingTable<FlowKey6>,
+    pub pending6: FlowSetTable<FlowKey6>,
     /// The flow filter: which flow keys the four tables may hold.
     pub flow_filter: FlowFilter,
     /// Destination port -> `PORT_*` bits of the protocols services use on it.
@@ -231,8 +231,8 @@ impl Maps {
             schedule_tables: typed(&mut take, SCHEDULE_TABLES_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
-            pending4: PendingTable::new(take(PENDING4_MAP)?, PENDING4_MAP)?,
-            pending6: PendingTable::new(take(PENDING6_MAP)?, PENDING6_MAP)?,
+            pending4: FlowSetTable::new(take(PENDING4_MAP)?, PENDING4_MAP)?,
+            pending6: FlowSetTable::new(take(PENDING6_MAP)?, PENDING6_MAP)?,
             flow_filter: FlowFilter::new(
                 typed(&mut take, FLOW_FILTER_MAP)?,
                 typed(&mut take, FLOW_FILTER_STATE_MAP)?,

@@ -7,9 +7,9 @@
 //! module, so maps are provisioned by one piece of code everywhere.
 
 pub mod flow_filter;
+pub mod flow_set;
 pub mod mapping;
 pub mod maps;
-pub mod pending;
 pub mod pins;
 
 use std::{
@@ -29,7 +29,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, FLOW_FILTER_MAP,
-    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines, pending_sets,
+    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines, flow_sets,
 };
 
 use self::{
@@ -86,8 +86,8 @@ impl Datapath {
     pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let cache_sets = flow_cache_sets()?;
         let filter_lines = flow_filter_lines(capacity.confirmed());
-        let pending4_sets = pending_sets(capacity.pending_ipv4);
-        let pending6_sets = pending_sets(capacity.pending_ipv6);
+        let pending4_sets = flow_sets(capacity.pending_ipv4);
+        let pending6_sets = flow_sets(capacity.pending_ipv6);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)

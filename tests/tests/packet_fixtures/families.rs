@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, MapData};
 use lb::datapath::maps::monotonic_ns;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, Flow, FlowKey, PENDING_WAYS, PENDING4_MAP, PENDING6_MAP,
+    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_SET_WAYS, Flow, FlowKey, PENDING4_MAP, PENDING6_MAP,
     PROTO_TCP,
     conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
-    pending_set,
+    flow_set_index,
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -70,7 +70,7 @@ pub(crate) fn raw_pending_entries<const KEY_LEN: usize, const SET_LEN: usize>(
     let mut flows = vec![];
     for (index, set) in raw.iter().enumerate() {
         let set = set.unwrap_or_else(|e| panic!("{name}: reading set {index} of {table}: {e}"));
-        for way in 0..PENDING_WAYS {
+        for way in 0..FLOW_SET_WAYS {
             let entry = &set[way * way_len..(way + 1) * way_len];
             let (key, value) = entry.split_at(KEY_LEN);
             if value[..8] != [0; 8] {
@@ -139,7 +139,7 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
                 IpAddr::V4(_) => capacity.pending_ipv4,
                 IpAddr::V6(_) => capacity.pending_ipv6,
             };
-            let sets = flows / PENDING_WAYS as u32;
+            let sets = flows / FLOW_SET_WAYS as u32;
             let entries = match vip {
                 IpAddr::V4(_) => raw_pending_entries::<FLOW_KEY4_LEN, 64>(&case, own_table),
                 IpAddr::V6(_) => raw_pending_entries::<FLOW_KEY6_LEN, 128>(&case, own_table),
@@ -151,8 +151,8 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
                     .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
                     .collect();
                 let expected = match words.len() {
-                    2 => pending_set(&<[u64; 2]>::try_from(words).expect("2 words"), sets),
-                    _ => pending_set(&<[u64; 5]>::try_from(words).expect("5 words"), sets),
+                    2 => flow_set_index(&<[u64; 2]>::try_from(words).expect("2 words"), sets),
+                    _ => flow_set_index(&<[u64; 5]>::try_from(words).expect("5 words"), sets),
                 };
                 assert_eq!(*set, expected, "{name}: the set of {}", hex(&flow.key));
             }

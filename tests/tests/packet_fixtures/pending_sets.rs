@@ -1,4 +1,4 @@
-//! The pending tables' sets (`lb_common::pending`): a set keeps two flows;
+//! The pending tables' sets (`lb_common::flow_set`): a set keeps two flows;
 //! a third flow whose key lands in it takes the way of the flow seen least
 //! recently, whose next packets then find no flow, and `lb stats` counts it
 //! as evicted. The other flows of the set, and every other set, keep theirs.
@@ -7,9 +7,9 @@ use std::{collections::HashMap, thread, time::Duration};
 
 use lb::inspect::stats::FlowTables;
 use lb_common::{
-    FlowKey, PENDING_WAYS, PROTO_TCP, REASON_NO_FLOW,
+    FLOW_SET_WAYS, FlowKey, PROTO_TCP, REASON_NO_FLOW,
     conn_state::{STATE_ESTABLISHED, TCP_ACK, TCP_SYN},
-    pending_set,
+    flow_set_index,
 };
 use lb_tests::{
     VIP4,
@@ -24,7 +24,7 @@ fn two_triples_in_sets(sets: u32) -> [[u16; 3]; 2] {
         let FlowKey::V4(key) = Pkt::tcp4(port, TCP_SYN).flow_key() else {
             unreachable!("an IPv4 packet")
         };
-        pending_set(&key.words(), sets)
+        flow_set_index(&key.words(), sets)
     };
     let mut seen: HashMap<u32, Vec<u16>> = HashMap::new();
     let mut triples = vec![];
@@ -97,7 +97,7 @@ fn third_flow_evicts_the_least_recently_seen(name: &str, ports: [u16; 3], refres
 /// the second way's when the first was.
 #[test]
 fn a_third_flow_in_a_full_set_evicts_the_least_recently_seen() {
-    let sets = CAPACITY.pending_ipv4 / PENDING_WAYS as u32;
+    let sets = CAPACITY.pending_ipv4 / FLOW_SET_WAYS as u32;
     let [one, two] = two_triples_in_sets(sets);
     third_flow_evicts_the_least_recently_seen("pending_set_evicts_first", one, 1);
     third_flow_evicts_the_least_recently_seen("pending_set_evicts_second", two, 0);

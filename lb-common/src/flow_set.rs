@@ -1,14 +1,14 @@
-//! The pending tables' layout: sets of [`PENDING_WAYS`] flows, indexed by a
-//! hash of the flow key ([`pending_set`]), in an mmapable array of one set
-//! per cache line (IPv4; two lines for IPv6).
+//! Flow sets: flows in sets of [`FLOW_SET_WAYS`], indexed by a hash of the
+//! flow key ([`flow_set_index`]), in an mmapable array of one set per cache
+//! line (IPv4; two lines for IPv6). The pending tables are such arrays.
 //!
 //! A SYN's flow is recorded by writing one way of its set: no kernel hash
 //! insert, no allocation, one cache line read and written, where an LRU
 //! hash paid for its bucket, its element and its lists (about half of a
-//! new flow's cost in the kernel's insert). A set keeps the flows that
-//! hash to it while it has room; a new flow takes the way of its own key,
-//! else an empty way, else the way of the flow seen least recently
-//! ([`PendingSet::way_for`]): as in an LRU, a flood of new flows evicts
+//! new flow's cost in the kernel's insert). A pending set keeps the flows
+//! that hash to it while it has room; a new flow takes the way of its own
+//! key, else an empty way, else the way of the flow seen least recently
+//! ([`FlowSet::way_for`]): as in an LRU, a flood of new flows evicts
 //! pending flows only, and the oldest first within a set.
 //!
 //! An entry is empty when its [`Flow::last_seen_ns`] is 0 (the coarse clock
@@ -22,20 +22,20 @@ use crate::{
     flow_cache::folded_key,
 };
 
-/// Ways of a pending set: two IPv4 entries of 32 bytes fill one cache line.
-pub const PENDING_WAYS: usize = 2;
+/// Ways of a flow set: two IPv4 entries of 32 bytes fill one cache line.
+pub const FLOW_SET_WAYS: usize = 2;
 
-/// One way of a pending set: a flow and its key.
+/// One way of a flow set: a flow and its key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingEntry<K> {
+pub struct FlowSetEntry<K> {
     /// The flow's key.
     pub key: K,
     /// The flow (`last_seen_ns` 0: the way is empty).
     pub flow: Flow,
 }
 
-impl<K> PendingEntry<K> {
+impl<K> FlowSetEntry<K> {
     /// Whether the way holds a flow.
     #[inline(always)]
     pub const fn is_used(&self) -> bool {
@@ -52,22 +52,22 @@ impl<K> PendingEntry<K> {
 /// [`PENDING6_MAP`]: crate::limits::PENDING6_MAP
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingSet<K> {
+pub struct FlowSet<K> {
     /// The ways.
-    pub ways: [PendingEntry<K>; PENDING_WAYS],
+    pub ways: [FlowSetEntry<K>; FLOW_SET_WAYS],
 }
 
 /// Value of [`PENDING4_MAP`](crate::limits::PENDING4_MAP).
-pub type PendingSet4 = PendingSet<FlowKey4>;
+pub type FlowSet4 = FlowSet<FlowKey4>;
 /// Value of [`PENDING6_MAP`](crate::limits::PENDING6_MAP).
-pub type PendingSet6 = PendingSet<FlowKey6>;
+pub type FlowSet6 = FlowSet<FlowKey6>;
 
 const _: () = {
-    assert!(size_of::<PendingSet4>() == 64);
-    assert!(size_of::<PendingSet6>() == 128);
+    assert!(size_of::<FlowSet4>() == 64);
+    assert!(size_of::<FlowSet6>() == 128);
 };
 
-impl<K> PendingSet<K> {
+impl<K> FlowSet<K> {
     /// The way holding the flow whose key `holds` recognises, if any.
     #[inline(always)]
     pub fn find(&self, holds: impl Fn(&K) -> bool) -> Option<usize> {
@@ -95,10 +95,10 @@ impl<K> PendingSet<K> {
     }
 }
 
-/// Sets of a pending table holding `flows` flows: a power of two (the set
+/// Sets of a flow-set table holding `flows` flows: a power of two (the set
 /// index is a mask of the hash), at least one.
-pub const fn pending_sets(flows: u32) -> u32 {
-    let sets = flows.div_ceil(PENDING_WAYS as u32);
+pub const fn flow_sets(flows: u32) -> u32 {
+    let sets = flows.div_ceil(FLOW_SET_WAYS as u32);
     if sets <= 1 {
         1
     } else {
@@ -107,11 +107,11 @@ pub const fn pending_sets(flows: u32) -> u32 {
 }
 
 /// The set of a flow key, given as its 64-bit words (`FlowKey4::words`,
-/// `FlowKey6::words`), in a pending table of `sets` sets (a power of two):
+/// `FlowKey6::words`), in a table of `sets` sets (a power of two):
 /// the key's words folded by a multiply, then mixed (a fold alone leaves
 /// keys that differ in their port only in too few sets).
 #[inline(always)]
-pub fn pending_set<const N: usize>(words: &[u64; N], sets: u32) -> u32 {
+pub fn flow_set_index<const N: usize>(words: &[u64; N], sets: u32) -> u32 {
     let mut hash = folded_key(words);
     hash ^= hash >> 29;
     hash = hash.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -122,8 +122,8 @@ pub fn pending_set<const N: usize>(words: &[u64; N], sets: u32) -> u32 {
 mod tests {
     use super::*;
 
-    fn entry(port: u16, last_seen_ns: u64) -> PendingEntry<FlowKey4> {
-        PendingEntry {
+    fn entry(port: u16, last_seen_ns: u64) -> FlowSetEntry<FlowKey4> {
+        FlowSetEntry {
             key: FlowKey4 {
                 src_port: port,
                 ..FlowKey4::default()
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn a_key_keeps_its_way_then_takes_an_empty_one_then_the_oldest() {
         let port = |p: u16| move |key: &FlowKey4| key.src_port == p;
-        let mut set = PendingSet4::default();
+        let mut set = FlowSet4::default();
         assert_eq!(set.find(port(1)), None);
         assert_eq!(set.way_for(port(1)), 0);
         set.ways[0] = entry(1, 100);
@@ -156,10 +156,10 @@ mod tests {
 
     #[test]
     fn sets_are_a_power_of_two_holding_the_flows() {
-        assert_eq!(pending_sets(0), 1);
-        assert_eq!(pending_sets(1024), 512);
-        assert_eq!(pending_sets(1000), 512);
-        assert_eq!(pending_sets(1025), 1024);
+        assert_eq!(flow_sets(0), 1);
+        assert_eq!(flow_sets(1024), 512);
+        assert_eq!(flow_sets(1000), 512);
+        assert_eq!(flow_sets(1025), 1024);
     }
 
     #[test]
@@ -172,7 +172,7 @@ mod tests {
                 src_port: port,
                 ..FlowKey4::default()
             };
-            used[pending_set(&key.words(), sets) as usize] = true;
+            used[flow_set_index(&key.words(), sets) as usize] = true;
         }
         let used = used.iter().filter(|u| **u).count();
         assert!(used > 1000, "4096 ports used only {used} of 1024 sets");

@@ -1,4 +1,4 @@
-//! The control plane's side of a pending table (`lb_common::pending`): its
+//! The control plane's side of a pending table (`lb_common::flow_set`): its
 //! sets mapped into this process, read way by way and emptied with a
 //! compare-and-swap on a flow's last-seen time, so that a flow the data
 //! path refreshed or replaced meanwhile is never removed.
@@ -10,30 +10,30 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData};
-use lb_common::{Flow, FlowKey4, FlowKey6, PENDING_WAYS, PendingEntry, PendingSet, pending_set};
+use lb_common::{FLOW_SET_WAYS, Flow, FlowKey4, FlowKey6, FlowSet, FlowSetEntry, flow_set_index};
 
 use super::mapping::SharedMapping;
 
 /// A key of a pending table: where its set is.
-pub trait PendingKey: Copy + PartialEq {
+pub trait FlowSetKey: Copy + PartialEq {
     /// The key's set in a table of `sets` sets.
     fn set(&self, sets: u32) -> u32;
 }
 
-impl PendingKey for FlowKey4 {
+impl FlowSetKey for FlowKey4 {
     fn set(&self, sets: u32) -> u32 {
-        pending_set(&self.words(), sets)
+        flow_set_index(&self.words(), sets)
     }
 }
 
-impl PendingKey for FlowKey6 {
+impl FlowSetKey for FlowKey6 {
     fn set(&self, sets: u32) -> u32 {
-        pending_set(&self.words(), sets)
+        flow_set_index(&self.words(), sets)
     }
 }
 
 /// One pending table (`PENDING4` or `PENDING6`), mapped.
-pub struct PendingTable<K> {
+pub struct FlowSetTable<K> {
     /// The map (kept open for the mapping).
     _map: MapData,
     /// The sets; every access is a volatile read of an entry or an atomic
@@ -43,9 +43,9 @@ pub struct PendingTable<K> {
     _sets_of: PhantomData<K>,
 }
 
-impl<K: PendingKey> PendingTable<K> {
+impl<K: FlowSetKey> FlowSetTable<K> {
     /// Maps `map`, the pending table named `name` (an mmapable array of
-    /// [`PendingSet`]s).
+    /// [`FlowSet`]s).
     pub fn new(map: Map, name: &'static str) -> anyhow::Result<Self> {
         let Map::Array(map) = map else {
             bail!("map {name} has an unexpected type (an array of pending sets was expected)");
@@ -53,15 +53,15 @@ impl<K: PendingKey> PendingTable<K> {
         let info = map
             .info()
             .with_context(|| format!("reading the size of {name}"))?;
-        if info.value_size() as usize != size_of::<PendingSet<K>>() {
+        if info.value_size() as usize != size_of::<FlowSet<K>>() {
             bail!(
                 "map {name} holds values of {} bytes where a pending set has {}",
                 info.value_size(),
-                size_of::<PendingSet<K>>()
+                size_of::<FlowSet<K>>()
             );
         }
         let sets = info.max_entries();
-        let mapping = SharedMapping::new(&map, sets as usize * size_of::<PendingSet<K>>(), name)?;
+        let mapping = SharedMapping::new(&map, sets as usize * size_of::<FlowSet<K>>(), name)?;
         Ok(Self {
             _map: map,
             mapping,
@@ -71,33 +71,33 @@ impl<K: PendingKey> PendingTable<K> {
 
     /// How many sets the table has (the mapping holds them all).
     fn sets(&self) -> u32 {
-        (self.mapping.byte_len() / size_of::<PendingSet<K>>()) as u32
+        (self.mapping.byte_len() / size_of::<FlowSet<K>>()) as u32
     }
 
     /// How many flows the table holds at most.
     pub fn capacity(&self) -> u32 {
-        self.sets() * PENDING_WAYS as u32
+        self.sets() * FLOW_SET_WAYS as u32
     }
 
     /// Way `way` of set `set`.
-    fn entry(&self, set: u32, way: usize) -> *mut PendingEntry<K> {
-        debug_assert!(set < self.sets() && way < PENDING_WAYS);
+    fn entry(&self, set: u32, way: usize) -> *mut FlowSetEntry<K> {
+        debug_assert!(set < self.sets() && way < FLOW_SET_WAYS);
         // SAFETY: inside the mapping (`set` below `sets`, `way` below the ways).
         unsafe {
             (&raw mut (*self
                 .mapping
                 .start()
-                .cast::<PendingSet<K>>()
+                .cast::<FlowSet<K>>()
                 .as_ptr()
                 .add(set as usize))
             .ways)
-                .cast::<PendingEntry<K>>()
+                .cast::<FlowSetEntry<K>>()
                 .add(way)
         }
     }
 
     /// A copy of way `way` of set `set`.
-    fn read(&self, set: u32, way: usize) -> PendingEntry<K> {
+    fn read(&self, set: u32, way: usize) -> FlowSetEntry<K> {
         // SAFETY: an entry inside the mapping; every byte pattern is a valid
         // entry (integers and byte arrays).
         unsafe { self.entry(set, way).read_volatile() }
@@ -106,7 +106,7 @@ impl<K: PendingKey> PendingTable<K> {
     /// The way of `key`'s set holding it, and its flow.
     fn find(&self, key: &K) -> Option<(u32, usize, Flow)> {
         let set = key.set(self.sets());
-        (0..PENDING_WAYS).find_map(|way| {
+        (0..FLOW_SET_WAYS).find_map(|way| {
             let entry = self.read(set, way);
             (entry.is_used() && entry.key == *key).then_some((set, way, entry.flow))
         })
@@ -121,7 +121,7 @@ impl<K: PendingKey> PendingTable<K> {
     /// path adds or moves meanwhile may be seen or not.
     pub fn for_each(&self, mut each: impl FnMut(K, Flow)) {
         for set in 0..self.sets() {
-            for way in 0..PENDING_WAYS {
+            for way in 0..FLOW_SET_WAYS {
                 let entry = self.read(set, way);
                 if entry.is_used() {
                     each(entry.key, entry.flow);
