@@ -64,13 +64,13 @@ use lb::datapath::{
     maps::{FlowCapacity, array_get, flow_cache_sets, monotonic_ns},
 };
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4, CachedFlow6, CachedFlowSet4,
-    CachedFlowSet6, DEFAULT_SYN_FLOOD_RATE, EVENT_PENDING_OPENED, EVENT_STATELESS_SYN,
-    FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, Flow, FlowCacheSet,
-    FlowKey, PROTO_TCP, PROTO_UDP, SCHEDULER_MH, SCHEDULER_WLC, SERVICE_FLAG_SLOPPY_TCP, Service,
-    ServiceKey,
+    CONFIRMED4_MAP, CONFIRMED6_MAP, CONNTRACK4_MAP, CONNTRACK6_MAP, CachedFlow, CachedFlow4,
+    CachedFlow6, CachedFlowSet4, CachedFlowSet6, DEFAULT_SYN_FLOOD_RATE, EVENT_PENDING_OPENED,
+    EVENT_STATELESS_SYN, FLOW_CACHE_ENTRIES, FLOW_CACHE_SETS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
+    Flow, FlowCacheSet, FlowKey, PROTO_TCP, PROTO_UDP, SCHEDULER_MH, SCHEDULER_WLC,
+    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey, confirmed_set_capacity,
     conn_state::{STATE_ESTABLISHED, STATE_UDP, TCP_ACK, TCP_SYN, state_name},
-    flow_cache_set, in_flood, pending_capacity,
+    flow_cache_set, flow_sets, in_flood, pending_capacity,
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -325,9 +325,11 @@ pub struct Memory {
     pub maps: Vec<MapMemory>,
     /// Sum over the maps.
     pub total_bytes: u64,
-    /// The IPv4 connection table's memory divided by its capacity.
+    /// The IPv4 connection table's memory (its sets and overflow hash)
+    /// divided by its capacity.
     pub conntrack4_bytes_per_flow: f64,
-    /// The IPv6 connection table's memory divided by its capacity.
+    /// The IPv6 connection table's memory (its sets and overflow hash)
+    /// divided by its capacity.
     pub conntrack6_bytes_per_flow: f64,
     /// Entries of each per-CPU flow cache (per CPU).
     pub flow_cache_entries: u32,
@@ -614,9 +616,10 @@ pub(crate) fn prefill(
     flows: u32,
     backends: u16,
 ) -> anyhow::Result<()> {
+    let now = monotonic_ns();
     for i in 1..flows {
         let flow = Flow {
-            last_seen_ns: 0,
+            last_seen_ns: now,
             service_id: 0,
             backend_slot: (i % u32::from(backends)) as u16,
             state: STATE_ESTABLISHED as u16,
@@ -734,8 +737,12 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
         );
         Ok(map.memlock_bytes)
     };
-    let bytes_per_flow = |name: &str, capacity: u32| -> anyhow::Result<f64> {
-        Ok(memlock_of(name, capacity)? as f64 / f64::from(capacity))
+    // A connection table's memory (its sets and its overflow hash) per
+    // flow of its `max_flows`.
+    let bytes_per_flow = |sets: &str, overflow: &str, capacity: u32| -> anyhow::Result<f64> {
+        let set_count = flow_sets(confirmed_set_capacity(capacity));
+        let bytes = memlock_of(sets, set_count)? + memlock_of(overflow, capacity)?;
+        Ok(bytes as f64 / f64::from(capacity))
     };
     let cache_sets = flow_cache_sets()?;
     let flow_cache_bytes =
@@ -744,8 +751,8 @@ fn memory(dp: &Datapath, capacity: FlowCapacity) -> anyhow::Result<Memory> {
     Ok(Memory {
         conntrack4_max_flows: capacity.ipv4,
         conntrack6_max_flows: capacity.ipv6,
-        conntrack4_bytes_per_flow: bytes_per_flow(CONNTRACK4_MAP, capacity.ipv4)?,
-        conntrack6_bytes_per_flow: bytes_per_flow(CONNTRACK6_MAP, capacity.ipv6)?,
+        conntrack4_bytes_per_flow: bytes_per_flow(CONFIRMED4_MAP, CONNTRACK4_MAP, capacity.ipv4)?,
+        conntrack6_bytes_per_flow: bytes_per_flow(CONFIRMED6_MAP, CONNTRACK6_MAP, capacity.ipv6)?,
         flow_cache_entries: FLOW_CACHE_ENTRIES,
         flow_cache_bytes,
         flow_cache_bytes_per_cpu: flow_cache_bytes as f64 / possible_cpus as f64,

@@ -6,8 +6,8 @@ use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::Context as _;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, DEFAULT_SYN_FLOOD_RATE, FLOW_CACHE_PERIOD_SHIFT,
-    FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
+    CONFIRMED4_MAP, CONFIRMED6_MAP, CONNTRACK4_MAP, CONNTRACK6_MAP, DEFAULT_SYN_FLOOD_RATE,
+    FLOW_CACHE_PERIOD_SHIFT, FLOW_CACHE_WAYS, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP,
 };
 use plotters::{
     coord::{Shift, combinators::LogCoord, types::RangedCoordf64},
@@ -309,7 +309,7 @@ impl<L: Serialize> Report<L> {
         let mem = &self.memory;
         let _ = writeln!(
             s,
-            "\nmemory at lb's default limits ({CONNTRACK4_MAP} {} flows, {CONNTRACK6_MAP} {} flows, \
+            "\nmemory at lb's default limits (max_flows {}, max_flows_v6 {}, \
              {} possible CPUs; kernel memlock per map)",
             mem.conntrack4_max_flows, mem.conntrack6_max_flows, mem.possible_cpus
         );
@@ -329,7 +329,8 @@ impl<L: Serialize> Report<L> {
         );
         let _ = writeln!(
             s,
-            "  per flow: {:.1} B per IPv4 flow ({CONNTRACK4_MAP}), {:.1} B per IPv6 flow ({CONNTRACK6_MAP})",
+            "  per flow: {:.1} B per IPv4 flow ({CONFIRMED4_MAP} + {CONNTRACK4_MAP}), {:.1} B per IPv6 flow \
+             ({CONFIRMED6_MAP} + {CONNTRACK6_MAP}), per flow of max_flows",
             mem.conntrack4_bytes_per_flow, mem.conntrack6_bytes_per_flow
         );
         let _ = writeln!(

@@ -22,6 +22,8 @@
 //! | [`BACKENDS_MAP`] | array | service id -> [`BackendSet`] |
 //! | [`BACKEND_CONNS_MAP`] | array | service id -> [`BackendConnSet`] |
 //! | [`WLC_TREE_MAP`] | array | service id -> [`LoadTree`] |
+//! | [`CONFIRMED4_MAP`] | array of sets | [`flow_set_index`] -> [`FlowSet4`] |
+//! | [`CONFIRMED6_MAP`] | array of sets | [`flow_set_index`] -> [`FlowSet6`] |
 //! | [`CONNTRACK4_MAP`] | hash | [`FlowKey4`] -> [`Flow`] |
 //! | [`CONNTRACK6_MAP`] | hash | [`FlowKey6`] -> [`Flow`] |
 //! | [`PENDING4_MAP`] | array of sets | [`flow_set_index`] -> [`FlowSet4`] |
@@ -58,6 +60,8 @@
 //! [`BACKENDS_MAP`]: limits::BACKENDS_MAP
 //! [`BACKEND_CONNS_MAP`]: limits::BACKEND_CONNS_MAP
 //! [`WLC_TREE_MAP`]: limits::WLC_TREE_MAP
+//! [`CONFIRMED4_MAP`]: limits::CONFIRMED4_MAP
+//! [`CONFIRMED6_MAP`]: limits::CONFIRMED6_MAP
 //! [`CONNTRACK4_MAP`]: limits::CONNTRACK4_MAP
 //! [`CONNTRACK6_MAP`]: limits::CONNTRACK6_MAP
 //! [`PENDING4_MAP`]: limits::PENDING4_MAP

@@ -8,7 +8,7 @@ pub const LAYOUT_MAP: &str = "LAYOUT";
 /// The version of the maps' layout and meaning: what an adopting `lb` must
 /// find in [`LAYOUT_MAP`]. Raise it whenever a map's key, value or the
 /// meaning of a field changes.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 
 /// Name of the service map (hash: [`ServiceKey`] -> [`Service`]), written by the control plane.
 ///
@@ -41,17 +41,35 @@ pub const SCHEDULE_TABLES_MAP: &str = "SCHEDULE_TABLES";
 /// Name of the round-robin positions (per-CPU array: service id -> the
 /// next entry of its `rr`/`wrr` table this CPU takes). Data path only.
 pub const RR_POSITION_MAP: &str = "RR_POSITION";
-/// Name of the IPv4 connection table (hash: [`FlowKey4`] -> [`Flow`]):
-/// confirmed flows (a TCP handshake the client completed, UDP, a flow a
-/// `sloppy_tcp` service picked up mid-way). Written by XDP, expired by the
-/// control plane. It never evicts: when it is full, new flows stay in
+/// Name of the IPv4 connection table's sets (mmapable array:
+/// [`flow_set_index`] -> [`FlowSet4`], see [`crate::flow_set`]): confirmed
+/// flows (a TCP handshake the client completed, UDP, a flow a `sloppy_tcp`
+/// service picked up mid-way), two per set, found by reading one cache
+/// line. A confirmed flow is never evicted: a flow whose set is full goes
+/// to the overflow hash [`CONNTRACK4_MAP`]. Written by XDP (a way is
+/// claimed with a compare-and-swap) and by the control plane's installs,
+/// expired by the control plane.
+///
+/// [`flow_set_index`]: crate::flow_set::flow_set_index
+/// [`FlowSet4`]: crate::flow_set::FlowSet4
+pub const CONFIRMED4_MAP: &str = "CONFIRMED4";
+/// Name of the IPv6 connection table's sets ([`FlowSet6`] values), as
+/// [`CONFIRMED4_MAP`], overflowing into [`CONNTRACK6_MAP`].
+///
+/// [`FlowSet6`]: crate::flow_set::FlowSet6
+pub const CONFIRMED6_MAP: &str = "CONFIRMED6";
+/// Name of the IPv4 connection table's overflow hash (hash: [`FlowKey4`]
+/// -> [`Flow`]): the confirmed flows whose set of [`CONFIRMED4_MAP`] was
+/// full. Written by XDP and the control plane, expired by the control
+/// plane. It never evicts: when it is full too, new flows stay in
 /// [`PENDING4_MAP`].
 ///
 /// [`FlowKey4`]: crate::flow::FlowKey4
 /// [`Flow`]: crate::flow::Flow
 pub const CONNTRACK4_MAP: &str = "CONNTRACK4";
-/// Name of the IPv6 connection table (hash: [`FlowKey6`] -> [`Flow`]), as
-/// [`CONNTRACK4_MAP`], overflowing into [`PENDING6_MAP`].
+/// Name of the IPv6 connection table's overflow hash (hash: [`FlowKey6`]
+/// -> [`Flow`]), as [`CONNTRACK4_MAP`] for [`CONFIRMED6_MAP`], overflowing
+/// into [`PENDING6_MAP`].
 ///
 /// [`FlowKey6`]: crate::flow::FlowKey6
 /// [`Flow`]: crate::flow::Flow
@@ -220,6 +238,21 @@ pub const fn pending_capacity(max_flows: u32) -> u32 {
         MIN_PENDING_FLOWS
     }
 }
+
+/// Flows a family's connection-table sets hold ([`CONFIRMED4_MAP`],
+/// [`CONFIRMED6_MAP`]) beside an overflow hash of `max_flows`: as many,
+/// rounded up to a power of two (whole sets of two). Filled to that
+/// number, about a quarter of the flows find their set full and go to the
+/// overflow hash; so the connection table holds at least `max_flows`, and
+/// a table filled to a tenth of that sends under 1 % there.
+pub const fn confirmed_set_capacity(max_flows: u32) -> u32 {
+    if max_flows > 2 {
+        max_flows.next_power_of_two()
+    } else {
+        2
+    }
+}
+
 /// Most director NICs one `lb` attaches to.
 pub const MAX_IFACES: u32 = 64;
 /// Name of the NIC filter (array: [`nic_filter_index`] of the ingress

@@ -5,9 +5,12 @@
 //! pending table, sets of two flows in an array (`lb_common::flow_set`:
 //! one cache line written, no kernel hash insert); the client's ACK that
 //! completes the handshake confirms it and moves it to the connection
-//! table, a plain hash that never evicts: a flood of spoofed SYNs or fake
-//! handshakes can only evict pending flows and fill free room, never push
-//! out a confirmed one. UDP flows and flows a `sloppy_tcp` service picks up
+//! table, which never evicts: a flood of spoofed SYNs or fake handshakes
+//! can only evict pending flows and fill free room, never push out a
+//! confirmed one. The connection table is sets of two flows too
+//! (`CONFIRMED4`/`CONFIRMED6`: a lookup reads one cache line), a way
+//! claimed with a compare-and-swap ([`claim`]), and a plain hash
+//! (`CONNTRACK4`/`CONNTRACK6`) for the flows whose set is full. UDP flows and flows a `sloppy_tcp` service picks up
 //! mid-way are confirmed at once. A confirmed flow the full connection
 //! table refuses stays pending (counted) and tries again with the client's
 //! first payload; an ACK picked up in flood mode (`crate::flood`) waits in
@@ -39,7 +42,7 @@
 //! for every active flow) and the connection counters. A cached flow whose
 //! backend slot was emptied is not used, exactly as for the table.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use lb_common::{
@@ -59,8 +62,9 @@ use crate::{
     filter::{self, MayHold},
     flood::{self, Opening},
     maps::{
-        BACKEND_CONNS, BACKENDS, CONNTRACK4, CONNTRACK6, FLOW_CACHE4, FLOW_CACHE6, FLOW_CHANGES,
-        PENDING4, PENDING6, PERSIST, SYNC_ENABLED, WLC_TREE, pending_sets,
+        BACKEND_CONNS, BACKENDS, CONFIRMED4, CONFIRMED6, CONNTRACK4, CONNTRACK6, FLOW_CACHE4,
+        FLOW_CACHE6, FLOW_CHANGES, PENDING4, PENDING6, PERSIST, SYNC_ENABLED, SetTable, WLC_TREE,
+        set_count,
     },
     parse::Packet,
     schedule, stats,
@@ -76,7 +80,8 @@ const BPF_NOEXIST: u64 = 1;
 /// Which of its family's two tables holds a flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
-    /// The connection table (`CONNTRACK4`/`CONNTRACK6`): confirmed flows.
+    /// The connection table (its sets `CONFIRMED4`/`CONFIRMED6`, then its
+    /// overflow hash `CONNTRACK4`/`CONNTRACK6`): confirmed flows.
     Confirmed,
     /// The pending table (`PENDING4`/`PENDING6`): half-open flows, and
     /// flows the full connection table refused.
@@ -94,10 +99,40 @@ impl Table {
     }
 }
 
-/// Keeps a way index provably inside a pending set for the verifier.
+/// Keeps a way index provably inside a flow set for the verifier.
 #[inline(always)]
-const fn pending_way(way: usize) -> usize {
+const fn set_way(way: usize) -> usize {
     way & (FLOW_SET_WAYS - 1)
+}
+
+/// Records new confirmed flow `flow` of `key` in the first empty way of
+/// `set` (its set of the connection table's sets); whether it took one.
+/// The way is claimed by swapping its last-seen time from 0 (empty) to the
+/// flow's with a compare-and-swap: two CPUs confirming two flows of one
+/// set at once never take the same way (the one that loses goes to the
+/// overflow hash), and a confirmed flow is never overwritten by another.
+#[inline(always)]
+fn claim<K: TableKey>(set: &mut FlowSet<K>, key: &K, flow: &Flow) -> bool {
+    let way = set_way(usize::from(set.ways[0].is_used()));
+    let entry = &mut set.ways[way];
+    // SAFETY: a field of a map value, 8-byte aligned. The control plane's
+    // expiry swaps the same word from a flow's time to 0; an empty way's is
+    // 0 and stays so until claimed.
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut entry.flow.last_seen_ns,
+            0,
+            flow.last_seen_ns,
+        )
+    };
+    if claimed {
+        // The way is this flow's: its other fields, then its key (a reader
+        // on another CPU matches the key only once it is written; until
+        // then it sees another key).
+        entry.flow = *flow;
+        entry.key = *key;
+    }
+    claimed
 }
 
 /// A flow key, tied to the tables of its address family.
@@ -111,8 +146,9 @@ pub trait TableKey: Copy + 'static {
     fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
     /// Deletes the key from the pending table; whether it was there.
     fn remove_pending(&self) -> bool;
-    /// The key's set of the pending table (see `lb_common::flow_set`).
-    fn pending_set(&self) -> Option<&'static mut FlowSet<Self>>;
+    /// The key's set of the connection table's sets or of the pending
+    /// table (see `lb_common::flow_set`).
+    fn set(&self, table: SetTable) -> Option<&'static mut FlowSet<Self>>;
     /// The client's address in 16 bytes (IPv4 in the first 4).
     fn client_addr(&self) -> [u8; 16];
     /// A hash of the flow's 5-tuple and VLAN (`mh`).
@@ -141,7 +177,15 @@ pub trait TableKey: Copy + 'static {
 /// Implements [`TableKey`] for the key type of one address family, with its
 /// connection table and flow cache (the two families differ only in types).
 macro_rules! table_key {
-    ($key:ty, $ipv6:literal, $table:ident, $pending:ident, $cache:ident, $entry:ident) => {
+    (
+        $key:ty,
+        $ipv6:literal,
+        $sets:ident,
+        $overflow:ident,
+        $pending:ident,
+        $cache:ident,
+        $entry:ident
+    ) => {
         impl TableKey for $key {
             const IPV6: bool = $ipv6;
             type CacheSet = FlowCacheSet<$entry>;
@@ -149,10 +193,17 @@ macro_rules! table_key {
             #[inline(always)]
             fn lookup(&self, table: Table) -> Option<*mut Flow> {
                 match table {
-                    Table::Confirmed => $table.get_ptr_mut(self),
+                    Table::Confirmed => {
+                        if let Some(set) = self.set(SetTable::Confirmed)
+                            && let Some(way) = set.find(|key| key.same_as(self))
+                        {
+                            return Some(&raw mut set.ways[set_way(way)].flow);
+                        }
+                        $overflow.get_ptr_mut(self)
+                    }
                     Table::Pending => {
-                        let set = self.pending_set()?;
-                        let way = pending_way(set.find(|key| key.same_as(self))?);
+                        let set = self.set(SetTable::Pending)?;
+                        let way = set_way(set.find(|key| key.same_as(self))?);
                         Some(&raw mut set.ways[way].flow)
                     }
                 }
@@ -161,12 +212,24 @@ macro_rules! table_key {
             #[inline(always)]
             fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32> {
                 match table {
-                    Table::Confirmed => $table.insert(self, flow, mode),
+                    Table::Confirmed => {
+                        if let Some(set) = self.set(SetTable::Confirmed) {
+                            if mode == BPF_ANY {
+                                if let Some(way) = set.find(|key| key.same_as(self)) {
+                                    set.ways[set_way(way)].flow = *flow;
+                                    return Ok(());
+                                }
+                            } else if claim(set, self, flow) {
+                                return Ok(());
+                            }
+                        }
+                        $overflow.insert(self, flow, mode)
+                    }
                     Table::Pending => {
                         // No set: the loader sized the table to none (never
                         // by lb's own loader).
-                        let set = self.pending_set().ok_or(-1)?;
-                        let way = pending_way(set.way_for(|key| key.same_as(self)));
+                        let set = self.set(SetTable::Pending).ok_or(-1)?;
+                        let way = set_way(set.way_for(|key| key.same_as(self)));
                         set.ways[way].key = *self;
                         set.ways[way].flow = *flow;
                         Ok(())
@@ -176,13 +239,13 @@ macro_rules! table_key {
 
             #[inline(always)]
             fn remove_pending(&self) -> bool {
-                let Some(set) = self.pending_set() else {
+                let Some(set) = self.set(SetTable::Pending) else {
                     return false;
                 };
                 let Some(way) = set.find(|key| key.same_as(self)) else {
                     return false;
                 };
-                let last_seen: *mut u64 = &raw mut set.ways[pending_way(way)].flow.last_seen_ns;
+                let last_seen: *mut u64 = &raw mut set.ways[set_way(way)].flow.last_seen_ns;
                 // SAFETY: a field of a map value. The atomic add of 0 is a
                 // locked instruction before the store that empties the way
                 // (see `filter::mark`); the control plane's expiry swaps
@@ -224,12 +287,16 @@ macro_rules! table_key {
             }
 
             #[inline(always)]
-            fn pending_set(&self) -> Option<&'static mut FlowSet<$key>> {
-                let sets = pending_sets($ipv6);
-                let set = $pending.get_ptr_mut(flow_set_index(&self.words(), sets))?;
+            fn set(&self, table: SetTable) -> Option<&'static mut FlowSet<$key>> {
+                let index = flow_set_index(&self.words(), set_count(table, $ipv6));
+                let set = match table {
+                    SetTable::Confirmed => $sets.get_ptr_mut(index),
+                    SetTable::Pending => $pending.get_ptr_mut(index),
+                }?;
                 // SAFETY: a valid array value. Other CPUs may write the same
                 // set at once (two new flows hashing to it in the same
-                // instant); a flow's own packets come to one CPU.
+                // instant; see [`claim`]); a flow's own packets come to one
+                // CPU.
                 Some(unsafe { &mut *set })
             }
 
@@ -281,6 +348,7 @@ macro_rules! table_key {
 table_key!(
     FlowKey4,
     false,
+    CONFIRMED4,
     CONNTRACK4,
     PENDING4,
     FLOW_CACHE4,
@@ -289,6 +357,7 @@ table_key!(
 table_key!(
     FlowKey6,
     true,
+    CONFIRMED6,
     CONNTRACK6,
     PENDING6,
     FLOW_CACHE6,
@@ -480,28 +549,15 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet, tick: Tick) -> Lookup {
     };
     let old_state = u32::from(flow.state);
     if reuses_tuple(packet, old_state, backends, slot) {
-        if let (Some(conns), Some(tree)) = (
-            BACKEND_CONNS.get_ptr_mut(service_id),
-            WLC_TREE.get_ptr_mut(service_id),
-        ) {
-            add_count(conns, slot, is_active(old_state), 1u64.wrapping_neg());
-            repair(tree, conns, slot);
-        }
+        count_change(service_id, slot, is_active(old_state), None);
         return Lookup::Reused(table);
     }
     let state = next_state(packet, old_state);
-    if state != old_state {
-        if let (Some(conns), Some(tree)) = (
-            BACKEND_CONNS.get_ptr_mut(service_id),
-            WLC_TREE.get_ptr_mut(service_id),
-        ) {
-            move_count(conns, slot, is_active(old_state), is_active(state));
-            repair(tree, conns, slot);
-        }
-        flow.state = state as u16;
-    }
     let old_flags = flow.flags;
     let flags = next_flags(packet, old_flags);
+    if state != old_state {
+        flow.state = state as u16;
+    }
     if flags != old_flags {
         flow.flags = flags;
     }
@@ -519,6 +575,16 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet, tick: Tick) -> Lookup {
     } else if table == Table::Confirmed && state != old_state {
         announce(key, flow);
     }
+    // The flow is written: the counters follow from its copies alone (the
+    // verifier then checks what follows once, whichever table held it).
+    if state != old_state {
+        count_change(
+            service_id,
+            slot,
+            is_active(old_state),
+            Some(is_active(state)),
+        );
+    }
     Lookup::Found(
         service_id,
         backends,
@@ -529,6 +595,25 @@ pub fn known<K: TableKey>(key: &K, packet: &Packet, tick: Tick) -> Lookup {
             new_flow: false,
         },
     )
+}
+
+/// Follows a state change of a flow of service `service_id` on backend
+/// `slot` in the backend's counters and the service's scheduler tree: from
+/// its active (`was_active`) or inactive counter to the one `now_active`
+/// says, or out of both (`None`: the flow is replaced).
+#[inline(always)]
+fn count_change(service_id: u32, slot: u32, was_active: bool, now_active: Option<bool>) {
+    let (Some(conns), Some(tree)) = (
+        BACKEND_CONNS.get_ptr_mut(service_id),
+        WLC_TREE.get_ptr_mut(service_id),
+    ) else {
+        return;
+    };
+    match now_active {
+        Some(now_active) => move_count(conns, slot, was_active, now_active),
+        None => add_count(conns, slot, was_active, 1u64.wrapping_neg()),
+    }
+    repair(tree, conns, slot);
 }
 
 /// Moves pending flow `flow` of `key`, which its client just confirmed, to

@@ -6,7 +6,7 @@ use lb_common::{FilterKind, FlowFilterState};
 
 use crate::{
     conntrack::TableKey,
-    maps::{FLOW_FILTER, FLOW_FILTER_STATE},
+    maps::{FLOW_FILTER, FLOW_FILTER_STATE, SetTable},
 };
 
 /// The filter's state, read in one 8-byte load (the control plane writes
@@ -57,7 +57,7 @@ pub fn may_hold<K: TableKey>(key: &K, recording: bool) -> MayHold {
     let position = key.filter_position(&state, state.current());
     if recording {
         // No set: a loader sized the pending table to none.
-        let Some(set) = key.pending_set() else {
+        let Some(set) = key.set(SetTable::Pending) else {
             return MayHold::BOTH;
         };
         // SAFETY: a valid array value; the load's result is not needed.

@@ -66,15 +66,39 @@ pub static BACKEND_CONNS: Array<BackendConnSet, { MAX_SERVICES as usize }> = Arr
 #[btf_map]
 pub static WLC_TREE: Array<LoadTree, { MAX_SERVICES as usize }> = Array::new();
 
-/// The IPv4 connection table: client 5-tuple -> service, backend slot, TCP
-/// state, last seen, of confirmed flows (see `lb_common::CONNTRACK4_MAP`).
-/// A plain hash: a full table refuses new flows instead of evicting old
-/// ones, and they stay in [`PENDING4`]. The control plane may resize it
-/// before loading and expires idle flows.
+/// The IPv4 connection table's sets: confirmed flows (client 5-tuple ->
+/// service, backend slot, TCP state, last seen), two per set indexed by
+/// `lb_common::flow_set_index` (see `lb_common::CONFIRMED4_MAP`): a lookup
+/// reads one cache line. A confirmed flow is never evicted; one whose set
+/// is full goes to [`CONNTRACK4`]. An mmapable array, so that every set
+/// sits on its own cache line and the control plane reads, installs and
+/// expires flows through a mapping; the loader sizes it
+/// ([`CONFIRMED4_SETS`] sets).
+#[btf_map]
+pub static CONFIRMED4: Array<FlowSet4, 1, BPF_F_MMAPABLE> = Array::new();
+
+/// The IPv6 connection table's sets, as [`CONFIRMED4`].
+#[btf_map]
+pub static CONFIRMED6: Array<FlowSet6, 1, BPF_F_MMAPABLE> = Array::new();
+
+/// Sets of [`CONFIRMED4`] (a power of two), set by the loader with the
+/// map's size: a constant of the loaded program.
+#[unsafe(no_mangle)]
+static CONFIRMED4_SETS: u32 = 1;
+
+/// Sets of [`CONFIRMED6`], as [`CONFIRMED4_SETS`].
+#[unsafe(no_mangle)]
+static CONFIRMED6_SETS: u32 = 1;
+
+/// The IPv4 connection table's overflow hash: the confirmed flows whose
+/// set of [`CONFIRMED4`] was full. A plain hash: a full table refuses new
+/// flows instead of evicting old ones, and they stay in [`PENDING4`]. The
+/// control plane may resize it before loading and expires idle flows.
 #[btf_map]
 pub static CONNTRACK4: HashMap<FlowKey4, Flow, { DEFAULT_MAX_FLOWS as usize }> = HashMap::new();
 
-/// The IPv6 connection table, as [`CONNTRACK4`] with 16-byte addresses.
+/// The IPv6 connection table's overflow hash, as [`CONNTRACK4`] with
+/// 16-byte addresses.
 #[btf_map]
 pub static CONNTRACK6: HashMap<FlowKey6, Flow, { DEFAULT_MAX_FLOWS_V6 as usize }> = HashMap::new();
 
@@ -101,17 +125,28 @@ static PENDING4_SETS: u32 = 1;
 #[unsafe(no_mangle)]
 static PENDING6_SETS: u32 = 1;
 
-/// The sets of [`PENDING4`] (`ipv6` false) or [`PENDING6`], as loaded.
+/// Which table of flow sets [`set_count`] sizes.
+#[derive(Clone, Copy)]
+pub enum SetTable {
+    /// The connection table's sets ([`CONFIRMED4`], [`CONFIRMED6`]).
+    Confirmed,
+    /// The pending table ([`PENDING4`], [`PENDING6`]).
+    Pending,
+}
+
+/// The sets of `table` of the IPv4 (`ipv6` false) or IPv6 family, as
+/// loaded.
 #[inline(always)]
-pub fn pending_sets(ipv6: bool) -> u32 {
+pub fn set_count(table: SetTable, ipv6: bool) -> u32 {
     // SAFETY: read-only data of the program; volatile, so that the value
     // the loader wrote is read instead of the one compiled in.
     unsafe {
-        if ipv6 {
-            core::ptr::read_volatile(&PENDING6_SETS)
-        } else {
-            core::ptr::read_volatile(&PENDING4_SETS)
-        }
+        core::ptr::read_volatile(match (table, ipv6) {
+            (SetTable::Confirmed, false) => &CONFIRMED4_SETS,
+            (SetTable::Confirmed, true) => &CONFIRMED6_SETS,
+            (SetTable::Pending, false) => &PENDING4_SETS,
+            (SetTable::Pending, true) => &PENDING6_SETS,
+        })
     }
 }
 

@@ -351,13 +351,18 @@ impl Case {
         self.dp.maps.flow_count()
     }
 
-    /// Number of flows in the IPv4 and in the IPv6 tables (connection and
-    /// pending table), each table counted by walking its map directly.
+    /// Number of flows in the IPv4 and in the IPv6 tables (connection
+    /// table's sets and overflow hash, pending table), each counted by
+    /// walking its map directly.
     pub fn flows_per_table(&self) -> (usize, usize) {
         let maps = &self.dp.maps;
         (
-            table_len(&self.name, CONNTRACK4_MAP, &maps.conntrack4) + maps.pending4.len(),
-            table_len(&self.name, CONNTRACK6_MAP, &maps.conntrack6) + maps.pending6.len(),
+            maps.confirmed4.len()
+                + table_len(&self.name, CONNTRACK4_MAP, &maps.conntrack4)
+                + maps.pending4.len(),
+            maps.confirmed6.len()
+                + table_len(&self.name, CONNTRACK6_MAP, &maps.conntrack6)
+                + maps.pending6.len(),
         )
     }
 

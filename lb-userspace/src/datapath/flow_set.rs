@@ -1,7 +1,9 @@
-//! The control plane's side of a pending table (`lb_common::flow_set`): its
-//! sets mapped into this process, read way by way and emptied with a
-//! compare-and-swap on a flow's last-seen time, so that a flow the data
-//! path refreshed or replaced meanwhile is never removed.
+//! The control plane's side of a table of flow sets (`lb_common::flow_set`:
+//! a pending table, or a connection table's sets): its sets mapped into
+//! this process, read way by way and emptied with a compare-and-swap on a
+//! flow's last-seen time, so that a flow the data path refreshed or
+//! replaced meanwhile is never removed; a flow is installed in an empty
+//! way claimed the same way.
 
 use std::{
     marker::PhantomData,
@@ -14,7 +16,7 @@ use lb_common::{FLOW_SET_WAYS, Flow, FlowKey4, FlowKey6, FlowSet, FlowSetEntry, 
 
 use super::mapping::SharedMapping;
 
-/// A key of a pending table: where its set is.
+/// A key of a table of flow sets: where its set is.
 pub trait FlowSetKey: Copy + PartialEq {
     /// The key's set in a table of `sets` sets.
     fn set(&self, sets: u32) -> u32;
@@ -32,7 +34,8 @@ impl FlowSetKey for FlowKey6 {
     }
 }
 
-/// One pending table (`PENDING4` or `PENDING6`), mapped.
+/// One table of flow sets (`PENDING4`, `PENDING6`, `CONFIRMED4` or
+/// `CONFIRMED6`), mapped.
 pub struct FlowSetTable<K> {
     /// The map (kept open for the mapping).
     _map: MapData,
@@ -44,18 +47,18 @@ pub struct FlowSetTable<K> {
 }
 
 impl<K: FlowSetKey> FlowSetTable<K> {
-    /// Maps `map`, the pending table named `name` (an mmapable array of
+    /// Maps `map`, the table of flow sets named `name` (an mmapable array of
     /// [`FlowSet`]s).
     pub fn new(map: Map, name: &'static str) -> anyhow::Result<Self> {
         let Map::Array(map) = map else {
-            bail!("map {name} has an unexpected type (an array of pending sets was expected)");
+            bail!("map {name} has an unexpected type (an array of flow sets was expected)");
         };
         let info = map
             .info()
             .with_context(|| format!("reading the size of {name}"))?;
         if info.value_size() as usize != size_of::<FlowSet<K>>() {
             bail!(
-                "map {name} holds values of {} bytes where a pending set has {}",
+                "map {name} holds values of {} bytes where a flow set has {}",
                 info.value_size(),
                 size_of::<FlowSet<K>>()
             );
@@ -158,5 +161,42 @@ impl<K: FlowSetKey> FlowSetTable<K> {
         last_seen
             .compare_exchange(flow.last_seen_ns, 0, Ordering::SeqCst, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Writes `flow` under `key`: over the flow of its way if the table
+    /// holds the key, else into an empty way of its set, claimed by swapping
+    /// its last-seen time from 0 to the flow's (`flow.last_seen_ns` must not
+    /// be 0), as the data path claims one. Whether the flow was written
+    /// (false: the key's set is full).
+    pub fn insert(&self, key: &K, flow: &Flow) -> bool {
+        debug_assert!(
+            flow.last_seen_ns != 0,
+            "a flow of time 0 reads as an empty way"
+        );
+        if let Some((set, way, _)) = self.find(key) {
+            // SAFETY: an entry inside the mapping; the data path writes a
+            // flow's entry only from the CPU its packets come to.
+            unsafe { (&raw mut (*self.entry(set, way)).flow).write_volatile(*flow) };
+            return true;
+        }
+        let set = key.set(self.sets());
+        (0..FLOW_SET_WAYS).any(|way| {
+            let entry = self.entry(set, way);
+            // SAFETY: as in `remove`.
+            let last_seen = unsafe { AtomicU64::from_ptr(&raw mut (*entry).flow.last_seen_ns) };
+            if last_seen
+                .compare_exchange(0, flow.last_seen_ns, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+            // SAFETY: the way is this call's since the swap; the key last,
+            // as the data path writes it.
+            unsafe {
+                (&raw mut (*entry).flow).write_volatile(*flow);
+                (&raw mut (*entry).key).write_volatile(*key);
+            }
+            true
+        })
     }
 }

@@ -9,8 +9,11 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use super::{flow_filter::FlowFilter, flow_set::FlowSetTable};
-use anyhow::{Context as _, anyhow};
+use super::{
+    flow_filter::FlowFilter,
+    flow_set::{FlowSetKey, FlowSetTable},
+};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Pod,
     maps::{
@@ -20,17 +23,17 @@ use aya::{
 };
 use lb_common::{
     ANY_PORT, BACKEND_CONNS_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, BackendConnSet, BackendSet,
-    CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_FLOWS_V6,
-    EVENT_PENDING_REMOVED, FLOOD_GUARD_MAP, FLOOD_UNTIL_MAP, FLOW_CACHE_SETS, FLOW_CHANGES_MAP,
-    FLOW_EVENTS_MAP, FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FloodGuard, Flow, FlowFilterLine,
-    FlowFilterState, FlowKey, FlowKey4, FlowKey6, FlowSet4, FlowSet6, LAYOUT_MAP, LAYOUT_VERSION,
-    LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP, NIC_STATS_MAP,
-    NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP, PENDING6_MAP, PERSIST_MAP,
-    PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP, SERVICE_PORTS_MAP,
-    SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP, SYNC_STATS_MAP,
-    ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP, VERDICT_STATS_MAP,
-    VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index, nic_filter_index,
-    pending_capacity, port_bit, protocol_name, wlc,
+    CONFIRMED4_MAP, CONFIRMED6_MAP, CONNTRACK4_MAP, CONNTRACK6_MAP, Counters, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FLOWS_V6, EVENT_PENDING_REMOVED, FLOOD_GUARD_MAP, FLOOD_UNTIL_MAP, FLOW_CACHE_SETS,
+    FLOW_CHANGES_MAP, FLOW_EVENTS_MAP, FLOW_FILTER_MAP, FLOW_FILTER_STATE_MAP, FloodGuard, Flow,
+    FlowFilterLine, FlowFilterState, FlowKey, FlowKey4, FlowKey6, FlowSet4, FlowSet6, LAYOUT_MAP,
+    LAYOUT_VERSION, LoadTree, MAX_BACKENDS, MAX_SERVICES, NIC_FILTER_ENTRIES, NIC_FILTER_MAP,
+    NIC_STATS_MAP, NUM_FLOW_EVENTS, NUM_REASONS, NicCounters, NicFilter, PENDING4_MAP,
+    PENDING6_MAP, PERSIST_MAP, PersistKey, PersistTemplate, REASON_FORWARDED, SCHEDULE_TABLES_MAP,
+    SERVICE_PORTS_MAP, SERVICE_STATS_MAP, SERVICES_MAP, SYN_WINDOW_MAP, SYNC_ENABLED_MAP,
+    SYNC_STATS_MAP, ScheduleTable, Service, ServiceKey, SynWindow, SyncCounters, TX_PORTS_MAP,
+    VERDICT_STATS_MAP, VIPS_MAP, VipKey, WLC_TREE_MAP, backend_index, flow_event_index,
+    nic_filter_index, pending_capacity, port_bit, protocol_name, wlc,
 };
 
 /// Every map the control plane reads or writes, in pin order (the names of
@@ -48,7 +51,7 @@ pub const MAP_NAMES: [&str; MAP_LAYOUT.len()] = {
 /// Every map the control plane reads or writes with its key and value
 /// sizes, to recognise a pinned data path made by a build with another map
 /// layout before adopting it.
-pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
+pub(super) const MAP_LAYOUT: [(&str, usize, usize); 30] = [
     (LAYOUT_MAP, 4, 4),
     (NIC_FILTER_MAP, 4, size_of::<NicFilter>()),
     // The kernel's `struct bpf_devmap_val`: an ifindex and a program.
@@ -59,6 +62,8 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
     (BACKEND_CONNS_MAP, 4, size_of::<BackendConnSet>()),
     (WLC_TREE_MAP, 4, size_of::<LoadTree>()),
     (SCHEDULE_TABLES_MAP, 4, size_of::<ScheduleTable>()),
+    (CONFIRMED4_MAP, 4, size_of::<FlowSet4>()),
+    (CONFIRMED6_MAP, 4, size_of::<FlowSet6>()),
     (CONNTRACK4_MAP, size_of::<FlowKey4>(), size_of::<Flow>()),
     (CONNTRACK6_MAP, size_of::<FlowKey6>(), size_of::<Flow>()),
     (PENDING4_MAP, 4, size_of::<FlowSet4>()),
@@ -89,9 +94,12 @@ pub(super) const MAP_LAYOUT: [(&str, usize, usize); 28] = [
 /// connection table (`max_flows`, `max_flows_v6`) and pending table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowCapacity {
-    /// Capacity of the IPv4 connection table (`CONNTRACK4`).
+    /// Capacity of the IPv4 connection table's overflow hash
+    /// (`CONNTRACK4`); its sets (`CONFIRMED4`) hold
+    /// `lb_common::confirmed_set_capacity` of it.
     pub ipv4: u32,
-    /// Capacity of the IPv6 connection table (`CONNTRACK6`).
+    /// Capacity of the IPv6 connection table's overflow hash
+    /// (`CONNTRACK6`), as `ipv4`.
     pub ipv6: u32,
     /// Capacity of the IPv4 pending table (`PENDING4`).
     pub pending_ipv4: u32,
@@ -100,9 +108,10 @@ pub struct FlowCapacity {
 }
 
 impl FlowCapacity {
-    /// Flows the two connection tables hold in all: what the flow filter is
-    /// sized for (its confirmed marks; the pending marks are a third as
-    /// many).
+    /// Flows the two connection tables are sized for (`max_flows`,
+    /// `max_flows_v6`; their sets and overflow hashes can hold more): what
+    /// the flow filter is sized for (its confirmed marks; the pending
+    /// marks are a third as many).
     pub const fn confirmed(&self) -> u64 {
         self.ipv4 as u64 + self.ipv6 as u64
     }
@@ -147,9 +156,15 @@ pub struct Maps {
     pub wlc_tree: Array<MapData, LoadTree>,
     /// Service id -> the table of its `rr`, `wrr`, `sh` or `mh` scheduler.
     pub schedule_tables: Array<MapData, ScheduleTable>,
-    /// The IPv4 connection table: confirmed flows (a hash).
+    /// The IPv4 connection table's sets: confirmed flows (sets of flows in
+    /// an array, mapped).
+    pub confirmed4: FlowSetTable<FlowKey4>,
+    /// The IPv6 connection table's sets, as `confirmed4`.
+    pub confirmed6: FlowSetTable<FlowKey6>,
+    /// The IPv4 connection table's overflow hash: the confirmed flows whose
+    /// set was full.
     pub conntrack4: HashMap<MapData, FlowKey4, Flow>,
-    /// The IPv6 connection table: confirmed flows (a hash).
+    /// The IPv6 connection table's overflow hash, as `conntrack4`.
     pub conntrack6: HashMap<MapData, FlowKey6, Flow>,
     /// The IPv4 pending table: half-open flows and the connection table's
     /// overflow (sets of flows in an array, mapped).
@@ -229,6 +244,8 @@ impl Maps {
             backend_conns: typed(&mut take, BACKEND_CONNS_MAP)?,
             wlc_tree: typed(&mut take, WLC_TREE_MAP)?,
             schedule_tables: typed(&mut take, SCHEDULE_TABLES_MAP)?,
+            confirmed4: FlowSetTable::new(take(CONFIRMED4_MAP)?, CONFIRMED4_MAP)?,
+            confirmed6: FlowSetTable::new(take(CONFIRMED6_MAP)?, CONFIRMED6_MAP)?,
             conntrack4: typed(&mut take, CONNTRACK4_MAP)?,
             conntrack6: typed(&mut take, CONNTRACK6_MAP)?,
             pending4: FlowSetTable::new(take(PENDING4_MAP)?, PENDING4_MAP)?,
@@ -667,15 +684,16 @@ impl Maps {
 /// Which of its family's two tables holds a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowTable {
-    /// The connection table (`CONNTRACK4`/`CONNTRACK6`): confirmed flows.
+    /// The connection table (its sets `CONFIRMED4`/`CONFIRMED6` and its
+    /// overflow hash `CONNTRACK4`/`CONNTRACK6`): confirmed flows.
     Confirmed,
     /// The pending table (`PENDING4`/`PENDING6`): half-open flows and the
     /// connection table's overflow.
     Pending,
 }
 
-/// The four flow tables (a connection table and a pending table per
-/// family), behind one key type.
+/// The four flow tables (a connection table, of sets and an overflow hash,
+/// and a pending table per family), behind one key type.
 impl Maps {
     /// The flow under `key`, from the tables of its family, the connection
     /// table first, as the data path looks (`None`: no such flow).
@@ -685,6 +703,13 @@ impl Maps {
 
     /// The flow under `key` and the table that holds it.
     pub fn flow_in(&self, key: &FlowKey) -> anyhow::Result<Option<(FlowTable, Flow)>> {
+        let in_set = match key {
+            FlowKey::V4(k) => self.confirmed4.get(k),
+            FlowKey::V6(k) => self.confirmed6.get(k),
+        };
+        if let Some(flow) = in_set {
+            return Ok(Some((FlowTable::Confirmed, flow)));
+        }
         let confirmed = match key {
             FlowKey::V4(k) => self.conntrack4.get(k, 0),
             FlowKey::V6(k) => self.conntrack6.get(k, 0),
@@ -704,14 +729,14 @@ impl Maps {
     }
 
     /// Calls `each` for every flow of the four tables (the connection
-    /// tables, then the pending tables; IPv4 before IPv6), reading
-    /// the connection tables with `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`]
-    /// entries a system call, and the pending tables through their
-    /// mappings. The kernel copies a connection table bucket by bucket and
-    /// never starts over, so a flow that stays in its table for the whole
-    /// walk is seen exactly once; one added, removed or moved meanwhile may
-    /// be seen or not (or twice, when the data path confirms it between its
-    /// two tables).
+    /// tables' sets and overflow hashes, then the pending tables; IPv4
+    /// before IPv6), reading the overflow hashes with
+    /// `BPF_MAP_LOOKUP_BATCH`, [`LOOKUP_BATCH`] entries a system call, and
+    /// the sets through their mappings. The kernel copies a hash bucket by
+    /// bucket and never starts over, so a flow that stays in its table for
+    /// the whole walk is seen exactly once; one added, removed or moved
+    /// meanwhile may be seen or not (or twice, when the data path confirms
+    /// it between its two tables).
     pub fn for_each_flow(&self, mut each: impl FnMut(FlowKey, Flow)) -> anyhow::Result<()> {
         self.for_each_flow_in_batches(LOOKUP_BATCH, |_, key, flow| each(key, flow))
     }
@@ -723,6 +748,10 @@ impl Maps {
         batch: usize,
         mut each: impl FnMut(FlowTable, FlowKey, Flow),
     ) -> anyhow::Result<()> {
+        self.confirmed4
+            .for_each(|key, flow| each(FlowTable::Confirmed, FlowKey::V4(key), flow));
+        self.confirmed6
+            .for_each(|key, flow| each(FlowTable::Confirmed, FlowKey::V6(key), flow));
         lookup_batched(self.conntrack4.map(), batch, |key, flow| {
             each(FlowTable::Confirmed, FlowKey::V4(key), flow)
         })
@@ -738,9 +767,9 @@ impl Maps {
         Ok(())
     }
 
-    /// Every flow of the four tables, IPv4 first: the connection tables key
+    /// Every flow of the four tables, IPv4 first: the overflow hashes key
     /// by key (two system calls a flow), skipping entries that vanish
-    /// mid-walk, the pending tables set by set. The walk does not freeze
+    /// mid-walk, the sets set by set. The walk does not freeze
     /// the tables: a flow may be missed, or seen twice when the entry the
     /// walk stands on is deleted and the kernel starts over; the control
     /// plane reads them with [`Maps::for_each_flow`] instead, and tests use
@@ -758,17 +787,23 @@ impl Maps {
                 .map(|(key, flow)| (FlowKey::V6(key), flow))
                 .collect::<Vec<_>>()
         };
-        let mut pending4 = vec![];
-        self.pending4
-            .for_each(|key, flow| pending4.push((FlowKey::V4(key), flow)));
-        let mut pending6 = vec![];
-        self.pending6
-            .for_each(|key, flow| pending6.push((FlowKey::V6(key), flow)));
+        let sets4 = |table: &FlowSetTable<FlowKey4>| {
+            let mut flows = vec![];
+            table.for_each(|key, flow| flows.push((FlowKey::V4(key), flow)));
+            flows
+        };
+        let sets6 = |table: &FlowSetTable<FlowKey6>| {
+            let mut flows = vec![];
+            table.for_each(|key, flow| flows.push((FlowKey::V6(key), flow)));
+            flows
+        };
         [
+            sets4(&self.confirmed4),
             ipv4(&self.conntrack4),
-            pending4,
+            sets4(&self.pending4),
+            sets6(&self.confirmed6),
             ipv6(&self.conntrack6),
-            pending6,
+            sets6(&self.pending6),
         ]
         .into_iter()
         .flatten()
@@ -782,8 +817,14 @@ impl Maps {
     /// counted once [`Maps::record_pending_removals`] runs.
     pub fn remove_flow(&mut self, key: &FlowKey) -> bool {
         let (confirmed, pending) = match key {
-            FlowKey::V4(k) => (self.conntrack4.remove(k).is_ok(), self.pending4.remove(k)),
-            FlowKey::V6(k) => (self.conntrack6.remove(k).is_ok(), self.pending6.remove(k)),
+            FlowKey::V4(k) => (
+                self.confirmed4.remove(k) || self.conntrack4.remove(k).is_ok(),
+                self.pending4.remove(k),
+            ),
+            FlowKey::V6(k) => (
+                self.confirmed6.remove(k) || self.conntrack6.remove(k).is_ok(),
+                self.pending6.remove(k),
+            ),
         };
         if pending {
             self.pending_removed[usize::from(matches!(key, FlowKey::V6(_)))] += 1;
@@ -836,19 +877,43 @@ impl Maps {
     }
 
     /// Writes (adds or replaces) the flow under `key` in the connection
-    /// table of its family, and marks it in the flow filter.
+    /// table of its family, as the data path would: where the table holds
+    /// it, else in its set, else (a full set) in the overflow hash; and
+    /// marks it in the flow filter. `flow.last_seen_ns` must not be 0 (an
+    /// empty way's).
     pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> anyhow::Result<()> {
-        let inserted = match key {
-            FlowKey::V4(k) => self.conntrack4.insert(k, flow, 0),
-            FlowKey::V6(k) => self.conntrack6.insert(k, flow, 0),
+        if flow.last_seen_ns == 0 {
+            bail!("flow {} has last-seen time 0", describe_flow(key));
+        }
+        fn write<K: FlowSetKey + Pod>(
+            sets: &FlowSetTable<K>,
+            overflow: &mut HashMap<MapData, K, Flow>,
+            key: &K,
+            flow: &Flow,
+        ) -> Result<(), MapError> {
+            let in_overflow = match overflow.get(key, 0) {
+                Ok(_) => true,
+                Err(MapError::KeyNotFound) => false,
+                Err(e) => return Err(e),
+            };
+            if in_overflow || !sets.insert(key, flow) {
+                overflow.insert(key, flow, 0)?;
+            }
+            Ok(())
+        }
+        let written = match key {
+            FlowKey::V4(k) => write(&self.confirmed4, &mut self.conntrack4, k, flow),
+            FlowKey::V6(k) => write(&self.confirmed6, &mut self.conntrack6, k, flow),
         };
-        inserted.with_context(|| format!("writing flow {}", describe_flow(key)))?;
+        written.with_context(|| format!("writing flow {}", describe_flow(key)))?;
         self.flow_filter.mark(key)
     }
 
     /// How many flows the four tables hold (a walk of their keys).
     pub fn flow_count(&self) -> usize {
-        self.conntrack4.keys().count()
+        self.confirmed4.len()
+            + self.confirmed6.len()
+            + self.conntrack4.keys().count()
             + self.conntrack6.keys().count()
             + self.pending4.len()
             + self.pending6.len()

@@ -28,8 +28,9 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP, FLOW_CACHE6_MAP, FLOW_FILTER_MAP,
-    PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM, flow_filter_lines, flow_sets,
+    CONFIRMED4_MAP, CONFIRMED6_MAP, CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_CACHE4_MAP,
+    FLOW_CACHE6_MAP, FLOW_FILTER_MAP, PENDING4_MAP, PENDING6_MAP, XDP_PROGRAM,
+    confirmed_set_capacity, flow_filter_lines, flow_sets,
 };
 
 use self::{
@@ -40,6 +41,11 @@ use self::{
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
+/// The program's constant of how many sets `CONFIRMED4` has (the loader
+/// sets it with the map's size).
+const CONFIRMED4_SETS_GLOBAL: &str = "CONFIRMED4_SETS";
+/// As [`CONFIRMED4_SETS_GLOBAL`], for `CONFIRMED6`.
+const CONFIRMED6_SETS_GLOBAL: &str = "CONFIRMED6_SETS";
 /// The program's constant of how many sets `PENDING4` has (the loader
 /// sets it with the map's size).
 const PENDING4_SETS_GLOBAL: &str = "PENDING4_SETS";
@@ -86,11 +92,17 @@ impl Datapath {
     pub fn load(capacity: FlowCapacity, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let cache_sets = flow_cache_sets()?;
         let filter_lines = flow_filter_lines(capacity.confirmed());
+        let confirmed4_sets = flow_sets(confirmed_set_capacity(capacity.ipv4));
+        let confirmed6_sets = flow_sets(confirmed_set_capacity(capacity.ipv6));
         let pending4_sets = flow_sets(capacity.pending_ipv4);
         let pending6_sets = flow_sets(capacity.pending_ipv6);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(CONNTRACK4_MAP, capacity.ipv4)
             .map_max_entries(CONNTRACK6_MAP, capacity.ipv6)
+            .map_max_entries(CONFIRMED4_MAP, confirmed4_sets)
+            .map_max_entries(CONFIRMED6_MAP, confirmed6_sets)
+            .override_global(CONFIRMED4_SETS_GLOBAL, &confirmed4_sets, true)
+            .override_global(CONFIRMED6_SETS_GLOBAL, &confirmed6_sets, true)
             .map_max_entries(PENDING4_MAP, pending4_sets)
             .map_max_entries(PENDING6_MAP, pending6_sets)
             .override_global(PENDING4_SETS_GLOBAL, &pending4_sets, true)

@@ -1,15 +1,17 @@
 //! Flow tables per address family: a flow lands in the IPv4 tables
-//! (CONNTRACK4, PENDING4) or the IPv6 ones (CONNTRACK6, PENDING6) under the
-//! key and value bytes its frame gives (in the pending tables, as a way of
-//! the set its key hashes to), and the families are independent.
+//! (CONFIRMED4 and its overflow CONNTRACK4, PENDING4) or the IPv6 ones
+//! (CONFIRMED6, CONNTRACK6, PENDING6) under the key and value bytes its
+//! frame gives (in the tables of sets, as a way of the set its key hashes
+//! to; in the overflow hash when that set is full), and the families are
+//! independent.
 
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
 use lb::datapath::maps::monotonic_ns;
 use lb_common::{
-    CONNTRACK4_MAP, CONNTRACK6_MAP, FLOW_SET_WAYS, Flow, FlowKey, PENDING4_MAP, PENDING6_MAP,
-    PROTO_TCP,
+    CONFIRMED4_MAP, CONFIRMED6_MAP, CONNTRACK4_MAP, FLOW_SET_WAYS, Flow, FlowKey, PENDING4_MAP,
+    PENDING6_MAP, PROTO_TCP, PROTO_UDP, confirmed_set_capacity,
     conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
     flow_set_index,
 };
@@ -52,13 +54,14 @@ pub(crate) fn raw_entries<const KEY_LEN: usize>(case: &Case, table: &str) -> Vec
         .collect()
 }
 
-/// Every flow of the pending table `table` as the kernel stores it, read
+/// Every flow of the table of flow sets `table` (a pending table or a
+/// connection table's sets) as the kernel stores it, read
 /// through a handle opened by map id as raw sets of `SET_LEN` bytes (ways
 /// of a `KEY_LEN`-byte key and a 16-byte value, a way with a zero time
 /// being empty), apart from `lb::datapath::maps::Maps` and its types; with
 /// the set each flow was found in. Checks the map's key and value sizes
 /// first.
-pub(crate) fn raw_pending_entries<const KEY_LEN: usize, const SET_LEN: usize>(
+pub(crate) fn raw_set_entries<const KEY_LEN: usize, const SET_LEN: usize>(
     case: &Case,
     table: &str,
 ) -> Vec<(u32, RawFlow)> {
@@ -83,6 +86,19 @@ pub(crate) fn raw_pending_entries<const KEY_LEN: usize, const SET_LEN: usize>(
         }
     }
     flows
+}
+
+/// The set of the flow key of bytes `key` (16 or 40) in a table of `sets`
+/// sets, by `lb_common::flow_set_index` of its 64-bit words.
+fn set_of_key_bytes(key: &[u8], sets: u32) -> u32 {
+    let words: Vec<u64> = key
+        .chunks(8)
+        .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
+        .collect();
+    match words.len() {
+        2 => flow_set_index(&<[u64; 2]>::try_from(words).expect("2 words"), sets),
+        _ => flow_set_index(&<[u64; 5]>::try_from(words).expect("5 words"), sets),
+    }
 }
 
 /// The value bytes of a flow seen at `last_seen_ns`, bound to `slot` of
@@ -126,39 +142,31 @@ fn flow_lands_in_its_family_table(name: &str, vip: IpAddr, pkt: impl Fn(u16) -> 
     let own_table = match (proto == PROTO_TCP, vip) {
         (true, IpAddr::V4(_)) => PENDING4_MAP,
         (true, IpAddr::V6(_)) => PENDING6_MAP,
-        (false, IpAddr::V4(_)) => CONNTRACK4_MAP,
-        (false, IpAddr::V6(_)) => CONNTRACK6_MAP,
+        (false, IpAddr::V4(_)) => CONFIRMED4_MAP,
+        (false, IpAddr::V6(_)) => CONFIRMED6_MAP,
     };
     let expected_value = flow_bytes(last_seen, SERVICE_ID as u16, 1, state as u16);
-    let raw = match (proto == PROTO_TCP, vip) {
-        (false, IpAddr::V4(_)) => raw_entries::<FLOW_KEY4_LEN>(&case, own_table),
-        (false, IpAddr::V6(_)) => raw_entries::<FLOW_KEY6_LEN>(&case, own_table),
-        (true, _) => {
-            let capacity = case.dp.maps.flow_capacity().expect("reading the capacity");
-            let flows = match vip {
-                IpAddr::V4(_) => capacity.pending_ipv4,
-                IpAddr::V6(_) => capacity.pending_ipv6,
-            };
-            let sets = flows / FLOW_SET_WAYS as u32;
-            let entries = match vip {
-                IpAddr::V4(_) => raw_pending_entries::<FLOW_KEY4_LEN, 64>(&case, own_table),
-                IpAddr::V6(_) => raw_pending_entries::<FLOW_KEY6_LEN, 128>(&case, own_table),
-            };
-            for (set, flow) in &entries {
-                let words: Vec<u64> = flow
-                    .key
-                    .chunks(8)
-                    .map(|word| u64::from_ne_bytes(word.try_into().expect("8 bytes")))
-                    .collect();
-                let expected = match words.len() {
-                    2 => flow_set_index(&<[u64; 2]>::try_from(words).expect("2 words"), sets),
-                    _ => flow_set_index(&<[u64; 5]>::try_from(words).expect("5 words"), sets),
-                };
-                assert_eq!(*set, expected, "{name}: the set of {}", hex(&flow.key));
-            }
-            entries.into_iter().map(|(_, flow)| flow).collect()
-        }
+    let capacity = case.dp.maps.flow_capacity().expect("reading the capacity");
+    let flows = match (proto == PROTO_TCP, vip) {
+        (true, IpAddr::V4(_)) => capacity.pending_ipv4,
+        (true, IpAddr::V6(_)) => capacity.pending_ipv6,
+        (false, IpAddr::V4(_)) => confirmed_set_capacity(capacity.ipv4),
+        (false, IpAddr::V6(_)) => confirmed_set_capacity(capacity.ipv6),
     };
+    let sets = flows / FLOW_SET_WAYS as u32;
+    let entries = match vip {
+        IpAddr::V4(_) => raw_set_entries::<FLOW_KEY4_LEN, 64>(&case, own_table),
+        IpAddr::V6(_) => raw_set_entries::<FLOW_KEY6_LEN, 128>(&case, own_table),
+    };
+    for (set, flow) in &entries {
+        assert_eq!(
+            *set,
+            set_of_key_bytes(&flow.key, sets),
+            "{name}: the set of {}",
+            hex(&flow.key)
+        );
+    }
+    let raw: Vec<RawFlow> = entries.into_iter().map(|(_, flow)| flow).collect();
     assert_eq!(raw.len(), 2, "{name}: entries in {own_table}");
     let entry = raw
         .iter()
@@ -204,10 +212,10 @@ fn ipv4_tcp_flow_is_in_pending4() {
     });
 }
 
-/// A UDP flow over IPv4 goes to CONNTRACK4.
+/// A UDP flow over IPv4 goes to CONFIRMED4.
 #[test]
-fn ipv4_udp_flow_is_in_conntrack4() {
-    flow_lands_in_its_family_table("conntrack4_udp", VIP4.into(), Pkt::udp4);
+fn ipv4_udp_flow_is_in_confirmed4() {
+    flow_lands_in_its_family_table("confirmed4_udp", VIP4.into(), Pkt::udp4);
 }
 
 /// A TCP SYN over IPv6 goes to PENDING6.
@@ -218,10 +226,10 @@ fn ipv6_tcp_flow_is_in_pending6() {
     });
 }
 
-/// A UDP flow over IPv6 goes to CONNTRACK6.
+/// A UDP flow over IPv6 goes to CONFIRMED6.
 #[test]
-fn ipv6_udp_flow_is_in_conntrack6() {
-    flow_lands_in_its_family_table("conntrack6_udp", VIP6.into(), Pkt::udp6);
+fn ipv6_udp_flow_is_in_confirmed6() {
+    flow_lands_in_its_family_table("confirmed6_udp", VIP6.into(), Pkt::udp6);
 }
 
 /// The two tables are independent: IPv4 and IPv6 flows of the same client
@@ -277,4 +285,95 @@ fn ipv4_and_ipv6_flows_are_kept_apart() {
         2,
         "{name}: the planted flow is not a new connection"
     );
+}
+
+/// A flow whose set of the connection table is full goes to the overflow
+/// hash (CONNTRACK4, under its frame's key and value bytes), keeps its
+/// backend there, and is walked, counted and removed with the others; a
+/// way its set frees takes the next flow of that set.
+#[test]
+fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
+    let name = "set_overflow";
+    let Some(mut case) = Case::new(name) else {
+        return;
+    };
+    case.service(SERVICE_ID, VIP4.into(), PROTO_UDP, &[up(1), up(1), up(1)]);
+    let capacity = case.dp.maps.flow_capacity().expect("reading the capacity");
+    let sets = confirmed_set_capacity(capacity.ipv4) / FLOW_SET_WAYS as u32;
+    let set_of = |sport: u16| match Pkt::udp4(sport).flow_key() {
+        FlowKey::V4(key) => flow_set_index(&key.words(), sets),
+        FlowKey::V6(_) => unreachable!("an IPv4 frame"),
+    };
+    // Four client ports whose flows share one set.
+    let ports: Vec<u16> = (40001..u16::MAX)
+        .filter(|&port| set_of(port) == set_of(40000))
+        .take(3)
+        .collect();
+    let [second, third, fourth] = ports[..] else {
+        panic!("{name}: fewer than four ports of one set");
+    };
+    let first = 40000;
+    for (slot, port) in [first, second, third].into_iter().enumerate() {
+        case.forward("new flow", &Pkt::udp4(port), SERVICE_ID, slot as u32);
+    }
+    let last_seen = case.expect_flow("third flow", &Pkt::udp4(third), SERVICE_ID, 2, STATE_UDP);
+    let in_sets = |case: &Case| -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = raw_set_entries::<FLOW_KEY4_LEN, 64>(case, CONFIRMED4_MAP)
+            .into_iter()
+            .map(|(_, flow)| flow.key)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let key = |port| key_bytes_of_frame(&Pkt::udp4(port).build());
+    let sorted = |mut keys: Vec<Vec<u8>>| {
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        in_sets(&case),
+        sorted(vec![key(first), key(second)]),
+        "{name}: the set holds the first two flows"
+    );
+    let overflow = raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP);
+    assert_eq!(overflow.len(), 1, "{name}: entries in {CONNTRACK4_MAP}");
+    assert_eq!(
+        overflow[0].key,
+        key(third),
+        "{name}: the overflowing flow's key"
+    );
+    assert_eq!(
+        overflow[0].value,
+        flow_bytes(last_seen, SERVICE_ID as u16, 2, STATE_UDP as u16),
+        "{name}: the overflowing flow's value"
+    );
+    case.forward("overflowing flow again", &Pkt::udp4(third), SERVICE_ID, 2);
+    assert_eq!(case.flows_per_table(), (3, 0), "{name}: flows per table");
+    assert_eq!(case.dp.maps.flows().count(), 3, "{name}: Maps::flows");
+
+    assert!(
+        case.dp.maps.remove_flow(&Pkt::udp4(third).flow_key()),
+        "{name}: removing the overflowing flow"
+    );
+    assert!(
+        raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP).is_empty(),
+        "{name}: {CONNTRACK4_MAP} after the removal"
+    );
+    assert!(
+        case.dp.maps.remove_flow(&Pkt::udp4(first).flow_key()),
+        "{name}: removing the first flow"
+    );
+    // The freed way takes the next flow of the set (every slot still
+    // counts one flow until a sweep, so the pick is the first slot).
+    case.forward("fourth flow", &Pkt::udp4(fourth), SERVICE_ID, 0);
+    assert_eq!(
+        in_sets(&case),
+        sorted(vec![key(second), key(fourth)]),
+        "{name}: the freed way holds the fourth flow"
+    );
+    assert!(
+        raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP).is_empty(),
+        "{name}: {CONNTRACK4_MAP} after the fourth flow"
+    );
+    case.forward("second flow again", &Pkt::udp4(second), SERVICE_ID, 1);
 }

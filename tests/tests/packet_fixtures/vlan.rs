@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    BACKEND_STATE_DOWN, CONNTRACK4_MAP, PROTO_TCP, PROTO_UDP, REASON_FRAGMENT_ORPHAN,
-    REASON_ICMP_FORWARDED, REASON_MALFORMED, REASON_NO_SERVICE, REASON_NOT_IP, REASON_NOT_L4,
-    REASON_REJECTED, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP,
+    BACKEND_STATE_DOWN, CONFIRMED4_MAP, CONNTRACK4_MAP, PROTO_TCP, PROTO_UDP,
+    REASON_FRAGMENT_ORPHAN, REASON_ICMP_FORWARDED, REASON_MALFORMED, REASON_NO_SERVICE,
+    REASON_NOT_IP, REASON_NOT_L4, REASON_REJECTED, SERVICE_FLAG_REJECT, SERVICE_FLAG_SLOPPY_TCP,
     conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
     vlan_path,
 };
@@ -23,7 +23,7 @@ use lb_tests::{
 };
 
 use crate::{
-    families::raw_entries,
+    families::{raw_entries, raw_set_entries},
     raw_keys::{FLOW_KEY4_LEN, key_bytes_of_frame},
     selection::reset_for,
 };
@@ -283,8 +283,12 @@ fn one_five_tuple_on_several_vlans_is_several_flows() {
             case.expect_flow(&label, &ack, id, 0, STATE_ESTABLISHED);
         }
     }
-    let raw = raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP);
-    let mut keys: Vec<Vec<u8>> = raw.into_iter().map(|entry| entry.key).collect();
+    // The connection table: its sets, and its overflow hash.
+    let raw = raw_set_entries::<FLOW_KEY4_LEN, 64>(&case, CONFIRMED4_MAP)
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .chain(raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP));
+    let mut keys: Vec<Vec<u8>> = raw.map(|entry| entry.key).collect();
     let mut expected: Vec<Vec<u8>> = services
         .iter()
         .map(|&(vid, _)| key_bytes_of_frame(&on(vid, TCP_ACK).build()))
@@ -294,7 +298,7 @@ fn one_five_tuple_on_several_vlans_is_several_flows() {
     assert_eq!(
         keys,
         expected,
-        "{name}: {CONNTRACK4_MAP} keys\nexpected:\n{}actual:\n{}",
+        "{name}: connection table keys\nexpected:\n{}actual:\n{}",
         expected.iter().map(|k| hex(k)).collect::<String>(),
         keys.iter().map(|k| hex(k)).collect::<String>(),
     );
