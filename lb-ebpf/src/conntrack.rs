@@ -10,11 +10,12 @@
 //! confirmed one. The connection table is sets of two flows too
 //! (`CONFIRMED4`/`CONFIRMED6`: a lookup reads one cache line), a way
 //! claimed with a compare-and-swap ([`claim`]), and a plain hash
-//! (`CONNTRACK4`/`CONNTRACK6`) for the flows whose set is full. UDP flows and flows a `sloppy_tcp` service picks up
-//! mid-way are confirmed at once. A confirmed flow the full connection
-//! table refuses stays pending (counted) and tries again with the client's
-//! first payload; an ACK picked up in flood mode (`crate::flood`) waits in
-//! the pending table for that payload. Every flow that enters a table is
+//! (`CONNTRACK4`/`CONNTRACK6`) for the flows whose set is full. UDP flows
+//! and flows a `sloppy_tcp` service picks up mid-way are confirmed at once.
+//! A confirmed flow the full connection table refuses (its set and the
+//! overflow hash both full) stays pending (counted) and tries again with
+//! the client's first payload; an ACK picked up in flood mode
+//! (`crate::flood`) waits in the pending table for that payload. Every flow that enters a table is
 //! marked in the flow filter ([`filter::mark`]), with a mark of that
 //! table's kind: a SYN skips each table whose mark it finds clear, and a
 //! flood of new flows, which sets pending marks only, leaves the confirmed
@@ -139,10 +140,13 @@ fn claim<K: TableKey>(set: &mut FlowSet<K>, key: &K, flow: &Flow) -> bool {
 pub trait TableKey: Copy + 'static {
     /// Whether the key is an IPv6 one (which event counters it uses).
     const IPV6: bool;
-    /// The flow's entry in `table`, if it has one there.
+    /// The flow's entry in `table`, if it has one there (in the connection
+    /// table: in its set, else in the overflow hash).
     fn lookup(&self, table: Table) -> Option<*mut Flow>;
-    /// Records `flow` under this key in `table`, with `BPF_ANY` or
-    /// `BPF_NOEXIST`.
+    /// Records `flow` under this key in `table`, with `BPF_ANY` (over the
+    /// flow's entry where it has one) or `BPF_NOEXIST` (a new flow: in the
+    /// connection table, an empty way of its set ([`claim`]), else the
+    /// overflow hash).
     fn insert(&self, table: Table, flow: &Flow, mode: u64) -> Result<(), i32>;
     /// Deletes the key from the pending table; whether it was there.
     fn remove_pending(&self) -> bool;
