@@ -289,8 +289,10 @@ fn ipv4_and_ipv6_flows_are_kept_apart() {
 
 /// A flow whose set of the connection table is full goes to the overflow
 /// hash (CONNTRACK4, under its frame's key and value bytes), keeps its
-/// backend there, and is walked, counted and removed with the others; a
-/// way its set frees takes the next flow of that set.
+/// backend there, and is walked, counted and removed with the others; the
+/// control plane rewrites it there even once its set has a free way
+/// (`Maps::insert_flow`, as sync does); a way its set frees takes the next
+/// flow of that set.
 #[test]
 fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
     let name = "set_overflow";
@@ -351,6 +353,41 @@ fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
     assert_eq!(case.flows_per_table(), (3, 0), "{name}: flows per table");
     assert_eq!(case.dp.maps.flows().count(), 3, "{name}: Maps::flows");
 
+    // A way of the set frees up; the control plane rewrites the
+    // overflowing flow where it is (as sync does), not into that way.
+    assert!(
+        case.dp.maps.remove_flow(&Pkt::udp4(first).flow_key()),
+        "{name}: removing the first flow"
+    );
+    let rebound = Flow {
+        last_seen_ns: monotonic_ns(),
+        service_id: SERVICE_ID as u16,
+        backend_slot: 1,
+        state: STATE_UDP as u16,
+        flags: 0,
+    };
+    case.dp
+        .maps
+        .insert_flow(&Pkt::udp4(third).flow_key(), &rebound)
+        .unwrap_or_else(|e| panic!("{name}: insert_flow: {e:#}"));
+    assert_eq!(
+        in_sets(&case),
+        vec![key(second)],
+        "{name}: the set after the rewrite"
+    );
+    let overflow = raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP);
+    assert_eq!(
+        (overflow.len(), overflow[0].key.clone()),
+        (1, key(third)),
+        "{name}: {CONNTRACK4_MAP} after the rewrite"
+    );
+    // (Read from the table: this CPU's flow cache still holds the copy it
+    // took this period, until the period ends.)
+    assert_eq!(
+        case.flow(&Pkt::udp4(third)),
+        Some(rebound),
+        "{name}: the rewritten flow"
+    );
     assert!(
         case.dp.maps.remove_flow(&Pkt::udp4(third).flow_key()),
         "{name}: removing the overflowing flow"
@@ -358,10 +395,6 @@ fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
     assert!(
         raw_entries::<FLOW_KEY4_LEN>(&case, CONNTRACK4_MAP).is_empty(),
         "{name}: {CONNTRACK4_MAP} after the removal"
-    );
-    assert!(
-        case.dp.maps.remove_flow(&Pkt::udp4(first).flow_key()),
-        "{name}: removing the first flow"
     );
     // The freed way takes the next flow of the set (every slot still
     // counts one flow until a sweep, so the pick is the first slot).
