@@ -3,11 +3,12 @@
 //! marks that share a cache line: a key's confirmed mark (its connection
 //! table) and its pending mark (its pending table, `crate::flow_set`). A
 //! SYN reads the key's line once: with the confirmed mark clear it skips
-//! the connection table (a hash miss in cold memory), with the pending
-//! mark clear its pending set (a cold line, which a SYN that records its
-//! flow writes anyway; a SYN forwarded in flood mode then touches neither
-//! table). Each kind has its own bytes, so that a flood of new flows, which
-//! sets pending marks, leaves the confirmed ones as they were.
+//! the connection table (a miss in cold memory: its set, then its
+//! overflow hash), with the pending mark clear its pending set (a cold
+//! line, which a SYN that records its flow writes anyway; a SYN forwarded
+//! in flood mode then touches neither table). Each kind has its own
+//! bytes, so that a flood of new flows, which sets pending marks, leaves
+//! the confirmed ones as they were.
 //!
 //! A mark is set for a key whenever a flow enters a table under it (by the
 //! data path, and by the control plane for a flow connection sync
