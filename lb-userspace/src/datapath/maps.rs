@@ -692,6 +692,29 @@ pub enum FlowTable {
     Pending,
 }
 
+/// Every flow of the overflow hash `map`, key by key (entries that vanish
+/// mid-walk are skipped), its keys made a [`FlowKey`] by `family`.
+fn hash_flows<K: Pod>(
+    map: &HashMap<MapData, K, Flow>,
+    family: fn(K) -> FlowKey,
+) -> Vec<(FlowKey, Flow)> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(key, flow)| (family(key), flow))
+        .collect()
+}
+
+/// Every flow of the table of flow sets `table`, set by set, its keys made
+/// a [`FlowKey`] by `family`.
+fn set_flows<K: FlowSetKey>(
+    table: &FlowSetTable<K>,
+    family: fn(K) -> FlowKey,
+) -> Vec<(FlowKey, Flow)> {
+    let mut flows = vec![];
+    table.for_each(|key, flow| flows.push((family(key), flow)));
+    flows
+}
+
 /// The four flow tables (a connection table, of sets and an overflow hash,
 /// and a pending table per family), behind one key type.
 impl Maps {
@@ -775,35 +798,13 @@ impl Maps {
     /// plane reads them with [`Maps::for_each_flow`] instead, and tests use
     /// this as an independent reference.
     pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
-        let ipv4 = |map: &'_ HashMap<MapData, FlowKey4, Flow>| {
-            map.iter()
-                .filter_map(Result::ok)
-                .map(|(key, flow)| (FlowKey::V4(key), flow))
-                .collect::<Vec<_>>()
-        };
-        let ipv6 = |map: &'_ HashMap<MapData, FlowKey6, Flow>| {
-            map.iter()
-                .filter_map(Result::ok)
-                .map(|(key, flow)| (FlowKey::V6(key), flow))
-                .collect::<Vec<_>>()
-        };
-        let sets4 = |table: &FlowSetTable<FlowKey4>| {
-            let mut flows = vec![];
-            table.for_each(|key, flow| flows.push((FlowKey::V4(key), flow)));
-            flows
-        };
-        let sets6 = |table: &FlowSetTable<FlowKey6>| {
-            let mut flows = vec![];
-            table.for_each(|key, flow| flows.push((FlowKey::V6(key), flow)));
-            flows
-        };
         [
-            sets4(&self.confirmed4),
-            ipv4(&self.conntrack4),
-            sets4(&self.pending4),
-            sets6(&self.confirmed6),
-            ipv6(&self.conntrack6),
-            sets6(&self.pending6),
+            set_flows(&self.confirmed4, FlowKey::V4),
+            hash_flows(&self.conntrack4, FlowKey::V4),
+            set_flows(&self.pending4, FlowKey::V4),
+            set_flows(&self.confirmed6, FlowKey::V6),
+            hash_flows(&self.conntrack6, FlowKey::V6),
+            set_flows(&self.pending6, FlowKey::V6),
         ]
         .into_iter()
         .flatten()
