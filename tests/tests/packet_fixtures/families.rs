@@ -21,7 +21,10 @@ use lb_tests::{
     xdp_case::{Case, DECOY_ID, SERVICE_ID, up},
 };
 
-use crate::raw_keys::{FLOW_KEY4_LEN, FLOW_KEY6_LEN, key_bytes_of_frame};
+use crate::{
+    cache_view::{current_period, wait_for_period_after},
+    raw_keys::{FLOW_KEY4_LEN, FLOW_KEY6_LEN, key_bytes_of_frame},
+};
 
 /// Bytes of a connection-table value ([`Flow`]).
 const FLOW_VALUE_LEN: usize = 16;
@@ -291,8 +294,9 @@ fn ipv4_and_ipv6_flows_are_kept_apart() {
 /// hash (CONNTRACK4, under its frame's key and value bytes), keeps its
 /// backend there, and is walked, counted and removed with the others; the
 /// control plane rewrites it there even once its set has a free way
-/// (`Maps::insert_flow`, as sync does); a way its set frees takes the next
-/// flow of that set.
+/// (`Maps::insert_flow`, as sync does), and its packets follow the rewrite
+/// once the flow cache's period has passed; a way its set frees takes the
+/// next flow of that set.
 #[test]
 fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
     let name = "set_overflow";
@@ -387,6 +391,15 @@ fn a_flow_whose_set_is_full_goes_to_the_overflow_hash() {
         case.flow(&Pkt::udp4(third)),
         Some(rebound),
         "{name}: the rewritten flow"
+    );
+    // Once the period has passed, every CPU's cached copy is stale: the
+    // packet goes to the table and follows the rewrite.
+    wait_for_period_after(name, current_period());
+    case.forward(
+        "rewritten flow, next period",
+        &Pkt::udp4(third),
+        SERVICE_ID,
+        1,
     );
     assert!(
         case.dp.maps.remove_flow(&Pkt::udp4(third).flow_key()),
