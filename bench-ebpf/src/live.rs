@@ -1,10 +1,10 @@
 //! The live-traffic benchmark's generator and sink (see `bench/src/live.rs`).
 //!
 //! The generator runs through `BPF_PROG_TEST_RUN` in live-frames mode on the
-//! generator's veth: it stamps a flow number into each frame's source address
-//! and port and sends the frame out with `XDP_TX`, towards the director. The
-//! sink sits on the same veth and counts what the director sends back, per
-//! destination MAC.
+//! generator's veth: it gives each frame the Ethernet addresses a client's
+//! frame has, stamps a flow number into its source address and port and
+//! sends it out with `XDP_TX`, towards the director. The sink sits on the
+//! same veth and counts what the director sends back, per destination MAC.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -24,6 +24,11 @@ const GEN_SRC_PORT: usize = 14 + 20;
 #[btf_map]
 static GEN_FLOWS: Array<u64, 1> = Array::new();
 
+/// Generator setting, written by user space: the Ethernet destination and
+/// source of a client's frame (the director's MAC, then the generator's).
+#[btf_map]
+static GEN_ETHERNET: Array<[u8; 12], 1> = Array::new();
+
 /// Generator state: index 0 counts the frames generated so far.
 #[btf_map]
 static GEN_COUNTER: Array<u64, 1> = Array::new();
@@ -32,10 +37,19 @@ static GEN_COUNTER: Array<u64, 1> = Array::new();
 #[btf_map]
 static SINK_COUNTS: PerCpuArray<u64, 256> = PerCpuArray::new();
 
-/// The generator: flow `n` (the frame counter modulo `GEN_FLOWS`, or the
-/// counter itself) gets source port `n mod 65536` and source address last
-/// octet `n / 65536 mod 256`, so a new-flow stream repeats a 5-tuple only
-/// every 16.7 M frames. Frames are sent out with `XDP_TX`.
+/// The generator: every frame leaves as a client sends it. Its Ethernet
+/// addresses are set from `GEN_ETHERNET`: the test run recycles its pages
+/// without rewriting them, so a frame would otherwise come back with the
+/// addresses the forwarder gave it last time (a backend's MAC, which lb's
+/// NIC filter does not accept). And flow `n` (the frame counter modulo
+/// `GEN_FLOWS`, or the counter itself) gets source port `n mod 65536` and
+/// source address last octet `n / 65536 mod 256`, so a new-flow stream
+/// repeats a 5-tuple only every 16.7 M frames. Frames are sent out with
+/// `XDP_TX`.
+///
+/// Like a NIC writing a received frame, the generator so writes both cache
+/// lines of the headers a forwarder reads (the Ethernet addresses, and the
+/// addresses and ports), on its own CPU.
 ///
 /// The counter is updated without atomics: one test run, on one CPU, drives it.
 #[xdp]
@@ -44,12 +58,23 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     if start + GEN_SRC_PORT + 2 > ctx.data_end() {
         return xdp_action::XDP_DROP;
     }
-    let (Some(counter), Some(flows)) = (GEN_COUNTER.get_ptr_mut(0), GEN_FLOWS.get(0)) else {
+    let (Some(counter), Some(flows), Some(ethernet)) = (
+        GEN_COUNTER.get_ptr_mut(0),
+        GEN_FLOWS.get(0),
+        GEN_ETHERNET.get(0),
+    ) else {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: map values are valid for the program's run; the frame holds
-    // the bytes written (checked above).
+    // the bytes written (checked above: the port ends past the Ethernet
+    // addresses). Misaligned accesses are allowed (see `build.rs`).
     unsafe {
+        let (from, to) = (ethernet.as_ptr(), start as *mut u8);
+        to.cast::<u64>()
+            .write_unaligned(from.cast::<u64>().read_unaligned());
+        to.add(8)
+            .cast::<u32>()
+            .write_unaligned(from.add(8).cast::<u32>().read_unaligned());
         let count = *counter;
         *counter = count + 1;
         let flow = if *flows == 0 { count } else { count % *flows };

@@ -9,9 +9,10 @@
 //! ```
 //!
 //! The generator program runs through `BPF_PROG_TEST_RUN` in live-frames mode
-//! with g0 as its ingress device: each frame gets a source port (and source
-//! address octet) from a counter and leaves g0 with `XDP_TX`, so it arrives on
-//! the director's d0. The program under test forwards it back out of d0 with
+//! with g0 as its ingress device: each frame gets a client frame's Ethernet
+//! addresses (the test run recycles pages as the forwarder left them) and a
+//! source port (and source address octet) from a counter, and leaves g0
+//! with `XDP_TX`, so it arrives on the director's d0 as a client sent it. The program under test forwards it back out of d0 with
 //! `XDP_TX`; the sink on g0 counts it per destination MAC and drops it. The
 //! sink also makes the veth pair deliver `XDP_TX` frames at all (a veth does
 //! so only when its peer has an XDP program). No bridge, no network stack.
@@ -21,8 +22,9 @@
 //! generation. Each pattern runs twice: with the director's NAPI inline in
 //! the generator's softirq (one CPU does everything) and, given two CPUs,
 //! with it in a NAPI thread on a CPU of its own. lb is attached exactly as
-//! `lb run` does it (driver mode, maps filled through `lb::datapath`, the
-//! SYN-flood guard at `lb run`'s default rate), with three backends weighted
+//! `lb run` does it (driver mode, maps filled through `lb::datapath`, d0
+//! registered with its MAC filter, the SYN-flood guard at `lb run`'s
+//! default rate), with three backends weighted
 //! 1000/500/800 that have static MACs, so the sink also shows the weighted
 //! split.
 //!
@@ -59,8 +61,8 @@ use lb::datapath::{
 };
 use lb_common::{
     Attachment, BACKEND_STATE_UP, Backend, BackendSet, DEFAULT_SYN_FLOOD_RATE,
-    EVENT_PENDING_OPENED, EVENT_STATELESS_SYN, FlowKey, PROTO_TCP, SERVICE_FLAG_SLOPPY_TCP,
-    Service, ServiceKey, conn_state::STATE_ESTABLISHED,
+    EVENT_PENDING_OPENED, EVENT_STATELESS_SYN, FlowKey, NicFilter, PROTO_TCP,
+    SERVICE_FLAG_SLOPPY_TCP, Service, ServiceKey, conn_state::STATE_ESTABLISHED,
 };
 use lb_tests::{netns::ifindex, xdp_case::xdp_md};
 
@@ -650,6 +652,16 @@ impl Bench {
             ebpf.take_map("SINK_COUNTS")
                 .ok_or_else(|| anyhow!("map SINK_COUNTS missing"))?,
         )?;
+        // A client's frame: to the director, from the generator.
+        let mut ethernet = [0u8; 12];
+        ethernet[..6].copy_from_slice(&DIR_MAC);
+        ethernet[6..].copy_from_slice(&GEN_MAC);
+        Array::<_, [u8; 12]>::try_from(
+            ebpf.map_mut("GEN_ETHERNET")
+                .ok_or_else(|| anyhow!("map GEN_ETHERNET missing"))?,
+        )?
+        .set(0, ethernet, 0)
+        .context("writing GEN_ETHERNET")?;
         let gen_ifindex = in_netns(&bed.gen_fd, || {
             xdp_mut(&mut ebpf, "bench_sink")?
                 .attach(&bed.gen_if, XdpMode::Driver)
@@ -676,7 +688,7 @@ impl Bench {
         frames: u32,
     ) -> anyhow::Result<LiveRow> {
         // A fresh lb per case: an empty connection table, zero connection counts.
-        let mut dp = self.load_lb()?;
+        let mut dp = self.load_lb(bed)?;
         let kept = if case.keeps_established {
             Some(self.establish(bed, &mut dp)?)
         } else {
@@ -747,10 +759,15 @@ impl Bench {
     }
 
     /// Loads lb's data path and provisions the service (not attached yet),
-    /// with the SYN-flood guard at `lb run`'s default rate.
-    fn load_lb(&self) -> anyhow::Result<Datapath> {
+    /// with the SYN-flood guard at `lb run`'s default rate and d0
+    /// registered as `lb run` registers a director NIC: its MAC filter
+    /// (frames to d0's MAC only) and its place among the redirect targets.
+    fn load_lb(&self, bed: &Bed) -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(FlowCapacity::default(), None)?;
         dp.maps.set_flood_guard(DEFAULT_SYN_FLOOD_RATE)?;
+        dp.maps
+            .set_nic_filter(&NicFilter::new(&bed.dir_if, self.dir_ifindex, DIR_MAC, &[]))?;
+        dp.maps.set_tx_port(self.dir_ifindex)?;
         let mut set = BackendSet {
             len: BACKENDS.len() as u32,
             ..BackendSet::default()
