@@ -273,8 +273,24 @@ impl Placement {
 
 /// Runs the live benchmark (root). `quick` = short runs for a smoke test;
 /// `online_cpus`: the machine's, counted before the bench pinned itself to
-/// one (the split placement needs two).
-pub fn run(quick: bool, online_cpus: usize) -> anyhow::Result<Vec<LiveRow>> {
+/// one (the split placement needs two); `only`: the name of the one case to
+/// run, else all.
+pub fn run(quick: bool, online_cpus: usize, only: Option<&str>) -> anyhow::Result<Vec<LiveRow>> {
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .filter(|case| only.is_none_or(|name| case.name == name))
+        .collect();
+    if cases.is_empty() {
+        let names: Vec<_> = CASES
+            .iter()
+            .map(|case| format!("{:?}", case.name))
+            .collect();
+        bail!(
+            "no live case is named {:?}: the cases are {}",
+            only.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
     // (rounds, frames per measured run)
     let (rounds, frames) = if quick { (2, 200_000) } else { (9, 1_000_000) };
     let bed = Bed::create()?;
@@ -286,7 +302,7 @@ pub fn run(quick: bool, online_cpus: usize) -> anyhow::Result<Vec<LiveRow>> {
     let mut rows = Vec::new();
     for placement in placements {
         bed.place(placement)?;
-        for case in &CASES {
+        for case in &cases {
             rows.push(
                 bench
                     .case(&bed, case, placement, rounds, frames)

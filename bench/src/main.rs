@@ -65,6 +65,16 @@ struct Cli {
     /// Directory for results.json and results.svg.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
+    /// Run only the live-traffic benchmark and print its table and target
+    /// lines (no results.json): for repeating the live cases, whose ratios
+    /// move more from run to run than the others.
+    #[arg(long)]
+    live_only: bool,
+    /// With --live-only: only the live case of this name, as the table
+    /// names it ("1 flow", "10k established flows", "new flow every
+    /// packet").
+    #[arg(long, value_name = "NAME", requires = "live_only")]
+    live_case: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +111,12 @@ fn main() -> anyhow::Result<()> {
         );
     }
     pin_to_cpu(params.cpu)?;
+    if cli.live_only {
+        let rows = live::run(cli.quick, online, cli.live_case.as_deref())
+            .context("live-traffic benchmark")?;
+        println!("live traffic\n{}", live::table(&rows));
+        return Ok(());
+    }
     let results = micro::run(&params)?;
     // lb's sweep schedule over this window, per table size: 30 s even in a
     // quick run, since a shorter one holds the first sweep of a 1 M-flow
@@ -121,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     let live = if cli.skip_live {
         None
     } else {
-        Some(live::run(cli.quick, online).context("live-traffic benchmark")?)
+        Some(live::run(cli.quick, online, None).context("live-traffic benchmark")?)
     };
     let meta = report::Meta {
         date: utc_now(),
