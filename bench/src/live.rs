@@ -12,7 +12,8 @@
 //! with g0 as its ingress device: each frame gets a client frame's Ethernet
 //! addresses (the test run recycles pages as the forwarder left them) and a
 //! source port (and source address octet) from a counter, and leaves g0
-//! with `XDP_TX`, so it arrives on the director's d0 as a client sent it. The program under test forwards it back out of d0 with
+//! with `XDP_TX`, so it arrives on the director's d0 as a client sent it.
+//! The program under test forwards it back out of d0 with
 //! `XDP_TX`; the sink on g0 counts it per destination MAC and drops it. The
 //! sink also makes the veth pair deliver `XDP_TX` frames at all (a veth does
 //! so only when its peer has an XDP program). No bridge, no network stack.
