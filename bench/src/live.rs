@@ -669,16 +669,7 @@ impl Bench {
             ebpf.take_map("SINK_COUNTS")
                 .ok_or_else(|| anyhow!("map SINK_COUNTS missing"))?,
         )?;
-        // A client's frame: to the director, from the generator.
-        let mut ethernet = [0u8; 12];
-        ethernet[..6].copy_from_slice(&DIR_MAC);
-        ethernet[6..].copy_from_slice(&GEN_MAC);
-        Array::<_, [u8; 12]>::try_from(
-            ebpf.map_mut("GEN_ETHERNET")
-                .ok_or_else(|| anyhow!("map GEN_ETHERNET missing"))?,
-        )?
-        .set(0, ethernet, 0)
-        .context("writing GEN_ETHERNET")?;
+        write_setting(&mut ebpf, "GEN_ETHERNET", client_ethernet())?;
         let gen_ifindex = in_netns(&bed.gen_fd, || {
             xdp_mut(&mut ebpf, "bench_sink")?
                 .attach(&bed.gen_if, XdpMode::Driver)
@@ -746,13 +737,7 @@ impl Bench {
     /// frame), from flow 0.
     fn set_generator(&mut self, flows: u64) -> anyhow::Result<()> {
         for (name, value) in [("GEN_FLOWS", flows), ("GEN_COUNTER", 0)] {
-            let mut map = Array::<_, u64>::try_from(
-                self.ebpf
-                    .map_mut(name)
-                    .ok_or_else(|| anyhow!("map {name} missing"))?,
-            )?;
-            map.set(0, value, 0)
-                .with_context(|| format!("writing {name}"))?;
+            write_setting(&mut self.ebpf, name, value)?;
         }
         Ok(())
     }
@@ -941,13 +926,32 @@ fn flood_check(dp: &Datapath, before: &[(FlowKey, u16)]) -> anyhow::Result<Flood
     })
 }
 
+/// The Ethernet destination and source of a client's frame: to d0, from
+/// g0 (what [`frame`] starts with, and what the generator restores).
+fn client_ethernet() -> [u8; 12] {
+    let mut addresses = [0u8; 12];
+    addresses[..6].copy_from_slice(&DIR_MAC);
+    addresses[6..].copy_from_slice(&GEN_MAC);
+    addresses
+}
+
+/// Writes `value` at index 0 of the generator's setting map `name` (a
+/// one-entry array of `bench-ebpf`).
+fn write_setting<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) -> anyhow::Result<()> {
+    let mut map = Array::<_, V>::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?,
+    )?;
+    map.set(0, value, 0)
+        .with_context(|| format!("writing {name}"))
+}
+
 /// A TCP segment from a client of `net` to the VIP, addressed to d0 (the
 /// generator fills in the source port and the last octet of the source
 /// address).
 fn frame(net: [u8; 3], tcp_flags: u8) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&DIR_MAC);
-    f[6..12].copy_from_slice(&GEN_MAC);
+    f[0..12].copy_from_slice(&client_ethernet());
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut f[14..34];
     ip[0] = 0x45;

@@ -15,11 +15,11 @@
 //! A confirmed flow the full connection table refuses (its set and the
 //! overflow hash both full) stays pending (counted) and tries again with
 //! the client's first payload; an ACK picked up in flood mode
-//! (`crate::flood`) waits in the pending table for that payload. Every flow that enters a table is
-//! marked in the flow filter ([`filter::mark`]), with a mark of that
-//! table's kind: a SYN skips each table whose mark it finds clear, and a
-//! flood of new flows, which sets pending marks only, leaves the confirmed
-//! ones useful.
+//! (`crate::flood`) waits in the pending table for that payload. Every
+//! flow that enters a table is marked in the flow filter
+//! ([`filter::mark`]), with a mark of that table's kind: a SYN skips each
+//! table whose mark it finds clear, and a flood of new flows, which sets
+//! pending marks only, leaves the confirmed ones useful.
 //! The per-backend active/inactive counters follow every state change, with
 //! atomic adds because several CPUs schedule flows of one service at once,
 //! and each change replays the backend's matches in the service's scheduler
