@@ -331,13 +331,8 @@ impl Maps {
         let Some((index, ifindex)) = found else {
             return Ok(None);
         };
-        match self.tx_ports.remove(ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("removing ifindex {ifindex} from {TX_PORTS_MAP}"));
-            }
-        }
+        deleted_or_absent(self.tx_ports.remove(ifindex))
+            .with_context(|| format!("removing ifindex {ifindex} from {TX_PORTS_MAP}"))?;
         self.nic_filter
             .set(index, NicFilter::default(), 0)
             .with_context(|| format!("clearing the MAC filter of {name}"))?;
@@ -462,10 +457,8 @@ impl Maps {
             return Ok(());
         }
         for key in keys {
-            match self.services.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting service {id}")),
-            }
+            deleted_or_absent(self.services.remove(key))
+                .with_context(|| format!("deleting service {id}"))?;
         }
         let mut port_bits: StdHashMap<u16, u32> = StdHashMap::new();
         let mut vip_bits: StdHashMap<VipKey, u32> = StdHashMap::new();
@@ -488,10 +481,7 @@ impl Maps {
         let vips: HashSet<VipKey> = keys.iter().map(VipKey::of).collect();
         for vip in vips {
             let written = match vip_bits.get(&vip) {
-                None => match self.vips.remove(&vip) {
-                    Err(MapError::KeyNotFound) => Ok(()),
-                    other => other,
-                },
+                None => deleted_or_absent(self.vips.remove(&vip)),
                 Some(&bits) => self.vips.insert(vip, bits, 0),
             };
             written.with_context(|| format!("removing the VIP of service {id} from {VIPS_MAP}"))?;
@@ -1046,6 +1036,16 @@ fn zero_counters<T: Pod + Default>(
     let zeros = PerCpuValues::try_from(vec![T::default(); cpus])?;
     map.set(index, zeros, 0)
         .with_context(|| format!("zeroing counters {index}"))
+}
+
+/// `result`, a map delete's, with a key that was not there counted as
+/// deleted: aya reports that as the syscall's `ENOENT`, not as
+/// `MapError::KeyNotFound` (which only lookups return).
+fn deleted_or_absent(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 /// Reads one value of an array map (used for the large backend values).

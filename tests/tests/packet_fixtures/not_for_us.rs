@@ -164,7 +164,8 @@ fn non_ip_frames_pass() {
 /// frames for a service to the NIC's MAC or to a VRRP MAC of that id are
 /// balanced; frames to another host's MAC, another router id or broadcast
 /// (a promiscuous NIC, a flooding switch) pass to the stack as
-/// `pass_not_for_us` and open no flow.
+/// `pass_not_for_us` and open no flow. Without its filter the NIC takes
+/// them again.
 #[test]
 fn frames_to_another_mac_are_passed() {
     let name = "not_for_us_mac";
@@ -214,4 +215,23 @@ fn frames_to_another_mac_are_passed() {
         case.send(label, &frame, Expect::Pass(REASON_NOT_FOR_US));
     }
     assert_eq!(case.flow_count(), 3, "{name}: flows");
+
+    // Removing the filter of a NIC that was never a redirect target (no
+    // `TX_PORTS` entry to delete) succeeds, and the NIC takes every frame
+    // again.
+    assert_eq!(
+        case.dp.maps.remove_nic("lo").expect("removing lo's filter"),
+        Some(LO_IFINDEX),
+        "{name}: removed ifindex"
+    );
+    case.forward(
+        "another host's MAC, no filter",
+        &to(
+            Pkt::tcp4(40103, TCP_SYN),
+            [0x02, 0x99, 0x00, 0x00, 0x00, 0x01],
+        ),
+        SERVICE_ID,
+        0,
+    );
+    assert_eq!(case.flow_count(), 4, "{name}: flows without the filter");
 }
