@@ -82,8 +82,8 @@ use serde::Serialize;
 
 use crate::micro::{
     DIRECTOR4, FLOOD_REARM_CALLS, Figure, FloodMode, Params, Reference, SMALL_TABLE_FLOWS, Tuple,
-    establish, flow_event, install, ipv4_datapath, prefill, rotation, stateful, thousands,
-    time_per_call_with,
+    establish, filter_as_lb_run, flow_event, install, ipv4_datapath, prefill, rotation, stateful,
+    thousands, time_per_call_with,
 };
 
 /// Reals of Katran's VIP and backends of lb's service: the new-flow case
@@ -616,6 +616,7 @@ pub fn run(object: &Path, params: &Params) -> anyhow::Result<Vec<Row>> {
     stateful(&mut lb)?;
     let lb_flood = FloodMode::of(&lb)?;
     install(&mut lb, 0, vip, PROTO_TCP, &backends)?;
+    filter_as_lb_run(&mut lb)?;
     prefill(&mut lb, vip, MANY_FLOWS, REALS as u16)?;
     katran.prefill(MANY_FLOWS)?;
     let client = rotation(MANY_FLOWS, 0);
@@ -623,6 +624,7 @@ pub fn run(object: &Path, params: &Params) -> anyhow::Result<Vec<Row>> {
     let mut lb_small = ipv4_datapath(SMALL_TABLE_FLOWS, SMALL_TABLE_FLOWS)?;
     stateful(&mut lb_small)?;
     install(&mut lb_small, 0, vip, PROTO_TCP, &backends)?;
+    filter_as_lb_run(&mut lb_small)?;
     let no_service = Tuple {
         dst: DIRECTOR4.into(),
         dport: 22,
