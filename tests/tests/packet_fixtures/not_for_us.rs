@@ -198,12 +198,10 @@ fn frames_to_another_mac_are_passed() {
         DECOY_ID,
         0,
     );
+    // Another host's MAC on the segment.
+    let elsewhere = [0x02, 0x99, 0x00, 0x00, 0x00, 0x01];
     for (sport, label, mac) in [
-        (
-            40100,
-            "another host's MAC",
-            [0x02, 0x99, 0x00, 0x00, 0x00, 0x01],
-        ),
+        (40100, "another host's MAC", elsewhere),
         (
             40101,
             "another VRRP id",
@@ -224,14 +222,7 @@ fn frames_to_another_mac_are_passed() {
         Some(LO_IFINDEX),
         "{name}: removed ifindex"
     );
-    case.forward(
-        "another host's MAC, no filter",
-        &to(
-            Pkt::tcp4(40103, TCP_SYN),
-            [0x02, 0x99, 0x00, 0x00, 0x00, 0x01],
-        ),
-        SERVICE_ID,
-        0,
-    );
+    let frame = to(Pkt::tcp4(40103, TCP_SYN), elsewhere);
+    case.forward("another host's MAC, no filter", &frame, SERVICE_ID, 0);
     assert_eq!(case.flow_count(), 4, "{name}: flows without the filter");
 }
