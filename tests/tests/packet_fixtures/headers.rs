@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use aya::programs::ProgramError;
 use lb_common::{
-    PROTO_TCP, REASON_MALFORMED, REASON_NOT_L4,
-    conn_state::{STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
+    FLOW_CARRIED_DATA, PROTO_TCP, PROTO_UDP, REASON_MALFORMED, REASON_NOT_L4,
+    conn_state::{STATE_ESTABLISHED, STATE_SYN_RECV, STATE_UDP, TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
     VIP4, VIP6,
@@ -365,5 +365,102 @@ fn tcp_data_offset_is_checked() {
         let input = with_tcp_data_offset(pkt.build(), ip_end, 6);
         let output = with_tcp_data_offset(pkt.forwarded(SERVICE_ID, 0), ip_end, 6);
         case.send(&name, &input, Expect::Tx(output));
+    }
+}
+
+/// Nearly every frame has one layout, untagged IPv4 without options, TCP
+/// or UDP, not a fragment, which the parser reads at constant offsets; it
+/// reads any other layout field by field, and the two readings must agree.
+/// The same packets, in that layout and behind four bytes of IPv4 options,
+/// are forwarded and record the same flows, and only payload past the
+/// transport header marks a flow as having carried data: never Ethernet
+/// padding, never the options of a TCP header. A frame too short for the
+/// constant offsets (an unpadded empty UDP datagram, as a veth delivers
+/// one) is read field by field.
+#[test]
+fn both_ipv4_readings_agree() {
+    for (layout, options) in [("plain", Vec::new()), ("IPv4 options", ipv4_options(4))] {
+        let name = format!("ipv4_readings: {layout}");
+        let Some(mut case) = Case::new(&name) else {
+            return;
+        };
+        case.service(SERVICE_ID, VIP4.into(), PROTO_TCP, &[up(1)]);
+        case.service(SERVICE_ID + 1, VIP4.into(), PROTO_UDP, &[up(1)]);
+        let laid_out = |pkt: Pkt| {
+            if options.is_empty() {
+                pkt
+            } else {
+                pkt.with_options(&options)
+            }
+        };
+        let flags_of = |pkt: &Pkt| case.flow(pkt).map(|flow| flow.flags);
+
+        // (label, client port, the segment after the handshake, its TCP
+        // header's length in words if not 5, whether it carries data)
+        let segments = [
+            (
+                "padded ACK",
+                40001,
+                Pkt::tcp4(40001, TCP_ACK).padded_to(60),
+                None,
+                false,
+            ),
+            (
+                "data",
+                40002,
+                Pkt::tcp4(40002, TCP_ACK).with_payload(b"USER anonymous\r\n"),
+                None,
+                true,
+            ),
+            // Eight words: the 12 option bytes are not data, a 13th byte is.
+            (
+                "TCP options only",
+                40003,
+                Pkt::tcp4(40003, TCP_ACK).with_payload(&[0x01; 12]),
+                Some(8),
+                false,
+            ),
+            (
+                "TCP options and data",
+                40004,
+                Pkt::tcp4(40004, TCP_ACK).with_payload(&[0x01; 13]),
+                Some(8),
+                true,
+            ),
+        ];
+        for (label, port, segment, words, carries_data) in segments {
+            let segment = laid_out(segment);
+            case.forward(
+                &format!("{label}: SYN"),
+                &laid_out(Pkt::tcp4(port, TCP_SYN)),
+                SERVICE_ID,
+                0,
+            );
+            let (mut input, mut output) = (segment.build(), segment.forwarded(SERVICE_ID, 0));
+            if let Some(words) = words {
+                let ip_end = segment.layout().ip_end;
+                input = with_tcp_data_offset(input, ip_end, words);
+                output = with_tcp_data_offset(output, ip_end, words);
+            }
+            case.send(label, &input, Expect::Tx(output));
+            case.expect_flow(label, &segment, SERVICE_ID, 0, STATE_ESTABLISHED);
+            let expected = if carries_data { FLOW_CARRIED_DATA } else { 0 };
+            assert_eq!(flags_of(&segment), Some(expected), "{name}: {label}");
+        }
+
+        for (label, datagram, expected) in [
+            ("empty datagram, unpadded", Pkt::udp4(40005), 0),
+            ("empty datagram, padded", Pkt::udp4(40006).padded_to(60), 0),
+            (
+                "datagram",
+                Pkt::udp4(40007).with_payload(b"payload").padded_to(60),
+                FLOW_CARRIED_DATA,
+            ),
+        ] {
+            let datagram = laid_out(datagram);
+            case.forward(label, &datagram, SERVICE_ID + 1, 0);
+            case.expect_flow(label, &datagram, SERVICE_ID + 1, 0, STATE_UDP);
+            assert_eq!(flags_of(&datagram), Some(expected), "{name}: {label}");
+        }
     }
 }
