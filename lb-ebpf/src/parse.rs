@@ -1,9 +1,7 @@
 //! Header parsing: Ethernet, VLAN tags if any ([`vlan`](crate::vlan)), IPv4
 //! (with options) or IPv6 (bounded extension header walk), then the TCP or
-//! UDP ports; any other protocol goes to the caller's handler. The layout
-//! nearly every frame has is read first, at constant offsets behind one
-//! bounds check ([`plain_ipv4`]); any other frame is read field by field,
-//! every read through [`ptr_at`]. An IP fragment stops the parse at the IP layer:
+//! UDP ports; any other protocol goes to the caller's handler. Every read
+//! goes through [`ptr_at`]. An IP fragment stops the parse at the IP layer:
 //! [`Fragment`] says what `crate::fragment` needs to tie it to its datagram
 //! ([`transport`] reads a first fragment's ports).
 //!
@@ -273,9 +271,6 @@ pub fn parse(
     ctx: &XdpContext,
     not_tcp_udp: impl FnOnce(&XdpContext, &NotTcpUdp) -> Verdict,
 ) -> Result<Packet, Unparsed> {
-    if let Some(packet) = plain_ipv4(ctx) {
-        return Ok(packet);
-    }
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(MALFORMED)?;
     // SAFETY: the Ethernet header is inside the frame.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -295,76 +290,6 @@ pub fn parse(
         }
     }
 }
-
-/// The layout of nearly every frame a director sees, read behind one bounds
-/// check at constant offsets: an untagged IPv4 TCP or UDP packet without IP
-/// options that is not a fragment, in a frame holding at least
-/// [`PLAIN_IPV4_LEN`] bytes (every Ethernet frame does: the minimum is 60).
-/// `None` for any other frame, which [`parse`] then reads field by field;
-/// `Some` only where that would give the same [`Packet`].
-///
-/// IPv6 has no such path: a second way into the IPv6 steps that follow the
-/// parse took the verifier past its limit of a million processed
-/// instructions.
-#[inline(always)]
-fn plain_ipv4(ctx: &XdpContext) -> Option<Packet> {
-    let start = ctx.data();
-    if start + PLAIN_IPV4_LEN > ctx.data_end() {
-        return None;
-    }
-    let eth = start as *const EthHdr;
-    let ip = (start + EthHdr::LEN) as *const Ipv4Hdr;
-    // TCP and UDP headers both start with the two ports.
-    let tcp = (start + PLAIN_IPV4_L4) as *const TcpHdr;
-    // SAFETY: the frame holds `PLAIN_IPV4_LEN` bytes (checked above): the
-    // three headers, whole.
-    let (ether_type, vihl, tot_len, frags, proto, src_port, dst_port, data_offset, flags) = unsafe {
-        (
-            u16::from_be((*eth).ether_type),
-            (*ip).vihl,
-            be16(&raw const (*ip).tot_len),
-            be16(&raw const (*ip).frags),
-            (*ip).proto,
-            be16(&raw const (*tcp).source),
-            be16(&raw const (*tcp).dest),
-            *tcp.cast::<u8>().add(TCP_DATA_OFFSET_OFFSET) >> 4,
-            *tcp.cast::<u8>().add(TCP_FLAGS_OFFSET),
-        )
-    };
-    // Version 4 with a 20-byte header, and neither MF nor an offset.
-    if ether_type != ETH_P_IP || vihl != 0x45 || frags & (IPV4_MF | IPV4_OFFSET_MASK) != 0 {
-        return None;
-    }
-    let ip_end = EthHdr::LEN + usize::from(tot_len);
-    // Where the transport header ends: as `transport` requires, inside the
-    // IP datagram, and for TCP no shorter than its 20 fixed bytes.
-    let (l4_end, tcp_flags) = match proto {
-        PROTO_TCP if usize::from(data_offset) * 4 >= TcpHdr::LEN => {
-            (PLAIN_IPV4_L4 + usize::from(data_offset) * 4, flags)
-        }
-        PROTO_UDP => (PLAIN_IPV4_L4 + UdpHdr::LEN, 0),
-        _ => return None,
-    };
-    if l4_end > ip_end {
-        return None;
-    }
-    Some(Packet {
-        ip: IpHeader::V4(ip),
-        l3_offset: EthHdr::LEN,
-        vlan: 0,
-        proto,
-        src_port,
-        dst_port,
-        tcp_flags,
-        carries_data: l4_end < ip_end,
-    })
-}
-
-/// Where [`plain_ipv4`]'s transport header starts.
-const PLAIN_IPV4_L4: usize = EthHdr::LEN + Ipv4Hdr::LEN;
-/// The bytes [`plain_ipv4`] needs in a frame: its headers up to a 20-byte
-/// TCP header (a UDP packet of the layout is as long, in a 60-byte frame).
-const PLAIN_IPV4_LEN: usize = PLAIN_IPV4_L4 + TcpHdr::LEN;
 
 /// [`parse`] from the IP header on: the header `ether_type` announces, at
 /// `l3_offset`, of a frame on the VLAN path `vlan`.
