@@ -316,8 +316,14 @@ pub fn run(quick: bool, online_cpus: usize, only: Option<&str>) -> anyhow::Resul
     Ok(rows)
 }
 
+/// The live benchmark's part of the printed report: a heading, then
+/// [`table`].
+pub fn section(rows: &[LiveRow]) -> String {
+    format!("live traffic\n{}\n", table(rows))
+}
+
 /// Aligned text table of the rows.
-pub fn table(rows: &[LiveRow]) -> String {
+fn table(rows: &[LiveRow]) -> String {
     let mut out = format!(
         "{:<22} {:<6} {:>8} {:>9} {:>6} {:>8} {:>9} {:>6}  {}\n",
         "live, 64 B frames",

@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     if cli.live_only {
         let rows = live::run(cli.quick, online, cli.live_case.as_deref())
             .context("live-traffic benchmark")?;
-        println!("live traffic\n{}", live::table(&rows));
+        print!("{}", live::section(&rows));
         return Ok(());
     }
     let results = micro::run(&params)?;
@@ -156,7 +156,7 @@ fn main() -> anyhow::Result<()> {
     print!("{}", control::table(&report.control));
     print!("{}", report.katran.table());
     if let Some(rows) = &report.live {
-        println!("\nlive traffic\n{}", live::table(rows));
+        print!("\n{}", live::section(rows));
     }
     report.write(&cli.out)
 }
