@@ -89,6 +89,7 @@ const LOSS_DIVISOR: u64 = 100;
 const INTERVAL: Duration = Health::TCP_INTERVAL;
 const FALL: u32 = Health::TCP_FALL;
 const FLOOD_HOLD: Duration = Duration::from_nanos(FLOOD_HOLD_NS);
+const FLOOD_WINDOW: Duration = Duration::from_nanos(FLOOD_WINDOW_NS);
 const ACK_GRACE: Duration = Duration::from_nanos(FLOOD_ACK_GRACE_NS);
 
 /// The tests of this file run one at a time: each floods its director from
@@ -298,6 +299,13 @@ fn syn_flood_mode_forwards_syns_unrecorded_and_picks_up_acks() {
     let watched_server = watched[0].server().to_owned();
     let watched_client = clients(&setup, &watched)[0];
     let watcher = Watcher::start(watched.pop().expect("one connection"));
+    // Every SYN window the real connections' SYNs began (the watched one's
+    // just now) ends before the flood starts, so that each CPU's first
+    // window of the flood is the flood's own: a window that began before
+    // the flood and ended in its first milliseconds would give its CPU a
+    // second window of SYNs to record before flood mode (seen: one sender's
+    // turn of 32 SYNs more, in about one run of ten).
+    thread::sleep(2 * FLOOD_WINDOW);
 
     let client = setup.bed.client();
     let flood = syn_flood(&setup, vip, CHUNK);
