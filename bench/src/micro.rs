@@ -471,12 +471,6 @@ pub(crate) fn filter_as_lb_run(dp: &mut Datapath) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the MAC filter [`filter_as_lb_run`] gave `dp`.
-fn remove_filter(dp: &mut Datapath) -> anyhow::Result<()> {
-    dp.maps.remove_nic(TEST_RUN_NIC)?;
-    Ok(())
-}
-
 /// The reference programs, loaded.
 pub(crate) struct Reference {
     ebpf: Ebpf,
@@ -1014,7 +1008,7 @@ pub fn run(params: &Params) -> anyhow::Result<Results> {
                 time_per_call(dp.program(), params.calls, params.trim, XDP_TX, every)
                     .with_context(|| format!("every flow of {flows} (round {})", round + 1))?,
             );
-            remove_filter(dp)?;
+            dp.maps.remove_nic(TEST_RUN_NIC)?;
         }
     }
 

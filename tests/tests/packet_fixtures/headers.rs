@@ -368,6 +368,9 @@ fn tcp_data_offset_is_checked() {
     }
 }
 
+/// A packet built for a client port.
+type FromPort = fn(u16) -> Pkt;
+
 /// Only payload past the transport header marks a flow as having carried
 /// data: never Ethernet padding after the IP datagram, never the options of
 /// a TCP header; with and without IPv4 options, which move the transport
@@ -394,41 +397,37 @@ fn only_payload_counts_as_data() {
         };
         let flags_of = |pkt: &Pkt| case.flow(pkt).map(|flow| flow.flags);
 
-        // (label, client port, the segment after the handshake, its TCP
-        // header's length in words if not 5, whether it carries data)
-        let segments = [
+        // (label, the segment after the handshake from a client port, its
+        // TCP header's length in words if not 5, whether it carries data)
+        let segments: [(&str, FromPort, Option<u8>, bool); 4] = [
             (
                 "padded ACK",
-                40001,
-                Pkt::tcp4(40001, TCP_ACK).padded_to(60),
+                |port| Pkt::tcp4(port, TCP_ACK).padded_to(60),
                 None,
                 false,
             ),
             (
                 "data",
-                40002,
-                Pkt::tcp4(40002, TCP_ACK).with_payload(b"USER anonymous\r\n"),
+                |port| Pkt::tcp4(port, TCP_ACK).with_payload(b"USER anonymous\r\n"),
                 None,
                 true,
             ),
             // Eight words: the 12 option bytes are not data, a 13th byte is.
             (
                 "TCP options only",
-                40003,
-                Pkt::tcp4(40003, TCP_ACK).with_payload(&[0x01; 12]),
+                |port| Pkt::tcp4(port, TCP_ACK).with_payload(&[0x01; 12]),
                 Some(8),
                 false,
             ),
             (
                 "TCP options and data",
-                40004,
-                Pkt::tcp4(40004, TCP_ACK).with_payload(&[0x01; 13]),
+                |port| Pkt::tcp4(port, TCP_ACK).with_payload(&[0x01; 13]),
                 Some(8),
                 true,
             ),
         ];
-        for (label, port, segment, words, carries_data) in segments {
-            let segment = laid_out(segment);
+        for (port, (label, segment, words, carries_data)) in (40001..).zip(segments) {
+            let segment = laid_out(segment(port));
             case.forward(
                 &format!("{label}: SYN"),
                 &laid_out(Pkt::tcp4(port, TCP_SYN)),
