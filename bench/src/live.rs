@@ -244,7 +244,8 @@ pub struct LiveRow {
     /// director's threaded NAPI with the program under test and the sink on
     /// the other).
     pub cpus: &'static str,
-    /// The lower bound on `ratio`, if any (the SYN flood).
+    /// The lower bound on `ratio`, if any (10 k established flows,
+    /// the SYN flood).
     pub target: Option<f64>,
     /// Whether `ratio` meets `target`.
     pub target_met: Option<bool>,
@@ -320,6 +321,52 @@ pub fn run(quick: bool, online_cpus: usize, only: Option<&str>) -> anyhow::Resul
 /// [`table`].
 pub fn section(rows: &[LiveRow]) -> String {
     format!("live traffic\n{}\n", table(rows))
+}
+
+/// Each row's ratio over several runs of [`run`] (each a list of rows in
+/// the same order): every run's, the lowest, the median and the highest,
+/// and for a row with a target, in how many runs it was met.
+pub fn spread(runs: &[Vec<LiveRow>]) -> String {
+    let mut out = format!(
+        "live ratios over {} runs\n{:<22} {:<6} {:>6} {:>6} {:>7}  {}\n",
+        runs.len(),
+        "live, 64 B frames",
+        "CPUs",
+        "lowest",
+        "median",
+        "highest",
+        "each run"
+    );
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    for (i, row) in first.iter().enumerate() {
+        let ratios: Vec<f64> = runs.iter().map(|rows| rows[i].ratio).collect();
+        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let target = match row.target {
+            Some(target) => {
+                let met = runs
+                    .iter()
+                    .filter(|rows| rows[i].target_met == Some(true))
+                    .count();
+                format!("  [>= {target}x met in {met} of {} runs]", runs.len())
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:<6} {:>6.3} {:>6.3} {:>7.3}  {}{target}",
+            row.case,
+            row.cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU"),
+            lowest,
+            median(ratios),
+            highest,
+            each.join(" "),
+        );
+    }
+    out
 }
 
 /// Aligned text table of the rows.
@@ -1059,5 +1106,64 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
         target: case.target,
         target_met: case.target.map(|target| ratio >= target),
         flood: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row of `case` on `cpus` with lb at `ratio` of the trivial program.
+    fn row_at(case: &str, cpus: &'static str, ratio: f64, target: Option<f64>) -> LiveRow {
+        LiveRow {
+            case: case.to_owned(),
+            lb_mpps: ratio,
+            trivial_mpps: 1.0,
+            ratio,
+            lb_round_mpps: vec![ratio],
+            trivial_round_mpps: vec![1.0],
+            lb_generated_mpps: ratio,
+            trivial_generated_mpps: 1.0,
+            lb_sent: 1,
+            lb_received: 1,
+            trivial_sent: 1,
+            trivial_received: 1,
+            split: Vec::new(),
+            split_check: "weights",
+            split_ok: true,
+            cpus,
+            target,
+            target_met: target.map(|target| ratio >= target),
+            flood: None,
+        }
+    }
+
+    #[test]
+    fn spread_gives_each_rows_range_and_how_often_it_met_its_target() {
+        let run = |one_flow, established| {
+            vec![
+                row_at("1 flow", "1 CPU", one_flow, None),
+                row_at(
+                    "10k established flows",
+                    "2 CPUs",
+                    established,
+                    Some(ESTABLISHED_TARGET),
+                ),
+            ]
+        };
+        let text = spread(&[run(0.93, 0.91), run(0.95, 0.80), run(0.94, 0.89)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "live ratios over 3 runs");
+        assert!(
+            lines[2].starts_with("1 flow")
+                && lines[2].ends_with("0.930  0.940   0.950  0.930 0.950 0.940"),
+            "{text}"
+        );
+        assert!(
+            lines[3]
+                .contains("0.800  0.890   0.910  0.910 0.800 0.890  [>= 0.9x met in 1 of 3 runs]"),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 4, "{text}");
     }
 }

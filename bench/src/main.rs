@@ -75,6 +75,17 @@ struct Cli {
     /// packet").
     #[arg(long, value_name = "NAME", requires = "live_only")]
     live_case: Option<String>,
+    /// With --live-only: run the live benchmark N times, each in a bed of
+    /// its own, then print each row's ratio over the runs (lowest, median,
+    /// highest) and in how many runs it met its target.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "live_only",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    live_runs: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,9 +123,19 @@ fn main() -> anyhow::Result<()> {
     }
     pin_to_cpu(params.cpu)?;
     if cli.live_only {
-        let rows = live::run(cli.quick, online, cli.live_case.as_deref())
-            .context("live-traffic benchmark")?;
-        print!("{}", live::section(&rows));
+        let mut runs = Vec::new();
+        for run in 1..=cli.live_runs {
+            if cli.live_runs > 1 {
+                println!("live run {run} of {}", cli.live_runs);
+            }
+            let rows = live::run(cli.quick, online, cli.live_case.as_deref())
+                .with_context(|| format!("live-traffic benchmark, run {run}"))?;
+            print!("{}", live::section(&rows));
+            runs.push(rows);
+        }
+        if runs.len() > 1 {
+            print!("{}", live::spread(&runs));
+        }
         return Ok(());
     }
     let results = micro::run(&params)?;
