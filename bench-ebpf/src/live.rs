@@ -1,7 +1,7 @@
 //! The live-traffic benchmark's generator and sink (see `bench/src/live.rs`).
 //!
 //! The generator runs through `BPF_PROG_TEST_RUN` in live-frames mode on the
-//! generator's veth: it gives each frame the Ethernet addresses a client's
+//! generator's veth: it gives each frame the Ethernet header a client's
 //! frame has, stamps a flow number into its source address and port and
 //! sends it out with `XDP_TX`, towards the director. The sink sits on the
 //! same veth and counts what the director sends back, per destination MAC.
@@ -24,10 +24,10 @@ const GEN_SRC_PORT: usize = 14 + 20;
 #[btf_map]
 static GEN_FLOWS: Array<u64, 1> = Array::new();
 
-/// Generator setting, written by user space: the Ethernet destination and
-/// source of a client's frame (the director's MAC, then the generator's).
+/// Generator setting, written by user space: the Ethernet header of a
+/// client's frame (the director's MAC, the generator's, then IPv4's type).
 #[btf_map]
-static GEN_ETHERNET: Array<[u8; 12], 1> = Array::new();
+static GEN_ETHERNET: Array<[u8; 14], 1> = Array::new();
 
 /// Generator state: index 0 counts the frames generated so far.
 #[btf_map]
@@ -38,17 +38,18 @@ static GEN_COUNTER: Array<u64, 1> = Array::new();
 static SINK_COUNTS: PerCpuArray<u64, 256> = PerCpuArray::new();
 
 /// The generator: every frame leaves as a client sends it. Its Ethernet
-/// addresses are set from `GEN_ETHERNET`: the test run recycles its pages
+/// header is set from `GEN_ETHERNET`: the test run recycles its pages
 /// without rewriting them, so a frame would otherwise come back with the
-/// addresses the forwarder gave it last time (a backend's MAC, which lb's
-/// NIC filter does not accept). And flow `n` (the frame counter modulo
+/// header the forwarder gave it last time (a backend's MAC, which lb's
+/// NIC filter does not accept; after Katran, which tunnels, the type is
+/// the tail of its outer IP header). And flow `n` (the frame counter modulo
 /// `GEN_FLOWS`, or the counter itself) gets source port `n mod 65536` and
 /// source address last octet `n / 65536 mod 256`, so a new-flow stream
 /// repeats a 5-tuple only every 16.7 M frames. Frames are sent out with
 /// `XDP_TX`.
 ///
 /// Like a NIC writing a received frame, the generator so writes both cache
-/// lines of the headers a forwarder reads (the Ethernet addresses, and the
+/// lines of the headers a forwarder reads (the Ethernet header, and the
 /// addresses and ports), on its own CPU.
 ///
 /// The counter is updated without atomics: one test run, on one CPU, drives it.
@@ -67,14 +68,15 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     };
     // SAFETY: map values are valid for the program's run; the frame holds
     // the bytes written (checked above: the port ends past the Ethernet
-    // addresses). Misaligned accesses are allowed (see `build.rs`).
+    // header). Misaligned accesses are allowed (see `build.rs`).
     unsafe {
+        // The 14 bytes as two overlapping 8-byte moves.
         let (from, to) = (ethernet.as_ptr(), start as *mut u8);
         to.cast::<u64>()
             .write_unaligned(from.cast::<u64>().read_unaligned());
-        to.add(8)
-            .cast::<u32>()
-            .write_unaligned(from.add(8).cast::<u32>().read_unaligned());
+        to.add(6)
+            .cast::<u64>()
+            .write_unaligned(from.add(6).cast::<u64>().read_unaligned());
         let count = *counter;
         *counter = count + 1;
         let flow = if *flows == 0 { count } else { count % *flows };

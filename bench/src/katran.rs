@@ -47,6 +47,9 @@
 //!   SYN never looks in its LRU, while lb's reads its filter first (a SYN
 //!   may belong to a flow it knows).
 //!
+//! The live benchmark runs the same balancer on real frames
+//! ([`LiveKatran`]: the bench's live VIP, an LRU on every CPU).
+//!
 //! [`Method::PerCall`]: crate::micro::Method::PerCall
 
 use std::{
@@ -259,63 +262,10 @@ impl Katran {
     /// IPv4 VIP and port, TCP) over [`REALS`] reals, with a per-CPU LRU of
     /// `lru_flows` for CPU `cpu`.
     fn load(object: &Path, cpu: usize, lru_flows: u32) -> anyhow::Result<Self> {
-        let pin = PathBuf::from(format!(
-            "/sys/fs/bpf/lb-bench-katran-{}",
-            std::process::id()
-        ));
-        let out = Command::new("bpftool")
-            .arg("prog")
-            .arg("load")
-            .arg(object)
-            .arg(&pin)
-            .args(["type", "xdp"])
-            .output()
-            .context(
-                "running bpftool (the setup installs it; Katran's object is loaded with it)",
-            )?;
-        if !out.status.success() {
-            bail!(
-                "bpftool could not load {} as Katran's XDP balancer: {}",
-                object.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let program = Xdp::from_pin(&pin, XdpAttachType::Interface);
-        // The program lives on through its fd; the pin is ours to remove.
-        std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-        let program = program.context("opening Katran's pinned program")?;
-        let map = |name: &str| program_map(&program, name);
-
-        let mut vips: HashMap<_, VipDefinition, VipMeta> = HashMap::try_from(map("vip_map")?)?;
-        let mut vip = VipDefinition {
-            port: PORT.to_be_bytes(),
-            proto: PROTO_TCP,
-            ..VipDefinition::default()
-        };
-        vip.vip[..4].copy_from_slice(&VIP4.octets());
-        vips.insert(vip, VipMeta::default(), 0).context("vip_map")?;
-        let mut reals: Array<_, RealDefinition> = Array::try_from(map("reals")?)?;
-        for i in 1..=REALS {
-            let mut real = RealDefinition::default();
-            real.dst[..4].copy_from_slice(&Ipv4Addr::new(198, 51, 100, i as u8).octets());
-            reals.set(i, real, 0).context("reals")?;
-        }
-        let mut ring: Array<_, u32> = Array::try_from(map("ch_rings")?)?;
-        for position in 0..RING_SIZE {
-            ring.set(position, 1 + position % REALS, 0)
-                .context("ch_rings")?;
-        }
-        let mut ctl: Array<_, u64> = Array::try_from(map("ctl_array")?)?;
-        let mut mac = [0u8; 8];
-        mac[..6].copy_from_slice(&ROUTER_MAC);
-        ctl.set(0, u64::from_ne_bytes(mac), 0)
-            .context("ctl_array")?;
-
-        let lru_mapping = match map("lru_mapping")? {
-            Map::ArrayOfMaps(data) | Map::Unsupported(data) => data,
-            other => bail!("Katran's lru_mapping is not an array of maps: {other:?}"),
-        };
-        let stats = PerCpuArray::try_from(map("stats")?)?;
+        let program = load_balancer(object)?;
+        configure(&program, VIP4, PORT, ROUTER_MAC)?;
+        let lru_mapping = lru_mapping(&program)?;
+        let stats = PerCpuArray::try_from(program_map(&program, "stats")?)?;
         let cpu = u32::try_from(cpu)?;
         let katran = Self {
             program,
@@ -331,24 +281,12 @@ impl Katran {
 
     /// Puts LRU `lru` in `lru_mapping` for the bench's CPU, or none.
     fn use_lru(&self, lru: Lru) -> anyhow::Result<()> {
-        let map_fd = self.lru_mapping.fd().as_fd().as_raw_fd();
-        let key = self.cpu;
         let lru_fd = match lru {
             Lru::Established => Some(self.established.fd),
             Lru::NewFlows => Some(self.new_flows.fd),
             Lru::Fallback => None,
         };
-        let mut attr = [0u64; 4];
-        attr[0] = map_fd as u64;
-        attr[1] = (&raw const key) as u64;
-        let command = if let Some(lru_fd) = &lru_fd {
-            attr[2] = (&raw const *lru_fd) as u64;
-            BPF_MAP_UPDATE_ELEM
-        } else {
-            BPF_MAP_DELETE_ELEM
-        };
-        bpf(command, &mut attr).with_context(|| format!("lru_mapping[{}]", self.cpu))?;
-        Ok(())
+        set_cpu_lru(&self.lru_mapping, self.cpu, lru_fd)
     }
 
     /// Records `flows` established flows of the rotation in the established
@@ -431,6 +369,124 @@ enum Limiter {
     /// Held above `MAX_CONN_RATE` (a second that began at the last write,
     /// with far more new flows than the rate): no new flow is recorded.
     Above,
+}
+
+/// Katran's balancer in `object`, loaded with `bpftool` (libbpf sets up
+/// its map-in-map, `lru_mapping`).
+fn load_balancer(object: &Path) -> anyhow::Result<Xdp> {
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/lb-bench-katran-{}",
+        std::process::id()
+    ));
+    let out = Command::new("bpftool")
+        .arg("prog")
+        .arg("load")
+        .arg(object)
+        .arg(&pin)
+        .args(["type", "xdp"])
+        .output()
+        .context("running bpftool (the setup installs it; Katran's object is loaded with it)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool could not load {} as Katran's XDP balancer: {}",
+            object.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let program = Xdp::from_pin(&pin, XdpAttachType::Interface);
+    // The program lives on through its fd; the pin is ours to remove.
+    std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+    program.context("opening Katran's pinned program")
+}
+
+/// Configures Katran's `program` as its control plane would for one TCP
+/// VIP, `vip`:`port`, over [`REALS`] reals: the VIP in `vip_map`, the reals
+/// in `reals`, the VIP's consistent-hash ring in `ch_rings` (every one of
+/// its positions names a real) and the MAC of the gateway its tunnelled
+/// frames go to in `ctl_array`.
+fn configure(program: &Xdp, vip: Ipv4Addr, port: u16, gateway: [u8; 6]) -> anyhow::Result<()> {
+    let map = |name: &str| program_map(program, name);
+    let mut vips: HashMap<_, VipDefinition, VipMeta> = HashMap::try_from(map("vip_map")?)?;
+    let mut definition = VipDefinition {
+        port: port.to_be_bytes(),
+        proto: PROTO_TCP,
+        ..VipDefinition::default()
+    };
+    definition.vip[..4].copy_from_slice(&vip.octets());
+    vips.insert(definition, VipMeta::default(), 0)
+        .context("vip_map")?;
+    let mut reals: Array<_, RealDefinition> = Array::try_from(map("reals")?)?;
+    for i in 1..=REALS {
+        let mut real = RealDefinition::default();
+        real.dst[..4].copy_from_slice(&Ipv4Addr::new(198, 51, 100, i as u8).octets());
+        reals.set(i, real, 0).context("reals")?;
+    }
+    let mut ring: Array<_, u32> = Array::try_from(map("ch_rings")?)?;
+    for position in 0..RING_SIZE {
+        ring.set(position, 1 + position % REALS, 0)
+            .context("ch_rings")?;
+    }
+    let mut ctl: Array<_, u64> = Array::try_from(map("ctl_array")?)?;
+    let mut mac = [0u8; 8];
+    mac[..6].copy_from_slice(&gateway);
+    ctl.set(0, u64::from_ne_bytes(mac), 0)
+        .context("ctl_array")?;
+    Ok(())
+}
+
+/// Katran's `lru_mapping`: the per-CPU LRU of each CPU.
+fn lru_mapping(program: &Xdp) -> anyhow::Result<MapData> {
+    match program_map(program, "lru_mapping")? {
+        Map::ArrayOfMaps(data) | Map::Unsupported(data) => Ok(data),
+        other => bail!("Katran's lru_mapping is not an array of maps: {other:?}"),
+    }
+}
+
+/// Puts the LRU `lru_fd` in `lru_mapping` for CPU `cpu`; none: Katran falls
+/// back to its 1,000-flow `fallback_cache` there.
+fn set_cpu_lru(lru_mapping: &MapData, cpu: u32, lru_fd: Option<u32>) -> anyhow::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = lru_mapping.fd().as_fd().as_raw_fd() as u64;
+    attr[1] = (&raw const cpu) as u64;
+    let command = if let Some(lru_fd) = &lru_fd {
+        attr[2] = (&raw const *lru_fd) as u64;
+        BPF_MAP_UPDATE_ELEM
+    } else {
+        BPF_MAP_DELETE_ELEM
+    };
+    bpf(command, &mut attr).with_context(|| format!("lru_mapping[{cpu}]"))?;
+    Ok(())
+}
+
+/// Katran's balancer for the live benchmark, configured for one TCP VIP
+/// and with an LRU of Katran's default size on every CPU, as its control
+/// plane sets it up: it forwards wherever the director's NAPI runs.
+pub struct LiveKatran {
+    /// The balancer, attached to the director's NIC by the live bench.
+    pub program: Xdp,
+    /// Each CPU's LRU (held by `lru_mapping` too).
+    _lrus: Vec<LruMap>,
+}
+
+impl LiveKatran {
+    /// Loads Katran's `object` for `vip`:`port` (TCP), its tunnelled frames
+    /// addressed to `gateway`.
+    pub fn load(object: &Path, vip: Ipv4Addr, port: u16, gateway: [u8; 6]) -> anyhow::Result<Self> {
+        let program = load_balancer(object)?;
+        configure(&program, vip, port, gateway)?;
+        let mapping = lru_mapping(&program)?;
+        let cpus = online_cpus()?;
+        let mut lrus = Vec::with_capacity(cpus);
+        for cpu in 0..cpus {
+            let lru = new_lru(KATRAN_DEFAULT_LRU_TOTAL / cpus as u32)?;
+            set_cpu_lru(&mapping, u32::try_from(cpu)?, Some(lru.fd))?;
+            lrus.push(lru);
+        }
+        Ok(Self {
+            program,
+            _lrus: lrus,
+        })
+    }
 }
 
 /// A fresh `LRU_HASH` of Katran's flow keys with room for `flows`, for

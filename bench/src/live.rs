@@ -20,7 +20,11 @@
 //!
 //! Both programs are measured in the same run, alternately, on the same
 //! traffic; the forwarded rate is what the sink counted per second of
-//! generation. Each pattern runs twice: with the director's NAPI inline in
+//! generation. With `--katran PATH`, Katran's balancer (built as
+//! docs/performance.md shows) takes its turn in every round too, set up as
+//! its control plane would for the same VIP (`crate::katran::LiveKatran`),
+//! with g0 as its gateway: it tunnels each frame (IPIP) where lb rewrites
+//! MACs, each as in production. Each pattern runs twice: with the director's NAPI inline in
 //! the generator's softirq (one CPU does everything) and, given two CPUs,
 //! with it in a NAPI thread on a CPU of its own. lb is attached exactly as
 //! `lb run` does it (driver mode, maps filled through `lb::datapath`, d0
@@ -67,7 +71,7 @@ use lb_common::{
 };
 use lb_tests::{netns::ifindex, xdp_case::xdp_md};
 
-use crate::BENCH_OBJECT;
+use crate::{BENCH_OBJECT, katran::LiveKatran};
 
 /// The virtual service: 192.0.2.200:8080/TCP.
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
@@ -251,6 +255,42 @@ pub struct LiveRow {
     pub target_met: Option<bool>,
     /// The SYN flood: flood mode and the established flows it kept.
     pub flood: Option<FloodCheck>,
+    /// Katran's balancer in the same rounds, when measured (`--katran`).
+    pub katran: Option<KatranLive>,
+}
+
+/// Katran's balancer on the same traffic, in the same rounds as lb and the
+/// trivial program. It tunnels each frame to its real (IPIP, 20 bytes
+/// more) where lb rewrites MACs: each does what it does in production.
+#[derive(Debug, serde::Serialize)]
+pub struct KatranLive {
+    /// Frames per second (millions) the sink counted (median over the rounds).
+    pub mpps: f64,
+    /// Katran's rate over the trivial program's: the median over the rounds
+    /// of each round's ratio.
+    pub ratio: f64,
+    /// Katran's rate in each round (Mpps), in order.
+    pub round_mpps: Vec<f64>,
+}
+
+impl KatranLive {
+    /// Katran's figures from its `samples` and the trivial program's of the
+    /// same rounds.
+    fn of(samples: &[Sample], trivial: &[Sample]) -> Self {
+        let round_mpps: Vec<f64> = samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect();
+        let ratio = median(
+            round_mpps
+                .iter()
+                .zip(trivial)
+                .map(|(katran, t)| katran / mpps(t.total(), t.elapsed))
+                .collect(),
+        );
+        Self {
+            mpps: median(round_mpps.clone()),
+            ratio,
+            round_mpps,
+        }
+    }
 }
 
 /// Where the director's NAPI (the program under test, then the sink) runs.
@@ -276,8 +316,13 @@ impl Placement {
 /// Runs the live benchmark (root). `quick` = short runs for a smoke test;
 /// `online_cpus`: the machine's, counted before the bench pinned itself to
 /// one (the split placement needs two); `only`: the name of the one case to
-/// run, else all.
-pub fn run(quick: bool, online_cpus: usize, only: Option<&str>) -> anyhow::Result<Vec<LiveRow>> {
+/// run, else all; `katran`: Katran's balancer object, to measure it too.
+pub fn run(
+    quick: bool,
+    online_cpus: usize,
+    only: Option<&str>,
+    katran: Option<&Path>,
+) -> anyhow::Result<Vec<LiveRow>> {
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|case| only.is_none_or(|name| case.name == name))
@@ -296,7 +341,7 @@ pub fn run(quick: bool, online_cpus: usize, only: Option<&str>) -> anyhow::Resul
     // (rounds, frames per measured run)
     let (rounds, frames) = if quick { (2, 200_000) } else { (9, 1_000_000) };
     let bed = Bed::create()?;
-    let mut bench = Bench::load(&bed)?;
+    let mut bench = Bench::load(&bed, katran)?;
     let mut placements = vec![Placement::Inline];
     if online_cpus > FWD_CPU {
         placements.push(Placement::Split);
@@ -325,7 +370,8 @@ pub fn section(rows: &[LiveRow]) -> String {
 
 /// Each row's ratio over several runs of [`run`] (each a list of rows in
 /// the same order): every run's, the lowest, the median and the highest,
-/// and for a row with a target, in how many runs it was met.
+/// and for a row with a target, in how many runs it was met; then
+/// Katran's, when every run measured it.
 pub fn spread(runs: &[Vec<LiveRow>]) -> String {
     let mut out = format!(
         "live ratios over {} runs\n{:<22} {:<6} {:>6} {:>6} {:>7}  {}\n",
@@ -342,9 +388,6 @@ pub fn spread(runs: &[Vec<LiveRow>]) -> String {
     };
     for (i, row) in first.iter().enumerate() {
         let ratios: Vec<f64> = runs.iter().map(|rows| rows[i].ratio).collect();
-        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         let target = match row.target {
             Some(target) => {
                 let met = runs
@@ -357,16 +400,32 @@ pub fn spread(runs: &[Vec<LiveRow>]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<22} {:<6} {:>6.3} {:>6.3} {:>7.3}  {}{target}",
+            "{:<22} {:<6} {}{target}",
             row.case,
             row.cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU"),
-            lowest,
-            median(ratios),
-            highest,
-            each.join(" "),
+            range(&ratios),
         );
+        let katran: Option<Vec<f64>> = runs
+            .iter()
+            .map(|rows| rows[i].katran.as_ref().map(|k| k.ratio))
+            .collect();
+        if let Some(katran) = katran {
+            let _ = writeln!(out, "{:<22} {:<6} {}  (Katran)", "", "", range(&katran));
+        }
     }
     out
+}
+
+/// Lowest, median and highest of `ratios` (not empty), then each of them.
+fn range(ratios: &[f64]) -> String {
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    format!(
+        "{lowest:>6.3} {:>6.3} {highest:>7.3}  {}",
+        median(ratios.to_vec()),
+        each.join(" ")
+    )
 }
 
 /// Aligned text table of the rows.
@@ -440,6 +499,13 @@ fn table(rows: &[LiveRow]) -> String {
                 f.established_before,
             );
         }
+        if let Some(k) = &row.katran {
+            let _ = writeln!(
+                out,
+                "{:<29} Katran: {:.3} Mpps, {:.2}x the trivial program (IPIP to its real)",
+                "", k.mpps, k.ratio,
+            );
+        }
     }
     for row in rows {
         if let (Some(target), Some(met)) = (row.target, row.target_met) {
@@ -467,7 +533,10 @@ fn table(rows: &[LiveRow]) -> String {
          new flow every packet: lb's SYN-flood guard at lb run's default; stateless = SYNs \
          forwarded in flood mode without a table entry; established kept = flows of other \
          clients established before the flood, still in the connection table after it on \
-         the same backend.\n",
+         the same backend.\n\
+         Katran (with --katran): its balancer in the same rounds, its rate over the trivial \
+         program's as lb's ratio is; it tunnels (IPIP, 20 bytes more per frame) where lb \
+         rewrites MACs, each as in production.\n",
     );
     out
 }
@@ -672,12 +741,14 @@ fn in_netns<R: Send>(ns: &File, f: impl FnOnce() -> anyhow::Result<R> + Send) ->
 }
 
 /// Which program forwards on d0 during a run.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Forwarder {
     /// lb's `lb_xdp`.
     Lb,
     /// The trivial `bench_mac_swap`.
     Trivial,
+    /// Katran's balancer (`--katran`).
+    Katran,
 }
 
 /// Frames sent and received, and the time the generation took.
@@ -707,11 +778,14 @@ struct Bench {
     gen_ifindex: u32,
     /// d0's ifindex.
     dir_ifindex: u32,
+    /// Katran's balancer, when measured (`--katran`).
+    katran: Option<LiveKatran>,
 }
 
 impl Bench {
-    /// Loads the reference programs and attaches the sink to g0.
-    fn load(bed: &Bed) -> anyhow::Result<Self> {
+    /// Loads the reference programs, and Katran's balancer from
+    /// `katran_object` if given, and attaches the sink to g0.
+    fn load(bed: &Bed, katran_object: Option<&Path>) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the benchmark XDP object")?;
         for name in ["bench_gen", "bench_sink", "bench_mac_swap"] {
             xdp_mut(&mut ebpf, name)?
@@ -730,16 +804,32 @@ impl Bench {
             ifindex(&bed.gen_if)
         })?;
         let dir_ifindex = in_netns(&bed.dir_fd, || ifindex(&bed.dir_if))?;
+        // Katran tunnels to its reals through the gateway: here g0.
+        let katran = katran_object
+            .map(|object| LiveKatran::load(object, VIP, VIP_PORT, GEN_MAC))
+            .transpose()
+            .context("loading Katran's balancer for the live benchmark")?;
         Ok(Self {
             ebpf,
             sink,
             gen_ifindex,
             dir_ifindex,
+            katran,
         })
     }
 
-    /// Measures one traffic pattern: `rounds` alternating runs of lb and the
-    /// trivial program, `frames` frames each.
+    /// The programs measured in every round: lb, the trivial program and,
+    /// when loaded, Katran.
+    fn forwarders(&self) -> Vec<Forwarder> {
+        let mut forwarders = vec![Forwarder::Lb, Forwarder::Trivial];
+        if self.katran.is_some() {
+            forwarders.push(Forwarder::Katran);
+        }
+        forwarders
+    }
+
+    /// Measures one traffic pattern: `rounds` alternating runs of lb, the
+    /// trivial program and Katran if loaded, `frames` frames each.
     fn case(
         &mut self,
         bed: &Bed,
@@ -758,28 +848,30 @@ impl Bench {
         self.set_generator(case.flows)?;
         let frame = frame(CLIENT_NET, case.tcp_flags);
 
-        let mut lb_samples = Vec::new();
-        let mut trivial_samples = Vec::new();
-        // Warm-up with each program: lb learns the established flows.
+        let (mut lb_samples, mut trivial_samples, mut katran_samples) =
+            (Vec::new(), Vec::new(), Vec::new());
+        // Warm-up with each program: lb (and Katran) learn the established flows.
         let warm_up = (2 * case.flows).clamp(50_000, u64::from(frames)) as u32;
-        for forwarder in [Forwarder::Lb, Forwarder::Trivial] {
+        let mut order = self.forwarders();
+        for &forwarder in &order {
             self.measure(bed, &mut dp, forwarder, &frame, warm_up)?;
         }
-        for round in 0..rounds {
-            let order = if round % 2 == 0 {
-                [Forwarder::Lb, Forwarder::Trivial]
-            } else {
-                [Forwarder::Trivial, Forwarder::Lb]
-            };
-            for forwarder in order {
+        for _ in 0..rounds {
+            for &forwarder in &order {
                 let sample = self.measure(bed, &mut dp, forwarder, &frame, frames)?;
                 match forwarder {
                     Forwarder::Lb => lb_samples.push(sample),
                     Forwarder::Trivial => trivial_samples.push(sample),
+                    Forwarder::Katran => katran_samples.push(sample),
                 }
             }
+            // Each program goes first in turn.
+            order.rotate_left(1);
         }
         let mut row = row(case, placement, &lb_samples, &trivial_samples);
+        if !katran_samples.is_empty() {
+            row.katran = Some(KatranLive::of(&katran_samples, &trivial_samples));
+        }
         if let Some(before) = kept {
             row.flood = Some(flood_check(&dp, &before)?);
         }
@@ -859,12 +951,13 @@ impl Bench {
         frame: &[u8; FRAME_LEN],
         frames: u32,
     ) -> anyhow::Result<Sample> {
-        let swap_link = in_netns(&bed.dir_fd, || match forwarder {
+        let link = in_netns(&bed.dir_fd, || match forwarder {
             Forwarder::Lb => dp.attach(&bed.dir_if, XdpMode::Driver).map(|()| None),
-            Forwarder::Trivial => xdp_mut(&mut self.ebpf, "bench_mac_swap")?
+            Forwarder::Trivial | Forwarder::Katran => self
+                .reference(forwarder)?
                 .attach(&bed.dir_if, XdpMode::Driver)
                 .map(Some)
-                .context("attaching bench_mac_swap to d0"),
+                .with_context(|| format!("attaching {forwarder:?} to d0")),
         })?;
         let before = self.sink_counts()?;
         let ctx = xdp_md(FRAME_LEN as u32, self.gen_ifindex);
@@ -885,9 +978,9 @@ impl Bench {
         })?;
         thread::sleep(DRAIN);
         let after = self.sink_counts()?;
-        in_netns(&bed.dir_fd, || match swap_link {
+        in_netns(&bed.dir_fd, || match link {
             None => dp.detach_all(),
-            Some(link) => Ok(xdp_mut(&mut self.ebpf, "bench_mac_swap")?.detach(link)?),
+            Some(link) => Ok(self.reference(forwarder)?.detach(link)?),
         })?;
         let mut received = [0u64; 256];
         for (r, (a, b)) in received.iter_mut().zip(after.iter().zip(before.iter())) {
@@ -898,6 +991,20 @@ impl Bench {
             received,
             elapsed,
         })
+    }
+
+    /// The program of a forwarder other than lb (whose [`Datapath`]
+    /// attaches itself).
+    fn reference(&mut self, forwarder: Forwarder) -> anyhow::Result<&mut Xdp> {
+        match forwarder {
+            Forwarder::Trivial => xdp_mut(&mut self.ebpf, "bench_mac_swap"),
+            Forwarder::Katran => self
+                .katran
+                .as_mut()
+                .map(|katran| &mut katran.program)
+                .ok_or_else(|| anyhow!("Katran's balancer is not loaded")),
+            Forwarder::Lb => bail!("lb's data path attaches itself"),
+        }
     }
 
     /// The sink's counters, summed over CPUs.
@@ -979,13 +1086,14 @@ fn flood_check(dp: &Datapath, before: &[(FlowKey, u16)]) -> anyhow::Result<Flood
     })
 }
 
-/// The Ethernet destination and source of a client's frame: to d0, from
-/// g0 (what [`frame`] starts with, and what the generator restores).
-fn client_ethernet() -> [u8; 12] {
-    let mut addresses = [0u8; 12];
-    addresses[..6].copy_from_slice(&DIR_MAC);
-    addresses[6..].copy_from_slice(&GEN_MAC);
-    addresses
+/// The Ethernet header of a client's frame: to d0, from g0, IPv4 (what
+/// [`frame`] starts with, and what the generator restores).
+fn client_ethernet() -> [u8; 14] {
+    let mut header = [0u8; 14];
+    header[..6].copy_from_slice(&DIR_MAC);
+    header[6..12].copy_from_slice(&GEN_MAC);
+    header[12..].copy_from_slice(&0x0800u16.to_be_bytes());
+    header
 }
 
 /// Writes `value` at index 0 of the generator's setting map `name` (a
@@ -1004,8 +1112,7 @@ fn write_setting<V: aya::Pod>(ebpf: &mut Ebpf, name: &str, value: V) -> anyhow::
 /// address).
 fn frame(net: [u8; 3], tcp_flags: u8) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
-    f[0..12].copy_from_slice(&client_ethernet());
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[0..14].copy_from_slice(&client_ethernet());
     let ip = &mut f[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&40u16.to_be_bytes());
@@ -1106,6 +1213,7 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
         target: case.target,
         target_met: case.target.map(|target| ratio >= target),
         flood: None,
+        katran: None,
     }
 }
 
@@ -1135,23 +1243,41 @@ mod tests {
             target,
             target_met: target.map(|target| ratio >= target),
             flood: None,
+            katran: None,
         }
     }
 
     #[test]
     fn spread_gives_each_rows_range_and_how_often_it_met_its_target() {
-        let run = |one_flow, established| {
+        // Katran measured in every run for the second row, in one run only
+        // for the first.
+        let run = |one_flow, established, katran: Option<f64>| {
+            let with_katran = |mut row: LiveRow, ratio: Option<f64>| {
+                row.katran = ratio.map(|ratio| KatranLive {
+                    mpps: ratio,
+                    ratio,
+                    round_mpps: vec![ratio],
+                });
+                row
+            };
             vec![
-                row_at("1 flow", "1 CPU", one_flow, None),
-                row_at(
-                    "10k established flows",
-                    "2 CPUs",
-                    established,
-                    Some(ESTABLISHED_TARGET),
+                with_katran(row_at("1 flow", "1 CPU", one_flow, None), katran),
+                with_katran(
+                    row_at(
+                        "10k established flows",
+                        "2 CPUs",
+                        established,
+                        Some(ESTABLISHED_TARGET),
+                    ),
+                    Some(katran.unwrap_or(0.5)),
                 ),
             ]
         };
-        let text = spread(&[run(0.93, 0.91), run(0.95, 0.80), run(0.94, 0.89)]);
+        let text = spread(&[
+            run(0.93, 0.91, Some(0.6)),
+            run(0.95, 0.80, None),
+            run(0.94, 0.89, None),
+        ]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "live ratios over 3 runs");
         assert!(
@@ -1164,6 +1290,10 @@ mod tests {
                 .contains("0.800  0.890   0.910  0.910 0.800 0.890  [>= 0.9x met in 1 of 3 runs]"),
             "{text}"
         );
-        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[4].ends_with("0.500  0.500   0.600  0.600 0.500 0.500  (Katran)"),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 5, "{text}");
     }
 }

@@ -128,8 +128,13 @@ fn main() -> anyhow::Result<()> {
             if cli.live_runs > 1 {
                 println!("live run {run} of {}", cli.live_runs);
             }
-            let rows = live::run(cli.quick, online, cli.live_case.as_deref())
-                .with_context(|| format!("live-traffic benchmark, run {run}"))?;
+            let rows = live::run(
+                cli.quick,
+                online,
+                cli.live_case.as_deref(),
+                cli.katran.as_deref(),
+            )
+            .with_context(|| format!("live-traffic benchmark, run {run}"))?;
             print!("{}", live::section(&rows));
             runs.push(rows);
         }
@@ -158,7 +163,10 @@ fn main() -> anyhow::Result<()> {
     let live = if cli.skip_live {
         None
     } else {
-        Some(live::run(cli.quick, online, None).context("live-traffic benchmark")?)
+        Some(
+            live::run(cli.quick, online, None, cli.katran.as_deref())
+                .context("live-traffic benchmark")?,
+        )
     };
     let meta = report::Meta {
         date: utc_now(),
