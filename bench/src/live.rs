@@ -21,7 +21,8 @@
 //! Both programs are measured in the same run, alternately, on the same
 //! traffic; the forwarded rate is what the sink counted per second of
 //! generation. With `--katran PATH`, Katran's balancer (built as
-//! docs/performance.md shows) takes its turn in every round too, set up as
+//! docs/performance.md shows) is then measured the same way against the
+//! trivial program, in rounds of its own on the same traffic, set up as
 //! its control plane would for the same VIP (`crate::katran::LiveKatran`),
 //! with g0 as its gateway: it tunnels each frame (IPIP) where lb rewrites
 //! MACs, each as in production. Each pattern runs twice: with the director's NAPI inline in
@@ -259,23 +260,23 @@ pub struct LiveRow {
     pub katran: Option<KatranLive>,
 }
 
-/// Katran's balancer on the same traffic, in the same rounds as lb and the
-/// trivial program. It tunnels each frame to its real (IPIP, 20 bytes
+/// Katran's balancer on the same traffic, in rounds of its own against the
+/// trivial program, after lb's. It tunnels each frame to its real (IPIP, 20 bytes
 /// more) where lb rewrites MACs: each does what it does in production.
 #[derive(Debug, serde::Serialize)]
 pub struct KatranLive {
     /// Frames per second (millions) the sink counted (median over the rounds).
     pub mpps: f64,
-    /// Katran's rate over the trivial program's: the median over the rounds
-    /// of each round's ratio.
+    /// Katran's rate over the trivial program's: the median over Katran's
+    /// rounds of each round's ratio.
     pub ratio: f64,
     /// Katran's rate in each round (Mpps), in order.
     pub round_mpps: Vec<f64>,
 }
 
 impl KatranLive {
-    /// Katran's figures from its `samples` and the trivial program's of the
-    /// same rounds.
+    /// Katran's figures from its `samples` and the trivial program's of
+    /// Katran's rounds.
     fn of(samples: &[Sample], trivial: &[Sample]) -> Self {
         let round_mpps: Vec<f64> = samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect();
         let ratio = median(
@@ -534,8 +535,8 @@ fn table(rows: &[LiveRow]) -> String {
          forwarded in flood mode without a table entry; established kept = flows of other \
          clients established before the flood, still in the connection table after it on \
          the same backend.\n\
-         Katran (with --katran): its balancer in the same rounds, its rate over the trivial \
-         program's as lb's ratio is; it tunnels (IPIP, 20 bytes more per frame) where lb \
+         Katran (with --katran): its balancer in rounds of its own against the trivial \
+         program, after lb's, its ratio measured as lb's is; it tunnels (IPIP, 20 bytes more per frame) where lb \
          rewrites MACs, each as in production.\n",
     );
     out
@@ -768,6 +769,19 @@ impl Sample {
     }
 }
 
+/// How a forwarder is measured against the trivial program in one case.
+#[derive(Clone, Copy)]
+struct Alternation {
+    /// The frame the generator starts from.
+    frame: [u8; FRAME_LEN],
+    /// Measured rounds (each runs both programs).
+    rounds: usize,
+    /// Frames per program per round.
+    frames: u32,
+    /// Frames of each program's warm-up run.
+    warm_up: u32,
+}
+
 /// The reference programs (generator, sink, MAC swap) and the g0 facts.
 struct Bench {
     /// `bench-ebpf`, with bench_gen, bench_sink and bench_mac_swap loaded.
@@ -818,18 +832,9 @@ impl Bench {
         })
     }
 
-    /// The programs measured in every round: lb, the trivial program and,
-    /// when loaded, Katran.
-    fn forwarders(&self) -> Vec<Forwarder> {
-        let mut forwarders = vec![Forwarder::Lb, Forwarder::Trivial];
-        if self.katran.is_some() {
-            forwarders.push(Forwarder::Katran);
-        }
-        forwarders
-    }
-
-    /// Measures one traffic pattern: `rounds` alternating runs of lb, the
-    /// trivial program and Katran if loaded, `frames` frames each.
+    /// Measures one traffic pattern: `rounds` alternating runs of lb and the
+    /// trivial program, `frames` frames each, then as many of Katran and
+    /// the trivial program if Katran is loaded.
     fn case(
         &mut self,
         bed: &Bed,
@@ -848,34 +853,62 @@ impl Bench {
         self.set_generator(case.flows)?;
         let frame = frame(CLIENT_NET, case.tcp_flags);
 
-        let (mut lb_samples, mut trivial_samples, mut katran_samples) =
-            (Vec::new(), Vec::new(), Vec::new());
-        // Warm-up with each program: lb (and Katran) learn the established flows.
-        let warm_up = (2 * case.flows).clamp(50_000, u64::from(frames)) as u32;
-        let mut order = self.forwarders();
-        for &forwarder in &order {
-            self.measure(bed, &mut dp, forwarder, &frame, warm_up)?;
-        }
-        for _ in 0..rounds {
-            for &forwarder in &order {
-                let sample = self.measure(bed, &mut dp, forwarder, &frame, frames)?;
-                match forwarder {
-                    Forwarder::Lb => lb_samples.push(sample),
-                    Forwarder::Trivial => trivial_samples.push(sample),
-                    Forwarder::Katran => katran_samples.push(sample),
-                }
-            }
-            // Each program goes first in turn.
-            order.rotate_left(1);
-        }
-        let mut row = row(case, placement, &lb_samples, &trivial_samples);
-        if !katran_samples.is_empty() {
-            row.katran = Some(KatranLive::of(&katran_samples, &trivial_samples));
+        let alternation = Alternation {
+            frame,
+            rounds,
+            frames,
+            // Enough for lb (and Katran) to learn the established flows.
+            warm_up: (2 * case.flows).clamp(50_000, u64::from(frames)) as u32,
+        };
+        let (lb, trivial) = self.alternate(bed, &mut dp, Forwarder::Lb, &alternation)?;
+        let mut row = row(case, placement, &lb, &trivial);
+        if self.katran.is_some() {
+            // Rounds of its own, so that lb's figures are measured the same
+            // way with or without it (a program that ran just before lb
+            // would have pushed lb's flows out of the CPU's caches).
+            let (katran, trivial) =
+                self.alternate(bed, &mut dp, Forwarder::Katran, &alternation)?;
+            row.katran = Some(KatranLive::of(&katran, &trivial));
         }
         if let Some(before) = kept {
             row.flood = Some(flood_check(&dp, &before)?);
         }
         Ok(row)
+    }
+
+    /// `forwarder` and the trivial program, warmed up and then measured in
+    /// alternating rounds (each going first in turn), as `alternation`
+    /// says: the samples of each.
+    fn alternate(
+        &mut self,
+        bed: &Bed,
+        dp: &mut Datapath,
+        forwarder: Forwarder,
+        alternation: &Alternation,
+    ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+        let Alternation {
+            frame,
+            rounds,
+            frames,
+            warm_up,
+        } = *alternation;
+        let mut order = [forwarder, Forwarder::Trivial];
+        for program in order {
+            self.measure(bed, dp, program, &frame, warm_up)?;
+        }
+        let (mut measured, mut trivial) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for program in order {
+                let sample = self.measure(bed, dp, program, &frame, frames)?;
+                if program == Forwarder::Trivial {
+                    trivial.push(sample);
+                } else {
+                    measured.push(sample);
+                }
+            }
+            order.reverse();
+        }
+        Ok((measured, trivial))
     }
 
     /// Sets the generator to rotate over `flows` flows (0: a new flow per
