@@ -8,7 +8,8 @@
 //! and from the connection table, new flows in a large and in a 1,024-flow
 //! table, and in flood mode); the live benchmark ([`live`]) forwards real
 //! frames between network namespaces. With `--katran PATH`, [`katran`]
-//! measures Katran's balancer beside lb, the same frames the same way.
+//! measures Katran's balancer beside lb, the same frames the same way, per
+//! call and on the live bed.
 
 mod control;
 mod katran;
@@ -59,7 +60,8 @@ struct Cli {
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
     /// Katran's XDP balancer object (`balancer.bpf.o`, built from Katran's
-    /// source as docs/performance.md shows), to measure lb against it.
+    /// source as docs/performance.md shows), to measure lb against it (per
+    /// call, and live; with --live-only, live only).
     #[arg(long, value_name = "PATH")]
     katran: Option<PathBuf>,
     /// Directory for results.json and results.svg.
