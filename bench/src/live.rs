@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  lbbench-PID-gen                         lbbench-PID-dir
-//!  bench_gen (BPF_PROG_TEST_RUN,           lb_xdp or bench_mac_swap
+//!  bench_gen (BPF_PROG_TEST_RUN,           lb_xdp, bench_mac_swap or Katran
 //!   live frames) --XDP_TX--> g0 ========== d0 --XDP_TX--+
 //!  bench_sink (XDP on g0) <-- g0 ========== d0 <--------+
 //! ```
@@ -25,7 +25,9 @@
 //! trivial program, in rounds of its own on the same traffic, set up as
 //! its control plane would for the same VIP (`crate::katran::LiveKatran`),
 //! with g0 as its gateway: it tunnels each frame (IPIP) where lb rewrites
-//! MACs, each as in production. Each pattern runs twice: with the director's NAPI inline in
+//! MACs, each as in production.
+//!
+//! Each pattern runs twice: with the director's NAPI inline in
 //! the generator's softirq (one CPU does everything) and, given two CPUs,
 //! with it in a NAPI thread on a CPU of its own. lb is attached exactly as
 //! `lb run` does it (driver mode, maps filled through `lb::datapath`, d0
@@ -256,13 +258,14 @@ pub struct LiveRow {
     pub target_met: Option<bool>,
     /// The SYN flood: flood mode and the established flows it kept.
     pub flood: Option<FloodCheck>,
-    /// Katran's balancer in the same rounds, when measured (`--katran`).
+    /// Katran's balancer on the same traffic, when measured (`--katran`).
     pub katran: Option<KatranLive>,
 }
 
-/// Katran's balancer on the same traffic, in rounds of its own against the
-/// trivial program, after lb's. It tunnels each frame to its real (IPIP, 20 bytes
-/// more) where lb rewrites MACs: each does what it does in production.
+/// Katran's balancer on the same traffic, in rounds of its own against
+/// the trivial program, after lb's. It tunnels each frame to its real
+/// (IPIP, 20 bytes more) where lb rewrites MACs: each does what it does
+/// in production.
 #[derive(Debug, serde::Serialize)]
 pub struct KatranLive {
     /// Frames per second (millions) the sink counted (median over the rounds).
@@ -278,17 +281,10 @@ impl KatranLive {
     /// Katran's figures from its `samples` and the trivial program's of
     /// Katran's rounds.
     fn of(samples: &[Sample], trivial: &[Sample]) -> Self {
-        let round_mpps: Vec<f64> = samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect();
-        let ratio = median(
-            round_mpps
-                .iter()
-                .zip(trivial)
-                .map(|(katran, t)| katran / mpps(t.total(), t.elapsed))
-                .collect(),
-        );
+        let round_mpps = round_rates(samples);
         Self {
             mpps: median(round_mpps.clone()),
-            ratio,
+            ratio: median_ratio(&round_mpps, &round_rates(trivial)),
             round_mpps,
         }
     }
@@ -1182,19 +1178,28 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The forwarded rate (Mpps) of each sample, in order.
+fn round_rates(samples: &[Sample]) -> Vec<f64> {
+    samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect()
+}
+
+/// The median over the rounds of a program's rate over the trivial
+/// program's in the same round.
+fn median_ratio(rates: &[f64], trivial_rates: &[f64]) -> f64 {
+    median(
+        rates
+            .iter()
+            .zip(trivial_rates)
+            .map(|(rate, trivial)| rate / trivial)
+            .collect(),
+    )
+}
+
 /// Summarises the samples of one case into its row.
 fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> LiveRow {
-    let rates = |samples: &[Sample]| -> Vec<f64> {
-        samples.iter().map(|s| mpps(s.total(), s.elapsed)).collect()
-    };
     let generated =
         |samples: &[Sample]| median(samples.iter().map(|s| mpps(s.sent, s.elapsed)).collect());
-    let (lb_round_mpps, trivial_round_mpps) = (rates(lb), rates(trivial));
-    let round_ratios = lb_round_mpps
-        .iter()
-        .zip(&trivial_round_mpps)
-        .map(|(lb, trivial)| lb / trivial)
-        .collect();
+    let (lb_round_mpps, trivial_round_mpps) = (round_rates(lb), round_rates(trivial));
     let lb_received: u64 = lb.iter().map(Sample::total).sum();
     let total_weight: u32 = BACKENDS.iter().map(|b| b.2).sum();
     let split: Vec<BackendShare> = BACKENDS
@@ -1225,7 +1230,7 @@ fn row(case: &Case, placement: Placement, lb: &[Sample], trivial: &[Sample]) -> 
                 }),
         )
     };
-    let ratio = median(round_ratios);
+    let ratio = median_ratio(&lb_round_mpps, &trivial_round_mpps);
     LiveRow {
         case: case.name.to_owned(),
         lb_mpps: median(lb_round_mpps.clone()),
