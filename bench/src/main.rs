@@ -96,6 +96,15 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb-bench loads XDP programs: run it as root (`sudo -E cargo xtask bench`)");
     }
+    if let Some(object) = &cli.katran
+        && !object.is_file()
+    {
+        bail!(
+            "--katran {}: no such file; give the balancer.bpf.o built from Katran's source \
+             as docs/performance.md (\"Against Katran\") shows",
+            object.display()
+        );
+    }
     let online = online_cpus();
     let (rounds, packets, calls) = if cli.quick {
         (3, 200_000, 100_000)
