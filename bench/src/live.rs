@@ -532,8 +532,8 @@ fn table(rows: &[LiveRow]) -> String {
          clients established before the flood, still in the connection table after it on \
          the same backend.\n\
          Katran (with --katran): its balancer in rounds of its own against the trivial \
-         program, after lb's, its ratio measured as lb's is; it tunnels (IPIP, 20 bytes more per frame) where lb \
-         rewrites MACs, each as in production.\n",
+         program, after lb's, its ratio measured as lb's is; it tunnels (IPIP, 20 bytes \
+         more per frame) where lb rewrites MACs, each as in production.\n",
     );
     out
 }
