@@ -860,8 +860,8 @@ impl Bench {
         let mut row = row(case, placement, &lb, &trivial);
         if self.katran.is_some() {
             // Rounds of its own, so that lb's figures are measured the same
-            // way with or without it (a program that ran just before lb
-            // would have pushed lb's flows out of the CPU's caches).
+            // way with or without it (interleaved, it lowered lb's ratio:
+            // docs/performance.md, "Against Katran").
             let (katran, trivial) =
                 self.alternate(bed, &mut dp, Forwarder::Katran, &alternation)?;
             row.katran = Some(KatranLive::of(&katran, &trivial));
