@@ -464,8 +464,6 @@ fn set_cpu_lru(lru_mapping: &MapData, cpu: u32, lru_fd: Option<u32>) -> anyhow::
 pub struct LiveKatran {
     /// The balancer, attached to the director's NIC by the live bench.
     pub program: Xdp,
-    /// Each CPU's LRU (held by `lru_mapping` too).
-    _lrus: Vec<LruMap>,
 }
 
 impl LiveKatran {
@@ -476,16 +474,12 @@ impl LiveKatran {
         configure(&program, vip, port, gateway)?;
         let mapping = lru_mapping(&program)?;
         let cpus = online_cpus()?;
-        let mut lrus = Vec::with_capacity(cpus);
         for cpu in 0..cpus {
+            // `lru_mapping` holds the LRU from here on; nothing else reads it.
             let lru = new_lru(KATRAN_DEFAULT_LRU_TOTAL / cpus as u32)?;
             set_cpu_lru(&mapping, u32::try_from(cpu)?, Some(lru.fd))?;
-            lrus.push(lru);
         }
-        Ok(Self {
-            program,
-            _lrus: lrus,
-        })
+        Ok(Self { program })
     }
 }
 

@@ -399,7 +399,7 @@ pub fn spread(runs: &[Vec<LiveRow>]) -> String {
             out,
             "{:<22} {:<6} {}{target}",
             row.case,
-            row.cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU"),
+            cpu_count(row.cpus),
             range(&ratios),
         );
         let katran: Option<Vec<f64>> = runs
@@ -411,6 +411,12 @@ pub fn spread(runs: &[Vec<LiveRow>]) -> String {
         }
     }
     out
+}
+
+/// The number of CPUs in a row's `cpus` ("1 CPU", "2 CPUs"), for the
+/// tables' CPUs column.
+fn cpu_count(cpus: &str) -> &str {
+    cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU")
 }
 
 /// Lowest, median and highest of `ratios` (not empty), then each of them.
@@ -457,7 +463,7 @@ fn table(rows: &[LiveRow]) -> String {
             out,
             "{:<22} {:<6} {:>8.3} {:>9.3} {:>6.2} {:>8.3} {:>9.3} {:>5.1}%  {} [{verdict}: {}]",
             row.case,
-            row.cpus.trim_end_matches(" CPUs").trim_end_matches(" CPU"),
+            cpu_count(row.cpus),
             row.lb_mpps,
             row.trivial_mpps,
             row.ratio,
